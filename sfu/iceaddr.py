@@ -1,0 +1,35 @@
+"""Restrict the host addresses aioice gathers candidates on.
+
+aioice offers every interface address (and never 127.0.0.1); a server must bind and advertise only
+its configured addresses, and loopback tests need 127.0.0.1. aioice looks the list up through the
+module attribute at gather time, so replacing it is process-wide.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import aioice.ice
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def restrict_host_addresses(addresses: list[str]) -> None:
+    """Make every ICE agent of this process gather on exactly `addresses`."""
+    for address in addresses:
+        ipaddress.ip_address(address)
+    allowed = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [
+            a
+            for a in allowed
+            if (use_ipv4 and ipaddress.ip_address(a).version == 4)
+            or (use_ipv6 and ipaddress.ip_address(a).version == 6)
+        ]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def unrestrict_host_addresses() -> None:
+    aioice.ice.get_host_addresses = _original_get_host_addresses
