@@ -1,0 +1,54 @@
+"""sfu.packetcache: the per-down-track retransmission ring."""
+
+from __future__ import annotations
+
+import pytest
+
+from sfu.packetcache import PacketCache
+
+
+def test_get_returns_stored_packet() -> None:
+    cache = PacketCache(8)
+    cache.store(5, b"five")
+    cache.store(6, b"six")
+    assert cache.get(5) == b"five"
+    assert cache.get(6) == b"six"
+    assert cache.get(7) is None
+
+
+def test_overwritten_slot_does_not_answer_for_old_seq() -> None:
+    cache = PacketCache(8)
+    for seq in range(20):
+        cache.store(seq, bytes([seq]))
+    assert [cache.get(seq) for seq in range(12)] == [None] * 12
+    assert [cache.get(seq) for seq in range(12, 20)] == [bytes([s]) for s in range(12, 20)]
+
+
+def test_sequence_wraparound() -> None:
+    cache = PacketCache(512)
+    seqs = [(65000 + i) & 0xFFFF for i in range(1000)]
+    for seq in seqs:
+        cache.store(seq, seq.to_bytes(2, "big"))
+    assert all(cache.get(seq) is None for seq in seqs[:488])
+    assert all(cache.get(seq) == seq.to_bytes(2, "big") for seq in seqs[488:])
+
+
+def test_same_slot_other_cycle_is_none() -> None:
+    cache = PacketCache(512)
+    cache.store(3, b"a")
+    assert cache.get(3 + 512) is None
+    assert cache.get(3) == b"a"
+
+
+def test_default_size_and_validation() -> None:
+    cache = PacketCache()
+    for seq in range(600):
+        cache.store(seq, b"p")
+    assert cache.get(87) is None
+    assert cache.get(88) == b"p"
+    with pytest.raises(ValueError):
+        PacketCache(0)
+    with pytest.raises(ValueError):
+        PacketCache(65537)
+    with pytest.raises(ValueError):
+        PacketCache(100)  # would not divide the sequence space
