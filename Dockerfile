@@ -1,0 +1,37 @@
+# keyroom SFU image. Build: docker build -t keyroom .
+# Run (host networking, see "Media ports" below):
+#   docker run --network host -v /srv/keyroom:/etc/keyroom:ro keyroom
+# The config file must set at least [auth] keys (or pass KEYROOM_KEYS), [rtc] ips, and, to be
+# reachable from outside the container, [server] host = "0.0.0.0" with tls_cert/tls_key or
+# insecure_plaintext = true behind a TLS-terminating proxy. See docs/configuration.md.
+# No secret is baked in: keys come from the mounted config or the environment at run time.
+
+# Stage 1 builds the wheel, so the source tree and build metadata stay out of the final image.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY . .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Every dependency ships manylinux wheels (av, aiortc, pylibsrtp, uvloop, orjson): no compiler.
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels \
+    && useradd --system --uid 10001 --create-home --home-dir /var/lib/keyroom keyroom \
+    && mkdir -p /etc/keyroom
+USER keyroom
+# data_dir ("data") is relative: state lives in /var/lib/keyroom/data; mount a volume there.
+WORKDIR /var/lib/keyroom
+
+# Signaling (HTTP/WebSocket) and the admin API.
+EXPOSE 7880/tcp
+# Media ports: aioice binds each ICE connection to an ephemeral UDP port (the kernel's
+# ip_local_port_range, 32768-60999 by default) on every --rtc-ip; there is no configurable range
+# yet, so publishing a fixed range cannot work: run with --network host.
+
+# The image has no curl; python is there. Assumes the default port 7880 and plaintext on loopback.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7880/healthz', timeout=2)"]
+
+ENTRYPOINT ["keyroom"]
+CMD ["serve", "--config", "/etc/keyroom/keyroom.toml"]

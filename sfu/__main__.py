@@ -1,0 +1,7 @@
+"""`python -m sfu` runs the `keyroom` command."""
+
+import sys
+
+from sfu.cli import main
+
+sys.exit(main())

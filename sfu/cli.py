@@ -1,0 +1,168 @@
+"""The `keyroom` command: `serve` runs the SFU, `token` mints an access token.
+
+Each subcommand is one `_add_<name>` function that registers its parser and the function to run,
+so later commands (audit verify, turn-config, loadtest, bench) slot in beside these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sfu.config import LOG_LEVELS, ConfigError, load_config, parse_keys
+
+PROG = "keyroom"
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _fail(message: str) -> int:
+    # The same shape and exit status as argparse's own usage errors.
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _serve_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Map the flags that were given onto config keys; absent flags leave the file's value."""
+    server: dict[str, Any] = {}
+    if args.host is not None:
+        server["host"] = args.host
+    if args.port is not None:
+        server["port"] = args.port
+    if args.dev:
+        server["dev"] = True
+    if args.allow_origin:
+        server["allowed_origins"] = args.allow_origin
+    if args.insecure_plaintext:
+        server["insecure_plaintext"] = True
+    if args.log_level is not None:
+        server["log_level"] = args.log_level
+    overrides: dict[str, dict[str, Any]] = {"server": server}
+    if args.rtc_ip:
+        overrides["rtc"] = {"ips": args.rtc_ip}
+    if args.key:
+        overrides["auth"] = {"keys": parse_keys(args.key, "--key")}
+    return overrides
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, _serve_overrides(args), os.environ)
+    except ConfigError as e:
+        return _fail(str(e))
+    # Imported here so `keyroom token` and config errors never pay for the media stack's import.
+    # run_server sets up logging and, in dev mode, prints the dev key and a join link.
+    from signaling.server import run_server
+
+    return run_server(config)
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("serve", help="run the SFU", description="Run the SFU.")
+    p.add_argument("--config", metavar="FILE", help="TOML config file (default: $KEYROOM_CONFIG)")
+    p.add_argument("--host", help="signaling address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="signaling port (default 7880)")
+    p.add_argument(
+        "--rtc-ip",
+        action="append",
+        metavar="IP",
+        help="address to bind media to and advertise; repeatable (default in --dev: 127.0.0.1)",
+    )
+    p.add_argument(
+        "--key",
+        action="append",
+        metavar="KEY=SECRET",
+        help="token signing key; repeatable (also $KEYROOM_KEYS=k1=s1,k2=s2)",
+    )
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="loopback-only development mode: plaintext allowed, a dev key is generated",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="browser origin allowed to open /rtc besides the server's own; repeatable",
+    )
+    p.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="allow plain HTTP/WS on a non-loopback address (behind a TLS-terminating proxy)",
+    )
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    p.set_defaults(handler=_serve)
+
+
+def _token(args: argparse.Namespace) -> int:
+    # Imported here: auth.tokens is only needed by this command.
+    from auth.tokens import mint_token, parse_grant_overrides, parse_ttl
+
+    secret = args.secret or os.environ.get("KEYROOM_SECRET")
+    if not secret:
+        return _fail("no secret: use --secret SECRET or the KEYROOM_SECRET environment variable")
+    try:
+        ttl = parse_ttl(args.ttl)
+        grants = parse_grant_overrides(args.grant)
+        token = mint_token(
+            key_id=args.key,
+            secret=secret,
+            identity=args.identity,
+            room=args.room,
+            ttl=ttl,
+            now=time.time(),
+            name=args.name,
+            metadata=args.metadata,
+            role=args.role,
+            grants=grants or None,
+        )
+    except ValueError as e:
+        return _fail(str(e))
+    print(token)
+    return 0
+
+
+def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "token",
+        help="mint an access token",
+        description="Mint an HS256 access token and print it alone on one line.",
+    )
+    p.add_argument("--key", required=True, help="key id (the token's kid and iss)")
+    p.add_argument(
+        "--secret",
+        help="HS256 secret of the key; prefer $KEYROOM_SECRET (arguments are visible in ps)",
+    )
+    p.add_argument("--identity", required=True, help="participant identity (sub)")
+    p.add_argument("--room", required=True, help="room the token admits to (video.room)")
+    p.add_argument(
+        "--ttl", default="6h", help="lifetime: seconds, or 90s, 10m, 6h, 1d (default 6h)"
+    )
+    p.add_argument("--role", help="server-side role name the grants expand from")
+    p.add_argument("--name", default="", help="display name")
+    p.add_argument("--metadata", default="", help="opaque participant metadata")
+    p.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a video grant, e.g. canPublish=false; repeatable",
+    )
+    p.set_defaults(handler=_token)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="keyroom WebRTC SFU")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    _add_token(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)

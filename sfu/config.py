@@ -1,0 +1,449 @@
+"""Server configuration: TOML file < environment < command line, validated into frozen dataclasses.
+
+Every time value is in seconds (float) and every size in bytes. Each option is checked where its
+dataclass is built, so a config built in code is held to the same rules as one read from a file,
+and every error names the option as it is written in the file (`section.key`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import secrets
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+DEV_KEY_ID = "devkey"
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as the hash output
+MAX_LEEWAY = 60.0
+KNOWN_CODECS = frozenset({"opus", "g722", "pcmu", "pcma", "vp8", "h264"})  # what aiortc negotiates
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DUPLICATE_IDENTITY_POLICIES = ("reject", "replace")
+NO_KEYS_MESSAGE = "no signing keys: use --key KEY=SECRET, KEYROOM_KEYS or [auth] keys"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the option, never a secret."""
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _expected(name: str, what: str, value: Any) -> ConfigError:
+    return ConfigError(f"{name}: expected {what}, got {_show(value)}")
+
+
+# Checks: each takes the option's dotted name and its raw value and returns the normalised value.
+Check = Callable[[str, Any], Any]
+
+
+def _integer(minimum: int, what: str, maximum: int | None = None) -> Check:
+    def check(name: str, value: Any) -> int:
+        # bool is an int subclass; `true` where a number belongs is a mistake, not 1.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            raise _expected(name, what, value)
+        return value
+
+    return check
+
+
+def _number(
+    what: str, minimum: float = 0.0, *, allow_minimum: bool = True, maximum: float = math.inf
+) -> Check:
+    def check(name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _expected(name, what, value)
+        number = float(value)
+        if (
+            not math.isfinite(number)
+            or number < minimum
+            or (number == minimum and not allow_minimum)
+            or number > maximum
+        ):
+            raise _expected(name, what, value)
+        return number
+
+    return check
+
+
+_non_negative_int = _integer(0, "a non-negative integer")
+_positive_int = _integer(1, "a positive integer")
+_port = _integer(0, "a port number from 0 to 65535", 65535)
+_non_negative_seconds = _number("a non-negative number of seconds")
+_positive_seconds = _number("a positive number of seconds", allow_minimum=False)
+_leeway = _number(f"a number of seconds from 0 to {MAX_LEEWAY:g}", maximum=MAX_LEEWAY)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _expected(name, "true or false", value)
+    return value
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _expected(name, "a non-empty string", value)
+    return value
+
+
+def _optional_path(name: str, value: Any) -> str | None:
+    return None if value is None else _text(name, value)
+
+
+def _choice(*options: str) -> Check:
+    def check(name: str, value: Any) -> str:
+        if value not in options:
+            raise _expected(name, "one of " + ", ".join(f'"{o}"' for o in options), value)
+        return value
+
+    return check
+
+
+def _string_list(name: str, value: Any) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _expected(name, "a list of strings", value)
+    return list(value)
+
+
+def _unique(items: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _ip_list(name: str, value: Any) -> tuple[str, ...]:
+    addresses = []
+    for item in _string_list(name, value):
+        try:
+            address = ipaddress.ip_address(item)
+        except ValueError:
+            raise _expected(name, "IP addresses", item) from None
+        # An address that cannot be a candidate (0.0.0.0, multicast) must not be advertised.
+        if address.is_unspecified or address.is_multicast:
+            raise _expected(name, "unicast IP addresses of this host", item)
+        addresses.append(str(address))
+    return _unique(addresses)
+
+
+def _origin_list(name: str, value: Any) -> tuple[str, ...]:
+    origins = []
+    for item in _string_list(name, value):
+        try:
+            parts = urlsplit(item)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise _expected(name, "origins like https://app.example.com", item) from None
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username is not None
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise _expected(name, "origins like https://app.example.com", item)
+        # Browsers send the scheme and host in lower case; compare against that form.
+        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return _unique(origins)
+
+
+def _codec_list(name: str, value: Any) -> tuple[str, ...]:
+    codecs = [c.lower() for c in _string_list(name, value)]
+    unknown = [c for c in codecs if c not in KNOWN_CODECS]
+    if unknown or not codecs:
+        what = "a non-empty list of " + ", ".join(sorted(KNOWN_CODECS))
+        raise _expected(name, what, unknown or value)
+    return _unique(codecs)
+
+
+def _keys(name: str, value: Any) -> Mapping[str, str]:
+    # Never show a value here: it is a secret.
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}: expected a table of key id = secret")
+    for key_id, secret in value.items():
+        if not isinstance(key_id, str) or not key_id.isprintable() or not 0 < len(key_id) <= 128:
+            raise _expected(name, "key ids of 1 to 128 printable characters", key_id)
+        if "=" in key_id or "," in key_id:
+            raise _expected(name, 'key ids without "=" or ","', key_id)
+        if not isinstance(secret, str):
+            raise ConfigError(f"{name}.{key_id}: expected a secret string")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"{name}.{key_id}: HS256 secret is shorter than {MIN_SECRET_BYTES} bytes;"
+                " generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+    return MappingProxyType(dict(value))
+
+
+def _table(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _expected(name, "a table", value)
+    return dict(value)
+
+
+def _option(default: Any, check: Check) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=lambda: check("", default), metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+class _Section:
+    """Runs each field's check at construction, so direct construction is validated too."""
+
+    section: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            check = f.metadata.get("check")
+            if check is not None:
+                name = f"{self.section}.{f.name}" if self.section else f.name
+                value = check(name, getattr(self, f.name))
+                object.__setattr__(self, f.name, value)
+
+
+@dataclass(frozen=True)
+class ServerConfig(_Section):
+    section: ClassVar[str] = "server"
+    host: str = _option("127.0.0.1", _text)
+    port: int = _option(7880, _port)
+    dev: bool = _option(False, _bool)
+    allowed_origins: tuple[str, ...] = _option((), _origin_list)
+    max_frame_bytes: int = _option(65536, _positive_int)
+    join_timeout: float = _option(10.0, _positive_seconds)
+    resume_window: float = _option(30.0, _non_negative_seconds)
+    shutdown_timeout: float = _option(5.0, _positive_seconds)
+    data_dir: str = _option("data", _text)
+    tls_cert: str | None = _option(None, _optional_path)
+    tls_key: str | None = _option(None, _optional_path)
+    insecure_plaintext: bool = _option(False, _bool)
+    log_level: str = _option("info", _choice(*LOG_LEVELS))
+
+
+@dataclass(frozen=True)
+class RtcConfig(_Section):
+    section: ClassVar[str] = "rtc"
+    ips: tuple[str, ...] = _option((), _ip_list)  # the only media addresses bound and advertised
+    keyframe_interval: float = _option(0.5, _positive_seconds)
+
+
+@dataclass(frozen=True, repr=False)
+class AuthConfig(_Section):
+    section: ClassVar[str] = "auth"
+    keys: Mapping[str, str] = _option({}, _keys)
+    max_token_ttl: float = _option(21600.0, _positive_seconds)
+    leeway: float = _option(60.0, _leeway)
+    auto_create_rooms: bool = _option(True, _bool)
+    # Set by finalize() only (not a file option): the server then prints the generated dev key.
+    generated_dev_key: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"AuthConfig(keys={{{', '.join(f'{k!r}: <secret>' for k in self.keys)}}},"
+            f" max_token_ttl={self.max_token_ttl!r}, leeway={self.leeway!r},"
+            f" auto_create_rooms={self.auto_create_rooms!r},"
+            f" generated_dev_key={self.generated_dev_key!r})"
+        )
+
+
+@dataclass(frozen=True)
+class LimitsConfig(_Section):
+    """Room limit defaults; 0 means unlimited for the counts, the bitrate and max_duration."""
+
+    section: ClassVar[str] = "limits"
+    max_participants: int = _option(0, _non_negative_int)
+    max_publishers: int = _option(0, _non_negative_int)
+    max_tracks_per_participant: int = _option(0, _non_negative_int)
+    max_subscriptions_per_participant: int = _option(0, _non_negative_int)
+    max_video_bitrate: int = _option(0, _non_negative_int)  # bits per second, per track
+    max_duration: float = _option(0.0, _non_negative_seconds)
+    empty_timeout: float = _option(300.0, _non_negative_seconds)
+    allowed_codecs: tuple[str, ...] = _option(("opus", "vp8", "h264"), _codec_list)
+    relay_only: bool = _option(False, _bool)
+    e2ee_required: bool = _option(False, _bool)
+    recording_allowed: bool = _option(False, _bool)
+    single_use_tokens: bool = _option(False, _bool)
+    duplicate_identity: str = _option("reject", _choice(*DUPLICATE_IDENTITY_POLICIES))
+    max_name_bytes: int = _option(256, _positive_int)
+    max_metadata_bytes: int = _option(4096, _positive_int)
+    max_data_message_bytes: int = _option(65536, _positive_int)
+    max_bad_frames: int = _option(20, _positive_int)
+    bad_frame_window: float = _option(10.0, _positive_seconds)
+
+
+TYPED_SECTIONS: dict[str, type[_Section]] = {
+    "server": ServerConfig,
+    "rtc": RtcConfig,
+    "auth": AuthConfig,
+    "limits": LimitsConfig,
+}
+# Accepted as tables and kept as plain dicts; later issues give each its own dataclass and checks.
+PLAIN_SECTIONS = ("turn", "audit", "roles", "webhooks", "node", "rooms")
+
+
+@dataclass(frozen=True, repr=False)
+class Config(_Section):
+    section: ClassVar[str] = ""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    rtc: RtcConfig = field(default_factory=RtcConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    turn: dict[str, Any] = _option({}, _table)
+    audit: dict[str, Any] = _option({}, _table)
+    roles: dict[str, Any] = _option({}, _table)
+    webhooks: dict[str, Any] = _option({}, _table)
+    node: dict[str, Any] = _option({}, _table)
+    rooms: dict[str, Any] = _option({}, _table)
+
+    def __repr__(self) -> str:
+        # The plain sections may hold secrets (TURN shared secret, webhook keys): show keys only.
+        plain = ", ".join(
+            f"{n}={{{', '.join(f'{k!r}: ...' for k in getattr(self, n))}}}" for n in PLAIN_SECTIONS
+        )
+        return (
+            f"Config(server={self.server!r}, rtc={self.rtc!r}, auth={self.auth!r},"
+            f" limits={self.limits!r}, {plain})"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def finalize(config: Config) -> Config:
+    """Apply the dev-mode defaults and refuse configurations that would run unsafely."""
+    server, rtc, auth = config.server, config.rtc, config.auth
+    if (server.tls_cert is None) != (server.tls_key is None):
+        raise ConfigError("server.tls_cert and server.tls_key: set both or neither")
+    for name, path in (("server.tls_cert", server.tls_cert), ("server.tls_key", server.tls_key)):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"{name}: file not found: {path}")
+    if server.dev:
+        if not _is_loopback(server.host):
+            raise ConfigError(
+                f"server.host: --dev serves loopback only, got {_show(server.host)};"
+                " use 127.0.0.1, or drop --dev and configure TLS"
+            )
+        outside = [ip for ip in rtc.ips if not ipaddress.ip_address(ip).is_loopback]
+        if outside:
+            raise ConfigError(f"rtc.ips: --dev serves loopback only, got {_show(outside)}")
+        if not rtc.ips:
+            rtc = replace(rtc, ips=("127.0.0.1",))
+        if not auth.keys:
+            key = {DEV_KEY_ID: secrets.token_urlsafe(32)}
+            auth = replace(auth, keys=key, generated_dev_key=True)
+    else:
+        if not auth.keys:
+            raise ConfigError(NO_KEYS_MESSAGE)
+        if not rtc.ips:
+            raise ConfigError(
+                "rtc.ips: no media address: use --rtc-ip IP (repeatable) or [rtc] ips"
+                " with this host's address that peers can reach"
+            )
+        if (
+            not _is_loopback(server.host)
+            and server.tls_cert is None
+            and not server.insecure_plaintext
+        ):
+            raise ConfigError(
+                f"server.host: {_show(server.host)} is not loopback and TLS is not configured;"
+                " set [server] tls_cert and tls_key, or, behind a TLS-terminating proxy,"
+                " --insecure-plaintext (or use --dev on 127.0.0.1)"
+            )
+    return replace(config, server=server, rtc=rtc, auth=auth)
+
+
+def parse_keys(items: Iterable[str], source: str) -> dict[str, str]:
+    """Parse `KEY=SECRET` items (one --key each, or KEYROOM_KEYS split on commas)."""
+    keys: dict[str, str] = {}
+    for item in items:
+        key_id, sep, secret = item.strip().partition("=")
+        if not sep or not key_id or not secret:
+            # Show nothing of the item: without "=" it may be the secret itself.
+            raise ConfigError(f"{source}: expected KEY=SECRET")
+        if key_id in keys:
+            raise ConfigError(f"{source}: key id {_show(key_id)} given twice")
+        keys[key_id] = secret
+    return keys
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
+
+
+def _unknown(name: str, known: list[str], kind: str) -> ConfigError:
+    leaf = name.rpartition(".")[2]
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"{name}: unknown {kind}{hint}")
+
+
+def _file_options(cls: type[_Section]) -> list[str]:
+    return [f.name for f in fields(cls) if "check" in f.metadata]  # type: ignore[arg-type]
+
+
+def _build(data: Mapping[str, Any]) -> Config:
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in PLAIN_SECTIONS:
+            sections[name] = _table(name, value)
+        elif name in TYPED_SECTIONS:
+            cls = TYPED_SECTIONS[name]
+            table = _table(name, value)
+            options = _file_options(cls)
+            for key in table:
+                if key not in options:
+                    raise _unknown(f"{name}.{key}", options, "key")
+            sections[name] = cls(**table)
+        else:
+            raise _unknown(str(name), [*TYPED_SECTIONS, *PLAIN_SECTIONS], "section")
+    return Config(**sections)
+
+
+def load_config(
+    path: str | None,
+    overrides: Mapping[str, Mapping[str, Any]],
+    env: Mapping[str, str] = os.environ,
+) -> Config:
+    """Read the TOML file, then the environment, then `overrides` (shaped like the file).
+
+    A later source replaces an option of an earlier one as a whole: lists and the key table are
+    not merged. `path` None falls back to KEYROOM_CONFIG; no file at all is fine.
+    """
+    path = path or env.get("KEYROOM_CONFIG") or None
+    data: dict[str, Any] = _read_file(path) if path else {}
+    layers: list[Mapping[str, Mapping[str, Any]]] = []
+    if env.get("KEYROOM_KEYS"):
+        layers.append(
+            {"auth": {"keys": parse_keys(env["KEYROOM_KEYS"].split(","), "KEYROOM_KEYS")}}
+        )
+    layers.append(overrides)
+    for layer in layers:
+        for section, options in layer.items():
+            base = data.get(section, {})
+            # A non-table in the file is reported by _build; do not merge into it.
+            if isinstance(base, dict):
+                data[section] = {**base, **options}
+    return finalize(_build(data))

@@ -1,0 +1,395 @@
+"""Configuration: precedence, validation messages, secret hygiene, dev and non-dev rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfu.config import (
+    DEV_KEY_ID,
+    NO_KEYS_MESSAGE,
+    AuthConfig,
+    Config,
+    ConfigError,
+    LimitsConfig,
+    RtcConfig,
+    ServerConfig,
+    finalize,
+    load_config,
+)
+
+SECRET = "s" * 40
+OTHER_SECRET = "o" * 40
+# Enough for a non-dev config to pass finalize(); tests override what they look at.
+RUNNABLE: dict[str, dict[str, Any]] = {
+    "auth": {"keys": {"k": SECRET}},
+    "rtc": {"ips": ["127.0.0.1"]},
+}
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "keyroom.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def load(overrides: dict[str, dict[str, Any]], env: dict[str, str] | None = None) -> Config:
+    merged = {s: {**RUNNABLE.get(s, {}), **overrides.get(s, {})} for s in {*RUNNABLE, *overrides}}
+    return load_config(None, merged, env or {})
+
+
+def test_defaults_match_the_protocol() -> None:
+    config = load({})
+    assert config.server == ServerConfig()
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 7880)
+    assert config.server.max_frame_bytes == 65536
+    assert config.server.join_timeout == 10.0
+    assert config.auth.leeway == 60.0
+    assert config.auth.max_token_ttl == 6 * 3600
+    assert config.limits == LimitsConfig()
+    assert config.limits.duplicate_identity == "reject"
+    assert config.limits.empty_timeout == 300.0
+    assert (config.limits.max_name_bytes, config.limits.max_metadata_bytes) == (256, 4096)
+    assert (config.limits.max_bad_frames, config.limits.bad_frame_window) == (20, 10.0)
+    assert config.turn == config.rooms == {}
+
+
+def test_file_then_env_then_overrides(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+[server]
+port = 9000
+join_timeout = 3
+[rtc]
+ips = ["127.0.0.1"]
+[auth]
+keys = {{ file = "{SECRET}" }}
+[limits]
+max_participants = 4
+""",
+    )
+    from_file = load_config(path, {}, {})
+    assert from_file.server.port == 9000
+    assert from_file.server.join_timeout == 3.0 and isinstance(from_file.server.join_timeout, float)
+    assert dict(from_file.auth.keys) == {"file": SECRET}
+
+    env = {"KEYROOM_KEYS": f"env1={SECRET},env2={OTHER_SECRET}"}
+    from_env = load_config(path, {}, env)
+    # A later source replaces the key table as a whole: the file's key is gone.
+    assert dict(from_env.auth.keys) == {"env1": SECRET, "env2": OTHER_SECRET}
+    assert from_env.server.port == 9000
+
+    overrides: dict[str, dict[str, Any]] = {
+        "server": {"port": 9100},
+        "auth": {"keys": {"flag": OTHER_SECRET}},
+    }
+    from_flags = load_config(path, overrides, env)
+    assert from_flags.server.port == 9100
+    assert dict(from_flags.auth.keys) == {"flag": OTHER_SECRET}
+    # Options no later source sets keep the file's value.
+    assert from_flags.server.join_timeout == 3.0
+    assert from_flags.limits.max_participants == 4
+
+
+def test_config_path_from_env_unless_given(tmp_path: Path) -> None:
+    env_file = tmp_path / "env.toml"
+    env_file.write_text("[server]\nport = 7001\n")
+    flag_file = tmp_path / "flag.toml"
+    flag_file.write_text("[server]\nport = 7002\n")
+    env = {"KEYROOM_CONFIG": str(env_file)}
+    assert load_config(None, RUNNABLE, env).server.port == 7001
+    assert load_config(str(flag_file), RUNNABLE, env).server.port == 7002
+
+
+def test_a_key_secret_may_contain_equals_signs() -> None:
+    secret = "A" * 40 + "=="
+    config = load_config(None, {"rtc": RUNNABLE["rtc"]}, {"KEYROOM_KEYS": f"k={secret}"})
+    assert dict(config.auth.keys) == {"k": secret}
+
+
+BAD_VALUES = [
+    ("server", "host", ""),
+    ("server", "host", 5),
+    ("server", "port", "x"),
+    ("server", "port", 65536),
+    ("server", "port", -1),
+    ("server", "port", True),
+    ("server", "dev", "yes"),
+    ("server", "allowed_origins", "https://a.example"),
+    ("server", "allowed_origins", ["*"]),
+    ("server", "allowed_origins", ["https://a.example/path"]),
+    ("server", "allowed_origins", ["ftp://a.example"]),
+    ("server", "max_frame_bytes", 0),
+    ("server", "join_timeout", 0),
+    ("server", "join_timeout", math.nan),
+    ("server", "resume_window", -1),
+    ("server", "shutdown_timeout", "5s"),
+    ("server", "data_dir", ""),
+    ("server", "tls_cert", 1),
+    ("server", "tls_key", ""),
+    ("server", "insecure_plaintext", 1),
+    ("server", "log_level", "verbose"),
+    ("rtc", "ips", "127.0.0.1"),
+    ("rtc", "ips", ["not-an-ip"]),
+    ("rtc", "ips", ["0.0.0.0"]),
+    ("rtc", "ips", ["224.0.0.1"]),
+    ("rtc", "keyframe_interval", 0),
+    ("auth", "max_token_ttl", 0),
+    ("auth", "leeway", 61),
+    ("auth", "leeway", -1),
+    ("auth", "auto_create_rooms", "false"),
+    ("limits", "max_participants", "x"),
+    ("limits", "max_publishers", -1),
+    ("limits", "max_tracks_per_participant", 1.5),
+    ("limits", "max_subscriptions_per_participant", None),
+    ("limits", "max_video_bitrate", -1),
+    ("limits", "max_duration", -1),
+    ("limits", "empty_timeout", math.inf),
+    ("limits", "allowed_codecs", ["vp9"]),
+    ("limits", "allowed_codecs", []),
+    ("limits", "relay_only", "no"),
+    ("limits", "e2ee_required", 0),
+    ("limits", "recording_allowed", 1),
+    ("limits", "single_use_tokens", "true"),
+    ("limits", "duplicate_identity", "kick"),
+    ("limits", "max_name_bytes", 0),
+    ("limits", "max_metadata_bytes", -1),
+    ("limits", "max_data_message_bytes", 0),
+    ("limits", "max_bad_frames", 0),
+    ("limits", "bad_frame_window", 0),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "value"), BAD_VALUES)
+def test_bad_value_is_refused_naming_its_key(section: str, key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"^{section}\.{key}: expected "):
+        load({section: {key: value}})
+
+
+def test_every_typed_option_has_a_bad_value_case() -> None:
+    tested = {f"{s}.{k}" for s, k, _ in BAD_VALUES}
+    options = {
+        f"{cls.section}.{f.name}"
+        for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig)
+        for f in dataclasses.fields(cls)
+        if "check" in f.metadata and f.name != "keys"
+    }
+    assert options - tested == set()
+
+
+def test_message_shows_the_bad_value() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load({"limits": {"max_participants": "x"}})
+    assert str(caught.value) == 'limits.max_participants: expected a non-negative integer, got "x"'
+
+
+def test_bad_value_in_file_names_its_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[limits]\nduplicate_identity = "kick"\n')
+    with pytest.raises(ConfigError, match=r"^limits\.duplicate_identity: expected one of"):
+        load_config(path, RUNNABLE, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nhots = 1\n", r"^server\.hots: unknown key \(did you mean host\?\)"),
+        ("[servr]\n", r"^servr: unknown section \(did you mean server\?\)"),
+        ("[auth]\ngenerated_dev_key = true\n", r"^auth\.generated_dev_key: unknown key"),
+        ("server = 1\n", r"^server: expected a table, got 1"),
+        ('turn = "x"\n', r'^turn: expected a table, got "x"'),
+        ("[server\n", r"invalid TOML"),
+    ],
+)
+def test_file_structure_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), RUNNABLE, {})
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=f"^config file {missing}: "):
+        load_config(missing, RUNNABLE, {})
+
+
+def test_later_sections_are_kept_as_tables(tmp_path: Path) -> None:
+    text = '[turn]\nsecret = "t"\n[roles.viewer]\ncanPublish = false\n[node]\nid = "n1"\n'
+    config = load_config(write(tmp_path, text), RUNNABLE, {})
+    assert config.turn == {"secret": "t"}
+    assert config.roles == {"viewer": {"canPublish": False}}
+    assert config.node == {"id": "n1"}
+    assert config.audit == config.webhooks == config.rooms == {}
+
+
+def test_values_are_normalised() -> None:
+    config = load(
+        {
+            "server": {
+                "allowed_origins": ["HTTPS://App.Example:8443/", "https://app.example:8443"]
+            },
+            "rtc": {"ips": ["127.0.0.1", "::0001", "127.0.0.1"]},
+            "limits": {"allowed_codecs": ["OPUS", "vp8"], "max_duration": 60},
+        }
+    )
+    assert config.server.allowed_origins == ("https://app.example:8443",)
+    assert config.rtc.ips == ("127.0.0.1", "::1")
+    assert config.limits.allowed_codecs == ("opus", "vp8")
+    assert config.limits.max_duration == 60.0
+
+
+def test_direct_construction_is_validated_and_frozen() -> None:
+    with pytest.raises(ConfigError, match=r"^limits\.max_participants: "):
+        LimitsConfig(max_participants=-1)
+    with pytest.raises(ConfigError, match=r"^turn: expected a table"):
+        Config(turn=[])  # type: ignore[arg-type]
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server = ServerConfig()  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.auth.keys["x"] = SECRET  # type: ignore[index]
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def test_secrets_are_not_in_repr() -> None:
+    config = load({"turn": {"secret": "turn-shared-secret"}, "webhooks": {"api_key": "hook-key"}})
+    for text in (repr(config), str(config), repr(config.auth), str(config.auth)):
+        assert SECRET not in text
+        assert "'k'" in text
+    assert "turn-shared-secret" not in repr(config)
+    assert "hook-key" not in repr(config)
+
+
+def test_short_secret_names_the_key_not_the_secret() -> None:
+    short = "hunter2-is-short"
+    with pytest.raises(ConfigError) as caught:
+        load({"auth": {"keys": {"prod": short}}})
+    assert str(caught.value).startswith("auth.keys.prod: HS256 secret is shorter than 32 bytes")
+    assert short not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [SECRET, f"k={SECRET},{SECRET}", f"={SECRET}", "k=", ","])
+def test_malformed_env_keys_do_not_echo_secrets(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^KEYROOM_KEYS: expected KEY=SECRET") as caught:
+        load_config(None, {"rtc": RUNNABLE["rtc"]}, {"KEYROOM_KEYS": value})
+    assert SECRET not in str(caught.value)
+
+
+def test_duplicate_env_key_id_is_refused() -> None:
+    env = {"KEYROOM_KEYS": f"k={SECRET},k={OTHER_SECRET}"}
+    with pytest.raises(ConfigError, match=r'^KEYROOM_KEYS: key id "k" given twice') as caught:
+        load_config(None, {"rtc": RUNNABLE["rtc"]}, env)
+    assert SECRET not in str(caught.value) and OTHER_SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("key_id", ["", "a=b", "a,b", "tab\there", "x" * 129])
+def test_bad_key_ids_are_refused(key_id: str) -> None:
+    with pytest.raises(ConfigError, match=r"^auth\.keys: expected key ids"):
+        AuthConfig(keys={key_id: SECRET})
+
+
+def test_non_string_secret_is_refused_without_echo() -> None:
+    with pytest.raises(ConfigError, match=r"^auth\.keys\.k: expected a secret string$"):
+        AuthConfig(keys={"k": 12345678901234567890123456789012345})  # type: ignore[dict-item]
+
+
+# --- dev mode ----------------------------------------------------------------------------------
+
+
+def test_dev_defaults() -> None:
+    config = load_config(None, {"server": {"dev": True}}, {})
+    assert config.rtc.ips == ("127.0.0.1",)
+    assert config.auth.generated_dev_key
+    assert list(config.auth.keys) == [DEV_KEY_ID]
+    assert len(config.auth.keys[DEV_KEY_ID]) >= 32
+    assert config.auth.keys[DEV_KEY_ID] not in repr(config)
+    # A fresh key per process: nothing predictable.
+    again = load_config(None, {"server": {"dev": True}}, {})
+    assert again.auth.keys[DEV_KEY_ID] != config.auth.keys[DEV_KEY_ID]
+
+
+def test_dev_uses_given_keys_and_ips() -> None:
+    overrides: dict[str, dict[str, Any]] = {"server": {"dev": True}, "rtc": {"ips": ["::1"]}}
+    config = load_config(None, overrides, {"KEYROOM_KEYS": f"k={SECRET}"})
+    assert dict(config.auth.keys) == {"k": SECRET}
+    assert not config.auth.generated_dev_key
+    assert config.rtc.ips == ("::1",)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_dev_accepts_loopback_hosts(host: str) -> None:
+    assert load_config(None, {"server": {"dev": True, "host": host}}, {}).server.host == host
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "example.com"])
+def test_dev_refuses_non_loopback_host(host: str) -> None:
+    with pytest.raises(ConfigError, match=r"^server\.host: --dev serves loopback only"):
+        load_config(None, {"server": {"dev": True, "host": host}}, {})
+
+
+def test_dev_refuses_non_loopback_media_address() -> None:
+    with pytest.raises(ConfigError, match=r"^rtc\.ips: --dev serves loopback only"):
+        load_config(None, {"server": {"dev": True}, "rtc": {"ips": ["192.0.2.1"]}}, {})
+
+
+# --- refusals without dev ----------------------------------------------------------------------
+
+
+def test_no_keys_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"rtc": RUNNABLE["rtc"]}, {})
+    assert str(caught.value) == NO_KEYS_MESSAGE
+
+
+def test_no_media_address_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^rtc\.ips: no media address: use --rtc-ip"):
+        load_config(None, {"auth": RUNNABLE["auth"]}, {})
+
+
+def test_plaintext_on_a_public_address_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^server\.host: .*tls_cert.*--insecure-plaintext"):
+        load({"server": {"host": "0.0.0.0"}})
+    config = load({"server": {"host": "0.0.0.0", "insecure_plaintext": True}})
+    assert config.server.host == "0.0.0.0"
+
+
+def test_tls_files_allow_a_public_address(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("cert")
+    key.write_text("key")
+    server = {"host": "0.0.0.0", "tls_cert": str(cert), "tls_key": str(key)}
+    assert load({"server": server}).server.tls_cert == str(cert)
+    with pytest.raises(ConfigError, match=r"^server\.tls_cert and server\.tls_key: set both"):
+        load({"server": {"host": "0.0.0.0", "tls_cert": str(cert)}})
+    with pytest.raises(ConfigError, match=r"^server\.tls_key: file not found"):
+        load({"server": {**server, "tls_key": str(tmp_path / "missing.pem")}})
+
+
+def test_documented_example_sets_every_option_and_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    example = doc.split("## Complete example `keyroom.toml`")[1].split("```toml\n")[1]
+    example = example.split("```")[0]
+    for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig):
+        written = set(tomllib.loads(example)[cls.section])
+        assert written == {f.name for f in dataclasses.fields(cls) if "check" in f.metadata}
+    with pytest.raises(ConfigError, match=r"^auth\.keys\.prod-2024: HS256 secret is shorter"):
+        load_config(write(tmp_path, example), {}, {})
+    for name in ("fullchain.pem", "privkey.pem"):
+        (tmp_path / name).write_text("pem")
+    example = example.replace("CHANGE-ME", SECRET).replace("/etc/keyroom/tls", str(tmp_path))
+    config = load_config(write(tmp_path, example), {}, {})
+    assert config.server.tls_key == str(tmp_path / "privkey.pem")
+    assert config.limits.max_video_bitrate == 2500000
+
+
+def test_finalize_checks_configs_built_in_code() -> None:
+    with pytest.raises(ConfigError, match="no signing keys"):
+        finalize(Config())
+    dev = finalize(Config(server=ServerConfig(dev=True)))
+    assert dev.auth.generated_dev_key and dev.rtc.ips == ("127.0.0.1",)
