@@ -1,0 +1,222 @@
+"""The forwarding core: published tracks and their per-subscriber down-tracks.
+
+No sockets and no clock here: packets come in as plaintext bytes with their parsed header, go out
+through a `Sink` (the subscriber's DTLS transport in the server, a counter in benchmarks), and
+time is passed in. This is the part `loadtest/` benchmarks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sfu.keyframe import KeyframeThrottle, is_keyframe
+from sfu.packetcache import PacketCache
+from sfu.rtcp import build_sr
+from sfu.rtp import RtpInfo, RtpRewriter
+
+SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+
+
+class Sink(Protocol):
+    def send(self, data: bytes) -> bool: ...
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    """One negotiated codec of a publisher's media section."""
+
+    mime_type: str
+    clock_rate: int
+    payload_type: int
+    parameters: dict[str, object] = field(default_factory=dict)
+    rtx_payload_type: int | None = None
+
+
+@dataclass
+class ForwardingCounters:
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    dropped_no_subscriber_ready: int = 0
+
+
+class PublishedTrack:
+    """A track a participant publishes: learns its SSRC and codec, fans packets out."""
+
+    def __init__(
+        self,
+        *,
+        sid: str,
+        cid: str,
+        kind: str,
+        source: str,
+        name: str,
+        publisher_sid: str,
+        muted: bool = False,
+        keyframe_interval: float = 0.5,
+    ) -> None:
+        self.sid = sid
+        self.cid = cid
+        self.kind = kind
+        self.source = source
+        self.name = name
+        self.publisher_sid = publisher_sid
+        self.muted = muted
+        self.codec: CodecInfo | None = None
+        self.mid: str | None = None
+        self.ssrc: int | None = None
+        self.rtx_ssrc: int | None = None
+        # Publisher-side header extension id -> URI, from the negotiated answer.
+        self.extensions: dict[int, str] = {}
+        self.down_tracks: list[DownTrack] = []
+        self.last_sender_report: tuple[int, int] | None = None
+        self.throttle = KeyframeThrottle(keyframe_interval)
+        self.counters = ForwardingCounters()
+
+    @property
+    def mime_type(self) -> str:
+        return self.codec.mime_type if self.codec else ""
+
+    @property
+    def bound(self) -> bool:
+        """Whether a media section of the publisher's SDP carries this track."""
+        return self.codec is not None
+
+    def forward(self, data: bytes, info: RtpInfo) -> None:
+        counters = self.counters
+        counters.packets_in += 1
+        counters.bytes_in += len(data)
+        if self.muted:
+            return
+        for down in self.down_tracks:
+            if down.forward(data, info):
+                counters.packets_out += 1
+
+    def on_sender_report(self, ntp: int, rtp_timestamp: int) -> None:
+        self.last_sender_report = (ntp, rtp_timestamp)
+
+    def set_muted(self, muted: bool) -> None:
+        if self.muted and not muted and self.kind == "video":
+            # Frames were skipped while muted: subscribers must restart on a keyframe.
+            for down in self.down_tracks:
+                down.waiting_for_keyframe = True
+        self.muted = muted
+
+    def info(self) -> dict[str, object]:
+        return {
+            "sid": self.sid,
+            "kind": self.kind,
+            "source": self.source,
+            "name": self.name,
+            "muted": self.muted,
+            "mime_type": self.mime_type,
+            "simulcast": [],
+        }
+
+
+class DownTrack:
+    """One published track as one subscriber receives it."""
+
+    __slots__ = (
+        "track",
+        "subscriber_sid",
+        "sink",
+        "rewriter",
+        "out_ssrc",
+        "mid",
+        "waiting_for_keyframe",
+        "cache",
+        "_keyframe_mime",
+    )
+
+    def __init__(self, track: PublishedTrack, subscriber_sid: str) -> None:
+        self.track = track
+        self.subscriber_sid = subscriber_sid
+        self.sink: Sink | None = None
+        self.rewriter: RtpRewriter | None = None
+        self.out_ssrc: int | None = None
+        self.mid: str | None = None
+        # Video starts at a keyframe: earlier delta frames would only make the decoder ask again.
+        self.waiting_for_keyframe = track.kind == "video"
+        self.cache = PacketCache() if track.kind == "video" else None
+        self._keyframe_mime = track.mime_type
+
+    def configure(
+        self,
+        *,
+        sink: Sink,
+        out_ssrc: int,
+        mid: str,
+        payload_types: dict[int, int],
+        extensions: dict[str, int],
+    ) -> None:
+        """Bind to the subscriber's negotiated section (payload types and extension ids)."""
+        track = self.track
+        ext_map: dict[int, int] = {}
+        mid_ext_id: int | None = None
+        for uri, out_id in extensions.items():
+            if uri == SDES_MID:
+                mid_ext_id = out_id
+        for in_id, uri in track.extensions.items():
+            if uri != SDES_MID and uri in extensions:
+                ext_map[in_id] = extensions[uri]
+        self.rewriter = RtpRewriter(
+            out_ssrc=out_ssrc,
+            pt_map=payload_types,
+            ext_map=ext_map,
+            mid_ext_id=mid_ext_id,
+            mid=mid,
+            seq_start=random.randrange(1 << 16),
+            ts_start=random.randrange(1 << 32),
+        )
+        self.sink = sink
+        self.out_ssrc = out_ssrc
+        self.mid = mid
+        self._keyframe_mime = track.mime_type
+
+    def forward(self, data: bytes, info: RtpInfo) -> bool:
+        rewriter = self.rewriter
+        if rewriter is None or self.sink is None:
+            return False
+        if self.waiting_for_keyframe:
+            if not is_keyframe(self._keyframe_mime, data[info.payload_start : info.payload_end]):
+                return False
+            self.waiting_for_keyframe = False
+        out = rewriter.rewrite(data, info)
+        if out is None:
+            return False
+        if self.cache is not None:
+            self.cache.store((out[2] << 8) | out[3], out)
+        return self.sink.send(out)
+
+    def retransmit(self, sequence_numbers: tuple[int, ...]) -> int:
+        """Answer a NACK from the subscriber with the packets still cached."""
+        if self.cache is None or self.sink is None:
+            return 0
+        sent = 0
+        for seq in sequence_numbers:
+            packet = self.cache.get(seq)
+            if packet is not None and self.sink.send(packet):
+                sent += 1
+        return sent
+
+    def sender_report(self) -> bytes | None:
+        """The publisher's latest SR translated to this down-track's SSRC and timestamps."""
+        rewriter = self.rewriter
+        report = self.track.last_sender_report
+        if rewriter is None or report is None or not rewriter.started or self.out_ssrc is None:
+            return None
+        ntp, rtp_timestamp = report
+        return build_sr(
+            self.out_ssrc,
+            ntp,
+            rewriter.translate_timestamp(rtp_timestamp),
+            rewriter.packets,
+            rewriter.octets,
+        )
+
+
+KeyframeSender = Callable[[PublishedTrack], None]

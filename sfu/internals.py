@@ -1,0 +1,218 @@
+"""Every use of aiortc/aioice private internals lives here.
+
+keyroom forwards RTP below aiortc's track API: it takes plaintext RTP/RTCP from a peer connection's
+DTLS transport and sends rewritten packets through another one. That needs private attributes of
+aiortc 1.16.0 / aioice 0.13.0 (pinned in setup.cfg). `verify_internals()` runs at server start-up
+and in a test, so an upgrade that moves one of them fails loudly instead of silently forwarding
+nothing. Notes: ../shared/notes/aiortc-internals.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aioice.ice
+import aiortc
+import aiortc.codecs
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
+
+from sfu.rtcp import is_rtcp
+
+PINNED_AIORTC = "1.16.0"
+PINNED_AIOICE = "0.13.0"
+
+RtpHandler = Callable[[bytes, int], Awaitable[None]]
+RtcpHandler = Callable[[bytes], Awaitable[None]]
+
+
+class InternalsMoved(RuntimeError):
+    """An aiortc/aioice internal keyroom relies on is missing: the pinned version changed."""
+
+
+def verify_internals() -> None:
+    """Fail loudly if an internal used by this module is gone (see module docstring)."""
+    missing = []
+    checks: list[tuple[object, str]] = [
+        (RTCDtlsTransport, "_handle_rtp_data"),
+        (RTCDtlsTransport, "_handle_rtcp_data"),
+        (RTCDtlsTransport, "_recv_next"),
+        (RTCDtlsTransport, "_state"),
+        (aioice.ice.Connection, "_nominated"),
+        (aioice.ice.Connection, "_closing"),
+        (aioice.ice.Connection, "query_consent"),
+        (aioice.ice.StunProtocol, "send_data"),
+        (aioice.ice, "get_host_addresses"),
+        (aiortc.rtcrtpreceiver.RTCRtpReceiver, "receive"),
+        (aiortc.rtcrtpsender.RTCRtpSender, "send"),
+        (aiortc.rtcrtpreceiver, "get_decoder"),
+        (aiortc.rtcrtpsender, "get_encoder"),
+        (RTCRtpTransceiver, "_codecs"),
+        (RTCRtpTransceiver, "_headerExtensions"),
+    ]
+    for owner, name in checks:
+        if not _has(owner, name):
+            missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
+    source = RTCDtlsTransport._recv_next.__code__.co_names
+    for name in ("_handle_rtp_data", "_handle_rtcp_data", "_rx_srtp"):
+        if name not in source:
+            missing.append(f"RTCDtlsTransport._recv_next no longer calls {name}")
+    setup = RTCDtlsTransport._setup_srtp.__code__.co_names
+    for name in ("_rx_srtp", "_tx_srtp"):
+        if name not in setup:
+            missing.append(f"RTCDtlsTransport._setup_srtp no longer sets {name}")
+    if aiortc.__version__ != PINNED_AIORTC:
+        missing.append(f"aiortc {aiortc.__version__} != pinned {PINNED_AIORTC}")
+    if getattr(aioice, "__version__", PINNED_AIOICE) != PINNED_AIOICE:
+        missing.append(f"aioice {aioice.__version__} != pinned {PINNED_AIOICE}")
+    if missing:
+        raise InternalsMoved("aiortc/aioice internals moved: " + "; ".join(missing))
+
+
+def _has(owner: object, name: str) -> bool:
+    if hasattr(owner, name):
+        return True
+    # Instance attributes assigned in __init__ show up as names in its code object.
+    init = getattr(owner, "__init__", None)
+    code = getattr(init, "__code__", None)
+    return code is not None and name in code.co_names
+
+
+class CodecCreated(RuntimeError):
+    """Raised if anything in the server tries to create a decoder or encoder."""
+
+
+def _refuse_codec(*args: object, **kwargs: object) -> None:
+    raise CodecCreated("keyroom forwards packets: no decoder or encoder may be created")
+
+
+async def _receive_without_decoder(self: object, parameters: object) -> None:
+    # Stock receive() starts a decoder thread and an RTCP task per transceiver; keyroom takes
+    # plaintext RTP at the transport instead, so the receiver stays idle.
+    return None
+
+
+async def _send_without_encoder(self: object, parameters: object) -> None:
+    # Stock send() starts an encoder loop polling its track 50 times a second and an RTCP task
+    # sending zeroed Sender Reports; keyroom writes RTP and SRs for each down-track itself.
+    return None
+
+
+_stock_query_consent = aioice.ice.Connection.query_consent
+
+
+async def _query_consent_unless_closed(self: aioice.ice.Connection) -> None:
+    # aioice starts consent checks when connect() resumes, which can be after close() already
+    # ran: that task would then sleep forever, one leaked task per such connection.
+    if self._closing:
+        return
+    await _stock_query_consent(self)
+
+
+def install_server_patches() -> None:
+    """Turn aiortc into transport plumbing for this process: no codec, no media tasks."""
+    verify_internals()
+    aiortc.rtcrtpreceiver.RTCRtpReceiver.receive = _receive_without_decoder  # type: ignore[method-assign]
+    aiortc.rtcrtpsender.RTCRtpSender.send = _send_without_encoder  # type: ignore[method-assign]
+    aioice.ice.Connection.query_consent = _query_consent_unless_closed  # type: ignore[method-assign]
+    aiortc.rtcrtpreceiver.get_decoder = _refuse_codec  # type: ignore[assignment]
+    aiortc.rtcrtpsender.get_encoder = _refuse_codec  # type: ignore[assignment]
+    aiortc.codecs.get_decoder = _refuse_codec  # type: ignore[assignment]
+    aiortc.codecs.get_encoder = _refuse_codec  # type: ignore[assignment]
+
+
+def new_peer_connection() -> RTCPeerConnection:
+    # iceServers=[]: otherwise aiortc adds a public STUN server and advertises a reflexive address.
+    return RTCPeerConnection(
+        RTCConfiguration(iceServers=[], bundlePolicy=aiortc.RTCBundlePolicy.MAX_BUNDLE)
+    )
+
+
+def bundle_transport(pc: RTCPeerConnection) -> RTCDtlsTransport | None:
+    """The single DTLS transport every m-line of a max-bundle connection shares."""
+    transceivers = pc.getTransceivers()
+    if transceivers:
+        return transceivers[0].receiver.transport
+    if pc.sctp is not None:
+        return pc.sctp.transport
+    return None
+
+
+def hook_transport(dtls: RTCDtlsTransport, on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> None:
+    """Receive this transport's plaintext RTP and RTCP instead of aiortc's router."""
+    dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign]
+
+
+class RtpSink:
+    """Protects and sends raw RTP/RTCP on a connected DTLS transport, synchronously.
+
+    aiortc's `_send_rtp` costs four coroutine frames per packet; the nominated pair's socket can
+    take the datagram directly. Relayed (TURN) pairs keep aioice's own coroutine path.
+    """
+
+    __slots__ = ("_dtls", "sent_packets", "sent_bytes", "send_errors")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self.sent_packets = 0
+        self.sent_bytes = 0
+        self.send_errors = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._dtls._state == State.CONNECTED
+
+    def send(self, data: bytes) -> bool:
+        dtls = self._dtls
+        if dtls._state != State.CONNECTED:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return False
+        try:
+            if is_rtcp(data):
+                protected = dtls._tx_srtp.protect_rtcp(data)
+            else:
+                protected = dtls._tx_srtp.protect(data)
+        except Exception:
+            # libsrtp refuses e.g. a replayed sequence number: drop this packet, keep the stream.
+            self.send_errors += 1
+            return False
+        protocol = pair.protocol
+        if type(protocol) is aioice.ice.StunProtocol:
+            protocol.transport.sendto(protected, pair.remote_addr)
+        else:
+            asyncio.ensure_future(protocol.send_data(protected, pair.remote_addr))
+        self.sent_packets += 1
+        self.sent_bytes += len(protected)
+        return True
+
+
+def set_sender_msid(transceiver: RTCRtpTransceiver, stream_id: str, track_id: str) -> None:
+    """What the offer says in `a=msid:<stream> <track>` for this sender (PROTOCOL 2.4)."""
+    transceiver.sender._stream_id = stream_id
+    transceiver.sender._track_id = track_id
+
+
+def sender_ssrc(transceiver: RTCRtpTransceiver) -> int:
+    return int(transceiver.sender._ssrc)
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    return list(transceiver._codecs)
+
+
+def restrict_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]) -> None:
+    """Answer with exactly these codecs, so the publisher's codec is known before it sends."""
+    transceiver._codecs = codecs
+
+
+def negotiated_extensions(
+    transceiver: RTCRtpTransceiver,
+) -> list[RTCRtpHeaderExtensionParameters]:
+    return list(transceiver._headerExtensions)

@@ -1,0 +1,242 @@
+"""Rooms: who is in them, what they publish, and who receives what.
+
+A room owns the membership rules (limits, duplicate identities, visibility) and wires publications
+to subscriptions; each `Participant` owns its own peer connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from auth.policy import may_subscribe
+from sfu.config import LimitsConfig
+from sfu.forwarder import PublishedTrack
+from sfu.participant import Participant
+
+log = logging.getLogger("keyroom.room")
+
+
+def new_sid(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(9)}"
+
+
+class JoinRefused(Exception):
+    """A join the room cannot admit: `code` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Room:
+    def __init__(self, name: str, limits: LimitsConfig, *, metadata: str = "") -> None:
+        self.sid = new_sid("RM")
+        self.name = name
+        self.metadata = metadata
+        self.limits = limits
+        self.created_at = time.time()
+        self.participants: dict[str, Participant] = {}
+        self.closed = False
+        # Called when the room has been empty for `empty_timeout` seconds.
+        self.on_empty: Callable[[Room], None] | None = None
+        self._empty_timer: asyncio.TimerHandle | None = None
+
+    def info(self) -> dict[str, Any]:
+        limits = asdict(self.limits)
+        return {
+            "sid": self.sid,
+            "name": self.name,
+            "metadata": self.metadata,
+            "limits": limits,
+            "e2ee_required": self.limits.e2ee_required,
+            "relay_only": self.limits.relay_only,
+            "num_participants": sum(1 for p in self.participants.values() if not p.hidden),
+            "created_at": int(self.created_at),
+        }
+
+    def by_identity(self, identity: str) -> Participant | None:
+        return next((p for p in self.participants.values() if p.identity == identity), None)
+
+    def visible_to(self, viewer: Participant) -> list[Participant]:
+        return [p for p in self.participants.values() if p is not viewer and not p.hidden]
+
+    def check_admission(self, identity: str) -> Participant | None:
+        """Raise JoinRefused, or return the participant a `replace` join will evict."""
+        existing = self.by_identity(identity)
+        if existing is not None:
+            if self.limits.duplicate_identity != "replace":
+                raise JoinRefused("conflict", "this identity is already in the room")
+            return existing
+        limit = self.limits.max_participants
+        if limit and len(self.participants) >= limit:
+            raise JoinRefused("room_full", "the room is full")
+        return None
+
+    def add(self, participant: Participant) -> None:
+        """Admit a participant (synchronously, so concurrent joins cannot overshoot limits)."""
+        self.participants[participant.sid] = participant
+        self._cancel_empty_timer()
+        if not participant.hidden:
+            self.broadcast(
+                {"type": "participant_joined", "participant": participant.info()},
+                exclude=participant,
+            )
+
+    def subscribe_all(self, participant: Participant) -> None:
+        if not participant.auto_subscribe or not may_subscribe(participant.grant).allowed:
+            participant.start_negotiation()
+            return
+        subscribed = False
+        for other in self.visible_to(participant):
+            for track in other.tracks.values():
+                if track.bound:
+                    subscribed |= participant.subscribe(track)
+        if not subscribed:
+            participant.start_negotiation()
+
+    def detach(self, participant: Participant, reason: str) -> bool:
+        """Take a participant out now: nothing is forwarded to or from it after this returns."""
+        if self.participants.pop(participant.sid, None) is None:
+            return False
+        for track_sid in list(participant.tracks):
+            self.unpublish(participant, track_sid, notify_publisher=False)
+        participant.detach()
+        if not participant.hidden:
+            self.broadcast(
+                {
+                    "type": "participant_left",
+                    "sid": participant.sid,
+                    "identity": participant.identity,
+                    "reason": reason,
+                }
+            )
+        if not self.participants:
+            self._arm_empty_timer()
+        return True
+
+    async def remove(self, participant: Participant, reason: str) -> None:
+        self.detach(participant, reason)
+        await participant.close()
+
+    def broadcast(self, frame: dict[str, Any], exclude: Participant | None = None) -> None:
+        for participant in list(self.participants.values()):
+            if participant is not exclude:
+                participant.notify(frame)
+
+    def track_bound(self, publisher: Participant, track: PublishedTrack) -> None:
+        """A track's media section was negotiated: announce it and subscribe the others."""
+        if publisher.hidden:
+            return
+        self.broadcast(
+            {"type": "track_published", "participant_sid": publisher.sid, "track": track.info()},
+            exclude=publisher,
+        )
+        for other in self.others(publisher):
+            if other.auto_subscribe and may_subscribe(other.grant).allowed:
+                other.subscribe(track)
+
+    def others(self, participant: Participant) -> list[Participant]:
+        return [p for p in self.participants.values() if p is not participant]
+
+    def unpublish(self, publisher: Participant, track_sid: str, *, notify_publisher: bool) -> bool:
+        track = publisher.remove_track(track_sid)
+        if track is None:
+            return False
+        for other in self.participants.values():
+            other.unsubscribe(track_sid)
+        track.down_tracks.clear()
+        if track.bound and not publisher.hidden:
+            self.broadcast(
+                {
+                    "type": "track_unpublished",
+                    "participant_sid": publisher.sid,
+                    "track_sid": track_sid,
+                },
+                exclude=None if notify_publisher else publisher,
+            )
+        return True
+
+    def find_track(self, track_sid: str) -> tuple[Participant, PublishedTrack] | None:
+        for participant in self.participants.values():
+            track = participant.tracks.get(track_sid)
+            if track is not None:
+                return participant, track
+        return None
+
+    def deliver_data(
+        self,
+        sender: Participant,
+        label: str,
+        topic: str,
+        payload: str,
+        to: list[str] | None,
+    ) -> int:
+        """Relay a data message; `from` is always the sender's authenticated identity."""
+        message = orjson.dumps(
+            {"from": sender.identity, "from_sid": sender.sid, "topic": topic, "payload": payload}
+        )
+        wanted = set(to) if to is not None else None
+        delivered = 0
+        for participant in self.participants.values():
+            if participant is sender or not may_subscribe(participant.grant).allowed:
+                continue
+            if wanted is not None and participant.identity not in wanted:
+                continue
+            if participant.send_data(label, message):
+                delivered += 1
+        return delivered
+
+    def _arm_empty_timer(self) -> None:
+        self._cancel_empty_timer()
+        timeout = self.limits.empty_timeout
+        if timeout > 0 and self.on_empty is not None:
+            loop = asyncio.get_running_loop()
+            self._empty_timer = loop.call_later(timeout, self._empty_timeout)
+
+    def _empty_timeout(self) -> None:
+        self._empty_timer = None
+        if not self.participants and self.on_empty is not None:
+            self.on_empty(self)
+
+    def _cancel_empty_timer(self) -> None:
+        if self._empty_timer is not None:
+            self._empty_timer.cancel()
+            self._empty_timer = None
+
+    def close(self) -> None:
+        self.closed = True
+        self._cancel_empty_timer()
+
+
+class RoomRegistry:
+    def __init__(self, default_limits: LimitsConfig) -> None:
+        self.default_limits = default_limits
+        self.rooms: dict[str, Room] = {}
+
+    def get(self, name: str) -> Room | None:
+        return self.rooms.get(name)
+
+    def create(self, name: str, *, limits: LimitsConfig | None = None, metadata: str = "") -> Room:
+        room = Room(name, limits or self.default_limits, metadata=metadata)
+        room.on_empty = self._drop_empty
+        self.rooms[name] = room
+        room._arm_empty_timer()
+        return room
+
+    def _drop_empty(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room and not room.participants:
+            del self.rooms[room.name]
+            room.close()
+            log.info("room %s closed after empty_timeout", room.sid)
+
+    def participant_count(self) -> int:
+        return sum(len(r.participants) for r in self.rooms.values())

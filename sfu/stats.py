@@ -1,0 +1,38 @@
+"""Process-wide forwarding counters (the metrics issue exports them to Prometheus)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class DropReason(StrEnum):
+    MALFORMED = "malformed"
+    UNKNOWN_SSRC = "unknown_ssrc"
+    NOT_GRANTED = "no_right"
+    TOO_LARGE = "too_large"
+    SRTP_FAILURE = "srtp_failure"
+
+
+@dataclass
+class Stats:
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    keyframe_requests: int = 0
+    retransmissions: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def drop(self, reason: DropReason) -> None:
+        self.dropped[reason.value] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "packets_in": self.packets_in,
+            "bytes_in": self.bytes_in,
+            "packets_out": self.packets_out,
+            "keyframe_requests": self.keyframe_requests,
+            "retransmissions": self.retransmissions,
+            "dropped": dict(self.dropped),
+        }
