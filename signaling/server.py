@@ -1,0 +1,207 @@
+"""The aiohttp application: `/rtc` signaling, `/healthz`, and the process life (`run_server`)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+import uvloop
+from aiohttp import web
+
+from auth.keys import KeyTable
+from auth.tokens import TokenVerifier, mint_token
+from sfu import internals
+from sfu.config import Config
+from sfu.iceaddr import restrict_host_addresses
+from sfu.room import RoomRegistry
+from signaling.session import CLOSE_GOING_AWAY, Session
+from signaling.state import ServerState
+
+log = logging.getLogger("keyroom.server")
+
+STATE = web.AppKey("state", ServerState)
+DEV_TOKEN_TTL = 3600.0
+
+
+def build_state(config: Config) -> ServerState:
+    keys = KeyTable.from_secrets(dict(config.auth.keys))
+    verifier = TokenVerifier(
+        keys,
+        max_ttl=config.auth.max_token_ttl,
+        leeway=config.auth.leeway,
+        max_name_bytes=config.limits.max_name_bytes,
+        max_metadata_bytes=config.limits.max_metadata_bytes,
+    )
+    return ServerState(config=config, verifier=verifier, rooms=RoomRegistry(config.limits))
+
+
+def build_app(state: ServerState) -> web.Application:
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/rtc", rtc_handler)
+    app.router.add_get("/healthz", healthz_handler)
+    if state.config.server.dev:
+        app.router.add_get("/debug/runtime", runtime_handler)
+    return app
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Same-origin or listed origins only; clients that send no Origin are not browsers."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc == request.host
+
+
+async def rtc_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if not origin_allowed(request, state.config.server.allowed_origins):
+        raise web.HTTPForbidden(text="origin not allowed")
+    if not state.accepting:
+        raise web.HTTPServiceUnavailable(text="server shutting down")
+    ws = web.WebSocketResponse(
+        max_msg_size=state.config.server.max_frame_bytes, heartbeat=20, autoping=True
+    )
+    await ws.prepare(request)
+    session = Session(state, ws, request.remote or "?")
+    state.sessions.add(session)
+    try:
+        await session.run()
+    finally:
+        state.sessions.discard(session)
+    return ws
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    status = 200 if state.accepting else 503
+    return web.json_response(
+        {
+            "status": "ok" if state.accepting else "draining",
+            "rooms": len(state.rooms.rooms),
+            "participants": state.rooms.participant_count(),
+        },
+        status=status,
+    )
+
+
+async def runtime_handler(request: web.Request) -> web.Response:
+    """Dev-mode introspection for leak and no-codec tests: tasks, threads, sockets, codecs."""
+    state = request.app[STATE]
+    from aiortc.codecs.base import Decoder, Encoder
+
+    codecs = sum(1 for o in gc.get_objects() if isinstance(o, Decoder | Encoder))
+    tasks = asyncio.all_tasks()
+    return web.json_response(
+        {
+            "tasks": len(tasks),
+            "task_kinds": dict(Counter(_task_kind(t) for t in tasks)),
+            "threads": [t.name for t in threading.enumerate()],
+            "open_fds": len(os.listdir("/proc/self/fd")),
+            "udp_sockets": _count_udp_sockets(),
+            "codecs": codecs,
+            "rooms": len(state.rooms.rooms),
+            "participants": state.rooms.participant_count(),
+            "peer_connections": _count_peer_connections(),
+            "stats": state.stats.snapshot(),
+        }
+    )
+
+
+def _task_kind(task: asyncio.Task[object]) -> str:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", type(coro).__name__)
+
+
+def _count_udp_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            count += 1
+    return count
+
+
+def _count_peer_connections() -> int:
+    from aiortc import RTCPeerConnection
+
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, RTCPeerConnection) and o.connectionState != "closed"
+    )
+
+
+async def shutdown(state: ServerState) -> None:
+    """Tell every participant `server_shutdown`, then close their sessions."""
+    state.accepting = False
+    for session in list(state.sessions):
+        session.end("server_shutdown", close_code=CLOSE_GOING_AWAY)
+    deadline = time.monotonic() + max(state.config.server.shutdown_timeout - 1.0, 0.5)
+    while state.sessions and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def print_dev_banner(config: Config) -> None:
+    key_id, secret = next(iter(config.auth.keys.items()))
+    token = mint_token(
+        key_id=key_id,
+        secret=secret,
+        identity="dev-user",
+        room="dev",
+        ttl=DEV_TOKEN_TTL,
+        now=time.time(),
+        name="Dev User",
+    )
+    base = f"http://{config.server.host}:{config.server.port}"
+    lines = ["keyroom dev mode: plaintext, loopback only."]
+    if config.auth.generated_dev_key:
+        # A throw-away key made for this run only; printing it is the point of --dev.
+        lines.append(f"dev key: {key_id}={secret}")
+    lines += [f"dev token (room 'dev', 1 h): {token}", f"join link: {base}/?token={token}"]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def serve(config: Config) -> int:
+    state = build_state(config)
+    app = build_app(state)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    log.info("keyroom listening on %s:%d", config.server.host, config.server.port)
+    if config.server.dev:
+        print_dev_banner(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await shutdown(state)
+    await runner.cleanup()
+    return 0
+
+
+def run_server(config: Config) -> int:
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    internals.install_server_patches()
+    restrict_host_addresses(list(config.rtc.ips))
+    return uvloop.run(serve(config))
