@@ -508,6 +508,20 @@ class Participant:
             if publisher is not None:
                 publisher.request_keyframe(track)
 
+    def resync_subscriber(self) -> None:
+        """After a socket change: repeat the offer still awaiting an answer, or make a new one
+        if the last offer timed out unanswered."""
+        if self._answer is not None and not self._answer.done():
+            self.notify(
+                {
+                    "type": "offer",
+                    "target": "subscriber",
+                    "sdp": self.subscriber_pc.localDescription.sdp,
+                }
+            )
+        elif self.subscriber_pc.signalingState == "have-local-offer":
+            self.start_negotiation()
+
     def handle_subscriber_answer(self, sdp: str) -> None:
         if self._answer is None or self._answer.done():
             raise NegotiationError("no subscriber offer is waiting for an answer")

@@ -154,6 +154,10 @@ async def shutdown(state: ServerState) -> None:
     deadline = time.monotonic() + max(state.config.server.shutdown_timeout - 1.0, 0.5)
     while state.sessions and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    for token in list(state.parked):
+        parked = state.take_parked(token)
+        if parked is not None:
+            await parked.room.remove(parked.participant, "server_shutdown")
 
 
 def print_dev_banner(config: Config) -> None:

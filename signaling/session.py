@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -70,6 +71,8 @@ class Session:
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._ending = False
         self._end_reason = "disconnected"
+        self._resumed = False
+        self.resume_token = ""
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -158,9 +161,11 @@ class Session:
             await self._refuse("invalid_message", exc.message, CLOSE_PROTOCOL, exc.req)
             return False
         req = frame.get("req")
+        if frame["type"] == "resume":
+            return await self._resume(frame, req)
         if frame["type"] != "join":
             await self._refuse(
-                "invalid_message", "the first frame must be join", CLOSE_PROTOCOL, req
+                "invalid_message", "the first frame must be join or resume", CLOSE_PROTOCOL, req
             )
             return False
         if frame.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
@@ -198,11 +203,14 @@ class Session:
             room = state.rooms.create(claims.room)
         evicted = room.check_admission(claims.identity)
         if evicted is not None:
-            # The evicted session's own cleanup closes its peer connections.
             room.detach(evicted, "duplicate_identity")
             other = state.sessions_by_participant.get(evicted.sid)
             if other is not None:
+                # Its own cleanup closes the peer connections.
                 other.end("duplicate_identity")
+            else:
+                state.forget_parked(evicted)
+                state.spawn(evicted.close())
         limits = room.limits
         participant = Participant(
             sid=new_sid("PA"),
@@ -224,6 +232,13 @@ class Session:
         self.claims = claims
         room.add(participant)
         state.sessions_by_participant[participant.sid] = self
+        self._send_joined(req)
+        self._arm_expiry(claims)
+
+    def _send_joined(self, req: int | None) -> None:
+        participant, room = self.participant, self.room
+        assert participant is not None and room is not None
+        self.resume_token = secrets.token_urlsafe(32)
         self.reply(
             req,
             {
@@ -232,15 +247,42 @@ class Session:
                 "participant": participant.info(with_permissions=True),
                 "participants": [p.info() for p in room.visible_to(participant)],
                 "ice_servers": [],
-                "ice_transport_policy": "relay" if limits.relay_only else "all",
-                "resume_token": new_sid("RS"),
+                "ice_transport_policy": "relay" if room.limits.relay_only else "all",
+                "resume_token": self.resume_token,
             },
         )
-        self._arm_expiry(claims)
+
+    async def _resume(self, frame: dict[str, Any], req: int | None) -> bool:
+        """Re-attach a participant whose socket dropped (PROTOCOL 2.7); nobody sees it leave."""
+        state = self.state
+        parked = state.take_parked(frame["resume_token"])
+        if parked is None:
+            log.info("resume refused from %s: unknown or expired resume token", self.peer)
+            await self._refuse("unauthorized", "unauthorized", CLOSE_UNAUTHORIZED, req)
+            return False
+        if parked.claims.exp + state.config.auth.leeway < time.time():
+            log.info("resume refused for %s: token expired", parked.participant.sid)
+            state.spawn(parked.room.remove(parked.participant, "token_expired"))
+            await self._refuse("unauthorized", "unauthorized", CLOSE_UNAUTHORIZED, req)
+            return False
+        participant = parked.participant
+        self.participant, self.room, self.claims = participant, parked.room, parked.claims
+        participant.notify = self.send
+        participant.on_connection_failed = self._on_connection_failed
+        state.sessions_by_participant[participant.sid] = self
+        self._send_joined(req)
+        for held in parked.frames:
+            if held.get("type") != "offer":  # the offer still waiting is sent again below
+                self.send(held)
+        participant.resync_subscriber()
+        self._arm_expiry(parked.claims)
+        self._resumed = True
+        return True
 
     def _flush_join(self) -> None:
         assert self.room is not None and self.participant is not None
-        self.room.subscribe_all(self.participant)
+        if not self._resumed:
+            self.room.subscribe_all(self.participant)
 
     async def _read_loop(self) -> None:
         limits = self.state.config.limits
@@ -270,11 +312,14 @@ class Session:
         for timer in (self._expiry_timer, self._refresh_timer):
             if timer is not None:
                 timer.cancel()
-        participant, room = self.participant, self.room
-        if participant is not None and room is not None:
+        participant, room, claims = self.participant, self.room, self.claims
+        if participant is not None and room is not None and claims is not None:
             if self.state.sessions_by_participant.get(participant.sid) is self:
                 del self.state.sessions_by_participant[participant.sid]
-            await room.remove(participant, self._end_reason)
+                if self._ending or not self.state.park(
+                    self.resume_token, participant, room, claims
+                ):
+                    await room.remove(participant, self._end_reason)
         if self._writer is not None:
             if not self._ending:
                 self._outbox.put_nowait(None)

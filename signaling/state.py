@@ -7,10 +7,26 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from auth.tokens import TokenVerifier
+from auth.tokens import Claims, TokenVerifier
 from sfu.config import Config
-from sfu.room import RoomRegistry
+from sfu.participant import Participant
+from sfu.room import Room, RoomRegistry
 from sfu.stats import Stats
+
+# Server frames kept for a parked participant; past this, resuming would lose events: it ends.
+MAX_PARKED_FRAMES = 1000
+
+
+@dataclass
+class Parked:
+    """A participant whose socket dropped, kept (media flowing) until it resumes or times out."""
+
+    participant: Participant
+    room: Room
+    claims: Claims
+    timer: asyncio.TimerHandle | None = None
+    frames: list[dict[str, Any]] = field(default_factory=list)
+
 
 if TYPE_CHECKING:
     from signaling.session import Session
@@ -26,9 +42,45 @@ class ServerState:
     sessions: set[Session] = field(default_factory=set)
     accepting: bool = True
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    parked: dict[str, Parked] = field(default_factory=dict)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    def park(self, resume_token: str, participant: Participant, room: Room, claims: Claims) -> bool:
+        """Keep a participant whose socket dropped for `resume_window`; False if not allowed."""
+        window = self.config.server.resume_window
+        if window <= 0 or not resume_token or participant.closed or not self.accepting:
+            return False
+        parked = Parked(participant, room, claims)
+
+        def hold(frame: dict[str, Any]) -> None:
+            if len(parked.frames) >= MAX_PARKED_FRAMES:
+                self._expire(resume_token)
+            else:
+                parked.frames.append(frame)
+
+        participant.notify = hold
+        participant.on_connection_failed = lambda p: self._expire(resume_token)
+        parked.timer = asyncio.get_running_loop().call_later(window, self._expire, resume_token)
+        self.parked[resume_token] = parked
+        return True
+
+    def take_parked(self, resume_token: str) -> Parked | None:
+        parked = self.parked.pop(resume_token, None)
+        if parked is not None and parked.timer is not None:
+            parked.timer.cancel()
+        return parked
+
+    def forget_parked(self, participant: Participant) -> None:
+        for token, parked in list(self.parked.items()):
+            if parked.participant is participant:
+                self.take_parked(token)
+
+    def _expire(self, resume_token: str) -> None:
+        parked = self.take_parked(resume_token)
+        if parked is not None:
+            self.spawn(parked.room.remove(parked.participant, "disconnected"))
