@@ -10,7 +10,8 @@ nothing. Notes: ../shared/notes/aiortc-internals.md.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import aioice.ice
 import aiortc
@@ -26,8 +27,8 @@ from sfu.rtcp import is_rtcp
 PINNED_AIORTC = "1.16.0"
 PINNED_AIOICE = "0.13.0"
 
-RtpHandler = Callable[[bytes, int], Awaitable[None]]
-RtcpHandler = Callable[[bytes], Awaitable[None]]
+RtpHandler = Callable[[bytes, int], Coroutine[Any, Any, None]]
+RtcpHandler = Callable[[bytes], Coroutine[Any, Any, None]]
 
 
 class InternalsMoved(RuntimeError):
@@ -144,8 +145,8 @@ def bundle_transport(pc: RTCPeerConnection) -> RTCDtlsTransport | None:
 
 def hook_transport(dtls: RTCDtlsTransport, on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> None:
     """Receive this transport's plaintext RTP and RTCP instead of aiortc's router."""
-    dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign]
-    dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign]
+    dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign, assignment]
+    dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign, assignment]
 
 
 class RtpSink:

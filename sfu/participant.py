@@ -219,7 +219,7 @@ class Participant:
         codecs = internals.negotiated_codecs(transceiver)
         for codec in codecs:
             name = codec.mimeType.split("/")[-1].lower()
-            if name == "rtx" or name not in self.allowed_codecs:
+            if name == "rtx" or name not in self.allowed_codecs or codec.payloadType is None:
                 continue
             rtx = next(
                 (
@@ -274,8 +274,9 @@ class Participant:
         except MalformedPacket:
             stats.drop(DropReason.MALFORMED)
             return
-        track = self._tracks_by_ssrc.get(info.ssrc, False)
-        if track is False:
+        try:
+            track = self._tracks_by_ssrc[info.ssrc]
+        except KeyError:
             track = self._learn_ssrc(data, info)
             if track is None:
                 stats.drop(DropReason.UNKNOWN_SSRC)
@@ -493,16 +494,17 @@ class Participant:
             track = down.track
             codecs = internals.negotiated_codecs(transceiver)
             media = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
-            if media is None or track.codec is None:
+            if media is None or media.payloadType is None or track.codec is None:
                 continue
+            out_ssrc = internals.sender_ssrc(transceiver)
             down.configure(
                 sink=sink,
-                out_ssrc=internals.sender_ssrc(transceiver),
+                out_ssrc=out_ssrc,
                 mid=transceiver.mid,
                 payload_types={track.codec.payload_type: media.payloadType},
                 extensions={e.uri: e.id for e in internals.negotiated_extensions(transceiver)},
             )
-            self._down_by_ssrc[down.out_ssrc] = down  # type: ignore[index]
+            self._down_by_ssrc[out_ssrc] = down
             track.down_tracks.append(down)
             publisher = self.room.participants.get(track.publisher_sid)
             if publisher is not None:

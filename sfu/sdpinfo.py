@@ -51,7 +51,9 @@ def describe_offer(text: str) -> list[MediaSection]:
         mids.add(mid)
         if media.kind not in ("audio", "video", "application"):
             raise BadSdp(f"media section {index} has unsupported kind {media.kind!r}")
-        if media.kind != "application" and not (media.ice.usernameFragment and media.dtls):
+        if media.kind != "application" and not (
+            media.ice and media.ice.usernameFragment and media.dtls
+        ):
             raise BadSdp(f"media section {index} lacks ICE or DTLS parameters")
         stream_id, track_id = _msid(media)
         media_ssrc, rtx_ssrc = _ssrcs(media)

@@ -206,6 +206,8 @@ def run_server(config: Config) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # aioice logs every candidate pair at INFO: per-connection noise, and it names client addresses.
+    logging.getLogger("aioice").setLevel(max(logging.WARNING, logging.root.level))
     internals.install_server_patches()
     restrict_host_addresses(list(config.rtc.ips))
     return uvloop.run(serve(config))

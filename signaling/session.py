@@ -409,23 +409,10 @@ class Session:
                 raise FrameError("not_found", "no such track of yours", req)
             self.ok(req)
         elif kind == "mute":
-            track = participant.tracks.get(frame["track_sid"])
-            if track is None:
+            muted_track = participant.tracks.get(frame["track_sid"])
+            if muted_track is None:
                 raise FrameError("not_found", "no such track of yours", req)
-            if track.muted != frame["muted"]:
-                track.set_muted(frame["muted"])
-                if track.bound and not participant.hidden:
-                    room.broadcast(
-                        {
-                            "type": "track_muted",
-                            "participant_sid": participant.sid,
-                            "track_sid": track.sid,
-                            "muted": track.muted,
-                        },
-                        exclude=participant,
-                    )
-                if not track.muted:
-                    participant.request_keyframe(track)
+            self._mute(muted_track, frame["muted"], participant, room)
             self.ok(req)
         elif kind == "set_quality":
             if room.find_track(frame["track_sid"]) is None:
@@ -435,6 +422,25 @@ class Session:
             self._refresh(frame)
         else:
             raise FrameError("invalid_message", f"{kind} is only valid as the first frame", req)
+
+    def _mute(
+        self, track: PublishedTrack, muted: bool, participant: Participant, room: Room
+    ) -> None:
+        if track.muted == muted:
+            return
+        track.set_muted(muted)
+        if track.bound and not participant.hidden:
+            room.broadcast(
+                {
+                    "type": "track_muted",
+                    "participant_sid": participant.sid,
+                    "track_sid": track.sid,
+                    "muted": muted,
+                },
+                exclude=participant,
+            )
+        if not muted:
+            participant.request_keyframe(track)
 
     def _add_track(self, frame: dict[str, Any], participant: Participant, room: Room) -> None:
         req = frame.get("req")

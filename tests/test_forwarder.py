@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
 from sfu.rtcp import SenderReport, parse_rtcp
