@@ -37,8 +37,21 @@ class JoinRefused(Exception):
         self.message = message
 
 
+# Lifecycle listeners (webhooks, metrics) get (event, room, participant, track); the six events
+# are LiveKit's: room_started, room_finished, participant_joined, participant_left,
+# track_published, track_unpublished. A listener must not block: it is called inline.
+Listener = Callable[[str, "Room", Participant | None, PublishedTrack | None], None]
+
+
 class Room:
-    def __init__(self, name: str, limits: LimitsConfig, *, metadata: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        limits: LimitsConfig,
+        *,
+        metadata: str = "",
+        listeners: list[Listener] | None = None,
+    ) -> None:
         self.sid = new_sid("RM")
         self.name = name
         self.metadata = metadata
@@ -48,6 +61,7 @@ class Room:
         self.closed = False
         # Called when the room has been empty for `empty_timeout` seconds.
         self.on_empty: Callable[[Room], None] | None = None
+        self.listeners: list[Listener] = listeners if listeners is not None else []
         self._empty_timer: asyncio.TimerHandle | None = None
 
     def info(self) -> dict[str, Any]:
@@ -62,6 +76,18 @@ class Room:
             "num_participants": sum(1 for p in self.participants.values() if not p.hidden),
             "created_at": int(self.created_at),
         }
+
+    def emit(
+        self,
+        event: str,
+        participant: Participant | None = None,
+        track: PublishedTrack | None = None,
+    ) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, self, participant, track)
+            except Exception:
+                log.exception("lifecycle listener failed on %s", event)
 
     def by_identity(self, identity: str) -> Participant | None:
         return next((p for p in self.participants.values() if p.identity == identity), None)
@@ -85,6 +111,7 @@ class Room:
         """Admit a participant (synchronously, so concurrent joins cannot overshoot limits)."""
         self.participants[participant.sid] = participant
         self._cancel_empty_timer()
+        self.emit("participant_joined", participant)
         if not participant.hidden:
             self.broadcast(
                 {"type": "participant_joined", "participant": participant.info()},
@@ -110,6 +137,7 @@ class Room:
         for track_sid in list(participant.tracks):
             self.unpublish(participant, track_sid, notify_publisher=False)
         participant.detach()
+        self.emit("participant_left", participant)
         if not participant.hidden:
             self.broadcast(
                 {
@@ -134,6 +162,7 @@ class Room:
 
     def track_bound(self, publisher: Participant, track: PublishedTrack) -> None:
         """A track's media section was negotiated: announce it and subscribe the others."""
+        self.emit("track_published", publisher, track)
         if publisher.hidden:
             return
         self.broadcast(
@@ -154,6 +183,8 @@ class Room:
         for other in self.participants.values():
             other.unsubscribe(track_sid)
         track.down_tracks.clear()
+        if track.bound:
+            self.emit("track_unpublished", publisher, track)
         if track.bound and not publisher.hidden:
             self.broadcast(
                 {
@@ -198,7 +229,7 @@ class Room:
     def _arm_empty_timer(self) -> None:
         self._cancel_empty_timer()
         timeout = self.limits.empty_timeout
-        if timeout > 0 and self.on_empty is not None:
+        if self.on_empty is not None:
             loop = asyncio.get_running_loop()
             self._empty_timer = loop.call_later(timeout, self._empty_timeout)
 
@@ -213,22 +244,30 @@ class Room:
             self._empty_timer = None
 
     def close(self) -> None:
+        if self.closed:
+            return
         self.closed = True
         self._cancel_empty_timer()
+        self.emit("room_finished")
 
 
 class RoomRegistry:
     def __init__(self, default_limits: LimitsConfig) -> None:
         self.default_limits = default_limits
         self.rooms: dict[str, Room] = {}
+        # Shared by every room, so a listener added later sees rooms created earlier too.
+        self.listeners: list[Listener] = []
 
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
 
     def create(self, name: str, *, limits: LimitsConfig | None = None, metadata: str = "") -> Room:
-        room = Room(name, limits or self.default_limits, metadata=metadata)
+        room = Room(
+            name, limits or self.default_limits, metadata=metadata, listeners=self.listeners
+        )
         room.on_empty = self._drop_empty
         self.rooms[name] = room
+        room.emit("room_started")
         room._arm_empty_timer()
         return room
 
