@@ -143,3 +143,24 @@ class VideoGrant:
             "hidden": self.hidden,
             "recorder": self.recorder,
         }
+
+
+def apply_role(role: Mapping[str, Any], claim: Mapping[str, Any]) -> VideoGrant:
+    """The grant of a token naming a server-side role: the role's grant set, narrowed by the
+    token's explicit `video` fields, never widened (a boolean stays true only if both say so;
+    sources are intersected). Room and roomJoin come from the token: a role names rights, the
+    token names the room."""
+    base = VideoGrant.from_claim(role)
+    token = VideoGrant.from_claim(claim)
+    merged: dict[str, Any] = {}
+    for name, field_name in BOOL_CLAIMS.items():
+        role_value = getattr(base, field_name)
+        merged[field_name] = role_value and claim.get(name, role_value) is True
+    merged["room_join"] = token.room_join
+    merged["room"] = token.room
+    sources = base.can_publish_sources
+    if token.can_publish_sources is not None:
+        allowed = token.can_publish_sources if sources is None else sources
+        sources = tuple(s for s in token.can_publish_sources if s in allowed)
+    merged["can_publish_sources"] = sources
+    return VideoGrant(**merged)

@@ -17,7 +17,14 @@ from typing import Any
 
 import jwt
 
-from auth.grants import BOOL_CLAIMS, SOURCES_CLAIM, VideoGrant, check_room_name, check_sources
+from auth.grants import (
+    BOOL_CLAIMS,
+    SOURCES_CLAIM,
+    VideoGrant,
+    apply_role,
+    check_room_name,
+    check_sources,
+)
 from auth.keys import HS256, KeyTable
 
 MAX_LEEWAY = 60.0
@@ -127,6 +134,7 @@ class TokenVerifier:
         max_token_bytes: int = 8192,
         max_name_bytes: int = 256,
         max_metadata_bytes: int = 4096,
+        roles: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if not 0 <= leeway <= MAX_LEEWAY:
             raise ValueError(f"leeway must be 0..{MAX_LEEWAY:g} seconds")
@@ -140,6 +148,13 @@ class TokenVerifier:
         self.max_token_bytes = max_token_bytes
         self.max_name_bytes = max_name_bytes
         self.max_metadata_bytes = max_metadata_bytes
+        # Server-side roles ([roles.NAME]) a token may name; each is checked here, at start-up.
+        self.roles = dict(roles or {})
+        for role_name, role_grant in self.roles.items():
+            try:
+                VideoGrant.from_claim(role_grant)
+            except ValueError as e:
+                raise ValueError(f"roles.{role_name}: {e}") from None
 
     def verify(self, token: str, now: float) -> Claims:
         """Verify signature, algorithm, times and claim shapes; raise TokenError if refused."""
@@ -232,7 +247,13 @@ class TokenVerifier:
             identity = _check_identity(sub) if sub else None
             if role is not None:
                 _check_role(role)
-            grant = VideoGrant.from_claim(claims.get("video", {}))
+            video = claims.get("video", {})
+            if role is None:
+                grant = VideoGrant.from_claim(video)
+            elif role in self.roles and isinstance(video, Mapping):
+                grant = apply_role(self.roles[role], video)
+            else:
+                raise TokenError("unknown_role")
         except ValueError as e:
             raise _bad(str(e)) from None
         return Claims(
