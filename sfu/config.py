@@ -187,6 +187,14 @@ def _keys(name: str, value: Any) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
 
+def _public_keys(name: str, value: Any) -> Mapping[str, str]:
+    table = _table(name, value)
+    for key_id, pem in table.items():
+        if not isinstance(pem, str) or "BEGIN PUBLIC KEY" not in pem:
+            raise ConfigError(f"{name}: expected a PEM public key for key id {_show(key_id)}")
+    return MappingProxyType(dict(table))
+
+
 def _table(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise _expected(name, "a table", value)
@@ -245,6 +253,14 @@ class AuthConfig(_Section):
     max_token_ttl: float = _option(21600.0, _positive_seconds)
     leeway: float = _option(60.0, _leeway)
     auto_create_rooms: bool = _option(True, _bool)
+    # PEM public keys by key id (ES256 for P-256, EdDSA for Ed25519): no secret, shown in repr.
+    public_keys: Mapping[str, str] = _option({}, _public_keys)
+    # `token_refresh_required` goes out this long before the token expires.
+    refresh_notice: float = _option(60.0, _positive_seconds)
+    # Brute-force brake: this many refused joins or admin calls within the window, per client IP
+    # and per identity, and further attempts get `rate_limited` until the window moves on.
+    max_failures: int = _option(10, _positive_int)
+    failure_window: float = _option(60.0, _positive_seconds)
     # Set by finalize() only (not a file option): the server then prints the generated dev key.
     generated_dev_key: bool = False
 
@@ -253,6 +269,9 @@ class AuthConfig(_Section):
             f"AuthConfig(keys={{{', '.join(f'{k!r}: <secret>' for k in self.keys)}}},"
             f" max_token_ttl={self.max_token_ttl!r}, leeway={self.leeway!r},"
             f" auto_create_rooms={self.auto_create_rooms!r},"
+            f" public_keys={sorted(self.public_keys)!r},"
+            f" refresh_notice={self.refresh_notice!r}, max_failures={self.max_failures!r},"
+            f" failure_window={self.failure_window!r},"
             f" generated_dev_key={self.generated_dev_key!r})"
         )
 
@@ -282,14 +301,35 @@ class LimitsConfig(_Section):
     bad_frame_window: float = _option(10.0, _positive_seconds)
 
 
+@dataclass(frozen=True)
+class AuditConfig(_Section):
+    section: ClassVar[str] = "audit"
+    # Append-only, hash-chained JSON lines; unset: records go to the `keyroom.audit` logger only.
+    path: str | None = _option(None, _optional_path)
+
+
+@dataclass(frozen=True)
+class NodeConfig(_Section):
+    """Limits for this whole server; 0 means unlimited."""
+
+    section: ClassVar[str] = "node"
+    max_rooms: int = _option(0, _non_negative_int)
+    max_participants: int = _option(0, _non_negative_int)
+    max_tracks: int = _option(0, _non_negative_int)
+    max_bitrate_in: int = _option(0, _non_negative_int)  # bits per second, all publishers
+
+
 TYPED_SECTIONS: dict[str, type[_Section]] = {
     "server": ServerConfig,
     "rtc": RtcConfig,
     "auth": AuthConfig,
     "limits": LimitsConfig,
+    "audit": AuditConfig,
+    "node": NodeConfig,
 }
-# Accepted as tables and kept as plain dicts; later issues give each its own dataclass and checks.
-PLAIN_SECTIONS = ("turn", "audit", "roles", "webhooks", "node", "rooms")
+# Kept as tables: [roles.NAME] grant sets and [rooms.NAME] limit overrides are checked in
+# finalize(); turn and webhooks are validated by their own issues.
+PLAIN_SECTIONS = ("turn", "roles", "webhooks", "rooms")
 
 
 @dataclass(frozen=True, repr=False)
@@ -299,11 +339,11 @@ class Config(_Section):
     rtc: RtcConfig = field(default_factory=RtcConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
     turn: dict[str, Any] = _option({}, _table)
-    audit: dict[str, Any] = _option({}, _table)
     roles: dict[str, Any] = _option({}, _table)
     webhooks: dict[str, Any] = _option({}, _table)
-    node: dict[str, Any] = _option({}, _table)
     rooms: dict[str, Any] = _option({}, _table)
 
     def __repr__(self) -> str:
@@ -313,7 +353,7 @@ class Config(_Section):
         )
         return (
             f"Config(server={self.server!r}, rtc={self.rtc!r}, auth={self.auth!r},"
-            f" limits={self.limits!r}, {plain})"
+            f" limits={self.limits!r}, audit={self.audit!r}, node={self.node!r}, {plain})"
         )
 
 
@@ -366,7 +406,44 @@ def finalize(config: Config) -> Config:
                 " set [server] tls_cert and tls_key, or, behind a TLS-terminating proxy,"
                 " --insecure-plaintext (or use --dev on 127.0.0.1)"
             )
+    _check_roles(config.roles)
+    for name in config.rooms:
+        room_limits(config, name)
     return replace(config, server=server, rtc=rtc, auth=auth)
+
+
+def _check_roles(roles: Mapping[str, Any]) -> None:
+    from auth.grants import VideoGrant
+
+    for name, grant in roles.items():
+        if not isinstance(grant, dict):
+            raise _expected(f"roles.{name}", "a table of grants (canPublish = false, ...)", grant)
+        try:
+            VideoGrant.from_claim(grant)
+        except ValueError as e:
+            raise ConfigError(f"roles.{name}: {e}") from None
+
+
+def room_limits(config: Config, room: str) -> LimitsConfig:
+    """The limits a room starts with: [limits] overridden by its [rooms.NAME] section."""
+    overrides = config.rooms.get(room)
+    if overrides is None:
+        return config.limits
+    return limits_with(config.limits, overrides, f"rooms.{room}")
+
+
+def limits_with(base: LimitsConfig, overrides: Any, where: str) -> LimitsConfig:
+    """`base` with some limits replaced (config sections, admin API bodies); errors name `where`."""
+    if not isinstance(overrides, Mapping):
+        raise _expected(where, "a table of limits", overrides)
+    options = _file_options(LimitsConfig)
+    for key in overrides:
+        if key not in options:
+            raise _unknown(f"{where}.{key}", options, "limit")
+    try:
+        return replace(base, **overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def parse_keys(items: Iterable[str], source: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sfu.config import (
     ServerConfig,
     finalize,
     load_config,
+    room_limits,
 )
 
 SECRET = "s" * 40
@@ -114,6 +116,15 @@ def test_a_key_secret_may_contain_equals_signs() -> None:
 
 
 BAD_VALUES = [
+    ("auth", "public_keys", {"k": "not a pem"}),
+    ("auth", "refresh_notice", 0),
+    ("auth", "max_failures", 0),
+    ("auth", "failure_window", -1),
+    ("audit", "path", ""),
+    ("node", "max_rooms", -1),
+    ("node", "max_participants", "x"),
+    ("node", "max_tracks", 1.5),
+    ("node", "max_bitrate_in", -5),
     ("server", "host", ""),
     ("server", "host", 5),
     ("server", "port", "x"),
@@ -218,12 +229,28 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 
 
 def test_later_sections_are_kept_as_tables(tmp_path: Path) -> None:
-    text = '[turn]\nsecret = "t"\n[roles.viewer]\ncanPublish = false\n[node]\nid = "n1"\n'
+    text = '[turn]\nsecret = "t"\n[roles.viewer]\ncanPublish = false\n[rooms.r1]\nmax_participants = 3\n'
     config = load_config(write(tmp_path, text), RUNNABLE, {})
     assert config.turn == {"secret": "t"}
     assert config.roles == {"viewer": {"canPublish": False}}
-    assert config.node == {"id": "n1"}
-    assert config.audit == config.webhooks == config.rooms == {}
+    assert config.rooms == {"r1": {"max_participants": 3}}
+    assert room_limits(config, "r1").max_participants == 3
+    assert room_limits(config, "r2") == config.limits
+    assert config.webhooks == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[rooms.r1]\nmax_participantz = 3\n", "rooms.r1.max_participantz: unknown limit"),
+        ("[rooms.r1]\nmax_participants = -3\n", "rooms.r1: limits.max_participants: expected"),
+        ("[roles.v]\ncanPublish = 3\n", "roles.v: video.canPublish must be true or false"),
+        ("[roles]\nv = 3\n", "roles.v: expected a table"),
+    ],
+)
+def test_roles_and_rooms_are_checked_at_start_up(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        load_config(write(tmp_path, text), RUNNABLE, {})
 
 
 def test_values_are_normalised() -> None:
