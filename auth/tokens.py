@@ -74,6 +74,11 @@ class Claims:
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )
 
+    @property
+    def issued_at(self) -> float | None:
+        """When the token was issued (`iat`, else `nbf`): what a revocation compares against."""
+        return self.iat if self.iat is not None else self.nbf
+
 
 def _bad(message: str) -> TokenError:
     return TokenError(f"bad_claims: {message}")

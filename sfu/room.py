@@ -29,12 +29,14 @@ def new_sid(prefix: str) -> str:
 
 
 class JoinRefused(Exception):
-    """A join the room cannot admit: `code` is the protocol error code."""
+    """A join the room cannot admit: `code` is the protocol error code, `reason` the precise
+    cause for the audit log when it says more than the code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
 
 
 # Lifecycle listeners (webhooks, metrics) get (event, room, participant, track); the six events

@@ -11,12 +11,16 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import uvloop
 from aiohttp import web
 
+from auth.audit import AuditLog
+from auth.brake import FailureBrake
 from auth.keys import KeyTable
+from auth.store import AuthStore
 from auth.tokens import TokenVerifier, mint_token
 from sfu import internals
 from sfu.config import Config
@@ -30,17 +34,41 @@ log = logging.getLogger("keyroom.server")
 STATE = web.AppKey("state", ServerState)
 DEV_TOKEN_TTL = 3600.0
 
+# The conference page (docs/browser.md): same-origin scripts, styles and sockets only, no inline
+# code, no framing; the page may carry a token in its address, so it is never sent as a referrer.
+STATIC_DIR = Path(__file__).with_name("static")
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; media-src 'self' blob: mediastream:; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
 
 def build_state(config: Config) -> ServerState:
     keys = KeyTable.from_secrets(dict(config.auth.keys))
+    for key_id, pem in config.auth.public_keys.items():
+        keys.add_public_key(key_id, pem)
     verifier = TokenVerifier(
         keys,
         max_ttl=config.auth.max_token_ttl,
         leeway=config.auth.leeway,
         max_name_bytes=config.limits.max_name_bytes,
         max_metadata_bytes=config.limits.max_metadata_bytes,
+        roles=config.roles,
     )
-    return ServerState(config=config, verifier=verifier, rooms=RoomRegistry(config.limits))
+    return ServerState(
+        config=config,
+        verifier=verifier,
+        rooms=RoomRegistry(config.limits),
+        audit=AuditLog(config.audit.path),
+        store=AuthStore(os.path.join(config.server.data_dir, "auth.db")),
+        brake=FailureBrake(config.auth.max_failures, config.auth.failure_window),
+    )
 
 
 def build_app(state: ServerState) -> web.Application:
@@ -48,6 +76,8 @@ def build_app(state: ServerState) -> web.Application:
     app[STATE] = state
     app.router.add_get("/rtc", rtc_handler)
     app.router.add_get("/healthz", healthz_handler)
+    app.router.add_get("/", page_handler)
+    app.router.add_static("/static", STATIC_DIR)
     if state.config.server.dev:
         app.router.add_get("/debug/runtime", runtime_handler)
     return app
@@ -81,6 +111,10 @@ async def rtc_handler(request: web.Request) -> web.StreamResponse:
     finally:
         state.sessions.discard(session)
     return ws
+
+
+async def page_handler(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
 
 async def healthz_handler(request: web.Request) -> web.Response:
@@ -198,6 +232,8 @@ async def serve(config: Config) -> int:
     log.info("shutting down")
     await shutdown(state)
     await runner.cleanup()
+    state.audit.close()
+    state.store.close()
     return 0
 
 

@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 from auth.grants import SOURCE_KIND
 from auth.policy import may_publish_track, may_subscribe
 from auth.tokens import Claims, TokenError
+from sfu.config import room_limits
 from sfu.forwarder import PublishedTrack
 from sfu.participant import NegotiationError, Participant
 from sfu.room import JoinRefused, Room, new_sid
@@ -38,6 +39,7 @@ CLOSE_RATE_LIMITED = 4429
 CLOSE_SERVER_FULL = 4503
 
 JOIN_REFUSAL_CLOSE = {
+    "unauthorized": CLOSE_UNAUTHORIZED,
     "room_full": CLOSE_ROOM_FULL,
     "conflict": CLOSE_CONFLICT,
     "not_found": CLOSE_NOT_FOUND,
@@ -53,7 +55,6 @@ LEAVE_CLOSE = {
     "server_shutdown": CLOSE_GOING_AWAY,
 }
 DEFAULT_SOURCE = {"video": "camera", "audio": "microphone"}
-REFRESH_NOTICE = 60.0
 
 
 class Session:
@@ -176,20 +177,51 @@ class Session:
                 req,
             )
             return False
+        now = time.time()
+        ip_key = f"ip:{self.peer}"
+        if state.brake.blocked(ip_key, now):
+            state.audit.record("join_refused", ip=self.peer, reason="rate_limited")
+            await self._refuse("rate_limited", "too many attempts", CLOSE_RATE_LIMITED, req)
+            return False
         try:
-            claims = state.verifier.verify_join(frame["token"], time.time())
+            claims = state.verifier.verify_join(frame["token"], now)
+            if state.store.is_revoked(
+                claims.room or "", claims.identity or "", claims.issued_at, now
+            ):
+                raise TokenError("revoked")
         except TokenError as exc:
-            # The precise reason goes to the log only: the client learns nothing about why.
-            log.info("join refused from %s: %s", self.peer, exc.reason)
+            # The precise reason goes to the audit log only: the client learns nothing about why.
+            state.brake.failure(ip_key, now)
+            state.audit.record("join_refused", ip=self.peer, reason=exc.reason)
             await self._refuse("unauthorized", "unauthorized", CLOSE_UNAUTHORIZED, req)
             return False
         assert claims.room is not None and claims.identity is not None
+        identity_key = f"id:{claims.identity}"
+        if state.brake.blocked(identity_key, now):
+            state.audit.record(
+                "join_refused", ip=self.peer, room=claims.room, identity=claims.identity,
+                reason="rate_limited",
+            )  # fmt: skip
+            await self._refuse("rate_limited", "too many attempts", CLOSE_RATE_LIMITED, req)
+            return False
         try:
             self._admit(claims, frame, req)
         except JoinRefused as exc:
-            log.info("join refused for room %r: %s", claims.room, exc.code)
-            await self._refuse(exc.code, exc.message, JOIN_REFUSAL_CLOSE[exc.code], req)
+            if exc.code == "unauthorized":
+                state.brake.failure(ip_key, now)
+                state.brake.failure(identity_key, now)
+            state.audit.record(
+                "join_refused", ip=self.peer, room=claims.room, identity=claims.identity,
+                reason=exc.reason or exc.code,
+            )  # fmt: skip
+            text = "unauthorized" if exc.code == "unauthorized" else exc.message
+            await self._refuse(exc.code, text, JOIN_REFUSAL_CLOSE[exc.code], req)
             return False
+        assert self.participant is not None
+        state.audit.record(
+            "join_accepted", ip=self.peer, room=claims.room, identity=claims.identity,
+            participant=self.participant.sid, key_id=claims.key_id,
+        )  # fmt: skip
         return True
 
     def _admit(self, claims: Claims, frame: dict[str, Any], req: int | None) -> None:
@@ -197,11 +229,27 @@ class Session:
         state = self.state
         assert claims.room is not None and claims.identity is not None
         room = state.rooms.get(claims.room)
+        if room is None and not state.config.auth.auto_create_rooms:
+            raise JoinRefused("not_found", "no such room")
+        if state.node_full(new_room=room is None):
+            raise JoinRefused("server_full", "the server is full")
+        if room is not None:
+            evicted = room.check_admission(claims.identity)
+        else:
+            evicted = None
+        if (
+            room is not None
+            and room.limits.single_use_tokens
+            or (room is None and room_limits(state.config, claims.room).single_use_tokens)
+        ):
+            if claims.jti is None:
+                raise JoinRefused("unauthorized", "unauthorized", reason="single_use_without_jti")
+            if not state.store.use_jti(
+                claims.jti, expires_at=claims.exp + state.config.auth.leeway, now=time.time()
+            ):
+                raise JoinRefused("unauthorized", "unauthorized", reason="jti_reused")
         if room is None:
-            if not state.config.auth.auto_create_rooms:
-                raise JoinRefused("not_found", "no such room")
-            room = state.rooms.create(claims.room)
-        evicted = room.check_admission(claims.identity)
+            room = state.rooms.create(claims.room, limits=room_limits(state.config, claims.room))
         if evicted is not None:
             room.detach(evicted, "duplicate_identity")
             other = state.sessions_by_participant.get(evicted.sid)
@@ -257,11 +305,14 @@ class Session:
         state = self.state
         parked = state.take_parked(frame["resume_token"])
         if parked is None:
-            log.info("resume refused from %s: unknown or expired resume token", self.peer)
+            state.audit.record("resume_refused", ip=self.peer, reason="unknown_resume_token")
             await self._refuse("unauthorized", "unauthorized", CLOSE_UNAUTHORIZED, req)
             return False
         if parked.claims.exp + state.config.auth.leeway < time.time():
-            log.info("resume refused for %s: token expired", parked.participant.sid)
+            state.audit.record(
+                "resume_refused", ip=self.peer, room=parked.room.name,
+                identity=parked.participant.identity, reason="expired",
+            )  # fmt: skip
             state.spawn(parked.room.remove(parked.participant, "token_expired"))
             await self._refuse("unauthorized", "unauthorized", CLOSE_UNAUTHORIZED, req)
             return False
@@ -345,7 +396,7 @@ class Session:
         loop = asyncio.get_running_loop()
         remaining = claims.exp + self.state.config.auth.leeway - time.time()
         self._expiry_timer = loop.call_later(max(remaining, 0), self.end, "token_expired")
-        notice = claims.exp - REFRESH_NOTICE - time.time()
+        notice = claims.exp - self.state.config.auth.refresh_notice - time.time()
         self._refresh_timer = loop.call_later(
             max(notice, 0),
             self.send,
@@ -355,14 +406,21 @@ class Session:
     def _refresh(self, frame: dict[str, Any]) -> None:
         assert self.claims is not None
         req = frame.get("req")
+        state, now = self.state, time.time()
         try:
-            claims = self.state.verifier.verify_join(frame["token"], time.time())
+            claims = state.verifier.verify_join(frame["token"], now)
+            if claims.identity != self.claims.identity or claims.room != self.claims.room:
+                raise TokenError("identity_or_room_differs")
+            if state.store.is_revoked(
+                claims.room or "", claims.identity or "", claims.issued_at, now
+            ):
+                raise TokenError("revoked")
         except TokenError as exc:
-            log.info("refresh refused for %s: %s", self.claims.identity, exc.reason)
+            state.audit.record(
+                "refresh_refused", room=self.claims.room, identity=self.claims.identity,
+                reason=exc.reason,
+            )  # fmt: skip
             raise FrameError("unauthorized", "unauthorized", req) from None
-        if claims.identity != self.claims.identity or claims.room != self.claims.room:
-            log.info("refresh refused for %s: identity or room differs", self.claims.identity)
-            raise FrameError("unauthorized", "unauthorized", req)
         self.claims = claims
         self._arm_expiry(claims)
         self.ok(req)
@@ -450,10 +508,15 @@ class Session:
             raise FrameError("invalid_message", f"source {source} cannot carry {kind}", req)
         decision = may_publish_track(participant.grant, kind, source)
         if not decision.allowed:
-            log.info("publish refused for %s: %s", participant.sid, decision.reason)
+            self.state.audit.record(
+                "publish_refused", room=room.name, identity=participant.identity,
+                kind=kind, source=source, reason=decision.reason,
+            )  # fmt: skip
             raise FrameError("forbidden", "you may not publish this track", req)
         if participant.track_by_cid(frame["cid"]) is not None:
             raise FrameError("conflict", "a track with this cid was already added", req)
+        if self.state.node_tracks_full():
+            raise FrameError("limit_exceeded", "the server has its maximum of tracks", req)
         limits = room.limits
         if limits.max_tracks_per_participant and (
             len(participant.tracks) >= limits.max_tracks_per_participant
@@ -479,7 +542,12 @@ class Session:
     def _subscribe(self, frame: dict[str, Any], participant: Participant, room: Room) -> None:
         req = frame.get("req")
         wanted = frame.get("subscribe", True)
-        if wanted and not may_subscribe(participant.grant).allowed:
+        decision = may_subscribe(participant.grant)
+        if wanted and not decision.allowed:
+            self.state.audit.record(
+                "subscribe_refused", room=room.name, identity=participant.identity,
+                reason=decision.reason,
+            )  # fmt: skip
             raise FrameError("forbidden", "you may not subscribe", req)
         found = []
         for track_sid in frame["track_sids"]:

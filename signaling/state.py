@@ -7,6 +7,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from auth.audit import AuditLog
+from auth.brake import FailureBrake
+from auth.store import AuthStore
 from auth.tokens import Claims, TokenVerifier
 from sfu.config import Config
 from sfu.participant import Participant
@@ -37,12 +40,31 @@ class ServerState:
     config: Config
     verifier: TokenVerifier
     rooms: RoomRegistry
+    audit: AuditLog
+    store: AuthStore
+    brake: FailureBrake
     stats: Stats = field(default_factory=Stats)
     sessions_by_participant: dict[str, Session] = field(default_factory=dict)
     sessions: set[Session] = field(default_factory=set)
     accepting: bool = True
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     parked: dict[str, Parked] = field(default_factory=dict)
+
+    def node_full(self, *, new_room: bool) -> bool:
+        """Whether `[node]` limits refuse another participant (and, if needed, another room)."""
+        node = self.config.node
+        if node.max_participants and self.rooms.participant_count() >= node.max_participants:
+            return True
+        return bool(new_room and node.max_rooms and len(self.rooms.rooms) >= node.max_rooms)
+
+    def node_tracks_full(self) -> bool:
+        node = self.config.node
+        if not node.max_tracks:
+            return False
+        tracks = sum(
+            len(p.tracks) for room in self.rooms.rooms.values() for p in room.participants.values()
+        )
+        return tracks >= node.max_tracks
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

@@ -91,6 +91,7 @@ def start_server(tmp_path: Path, *extra: str, env: dict[str, str] | None = None)
     log_file = open(log_path, "wb")  # noqa: SIM115 - owned by the process for its lifetime
     process = subprocess.Popen(
         command,
+        cwd=tmp_path,  # the server's data directory ("data", relative) is per test
         stdout=log_file,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
