@@ -6,9 +6,9 @@ Each function is pure and returns a Decision whose reason is precise enough for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from auth.grants import SOURCE_KIND, VideoGrant
+from auth.grants import SOURCE_KIND, VideoGrant, check_sources
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,35 @@ def may_record(grant: VideoGrant, room: str) -> Decision:
     if grant.room is not None and grant.room != room:
         return _deny("roomRecord is for another room")
     return _allow("roomRecord")
+
+
+# camelCase permission (PROTOCOL section 4) -> VideoGrant field an admin may change live.
+LIVE_PERMISSIONS = {
+    "canPublish": "can_publish",
+    "canSubscribe": "can_subscribe",
+    "canPublishData": "can_publish_data",
+    "canUpdateOwnMetadata": "can_update_own_metadata",
+}
+
+
+def updated_grant(grant: VideoGrant, permissions: object) -> VideoGrant:
+    """`grant` with an admin's live permission change applied; ValueError names a bad field.
+
+    `hidden` cannot change during a session: others would see someone appear or vanish without a
+    join or leave. Room and admin grants belong to tokens, not to live changes."""
+    if not isinstance(permissions, dict):
+        raise ValueError("permissions must be an object")
+    changes: dict[str, object] = {}
+    for name, value in permissions.items():
+        if name == "canPublishSources":
+            changes["can_publish_sources"] = check_sources(value, "permissions.canPublishSources")
+        elif name == "hidden":
+            if value != grant.hidden:
+                raise ValueError("permissions.hidden cannot change during a session")
+        elif name in LIVE_PERMISSIONS:
+            if not isinstance(value, bool):
+                raise ValueError(f"permissions.{name} must be true or false")
+            changes[LIVE_PERMISSIONS[name]] = value
+        else:
+            raise ValueError(f"permissions.{name} cannot be changed live")
+    return replace(grant, **changes)  # type: ignore[arg-type]

@@ -43,6 +43,12 @@ class AuthStore:
         # A token without iat/nbf cannot prove it is newer than the revocation.
         return row is not None and (issued_at is None or issued_at <= row[0])
 
+    def jti_spent(self, jti: str, now: float) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM used_jtis WHERE jti = ? AND expires_at > ?", (jti, now)
+        ).fetchone()
+        return row is not None
+
     def use_jti(self, jti: str, *, expires_at: float, now: float) -> bool:
         """Spend a token id; False if it was spent before."""
         self._db.execute("DELETE FROM used_jtis WHERE expires_at <= ?", (now,))

@@ -154,12 +154,80 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=_token)
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    # Imported here: the load tester pulls in the client and media stack.
+    from loadtest.cli import run_loadtest
+
+    return run_loadtest(args)
+
+
+def _add_loadtest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from loadtest.cli import add_loadtest_arguments
+
+    p = commands.add_parser(
+        "loadtest",
+        help="drive a server with cheap publishers and subscribers and report",
+        description="Run a load-test scenario (by default against a dev server it spawns).",
+    )
+    add_loadtest_arguments(p)
+    p.set_defaults(handler=_loadtest)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from loadtest.cli import run_bench
+
+    return run_bench(args)
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from loadtest.cli import add_bench_arguments
+
+    p = commands.add_parser(
+        "bench",
+        help="forwarding micro-benchmark: CPU per output packet against the floor",
+        description="Drive the forwarding core in-process and compare it to protect + sendto.",
+    )
+    add_bench_arguments(p)
+    p.set_defaults(handler=_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="keyroom WebRTC SFU")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_token(commands)
+    _add_loadtest(commands)
+    _add_bench(commands)
+    _add_audit(commands)
     return parser
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from auth.audit import verify_file
+
+    try:
+        problems = verify_file(args.file)
+    except OSError as e:
+        return _fail(f"{args.file}: {e.strerror}")
+    for problem in problems:
+        print(f"{args.file}: {problem}")
+    if problems:
+        return 1
+    print(f"{args.file}: chain intact")
+    return 0
+
+
+def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("audit", help="audit log tools", description="Audit log tools.")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verify = verbs.add_parser(
+        "verify",
+        help="check the hash chain of an audit log",
+        description="Exit 0 if every record links to the one before it; 1 and the broken"
+        " records if any was edited, removed or reordered.",
+    )
+    verify.add_argument("file", help="the [audit] path file")
+    verify.set_defaults(handler=_audit_verify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from auth.policy import may_subscribe
+from auth.grants import VideoGrant
+from auth.policy import may_publish_track, may_subscribe
 from sfu.config import LimitsConfig
 from sfu.forwarder import PublishedTrack
 from sfu.participant import Participant
@@ -65,6 +66,7 @@ class Room:
         self.on_empty: Callable[[Room], None] | None = None
         self.listeners: list[Listener] = listeners if listeners is not None else []
         self._empty_timer: asyncio.TimerHandle | None = None
+        self.duration_timer: asyncio.TimerHandle | None = None
 
     def info(self) -> dict[str, Any]:
         limits = asdict(self.limits)
@@ -198,6 +200,53 @@ class Room:
             )
         return True
 
+    def apply_grant(self, participant: Participant, grant: VideoGrant) -> None:
+        """A live permission change, enforced on the media at once: tracks it may no longer
+        publish are unpublished, subscriptions dropped if it may no longer subscribe."""
+        had_subscribe = may_subscribe(participant.grant).allowed
+        participant.grant = grant
+        for track in list(participant.tracks.values()):
+            if not may_publish_track(grant, track.kind, track.source).allowed:
+                self.unpublish(participant, track.sid, notify_publisher=True)
+        if not may_subscribe(grant).allowed:
+            for track_sid in list(participant.subscriptions):
+                participant.unsubscribe(track_sid)
+        elif not had_subscribe:
+            self.subscribe_all(participant)
+        participant.notify({"type": "permissions_changed", "permissions": grant.to_permissions()})
+        self.participant_updated(participant)
+
+    def set_muted(
+        self,
+        participant: Participant,
+        track: PublishedTrack,
+        muted: bool,
+        *,
+        notify_publisher: bool,
+    ) -> None:
+        if track.muted == muted:
+            return
+        track.set_muted(muted)
+        if track.bound and not participant.hidden:
+            self.broadcast(
+                {
+                    "type": "track_muted",
+                    "participant_sid": participant.sid,
+                    "track_sid": track.sid,
+                    "muted": muted,
+                },
+                exclude=None if notify_publisher else participant,
+            )
+        if not muted:
+            participant.request_keyframe(track)
+
+    def participant_updated(self, participant: Participant) -> None:
+        if not participant.hidden:
+            self.broadcast(
+                {"type": "participant_updated", "participant": participant.info()},
+                exclude=participant,
+            )
+
     def find_track(self, track_sid: str) -> tuple[Participant, PublishedTrack] | None:
         for participant in self.participants.values():
             track = participant.tracks.get(track_sid)
@@ -250,6 +299,8 @@ class Room:
             return
         self.closed = True
         self._cancel_empty_timer()
+        if self.duration_timer is not None:
+            self.duration_timer.cancel()
         self.emit("room_finished")
 
 
@@ -259,6 +310,8 @@ class RoomRegistry:
         self.rooms: dict[str, Room] = {}
         # Shared by every room, so a listener added later sees rooms created earlier too.
         self.listeners: list[Listener] = []
+        # Called when a room reaches its max_duration (the server ends its sessions).
+        self.on_expired: Callable[[Room], None] | None = None
 
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
@@ -271,12 +324,20 @@ class RoomRegistry:
         self.rooms[name] = room
         room.emit("room_started")
         room._arm_empty_timer()
+        if room.limits.max_duration > 0 and self.on_expired is not None:
+            room.duration_timer = asyncio.get_running_loop().call_later(
+                room.limits.max_duration, self.on_expired, room
+            )
         return room
 
-    def _drop_empty(self, room: Room) -> None:
-        if self.rooms.get(room.name) is room and not room.participants:
+    def remove(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
-            room.close()
+        room.close()
+
+    def _drop_empty(self, room: Room) -> None:
+        if not room.participants:
+            self.remove(room)
             log.info("room %s closed after empty_timeout", room.sid)
 
     def participant_count(self) -> int:

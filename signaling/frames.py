@@ -107,6 +107,7 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Any]]] = {
         "quality": (True, _one_of("low", "medium", "high")),
     },
     "refresh": {"token": (True, _str(64 * 1024, 1))},
+    "update_metadata": {"metadata": (False, _str(64 * 1024)), "name": (False, _str(1024))},
     "ping": {},
     "leave": {},
 }

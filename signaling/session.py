@@ -12,7 +12,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from auth.grants import SOURCE_KIND
-from auth.policy import may_publish_track, may_subscribe
+from auth.policy import may_publish_track, may_subscribe, may_update_own_metadata
 from auth.tokens import Claims, TokenError
 from sfu.config import room_limits
 from sfu.forwarder import PublishedTrack
@@ -233,21 +233,20 @@ class Session:
             raise JoinRefused("not_found", "no such room")
         if state.node_full(new_room=room is None):
             raise JoinRefused("server_full", "the server is full")
-        if room is not None:
-            evicted = room.check_admission(claims.identity)
-        else:
-            evicted = None
-        if (
-            room is not None
-            and room.limits.single_use_tokens
-            or (room is None and room_limits(state.config, claims.room).single_use_tokens)
-        ):
+        limits = room.limits if room is not None else room_limits(state.config, claims.room)
+        now = time.time()
+        if limits.single_use_tokens:
+            # Checked before admission and spent after it, with no await in between: a
+            # concurrent join with the same token id cannot pass the check too.
             if claims.jti is None:
                 raise JoinRefused("unauthorized", "unauthorized", reason="single_use_without_jti")
-            if not state.store.use_jti(
-                claims.jti, expires_at=claims.exp + state.config.auth.leeway, now=time.time()
-            ):
+            if state.store.jti_spent(claims.jti, now):
                 raise JoinRefused("unauthorized", "unauthorized", reason="jti_reused")
+        evicted = room.check_admission(claims.identity) if room is not None else None
+        if limits.single_use_tokens and claims.jti is not None:
+            state.store.use_jti(
+                claims.jti, expires_at=claims.exp + state.config.auth.leeway, now=now
+            )
         if room is None:
             room = state.rooms.create(claims.room, limits=room_limits(state.config, claims.room))
         if evicted is not None:
@@ -286,6 +285,9 @@ class Session:
     def _send_joined(self, req: int | None) -> None:
         participant, room = self.participant, self.room
         assert participant is not None and room is not None
+        from auth.turn import ice_servers
+
+        turn = self.state.config.turn
         self.resume_token = secrets.token_urlsafe(32)
         self.reply(
             req,
@@ -294,7 +296,10 @@ class Session:
                 "room": room.info(),
                 "participant": participant.info(with_permissions=True),
                 "participants": [p.info() for p in room.visible_to(participant)],
-                "ice_servers": [],
+                # Fresh TURN REST credentials on every joined (resume too): they expire.
+                "ice_servers": ice_servers(
+                    turn.urls, turn.secret, participant.identity, now=time.time(), ttl=turn.ttl
+                ),
                 "ice_transport_policy": "relay" if room.limits.relay_only else "all",
                 "resume_token": self.resume_token,
             },
@@ -470,7 +475,7 @@ class Session:
             muted_track = participant.tracks.get(frame["track_sid"])
             if muted_track is None:
                 raise FrameError("not_found", "no such track of yours", req)
-            self._mute(muted_track, frame["muted"], participant, room)
+            room.set_muted(participant, muted_track, frame["muted"], notify_publisher=False)
             self.ok(req)
         elif kind == "set_quality":
             if room.find_track(frame["track_sid"]) is None:
@@ -478,27 +483,32 @@ class Session:
             self.ok(req)  # single-layer tracks: every quality is the one layer
         elif kind == "refresh":
             self._refresh(frame)
+        elif kind == "update_metadata":
+            self._update_metadata(frame, participant, room)
         else:
             raise FrameError("invalid_message", f"{kind} is only valid as the first frame", req)
 
-    def _mute(
-        self, track: PublishedTrack, muted: bool, participant: Participant, room: Room
-    ) -> None:
-        if track.muted == muted:
-            return
-        track.set_muted(muted)
-        if track.bound and not participant.hidden:
-            room.broadcast(
-                {
-                    "type": "track_muted",
-                    "participant_sid": participant.sid,
-                    "track_sid": track.sid,
-                    "muted": muted,
-                },
-                exclude=participant,
+    def _update_metadata(self, frame: dict[str, Any], participant: Participant, room: Room) -> None:
+        req = frame.get("req")
+        decision = may_update_own_metadata(participant.grant)
+        if not decision.allowed:
+            self.state.audit.record(
+                "metadata_refused", room=room.name, identity=participant.identity,
+                reason=decision.reason,
+            )  # fmt: skip
+            raise FrameError("forbidden", "you may not update your metadata", req)
+        limits = self.state.config.limits
+        name = frame.get("name", participant.name)
+        metadata = frame.get("metadata", participant.metadata)
+        if len(name.encode()) > limits.max_name_bytes:
+            raise FrameError("invalid_message", f"name over {limits.max_name_bytes} bytes", req)
+        if len(metadata.encode()) > limits.max_metadata_bytes:
+            raise FrameError(
+                "invalid_message", f"metadata over {limits.max_metadata_bytes} bytes", req
             )
-        if not muted:
-            participant.request_keyframe(track)
+        participant.name, participant.metadata = name, metadata
+        room.participant_updated(participant)
+        self.ok(req)
 
     def _add_track(self, frame: dict[str, Any], participant: Participant, room: Room) -> None:
         req = frame.get("req")

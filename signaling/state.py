@@ -50,6 +50,27 @@ class ServerState:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     parked: dict[str, Parked] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.rooms.on_expired = self._room_expired
+
+    def _room_expired(self, room: Room) -> None:
+        self.spawn(self.close_room(room, "room_closed"))
+
+    async def end_participant(self, participant: Participant, room: Room, reason: str) -> None:
+        """End a participant's session from the server side (kick, revoke, room closed)."""
+        session = self.sessions_by_participant.get(participant.sid)
+        room.detach(participant, reason)  # forwarding to and from it stops now
+        if session is not None:
+            session.end(reason)  # its cleanup closes the peer connections
+        else:
+            self.forget_parked(participant)
+            await participant.close()
+
+    async def close_room(self, room: Room, reason: str) -> None:
+        for participant in list(room.participants.values()):
+            await self.end_participant(participant, room, reason)
+        self.rooms.remove(room)
+
     def node_full(self, *, new_room: bool) -> bool:
         """Whether `[node]` limits refuse another participant (and, if needed, another room)."""
         node = self.config.node

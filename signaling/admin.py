@@ -1,0 +1,301 @@
+"""Admin HTTP API (PROTOCOL section 4): bearer JWTs, room-scoped admin, every call audited."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from auth.grants import VideoGrant, check_room_name
+from auth.policy import (
+    Decision,
+    may_admin_room,
+    may_create_room,
+    may_list_rooms,
+    updated_grant,
+)
+from auth.tokens import Claims, TokenError
+from sfu.config import ConfigError, limits_with, room_limits
+from sfu.participant import Participant
+from sfu.room import Room
+from signaling.state import ServerState
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY_BYTES = 64 * 1024
+STATUS = {
+    "invalid_message": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "rate_limited": 429,
+    "server_full": 503,
+}
+
+
+class AdminError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def error_response(code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=STATUS[code])
+
+
+def add_admin_routes(app: web.Application, state: ServerState) -> None:
+    api = AdminApi(state)
+    routes = [
+        ("GET", "/api/rooms", api.list_rooms),
+        ("POST", "/api/rooms", api.create_room),
+        ("GET", "/api/rooms/{room}", api.get_room),
+        ("PATCH", "/api/rooms/{room}", api.update_room),
+        ("DELETE", "/api/rooms/{room}", api.delete_room),
+        ("GET", "/api/rooms/{room}/participants", api.list_participants),
+        ("DELETE", "/api/rooms/{room}/participants/{identity}", api.remove_participant),
+        ("PATCH", "/api/rooms/{room}/participants/{identity}", api.update_participant),
+        ("POST", "/api/rooms/{room}/participants/{identity}/tracks/{track}/mute", api.mute_track),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, api.wrap(handler))
+
+
+class AdminApi:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def wrap(self, handler: Callable[[web.Request, Claims], Awaitable[web.Response]]) -> Handler:
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            try:
+                claims = self._authenticate(request)
+                return await handler(request, claims)
+            except AdminError as exc:
+                return error_response(exc.code, exc.message)
+
+        return endpoint
+
+    def _authenticate(self, request: web.Request) -> Claims:
+        state, now = self.state, time.time()
+        ip = request.remote or "?"
+        ip_key = f"ip:{ip}"
+        if state.brake.blocked(ip_key, now):
+            state.audit.record("admin_refused", ip=ip, path=_route(request), reason="rate_limited")
+            raise AdminError("rate_limited", "too many attempts")
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token:
+                raise TokenError("no_bearer_token")
+            claims = state.verifier.verify(token.strip(), now)
+        except TokenError as exc:
+            state.brake.failure(ip_key, now)
+            state.audit.record("admin_refused", ip=ip, path=_route(request), reason=exc.reason)
+            raise AdminError("unauthorized", "unauthorized") from None
+        request["admin_ip"] = ip
+        return claims
+
+    def _allow(self, request: web.Request, claims: Claims, decision: Decision) -> None:
+        """Refuse (audited, counted by the brake) or audit the call as allowed."""
+        state, now = self.state, time.time()
+        fields = {
+            "ip": request["admin_ip"],
+            "method": request.method,
+            "path": _route(request),
+            "room": request.match_info.get("room"),
+            "key_id": claims.key_id,
+            "identity": claims.identity,
+            "reason": decision.reason,
+        }
+        if not decision.allowed:
+            state.brake.failure(f"ip:{request['admin_ip']}", now)
+            state.audit.record("admin_refused", **fields)
+            raise AdminError("forbidden", "this token does not grant that")
+        state.audit.record("admin_call", **fields)
+
+    def _room(self, request: web.Request, claims: Claims) -> Room:
+        name = request.match_info["room"]
+        self._allow(request, claims, may_admin_room(claims.grant, name))
+        room = self.state.rooms.get(name)
+        if room is None:
+            raise AdminError("not_found", "no such room")
+        return room
+
+    def _participant(self, request: web.Request, room: Room) -> Participant:
+        participant = room.by_identity(request.match_info["identity"])
+        if participant is None:
+            raise AdminError("not_found", "no such participant in this room")
+        return participant
+
+    # -- rooms ----------------------------------------------------------------------------------
+
+    async def list_rooms(self, request: web.Request, claims: Claims) -> web.Response:
+        self._allow(request, claims, may_list_rooms(claims.grant))
+        return web.json_response({"rooms": [r.info() for r in self.state.rooms.rooms.values()]})
+
+    async def create_room(self, request: web.Request, claims: Claims) -> web.Response:
+        self._allow(request, claims, may_create_room(claims.grant))
+        body = await _body(request)
+        try:
+            name = check_room_name(body.get("name"), "name")
+        except ValueError as e:
+            raise AdminError("invalid_message", str(e)) from None
+        metadata = self._metadata(body.get("metadata", ""))
+        limits = self._limits(room_limits(self.state.config, name), body.get("limits", {}))
+        if self.state.rooms.get(name) is not None:
+            raise AdminError("conflict", "the room exists")
+        if self.state.node_full(new_room=True):
+            raise AdminError("server_full", "the server is full")
+        room = self.state.rooms.create(name, limits=limits, metadata=metadata)
+        return web.json_response({"room": room.info()}, status=201)
+
+    async def get_room(self, request: web.Request, claims: Claims) -> web.Response:
+        room = self._room(request, claims)
+        return web.json_response(
+            {
+                "room": room.info(),
+                "participants": [admin_view(p) for p in room.participants.values()],
+            }
+        )
+
+    async def update_room(self, request: web.Request, claims: Claims) -> web.Response:
+        room = self._room(request, claims)
+        body = await _body(request)
+        limits = self._limits(room.limits, body.get("limits", {}))
+        metadata = self._metadata(body.get("metadata", room.metadata))
+        # Lower limits refuse newcomers; nobody inside is removed by a PATCH.
+        room.limits, room.metadata = limits, metadata
+        room.broadcast({"type": "room_updated", "room": room.info()})
+        return web.json_response({"room": room.info()})
+
+    async def delete_room(self, request: web.Request, claims: Claims) -> web.Response:
+        room = self._room(request, claims)
+        await self.state.close_room(room, "room_closed")
+        return web.Response(status=204)
+
+    # -- participants ---------------------------------------------------------------------------
+
+    async def list_participants(self, request: web.Request, claims: Claims) -> web.Response:
+        room = self._room(request, claims)
+        return web.json_response(
+            {"participants": [admin_view(p) for p in room.participants.values()]}
+        )
+
+    async def remove_participant(self, request: web.Request, claims: Claims) -> web.Response:
+        room = self._room(request, claims)
+        identity = request.match_info["identity"]
+        revoke = request.query.get("revoke", "").lower() in ("1", "true", "yes")
+        state = self.state
+        if revoke:
+            # Refuse this identity's tokens issued until now, for as long as any can live.
+            state.store.revoke(
+                room.name, identity, now=time.time(), keep_for=state.config.auth.max_token_ttl
+            )
+            state.audit.record("revoked", room=room.name, identity=identity, key_id=claims.key_id)
+        participant = room.by_identity(identity)
+        if participant is None:
+            if revoke:
+                return web.Response(status=204)
+            raise AdminError("not_found", "no such participant in this room")
+        reason = "revoked" if revoke else "removed"
+        state.audit.record("kicked", room=room.name, identity=identity, reason=reason)
+        await state.end_participant(participant, room, reason)
+        return web.Response(status=204)
+
+    async def update_participant(self, request: web.Request, claims: Claims) -> web.Response:
+        room = self._room(request, claims)
+        participant = self._participant(request, room)
+        body = await _body(request)
+        grant: VideoGrant | None = None
+        if "permissions" in body:
+            try:
+                grant = updated_grant(participant.grant, body["permissions"])
+            except ValueError as e:
+                raise AdminError("invalid_message", str(e)) from None
+        name = body.get("name", participant.name)
+        if (
+            not isinstance(name, str)
+            or len(name.encode()) > self.state.config.limits.max_name_bytes
+        ):
+            raise AdminError("invalid_message", "name must be a string within max_name_bytes")
+        metadata = self._metadata(body.get("metadata", participant.metadata))
+        participant.name, participant.metadata = name, metadata
+        if grant is not None:
+            self.state.audit.record(
+                "permissions_changed", room=room.name, identity=participant.identity,
+                permissions=grant.to_permissions(), key_id=claims.key_id,
+            )  # fmt: skip
+            room.apply_grant(participant, grant)
+        else:
+            room.participant_updated(participant)
+        return web.json_response({"participant": admin_view(participant)})
+
+    async def mute_track(self, request: web.Request, claims: Claims) -> web.Response:
+        room = self._room(request, claims)
+        participant = self._participant(request, room)
+        track = participant.tracks.get(request.match_info["track"])
+        if track is None:
+            raise AdminError("not_found", "no such track")
+        muted = (await _body(request)).get("muted", True)
+        if not isinstance(muted, bool):
+            raise AdminError("invalid_message", "muted must be true or false")
+        room.set_muted(participant, track, muted, notify_publisher=True)
+        return web.Response(status=204)
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def _metadata(self, value: Any) -> str:
+        limit = self.state.config.limits.max_metadata_bytes
+        if not isinstance(value, str) or len(value.encode()) > limit:
+            raise AdminError(
+                "invalid_message", f"metadata must be a string of at most {limit} bytes"
+            )
+        return value
+
+    def _limits(self, base: Any, overrides: Any) -> Any:
+        try:
+            return limits_with(base, overrides, "limits")
+        except ConfigError as e:
+            raise AdminError("invalid_message", str(e)) from None
+
+
+def admin_view(participant: Participant) -> dict[str, Any]:
+    """ParticipantInfo plus what an operator needs: permissions, hidden flag, connection state,
+    per-track packet counters."""
+    info = participant.info(with_permissions=True)
+    info["hidden"] = participant.hidden
+    info["connection"] = participant.connection_state()
+    counters = {t.sid: t.counters for t in participant.tracks.values()}
+    for track in info["tracks"]:
+        c = counters[track["sid"]]
+        track["packets_in"], track["bytes_in"], track["packets_out"] = (
+            c.packets_in,
+            c.bytes_in,
+            c.packets_out,
+        )
+    return info
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise AdminError("invalid_message", "body too large")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise AdminError("invalid_message", "body too large")
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise AdminError("invalid_message", "body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise AdminError("invalid_message", "body must be a JSON object")
+    return body
