@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 DEV_KEY_ID = "devkey"
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as the hash output
 MAX_LEEWAY = 60.0
+MIN_BEARER_TOKEN_CHARS = 16
 KNOWN_CODECS = frozenset({"opus", "g722", "pcmu", "pcma", "vp8", "h264"})  # what aiortc negotiates
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DUPLICATE_IDENTITY_POLICIES = ("reject", "replace")
@@ -319,6 +320,28 @@ class NodeConfig(_Section):
     max_bitrate_in: int = _option(0, _non_negative_int)  # bits per second, all publishers
 
 
+def _optional_token(name: str, value: Any) -> str | None:
+    # Never show the value: it is a secret.
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) < MIN_BEARER_TOKEN_CHARS or not value.isprintable():
+        raise ConfigError(
+            f"{name}: expected a printable string of at least {MIN_BEARER_TOKEN_CHARS} characters"
+        )
+    return value
+
+
+@dataclass(frozen=True, repr=False)
+class MetricsConfig(_Section):
+    section: ClassVar[str] = "metrics"
+    # Unset: /metrics is open to anyone who can reach the port.
+    bearer_token: str | None = _option(None, _optional_token)
+
+    def __repr__(self) -> str:
+        shown = None if self.bearer_token is None else "<secret>"
+        return f"MetricsConfig(bearer_token={shown})"
+
+
 TYPED_SECTIONS: dict[str, type[_Section]] = {
     "server": ServerConfig,
     "rtc": RtcConfig,
@@ -326,6 +349,7 @@ TYPED_SECTIONS: dict[str, type[_Section]] = {
     "limits": LimitsConfig,
     "audit": AuditConfig,
     "node": NodeConfig,
+    "metrics": MetricsConfig,
 }
 # Kept as tables: [roles.NAME] grant sets and [rooms.NAME] limit overrides are checked in
 # finalize(); turn and webhooks are validated by their own issues.
@@ -341,6 +365,7 @@ class Config(_Section):
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     turn: dict[str, Any] = _option({}, _table)
     roles: dict[str, Any] = _option({}, _table)
     webhooks: dict[str, Any] = _option({}, _table)
@@ -353,7 +378,8 @@ class Config(_Section):
         )
         return (
             f"Config(server={self.server!r}, rtc={self.rtc!r}, auth={self.auth!r},"
-            f" limits={self.limits!r}, audit={self.audit!r}, node={self.node!r}, {plain})"
+            f" limits={self.limits!r}, audit={self.audit!r}, node={self.node!r},"
+            f" metrics={self.metrics!r}, {plain})"
         )
 
 

@@ -25,6 +25,7 @@ from auth.grants import VideoGrant
 from auth.policy import may_publish_data
 from sfu import internals
 from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
+from sfu.metrics import forward_timer_start, forward_timer_stop
 from sfu.rtcp import Fir, MalformedPacket, Nack, Pli, SenderReport, build_pli, parse_rtcp
 from sfu.rtp import get_extension, parse_rtp
 from sfu.sdpinfo import BadSdp, describe_offer
@@ -291,8 +292,11 @@ class Participant:
         stats.packets_in += 1
         stats.bytes_in += len(data)
         before = track.counters.packets_out
+        started = forward_timer_start(stats.packets_in)
         track.forward(data, info)
+        forward_timer_stop(started)
         stats.packets_out += track.counters.packets_out - before
+        stats.bytes_out += (track.counters.packets_out - before) * len(data)
 
     def _learn_ssrc(self, data: bytes, info: Any) -> PublishedTrack | None:
         # Sections without a=ssrc (e.g. Firefox) are identified by the MID header extension.

@@ -20,6 +20,7 @@ class Stats:
     packets_in: int = 0
     bytes_in: int = 0
     packets_out: int = 0
+    bytes_out: int = 0  # forwarded copies counted at their input size
     keyframe_requests: int = 0
     retransmissions: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -32,6 +33,7 @@ class Stats:
             "packets_in": self.packets_in,
             "bytes_in": self.bytes_in,
             "packets_out": self.packets_out,
+            "bytes_out": self.bytes_out,
             "keyframe_requests": self.keyframe_requests,
             "retransmissions": self.retransmissions,
             "dropped": dict(self.dropped),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import hmac
 import logging
 import os
 import signal
@@ -11,11 +13,13 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import uvloop
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from auth.audit import AuditLog
 from auth.brake import FailureBrake
@@ -25,6 +29,7 @@ from auth.tokens import TokenVerifier, mint_token
 from sfu import internals
 from sfu.config import Config
 from sfu.iceaddr import restrict_host_addresses
+from sfu.metrics import build_registry, sample_loop_lag
 from sfu.room import RoomRegistry
 from signaling.session import CLOSE_GOING_AWAY, Session
 from signaling.state import ServerState
@@ -32,6 +37,7 @@ from signaling.state import ServerState
 log = logging.getLogger("keyroom.server")
 
 STATE = web.AppKey("state", ServerState)
+METRICS = web.AppKey("metrics", CollectorRegistry)
 DEV_TOKEN_TTL = 3600.0
 
 # The conference page (docs/browser.md): same-origin scripts, styles and sockets only, no inline
@@ -76,6 +82,9 @@ def build_app(state: ServerState) -> web.Application:
     app[STATE] = state
     app.router.add_get("/rtc", rtc_handler)
     app.router.add_get("/healthz", healthz_handler)
+    app[METRICS] = build_registry(state.rooms, state.stats)
+    app.router.add_get("/metrics", metrics_handler)
+    app.cleanup_ctx.append(background)
     app.router.add_get("/", page_handler)
     app.router.add_static("/static", STATIC_DIR)
     if state.config.server.dev:
@@ -128,6 +137,26 @@ async def healthz_handler(request: web.Request) -> web.Response:
         },
         status=status,
     )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """Prometheus text; with `[metrics] bearer_token`, only for `Authorization: Bearer <it>`."""
+    token = request.app[STATE].config.metrics.bearer_token
+    if token is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise web.HTTPUnauthorized(headers={"WWW-Authenticate": "Bearer"})
+    body = generate_latest(request.app[METRICS])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def background(app: web.Application) -> AsyncIterator[None]:
+    """The event-loop lag sampler."""
+    lag = asyncio.create_task(sample_loop_lag())
+    yield
+    lag.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lag
 
 
 async def runtime_handler(request: web.Request) -> web.Response:

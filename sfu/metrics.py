@@ -1,0 +1,189 @@
+"""Prometheus metrics (`GET /metrics`): live state read at scrape time, plus event histograms.
+
+Room, participant and track counts and the forwarding counters are read from the `RoomRegistry`
+and `Stats` when Prometheus scrapes, so the hot path keeps its plain integer counters. Joins,
+join latency, event-loop lag and sampled forwarding time are process-wide instruments fed as
+things happen. No label ever carries an identity, an address or a room name: room-level numbers
+come from the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sfu.stats import DropReason, Stats
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from sfu.room import RoomRegistry
+
+# Join reasons kept as label values; anything else becomes "other", so a caller's typo or a new
+# code can never grow the series count. Accepted joins are "join" or "resume"; refusals use the
+# protocol error code (PROTOCOL 2.8), "timeout" for no join in time.
+JOIN_REASONS = frozenset(
+    {
+        "join",
+        "resume",
+        "unauthorized",
+        "forbidden",
+        "room_full",
+        "limit_exceeded",
+        "invalid_message",
+        "not_found",
+        "conflict",
+        "rate_limited",
+        "server_full",
+        "internal",
+        "timeout",
+    }
+)
+WEBHOOK_RESULTS = ("delivered", "failed", "dropped")
+
+# One input packet in FORWARD_SAMPLE_MASK + 1 has its forwarding timed.
+FORWARD_SAMPLE_MASK = 63
+LOOP_LAG_INTERVAL = 0.25
+
+# Created unregistered: each server's registry (build_registry) adds them next to its own state
+# collector, so several servers in one test process never clash on the default registry.
+JOINS = Counter(
+    "keyroom_joins",
+    "Join attempts by result (accepted, refused) and reason",
+    ["result", "reason"],
+    registry=None,
+)
+JOIN_SECONDS = Histogram(
+    "keyroom_join_seconds",
+    "Time from the join frame to the joined reply or the refusal",
+    ["result"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=None,
+)
+LOOP_LAG_SECONDS = Histogram(
+    "keyroom_event_loop_lag_seconds",
+    f"How late a {LOOP_LAG_INTERVAL:g} s asyncio sleep wakes up",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=None,
+)
+FORWARD_SECONDS = Histogram(
+    "keyroom_forward_seconds",
+    f"Time to forward one input RTP packet to every subscriber"
+    f" (1 packet in {FORWARD_SAMPLE_MASK + 1} is timed)",
+    buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2),
+    registry=None,
+)
+WEBHOOKS = Counter(
+    "keyroom_webhooks",
+    "Webhook POSTs: delivered, failed after every retry, or dropped from a full queue",
+    ["result"],
+    registry=None,
+)
+for _result in ("accepted", "refused"):
+    JOIN_SECONDS.labels(_result)
+for _result in WEBHOOK_RESULTS:
+    WEBHOOKS.labels(_result)
+
+
+def record_join(accepted: bool, reason: str, seconds: float) -> None:
+    """Count one join attempt and its latency (called by the signaling session)."""
+    result = "accepted" if accepted else "refused"
+    JOINS.labels(result, reason if reason in JOIN_REASONS else "other").inc()
+    JOIN_SECONDS.labels(result).observe(seconds)
+
+
+def record_webhook(result: str) -> None:
+    WEBHOOKS.labels(result).inc()
+
+
+def forward_timer_start(packet_count: int) -> int:
+    """A start time for 1 packet in 64 (by the caller's running count), else 0: no clock read."""
+    return 0 if packet_count & FORWARD_SAMPLE_MASK else time.perf_counter_ns()
+
+
+def forward_timer_stop(started: int) -> None:
+    if started:
+        FORWARD_SECONDS.observe((time.perf_counter_ns() - started) * 1e-9)
+
+
+async def sample_loop_lag(interval: float = LOOP_LAG_INTERVAL) -> None:
+    """Run until cancelled: a busy loop shows up as a late wake-up."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        LOOP_LAG_SECONDS.observe(max(loop.time() - start - interval, 0.0))
+
+
+class StateCollector(Collector):
+    """Reads rooms and forwarding counters at scrape time (on the event loop, so consistently)."""
+
+    def __init__(self, rooms: RoomRegistry, stats: Stats) -> None:
+        self.rooms = rooms
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        participants = published_audio = published_video = subscribed = 0
+        for room in self.rooms.rooms.values():
+            for participant in room.participants.values():
+                participants += 1
+                subscribed += len(participant.subscriptions)
+                for track in participant.tracks.values():
+                    if not track.bound:
+                        continue
+                    if track.kind == "video":
+                        published_video += 1
+                    else:
+                        published_audio += 1
+        yield GaugeMetricFamily("keyroom_rooms", "Open rooms", value=len(self.rooms.rooms))
+        yield GaugeMetricFamily(
+            "keyroom_participants", "Participants in all rooms, hidden ones included", participants
+        )
+        published = GaugeMetricFamily(
+            "keyroom_published_tracks", "Negotiated published tracks", labels=["kind"]
+        )
+        published.add_metric(["audio"], published_audio)
+        published.add_metric(["video"], published_video)
+        yield published
+        yield GaugeMetricFamily(
+            "keyroom_subscribed_tracks", "Subscriptions (one per track a participant receives)",
+            subscribed,
+        )  # fmt: skip
+
+        stats = self.stats
+        for name, doc, value in (
+            ("keyroom_rtp_packets_in", "RTP packets received from publishers and accepted",
+             stats.packets_in),
+            ("keyroom_rtp_bytes_in", "Bytes of the accepted RTP packets (after SRTP)",
+             stats.bytes_in),
+            ("keyroom_rtp_packets_out", "RTP packets forwarded to subscribers (one per copy)",
+             stats.packets_out),
+            ("keyroom_rtp_bytes_out", "Bytes of the forwarded RTP packets, as received",
+             stats.bytes_out),
+            ("keyroom_keyframe_requests", "Keyframe requests (PLI) sent to publishers",
+             stats.keyframe_requests),
+            ("keyroom_rtp_retransmissions", "Packets resent from the cache on a NACK",
+             stats.retransmissions),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, doc, value=value)
+        dropped = CounterMetricFamily(
+            "keyroom_rtp_packets_dropped", "Packets dropped, by reason", labels=["reason"]
+        )
+        for reason in DropReason:
+            dropped.add_metric([reason.value], stats.dropped[reason.value])
+        yield dropped
+
+
+def build_registry(rooms: RoomRegistry, stats: Stats) -> CollectorRegistry:
+    """One server's registry: its live state plus the process-wide instruments."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StateCollector(rooms, stats))
+    for metric in (JOINS, JOIN_SECONDS, LOOP_LAG_SECONDS, FORWARD_SECONDS, WEBHOOKS):
+        registry.register(metric)
+    return registry
