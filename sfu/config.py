@@ -342,6 +342,29 @@ class MetricsConfig(_Section):
         return f"MetricsConfig(bearer_token={shown})"
 
 
+def _url_list(name: str, value: Any) -> tuple[str, ...]:
+    for item in _string_list(name, value):
+        try:
+            parts = urlsplit(item)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise _expected(name, "http(s) URLs", item) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _expected(name, "http(s) URLs", item)
+    return _unique(list(value))
+
+
+@dataclass(frozen=True)
+class WebhooksConfig(_Section):
+    section: ClassVar[str] = "webhooks"
+    urls: tuple[str, ...] = _option((), _url_list)
+    key: str | None = _option(None, _optional_path)  # an [auth] keys id; its secret signs
+    timeout: float = _option(5.0, _positive_seconds)
+    queue_size: int = _option(1000, _positive_int)  # per URL; when full the oldest event goes
+    max_attempts: int = _option(5, _positive_int)
+    retry_delay: float = _option(1.0, _positive_seconds)  # doubles after each failed attempt
+
+
 TYPED_SECTIONS: dict[str, type[_Section]] = {
     "server": ServerConfig,
     "rtc": RtcConfig,
@@ -350,10 +373,11 @@ TYPED_SECTIONS: dict[str, type[_Section]] = {
     "audit": AuditConfig,
     "node": NodeConfig,
     "metrics": MetricsConfig,
+    "webhooks": WebhooksConfig,
 }
 # Kept as tables: [roles.NAME] grant sets and [rooms.NAME] limit overrides are checked in
-# finalize(); turn and webhooks are validated by their own issues.
-PLAIN_SECTIONS = ("turn", "roles", "webhooks", "rooms")
+# finalize(); turn is validated by its own issue.
+PLAIN_SECTIONS = ("turn", "roles", "rooms")
 
 
 @dataclass(frozen=True, repr=False)
@@ -366,9 +390,9 @@ class Config(_Section):
     audit: AuditConfig = field(default_factory=AuditConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     turn: dict[str, Any] = _option({}, _table)
     roles: dict[str, Any] = _option({}, _table)
-    webhooks: dict[str, Any] = _option({}, _table)
     rooms: dict[str, Any] = _option({}, _table)
 
     def __repr__(self) -> str:
@@ -379,7 +403,7 @@ class Config(_Section):
         return (
             f"Config(server={self.server!r}, rtc={self.rtc!r}, auth={self.auth!r},"
             f" limits={self.limits!r}, audit={self.audit!r}, node={self.node!r},"
-            f" metrics={self.metrics!r}, {plain})"
+            f" metrics={self.metrics!r}, webhooks={self.webhooks!r}, {plain})"
         )
 
 
@@ -433,9 +457,22 @@ def finalize(config: Config) -> Config:
                 " --insecure-plaintext (or use --dev on 127.0.0.1)"
             )
     _check_roles(config.roles)
+    _check_webhooks(config.webhooks, auth)
     for name in config.rooms:
         room_limits(config, name)
     return replace(config, server=server, rtc=rtc, auth=auth)
+
+
+def _check_webhooks(webhooks: WebhooksConfig, auth: AuthConfig) -> None:
+    if not webhooks.urls:
+        return
+    if webhooks.key is None:
+        raise ConfigError("webhooks.key: required with webhooks.urls: the id of the signing key")
+    if webhooks.key not in auth.keys:
+        raise ConfigError(
+            f"webhooks.key: {_show(webhooks.key)} is not an HS256 key of the key table"
+            " ([auth] keys, --key or KEYROOM_KEYS)"
+        )
 
 
 def _check_roles(roles: Mapping[str, Any]) -> None:

@@ -33,6 +33,7 @@ from sfu.metrics import build_registry, sample_loop_lag
 from sfu.room import RoomRegistry
 from signaling.session import CLOSE_GOING_AWAY, Session
 from signaling.state import ServerState
+from signaling.webhooks import WebhookSender
 
 log = logging.getLogger("keyroom.server")
 
@@ -151,9 +152,19 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def background(app: web.Application) -> AsyncIterator[None]:
-    """The event-loop lag sampler."""
+    """The event-loop lag sampler and, with `[webhooks] urls`, the webhook sender."""
+    state = app[STATE]
     lag = asyncio.create_task(sample_loop_lag())
+    hooks = state.config.webhooks
+    sender = None
+    if hooks.urls and hooks.key is not None:
+        sender = WebhookSender(hooks, state.config.auth.keys[hooks.key])
+        sender.start()
+        state.rooms.listeners.append(sender.on_event)
     yield
+    if sender is not None:
+        state.rooms.listeners.remove(sender.on_event)
+        await sender.close()
     lag.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await lag

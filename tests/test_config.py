@@ -236,7 +236,6 @@ def test_later_sections_are_kept_as_tables(tmp_path: Path) -> None:
     assert config.rooms == {"r1": {"max_participants": 3}}
     assert room_limits(config, "r1").max_participants == 3
     assert room_limits(config, "r2") == config.limits
-    assert config.webhooks == {}
 
 
 @pytest.mark.parametrize(
@@ -285,12 +284,17 @@ def test_direct_construction_is_validated_and_frozen() -> None:
 
 
 def test_secrets_are_not_in_repr() -> None:
-    config = load({"turn": {"secret": "turn-shared-secret"}, "webhooks": {"api_key": "hook-key"}})
+    config = load(
+        {
+            "turn": {"secret": "turn-shared-secret"},
+            "metrics": {"bearer_token": "metrics-bearer-0123"},
+        }
+    )
     for text in (repr(config), str(config), repr(config.auth), str(config.auth)):
         assert SECRET not in text
         assert "'k'" in text
     assert "turn-shared-secret" not in repr(config)
-    assert "hook-key" not in repr(config)
+    assert "metrics-bearer-0123" not in repr(config)
 
 
 def test_short_secret_names_the_key_not_the_secret() -> None:
