@@ -1,0 +1,375 @@
+"""Forwarding micro-benchmark: CPU per output packet of the forwarding core, beside the floor.
+
+One publisher track fans out to N down-tracks in-process. Input is real SRTP over loopback UDP
+from a generator process (its CPU is not counted), at `out_rate / N` packets/s. Each cell runs in
+a fresh event loop (asyncio or uvloop) and takes the input one of two ways:
+- `fast`: the server's `internals.FastPath` callback (unprotect inside datagram_received);
+- `hook`: an emulation of aiortc's stock hand-off that the server used before: the STUN parse
+  attempt, aioice's queue, a task awaiting it through two coroutine levels, unprotect, and an
+  awaited handler.
+Output goes through the server's own `internals.RtpSink` (SRTP protect + sendto on an aioice
+StunProtocol socket), one socket per subscriber, to loopback sockets that are never read.
+
+The floor, measured in the same run and loop: one pylibsrtp protect + one DatagramTransport
+sendto per packet, in a tight loop over the same destinations. CPU is this process's user+sys
+time (getrusage) over the measured window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import resource
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event as EventType
+from types import SimpleNamespace
+from typing import Any, cast
+
+import aioice.ice
+import aioice.stun
+import uvloop
+from aiortc.rtcdtlstransport import State
+from pylibsrtp import Policy, Session
+
+from sfu import internals
+from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
+from sfu.rtp import MalformedPacket, parse_rtp
+
+PROFILE = Policy.SRTP_PROFILE_AEAD_AES_128_GCM
+KEY = bytes(range(28))  # 16-byte key + 12-byte salt for AES-128-GCM
+SSRC = 0x1234ABCD
+EXTENSIONS = {
+    1: "urn:ietf:params:rtp-hdrext:sdes:mid",
+    3: "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+}
+# VP8 payload descriptor (start of partition 0) + a keyframe tag: the down-tracks' gate opens.
+VP8_KEYFRAME = b"\x10" + b"\x10\x02\x00\x9d\x01\x2a"
+WARMUP = 0.5
+START_TIMEOUT = 15.0
+
+
+def _tx_policy() -> Policy:
+    # As aiortc's: a forwarder may legitimately send the same sequence number twice (NACK).
+    policy = Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=PROFILE)
+    policy.allow_repeat_tx = True
+    return policy
+
+
+def _packet(seq: int, size: int) -> bytes:
+    header = struct.pack("!BBHII", 0x90, 96, seq & 0xFFFF, (seq // 5) * 3000, SSRC)
+    ext = struct.pack("!HH", 0xBEDE, 2) + b"\x10" + b"0" + b"\x32" + b"\x00\x01\x02" + b"\x00"
+    head = header + ext + VP8_KEYFRAME
+    return head + bytes(size - len(head))
+
+
+def _generate(port: int, rate: float, size: int, stop: EventType, sent: Synchronized[int]) -> None:
+    """Send SRTP at `rate` packets/s to 127.0.0.1:`port` until `stop` (at most 60 s)."""
+    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=PROFILE))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    start = time.perf_counter()
+    n = 0
+    while not stop.is_set() and (elapsed := time.perf_counter() - start) < 60:
+        due = int(elapsed * rate)
+        while n < due:
+            sock.sendto(tx.protect(_packet(n, size)), ("127.0.0.1", port))
+            n += 1
+        time.sleep(0.0005)
+    sent.value = n
+
+
+class _Input(asyncio.DatagramProtocol):
+    """The input socket: the fast path's callback, or aioice's queue for the hook path."""
+
+    def __init__(self, path: str, queue: asyncio.Queue[bytes]) -> None:
+        self.path = path
+        self.fast: internals.FastPath | None = None
+        self.queue = queue
+        self.received = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.received += 1
+        if self.fast is not None:
+            self.fast._datagram_received(_unexpected, data, addr)
+            return
+        try:  # aioice tries every datagram as STUN first
+            aioice.stun.parse_message(data)
+        except ValueError:
+            self.queue.put_nowait(data)
+
+
+def _unexpected(data: bytes, addr: tuple[Any, ...]) -> None:
+    raise AssertionError("the benchmark sends only SRTP")
+
+
+async def _cell(
+    path: str, fanout: int, in_rate: float, seconds: float, size: int
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    track = PublishedTrack(
+        sid="TR_bench", cid="c", kind="video", source="camera", name="", publisher_sid="PA"
+    )
+    track.codec = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
+    track.extensions = dict(EXTENSIONS)
+    tracks = {SSRC: track}
+    transports: list[asyncio.BaseTransport] = []
+    sinks: list[internals.RtpSink] = []
+    drains = []
+    for i in range(fanout):
+        drain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        drain.bind(("127.0.0.1", 0))
+        drains.append(drain)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: aioice.ice.StunProtocol(_NO_CONNECTION),
+            local_addr=("127.0.0.1", 0),  # type: ignore[arg-type]
+        )
+        transports.append(transport)
+        sink = internals.RtpSink(
+            _fake_dtls(
+                Session(_tx_policy()),
+                protocol,
+                drain.getsockname(),
+            )
+        )
+        down = DownTrack(track, f"PA_sub{i}")
+        down.configure(
+            sink=sink,
+            out_ssrc=1000 + i,
+            mid=str(i),
+            payload_types={96: 96},
+            extensions={uri: n for n, uri in EXTENSIONS.items()},
+        )
+        track.down_tracks.append(down)
+        sinks.append(sink)
+
+    errors: Counter[str] = Counter()
+
+    def on_rtp(data: bytes) -> None:
+        # The shape of Participant._on_publisher_rtp: parse, look up, forward.
+        try:
+            info = parse_rtp(data)
+        except MalformedPacket:
+            errors["malformed"] += 1
+            return
+        found = tracks.get(info.ssrc)
+        if found is None:
+            errors["unknown_ssrc"] += 1
+            return
+        found.forward(data, info)
+
+    rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=PROFILE))
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    in_transport, _ = await loop.create_datagram_endpoint(
+        lambda: _Input(path, queue), local_addr=("127.0.0.1", 0)
+    )  # type: ignore[arg-type]
+    transports.append(in_transport)
+    protocol_in: _Input = in_transport.get_protocol()  # type: ignore[assignment]
+    port = in_transport.get_extra_info("sockname")[1]
+    gen_addr_holder: list[tuple[Any, ...]] = []
+    dtls_in = _fake_dtls(rx, None, ("127.0.0.1", 0))
+    fast = internals.FastPath(dtls_in, on_rtp, errors)  # type: ignore[arg-type]
+    if path == "fast":
+        protocol_in.fast = fast
+
+    async def handler(data: bytes, arrival_time_ms: int = 0) -> None:
+        on_rtp(data)
+
+    async def recv() -> bytes:
+        return await queue.get()
+
+    async def transport_recv() -> bytes:
+        return await recv()
+
+    async def hook_loop() -> None:
+        # aiortc's RTCDtlsTransport._recv_next: await the ICE transport, unprotect, await.
+        while True:
+            data = await transport_recv()
+            try:
+                plain = rx.unprotect(data)
+            except Exception:
+                errors["srtp_failure"] += 1
+                continue
+            await handler(plain, 0)
+
+    hook_task = asyncio.ensure_future(hook_loop()) if path == "hook" else None
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    sent = ctx.Value("q", 0)
+    generator = ctx.Process(target=_generate, args=(port, in_rate, size, stop, sent), daemon=True)
+    # The fast path only takes datagrams from the nominated remote address: the generator's,
+    # learned from its first datagram.
+    first: asyncio.Future[tuple[Any, ...]] = loop.create_future()
+    original = protocol_in.datagram_received
+
+    def learn(data: bytes, addr: tuple[Any, ...]) -> None:
+        if not first.done():
+            first.set_result(addr)
+            dtls_in.transport._connection._nominated[1].remote_addr = addr
+            protocol_in.datagram_received = original  # type: ignore[method-assign]
+        original(data, addr)
+
+    protocol_in.datagram_received = learn  # type: ignore[method-assign]
+    generator.start()
+    try:
+        gen_addr_holder.append(await asyncio.wait_for(first, START_TIMEOUT))
+        await asyncio.sleep(WARMUP)
+        out0, in0, usage0, t0 = (
+            sum(s.sent_packets for s in sinks),
+            protocol_in.received,
+            resource.getrusage(resource.RUSAGE_SELF),
+            time.perf_counter(),
+        )
+        await asyncio.sleep(seconds)
+        out1, in1, usage1, t1 = (
+            sum(s.sent_packets for s in sinks),
+            protocol_in.received,
+            resource.getrusage(resource.RUSAGE_SELF),
+            time.perf_counter(),
+        )
+    finally:
+        stop.set()
+        await loop.run_in_executor(None, generator.join, 10)
+        if generator.is_alive():
+            generator.kill()
+        await asyncio.sleep(0.2)  # what is still in flight arrives
+        if hook_task is not None:
+            hook_task.cancel()
+            await asyncio.gather(hook_task, return_exceptions=True)
+        for t in transports:
+            t.close()
+        for d in drains:
+            d.close()
+    user, system = usage1.ru_utime - usage0.ru_utime, usage1.ru_stime - usage0.ru_stime
+    out = out1 - out0
+    return {
+        "path": path,
+        "fanout": fanout,
+        "in_rate": round(in_rate, 1),
+        "wall_s": round(t1 - t0, 3),
+        "in_packets": in1 - in0,
+        "out_packets": out,
+        "out_pps": round(out / (t1 - t0)),
+        "cpu_percent": round(100 * (user + system) / (t1 - t0), 1),
+        "us_per_out": round(1e6 * (user + system) / out, 2) if out else None,
+        "us_user_per_out": round(1e6 * user / out, 2) if out else None,
+        "us_sys_per_out": round(1e6 * system / out, 2) if out else None,
+        "input_lost": max(0, int(sent.value) - protocol_in.received),
+        "input_sent": int(sent.value),
+        "errors": dict(errors),
+    }
+
+
+async def _floor(fanout: int, packets: int, size: int) -> dict[str, Any]:
+    """One protect + one DatagramTransport.sendto per packet, nothing else."""
+    loop = asyncio.get_running_loop()
+    drains, transports, sessions = [], [], []
+    for _ in range(fanout):
+        drain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        drain.bind(("127.0.0.1", 0))
+        drains.append(drain)
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        transports.append(transport)
+        sessions.append(Session(_tx_policy()))
+    inputs = [_packet(n, size) for n in range(max(1, packets // fanout))]
+    targets = [
+        (sessions[i].protect, transports[i].sendto, drains[i].getsockname()) for i in range(fanout)
+    ]
+    usage0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    count = 0
+    for packet in inputs:
+        for protect, sendto, addr in targets:
+            sendto(protect(packet), addr)
+            count += 1
+    usage1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for t in transports:
+        t.close()
+    for d in drains:
+        d.close()
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return {
+        "fanout": fanout,
+        "packets": count,
+        "us_per_packet": round(1e6 * cpu / count, 2),
+        "pps": round(count / (t1 - t0)),
+    }
+
+
+# What a StunProtocol tells its aioice Connection when its socket closes: nothing to do here.
+_NO_CONNECTION = cast(Any, SimpleNamespace(protocol_lost=lambda protocol: None))
+
+
+def _fake_dtls(session: Session, protocol: Any, remote: tuple[Any, ...]) -> Any:
+    """The attributes of a connected RTCDtlsTransport that RtpSink and FastPath read."""
+    pair = SimpleNamespace(protocol=protocol, remote_addr=remote)
+    connection = SimpleNamespace(_nominated={1: pair}, _protocols=[])
+    return SimpleNamespace(
+        _state=State.CONNECTED,
+        _tx_srtp=session,
+        _rx_srtp=session,
+        transport=SimpleNamespace(_connection=connection),
+    )
+
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def run_cells(
+    *,
+    fanouts: list[int],
+    loops: list[str],
+    paths: list[str],
+    out_rate: int,
+    seconds: float,
+    size: int,
+) -> dict[str, Any]:
+    cells = []
+    floors: dict[tuple[str, int], float] = {}
+    for loop_name in loops:
+        for fanout in fanouts:
+            with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+                floor = runner.run(_floor(fanout, max(20000, out_rate), size))
+            floor["loop"] = loop_name
+            floors[(loop_name, fanout)] = floor["us_per_packet"]
+            cells.append({"kind": "floor", **floor})
+            for path in paths:
+                with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+                    cell = runner.run(_cell(path, fanout, out_rate / fanout, seconds, size))
+                cell["loop"] = loop_name
+                cell["floor_us"] = floors[(loop_name, fanout)]
+                if cell["us_per_out"]:
+                    cell["ratio_to_floor"] = round(cell["us_per_out"] / cell["floor_us"], 2)
+                cells.append({"kind": "forward", **cell})
+    return {
+        "out_rate": out_rate,
+        "seconds": seconds,
+        "size": size,
+        "srtp_profile": "AEAD_AES_128_GCM",
+        "cells": cells,
+    }
+
+
+def format_results(results: dict[str, Any]) -> str:
+    head: tuple[str, ...] = ("loop", "path", "fan-out", "in pps", "out pps", "CPU %", "µs/out")
+    head += ("user", "sys", "floor", "ratio", "in lost")
+    lines = [
+        f"offered {results['out_rate']} out-pps per cell, {results['seconds']} s each,"
+        f" {results['size']} B packets, SRTP {results['srtp_profile']}",
+        f"{head[0]:<8} {head[1]:<6}" + "".join(f" {h:>7}" for h in head[2:]),
+    ]
+    for c in results["cells"]:
+        if c["kind"] == "floor":
+            continue
+        values: tuple[Any, ...] = (c["fanout"], round(c["in_rate"]), c["out_pps"], c["cpu_percent"])
+        values += (c["us_per_out"], c["us_user_per_out"], c["us_sys_per_out"], c["floor_us"])
+        values += (c.get("ratio_to_floor", "-"), c["input_lost"])
+        lines.append(f"{c['loop']:<8} {c['path']:<6}" + "".join(f" {v!s:>7}" for v in values))
+    return "\n".join(lines)

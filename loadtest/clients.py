@@ -1,0 +1,263 @@
+"""Cheap load-test participants: publishers replay a clip, subscribers count packets.
+
+Both are `KeyroomClient`s (the real signaling and two real aiortc peer connections each), with
+aiortc's media pipeline bypassed the way the server bypasses it:
+- a publisher's transceiver carries a `ParkedTrack` whose recv() never returns, so aiortc never
+  creates an encoder; the publisher writes the clip's RTP itself through `internals.RtpSink`
+  (SRTP protect + sendto), with its own sequence numbers and timestamps;
+- a subscriber's receivers are never started (no decoder thread), and plaintext RTP is taken from
+  the datagram callback (`internals.hook_transport_fast`) and only counted.
+
+Every packet carries a trailer at the end of its payload (the SFU forwards payloads untouched):
+track number, flags, the publisher's packet index and its send time on CLOCK_MONOTONIC, so a
+subscriber in the same process measures loss and one-way latency through the SFU per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import MediaStreamTrack, RTCRtpTransceiver
+
+from loadtest.clip import Clip
+from sfu import internals
+from sfu.rtcp import Fir, MalformedPacket, Pli, parse_rtcp
+from signaling.client import KeyroomClient, RemoteTrack
+
+# track number, flags, packet index, send time (ns, CLOCK_MONOTONIC)
+TRAILER = struct.Struct("!HBIQ")
+FLAG_KEYFRAME = 1
+_RTP_HEADER = struct.Struct("!BBHII")
+CONNECT_TIMEOUT = 10.0
+# Latency samples kept per run; beyond it, samples are taken at random (reservoir sampling).
+MAX_LATENCY_SAMPLES = 200_000
+
+
+class ParkedTrack(MediaStreamTrack):
+    """A track aiortc's sender waits on forever: it announces msid and SSRC, never encodes."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def recv(self) -> Any:
+        await asyncio.Event().wait()
+
+
+async def wait_connected(client: KeyroomClient, which: str, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            pc = client.publisher_pc if which == "publisher" else client.subscriber_pc
+            if pc is not None and pc.connectionState == "connected":
+                return
+            if pc is not None and pc.connectionState in ("failed", "closed"):
+                raise ConnectionError(f"{which} connection {pc.connectionState}")
+            await asyncio.sleep(0.01)
+
+
+@dataclass
+class Latencies:
+    """One-way latency samples (ns) of all subscribers, bounded by reservoir sampling."""
+
+    samples: list[int] = field(default_factory=list)
+    seen: int = 0
+
+    def add(self, value: int) -> None:
+        self.seen += 1
+        if len(self.samples) < MAX_LATENCY_SAMPLES:
+            self.samples.append(value)
+        else:
+            slot = random.randrange(self.seen)
+            if slot < MAX_LATENCY_SAMPLES:
+                self.samples[slot] = value
+
+
+class Publisher:
+    """Publishes one track and replays `clip` on it at the clip's pace."""
+
+    def __init__(
+        self, client: KeyroomClient, clip: Clip, track_no: int, errors: Counter[str]
+    ) -> None:
+        self.client = client
+        self.clip = clip
+        self.track_no = track_no
+        self.errors = errors
+        self.track_sid = ""
+        self.packets_sent = 0
+        self.packets_dropped = 0  # simulated loss
+        self.keyframe_requests = 0
+        self._sink: internals.RtpSink | None = None
+        self._ssrc = 0
+        self._pt = 0
+        self._keyframe_wanted = False
+
+    async def start(self) -> None:
+        client = self.client
+        track = ParkedTrack(self.clip.kind)
+        source = "camera" if self.clip.kind == "video" else "microphone"
+        info = await client.publish(track, source=source, name=f"load-{self.track_no}")
+        self.track_sid = info["sid"]
+        await wait_connected(client, "publisher", CONNECT_TIMEOUT)
+        assert client.publisher_pc is not None
+        transceiver = _transceiver_with(client.publisher_pc.getTransceivers(), track)
+        codec = next(
+            c
+            for c in internals.negotiated_codecs(transceiver)
+            if not c.mimeType.lower().endswith("/rtx")
+        )
+        if codec.mimeType.lower() != self.clip.mime_type.lower():
+            raise RuntimeError(f"server chose {codec.mimeType}, the clip is {self.clip.mime_type}")
+        assert codec.payloadType is not None
+        self._pt = codec.payloadType
+        self._ssrc = internals.sender_ssrc(transceiver)
+        dtls = internals.bundle_transport(client.publisher_pc)
+        assert dtls is not None
+        self._sink = internals.RtpSink(dtls)
+        internals.hook_transport(dtls, _ignore_rtp, self._on_rtcp)
+
+    async def _on_rtcp(self, data: bytes) -> None:
+        try:
+            messages = parse_rtcp(data)
+        except MalformedPacket:
+            self.errors["publisher:malformed_rtcp"] += 1
+            return
+        for message in messages:
+            if isinstance(message, Pli | Fir):
+                self.keyframe_requests += 1
+                self._keyframe_wanted = True
+
+    async def run(self, until: float, loss: float) -> None:
+        """Send the clip in a loop until loop time `until`; restart at its keyframe on PLI."""
+        sink = self._sink
+        assert sink is not None
+        clip = self.clip
+        loop = asyncio.get_running_loop()
+        frames = clip.frames
+        seq = random.randrange(1 << 16)
+        ts = random.randrange(1 << 32)
+        position = 0
+        due = loop.time()
+        pack_header = _RTP_HEADER.pack
+        pack_trailer = TRAILER.pack
+        while due < until:
+            if self._keyframe_wanted and clip.kind == "video":
+                self._keyframe_wanted = False
+                position = 0
+            frame = frames[position]
+            last = len(frame.payloads) - 1
+            for n, payload in enumerate(frame.payloads):
+                flags = FLAG_KEYFRAME if frame.keyframe and n == 0 else 0
+                index = self.packets_sent + self.packets_dropped
+                if loss and random.random() < loss:
+                    self.packets_dropped += 1
+                else:
+                    packet = (
+                        pack_header(
+                            0x80, self._pt | (0x80 if n == last else 0), seq, ts, self._ssrc
+                        )
+                        + payload
+                        + pack_trailer(self.track_no, flags, index, time.monotonic_ns())
+                    )
+                    if sink.send(packet):
+                        self.packets_sent += 1
+                    else:
+                        self.errors["publisher:send_failed"] += 1
+                        self.packets_dropped += 1
+                seq = (seq + 1) & 0xFFFF
+            ts = (ts + clip.ticks_per_frame) & 0xFFFFFFFF
+            position = (position + 1) % len(frames)
+            due += clip.frame_interval
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
+@dataclass
+class StreamStats:
+    """What one subscriber received of one published track."""
+
+    first_ns: int
+    first_keyframe_ns: int | None = None
+    packets: int = 0
+    min_index: int = 1 << 32
+    max_index: int = -1
+
+    @property
+    def expected(self) -> int:
+        return max(0, self.max_index - self.min_index + 1)
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.expected - self.packets)
+
+
+class Subscriber:
+    """Subscribes to everything (auto_subscribe) and counts packets per track, never decoding."""
+
+    def __init__(self, client: KeyroomClient, latencies: Latencies, errors: Counter[str]) -> None:
+        self.client = client
+        self.latencies = latencies
+        self.errors = errors
+        self.streams: dict[int, StreamStats] = {}
+        self.drops: Counter[str] = Counter()
+        self.join_started_ns = 0
+        self.ended = False
+        self._fast: internals.FastPath | None = None
+        client.on("track", self._on_track)
+
+    def _on_track(self, remote: RemoteTrack) -> None:
+        # Called inside setRemoteDescription, before aiortc schedules the receiver's start:
+        # an instance-level no-op keeps this receiver from starting a decoder thread.
+        pc = self.client.subscriber_pc
+        if pc is None:
+            return
+        for transceiver in pc.getTransceivers():
+            if transceiver.mid == remote.mid:
+                transceiver.receiver.receive = _receive_nothing  # type: ignore[method-assign]
+
+    async def start(self) -> None:
+        await wait_connected(self.client, "subscriber", CONNECT_TIMEOUT)
+        assert self.client.subscriber_pc is not None
+        dtls = internals.bundle_transport(self.client.subscriber_pc)
+        assert dtls is not None
+        self._fast = internals.hook_transport_fast(dtls, self._on_rtp, _ignore_rtcp, self.drops)
+
+    def _on_rtp(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        if len(data) < 12 + TRAILER.size:
+            self.errors["subscriber:short_packet"] += 1
+            return
+        track_no, flags, index, sent_ns = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+        stream = self.streams.get(track_no)
+        if stream is None:
+            stream = self.streams[track_no] = StreamStats(first_ns=now)
+        stream.packets += 1
+        if index < stream.min_index:
+            stream.min_index = index
+        if index > stream.max_index:
+            stream.max_index = index
+        if flags & FLAG_KEYFRAME and stream.first_keyframe_ns is None:
+            stream.first_keyframe_ns = now
+        self.latencies.add(now - sent_ns)
+
+
+def _transceiver_with(transceivers: list[RTCRtpTransceiver], track: Any) -> RTCRtpTransceiver:
+    return next(t for t in transceivers if t.sender.track is track)
+
+
+async def _receive_nothing(parameters: object) -> None:
+    return None
+
+
+async def _ignore_rtp(data: bytes, arrival_time_ms: int = 0) -> None:
+    return None
+
+
+async def _ignore_rtcp(data: bytes) -> None:
+    return None

@@ -1,0 +1,173 @@
+"""The load-test report: one JSON-able dict (for CI) and its human table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from loadtest.procstat import Sample
+
+if TYPE_CHECKING:
+    from loadtest.runner import Run
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
+    """count, p50, p95, p99 and max (nearest rank); None when there is no value."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
+
+    def rank(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3)
+
+    return {
+        "count": len(ordered),
+        "p50": rank(0.50),
+        "p95": rank(0.95),
+        "p99": rank(0.99),
+        "max": round(ordered[-1], 3),
+    }
+
+
+def build_report(
+    run: Run,
+    *,
+    settle_ns: int,
+    samples: list[Sample],
+    runtime_before: dict[str, Any] | None,
+    runtime_after: dict[str, Any] | None,
+    generator_cpu_seconds: float,
+) -> dict[str, Any]:
+    scenario = run.scenario
+    track_nos = {p.track_no for p in run.publishers}
+    expected_tracks = received_tracks = 0
+    packets_received = packets_expected = 0
+    first_packet_ms: list[float] = []
+    first_keyframe_ms: list[float] = []
+    for sub in run.subscribers:
+        # Sessions that ended (churn) or began too late to settle count for loss, not tracks.
+        if not sub.ended and run.measure_end_ns - sub.join_started_ns >= settle_ns:
+            expected_tracks += len(track_nos)
+            received_tracks += len(track_nos & {n for n, s in sub.streams.items() if s.packets})
+        for stream in sub.streams.values():
+            packets_received += stream.packets
+            packets_expected += max(stream.expected, stream.packets)
+            first_packet_ms.append((stream.first_ns - sub.join_started_ns) / 1e6)
+            if stream.first_keyframe_ns is not None:
+                first_keyframe_ms.append((stream.first_keyframe_ns - sub.join_started_ns) / 1e6)
+        for reason, count in sub.drops.items():
+            run.errors[f"subscriber:{reason}"] += count
+    lost = packets_expected - packets_received
+    measured = (run.measure_end_ns - run.measure_start_ns) / 1e9
+    # The first sample after the end still covers mostly measured time.
+    in_phase = [s for s in samples if run.measure_start < s.t <= run.measure_end + 0.5]
+    report: dict[str, Any] = {
+        "scenario": {
+            "name": scenario.name,
+            "video_publishers": scenario.video_publishers,
+            "audio_publishers": scenario.audio_publishers,
+            "subscribers": scenario.subscribers,
+            "duration_s": scenario.duration,
+            "joins_per_second": scenario.joins_per_second,
+            "codec": scenario.codec,
+            "simulated_loss": scenario.loss,
+            "churn_interval_s": scenario.churn_interval,
+            "bad_token_share": scenario.bad_token_share,
+        },
+        "room": run.room,
+        "measured_s": round(measured, 3),
+        "tracks": {
+            "published": len(track_nos),
+            "expected": expected_tracks,
+            "received": received_tracks,
+            "missing": expected_tracks - received_tracks,
+        },
+        "packets": {
+            "sent": sum(p.packets_sent for p in run.publishers),
+            "simulated_drops": sum(p.packets_dropped for p in run.publishers),
+            "received": packets_received,
+            "expected": packets_expected,
+            "lost": lost,
+            "loss": round(lost / packets_expected, 6) if packets_expected else 0.0,
+        },
+        "latency_ms": percentiles([v / 1e6 for v in run.latencies.samples]),
+        "join_ms": percentiles(run.join_ms),
+        "first_packet_ms": percentiles(first_packet_ms),
+        "first_keyframe_ms": percentiles(first_keyframe_ms),
+        "keyframe_requests_per_s": round(
+            sum(p.keyframe_requests for p in run.publishers) / max(measured, 1e-9), 3
+        ),
+        "generator_cpu_percent": round(100 * generator_cpu_seconds / max(measured, 1e-9), 1),
+        "auth": dict(run.auth),
+    }
+    if samples:
+        cpu = [s.cpu_percent for s in in_phase] or [0.0]
+        mean_cpu = sum(cpu) / len(cpu)
+        rate = packets_received / max(measured, 1e-9)
+        report["server"] = {
+            "cpu_percent_mean": round(mean_cpu, 1),
+            "cpu_percent_max": round(max(cpu), 1),
+            "rss_mib_max": round(max(s.rss_mib for s in samples), 1),
+            "rss_mib_end": round(samples[-1].rss_mib, 1),
+            # Whole-process CPU (RTCP, timers, signaling included) per packet a subscriber got.
+            "cpu_us_per_received_packet": round(mean_cpu / 100 * 1e6 / rate, 2) if rate else None,
+            "timeline": [
+                [round(s.t, 2), round(s.cpu_percent, 1), round(s.rss_mib, 1)] for s in samples
+            ],
+        }
+    if runtime_before is not None and runtime_after is not None:
+        before, after = runtime_before["stats"], runtime_after["stats"]
+        report["server_counters"] = {
+            key: after.get(key, 0) - before.get(key, 0)
+            for key in ("packets_in", "packets_out", "keyframe_requests", "retransmissions")
+        }
+        report["server_counters"]["dropped"] = after.get("dropped", {})
+        report["server_counters"]["codecs"] = runtime_after.get("codecs")
+    return report
+
+
+def passed(report: dict[str, Any], max_loss: float) -> bool:
+    unexpected = {k: v for k, v in report["errors"].items() if v}
+    return (
+        report["tracks"]["missing"] == 0
+        and report["tracks"]["expected"] > 0
+        and report["packets"]["loss"] < max_loss + report["scenario"]["simulated_loss"]
+        and not unexpected
+    )
+
+
+def format_table(report: dict[str, Any]) -> str:
+    def dist(name: str, d: dict[str, Any], unit: str) -> str:
+        if not d["count"]:
+            return f"{name:<22} -"
+        return (
+            f"{name:<22} p50 {d['p50']:>8} p95 {d['p95']:>8} p99 {d['p99']:>8}"
+            f" max {d['max']:>8} {unit} (n={d['count']})"
+        )
+
+    s = report["scenario"]
+    t, p = report["tracks"], report["packets"]
+    lines = [
+        f"scenario {s['name']}: {s['video_publishers']} video + {s['audio_publishers']} audio"
+        f" publishers, {s['subscribers']} subscribers, {report['measured_s']} s measured",
+        f"{'tracks':<22} expected {t['expected']} received {t['received']} missing {t['missing']}",
+        f"{'packets':<22} sent {p['sent']} received {p['received']} expected {p['expected']}"
+        f" lost {p['lost']} ({100 * p['loss']:.3f} %)",
+        dist("latency through SFU", report["latency_ms"], "ms"),
+        dist("join (token→joined)", report["join_ms"], "ms"),
+        dist("first packet", report["first_packet_ms"], "ms"),
+        dist("first keyframe", report["first_keyframe_ms"], "ms"),
+        f"{'keyframe requests':<22} {report['keyframe_requests_per_s']} /s",
+        f"{'load generator CPU':<22} {report['generator_cpu_percent']} % of one core",
+    ]
+    server = report.get("server")
+    if server:
+        lines.append(
+            f"{'server CPU':<22} mean {server['cpu_percent_mean']} % max"
+            f" {server['cpu_percent_max']} %, {server['cpu_us_per_received_packet']} µs per"
+            f" received packet; RSS max {server['rss_mib_max']} MiB"
+        )
+    if report["auth"]:
+        lines.append(f"{'bad-token joins':<22} {report['auth']}")
+    lines.append(f"{'errors':<22} {report['errors'] or 'none'}")
+    return "\n".join(lines)

@@ -1,0 +1,335 @@
+"""Runs a load-test scenario against a keyroom server and builds its report.
+
+Phases: publishers join and start replaying, subscribers join (both at `joins_per_second`), then
+`duration` seconds of measurement (churn and bad-token joins happen here), then publishers stop,
+in-flight packets drain, and every client leaves. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from auth.tokens import mint_token
+from loadtest.clients import Latencies, Publisher, Subscriber
+from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
+from loadtest.procstat import ProcessSampler
+from loadtest.report import build_report
+from loadtest.scenarios import Scenario
+from signaling.client import KeyroomClient, KeyroomError, SessionClosed
+
+JOIN_TIMEOUT = 10.0
+LEAVE_TIMEOUT = 5.0
+DRAIN_SECONDS = 1.0
+# A subscriber session shorter than this at the end is not expected to have every track yet.
+SETTLE_SECONDS = 3.0
+BAD_TOKEN_KINDS = ("bad_signature", "expired", "unknown_key", "garbage")
+
+
+@dataclass
+class Target:
+    url: str  # ws://host:port/rtc
+    key: str
+    secret: str
+    pid: int | None  # the server's, for CPU/RSS sampling
+    dev: bool  # /debug/runtime is available
+
+    def token(self, identity: str, room: str, **overrides: Any) -> str:
+        return mint_token(
+            key_id=overrides.get("key", self.key),
+            secret=overrides.get("secret", self.secret),
+            identity=identity,
+            room=room,
+            ttl=overrides.get("ttl", 3600),
+            now=overrides.get("now", time.time()),
+        )
+
+    def bad_token(self, kind: str, identity: str, room: str) -> str:
+        if kind == "bad_signature":
+            return self.token(identity, room, secret=self.secret + "x")
+        if kind == "expired":
+            return self.token(identity, room, ttl=60, now=time.time() - 7200)
+        if kind == "unknown_key":
+            return self.token(identity, room, key="no-such-key")
+        return secrets.token_urlsafe(48)
+
+    def runtime(self) -> dict[str, Any] | None:
+        if not self.dev:
+            return None
+        http = self.url.replace("ws://", "http://", 1).removesuffix("/rtc")
+        try:
+            with urllib.request.urlopen(http + "/debug/runtime", timeout=5) as response:
+                import json
+
+                data: dict[str, Any] = json.loads(response.read())
+                return data
+        except OSError:
+            return None
+
+
+@contextlib.contextmanager
+def spawned_server(log_dir: str) -> Iterator[Target]:
+    """A `keyroom serve --dev` on a free loopback port with a fresh key, stopped on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    key, secret = "loadtest", secrets.token_urlsafe(32)
+    log_path = os.path.join(log_dir, f"server-{port}.log")
+    command = [
+        sys.executable, "-m", "sfu", "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
+        "--rtc-ip", "127.0.0.1", "--key", f"{key}={secret}", "--log-level", "warning",
+    ]  # fmt: skip
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                with open(log_path, errors="replace") as f:
+                    raise RuntimeError(f"server did not start:\n{f.read()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield Target(f"ws://127.0.0.1:{port}/rtc", key, secret, process.pid, dev=True)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@dataclass
+class Run:
+    scenario: Scenario
+    target: Target
+    room: str = field(default_factory=lambda: f"loadtest-{secrets.token_hex(3)}")
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: Latencies = field(default_factory=Latencies)
+    publishers: list[Publisher] = field(default_factory=list)
+    subscribers: list[Subscriber] = field(default_factory=list)
+    join_ms: list[float] = field(default_factory=list)
+    auth: Counter[str] = field(default_factory=Counter)
+    measure_start_ns: int = 0
+    measure_end_ns: int = 0
+    # The same instants in event-loop time, to pick the server samples of the measured phase.
+    measure_start: float = 0.0
+    measure_end: float = 0.0
+
+    async def join(self, identity: str, token: str, auto_subscribe: bool) -> KeyroomClient | None:
+        client = KeyroomClient(self.target.url, token, auto_subscribe=auto_subscribe)
+        started = time.monotonic()
+        try:
+            await client.connect(timeout=JOIN_TIMEOUT)
+        except KeyroomError as exc:
+            self.errors[f"join:{exc.code}"] += 1
+            return None
+        except (TimeoutError, SessionClosed, OSError) as exc:
+            self.errors[f"join:{type(exc).__name__}"] += 1
+            return None
+        self.join_ms.append(1000 * (time.monotonic() - started))
+        return client
+
+    async def add_publisher(self, n: int, clip: Clip) -> None:
+        identity = f"pub-{n}"
+        client = await self.join(identity, self.target.token(identity, self.room), False)
+        if client is None:
+            return
+        publisher = Publisher(client, clip, n, self.errors)
+        try:
+            await publisher.start()
+        except (KeyroomError, TimeoutError, ConnectionError, SessionClosed, RuntimeError) as exc:
+            self.errors[f"publish:{type(exc).__name__}"] += 1
+            await _leave(client, self.errors)
+            return
+        self.publishers.append(publisher)
+
+    async def add_subscriber(self, n: int) -> Subscriber | None:
+        identity = f"sub-{n}"
+        started = time.monotonic_ns()
+        client = await self.join(identity, self.target.token(identity, self.room), True)
+        if client is None:
+            return None
+        subscriber = Subscriber(client, self.latencies, self.errors)
+        subscriber.join_started_ns = started
+        try:
+            await subscriber.start()
+        except (TimeoutError, ConnectionError, SessionClosed) as exc:
+            self.errors[f"subscribe:{type(exc).__name__}"] += 1
+        self.subscribers.append(subscriber)
+        return subscriber
+
+    async def bad_join(self, n: int) -> None:
+        kind = BAD_TOKEN_KINDS[n % len(BAD_TOKEN_KINDS)]
+        client = KeyroomClient(self.target.url, self.target.bad_token(kind, f"bad-{n}", self.room))
+        self.auth["attempts"] += 1
+        try:
+            await client.connect(timeout=JOIN_TIMEOUT)
+        except KeyroomError as exc:
+            self.auth[f"refused:{exc.code}:{exc.close_code}"] += 1
+            return
+        except (TimeoutError, SessionClosed, OSError) as exc:
+            self.errors[f"bad_join:{type(exc).__name__}"] += 1
+            return
+        self.errors[f"bad_token_accepted:{kind}"] += 1
+        await _leave(client, self.errors)
+
+
+async def _leave(client: KeyroomClient, errors: Counter[str]) -> None:
+    try:
+        async with asyncio.timeout(LEAVE_TIMEOUT):
+            await client.leave()
+    except TimeoutError:
+        errors["leave:timeout"] += 1
+        await client.close()
+
+
+async def _paced(coros: list[Any], per_second: float) -> None:
+    """Start the coroutines at `per_second` and wait for all of them."""
+    tasks = []
+    for n, coro in enumerate(coros):
+        if n and per_second > 0:
+            await asyncio.sleep(1 / per_second)
+        tasks.append(asyncio.ensure_future(coro))
+    await asyncio.gather(*tasks)
+
+
+async def run_scenario(scenario: Scenario, target: Target, progress: bool) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    run = Run(scenario, target)
+    video = (
+        encode_video_clip(scenario.codec, bitrate=scenario.video_bitrate)
+        if scenario.video_publishers
+        else None
+    )
+    audio = encode_audio_clip() if scenario.audio_publishers else None
+    sampler = ProcessSampler(target.pid) if target.pid else None
+    sampler_task = asyncio.ensure_future(sampler.run(loop.time() + 3600)) if sampler else None
+    runtime_before = target.runtime()
+    clips = [video] * scenario.video_publishers + [audio] * scenario.audio_publishers
+    send_tasks: list[asyncio.Task[None]] = []
+    try:
+        await _paced(
+            [run.add_publisher(n, clip) for n, clip in enumerate(clips) if clip is not None],
+            scenario.joins_per_second,
+        )
+        # Publishers send from now on, through the subscribers' joins and the measurement.
+        send_until = loop.time() + 3600
+        send_tasks = [
+            asyncio.ensure_future(p.run(send_until, scenario.loss)) for p in run.publishers
+        ]
+        await _paced(
+            [run.add_subscriber(n) for n in range(scenario.subscribers)],
+            scenario.joins_per_second,
+        )
+        run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
+        cpu_before = _own_cpu()
+        await _measure(run, loop.time() + scenario.duration, progress)
+        own_cpu = _own_cpu() - cpu_before
+        run.measure_end_ns, run.measure_end = time.monotonic_ns(), loop.time()
+    finally:
+        for task in send_tasks:
+            task.cancel()
+        await asyncio.gather(*send_tasks, return_exceptions=True)
+    await asyncio.sleep(DRAIN_SECONDS)
+    runtime_after = target.runtime()
+    if sampler_task is not None:
+        sampler_task.cancel()
+        await asyncio.gather(sampler_task, return_exceptions=True)
+    report = build_report(
+        run,
+        settle_ns=int(SETTLE_SECONDS * 1e9),
+        samples=sampler.samples if sampler else [],
+        runtime_before=runtime_before,
+        runtime_after=runtime_after,
+        generator_cpu_seconds=own_cpu,
+    )
+    clients = [p.client for p in run.publishers] + [
+        s.client for s in run.subscribers if not s.ended
+    ]
+    await asyncio.gather(*(_leave(c, run.errors) for c in clients))
+    report["errors"] = dict(run.errors)
+    return report
+
+
+async def _measure(run: Run, until: float, progress: bool) -> None:
+    """The measured phase: churn, bad joins, and a progress line once a second."""
+    loop = asyncio.get_running_loop()
+    scenario = run.scenario
+    extra: list[asyncio.Task[Any]] = []
+    next_churn = loop.time() + scenario.churn_interval
+    churned = 0
+    bad_joins = (
+        round(scenario.subscribers * scenario.bad_token_share / (1 - scenario.bad_token_share))
+        if scenario.bad_token_share < 1
+        else 0
+    )
+    if bad_joins:
+        extra.append(
+            asyncio.ensure_future(
+                _paced([run.bad_join(n) for n in range(bad_joins)], scenario.joins_per_second)
+            )
+        )
+    start = loop.time()
+    while (now := loop.time()) < until:
+        if scenario.churn_interval and now >= next_churn and run.subscribers:
+            live = [s for s in run.subscribers if not s.ended]
+            if live:
+                leaving = live[churned % len(live)]
+                leaving.ended = True
+                churned += 1
+                extra.append(
+                    asyncio.ensure_future(_churn(run, leaving, scenario.subscribers + churned))
+                )
+            next_churn += scenario.churn_interval
+        if progress:
+            received = sum(st.packets for s in run.subscribers for st in s.streams.values())
+            print(
+                f"\r[{now - start:5.1f}/{scenario.duration:.0f} s] publishers {len(run.publishers)}"
+                f" subscribers {sum(not s.ended for s in run.subscribers)}"
+                f" received {received} errors {sum(run.errors.values())}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        await asyncio.sleep(min(0.25, max(0.0, until - loop.time())))
+    if progress:
+        print(file=sys.stderr)
+    # Joins started in the measured phase get a bounded grace to finish.
+    if extra:
+        _, pending = await asyncio.wait(extra, timeout=JOIN_TIMEOUT + LEAVE_TIMEOUT)
+        for task in pending:
+            task.cancel()
+            run.errors["measure:task_timeout"] += 1
+
+
+async def _churn(run: Run, leaving: Subscriber, n: int) -> None:
+    await _leave(leaving.client, run.errors)
+    await run.add_subscriber(n)
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def default_log_dir() -> str:
+    return tempfile.mkdtemp(prefix="keyroom-loadtest-")

@@ -1,0 +1,38 @@
+"""The named load-test scenarios (cheap to import: `keyroom --help` lists them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    video_publishers: int = 0
+    audio_publishers: int = 0
+    subscribers: int = 0
+    duration: float = 20.0
+    joins_per_second: float = 10.0
+    codec: str = "vp8"
+    video_bitrate: int = 500_000
+    loss: float = 0.0  # simulated, dropped by publishers before sending
+    churn_interval: float = 0.0  # seconds between one subscriber leaving and rejoining
+    bad_token_share: float = 0.0  # auth-storm: share of extra joins that use a bad token
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("5x5-video", video_publishers=5, subscribers=5),
+        Scenario("10x10-audio", audio_publishers=10, subscribers=10),
+        Scenario("1x50-video", video_publishers=1, subscribers=50),
+        Scenario("churn", video_publishers=2, audio_publishers=2, subscribers=8, churn_interval=1),
+        Scenario("auth-storm", video_publishers=1, subscribers=10, bad_token_share=0.5),
+    )
+}
+
+
+def with_overrides(scenario: Scenario, **overrides: Any) -> Scenario:
+    """The scenario with every override that is not None applied."""
+    return replace(scenario, **{k: v for k, v in overrides.items() if v is not None})
