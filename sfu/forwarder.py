@@ -8,12 +8,12 @@ time is passed in. This is the part `loadtest/` benchmarks.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from sfu.keyframe import KeyframeThrottle, is_keyframe
 from sfu.packetcache import PacketCache
+from sfu.receivestats import ReceiveStats
 from sfu.rtcp import build_sr
 from sfu.rtp import RtpInfo, RtpRewriter
 
@@ -40,7 +40,6 @@ class ForwardingCounters:
     packets_in: int = 0
     bytes_in: int = 0
     packets_out: int = 0
-    dropped_no_subscriber_ready: int = 0
 
 
 class PublishedTrack:
@@ -75,6 +74,9 @@ class PublishedTrack:
         self.last_sender_report: tuple[int, int] | None = None
         self.throttle = KeyframeThrottle(keyframe_interval)
         self.counters = ForwardingCounters()
+        self.receive = ReceiveStats()
+        # Received bitrate, measured by the publisher's RTCP loop once a second.
+        self.bitrate = 0
 
     @property
     def mime_type(self) -> str:
@@ -89,14 +91,16 @@ class PublishedTrack:
         counters = self.counters
         counters.packets_in += 1
         counters.bytes_in += len(data)
+        self.receive.update(info.sequence)
         if self.muted:
             return
         for down in self.down_tracks:
             if down.forward(data, info):
                 counters.packets_out += 1
 
-    def on_sender_report(self, ntp: int, rtp_timestamp: int) -> None:
+    def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
         self.last_sender_report = (ntp, rtp_timestamp)
+        self.receive.on_sender_report(ntp, now)
 
     def set_muted(self, muted: bool) -> None:
         if self.muted and not muted and self.kind == "video":
@@ -217,6 +221,3 @@ class DownTrack:
             rewriter.packets,
             rewriter.octets,
         )
-
-
-KeyframeSender = Callable[[PublishedTrack], None]

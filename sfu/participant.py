@@ -23,10 +23,20 @@ from aiortc.sdp import candidate_from_sdp
 
 from auth.grants import VideoGrant
 from auth.policy import may_publish_data
-from sfu import internals
+from sfu import iceguard, internals
 from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
 from sfu.metrics import forward_timer_start, forward_timer_stop
-from sfu.rtcp import Fir, MalformedPacket, Nack, Pli, SenderReport, build_pli, parse_rtcp
+from sfu.rtcp import (
+    Fir,
+    MalformedPacket,
+    Nack,
+    Pli,
+    SenderReport,
+    build_pli,
+    build_remb,
+    build_rr,
+    parse_rtcp,
+)
 from sfu.rtp import get_extension, parse_rtp
 from sfu.sdpinfo import BadSdp, describe_offer
 from sfu.stats import DropReason, Stats
@@ -38,6 +48,10 @@ log = logging.getLogger("keyroom.participant")
 
 DATA_CHANNELS = ("_reliable", "_lossy")
 ANSWER_TIMEOUT = 15.0
+PUBLISHER_REPORT_INTERVAL = 1.0
+# REMB sent when the room sets no max_video_bitrate: generous, so congestion control, not
+# keyroom, decides; it only has to be present for a browser to leave its start bitrate.
+DEFAULT_VIDEO_BITRATE_CAP = 4_000_000
 # Data messages held per channel until the subscriber's channel opens.
 MAX_HELD_DATA = 256
 SENDER_REPORT_INTERVAL = 1.0
@@ -95,6 +109,12 @@ class Participant:
 
         self.publisher_pc = internals.new_peer_connection()
         self.subscriber_pc = internals.new_peer_connection()
+        # Remote candidate hygiene and relay-only enforcement (docs/security-transport.md).
+        iceguard.guard_peer_connections(
+            sid,
+            lambda: self.room.limits.relay_only,
+            {"publisher": self.publisher_pc, "subscriber": self.subscriber_pc},
+        )
         self._publisher_transport: RTCDtlsTransport | None = None
         self._publisher_sink: internals.RtpSink | None = None
         self._subscriber_sink: internals.RtpSink | None = None
@@ -108,6 +128,7 @@ class Participant:
         self._answer: asyncio.Future[str] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keyframe_timers: dict[str, asyncio.TimerHandle] = {}
+        self._publisher_reports_task: asyncio.Task[None] | None = None
 
         self.publisher_pc.on("datachannel", self._on_publisher_channel)
         self.publisher_pc.on("connectionstatechange", self._on_state_change)
@@ -214,6 +235,8 @@ class Participant:
             except Exception as exc:
                 raise NegotiationError(f"offer refused: {exc}") from None
             self._hook_publisher()
+            if self._publisher_reports_task is None:
+                self._publisher_reports_task = self._spawn(self._publisher_reports())
             return pc.localDescription.sdp, newly_bound
 
     def _choose_codec(self, transceiver: Any) -> CodecInfo | None:
@@ -322,7 +345,36 @@ class Participant:
             if isinstance(message, SenderReport):
                 track = self._tracks_by_ssrc.get(message.ssrc)
                 if track:
-                    track.on_sender_report(message.ntp, message.rtp_ts)
+                    track.on_sender_report(message.ntp, message.rtp_ts, time.monotonic())
+
+    async def _publisher_reports(self) -> None:
+        """Once a second: Receiver Reports for every track, and a REMB capping video bitrate.
+
+        The stock receiver that would send these is disabled; without them a browser's
+        congestion control gets no feedback. REMB carries one bitrate for all listed SSRCs,
+        so the cap sent is the per-track limit times the number of video tracks."""
+        previous: dict[str, tuple[float, int]] = {}
+        while not self.closed:
+            await asyncio.sleep(PUBLISHER_REPORT_INTERVAL)
+            sink = self._publisher_sink
+            now = time.monotonic()
+            blocks, video_ssrcs = [], []
+            for track in list(self.tracks.values()):
+                if track.ssrc is None or not track.receive.started:
+                    continue
+                blocks.append(track.receive.report_block(track.ssrc, now))
+                then, octets = previous.get(track.sid, (now, track.counters.bytes_in))
+                if now > then:
+                    track.bitrate = int((track.counters.bytes_in - octets) * 8 / (now - then))
+                previous[track.sid] = (now, track.counters.bytes_in)
+                if track.kind == "video":
+                    video_ssrcs.append(track.ssrc)
+            if sink is None or not blocks:
+                continue
+            sink.send(build_rr(self._rtcp_ssrc, blocks[:31]))
+            if video_ssrcs:
+                per_track = self.room.limits.max_video_bitrate or DEFAULT_VIDEO_BITRATE_CAP
+                sink.send(build_remb(self._rtcp_ssrc, per_track * len(video_ssrcs), video_ssrcs))
 
     def request_keyframe(self, track: PublishedTrack) -> None:
         """Ask the publisher for a keyframe, at most once per keyframe interval per track."""

@@ -268,13 +268,15 @@ def admin_view(participant: Participant) -> dict[str, Any]:
     info = participant.info(with_permissions=True)
     info["hidden"] = participant.hidden
     info["connection"] = participant.connection_state()
-    counters = {t.sid: t.counters for t in participant.tracks.values()}
     for track in info["tracks"]:
-        c = counters[track["sid"]]
-        track["packets_in"], track["bytes_in"], track["packets_out"] = (
-            c.packets_in,
-            c.bytes_in,
-            c.packets_out,
+        published = participant.tracks[track["sid"]]
+        c = published.counters
+        track.update(
+            packets_in=c.packets_in,
+            bytes_in=c.bytes_in,
+            packets_out=c.packets_out,
+            bitrate=published.bitrate,
+            subscribers=len(published.down_tracks),
         )
     return info
 

@@ -444,3 +444,30 @@ async def test_audit_chain_is_written_and_tampering_detected(tmp_path: Path) -> 
     audit_path.write_text("\n".join(events[:1] + events[2:]) + "\n")  # remove one record
     result = subprocess.run(verify, capture_output=True, text=True)
     assert result.returncode == 1 and "line 2" in result.stdout
+
+
+async def test_max_video_bitrate_reaches_the_publisher_as_remb(tmp_path: Path) -> None:
+    config = tmp_path / "keyroom.toml"
+    config.write_text("[rooms.capped]\nmax_video_bitrate = 300000\n")
+    server = start_server(tmp_path, "--config", str(config))
+    pub = KeyroomClient(server.ws_url, server.token("pub", room="capped"))
+    sub = KeyroomClient(server.ws_url, server.token("sub", room="capped"))
+    try:
+        await pub.connect()
+        await sub.connect()
+        info = await pub.publish(SyntheticVideoTrack(), source="camera")
+        remote = await sub.next_track(timeout=10)
+        assert await count_frames(remote.track, 2.5) > 0
+        assert pub.publisher_pc is not None
+        (sender,) = pub.publisher_pc.getSenders()
+        encoder = sender._RTCRtpSender__encoder  # noqa: SLF001 - what aiortc did with the REMB
+        assert encoder is not None and encoder.target_bitrate == 300_000
+        status, body = await call(server, "GET", "/api/rooms/capped", admin(server, "capped"))
+        (view,) = [p for p in body["participants"] if p["identity"] == "pub"]
+        (track,) = view["tracks"]
+        assert track["sid"] == info["sid"] and track["bitrate"] > 0 and track["subscribers"] == 1
+        assert view["connection"] == {"publisher": "connected", "subscriber": "connected"}
+    finally:
+        await pub.leave()
+        await sub.leave()
+        stop_server(server)

@@ -126,7 +126,7 @@ def test_sender_report_is_translated_to_the_down_track() -> None:
     assert down.sender_report() is None  # nothing forwarded yet
     forward(track, publisher_packet(1, 10_000, VP8_KEY))
     out_ts = parse_rtp(sink.sent[0]).timestamp
-    track.on_sender_report(ntp=0xAABBCCDD00112233, rtp_timestamp=13_000)
+    track.on_sender_report(ntp=0xAABBCCDD00112233, rtp_timestamp=13_000, now=1.0)
     report = down.sender_report()
     assert report is not None
     (sr,) = parse_rtcp(report)
