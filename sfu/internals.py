@@ -24,6 +24,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 
+from sfu.candidates import RemoteCandidateGuard
 from sfu.rtcp import is_rtcp
 
 PINNED_AIORTC = "1.16.0"
@@ -304,3 +305,37 @@ def hook_transport_fast(
     fast = FastPath(dtls, on_rtp, drops)
     fast.install()
     return fast
+
+
+def guard_remote_candidates(pc: RTCPeerConnection, guard: RemoteCandidateGuard) -> None:
+    """Let `guard` decide which remote candidates and incoming checks each ICE agent of `pc` takes.
+
+    aiortc creates the aioice Connection when a description is applied, so the filter is put on
+    every DTLS transport as it is created. Signalled candidates (SDP and trickle alike) pass
+    through `Connection.add_remote_candidate`, before any mDNS lookup, and every incoming check
+    through `request_received`, before aioice answers or learns a peer-reflexive candidate.
+    """
+    create = pc._RTCPeerConnection__createDtlsTransport  # type: ignore[attr-defined]
+
+    def create_guarded() -> RTCDtlsTransport:
+        dtls = create()
+        _guard_connection(dtls.transport._connection, guard)
+        return dtls
+
+    pc._RTCPeerConnection__createDtlsTransport = create_guarded  # type: ignore[attr-defined]
+
+
+def _guard_connection(connection: aioice.ice.Connection, guard: RemoteCandidateGuard) -> None:
+    add = connection.add_remote_candidate
+    received = connection.request_received
+
+    async def add_remote_candidate(candidate: aioice.Candidate | None) -> None:
+        if candidate is None or guard.admit_candidate(candidate.host):
+            await add(candidate)
+
+    def request_received(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        if guard.admit_check(addr[0]):
+            received(message, addr, protocol)
+
+    connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign, assignment]
+    connection.request_received = request_received  # type: ignore[method-assign]
