@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl as ssl_module
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -388,8 +389,10 @@ class KeyroomClient:
         auto_subscribe: bool = True,
         ice_servers: list[dict[str, Any]] | None = None,
         client_info: dict[str, Any] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
-        """`url` is the signaling endpoint (ws://host:port/rtc). `ice_servers` (dicts shaped
+        """`url` is the signaling endpoint (ws://host:port/rtc, or wss://… verified against
+        `ssl` when given, else the system's CAs). `ice_servers` (dicts shaped
         like `joined.ice_servers`) configure both PCs; without it they use no STUN/TURN server at
         all (aiortc would otherwise add a public STUN server): the servers that `joined`
         advertises are not used unless passed here. `ice_transport_policy: "relay"` in `joined`
@@ -399,6 +402,7 @@ class KeyroomClient:
         self.auto_subscribe = auto_subscribe
         self.ice_servers = ice_servers or []
         self.client_info = client_info or dict(CLIENT_INFO)
+        self.ssl = ssl
 
         self.joined: Frame = {}
         self.room: Frame = {}
@@ -448,7 +452,9 @@ class KeyroomClient:
         self._http = aiohttp.ClientSession()
         try:
             async with asyncio.timeout(timeout):
-                self._ws = await self._http.ws_connect(self.url, autoping=True)
+                self._ws = await self._http.ws_connect(
+                    self.url, autoping=True, ssl=self.ssl if self.ssl is not None else True
+                )
             self._reader = asyncio.ensure_future(self._read_loop(self._ws))
             join = {
                 "type": "join",

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import ipaddress
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -26,11 +28,14 @@ from auth.brake import FailureBrake
 from auth.keys import KeyTable
 from auth.store import AuthStore
 from auth.tokens import TokenVerifier, mint_token
-from sfu import internals
+from sfu import iceguard, internals
+from sfu.candidates import CandidatePolicy
 from sfu.config import Config
 from sfu.iceaddr import restrict_host_addresses
 from sfu.metrics import build_registry, sample_loop_lag
 from sfu.room import RoomRegistry
+from signaling.admin import add_admin_routes
+from signaling.netpolicy import client_ip, parse_networks, reload_certificate, tls_context
 from signaling.session import CLOSE_GOING_AWAY, Session
 from signaling.state import ServerState
 from signaling.webhooks import WebhookSender
@@ -83,6 +88,7 @@ def build_app(state: ServerState) -> web.Application:
     app[STATE] = state
     app.router.add_get("/rtc", rtc_handler)
     app.router.add_get("/healthz", healthz_handler)
+    add_admin_routes(app, state)
     app[METRICS] = build_registry(state.rooms, state.stats)
     app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(background)
@@ -114,7 +120,8 @@ async def rtc_handler(request: web.Request) -> web.StreamResponse:
         max_msg_size=state.config.server.max_frame_bytes, heartbeat=20, autoping=True
     )
     await ws.prepare(request)
-    session = Session(state, ws, request.remote or "?")
+    peer = client_ip(request, parse_networks(state.config.server.trusted_proxies))
+    session = Session(state, ws, peer)
     state.sessions.add(session)
     try:
         await session.run()
@@ -259,15 +266,30 @@ async def serve(config: Config) -> int:
     app = build_app(state)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    server = config.server
+    context = None
+    if server.tls_cert is not None and server.tls_key is not None:
+        context = tls_context(server.tls_cert, server.tls_key)
+    elif server.insecure_plaintext:
+        log.warning(
+            "serving plain HTTP/WS (--insecure-plaintext): tokens and SDP cross the network"
+            " readable unless a TLS-terminating proxy is in front of %s:%d",
+            server.host,
+            server.port,
+        )
+    site = web.TCPSite(runner, server.host, server.port, ssl_context=context)
     await site.start()
-    log.info("keyroom listening on %s:%d", config.server.host, config.server.port)
+    log.info(
+        "keyroom listening on %s://%s:%d", "https" if context else "http", server.host, server.port
+    )
     if config.server.dev:
         print_dev_banner(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if context is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, context, config)
     await stop.wait()
     log.info("shutting down")
     await shutdown(state)
@@ -275,6 +297,17 @@ async def serve(config: Config) -> int:
     state.audit.close()
     state.store.close()
     return 0
+
+
+def _reload_tls(context: ssl.SSLContext, config: Config) -> None:
+    cert, key = config.server.tls_cert, config.server.tls_key
+    assert cert is not None and key is not None
+    try:
+        reload_certificate(context, cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("SIGHUP: certificate not reloaded, the old one stays in use: %s", exc)
+        return
+    log.info("SIGHUP: certificate reloaded from %s", cert)
 
 
 def run_server(config: Config) -> int:
@@ -286,4 +319,13 @@ def run_server(config: Config) -> int:
     logging.getLogger("aioice").setLevel(max(logging.WARNING, logging.root.level))
     internals.install_server_patches()
     restrict_host_addresses(list(config.rtc.ips))
+    rtc = config.rtc
+    iceguard.configure(
+        CandidatePolicy(
+            max_remote_candidates=rtc.max_remote_candidates,
+            allow_private=bool(rtc.allow_private_candidates),
+            allow_loopback=any(ipaddress.ip_address(ip).is_loopback for ip in rtc.ips),
+            relay_addresses=frozenset(config.turn.relay_addresses),
+        )
+    )
     return uvloop.run(serve(config))
