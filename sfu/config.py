@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 DEV_KEY_ID = "devkey"
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as the hash output
 MAX_LEEWAY = 60.0
+MIN_TURN_SECRET_BYTES = 16  # HMAC-SHA1 key: guessing it forges TURN credentials for anyone
 MIN_BEARER_TOKEN_CHARS = 16
 KNOWN_CODECS = frozenset({"opus", "g722", "pcmu", "pcma", "vp8", "h264"})  # what aiortc negotiates
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -98,6 +99,50 @@ def _bool(name: str, value: Any) -> bool:
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _expected(name, "a non-empty string", value)
+    return value
+
+
+def _optional_bool(name: str, value: Any) -> bool | None:
+    return None if value is None else _bool(name, value)
+
+
+def _network_list(name: str, value: Any) -> tuple[str, ...]:
+    networks = []
+    for item in _string_list(name, value):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise _expected(name, "IP addresses or networks like 10.0.0.0/8", item) from None
+    return _unique(networks)
+
+
+def _turn_urls(name: str, value: Any) -> tuple[str, ...]:
+    what = "TURN/STUN URLs like turn:turn.example.com:3478?transport=udp or turns:host:5349"
+    for item in _string_list(name, value):
+        scheme, sep, rest = item.partition(":")
+        host = rest.partition("?")[0].rpartition(":")[0] or rest.partition("?")[0]
+        query = rest.partition("?")[2]
+        if (
+            not sep
+            or scheme not in ("turn", "turns", "stun")
+            or not host
+            or "/" in rest
+            or query not in ("", "transport=udp", "transport=tcp")
+            or (scheme == "turns" and query == "transport=udp")
+        ):
+            raise _expected(name, what, item)
+    return _unique(list(value))
+
+
+def _optional_secret(name: str, value: Any) -> str | None:
+    # Never show the value: it is a secret.
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value.encode()) < MIN_TURN_SECRET_BYTES:
+        raise ConfigError(
+            f"{name}: expected a string of at least {MIN_TURN_SECRET_BYTES} bytes;"
+            " generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     return value
 
 
@@ -237,6 +282,8 @@ class ServerConfig(_Section):
     tls_cert: str | None = _option(None, _optional_path)
     tls_key: str | None = _option(None, _optional_path)
     insecure_plaintext: bool = _option(False, _bool)
+    # Proxies whose X-Forwarded-For is believed (signaling/netpolicy.py); others' is ignored.
+    trusted_proxies: tuple[str, ...] = _option((), _network_list)
     log_level: str = _option("info", _choice(*LOG_LEVELS))
 
 
@@ -245,6 +292,9 @@ class RtcConfig(_Section):
     section: ClassVar[str] = "rtc"
     ips: tuple[str, ...] = _option((), _ip_list)  # the only media addresses bound and advertised
     keyframe_interval: float = _option(0.5, _positive_seconds)
+    max_remote_candidates: int = _option(32, _positive_int)  # per ICE connection
+    # None: true with --dev, false otherwise (finalize); a public SFU has no business there.
+    allow_private_candidates: bool | None = _option(None, _optional_bool)
 
 
 @dataclass(frozen=True, repr=False)
@@ -365,6 +415,26 @@ class WebhooksConfig(_Section):
     retry_delay: float = _option(1.0, _positive_seconds)  # doubles after each failed attempt
 
 
+@dataclass(frozen=True, repr=False)
+class TurnConfig(_Section):
+    """coturn with `use-auth-secret`: keyroom hands out short-lived credentials (auth/turn.py)."""
+
+    section: ClassVar[str] = "turn"
+    urls: tuple[str, ...] = _option((), _turn_urls)
+    secret: str | None = _option(None, _optional_secret)  # coturn's static-auth-secret
+    ttl: float = _option(300.0, _positive_seconds)  # how long a handed-out credential works
+    # The relays' addresses as the SFU sees them: the only check sources of a relay-only room.
+    relay_addresses: tuple[str, ...] = _option((), _ip_list)
+    realm: str = _option("keyroom", _text)  # for `keyroom turn-config`
+
+    def __repr__(self) -> str:
+        shown = None if self.secret is None else "<secret>"
+        return (
+            f"TurnConfig(urls={self.urls!r}, secret={shown}, ttl={self.ttl!r},"
+            f" relay_addresses={self.relay_addresses!r}, realm={self.realm!r})"
+        )
+
+
 TYPED_SECTIONS: dict[str, type[_Section]] = {
     "server": ServerConfig,
     "rtc": RtcConfig,
@@ -374,10 +444,11 @@ TYPED_SECTIONS: dict[str, type[_Section]] = {
     "node": NodeConfig,
     "metrics": MetricsConfig,
     "webhooks": WebhooksConfig,
+    "turn": TurnConfig,
 }
 # Kept as tables: [roles.NAME] grant sets and [rooms.NAME] limit overrides are checked in
-# finalize(); turn is validated by its own issue.
-PLAIN_SECTIONS = ("turn", "roles", "rooms")
+# finalize().
+PLAIN_SECTIONS = ("roles", "rooms")
 
 
 @dataclass(frozen=True, repr=False)
@@ -391,7 +462,7 @@ class Config(_Section):
     node: NodeConfig = field(default_factory=NodeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
-    turn: dict[str, Any] = _option({}, _table)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     roles: dict[str, Any] = _option({}, _table)
     rooms: dict[str, Any] = _option({}, _table)
 
@@ -403,7 +474,8 @@ class Config(_Section):
         return (
             f"Config(server={self.server!r}, rtc={self.rtc!r}, auth={self.auth!r},"
             f" limits={self.limits!r}, audit={self.audit!r}, node={self.node!r},"
-            f" metrics={self.metrics!r}, webhooks={self.webhooks!r}, {plain})"
+            f" metrics={self.metrics!r}, webhooks={self.webhooks!r}, turn={self.turn!r},"
+            f" {plain})"
         )
 
 
@@ -456,11 +528,24 @@ def finalize(config: Config) -> Config:
                 " set [server] tls_cert and tls_key, or, behind a TLS-terminating proxy,"
                 " --insecure-plaintext (or use --dev on 127.0.0.1)"
             )
+    if rtc.allow_private_candidates is None:
+        rtc = replace(rtc, allow_private_candidates=server.dev)
+    _check_turn(config.turn, [config.limits, *(room_limits(config, n) for n in config.rooms)])
     _check_roles(config.roles)
     _check_webhooks(config.webhooks, auth)
     for name in config.rooms:
         room_limits(config, name)
     return replace(config, server=server, rtc=rtc, auth=auth)
+
+
+def _check_turn(turn: TurnConfig, limits: list[LimitsConfig]) -> None:
+    if bool(turn.urls) != (turn.secret is not None):
+        raise ConfigError("turn.urls and turn.secret: set both or neither")
+    if any(room.relay_only for room in limits) and not turn.relay_addresses:
+        raise ConfigError(
+            "turn.relay_addresses: required with limits.relay_only: the TURN relays' addresses,"
+            " the only sources of connectivity checks a relay-only room accepts"
+        )
 
 
 def _check_webhooks(webhooks: WebhooksConfig, auth: AuthConfig) -> None:
@@ -542,6 +627,11 @@ def _unknown(name: str, known: list[str], kind: str) -> ConfigError:
 
 def _file_options(cls: type[_Section]) -> list[str]:
     return [f.name for f in fields(cls) if "check" in f.metadata]  # type: ignore[arg-type]
+
+
+def parse_config_file(path: str | None) -> Config:
+    """The file's options, checked one by one but without finalize()'s start-up rules."""
+    return _build(_read_file(path) if path else {})
 
 
 def _build(data: Mapping[str, Any]) -> Config:

@@ -20,6 +20,7 @@ from sfu.config import (
     LimitsConfig,
     RtcConfig,
     ServerConfig,
+    TurnConfig,
     finalize,
     load_config,
     room_limits,
@@ -58,7 +59,8 @@ def test_defaults_match_the_protocol() -> None:
     assert config.limits.empty_timeout == 300.0
     assert (config.limits.max_name_bytes, config.limits.max_metadata_bytes) == (256, 4096)
     assert (config.limits.max_bad_frames, config.limits.bad_frame_window) == (20, 10.0)
-    assert config.turn == config.rooms == {}
+    assert config.turn == TurnConfig() and config.turn.ttl == 300.0
+    assert config.rooms == {}
 
 
 def test_file_then_env_then_overrides(tmp_path: Path) -> None:
@@ -151,6 +153,9 @@ BAD_VALUES = [
     ("rtc", "ips", ["0.0.0.0"]),
     ("rtc", "ips", ["224.0.0.1"]),
     ("rtc", "keyframe_interval", 0),
+    ("rtc", "max_remote_candidates", 0),
+    ("rtc", "allow_private_candidates", "yes"),
+    ("server", "trusted_proxies", ["10.0.0.0/33"]),
     ("auth", "max_token_ttl", 0),
     ("auth", "leeway", 61),
     ("auth", "leeway", -1),
@@ -229,9 +234,8 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 
 
 def test_later_sections_are_kept_as_tables(tmp_path: Path) -> None:
-    text = '[turn]\nsecret = "t"\n[roles.viewer]\ncanPublish = false\n[rooms.r1]\nmax_participants = 3\n'
+    text = "[roles.viewer]\ncanPublish = false\n[rooms.r1]\nmax_participants = 3\n"
     config = load_config(write(tmp_path, text), RUNNABLE, {})
-    assert config.turn == {"secret": "t"}
     assert config.roles == {"viewer": {"canPublish": False}}
     assert config.rooms == {"r1": {"max_participants": 3}}
     assert room_limits(config, "r1").max_participants == 3
@@ -271,8 +275,8 @@ def test_values_are_normalised() -> None:
 def test_direct_construction_is_validated_and_frozen() -> None:
     with pytest.raises(ConfigError, match=r"^limits\.max_participants: "):
         LimitsConfig(max_participants=-1)
-    with pytest.raises(ConfigError, match=r"^turn: expected a table"):
-        Config(turn=[])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^rooms: expected a table"):
+        Config(rooms=[])  # type: ignore[arg-type]
     config = Config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.server = ServerConfig()  # type: ignore[misc]
@@ -286,7 +290,7 @@ def test_direct_construction_is_validated_and_frozen() -> None:
 def test_secrets_are_not_in_repr() -> None:
     config = load(
         {
-            "turn": {"secret": "turn-shared-secret"},
+            "turn": {"secret": "turn-shared-secret", "urls": ["turn:127.0.0.1"]},
             "metrics": {"bearer_token": "metrics-bearer-0123"},
         }
     )
@@ -424,3 +428,62 @@ def test_finalize_checks_configs_built_in_code() -> None:
         finalize(Config())
     dev = finalize(Config(server=ServerConfig(dev=True)))
     assert dev.auth.generated_dev_key and dev.rtc.ips == ("127.0.0.1",)
+
+
+# --- [turn] and [rtc] candidate options --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("turn", "error"),
+    [
+        ({"urls": ["http://x"], "secret": "s" * 16}, "turn.urls: expected TURN/STUN URLs"),
+        ({"urls": ["turns:x?transport=udp"], "secret": "s" * 16}, "turn.urls: expected"),
+        ({"urls": ["turn:x"]}, "turn.urls and turn.secret: set both or neither"),
+        ({"secret": "s" * 16}, "turn.urls and turn.secret: set both or neither"),
+        ({"urls": ["turn:x"], "secret": "short-turn-sec"}, "turn.secret: expected a string of"),
+        ({"ttl": 0}, "turn.ttl: expected a positive number"),
+        ({"relay_addresses": ["nope"]}, "turn.relay_addresses: expected IP addresses"),
+        (
+            {"urls": ["turn:x"], "secret": "s" * 16, "ttll": 3},
+            "turn.ttll: unknown key (did you mean ttl?)",
+        ),
+    ],
+)
+def test_turn_section_is_checked(turn: dict[str, object], error: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(error)) as refused:
+        load({"turn": turn})
+    assert "short-turn-sec" not in str(refused.value)
+
+
+def test_turn_section_accepts_turn_turns_and_stun() -> None:
+    urls = [
+        "turn:turn.example.com:3478?transport=udp",
+        "turns:turn.example.com:5349",
+        "stun:a:3478",
+    ]
+    config = load({"turn": {"urls": urls, "secret": "s" * 16, "relay_addresses": ["192.0.2.1"]}})
+    assert config.turn.urls == tuple(urls) and config.turn.relay_addresses == ("192.0.2.1",)
+    assert "s" * 16 not in repr(config.turn)
+
+
+def test_relay_only_needs_relay_addresses() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^turn\.relay_addresses: required with limits\.relay_only"
+    ):
+        load({"limits": {"relay_only": True}})
+    with pytest.raises(ConfigError, match=r"^turn\.relay_addresses: required"):
+        load({"rooms": {"r": {"relay_only": True}}})
+
+
+def test_candidate_options() -> None:
+    assert load({}).rtc.allow_private_candidates is False  # a public deployment
+    assert load({"server": {"dev": True}}).rtc.allow_private_candidates is True
+    assert load({"rtc": {"allow_private_candidates": True}}).rtc.allow_private_candidates is True
+    assert load({}).rtc.max_remote_candidates == 32
+    with pytest.raises(ConfigError, match=r"^rtc\.max_remote_candidates: expected a positive"):
+        load({"rtc": {"max_remote_candidates": 0}})
+    assert load({"server": {"trusted_proxies": ["10.0.0.1/8"]}}).server.trusted_proxies == (
+        "10.0.0.0/8",
+    )
+    with pytest.raises(ConfigError, match=r"^server\.trusted_proxies: expected IP addresses"):
+        load({"server": {"trusted_proxies": ["proxy.example"]}})
