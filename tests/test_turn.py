@@ -1,0 +1,153 @@
+"""TURN REST credentials, and relay-only rooms enforced by the server with a real coturn."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auth.turn import credential_valid, ice_servers, turn_credential
+from signaling.client import KeyroomClient, count_frames
+from signaling.media import SyntheticVideoTrack
+from tests.conftest import ServerProcess, free_port, start_server, stop_server
+
+TURN_SECRET = "turn-test-secret-0123456789"
+RELAY_IP = "127.0.0.2"  # coturn relays from here; clients and the SFU use 127.0.0.1
+
+
+def test_credential_is_coturn_rest_format() -> None:
+    cred = turn_credential(TURN_SECRET, "alice", now=1000.2, ttl=300)
+    assert cred.username == "1301:alice" and cred.expires_at == 1301
+    digest = hmac.new(TURN_SECRET.encode(), b"1301:alice", hashlib.sha1).digest()
+    assert cred.password == base64.b64encode(digest).decode()
+
+
+def test_credentials_expire_after_ttl() -> None:
+    cred = turn_credential(TURN_SECRET, "alice", now=1000, ttl=300)
+    assert credential_valid(TURN_SECRET, cred.username, cred.password, now=1299)
+    assert not credential_valid(TURN_SECRET, cred.username, cred.password, now=1301)
+    assert not credential_valid("other-secret-0123456", cred.username, cred.password, now=1000)
+    assert not credential_valid(TURN_SECRET, "1301:mallory", cred.password, now=1000)
+    with pytest.raises(ValueError):
+        turn_credential(TURN_SECRET, "alice", now=1000, ttl=0)
+
+
+def test_ice_servers_entry() -> None:
+    assert ice_servers((), None, "alice", now=0, ttl=300) == []
+    urls = ("turn:127.0.0.1:3478", "turns:turn.example:5349")
+    [entry] = ice_servers(urls, TURN_SECRET, "alice", now=0, ttl=300)
+    assert entry["urls"] == list(urls) and entry["username"] == "300:alice"
+
+
+# --- coturn in this test's namespace ------------------------------------------------------------
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[int]:
+    if shutil.which("turnserver") is None:
+        pytest.skip("coturn is not installed (scripts/test installs it)")
+    port = free_port()
+    conf = tmp_path / "turnserver.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "listening-ip=127.0.0.1", f"relay-ip={RELAY_IP}", f"listening-port={port}",
+                "min-port=49152", "max-port=49200", "use-auth-secret",
+                f"static-auth-secret={TURN_SECRET}", "realm=keyroom", "fingerprint", "no-tls",
+                "no-dtls", "no-cli", "allow-loopback-peers", "no-multicast-peers",
+                f"userdb={tmp_path}/turndb", f"pidfile={tmp_path}/turn.pid", "log-file=stdout",
+                "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255", "",
+            ]
+        )
+    )  # fmt: skip
+    log = open(tmp_path / "coturn.log", "wb")  # noqa: SIM115 - owned by the process
+    process = subprocess.Popen(["turnserver", "-c", str(conf)], stdout=log, stderr=log)
+    time.sleep(0.5)
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def relay_server(tmp_path: Path, turn_port: int) -> ServerProcess:
+    config = tmp_path / "keyroom.toml"
+    config.write_text(
+        f'[turn]\nurls = ["turn:127.0.0.1:{turn_port}?transport=udp"]\n'
+        f'secret = "{TURN_SECRET}"\nttl = 300\nrelay_addresses = ["{RELAY_IP}"]\n'
+        "[limits]\nrelay_only = true\n"
+    )
+    return start_server(tmp_path, "--config", str(config))
+
+
+class JoinedServersClient(KeyroomClient):
+    """Uses the `ice_servers` the server hands out in `joined`, as a browser would."""
+
+    def _on_joined(self, frame: dict[str, Any]) -> None:
+        self.ice_servers = frame.get("ice_servers") or []
+        super()._on_joined(frame)
+
+
+class PolicyIgnoringClient(KeyroomClient):
+    """Offers direct host candidates whatever `joined` says, and uses no TURN server."""
+
+    def _on_joined(self, frame: dict[str, Any]) -> None:
+        super()._on_joined({**frame, "ice_transport_policy": "all"})
+
+
+def selected_pair_types(client: KeyroomClient) -> tuple[set[str], str]:
+    assert client.publisher_pc is not None
+    connection = client.publisher_pc.getTransceivers()[0].sender.transport.transport._connection
+    local = {c.type for c in connection.local_candidates}
+    pair = connection._nominated[1]
+    return local, pair.local_candidate.type
+
+
+async def test_relay_only_room_connects_through_turn_only(tmp_path: Path, coturn: int) -> None:
+    server = relay_server(tmp_path, coturn)
+    alice = JoinedServersClient(server.ws_url, server.token("alice"))
+    bob = JoinedServersClient(server.ws_url, server.token("bob"))
+    try:
+        joined = await alice.connect()
+        await bob.connect()
+        assert joined["ice_transport_policy"] == "relay"
+        [entry] = joined["ice_servers"]
+        assert entry["username"].endswith(":alice")
+        assert credential_valid(
+            TURN_SECRET, entry["username"], entry["credential"], now=time.time()
+        )
+        await alice.publish(SyntheticVideoTrack(), source="camera")
+        remote = await bob.next_track(timeout=20)
+        assert await count_frames(remote.track, 2.0) > 10
+        local, selected = selected_pair_types(alice)
+        assert local == {"relay"} and selected == "relay"
+    finally:
+        await alice.leave()
+        await bob.leave()
+        stop_server(server)
+
+
+async def test_a_client_ignoring_the_relay_policy_cannot_connect(
+    tmp_path: Path, coturn: int
+) -> None:
+    server = relay_server(tmp_path, coturn)
+    rogue = PolicyIgnoringClient(server.ws_url, server.token("rogue"))
+    try:
+        joined = await rogue.connect()
+        assert joined["ice_transport_policy"] == "relay"
+        assert rogue.subscriber_pc is not None
+        await asyncio.sleep(8)
+        assert rogue.subscriber_pc.connectionState != "connected"
+        assert "reason=not_a_relay address=127.0.0.1" in server.log()
+    finally:
+        await rogue.close()
+        stop_server(server)
