@@ -9,24 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from signaling.client import KeyroomClient, KeyroomError, count_frames
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
+from tests.admin_helpers import call
 from tests.conftest import ServerProcess, start_server, stop_server
-
-
-async def call(
-    server: ServerProcess, method: str, path: str, token: str | None, body: Any = None
-) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as http:
-        async with http.request(
-            method, server.http_url + path, json=body, headers=headers
-        ) as response:
-            data = await response.json() if response.status != 204 else None
-            return response.status, data
 
 
 def admin(server: ServerProcess, room: str = "room1", **grants: Any) -> str:
