@@ -16,6 +16,7 @@ from auth.policy import may_publish_track, may_subscribe, may_update_own_metadat
 from auth.tokens import Claims, TokenError
 from sfu.config import room_limits
 from sfu.forwarder import PublishedTrack
+from sfu.metrics import record_join
 from sfu.participant import NegotiationError, Participant
 from sfu.room import JoinRefused, Room, new_sid
 from signaling.frames import FrameError, parse_frame
@@ -74,6 +75,7 @@ class Session:
         self._end_reason = "disconnected"
         self._resumed = False
         self.resume_token = ""
+        self._join_started = time.monotonic()
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -123,6 +125,8 @@ class Session:
                 return
 
     async def _refuse(self, code: str, message: str, close_code: int, req: int | None) -> None:
+        reason = "timeout" if close_code == CLOSE_JOIN_TIMEOUT else code
+        record_join(False, reason, time.monotonic() - self._join_started)
         frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if req is not None:
             frame["req"] = req
@@ -156,6 +160,7 @@ class Session:
             return False
         if message.type != WSMsgType.TEXT:
             return False
+        self._join_started = time.monotonic()
         try:
             frame = parse_frame(message.data)
         except FrameError as exc:
@@ -218,6 +223,7 @@ class Session:
             await self._refuse(exc.code, text, JOIN_REFUSAL_CLOSE[exc.code], req)
             return False
         assert self.participant is not None
+        record_join(True, "join", time.monotonic() - self._join_started)
         state.audit.record(
             "join_accepted", ip=self.peer, room=claims.room, identity=claims.identity,
             participant=self.participant.sid, key_id=claims.key_id,
@@ -333,6 +339,7 @@ class Session:
         participant.resync_subscriber()
         self._arm_expiry(parked.claims)
         self._resumed = True
+        record_join(True, "resume", time.monotonic() - self._join_started)
         return True
 
     def _flush_join(self) -> None:
