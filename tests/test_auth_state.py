@@ -123,4 +123,3 @@ def test_verifier_expands_roles_and_refuses_unknown_ones() -> None:
         verifier.verify_join(bad, now)
     with pytest.raises(ValueError, match="roles.broken"):
         TokenVerifier(keys, roles={"broken": {"canPublish": "yes"}})
-
