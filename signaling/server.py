@@ -239,6 +239,8 @@ async def shutdown(state: ServerState) -> None:
         parked = state.take_parked(token)
         if parked is not None:
             await parked.room.remove(parked.participant, "server_shutdown")
+    for room in list(state.rooms.rooms.values()):
+        state.rooms.remove(room)  # room_finished for webhooks and metrics
 
 
 def print_dev_banner(config: Config) -> None:
@@ -315,8 +317,10 @@ def run_server(config: Config) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # aioice logs every candidate pair at INFO: per-connection noise, and it names client addresses.
-    logging.getLogger("aioice").setLevel(max(logging.WARNING, logging.root.level))
+    # At DEBUG aiortc logs whole SDPs (ICE passwords, fingerprints) and aioice every candidate
+    # pair with client addresses: never below WARNING, whatever --log-level says.
+    for noisy in ("aiortc", "aioice"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
     internals.install_server_patches()
     restrict_host_addresses(list(config.rtc.ips))
     rtc = config.rtc
