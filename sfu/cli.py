@@ -191,11 +191,77 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=_bench)
 
 
+# Peers a relay must never reach (coturn 4.6.1 ranges): private, shared, link-local, multicast,
+# reserved, and the IPv4-mapped block, whose ::ffff:127.0.0.1 bypasses IPv4 rules (CVE-2026-27624).
+DENIED_PEER_RANGES = (
+    "0.0.0.0-0.255.255.255",
+    "10.0.0.0-10.255.255.255",
+    "100.64.0.0-100.127.255.255",
+    "169.254.0.0-169.254.255.255",
+    "172.16.0.0-172.31.255.255",
+    "192.0.0.0-192.0.0.255",
+    "192.168.0.0-192.168.255.255",
+    "198.18.0.0-198.19.255.255",
+    "224.0.0.0-255.255.255.255",
+    "::-::",
+    "::ffff:0.0.0.0-::ffff:255.255.255.255",
+    "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "ff00::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+)
+
+
+def turn_config_lines(secret: str, realm: str, sfu_ips: Sequence[str], dev: bool) -> list[str]:
+    """coturn lines for keyroom's [turn]: REST credentials, and relays to the SFU only."""
+    lines = [
+        "use-auth-secret",
+        f"static-auth-secret={secret}",
+        f"realm={realm}",
+        "fingerprint",
+        "no-cli",
+        "no-multicast-peers",
+        "allow-loopback-peers" if dev else "no-loopback-peers",
+    ]
+    if not dev:
+        lines += [f"denied-peer-ip={r}" for r in DENIED_PEER_RANGES]
+    # The SFU's own media addresses stay reachable even inside a denied range.
+    lines += [f"allowed-peer-ip={ip}" for ip in sfu_ips]
+    return lines
+
+
+def _turn_config(args: argparse.Namespace) -> int:
+    from sfu.config import parse_config_file
+
+    try:
+        config = parse_config_file(args.config or os.environ.get("KEYROOM_CONFIG") or None)
+    except ConfigError as e:
+        return _fail(str(e))
+    if config.turn.secret is None:
+        return _fail("turn.secret: not set in the config file")
+    dev = args.dev or config.server.dev
+    ips = config.rtc.ips or (("127.0.0.1",) if dev else ())
+    # The secret is the point of this output: write it to a file only coturn can read.
+    print("\n".join(turn_config_lines(config.turn.secret, config.turn.realm, ips, dev)))
+    return 0
+
+
+def _add_turn_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "turn-config",
+        help="print coturn config lines matching [turn]",
+        description="Print the turnserver.conf lines matching this config's [turn] section.",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML config file (default: $KEYROOM_CONFIG)")
+    p.add_argument("--dev", action="store_true", help="loopback test setup: allow loopback peers")
+    p.set_defaults(handler=_turn_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="keyroom WebRTC SFU")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_token(commands)
+    _add_turn_config(commands)
     _add_loadtest(commands)
     _add_bench(commands)
     _add_audit(commands)

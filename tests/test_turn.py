@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from auth.turn import credential_valid, ice_servers, turn_credential
+from sfu.cli import turn_config_lines
 from signaling.client import KeyroomClient, count_frames
 from signaling.media import SyntheticVideoTrack
 from tests.conftest import ServerProcess, free_port, start_server, stop_server
@@ -61,9 +63,9 @@ def coturn(tmp_path: Path) -> Iterator[int]:
         "\n".join(
             [
                 "listening-ip=127.0.0.1", f"relay-ip={RELAY_IP}", f"listening-port={port}",
-                "min-port=49152", "max-port=49200", "use-auth-secret",
-                f"static-auth-secret={TURN_SECRET}", "realm=keyroom", "fingerprint", "no-tls",
-                "no-dtls", "no-cli", "allow-loopback-peers", "no-multicast-peers",
+                "min-port=49152", "max-port=49200", "no-tls", "no-dtls",
+                # What `keyroom turn-config --dev` prints for this setup.
+                *turn_config_lines(TURN_SECRET, "keyroom", ["127.0.0.1"], dev=True),
                 f"userdb={tmp_path}/turndb", f"pidfile={tmp_path}/turn.pid", "log-file=stdout",
                 "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255", "",
             ]
@@ -151,3 +153,20 @@ async def test_a_client_ignoring_the_relay_policy_cannot_connect(
     finally:
         await rogue.close()
         stop_server(server)
+
+
+def test_turn_config_for_a_public_deployment(tmp_path: Path) -> None:
+    config = tmp_path / "keyroom.toml"
+    config.write_text(
+        f'[turn]\nurls = ["turn:t"]\nsecret = "{TURN_SECRET}"\n[rtc]\nips = ["10.0.0.5"]\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "sfu", "turn-config", "--config", str(config)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["use-auth-secret", f"static-auth-secret={TURN_SECRET}", "realm=keyroom"]
+    assert "no-loopback-peers" in lines and "allow-loopback-peers" not in lines
+    assert "denied-peer-ip=10.0.0.0-10.255.255.255" in lines
+    assert "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255" in lines  # the CVE bypass
+    assert lines[-1] == "allowed-peer-ip=10.0.0.5"  # the SFU itself stays reachable
