@@ -203,8 +203,9 @@ export class Room extends EventTarget {
   /** Open the socket and join. Resolves with the `joined` payload; rejects with KeyroomError. */
   async connect() {
     this._setState("connecting");
-    const ws = await this._openSocket();
+    let ws = null;
     try {
+      ws = await this._openSocket();
       const joined = await this._requestOn(ws, {
         type: "join",
         token: this._token,
@@ -218,7 +219,7 @@ export class Room extends EventTarget {
       this._setState("connected");
       return joined;
     } catch (error) {
-      const refusal = await this._refusalOf(ws, error);
+      const refusal = ws ? await this._refusalOf(ws, error) : error;
       this._finish(refusal.code, refusal);
       throw refusal;
     }
