@@ -233,6 +233,21 @@ async def test_two_pages_and_a_python_client_see_and_hear_each_other(
     ]
     assert all(n > 0 for n in frames), frames
 
+    # Data messages both ways between a page and the Python client.
+    await alice.evaluate(
+        """() => { window.inbox = [];
+                   keyroom.addEventListener("data", (e) => inbox.push(e.detail)); }"""
+    )
+    await alice.evaluate("keyroom.sendData('hi from alice', { topic: 'chat' })")
+    message = await carol.next_data(timeout=5)
+    assert (message["from"], message["topic"], message["payload"]) == (
+        "alice",
+        "chat",
+        "hi from alice",
+    )
+    await carol.send_data("hi alice", topic="chat", to=["alice"])
+    await wait_js(alice, "inbox.length === 1 && inbox[0].from === 'carol'", 5)
+
     # The page shows everyone with their name, and what each may do.
     assert await alice.locator("#participants li").count() == 3
     names = await alice.locator(".tile .name").all_inner_texts()
