@@ -179,3 +179,28 @@ async def test_livekit_token_joins(server: ServerProcess) -> None:
         assert me["permissions"]["canSubscribe"] is True
     finally:
         await client.leave()
+
+
+async def test_unicode_normalisation_makes_another_room(server: ServerProcess) -> None:
+    import unicodedata
+
+    nfc = unicodedata.normalize("NFC", "café")
+    nfd = unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    from signaling.client import KeyroomClient
+
+    a = KeyroomClient(server.ws_url, server.token("a", room=nfc))
+    b = KeyroomClient(server.ws_url, server.token("b", room=nfd))
+    await a.connect()
+    joined = await b.connect()
+    try:
+        assert joined["room"]["name"] == nfd and joined["participants"] == []
+    finally:
+        await a.leave()
+        await b.leave()
+
+
+async def test_token_over_8_kib_is_refused(server: ServerProcess) -> None:
+    token = server.token("big", grants={"canPublishSources": ["camera"]}) + "A" * 8200
+    frames, code = await first_frames(server, join(token))
+    assert code == 4401 and frames[0]["code"] == "unauthorized"

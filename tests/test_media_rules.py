@@ -102,6 +102,13 @@ async def test_data_messages_carry_the_server_set_sender(server: ServerProcess) 
             await mute.send_data("should not pass")
         except Exception as exc:
             assert getattr(exc, "code", None) == "forbidden"
+        # A forged sender in the envelope is ignored: `from` is always set by the server.
+        channel = alice._publisher_channels["_reliable"]  # noqa: SLF001
+        channel.send('{"from": "bob", "from_sid": "PA_fake", "payload": "forged"}')
+        forged = await carol.next_data(timeout=10)
+        assert forged["payload"] == "forged" and forged["from"] == "alice"
+        assert forged["from_sid"] == alice.participant["sid"]
+        assert (await bob.next_data(timeout=10))["payload"] == "forged"
         await alice.send_data("marker")
         assert (await bob.next_data(timeout=10))["payload"] == "marker"
         assert alice.events == [e for e in alice.events if e.get("type") != "data"]
