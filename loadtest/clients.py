@@ -220,13 +220,18 @@ class Subscriber:
         for transceiver in pc.getTransceivers():
             if transceiver.mid == remote.mid:
                 transceiver.receiver.receive = _receive_nothing  # type: ignore[method-assign]
+        # Hooked now, before DTLS connects: the server's first packet is the keyframe it asked
+        # for on subscription, and it must not reach aiortc's (unstarted) receiver instead.
+        dtls = internals.bundle_transport(pc)
+        if self._fast is None and dtls is not None:
+            self._fast = internals.hook_transport_fast(dtls, self._on_rtp, _ignore_rtcp, self.drops)
 
     async def start(self) -> None:
         await wait_connected(self.client, "subscriber", CONNECT_TIMEOUT)
-        assert self.client.subscriber_pc is not None
-        dtls = internals.bundle_transport(self.client.subscriber_pc)
-        assert dtls is not None
-        self._fast = internals.hook_transport_fast(dtls, self._on_rtp, _ignore_rtcp, self.drops)
+        if self._fast is None:
+            raise ConnectionError("subscriber connected without a media section")
+        # Its sockets exist now: from here on packets skip aiortc's queue.
+        self._fast.install()
 
     def _on_rtp(self, data: bytes) -> None:
         now = time.monotonic_ns()
