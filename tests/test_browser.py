@@ -429,3 +429,19 @@ async def test_nine_participants_fill_a_three_by_three_grid(conference: Conferen
         "getComputedStyle(document.getElementById('grid')).gridTemplateColumns.split(' ').length"
     )
     assert columns == 3
+
+
+async def test_mute_and_leave_buttons_reach_the_others(conference: Conference) -> None:
+    bob = await conference.client("bob")
+    alice = await conference.page("alice")
+    await wait_js(alice, "document.getElementById('mic').textContent === 'Mute mic'", 10)
+    await alice.click("#mic")
+    muted = await bob.next_event("track_muted", timeout=5)
+    assert muted["muted"] is True
+    await wait_js(alice, "document.getElementById('mic').textContent === 'Unmute mic'", 5)
+    await alice.click("#mic")
+    assert (await bob.next_event("track_muted", timeout=5))["muted"] is False
+    await alice.click("#leave")
+    left = await bob.next_event("participant_left", timeout=5)
+    assert (left["identity"], left["reason"]) == ("alice", "left")
+    assert "You left the room." in await alice.locator("#error").inner_text()
