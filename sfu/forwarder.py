@@ -185,16 +185,22 @@ class DownTrack:
         rewriter = self.rewriter
         if rewriter is None or self.sink is None:
             return False
-        if self.waiting_for_keyframe:
-            if not is_keyframe(self._keyframe_mime, data[info.payload_start : info.payload_end]):
-                return False
-            self.waiting_for_keyframe = False
+        waiting = self.waiting_for_keyframe
+        if waiting and not is_keyframe(
+            self._keyframe_mime, data[info.payload_start : info.payload_end]
+        ):
+            return False
         out = rewriter.rewrite(data, info)
         if out is None:
             return False
         if self.cache is not None:
             self.cache.store((out[2] << 8) | out[3], out)
-        return self.sink.send(out)
+        sent = self.sink.send(out)
+        if waiting and sent:
+            # Only a keyframe that reached the subscriber's transport ends the wait: one sent
+            # before DTLS is up is lost, and deltas after it would not decode.
+            self.waiting_for_keyframe = False
+        return sent
 
     def retransmit(self, sequence_numbers: tuple[int, ...]) -> int:
         """Answer a NACK from the subscriber with the packets still cached."""

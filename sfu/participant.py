@@ -672,6 +672,13 @@ class Participant:
     # -- life -----------------------------------------------------------------------------------
 
     def _on_state_change(self) -> None:
+        if self.subscriber_pc.connectionState == "connected":
+            # Keyframes asked for at subscription time may have arrived before the subscriber's
+            # transport could carry them.
+            for down in list(self.subscriptions.values()):
+                publisher = self.room.participants.get(down.track.publisher_sid)
+                if down.waiting_for_keyframe and publisher is not None:
+                    publisher.request_keyframe(down.track)
         states = (self.publisher_pc.connectionState, self.subscriber_pc.connectionState)
         if "failed" in states and self.on_connection_failed is not None and not self.closed:
             self.on_connection_failed(self)

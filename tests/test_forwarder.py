@@ -134,3 +134,28 @@ def test_sender_report_is_translated_to_the_down_track() -> None:
     assert sr.ssrc == 77 and sr.ntp == 0xAABBCCDD00112233
     assert sr.rtp_ts == (out_ts + 3000) % (1 << 32)
     assert sr.packets == 1 and sr.octets == len(VP8_KEY)
+
+
+class DownSink(ListSink):
+    """A transport that is not connected yet: it refuses every packet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+
+    def send(self, data: bytes) -> bool:
+        if self.up:
+            self.sent.append(data)
+        return self.up
+
+
+def test_a_keyframe_lost_before_the_transport_is_up_keeps_the_wait() -> None:
+    track = video_track()
+    sink = DownSink()
+    down = subscribe(track, sink, ssrc=9, mid="1")
+    forward(track, publisher_packet(1, 3000, VP8_KEY))  # dropped: transport not up
+    sink.up = True
+    forward(track, publisher_packet(2, 6000, VP8_DELTA))
+    assert sink.sent == [] and down.waiting_for_keyframe
+    forward(track, publisher_packet(3, 9000, VP8_KEY))
+    assert len(sink.sent) == 1 and not down.waiting_for_keyframe
