@@ -20,9 +20,12 @@ import aiortc
 import aiortc.codecs
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
+import pylibsrtp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
+from pylibsrtp._binding import ffi as srtp_ffi
+from pylibsrtp._binding import lib as srtp_lib
 
 from sfu.candidates import RemoteCandidateGuard
 from sfu.rtcp import is_rtcp
@@ -61,6 +64,9 @@ def verify_internals() -> None:
     for owner, name in checks:
         if not _has(owner, name):
             missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
+    for name in ("_srtp", "_cdata", "_buffer"):
+        if name not in pylibsrtp.Session.__init__.__code__.co_names:
+            missing.append(f"pylibsrtp.Session.{name}")
     source = RTCDtlsTransport._recv_next.__code__.co_names
     for name in ("_handle_rtp_data", "_handle_rtcp_data", "_rx_srtp"):
         if name not in source:
@@ -152,6 +158,35 @@ def hook_transport(dtls: RTCDtlsTransport, on_rtp: RtpHandler, on_rtcp: RtcpHand
     dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign, assignment]
 
 
+class SrtpProtector:
+    """pylibsrtp's `protect` without its per-call allocation and Python-level checks.
+
+    pylibsrtp 1.0.0 (pinned) allocates an int, type-checks and copies through a buffer slice on
+    every call; reusing the session's own buffer and one length cell saves ~0.6 µs per output
+    packet (about a third of the SRTP cost). Single-threaded use only, like the session itself.
+    """
+
+    __slots__ = ("_srtp", "_cdata", "_buffer", "_length", "_limit")
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self._srtp = session._srtp[0]
+        self._cdata = session._cdata
+        self._buffer = session._buffer
+        self._length = srtp_ffi.new("int *")
+        self._limit = len(session._cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
+
+    def protect(self, data: bytes) -> bytes | None:
+        size = len(data)
+        if size > self._limit:
+            return None
+        srtp_ffi.memmove(self._cdata, data, size)
+        self._length[0] = size
+        if srtp_lib.srtp_protect(self._srtp, self._cdata, self._length):
+            return None  # e.g. a replayed sequence number: drop this packet, keep the stream
+        protected: bytes = self._buffer[0 : self._length[0]]  # a cffi buffer slice is a copy
+        return protected
+
+
 class RtpSink:
     """Protects and sends raw RTP/RTCP on a connected DTLS transport, synchronously.
 
@@ -159,10 +194,11 @@ class RtpSink:
     take the datagram directly. Relayed (TURN) pairs keep aioice's own coroutine path.
     """
 
-    __slots__ = ("_dtls", "sent_packets", "sent_bytes", "send_errors")
+    __slots__ = ("_dtls", "_protector", "sent_packets", "sent_bytes", "send_errors")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
+        self._protector: SrtpProtector | None = None
         self.sent_packets = 0
         self.sent_bytes = 0
         self.send_errors = 0
@@ -178,13 +214,19 @@ class RtpSink:
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             return False
-        try:
-            if is_rtcp(data):
+        protected: bytes | None
+        if is_rtcp(data):
+            try:
                 protected = dtls._tx_srtp.protect_rtcp(data)
-            else:
-                protected = dtls._tx_srtp.protect(data)
-        except Exception:
-            # libsrtp refuses e.g. a replayed sequence number: drop this packet, keep the stream.
+            except pylibsrtp.Error:
+                protected = None
+        else:
+            protector = self._protector
+            if protector is None:
+                # The SRTP session exists once DTLS is connected, and lives as long as it.
+                protector = self._protector = SrtpProtector(dtls._tx_srtp)
+            protected = protector.protect(data)
+        if protected is None:
             self.send_errors += 1
             return False
         protocol = pair.protocol

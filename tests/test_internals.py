@@ -16,3 +16,27 @@ def test_a_moved_internal_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(RTCDtlsTransport, "_handle_rtp_data")
     with pytest.raises(internals.InternalsMoved, match="_handle_rtp_data"):
         internals.verify_internals()
+
+
+def test_lean_srtp_protect_matches_pylibsrtp() -> None:
+    import os
+
+    from pylibsrtp import Policy, Session
+
+    key = os.urandom(28)
+
+    def session(direction: int) -> Session:
+        return Session(
+            Policy(key=key, ssrc_type=direction, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
+        )
+
+    stock, lean = session(Policy.SSRC_ANY_OUTBOUND), session(Policy.SSRC_ANY_OUTBOUND)
+    protector = internals.SrtpProtector(lean)
+    receiver = session(Policy.SSRC_ANY_INBOUND)
+    for seq in range(5):
+        packet = bytes([0x80, 0x60, 0, seq]) + bytes(8) + os.urandom(200)
+        protected = protector.protect(packet)
+        assert protected == stock.protect(packet)
+        assert receiver.unprotect(protected) == packet
+    assert protector.protect(bytes([0x80, 0x60, 0, 4]) + bytes(8) + bytes(200)) is None  # replay
+    assert protector.protect(bytes(1500)) is None  # too long for the session's buffer
