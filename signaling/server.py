@@ -136,10 +136,18 @@ async def page_handler(request: web.Request) -> web.FileResponse:
 
 async def healthz_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    # 503 only while draining: a full node is alive and serving, it just admits nobody new (a
+    # health check that failed on "full" would get a busy server restarted).
     status = 200 if state.accepting else 503
+    if not state.accepting:
+        health = "draining"
+    elif state.node_full(new_room=False):
+        health = "full"
+    else:
+        health = "ok"
     return web.json_response(
         {
-            "status": "ok" if state.accepting else "draining",
+            "status": health,
             "rooms": len(state.rooms.rooms),
             "participants": state.rooms.participant_count(),
         },
