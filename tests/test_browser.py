@@ -26,6 +26,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from auth.tokens import mint_token
 from signaling.client import KeyroomClient, RemoteTrack, count_frames
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
+from tests.admin_helpers import call
 from tests.conftest import KEY_ID, SECRET, ServerProcess, start_server, stop_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -445,3 +446,43 @@ async def test_mute_and_leave_buttons_reach_the_others(conference: Conference) -
     left = await bob.next_event("participant_left", timeout=5)
     assert (left["identity"], left["reason"]) == ("alice", "left")
     assert "You left the room." in await alice.locator("#error").inner_text()
+
+
+# Bytes of video the page's publisher PC has sent so far.
+VIDEO_BYTES_SENT_JS = """async () => {
+  let total = 0;
+  for (const s of (await window.keyroom.publisher.getStats()).values()) {
+    if (s.type === "outbound-rtp" && s.kind === "video") total += s.bytesSent;
+  }
+  return total;
+}"""
+
+
+async def test_max_video_bitrate_caps_a_chromium_publisher(conference: Conference) -> None:
+    """PROTOCOL 5 max_video_bitrate reaches Chromium as REMB. 150 kbit/s is below Chromium's
+    start bitrate (~300 kbit/s), so only the cap can explain a rate under it."""
+    server = conference.server
+    for room, cap in ((conference.room, 150_000), (conference.room + "-300k", 300_000)):
+        creator = server.token("ops", room=room, grants={"roomCreate": True})
+        status, _ = await call(
+            server,
+            "POST",
+            "/api/rooms",
+            creator,
+            {"name": room, "limits": {"max_video_bitrate": cap}},
+        )
+        assert status == 201
+    capped = await conference.page("alice")
+    conference.room += "-300k"
+    capped_300 = await conference.page("bob")
+    viewer = await conference.client("viewer")  # in the 300k room: something to forward to
+    await collect_tracks(viewer, 2, 10)
+    await asyncio.sleep(8)  # congestion control settles
+    rates = []
+    for page in (capped, capped_300):
+        first = await page.evaluate(VIDEO_BYTES_SENT_JS)
+        await asyncio.sleep(2)
+        rates.append((await page.evaluate(VIDEO_BYTES_SENT_JS) - first) * 8 / 2)
+    assert rates[0] < 165_000, f"150k room: {rates[0]:.0f} bit/s"
+    assert rates[1] < 330_000, f"300k room: {rates[1]:.0f} bit/s"
+    assert rates[0] > 0 and rates[1] > 0
