@@ -31,6 +31,7 @@ from sfu.rtcp import (
     MalformedPacket,
     Nack,
     Pli,
+    RtcpMessage,
     SenderReport,
     build_pli,
     build_remb,
@@ -335,13 +336,15 @@ class Participant:
         self._tracks_by_ssrc[info.ssrc] = track
         return track
 
-    async def _on_publisher_rtcp(self, data: bytes) -> None:
+    def _rtcp_messages(self, data: bytes) -> list[RtcpMessage]:
         try:
-            messages = parse_rtcp(data)
+            return parse_rtcp(data)
         except MalformedPacket:
             self.stats.drop(DropReason.MALFORMED)
-            return
-        for message in messages:
+            return []
+
+    async def _on_publisher_rtcp(self, data: bytes) -> None:
+        for message in self._rtcp_messages(data):
             if isinstance(message, SenderReport):
                 track = self._tracks_by_ssrc.get(message.ssrc)
                 if track:
@@ -606,12 +609,7 @@ class Participant:
         self.stats.drop(DropReason.NOT_GRANTED)
 
     async def _on_subscriber_rtcp(self, data: bytes) -> None:
-        try:
-            messages = parse_rtcp(data)
-        except MalformedPacket:
-            self.stats.drop(DropReason.MALFORMED)
-            return
-        for message in messages:
+        for message in self._rtcp_messages(data):
             if isinstance(message, Pli):
                 self._keyframe_for(message.media_ssrc)
             elif isinstance(message, Fir):
