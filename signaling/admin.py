@@ -15,6 +15,7 @@ from auth.policy import (
     may_admin_room,
     may_create_room,
     may_list_rooms,
+    may_record,
     updated_grant,
 )
 from auth.tokens import Claims, TokenError
@@ -33,6 +34,7 @@ STATUS = {
     "conflict": 409,
     "rate_limited": 429,
     "server_full": 503,
+    "unavailable": 503,
 }
 
 
@@ -59,9 +61,13 @@ def add_admin_routes(app: web.Application, state: ServerState) -> None:
         ("DELETE", "/api/rooms/{room}/participants/{identity}", api.remove_participant),
         ("PATCH", "/api/rooms/{room}/participants/{identity}", api.update_participant),
         ("POST", "/api/rooms/{room}/participants/{identity}/tracks/{track}/mute", api.mute_track),
+        ("POST", "/api/rooms/{room}/recordings", api.start_recording),
+        ("GET", "/api/recordings/{id}", api.get_recording),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, api.wrap(handler))
+    # Anything else under /api answers in the API's error format, not aiohttp's text page.
+    app.router.add_route("*", "/api/{tail:.*}", api.unknown)
 
 
 class AdminApi:
@@ -244,6 +250,26 @@ class AdminApi:
             raise AdminError("invalid_message", "muted must be true or false")
         room.set_muted(participant, track, muted, notify_publisher=True)
         return web.Response(status=204)
+
+    # -- recordings -----------------------------------------------------------------------------
+
+    async def start_recording(self, request: web.Request, claims: Claims) -> web.Response:
+        name = request.match_info["room"]
+        self._allow(request, claims, may_record(claims.grant, name))
+        room = self.state.rooms.get(name)
+        if room is None:
+            raise AdminError("not_found", "no such room")
+        if not room.limits.recording_allowed:
+            raise AdminError("forbidden", "recording is not allowed in this room")
+        # Recording is a later issue: say so rather than pretend to record.
+        raise AdminError("unavailable", "recording is not available on this server yet")
+
+    async def get_recording(self, request: web.Request, claims: Claims) -> web.Response:
+        self._allow(request, claims, may_record(claims.grant, claims.room or ""))
+        raise AdminError("not_found", "no such recording")
+
+    async def unknown(self, request: web.Request) -> web.Response:
+        return error_response("not_found", f"no API endpoint {request.method} {request.path}")
 
     # -- checks ---------------------------------------------------------------------------------
 

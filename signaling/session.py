@@ -447,6 +447,7 @@ class Session:
         if kind == "ping":
             self.reply(req, {"type": "pong"})
         elif kind == "leave":
+            self.ok(req)  # every request with a req gets its one reply, this one too
             self._ending = True
             self._end_reason = "left"
             self._outbox.put_nowait(({}, CLOSE_NORMAL))

@@ -459,3 +459,22 @@ async def test_max_video_bitrate_reaches_the_publisher_as_remb(tmp_path: Path) -
         await pub.leave()
         await sub.leave()
         stop_server(server)
+
+
+async def test_recordings_and_unknown_endpoints_answer_in_the_api_format(
+    server: ServerProcess,
+) -> None:
+    client = KeyroomClient(server.ws_url, server.token("a"))
+    await client.connect()
+    try:
+        recorder = server.token("rec", grants={"roomRecord": True})
+        status, body = await call(server, "POST", "/api/rooms/room1/recordings", recorder, {})
+        assert status == 403 and body["error"]["code"] == "forbidden"  # recording_allowed false
+        status, body = await call(server, "POST", "/api/rooms/room1/recordings", admin(server), {})
+        assert status == 403  # roomAdmin is not roomRecord
+        status, body = await call(server, "GET", "/api/nothing/here", recorder)
+        assert status == 404 and body["error"]["code"] == "not_found"
+        reply = await client.request({"type": "leave"})  # leave, too, gets its one reply
+        assert reply["type"] == "ok"
+    finally:
+        await client.close()
