@@ -15,9 +15,10 @@ from sfu.keyframe import KeyframeThrottle, is_keyframe
 from sfu.packetcache import PacketCache
 from sfu.receivestats import ReceiveStats
 from sfu.rtcp import build_sr
-from sfu.rtp import RtpInfo, RtpRewriter
+from sfu.rtp import RtpInfo, RtpRewriter, get_extension
 
 SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 
 class Sink(Protocol):
@@ -75,6 +76,11 @@ class PublishedTrack:
         self.throttle = KeyframeThrottle(keyframe_interval)
         self.counters = ForwardingCounters()
         self.receive = ReceiveStats()
+        # Publisher-side id of the audio-level extension (RFC 6464), and the loudness it carried
+        # since the last active-speaker round: sum of (127 - level) and how many packets.
+        self.audio_level_id: int | None = None
+        self.loudness = 0
+        self.loudness_packets = 0
         # Received bitrate, measured by the publisher's RTCP loop once a second.
         self.bitrate = 0
 
@@ -92,11 +98,24 @@ class PublishedTrack:
         counters.packets_in += 1
         counters.bytes_in += len(data)
         self.receive.update(info.sequence)
+        if self.audio_level_id is not None:
+            level = get_extension(data, info, self.audio_level_id)
+            if level:
+                self.loudness += 127 - (level[0] & 0x7F)
+                self.loudness_packets += 1
         if self.muted:
             return
         for down in self.down_tracks:
             if down.forward(data, info):
                 counters.packets_out += 1
+
+    def take_loudness(self) -> float | None:
+        """Mean audio level since the last call, in dBov (0 loudest, -127 silence)."""
+        if not self.loudness_packets:
+            return None
+        mean = self.loudness / self.loudness_packets - 127
+        self.loudness = self.loudness_packets = 0
+        return mean
 
     def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
         self.last_sender_report = (ntp, rtp_timestamp)

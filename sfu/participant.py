@@ -24,7 +24,7 @@ from aiortc.sdp import candidate_from_sdp
 from auth.grants import VideoGrant
 from auth.policy import may_publish_data
 from sfu import iceguard, internals
-from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
+from sfu.forwarder import AUDIO_LEVEL, CodecInfo, DownTrack, PublishedTrack
 from sfu.metrics import forward_timer_start, forward_timer_stop
 from sfu.rtcp import (
     Fir,
@@ -226,6 +226,9 @@ class Participant:
                 track.extensions = {
                     e.id: e.uri for e in internals.negotiated_extensions(transceiver)
                 }
+                track.audio_level_id = next(
+                    (i for i, uri in track.extensions.items() if uri == AUDIO_LEVEL), None
+                )
                 self._publisher_mid_ext = next(
                     (i for i, uri in track.extensions.items() if uri.endswith("sdes:mid")),
                     self._publisher_mid_ext,

@@ -21,8 +21,11 @@ from auth.policy import may_publish_track, may_subscribe
 from sfu.config import LimitsConfig
 from sfu.forwarder import PublishedTrack
 from sfu.participant import Participant
+from sfu.speakers import active_speakers
 
 log = logging.getLogger("keyroom.room")
+
+SPEAKER_INTERVAL = 0.5
 
 
 def new_sid(prefix: str) -> str:
@@ -67,6 +70,8 @@ class Room:
         self.listeners: list[Listener] = listeners if listeners is not None else []
         self._empty_timer: asyncio.TimerHandle | None = None
         self.duration_timer: asyncio.TimerHandle | None = None
+        self._speakers_task: asyncio.Task[None] | None = None
+        self._speakers: list[str] = []
 
     def info(self) -> dict[str, Any]:
         limits = asdict(self.limits)
@@ -80,6 +85,29 @@ class Room:
             "num_participants": sum(1 for p in self.participants.values() if not p.hidden),
             "created_at": int(self.created_at),
         }
+
+    async def _speaker_rounds(self) -> None:
+        """Tell everyone who is speaking, whenever that changes (PROTOCOL 2.6)."""
+        while True:
+            await asyncio.sleep(SPEAKER_INTERVAL)
+            levels = []
+            for participant in self.participants.values():
+                if participant.hidden:
+                    continue
+                loudness = [
+                    level
+                    for track in participant.tracks.values()
+                    if track.kind == "audio" and not track.muted
+                    for level in (track.take_loudness(),)
+                    if level is not None
+                ]
+                if loudness:
+                    levels.append((participant.sid, max(loudness)))
+            speakers = active_speakers(levels)
+            sids = [str(s["sid"]) for s in speakers]
+            if sids != self._speakers:
+                self._speakers = sids
+                self.broadcast({"type": "active_speakers", "speakers": speakers})
 
     def emit(
         self,
@@ -115,6 +143,8 @@ class Room:
         """Admit a participant (synchronously, so concurrent joins cannot overshoot limits)."""
         self.participants[participant.sid] = participant
         self._cancel_empty_timer()
+        if self._speakers_task is None:
+            self._speakers_task = asyncio.ensure_future(self._speaker_rounds())
         self.emit("participant_joined", participant)
         if not participant.hidden:
             self.broadcast(
@@ -301,6 +331,8 @@ class Room:
         self._cancel_empty_timer()
         if self.duration_timer is not None:
             self.duration_timer.cancel()
+        if self._speakers_task is not None:
+            self._speakers_task.cancel()
         self.emit("room_finished")
 
 

@@ -101,7 +101,9 @@ class SyntheticAudioTrack(MediaStreamTrack):
 
     PTIME = 0.020
 
-    def __init__(self, sample_rate: int = 48000, frequency: float = 440) -> None:
+    def __init__(
+        self, sample_rate: int = 48000, frequency: float = 440, amplitude: int = 8000
+    ) -> None:
         super().__init__()
         self.sample_rate = sample_rate
         self.frequency = frequency
@@ -112,7 +114,7 @@ class SyntheticAudioTrack(MediaStreamTrack):
         tone = array(
             "h",
             (
-                int(8000 * math.sin(2 * math.pi * frequency * n / sample_rate))
+                int(amplitude * math.sin(2 * math.pi * frequency * n / sample_rate))
                 for n in range(sample_rate)
             ),
         )

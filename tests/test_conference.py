@@ -219,3 +219,25 @@ async def test_join_leave_cycles_leave_nothing_behind(server: ServerProcess, cyc
         assert after["open_fds"] <= before["open_fds"]
     finally:
         await host.leave()
+
+
+async def test_active_speakers_come_from_audio_levels(server: ServerProcess) -> None:
+    loud = KeyroomClient(server.ws_url, server.token("loud"))
+    quiet = KeyroomClient(server.ws_url, server.token("quiet"))
+    observer = KeyroomClient(server.ws_url, server.token("observer"))
+    for client in (loud, quiet, observer):
+        await client.connect()
+    try:
+        info = await loud.publish(SyntheticAudioTrack(), source="microphone")
+        await quiet.publish(SyntheticAudioTrack(amplitude=0), source="microphone")
+        event = await observer.next_event(
+            "active_speakers", timeout=10, predicate=lambda e: bool(e["speakers"])
+        )
+        (speaker,) = event["speakers"]
+        assert speaker["sid"] == loud.participant["sid"] and 0 < speaker["level"] <= 1
+        await loud.mute(info["sid"], True)  # a muted track is nobody speaking
+        event = await observer.next_event("active_speakers", timeout=5)
+        assert event["speakers"] == []
+    finally:
+        for client in (loud, quiet, observer):
+            await client.leave()
