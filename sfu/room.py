@@ -160,9 +160,17 @@ class Room:
         for other in self.visible_to(participant):
             for track in other.tracks.values():
                 if track.bound:
-                    subscribed |= participant.subscribe(track)
+                    subscribed |= self._auto_subscribe(participant, track)
         if not subscribed:
             participant.start_negotiation()
+
+    def _auto_subscribe(self, participant: Participant, track: PublishedTrack) -> bool:
+        """Subscribe unless max_subscriptions_per_participant is reached (then the client can
+        still pick what it wants with explicit `subscribe`/unsubscribe)."""
+        limit = self.limits.max_subscriptions_per_participant
+        if limit and len(participant.subscriptions) >= limit:
+            return False
+        return participant.subscribe(track)
 
     def detach(self, participant: Participant, reason: str) -> bool:
         """Take a participant out now: nothing is forwarded to or from it after this returns."""
@@ -205,7 +213,7 @@ class Room:
         )
         for other in self.others(publisher):
             if other.auto_subscribe and may_subscribe(other.grant).allowed:
-                other.subscribe(track)
+                self._auto_subscribe(other, track)
 
     def others(self, participant: Participant) -> list[Participant]:
         return [p for p in self.participants.values() if p is not participant]

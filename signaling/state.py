@@ -79,13 +79,18 @@ class ServerState:
         return bool(new_room and node.max_rooms and len(self.rooms.rooms) >= node.max_rooms)
 
     def node_tracks_full(self) -> bool:
+        """Whether `[node]` refuses another published track: by count, or because publishers
+        already send `max_bitrate_in` (as measured over the last second)."""
         node = self.config.node
-        if not node.max_tracks:
-            return False
-        tracks = sum(
-            len(p.tracks) for room in self.rooms.rooms.values() for p in room.participants.values()
-        )
-        return tracks >= node.max_tracks
+        tracks = [
+            t
+            for room in self.rooms.rooms.values()
+            for p in room.participants.values()
+            for t in p.tracks.values()
+        ]
+        if node.max_tracks and len(tracks) >= node.max_tracks:
+            return True
+        return bool(node.max_bitrate_in and sum(t.bitrate for t in tracks) >= node.max_bitrate_in)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

@@ -95,3 +95,49 @@ async def test_max_duration_ends_the_room_with_room_closed(tmp_path: Path) -> No
             await client.close()
     finally:
         stop_server(server)
+
+
+async def test_auto_subscribe_respects_max_subscriptions(tmp_path: Path) -> None:
+    text = "[limits]\nmax_subscriptions_per_participant = 1\n"
+    server = start_server(tmp_path, "--config", config(tmp_path, text))
+    viewer = KeyroomClient(server.ws_url, server.token("viewer"))
+    publishers = [KeyroomClient(server.ws_url, server.token(f"p{i}")) for i in range(2)]
+    try:
+        await viewer.connect()
+        for client in publishers:
+            await client.connect()
+            await client.publish(SyntheticAudioTrack(), source="microphone")
+        first = await viewer.next_track(timeout=10)
+        with pytest.raises(TimeoutError):
+            await viewer.next_track(timeout=2)
+        other = next(
+            t["sid"]
+            for p in viewer.participants.values()
+            for t in p["tracks"]
+            if t["sid"] != first.track_sid
+        )
+        with pytest.raises(KeyroomError) as refused:
+            await viewer.subscribe([other])
+        assert refused.value.code == "limit_exceeded"
+        await viewer.subscribe([first.track_sid], subscribe=False)
+        await viewer.subscribe([other])  # swapping within the limit works
+        assert (await viewer.next_track(timeout=10)).track_sid == other
+    finally:
+        for client in (viewer, *publishers):
+            await client.leave()
+        stop_server(server)
+
+
+async def test_node_max_bitrate_in_refuses_new_tracks(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--config", config(tmp_path, "[node]\nmax_bitrate_in = 1000\n"))
+    client = KeyroomClient(server.ws_url, server.token("p"))
+    try:
+        await client.connect()
+        await client.publish(SyntheticAudioTrack(), source="microphone")
+        await asyncio.sleep(2.5)  # the bitrate is measured once a second
+        with pytest.raises(KeyroomError) as refused:
+            await client.request({"type": "add_track", "cid": "more", "kind": "audio"})
+        assert refused.value.code == "limit_exceeded"
+    finally:
+        await client.leave()
+        stop_server(server)
