@@ -1,23 +1,25 @@
-"""Puts the remote-candidate policy (sfu/candidates.py) on a participant's peer connections.
+"""Puts the remote-candidate policy (sfu/candidates.py) and the media-source guard on a
+participant's peer connections.
 
 The policy is process-wide like the gathering addresses (sfu/iceaddr.py): `configure` runs once
-at start-up from the `[rtc]` and `[turn]` options; each participant's guards read it.
+at start-up from the `[rtc]` and `[turn]` options, `use_audit` once the server's audit log is open;
+each participant's guards read them.
 """
 
 from __future__ import annotations
 
-import logging
+from collections import Counter
 from collections.abc import Callable
 
 from aiortc import RTCPeerConnection
 
+from auth.audit import AuditLog
 from sfu import internals
 from sfu.candidates import CandidatePolicy, RemoteCandidateGuard
 
-# The audit log proper comes with its own issue; refusals go to this logger meanwhile.
-audit = logging.getLogger("keyroom.audit")
-
 _policy = CandidatePolicy()
+# Until the server's own log is set: records go to the `keyroom.audit` logger only.
+_audit = AuditLog(None)
 
 
 def configure(policy: CandidatePolicy) -> None:
@@ -25,19 +27,25 @@ def configure(policy: CandidatePolicy) -> None:
     _policy = policy
 
 
+def use_audit(audit: AuditLog) -> None:
+    global _audit
+    _audit = audit
+
+
 def guard_peer_connections(
-    participant_sid: str, relay_only: Callable[[], bool], pcs: dict[str, RTCPeerConnection]
+    participant_sid: str,
+    relay_only: Callable[[], bool],
+    pcs: dict[str, RTCPeerConnection],
+    drops: Counter[str],
 ) -> None:
-    """One guard per connection; `pcs` maps a label (publisher/subscriber) to its PC."""
+    """One guard of each kind per connection; `pcs` maps a label (publisher/subscriber) to its
+    PC; datagrams from unverified sources are counted in `drops` (`Stats.dropped`)."""
     for label, pc in pcs.items():
 
         def refused(reason: str, address: str, label: str = label) -> None:
-            audit.warning(
-                "ice_refused participant=%s pc=%s reason=%s address=%s",
-                participant_sid,
-                label,
-                reason,
-                address,
+            _audit.record(
+                "ice_refused", participant=participant_sid, pc=label, reason=reason, address=address
             )
 
         internals.guard_remote_candidates(pc, RemoteCandidateGuard(_policy, relay_only, refused))
+        internals.guard_media_sources(pc, drops)

@@ -18,6 +18,7 @@ from typing import Any
 import aioice.ice
 import aiortc
 import aiortc.codecs
+import aiortc.rtcicetransport
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import pylibsrtp
@@ -29,6 +30,7 @@ from pylibsrtp._binding import lib as srtp_lib
 
 from sfu.candidates import RemoteCandidateGuard
 from sfu.rtcp import is_rtcp
+from sfu.stats import DropReason
 
 PINNED_AIORTC = "1.16.0"
 PINNED_AIOICE = "0.13.0"
@@ -60,6 +62,18 @@ def verify_internals() -> None:
         (aiortc.rtcrtpsender, "get_encoder"),
         (RTCRtpTransceiver, "_codecs"),
         (RTCRtpTransceiver, "_headerExtensions"),
+        # guard_remote_candidates, guard_media_sources (sfu/iceguard.py) and FastPath.
+        (RTCPeerConnection, "_RTCPeerConnection__createDtlsTransport"),
+        (aioice.ice.Connection, "add_remote_candidate"),
+        (aioice.ice.Connection, "request_received"),
+        (aioice.ice.Connection, "gather_candidates"),
+        (aioice.ice.Connection, "_protocols"),
+        (aioice.ice.Connection, "_check_list"),
+        (aioice.ice.CandidatePair, "protocol"),
+        (aioice.ice.CandidatePair, "remote_addr"),
+        (aioice.ice.CandidatePair, "state"),
+        (aioice.ice.CandidatePair.State, "SUCCEEDED"),
+        (aioice.ice.StunProtocol, "datagram_received"),
     ]
     for owner, name in checks:
         if not _has(owner, name):
@@ -71,6 +85,16 @@ def verify_internals() -> None:
     for name in ("_handle_rtp_data", "_handle_rtcp_data", "_rx_srtp"):
         if name not in source:
             missing.append(f"RTCDtlsTransport._recv_next no longer calls {name}")
+    # The guards replace these per instance: they only see what goes through them.
+    calls = [
+        (aioice.ice.StunProtocol.datagram_received, ("data_received", "request_received")),
+        (aiortc.rtcicetransport.RTCIceGatherer.gather, ("gather_candidates",)),
+        (aiortc.rtcicetransport.RTCIceTransport.addRemoteCandidate, ("add_remote_candidate",)),
+    ]
+    for function, names in calls:
+        for name in names:
+            if name not in function.__code__.co_names:
+                missing.append(f"{function.__qualname__} no longer calls {name}")
     setup = RTCDtlsTransport._setup_srtp.__code__.co_names
     for name in ("_rx_srtp", "_tx_srtp"):
         if name not in setup:
@@ -293,8 +317,8 @@ class FastPath:
         """
         installed = 0
         for protocol in self._dtls.transport._connection._protocols:
-            if type(protocol) is not aioice.ice.StunProtocol or "datagram_received" in vars(
-                protocol
+            if type(protocol) is not aioice.ice.StunProtocol or _wrapped_by(
+                protocol.datagram_received, FastPath
             ):
                 continue
             protocol.datagram_received = partial(  # type: ignore[method-assign]
@@ -316,7 +340,7 @@ class FastPath:
             return
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None or addr[:2] != pair.remote_addr[:2]:
-            self._drops["foreign_source"] += 1
+            self._drops[DropReason.FOREIGN_SOURCE.value] += 1
             return
         try:
             plain = dtls._rx_srtp.unprotect(data)
@@ -381,3 +405,100 @@ def _guard_connection(connection: aioice.ice.Connection, guard: RemoteCandidateG
 
     connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign, assignment]
     connection.request_received = request_received  # type: ignore[method-assign]
+
+
+def _wrapped_by(callback: object, kind: type) -> bool:
+    """Whether a `partial(<kind instance>.method, ...)` wraps `callback`, at any depth."""
+    while isinstance(callback, partial):
+        if isinstance(getattr(callback.func, "__self__", None), kind):
+            return True
+        callback = callback.args[-1] if callback.args else None  # the callback it wraps
+    return False
+
+
+class MediaSourceGuard:
+    """Drops datagrams that are not STUN from addresses that have not completed ICE here.
+
+    aioice hands every datagram it cannot parse as STUN to the DTLS transport's queue, whatever
+    its source: a stranger's forged ClientHellos during the handshake fail the connection
+    (../shared/notes/test-environment.md), and its junk reaches OpenSSL and SRTP. STUN itself
+    passes (aioice authenticates checks; they are how an address gets verified). An address is
+    verified on a socket once a connectivity check between them succeeded in either direction as
+    aioice sees it: a nominated pair, or a pair of the check list in state SUCCEEDED. The peer's
+    first DTLS flight only follows ICE success on its side, which needs our answer to its check
+    and, for the nominated pair, our own check's success (RFC 8445 7.3.1.5), so it is not lost.
+    """
+
+    __slots__ = ("_connection", "_drops")
+
+    def __init__(self, connection: aioice.ice.Connection, drops: Counter[str]) -> None:
+        self._connection = connection
+        self._drops = drops
+
+    def install(self) -> int:
+        """Wrap every host socket's callback gathered so far; returns how many.
+
+        The server gathers host candidates only (no STUN or TURN server), so these are all its
+        sockets; a TURN client's own protocol is left alone (its relay filters peers itself).
+        """
+        installed = 0
+        for protocol in self._connection._protocols:
+            if type(protocol) is not aioice.ice.StunProtocol or _wrapped_by(
+                protocol.datagram_received, MediaSourceGuard
+            ):
+                continue
+            protocol.datagram_received = partial(  # type: ignore[method-assign]
+                self._datagram_received, protocol, protocol.datagram_received
+            )
+            installed += 1
+        return installed
+
+    def verified(self, protocol: aioice.ice.StunProtocol, addr: tuple[Any, ...]) -> bool:
+        source = addr[:2]
+        connection = self._connection
+        for pair in connection._nominated.values():
+            if pair.protocol is protocol and pair.remote_addr[:2] == source:
+                return True
+        succeeded = aioice.ice.CandidatePair.State.SUCCEEDED
+        return any(
+            pair.state == succeeded and pair.protocol is protocol and pair.remote_addr == source
+            for pair in connection._check_list
+        )
+
+    def _datagram_received(
+        self,
+        protocol: aioice.ice.StunProtocol,
+        stock: Callable[[bytes, tuple[Any, ...]], None],
+        data: bytes,
+        addr: tuple[Any, ...],
+    ) -> None:
+        # RFC 7983 demultiplexing: a first byte of 0-3 is STUN.
+        if (data and data[0] < 4) or self.verified(protocol, addr):
+            stock(data, addr)
+        else:
+            self._drops[DropReason.FOREIGN_SOURCE.value] += 1
+
+
+def guard_media_sources(pc: RTCPeerConnection, drops: Counter[str]) -> None:
+    """Put a `MediaSourceGuard` on every ICE connection of `pc`, counting drops in `drops`.
+
+    aiortc creates the aioice Connection with each DTLS transport and gathers (binds the sockets)
+    in `setLocalDescription`: the guard goes on the sockets as soon as gathering returns, before
+    the description carrying their ports is sent to anyone.
+    """
+    create = pc._RTCPeerConnection__createDtlsTransport  # type: ignore[attr-defined]
+
+    def create_guarded() -> RTCDtlsTransport:
+        dtls = create()
+        connection = dtls.transport._connection
+        guard = MediaSourceGuard(connection, drops)
+        gather = connection.gather_candidates
+
+        async def gather_then_guard() -> None:
+            await gather()
+            guard.install()
+
+        connection.gather_candidates = gather_then_guard  # type: ignore[method-assign]
+        return dtls
+
+    pc._RTCPeerConnection__createDtlsTransport = create_guarded  # type: ignore[attr-defined]

@@ -110,11 +110,13 @@ class Participant:
 
         self.publisher_pc = internals.new_peer_connection()
         self.subscriber_pc = internals.new_peer_connection()
-        # Remote candidate hygiene and relay-only enforcement (docs/security-transport.md).
+        # Remote candidate hygiene, relay-only enforcement and media-source hygiene
+        # (docs/security-transport.md).
         iceguard.guard_peer_connections(
             sid,
             lambda: self.room.limits.relay_only,
             {"publisher": self.publisher_pc, "subscriber": self.subscriber_pc},
+            self.stats.dropped,
         )
         self._publisher_transport: RTCDtlsTransport | None = None
         self._publisher_sink: internals.RtpSink | None = None

@@ -13,6 +13,8 @@ class DropReason(StrEnum):
     NOT_GRANTED = "no_right"
     TOO_LARGE = "too_large"
     SRTP_FAILURE = "srtp_failure"
+    # A datagram from an address that has not completed ICE with that connection.
+    FOREIGN_SOURCE = "foreign_source"
 
 
 @dataclass

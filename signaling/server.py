@@ -273,6 +273,7 @@ def print_dev_banner(config: Config) -> None:
 
 async def serve(config: Config) -> int:
     state = build_state(config)
+    iceguard.use_audit(state.audit)  # ICE refusals (relay-only rooms) are audited
     app = build_app(state)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

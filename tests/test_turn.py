@@ -16,11 +16,14 @@ from typing import Any
 
 import pytest
 
+from auth.audit import verify_file
 from auth.turn import credential_valid, ice_servers, turn_credential
+from sfu.candidates import NOT_RELAY
 from sfu.cli import turn_config_lines
 from signaling.client import KeyroomClient, count_frames
 from signaling.media import SyntheticVideoTrack
 from tests.conftest import ServerProcess, free_port, start_server, stop_server
+from tests.test_candidates import ice_refusals
 
 TURN_SECRET = "turn-test-secret-0123456789"
 RELAY_IP = "127.0.0.2"  # coturn relays from here; clients and the SFU use 127.0.0.1
@@ -86,7 +89,7 @@ def relay_server(tmp_path: Path, turn_port: int) -> ServerProcess:
     config.write_text(
         f'[turn]\nurls = ["turn:127.0.0.1:{turn_port}?transport=udp"]\n'
         f'secret = "{TURN_SECRET}"\nttl = 300\nrelay_addresses = ["{RELAY_IP}"]\n'
-        "[limits]\nrelay_only = true\n"
+        '[limits]\nrelay_only = true\n[audit]\npath = "audit.jsonl"\n'
     )
     return start_server(tmp_path, "--config", str(config))
 
@@ -149,7 +152,9 @@ async def test_a_client_ignoring_the_relay_policy_cannot_connect(
         assert rogue.subscriber_pc is not None
         await asyncio.sleep(8)
         assert rogue.subscriber_pc.connectionState != "connected"
-        assert "reason=not_a_relay address=127.0.0.1" in server.log()
+        audited = ice_refusals((tmp_path / "audit.jsonl").read_text())
+        assert {(r["reason"], r["address"]) for r in audited} >= {(NOT_RELAY, "127.0.0.1")}
+        assert verify_file(str(tmp_path / "audit.jsonl")) == []
     finally:
         await rogue.close()
         stop_server(server)
