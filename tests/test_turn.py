@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import shutil
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aioice.stun
+import aioice.turn
 import pytest
 
 from auth.audit import verify_file
@@ -56,8 +59,9 @@ def test_ice_servers_entry() -> None:
 # --- coturn in this test's namespace ------------------------------------------------------------
 
 
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[int]:
+@contextlib.contextmanager
+def running_coturn(tmp_path: Path) -> Iterator[int]:
+    """coturn on 127.0.0.1 (relaying from RELAY_IP) until the block ends; yields its port."""
     if shutil.which("turnserver") is None:
         pytest.skip("coturn is not installed (scripts/test installs it)")
     port = free_port()
@@ -82,6 +86,12 @@ def coturn(tmp_path: Path) -> Iterator[int]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[int]:
+    with running_coturn(tmp_path) as port:
+        yield port
 
 
 def relay_server(tmp_path: Path, turn_port: int) -> ServerProcess:
@@ -175,3 +185,25 @@ def test_turn_config_for_a_public_deployment(tmp_path: Path) -> None:
     assert "denied-peer-ip=10.0.0.0-10.255.255.255" in lines
     assert "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255" in lines  # the CVE bypass
     assert lines[-1] == "allowed-peer-ip=10.0.0.5"  # the SFU itself stays reachable
+
+
+async def allocates(port: int, username: str, password: str) -> bool:
+    """Whether coturn grants a relay allocation for this credential."""
+    try:
+        transport, _ = await aioice.turn.create_turn_endpoint(
+            asyncio.DatagramProtocol, ("127.0.0.1", port), username, password
+        )
+    except aioice.stun.TransactionFailed:
+        return False
+    transport.close()
+    return True
+
+
+async def test_coturn_refuses_a_credential_once_its_ttl_is_over(coturn: int) -> None:
+    fresh = turn_credential(TURN_SECRET, "alice", now=time.time(), ttl=2)
+    assert await allocates(coturn, fresh.username, fresh.password)
+    await asyncio.sleep(max(fresh.expires_at - time.time(), 0) + 1.1)
+    # The same credential, past its expiry: coturn checks the timestamp in the username.
+    assert not await allocates(coturn, fresh.username, fresh.password)
+    forged = f"{fresh.expires_at + 3600}:alice"  # a later expiry without the secret's HMAC
+    assert not await allocates(coturn, forged, fresh.password)
