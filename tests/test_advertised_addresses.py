@@ -1,0 +1,81 @@
+"""Advertised addresses: with `rtc.ips = ["127.0.0.1"]`, no other host address ever reaches an SDP.
+
+A veth pair inside the test's own network namespace (scripts/test runs the suite in one) puts a
+second address on this host, which aioice would offer by default.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from sfu.iceaddr import _original_get_host_addresses
+from signaling.client import KeyroomClient, count_frames
+from signaling.media import SyntheticVideoTrack
+from tests.conftest import ServerProcess
+
+OTHER = "10.213.0.1"  # on the veth end inside this namespace
+PEER = "10.213.0.2"
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def other_address() -> Iterator[str]:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    if [line.split(":")[1].strip() for line in links.splitlines()] != ["lo"]:
+        # Only where nothing but loopback exists: the namespace scripts/test made for the suite.
+        pytest.skip("not in a throw-away network namespace (run through scripts/test)")
+    try:
+        ip("link", "add", "krveth0", "type", "veth", "peer", "name", "krveth1")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"cannot create a veth pair here: {exc.stderr!r}")
+    try:
+        ip("addr", "add", f"{OTHER}/24", "dev", "krveth0")
+        ip("addr", "add", f"{PEER}/24", "dev", "krveth1")
+        ip("link", "set", "krveth0", "up")
+        ip("link", "set", "krveth1", "up")
+        yield OTHER
+    finally:
+        ip("link", "del", "krveth0")
+
+
+class RecordingClient(KeyroomClient):
+    """Keeps every frame the server sends, as received."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frames: list[str] = []
+
+    def _dispatch(self, frame: dict[str, Any]) -> None:
+        self.frames.append(orjson.dumps(frame).decode())
+        super()._dispatch(frame)
+
+
+async def test_no_sdp_carries_another_host_address(
+    other_address: str, server: ServerProcess
+) -> None:
+    # The address is really there: without rtc.ips, aioice would advertise it.
+    assert other_address in _original_get_host_addresses(True, True)
+    alice = RecordingClient(server.ws_url, server.token("alice"))
+    bob = RecordingClient(server.ws_url, server.token("bob"))
+    try:
+        await alice.connect()
+        await bob.connect()
+        await alice.publish(SyntheticVideoTrack(), source="camera")
+        remote = await bob.next_track(timeout=15)
+        assert await count_frames(remote.track, 1.0) > 0
+    finally:
+        await alice.leave()
+        await bob.leave()
+    sdps = [f for f in alice.frames + bob.frames if "v=0" in f]
+    assert len(sdps) >= 3  # alice's answer, the subscriber offers to both
+    for frame in alice.frames + bob.frames:
+        assert other_address not in frame and PEER not in frame
+    assert all("127.0.0.1" in f for f in sdps)
