@@ -295,6 +295,9 @@ class RtcConfig(_Section):
     max_remote_candidates: int = _option(32, _positive_int)  # per ICE connection
     # None: true with --dev, false otherwise (finalize); a public SFU has no business there.
     allow_private_candidates: bool | None = _option(None, _optional_bool)
+    # UDP ports media sockets bind, both or neither (0: the kernel picks); finalize checks them.
+    port_min: int = _option(0, _port)
+    port_max: int = _option(0, _port)
 
 
 @dataclass(frozen=True, repr=False)
@@ -528,6 +531,11 @@ def finalize(config: Config) -> Config:
                 " set [server] tls_cert and tls_key, or, behind a TLS-terminating proxy,"
                 " --insecure-plaintext (or use --dev on 127.0.0.1)"
             )
+    if (rtc.port_min == 0) != (rtc.port_max == 0) or rtc.port_min > rtc.port_max:
+        raise ConfigError(
+            f"rtc.port_min and rtc.port_max: set both, port_min <= port_max (each peer"
+            f" connection takes one port per rtc.ips address), got {rtc.port_min}..{rtc.port_max}"
+        )
     if rtc.allow_private_candidates is None:
         rtc = replace(rtc, allow_private_candidates=server.dev)
     _check_turn(config.turn, [config.limits, *(room_limits(config, n) for n in config.rooms)])

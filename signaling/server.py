@@ -333,6 +333,8 @@ def run_server(config: Config) -> int:
     internals.install_server_patches()
     restrict_host_addresses(list(config.rtc.ips))
     rtc = config.rtc
+    if rtc.port_min:
+        internals.bind_media_ports(rtc.port_min, rtc.port_max)
     iceguard.configure(
         CandidatePolicy(
             max_remote_candidates=rtc.max_remote_candidates,

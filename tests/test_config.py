@@ -155,6 +155,8 @@ BAD_VALUES = [
     ("rtc", "keyframe_interval", 0),
     ("rtc", "max_remote_candidates", 0),
     ("rtc", "allow_private_candidates", "yes"),
+    ("rtc", "port_min", 70000),
+    ("rtc", "port_max", -1),
     ("server", "trusted_proxies", ["10.0.0.0/33"]),
     ("auth", "max_token_ttl", 0),
     ("auth", "leeway", 61),
