@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import secrets
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from loadtest.scenarios import SCENARIOS, with_overrides
@@ -32,14 +35,22 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-loss", type=float, default=0.01, help="pass threshold (default 0.01)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--baseline",
+        choices=("mediarelay",),
+        action="append",
+        help="also run the scenario against this baseline (spawned), same clip, and compare"
+        " server CPU per subscriber (repeatable)",
+    )
+    p.add_argument("--plot", metavar="PNG", help="draw latency and server CPU/RSS over time")
 
 
 def run_loadtest(args: argparse.Namespace) -> int:
     # Imported here: the media stack is only needed once a test really runs.
     import uvloop
 
-    from loadtest.report import format_table, passed
-    from loadtest.runner import Target, default_log_dir, run_scenario, spawned_server
+    from loadtest.report import compare, format_comparison, format_table, passed
+    from loadtest.runner import Clips, Target, default_log_dir, run_scenario, spawned_server
     from sfu.iceaddr import restrict_host_addresses
 
     scenario = with_overrides(
@@ -55,31 +66,72 @@ def run_loadtest(args: argparse.Namespace) -> int:
         churn_interval=args.churn_interval,
         bad_token_share=args.bad_token_share,
     )
+    baselines = args.baseline or []
+    if baselines and scenario.bad_token_share:
+        print("keyroom: error: baselines check no tokens: no --baseline here", file=sys.stderr)
+        return 2
+    secret = args.secret or os.environ.get("KEYROOM_SECRET")
+    if args.url and (not args.key or not secret):
+        print("keyroom: error: --url needs --key and --secret", file=sys.stderr)
+        return 2
     # Load-test traffic stays on loopback (aioice never gathers there by default).
     restrict_host_addresses(["127.0.0.1"])
     progress = not args.quiet and sys.stderr.isatty()
-
-    async def against(target: Target) -> dict[str, Any]:
-        return await run_scenario(scenario, target, progress)
-
+    clips = Clips.for_scenario(scenario)
+    log_dir = default_log_dir()
+    reports: dict[str, dict[str, Any]] = {}
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if args.url:
-            secret = args.secret or os.environ.get("KEYROOM_SECRET")
-            if not args.key or not secret:
-                print("keyroom: error: --url needs --key and --secret", file=sys.stderr)
-                return 2
+            assert args.key and secret
             target = Target(args.url, args.key, secret, args.server_pid, dev=False)
-            report = runner.run(against(target))
+            reports["keyroom"] = runner.run(run_scenario(scenario, target, progress, clips))
         else:
-            with spawned_server(default_log_dir()) as target:
-                report = runner.run(against(target))
+            with spawned_server(log_dir) as target:
+                reports["keyroom"] = runner.run(run_scenario(scenario, target, progress, clips))
+        for name in baselines:
+            with baseline_target(name, log_dir) as target:
+                reports[name] = runner.run(run_scenario(scenario, target, progress, clips))
+    report = reports["keyroom"]
+    # Pass or fail is keyroom's; a baseline's loss or missing tracks are reported beside it.
     ok = passed(report, args.max_loss)
     report["passed"] = ok
-    if args.json:
-        print(json.dumps(report, indent=2))
+    if args.plot:
+        from loadtest.plot import plot_reports
+
+        plot_reports(reports, args.plot)
+    if baselines:
+        output: dict[str, Any] = dict(reports)
+        output["comparison"] = compare(reports)
+        output["passed"] = ok
+        text = "\n\n".join(
+            [f"== {name}\n{format_table(r)}" for name, r in reports.items()]
+            + [format_comparison(output["comparison"])]
+        )
     else:
-        print(format_table(report))
+        output, text = report, format_table(report)
+    print(json.dumps(output, indent=2) if args.json else text)
     return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def baseline_target(name: str, log_dir: str) -> Iterator[Any]:
+    """A spawned baseline server as a load-test target."""
+    from loadtest.baseline_relay import BaselineClient, spawned_baseline
+    from loadtest.runner import Target
+
+    assert name == "mediarelay"
+    with spawned_baseline(log_dir) as (url, pid):
+        # Tokens are minted as for keyroom (same client work) and never checked.
+        yield Target(
+            url,
+            "baseline",
+            secrets.token_urlsafe(32),
+            pid,
+            dev=False,
+            name=name,
+            client_factory=BaselineClient,
+            forwards_payloads=False,
+        )
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:

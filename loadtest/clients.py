@@ -20,15 +20,16 @@ import random
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from aiortc import MediaStreamTrack, RTCRtpTransceiver
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver
 
 from loadtest.clip import Clip
 from sfu import internals
 from sfu.rtcp import Fir, MalformedPacket, Pli, parse_rtcp
-from signaling.client import KeyroomClient, RemoteTrack
+from signaling.client import RemoteTrack
 
 # track number, flags, packet index, send time (ns, CLOCK_MONOTONIC)
 TRAILER = struct.Struct("!HBIQ")
@@ -37,6 +38,37 @@ _RTP_HEADER = struct.Struct("!BBHII")
 CONNECT_TIMEOUT = 10.0
 # Latency samples kept per run; beyond it, samples are taken at random (reservoir sampling).
 MAX_LATENCY_SAMPLES = 200_000
+# The same, per second of the run, for the latency-over-time plot.
+MAX_SAMPLES_PER_SECOND = 2_000
+
+
+class LoadClient(Protocol):
+    """What publishers and subscribers use of a participant: `KeyroomClient`'s members, which a
+    baseline server's adapter (`loadtest.baseline_relay.BaselineClient`) also provides."""
+
+    publisher_pc: RTCPeerConnection | None
+    subscriber_pc: RTCPeerConnection | None
+
+    async def connect(self, timeout: float = ...) -> dict[str, Any]: ...
+
+    async def publish(
+        self, track: MediaStreamTrack, *, source: str = ..., name: str = ...
+    ) -> dict[str, Any]: ...
+
+    def on(self, event_type: str, callback: Callable[[Any], Any]) -> None: ...
+
+    async def leave(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def track_name(track_no: int) -> str:
+    return f"load-{track_no}"
+
+
+def track_number(name: str) -> int:
+    """The publisher's track number from the name it published under (`track_name`)."""
+    return int(name.rsplit("-", 1)[1])
 
 
 class ParkedTrack(MediaStreamTrack):
@@ -50,7 +82,7 @@ class ParkedTrack(MediaStreamTrack):
         await asyncio.Event().wait()
 
 
-async def wait_connected(client: KeyroomClient, which: str, timeout: float) -> None:
+async def wait_connected(client: LoadClient, which: str, timeout: float) -> None:
     async with asyncio.timeout(timeout):
         while True:
             pc = client.publisher_pc if which == "publisher" else client.subscriber_pc
@@ -63,31 +95,52 @@ async def wait_connected(client: KeyroomClient, which: str, timeout: float) -> N
 
 @dataclass
 class Latencies:
-    """One-way latency samples (ns) of all subscribers, bounded by reservoir sampling."""
+    """One-way latency samples (ns) of all subscribers, bounded by reservoir sampling, overall
+    and per second since `origin_ns` (for the plot)."""
 
+    origin_ns: int = field(default_factory=time.monotonic_ns)
     samples: list[int] = field(default_factory=list)
     seen: int = 0
+    by_second: dict[int, list[int]] = field(default_factory=dict)
+    seen_by_second: Counter[int] = field(default_factory=Counter)
 
-    def add(self, value: int) -> None:
+    def add(self, now_ns: int, value: int) -> None:
         self.seen += 1
-        if len(self.samples) < MAX_LATENCY_SAMPLES:
-            self.samples.append(value)
-        else:
-            slot = random.randrange(self.seen)
-            if slot < MAX_LATENCY_SAMPLES:
-                self.samples[slot] = value
+        _reservoir(self.samples, self.seen, MAX_LATENCY_SAMPLES, value)
+        second = (now_ns - self.origin_ns) // 1_000_000_000
+        self.seen_by_second[second] += 1
+        bucket = self.by_second.get(second)
+        if bucket is None:
+            bucket = self.by_second[second] = []
+        _reservoir(bucket, self.seen_by_second[second], MAX_SAMPLES_PER_SECOND, value)
+
+
+def _reservoir(samples: list[int], seen: int, limit: int, value: int) -> None:
+    if len(samples) < limit:
+        samples.append(value)
+    else:
+        slot = random.randrange(seen)
+        if slot < limit:
+            samples[slot] = value
 
 
 class Publisher:
     """Publishes one track and replays `clip` on it at the clip's pace."""
 
     def __init__(
-        self, client: KeyroomClient, clip: Clip, track_no: int, errors: Counter[str]
+        self,
+        client: LoadClient,
+        clip: Clip,
+        track_no: int,
+        errors: Counter[str],
+        trailer: bool = True,
     ) -> None:
         self.client = client
         self.clip = clip
         self.track_no = track_no
         self.errors = errors
+        # Off for servers that decode: the trailer would corrupt the bitstream they decode.
+        self.trailer = trailer
         self.track_sid = ""
         self.packets_sent = 0
         self.packets_dropped = 0  # simulated loss
@@ -101,7 +154,7 @@ class Publisher:
         client = self.client
         track = ParkedTrack(self.clip.kind)
         source = "camera" if self.clip.kind == "video" else "microphone"
-        info = await client.publish(track, source=source, name=f"load-{self.track_no}")
+        info = await client.publish(track, source=source, name=track_name(self.track_no))
         self.track_sid = info["sid"]
         await wait_connected(client, "publisher", CONNECT_TIMEOUT)
         assert client.publisher_pc is not None
@@ -145,6 +198,7 @@ class Publisher:
         due = loop.time()
         pack_header = _RTP_HEADER.pack
         pack_trailer = TRAILER.pack
+        trailer = self.trailer
         while due < until:
             if self._keyframe_wanted and clip.kind == "video":
                 self._keyframe_wanted = False
@@ -162,7 +216,11 @@ class Publisher:
                             0x80, self._pt | (0x80 if n == last else 0), seq, ts, self._ssrc
                         )
                         + payload
-                        + pack_trailer(self.track_no, flags, index, time.monotonic_ns())
+                        + (
+                            pack_trailer(self.track_no, flags, index, time.monotonic_ns())
+                            if trailer
+                            else b""
+                        )
                     )
                     if sink.send(packet):
                         self.packets_sent += 1
@@ -185,6 +243,7 @@ class StreamStats:
     first_ns: int
     first_keyframe_ns: int | None = None
     packets: int = 0
+    bytes: int = 0  # RTP packets' plaintext size
     min_index: int = 1 << 32
     max_index: int = -1
 
@@ -200,7 +259,7 @@ class StreamStats:
 class Subscriber:
     """Subscribes to everything (auto_subscribe) and counts packets per track, never decoding."""
 
-    def __init__(self, client: KeyroomClient, latencies: Latencies, errors: Counter[str]) -> None:
+    def __init__(self, client: LoadClient, latencies: Latencies, errors: Counter[str]) -> None:
         self.client = client
         self.latencies = latencies
         self.errors = errors
@@ -243,13 +302,93 @@ class Subscriber:
         if stream is None:
             stream = self.streams[track_no] = StreamStats(first_ns=now)
         stream.packets += 1
+        stream.bytes += len(data)
         if index < stream.min_index:
             stream.min_index = index
         if index > stream.max_index:
             stream.max_index = index
         if flags & FLAG_KEYFRAME and stream.first_keyframe_ns is None:
             stream.first_keyframe_ns = now
-        self.latencies.add(now - sent_ns)
+        self.latencies.add(now, now - sent_ns)
+
+
+class PlainSubscriber(Subscriber):
+    """A subscriber for servers that re-encode (the MediaRelay baseline): packets carry no
+    trailer, so streams are told apart by SSRC (announced per track in the server's offer),
+    loss is counted from RTP sequence numbers and keyframes are read from the payload
+    descriptor. No latency: a re-encoded packet has no send time to compare with."""
+
+    def __init__(self, client: LoadClient, latencies: Latencies, errors: Counter[str]) -> None:
+        super().__init__(client, latencies, errors)
+        self.ssrc_tracks: dict[int, int] = {}
+        self.mime_types: dict[int, str] = {}
+        self._last_index: dict[int, int] = {}
+
+    def _on_track(self, remote: RemoteTrack) -> None:
+        info = remote.info or {}
+        for ssrc in info.get("ssrcs", ()):
+            self.ssrc_tracks[ssrc] = track_number(remote.track_sid)
+            self.mime_types[ssrc] = info.get("mime_type", "")
+        super()._on_track(remote)
+
+    def _on_rtp(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        if len(data) < 13:
+            self.errors["subscriber:short_packet"] += 1
+            return
+        _, _, seq, _, ssrc = _RTP_HEADER.unpack_from(data)
+        track_no = self.ssrc_tracks.get(ssrc)
+        if track_no is None:
+            self.errors["subscriber:unknown_ssrc"] += 1
+            return
+        stream = self.streams.get(track_no)
+        last = self._last_index.get(track_no)
+        if stream is None or last is None:
+            stream = self.streams[track_no] = StreamStats(first_ns=now)
+            index = seq
+        else:
+            # Extend the 16-bit sequence number around the last one seen (wrap and reorder).
+            index = last + ((seq - last + 0x8000) & 0xFFFF) - 0x8000
+        self._last_index[track_no] = max(index, last if last is not None else index)
+        stream.packets += 1
+        stream.bytes += len(data)
+        stream.min_index = min(stream.min_index, index)
+        stream.max_index = max(stream.max_index, index)
+        if stream.first_keyframe_ns is None and starts_keyframe(self.mime_types[ssrc], data):
+            stream.first_keyframe_ns = now
+
+
+def starts_keyframe(mime_type: str, packet: bytes) -> bool:
+    """Whether an RTP packet (plaintext) carries the start of a VP8 keyframe or an H264 IDR
+    (or the SPS that precedes one)."""
+    offset = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:  # header extension: 4-byte header, then length in 32-bit words
+        if len(packet) < offset + 4:
+            return False
+        offset += 4 + 4 * int.from_bytes(packet[offset + 2 : offset + 4], "big")
+    payload = packet[offset:]
+    if not payload:
+        return False
+    mime = mime_type.lower()
+    if mime == "video/vp8":
+        descriptor = payload[0]
+        i = 1
+        if descriptor & 0x80 and len(payload) > 1:  # X: extension bits follow
+            extension = payload[1]
+            i = 2
+            if extension & 0x80 and len(payload) > i:  # I: picture id, 7 or 15 bits
+                i += 2 if payload[i] & 0x80 else 1
+            i += (1 if extension & 0x40 else 0) + (1 if extension & 0x30 else 0)
+        start_of_partition_0 = descriptor & 0x10 and descriptor & 0x07 == 0
+        return bool(start_of_partition_0 and len(payload) > i and not payload[i] & 0x01)
+    if mime == "video/h264":
+        nal = payload[0] & 0x1F
+        if nal == 24 and len(payload) > 3:  # STAP-A: the first aggregated NAL unit
+            nal = payload[3] & 0x1F
+        elif nal == 28 and len(payload) > 1 and payload[1] & 0x80:  # FU-A start
+            nal = payload[1] & 0x1F
+        return nal in (5, 7)
+    return False
 
 
 def _transceiver_with(transceivers: list[RTCRtpTransceiver], track: Any) -> RTCRtpTransceiver:

@@ -57,6 +57,7 @@ def build_report(
                 first_keyframe_ms.append((stream.first_keyframe_ns - sub.join_started_ns) / 1e6)
         for reason, count in sub.drops.items():
             run.errors[f"subscriber:{reason}"] += count
+    bytes_received = sum(st.bytes for sub in run.subscribers for st in sub.streams.values())
     lost = packets_expected - packets_received
     measured = (run.measure_end_ns - run.measure_start_ns) / 1e9
     # The first sample after the end still covers mostly measured time.
@@ -86,11 +87,14 @@ def build_report(
             "sent": sum(p.packets_sent for p in run.publishers),
             "simulated_drops": sum(p.packets_dropped for p in run.publishers),
             "received": packets_received,
+            "bytes_received": bytes_received,
             "expected": packets_expected,
             "lost": lost,
             "loss": round(lost / packets_expected, 6) if packets_expected else 0.0,
         },
         "latency_ms": percentiles([v / 1e6 for v in run.latencies.samples]),
+        # [seconds since the measured phase began (bucket middle), p50, p95, p99 ms, samples]
+        "latency_timeline": _latency_timeline(run),
         "join_ms": percentiles(run.join_ms),
         "first_packet_ms": percentiles(first_packet_ms),
         "first_keyframe_ms": percentiles(first_keyframe_ms),
@@ -104,15 +108,22 @@ def build_report(
         cpu = [s.cpu_percent for s in in_phase] or [0.0]
         mean_cpu = sum(cpu) / len(cpu)
         rate = packets_received / max(measured, 1e-9)
+        subscribed_tracks = max(1, len(run.subscribers)) * max(1, len(track_nos))
         report["server"] = {
+            "pid_of": run.target.name,
             "cpu_percent_mean": round(mean_cpu, 1),
+            # Whole-process CPU shared out: the comparison with a baseline's, same scenario.
+            "cpu_percent_per_subscriber": round(mean_cpu / max(1, len(run.subscribers)), 3),
+            "cpu_percent_per_subscribed_track": round(mean_cpu / subscribed_tracks, 3),
             "cpu_percent_max": round(max(cpu), 1),
             "rss_mib_max": round(max(s.rss_mib for s in samples), 1),
             "rss_mib_end": round(samples[-1].rss_mib, 1),
             # Whole-process CPU (RTCP, timers, signaling included) per packet a subscriber got.
             "cpu_us_per_received_packet": round(mean_cpu / 100 * 1e6 / rate, 2) if rate else None,
+            # [seconds since the measured phase began, CPU % of one core, RSS MiB]
             "timeline": [
-                [round(s.t, 2), round(s.cpu_percent, 1), round(s.rss_mib, 1)] for s in samples
+                [round(s.t - run.measure_start, 2), round(s.cpu_percent, 1), round(s.rss_mib, 1)]
+                for s in samples
             ],
         }
     if runtime_before is not None and runtime_after is not None:
@@ -124,6 +135,16 @@ def build_report(
         report["server_counters"]["dropped"] = after.get("dropped", {})
         report["server_counters"]["codecs"] = runtime_after.get("codecs")
     return report
+
+
+def _latency_timeline(run: Run) -> list[list[float | int | None]]:
+    latencies = run.latencies
+    offset = (run.measure_start_ns - latencies.origin_ns) / 1e9
+    timeline = []
+    for second in sorted(latencies.by_second):
+        d = percentiles([v / 1e6 for v in latencies.by_second[second]])
+        timeline.append([round(second + 0.5 - offset, 2), d["p50"], d["p95"], d["p99"], d["count"]])
+    return timeline
 
 
 def passed(report: dict[str, Any], max_loss: float) -> bool:
@@ -170,4 +191,46 @@ def format_table(report: dict[str, Any]) -> str:
     if report["auth"]:
         lines.append(f"{'bad-token joins':<22} {report['auth']}")
     lines.append(f"{'errors':<22} {report['errors'] or 'none'}")
+    return "\n".join(lines)
+
+
+def compare(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Server CPU per subscriber of each run of the same scenario, and each baseline's ratio to
+    keyroom's; with what each subscriber got, since a re-encoding server may send less."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, report in reports.items():
+        server = report.get("server") or {}
+        tracks = max(1, report["tracks"]["expected"])
+        measured = max(report["measured_s"], 1e-9)
+        rows[name] = {
+            "cpu_percent_mean": server.get("cpu_percent_mean"),
+            "cpu_percent_per_subscriber": server.get("cpu_percent_per_subscriber"),
+            "rss_mib_max": server.get("rss_mib_max"),
+            "tracks_missing": report["tracks"]["missing"],
+            "loss": report["packets"]["loss"],
+            "received_pps_per_track": round(report["packets"]["received"] / measured / tracks, 1),
+            "received_kbps_per_track": round(
+                8 * report["packets"]["bytes_received"] / measured / tracks / 1000, 1
+            ),
+        }
+    base = rows["keyroom"]["cpu_percent_per_subscriber"]
+    for name, row in rows.items():
+        if name != "keyroom":
+            mine = row["cpu_percent_per_subscriber"]
+            row["cpu_per_subscriber_vs_keyroom"] = round(mine / base, 1) if base and mine else None
+    return rows
+
+
+def format_comparison(rows: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        f"{'server':<12} {'CPU %':>7} {'CPU %/subscriber':>17} {'x keyroom':>10}"
+        f" {'RSS MiB':>8} {'missing':>8} {'loss %':>7} {'pps/track':>10} {'kbit/s/track':>13}"
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"{name:<12} {row['cpu_percent_mean']!s:>7} {row['cpu_percent_per_subscriber']!s:>17}"
+            f" {row.get('cpu_per_subscriber_vs_keyroom', 1.0)!s:>10} {row['rss_mib_max']!s:>8}"
+            f" {row['tracks_missing']:>8} {100 * row['loss']:>7.2f}"
+            f" {row['received_pps_per_track']:>10} {row['received_kbps_per_track']:>13}"
+        )
     return "\n".join(lines)

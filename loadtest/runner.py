@@ -20,12 +20,12 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from auth.tokens import mint_token
-from loadtest.clients import Latencies, Publisher, Subscriber
+from loadtest.clients import Latencies, LoadClient, PlainSubscriber, Publisher, Subscriber
 from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
 from loadtest.procstat import ProcessSampler
 from loadtest.report import build_report
@@ -47,6 +47,14 @@ class Target:
     secret: str
     pid: int | None  # the server's, for CPU/RSS sampling
     dev: bool  # /debug/runtime is available
+    name: str = "keyroom"
+    # How a participant talks to this server (a baseline's adapter, else keyroom's client).
+    client_factory: Callable[[str, str, bool], LoadClient] = lambda url, token, subscribe: (
+        KeyroomClient(url, token, auto_subscribe=subscribe)
+    )
+    # Whether packets reach subscribers byte for byte (a forwarding SFU), so the publishers'
+    # trailer gives loss and latency; a re-encoding server gets `PlainSubscriber`s instead.
+    forwards_payloads: bool = True
 
     def token(self, identity: str, room: str, **overrides: Any) -> str:
         return mint_token(
@@ -134,8 +142,8 @@ class Run:
     measure_start: float = 0.0
     measure_end: float = 0.0
 
-    async def join(self, identity: str, token: str, auto_subscribe: bool) -> KeyroomClient | None:
-        client = KeyroomClient(self.target.url, token, auto_subscribe=auto_subscribe)
+    async def join(self, identity: str, token: str, auto_subscribe: bool) -> LoadClient | None:
+        client = self.target.client_factory(self.target.url, token, auto_subscribe)
         started = time.monotonic()
         try:
             await client.connect(timeout=JOIN_TIMEOUT)
@@ -153,7 +161,7 @@ class Run:
         client = await self.join(identity, self.target.token(identity, self.room), False)
         if client is None:
             return
-        publisher = Publisher(client, clip, n, self.errors)
+        publisher = Publisher(client, clip, n, self.errors, self.target.forwards_payloads)
         try:
             await publisher.start()
         except (KeyroomError, TimeoutError, ConnectionError, SessionClosed, RuntimeError) as exc:
@@ -168,7 +176,8 @@ class Run:
         client = await self.join(identity, self.target.token(identity, self.room), True)
         if client is None:
             return None
-        subscriber = Subscriber(client, self.latencies, self.errors)
+        kind = Subscriber if self.target.forwards_payloads else PlainSubscriber
+        subscriber = kind(client, self.latencies, self.errors)
         subscriber.join_started_ns = started
         try:
             await subscriber.start()
@@ -193,7 +202,7 @@ class Run:
         await _leave(client, self.errors)
 
 
-async def _leave(client: KeyroomClient, errors: Counter[str]) -> None:
+async def _leave(client: LoadClient, errors: Counter[str]) -> None:
     try:
         async with asyncio.timeout(LEAVE_TIMEOUT):
             await client.leave()
@@ -212,23 +221,37 @@ async def _paced(coros: list[Any], per_second: float) -> None:
     await asyncio.gather(*tasks)
 
 
-async def run_scenario(scenario: Scenario, target: Target, progress: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Clips:
+    video: Clip | None
+    audio: Clip | None
+
+    @classmethod
+    def for_scenario(cls, scenario: Scenario) -> Clips:
+        """Encoded once; a comparison run replays the same clips against every server."""
+        return cls(
+            encode_video_clip(scenario.codec, bitrate=scenario.video_bitrate)
+            if scenario.video_publishers
+            else None,
+            encode_audio_clip() if scenario.audio_publishers else None,
+        )
+
+
+async def run_scenario(
+    scenario: Scenario, target: Target, progress: bool, clips: Clips | None = None
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     run = Run(scenario, target)
-    video = (
-        encode_video_clip(scenario.codec, bitrate=scenario.video_bitrate)
-        if scenario.video_publishers
-        else None
-    )
-    audio = encode_audio_clip() if scenario.audio_publishers else None
+    encoded = clips or Clips.for_scenario(scenario)
+    video, audio = encoded.video, encoded.audio
     sampler = ProcessSampler(target.pid) if target.pid else None
     sampler_task = asyncio.ensure_future(sampler.run(loop.time() + 3600)) if sampler else None
     runtime_before = target.runtime()
-    clips = [video] * scenario.video_publishers + [audio] * scenario.audio_publishers
+    published = [video] * scenario.video_publishers + [audio] * scenario.audio_publishers
     send_tasks: list[asyncio.Task[None]] = []
     try:
         await _paced(
-            [run.add_publisher(n, clip) for n, clip in enumerate(clips) if clip is not None],
+            [run.add_publisher(n, clip) for n, clip in enumerate(published) if clip is not None],
             scenario.joins_per_second,
         )
         # Publishers send from now on, through the subscribers' joins and the measurement.
@@ -289,6 +312,9 @@ async def _measure(run: Run, until: float, progress: bool) -> None:
             )
         )
     start = loop.time()
+    line = (
+        ProgressLine(f"{run.target.name} {scenario.name}", scenario.duration) if progress else None
+    )
     while (now := loop.time()) < until:
         if scenario.churn_interval and now >= next_churn and run.subscribers:
             live = [s for s in run.subscribers if not s.ended]
@@ -300,25 +326,56 @@ async def _measure(run: Run, until: float, progress: bool) -> None:
                     asyncio.ensure_future(_churn(run, leaving, scenario.subscribers + churned))
                 )
             next_churn += scenario.churn_interval
-        if progress:
-            received = sum(st.packets for s in run.subscribers for st in s.streams.values())
-            print(
-                f"\r[{now - start:5.1f}/{scenario.duration:.0f} s] publishers {len(run.publishers)}"
-                f" subscribers {sum(not s.ended for s in run.subscribers)}"
-                f" received {received} errors {sum(run.errors.values())}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
+        if line is not None:
+            line.update(now - start, run)
         await asyncio.sleep(min(0.25, max(0.0, until - loop.time())))
-    if progress:
-        print(file=sys.stderr)
+    if line is not None:
+        line.close()
     # Joins started in the measured phase get a bounded grace to finish.
     if extra:
         _, pending = await asyncio.wait(extra, timeout=JOIN_TIMEOUT + LEAVE_TIMEOUT)
         for task in pending:
             task.cancel()
             run.errors["measure:task_timeout"] += 1
+
+
+class ProgressLine:
+    """A rich progress bar on stderr with what the run received so far. Refreshed from the
+    measuring loop (no refresh thread competing with the clients for the GIL)."""
+
+    def __init__(self, label: str, duration: float) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:>5.1f}/{task.total:.0f} s"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[counts]}"),
+            console=Console(file=sys.stderr),
+            auto_refresh=False,
+            transient=False,
+        )
+        self._task = self._progress.add_task(label, total=duration, counts="")
+        self._progress.start()
+
+    def update(self, elapsed: float, run: Run) -> None:
+        received = sum(st.packets for s in run.subscribers for st in s.streams.values())
+        # The latest second's samples (at most a few thousand): cheap enough 4 times a second.
+        buckets = run.latencies.by_second
+        recent = sorted(buckets[max(buckets)]) if buckets else []
+        p50 = f" latency p50 {recent[len(recent) // 2] / 1e6:.2f} ms" if recent else ""
+        self._progress.update(
+            self._task,
+            completed=elapsed,
+            counts=f"pub {len(run.publishers)} sub {sum(not s.ended for s in run.subscribers)}"
+            f" recv {received}{p50} err {sum(run.errors.values())}",
+        )
+        self._progress.refresh()
+
+    def close(self) -> None:
+        self._progress.stop()
 
 
 async def _churn(run: Run, leaving: Subscriber, n: int) -> None:

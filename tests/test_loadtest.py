@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from loadtest.clients import starts_keyframe
+from loadtest.clip import encode_video_clip
 from loadtest.report import percentiles
 from loadtest.scenarios import SCENARIOS, with_overrides
 
@@ -63,3 +66,69 @@ def test_scenario_overrides_apply_only_given_values() -> None:
     small = with_overrides(base, video_publishers=3, subscribers=None)
     assert (small.video_publishers, small.subscribers) == (3, base.subscribers)
     assert set(SCENARIOS) == {"5x5-video", "10x10-audio", "1x50-video", "churn", "auth-storm"}
+
+
+@pytest.mark.timeout(120)
+def test_mediarelay_baseline_and_plot_ci_sized(tmp_path: Path) -> None:
+    # Both servers, same scenario and clip, 3 s each: the comparison has CPU per subscriber for
+    # both, the re-encoding baseline delivered every track, and the plot file is written.
+    plot = tmp_path / "run.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfu",
+            "loadtest",
+            "--scenario",
+            "1x50-video",
+            "--subscribers",
+            "2",
+            "--duration",
+            "3",
+            "--baseline",
+            "mediarelay",
+            "--plot",
+            str(plot),
+            "--json",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert result.stdout, result.stderr[-3000:]
+    output = json.loads(result.stdout)
+    assert set(output) == {"keyroom", "mediarelay", "comparison", "passed"}
+    relay = output["mediarelay"]
+    assert relay["tracks"] == {"published": 1, "expected": 2, "received": 2, "missing": 0}
+    assert relay["errors"] == {}
+    # Re-encoded packets carry no send time: no latency for the baseline, keyframes from VP8.
+    assert relay["latency_ms"]["count"] == 0
+    assert relay["first_keyframe_ms"]["count"] == 2
+    rows = output["comparison"]
+    assert rows["keyroom"]["cpu_percent_per_subscriber"] is not None
+    assert rows["mediarelay"]["received_pps_per_track"] > 0
+    assert output["keyroom"]["latency_timeline"]
+    assert output["keyroom"]["server"]["timeline"]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert output["passed"] is True and result.returncode == 0
+
+
+def test_starts_keyframe_on_aiortc_vp8_packets() -> None:
+    clip = encode_video_clip("vp8", seconds=0.2)
+    header = bytes([0x80, 96]) + bytes(10)
+    first, second = clip.frames[0], clip.frames[1]
+    assert first.keyframe and not second.keyframe
+    assert starts_keyframe("video/VP8", header + first.payloads[0])
+    assert not starts_keyframe("video/VP8", header + second.payloads[0])
+    if len(first.payloads) > 1:
+        # A continuation packet of the keyframe does not start it.
+        assert not starts_keyframe("video/VP8", header + first.payloads[1])
+
+
+def test_starts_keyframe_on_h264_nal_types() -> None:
+    header = bytes([0x80, 102]) + bytes(10)
+    assert starts_keyframe("video/H264", header + bytes([0x65, 0x88]))  # IDR slice
+    assert starts_keyframe("video/H264", header + bytes([0x78, 0, 4, 0x67]))  # STAP-A with SPS
+    assert starts_keyframe("video/H264", header + bytes([0x7C, 0x85]))  # FU-A start of IDR
+    assert not starts_keyframe("video/H264", header + bytes([0x7C, 0x05]))  # FU-A middle
+    assert not starts_keyframe("video/H264", header + bytes([0x41, 0x9A]))  # non-IDR slice
