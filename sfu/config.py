@@ -298,6 +298,8 @@ class RtcConfig(_Section):
     # UDP ports media sockets bind, both or neither (0: the kernel picks); finalize checks them.
     port_min: int = _option(0, _port)
     port_max: int = _option(0, _port)
+    # Behind a 1:1 NAT: the address to advertise for each entry of `ips`, in order.
+    public_ips: tuple[str, ...] = _option((), _ip_list)
 
 
 @dataclass(frozen=True, repr=False)
@@ -535,6 +537,11 @@ def finalize(config: Config) -> Config:
         raise ConfigError(
             f"rtc.port_min and rtc.port_max: set both, port_min <= port_max (each peer"
             f" connection takes one port per rtc.ips address), got {rtc.port_min}..{rtc.port_max}"
+        )
+    if rtc.public_ips and len(rtc.public_ips) != len(rtc.ips):
+        raise ConfigError(
+            f"rtc.public_ips: give one public address per rtc.ips entry, in order"
+            f" ({len(rtc.ips)} ips, {len(rtc.public_ips)} public_ips)"
         )
     if rtc.allow_private_candidates is None:
         rtc = replace(rtc, allow_private_candidates=server.dev)

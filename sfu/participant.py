@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from aiortc.sdp import candidate_from_sdp
 from auth.grants import VideoGrant
 from auth.policy import may_publish_data
 from sfu import iceguard, internals
+from sfu.advertise import advertise
 from sfu.forwarder import AUDIO_LEVEL, CodecInfo, DownTrack, PublishedTrack
 from sfu.metrics import forward_timer_start, forward_timer_stop
 from sfu.rtcp import (
@@ -80,6 +81,7 @@ class Participant:
         allowed_codecs: tuple[str, ...],
         max_data_bytes: int,
         keyframe_interval: float,
+        public_addresses: Mapping[str, str] | None = None,
     ) -> None:
         self.sid = sid
         self.identity = identity
@@ -93,6 +95,8 @@ class Participant:
         self.allowed_codecs = tuple(c.lower() for c in allowed_codecs)
         self.max_data_bytes = max_data_bytes
         self.keyframe_interval = keyframe_interval
+        # [rtc] public_ips: bound address -> address the SDP advertises (1:1 NAT).
+        self.public_addresses = dict(public_addresses or {})
         self.joined_at = int(time.time())
         self.closed = False
 
@@ -243,7 +247,7 @@ class Participant:
             self._hook_publisher()
             if self._publisher_reports_task is None:
                 self._publisher_reports_task = self._spawn(self._publisher_reports())
-            return pc.localDescription.sdp, newly_bound
+            return advertise(pc.localDescription.sdp, self.public_addresses), newly_bound
 
     def _choose_codec(self, transceiver: Any) -> CodecInfo | None:
         codecs = internals.negotiated_codecs(transceiver)
@@ -524,7 +528,8 @@ class Participant:
             self._hook_subscriber()
             loop = asyncio.get_running_loop()
             self._answer = loop.create_future()
-            self.notify({"type": "offer", "target": "subscriber", "sdp": pc.localDescription.sdp})
+            sdp = advertise(pc.localDescription.sdp, self.public_addresses)
+            self.notify({"type": "offer", "target": "subscriber", "sdp": sdp})
             try:
                 answer_sdp = await asyncio.wait_for(self._answer, ANSWER_TIMEOUT)
             except TimeoutError:
@@ -586,7 +591,9 @@ class Participant:
                 {
                     "type": "offer",
                     "target": "subscriber",
-                    "sdp": self.subscriber_pc.localDescription.sdp,
+                    "sdp": advertise(
+                        self.subscriber_pc.localDescription.sdp, self.public_addresses
+                    ),
                 }
             )
         elif self.subscriber_pc.signalingState == "have-local-offer":

@@ -278,6 +278,10 @@ class Session:
             allowed_codecs=limits.allowed_codecs,
             max_data_bytes=limits.max_data_message_bytes,
             keyframe_interval=state.config.rtc.keyframe_interval,
+            # Empty public_ips: nothing to rewrite (finalize checks the lengths otherwise).
+            public_addresses=dict(
+                zip(state.config.rtc.ips, state.config.rtc.public_ips, strict=False)
+            ),
         )
         participant.on_connection_failed = self._on_connection_failed
         self.participant = participant

@@ -118,6 +118,7 @@ def test_a_key_secret_may_contain_equals_signs() -> None:
 
 
 BAD_VALUES = [
+    ("rtc", "public_ips", ["not-an-ip"]),
     ("auth", "public_keys", {"k": "not a pem"}),
     ("auth", "refresh_notice", 0),
     ("auth", "max_failures", 0),
