@@ -164,3 +164,9 @@ def apply_role(role: Mapping[str, Any], claim: Mapping[str, Any]) -> VideoGrant:
         sources = tuple(s for s in token.can_publish_sources if s in allowed)
     merged["can_publish_sources"] = sources
     return VideoGrant(**merged)
+
+
+def role_relay_only(roles: Mapping[str, Mapping[str, Any]], role: str | None) -> bool:
+    """A role may force TURN-only media on its holders (`relay_only = true`). It is a role
+    attribute, not a token grant: no token field can set or clear it."""
+    return role is not None and roles.get(role, {}).get("relay_only") is True

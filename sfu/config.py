@@ -545,20 +545,26 @@ def finalize(config: Config) -> Config:
         )
     if rtc.allow_private_candidates is None:
         rtc = replace(rtc, allow_private_candidates=server.dev)
-    _check_turn(config.turn, [config.limits, *(room_limits(config, n) for n in config.rooms)])
     _check_roles(config.roles)
+    relay_roles = any(role.get("relay_only") for role in config.roles.values())
+    _check_turn(
+        config.turn,
+        [config.limits, *(room_limits(config, n) for n in config.rooms)],
+        relay_roles=relay_roles,
+    )
     _check_webhooks(config.webhooks, auth)
     for name in config.rooms:
         room_limits(config, name)
     return replace(config, server=server, rtc=rtc, auth=auth)
 
 
-def _check_turn(turn: TurnConfig, limits: list[LimitsConfig]) -> None:
+def _check_turn(turn: TurnConfig, limits: list[LimitsConfig], *, relay_roles: bool) -> None:
     if bool(turn.urls) != (turn.secret is not None):
         raise ConfigError("turn.urls and turn.secret: set both or neither")
-    if any(room.relay_only for room in limits) and not turn.relay_addresses:
+    if (relay_roles or any(room.relay_only for room in limits)) and not turn.relay_addresses:
         raise ConfigError(
-            "turn.relay_addresses: required with limits.relay_only: the TURN relays' addresses,"
+            "turn.relay_addresses: required with relay_only (limits or a role): the TURN relays'"
+            " addresses,"
             " the only sources of connectivity checks a relay-only room accepts"
         )
 
@@ -585,6 +591,8 @@ def _check_roles(roles: Mapping[str, Any]) -> None:
             VideoGrant.from_claim(grant)
         except ValueError as e:
             raise ConfigError(f"roles.{name}: {e}") from None
+        if not isinstance(grant.get("relay_only", False), bool):
+            raise _expected(f"roles.{name}.relay_only", "true or false", grant["relay_only"])
 
 
 def room_limits(config: Config, room: str) -> LimitsConfig:

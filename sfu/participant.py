@@ -82,6 +82,7 @@ class Participant:
         max_data_bytes: int,
         keyframe_interval: float,
         public_addresses: Mapping[str, str] | None = None,
+        relay_only: bool = False,
     ) -> None:
         self.sid = sid
         self.identity = identity
@@ -95,6 +96,8 @@ class Participant:
         self.allowed_codecs = tuple(c.lower() for c in allowed_codecs)
         self.max_data_bytes = max_data_bytes
         self.keyframe_interval = keyframe_interval
+        # A role with `relay_only = true`: TURN only for this participant, whatever the room says.
+        self.relay_only = relay_only
         # [rtc] public_ips: bound address -> address the SDP advertises (1:1 NAT).
         self.public_addresses = dict(public_addresses or {})
         self.joined_at = int(time.time())
@@ -118,7 +121,7 @@ class Participant:
         # (docs/security-transport.md).
         iceguard.guard_peer_connections(
             sid,
-            lambda: self.room.limits.relay_only,
+            lambda: self.relay_only or self.room.limits.relay_only,
             {"publisher": self.publisher_pc, "subscriber": self.subscriber_pc},
             self.stats.dropped,
         )

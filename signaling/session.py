@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from auth.grants import SOURCE_KIND
+from auth.grants import SOURCE_KIND, role_relay_only
 from auth.policy import may_publish_track, may_subscribe, may_update_own_metadata
 from auth.tokens import Claims, TokenError
 from sfu.config import room_limits
@@ -279,6 +279,7 @@ class Session:
             max_data_bytes=limits.max_data_message_bytes,
             keyframe_interval=state.config.rtc.keyframe_interval,
             # Empty public_ips: nothing to rewrite (finalize checks the lengths otherwise).
+            relay_only=role_relay_only(state.config.roles, claims.role),
             public_addresses=dict(
                 zip(state.config.rtc.ips, state.config.rtc.public_ips, strict=False)
             ),
@@ -310,7 +311,9 @@ class Session:
                 "ice_servers": ice_servers(
                     turn.urls, turn.secret, participant.identity, now=time.time(), ttl=turn.ttl
                 ),
-                "ice_transport_policy": "relay" if room.limits.relay_only else "all",
+                "ice_transport_policy": (
+                    "relay" if participant.relay_only or room.limits.relay_only else "all"
+                ),
                 "resume_token": self.resume_token,
             },
         )
