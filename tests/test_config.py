@@ -471,7 +471,7 @@ def test_turn_section_accepts_turn_turns_and_stun() -> None:
 
 def test_relay_only_needs_relay_addresses() -> None:
     with pytest.raises(
-        ConfigError, match=r"^turn\.relay_addresses: required with limits\.relay_only"
+        ConfigError, match=r"^turn\.relay_addresses: required with relay_only \(limits or a role\)"
     ):
         load({"limits": {"relay_only": True}})
     with pytest.raises(ConfigError, match=r"^turn\.relay_addresses: required"):
