@@ -37,10 +37,20 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument(
         "--baseline",
-        choices=("mediarelay",),
+        choices=("mediarelay", "janus"),
         action="append",
         help="also run the scenario against this baseline (spawned), same clip, and compare"
-        " server CPU per subscriber (repeatable)",
+        " server CPU per subscriber (repeatable; janus needs a namespace: docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--janus-interface",
+        default="krjanus0",
+        help="the one interface Janus gathers ICE candidates on (default krjanus0)",
+    )
+    p.add_argument(
+        "--janus-client-ip",
+        default="10.77.0.2",
+        help="the address load-test clients gather on against Janus (default 10.77.0.2)",
     )
     p.add_argument("--plot", metavar="PNG", help="draw latency and server CPU/RSS over time")
 
@@ -49,6 +59,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
     # Imported here: the media stack is only needed once a test really runs.
     import uvloop
 
+    from loadtest.clients import prefer_video_codec
     from loadtest.report import compare, format_comparison, format_table, passed
     from loadtest.runner import Clips, Target, default_log_dir, run_scenario, spawned_server
     from sfu.iceaddr import restrict_host_addresses
@@ -78,6 +89,8 @@ def run_loadtest(args: argparse.Namespace) -> int:
     restrict_host_addresses(["127.0.0.1"])
     progress = not args.quiet and sys.stderr.isatty()
     clips = Clips.for_scenario(scenario)
+    if clips.video is not None:
+        prefer_video_codec(clips.video.mime_type)
     log_dir = default_log_dir()
     reports: dict[str, dict[str, Any]] = {}
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -89,7 +102,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
             with spawned_server(log_dir) as target:
                 reports["keyroom"] = runner.run(run_scenario(scenario, target, progress, clips))
         for name in baselines:
-            with baseline_target(name, log_dir) as target:
+            with baseline_target(name, log_dir, args) as target:
                 reports[name] = runner.run(run_scenario(scenario, target, progress, clips))
     report = reports["keyroom"]
     # Pass or fail is keyroom's; a baseline's loss or missing tracks are reported beside it.
@@ -114,12 +127,30 @@ def run_loadtest(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def baseline_target(name: str, log_dir: str) -> Iterator[Any]:
+def baseline_target(name: str, log_dir: str, args: argparse.Namespace) -> Iterator[Any]:
     """A spawned baseline server as a load-test target."""
     from loadtest.baseline_relay import BaselineClient, spawned_baseline
+    from loadtest.janus import JanusClient, spawned_janus
     from loadtest.runner import Target
+    from sfu.iceaddr import restrict_host_addresses
 
-    assert name == "mediarelay"
+    if name == "janus":
+        # libnice never gathers on loopback: the clients meet Janus on the veth pair.
+        restrict_host_addresses([args.janus_client_ip])
+        try:
+            with spawned_janus(log_dir, args.janus_interface) as (url, pid):
+                yield Target(
+                    url,
+                    "baseline",
+                    secrets.token_urlsafe(32),
+                    pid,
+                    dev=False,
+                    name=name,
+                    client_factory=JanusClient,
+                )
+        finally:
+            restrict_host_addresses(["127.0.0.1"])
+        return
     with spawned_baseline(log_dir) as (url, pid):
         # Tokens are minted as for keyroom (same client work) and never checked.
         yield Target(

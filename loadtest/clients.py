@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver
+from aiortc.codecs import CODECS, is_rtx
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from loadtest.clip import Clip
 from sfu import internals
@@ -60,6 +62,26 @@ class LoadClient(Protocol):
     async def leave(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def prefer_video_codec(mime_type: str) -> None:
+    """Make every peer connection of this (load-generator) process offer `mime_type` first.
+
+    An aiortc answerer, keyroom's included, picks the first common codec in the offer's order,
+    and aiortc offers VP8 first: publishing the H264 clip needs H264 at the head of the offer.
+    The load generator's `KeyroomClient` adds its transceivers itself, so the order is set where
+    aiortc reads it for every offer, the process-wide codec list (its RTX entries keep following
+    their codecs: the sort is stable and an RTX entry goes with the codec it repairs).
+    """
+    video = CODECS["video"]
+    wanted = {c.payloadType for c in video if c.mimeType.lower() == mime_type.lower()}
+
+    def rank(codec: RTCRtpCodecParameters) -> int:
+        if is_rtx(codec):
+            return 0 if codec.parameters.get("apt") in wanted else 1
+        return 0 if codec.payloadType in wanted else 1
+
+    video.sort(key=rank)
 
 
 def track_name(track_no: int) -> str:

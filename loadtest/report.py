@@ -57,7 +57,9 @@ def build_report(
                 first_keyframe_ms.append((stream.first_keyframe_ns - sub.join_started_ns) / 1e6)
         for reason, count in sub.drops.items():
             run.errors[f"subscriber:{reason}"] += count
-    bytes_received = sum(st.bytes for sub in run.subscribers for st in sub.streams.values())
+    in_phase_packets, in_phase_bytes, in_phase_requests = (
+        end - start for start, end in zip(run.counts_at_start, run.counts_at_end, strict=True)
+    )
     lost = packets_expected - packets_received
     measured = (run.measure_end_ns - run.measure_start_ns) / 1e9
     # The first sample after the end still covers mostly measured time.
@@ -87,7 +89,8 @@ def build_report(
             "sent": sum(p.packets_sent for p in run.publishers),
             "simulated_drops": sum(p.packets_dropped for p in run.publishers),
             "received": packets_received,
-            "bytes_received": bytes_received,
+            "received_measured": in_phase_packets,  # during the measured phase
+            "bytes_received_measured": in_phase_bytes,
             "expected": packets_expected,
             "lost": lost,
             "loss": round(lost / packets_expected, 6) if packets_expected else 0.0,
@@ -98,16 +101,14 @@ def build_report(
         "join_ms": percentiles(run.join_ms),
         "first_packet_ms": percentiles(first_packet_ms),
         "first_keyframe_ms": percentiles(first_keyframe_ms),
-        "keyframe_requests_per_s": round(
-            sum(p.keyframe_requests for p in run.publishers) / max(measured, 1e-9), 3
-        ),
+        "keyframe_requests_per_s": round(in_phase_requests / max(measured, 1e-9), 3),
         "generator_cpu_percent": round(100 * generator_cpu_seconds / max(measured, 1e-9), 1),
         "auth": dict(run.auth),
     }
     if samples:
         cpu = [s.cpu_percent for s in in_phase] or [0.0]
         mean_cpu = sum(cpu) / len(cpu)
-        rate = packets_received / max(measured, 1e-9)
+        rate = in_phase_packets / max(measured, 1e-9)
         subscribed_tracks = max(1, len(run.subscribers)) * max(1, len(track_nos))
         report["server"] = {
             "pid_of": run.target.name,
@@ -118,7 +119,7 @@ def build_report(
             "cpu_percent_max": round(max(cpu), 1),
             "rss_mib_max": round(max(s.rss_mib for s in samples), 1),
             "rss_mib_end": round(samples[-1].rss_mib, 1),
-            # Whole-process CPU (RTCP, timers, signaling included) per packet a subscriber got.
+            # Whole-process CPU (RTCP, timers, signaling included) per packet subscribers got.
             "cpu_us_per_received_packet": round(mean_cpu / 100 * 1e6 / rate, 2) if rate else None,
             # [seconds since the measured phase began, CPU % of one core, RSS MiB]
             "timeline": [
@@ -205,31 +206,42 @@ def compare(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
         rows[name] = {
             "cpu_percent_mean": server.get("cpu_percent_mean"),
             "cpu_percent_per_subscriber": server.get("cpu_percent_per_subscriber"),
+            "cpu_us_per_received_packet": server.get("cpu_us_per_received_packet"),
             "rss_mib_max": server.get("rss_mib_max"),
             "tracks_missing": report["tracks"]["missing"],
             "loss": report["packets"]["loss"],
-            "received_pps_per_track": round(report["packets"]["received"] / measured / tracks, 1),
+            "received_pps_per_track": round(
+                report["packets"]["received_measured"] / measured / tracks, 1
+            ),
             "received_kbps_per_track": round(
-                8 * report["packets"]["bytes_received"] / measured / tracks / 1000, 1
+                8 * report["packets"]["bytes_received_measured"] / measured / tracks / 1000, 1
             ),
         }
     base = rows["keyroom"]["cpu_percent_per_subscriber"]
+    base_packet = rows["keyroom"]["cpu_us_per_received_packet"]
     for name, row in rows.items():
         if name != "keyroom":
             mine = row["cpu_percent_per_subscriber"]
-            row["cpu_per_subscriber_vs_keyroom"] = round(mine / base, 1) if base and mine else None
+            row["cpu_per_subscriber_vs_keyroom"] = round(mine / base, 2) if base and mine else None
+            per_packet = row["cpu_us_per_received_packet"]
+            row["cpu_per_packet_vs_keyroom"] = (
+                round(per_packet / base_packet, 2) if base_packet and per_packet else None
+            )
     return rows
 
 
 def format_comparison(rows: dict[str, dict[str, Any]]) -> str:
     lines = [
         f"{'server':<12} {'CPU %':>7} {'CPU %/subscriber':>17} {'x keyroom':>10}"
+        f" {'µs/recv pkt':>12} {'x keyroom':>10}"
         f" {'RSS MiB':>8} {'missing':>8} {'loss %':>7} {'pps/track':>10} {'kbit/s/track':>13}"
     ]
     for name, row in rows.items():
         lines.append(
             f"{name:<12} {row['cpu_percent_mean']!s:>7} {row['cpu_percent_per_subscriber']!s:>17}"
-            f" {row.get('cpu_per_subscriber_vs_keyroom', 1.0)!s:>10} {row['rss_mib_max']!s:>8}"
+            f" {row.get('cpu_per_subscriber_vs_keyroom', 1.0)!s:>10}"
+            f" {row['cpu_us_per_received_packet']!s:>12}"
+            f" {row.get('cpu_per_packet_vs_keyroom', 1.0)!s:>10} {row['rss_mib_max']!s:>8}"
             f" {row['tracks_missing']:>8} {100 * row['loss']:>7.2f}"
             f" {row['received_pps_per_track']:>10} {row['received_kbps_per_track']:>13}"
         )

@@ -141,6 +141,18 @@ class Run:
     # The same instants in event-loop time, to pick the server samples of the measured phase.
     measure_start: float = 0.0
     measure_end: float = 0.0
+    # (packets, bytes received by all subscribers, keyframe requests publishers got) at each
+    # instant: rates are of the measured phase only, not of the joins before it.
+    counts_at_start: tuple[int, int, int] = (0, 0, 0)
+    counts_at_end: tuple[int, int, int] = (0, 0, 0)
+
+    def counts(self) -> tuple[int, int, int]:
+        streams = [st for sub in self.subscribers for st in sub.streams.values()]
+        return (
+            sum(st.packets for st in streams),
+            sum(st.bytes for st in streams),
+            sum(p.keyframe_requests for p in self.publishers),
+        )
 
     async def join(self, identity: str, token: str, auto_subscribe: bool) -> LoadClient | None:
         client = self.target.client_factory(self.target.url, token, auto_subscribe)
@@ -264,10 +276,12 @@ async def run_scenario(
             scenario.joins_per_second,
         )
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
+        run.counts_at_start = run.counts()
         cpu_before = _own_cpu()
         await _measure(run, loop.time() + scenario.duration, progress)
         own_cpu = _own_cpu() - cpu_before
         run.measure_end_ns, run.measure_end = time.monotonic_ns(), loop.time()
+        run.counts_at_end = run.counts()
     finally:
         for task in send_tasks:
             task.cancel()

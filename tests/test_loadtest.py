@@ -132,3 +132,75 @@ def test_starts_keyframe_on_h264_nal_types() -> None:
     assert starts_keyframe("video/H264", header + bytes([0x7C, 0x85]))  # FU-A start of IDR
     assert not starts_keyframe("video/H264", header + bytes([0x7C, 0x05]))  # FU-A middle
     assert not starts_keyframe("video/H264", header + bytes([0x41, 0x9A]))  # non-IDR slice
+
+
+@pytest.mark.timeout(120)
+def test_janus_baseline_ci_sized_in_its_namespace() -> None:
+    # Janus gathers only on a veth pair, so the run goes through loadtest/in-netns (a fresh
+    # namespace holding both ends), as docs/benchmarks.md tells a user to run it.
+    in_netns = Path(__file__).resolve().parent.parent / "loadtest" / "in-netns"
+    result = subprocess.run(
+        [
+            str(in_netns),
+            sys.executable,
+            "-m",
+            "sfu",
+            "loadtest",
+            "--scenario",
+            "1x50-video",
+            "--subscribers",
+            "2",
+            "--duration",
+            "3",
+            "--baseline",
+            "janus",
+            "--json",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert result.stdout, result.stderr[-3000:]
+    output = json.loads(result.stdout)
+    janus = output["janus"]
+    assert janus["tracks"] == {"published": 1, "expected": 2, "received": 2, "missing": 0}
+    assert janus["errors"] == {}
+    # Janus forwards payloads untouched: the publishers' trailers give loss and latency.
+    assert janus["packets"]["loss"] < 0.01
+    assert janus["latency_ms"]["count"] > 0
+    assert output["comparison"]["janus"]["cpu_us_per_received_packet"] is not None
+    assert output["passed"] is True and result.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_h264_end_to_end_ci_sized() -> None:
+    # The publisher offers H264 first, keyroom answers with it (a publisher refuses any other
+    # codec than its clip's, which would be counted as an error), subscribers get every track.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfu",
+            "loadtest",
+            "--scenario",
+            "1x50-video",
+            "--subscribers",
+            "2",
+            "--duration",
+            "3",
+            "--codec",
+            "h264",
+            "--json",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert result.stdout, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["scenario"]["codec"] == "h264"
+    assert report["tracks"] == {"published": 1, "expected": 2, "received": 2, "missing": 0}
+    assert report["first_keyframe_ms"]["count"] == 2
+    assert report["errors"] == {}
+    assert report["server_counters"]["codecs"] == 0
+    assert report["passed"] is True and result.returncode == 0
