@@ -363,7 +363,7 @@ class ProgressLine:
 
         self._progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             TextColumn("{task.completed:>5.1f}/{task.total:.0f} s"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[counts]}"),
