@@ -227,13 +227,23 @@ class BaselineClient:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(frame)
                 elif frame.get("type") == "offer":
-                    task = asyncio.ensure_future(self._answer(frame))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._spawn(self._answer(frame))
         finally:
             for waiter in self._waiting.values():
                 if not waiter.done():
                     waiter.set_exception(ConnectionError("baseline server closed the socket"))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        # A failed subscription shows in the report as the subscriber's connect timeout; the
+        # cause goes to the log.
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("baseline client task failed: %r", task.exception())
 
     async def _answer(self, frame: dict[str, Any]) -> None:
         # One loop turn first: the `joined` reply wakes connect()'s caller, which registers its
@@ -260,9 +270,7 @@ class BaselineClient:
             for callback in self._callbacks.get("track", []):
                 result = callback(remote)
                 if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result)
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._spawn(result)
 
         await pc.setRemoteDescription(RTCSessionDescription(frame["sdp"], "offer"))
         await pc.setLocalDescription(await pc.createAnswer())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 import secrets
 import shutil
@@ -40,6 +41,8 @@ from aiortc import (
 )
 
 from signaling.client import RemoteTrack
+
+log = logging.getLogger(__name__)
 
 ROOM = 4242
 PLUGIN = "janus.plugin.videoroom"
@@ -235,7 +238,14 @@ class JanusClient:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        # A failed subscription shows in the report as the subscriber's connect timeout; the
+        # cause goes to the log.
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("janus client task failed: %r", task.exception())
 
 
 def write_config(directory: str, *, port: int, interface: str, event_loops: int = 2) -> str:
