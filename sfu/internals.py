@@ -232,11 +232,22 @@ class RtpSink:
     take the datagram directly. Relayed (TURN) pairs keep aioice's own coroutine path.
     """
 
-    __slots__ = ("_dtls", "_protector", "sent_packets", "sent_bytes", "send_errors")
+    __slots__ = (
+        "_dtls",
+        "_protector",
+        "_pair",
+        "_remote",
+        "sent_packets",
+        "sent_bytes",
+        "send_errors",
+    )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._protector: SrtpProtector | None = None
+        # aioice's CandidatePair.remote_addr builds a tuple on every read: cached per pair.
+        self._pair: Any = None
+        self._remote: tuple[str, int] = ("", 0)
         self.sent_packets = 0
         self.sent_bytes = 0
         self.send_errors = 0
@@ -267,11 +278,13 @@ class RtpSink:
         if protected is None:
             self.send_errors += 1
             return False
+        if pair is not self._pair:
+            self._pair, self._remote = pair, pair.remote_addr
         protocol = pair.protocol
         if type(protocol) is aioice.ice.StunProtocol:
-            protocol.transport.sendto(protected, pair.remote_addr)
+            protocol.transport.sendto(protected, self._remote)
         else:
-            asyncio.ensure_future(protocol.send_data(protected, pair.remote_addr))
+            asyncio.ensure_future(protocol.send_data(protected, self._remote))
         self.sent_packets += 1
         self.sent_bytes += len(protected)
         return True
