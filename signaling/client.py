@@ -485,7 +485,12 @@ class KeyroomClient:
         """Send `leave`, close the socket cleanly, close both PCs; waits for all tasks."""
         if not self._closed and self._ws is not None:
             try:
-                await self._send({"type": "leave"})
+                # Waiting for the reply means the server has processed the leave (and told the
+                # others) before this returns: leaves from one program happen in order.
+                await self.request({"type": "leave"}, timeout=5)
+            except (SessionClosed, ConnectionError, KeyroomError, TimeoutError):
+                log.debug("no reply to leave; closing anyway")
+            try:
                 await self._ws.close()
             except (SessionClosed, ConnectionError):
                 log.debug("socket already gone while leaving")
