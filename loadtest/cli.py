@@ -25,6 +25,11 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-publishers", type=int)
     p.add_argument("--audio-publishers", type=int)
     p.add_argument("--subscribers", type=int)
+    p.add_argument(
+        "--rooms",
+        type=int,
+        help="run the scenario's participants in this many rooms at once (default 1)",
+    )
     p.add_argument("--duration", type=float, help="measured seconds after everyone joined")
     p.add_argument("--joins-per-second", type=float)
     p.add_argument("--codec", choices=("vp8", "h264"))
@@ -76,8 +81,17 @@ def run_loadtest(args: argparse.Namespace) -> int:
         loss=args.loss,
         churn_interval=args.churn_interval,
         bad_token_share=args.bad_token_share,
+        rooms=args.rooms,
     )
+    if scenario.rooms < 1:
+        print("keyroom: error: --rooms must be at least 1", file=sys.stderr)
+        return 2
     baselines = args.baseline or []
+    if baselines and scenario.rooms > 1:
+        print(
+            "keyroom: error: baselines serve one room: no --baseline with --rooms", file=sys.stderr
+        )
+        return 2
     if baselines and scenario.bad_token_share:
         print("keyroom: error: baselines check no tokens: no --baseline here", file=sys.stderr)
         return 2

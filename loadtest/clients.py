@@ -156,10 +156,12 @@ class Publisher:
         track_no: int,
         errors: Counter[str],
         trailer: bool = True,
+        room: str = "",
     ) -> None:
         self.client = client
         self.clip = clip
         self.track_no = track_no
+        self.room = room
         self.errors = errors
         # Off for servers that decode: the trailer would corrupt the bitstream they decode.
         self.trailer = trailer
@@ -281,10 +283,20 @@ class StreamStats:
 class Subscriber:
     """Subscribes to everything (auto_subscribe) and counts packets per track, never decoding."""
 
-    def __init__(self, client: LoadClient, latencies: Latencies, errors: Counter[str]) -> None:
+    def __init__(
+        self,
+        client: LoadClient,
+        latencies: Latencies,
+        errors: Counter[str],
+        room: str = "",
+        room_latencies: Latencies | None = None,
+    ) -> None:
         self.client = client
         self.latencies = latencies
         self.errors = errors
+        self.room = room
+        # The room's own samples, kept beside the run's when a run has several rooms.
+        self.room_latencies = room_latencies
         self.streams: dict[int, StreamStats] = {}
         self.drops: Counter[str] = Counter()
         self.join_started_ns = 0
@@ -332,6 +344,8 @@ class Subscriber:
         if flags & FLAG_KEYFRAME and stream.first_keyframe_ns is None:
             stream.first_keyframe_ns = now
         self.latencies.add(now, now - sent_ns)
+        if self.room_latencies is not None:
+            self.room_latencies.add(now, now - sent_ns)
 
 
 class PlainSubscriber(Subscriber):
@@ -340,8 +354,15 @@ class PlainSubscriber(Subscriber):
     loss is counted from RTP sequence numbers and keyframes are read from the payload
     descriptor. No latency: a re-encoded packet has no send time to compare with."""
 
-    def __init__(self, client: LoadClient, latencies: Latencies, errors: Counter[str]) -> None:
-        super().__init__(client, latencies, errors)
+    def __init__(
+        self,
+        client: LoadClient,
+        latencies: Latencies,
+        errors: Counter[str],
+        room: str = "",
+        room_latencies: Latencies | None = None,
+    ) -> None:
+        super().__init__(client, latencies, errors, room, room_latencies)
         self.ssrc_tracks: dict[int, int] = {}
         self.mime_types: dict[int, str] = {}
         self._last_index: dict[int, int] = {}

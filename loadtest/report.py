@@ -40,18 +40,37 @@ def build_report(
 ) -> dict[str, Any]:
     scenario = run.scenario
     track_nos = {p.track_no for p in run.publishers}
+    # A subscriber expects the tracks published in its own room.
+    room_tracks = {
+        room: {p.track_no for p in run.publishers if p.room == room} for room in run.rooms
+    }
+    rooms = {
+        room: {"expected": 0, "received": 0, "packets_received": 0, "packets_expected": 0}
+        for room in run.rooms
+    }
     expected_tracks = received_tracks = 0
     packets_received = packets_expected = 0
     first_packet_ms: list[float] = []
     first_keyframe_ms: list[float] = []
     for sub in run.subscribers:
+        tally = rooms[sub.room]
+        wanted = room_tracks[sub.room]
         # Sessions that ended (churn) or began too late to settle count for loss, not tracks.
         if not sub.ended and run.measure_end_ns - sub.join_started_ns >= settle_ns:
-            expected_tracks += len(track_nos)
-            received_tracks += len(track_nos & {n for n, s in sub.streams.items() if s.packets})
+            got = len(wanted & {n for n, s in sub.streams.items() if s.packets})
+            expected_tracks += len(wanted)
+            received_tracks += got
+            tally["expected"] += len(wanted)
+            tally["received"] += got
+        # Rooms are isolated: a track of another room reaching this subscriber is an error.
+        foreign = len(set(sub.streams) - wanted)
+        if foreign and run.target.forwards_payloads:
+            run.errors["subscriber:track_from_other_room"] += foreign
         for stream in sub.streams.values():
             packets_received += stream.packets
             packets_expected += max(stream.expected, stream.packets)
+            tally["packets_received"] += stream.packets
+            tally["packets_expected"] += max(stream.expected, stream.packets)
             first_packet_ms.append((stream.first_ns - sub.join_started_ns) / 1e6)
             if stream.first_keyframe_ns is not None:
                 first_keyframe_ms.append((stream.first_keyframe_ns - sub.join_started_ns) / 1e6)
@@ -76,6 +95,7 @@ def build_report(
             "simulated_loss": scenario.loss,
             "churn_interval_s": scenario.churn_interval,
             "bad_token_share": scenario.bad_token_share,
+            "rooms": len(run.rooms),
         },
         "room": run.room,
         "measured_s": round(measured, 3),
@@ -105,6 +125,10 @@ def build_report(
         "generator_cpu_percent": round(100 * generator_cpu_seconds / max(measured, 1e-9), 1),
         "auth": dict(run.auth),
     }
+    if len(run.rooms) > 1:
+        report["rooms"] = [
+            _room_report(run, room, rooms[room], len(room_tracks[room])) for room in run.rooms
+        ]
     if samples:
         cpu = [s.cpu_percent for s in in_phase] or [0.0]
         mean_cpu = sum(cpu) / len(cpu)
@@ -136,6 +160,29 @@ def build_report(
         report["server_counters"]["dropped"] = after.get("dropped", {})
         report["server_counters"]["codecs"] = runtime_after.get("codecs")
     return report
+
+
+def _room_report(run: Run, room: str, tally: dict[str, int], published: int) -> dict[str, Any]:
+    lost = tally["packets_expected"] - tally["packets_received"]
+    latencies = run.room_latencies.get(room)
+    return {
+        "room": room,
+        "tracks": {
+            "published": published,
+            "expected": tally["expected"],
+            "received": tally["received"],
+            "missing": tally["expected"] - tally["received"],
+        },
+        "packets": {
+            "received": tally["packets_received"],
+            "expected": tally["packets_expected"],
+            "lost": lost,
+            "loss": round(lost / tally["packets_expected"], 6)
+            if tally["packets_expected"]
+            else 0.0,
+        },
+        "latency_ms": percentiles([v / 1e6 for v in latencies.samples] if latencies else []),
+    }
 
 
 def _latency_timeline(run: Run) -> list[list[float | int | None]]:
@@ -171,7 +218,9 @@ def format_table(report: dict[str, Any]) -> str:
     t, p = report["tracks"], report["packets"]
     lines = [
         f"scenario {s['name']}: {s['video_publishers']} video + {s['audio_publishers']} audio"
-        f" publishers, {s['subscribers']} subscribers, {report['measured_s']} s measured",
+        f" publishers, {s['subscribers']} subscribers"
+        + (f" in each of {s['rooms']} rooms" if s.get("rooms", 1) > 1 else "")
+        + f", {report['measured_s']} s measured",
         f"{'tracks':<22} expected {t['expected']} received {t['received']} missing {t['missing']}",
         f"{'packets':<22} sent {p['sent']} received {p['received']} expected {p['expected']}"
         f" lost {p['lost']} ({100 * p['loss']:.3f} %)",
@@ -182,6 +231,13 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'keyframe requests':<22} {report['keyframe_requests_per_s']} /s",
         f"{'load generator CPU':<22} {report['generator_cpu_percent']} % of one core",
     ]
+    for room in report.get("rooms", []):
+        rt, rp, rl = room["tracks"], room["packets"], room["latency_ms"]
+        lines.append(
+            f"  {room['room']:<20} tracks {rt['received']}/{rt['expected']}"
+            f" lost {rp['lost']} ({100 * rp['loss']:.3f} %) latency p50 {rl['p50']}"
+            f" p99 {rl['p99']} ms"
+        )
     server = report.get("server")
     if server:
         lines.append(

@@ -129,7 +129,8 @@ def spawned_server(log_dir: str) -> Iterator[Target]:
 class Run:
     scenario: Scenario
     target: Target
-    room: str = field(default_factory=lambda: f"loadtest-{secrets.token_hex(3)}")
+    # One name per room (`scenario.rooms`), filled in on creation.
+    rooms: list[str] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     latencies: Latencies = field(default_factory=Latencies)
     publishers: list[Publisher] = field(default_factory=list)
@@ -145,6 +146,22 @@ class Run:
     # instant: rates are of the measured phase only, not of the joins before it.
     counts_at_start: tuple[int, int, int] = (0, 0, 0)
     counts_at_end: tuple[int, int, int] = (0, 0, 0)
+    # Per-room latency samples, only when there are several rooms (one more reservoir per
+    # received packet otherwise for nothing).
+    room_latencies: dict[str, Latencies] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.rooms:
+            prefix = f"loadtest-{secrets.token_hex(3)}"
+            count = max(1, self.scenario.rooms)
+            self.rooms = [prefix] if count == 1 else [f"{prefix}-{r}" for r in range(count)]
+        if len(self.rooms) > 1:
+            origin = self.latencies.origin_ns
+            self.room_latencies = {room: Latencies(origin_ns=origin) for room in self.rooms}
+
+    @property
+    def room(self) -> str:
+        return self.rooms[0]
 
     def counts(self) -> tuple[int, int, int]:
         streams = [st for sub in self.subscribers for st in sub.streams.values()]
@@ -168,12 +185,14 @@ class Run:
         self.join_ms.append(1000 * (time.monotonic() - started))
         return client
 
-    async def add_publisher(self, n: int, clip: Clip) -> None:
+    async def add_publisher(self, n: int, clip: Clip, room: str) -> None:
         identity = f"pub-{n}"
-        client = await self.join(identity, self.target.token(identity, self.room), False)
+        client = await self.join(identity, self.target.token(identity, room), False)
         if client is None:
             return
-        publisher = Publisher(client, clip, n, self.errors, self.target.forwards_payloads)
+        publisher = Publisher(
+            client, clip, n, self.errors, self.target.forwards_payloads, room=room
+        )
         try:
             await publisher.start()
         except (KeyroomError, TimeoutError, ConnectionError, SessionClosed, RuntimeError) as exc:
@@ -182,14 +201,14 @@ class Run:
             return
         self.publishers.append(publisher)
 
-    async def add_subscriber(self, n: int) -> Subscriber | None:
+    async def add_subscriber(self, n: int, room: str) -> Subscriber | None:
         identity = f"sub-{n}"
         started = time.monotonic_ns()
-        client = await self.join(identity, self.target.token(identity, self.room), True)
+        client = await self.join(identity, self.target.token(identity, room), True)
         if client is None:
             return None
         kind = Subscriber if self.target.forwards_payloads else PlainSubscriber
-        subscriber = kind(client, self.latencies, self.errors)
+        subscriber = kind(client, self.latencies, self.errors, room, self.room_latencies.get(room))
         subscriber.join_started_ns = started
         try:
             await subscriber.start()
@@ -200,7 +219,8 @@ class Run:
 
     async def bad_join(self, n: int) -> None:
         kind = BAD_TOKEN_KINDS[n % len(BAD_TOKEN_KINDS)]
-        client = KeyroomClient(self.target.url, self.target.bad_token(kind, f"bad-{n}", self.room))
+        room = self.rooms[n % len(self.rooms)]
+        client = KeyroomClient(self.target.url, self.target.bad_token(kind, f"bad-{n}", room))
         self.auth["attempts"] += 1
         try:
             await client.connect(timeout=JOIN_TIMEOUT)
@@ -260,20 +280,30 @@ async def run_scenario(
     sampler_task = asyncio.ensure_future(sampler.run(loop.time() + 3600)) if sampler else None
     runtime_before = target.runtime()
     published = [video] * scenario.video_publishers + [audio] * scenario.audio_publishers
+    per_room = len(published)
     send_tasks: list[asyncio.Task[None]] = []
     try:
-        await _paced(
-            [run.add_publisher(n, clip) for n, clip in enumerate(published) if clip is not None],
-            scenario.joins_per_second,
+        # Rooms join side by side, each at `joins_per_second`; track numbers and identities
+        # are unique across rooms (room r's publisher i is track r * per_room + i).
+        await _each_room(
+            run,
+            lambda r, room: [
+                run.add_publisher(r * per_room + n, clip, room)
+                for n, clip in enumerate(published)
+                if clip is not None
+            ],
         )
         # Publishers send from now on, through the subscribers' joins and the measurement.
         send_until = loop.time() + 3600
         send_tasks = [
             asyncio.ensure_future(p.run(send_until, scenario.loss)) for p in run.publishers
         ]
-        await _paced(
-            [run.add_subscriber(n) for n in range(scenario.subscribers)],
-            scenario.joins_per_second,
+        await _each_room(
+            run,
+            lambda r, room: [
+                run.add_subscriber(r * scenario.subscribers + n, room)
+                for n in range(scenario.subscribers)
+            ],
         )
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
         run.counts_at_start = run.counts()
@@ -307,6 +337,13 @@ async def run_scenario(
     return report
 
 
+async def _each_room(run: Run, joins: Callable[[int, str], list[Any]]) -> None:
+    """Every room's joins (`joins(room index, room)`), rooms side by side, each paced."""
+    await asyncio.gather(
+        *(_paced(joins(r, room), run.scenario.joins_per_second) for r, room in enumerate(run.rooms))
+    )
+
+
 async def _measure(run: Run, until: float, progress: bool) -> None:
     """The measured phase: churn, bad joins, and a progress line once a second."""
     loop = asyncio.get_running_loop()
@@ -315,7 +352,12 @@ async def _measure(run: Run, until: float, progress: bool) -> None:
     next_churn = loop.time() + scenario.churn_interval
     churned = 0
     bad_joins = (
-        round(scenario.subscribers * scenario.bad_token_share / (1 - scenario.bad_token_share))
+        round(
+            len(run.rooms)
+            * scenario.subscribers
+            * scenario.bad_token_share
+            / (1 - scenario.bad_token_share)
+        )
         if scenario.bad_token_share < 1
         else 0
     )
@@ -337,7 +379,9 @@ async def _measure(run: Run, until: float, progress: bool) -> None:
                 leaving.ended = True
                 churned += 1
                 extra.append(
-                    asyncio.ensure_future(_churn(run, leaving, scenario.subscribers + churned))
+                    asyncio.ensure_future(
+                        _churn(run, leaving, len(run.rooms) * scenario.subscribers + churned)
+                    )
                 )
             next_churn += scenario.churn_interval
         if line is not None:
@@ -394,7 +438,7 @@ class ProgressLine:
 
 async def _churn(run: Run, leaving: Subscriber, n: int) -> None:
     await _leave(leaving.client, run.errors)
-    await run.add_subscriber(n)
+    await run.add_subscriber(n, leaving.room)
 
 
 def _own_cpu() -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -53,6 +54,61 @@ def test_5x5_video_ci_sized_has_no_missing_track_and_under_1_percent_loss() -> N
     assert report["server_counters"]["codecs"] == 0
     assert report["passed"] is True
     assert result.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_two_rooms_ci_sized_every_track_in_each_room_under_1_percent_loss() -> None:
+    # `--rooms 2`: each room gets the scenario's 2 publishers and 2 subscribers, tokens per
+    # room; the report adds both up and breaks them down per room, and no subscriber gets a
+    # track of the other room (that would be counted as an error).
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfu",
+            "loadtest",
+            "--scenario",
+            "5x5-video",
+            "--video-publishers",
+            "2",
+            "--subscribers",
+            "2",
+            "--rooms",
+            "2",
+            "--duration",
+            "4",
+            "--json",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert result.stdout, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["scenario"]["rooms"] == 2
+    assert report["tracks"] == {"published": 4, "expected": 8, "received": 8, "missing": 0}
+    assert report["packets"]["loss"] < 0.01, report["packets"]
+    assert report["errors"] == {}
+    assert report["join_ms"]["count"] == 8
+    rooms = report["rooms"]
+    assert len(rooms) == 2 and len({r["room"] for r in rooms}) == 2
+    for room in rooms:
+        assert room["tracks"] == {"published": 2, "expected": 4, "received": 4, "missing": 0}
+        assert room["packets"]["received"] > 0 and room["packets"]["loss"] < 0.01
+        assert room["latency_ms"]["count"] > 0
+    assert sum(r["packets"]["received"] for r in rooms) == report["packets"]["received"]
+    assert sum(r["latency_ms"]["count"] for r in rooms) == report["latency_ms"]["count"]
+    assert report["passed"] is True and result.returncode == 0
+
+
+def test_rooms_refused_with_a_baseline() -> None:
+    from loadtest.cli import add_loadtest_arguments, run_loadtest
+
+    parser = argparse.ArgumentParser()
+    add_loadtest_arguments(parser)
+    args = parser.parse_args(["--rooms", "2", "--baseline", "mediarelay"])
+    assert run_loadtest(args) == 2
+    assert run_loadtest(parser.parse_args(["--rooms", "0"])) == 2
 
 
 def test_percentiles_nearest_rank() -> None:
