@@ -123,6 +123,9 @@ def build_report(
         "first_keyframe_ms": percentiles(first_keyframe_ms),
         "keyframe_requests_per_s": round(in_phase_requests / max(measured, 1e-9), 3),
         "generator_cpu_percent": round(100 * generator_cpu_seconds / max(measured, 1e-9), 1),
+        # How late the load generator's loop woke from a 5 ms sleep: its own queueing delay.
+        "generator_loop_lag_ms": percentiles(run.loop_lag_ms),
+        "generator_gc_pause_ms": percentiles(run.gc_pauses_ms),
         "auth": dict(run.auth),
     }
     if len(run.rooms) > 1:
@@ -230,6 +233,8 @@ def format_table(report: dict[str, Any]) -> str:
         dist("first keyframe", report["first_keyframe_ms"], "ms"),
         f"{'keyframe requests':<22} {report['keyframe_requests_per_s']} /s",
         f"{'load generator CPU':<22} {report['generator_cpu_percent']} % of one core",
+        dist("generator loop lag", report["generator_loop_lag_ms"], "ms"),
+        dist("generator GC pauses", report["generator_gc_pause_ms"], "ms"),
     ]
     for room in report.get("rooms", []):
         rt, rp, rl = room["tracks"], room["packets"], room["latency_ms"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import secrets
@@ -149,6 +150,11 @@ class Run:
     # Per-room latency samples, only when there are several rooms (one more reservoir per
     # received packet otherwise for nothing).
     room_latencies: dict[str, Latencies] = field(default_factory=dict)
+    # How late the generator's event loop woke from a short sleep in the measured phase (ms):
+    # a received datagram can wait that long before its latency is taken.
+    loop_lag_ms: list[float] = field(default_factory=list)
+    # The generator's garbage-collection pauses in the measured phase (ms), one per collection.
+    gc_pauses_ms: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.rooms:
@@ -308,7 +314,10 @@ async def run_scenario(
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
         run.counts_at_start = run.counts()
         cpu_before = _own_cpu()
-        await _measure(run, loop.time() + scenario.duration, progress)
+        lag_task = asyncio.ensure_future(_lag_probe(run, loop.time() + scenario.duration))
+        with _gc_pauses(run.gc_pauses_ms):
+            await _measure(run, loop.time() + scenario.duration, progress)
+        await asyncio.gather(lag_task, return_exceptions=True)
         own_cpu = _own_cpu() - cpu_before
         run.measure_end_ns, run.measure_end = time.monotonic_ns(), loop.time()
         run.counts_at_end = run.counts()
@@ -335,6 +344,37 @@ async def run_scenario(
     await asyncio.gather(*(_leave(c, run.errors) for c in clients))
     report["errors"] = dict(run.errors)
     return report
+
+
+LAG_PROBE_INTERVAL = 0.005
+
+
+async def _lag_probe(run: Run, until: float) -> None:
+    """Sleep `LAG_PROBE_INTERVAL` again and again until `until`; record each oversleep."""
+    # time.monotonic, not loop.time: uvloop's clock has millisecond steps.
+    loop = asyncio.get_running_loop()
+    while loop.time() < until:
+        asked = time.monotonic()
+        await asyncio.sleep(LAG_PROBE_INTERVAL)
+        run.loop_lag_ms.append(1000 * (time.monotonic() - asked - LAG_PROBE_INTERVAL))
+
+
+@contextlib.contextmanager
+def _gc_pauses(pauses_ms: list[float]) -> Iterator[None]:
+    """Record how long each garbage collection of this process takes while inside."""
+    started = [0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter_ns()
+        elif started[0]:
+            pauses_ms.append((time.perf_counter_ns() - started[0]) / 1e6)
+
+    gc.callbacks.append(callback)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
 
 
 async def _each_room(run: Run, joins: Callable[[int, str], list[Any]]) -> None:

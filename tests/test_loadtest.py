@@ -98,6 +98,9 @@ def test_two_rooms_ci_sized_every_track_in_each_room_under_1_percent_loss() -> N
         assert room["latency_ms"]["count"] > 0
     assert sum(r["packets"]["received"] for r in rooms) == report["packets"]["received"]
     assert sum(r["latency_ms"]["count"] for r in rooms) == report["latency_ms"]["count"]
+    # The generator's own queueing is reported beside the latency it measures.
+    assert report["generator_loop_lag_ms"]["count"] > 0
+    assert "generator_gc_pause_ms" in report
     assert report["passed"] is True and result.returncode == 0
 
 
