@@ -789,6 +789,8 @@ class KeyroomClient:
             except SessionClosed:
                 return
             except Exception:
+                if self._closed or pc.connectionState == "closed":
+                    return  # an offer still queued while leaving: nothing left to apply it to
                 log.exception("failed to apply a subscriber %s", kind)
 
     async def _answer_subscriber(self, pc: RTCPeerConnection, offer: str) -> None:
