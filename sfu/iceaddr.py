@@ -11,8 +11,6 @@ import ipaddress
 
 import aioice.ice
 
-_original_get_host_addresses = aioice.ice.get_host_addresses
-
 
 def restrict_host_addresses(addresses: list[str]) -> None:
     """Make every ICE agent of this process gather on exactly `addresses`."""
@@ -29,7 +27,3 @@ def restrict_host_addresses(addresses: list[str]) -> None:
         ]
 
     aioice.ice.get_host_addresses = get_host_addresses
-
-
-def unrestrict_host_addresses() -> None:
-    aioice.ice.get_host_addresses = _original_get_host_addresses
