@@ -21,6 +21,10 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="key id to mint tokens with (with --url)")
     p.add_argument("--secret", help="its secret; prefer $KEYROOM_SECRET")
     p.add_argument("--server-pid", type=int, help="sample this pid's CPU/RSS (with --url)")
+    p.add_argument(
+        "--metrics-token",
+        help="the target's [metrics] bearer_token, to read its forwarding time (with --url)",
+    )
     p.add_argument("--spawn-server", action="store_true", help="run a dev server (the default)")
     p.add_argument("--video-publishers", type=int)
     p.add_argument("--audio-publishers", type=int)
@@ -110,7 +114,14 @@ def run_loadtest(args: argparse.Namespace) -> int:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if args.url:
             assert args.key and secret
-            target = Target(args.url, args.key, secret, args.server_pid, dev=False)
+            target = Target(
+                args.url,
+                args.key,
+                secret,
+                args.server_pid,
+                dev=False,
+                metrics_token=args.metrics_token or os.environ.get("KEYROOM_METRICS_TOKEN"),
+            )
             reports["keyroom"] = runner.run(run_scenario(scenario, target, progress, clips))
         else:
             with spawned_server(log_dir) as target:
@@ -161,6 +172,7 @@ def baseline_target(name: str, log_dir: str, args: argparse.Namespace) -> Iterat
                     dev=False,
                     name=name,
                     client_factory=JanusClient,
+                    metrics_path=None,
                 )
         finally:
             restrict_host_addresses(["127.0.0.1"])
@@ -176,6 +188,7 @@ def baseline_target(name: str, log_dir: str, args: argparse.Namespace) -> Iterat
             name=name,
             client_factory=BaselineClient,
             forwards_payloads=False,
+            metrics_path=None,
         )
 
 

@@ -29,7 +29,7 @@ from auth.tokens import mint_token
 from loadtest.clients import Latencies, LoadClient, PlainSubscriber, Publisher, Subscriber
 from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
 from loadtest.procstat import ProcessSampler
-from loadtest.report import build_report
+from loadtest.report import ForwardHistogram, build_report
 from loadtest.scenarios import Scenario
 from signaling.client import KeyroomClient, KeyroomError, SessionClosed
 
@@ -56,6 +56,10 @@ class Target:
     # Whether packets reach subscribers byte for byte (a forwarding SFU), so the publishers'
     # trailer gives loss and latency; a re-encoding server gets `PlainSubscriber`s instead.
     forwards_payloads: bool = True
+    # keyroom's `GET /metrics` (its `keyroom_forward_seconds` histogram gives the server-side
+    # forwarding time); None for a server without it (the baselines).
+    metrics_path: str | None = "/metrics"
+    metrics_token: str | None = None  # `[metrics] bearer_token`, when the server has one
 
     def token(self, identity: str, room: str, **overrides: Any) -> str:
         return mint_token(
@@ -88,6 +92,21 @@ class Target:
                 return data
         except OSError:
             return None
+
+    def forward_histogram(self) -> ForwardHistogram | None:
+        """The server's `keyroom_forward_seconds` histogram now, or None if it cannot be read."""
+        if self.metrics_path is None:
+            return None
+        http = self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        request = urllib.request.Request(http.removesuffix("/rtc") + self.metrics_path)
+        if self.metrics_token:
+            request.add_header("Authorization", f"Bearer {self.metrics_token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        return ForwardHistogram.parse(text)
 
 
 @contextlib.contextmanager
@@ -311,6 +330,8 @@ async def run_scenario(
                 for n in range(scenario.subscribers)
             ],
         )
+        # In a thread: the scrape must not stall the generator's loop (and its latencies).
+        forward_before = await asyncio.to_thread(target.forward_histogram)
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
         run.counts_at_start = run.counts()
         cpu_before = _own_cpu()
@@ -321,6 +342,7 @@ async def run_scenario(
         own_cpu = _own_cpu() - cpu_before
         run.measure_end_ns, run.measure_end = time.monotonic_ns(), loop.time()
         run.counts_at_end = run.counts()
+        forward_after = await asyncio.to_thread(target.forward_histogram)
     finally:
         for task in send_tasks:
             task.cancel()
@@ -337,6 +359,7 @@ async def run_scenario(
         runtime_before=runtime_before,
         runtime_after=runtime_after,
         generator_cpu_seconds=own_cpu,
+        forward=forward_after.minus(forward_before) if forward_before and forward_after else None,
     )
     clients = [p.client for p in run.publishers] + [
         s.client for s in run.subscribers if not s.ended

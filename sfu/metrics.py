@@ -76,7 +76,7 @@ FORWARD_SECONDS = Histogram(
     "keyroom_forward_seconds",
     f"Time to forward one input RTP packet to every subscriber"
     f" (1 packet in {FORWARD_SAMPLE_MASK + 1} is timed)",
-    buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2),
+    buckets=(1e-5, 2e-5, 3e-5, 5e-5, 7e-5, 1e-4, 1.4e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.02),
     registry=None,
 )
 WEBHOOKS = Counter(

@@ -12,7 +12,7 @@ import pytest
 
 from loadtest.clients import starts_keyframe
 from loadtest.clip import encode_video_clip
-from loadtest.report import percentiles
+from loadtest.report import ForwardHistogram, percentiles
 from loadtest.scenarios import SCENARIOS, with_overrides
 
 
@@ -101,6 +101,11 @@ def test_two_rooms_ci_sized_every_track_in_each_room_under_1_percent_loss() -> N
     # The generator's own queueing is reported beside the latency it measures.
     assert report["generator_loop_lag_ms"]["count"] > 0
     assert "generator_gc_pause_ms" in report
+    # The server's own forwarding time, from its /metrics histogram over the measured phase.
+    forward = report["server_forward_ms"]
+    assert forward["count"] > 0 and forward["resolution"] == "bucket"
+    assert 0 < forward["p50"] <= forward["p95"] <= forward["p99"]
+    assert forward["mean"] > 0
     assert report["passed"] is True and result.returncode == 0
 
 
@@ -118,6 +123,33 @@ def test_percentiles_nearest_rank() -> None:
     assert percentiles([]) == {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
     values = list(range(1, 101))
     assert percentiles(values) == {"count": 100, "p50": 51, "p95": 96, "p99": 100, "max": 100}
+
+
+def test_forward_histogram_deltas_and_bucket_quantiles() -> None:
+    def exposition(counts: list[int], total: float) -> str:
+        bounds = ["0.0001", "0.001", "0.01", "+Inf"]
+        lines = ["# TYPE keyroom_forward_seconds histogram"]
+        lines += [
+            f'keyroom_forward_seconds_bucket{{le="{le}"}} {n}'
+            for le, n in zip(bounds, counts, strict=True)
+        ]
+        lines += [f"keyroom_forward_seconds_count {counts[-1]}"]
+        lines += [f"keyroom_forward_seconds_sum {total}", ""]
+        return "\n".join(lines)
+
+    before = ForwardHistogram.parse(exposition([5, 10, 10, 10], 0.01))
+    after = ForwardHistogram.parse(exposition([5, 60, 109, 110], 0.31))
+    assert before is not None and after is not None
+    delta = after.minus(before)
+    assert delta is not None and delta.count == 100
+    summary = delta.summary()
+    # 50 in (0.1, 1] ms, 49 in (1, 10] ms, 1 above: p50 at the top of the second bucket,
+    # p95 inside the third by linear interpolation, p99 at its top.
+    assert summary["p50"] == 1.0
+    assert summary["p95"] == round(1 + 9 * 45 / 49, 4)
+    assert summary["p99"] == 10.0
+    assert summary["mean"] == 3.0 and summary["over_top_bucket"] == 1
+    assert ForwardHistogram.parse("# TYPE other counter\nother_total 1\n") is None
 
 
 def test_scenario_overrides_apply_only_given_values() -> None:
