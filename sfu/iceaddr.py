@@ -11,6 +11,10 @@ import ipaddress
 
 import aioice.ice
 
+# aioice's own list (every interface address): what a restriction hides, kept so tests can show
+# that an address they add would otherwise be offered.
+stock_get_host_addresses = aioice.ice.get_host_addresses
+
 
 def restrict_host_addresses(addresses: list[str]) -> None:
     """Make every ICE agent of this process gather on exactly `addresses`."""
