@@ -252,10 +252,6 @@ class RtpSink:
         self.sent_bytes = 0
         self.send_errors = 0
 
-    @property
-    def connected(self) -> bool:
-        return self._dtls._state == State.CONNECTED
-
     def send(self, data: bytes) -> bool:
         dtls = self._dtls
         if dtls._state != State.CONNECTED:
