@@ -28,12 +28,7 @@ import contextlib
 import inspect
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +44,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
+from loadtest.spawn import free_port, spawned
 from sfu.iceaddr import restrict_host_addresses
 from signaling.client import RemoteTrack, describe_sections
 
@@ -281,33 +277,11 @@ class BaselineClient:
 @contextlib.contextmanager
 def spawned_baseline(log_dir: str) -> Iterator[tuple[str, int]]:
     """The baseline server on a free loopback port: yields its ws:// URL and pid."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    log_path = os.path.join(log_dir, f"baseline-{port}.log")
+    port = free_port()
     command = [sys.executable, "-m", "loadtest.baseline_relay", "--port", str(port)]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                with open(log_path, errors="replace") as f:
-                    raise RuntimeError(f"baseline server did not start:\n{f.read()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield f"ws://127.0.0.1:{port}/rtc", process.pid
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    log_path = os.path.join(log_dir, f"baseline-{port}.log")
+    with spawned(command, port, log_path, "baseline server") as pid:
+        yield f"ws://127.0.0.1:{port}/rtc", pid
 
 
 def main(argv: list[str] | None = None) -> None:

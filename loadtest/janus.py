@@ -40,6 +40,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 
+from loadtest.spawn import free_port
 from signaling.client import RemoteTrack
 
 log = logging.getLogger(__name__)
@@ -324,9 +325,7 @@ def spawned_janus(log_dir: str, interface: str) -> Iterator[tuple[str, int]]:
     janus = shutil.which("janus")
     if janus is None:
         raise RuntimeError("janus is not installed (Debian: apt-get install janus)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     config_dir = os.path.join(log_dir, f"janus-{port}")
     os.makedirs(config_dir)
     config = write_config(config_dir, port=port, interface=interface)

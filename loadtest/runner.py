@@ -13,9 +13,6 @@ import gc
 import os
 import resource
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,7 @@ from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
 from loadtest.procstat import ProcessSampler
 from loadtest.report import ForwardHistogram, build_report
 from loadtest.scenarios import Scenario
+from loadtest.spawn import free_port, spawned
 from signaling.client import KeyroomClient, KeyroomError, SessionClosed
 
 JOIN_TIMEOUT = 10.0
@@ -112,37 +110,15 @@ class Target:
 @contextlib.contextmanager
 def spawned_server(log_dir: str) -> Iterator[Target]:
     """A `keyroom serve --dev` on a free loopback port with a fresh key, stopped on exit."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     key, secret = "loadtest", secrets.token_urlsafe(32)
-    log_path = os.path.join(log_dir, f"server-{port}.log")
     command = [
         sys.executable, "-m", "sfu", "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
         "--rtc-ip", "127.0.0.1", "--key", f"{key}={secret}", "--log-level", "warning",
     ]  # fmt: skip
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                with open(log_path, errors="replace") as f:
-                    raise RuntimeError(f"server did not start:\n{f.read()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield Target(f"ws://127.0.0.1:{port}/rtc", key, secret, process.pid, dev=True)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    log_path = os.path.join(log_dir, f"server-{port}.log")
+    with spawned(command, port, log_path, "server") as pid:
+        yield Target(f"ws://127.0.0.1:{port}/rtc", key, secret, pid, dev=True)
 
 
 @dataclass
