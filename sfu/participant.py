@@ -42,13 +42,13 @@ from sfu.rtcp import (
 from sfu.rtp import get_extension, parse_rtp
 from sfu.sdpinfo import BadSdp, describe_offer
 from sfu.stats import DropReason, Stats
+from signaling.protocol import DATA_CHANNELS
 
 if TYPE_CHECKING:
     from sfu.room import Room
 
 log = logging.getLogger("keyroom.participant")
 
-DATA_CHANNELS = ("_reliable", "_lossy")
 ANSWER_TIMEOUT = 15.0
 PUBLISHER_REPORT_INTERVAL = 1.0
 # REMB sent when the room sets no max_video_bitrate: generous, so congestion control, not

@@ -43,6 +43,7 @@ from aiortc import (
 from aiortc.sdp import candidate_from_sdp
 
 from signaling.media import FrameCounter, count_frames
+from signaling.protocol import DATA_CHANNELS, PROTOCOL_VERSION
 
 __all__ = [
     "DATA_CHANNELS",
@@ -60,14 +61,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
 CLIENT_INFO = {"sdk": "python", "version": "0.1"}
-
-# Label -> RTCPeerConnection.createDataChannel keyword arguments (PROTOCOL.md 2.5).
-DATA_CHANNELS: dict[str, dict[str, Any]] = {
-    "_reliable": {"ordered": True},
-    "_lossy": {"ordered": False, "maxRetransmits": 0},
-}
 
 # How long connect() waits for the close that follows a refused join, to report its code.
 _REFUSAL_CLOSE_WAIT = 2.0

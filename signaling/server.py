@@ -36,7 +36,8 @@ from sfu.metrics import build_registry, sample_loop_lag
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
 from signaling.netpolicy import client_ip, parse_networks, reload_certificate, tls_context
-from signaling.session import CLOSE_GOING_AWAY, Session
+from signaling.protocol import CLOSE_GOING_AWAY
+from signaling.session import Session
 from signaling.state import ServerState
 from signaling.webhooks import WebhookSender
 

@@ -20,41 +20,21 @@ from sfu.metrics import record_join
 from sfu.participant import NegotiationError, Participant
 from sfu.room import JoinRefused, Room, new_sid
 from signaling.frames import FrameError, parse_frame
+from signaling.protocol import (
+    CLOSE_JOIN_TIMEOUT,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL,
+    CLOSE_RATE_LIMITED,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED,
+    JOIN_REFUSAL_CLOSE,
+    LEAVE_CLOSE,
+    PROTOCOL_VERSION,
+)
 from signaling.state import ServerState
 
 log = logging.getLogger("keyroom.session")
 
-PROTOCOL_VERSION = 1
-# Close codes of PROTOCOL 2.7 / 2.8.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
-CLOSE_PROTOCOL = 4400
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_ROOM_FULL = 4403
-CLOSE_NOT_FOUND = 4404
-CLOSE_JOIN_TIMEOUT = 4408
-CLOSE_CONFLICT = 4409
-CLOSE_REMOVED = 4410
-CLOSE_RATE_LIMITED = 4429
-CLOSE_SERVER_FULL = 4503
-
-JOIN_REFUSAL_CLOSE = {
-    "unauthorized": CLOSE_UNAUTHORIZED,
-    "room_full": CLOSE_ROOM_FULL,
-    "conflict": CLOSE_CONFLICT,
-    "not_found": CLOSE_NOT_FOUND,
-    "server_full": CLOSE_SERVER_FULL,
-    "rate_limited": CLOSE_RATE_LIMITED,
-}
-LEAVE_CLOSE = {
-    "removed": CLOSE_REMOVED,
-    "revoked": CLOSE_REMOVED,
-    "token_expired": CLOSE_UNAUTHORIZED,
-    "duplicate_identity": CLOSE_CONFLICT,
-    "room_closed": CLOSE_NORMAL,
-    "server_shutdown": CLOSE_GOING_AWAY,
-}
 DEFAULT_SOURCE = {"video": "camera", "audio": "microphone"}
 
 

@@ -1,0 +1,115 @@
+"""One clock and one timer per owner, in the style of aioquic's sans-I/O connection.
+
+Every stateful owner (room, session, a participant's feedback) is a state machine that takes
+`now` as an argument: it exposes `next_deadline()` and `handle_timer(now)`, and never reads a
+clock or arms a loop timer itself. `TimerDriver` is the only piece that touches the event loop:
+it keeps one `call_at` handle per owner, at the owner's next deadline, on the loop's monotonic
+clock (`loop.time()`). Tests drive owners directly with chosen `now` values, without sleeping.
+
+Wall-clock instants (a token's `exp`) are converted to this clock at the edge, once, with
+`deadline_at`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Generic, Protocol, TypeVar
+
+log = logging.getLogger("keyroom.clock")
+
+K = TypeVar("K")
+
+
+class Timed(Protocol):
+    def next_deadline(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+def now() -> float:
+    """The server's one clock: the running loop's monotonic time, in seconds."""
+    return asyncio.get_running_loop().time()
+
+
+def deadline_at(unix_time: float, now: float, wall_now: float | None = None) -> float:
+    """The loop-clock instant at which the wall clock reads `unix_time`."""
+    return now + unix_time - (time.time() if wall_now is None else wall_now)
+
+
+class Deadlines(Generic[K]):
+    """An owner's named deadlines: the earliest is its `next_deadline()`; `pop_due` takes, in
+    time order, those that have come."""
+
+    def __init__(self) -> None:
+        self._at: dict[K, float] = {}
+
+    def set(self, key: K, when: float) -> None:
+        self._at[key] = when
+
+    def clear(self, key: K) -> None:
+        self._at.pop(key, None)
+
+    def get(self, key: K) -> float | None:
+        return self._at.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._at
+
+    def next(self) -> float | None:
+        return min(self._at.values(), default=None)
+
+    def pop_due(self, now: float) -> list[K]:
+        due = sorted(
+            (when, n, key) for n, (key, when) in enumerate(self._at.items()) if when <= now
+        )
+        for _when, _n, key in due:
+            del self._at[key]
+        return [key for _when, _n, key in due]
+
+
+class TimerDriver:
+    """Drives one `Timed` owner from the event loop with a single timer handle.
+
+    Call `update()` after any input that may have moved the owner's next deadline."""
+
+    def __init__(self, owner: Timed, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._owner = owner
+        self._loop = loop or asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_for: float | None = None
+        self._stopped = False
+
+    def update(self) -> None:
+        if self._stopped:
+            return
+        deadline = self._owner.next_deadline()
+        if deadline == self._armed_for and self._handle is not None:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._armed_for = deadline
+        if deadline is not None:
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._armed_for = None
+        now = self._loop.time()
+        try:
+            self._owner.handle_timer(now)
+        except Exception:
+            log.exception("timer of %s failed", type(self._owner).__name__)
+            deadline = self._owner.next_deadline()
+            if deadline is not None and deadline <= now:
+                # Firing again at once would spin the loop on the same failure.
+                return
+        self.update()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
