@@ -1,119 +1,274 @@
-"""Tamper-evident audit log: append-only JSON lines, each carrying the SHA-256 of the previous.
+"""Tamper-evident audit log, written off the event loop.
 
-The chain logic is pure (`chain_line`, `verify_lines`); `AuditLog` only appends to a file. Records
-hold decisions and reasons, never tokens, secrets, SDP or ICE credentials: callers pass fields,
-and `record` refuses any field whose name suggests a secret.
+Records are chained with a keyed HMAC (`auth/auditchain.py`) and sealed by signed checkpoints
+written to a separate file and to the `keyroom.audit.seal` logger (stdout/journal: a third copy
+outside the disk). A restarted server verifies the log since the last checkpoint before appending
+and refuses to continue a broken chain. Repeated refusals are aggregated (`auth/auditrate.py`).
+Records hold decisions and reasons, never tokens, secrets, SDP or ICE credentials: `record`
+refuses any field whose name suggests a secret.
+
+`record` only queues: a writer thread chains, aggregates, writes and seals, so a flood of
+refusals costs the event loop one queue put each, never a disk flush.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import queue
+import secrets
+import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from auth.auditchain import (
+    GENESIS,
+    AuditChainBroken,
+    ChainChecker,
+    Checkpoint,
+    Verification,
+    authentic_mac,
+    chain_line,
+    parse_checkpoints,
+    verify_lines,
+)
+from auth.auditrate import WINDOW, RefusalAggregator
+
 log = logging.getLogger("keyroom.audit")
+seal_log = logging.getLogger("keyroom.audit.seal")
 
-GENESIS = "0" * 64
 FORBIDDEN_FIELDS = frozenset({"token", "secret", "password", "sdp", "ice_pwd", "credential"})
+CHECKPOINT_INTERVAL = 60.0
+MIN_KEY_BYTES = 32
 
 
-def line_hash(line: str) -> str:
-    return hashlib.sha256(line.encode()).hexdigest()
+def checkpoint_path_for(path: str) -> str:
+    return path + ".checkpoints"
 
 
-def chain_line(prev_hash: str, seq: int, record: dict[str, Any]) -> str:
-    """The JSON line for `record`, linked to the previous line's hash."""
-    return orjson.dumps(
-        {"seq": seq, "prev": prev_hash, **record}, option=orjson.OPT_SORT_KEYS
-    ).decode()
+def load_or_create_key(key_file: str) -> bytes:
+    """The HMAC key in `key_file`; created (32 random bytes, hex, mode 0600) when missing."""
+    target = Path(key_file)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(MIN_KEY_BYTES) + "\n")
+    key = target.read_bytes().strip()
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"{key_file}: an audit key needs at least {MIN_KEY_BYTES} bytes")
+    return key
 
 
-def verify_lines(lines: Iterable[str]) -> list[str]:
-    """Problems found in a chain (empty when intact): edits, removals and reorders all break it."""
-    problems = []
-    prev_hash = GENESIS
-    expected_seq = 0
-    for number, line in enumerate(lines, 1):
-        line = line.rstrip("\n")
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            problems.append(f"line {number}: not JSON")
-            prev_hash, expected_seq = line_hash(line), expected_seq + 1
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"line {number}: not a JSON object")
-        elif record.get("prev") != prev_hash:
-            problems.append(
-                f"line {number}: previous-record hash does not match (edited, removed or reordered)"
-            )
-        elif record.get("seq") != expected_seq:
-            problems.append(
-                f"line {number}: sequence {record.get('seq')} where {expected_seq} was expected"
-            )
-        elif (
-            chain_line(
-                prev_hash,
-                expected_seq,
-                {k: v for k, v in record.items() if k not in ("seq", "prev")},
-            )
-            != line
-        ):
-            problems.append(f"line {number}: not in canonical form (edited)")
-        prev_hash = line_hash(line)
-        expected_seq += 1
-    return problems
+class _Sink:
+    """The files: the log (append-only) and its checkpoints; resumes a verified chain."""
+
+    def __init__(self, path: str, key: bytes, checkpoint_path: str) -> None:
+        self.key = key
+        self.path = Path(path)
+        self.checkpoint_path = Path(checkpoint_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.prev_mac, self.seq, self.offset, self.last_line_offset = GENESIS, 0, 0, 0
+        self.sealed_records = 0
+        if self.path.exists():
+            self._resume()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.file = os.fdopen(fd, "ab")
+        fd = os.open(self.checkpoint_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.checkpoints = os.fdopen(fd, "ab")
+
+    def _resume(self) -> None:
+        """Verify the log from its last sealed record on, and continue after its end."""
+        sealed = self._last_checkpoint()
+        with self.path.open("rb") as file:
+            checker = ChainChecker(self.key)
+            if sealed is not None:
+                file.seek(sealed.line_offset)
+                line = file.readline().decode(errors="replace").rstrip("\n")
+                if _sealed_mac(self.key, line) != sealed.mac:
+                    raise AuditChainBroken(
+                        f"{self.path}: record {sealed.records - 1} is not the one sealed at "
+                        f"{sealed.ts:.0f} (truncated or edited)"
+                    )
+                checker = ChainChecker(self.key, prev_mac=sealed.mac, seq=sealed.records)
+                self.last_line_offset = sealed.line_offset
+                self.sealed_records = sealed.records
+            offset = file.tell()
+            for raw in file:
+                problem = checker.check(raw.decode(errors="replace").rstrip("\n"))
+                if problem:
+                    raise AuditChainBroken(f"{self.path}: {problem}")
+                self.last_line_offset, offset = offset, offset + len(raw)
+        self.prev_mac, self.seq, self.offset = checker.prev_mac, checker.seq, offset
+
+    def _last_checkpoint(self) -> Checkpoint | None:
+        if not self.checkpoint_path.exists():
+            return None
+        lines = self.checkpoint_path.read_text(errors="replace").splitlines()
+        good, problems = parse_checkpoints(lines, self.key)
+        if problems:
+            raise AuditChainBroken(f"{self.checkpoint_path}: {problems[0]}")
+        return good[-1] if good else None
+
+    def append(self, record: dict[str, Any]) -> str:
+        line, mac = chain_line(self.key, self.prev_mac, self.seq, record)
+        data = (line + "\n").encode()
+        self.file.write(data)
+        self.file.flush()
+        self.last_line_offset = self.offset
+        self.offset += len(data)
+        self.prev_mac, self.seq = mac, self.seq + 1
+        return line
+
+    def seal(self, ts: float) -> Checkpoint | None:
+        if self.seq == self.sealed_records:
+            return None
+        checkpoint = Checkpoint(self.seq, self.last_line_offset, self.prev_mac, ts).signed(self.key)
+        self.checkpoints.write((checkpoint.line() + "\n").encode())
+        self.checkpoints.flush()
+        os.fsync(self.file.fileno())
+        os.fsync(self.checkpoints.fileno())
+        self.sealed_records = self.seq
+        return checkpoint
+
+    def close(self) -> None:
+        self.file.close()
+        self.checkpoints.close()
 
 
-def _tail(path: Path) -> tuple[str, int]:
-    """Hash and count of the existing chain, so a restarted server continues it."""
-    prev_hash, count = GENESIS, 0
-    with path.open("rb") as file:
-        for raw in file:
-            line = raw.decode(errors="replace").rstrip("\n")
-            if line:
-                prev_hash, count = line_hash(line), count + 1
-    return prev_hash, count
+def _sealed_mac(key: bytes, line: str) -> str | None:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return authentic_mac(key, record, line) if isinstance(record, dict) else None
+
+
+_STOP = object()
 
 
 class AuditLog:
     """Appends chained records to `path` (or only to the `keyroom.audit` logger when None)."""
 
-    def __init__(self, path: str | None) -> None:
-        self.path = Path(path) if path else None
-        self._prev_hash, self._seq = GENESIS, 0
-        self._file = None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists():
-                self._prev_hash, self._seq = _tail(self.path)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._file = os.fdopen(fd, "a", encoding="utf-8")
+    def __init__(
+        self,
+        path: str | None,
+        key: bytes | None = None,
+        *,
+        checkpoint_path: str | None = None,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        refusal_window: float = WINDOW,
+    ) -> None:
+        self.path = path
+        self._sink: _Sink | None = None
+        if path is not None:
+            if key is None:
+                raise ValueError("an audit log file needs an audit key")
+            self._sink = _Sink(path, key, checkpoint_path or checkpoint_path_for(path))
+        self._key = key or secrets.token_bytes(MIN_KEY_BYTES)
+        self._prev_mac, self._seq = GENESIS, 0
+        self._interval = checkpoint_interval
+        self._aggregator = RefusalAggregator(refusal_window)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def record(self, event: str, **fields: Any) -> None:
         leaked = FORBIDDEN_FIELDS.intersection(fields)
         if leaked:
             raise ValueError(f"audit records never carry {', '.join(sorted(leaked))}")
-        record = {"ts": round(time.time(), 3), "event": event, **fields}
-        line = chain_line(self._prev_hash, self._seq, record)
-        self._prev_hash, self._seq = line_hash(line), self._seq + 1
-        if self._file is not None:
-            self._file.write(line + "\n")
-            self._file.flush()
-        log.info("%s", line)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="keyroom-audit", daemon=True
+                    )
+                    self._thread.start()
+        self._queue.put((event, fields, time.time()))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything recorded so far is written."""
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(10)
+            self._thread = None
+        if self._sink is not None:
+            self._seal(time.time())
+            self._sink.close()
+            self._sink = None
+
+    # -- the writer thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_seal = time.monotonic() + self._interval
+        while True:
+            deadline = min(self._aggregator.next_deadline() or next_seal, next_seal)
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                item = None
+            now = time.monotonic()
+            for summary in self._aggregator.due(now):
+                self._write(summary.pop("event"), summary, time.time())
+            if now >= next_seal:
+                self._seal(time.time())
+                next_seal = now + self._interval
+            if item is _STOP:
+                # Counts still in open windows are written, not lost, on shutdown.
+                for summary in self._aggregator.due(float("inf")):
+                    self._write(summary.pop("event"), summary, time.time())
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is not None:
+                event, fields, ts = item
+                if self._aggregator.admit(event, fields, now):
+                    self._write(event, fields, ts)
+
+    def _write(self, event: str, fields: dict[str, Any], ts: float) -> None:
+        record = {"ts": round(ts, 3), "event": event, **fields}
+        try:
+            if self._sink is not None:
+                line = self._sink.append(record)
+            else:
+                line, self._prev_mac = chain_line(self._key, self._prev_mac, self._seq, record)
+                self._seq += 1
+        except OSError as exc:
+            log.error("audit log %s: write failed: %s", self.path, exc.strerror)
+            return
+        log.info("%s", line)
+
+    def _seal(self, ts: float) -> None:
+        if self._sink is None:
+            return
+        try:
+            checkpoint = self._sink.seal(ts)
+        except OSError as exc:
+            log.error("audit log %s: checkpoint failed: %s", self.path, exc.strerror)
+            return
+        if checkpoint is not None:
+            seal_log.info("audit checkpoint %s %s", self.path, checkpoint.line())
 
 
-def verify_file(path: str) -> list[str]:
+def verify_file(path: str, key: bytes, checkpoint_path: str | None = None) -> Verification:
+    """Verify a log and, where its checkpoint file exists, every sealed position in it."""
+    checkpoints_file = Path(checkpoint_path or checkpoint_path_for(path))
+    checkpoints: list[Checkpoint] = []
+    problems: list[str] = []
+    if checkpoints_file.exists():
+        lines = checkpoints_file.read_text(errors="replace").splitlines()
+        checkpoints, problems = parse_checkpoints(lines, key)
     with open(path, encoding="utf-8", errors="replace") as file:
-        return verify_lines(line for line in file if line.strip())
+        result = verify_lines((line for line in file if line.strip()), key, checkpoints)
+    result.problems[:0] = [f"{checkpoints_file.name}: {p}" for p in problems]
+    return result
