@@ -49,6 +49,10 @@ def checkpoint_path_for(path: str) -> str:
     return path + ".checkpoints"
 
 
+def audit_key_file(data_dir: str) -> str:
+    return os.path.join(data_dir, "audit.key")
+
+
 def load_or_create_key(key_file: str) -> bytes:
     """The HMAC key in `key_file`; created (32 random bytes, hex, mode 0600) when missing."""
     target = Path(key_file)

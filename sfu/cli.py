@@ -269,18 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from auth.audit import verify_file
+    from auth.audit import audit_key_file, verify_file
 
     try:
-        problems = verify_file(args.file)
+        key_file = args.key_file or audit_key_file(
+            load_config(args.config, {}, os.environ).server.data_dir
+        )
+        with open(key_file, "rb") as file:
+            key = file.read().strip()
+        result = verify_file(args.file, key, args.checkpoints)
+    except ConfigError as e:
+        return _fail(str(e))
     except OSError as e:
-        return _fail(f"{args.file}: {e.strerror}")
-    for problem in problems:
-        print(f"{args.file}: {problem}")
-    if problems:
-        return 1
-    print(f"{args.file}: chain intact")
-    return 0
+        return _fail(f"{e.filename}: {e.strerror}")
+    for line in result.report(args.file):
+        print(line)
+    return 0 if result.intact else 1
 
 
 def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -288,11 +292,19 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     verify = verbs.add_parser(
         "verify",
-        help="check the hash chain of an audit log",
-        description="Exit 0 if every record links to the one before it; 1 and the broken"
-        " records if any was edited, removed or reordered.",
+        help="check an audit log's chain and its sealed checkpoints",
+        description="Exit 0 if every record is authentic and links to the one before it, and the"
+        " log still reaches its last sealed checkpoint; 1 with the first break and a count of the"
+        " rest if a record was edited, removed, reordered or the log truncated.",
     )
     verify.add_argument("file", help="the [audit] path file")
+    verify.add_argument(
+        "--config", metavar="FILE", help="the server's TOML config: finds the audit key"
+    )
+    verify.add_argument("--key-file", help="the audit key (default: data_dir/audit.key)")
+    verify.add_argument(
+        "--checkpoints", metavar="FILE", help="checkpoint file (default: FILE.checkpoints)"
+    )
     verify.set_defaults(handler=_audit_verify)
 
 

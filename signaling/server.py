@@ -23,7 +23,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from auth.audit import AuditLog
+from auth.audit import AuditLog, audit_key_file, load_or_create_key
 from auth.brake import FailureBrake
 from auth.keys import KeyTable
 from auth.store import AuthStore
@@ -78,7 +78,12 @@ def build_state(config: Config) -> ServerState:
         config=config,
         verifier=verifier,
         rooms=RoomRegistry(config.limits),
-        audit=AuditLog(config.audit.path),
+        audit=AuditLog(
+            config.audit.path,
+            load_or_create_key(audit_key_file(config.server.data_dir))
+            if config.audit.path
+            else None,
+        ),
         store=AuthStore(os.path.join(config.server.data_dir, "auth.db")),
         brake=FailureBrake(config.auth.max_failures, config.auth.failure_window),
     )

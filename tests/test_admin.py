@@ -427,11 +427,24 @@ async def test_audit_chain_is_written_and_tampering_detected(tmp_path: Path) -> 
     text = "\n".join(events)
     assert '"event":"join_accepted"' in text and '"event":"join_refused"' in text
     assert '"event":"admin_refused"' in text
-    verify = [sys.executable, "-m", "sfu", "audit", "verify", str(audit_path)]
-    assert subprocess.run(verify, capture_output=True).returncode == 0
+    # The server's own configuration names the key (data_dir/audit.key, relative to its cwd).
+    verify = [
+        sys.executable,
+        "-m",
+        "sfu",
+        "audit",
+        "verify",
+        str(audit_path),
+        "--config",
+        str(config),
+    ]
+    intact = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path)
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert "last sealed position: record" in intact.stdout  # shutdown sealed the log
     audit_path.write_text("\n".join(events[:1] + events[2:]) + "\n")  # remove one record
-    result = subprocess.run(verify, capture_output=True, text=True)
-    assert result.returncode == 1 and "line 2" in result.stdout
+    result = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "first break: records 1 to 1 are missing (removed)" in result.stdout
 
 
 async def test_max_video_bitrate_reaches_the_publisher_as_remb(tmp_path: Path) -> None:
