@@ -14,6 +14,7 @@ from typing import Protocol
 from sfu.keyframe import KeyframeThrottle, is_keyframe
 from sfu.packetcache import PacketCache
 from sfu.receivestats import ReceiveStats
+from sfu.retransmit import RetransmitBudget
 from sfu.rtcp import build_sr
 from sfu.rtp import RtpInfo, RtpRewriter, get_extension
 
@@ -152,6 +153,7 @@ class DownTrack:
         "mid",
         "waiting_for_keyframe",
         "cache",
+        "retransmits",
         "_keyframe_mime",
     )
 
@@ -165,6 +167,7 @@ class DownTrack:
         # Video starts at a keyframe: earlier delta frames would only make the decoder ask again.
         self.waiting_for_keyframe = track.kind == "video"
         self.cache = PacketCache() if track.kind == "video" else None
+        self.retransmits = RetransmitBudget()
         self._keyframe_mime = track.mime_type
 
     def configure(
@@ -221,16 +224,23 @@ class DownTrack:
             self.waiting_for_keyframe = False
         return sent
 
-    def retransmit(self, sequence_numbers: tuple[int, ...]) -> int:
-        """Answer a NACK from the subscriber with the packets still cached."""
-        if self.cache is None or self.sink is None:
-            return 0
-        sent = 0
-        for seq in sequence_numbers:
-            packet = self.cache.get(seq)
-            if packet is not None and self.sink.send(packet):
+    def retransmit(self, sequence_numbers: tuple[int, ...], now: float) -> tuple[int, int]:
+        """Answer a NACK with the packets still cached, within the retransmission budget:
+        (packets resent, packets refused by the budget)."""
+        cache, sink, rewriter = self.cache, self.sink, self.rewriter
+        if cache is None or sink is None or rewriter is None:
+            return 0, 0
+        budget = self.retransmits
+        sent = refused = 0
+        for seq in budget.requested(sequence_numbers, rewriter.octets):
+            packet = cache.get(seq)
+            if packet is None:
+                continue
+            if not budget.allow(seq, len(packet), now):
+                refused += 1
+            elif sink.send(packet):
                 sent += 1
-        return sent
+        return sent, refused
 
     def sender_report(self) -> bytes | None:
         """The publisher's latest SR translated to this down-track's SSRC and timestamps."""

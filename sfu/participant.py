@@ -633,7 +633,9 @@ class Participant:
             elif isinstance(message, Nack):
                 down = self._down_by_ssrc.get(message.media_ssrc)
                 if down is not None:
-                    self.stats.retransmissions += down.retransmit(message.lost)
+                    sent, refused = down.retransmit(message.lost, asyncio.get_running_loop().time())
+                    self.stats.retransmissions += sent
+                    self.stats.dropped[DropReason.NACK_LIMITED.value] += refused
 
     def _keyframe_for(self, out_ssrc: int) -> None:
         down = self._down_by_ssrc.get(out_ssrc)

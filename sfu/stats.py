@@ -15,6 +15,8 @@ class DropReason(StrEnum):
     SRTP_FAILURE = "srtp_failure"
     # A datagram from an address that has not completed ICE with that connection.
     FOREIGN_SOURCE = "foreign_source"
+    # A NACKed packet the subscriber's retransmission budget refused (sfu/retransmit.py).
+    NACK_LIMITED = "nack_limited"
 
 
 @dataclass

@@ -115,8 +115,29 @@ def test_nack_is_answered_from_the_cache() -> None:
         forward(track, publisher_packet(100 + seq, 3000, VP8_KEY if seq == 0 else VP8_DELTA))
     sent = list(sink.sent)
     wanted = [parse_rtp(sent[i]).sequence for i in (3, 7)]
-    assert down.retransmit((wanted[0], wanted[1], (wanted[1] + 1000) % 65536)) == 2
+    assert down.retransmit((wanted[0], wanted[1], (wanted[1] + 1000) % 65536), now=0.0) == (2, 0)
     assert sink.sent[-2:] == [sent[3], sent[7]]
+
+
+def test_a_nack_flood_is_not_amplified() -> None:
+    """One NACK naming every cached packet many times, repeated: each packet goes out once per
+    interval, and the bytes resent stay within the budget (burst + share of the media)."""
+    track = video_track()
+    sink = ListSink()
+    down = subscribe(track, sink, ssrc=7, mid="1")
+    for seq in range(500):
+        forward(track, publisher_packet(100 + seq, 3000 + seq, VP8_KEY if seq == 0 else VP8_DELTA))
+    forwarded = len(sink.sent)
+    media_bytes = sum(len(p) for p in sink.sent)
+    every = tuple(parse_rtp(p).sequence for p in sink.sent) * 10
+    total_sent = total_refused = 0
+    for n in range(50):  # 50 NACKs within 50 ms: all inside one retransmission interval
+        sent, refused = down.retransmit(every, now=n * 0.001)
+        total_sent, total_refused = total_sent + sent, total_refused + refused
+    resent = sink.sent[forwarded:]
+    assert len(resent) == total_sent and len(set(resent)) == len(resent)  # no packet twice
+    assert sum(len(p) for p in resent) <= down.retransmits.burst + 0.25 * media_bytes
+    assert total_refused > 0
 
 
 def test_sender_report_is_translated_to_the_down_track() -> None:

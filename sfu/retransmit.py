@@ -1,0 +1,60 @@
+"""How much a subscriber's NACKs may make keyroom resend: the guard against NACK amplification.
+
+A NACK is a few bytes that asks for many packets (one 1.2 KB NACK named 4,930), so answering
+every request lets one subscriber turn the server into an amplifier against its own link, the
+node's CPU and every other room. Three limits, none on the forwarding path:
+- a packet is resent at most once per `min_interval` (about one round trip): repeats within it
+  cannot have been lost again yet;
+- resent bytes are paid from a budget earned as a `share` of the media bytes forwarded to that
+  subscriber (plus an initial `burst`), so repairs never exceed a fraction of the media rate;
+- at most `max_per_nack` distinct packets are considered per NACK message.
+What the budget refuses is dropped and counted (`nack_limited`). Pure: `now` is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+SHARE = 0.25
+BURST = 128_000
+MIN_INTERVAL = 0.1
+MAX_PER_NACK = 256
+
+
+class RetransmitBudget:
+    __slots__ = ("share", "burst", "min_interval", "max_per_nack", "tokens", "_earned", "_sent_at")
+
+    def __init__(
+        self,
+        *,
+        share: float = SHARE,
+        burst: int = BURST,
+        min_interval: float = MIN_INTERVAL,
+        max_per_nack: int = MAX_PER_NACK,
+    ) -> None:
+        self.share = share
+        self.burst = burst
+        self.min_interval = min_interval
+        self.max_per_nack = max_per_nack
+        self.tokens = float(burst)
+        self._earned = 0
+        self._sent_at: dict[int, float] = {}
+
+    def requested(self, sequence_numbers: Iterable[int], media_octets: int) -> list[int]:
+        """The distinct sequence numbers of one NACK worth considering, after earning the share
+        of the `media_octets` forwarded since the last NACK."""
+        self.tokens = min(self.burst, self.tokens + (media_octets - self._earned) * self.share)
+        self._earned = media_octets
+        return list(dict.fromkeys(sequence_numbers))[: self.max_per_nack]
+
+    def allow(self, seq: int, size: int, now: float) -> bool:
+        """Whether to resend packet `seq` of `size` bytes now; charges the budget if so."""
+        last = self._sent_at.get(seq)
+        if (last is not None and now - last < self.min_interval) or size > self.tokens:
+            return False
+        self.tokens -= size
+        self._sent_at[seq] = now
+        if len(self._sent_at) > 4 * self.max_per_nack:
+            horizon = now - self.min_interval
+            self._sent_at = {s: t for s, t in self._sent_at.items() if t > horizon}
+        return True
