@@ -19,6 +19,10 @@ _SHARED = ipaddress.ip_network("100.64.0.0/10")
 TOO_MANY = "too_many_candidates"
 DENIED = "denied_address"
 NOT_RELAY = "not_a_relay"
+# An mDNS (`.local`) or other host name instead of an address: resolving it would bypass the
+# address policy (the resolved address is never checked) and let a client make the server
+# query names of its choosing. Browsers still connect: their checks teach a peer-reflexive pair.
+HOSTNAME = "hostname_candidate"
 
 
 @dataclass(frozen=True)
@@ -30,12 +34,20 @@ class CandidatePolicy:
     relay_addresses: frozenset[str] = field(default_factory=frozenset)
 
 
+def is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def denied_address(host: str, policy: CandidatePolicy) -> bool:
     """True for addresses no remote candidate may point the server at."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return False  # an mDNS name: aioice resolves it on the local link only
+        return True  # not an address at all
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
     if address.is_unspecified or address.is_multicast or address.is_link_local:
@@ -80,7 +92,9 @@ class RemoteCandidateGuard:
     def admit_candidate(self, host: str) -> bool:
         """A signalled (SDP or trickle) remote candidate; counts it when admitted."""
         reason = None
-        if self.relay_only() and _canonical(host) not in self.policy.relay_addresses:
+        if not is_address(host):
+            reason = HOSTNAME
+        elif self.relay_only() and _canonical(host) not in self.policy.relay_addresses:
             reason = NOT_RELAY
         elif denied_address(host, self.policy):
             reason = DENIED

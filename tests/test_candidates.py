@@ -13,6 +13,7 @@ from aiortc import RTCPeerConnection
 
 from sfu.candidates import (
     DENIED,
+    HOSTNAME,
     NOT_RELAY,
     TOO_MANY,
     CandidatePolicy,
@@ -38,9 +39,20 @@ def test_a_public_deployment_denies_internal_addresses(host: str) -> None:
     assert denied_address(host, PUBLIC)
 
 
-@pytest.mark.parametrize("host", ["8.8.8.8", "2001:4860::1", "::ffff:8.8.8.8", "abc.local"])
+@pytest.mark.parametrize("host", ["8.8.8.8", "2001:4860::1", "::ffff:8.8.8.8"])
 def test_a_public_deployment_accepts_public_addresses(host: str) -> None:
     assert not denied_address(host, PUBLIC)
+
+
+@pytest.mark.parametrize(
+    "host", ["abc.local", "5f3a9c1e-1b2d-4c3e-9f00-0123456789ab.local", "evil.example"]
+)
+def test_host_names_are_refused_whatever_the_policy(host: str) -> None:
+    """mDNS and other names: the address they resolve to would never meet the policy."""
+    guard, refused = make_guard(CandidatePolicy(allow_private=True, allow_loopback=True))
+    assert not guard.admit_candidate(host)
+    assert refused == [(HOSTNAME, host)] and guard.accepted == 0
+    assert denied_address(host, PUBLIC)
 
 
 def test_private_and_loopback_are_separate_switches() -> None:
