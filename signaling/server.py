@@ -27,7 +27,7 @@ from auth.audit import AuditLog, audit_key_file, load_or_create_key
 from auth.brake import FailureBrake
 from auth.keys import KeyTable
 from auth.store import AuthStore
-from auth.tokens import TokenVerifier, mint_token
+from auth.tokens import TokenVerifier
 from sfu import iceguard, internals
 from sfu.candidates import CandidatePolicy
 from sfu.config import Config
@@ -35,6 +35,7 @@ from sfu.iceaddr import restrict_host_addresses
 from sfu.metrics import build_registry, sample_loop_lag
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
+from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
 from signaling.netpolicy import client_ip, parse_networks, reload_certificate, tls_context
 from signaling.protocol import CLOSE_GOING_AWAY
 from signaling.session import Session
@@ -45,7 +46,6 @@ log = logging.getLogger("keyroom.server")
 
 STATE = web.AppKey("state", ServerState)
 METRICS = web.AppKey("metrics", CollectorRegistry)
-DEV_TOKEN_TTL = 3600.0
 
 # The conference page (docs/browser.md): same-origin scripts, styles and sockets only, no inline
 # code, no framing; the page may carry a token in its address, so it is never sent as a referrer.
@@ -102,6 +102,7 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_static("/static", STATIC_DIR)
     if state.config.server.dev:
         app.router.add_get("/debug/runtime", runtime_handler)
+        add_dev_routes(app, state.config)
     return app
 
 
@@ -259,21 +260,16 @@ async def shutdown(state: ServerState) -> None:
 
 def print_dev_banner(config: Config) -> None:
     key_id, secret = next(iter(config.auth.keys.items()))
-    token = mint_token(
-        key_id=key_id,
-        secret=secret,
-        identity="dev-user",
-        room="dev",
-        ttl=DEV_TOKEN_TTL,
-        now=time.time(),
-        name="Dev User",
-    )
+    token = dev_token(config, identity="dev-user", name="Dev User")
     base = f"http://{config.server.host}:{config.server.port}"
     lines = ["keyroom dev mode: plaintext, loopback only."]
     if config.auth.generated_dev_key:
         # A throw-away key made for this run only; printing it is the point of --dev.
         lines.append(f"dev key: {key_id}={secret}")
-    lines += [f"dev token (room 'dev', 1 h): {token}", f"join link: {base}/?token={token}"]
+    lines += [
+        f"dev token (identity 'dev-user', room '{DEV_ROOM}', 1 h): {token}",
+        f"join link (each visitor picks a name): {base}/?dev",
+    ]
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -486,3 +486,30 @@ async def test_max_video_bitrate_caps_a_chromium_publisher(conference: Conferenc
     assert rates[0] < 165_000, f"150k room: {rates[0]:.0f} bit/s"
     assert rates[1] < 330_000, f"300k room: {rates[1]:.0f} bit/s"
     assert rates[0] > 0 and rates[1] > 0
+
+
+async def test_each_dev_link_visitor_joins_under_a_name_of_their_own(
+    conference: Conference,
+) -> None:
+    """The link `--dev` prints opened in two tabs: two people, not a duplicate identity; and a
+    closed tab leaves at once (pagehide sends `leave`) instead of holding its place parked."""
+    pages = []
+    for name in ("Ann", "Ben"):
+        page = await conference.open("/?dev&publish=0")
+        assert await page.locator("#join-form").is_hidden()
+        await page.fill("#dev-name", name)
+        await page.click("#dev-form button")
+        await wait_js(page, "window.keyroom?.state === 'connected'", 10)
+        pages.append(page)
+    ann, ben = pages
+    await wait_js(ann, "document.querySelectorAll('#participants li').length === 2", 10)
+    listed = " ".join(await ann.locator("#participants li").all_inner_texts())
+    assert "Ann" in listed and "Ben" in listed
+    conference.pages.remove(ben)
+    await ben.context.close()  # fires pagehide
+    await wait_js(ann, "document.querySelectorAll('#participants li').length === 1", 5)
+
+
+async def test_dev_tokens_refuse_names_with_control_characters(server: ServerProcess) -> None:
+    status, body = await call(server, "POST", "/dev/token", None, {"name": "\x1b[31mroot"})
+    assert status == 400 and "control character" in body["error"]

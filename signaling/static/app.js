@@ -4,7 +4,8 @@
 //
 // Address parameters: `token` (read once, then removed from the address bar), `codec=h264`
 // (offer H264 first for the video this page publishes), `publish=0` (join without turning on
-// the camera and microphone).
+// the camera and microphone), `dev` (a `--dev` server: ask the visitor's name and get a token
+// of their own from /dev/token, so every tab is its own participant).
 
 import { Room, humanMessage } from "/static/keyroom.js";
 
@@ -29,6 +30,17 @@ const blockedDevices = new Set(); // "camera" / "microphone" the browser refused
 // ---------------------------------------------------------------- start
 
 takeTokenFromAddress();
+if (params.has("dev") && !room) {
+  $("join-form").hidden = true;
+  $("dev-form").hidden = false;
+}
+$("dev-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  joinAsDevVisitor($("dev-name").value.trim());
+});
+// A closed or reloaded tab leaves at once: otherwise its session is parked for the resume
+// window and holds the identity (a reload would be refused as a duplicate).
+addEventListener("pagehide", () => room?.leave());
 $("join-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const token = $("token").value.trim();
@@ -48,6 +60,22 @@ function takeTokenFromAddress() {
   const rest = params.toString();
   history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
   join(token);
+}
+
+async function joinAsDevVisitor(name) {
+  showError(null);
+  const response = await fetch("/dev/token", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ name }),
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok || !body.token) {
+    showError(body.error || "This server does not hand out dev tokens (is it running with --dev?)");
+    return;
+  }
+  $("dev-form").hidden = true;
+  join(body.token);
 }
 
 async function join(token) {
