@@ -62,7 +62,7 @@ class Publishing:
         self.ingress = ingress
         self.stats = stats
         # The room's current codec list, read at each offer.
-        self._allowed_codecs = allowed_codecs
+        self.allowed_codecs = allowed_codecs
         self._on_rtcp = on_rtcp
         self._public_addresses = public_addresses
         self._lock = asyncio.Lock()
@@ -84,7 +84,7 @@ class Publishing:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:
                 raise NegotiationError(f"offer refused: {exc}") from None
-            allowed = tuple(self._allowed_codecs())
+            allowed = tuple(self.allowed_codecs())
             newly_bound = []
             for section in sections:
                 transceiver = next((t for t in pc.getTransceivers() if t.mid == section.mid), None)
