@@ -125,6 +125,7 @@ def test_a_join_cancels_the_empty_timeout_and_zero_closes_at_once() -> None:
     r.start()
     assert r.next_deadline() == 0.0
     r.add(FakeParticipant("PA_a"))  # type: ignore[arg-type]
+    assert r.next_deadline() == SPEAKER_INTERVAL  # the next speaker round, nothing earlier
     run_until(r, clock, 50.0)
     assert events == []
 
