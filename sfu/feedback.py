@@ -10,9 +10,9 @@ report zero packets at NTP 0), so subscribers can synchronise audio and video.
 From the subscriber: PLI and FIR ask the down-track's own up-track for a keyframe, NACKs are
 answered from the down-track's packet cache.
 
-No I/O: packets to send wait in `to_publisher` / `to_subscriber` until the owner takes and sends
-them; the owner drives `handle_timer(now)` at `next_deadline()` (sfu/clock.py). Congestion
-control would live here, fed the same inputs.
+No I/O: packets to send wait in `to_publisher` / `to_subscriber` until the owner drains them into
+its transports' sinks; the owner drives `handle_timer(now)` at `next_deadline()` (sfu/clock.py).
+Congestion control would live here, fed the same inputs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from sfu.clock import Deadlines
-from sfu.forwarder import DownTrack, PublishedTrack
+from sfu.forwarder import DownTrack, PublishedTrack, Sink
 from sfu.rtcp import (
     Fir,
     Nack,
@@ -104,6 +104,18 @@ class Feedback:
 
     def stop(self) -> None:
         self._deadlines = Deadlines()
+
+    def drain(self, publisher: Sink | None, subscriber: Sink | None) -> None:
+        """Hand the queued packets to the owner's sinks; None (a transport not up yet) drops
+        them, as stale feedback is worth nothing later."""
+        for packet, keyframe_request in self.to_publisher:
+            if publisher is not None and publisher.send(packet) and keyframe_request:
+                self.stats.keyframe_requests += 1
+        self.to_publisher.clear()
+        if subscriber is not None:
+            for packet in self.to_subscriber:
+                subscriber.send(packet)
+        self.to_subscriber.clear()
 
     # -- publisher direction --------------------------------------------------------------------
 

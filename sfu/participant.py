@@ -28,12 +28,10 @@ from sfu.ingress import Ingress
 from sfu.negotiation import NegotiationError, add_ice_candidate
 from sfu.publishing import Publishing
 from sfu.stats import Stats
-from sfu.subscribing import Subscribing
+from sfu.subscribing import Notify, Subscribing
 from sfu.tasks import TaskSet
 
 __all__ = ["NegotiationError", "Notify", "Participant", "RoomView"]
-
-Notify = Callable[[dict[str, Any]], None]
 
 
 class RoomView(Protocol):
@@ -83,8 +81,8 @@ class Participant:
         self.subscriptions: dict[str, DownTrack] = {}
         self._tasks = TaskSet(f"participant {sid}")
         self.on_connection_failed: Callable[[Participant], None] | None = None
-        self._build_media(addresses)
         self._timer = clock.TimerDriver(self)
+        self._build_media(addresses)
 
     def _build_media(self, addresses: dict[str, str]) -> None:
         """The two peer connections and the parts that work on them."""
@@ -106,13 +104,12 @@ class Participant:
             max_video_bitrate=lambda: self.room.limits.max_video_bitrate,
             rtcp_ssrc=random.getrandbits(32),
         )
-        self.ingress = Ingress(self.tracks, stats)
         self.publishing = Publishing(
             self.publisher_pc,
-            ingress=self.ingress,
+            ingress=Ingress(self.tracks, stats),
+            feedback=self.feedback,
             stats=stats,
             allowed_codecs=lambda: self.room.limits.allowed_codecs,
-            on_rtcp=self._on_publisher_rtcp,
             public_addresses=addresses,
         )
         self.data = DataRelay(
@@ -124,13 +121,13 @@ class Participant:
         self.subscribing = Subscribing(
             self.subscriber_pc,
             sid=sid,
+            subscriptions=self.subscriptions,
             notify=lambda frame: self.notify(frame),
             relay=self.data,
+            feedback=self.feedback,
+            rearm=self._timer.update,
             tasks=self._tasks,
             stats=stats,
-            on_rtcp=self._on_subscriber_rtcp,
-            on_transport=self._subscriber_transport,
-            on_configured=self._down_track_configured,
             public_addresses=addresses,
         )
         self.publisher_pc.on("datachannel", self.data.on_publisher_channel)
@@ -178,7 +175,7 @@ class Participant:
             return None
         self._tracks_by_cid.pop(track.cid, None)
         track.request_keyframe = no_keyframe_source
-        self.ingress.forget(track)
+        self.publishing.ingress.forget(track)
         self.feedback.forget_track(track)
         self._timer.update()
         return track
@@ -194,9 +191,6 @@ class Participant:
         self.feedback.request_keyframe(track, clock.now())
         self._flush()
 
-    async def _on_publisher_rtcp(self, data: bytes) -> None:
-        self.feedback.on_publisher_rtcp(data, clock.now())
-
     # -- the one timer --------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
@@ -208,19 +202,7 @@ class Participant:
 
     def _flush(self) -> None:
         """Send what the feedback has queued, and re-arm the timer for its next deadline."""
-        feedback = self.feedback
-        if feedback.to_publisher:
-            sink = self.publishing.sink
-            for packet, keyframe_request in feedback.to_publisher:
-                if sink is not None and sink.send(packet) and keyframe_request:
-                    self.stats.keyframe_requests += 1
-            feedback.to_publisher.clear()
-        if feedback.to_subscriber:
-            sink_out = self.subscribing.sink
-            if sink_out is not None:
-                for packet in feedback.to_subscriber:
-                    sink_out.send(packet)
-            feedback.to_subscriber.clear()
+        self.feedback.drain(self.publishing.sink, self.subscribing.sink)
         self._timer.update()
 
     # -- data -----------------------------------------------------------------------------------
@@ -235,22 +217,10 @@ class Participant:
     # -- subscribing ----------------------------------------------------------------------------
 
     def subscribe(self, track: PublishedTrack) -> bool:
-        if track.sid in self.subscriptions or self.closed:
-            return False
-        down = DownTrack(track, self.sid)
-        self.subscriptions[track.sid] = down
-        self.subscribing.add(down)
-        return True
+        return self.subscribing.subscribe(track)
 
     def unsubscribe(self, track_sid: str) -> DownTrack | None:
-        down = self.subscriptions.pop(track_sid, None)
-        if down is None:
-            return None
-        if down in down.track.down_tracks:
-            down.track.down_tracks.remove(down)
-        self.feedback.unwatch(down)
-        self.subscribing.remove(down)
-        return down
+        return self.subscribing.unsubscribe(track_sid)
 
     def start_negotiation(self) -> None:
         """Send a new subscriber offer now, or after the answer to the one in flight."""
@@ -263,18 +233,6 @@ class Participant:
 
     def handle_subscriber_answer(self, sdp: str) -> None:
         self.subscribing.handle_answer(sdp)
-
-    def _subscriber_transport(self) -> None:
-        self.feedback.start_sender_reports(clock.now())
-        self._timer.update()
-
-    def _down_track_configured(self, down: DownTrack) -> None:
-        self.feedback.watch(down)
-        down.track.down_tracks.append(down)
-        down.track.request_keyframe()
-
-    async def _on_subscriber_rtcp(self, data: bytes) -> None:
-        self.feedback.on_subscriber_rtcp(data)
 
     # -- ICE ------------------------------------------------------------------------------------
 
@@ -301,8 +259,6 @@ class Participant:
             return
         self.closed = True
         self.subscribing.stop()
-        for track_sid in list(self.subscriptions):
-            self.unsubscribe(track_sid)
         self.feedback.stop()
         self._timer.stop()
 

@@ -9,15 +9,15 @@ header extensions). A section nothing granted is answered `inactive`: its RTP is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from sfu import internals
+from sfu import clock, internals
 from sfu.advertise import advertise
+from sfu.feedback import Feedback
 from sfu.forwarder import CodecInfo, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.negotiation import NegotiationError
@@ -53,17 +53,17 @@ class Publishing:
         pc: RTCPeerConnection,
         *,
         ingress: Ingress,
+        feedback: Feedback,
         stats: Stats,
         allowed_codecs: Callable[[], Iterable[str]],
-        on_rtcp: Callable[[bytes], Coroutine[Any, Any, None]],
         public_addresses: Mapping[str, str],
     ) -> None:
         self.pc = pc
         self.ingress = ingress
+        self._feedback = feedback
         self.stats = stats
         # The room's current codec list, read at each offer.
         self.allowed_codecs = allowed_codecs
-        self._on_rtcp = on_rtcp
         self._public_addresses = public_addresses
         self._lock = asyncio.Lock()
         self._transport: RTCDtlsTransport | None = None
@@ -153,3 +153,6 @@ class Publishing:
         # Synchronous from the datagram callback: the queue hop and coroutines aiortc puts in
         # front of every packet cost more than the forwarding itself (docs/benchmarks.md).
         internals.hook_transport_fast(dtls, self.ingress.on_rtp, self._on_rtcp, self.stats.dropped)
+
+    async def _on_rtcp(self, data: bytes) -> None:
+        self._feedback.on_publisher_rtcp(data, clock.now())

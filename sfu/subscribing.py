@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from sfu import internals
+from sfu import clock, internals
 from sfu.advertise import advertise
 from sfu.datarelay import DataRelay
+from sfu.feedback import Feedback
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
 from sfu.stats import DropReason, Stats
@@ -37,24 +38,26 @@ class Subscribing:
         pc: RTCPeerConnection,
         *,
         sid: str,
+        subscriptions: dict[str, DownTrack],
         notify: Notify,
         relay: DataRelay,
+        feedback: Feedback,
+        rearm: Callable[[], None],
         tasks: TaskSet,
         stats: Stats,
-        on_rtcp: Callable[[bytes], Coroutine[Any, Any, None]],
-        on_transport: Callable[[], None],
-        on_configured: Callable[[DownTrack], None],
         public_addresses: Mapping[str, str],
     ) -> None:
         self.pc = pc
         self.sid = sid
+        # The participant's own dict: track sid -> its down-track.
+        self.subscriptions = subscriptions
         self._notify = notify
         self._relay = relay
+        self._feedback = feedback
+        # Re-arms the owner's timer after the feedback's deadlines moved.
+        self._rearm = rearm
         self._tasks = tasks
         self.stats = stats
-        self._on_rtcp = on_rtcp
-        self._on_transport = on_transport
-        self._on_configured = on_configured
         self._public_addresses = public_addresses
         self.closed = False
         self._pending: list[DownTrack] = []
@@ -66,16 +69,28 @@ class Subscribing:
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
 
-    def add(self, down: DownTrack) -> None:
+    def subscribe(self, track: PublishedTrack) -> bool:
+        if track.sid in self.subscriptions or self.closed:
+            return False
+        down = DownTrack(track, self.sid)
+        self.subscriptions[track.sid] = down
         self._pending.append(down)
         self.start()
+        return True
 
-    def remove(self, down: DownTrack) -> None:
+    def unsubscribe(self, track_sid: str) -> DownTrack | None:
+        down = self.subscriptions.pop(track_sid, None)
+        if down is None:
+            return None
+        if down in down.track.down_tracks:
+            down.track.down_tracks.remove(down)
+        self._feedback.unwatch(down)
         if down in self._pending:
             self._pending.remove(down)
         else:
             self._removed.append(down)
         self.start()
+        return down
 
     def start(self) -> None:
         """Send a new offer now, or after the answer to the one in flight."""
@@ -153,7 +168,9 @@ class Subscribing:
                 payload_types={track.codec.payload_type: media.payloadType},
                 extensions={e.uri: e.id for e in internals.negotiated_extensions(transceiver)},
             )
-            self._on_configured(down)
+            self._feedback.watch(down)
+            track.down_tracks.append(down)
+            track.request_keyframe()
 
     def resync(self) -> None:
         """After a socket change: repeat the offer still awaiting an answer, or make a new one
@@ -178,14 +195,21 @@ class Subscribing:
             return
         self.sink = internals.RtpSink(dtls)
         internals.hook_transport(dtls, self._on_rtp, self._on_rtcp)
-        self._on_transport()
+        self._feedback.start_sender_reports(clock.now())
+        self._rearm()
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int = 0) -> None:
         # The subscriber PC is receive-only for the client: nothing it sends is forwarded.
         self.stats.drop(DropReason.NOT_GRANTED)
 
+    async def _on_rtcp(self, data: bytes) -> None:
+        self._feedback.on_subscriber_rtcp(data)
+
     def stop(self) -> None:
+        """Forward nothing more to this subscriber and offer nothing more."""
         self.closed = True
+        for track_sid in list(self.subscriptions):
+            self.unsubscribe(track_sid)
         if self._answer is not None and not self._answer.done():
             self._answer.cancel()
 
