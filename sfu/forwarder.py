@@ -8,6 +8,7 @@ time is passed in. This is the part `loadtest/` benchmarks.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +25,10 @@ AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 class Sink(Protocol):
     def send(self, data: bytes) -> bool: ...
+
+
+def no_keyframe_source() -> None:
+    """A track not (or no longer) published has nobody to ask for a keyframe."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,11 @@ class PublishedTrack:
         self.audio_level_id: int | None = None
         self.loudness = 0
         self.loudness_packets = 0
-        # Received bitrate, measured by the publisher's RTCP loop once a second.
+        # Received bitrate, measured by the publisher's RTCP feedback once a second.
         self.bitrate = 0
+        # Asks this track's publisher for a keyframe (throttled there): set by the publishing
+        # side, so a down-track reaches its own up-track without walking the room.
+        self.request_keyframe: Callable[[], None] = no_keyframe_source
 
     @property
     def mime_type(self) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -22,8 +22,6 @@ from sfu.stats import DropReason, Stats
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
-
-    from sfu.room import RoomRegistry
 
 # Join reasons kept as label values; anything else becomes "other", so a caller's typo or a new
 # code can never grow the series count. Accepted joins are "join" or "resume"; refusals use the
@@ -91,6 +89,35 @@ for _result in WEBHOOK_RESULTS:
     WEBHOOKS.labels(_result)
 
 
+class _Track(Protocol):
+    @property
+    def bound(self) -> bool: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+class _Participant(Protocol):
+    @property
+    def tracks(self) -> Mapping[str, _Track]: ...
+
+    @property
+    def subscriptions(self) -> Mapping[str, object]: ...
+
+
+class _Room(Protocol):
+    @property
+    def participants(self) -> Mapping[str, _Participant]: ...
+
+
+class Rooms(Protocol):
+    """What the collector reads of the room registry (sfu/room.py sits above this module: the
+    forwarding path records its timings here)."""
+
+    @property
+    def rooms(self) -> Mapping[str, _Room]: ...
+
+
 def record_join(accepted: bool, reason: str, seconds: float) -> None:
     """Count one join attempt and its latency (called by the signaling session)."""
     result = "accepted" if accepted else "refused"
@@ -124,7 +151,7 @@ async def sample_loop_lag(interval: float = LOOP_LAG_INTERVAL) -> None:
 class StateCollector(Collector):
     """Reads rooms and forwarding counters at scrape time (on the event loop, so consistently)."""
 
-    def __init__(self, rooms: RoomRegistry, stats: Stats) -> None:
+    def __init__(self, rooms: Rooms, stats: Stats) -> None:
         self.rooms = rooms
         self.stats = stats
 
@@ -180,7 +207,7 @@ class StateCollector(Collector):
         yield dropped
 
 
-def build_registry(rooms: RoomRegistry, stats: Stats) -> CollectorRegistry:
+def build_registry(rooms: Rooms, stats: Stats) -> CollectorRegistry:
     """One server's registry: its live state plus the process-wide instruments."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StateCollector(rooms, stats))

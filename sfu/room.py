@@ -1,12 +1,13 @@
 """Rooms: who is in them, what they publish, and who receives what.
 
 A room owns the membership rules (limits, duplicate identities, visibility) and wires publications
-to subscriptions; each `Participant` owns its own peer connections.
+to subscriptions; each `Participant` owns its own peer connections. Its timers (active-speaker
+rounds, empty timeout, max duration) are named deadlines on the one clock (sfu/clock.py): the
+room reads `now` from the clock it is given and is driven through `handle_timer(now)`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -18,6 +19,8 @@ import orjson
 
 from auth.grants import VideoGrant
 from auth.policy import may_publish_track, may_subscribe
+from sfu import clock
+from sfu.clock import Deadlines, TimerDriver
 from sfu.config import LimitsConfig
 from sfu.forwarder import PublishedTrack
 from sfu.participant import Participant
@@ -57,6 +60,7 @@ class Room:
         *,
         metadata: str = "",
         listeners: list[Listener] | None = None,
+        now: Callable[[], float] = clock.now,
     ) -> None:
         self.sid = new_sid("RM")
         self.name = name
@@ -67,10 +71,14 @@ class Room:
         self.closed = False
         # Called when the room has been empty for `empty_timeout` seconds.
         self.on_empty: Callable[[Room], None] | None = None
+        # Called when the room reaches its max_duration (the server ends its sessions).
+        self.on_expired: Callable[[Room], None] | None = None
         self.listeners: list[Listener] = listeners if listeners is not None else []
-        self._empty_timer: asyncio.TimerHandle | None = None
-        self.duration_timer: asyncio.TimerHandle | None = None
-        self._speakers_task: asyncio.Task[None] | None = None
+        self._now = now
+        self._deadlines: Deadlines[str] = Deadlines()
+        # Arms the loop timer for `next_deadline()`; None where nothing drives the room (tests
+        # call handle_timer themselves).
+        self.timer: TimerDriver | None = None
         self._speakers: list[str] = []
 
     def info(self) -> dict[str, Any]:
@@ -86,28 +94,63 @@ class Room:
             "created_at": int(self.created_at),
         }
 
-    async def _speaker_rounds(self) -> None:
+    # -- timers -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """The room exists: it closes after `empty_timeout` unless someone joins, and after
+        `max_duration` in any case."""
+        now = self._now()
+        self._arm_empty_timer(now)
+        if self.limits.max_duration > 0:
+            self._deadlines.set("expired", now + self.limits.max_duration)
+        self._rearm()
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines.next()
+
+    def handle_timer(self, now: float) -> None:
+        for key in self._deadlines.pop_due(now):
+            if self.closed:
+                return
+            if key == "speakers":
+                self._speaker_round()
+                self._deadlines.set("speakers", now + SPEAKER_INTERVAL)
+            elif key == "empty":
+                if not self.participants and self.on_empty is not None:
+                    self.on_empty(self)
+            elif key == "expired" and self.on_expired is not None:
+                self.on_expired(self)
+
+    def _rearm(self) -> None:
+        if self.timer is not None:
+            self.timer.update()
+
+    def _speaker_round(self) -> None:
         """Tell everyone who is speaking, whenever that changes (PROTOCOL 2.6)."""
-        while True:
-            await asyncio.sleep(SPEAKER_INTERVAL)
-            levels = []
-            for participant in self.participants.values():
-                if participant.hidden:
-                    continue
-                loudness = [
-                    level
-                    for track in participant.tracks.values()
-                    if track.kind == "audio" and not track.muted
-                    for level in (track.take_loudness(),)
-                    if level is not None
-                ]
-                if loudness:
-                    levels.append((participant.sid, max(loudness)))
-            speakers = active_speakers(levels)
-            sids = [str(s["sid"]) for s in speakers]
-            if sids != self._speakers:
-                self._speakers = sids
-                self.broadcast({"type": "active_speakers", "speakers": speakers})
+        levels = []
+        for participant in self.participants.values():
+            if participant.hidden:
+                continue
+            loudness = [
+                level
+                for track in participant.tracks.values()
+                if track.kind == "audio" and not track.muted
+                for level in (track.take_loudness(),)
+                if level is not None
+            ]
+            if loudness:
+                levels.append((participant.sid, max(loudness)))
+        speakers = active_speakers(levels)
+        sids = [str(s["sid"]) for s in speakers]
+        if sids != self._speakers:
+            self._speakers = sids
+            self.broadcast({"type": "active_speakers", "speakers": speakers})
+
+    def _arm_empty_timer(self, now: float) -> None:
+        if self.on_empty is not None:
+            self._deadlines.set("empty", now + self.limits.empty_timeout)
+
+    # -- membership ---------------------------------------------------------------------------
 
     def emit(
         self,
@@ -142,9 +185,10 @@ class Room:
     def add(self, participant: Participant) -> None:
         """Admit a participant (synchronously, so concurrent joins cannot overshoot limits)."""
         self.participants[participant.sid] = participant
-        self._cancel_empty_timer()
-        if self._speakers_task is None:
-            self._speakers_task = asyncio.ensure_future(self._speaker_rounds())
+        self._deadlines.clear("empty")
+        if "speakers" not in self._deadlines:
+            self._deadlines.set("speakers", self._now() + SPEAKER_INTERVAL)
+        self._rearm()
         self.emit("participant_joined", participant)
         if not participant.hidden:
             self.broadcast(
@@ -190,7 +234,8 @@ class Room:
                 }
             )
         if not self.participants:
-            self._arm_empty_timer()
+            self._arm_empty_timer(self._now())
+            self._rearm()
         return True
 
     async def remove(self, participant: Participant, reason: str) -> None:
@@ -276,7 +321,7 @@ class Room:
                 exclude=None if notify_publisher else participant,
             )
         if not muted:
-            participant.request_keyframe(track)
+            track.request_keyframe()
 
     def participant_updated(self, participant: Participant) -> None:
         if not participant.hidden:
@@ -315,32 +360,13 @@ class Room:
                 delivered += 1
         return delivered
 
-    def _arm_empty_timer(self) -> None:
-        self._cancel_empty_timer()
-        timeout = self.limits.empty_timeout
-        if self.on_empty is not None:
-            loop = asyncio.get_running_loop()
-            self._empty_timer = loop.call_later(timeout, self._empty_timeout)
-
-    def _empty_timeout(self) -> None:
-        self._empty_timer = None
-        if not self.participants and self.on_empty is not None:
-            self.on_empty(self)
-
-    def _cancel_empty_timer(self) -> None:
-        if self._empty_timer is not None:
-            self._empty_timer.cancel()
-            self._empty_timer = None
-
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self._cancel_empty_timer()
-        if self.duration_timer is not None:
-            self.duration_timer.cancel()
-        if self._speakers_task is not None:
-            self._speakers_task.cancel()
+        self._deadlines = Deadlines()
+        if self.timer is not None:
+            self.timer.stop()
         self.emit("room_finished")
 
 
@@ -361,19 +387,21 @@ class RoomRegistry:
             name, limits or self.default_limits, metadata=metadata, listeners=self.listeners
         )
         room.on_empty = self._drop_empty
+        room.on_expired = self._expired
         self.rooms[name] = room
         room.emit("room_started")
-        room._arm_empty_timer()
-        if room.limits.max_duration > 0 and self.on_expired is not None:
-            room.duration_timer = asyncio.get_running_loop().call_later(
-                room.limits.max_duration, self.on_expired, room
-            )
+        room.timer = TimerDriver(room)
+        room.start()
         return room
 
     def remove(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
         room.close()
+
+    def _expired(self, room: Room) -> None:
+        if self.on_expired is not None:
+            self.on_expired(room)
 
     def _drop_empty(self, room: Room) -> None:
         if not room.participants:

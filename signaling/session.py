@@ -244,7 +244,6 @@ class Session:
             else:
                 state.forget_parked(evicted)
                 state.spawn(evicted.close())
-        limits = room.limits
         participant = Participant(
             sid=new_sid("PA"),
             identity=claims.identity,
@@ -255,9 +254,6 @@ class Session:
             notify=self.send,
             stats=state.stats,
             auto_subscribe=bool(frame.get("auto_subscribe", True)),
-            allowed_codecs=limits.allowed_codecs,
-            max_data_bytes=limits.max_data_message_bytes,
-            keyframe_interval=state.config.rtc.keyframe_interval,
             # Empty public_ips: nothing to rewrite (finalize checks the lengths otherwise).
             relay_only=role_relay_only(state.config.roles, claims.role),
             public_addresses=dict(

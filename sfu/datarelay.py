@@ -1,0 +1,109 @@
+"""The `_reliable`/`_lossy` data channels: a publisher's messages in, relayed messages out.
+
+In: each message on the publisher PC is checked (data grant, size, envelope shape) and handed to
+the room as (label, topic, payload, to). Out: the subscriber PC's channels of the same labels; a
+message for a channel still opening is held (bounded) and sent when it opens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import orjson
+from aiortc import RTCDataChannel
+
+from sfu.stats import DropReason, Stats
+from signaling.protocol import DATA_CHANNELS
+
+# Data messages held per channel until the subscriber's channel opens.
+MAX_HELD_DATA = 256
+
+Deliver = Callable[[str, str, str, list[str] | None], None]
+
+
+class DataRelay:
+    def __init__(
+        self,
+        *,
+        stats: Stats,
+        may_publish: Callable[[], bool],
+        max_bytes: Callable[[], int],
+        deliver: Deliver,
+    ) -> None:
+        self.stats = stats
+        # The participant's current grant and the room's current limit, read per message.
+        self._may_publish = may_publish
+        self._max_bytes = max_bytes
+        self._deliver = deliver
+        self._channels: dict[str, RTCDataChannel] = {}
+        self._held: dict[str, list[bytes]] = {}
+
+    # -- in -------------------------------------------------------------------------------------
+
+    def on_publisher_channel(self, channel: RTCDataChannel) -> None:
+        if channel.label not in DATA_CHANNELS:
+            self.stats.drop(DropReason.NOT_GRANTED)
+            channel.close()
+            return
+        channel.on("message", partial(self.on_message, channel.label))
+
+    def on_message(self, label: str, message: str | bytes) -> None:
+        if not self._may_publish():
+            self.stats.drop(DropReason.NOT_GRANTED)
+            return
+        raw = message.encode() if isinstance(message, str) else message
+        if len(raw) > self._max_bytes():
+            self.stats.drop(DropReason.TOO_LARGE)
+            return
+        try:
+            envelope = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.stats.drop(DropReason.MALFORMED)
+            return
+        if not isinstance(envelope, dict):
+            self.stats.drop(DropReason.MALFORMED)
+            return
+        topic = envelope.get("topic", "")
+        payload = envelope.get("payload", "")
+        to = envelope.get("to")
+        if (
+            not isinstance(topic, str)
+            or not isinstance(payload, str)
+            or not (to is None or (isinstance(to, list) and all(isinstance(i, str) for i in to)))
+        ):
+            self.stats.drop(DropReason.MALFORMED)
+            return
+        self._deliver(label, topic, payload, to)
+
+    # -- out ------------------------------------------------------------------------------------
+
+    @property
+    def opened(self) -> bool:
+        """Whether the subscriber PC's channels exist (created with its first offer)."""
+        return bool(self._channels)
+
+    def use_channels(self, channels: dict[str, RTCDataChannel]) -> None:
+        self._channels = channels
+        for label, channel in channels.items():
+            channel.on("open", partial(self._flush_held, label))
+
+    def send(self, label: str, message: bytes) -> bool:
+        """Deliver on the subscriber PC; held (bounded) while the channel is still opening."""
+        channel = self._channels.get(label)
+        if channel is None or channel.readyState in ("closing", "closed"):
+            return False
+        if channel.readyState == "open":
+            channel.send(message.decode())
+            return True
+        held = self._held.setdefault(label, [])
+        if len(held) >= MAX_HELD_DATA:
+            self.stats.drop(DropReason.TOO_LARGE)
+            return False
+        held.append(message)
+        return True
+
+    def _flush_held(self, label: str) -> None:
+        channel = self._channels[label]
+        for message in self._held.pop(label, []):
+            channel.send(message.decode())

@@ -1,0 +1,213 @@
+"""A participant's RTCP, both directions, as a state machine with `now` passed in.
+
+Towards the publisher: Receiver Reports and a REMB once a second (the stock receiver that would
+send them is disabled; without them a browser's congestion control gets no feedback), and
+keyframe requests (PLI), at most one per track per `rtc.keyframe_interval`, a suppressed one sent
+when its window ends. Towards the subscriber: the publishers' Sender Reports translated into each
+down-track's SSRC and timestamp space once a second (aiortc's own SR loop is disabled: it would
+report zero packets at NTP 0), so subscribers can synchronise audio and video.
+
+From the subscriber: PLI and FIR ask the down-track's own up-track for a keyframe, NACKs are
+answered from the down-track's packet cache.
+
+No I/O: packets to send wait in `to_publisher` / `to_subscriber` until the owner drains them into
+its transports' sinks; the owner drives `handle_timer(now)` at `next_deadline()` (sfu/clock.py).
+Congestion control would live here, fed the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from sfu.clock import Deadlines
+from sfu.forwarder import DownTrack, PublishedTrack, Sink
+from sfu.rtcp import (
+    Fir,
+    Nack,
+    Pli,
+    RtcpMessage,
+    SenderReport,
+    build_pli,
+    build_remb,
+    build_rr,
+    parse_rtcp,
+)
+from sfu.rtp import MalformedPacket
+from sfu.stats import DropReason, Stats
+
+PUBLISHER_REPORT_INTERVAL = 1.0
+SENDER_REPORT_INTERVAL = 1.0
+# REMB sent when the room sets no max_video_bitrate: generous, so congestion control, not
+# keyroom, decides; it only has to be present for a browser to leave its start bitrate.
+DEFAULT_VIDEO_BITRATE_CAP = 4_000_000
+# An RR carries at most 31 report blocks.
+MAX_REPORT_BLOCKS = 31
+
+# Deadline keys: (what, track sid or "").
+_REPORTS = ("reports", "")
+_SENDER_REPORTS = ("sender_reports", "")
+_KEYFRAME = "keyframe"
+
+
+class Feedback:
+    def __init__(
+        self,
+        *,
+        tracks: Mapping[str, PublishedTrack],
+        subscriptions: Mapping[str, DownTrack],
+        stats: Stats,
+        max_video_bitrate: Callable[[], int],
+        rtcp_ssrc: int,
+    ) -> None:
+        # The participant's own dicts, read live.
+        self._tracks = tracks
+        self._subscriptions = subscriptions
+        self.stats = stats
+        # The room's current per-track cap (0: none), read at each report.
+        self._max_video_bitrate = max_video_bitrate
+        # SSRC of the feedback keyroom sends to this publisher.
+        self.rtcp_ssrc = rtcp_ssrc
+        self._deadlines: Deadlines[tuple[str, str]] = Deadlines()
+        self._down_by_ssrc: dict[int, DownTrack] = {}
+        self._previous: dict[str, tuple[float, int]] = {}
+        # (packet, is a keyframe request) for the publisher PC; packets for the subscriber PC.
+        self.to_publisher: list[tuple[bytes, bool]] = []
+        self.to_subscriber: list[bytes] = []
+
+    # -- clock ----------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines.next()
+
+    def handle_timer(self, now: float) -> None:
+        for key in self._deadlines.pop_due(now):
+            if key == _REPORTS:
+                self._publisher_reports(now)
+                self._deadlines.set(_REPORTS, now + PUBLISHER_REPORT_INTERVAL)
+            elif key == _SENDER_REPORTS:
+                self._sender_reports()
+                self._deadlines.set(_SENDER_REPORTS, now + SENDER_REPORT_INTERVAL)
+            else:
+                track = self._tracks.get(key[1])
+                if track is not None and track.throttle.due(now):
+                    self._send_pli(track)
+
+    def start_publisher_reports(self, now: float) -> None:
+        """The publisher PC is negotiated: report once a second from now on."""
+        if _REPORTS not in self._deadlines:
+            self._deadlines.set(_REPORTS, now + PUBLISHER_REPORT_INTERVAL)
+
+    def start_sender_reports(self, now: float) -> None:
+        """The subscriber PC has its transport: translate Sender Reports once a second."""
+        if _SENDER_REPORTS not in self._deadlines:
+            self._deadlines.set(_SENDER_REPORTS, now + SENDER_REPORT_INTERVAL)
+
+    def stop(self) -> None:
+        self._deadlines = Deadlines()
+
+    def drain(self, publisher: Sink | None, subscriber: Sink | None) -> None:
+        """Hand the queued packets to the owner's sinks; None (a transport not up yet) drops
+        them, as stale feedback is worth nothing later."""
+        for packet, keyframe_request in self.to_publisher:
+            if publisher is not None and publisher.send(packet) and keyframe_request:
+                self.stats.keyframe_requests += 1
+        self.to_publisher.clear()
+        if subscriber is not None:
+            for packet in self.to_subscriber:
+                subscriber.send(packet)
+        self.to_subscriber.clear()
+
+    # -- publisher direction --------------------------------------------------------------------
+
+    def request_keyframe(self, track: PublishedTrack, now: float) -> None:
+        """Ask the publisher for a keyframe, at most once per keyframe interval per track."""
+        if track.kind != "video" or track.sid not in self._tracks:
+            return
+        if track.throttle.request(now):
+            self._send_pli(track)
+            return
+        due = track.throttle.next_due()
+        key = (_KEYFRAME, track.sid)
+        if due is not None and key not in self._deadlines:
+            self._deadlines.set(key, due)
+
+    def forget_track(self, track: PublishedTrack) -> None:
+        self._deadlines.clear((_KEYFRAME, track.sid))
+        self._previous.pop(track.sid, None)
+
+    def on_publisher_rtcp(self, data: bytes, now: float) -> None:
+        for message in self._parse(data):
+            if isinstance(message, SenderReport):
+                track = next((t for t in self._tracks.values() if t.ssrc == message.ssrc), None)
+                if track is not None:
+                    track.on_sender_report(message.ntp, message.rtp_ts, now)
+
+    def _send_pli(self, track: PublishedTrack) -> None:
+        if track.ssrc is not None:
+            self.to_publisher.append((build_pli(self.rtcp_ssrc, track.ssrc), True))
+
+    def _publisher_reports(self, now: float) -> None:
+        """Receiver Reports for every track, and a REMB capping video bitrate. REMB carries one
+        bitrate for all listed SSRCs, so the cap sent is the per-track limit times the number of
+        video tracks."""
+        blocks, video_ssrcs = [], []
+        for track in self._tracks.values():
+            if track.ssrc is None or not track.receive.started:
+                continue
+            blocks.append(track.receive.report_block(track.ssrc, now))
+            then, octets = self._previous.get(track.sid, (now, track.counters.bytes_in))
+            if now > then:
+                track.bitrate = int((track.counters.bytes_in - octets) * 8 / (now - then))
+            self._previous[track.sid] = (now, track.counters.bytes_in)
+            if track.kind == "video":
+                video_ssrcs.append(track.ssrc)
+        if not blocks:
+            return
+        self.to_publisher.append((build_rr(self.rtcp_ssrc, blocks[:MAX_REPORT_BLOCKS]), False))
+        if video_ssrcs:
+            per_track = self._max_video_bitrate() or DEFAULT_VIDEO_BITRATE_CAP
+            remb = build_remb(self.rtcp_ssrc, per_track * len(video_ssrcs), video_ssrcs)
+            self.to_publisher.append((remb, False))
+
+    # -- subscriber direction -------------------------------------------------------------------
+
+    def watch(self, down: DownTrack) -> None:
+        """A down-track is configured: its subscriber's RTCP names it by `out_ssrc`."""
+        if down.out_ssrc is not None:
+            self._down_by_ssrc[down.out_ssrc] = down
+
+    def unwatch(self, down: DownTrack) -> None:
+        if down.out_ssrc is not None:
+            self._down_by_ssrc.pop(down.out_ssrc, None)
+
+    def on_subscriber_rtcp(self, data: bytes, now: float) -> None:
+        for message in self._parse(data):
+            if isinstance(message, Pli):
+                self._keyframe_for(message.media_ssrc)
+            elif isinstance(message, Fir):
+                for ssrc, _seqnr in message.entries:
+                    self._keyframe_for(ssrc)
+            elif isinstance(message, Nack):
+                down = self._down_by_ssrc.get(message.media_ssrc)
+                if down is not None:
+                    sent, refused = down.retransmit(message.lost, now)
+                    self.stats.retransmissions += sent
+                    self.stats.dropped[DropReason.NACK_LIMITED.value] += refused
+
+    def _keyframe_for(self, out_ssrc: int) -> None:
+        down = self._down_by_ssrc.get(out_ssrc)
+        if down is not None:
+            down.track.request_keyframe()
+
+    def _sender_reports(self) -> None:
+        for down in self._subscriptions.values():
+            report = down.sender_report()
+            if report is not None:
+                self.to_subscriber.append(report)
+
+    def _parse(self, data: bytes) -> list[RtcpMessage]:
+        try:
+            return parse_rtcp(data)
+        except MalformedPacket:
+            self.stats.drop(DropReason.MALFORMED)
+            return []

@@ -1,0 +1,158 @@
+"""The publisher peer connection: the client offers, keyroom answers.
+
+Each media section is matched to a track `add_track` granted (by its track id), gets the first
+codec the room allows (plus its RTX), and is bound to that track in the ingress (MID, SSRCs,
+header extensions). A section nothing granted is answered `inactive`: its RTP is dropped
+(PROTOCOL 3). Once the transport exists its plaintext RTP goes synchronously to the ingress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from sfu import clock, internals
+from sfu.advertise import advertise
+from sfu.feedback import Feedback
+from sfu.forwarder import CodecInfo, PublishedTrack
+from sfu.ingress import Ingress
+from sfu.negotiation import NegotiationError
+from sfu.sdpinfo import BadSdp, MediaSection, describe_offer
+from sfu.stats import Stats
+
+
+def choose_codec(
+    codecs: list[RTCRtpCodecParameters], allowed: Iterable[str]
+) -> tuple[RTCRtpCodecParameters, RTCRtpCodecParameters | None] | None:
+    """The first negotiated codec the room allows, and its RTX codec if negotiated."""
+    names = {name.lower() for name in allowed}
+    for codec in codecs:
+        name = codec.mimeType.split("/")[-1].lower()
+        if name == "rtx" or name not in names or codec.payloadType is None:
+            continue
+        rtx = next(
+            (
+                c
+                for c in codecs
+                if c.mimeType.lower().endswith("/rtx")
+                and c.parameters.get("apt") == codec.payloadType
+            ),
+            None,
+        )
+        return codec, rtx
+    return None
+
+
+class Publishing:
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        *,
+        ingress: Ingress,
+        feedback: Feedback,
+        stats: Stats,
+        allowed_codecs: Callable[[], Iterable[str]],
+        public_addresses: Mapping[str, str],
+    ) -> None:
+        self.pc = pc
+        self.ingress = ingress
+        self._feedback = feedback
+        self.stats = stats
+        # The room's current codec list, read at each offer.
+        self.allowed_codecs = allowed_codecs
+        self._public_addresses = public_addresses
+        self._lock = asyncio.Lock()
+        self._transport: RTCDtlsTransport | None = None
+        # Sends keyroom's feedback (RR, REMB, PLI) to the publisher once connected.
+        self.sink: internals.RtpSink | None = None
+
+    async def answer(
+        self, sdp: str, tracks_by_cid: Mapping[str, PublishedTrack]
+    ) -> tuple[str, list[PublishedTrack]]:
+        """Answer the publisher's offer; returns the answer and the tracks it newly bound."""
+        try:
+            sections = describe_offer(sdp)
+        except BadSdp as exc:
+            raise NegotiationError(str(exc)) from None
+        async with self._lock:
+            pc = self.pc
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            except Exception as exc:
+                raise NegotiationError(f"offer refused: {exc}") from None
+            allowed = tuple(self.allowed_codecs())
+            newly_bound = []
+            for section in sections:
+                transceiver = next((t for t in pc.getTransceivers() if t.mid == section.mid), None)
+                if section.kind == "application" or transceiver is None:
+                    continue
+                track = tracks_by_cid.get(section.track_id or "")
+                was_bound = track is not None and track.bound
+                if self._accept(section, transceiver, track, allowed) and not was_bound:
+                    assert track is not None
+                    newly_bound.append(track)
+            try:
+                answer = await pc.createAnswer()
+                await pc.setLocalDescription(answer)
+            except Exception as exc:
+                raise NegotiationError(f"offer refused: {exc}") from None
+            self._hook()
+            return advertise(pc.localDescription.sdp, self._public_addresses), newly_bound
+
+    def _accept(
+        self,
+        section: MediaSection,
+        transceiver: RTCRtpTransceiver,
+        track: PublishedTrack | None,
+        allowed: tuple[str, ...],
+    ) -> bool:
+        """Bind one media section to its granted track, or answer it `inactive`."""
+        if (
+            track is None
+            or track.kind != section.kind
+            or section.direction not in ("sendonly", "sendrecv")
+            or (track.mid is not None and track.mid != section.mid)
+        ):
+            # PROTOCOL 3: a section no add_track granted gets nothing; its RTP is dropped.
+            transceiver.direction = "inactive"
+            return False
+        chosen = choose_codec(internals.negotiated_codecs(transceiver), allowed)
+        if chosen is None:
+            transceiver.direction = "inactive"
+            return False
+        codec, rtx = chosen
+        internals.restrict_codecs(transceiver, [codec] + ([rtx] if rtx else []))
+        assert codec.payloadType is not None
+        transceiver.direction = "recvonly"
+        self.ingress.bind(
+            track,
+            section.mid,
+            section.media_ssrc,
+            section.rtx_ssrc,
+            CodecInfo(
+                mime_type=codec.mimeType,
+                clock_rate=codec.clockRate,
+                payload_type=codec.payloadType,
+                parameters=dict(codec.parameters),
+                rtx_payload_type=rtx.payloadType if rtx else None,
+            ),
+            {e.id: e.uri for e in internals.negotiated_extensions(transceiver)},
+        )
+        return True
+
+    def _hook(self) -> None:
+        dtls = internals.bundle_transport(self.pc)
+        if dtls is None or dtls is self._transport:
+            return
+        self._transport = dtls
+        self.sink = internals.RtpSink(dtls)
+        # Synchronous from the datagram callback: the queue hop and coroutines aiortc puts in
+        # front of every packet cost more than the forwarding itself (docs/benchmarks.md).
+        internals.hook_transport_fast(dtls, self.ingress.on_rtp, self._on_rtcp, self.stats.dropped)
+
+    async def _on_rtcp(self, data: bytes) -> None:
+        self._feedback.on_publisher_rtcp(data, clock.now())

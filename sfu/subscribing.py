@@ -1,0 +1,229 @@
+"""The subscriber peer connection: keyroom offers, the client answers.
+
+One sendonly section per subscribed track, offered with the publisher's own codec (never
+transcoded), plus the `_reliable`/`_lossy` data channels. Subscription changes made while an
+offer awaits its answer are gathered into the next offer. Once the answer is in, each new
+down-track is bound to its negotiated section (payload type, SSRC, extension ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+
+from sfu import clock, internals
+from sfu.advertise import advertise
+from sfu.datarelay import DataRelay
+from sfu.feedback import Feedback
+from sfu.forwarder import DownTrack, PublishedTrack
+from sfu.negotiation import NegotiationError
+from sfu.stats import DropReason, Stats
+from sfu.tasks import TaskSet
+
+log = logging.getLogger("keyroom.participant")
+
+ANSWER_TIMEOUT = 15.0
+
+Notify = Callable[[dict[str, Any]], None]
+
+
+class Subscribing:
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        *,
+        sid: str,
+        subscriptions: dict[str, DownTrack],
+        notify: Notify,
+        relay: DataRelay,
+        feedback: Feedback,
+        rearm: Callable[[], None],
+        tasks: TaskSet,
+        stats: Stats,
+        public_addresses: Mapping[str, str],
+    ) -> None:
+        self.pc = pc
+        self.sid = sid
+        # The participant's own dict: track sid -> its down-track.
+        self.subscriptions = subscriptions
+        self._notify = notify
+        self._relay = relay
+        self._feedback = feedback
+        # Re-arms the owner's timer after the feedback's deadlines moved.
+        self._rearm = rearm
+        self._tasks = tasks
+        self.stats = stats
+        self._public_addresses = public_addresses
+        self.closed = False
+        self._pending: list[DownTrack] = []
+        self._removed: list[DownTrack] = []
+        self._transceivers: dict[DownTrack, RTCRtpTransceiver] = {}
+        self._negotiation: asyncio.Task[None] | None = None
+        self._renegotiate = False
+        self._answer: asyncio.Future[str] | None = None
+        # Sends the down-tracks' RTP and the translated Sender Reports once connected.
+        self.sink: internals.RtpSink | None = None
+
+    def subscribe(self, track: PublishedTrack) -> bool:
+        if track.sid in self.subscriptions or self.closed:
+            return False
+        down = DownTrack(track, self.sid)
+        self.subscriptions[track.sid] = down
+        self._pending.append(down)
+        self.start()
+        return True
+
+    def unsubscribe(self, track_sid: str) -> DownTrack | None:
+        down = self.subscriptions.pop(track_sid, None)
+        if down is None:
+            return None
+        if down in down.track.down_tracks:
+            down.track.down_tracks.remove(down)
+        self._feedback.unwatch(down)
+        if down in self._pending:
+            self._pending.remove(down)
+        else:
+            self._removed.append(down)
+        self.start()
+        return down
+
+    def start(self) -> None:
+        """Send a new offer now, or after the answer to the one in flight."""
+        if self.closed:
+            return
+        if self._negotiation is not None and not self._negotiation.done():
+            self._renegotiate = True
+            return
+        self._negotiation = self._tasks.spawn(self._negotiate())
+
+    async def _negotiate(self) -> None:
+        pc = self.pc
+        while not self.closed:
+            self._renegotiate = False
+            # Media sections first: an aiortc offerer whose data channel precedes its first
+            # transceiver never connects under max-bundle.
+            self._apply_changes()
+            if not self._relay.opened:
+                self._relay.use_channels(
+                    {
+                        "_reliable": pc.createDataChannel("_reliable", ordered=True),
+                        "_lossy": pc.createDataChannel("_lossy", ordered=False, maxRetransmits=0),
+                    }
+                )
+            offer = await pc.createOffer()
+            await pc.setLocalDescription(offer)
+            self._hook()
+            self._answer = asyncio.get_running_loop().create_future()
+            self._notify({"type": "offer", "target": "subscriber", "sdp": self._offer_sdp()})
+            try:
+                answer_sdp = await asyncio.wait_for(self._answer, ANSWER_TIMEOUT)
+            except TimeoutError:
+                log.info("participant %s: no subscriber answer in time", self.sid)
+                return
+            finally:
+                self._answer = None
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+            self._configure_down_tracks()
+            if not self._renegotiate:
+                return
+
+    def _offer_sdp(self) -> str:
+        return advertise(self.pc.localDescription.sdp, self._public_addresses)
+
+    def _apply_changes(self) -> None:
+        for down in self._removed:
+            transceiver = self._transceivers.pop(down, None)
+            if transceiver is not None:
+                transceiver.direction = "inactive"
+        self._removed.clear()
+        for down in self._pending:
+            track = down.track
+            transceiver = self.pc.addTransceiver(track.kind, direction="sendonly")
+            transceiver.setCodecPreferences(capabilities_for(track))
+            internals.set_sender_msid(transceiver, track.publisher_sid, track.sid)
+            self._transceivers[down] = transceiver
+        self._pending.clear()
+
+    def _configure_down_tracks(self) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        for down, transceiver in self._transceivers.items():
+            if down.rewriter is not None or transceiver.mid is None:
+                continue
+            track = down.track
+            codecs = internals.negotiated_codecs(transceiver)
+            media = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+            if media is None or media.payloadType is None or track.codec is None:
+                continue
+            down.configure(
+                sink=sink,
+                out_ssrc=internals.sender_ssrc(transceiver),
+                mid=transceiver.mid,
+                payload_types={track.codec.payload_type: media.payloadType},
+                extensions={e.uri: e.id for e in internals.negotiated_extensions(transceiver)},
+            )
+            self._feedback.watch(down)
+            track.down_tracks.append(down)
+            track.request_keyframe()
+
+    def resync(self) -> None:
+        """After a socket change: repeat the offer still awaiting an answer, or make a new one
+        if the last offer timed out unanswered."""
+        if self._answer is not None and not self._answer.done():
+            self._notify({"type": "offer", "target": "subscriber", "sdp": self._offer_sdp()})
+        elif self.pc.signalingState == "have-local-offer":
+            self.start()
+
+    def handle_answer(self, sdp: str) -> None:
+        if self._answer is None or self._answer.done():
+            raise NegotiationError("no subscriber offer is waiting for an answer")
+        if not isinstance(sdp, str) or not sdp.strip():
+            raise NegotiationError("empty SDP")
+        self._answer.set_result(sdp)
+
+    def _hook(self) -> None:
+        if self.sink is not None:
+            return
+        dtls = internals.bundle_transport(self.pc)
+        if dtls is None:
+            return
+        self.sink = internals.RtpSink(dtls)
+        internals.hook_transport(dtls, self._on_rtp, self._on_rtcp)
+        self._feedback.start_sender_reports(clock.now())
+        self._rearm()
+
+    async def _on_rtp(self, data: bytes, arrival_time_ms: int = 0) -> None:
+        # The subscriber PC is receive-only for the client: nothing it sends is forwarded.
+        self.stats.drop(DropReason.NOT_GRANTED)
+
+    async def _on_rtcp(self, data: bytes) -> None:
+        self._feedback.on_subscriber_rtcp(data, clock.now())
+
+    def stop(self) -> None:
+        """Forward nothing more to this subscriber and offer nothing more."""
+        self.closed = True
+        for track_sid in list(self.subscriptions):
+            self.unsubscribe(track_sid)
+        if self._answer is not None and not self._answer.done():
+            self._answer.cancel()
+
+
+def capabilities_for(track: PublishedTrack) -> list[RTCRtpCodecCapability]:
+    """The one codec the publisher sends: subscribers get it as is, never transcoded."""
+    codec = track.codec
+    assert codec is not None
+    wanted = codec.mime_type.lower()
+    # The publisher's negotiated codec carries aiortc's own parameters (H264 profile and
+    # packetization mode), so an exact match picks the same capability.
+    return [
+        c
+        for c in RTCRtpSender.getCapabilities(track.kind).codecs
+        if c.mimeType.lower() == wanted
+        and (wanted != "video/h264" or c.parameters == codec.parameters)
+    ][:1]

@@ -1,0 +1,73 @@
+"""A publisher's RTP demux without sockets: SSRC table, MID-extension learning, drop accounting."""
+
+from __future__ import annotations
+
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+from sfu.forwarder import AUDIO_LEVEL, SDES_MID, CodecInfo, PublishedTrack
+from sfu.ingress import Ingress
+from sfu.stats import DropReason, Stats
+
+EXTENSIONS = {3: SDES_MID, 4: AUDIO_LEVEL}
+
+
+def packet(ssrc: int, mid: str | None = None, seq: int = 1) -> bytes:
+    rtp = RtpPacket(payload_type=96, sequence_number=seq, timestamp=0, ssrc=ssrc)
+    rtp.payload = b"\x00" * 20
+    rtp.extensions.mid = mid
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=i, uri=u) for i, u in EXTENSIONS.items()
+            ]
+        )
+    )
+    return rtp.serialize(ext_map)
+
+
+def published(sid: str, kind: str = "video") -> PublishedTrack:
+    return PublishedTrack(
+        sid=sid, cid=sid, kind=kind, source="camera", name="", publisher_sid="PA_p"
+    )
+
+
+VP8 = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
+
+
+def test_announced_ssrcs_are_forwarded_and_the_rest_counted_by_reason() -> None:
+    stats = Stats()
+    track = published("TR_v")
+    tracks = {track.sid: track}
+    ingress = Ingress(tracks, stats)
+    ingress.bind(track, "0", 1111, 2222, VP8, dict(EXTENSIONS))
+    assert track.mid == "0" and track.codec is VP8 and track.audio_level_id == 4
+
+    ingress.on_rtp(packet(1111))
+    ingress.on_rtp(packet(2222))  # the publisher's RTX: known, never forwarded
+    ingress.on_rtp(packet(3333))  # announced nowhere, and no MID to learn it from
+    ingress.on_rtp(b"\x80\x60")
+    assert track.counters.packets_in == 1 and stats.packets_in == 1
+    assert stats.dropped[DropReason.NOT_GRANTED.value] == 1
+    assert stats.dropped[DropReason.UNKNOWN_SSRC.value] == 1
+    assert stats.dropped[DropReason.MALFORMED.value] == 1
+
+    del tracks[track.sid]
+    ingress.forget(track)
+    ingress.on_rtp(packet(1111))  # unpublished: "not granted", not "unknown"
+    assert stats.dropped[DropReason.NOT_GRANTED.value] == 2 and stats.packets_in == 1
+
+
+def test_an_ssrc_without_a_ssrc_line_is_learnt_from_the_mid_extension_once() -> None:
+    stats = Stats()
+    track = published("TR_v")
+    ingress = Ingress({track.sid: track}, stats)
+    ingress.bind(track, "1", None, None, VP8, dict(EXTENSIONS))
+    ingress.on_rtp(packet(5555, mid="0"))  # a MID nothing is bound to
+    assert stats.dropped[DropReason.UNKNOWN_SSRC.value] == 1
+    ingress.on_rtp(packet(5555, mid="1", seq=2))
+    assert track.ssrc == 5555 and stats.packets_in == 1
+    ingress.on_rtp(packet(5555, seq=3))  # later packets need no MID
+    ingress.on_rtp(packet(6666, mid="1"))  # the MID is taken: a second SSRC is not learnt
+    assert stats.packets_in == 2 and stats.dropped[DropReason.UNKNOWN_SSRC.value] == 2
