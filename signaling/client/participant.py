@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import aiohttp
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 
 from sfu.tasks import TaskSet
 from signaling.client.connection import Connection
@@ -73,15 +73,19 @@ class KeyroomClient:
             on_closed=self._on_closed,
             on_server_close=self._on_server_close,
         )
+        self._event_inbox: Inbox[Frame] = Inbox()
+        self._track_inbox: Inbox[RemoteTrack] = Inbox()
+        self._data_inbox: Inbox[Frame] = Inbox()
+        self._callbacks: dict[str, list[Callable[[Any], Any]]] = {}
         self._roster = Roster()
         self._publisher = Publisher(self._connection)
-        self._subscriber = Subscriber(self._connection, self._roster, self._fire)
+        self._subscriber = Subscriber(
+            self._connection, self._roster, self._track_inbox, self._data_inbox, self._fire
+        )
         self._tasks = TaskSet("keyroom client")
         self._torn_down = False
         self._teardown_lock = asyncio.Lock()
         self._server_teardown: asyncio.Future[None] | None = None
-        self._event_inbox: Inbox[Frame] = Inbox()
-        self._callbacks: dict[str, list[Callable[[Any], Any]]] = {}
 
     # ---------------------------------------------------------------- state
 
@@ -125,6 +129,7 @@ class KeyroomClient:
     def leave_reason(self) -> str | None:
         return self._connection.leave_reason
 
+    # Tests reach these to drop the socket alone (_ws) and to check that nothing is left running.
     @property
     def _ws(self) -> aiohttp.ClientWebSocketResponse | None:
         return self._connection.ws
@@ -132,6 +137,11 @@ class KeyroomClient:
     @property
     def _reader(self) -> asyncio.Task[None] | None:
         return self._connection.reader
+
+    @property
+    def _publisher_channels(self) -> dict[str, RTCDataChannel]:
+        # For tests that send on a channel what send_data would not (a forged envelope).
+        return self._publisher.channels
 
     # ---------------------------------------------------------------- session
 
@@ -209,8 +219,8 @@ class KeyroomClient:
             await self._connection.close_http()
 
     def _on_closed(self, exc: SessionClosed) -> None:
-        self._event_inbox.close(exc)
-        self._subscriber.close(exc)
+        for inbox in (self._event_inbox, self._track_inbox, self._data_inbox):
+            inbox.close(exc)
 
     def _on_server_close(self) -> None:
         # The server ended the session: release the PCs now, not when the owner notices
@@ -371,14 +381,12 @@ class KeyroomClient:
         self, timeout: float = 10, predicate: Callable[[RemoteTrack], bool] | None = None
     ) -> RemoteTrack:
         """Take the next remote track (matching `predicate`) that appeared on the subscriber PC."""
-        return await self._subscriber.tracks.get(
-            predicate or (lambda _: True), timeout, "remote track"
-        )
+        return await self._track_inbox.get(predicate or (lambda _: True), timeout, "remote track")
 
     async def next_data(self, timeout: float = 10) -> Frame:
         """Take the next data message received on a subscriber channel:
         `{"from", "from_sid", "topic", "payload", "channel"}`."""
-        return await self._subscriber.data.get(lambda _: True, timeout, "data message")
+        return await self._data_inbox.get(lambda _: True, timeout, "data message")
 
     def on(self, event_type: str, callback: Callable[[Any], Any]) -> None:
         """Call `callback(frame)` for each server event of `event_type` (after the state is

@@ -29,7 +29,7 @@ class Publisher:
         self._connection = connection
         self._lock = asyncio.Lock()
         self._published: dict[str, RTCRtpTransceiver] = {}
-        self._channels: dict[str, RTCDataChannel] = {}
+        self.channels: dict[str, RTCDataChannel] = {}
         self._data_refused = False
 
     async def publish(self, track: MediaStreamTrack, source: str, name: str) -> Frame:
@@ -96,16 +96,16 @@ class Publisher:
 
     async def _channel(self, label: str, timeout: float) -> RTCDataChannel:
         async with self._lock:
-            if not self._channels:
+            if not self.channels:
                 pc = self._require_pc()
                 for name, options in DATA_CHANNELS.items():
-                    self._channels[name] = pc.createDataChannel(name, **options)
+                    self.channels[name] = pc.createDataChannel(name, **options)
                 rejected = await self._negotiate()
                 sctp = pc.sctp
                 self._data_refused = sctp is not None and sctp.mid in rejected
         if self._data_refused:
             raise KeyroomError("forbidden", "the server rejected the data channels")
-        channel = self._channels[label]
+        channel = self.channels[label]
         if channel.readyState != "open":
             opened = asyncio.Event()
             channel.once("open", opened.set)

@@ -47,17 +47,23 @@ class Subscriber:
     """Answers the server's offers on the subscriber PC and reports what they bring.
 
     Offers and trickles are applied strictly in arrival order by one worker (`run`). New remote
-    tracks go to `tracks` and data messages to `data`, each also to `fire` ("track", "data").
+    tracks are put in `tracks` and data messages in `data`, each also given to `fire` ("track",
+    "data").
     """
 
     def __init__(
-        self, connection: Connection, roster: Roster, fire: Callable[[str, Any], None]
+        self,
+        connection: Connection,
+        roster: Roster,
+        tracks: Inbox[RemoteTrack],
+        data: Inbox[Frame],
+        fire: Callable[[str, Any], None],
     ) -> None:
         self.pc: RTCPeerConnection | None = None
         # mid -> RemoteTrack
         self.remote_tracks: dict[str, RemoteTrack] = {}
-        self.tracks: Inbox[RemoteTrack] = Inbox()
-        self.data: Inbox[Frame] = Inbox()
+        self._tracks = tracks
+        self._data = data
         self._connection = connection
         self._roster = roster
         self._fire = fire
@@ -76,10 +82,6 @@ class Subscriber:
 
     def trickle(self, candidate: Frame) -> None:
         self._queue.put_nowait(("trickle", candidate))
-
-    def close(self, exc: SessionClosed) -> None:
-        for inbox in (self.tracks, self.data):
-            inbox.close(exc)
 
     async def run(self) -> None:
         while True:
@@ -147,7 +149,7 @@ class Subscriber:
         if section.mid is not None:
             self.remote_tracks[section.mid] = remote
         self.resolve(remote.participant_sid)
-        self.tracks.put(remote)
+        self._tracks.put(remote)
         self._fire("track", remote)
 
     def _refresh_remote_tracks(
@@ -182,7 +184,7 @@ class Subscriber:
                 log.warning("non-object data on %s: %.200r", channel.label, message)
                 return
             data["channel"] = channel.label
-            self.data.put(data)
+            self._data.put(data)
             self._fire("data", data)
 
         channel.on("message", on_message)
