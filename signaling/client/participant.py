@@ -78,7 +78,8 @@ class KeyroomClient:
         self._data_inbox: Inbox[Frame] = Inbox()
         self._callbacks: dict[str, list[Callable[[Any], Any]]] = {}
         self._roster = Roster()
-        self._publisher = Publisher(self._connection)
+        # Looked up at each call, not bound now: tests wrap `request` on the instance.
+        self._publisher = Publisher(self._connection, lambda frame: self.request(frame))
         self._subscriber = Subscriber(
             self._connection, self._roster, self._track_inbox, self._data_inbox, self._fire
         )

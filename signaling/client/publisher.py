@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiortc import (
@@ -22,11 +23,17 @@ from signaling.protocol import DATA_CHANNELS
 
 
 class Publisher:
-    """Negotiates the publisher PC (the client offers), one negotiation at a time."""
+    """Negotiates the publisher PC (the client offers), one negotiation at a time.
 
-    def __init__(self, connection: Connection) -> None:
+    Its requests go through `request` (the client's), closed-session checks to `connection`.
+    """
+
+    def __init__(
+        self, connection: Connection, request: Callable[[Frame], Awaitable[Frame]]
+    ) -> None:
         self.pc: RTCPeerConnection | None = None
         self._connection = connection
+        self._request = request
         self._lock = asyncio.Lock()
         self._published: dict[str, RTCRtpTransceiver] = {}
         self.channels: dict[str, RTCDataChannel] = {}
@@ -34,7 +41,7 @@ class Publisher:
 
     async def publish(self, track: MediaStreamTrack, source: str, name: str) -> Frame:
         async with self._lock:
-            reply = await self._connection.request(
+            reply = await self._request(
                 {
                     "type": "add_track",
                     "cid": track.id,
@@ -62,9 +69,7 @@ class Publisher:
         pc = self._require_pc()
         await pc.setLocalDescription(await pc.createOffer())
         offer = pc.localDescription.sdp
-        reply = await self._connection.request(
-            {"type": "offer", "target": "publisher", "sdp": offer}
-        )
+        reply = await self._request({"type": "offer", "target": "publisher", "sdp": offer})
         answer = str(reply.get("sdp", ""))
         rejected = {s.mid for s in describe_sections(answer) if s.rejected and s.mid is not None}
         await pc.setRemoteDescription(
