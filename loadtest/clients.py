@@ -48,8 +48,11 @@ class LoadClient(Protocol):
     """What publishers and subscribers use of a participant: `KeyroomClient`'s members, which a
     baseline server's adapter (`loadtest.baseline_relay.BaselineClient`) also provides."""
 
-    publisher_pc: RTCPeerConnection | None
-    subscriber_pc: RTCPeerConnection | None
+    @property
+    def publisher_pc(self) -> RTCPeerConnection | None: ...
+
+    @property
+    def subscriber_pc(self) -> RTCPeerConnection | None: ...
 
     async def connect(self, timeout: float = ...) -> dict[str, Any]: ...
 

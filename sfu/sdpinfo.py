@@ -1,13 +1,23 @@
-"""What a publisher's offer says about its media sections (pure: SDP text in, dataclasses out)."""
+"""What an SDP says about its media sections (pure: SDP text in, dataclasses out).
+
+The one reader of m= sections, for the server (`describe_offer`: a publisher's offer, checked) and
+the Python client (`describe_sections`: any description, rejected sections included). It reads an
+attribute the way aiortc, which applies the description, reads it: a section starts at each
+`m=` line, and where an attribute that aiortc keeps once (mid, msid, direction) appears twice,
+the last one counts.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiortc import sdp
 
 MAX_SDP_BYTES = 64 * 1024
 MAX_SECTIONS = 64
+
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 
 class BadSdp(ValueError):
@@ -16,6 +26,8 @@ class BadSdp(ValueError):
 
 @dataclass(frozen=True)
 class MediaSection:
+    """A section of a publisher's offer, as the server binds it to a track."""
+
     index: int
     kind: str
     mid: str
@@ -26,6 +38,137 @@ class MediaSection:
     rtx_ssrc: int | None
 
 
+@dataclass(frozen=True)
+class MediaSectionInfo:
+    """What one m= section of an SDP says (see `describe_sections`)."""
+
+    index: int
+    kind: str
+    port: int
+    mid: str | None
+    direction: str
+    stream_id: str | None
+    track_id: str | None
+    ssrcs: tuple[int, ...]
+    has_codecs: bool
+    # The `a=ssrc-group:FID <media> <rtx>` pair, if the section has one.
+    fid: tuple[int, int] | None = None
+
+    @property
+    def rejected(self) -> bool:
+        """Port 0, or an inactive media section: the other side sends nothing here."""
+        return self.port == 0 or (self.kind != "application" and self.direction == "inactive")
+
+
+class MLine(NamedTuple):
+    kind: str
+    port: int
+    proto: str
+    formats: list[str]
+
+
+def split_sdp(text: str) -> tuple[list[str], list[list[str]]]:
+    """The session lines, and the lines of each m= section (its m= line first)."""
+    session: list[str] = []
+    sections: list[list[str]] = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        if line.startswith("m="):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+        else:
+            session.append(line)
+    return session, sections
+
+
+def join_sdp(session: list[str], sections: list[list[str]]) -> str:
+    return "\r\n".join(session + [line for section in sections for line in section]) + "\r\n"
+
+
+def attribute(lines: list[str], name: str) -> str | None:
+    """The value of the last `a=<name>` line: None if there is none, or if it has no value."""
+    value = None
+    for line in lines:
+        if line.startswith("a="):
+            found, colon, text = line[2:].partition(":")
+            if found == name:
+                value = text if colon else None
+    return value
+
+
+def read_mline(line: str) -> MLine:
+    """`m=<kind> <port>[/<count>] <proto> <format>...`; ValueError if it is not one."""
+    kind, port, proto, *rest = line[2:].split(" ", 3)
+    return MLine(kind, int(port.split("/")[0]), proto, rest[0].split() if rest else [])
+
+
+def describe_sections(text: str) -> list[MediaSectionInfo]:
+    """List the m= sections of `text` with their mid, direction, msid and SSRCs.
+
+    The msid comes from `a=msid:<stream> <track>`, else from the first SSRC's
+    `a=ssrc:<n> msid:<stream> <track>`; one without exactly these two parts names nothing. In a
+    keyroom subscriber offer the stream id is the publisher's participant sid and the track id
+    the track sid. Raises ValueError on an m= line or an SSRC that is not one.
+    """
+    return [_describe(index, lines) for index, lines in enumerate(split_sdp(text)[1])]
+
+
+def _describe(index: int, lines: list[str]) -> MediaSectionInfo:
+    mline = read_mline(lines[0])
+    ssrc_msids = _ssrc_msids(lines)
+    stream_id, track_id = _msid([attribute(lines, "msid"), *ssrc_msids.values()])
+    return MediaSectionInfo(
+        index=index,
+        kind=mline.kind,
+        port=mline.port,
+        mid=attribute(lines, "mid"),
+        direction=_direction(lines),
+        stream_id=stream_id,
+        track_id=track_id,
+        ssrcs=tuple(ssrc_msids),
+        has_codecs=any(line.startswith("a=rtpmap:") for line in lines),
+        fid=_fid(lines),
+    )
+
+
+def _ssrc_msids(lines: list[str]) -> dict[int, str | None]:
+    """Each SSRC in order of first mention, with its (last) `msid:` attribute."""
+    ssrcs: dict[int, str | None] = {}
+    for line in lines:
+        if line.startswith("a=ssrc:"):
+            ssrc_text, _, rest = line[len("a=ssrc:") :].partition(" ")
+            ssrc = int(ssrc_text)
+            ssrcs.setdefault(ssrc, None)
+            if rest.startswith("msid:"):
+                ssrcs[ssrc] = rest[len("msid:") :]
+    return ssrcs
+
+
+def _msid(candidates: list[str | None]) -> tuple[str | None, str | None]:
+    for msid in candidates:
+        parts = msid.split() if msid else []
+        if len(parts) == 2:
+            return parts[0], parts[1]
+    return None, None
+
+
+def _direction(lines: list[str]) -> str:
+    named = [line[2:].split(":", 1)[0] for line in lines if line.startswith("a=")]
+    return next((name for name in reversed(named) if name in DIRECTIONS), "sendrecv")
+
+
+def _fid(lines: list[str]) -> tuple[int, int] | None:
+    for line in lines:
+        if line.startswith("a=ssrc-group:"):
+            semantic, *items = line[len("a=ssrc-group:") :].split()
+            ssrcs = [int(item) for item in items]
+            if semantic == "FID" and len(ssrcs) == 2:
+                return ssrcs[0], ssrcs[1]
+    return None
+
+
 def describe_offer(text: str) -> list[MediaSection]:
     """Parse an offer and list its sections; raise BadSdp with a precise reason."""
     if not isinstance(text, str) or not text.startswith("v=0"):
@@ -33,62 +176,44 @@ def describe_offer(text: str) -> list[MediaSection]:
     if len(text.encode()) > MAX_SDP_BYTES:
         raise BadSdp(f"SDP larger than {MAX_SDP_BYTES} bytes")
     try:
+        # aiortc's parse is the gate: what it cannot parse, the offer cannot be applied with.
         description = sdp.SessionDescription.parse(text)
+        infos = describe_sections(text)
     except Exception as exc:  # aiortc's parser raises assorted errors on bad input
         raise BadSdp(f"unparsable SDP ({type(exc).__name__})") from None
-    if not description.media:
+    if not infos:
         raise BadSdp("SDP has no media sections")
-    if len(description.media) > MAX_SECTIONS:
+    if len(infos) > MAX_SECTIONS:
         raise BadSdp(f"more than {MAX_SECTIONS} media sections")
-    sections = []
     mids: set[str] = set()
-    for index, media in enumerate(description.media):
-        mid = media.rtp.muxId
-        if not mid:
-            raise BadSdp(f"media section {index} has no a=mid")
-        if mid in mids:
-            raise BadSdp(f"duplicate a=mid:{mid}")
-        mids.add(mid)
-        if media.kind not in ("audio", "video", "application"):
-            raise BadSdp(f"media section {index} has unsupported kind {media.kind!r}")
-        if media.kind != "application" and not (
-            media.ice and media.ice.usernameFragment and media.dtls
-        ):
-            raise BadSdp(f"media section {index} lacks ICE or DTLS parameters")
-        stream_id, track_id = _msid(media)
-        media_ssrc, rtx_ssrc = _ssrcs(media)
-        sections.append(
-            MediaSection(
-                index=index,
-                kind=media.kind,
-                mid=mid,
-                direction=media.direction or "sendrecv",
-                stream_id=stream_id,
-                track_id=track_id,
-                media_ssrc=media_ssrc,
-                rtx_ssrc=rtx_ssrc,
-            )
-        )
-    return sections
+    # Both split at the same m= lines, so the lists pair up.
+    for info, media in zip(infos, description.media, strict=True):
+        _check_section(info, media, mids)
+    return [_offered(info) for info in infos]
 
 
-def _msid(media: sdp.MediaDescription) -> tuple[str | None, str | None]:
-    if media.msid:
-        parts = media.msid.split()
-        if len(parts) == 2:
-            return parts[0], parts[1]
-    for ssrc in media.ssrc:
-        if ssrc.msid:
-            parts = ssrc.msid.split()
-            if len(parts) == 2:
-                return parts[0], parts[1]
-    return None, None
+def _check_section(info: MediaSectionInfo, media: sdp.MediaDescription, mids: set[str]) -> None:
+    if not info.mid:
+        raise BadSdp(f"media section {info.index} has no a=mid")
+    if info.mid in mids:
+        raise BadSdp(f"duplicate a=mid:{info.mid}")
+    mids.add(info.mid)
+    if info.kind not in ("audio", "video", "application"):
+        raise BadSdp(f"media section {info.index} has unsupported kind {info.kind!r}")
+    # aiortc's view of the transport: it includes session-level ICE and DTLS attributes.
+    if info.kind != "application" and not (media.ice and media.ice.usernameFragment and media.dtls):
+        raise BadSdp(f"media section {info.index} lacks ICE or DTLS parameters")
 
 
-def _ssrcs(media: sdp.MediaDescription) -> tuple[int | None, int | None]:
-    for group in media.ssrc_group:
-        if group.semantic == "FID" and len(group.items) == 2:
-            return int(group.items[0]), int(group.items[1])
-    if media.ssrc:
-        return int(media.ssrc[0].ssrc), None
-    return None, None
+def _offered(info: MediaSectionInfo) -> MediaSection:
+    media_ssrc, rtx_ssrc = info.fid or ((info.ssrcs[0], None) if info.ssrcs else (None, None))
+    return MediaSection(
+        index=info.index,
+        kind=info.kind,
+        mid=info.mid or "",
+        direction=info.direction,
+        stream_id=info.stream_id,
+        track_id=info.track_id,
+        media_ssrc=media_ssrc,
+        rtx_ssrc=rtx_ssrc,
+    )
