@@ -7,8 +7,8 @@ import inspect
 import logging
 import ssl as ssl_module
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
@@ -400,7 +400,6 @@ class KeyroomClient:
             try:
                 result = callback(item)
                 if inspect.isawaitable(result):
-                    # spawn's ensure_future takes any awaitable, not only a coroutine.
-                    self._tasks.spawn(cast("Coroutine[Any, Any, Any]", result))
+                    self._tasks.spawn(result)
             except Exception:
                 log.exception("%s callback failed", event_type)
