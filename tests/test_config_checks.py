@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sfu.config import LimitsConfig, ServerConfig, checks, limits_with
+from sfu.config import LimitsConfig, ServerConfig, checks, limits_with, load_config
 from sfu.config.sections import check_keys
 
 
@@ -64,3 +64,11 @@ def test_limits_with_names_where_the_overrides_came_from() -> None:
         limits_with(LimitsConfig(), {"relay": True}, "limits")
     with pytest.raises(checks.ConfigError, match=r"^rooms\.r: limits\.max_publishers: expected"):
         limits_with(LimitsConfig(), {"max_publishers": -1}, "rooms.r")
+
+
+def test_a_role_relay_only_must_be_a_boolean() -> None:
+    runnable = {"auth": {"keys": {"k": "s" * 40}}, "rtc": {"ips": ["127.0.0.1"]}}
+    roles = {"v": {"canPublish": False, "relay_only": "yes"}}
+    with pytest.raises(checks.ConfigError) as refused:
+        load_config(None, {**runnable, "roles": roles}, {})
+    assert str(refused.value) == 'roles.v.relay_only: expected true or false, got "yes"'

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from auth.grants import VideoGrant
-from sfu.config.checks import ConfigError, expected, show
+from sfu.config.checks import ConfigError, boolean, expected, show
 from sfu.config.sections import (
     AuthConfig,
     Config,
@@ -147,5 +147,4 @@ def _check_roles(roles: Mapping[str, Any]) -> None:
             VideoGrant.from_claim(grant)
         except ValueError as e:
             raise ConfigError(f"roles.{name}: {e}") from None
-        if not isinstance(grant.get("relay_only", False), bool):
-            raise expected(f"roles.{name}.relay_only", "true or false", grant["relay_only"])
+        boolean(f"roles.{name}.relay_only", grant.get("relay_only", False))
