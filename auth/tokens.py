@@ -217,7 +217,10 @@ class TokenVerifier:
             raise TokenError("malformed") from None
         return key_id, claims
 
-    def _claims(self, key_id: str, claims: dict[str, Any], now: float) -> Claims:
+    def _times(
+        self, claims: dict[str, Any], now: float
+    ) -> tuple[float, float | None, float | None]:
+        """(exp, nbf, iat), once the token is valid at `now` and does not live too long."""
         exp = _optional_time(claims, "exp")
         if exp is None:
             raise TokenError("missing_exp")
@@ -233,7 +236,10 @@ class TokenVerifier:
         start = nbf if nbf is not None else iat if iat is not None else now
         if exp - start > self.max_ttl:
             raise TokenError("ttl_too_long")
+        return exp, nbf, iat
 
+    def _claims(self, key_id: str, claims: dict[str, Any], now: float) -> Claims:
+        exp, nbf, iat = self._times(claims, now)
         sub = _optional_str(claims, "sub")
         name = _optional_str(claims, "name") or ""
         metadata = _optional_str(claims, "metadata") or ""

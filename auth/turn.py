@@ -1,4 +1,4 @@
-"""coturn "TURN REST API" credentials (use-auth-secret), computed without I/O.
+"""coturn "TURN REST API" credentials (use-auth-secret), and the coturn lines that match them.
 
 The server and coturn share one secret; nothing is stored per user. A credential is valid until
 the Unix time at the start of its username, so a leaked one is useless after `ttl` seconds
@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,3 +55,41 @@ def ice_servers(
     return [
         {"urls": list(urls), "username": credential.username, "credential": credential.password}
     ]
+
+
+# Peers a relay must never reach (coturn 4.6.1 ranges): private, shared, link-local, multicast,
+# reserved, and the IPv4-mapped block, whose ::ffff:127.0.0.1 bypasses IPv4 rules (CVE-2026-27624).
+DENIED_PEER_RANGES = (
+    "0.0.0.0-0.255.255.255",
+    "10.0.0.0-10.255.255.255",
+    "100.64.0.0-100.127.255.255",
+    "169.254.0.0-169.254.255.255",
+    "172.16.0.0-172.31.255.255",
+    "192.0.0.0-192.0.0.255",
+    "192.168.0.0-192.168.255.255",
+    "198.18.0.0-198.19.255.255",
+    "224.0.0.0-255.255.255.255",
+    "::-::",
+    "::ffff:0.0.0.0-::ffff:255.255.255.255",
+    "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "ff00::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+)
+
+
+def turn_config_lines(secret: str, realm: str, sfu_ips: Sequence[str], dev: bool) -> list[str]:
+    """coturn lines for keyroom's [turn]: REST credentials, and relays to the SFU only."""
+    lines = [
+        "use-auth-secret",
+        f"static-auth-secret={secret}",
+        f"realm={realm}",
+        "fingerprint",
+        "no-cli",
+        "no-multicast-peers",
+        "allow-loopback-peers" if dev else "no-loopback-peers",
+    ]
+    if not dev:
+        lines += [f"denied-peer-ip={r}" for r in DENIED_PEER_RANGES]
+    # The SFU's own media addresses stay reachable even inside a denied range.
+    lines += [f"allowed-peer-ip={ip}" for ip in sfu_ips]
+    return lines

@@ -70,7 +70,8 @@ def run_loadtest(args: argparse.Namespace) -> int:
 
     from loadtest.clients import prefer_video_codec
     from loadtest.report import compare, format_comparison, format_table, passed
-    from loadtest.runner import Clips, Target, default_log_dir, run_scenario, spawned_server
+    from loadtest.runner import Clips, default_log_dir, run_scenario
+    from loadtest.target import Target, spawned_server
     from sfu.iceaddr import restrict_host_addresses
 
     scenario = with_overrides(
@@ -156,7 +157,7 @@ def baseline_target(name: str, log_dir: str, args: argparse.Namespace) -> Iterat
     """A spawned baseline server as a load-test target."""
     from loadtest.baseline_relay import BaselineClient, spawned_baseline
     from loadtest.janus import JanusClient, spawned_janus
-    from loadtest.runner import Target
+    from loadtest.target import Target
     from sfu.iceaddr import restrict_host_addresses
 
     if name == "janus":

@@ -24,10 +24,8 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,7 +38,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 
-from loadtest.spawn import free_port
+from loadtest.spawn import free_port, stop, wait_ready
 from signaling.client import RemoteTrack
 
 log = logging.getLogger(__name__)
@@ -333,22 +331,12 @@ def spawned_janus(log_dir: str, interface: str) -> Iterator[tuple[str, int]]:
     command = [janus, "-C", config, "-F", config_dir, "-o", "-L", log_path, "-N"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                with open(log_path, errors="replace") as f:
-                    raise RuntimeError(f"janus did not start:\n{f.read()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_ready(
+            process,
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(),
+            log_path,
+            "janus",
+        )
         yield f"ws://127.0.0.1:{port}", process.pid
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)

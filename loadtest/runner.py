@@ -10,238 +10,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import resource
-import secrets
 import sys
 import tempfile
 import time
-import urllib.request
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from auth.tokens import mint_token
-from loadtest.clients import Latencies, LoadClient, PlainSubscriber, Publisher, Subscriber
+from loadtest.clients import Subscriber
 from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
 from loadtest.procstat import ProcessSampler
-from loadtest.report import ForwardHistogram, build_report
+from loadtest.report import build_report
+from loadtest.run import JOIN_TIMEOUT, LEAVE_TIMEOUT, Run
 from loadtest.scenarios import Scenario
-from loadtest.spawn import free_port, spawned
-from signaling.client import KeyroomClient, KeyroomError, SessionClosed
+from loadtest.target import Target
 
-JOIN_TIMEOUT = 10.0
-LEAVE_TIMEOUT = 5.0
 DRAIN_SECONDS = 1.0
 # A subscriber session shorter than this at the end is not expected to have every track yet.
 SETTLE_SECONDS = 3.0
-BAD_TOKEN_KINDS = ("bad_signature", "expired", "unknown_key", "garbage")
-
-
-@dataclass
-class Target:
-    url: str  # ws://host:port/rtc
-    key: str
-    secret: str
-    pid: int | None  # the server's, for CPU/RSS sampling
-    dev: bool  # /debug/runtime is available
-    name: str = "keyroom"
-    # How a participant talks to this server (a baseline's adapter, else keyroom's client).
-    client_factory: Callable[[str, str, bool], LoadClient] = lambda url, token, subscribe: (
-        KeyroomClient(url, token, auto_subscribe=subscribe)
-    )
-    # Whether packets reach subscribers byte for byte (a forwarding SFU), so the publishers'
-    # trailer gives loss and latency; a re-encoding server gets `PlainSubscriber`s instead.
-    forwards_payloads: bool = True
-    # keyroom's `GET /metrics` (its `keyroom_forward_seconds` histogram gives the server-side
-    # forwarding time); None for a server without it (the baselines).
-    metrics_path: str | None = "/metrics"
-    metrics_token: str | None = None  # `[metrics] bearer_token`, when the server has one
-
-    def token(self, identity: str, room: str, **overrides: Any) -> str:
-        return mint_token(
-            key_id=overrides.get("key", self.key),
-            secret=overrides.get("secret", self.secret),
-            identity=identity,
-            room=room,
-            ttl=overrides.get("ttl", 3600),
-            now=overrides.get("now", time.time()),
-        )
-
-    def bad_token(self, kind: str, identity: str, room: str) -> str:
-        if kind == "bad_signature":
-            return self.token(identity, room, secret=self.secret + "x")
-        if kind == "expired":
-            return self.token(identity, room, ttl=60, now=time.time() - 7200)
-        if kind == "unknown_key":
-            return self.token(identity, room, key="no-such-key")
-        return secrets.token_urlsafe(48)
-
-    def runtime(self) -> dict[str, Any] | None:
-        if not self.dev:
-            return None
-        http = self.url.replace("ws://", "http://", 1).removesuffix("/rtc")
-        try:
-            with urllib.request.urlopen(http + "/debug/runtime", timeout=5) as response:
-                import json
-
-                data: dict[str, Any] = json.loads(response.read())
-                return data
-        except OSError:
-            return None
-
-    def forward_histogram(self) -> ForwardHistogram | None:
-        """The server's `keyroom_forward_seconds` histogram now, or None if it cannot be read."""
-        if self.metrics_path is None:
-            return None
-        http = self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-        request = urllib.request.Request(http.removesuffix("/rtc") + self.metrics_path)
-        if self.metrics_token:
-            request.add_header("Authorization", f"Bearer {self.metrics_token}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                text = response.read().decode()
-        except OSError:
-            return None
-        return ForwardHistogram.parse(text)
-
-
-@contextlib.contextmanager
-def spawned_server(log_dir: str) -> Iterator[Target]:
-    """A `keyroom serve --dev` on a free loopback port with a fresh key, stopped on exit."""
-    port = free_port()
-    key, secret = "loadtest", secrets.token_urlsafe(32)
-    command = [
-        sys.executable, "-m", "sfu", "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
-        "--rtc-ip", "127.0.0.1", "--key", f"{key}={secret}", "--log-level", "warning",
-    ]  # fmt: skip
-    log_path = os.path.join(log_dir, f"server-{port}.log")
-    with spawned(command, port, log_path, "server") as pid:
-        yield Target(f"ws://127.0.0.1:{port}/rtc", key, secret, pid, dev=True)
-
-
-@dataclass
-class Run:
-    scenario: Scenario
-    target: Target
-    # One name per room (`scenario.rooms`), filled in on creation.
-    rooms: list[str] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
-    latencies: Latencies = field(default_factory=Latencies)
-    publishers: list[Publisher] = field(default_factory=list)
-    subscribers: list[Subscriber] = field(default_factory=list)
-    join_ms: list[float] = field(default_factory=list)
-    auth: Counter[str] = field(default_factory=Counter)
-    measure_start_ns: int = 0
-    measure_end_ns: int = 0
-    # The same instants in event-loop time, to pick the server samples of the measured phase.
-    measure_start: float = 0.0
-    measure_end: float = 0.0
-    # (packets, bytes received by all subscribers, keyframe requests publishers got) at each
-    # instant: rates are of the measured phase only, not of the joins before it.
-    counts_at_start: tuple[int, int, int] = (0, 0, 0)
-    counts_at_end: tuple[int, int, int] = (0, 0, 0)
-    # Per-room latency samples, only when there are several rooms (one more reservoir per
-    # received packet otherwise for nothing).
-    room_latencies: dict[str, Latencies] = field(default_factory=dict)
-    # How late the generator's event loop woke from a short sleep in the measured phase (ms):
-    # a received datagram can wait that long before its latency is taken.
-    loop_lag_ms: list[float] = field(default_factory=list)
-    # The generator's garbage-collection pauses in the measured phase (ms), one per collection.
-    gc_pauses_ms: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.rooms:
-            prefix = f"loadtest-{secrets.token_hex(3)}"
-            count = max(1, self.scenario.rooms)
-            self.rooms = [prefix] if count == 1 else [f"{prefix}-{r}" for r in range(count)]
-        if len(self.rooms) > 1:
-            origin = self.latencies.origin_ns
-            self.room_latencies = {room: Latencies(origin_ns=origin) for room in self.rooms}
-
-    @property
-    def room(self) -> str:
-        return self.rooms[0]
-
-    def counts(self) -> tuple[int, int, int]:
-        streams = [st for sub in self.subscribers for st in sub.streams.values()]
-        return (
-            sum(st.packets for st in streams),
-            sum(st.bytes for st in streams),
-            sum(p.keyframe_requests for p in self.publishers),
-        )
-
-    async def join(self, identity: str, token: str, auto_subscribe: bool) -> LoadClient | None:
-        client = self.target.client_factory(self.target.url, token, auto_subscribe)
-        started = time.monotonic()
-        try:
-            await client.connect(timeout=JOIN_TIMEOUT)
-        except KeyroomError as exc:
-            self.errors[f"join:{exc.code}"] += 1
-            return None
-        except (TimeoutError, SessionClosed, OSError) as exc:
-            self.errors[f"join:{type(exc).__name__}"] += 1
-            return None
-        self.join_ms.append(1000 * (time.monotonic() - started))
-        return client
-
-    async def add_publisher(self, n: int, clip: Clip, room: str) -> None:
-        identity = f"pub-{n}"
-        client = await self.join(identity, self.target.token(identity, room), False)
-        if client is None:
-            return
-        publisher = Publisher(
-            client, clip, n, self.errors, self.target.forwards_payloads, room=room
-        )
-        try:
-            await publisher.start()
-        except (KeyroomError, TimeoutError, ConnectionError, SessionClosed, RuntimeError) as exc:
-            self.errors[f"publish:{type(exc).__name__}"] += 1
-            await _leave(client, self.errors)
-            return
-        self.publishers.append(publisher)
-
-    async def add_subscriber(self, n: int, room: str) -> Subscriber | None:
-        identity = f"sub-{n}"
-        started = time.monotonic_ns()
-        client = await self.join(identity, self.target.token(identity, room), True)
-        if client is None:
-            return None
-        kind = Subscriber if self.target.forwards_payloads else PlainSubscriber
-        subscriber = kind(client, self.latencies, self.errors, room, self.room_latencies.get(room))
-        subscriber.join_started_ns = started
-        try:
-            await subscriber.start()
-        except (TimeoutError, ConnectionError, SessionClosed) as exc:
-            self.errors[f"subscribe:{type(exc).__name__}"] += 1
-        self.subscribers.append(subscriber)
-        return subscriber
-
-    async def bad_join(self, n: int) -> None:
-        kind = BAD_TOKEN_KINDS[n % len(BAD_TOKEN_KINDS)]
-        room = self.rooms[n % len(self.rooms)]
-        client = KeyroomClient(self.target.url, self.target.bad_token(kind, f"bad-{n}", room))
-        self.auth["attempts"] += 1
-        try:
-            await client.connect(timeout=JOIN_TIMEOUT)
-        except KeyroomError as exc:
-            self.auth[f"refused:{exc.code}:{exc.close_code}"] += 1
-            return
-        except (TimeoutError, SessionClosed, OSError) as exc:
-            self.errors[f"bad_join:{type(exc).__name__}"] += 1
-            return
-        self.errors[f"bad_token_accepted:{kind}"] += 1
-        await _leave(client, self.errors)
-
-
-async def _leave(client: LoadClient, errors: Counter[str]) -> None:
-    try:
-        async with asyncio.timeout(LEAVE_TIMEOUT):
-            await client.leave()
-    except TimeoutError:
-        errors["leave:timeout"] += 1
-        await client.close()
 
 
 async def _paced(coros: list[Any], per_second: float) -> None:
@@ -340,7 +127,7 @@ async def run_scenario(
     clients = [p.client for p in run.publishers] + [
         s.client for s in run.subscribers if not s.ended
     ]
-    await asyncio.gather(*(_leave(c, run.errors) for c in clients))
+    await asyncio.gather(*(run.leave(c) for c in clients))
     report["errors"] = dict(run.errors)
     return report
 
@@ -476,7 +263,7 @@ class ProgressLine:
 
 
 async def _churn(run: Run, leaving: Subscriber, n: int) -> None:
-    await _leave(leaving.client, run.errors)
+    await run.leave(leaving.client)
     await run.add_subscriber(n, leaving.room)
 
 

@@ -191,45 +191,8 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=_bench)
 
 
-# Peers a relay must never reach (coturn 4.6.1 ranges): private, shared, link-local, multicast,
-# reserved, and the IPv4-mapped block, whose ::ffff:127.0.0.1 bypasses IPv4 rules (CVE-2026-27624).
-DENIED_PEER_RANGES = (
-    "0.0.0.0-0.255.255.255",
-    "10.0.0.0-10.255.255.255",
-    "100.64.0.0-100.127.255.255",
-    "169.254.0.0-169.254.255.255",
-    "172.16.0.0-172.31.255.255",
-    "192.0.0.0-192.0.0.255",
-    "192.168.0.0-192.168.255.255",
-    "198.18.0.0-198.19.255.255",
-    "224.0.0.0-255.255.255.255",
-    "::-::",
-    "::ffff:0.0.0.0-::ffff:255.255.255.255",
-    "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-    "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-    "ff00::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-)
-
-
-def turn_config_lines(secret: str, realm: str, sfu_ips: Sequence[str], dev: bool) -> list[str]:
-    """coturn lines for keyroom's [turn]: REST credentials, and relays to the SFU only."""
-    lines = [
-        "use-auth-secret",
-        f"static-auth-secret={secret}",
-        f"realm={realm}",
-        "fingerprint",
-        "no-cli",
-        "no-multicast-peers",
-        "allow-loopback-peers" if dev else "no-loopback-peers",
-    ]
-    if not dev:
-        lines += [f"denied-peer-ip={r}" for r in DENIED_PEER_RANGES]
-    # The SFU's own media addresses stay reachable even inside a denied range.
-    lines += [f"allowed-peer-ip={ip}" for ip in sfu_ips]
-    return lines
-
-
 def _turn_config(args: argparse.Namespace) -> int:
+    from auth.turn import turn_config_lines
     from sfu.config import parse_config_file
 
     try:

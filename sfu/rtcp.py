@@ -138,34 +138,43 @@ def _parse_one(ptype: int, count: int, payload: bytes) -> RtcpMessage | None:
             raise MalformedPacket("RTCP BYE is shorter than its source count")
         return Bye(struct.unpack_from(f"!{count}I", payload))
     if ptype == RTPFB:
-        if count != _RTPFB_NACK:
-            return None
-        if size < 8 or size % 4:
-            raise MalformedPacket("RTCP NACK has a bad length")
-        sender, media = _TWO_U32.unpack_from(payload)
-        lost = []
-        for pid, blp in _NACK_ITEM.iter_unpack(payload[8:]):
-            lost.append(pid)
-            for bit in range(16):
-                if blp >> bit & 1:
-                    lost.append((pid + bit + 1) & 0xFFFF)
-        return Nack(sender, media, tuple(lost))
+        return _parse_nack(payload) if count == _RTPFB_NACK else None
     if ptype == PSFB:
-        if size < 8:
-            raise MalformedPacket("RTCP payload-specific feedback is shorter than 8 bytes")
-        sender, media = _TWO_U32.unpack_from(payload)
-        if count == _PSFB_PLI:
-            return Pli(sender, media)
-        if count == _PSFB_FIR:
-            if (size - 8) % 8:
-                raise MalformedPacket("RTCP FIR has a partial FCI entry")
-            return Fir(sender, tuple(_FIR_ITEM.iter_unpack(payload[8:])))
-        if count == _PSFB_AFB and payload[8:12] == b"REMB":
-            if size < 16 or size < 16 + 4 * payload[12]:
-                raise MalformedPacket("RTCP REMB is shorter than its SSRC count")
-            exp_mantissa = _U32.unpack_from(payload, 12)[0] & 0xFFFFFF
-            bitrate = (exp_mantissa & 0x3FFFF) << (exp_mantissa >> 18)
-            return Remb(sender, bitrate, struct.unpack_from(f"!{payload[12]}I", payload, 16))
+        return _parse_psfb(count, payload)
+    return None
+
+
+def _parse_nack(payload: bytes) -> Nack:
+    if len(payload) < 8 or len(payload) % 4:
+        raise MalformedPacket("RTCP NACK has a bad length")
+    sender, media = _TWO_U32.unpack_from(payload)
+    lost = []
+    for pid, blp in _NACK_ITEM.iter_unpack(payload[8:]):
+        lost.append(pid)
+        for bit in range(16):
+            if blp >> bit & 1:
+                lost.append((pid + bit + 1) & 0xFFFF)
+    return Nack(sender, media, tuple(lost))
+
+
+def _parse_psfb(count: int, payload: bytes) -> RtcpMessage | None:
+    """PLI, FIR or REMB; None for other payload-specific feedback."""
+    size = len(payload)
+    if size < 8:
+        raise MalformedPacket("RTCP payload-specific feedback is shorter than 8 bytes")
+    sender, media = _TWO_U32.unpack_from(payload)
+    if count == _PSFB_PLI:
+        return Pli(sender, media)
+    if count == _PSFB_FIR:
+        if (size - 8) % 8:
+            raise MalformedPacket("RTCP FIR has a partial FCI entry")
+        return Fir(sender, tuple(_FIR_ITEM.iter_unpack(payload[8:])))
+    if count == _PSFB_AFB and payload[8:12] == b"REMB":
+        if size < 16 or size < 16 + 4 * payload[12]:
+            raise MalformedPacket("RTCP REMB is shorter than its SSRC count")
+        exp_mantissa = _U32.unpack_from(payload, 12)[0] & 0xFFFFFF
+        bitrate = (exp_mantissa & 0x3FFFF) << (exp_mantissa >> 18)
+        return Remb(sender, bitrate, struct.unpack_from(f"!{payload[12]}I", payload, 16))
     return None
 
 

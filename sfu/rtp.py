@@ -139,6 +139,50 @@ def _check_ext_id(ext_id: int, what: str) -> None:
         raise ValueError(f"{what} {ext_id} is not a valid header extension id (1..255)")
 
 
+def _check_maps(out_ssrc: int, pt_map: dict[int, int], ext_map: dict[int, int]) -> None:
+    if not 0 <= out_ssrc <= _TS_MASK:
+        raise ValueError(f"out_ssrc {out_ssrc} is not a 32-bit value")
+    for in_pt, out_pt in pt_map.items():
+        if not (0 <= in_pt <= 127 and 0 <= out_pt <= 127):
+            raise ValueError(f"payload type mapping {in_pt} -> {out_pt} is out of 0..127")
+    for in_id, out_id in ext_map.items():
+        _check_ext_id(in_id, "input extension id")
+        _check_ext_id(out_id, "output extension id")
+    if len(set(ext_map.values())) != len(ext_map):
+        raise ValueError("ext_map maps two input ids to the same output id")
+
+
+def _mid_elements(
+    mid_ext_id: int | None, mid: str, ext_map: dict[int, int]
+) -> tuple[bytes | None, bytes]:
+    """The MID element in the one-byte form (None: the MID alone forces the two-byte form) and in
+    the two-byte form; (None, b"") without a MID extension."""
+    if mid_ext_id is None:
+        return None, b""
+    _check_ext_id(mid_ext_id, "mid_ext_id")
+    if mid_ext_id in ext_map.values():
+        raise ValueError(f"mid_ext_id {mid_ext_id} is also an output id in ext_map")
+    value = mid.encode("utf-8")
+    if not 1 <= len(value) <= 255:
+        raise ValueError("mid must encode to 1..255 bytes")
+    one = None
+    if mid_ext_id <= 14 and len(value) <= 16:
+        one = _BYTE[(mid_ext_id << 4) | (len(value) - 1)] + value
+    return one, bytes((mid_ext_id, len(value))) + value
+
+
+def _one_byte_map(ext_map: dict[int, int], mid_fits: bool) -> list[int] | None:
+    """in id -> (out id << 4), 0 = drop; only when every output element is sure to fit the
+    one-byte form (one-byte input values are 1..16 bytes), enabling rewrite's fast path."""
+    if not mid_fits or any(out_id > 14 for out_id in ext_map.values()):
+        return None
+    one_map = [0] * 16
+    for in_id, out_id in ext_map.items():
+        if in_id <= 14:
+            one_map[in_id] = out_id << 4
+    return one_map
+
+
 class RtpRewriter:
     """Turns a publisher's RTP packets into one subscriber down-track's packets.
 
@@ -155,6 +199,7 @@ class RtpRewriter:
         "_mid_one",
         "_mid_two",
         "_mid_block",
+        "_mid_tail",
         "_one_map",
         "_seq_start",
         "_ts_start",
@@ -178,45 +223,16 @@ class RtpRewriter:
         seq_start: int,
         ts_start: int,
     ) -> None:
-        if not 0 <= out_ssrc <= _TS_MASK:
-            raise ValueError(f"out_ssrc {out_ssrc} is not a 32-bit value")
-        for in_pt, out_pt in pt_map.items():
-            if not (0 <= in_pt <= 127 and 0 <= out_pt <= 127):
-                raise ValueError(f"payload type mapping {in_pt} -> {out_pt} is out of 0..127")
-        for in_id, out_id in ext_map.items():
-            _check_ext_id(in_id, "input extension id")
-            _check_ext_id(out_id, "output extension id")
-        if len(set(ext_map.values())) != len(ext_map):
-            raise ValueError("ext_map maps two input ids to the same output id")
-        self._mid_one: bytes | None = None
-        self._mid_two = b""
-        if mid_ext_id is not None:
-            _check_ext_id(mid_ext_id, "mid_ext_id")
-            if mid_ext_id in ext_map.values():
-                raise ValueError(f"mid_ext_id {mid_ext_id} is also an output id in ext_map")
-            value = mid.encode("utf-8")
-            if not 1 <= len(value) <= 255:
-                raise ValueError("mid must encode to 1..255 bytes")
-            # Both encodings up front; None means the MID alone forces the two-byte form.
-            if mid_ext_id <= 14 and len(value) <= 16:
-                self._mid_one = _BYTE[(mid_ext_id << 4) | (len(value) - 1)] + value
-            self._mid_two = bytes((mid_ext_id, len(value))) + value
+        _check_maps(out_ssrc, pt_map, ext_map)
+        self._mid_one, self._mid_two = _mid_elements(mid_ext_id, mid, ext_map)
+        self._mid_tail = self._mid_one or b""  # what rewrite's fast path appends
         # The output block when no input element survives: the MID alone, or nothing.
         self._mid_block: tuple[int, bytes] = (0, b"")
         if self._mid_one is not None:
             self._mid_block = (ONE_BYTE_PROFILE, self._mid_one + _PADS[len(self._mid_one) & 3])
         elif self._mid_two:
             self._mid_block = (TWO_BYTE_PROFILE, self._mid_two + _PADS[len(self._mid_two) & 3])
-        # in id -> (out id << 4), 0 = drop; only when every output element is sure to fit the
-        # one-byte form (one-byte input values are 1..16 bytes), enabling rewrite's fast path.
-        self._one_map: list[int] | None = None
-        if all(out_id <= 14 for out_id in ext_map.values()) and (
-            self._mid_one is not None or not self._mid_two
-        ):
-            self._one_map = [0] * 16
-            for in_id, out_id in ext_map.items():
-                if in_id <= 14:
-                    self._one_map[in_id] = out_id << 4
+        self._one_map = _one_byte_map(ext_map, self._mid_one is not None or not self._mid_two)
         self._ssrc = out_ssrc
         self._pt_map = dict(pt_map)
         self._ext_map = dict(ext_map)
@@ -235,6 +251,12 @@ class RtpRewriter:
         """Whether the first packet has fixed the sequence/timestamp offsets."""
         return self._started
 
+    def _start(self, in_seq: int, in_ts: int) -> None:
+        """The first packet fixes the offsets: it comes out as (seq_start, ts_start)."""
+        self._seq_offset = (self._seq_start - in_seq) & _SEQ_MASK
+        self._ts_offset = (self._ts_start - in_ts) & _TS_MASK
+        self._started = True
+
     def translate_timestamp(self, in_ts: int) -> int:
         """Map a publisher RTP timestamp (e.g. from its Sender Report) onto this down-track."""
         if not self._started:
@@ -242,19 +264,14 @@ class RtpRewriter:
         return (in_ts + self._ts_offset) & _TS_MASK
 
     def rewrite(self, data: bytes, info: RtpInfo) -> bytes | None:
-        """The packet as this subscriber receives it, or None if its payload type is not mapped.
-
-        `info` must be parse_rtp(data). Malformed extension elements end the element walk (as in
-        get_extension); nothing is raised.
-        """
+        """The packet as this subscriber receives it; None if its payload type is not mapped.
+        `info` is parse_rtp(data); a malformed extension element ends the walk (get_extension)."""
         pt, in_seq, in_ts, _, marker, _, profile, pos, end, payload_start, payload_end = info
         out_pt = self._pt_map.get(pt)
         if out_pt is None:
             return None
         if not self._started:
-            self._seq_offset = (self._seq_start - in_seq) & _SEQ_MASK
-            self._ts_offset = (self._ts_start - in_ts) & _TS_MASK
-            self._started = True
+            self._start(in_seq, in_ts)
         seq = (in_seq + self._seq_offset) & _SEQ_MASK
         ts = (in_ts + self._ts_offset) & _TS_MASK
         # Serial-number comparison: only a newer packet moves the continuity point.
@@ -263,14 +280,12 @@ class RtpRewriter:
             self.last_out_ts = ts
         self.packets += 1
         self.octets += payload_end - payload_start
-
         b0 = 0xA0 if payload_end < len(data) else 0x80  # keep P: the padding is copied
         b1 = 0x80 | out_pt if marker else out_pt
         body: bytes | bytearray
         one_map = self._one_map
         if profile == ONE_BYTE_PROFILE and one_map is not None:
-            # Fast path (browsers send one-byte blocks): every mapped element stays one-byte, so
-            # each is copied with only its id nibble replaced, straight into the output block.
+            # Fast path (browsers send one-byte blocks): only each element's id nibble changes.
             body = bytearray()
             while pos < end:
                 b = data[pos]
@@ -287,8 +302,7 @@ class RtpRewriter:
                 if out:
                     body.append(out | (b & 0x0F))
                     body += data[start:pos]
-            if self._mid_one is not None:
-                body += self._mid_one
+            body += self._mid_tail
             body += _PADS[len(body) & 3]
         elif profile is not None:
             profile, body = self._remap_extensions(data, info)
@@ -346,6 +360,12 @@ class RtpRewriter:
         # Any other profile holds no RFC 8285 elements we could map: it is dropped.
         if not kept:
             return self._mid_block
+        return self._encode(data, kept, one_byte)
+
+    def _encode(
+        self, data: bytes, kept: list[tuple[int, int, int]], one_byte: bool
+    ) -> tuple[int, bytes]:
+        """(profile, padded block) of the kept elements and the MID, in the form they all fit."""
         parts: list[bytes] = []
         if one_byte:
             for out_id, start, stop in kept:

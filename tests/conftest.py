@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,8 @@ from typing import Any
 import pytest
 
 from auth.tokens import mint_token
+from loadtest import spawn
+from loadtest.spawn import free_port
 from sfu.iceaddr import restrict_host_addresses
 
 KEY_ID = "testkey"
@@ -25,12 +25,6 @@ SECRET = "test-secret-that-is-long-enough-0123456789"
 
 # aioice never gathers on 127.0.0.1 by default: test clients use loopback only.
 restrict_host_addresses(["127.0.0.1"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -88,37 +82,16 @@ def start_server(tmp_path: Path, *extra: str, env: dict[str, str] | None = None)
         sys.executable, "-m", "sfu", "serve", "--dev", "--host", "127.0.0.1",
         "--port", str(port), "--rtc-ip", "127.0.0.1", "--key", f"{KEY_ID}={SECRET}", *extra,
     ]  # fmt: skip
-    log_file = open(log_path, "wb")  # noqa: SIM115 - owned by the process for its lifetime
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,  # the server's data directory ("data", relative) is per test
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
+    # cwd: the server's data directory ("data", relative) is per test.
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    process = spawn.start(command, log_path, cwd=tmp_path, env=environment)
     server = ServerProcess(port=port, process=process, log_path=log_path, extra=list(extra))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited {process.returncode}:\n{server.log()}")
-        try:
-            server.get_json("/healthz")
-            return server
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server did not become healthy:\n{server.log()}")
+    spawn.wait_healthy(process, server.http_url + "/healthz", log_path, "server")
+    return server
 
 
 def stop_server(server: ServerProcess) -> int:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    return server.process.returncode
+    return spawn.stop(server.process)
 
 
 @pytest.fixture

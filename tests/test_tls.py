@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from loadtest import spawn
 from signaling.client import KeyroomClient, count_frames
 from signaling.media import SyntheticVideoTrack
 from signaling.netpolicy import client_ip, parse_networks, resolve_client_ip
@@ -75,26 +75,12 @@ def start_tls_server(tmp_path: Path, cert: Path, key: Path) -> ServerProcess:
         sys.executable, "-m", "sfu", "serve", "--dev", "--config", str(config),
         "--port", str(port), "--key", f"{KEY_ID}={SECRET}",
     ]  # fmt: skip
-    log_file = open(log_path, "wb")  # noqa: SIM115 - owned by the process for its lifetime
-    process = subprocess.Popen(
-        command,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = spawn.start(command, log_path, env=environment)
     server = ServerProcess(port=port, process=process, log_path=log_path)
-    context = trusting(cert)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited {process.returncode}:\n{server.log()}")
-        try:
-            urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5, context=context)
-            return server
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server did not become healthy:\n{server.log()}")
+    url = f"https://127.0.0.1:{port}/healthz"
+    spawn.wait_healthy(process, url, log_path, "server", context=trusting(cert))
+    return server
 
 
 @pytest.fixture

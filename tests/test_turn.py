@@ -20,9 +20,8 @@ import aioice.turn
 import pytest
 
 from auth.audit import verify_file
-from auth.turn import credential_valid, ice_servers, turn_credential
+from auth.turn import credential_valid, ice_servers, turn_config_lines, turn_credential
 from sfu.candidates import NOT_RELAY
-from sfu.cli import turn_config_lines
 from signaling.client import KeyroomClient, count_frames
 from signaling.media import SyntheticVideoTrack
 from tests.conftest import ServerProcess, free_port, start_server, stop_server

@@ -1,0 +1,83 @@
+"""Where the configuration comes from: TOML file < environment < command line, then finalize()."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sfu.config.checks import ConfigError, show, table, unknown
+from sfu.config.rules import finalize
+from sfu.config.sections import PLAIN_SECTIONS, TYPED_SECTIONS, Config, check_keys
+
+
+def load_config(
+    path: str | None,
+    overrides: Mapping[str, Mapping[str, Any]],
+    env: Mapping[str, str] = os.environ,
+) -> Config:
+    """Read the TOML file, then the environment, then `overrides` (shaped like the file).
+
+    A later source replaces an option of an earlier one as a whole: lists and the key table are
+    not merged. `path` None falls back to KEYROOM_CONFIG; no file at all is fine.
+    """
+    path = path or env.get("KEYROOM_CONFIG") or None
+    data: dict[str, Any] = _read_file(path) if path else {}
+    layers: list[Mapping[str, Mapping[str, Any]]] = []
+    if env.get("KEYROOM_KEYS"):
+        layers.append(
+            {"auth": {"keys": parse_keys(env["KEYROOM_KEYS"].split(","), "KEYROOM_KEYS")}}
+        )
+    layers.append(overrides)
+    for layer in layers:
+        for section, options in layer.items():
+            base = data.get(section, {})
+            # A non-table in the file is reported by _build; do not merge into it.
+            if isinstance(base, dict):
+                data[section] = {**base, **options}
+    return finalize(_build(data))
+
+
+def parse_config_file(path: str | None) -> Config:
+    """The file's options, checked one by one but without finalize()'s start-up rules."""
+    return _build(_read_file(path) if path else {})
+
+
+def parse_keys(items: Iterable[str], source: str) -> dict[str, str]:
+    """Parse `KEY=SECRET` items (one --key each, or KEYROOM_KEYS split on commas)."""
+    keys: dict[str, str] = {}
+    for item in items:
+        key_id, sep, secret = item.strip().partition("=")
+        if not sep or not key_id or not secret:
+            # Show nothing of the item: without "=" it may be the secret itself.
+            raise ConfigError(f"{source}: expected KEY=SECRET")
+        if key_id in keys:
+            raise ConfigError(f"{source}: key id {show(key_id)} given twice")
+        keys[key_id] = secret
+    return keys
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
+
+
+def _build(data: Mapping[str, Any]) -> Config:
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in PLAIN_SECTIONS:
+            sections[name] = table(name, value)
+        elif name in TYPED_SECTIONS:
+            cls = TYPED_SECTIONS[name]
+            options = table(name, value)
+            check_keys(cls, options, name, "key")
+            sections[name] = cls(**options)
+        else:
+            raise unknown(str(name), [*TYPED_SECTIONS, *PLAIN_SECTIONS], "section")
+    return Config(**sections)

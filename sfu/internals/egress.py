@@ -1,0 +1,104 @@
+"""Egress: rewritten RTP and RTCP protected and sent on a DTLS transport, synchronously."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aioice.ice
+import pylibsrtp
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from pylibsrtp._binding import ffi as srtp_ffi
+from pylibsrtp._binding import lib as srtp_lib
+
+from sfu.rtcp import is_rtcp
+
+
+class SrtpProtector:
+    """pylibsrtp's `protect` without its per-call allocation and Python-level checks.
+
+    pylibsrtp 1.0.0 (pinned) allocates an int, type-checks and copies through a buffer slice on
+    every call; reusing the session's own buffer and one length cell saves ~0.6 µs per output
+    packet (about a third of the SRTP cost). Single-threaded use only, like the session itself.
+    """
+
+    __slots__ = ("_srtp", "_cdata", "_buffer", "_length", "_limit")
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self._srtp = session._srtp[0]
+        self._cdata = session._cdata
+        self._buffer = session._buffer
+        self._length = srtp_ffi.new("int *")
+        self._limit = len(session._cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
+
+    def protect(self, data: bytes) -> bytes | None:
+        size = len(data)
+        if size > self._limit:
+            return None
+        srtp_ffi.memmove(self._cdata, data, size)
+        self._length[0] = size
+        if srtp_lib.srtp_protect(self._srtp, self._cdata, self._length):
+            return None  # e.g. a replayed sequence number: drop this packet, keep the stream
+        protected: bytes = self._buffer[0 : self._length[0]]  # a cffi buffer slice is a copy
+        return protected
+
+
+class RtpSink:
+    """Protects and sends raw RTP/RTCP on a connected DTLS transport, synchronously.
+
+    aiortc's `_send_rtp` costs four coroutine frames per packet; the nominated pair's socket can
+    take the datagram directly. Relayed (TURN) pairs keep aioice's own coroutine path.
+    """
+
+    __slots__ = (
+        "_dtls",
+        "_protector",
+        "_pair",
+        "_remote",
+        "sent_packets",
+        "sent_bytes",
+        "send_errors",
+    )
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self._protector: SrtpProtector | None = None
+        # aioice's CandidatePair.remote_addr builds a tuple on every read: cached per pair.
+        self._pair: Any = None
+        self._remote: tuple[str, int] = ("", 0)
+        self.sent_packets = 0
+        self.sent_bytes = 0
+        self.send_errors = 0
+
+    def send(self, data: bytes) -> bool:
+        dtls = self._dtls
+        if dtls._state != State.CONNECTED:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return False
+        protected: bytes | None
+        if is_rtcp(data):
+            try:
+                protected = dtls._tx_srtp.protect_rtcp(data)
+            except pylibsrtp.Error:
+                protected = None
+        else:
+            protector = self._protector
+            if protector is None:
+                # The SRTP session exists once DTLS is connected, and lives as long as it.
+                protector = self._protector = SrtpProtector(dtls._tx_srtp)
+            protected = protector.protect(data)
+        if protected is None:
+            self.send_errors += 1
+            return False
+        if pair is not self._pair:
+            self._pair, self._remote = pair, pair.remote_addr
+        protocol = pair.protocol
+        if type(protocol) is aioice.ice.StunProtocol:
+            protocol.transport.sendto(protected, self._remote)
+        else:
+            asyncio.ensure_future(protocol.send_data(protected, self._remote))
+        self.sent_packets += 1
+        self.sent_bytes += len(protected)
+        return True
