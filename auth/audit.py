@@ -49,8 +49,12 @@ def checkpoint_path_for(path: str) -> str:
     return path + ".checkpoints"
 
 
-def audit_key_file(data_dir: str) -> str:
-    return os.path.join(data_dir, "audit.key")
+class AuditKeyError(Exception):
+    """The audit key file cannot be used."""
+
+
+def audit_key_file(key_file: str | None, data_dir: str) -> str:
+    return key_file or os.path.join(data_dir, "audit.key")
 
 
 def load_or_create_key(key_file: str) -> bytes:
@@ -63,7 +67,7 @@ def load_or_create_key(key_file: str) -> bytes:
             file.write(secrets.token_hex(MIN_KEY_BYTES) + "\n")
     key = target.read_bytes().strip()
     if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"{key_file}: an audit key needs at least {MIN_KEY_BYTES} bytes")
+        raise AuditKeyError(f"{key_file}: an audit key needs at least {MIN_KEY_BYTES} bytes")
     return key
 
 

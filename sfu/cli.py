@@ -233,11 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from auth.audit import audit_key_file, verify_file
+    from sfu.config import parse_config_file
 
     try:
-        key_file = args.key_file or audit_key_file(
-            load_config(args.config, {}, os.environ).server.data_dir
-        )
+        # The file's own options only: an auditor needs no signing keys.
+        config = parse_config_file(args.config or os.environ.get("KEYROOM_CONFIG") or None)
+        key_file = args.key_file or audit_key_file(config.audit.key_file, config.server.data_dir)
         with open(key_file, "rb") as file:
             key = file.read().strip()
         result = verify_file(args.file, key, args.checkpoints)
@@ -264,7 +265,9 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify.add_argument(
         "--config", metavar="FILE", help="the server's TOML config: finds the audit key"
     )
-    verify.add_argument("--key-file", help="the audit key (default: data_dir/audit.key)")
+    verify.add_argument(
+        "--key-file", help="the audit key (default: [audit] key_file, else data_dir/audit.key)"
+    )
     verify.add_argument(
         "--checkpoints", metavar="FILE", help="checkpoint file (default: FILE.checkpoints)"
     )

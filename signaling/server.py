@@ -23,7 +23,8 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from auth.audit import AuditLog, audit_key_file, load_or_create_key
+from auth.audit import AuditKeyError, AuditLog, audit_key_file, load_or_create_key
+from auth.auditchain import AuditChainBroken
 from auth.brake import FailureBrake
 from auth.keys import KeyTable
 from auth.store import AuthStore
@@ -78,14 +79,22 @@ def build_state(config: Config) -> ServerState:
         config=config,
         verifier=verifier,
         rooms=RoomRegistry(config.limits),
-        audit=AuditLog(
-            config.audit.path,
-            load_or_create_key(audit_key_file(config.server.data_dir))
-            if config.audit.path
-            else None,
-        ),
+        audit=open_audit_log(config),
         store=AuthStore(os.path.join(config.server.data_dir, "auth.db")),
         brake=FailureBrake(config.auth.max_failures, config.auth.failure_window),
+    )
+
+
+def open_audit_log(config: Config) -> AuditLog:
+    audit = config.audit
+    if audit.path is None:
+        return AuditLog(None)
+    key = load_or_create_key(audit_key_file(audit.key_file, config.server.data_dir))
+    return AuditLog(
+        audit.path,
+        key,
+        checkpoint_interval=audit.checkpoint_interval,
+        refusal_window=audit.refusal_window,
     )
 
 
@@ -345,4 +354,9 @@ def run_server(config: Config) -> int:
             relay_addresses=frozenset(config.turn.relay_addresses),
         )
     )
-    return uvloop.run(serve(config))
+    try:
+        return uvloop.run(serve(config))
+    except (AuditChainBroken, AuditKeyError, OSError) as exc:
+        # The audit log or its key: the operator must look before anything is appended.
+        print(f"keyroom: error: {exc}", file=sys.stderr)
+        return 2

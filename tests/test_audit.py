@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import orjson
 import pytest
 
-from auth.audit import AuditLog, checkpoint_path_for, load_or_create_key, verify_file
+from auth.audit import (
+    AuditKeyError,
+    AuditLog,
+    checkpoint_path_for,
+    load_or_create_key,
+    verify_file,
+)
 from auth.auditchain import AuditChainBroken, chain_line, verify_lines
 from auth.auditrate import RefusalAggregator
 
@@ -131,7 +139,7 @@ def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     assert len(key) >= 32 and key_file.stat().st_mode & 0o077 == 0
     assert load_or_create_key(str(key_file)) == key
     key_file.write_text("short\n")
-    with pytest.raises(ValueError, match="at least 32 bytes"):
+    with pytest.raises(AuditKeyError, match="at least 32 bytes"):
         load_or_create_key(str(key_file))
 
 
@@ -180,3 +188,24 @@ def test_aggregator_windows_and_bounded_kinds() -> None:
     counted = [s for s in aggregator.due(100.0) if s["ip"] == "*"]
     assert counted == [{"event": "join_refused", "ip": "*", "reason": "x", "repeated": 100,
                         "window": 10.0}]  # fmt: skip
+
+
+def test_the_server_refuses_to_start_on_a_broken_chain(tmp_path: Path) -> None:
+    """`keyroom serve` verifies the log's tail first and says why it will not append."""
+    path = tmp_path / "audit.jsonl"
+    key_file = tmp_path / "audit.key"
+    key = load_or_create_key(str(key_file))
+    lines = write_chain(path, 4, key=key)
+    path.write_text("".join(line + "\n" for line in lines[:-2]))  # cut the sealed tail
+    config = tmp_path / "keyroom.toml"
+    config.write_text(f'[audit]\npath = "{path}"\nkey_file = "{key_file}"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "sfu", "serve", "--dev", "--port", "0", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert f"keyroom: error: {path}: record 3 is not the one sealed" in result.stderr
+    assert path.read_text().count("\n") == 2  # nothing appended to the broken chain

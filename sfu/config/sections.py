@@ -136,8 +136,13 @@ class LimitsConfig(_Section):
 @dataclass(frozen=True)
 class AuditConfig(_Section):
     section: ClassVar[str] = "audit"
-    # Append-only, hash-chained JSON lines; unset: records go to the `keyroom.audit` logger only.
+    # Append-only, keyed and chained JSON lines; unset: records go to the `keyroom.audit` logger
+    # only. Checkpoints go beside it, to PATH.checkpoints.
     path: str | None = option(None, checks.optional_text)
+    # The HMAC key (created on first start when missing); unset: data_dir/audit.key.
+    key_file: str | None = option(None, checks.optional_text)
+    checkpoint_interval: float = option(60.0, checks.positive_seconds)
+    refusal_window: float = option(10.0, checks.positive_seconds)
 
 
 @dataclass(frozen=True)
