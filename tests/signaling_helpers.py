@@ -1,7 +1,9 @@
 """In-process signaling for unit tests: a ServerState without a server, a fake wire, fixed times.
 
 Time is passed in: `NOW` is the loop clock's reading and `WALL` the wall clock's at the start of
-each test; tokens are minted at `WALL`. Nothing here sleeps.
+each test; tokens are minted at `WALL`. Nothing here sleeps. `NOW` is far ahead of the real loop
+clock (seconds since boot), so the timers the state arms on the real loop at these deadlines
+never fire during a test: only the test's own `handle_timer(now)` calls move time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from signaling.session import Outcome, Session
 from signaling.state import ServerState
 from tests.conftest import KEY_ID, SECRET
 
-NOW = 1000.0
+NOW = 1_000_000_000.0
 WALL = 1_800_000_000.0
 
 
