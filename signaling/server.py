@@ -39,9 +39,9 @@ from signaling.admin import add_admin_routes
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
 from signaling.netpolicy import client_ip, parse_networks, reload_certificate, tls_context
 from signaling.protocol import CLOSE_GOING_AWAY
-from signaling.session import Session
 from signaling.state import ServerState
 from signaling.webhooks import WebhookSender
+from signaling.websocket import serve_socket
 
 log = logging.getLogger("keyroom.server")
 
@@ -137,12 +137,7 @@ async def rtc_handler(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     peer = client_ip(request, parse_networks(state.config.server.trusted_proxies))
-    session = Session(state, ws, peer)
-    state.sessions.add(session)
-    try:
-        await session.run()
-    finally:
-        state.sessions.discard(session)
+    await serve_socket(state, ws, peer)
     return ws
 
 
@@ -259,10 +254,8 @@ async def shutdown(state: ServerState) -> None:
     deadline = time.monotonic() + max(state.config.server.shutdown_timeout - 1.0, 0.5)
     while state.sessions and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    for token in list(state.parked):
-        parked = state.take_parked(token)
-        if parked is not None:
-            await parked.room.remove(parked.participant, "server_shutdown")
+    for parked in state.parking.take_all():
+        await parked.room.remove(parked.participant, "server_shutdown")
     for room in list(state.rooms.rooms.values()):
         state.rooms.remove(room)  # room_finished for webhooks and metrics
 

@@ -1,249 +1,177 @@
-"""One `/rtc` WebSocket: authentication first, then the signaling protocol (PROTOCOL section 2)."""
+"""One participant's signaling session (PROTOCOL section 2), whatever carries it on the wire.
+
+Typed messages come in (`start` for the first, `handle` for the rest); replies and events go out
+through an `Output`; the token's expiry and refresh notice are deadlines, driven from outside
+(`next_deadline()` / `handle_timer(now)`). Nothing here reads a socket or a clock: the edge that
+speaks a wire format (signaling/websocket.py for JSON over WebSocket) passes the loop-clock `now`
+and the wall-clock `wall` in.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-import time
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import orjson
-from aiohttp import WSMsgType, web
-
-from auth.grants import SOURCE_KIND, role_relay_only
-from auth.policy import may_publish_track, may_subscribe, may_update_own_metadata
+from auth.grants import role_relay_only
 from auth.tokens import Claims, TokenError
-from sfu.config import room_limits
-from sfu.forwarder import PublishedTrack
-from sfu.metrics import record_join
+from auth.turn import ice_servers
+from sfu.clock import Deadlines, deadline_at
 from sfu.participant import NegotiationError, Participant
-from sfu.room import JoinRefused, Room, new_sid
-from signaling.frames import FrameError, parse_frame
+from sfu.room import Room, new_sid
+from signaling import requests
+from signaling.admission import Admitted, Refused, admit_join, admit_resume, check_refresh
+from signaling.codec import MessageError
+from signaling.messages import (
+    AddTrack,
+    Answer,
+    AnyClientMessage,
+    ClientMessage,
+    Error,
+    Join,
+    Joined,
+    Leave,
+    Mute,
+    Offer,
+    Ping,
+    Pong,
+    PublisherAnswer,
+    Refresh,
+    Resume,
+    ServerLeave,
+    ServerMessage,
+    SetQuality,
+    Subscribe,
+    TokenRefreshRequired,
+    Trickle,
+    Unpublish,
+    UpdateMetadata,
+)
 from signaling.protocol import (
-    CLOSE_JOIN_TIMEOUT,
     CLOSE_NORMAL,
     CLOSE_PROTOCOL,
     CLOSE_RATE_LIMITED,
-    CLOSE_UNAUTHORIZED,
-    CLOSE_UNSUPPORTED,
-    JOIN_REFUSAL_CLOSE,
-    LEAVE_CLOSE,
     PROTOCOL_VERSION,
 )
-from signaling.state import ServerState
+from signaling.state import ServerState, leave_close
 
 log = logging.getLogger("keyroom.session")
 
-DEFAULT_SOURCE = {"video": "camera", "audio": "microphone"}
+
+class Output(Protocol):
+    """Where a session's frames go, in order; `close` ends the connection after them."""
+
+    def send(self, message: ServerMessage | Mapping[str, Any]) -> None: ...
+
+    def close(self, code: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the first frame ended: `reason` is what the join metrics count it under."""
+
+    accepted: bool
+    reason: str
+
+
+Reply = ServerMessage | None
+Handler = Callable[["Session", Any, float, float], Awaitable[Reply]]
+RoomRequest = Callable[[ServerState, Participant, Room, Any], Reply]
 
 
 class Session:
-    def __init__(self, state: ServerState, ws: web.WebSocketResponse, peer: str) -> None:
+    def __init__(self, state: ServerState, peer: str, output: Output) -> None:
         self.state = state
-        self.ws = ws
         self.peer = peer
+        self.output = output
         self.participant: Participant | None = None
         self.room: Room | None = None
         self.claims: Claims | None = None
-        self._outbox: asyncio.Queue[tuple[dict[str, Any], int | None] | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self._bad_frames: list[float] = []
-        self._expiry_timer: asyncio.TimerHandle | None = None
-        self._refresh_timer: asyncio.TimerHandle | None = None
-        self._ending = False
-        self._end_reason = "disconnected"
-        self._resumed = False
         self.resume_token = ""
-        self._join_started = time.monotonic()
+        self.ending = False
+        self.end_reason = "disconnected"
+        self._ended_by_server = False
+        self._close_code = CLOSE_NORMAL
+        self._deadlines: Deadlines[str] = Deadlines()
+        self._bad_frames: deque[float] = deque()
 
     # -- output ---------------------------------------------------------------------------------
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, message: ServerMessage | Mapping[str, Any]) -> None:
         """Queue a frame; frames leave in order even when queued from synchronous code."""
-        if not self._ending:
-            self._outbox.put_nowait((frame, None))
-
-    def reply(self, req: int | None, frame: dict[str, Any]) -> None:
-        if req is not None:
-            frame = {**frame, "req": req}
-        self.send(frame)
-
-    def ok(self, req: int | None) -> None:
-        if req is not None:
-            self.send({"type": "ok", "req": req})
-
-    def error(self, req: int | None, code: str, message: str) -> None:
-        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-        if req is not None:
-            frame["req"] = req
-        self.send(frame)
+        if not self.ending:
+            self.output.send(message)
 
     def end(self, reason: str, *, close_code: int | None = None) -> None:
         """End the session from the server side: `leave` with the reason, then close."""
-        if self._ending:
+        if self.ending:
             return
-        self.send({"type": "leave", "reason": reason})
-        self._ending = True
-        self._end_reason = reason
-        self._outbox.put_nowait(({}, close_code or LEAVE_CLOSE.get(reason, CLOSE_NORMAL)))
+        self.send(ServerLeave(reason=reason))
+        self._ended_by_server = True
+        self._stop(reason, close_code or leave_close(reason))
 
-    async def _write_loop(self) -> None:
-        while True:
-            item = await self._outbox.get()
-            if item is None:
-                return
-            frame, close_code = item
-            if self.ws.closed:
-                return
-            if close_code is not None:
-                await self.ws.close(code=close_code)
-                return
-            try:
-                await self.ws.send_str(orjson.dumps(frame).decode())
-            except (ConnectionError, RuntimeError):
-                return
+    def _stop(self, reason: str, close_code: int) -> None:
+        self.ending = True
+        self.end_reason = reason
+        self._close_code = close_code
+        self.output.close(close_code)
 
-    async def _refuse(self, code: str, message: str, close_code: int, req: int | None) -> None:
-        reason = "timeout" if close_code == CLOSE_JOIN_TIMEOUT else code
-        record_join(False, reason, time.monotonic() - self._join_started)
-        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-        if req is not None:
-            frame["req"] = req
-        try:
-            await self.ws.send_str(orjson.dumps(frame).decode())
-        except (ConnectionError, RuntimeError):
-            pass
-        await self.ws.close(code=close_code)
+    def refuse(self, error: MessageError, now: float) -> None:
+        """Answer a refused request; too many malformed frames in a window end the session."""
+        self.send(Error(code=error.code, message=error.message, req=error.req))
+        if error.code == "invalid_message" and self._too_many_bad_frames(now):
+            self.end("protocol_error", close_code=CLOSE_RATE_LIMITED)
 
-    # -- life -----------------------------------------------------------------------------------
+    def _too_many_bad_frames(self, now: float) -> bool:
+        limits = self.state.config.limits
+        while self._bad_frames and now - self._bad_frames[0] >= limits.bad_frame_window:
+            self._bad_frames.popleft()
+        self._bad_frames.append(now)
+        return len(self._bad_frames) > limits.max_bad_frames
 
-    async def run(self) -> None:
-        try:
-            if not await self._join():
-                return
-            self._writer = asyncio.ensure_future(self._write_loop())
-            self._flush_join()
-            await self._read_loop()
-        finally:
-            await self._cleanup()
+    # -- the first frame ------------------------------------------------------------------------
 
-    async def _join(self) -> bool:
-        state = self.state
+    def start(self, message: AnyClientMessage, now: float, wall: float) -> Outcome:
+        """Join or resume; anything else, or a refusal, closes the session."""
+        if isinstance(message, Resume):
+            return self._resume(message, now, wall)
+        if not isinstance(message, Join):
+            error = "the first frame must be join or resume"
+            return self.refuse_first(MessageError("invalid_message", error, message.req))
+        if message.protocol != PROTOCOL_VERSION:
+            error = f"unsupported protocol version (server speaks {PROTOCOL_VERSION})"
+            return self.refuse_first(MessageError("invalid_message", error, message.req))
         try:
-            message = await self.ws.receive(timeout=state.config.server.join_timeout)
-        except TimeoutError:
-            await self._refuse("invalid_message", "no join in time", CLOSE_JOIN_TIMEOUT, None)
-            return False
-        if message.type == WSMsgType.BINARY:
-            await self.ws.close(code=CLOSE_UNSUPPORTED)
-            return False
-        if message.type != WSMsgType.TEXT:
-            return False
-        self._join_started = time.monotonic()
-        try:
-            frame = parse_frame(message.data)
-        except FrameError as exc:
-            await self._refuse("invalid_message", exc.message, CLOSE_PROTOCOL, exc.req)
-            return False
-        req = frame.get("req")
-        if frame["type"] == "resume":
-            return await self._resume(frame, req)
-        if frame["type"] != "join":
-            await self._refuse(
-                "invalid_message", "the first frame must be join or resume", CLOSE_PROTOCOL, req
-            )
-            return False
-        if frame.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-            await self._refuse(
-                "invalid_message",
-                f"unsupported protocol version (server speaks {PROTOCOL_VERSION})",
-                CLOSE_PROTOCOL,
-                req,
-            )
-            return False
-        now = time.time()
-        ip_key = f"ip:{self.peer}"
-        if state.brake.blocked(ip_key, now):
-            state.audit.record("join_refused", ip=self.peer, reason="rate_limited")
-            await self._refuse("rate_limited", "too many attempts", CLOSE_RATE_LIMITED, req)
-            return False
-        try:
-            claims = state.verifier.verify_join(frame["token"], now)
-            if state.store.is_revoked(
-                claims.room or "", claims.identity or "", claims.issued_at, now
-            ):
-                raise TokenError("revoked")
-        except TokenError as exc:
-            # The precise reason goes to the audit log only: the client learns nothing about why.
-            state.brake.failure(ip_key, now)
-            state.audit.record("join_refused", ip=self.peer, reason=exc.reason)
-            await self._refuse("unauthorized", "unauthorized", CLOSE_UNAUTHORIZED, req)
-            return False
-        assert claims.room is not None and claims.identity is not None
-        identity_key = f"id:{claims.identity}"
-        if state.brake.blocked(identity_key, now):
-            state.audit.record(
-                "join_refused", ip=self.peer, room=claims.room, identity=claims.identity,
-                reason="rate_limited",
-            )  # fmt: skip
-            await self._refuse("rate_limited", "too many attempts", CLOSE_RATE_LIMITED, req)
-            return False
-        try:
-            self._admit(claims, frame, req)
-        except JoinRefused as exc:
-            if exc.code == "unauthorized":
-                state.brake.failure(ip_key, now)
-                state.brake.failure(identity_key, now)
-            state.audit.record(
-                "join_refused", ip=self.peer, room=claims.room, identity=claims.identity,
-                reason=exc.reason or exc.code,
-            )  # fmt: skip
-            text = "unauthorized" if exc.code == "unauthorized" else exc.message
-            await self._refuse(exc.code, text, JOIN_REFUSAL_CLOSE[exc.code], req)
-            return False
-        assert self.participant is not None
-        record_join(True, "join", time.monotonic() - self._join_started)
-        state.audit.record(
+            admitted = admit_join(self.state, message, self.peer, wall)
+        except Refused as exc:
+            return self._refused(exc.reply, exc.close_code, exc.metric)
+        participant = self._enter(admitted, message, now, wall)
+        claims = admitted.claims
+        self.state.audit.record(
             "join_accepted", ip=self.peer, room=claims.room, identity=claims.identity,
-            participant=self.participant.sid, key_id=claims.key_id,
+            participant=participant.sid, key_id=claims.key_id,
         )  # fmt: skip
-        return True
+        admitted.room.subscribe_all(participant)
+        return Outcome(True, "join")
 
-    def _admit(self, claims: Claims, frame: dict[str, Any], req: int | None) -> None:
-        """Admission is synchronous: concurrent joins cannot slip past a limit in between."""
-        state = self.state
-        assert claims.room is not None and claims.identity is not None
-        room = state.rooms.get(claims.room)
-        if room is None and not state.config.auth.auto_create_rooms:
-            raise JoinRefused("not_found", "no such room")
-        if state.node_full(new_room=room is None):
-            raise JoinRefused("server_full", "the server is full")
-        limits = room.limits if room is not None else room_limits(state.config, claims.room)
-        now = time.time()
-        if limits.single_use_tokens:
-            # Checked before admission and spent after it, with no await in between: a
-            # concurrent join with the same token id cannot pass the check too.
-            if claims.jti is None:
-                raise JoinRefused("unauthorized", "unauthorized", reason="single_use_without_jti")
-            if state.store.jti_spent(claims.jti, now):
-                raise JoinRefused("unauthorized", "unauthorized", reason="jti_reused")
-        evicted = room.check_admission(claims.identity) if room is not None else None
-        if limits.single_use_tokens and claims.jti is not None:
-            state.store.use_jti(
-                claims.jti, expires_at=claims.exp + state.config.auth.leeway, now=now
-            )
-        if room is None:
-            room = state.rooms.create(claims.room, limits=room_limits(state.config, claims.room))
-        if evicted is not None:
-            room.detach(evicted, "duplicate_identity")
-            other = state.sessions_by_participant.get(evicted.sid)
-            if other is not None:
-                # Its own cleanup closes the peer connections.
-                other.end("duplicate_identity")
-            else:
-                state.forget_parked(evicted)
-                state.spawn(evicted.close())
+    def refuse_first(self, error: MessageError, close_code: int = CLOSE_PROTOCOL) -> Outcome:
+        """A first frame that is no valid join (or none in time): `error`, then close."""
+        reply = Error(code=error.code, message=error.message, req=error.req)
+        return self._refused(reply, close_code, error.code)
+
+    def _refused(self, reply: ServerMessage, close_code: int, metric: str) -> Outcome:
+        self.output.send(reply)
+        self._stop("refused", close_code)
+        return Outcome(False, metric)
+
+    def _enter(self, admitted: Admitted, join: Join, now: float, wall: float) -> Participant:
+        """The admitted participant takes its place; synchronous, like admission before it."""
+        state, claims, room = self.state, admitted.claims, admitted.room
+        assert claims.identity is not None
+        config = state.config
         participant = Participant(
             sid=new_sid("PA"),
             identity=claims.identity,
@@ -253,317 +181,199 @@ class Session:
             room=room,
             notify=self.send,
             stats=state.stats,
-            auto_subscribe=bool(frame.get("auto_subscribe", True)),
+            auto_subscribe=join.auto_subscribe,
+            relay_only=role_relay_only(config.roles, claims.role),
             # Empty public_ips: nothing to rewrite (finalize checks the lengths otherwise).
-            relay_only=role_relay_only(state.config.roles, claims.role),
-            public_addresses=dict(
-                zip(state.config.rtc.ips, state.config.rtc.public_ips, strict=False)
-            ),
+            public_addresses=dict(zip(config.rtc.ips, config.rtc.public_ips, strict=False)),
         )
         participant.on_connection_failed = self._on_connection_failed
-        self.participant = participant
-        self.room = room
-        self.claims = claims
+        self.participant, self.room, self.claims = participant, room, claims
         room.add(participant)
         state.sessions_by_participant[participant.sid] = self
-        self._send_joined(req)
-        self._arm_expiry(claims)
+        self._send_joined(join.req, wall)
+        self._arm_expiry(claims, now, wall)
+        return participant
 
-    def _send_joined(self, req: int | None) -> None:
-        participant, room = self.participant, self.room
-        assert participant is not None and room is not None
-        from auth.turn import ice_servers
-
-        turn = self.state.config.turn
-        self.resume_token = secrets.token_urlsafe(32)
-        self.reply(
-            req,
-            {
-                "type": "joined",
-                "room": room.info(),
-                "participant": participant.info(with_permissions=True),
-                "participants": [p.info() for p in room.visible_to(participant)],
-                # Fresh TURN REST credentials on every joined (resume too): they expire.
-                "ice_servers": ice_servers(
-                    turn.urls, turn.secret, participant.identity, now=time.time(), ttl=turn.ttl
-                ),
-                "ice_transport_policy": (
-                    "relay" if participant.relay_only or room.limits.relay_only else "all"
-                ),
-                "resume_token": self.resume_token,
-            },
-        )
-
-    async def _resume(self, frame: dict[str, Any], req: int | None) -> bool:
+    def _resume(self, message: Resume, now: float, wall: float) -> Outcome:
         """Re-attach a participant whose socket dropped (PROTOCOL 2.7); nobody sees it leave."""
-        state = self.state
-        parked = state.take_parked(frame["resume_token"])
-        if parked is None:
-            state.audit.record("resume_refused", ip=self.peer, reason="unknown_resume_token")
-            await self._refuse("unauthorized", "unauthorized", CLOSE_UNAUTHORIZED, req)
-            return False
-        if parked.claims.exp + state.config.auth.leeway < time.time():
-            state.audit.record(
-                "resume_refused", ip=self.peer, room=parked.room.name,
-                identity=parked.participant.identity, reason="expired",
-            )  # fmt: skip
-            state.spawn(parked.room.remove(parked.participant, "token_expired"))
-            await self._refuse("unauthorized", "unauthorized", CLOSE_UNAUTHORIZED, req)
-            return False
+        try:
+            parked = admit_resume(self.state, message, self.peer, wall)
+        except Refused as exc:
+            return self._refused(exc.reply, exc.close_code, exc.metric)
         participant = parked.participant
         self.participant, self.room, self.claims = participant, parked.room, parked.claims
         participant.notify = self.send
         participant.on_connection_failed = self._on_connection_failed
-        state.sessions_by_participant[participant.sid] = self
-        self._send_joined(req)
+        self.state.sessions_by_participant[participant.sid] = self
+        self._send_joined(message.req, wall)
         for held in parked.frames:
             if held.get("type") != "offer":  # the offer still waiting is sent again below
                 self.send(held)
         participant.resync_subscriber()
-        self._arm_expiry(parked.claims)
-        self._resumed = True
-        record_join(True, "resume", time.monotonic() - self._join_started)
-        return True
+        self._arm_expiry(parked.claims, now, wall)
+        return Outcome(True, "resume")
 
-    def _flush_join(self) -> None:
-        assert self.room is not None and self.participant is not None
-        if not self._resumed:
-            self.room.subscribe_all(self.participant)
+    def _send_joined(self, req: int | None, wall: float) -> None:
+        participant, room = self._joined()
+        turn = self.state.config.turn
+        self.resume_token = secrets.token_urlsafe(32)
+        relay = participant.relay_only or room.limits.relay_only
+        self.send(
+            Joined(
+                room=room.info(),
+                participant=participant.info(with_permissions=True),
+                participants=[p.info() for p in room.visible_to(participant)],
+                # Fresh TURN REST credentials on every joined (resume too): they expire.
+                ice_servers=ice_servers(
+                    turn.urls, turn.secret, participant.identity, now=wall, ttl=turn.ttl
+                ),
+                ice_transport_policy="relay" if relay else "all",
+                resume_token=self.resume_token,
+                req=req,
+            )
+        )
 
-    async def _read_loop(self) -> None:
-        limits = self.state.config.limits
-        async for message in self.ws:
-            if message.type == WSMsgType.BINARY:
-                await self.ws.close(code=CLOSE_UNSUPPORTED)
-                return
-            if message.type != WSMsgType.TEXT:
-                return
-            try:
-                frame = parse_frame(message.data)
-                await self._dispatch(frame)
-            except FrameError as exc:
-                self.error(exc.req, exc.code, exc.message)
-                if exc.code == "invalid_message" and self._too_many_bad_frames(limits):
-                    self.end("protocol_error", close_code=CLOSE_RATE_LIMITED)
-            if self._ending:
-                return
-
-    def _too_many_bad_frames(self, limits: Any) -> bool:
-        now = time.monotonic()
-        self._bad_frames = [t for t in self._bad_frames if now - t < limits.bad_frame_window]
-        self._bad_frames.append(now)
-        return len(self._bad_frames) > limits.max_bad_frames
-
-    async def _cleanup(self) -> None:
-        for timer in (self._expiry_timer, self._refresh_timer):
-            if timer is not None:
-                timer.cancel()
-        participant, room, claims = self.participant, self.room, self.claims
-        if participant is not None and room is not None and claims is not None:
-            if self.state.sessions_by_participant.get(participant.sid) is self:
-                del self.state.sessions_by_participant[participant.sid]
-                if self._ending or not self.state.park(
-                    self.resume_token, participant, room, claims
-                ):
-                    await room.remove(participant, self._end_reason)
-        if self._writer is not None:
-            if not self._ending:
-                self._outbox.put_nowait(None)
-            try:
-                await asyncio.wait_for(self._writer, 2)
-            except (TimeoutError, asyncio.CancelledError):
-                self._writer.cancel()
-        if not self.ws.closed:
-            await self.ws.close()
+    def _joined(self) -> tuple[Participant, Room]:
+        participant, room = self.participant, self.room
+        assert participant is not None and room is not None
+        return participant, room
 
     def _on_connection_failed(self, participant: Participant) -> None:
         log.info("participant %s: peer connection failed", participant.sid)
         self.end("connection_failed", close_code=CLOSE_NORMAL)
 
-    # -- token life -----------------------------------------------------------------------------
-
-    def _arm_expiry(self, claims: Claims) -> None:
-        for timer in (self._expiry_timer, self._refresh_timer):
-            if timer is not None:
-                timer.cancel()
-        if claims.exp is None:
-            return
-        loop = asyncio.get_running_loop()
-        remaining = claims.exp + self.state.config.auth.leeway - time.time()
-        self._expiry_timer = loop.call_later(max(remaining, 0), self.end, "token_expired")
-        notice = claims.exp - self.state.config.auth.refresh_notice - time.time()
-        self._refresh_timer = loop.call_later(
-            max(notice, 0),
-            self.send,
-            {"type": "token_refresh_required", "expires_at": int(claims.exp)},
-        )
-
-    def _refresh(self, frame: dict[str, Any]) -> None:
-        assert self.claims is not None
-        req = frame.get("req")
-        state, now = self.state, time.time()
-        try:
-            claims = state.verifier.verify_join(frame["token"], now)
-            if claims.identity != self.claims.identity or claims.room != self.claims.room:
-                raise TokenError("identity_or_room_differs")
-            if state.store.is_revoked(
-                claims.room or "", claims.identity or "", claims.issued_at, now
-            ):
-                raise TokenError("revoked")
-        except TokenError as exc:
-            state.audit.record(
-                "refresh_refused", room=self.claims.room, identity=self.claims.identity,
-                reason=exc.reason,
-            )  # fmt: skip
-            raise FrameError("unauthorized", "unauthorized", req) from None
-        self.claims = claims
-        self._arm_expiry(claims)
-        self.ok(req)
-
     # -- requests -------------------------------------------------------------------------------
 
-    async def _dispatch(self, frame: dict[str, Any]) -> None:
-        participant, room = self.participant, self.room
-        assert participant is not None and room is not None
-        kind = frame["type"]
-        req = frame.get("req")
-        if kind == "ping":
-            self.reply(req, {"type": "pong"})
-        elif kind == "leave":
-            self.ok(req)  # every request with a req gets its one reply, this one too
-            self._ending = True
-            self._end_reason = "left"
-            self._outbox.put_nowait(({}, CLOSE_NORMAL))
-        elif kind == "add_track":
-            self._add_track(frame, participant, room)
-        elif kind == "offer":
-            try:
-                answer, bound = await participant.handle_publisher_offer(frame["sdp"])
-            except NegotiationError as exc:
-                raise FrameError("invalid_message", str(exc), req) from None
-            self.reply(req, {"type": "answer", "target": "publisher", "sdp": answer})
-            for track in bound:
-                room.track_bound(participant, track)
-        elif kind == "answer":
-            try:
-                participant.handle_subscriber_answer(frame["sdp"])
-            except NegotiationError as exc:
-                raise FrameError("invalid_message", str(exc), req) from None
-            self.ok(req)
-        elif kind == "trickle":
-            try:
-                await participant.add_ice_candidate(frame["target"], frame["candidate"])
-            except NegotiationError as exc:
-                raise FrameError("invalid_message", str(exc), req) from None
-            self.ok(req)
-        elif kind == "subscribe":
-            self._subscribe(frame, participant, room)
-        elif kind == "unpublish":
-            if not room.unpublish(participant, frame["track_sid"], notify_publisher=True):
-                raise FrameError("not_found", "no such track of yours", req)
-            self.ok(req)
-        elif kind == "mute":
-            muted_track = participant.tracks.get(frame["track_sid"])
-            if muted_track is None:
-                raise FrameError("not_found", "no such track of yours", req)
-            room.set_muted(participant, muted_track, frame["muted"], notify_publisher=False)
-            self.ok(req)
-        elif kind == "set_quality":
-            if room.find_track(frame["track_sid"]) is None:
-                raise FrameError("not_found", "no such track", req)
-            self.ok(req)  # single-layer tracks: every quality is the one layer
-        elif kind == "refresh":
-            self._refresh(frame)
-        elif kind == "update_metadata":
-            self._update_metadata(frame, participant, room)
-        else:
-            raise FrameError("invalid_message", f"{kind} is only valid as the first frame", req)
+    async def handle(self, message: AnyClientMessage, now: float, wall: float) -> None:
+        """One request after the first frame: its one direct reply, or an error."""
+        try:
+            reply = await HANDLERS[type(message)](self, message, now, wall)
+        except MessageError as exc:
+            self.refuse(exc, now)
+            return
+        if reply is not None:
+            self.send(reply)
 
-    def _update_metadata(self, frame: dict[str, Any], participant: Participant, room: Room) -> None:
-        req = frame.get("req")
-        decision = may_update_own_metadata(participant.grant)
-        if not decision.allowed:
-            self.state.audit.record(
-                "metadata_refused", room=room.name, identity=participant.identity,
-                reason=decision.reason,
-            )  # fmt: skip
-            raise FrameError("forbidden", "you may not update your metadata", req)
-        limits = self.state.config.limits
-        name = frame.get("name", participant.name)
-        metadata = frame.get("metadata", participant.metadata)
-        if len(name.encode()) > limits.max_name_bytes:
-            raise FrameError("invalid_message", f"name over {limits.max_name_bytes} bytes", req)
-        if len(metadata.encode()) > limits.max_metadata_bytes:
-            raise FrameError(
-                "invalid_message", f"metadata over {limits.max_metadata_bytes} bytes", req
-            )
-        participant.name, participant.metadata = name, metadata
-        room.participant_updated(participant)
-        self.ok(req)
+    async def _ping(self, message: Ping, now: float, wall: float) -> Reply:
+        return Pong(req=message.req)
 
-    def _add_track(self, frame: dict[str, Any], participant: Participant, room: Room) -> None:
-        req = frame.get("req")
-        kind = frame["kind"]
-        source = frame.get("source", DEFAULT_SOURCE[kind])
-        if SOURCE_KIND[source] != kind:
-            raise FrameError("invalid_message", f"source {source} cannot carry {kind}", req)
-        decision = may_publish_track(participant.grant, kind, source)
-        if not decision.allowed:
+    async def _leave(self, message: Leave, now: float, wall: float) -> Reply:
+        reply = requests.ok(message)
+        if reply is not None:
+            self.send(reply)  # every request with a req gets its one reply, this one too
+        self._stop("left", CLOSE_NORMAL)
+        return None
+
+    async def _offer(self, message: Offer, now: float, wall: float) -> Reply:
+        participant, room = self._joined()
+        try:
+            answer, bound = await participant.handle_publisher_offer(message.sdp)
+        except NegotiationError as exc:
+            raise MessageError("invalid_message", str(exc), message.req) from None
+        self.send(PublisherAnswer(target="publisher", sdp=answer, req=message.req))
+        for track in bound:
+            room.track_bound(participant, track)
+        return None
+
+    async def _answer(self, message: Answer, now: float, wall: float) -> Reply:
+        participant, _room = self._joined()
+        try:
+            participant.handle_subscriber_answer(message.sdp)
+        except NegotiationError as exc:
+            raise MessageError("invalid_message", str(exc), message.req) from None
+        return requests.ok(message)
+
+    async def _trickle(self, message: Trickle, now: float, wall: float) -> Reply:
+        participant, _room = self._joined()
+        try:
+            await participant.add_ice_candidate(message.target, message.candidate)
+        except NegotiationError as exc:
+            raise MessageError("invalid_message", str(exc), message.req) from None
+        return requests.ok(message)
+
+    async def _refresh(self, message: Refresh, now: float, wall: float) -> Reply:
+        current = self.claims
+        assert current is not None
+        try:
+            claims = check_refresh(self.state, current, message.token, wall)
+        except TokenError as exc:
             self.state.audit.record(
-                "publish_refused", room=room.name, identity=participant.identity,
-                kind=kind, source=source, reason=decision.reason,
+                "refresh_refused", room=current.room, identity=current.identity,
+                reason=exc.reason,
             )  # fmt: skip
-            raise FrameError("forbidden", "you may not publish this track", req)
-        if participant.track_by_cid(frame["cid"]) is not None:
-            raise FrameError("conflict", "a track with this cid was already added", req)
-        if self.state.node_tracks_full():
-            raise FrameError("limit_exceeded", "the server has its maximum of tracks", req)
-        limits = room.limits
-        if limits.max_tracks_per_participant and (
-            len(participant.tracks) >= limits.max_tracks_per_participant
-        ):
-            raise FrameError("limit_exceeded", "too many tracks for this participant", req)
-        if limits.max_publishers and not participant.tracks:
-            publishers = sum(1 for p in room.participants.values() if p.tracks)
-            if publishers >= limits.max_publishers:
-                raise FrameError("limit_exceeded", "the room has its maximum of publishers", req)
-        track = PublishedTrack(
-            sid=new_sid("TR"),
-            cid=frame["cid"],
-            kind=kind,
-            source=source,
-            name=frame.get("name", ""),
-            publisher_sid=participant.sid,
-            muted=frame.get("muted", False),
-            keyframe_interval=self.state.config.rtc.keyframe_interval,
+            raise MessageError("unauthorized", "unauthorized", message.req) from None
+        self.claims = claims
+        self._arm_expiry(claims, now, wall)
+        return requests.ok(message)
+
+    async def _first_only(self, message: ClientMessage, now: float, wall: float) -> Reply:
+        kind = type(message).__struct_config__.tag
+        raise MessageError(
+            "invalid_message", f"{kind} is only valid as the first frame", message.req
         )
-        participant.add_track(track)
-        self.reply(req, {"type": "track_published", "cid": track.cid, "track": track.info()})
 
-    def _subscribe(self, frame: dict[str, Any], participant: Participant, room: Room) -> None:
-        req = frame.get("req")
-        wanted = frame.get("subscribe", True)
-        decision = may_subscribe(participant.grant)
-        if wanted and not decision.allowed:
-            self.state.audit.record(
-                "subscribe_refused", room=room.name, identity=participant.identity,
-                reason=decision.reason,
-            )  # fmt: skip
-            raise FrameError("forbidden", "you may not subscribe", req)
-        found = []
-        for track_sid in frame["track_sids"]:
-            owner = room.find_track(track_sid)
-            if owner is None or owner[0] is participant or owner[0].hidden or not owner[1].bound:
-                raise FrameError("not_found", f"no such track {track_sid[:64]}", req)
-            found.append(owner[1])
-        limit = room.limits.max_subscriptions_per_participant
-        if wanted and limit:
-            new = sum(1 for t in found if t.sid not in participant.subscriptions)
-            if len(participant.subscriptions) + new > limit:
-                raise FrameError("limit_exceeded", "too many subscriptions", req)
-        for track in found:
-            if wanted:
-                participant.subscribe(track)
-            else:
-                participant.unsubscribe(track.sid)
-        self.ok(req)
+    # -- token life -----------------------------------------------------------------------------
+
+    def _arm_expiry(self, claims: Claims, now: float, wall: float) -> None:
+        """At `exp` (plus leeway) the session ends; `refresh_notice` before it, the client is
+        told to refresh. A refresh re-arms both."""
+        auth = self.state.config.auth
+        expiry = deadline_at(claims.exp + auth.leeway, now, wall)
+        notice = deadline_at(claims.exp - auth.refresh_notice, now, wall)
+        self._deadlines.set("expiry", max(expiry, now))
+        self._deadlines.set("refresh_notice", max(notice, now))
+
+    def next_deadline(self) -> float | None:
+        return None if self.ending else self._deadlines.next()
+
+    def handle_timer(self, now: float) -> None:
+        for due in self._deadlines.pop_due(now):
+            if due == "expiry":
+                self.end("token_expired")
+            elif self.claims is not None:
+                self.send(TokenRefreshRequired(expires_at=int(self.claims.exp)))
+
+    # -- end ------------------------------------------------------------------------------------
+
+    async def finish(self, now: float) -> None:
+        """The connection is gone: park the participant for a resume, or take it out."""
+        self._deadlines = Deadlines()
+        participant, room, claims = self.participant, self.room, self.claims
+        if participant is None or room is None or claims is None:
+            return
+        state = self.state
+        if state.sessions_by_participant.get(participant.sid) is not self:
+            return
+        del state.sessions_by_participant[participant.sid]
+        if not self.ending and state.park(self.resume_token, participant, room, claims, now):
+            return
+        if self._ended_by_server:
+            # Its client may have gone already and never seen the leave: a resume gets it.
+            state.remember_end(self.resume_token, self.end_reason, self._close_code, now)
+        await room.remove(participant, self.end_reason)
+
+
+def _room_request(request: RoomRequest) -> Handler:
+    async def handle(session: Session, message: Any, now: float, wall: float) -> Reply:
+        participant, room = session._joined()  # noqa: SLF001
+        return request(session.state, participant, room, message)
+
+    return handle
+
+
+HANDLERS: dict[type[ClientMessage], Handler] = {
+    Ping: Session._ping,
+    Leave: Session._leave,
+    Offer: Session._offer,
+    Answer: Session._answer,
+    Trickle: Session._trickle,
+    Refresh: Session._refresh,
+    Join: Session._first_only,
+    Resume: Session._first_only,
+    AddTrack: _room_request(requests.add_track),
+    Subscribe: _room_request(requests.subscribe),
+    UpdateMetadata: _room_request(requests.update_metadata),
+    Unpublish: _room_request(requests.unpublish),
+    Mute: _room_request(requests.mute),
+    SetQuality: _room_request(requests.set_quality),
+}

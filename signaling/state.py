@@ -5,34 +5,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from auth.audit import AuditLog
 from auth.brake import FailureBrake
 from auth.store import AuthStore
 from auth.tokens import Claims, TokenVerifier
+from sfu.clock import TimerDriver
 from sfu.config import Config
 from sfu.participant import Participant
 from sfu.room import Room, RoomRegistry
 from sfu.stats import Stats
+from sfu.tasks import TaskSet
+from signaling.parking import Ended, Parked, ParkingLot
+from signaling.protocol import CLOSE_NORMAL, LEAVE_CLOSE
 
 # Server frames kept for a parked participant; past this, resuming would lose events: it ends.
 MAX_PARKED_FRAMES = 1000
 
 
-@dataclass
-class Parked:
-    """A participant whose socket dropped, kept (media flowing) until it resumes or times out."""
+class SessionHandle(Protocol):
+    """What the server asks of a live session: to end it, whatever its wire format."""
 
-    participant: Participant
-    room: Room
-    claims: Claims
-    timer: asyncio.TimerHandle | None = None
-    frames: list[dict[str, Any]] = field(default_factory=list)
-
-
-if TYPE_CHECKING:
-    from signaling.session import Session
+    def end(self, reason: str, *, close_code: int | None = None) -> None: ...
 
 
 @dataclass
@@ -44,26 +39,36 @@ class ServerState:
     store: AuthStore
     brake: FailureBrake
     stats: Stats = field(default_factory=Stats)
-    sessions_by_participant: dict[str, Session] = field(default_factory=dict)
-    sessions: set[Session] = field(default_factory=set)
+    sessions_by_participant: dict[str, SessionHandle] = field(default_factory=dict)
+    sessions: set[SessionHandle] = field(default_factory=set)
     accepting: bool = True
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    parked: dict[str, Parked] = field(default_factory=dict)
+    tasks: TaskSet = field(default_factory=lambda: TaskSet("server"))
+    parking: ParkingLot = field(init=False)
+    _parking_timer: TimerDriver | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.rooms.on_expired = self._room_expired
+        self.parking = ParkingLot(self._parked_expired)
 
     def _room_expired(self, room: Room) -> None:
         self.spawn(self.close_room(room, "room_closed"))
 
-    async def end_participant(self, participant: Participant, room: Room, reason: str) -> None:
-        """End a participant's session from the server side (kick, revoke, room closed)."""
+    def detach_participant(self, participant: Participant, room: Room, reason: str) -> bool:
+        """End a participant from the server side (kick, revoke, room closed, replaced): it is
+        out of the room when this returns. True when the caller must close its connections
+        (nobody else will: it has no live session)."""
         session = self.sessions_by_participant.get(participant.sid)
         room.detach(participant, reason)  # forwarding to and from it stops now
         if session is not None:
             session.end(reason)  # its cleanup closes the peer connections
-        else:
-            self.forget_parked(participant)
+            return False
+        token = self.parking.token_of(participant)
+        if token is not None:
+            self.parking.end(token, Ended(reason, leave_close(reason)))
+        return True
+
+    async def end_participant(self, participant: Participant, room: Room, reason: str) -> None:
+        if self.detach_participant(participant, room, reason):
             await participant.close()
 
     async def close_room(self, room: Room, reason: str) -> None:
@@ -93,12 +98,13 @@ class ServerState:
         return bool(node.max_bitrate_in and sum(t.bitrate for t in tracks) >= node.max_bitrate_in)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        return self.tasks.spawn(coro)
 
-    def park(self, resume_token: str, participant: Participant, room: Room, claims: Claims) -> bool:
+    # -- parking (PROTOCOL 2.7) -----------------------------------------------------------------
+
+    def park(
+        self, resume_token: str, participant: Participant, room: Room, claims: Claims, now: float
+    ) -> bool:
         """Keep a participant whose socket dropped for `resume_window`; False if not allowed."""
         window = self.config.server.resume_window
         if window <= 0 or not resume_token or participant.closed or not self.accepting:
@@ -113,22 +119,32 @@ class ServerState:
 
         participant.notify = hold
         participant.on_connection_failed = lambda p: self._expire(resume_token)
-        parked.timer = asyncio.get_running_loop().call_later(window, self._expire, resume_token)
-        self.parked[resume_token] = parked
+        self.parking.park(resume_token, parked, now + window)
+        self._parking_timer_update()
         return True
 
-    def take_parked(self, resume_token: str) -> Parked | None:
-        parked = self.parked.pop(resume_token, None)
-        if parked is not None and parked.timer is not None:
-            parked.timer.cancel()
-        return parked
+    def remember_end(self, resume_token: str, reason: str, close_code: int, now: float) -> None:
+        """A live session the server ended: if its client was already gone and resumes, it
+        gets this `leave` (for the resume window)."""
+        window = self.config.server.resume_window
+        if window > 0 and resume_token:
+            self.parking.end(resume_token, Ended(reason, close_code), now + window)
+            self._parking_timer_update()
 
-    def forget_parked(self, participant: Participant) -> None:
-        for token, parked in list(self.parked.items()):
-            if parked.participant is participant:
-                self.take_parked(token)
+    def _parking_timer_update(self) -> None:
+        if self._parking_timer is None:
+            self._parking_timer = TimerDriver(self.parking)
+        self._parking_timer.update()
 
     def _expire(self, resume_token: str) -> None:
-        parked = self.take_parked(resume_token)
+        parked = self.parking.take(resume_token)
         if parked is not None:
-            self.spawn(parked.room.remove(parked.participant, "disconnected"))
+            self._parked_expired(parked)
+
+    def _parked_expired(self, parked: Parked) -> None:
+        self.spawn(parked.room.remove(parked.participant, "disconnected"))
+
+
+def leave_close(reason: str) -> int:
+    """The close code that follows `leave` with `reason` (PROTOCOL 2.7)."""
+    return LEAVE_CLOSE.get(reason, CLOSE_NORMAL)

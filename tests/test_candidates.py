@@ -117,7 +117,7 @@ def test_the_internals_the_guard_patches_exist() -> None:
 # --- a real server ------------------------------------------------------------------------------
 
 FLOOD = 5000
-MAX_SDP_CHARS = 65536  # signaling/frames.py: a larger offer is refused before it is parsed
+MAX_SDP_CHARS = 65536  # signaling/messages.py: a larger offer is refused before it is parsed
 
 
 def junk_candidates(count: int) -> list[str]:

@@ -1,0 +1,170 @@
+"""Who may enter a room: the one admission path for join, resume and refresh (PROTOCOL 1, 2.7).
+
+Every check is synchronous, with the wall-clock time passed in: between the first check and the
+participant's place in the room there is no await, so concurrent joins cannot slip past a limit,
+and a single-use token id checked here is spent before another join can check it.
+
+A refused token tells the client nothing but `unauthorized`; the precise reason goes to the audit
+log. A refusal is raised as `Refused`, carrying the frame the client gets and the close code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from auth.tokens import Claims, TokenError
+from sfu.config import room_limits
+from sfu.participant import Participant
+from sfu.room import JoinRefused, Room
+from signaling.messages import Error, Join, Resume, ServerLeave, ServerMessage
+from signaling.parking import Parked
+from signaling.protocol import CLOSE_RATE_LIMITED, CLOSE_UNAUTHORIZED, JOIN_REFUSAL_CLOSE
+from signaling.state import ServerState, leave_close
+
+
+class Refused(Exception):
+    """What the refused client gets (`reply`, then a close with `close_code`); `metric` is the
+    reason the join metrics count it under."""
+
+    def __init__(self, reply: ServerMessage, close_code: int, metric: str) -> None:
+        super().__init__(metric)
+        self.reply = reply
+        self.close_code = close_code
+        self.metric = metric
+
+
+def _error(code: str, message: str, close_code: int, req: int | None) -> Refused:
+    return Refused(Error(code=code, message=message, req=req), close_code, code)
+
+
+def _unauthorized(req: int | None) -> Refused:
+    return _error("unauthorized", "unauthorized", CLOSE_UNAUTHORIZED, req)
+
+
+def check_claims(state: ServerState, claims: Claims, wall: float) -> None:
+    """What every admission re-checks, however old the claims: expiry and revocation."""
+    if claims.exp + state.config.auth.leeway < wall:
+        raise TokenError("expired")
+    if state.store.is_revoked(claims.room or "", claims.identity or "", claims.issued_at, wall):
+        raise TokenError("revoked")
+
+
+def verify_token(state: ServerState, token: str, wall: float) -> Claims:
+    """A join token's claims, verified and checked; raises TokenError."""
+    claims = state.verifier.verify_join(token, wall)
+    check_claims(state, claims, wall)
+    return claims
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A join that passed every check: its place in `room` is held by the caller's next step."""
+
+    claims: Claims
+    room: Room
+
+
+def admit_join(state: ServerState, join: Join, peer: str, wall: float) -> Admitted:
+    """Brake, token, revocation, identity brake, then the room's and node's limits."""
+    ip_key = f"ip:{peer}"
+    if state.brake.blocked(ip_key, wall):
+        state.audit.record("join_refused", ip=peer, reason="rate_limited")
+        raise _error("rate_limited", "too many attempts", CLOSE_RATE_LIMITED, join.req)
+    try:
+        claims = verify_token(state, join.token, wall)
+    except TokenError as exc:
+        # The precise reason goes to the audit log only: the client learns nothing about why.
+        state.brake.failure(ip_key, wall)
+        state.audit.record("join_refused", ip=peer, reason=exc.reason)
+        raise _unauthorized(join.req) from None
+    assert claims.room is not None and claims.identity is not None
+    identity_key = f"id:{claims.identity}"
+    if state.brake.blocked(identity_key, wall):
+        state.audit.record(
+            "join_refused", ip=peer, room=claims.room, identity=claims.identity,
+            reason="rate_limited",
+        )  # fmt: skip
+        raise _error("rate_limited", "too many attempts", CLOSE_RATE_LIMITED, join.req)
+    try:
+        room = _take_place(state, claims, wall)
+    except JoinRefused as exc:
+        if exc.code == "unauthorized":
+            state.brake.failure(ip_key, wall)
+            state.brake.failure(identity_key, wall)
+        state.audit.record(
+            "join_refused", ip=peer, room=claims.room, identity=claims.identity,
+            reason=exc.reason or exc.code,
+        )  # fmt: skip
+        text = "unauthorized" if exc.code == "unauthorized" else exc.message
+        raise _error(exc.code, text, JOIN_REFUSAL_CLOSE[exc.code], join.req) from None
+    return Admitted(claims, room)
+
+
+def _take_place(state: ServerState, claims: Claims, wall: float) -> Room:
+    """Room and node limits, single-use token ids and duplicate identities; the room, created
+    if it has to be, with the place made (a replaced participant is gone)."""
+    assert claims.room is not None and claims.identity is not None
+    room = state.rooms.get(claims.room)
+    if room is None and not state.config.auth.auto_create_rooms:
+        raise JoinRefused("not_found", "no such room")
+    if state.node_full(new_room=room is None):
+        raise JoinRefused("server_full", "the server is full")
+    limits = room.limits if room is not None else room_limits(state.config, claims.room)
+    if limits.single_use_tokens:
+        # Checked before admission and spent after it, with no await in between: a
+        # concurrent join with the same token id cannot pass the check too.
+        if claims.jti is None:
+            raise JoinRefused("unauthorized", "unauthorized", reason="single_use_without_jti")
+        if state.store.jti_spent(claims.jti, wall):
+            raise JoinRefused("unauthorized", "unauthorized", reason="jti_reused")
+    evicted = room.check_admission(claims.identity) if room is not None else None
+    if limits.single_use_tokens and claims.jti is not None:
+        state.store.use_jti(claims.jti, expires_at=claims.exp + state.config.auth.leeway, now=wall)
+    if room is None:
+        room = state.rooms.create(claims.room, limits=room_limits(state.config, claims.room))
+    if evicted is not None:
+        _evict(state, evicted, room)
+    return room
+
+
+def _evict(state: ServerState, evicted: Participant, room: Room) -> None:
+    if state.detach_participant(evicted, room, "duplicate_identity"):
+        state.spawn(evicted.close())
+
+
+def admit_resume(state: ServerState, resume: Resume, peer: str, wall: float) -> Parked:
+    """The parked participant `resume` names, its original token re-checked (PROTOCOL 2.7)."""
+    parked = state.parking.take(resume.resume_token)
+    if parked is None:
+        ended = state.parking.ended(resume.resume_token)
+        if ended is not None:
+            # Ended by the server while away (kicked, revoked, room closed): the client gets the
+            # leave it missed, not a token error it would retry on.
+            state.audit.record("resume_refused", ip=peer, reason=ended.reason)
+            raise Refused(ServerLeave(reason=ended.reason), ended.close_code, "unauthorized")
+        state.audit.record("resume_refused", ip=peer, reason="unknown_resume_token")
+        raise _unauthorized(resume.req)
+    try:
+        check_claims(state, parked.claims, wall)
+    except TokenError as exc:
+        participant = parked.participant
+        state.audit.record(
+            "resume_refused", ip=peer, room=parked.room.name, identity=participant.identity,
+            reason=exc.reason,
+        )  # fmt: skip
+        if exc.reason == "revoked":
+            state.spawn(parked.room.remove(participant, "revoked"))
+            leave = ServerLeave(reason="revoked")
+            raise Refused(leave, leave_close("revoked"), "unauthorized") from None
+        state.spawn(parked.room.remove(participant, "token_expired"))
+        raise _unauthorized(resume.req) from None
+    return parked
+
+
+def check_refresh(state: ServerState, current: Claims, token: str, wall: float) -> Claims:
+    """A refresh token's claims: valid, not revoked, same identity and room; raises TokenError."""
+    claims = state.verifier.verify_join(token, wall)
+    if claims.identity != current.identity or claims.room != current.room:
+        raise TokenError("identity_or_room_differs")
+    check_claims(state, claims, wall)
+    return claims
