@@ -57,23 +57,13 @@ def ice_servers(
     ]
 
 
-# Peers a relay must never reach (coturn 4.6.1 ranges): private, shared, link-local, multicast,
-# reserved, and the IPv4-mapped block, whose ::ffff:127.0.0.1 bypasses IPv4 rules (CVE-2026-27624).
+# A relay for keyroom's clients has one legitimate peer: the SFU. Everything else is denied, so
+# a credential holder cannot use the relay as an open proxy to the internet or the LAN; the
+# IPv4-mapped block is listed too, as ::ffff:127.0.0.1 once bypassed IPv4 rules (CVE-2026-27624).
 DENIED_PEER_RANGES = (
-    "0.0.0.0-0.255.255.255",
-    "10.0.0.0-10.255.255.255",
-    "100.64.0.0-100.127.255.255",
-    "169.254.0.0-169.254.255.255",
-    "172.16.0.0-172.31.255.255",
-    "192.0.0.0-192.0.0.255",
-    "192.168.0.0-192.168.255.255",
-    "198.18.0.0-198.19.255.255",
-    "224.0.0.0-255.255.255.255",
-    "::-::",
+    "0.0.0.0-255.255.255.255",
+    "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
     "::ffff:0.0.0.0-::ffff:255.255.255.255",
-    "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-    "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-    "ff00::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
 )
 
 
@@ -86,10 +76,10 @@ def turn_config_lines(secret: str, realm: str, sfu_ips: Sequence[str], dev: bool
         "fingerprint",
         "no-cli",
         "no-multicast-peers",
+        # A dev SFU listens on loopback, so the relay must reach loopback; nothing else does.
         "allow-loopback-peers" if dev else "no-loopback-peers",
     ]
-    if not dev:
-        lines += [f"denied-peer-ip={r}" for r in DENIED_PEER_RANGES]
-    # The SFU's own media addresses stay reachable even inside a denied range.
-    lines += [f"allowed-peer-ip={ip}" for ip in sfu_ips]
+    lines += [f"denied-peer-ip={r}" for r in DENIED_PEER_RANGES]
+    # coturn lets allowed-peer-ip win over a denied range: the SFU's addresses, and only them.
+    lines += [f"allowed-peer-ip={ip}" for ip in dict.fromkeys(sfu_ips)]
     return lines

@@ -202,7 +202,8 @@ def _turn_config(args: argparse.Namespace) -> int:
     if config.turn.secret is None:
         return _fail("turn.secret: not set in the config file")
     dev = args.dev or config.server.dev
-    ips = config.rtc.ips or (("127.0.0.1",) if dev else ())
+    # The SFU as a relay reaches it: its bound addresses, and its 1:1 NAT addresses.
+    ips = (*config.rtc.ips, *config.rtc.public_ips) or (("127.0.0.1",) if dev else ())
     # The secret is the point of this output: write it to a file only coturn can read.
     print("\n".join(turn_config_lines(config.turn.secret, config.turn.realm, ips, dev)))
     return 0
