@@ -24,6 +24,13 @@ def _refused(char: str, allowed: frozenset[str]) -> bool:
     return char in BIDI_CONTROLS or unicodedata.category(char) == "Cc"
 
 
+def check(text: str, max_bytes: int, *, metadata: bool = False) -> str | None:
+    """Why `text` cannot be a name (or metadata): too long, or a refused character; else None."""
+    if len(text.encode()) > max_bytes:
+        return f"over {max_bytes} bytes"
+    return problem(text, metadata=metadata)
+
+
 def problem(text: str, *, metadata: bool = False) -> str | None:
     """Why `text` cannot be shown as a name (or metadata), or None if it can."""
     allowed = METADATA_WHITESPACE if metadata else frozenset()

@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 
+from auth import displaytext
 from auth.grants import (
     BOOL_CLAIMS,
     SOURCES_CLAIM,
@@ -241,8 +242,10 @@ class TokenVerifier:
     def _claims(self, key_id: str, claims: dict[str, Any], now: float) -> Claims:
         exp, nbf, iat = self._times(claims, now)
         sub = _optional_str(claims, "sub")
-        name = _optional_str(claims, "name") or ""
-        metadata = _optional_str(claims, "metadata") or ""
+        # Minted by the application, typed by its users, who cannot fix a token: the characters
+        # that rewrite terminals and reorder text are removed rather than refused.
+        name = displaytext.cleaned(_optional_str(claims, "name") or "")
+        metadata = displaytext.cleaned(_optional_str(claims, "metadata") or "", metadata=True)
         role = _optional_str(claims, "role")
         jti = _optional_str(claims, "jti")
         if len(name.encode()) > self.max_name_bytes:

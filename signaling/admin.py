@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from auth import displaytext
 from auth.grants import VideoGrant, check_room_name
 from auth.policy import (
     Decision,
@@ -222,11 +223,11 @@ class AdminApi:
             except ValueError as e:
                 raise AdminError("invalid_message", str(e)) from None
         name = body.get("name", participant.name)
-        if (
-            not isinstance(name, str)
-            or len(name.encode()) > self.state.config.limits.max_name_bytes
-        ):
-            raise AdminError("invalid_message", "name must be a string within max_name_bytes")
+        if not isinstance(name, str):
+            raise AdminError("invalid_message", "name must be a string")
+        why = displaytext.check(name, self.state.config.limits.max_name_bytes)
+        if why is not None:
+            raise AdminError("invalid_message", f"name {why}")
         metadata = self._metadata(body.get("metadata", participant.metadata))
         participant.name, participant.metadata = name, metadata
         if grant is not None:
@@ -274,11 +275,11 @@ class AdminApi:
     # -- checks ---------------------------------------------------------------------------------
 
     def _metadata(self, value: Any) -> str:
-        limit = self.state.config.limits.max_metadata_bytes
-        if not isinstance(value, str) or len(value.encode()) > limit:
-            raise AdminError(
-                "invalid_message", f"metadata must be a string of at most {limit} bytes"
-            )
+        if not isinstance(value, str):
+            raise AdminError("invalid_message", "metadata must be a string")
+        why = displaytext.check(value, self.state.config.limits.max_metadata_bytes, metadata=True)
+        if why is not None:
+            raise AdminError("invalid_message", f"metadata {why}")
         return value
 
     def _limits(self, base: Any, overrides: Any) -> Any:

@@ -5,6 +5,7 @@ direct reply, or raises MessageError with the protocol error code.
 
 from __future__ import annotations
 
+from auth import displaytext
 from auth.grants import SOURCE_KIND
 from auth.policy import may_publish_track, may_subscribe, may_update_own_metadata
 from sfu.forwarder import PublishedTrack
@@ -122,12 +123,12 @@ def update_metadata(
     limits = state.config.limits
     name = message.name if isinstance(message.name, str) else participant.name
     metadata = message.metadata if isinstance(message.metadata, str) else participant.metadata
-    if len(name.encode()) > limits.max_name_bytes:
-        raise MessageError("invalid_message", f"name over {limits.max_name_bytes} bytes", req)
-    if len(metadata.encode()) > limits.max_metadata_bytes:
-        raise MessageError(
-            "invalid_message", f"metadata over {limits.max_metadata_bytes} bytes", req
-        )
+    why = displaytext.check(name, limits.max_name_bytes)
+    if why is not None:
+        raise MessageError("invalid_message", f"name {why}", req)
+    why = displaytext.check(metadata, limits.max_metadata_bytes, metadata=True)
+    if why is not None:
+        raise MessageError("invalid_message", f"metadata {why}", req)
     participant.name, participant.metadata = name, metadata
     room.participant_updated(participant)
     return ok(message)

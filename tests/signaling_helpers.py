@@ -74,7 +74,8 @@ def make_state(
 
 def audit(state: ServerState) -> list[dict[str, Any]]:
     assert state.audit.path is not None
-    return [json.loads(line) for line in state.audit.path.read_text().splitlines()]
+    state.audit.flush()  # the writer thread has written everything recorded so far
+    return [json.loads(line) for line in Path(state.audit.path).read_text().splitlines()]
 
 
 def token(
