@@ -64,39 +64,46 @@ class Admitted:
     room: Room
 
 
+def charge_failure(state: ServerState, peer: str, wall: float) -> bool:
+    """Count a refused attempt against its address; True once the address is braked.
+
+    Only failures pay: a valid token is never asked whether its address is braked, so the
+    neighbours behind a braked NAT get through, and an identity is never charged for what
+    others do with its (spent, revoked, stolen) tokens."""
+    key = f"ip:{peer}"
+    state.brake.failure(key, wall)
+    return state.brake.blocked(key, wall)
+
+
+def _failed(
+    state: ServerState, peer: str, wall: float, refusal: Refused, req: int | None
+) -> Refused:
+    if charge_failure(state, peer, wall):
+        return _error("rate_limited", "too many attempts", CLOSE_RATE_LIMITED, req)
+    return refusal
+
+
 def admit_join(state: ServerState, join: Join, peer: str, wall: float) -> Admitted:
-    """Brake, token, revocation, identity brake, then the room's and node's limits."""
-    ip_key = f"ip:{peer}"
-    if state.brake.blocked(ip_key, wall):
-        state.audit.record("join_refused", ip=peer, reason="rate_limited")
-        raise _error("rate_limited", "too many attempts", CLOSE_RATE_LIMITED, join.req)
+    """Token, revocation, then the room's and node's limits; failures charge the brake."""
     try:
         claims = verify_token(state, join.token, wall)
     except TokenError as exc:
         # The precise reason goes to the audit log only: the client learns nothing about why.
-        state.brake.failure(ip_key, wall)
         state.audit.record("join_refused", ip=peer, reason=exc.reason)
-        raise _unauthorized(join.req) from None
+        raise _failed(state, peer, wall, _unauthorized(join.req), join.req) from None
     assert claims.room is not None and claims.identity is not None
-    identity_key = f"id:{claims.identity}"
-    if state.brake.blocked(identity_key, wall):
-        state.audit.record(
-            "join_refused", ip=peer, room=claims.room, identity=claims.identity,
-            reason="rate_limited",
-        )  # fmt: skip
-        raise _error("rate_limited", "too many attempts", CLOSE_RATE_LIMITED, join.req)
     try:
         room = _take_place(state, claims, wall)
     except JoinRefused as exc:
-        if exc.code == "unauthorized":
-            state.brake.failure(ip_key, wall)
-            state.brake.failure(identity_key, wall)
         state.audit.record(
             "join_refused", ip=peer, room=claims.room, identity=claims.identity,
             reason=exc.reason or exc.code,
         )  # fmt: skip
         text = "unauthorized" if exc.code == "unauthorized" else exc.message
-        raise _error(exc.code, text, JOIN_REFUSAL_CLOSE[exc.code], join.req) from None
+        refusal = _error(exc.code, text, JOIN_REFUSAL_CLOSE[exc.code], join.req)
+        if exc.code != "unauthorized":
+            raise refusal from None  # a full room is no failure of the client's
+        raise _failed(state, peer, wall, refusal, join.req) from None
     return Admitted(claims, room)
 
 
@@ -113,11 +120,11 @@ def _take_place(state: ServerState, claims: Claims, wall: float) -> Room:
     if limits.single_use_tokens:
         # Checked before admission and spent after it, with no await in between: a
         # concurrent join with the same token id cannot pass the check too.
-        if claims.jti is None:
-            raise JoinRefused("unauthorized", "unauthorized", reason="single_use_without_jti")
-        if state.store.jti_spent(claims.jti, wall):
-            raise JoinRefused("unauthorized", "unauthorized", reason="jti_reused")
-    evicted = room.check_admission(claims.identity) if room is not None else None
+        try:
+            _check_unspent(state, claims, wall)
+        except TokenError as exc:
+            raise JoinRefused("unauthorized", "unauthorized", reason=exc.reason) from None
+    evicted = _place_of(state, room, claims.identity) if room is not None else None
     if limits.single_use_tokens and claims.jti is not None:
         state.store.use_jti(claims.jti, expires_at=claims.exp + state.config.auth.leeway, now=wall)
     if room is None:
@@ -125,6 +132,18 @@ def _take_place(state: ServerState, claims: Claims, wall: float) -> Room:
     if evicted is not None:
         _evict(state, evicted, room)
     return room
+
+
+def _place_of(state: ServerState, room: Room, identity: str) -> Participant | None:
+    """The participant this join replaces, if any; raises JoinRefused when it may not join.
+
+    A parked participant (its socket gone: a reload, a crash, a lost network) is taken over by
+    a new join with a valid token whatever `duplicate_identity` says: it is the same person
+    coming back, and under `reject` they would otherwise be locked out for the resume window."""
+    existing = room.by_identity(identity)
+    if existing is not None and state.parking.token_of(existing) is not None:
+        return existing
+    return room.check_admission(identity)
 
 
 def _evict(state: ServerState, evicted: Participant, room: Room) -> None:
@@ -161,10 +180,23 @@ def admit_resume(state: ServerState, resume: Resume, peer: str, wall: float) -> 
     return parked
 
 
+def _check_unspent(state: ServerState, claims: Claims, wall: float) -> None:
+    if claims.jti is None:
+        raise TokenError("single_use_without_jti")
+    if state.store.jti_spent(claims.jti, wall):
+        raise TokenError("jti_reused")
+
+
 def check_refresh(state: ServerState, current: Claims, token: str, wall: float) -> Claims:
-    """A refresh token's claims: valid, not revoked, same identity and room; raises TokenError."""
+    """A refresh token's claims: valid, not revoked, same identity and room, and in a room of
+    single-use tokens unspent (then spent); raises TokenError."""
     claims = state.verifier.verify_join(token, wall)
     if claims.identity != current.identity or claims.room != current.room:
         raise TokenError("identity_or_room_differs")
     check_claims(state, claims, wall)
+    room = state.rooms.get(claims.room or "")
+    if room is not None and room.limits.single_use_tokens:
+        _check_unspent(state, claims, wall)
+        assert claims.jti is not None
+        state.store.use_jti(claims.jti, expires_at=claims.exp + state.config.auth.leeway, now=wall)
     return claims

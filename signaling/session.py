@@ -23,7 +23,14 @@ from sfu.clock import Deadlines, deadline_at
 from sfu.participant import NegotiationError, Participant
 from sfu.room import Room, new_sid
 from signaling import requests
-from signaling.admission import Admitted, Refused, admit_join, admit_resume, check_refresh
+from signaling.admission import (
+    Admitted,
+    Refused,
+    admit_join,
+    admit_resume,
+    charge_failure,
+    check_refresh,
+)
 from signaling.codec import MessageError
 from signaling.messages import (
     AddTrack,
@@ -298,9 +305,11 @@ class Session:
             claims = check_refresh(self.state, current, message.token, wall)
         except TokenError as exc:
             self.state.audit.record(
-                "refresh_refused", room=current.room, identity=current.identity,
+                "refresh_refused", ip=self.peer, room=current.room, identity=current.identity,
                 reason=exc.reason,
             )  # fmt: skip
+            if charge_failure(self.state, self.peer, wall):
+                raise MessageError("rate_limited", "too many attempts", message.req) from None
             raise MessageError("unauthorized", "unauthorized", message.req) from None
         self.claims = claims
         self._arm_expiry(claims, now, wall)

@@ -34,27 +34,37 @@ def refusals(state: ServerState) -> list[str]:
     return [r["reason"] for r in audit(state) if r["event"] == "join_refused"]
 
 
-async def test_brake_refuses_an_ip_within_the_window_then_forgets(states: StateFactory) -> None:
+async def test_brake_refuses_failures_from_a_braked_address_never_valid_tokens(
+    states: StateFactory,
+) -> None:
+    """Issue 11.12: after 3 bad tokens from one address (an office NAT), the next bad token is
+    answered `rate_limited`, while a colleague's valid token from the same address joins."""
     state = states(auth={"max_failures": 3, "failure_window": 60.0})
-    for t in range(3):
+    codes = []
+    for t in range(4):
         s, wire = session(state, "198.51.100.7")
-        s.start(Join(token="not-a-token"), NOW + t, WALL + t)
-        assert wire.close_code == 4401
+        s.start(Join(token="not-a-token", req=1), NOW + t, WALL + t)
+        codes.append((wire.frames[0]["code"], wire.close_code))
+    assert codes == [("unauthorized", 4401)] * 2 + [("rate_limited", 4429)] * 2
+    _s, colleague, outcome = join(state, "alice", peer="198.51.100.7", wall=WALL + 5)
+    assert outcome.accepted and colleague.frames[0]["type"] == "joined"
+    # The window moves on: a bad token is plain `unauthorized` again.
     s, wire = session(state, "198.51.100.7")
-    outcome = s.start(Join(token=token("alice"), req=1), NOW + 10, WALL + 10)
-    assert outcome.reason == "rate_limited" and wire.close_code == 4429
-    assert wire.frames == [
-        {"type": "error", "req": 1, "code": "rate_limited", "message": "too many attempts"}
-    ]
-    # Another address is not braked; the same one is again once the window has moved on.
-    _s, other, _ = join(state, "bob", peer="198.51.100.8", wall=WALL + 10)
-    assert other.frames[0]["type"] == "joined"
-    _s, later, outcome = join(state, "alice", peer="198.51.100.7", wall=WALL + 62)
-    assert outcome.accepted and later.frames[0]["type"] == "joined"
-    assert refusals(state) == ["malformed"] * 3 + ["rate_limited"]
+    s.start(Join(token="not-a-token", req=1), NOW + 70, WALL + 70)
+    assert (wire.frames[0]["code"], wire.close_code) == ("unauthorized", 4401)
+    # Each refusal of a kind is written once per (real-time) window, then as one summary with
+    # the count (issue 11.9); closing the log writes the open window's summary.
+    state.audit.close()
+    assert refusals(state) == ["malformed", "malformed"]
+    summaries = [r for r in audit(state) if r.get("repeated")]
+    assert [(r["reason"], r["repeated"]) for r in summaries] == [("malformed", 4)]
 
 
-async def test_brake_counts_refusals_per_identity(states: StateFactory) -> None:
+async def test_nobody_is_charged_for_what_others_do_with_their_tokens(
+    states: StateFactory,
+) -> None:
+    """Replays of alice's spent single-use token, from many addresses, never lock alice out:
+    only the replaying addresses pay."""
     state = states(
         auth={"max_failures": 2, "failure_window": 60.0}, limits={"single_use_tokens": True}
     )
@@ -63,18 +73,13 @@ async def test_brake_counts_refusals_per_identity(states: StateFactory) -> None:
     assert first.start(Join(token=once), NOW, WALL).accepted
     first.end("removed")
     await first.finish(NOW)
-    for n, peer in enumerate(("192.0.2.11", "192.0.2.12"), 1):
-        s, wire = session(state, peer)
+    for n in range(10):
+        s, wire = session(state, "203.0.113.66")
         s.start(Join(token=once), NOW + n, WALL + n)
-        assert wire.frames[0]["code"] == "unauthorized"  # the token id is spent
-    # Two refusals for alice, from two addresses: a third address with a good token is braked.
+        assert wire.frames[0]["code"] in ("unauthorized", "rate_limited")
+        assert wire.frames[0]["code"] == ("rate_limited" if n >= 1 else "unauthorized")
     s, wire = session(state, "192.0.2.13")
-    outcome = s.start(Join(token=token("alice", jti="j2", wall=WALL + 3)), NOW + 3, WALL + 3)
-    assert outcome.reason == "rate_limited" and wire.close_code == 4429
-    s, wire = session(state, "192.0.2.13")
-    fresh = token("alice", jti="j3", wall=WALL + 62)
-    assert s.start(Join(token=fresh), NOW + 62, WALL + 62).accepted
-    assert refusals(state) == ["jti_reused", "jti_reused", "rate_limited"]
+    assert s.start(Join(token=token("alice", jti="j2", wall=WALL + 3)), NOW + 3, WALL + 3).accepted
 
 
 async def test_single_use_token_is_accepted_once(states: StateFactory) -> None:
@@ -137,6 +142,21 @@ async def test_duplicate_identity_replaces_a_parked_participant(states: StateFac
     resumed, wire = session(state)
     resumed.start(Resume(resume_token=first.resume_token), NOW + 2, WALL + 2)
     assert wire.frames == [{"type": "leave", "reason": "duplicate_identity"}]
+
+
+async def test_a_parked_identity_is_taken_over_under_reject(states: StateFactory) -> None:
+    """Issue 11.13: a reload or a crash parks the session; the same person joining again with
+    a valid token takes its place instead of being refused as a duplicate for 30 s."""
+    state = states()  # duplicate_identity = "reject"
+    first, _wire, _ = join(state, "alice")
+    await first.finish(NOW)  # the socket is gone: parked
+    assert len(state.parking) == 1
+    again, wire, outcome = join(state, "alice", now=NOW + 1)
+    assert outcome.accepted and wire.frames[0]["type"] == "joined"
+    assert len(state.parking) == 0 and state.rooms.participant_count() == 1
+    # A live (not parked) duplicate is still refused.
+    _s, refused, outcome = join(state, "alice", now=NOW + 2)
+    assert outcome.reason == "conflict" and refused.close_code == 4409
 
 
 async def test_room_full(states: StateFactory) -> None:

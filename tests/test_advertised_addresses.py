@@ -57,6 +57,11 @@ class RecordingClient(KeyroomClient):
         super().__init__(*args, **kwargs)
         self.frames: list[str] = []
 
+    # The client routes replies (`joined`, the publisher's answer) and events apart: both count.
+    def _on_reply(self, frame: dict[str, Any]) -> None:
+        self.frames.append(orjson.dumps(frame).decode())
+        super()._on_reply(frame)
+
     def _dispatch(self, frame: dict[str, Any]) -> None:
         self.frames.append(orjson.dumps(frame).decode())
         super()._dispatch(frame)

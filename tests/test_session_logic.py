@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from signaling.codec import MessageError
-from signaling.messages import Leave, Ping, Refresh, Resume
+from signaling.messages import Join, Leave, Ping, Refresh, Resume
 from signaling.state import ServerState
 from tests.signaling_helpers import NOW, WALL, audit, close_all, join, make_state, session, token
 
@@ -85,6 +85,34 @@ async def test_refresh_with_a_revoked_token_is_refused(state: ServerState) -> No
     await alice.handle(Refresh(token=fresh, req=4), NOW + 30, WALL + 30)
     assert wire.frames[-1]["code"] == "unauthorized"
     assert [r["reason"] for r in audit(state) if r["event"] == "refresh_refused"] == ["revoked"]
+
+
+async def test_refresh_gets_the_joins_checks_brake_and_single_use(tmp_path: Path) -> None:
+    """Issue 11.12: a spent single-use token cannot refresh, and failed refreshes charge the
+    address like failed joins (then `rate_limited`); a valid refresh still works."""
+    state = make_state(
+        tmp_path,
+        limits={"single_use_tokens": True},
+        auth={"max_failures": 2, "failure_window": 60.0},
+    )
+    try:
+        first = token("alice", ttl=600, jti="j1")
+        alice, wire = session(state)
+        assert alice.start(Join(token=first, req=1), NOW, WALL).accepted
+        codes = []
+        for n in range(3):
+            await alice.handle(Refresh(token=first, req=10 + n), NOW + n, WALL + n)
+            codes.append(wire.frames[-1]["code"])
+        assert codes == ["unauthorized", "rate_limited", "rate_limited"]
+        renewed = token("alice", ttl=600, jti="j2", wall=WALL + 5)
+        await alice.handle(Refresh(token=renewed, req=20), NOW + 5, WALL + 5)
+        assert wire.frames[-1] == {"type": "ok", "req": 20}
+        await alice.handle(Refresh(token=renewed, req=21), NOW + 6, WALL + 6)  # now spent
+        assert wire.frames[-1]["code"] == "rate_limited"
+        reasons = [r["reason"] for r in audit(state) if r["event"] == "refresh_refused"]
+        assert reasons[0] == "jti_reused"
+    finally:
+        await close_all(state)
 
 
 async def test_bad_frames_close_4429_only_when_too_many_within_the_window(
