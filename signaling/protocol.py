@@ -20,6 +20,8 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_JOIN_TIMEOUT = 4408
 CLOSE_CONFLICT = 4409
 CLOSE_REMOVED = 4410
+# The client did not read what the server sent: its outbox overflowed (signaling/outbox.py).
+CLOSE_TOO_SLOW = 4413
 CLOSE_RATE_LIMITED = 4429
 CLOSE_SERVER_FULL = 4503
 
@@ -38,6 +40,7 @@ LEAVE_CLOSE = {
     "duplicate_identity": CLOSE_CONFLICT,
     "room_closed": CLOSE_NORMAL,
     "server_shutdown": CLOSE_GOING_AWAY,
+    "too_slow": CLOSE_TOO_SLOW,
 }
 
 # Label -> RTCPeerConnection.createDataChannel keyword arguments (PROTOCOL 2.5).

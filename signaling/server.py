@@ -126,6 +126,10 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     return parts.scheme in ("http", "https") and parts.netloc == request.host
 
 
+def _nothing() -> None:
+    pass
+
+
 async def rtc_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if not origin_allowed(request, state.config.server.allowed_origins):
@@ -137,7 +141,8 @@ async def rtc_handler(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     peer = client_ip(request, parse_networks(state.config.server.trusted_proxies))
-    await serve_socket(state, ws, peer)
+    transport = request.transport
+    await serve_socket(state, ws, peer, transport.abort if transport is not None else _nothing)
     return ws
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -20,6 +20,7 @@ from sfu.metrics import record_join
 from signaling import codec
 from signaling.codec import MessageError
 from signaling.messages import ServerMessage
+from signaling.outbox import Outbox
 from signaling.protocol import CLOSE_JOIN_TIMEOUT, CLOSE_UNSUPPORTED
 from signaling.session import Session
 from signaling.state import ServerState
@@ -30,40 +31,67 @@ FLUSH_TIMEOUT = 2.0
 
 class SocketOutput:
     """Frames leave in the order queued, even when queued from synchronous code; a close
-    follows the frames queued before it."""
+    follows the frames queued before it. The queue is an `Outbox`: a client that does not read
+    fills it, and `on_overflow` ends that client's session."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, outbox: Outbox, on_overflow: Callable[[], None]
+    ) -> None:
         self.ws = ws
-        self._queue: asyncio.Queue[tuple[str, int | None] | None] = asyncio.Queue()
+        self.outbox = outbox
+        self._on_overflow = on_overflow
+        self._close_code: int | None = None
+        self._stopped = False
+        self._wake = asyncio.Event()
 
     def send(self, message: ServerMessage | Mapping[str, Any]) -> None:
-        self._queue.put_nowait((codec.encode(message), None))
+        if self.outbox.overflowed:
+            return
+        if not self.outbox.push(codec.encode(message)):
+            self._on_overflow()
+        self._wake.set()
 
     def close(self, code: int) -> None:
-        self._queue.put_nowait(("", code))
+        if self._close_code is None:
+            self._close_code = code
+        self._wake.set()
 
     def stop(self) -> None:
-        self._queue.put_nowait(None)
+        self._stopped = True
+        self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            item = await self._queue.get()
-            if item is None or self.ws.closed:
+        while not self.ws.closed:
+            text = self.outbox.pop()
+            if text is not None:
+                try:
+                    await self.ws.send_str(text)
+                except (ConnectionError, RuntimeError):
+                    return
+                continue
+            if self._close_code is not None and not self.outbox.overflowed:
+                await self.ws.close(code=self._close_code)
                 return
-            text, close_code = item
-            if close_code is not None:
-                await self.ws.close(code=close_code)
+            if self._stopped or self.outbox.overflowed:
                 return
-            try:
-                await self.ws.send_str(text)
-            except (ConnectionError, RuntimeError):
-                return
+            self._wake.clear()
+            await self._wake.wait()
 
 
-async def serve_socket(state: ServerState, ws: web.WebSocketResponse, peer: str) -> None:
-    """Run one `/rtc` socket to its end."""
+async def serve_socket(
+    state: ServerState, ws: web.WebSocketResponse, peer: str, abort: Callable[[], None]
+) -> None:
+    """Run one `/rtc` socket to its end; `abort` drops the connection without a goodbye."""
     loop = asyncio.get_running_loop()
-    output = SocketOutput(ws)
+    server = state.config.server
+
+    def overflow() -> None:
+        # The client does not read: a leave would queue behind what it never read. End the
+        # session and drop the connection, so the writer stuck on it is released too.
+        session.end("too_slow")
+        abort()
+
+    output = SocketOutput(ws, Outbox(server.max_outbox_frames, server.max_outbox_bytes), overflow)
     session = Session(state, peer, output)
     writer = asyncio.ensure_future(output.run())
     timer = TimerDriver(session)

@@ -51,6 +51,9 @@ class ServerConfig(_Section):
     dev: bool = option(False, checks.boolean)
     allowed_origins: tuple[str, ...] = option((), checks.origin_list)
     max_frame_bytes: int = option(65536, checks.positive_int)
+    # What a client that does not read may make the server hold for it (signaling/outbox.py).
+    max_outbox_frames: int = option(1000, checks.positive_int)
+    max_outbox_bytes: int = option(2 * 1024 * 1024, checks.positive_int)
     join_timeout: float = option(10.0, checks.positive_seconds)
     resume_window: float = option(30.0, checks.non_negative_seconds)
     shutdown_timeout: float = option(5.0, checks.positive_seconds)
