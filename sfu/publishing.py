@@ -21,7 +21,7 @@ from sfu.feedback import Feedback
 from sfu.forwarder import CodecInfo, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.negotiation import NegotiationError
-from sfu.sdpinfo import BadSdp, MediaSection, describe_offer
+from sfu.sdpinfo import MAX_SECTIONS, BadSdp, MediaSection, describe_offer
 from sfu.stats import Stats
 
 
@@ -80,6 +80,15 @@ class Publishing:
             raise NegotiationError(str(exc)) from None
         async with self._lock:
             pc = self.pc
+            transceivers = pc.getTransceivers()
+            known = {t.mid for t in transceivers}
+            added = {s.mid for s in sections if s.kind != "application"} - known
+            if len(transceivers) + len(added) > MAX_SECTIONS:
+                # Each offer may name new mids: without a total, repeated offers pile
+                # transceivers (and their memory and answer time) up without end.
+                raise NegotiationError(
+                    f"more than {MAX_SECTIONS} media sections on this connection in total"
+                )
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:
