@@ -211,7 +211,8 @@ class BaselineClient:
         assert self._ws is not None
         waiter = self._waiting[reply_type] = asyncio.get_running_loop().create_future()
         await self._ws.send_json(frame)
-        return await waiter
+        reply: dict[str, Any] = await waiter
+        return reply
 
     async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:

@@ -38,7 +38,8 @@ from pylibsrtp import Policy, Session
 
 from sfu import internals
 from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
-from sfu.rtp import MalformedPacket, parse_rtp
+from sfu.ingress import Ingress
+from sfu.stats import Stats
 
 PROFILE = Policy.SRTP_PROFILE_AEAD_AES_128_GCM
 KEY = bytes(range(28))  # 16-byte key + 12-byte salt for AES-128-GCM
@@ -106,35 +107,24 @@ def _unexpected(data: bytes, addr: tuple[Any, ...]) -> None:
     raise AssertionError("the benchmark sends only SRTP")
 
 
-async def _cell(
-    path: str, fanout: int, in_rate: float, seconds: float, size: int
-) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    track = PublishedTrack(
-        sid="TR_bench", cid="c", kind="video", source="camera", name="", publisher_sid="PA"
-    )
-    track.codec = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
-    track.extensions = dict(EXTENSIONS)
-    tracks = {SSRC: track}
-    transports: list[asyncio.BaseTransport] = []
+async def _fan_out(
+    loop: asyncio.AbstractEventLoop, track: PublishedTrack, fanout: int
+) -> tuple[list[internals.RtpSink], list[asyncio.BaseTransport], list[socket.socket]]:
+    """`fanout` down-tracks of `track`, each sending through the server's own RtpSink to a
+    socket that only drains."""
     sinks: list[internals.RtpSink] = []
-    drains = []
+    transports: list[asyncio.BaseTransport] = []
+    drains: list[socket.socket] = []
     for i in range(fanout):
         drain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         drain.bind(("127.0.0.1", 0))
         drains.append(drain)
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: aioice.ice.StunProtocol(_NO_CONNECTION),
-            local_addr=("127.0.0.1", 0),  # type: ignore[arg-type]
+            local_addr=("127.0.0.1", 0),
         )
         transports.append(transport)
-        sink = internals.RtpSink(
-            _fake_dtls(
-                Session(_tx_policy()),
-                protocol,
-                drain.getsockname(),
-            )
-        )
+        sink = internals.RtpSink(_fake_dtls(Session(_tx_policy()), protocol, drain.getsockname()))
         down = DownTrack(track, f"PA_sub{i}")
         down.configure(
             sink=sink,
@@ -145,57 +135,98 @@ async def _cell(
         )
         track.down_tracks.append(down)
         sinks.append(sink)
+    return sinks, transports, drains
 
+
+def _ingress() -> tuple[Ingress, PublishedTrack]:
+    """The server's own ingress with one bound VP8 track, as a publisher's offer leaves it."""
+    track = PublishedTrack(
+        sid="TR_bench", cid="c", kind="video", source="camera", name="", publisher_sid="PA"
+    )
+    ingress = Ingress({track.sid: track}, Stats())
+    codec = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
+    ingress.bind(track, "0", SSRC, None, codec, dict(EXTENSIONS))
+    return ingress, track
+
+
+async def _cell(
+    path: str, fanout: int, in_rate: float, seconds: float, size: int
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    ingress, track = _ingress()
+    sinks, transports, drains = await _fan_out(loop, track, fanout)
     errors: Counter[str] = Counter()
-
-    def on_rtp(data: bytes) -> None:
-        # The shape of Participant._on_publisher_rtp: parse, look up, forward.
-        try:
-            info = parse_rtp(data)
-        except MalformedPacket:
-            errors["malformed"] += 1
-            return
-        found = tracks.get(info.ssrc)
-        if found is None:
-            errors["unknown_ssrc"] += 1
-            return
-        found.forward(data, info)
-
     rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=PROFILE))
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     in_transport, _ = await loop.create_datagram_endpoint(
         lambda: _Input(path, queue), local_addr=("127.0.0.1", 0)
-    )  # type: ignore[arg-type]
+    )
     transports.append(in_transport)
     protocol_in: _Input = in_transport.get_protocol()  # type: ignore[assignment]
-    port = in_transport.get_extra_info("sockname")[1]
-    gen_addr_holder: list[tuple[Any, ...]] = []
     dtls_in = _fake_dtls(rx, None, ("127.0.0.1", 0))
-    fast = internals.FastPath(dtls_in, on_rtp, errors)  # type: ignore[arg-type]
     if path == "fast":
-        protocol_in.fast = fast
+        protocol_in.fast = internals.FastPath(dtls_in, ingress.on_rtp, errors)
+    hook_task = (
+        asyncio.ensure_future(_hook_loop(queue, rx, ingress.on_rtp, errors))
+        if path == "hook"
+        else None
+    )
+    try:
+        port = in_transport.get_extra_info("sockname")[1]
+        measured = await _measure(loop, protocol_in, dtls_in, sinks, (port, in_rate, size), seconds)
+    finally:
+        if hook_task is not None:
+            hook_task.cancel()
+            await asyncio.gather(hook_task, return_exceptions=True)
+        for t in transports:
+            t.close()
+        for d in drains:
+            d.close()
+    return {
+        "path": path,
+        "fanout": fanout,
+        "in_rate": round(in_rate, 1),
+        **measured,
+        "errors": dict(errors),
+    }
+
+
+async def _hook_loop(
+    queue: asyncio.Queue[bytes],
+    rx: Session,
+    on_rtp: Callable[[bytes], None],
+    errors: Counter[str],
+) -> None:
+    """aiortc's own path, emulated: RTCDtlsTransport._recv_next awaits the ICE transport,
+    unprotects, and awaits a handler coroutine per packet."""
 
     async def handler(data: bytes, arrival_time_ms: int = 0) -> None:
         on_rtp(data)
 
-    async def recv() -> bytes:
+    async def transport_recv() -> bytes:
         return await queue.get()
 
-    async def transport_recv() -> bytes:
-        return await recv()
+    while True:
+        data = await transport_recv()
+        try:
+            plain = rx.unprotect(data)
+        except Exception:
+            errors["srtp_failure"] += 1
+            continue
+        await handler(plain, 0)
 
-    async def hook_loop() -> None:
-        # aiortc's RTCDtlsTransport._recv_next: await the ICE transport, unprotect, await.
-        while True:
-            data = await transport_recv()
-            try:
-                plain = rx.unprotect(data)
-            except Exception:
-                errors["srtp_failure"] += 1
-                continue
-            await handler(plain, 0)
 
-    hook_task = asyncio.ensure_future(hook_loop()) if path == "hook" else None
+async def _measure(
+    loop: asyncio.AbstractEventLoop,
+    protocol_in: _Input,
+    dtls_in: Any,
+    sinks: list[internals.RtpSink],
+    generated: tuple[int, float, int],
+    seconds: float,
+) -> dict[str, Any]:
+    """Run the generator process (to port, at rate, of size) and measure a `seconds` window
+    after warm-up."""
+    port, in_rate, size = generated
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     sent = ctx.Value("q", 0)
@@ -215,7 +246,7 @@ async def _cell(
     protocol_in.datagram_received = learn  # type: ignore[method-assign]
     generator.start()
     try:
-        gen_addr_holder.append(await asyncio.wait_for(first, START_TIMEOUT))
+        await asyncio.wait_for(first, START_TIMEOUT)
         await asyncio.sleep(WARMUP)
         out0, in0, usage0, t0 = (
             sum(s.sent_packets for s in sinks),
@@ -236,19 +267,9 @@ async def _cell(
         if generator.is_alive():
             generator.kill()
         await asyncio.sleep(0.2)  # what is still in flight arrives
-        if hook_task is not None:
-            hook_task.cancel()
-            await asyncio.gather(hook_task, return_exceptions=True)
-        for t in transports:
-            t.close()
-        for d in drains:
-            d.close()
     user, system = usage1.ru_utime - usage0.ru_utime, usage1.ru_stime - usage0.ru_stime
     out = out1 - out0
     return {
-        "path": path,
-        "fanout": fanout,
-        "in_rate": round(in_rate, 1),
         "wall_s": round(t1 - t0, 3),
         "in_packets": in1 - in0,
         "out_packets": out,
@@ -259,7 +280,6 @@ async def _cell(
         "us_sys_per_out": round(1e6 * system / out, 2) if out else None,
         "input_lost": max(0, int(sent.value) - protocol_in.received),
         "input_sent": int(sent.value),
-        "errors": dict(errors),
     }
 
 

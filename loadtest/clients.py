@@ -30,7 +30,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from loadtest.clip import Clip
 from sfu import internals
-from sfu.rtcp import Fir, MalformedPacket, Pli, parse_rtcp
+from sfu.rtcp import Fir, Pli, parse_rtcp
+from sfu.rtp import MalformedPacket
 from signaling.client import RemoteTrack
 
 # track number, flags, packet index, send time (ns, CLOCK_MONOTONIC)

@@ -213,7 +213,7 @@ class JanusClient:
         transaction = secrets.token_hex(8)
         waiter = self._waiting[transaction] = asyncio.get_running_loop().create_future()
         await self._ws.send_json({**frame, "transaction": transaction})
-        reply = await waiter
+        reply: dict[str, Any] = await waiter
         if reply["janus"] == "error":
             raise JanusError(str(reply.get("error")))
         return reply

@@ -100,37 +100,45 @@ def get_extension(data: bytes, info: RtpInfo, ext_id: int) -> bytes | None:
     packet: the elements before it are still found.
     """
     profile = info.ext_profile
-    pos = info.ext_start
-    end = info.ext_end
     if profile == ONE_BYTE_PROFILE:
-        while pos < end:
-            b = data[pos]
-            if b == 0:
-                pos += 1
-                continue
-            xid = b >> 4
-            if xid == 15:
-                return None
-            start = pos + 1
-            pos = start + (b & 0x0F) + 1
-            if pos > end:
-                return None
-            if xid == ext_id:
-                return data[start:pos]
-    elif profile is not None and profile & _TWO_BYTE_MASK == TWO_BYTE_PROFILE:
-        while pos < end:
-            xid = data[pos]
-            if xid == 0:
-                pos += 1
-                continue
-            if pos + 2 > end:
-                return None
-            start = pos + 2
-            pos = start + data[pos + 1]
-            if pos > end:
-                return None
-            if xid == ext_id:
-                return data[start:pos]
+        return _one_byte_element(data, info.ext_start, info.ext_end, ext_id)
+    if profile is not None and profile & _TWO_BYTE_MASK == TWO_BYTE_PROFILE:
+        return _two_byte_element(data, info.ext_start, info.ext_end, ext_id)
+    return None
+
+
+def _one_byte_element(data: bytes, pos: int, end: int, ext_id: int) -> bytes | None:
+    while pos < end:
+        b = data[pos]
+        if b == 0:
+            pos += 1
+            continue
+        xid = b >> 4
+        if xid == 15:
+            return None
+        start = pos + 1
+        pos = start + (b & 0x0F) + 1
+        if pos > end:
+            return None
+        if xid == ext_id:
+            return data[start:pos]
+    return None
+
+
+def _two_byte_element(data: bytes, pos: int, end: int, ext_id: int) -> bytes | None:
+    while pos < end:
+        xid = data[pos]
+        if xid == 0:
+            pos += 1
+            continue
+        if pos + 2 > end:
+            return None
+        start = pos + 2
+        pos = start + data[pos + 1]
+        if pos > end:
+            return None
+        if xid == ext_id:
+            return data[start:pos]
     return None
 
 
@@ -313,7 +321,9 @@ class RtpRewriter:
         head = _HEADER_EXT.pack(b0 | 0x10, b1, seq, ts, self._ssrc, profile, len(body) >> 2)
         return head + body + data[payload_start:]
 
-    def _remap_extensions(self, data: bytes, info: RtpInfo) -> tuple[int, bytes]:
+    # One loop over the elements, per packet on the remap path: split into helpers, it would
+    # pay a call per element.
+    def _remap_extensions(self, data: bytes, info: RtpInfo) -> tuple[int, bytes]:  # noqa: C901
         """(profile, padded elements) for any input block; b"" when no element is left."""
         ext_map = self._ext_map
         # (output id, value start, value end) of each kept element, in input order.
