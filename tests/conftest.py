@@ -134,12 +134,13 @@ def wait_healthy(server: ServerProcess, check: Callable[[], object], timeout: fl
 async def eventually(
     check: Callable[[], object] | Callable[[], Awaitable[object]],
     timeout: float = 5,
-    what: str = "",
+    what: str | Callable[[], str] = "",
     interval: float = 0.05,
 ) -> object:
     """Call `check` (sync or async) until it returns something true, and return that; fail
-    after `timeout` seconds. The one poll of the tests, for state nothing announces (server
-    counters, the admin API, a log): events the client exposes are awaited, not polled."""
+    after `timeout` seconds, saying `what` (called then, if callable). The one poll of the
+    tests, for state nothing announces (server counters, the admin API, a log): events the
+    client exposes are awaited, not polled."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -149,7 +150,7 @@ async def eventually(
         if result:
             return result
         if loop.time() >= deadline:
-            raise AssertionError(f"not within {timeout} s: {what or check}")
+            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
         await asyncio.sleep(interval)
 
 
