@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from auth.tokens import mint_token
 from loadtest import spawn
 from loadtest.spawn import free_port
 from sfu.iceaddr import restrict_host_addresses
+from signaling.client import KeyroomClient, SessionClosed
 
 KEY_ID = "testkey"
 SECRET = "test-secret-that-is-long-enough-0123456789"
@@ -52,14 +55,16 @@ class ServerProcess:
         grants: dict[str, Any] | None = None,
         secret: str = SECRET,
         key_id: str = KEY_ID,
+        now: float | None = None,
     ) -> str:
+        """A token for this server's key; `now` (default: the present) is when it is issued."""
         return mint_token(
             key_id=key_id,
             secret=secret,
             identity=identity,
             room=room,
             ttl=ttl,
-            now=time.time(),
+            now=time.time() if now is None else now,
             name=name or identity,
             grants=grants,
         )
@@ -70,6 +75,12 @@ class ServerProcess:
 
     def runtime(self) -> dict[str, Any]:
         return self.get_json("/debug/runtime")  # type: ignore[no-any-return]
+
+    def rtp_arrived(self, stats: dict[str, Any] | None = None) -> int:
+        """RTP packets that reached the server from publishers, accepted or dropped: counted in
+        `stats` (runtime()["stats"] read earlier), else now."""
+        stats = self.runtime()["stats"] if stats is None else stats
+        return int(stats["packets_in"] + sum(stats["dropped"].values()))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -88,6 +99,36 @@ def start_server(tmp_path: Path, *extra: str, env: dict[str, str] | None = None)
     server = ServerProcess(port=port, process=process, log_path=log_path, extra=list(extra))
     spawn.wait_healthy(process, server.http_url + "/healthz", log_path, "server")
     return server
+
+
+async def eventually(
+    check: Callable[[], object] | Callable[[], Awaitable[object]],
+    timeout: float = 5,
+    what: str | Callable[[], str] = "",
+    interval: float = 0.05,
+) -> object:
+    """Call `check` (sync or async) until it returns something true, and return that; fail
+    after `timeout` seconds, saying `what` (called then, if callable). The one poll of the
+    tests, for state nothing announces (server counters, the admin API, a log): events the
+    client exposes are awaited, not polled."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
+        await asyncio.sleep(interval)
+
+
+async def session_end(client: KeyroomClient, timeout: float = 5) -> int | None:
+    """Wait until the server has closed `client`'s session; return the close code."""
+    with pytest.raises(SessionClosed):  # raised once the session is over: nothing matches
+        await client.next_event(predicate=lambda _: False, timeout=timeout)
+    return client.close_code
 
 
 def stop_server(server: ServerProcess) -> int:

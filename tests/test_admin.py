@@ -14,7 +14,7 @@ import pytest
 from signaling.client import KeyroomClient, KeyroomError, count_frames
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
 from tests.admin_helpers import call
-from tests.conftest import ServerProcess, start_server, stop_server
+from tests.conftest import ServerProcess, eventually, session_end, start_server, stop_server
 
 
 def admin(server: ServerProcess, room: str = "room1", **grants: Any) -> str:
@@ -88,8 +88,7 @@ async def test_create_patch_and_delete_a_room(server: ServerProcess) -> None:
     assert (await call(server, "DELETE", "/api/rooms/conf", creator))[0] == 204
     for client in (a, b, c):
         assert (await client.next_event("leave", timeout=5))["reason"] == "room_closed"
-    await asyncio.sleep(0.3)
-    assert [client.close_code for client in (a, b, c)] == [1000, 1000, 1000]
+    assert [await session_end(client) for client in (a, b, c)] == [1000, 1000, 1000]
     assert (await call(server, "GET", "/api/rooms/conf", creator))[0] == 404
     for client in (a, b, c):
         await client.close()
@@ -105,8 +104,7 @@ async def test_kick_and_revoke(server: ServerProcess) -> None:
     assert (await victim.next_event("leave", timeout=5))["reason"] == "removed"
     left = await watcher.next_event("participant_left", timeout=5)
     assert left["identity"] == "victim" and left["reason"] == "removed"
-    await asyncio.sleep(0.2)
-    assert victim.close_code == 4410
+    assert await session_end(victim) == 4410
     await victim.close()
     # A kick is not a ban: a token issued earlier still joins. A revoke refuses it.
     old_token = server.token("victim")
@@ -121,8 +119,9 @@ async def test_kick_and_revoke(server: ServerProcess) -> None:
     with pytest.raises(KeyroomError) as refused:
         await KeyroomClient(server.ws_url, old_token).connect()
     assert refused.value.close_code == 4401
-    await asyncio.sleep(1.1)  # a token issued after the revocation is accepted
-    fresh = KeyroomClient(server.ws_url, server.token("victim"))
+    # A token issued after the revocation is accepted: `iat` counts whole seconds, so one
+    # issued in the next second is the first that is newer (within the default leeway).
+    fresh = KeyroomClient(server.ws_url, server.token("victim", now=time.time() + 1.1))
     await fresh.connect()
     await fresh.leave()
     await watcher.leave()
@@ -174,9 +173,13 @@ async def test_live_revoke_of_publish_stops_packets_within_a_second(server: Serv
         assert event["track_sid"] == info["sid"]
         assert (await pub.next_event("permissions_changed"))["permissions"]["canPublish"] is False
         await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - revoked_at)))
-        settled = server.runtime()["stats"]["packets_out"]
-        await asyncio.sleep(1.0)
-        assert server.runtime()["stats"]["packets_out"] == settled
+        settled = server.runtime()["stats"]
+        # pub still sends: a second of its video (15 packets or more) reaches the server...
+        await eventually(
+            lambda: server.rtp_arrived() >= server.rtp_arrived(settled) + 15, timeout=5
+        )
+        # ...and none of it is forwarded.
+        assert server.runtime()["stats"]["packets_out"] == settled["packets_out"]
         with pytest.raises(KeyroomError) as refused:
             await pub.publish(SyntheticAudioTrack(), source="microphone")
         assert refused.value.code == "forbidden"
@@ -209,9 +212,13 @@ async def test_live_revoke_of_subscribe_stops_forwarding(server: ServerProcess) 
             {"permissions": {"canSubscribe": False}},
         )  # fmt: skip
         await asyncio.sleep(1.0)
-        settled = server.runtime()["stats"]["packets_out"]
-        await asyncio.sleep(1.0)
-        assert server.runtime()["stats"]["packets_out"] == settled
+        settled = server.runtime()["stats"]
+        # pub still sends: a second of its audio (50 packets) reaches the server...
+        await eventually(
+            lambda: server.rtp_arrived() >= server.rtp_arrived(settled) + 50, timeout=5
+        )
+        # ...and none of it is forwarded.
+        assert server.runtime()["stats"]["packets_out"] == settled["packets_out"]
         with pytest.raises(KeyroomError) as refused:
             await sub.subscribe([remote.track_sid])
         assert refused.value.code == "forbidden"
@@ -265,9 +272,9 @@ async def test_hidden_participant_is_invisible(server: ServerProcess) -> None:
         bob_joined = await bob.connect()
         assert [p["identity"] for p in bob_joined["participants"]] == ["alice"]
         assert bob_joined["room"]["num_participants"] == 2
-        await ghost.leave()
-        await asyncio.sleep(0.5)
+        await ghost.leave()  # returns once the server has handled the leave
         for client in (alice, bob):
+            await client.ping()  # any event about it was sent before this reply
             assert all("ghost" not in str(e) for e in client.events), (
                 "the hidden participant appeared in an event"
             )
@@ -354,8 +361,7 @@ async def test_duplicate_identity_reject_and_replace(tmp_path: Path) -> None:
         new = KeyroomClient(server.ws_url, server.token("alice", room="swap"))
         await new.connect()
         assert (await old.next_event("leave", timeout=5))["reason"] == "duplicate_identity"
-        await asyncio.sleep(0.2)
-        assert old.close_code == 4409
+        assert await session_end(old) == 4409
         assert await new.ping() < 1
         await old.close()
         await new.leave()
@@ -368,9 +374,12 @@ async def test_session_ends_at_exp_unless_refreshed(tmp_path: Path) -> None:
     config.write_text("[auth]\nleeway = 0\nrefresh_notice = 1\n")
     server = start_server(tmp_path, "--config", str(config))
     try:
-        short = KeyroomClient(server.ws_url, server.token("short", ttl=2))
+        issued = time.time()
+        # short expires a second after kept's first token would have: its end proves that
+        # moment has passed.
+        short = KeyroomClient(server.ws_url, server.token("short", ttl=3, now=issued))
         await short.connect()
-        refreshed = KeyroomClient(server.ws_url, server.token("kept", ttl=2))
+        refreshed = KeyroomClient(server.ws_url, server.token("kept", ttl=2, now=issued))
         await refreshed.connect()
         notice = await refreshed.next_event("token_refresh_required", timeout=3)
         assert notice["expires_at"] > time.time()
@@ -380,9 +389,7 @@ async def test_session_ends_at_exp_unless_refreshed(tmp_path: Path) -> None:
         assert wrong.value.code == "unauthorized"
         event = await short.next_event("leave", timeout=5)
         assert event["reason"] == "token_expired"
-        await asyncio.sleep(0.2)
-        assert short.close_code == 4401
-        await asyncio.sleep(1.0)
+        assert await session_end(short) == 4401
         assert await refreshed.ping() < 1
         await short.close()
         await refreshed.leave()

@@ -27,7 +27,7 @@ from auth.tokens import mint_token
 from signaling.client import KeyroomClient, RemoteTrack, count_frames
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
 from tests.admin_helpers import call
-from tests.conftest import KEY_ID, SECRET, ServerProcess, start_server, stop_server
+from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually, start_server, stop_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -161,16 +161,6 @@ async def received(page: Page) -> dict[str, dict[str, Any]]:
     return result
 
 
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.2
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(interval)
-
-
 async def wait_js(page: Page, expression: str, timeout: float) -> None:
     """Wait until `expression` is true in the page. Playwright's wait_for_function polls with
     eval, which the page's Content-Security-Policy forbids; evaluate() is not subject to it."""
@@ -178,7 +168,7 @@ async def wait_js(page: Page, expression: str, timeout: float) -> None:
     async def check() -> bool:
         return bool(await page.evaluate(expression))
 
-    await wait_until(check, timeout, expression, interval=0.1)
+    await eventually(check, timeout, expression, interval=0.1)
 
 
 def receives(page: Page, *wanted: str) -> Callable[[], Awaitable[bool]]:
@@ -213,12 +203,12 @@ async def test_two_pages_and_a_python_client_see_and_hear_each_other(
     assert "token" not in alice.url and alice.url.endswith("/")
 
     everyone = ("microphone", "camera")
-    await wait_until(
+    await eventually(
         receives(alice, *(f"{who}/{s}" for who in ("bob", "carol") for s in everyone)),
         10 - (time.monotonic() - started),
         "alice decodes bob and carol",
     )
-    await wait_until(
+    await eventually(
         receives(bob, *(f"{who}/{s}" for who in ("alice", "carol") for s in everyone)),
         10 - (time.monotonic() - started),
         "bob decodes alice and carol",
@@ -283,7 +273,7 @@ async def test_h264_publisher_reaches_a_vp8_page_and_a_python_client(
     alice = await conference.page("alice", "&codec=h264")
     viewer = await conference.page("viewer", canPublish=False)  # Chromium's default: VP8 first
     carol = await conference.client("carol")
-    await wait_until(receives(viewer, "alice/camera"), 10, "the viewer decodes alice")
+    await eventually(receives(viewer, "alice/camera"), 10, "the viewer decodes alice")
     got = await received(viewer)
     assert got["alice/camera"]["codec"] == "video/H264"
     sent = await alice.evaluate(SENT_JS)
@@ -299,7 +289,7 @@ async def test_viewer_page_cannot_publish_even_when_forced(conference: Conferenc
     viewer = await conference.page("viewer", canPublish=False)
     for button in ("#camera", "#mic", "#screen"):
         assert await viewer.locator(button).is_disabled()
-    await wait_until(receives(viewer, "alice/camera", "alice/microphone"), 10, "viewer sees alice")
+    await eventually(receives(viewer, "alice/camera", "alice/microphone"), 10, "viewer sees alice")
     before = conference.server.runtime()["stats"]["dropped"].get("unknown_ssrc", 0)
     # From the console: the library's publish is refused at add_track; then the media is put on
     # the PC directly and the server's "inactive" answer is overridden, so Chromium sends anyway.
@@ -328,7 +318,7 @@ async def test_viewer_page_cannot_publish_even_when_forced(conference: Conferenc
         dropped = conference.server.runtime()["stats"]["dropped"].get("unknown_ssrc", 0)
         return sent.get(forced["mid"], {}).get("packets", 0) > 20 and dropped - before > 20
 
-    await wait_until(sent_and_dropped, 10, "Chromium sends and the server drops it")
+    await eventually(sent_and_dropped, 10, "Chromium sends and the server drops it")
     assert alice.remote_tracks == {}
     assert not [e for e in alice.events if e["type"] == "track_published"]
 
@@ -391,7 +381,7 @@ async def test_resume_after_socket_loss_keeps_media_and_hides_the_gap(
     bob = await conference.client("bob", publish=True)
     carol = await conference.page("carol")
     alice = await conference.page("alice")
-    await wait_until(receives(alice, "bob/camera", "carol/camera"), 10, "alice decodes others")
+    await eventually(receives(alice, "bob/camera", "carol/camera"), 10, "alice decodes others")
     tracks = await collect_tracks(bob, 4, 10)
     from_alice = [t for t in tracks if t.participant_identity == "alice" and t.kind == "video"]
     old_token = await alice.evaluate("keyroom.joined.resume_token")
@@ -478,11 +468,14 @@ async def test_max_video_bitrate_caps_a_chromium_publisher(conference: Conferenc
     viewer = await conference.client("viewer")  # in the 300k room: something to forward to
     await collect_tracks(viewer, 2, 10)
     await asyncio.sleep(8)  # congestion control settles
-    rates = []
-    for page in (capped, capped_300):
-        first = await page.evaluate(VIDEO_BYTES_SENT_JS)
-        await asyncio.sleep(2)
-        rates.append((await page.evaluate(VIDEO_BYTES_SENT_JS) - first) * 8 / 2)
+    # Both pages over the same 2 s (each one's window a little longer: the rates err high).
+    pages = (capped, capped_300)
+    first = [await page.evaluate(VIDEO_BYTES_SENT_JS) for page in pages]
+    await asyncio.sleep(2)
+    rates = [
+        (await page.evaluate(VIDEO_BYTES_SENT_JS) - sent) * 8 / 2
+        for page, sent in zip(pages, first, strict=True)
+    ]
     assert rates[0] < 165_000, f"150k room: {rates[0]:.0f} bit/s"
     assert rates[1] < 330_000, f"300k room: {rates[1]:.0f} bit/s"
     assert rates[0] > 0 and rates[1] > 0

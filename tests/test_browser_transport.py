@@ -22,15 +22,8 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from signaling.client import KeyroomClient, count_frames
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
-from tests.conftest import ServerProcess, stop_server
-from tests.test_browser import (
-    CHROMIUM,
-    CHROMIUM_FLAGS,
-    Conference,
-    collect_tracks,
-    receives,
-    wait_until,
-)
+from tests.conftest import ServerProcess, eventually, stop_server
+from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, Conference, collect_tracks, receives
 from tests.test_tls import start_tls_server, trusting, write_self_signed
 from tests.test_turn import JoinedServersClient, relay_server, running_coturn, selected_pair_types
 
@@ -115,7 +108,7 @@ async def test_chromium_joins_over_wss_and_exchanges_media_with_python(
         alice = await conference.page("alice")
         assert alice.url.startswith("https://127.0.0.1:")
         assert (await alice.evaluate("window.keyroom.ws.url")).startswith("wss://")
-        await wait_until(
+        await eventually(
             receives(alice, "carol/camera", "carol/microphone"), 10, "alice decodes carol"
         )
         tracks = await collect_tracks(carol, 2, 10)
@@ -164,7 +157,7 @@ async def test_chromium_and_python_connect_through_coturn_only_in_a_relay_only_r
             await python.connect()
             await python.publish(SyntheticVideoTrack(), source="camera")
             page = await conference.page("chromium")
-            await wait_until(receives(page, "python/camera"), 15, "the page decodes python")
+            await eventually(receives(page, "python/camera"), 15, "the page decodes python")
             tracks = await collect_tracks(python, 2, 10)
             video = next(t for t in tracks if t.kind == "video")
             assert await count_frames(video.track, 1.0) > 0

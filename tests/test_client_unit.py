@@ -37,6 +37,7 @@ from signaling.client import (
     restart_transceivers,
 )
 from signaling.media import FrameCounter, SyntheticAudioTrack, SyntheticVideoTrack
+from tests.conftest import eventually
 
 Frame = dict[str, Any]
 Handler = Callable[[web.WebSocketResponse], Awaitable[None]]
@@ -372,6 +373,8 @@ async def test_server_leave_ends_the_session_and_fails_pending_requests() -> Non
 async def test_leave_says_goodbye_and_close_just_drops(how: str) -> None:
     seen: list[Any] = []
 
+    ended = asyncio.Event()
+
     async def handler(ws: web.WebSocketResponse) -> None:
         join = await recv(ws)
         await send(ws, joined(join["req"]))
@@ -381,6 +384,7 @@ async def test_leave_says_goodbye_and_close_just_drops(how: str) -> None:
                 orjson.loads(message.data) if message.type is WSMsgType.TEXT else message.type
             )
             if message.type is not WSMsgType.TEXT:
+                ended.set()
                 return
             if seen[-1].get("type") == "leave":  # the server answers a leave before closing
                 await send(ws, {"type": "ok", "req": seen[-1]["req"]})
@@ -389,10 +393,7 @@ async def test_leave_says_goodbye_and_close_just_drops(how: str) -> None:
         client = KeyroomClient(url, "tok")
         await client.connect()
         await (client.leave() if how == "leave" else client.close())
-        for _ in range(100):
-            if seen and not isinstance(seen[-1], dict):
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(ended.wait(), 1)  # the server saw the socket end
         if how == "leave":
             assert seen == [{"type": "leave", "req": seen[0]["req"]}, WSMsgType.CLOSE]
         else:
@@ -577,7 +578,7 @@ async def test_publish_media_then_data(loopback: None) -> None:
         await counter.stop()
         await client.send_data("hello", topic="chat", to=["bob"])
         await client.send_data("fast", reliable=False)
-        await wait_until(lambda: len(sfu.data) == 2)
+        await eventually(lambda: len(sfu.data) == 2)
         assert sorted(sfu.data, key=lambda d: d["channel"]) == [
             {"topic": "", "payload": "fast", "channel": "_lossy"},
             {"topic": "chat", "payload": "hello", "to": ["bob"], "channel": "_reliable"},
@@ -587,7 +588,7 @@ async def test_publish_media_then_data(loopback: None) -> None:
 async def test_data_only_then_media(loopback: None) -> None:
     async with fake_sfu_client() as (client, sfu):
         await client.send_data("first")
-        await wait_until(lambda: len(sfu.data) == 1)
+        await eventually(lambda: len(sfu.data) == 1)
         await client.publish(SyntheticAudioTrack(), source="microphone")
         counter = await wait_published(sfu)
         await counter.wait_for(10, timeout=5)
@@ -607,12 +608,5 @@ async def test_ungranted_section_is_rejected_and_publishing_goes_on(loopback: No
 
 
 async def wait_published(sfu: FakeSfu, kind: str = "") -> FrameCounter:
-    await wait_until(lambda: any(not kind or t.kind == kind for t in sfu.published))
+    await eventually(lambda: any(not kind or t.kind == kind for t in sfu.published))
     return FrameCounter(next(t for t in sfu.published if not kind or t.kind == kind))
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)

@@ -10,7 +10,7 @@ import pytest
 
 from signaling.client import KeyroomClient, RemoteTrack, count_frames
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, eventually, session_end
 
 
 async def publish_av(client: KeyroomClient) -> None:
@@ -46,12 +46,13 @@ async def test_three_participants_see_and_hear_each_other(server: ServerProcess)
         )
         remaining = 15 - (time.monotonic() - started)
         assert remaining > 0
+        # Over 4 s: 60 frames of video at 15 fps, 200 of audio (20 ms each); at least a third.
+        sent = {"video": 4 * 15, "audio": 4 * 50}
         for tracks, offset in zip(results, range(0, 12, 4), strict=True):
             for remote, frames in zip(tracks, counts[offset : offset + 4], strict=True):
-                if remote.kind == "video":
-                    assert frames > 20, f"{remote.participant_identity} video: {frames} frames"
-                else:
-                    assert frames > 20, f"{remote.participant_identity} audio: {frames} frames"
+                assert frames > sent[remote.kind] / 3, (
+                    f"{remote.participant_identity} {remote.kind}: {frames} frames"
+                )
         runtime = server.runtime()
         assert runtime["codecs"] == 0
         assert not [t for t in runtime["threads"] if "decoder" in t or "encoder" in t]
@@ -104,7 +105,8 @@ async def test_late_joiner_gets_video_within_a_second(server: ServerProcess) -> 
     publisher = KeyroomClient(server.ws_url, server.token("pub"))
     await publisher.connect()
     await publisher.publish(SyntheticVideoTrack(), source="camera")
-    await asyncio.sleep(3)  # the publisher is well past its first keyframe
+    # The publisher is well past its first keyframe: 3 s of its video (45 packets or more).
+    await eventually(lambda: server.rtp_arrived() >= 45, timeout=10)
     late = KeyroomClient(server.ws_url, server.token("late"), auto_subscribe=False)
     try:
         joined = await late.connect()
@@ -115,7 +117,7 @@ async def test_late_joiner_gets_video_within_a_second(server: ServerProcess) -> 
         remote = await late.next_track(timeout=5)
         frame = await asyncio.wait_for(remote.track.recv(), 5)
         elapsed = time.monotonic() - subscribed_at
-        assert frame is not None
+        assert (frame.width, frame.height) == (160, 120)  # a decoded frame of the publisher's
         assert elapsed < 1.0, f"first video frame after {elapsed:.2f}s"
     finally:
         await late.leave()
@@ -187,9 +189,8 @@ async def test_too_many_bad_frames_close_4429(server: ServerProcess) -> None:
         except Exception:
             break
     event = await client.next_event("leave", timeout=5)
-    assert event is not None
-    await asyncio.sleep(0.2)
-    assert client.close_code == 4429
+    assert event["reason"] == "protocol_error"
+    assert await session_end(client) == 4429
     await client.close()
 
 
@@ -208,17 +209,23 @@ async def test_join_leave_cycles_leave_nothing_behind(server: ServerProcess, cyc
 
     try:
         await cycle(-1)  # warm-up: first-use imports and caches are not leaks
+        # Nothing announces the end of the host's renegotiation and of the guest's last tasks.
         await asyncio.sleep(1)
         before = server.runtime()
         for i in range(cycles):
             await cycle(i)
-        await asyncio.sleep(1.5)
-        after = server.runtime()
-        assert after["participants"] == before["participants"] == 1
-        assert after["peer_connections"] == before["peer_connections"]
-        assert after["tasks"] <= before["tasks"], (before["tasks"], after["tasks"])
-        assert after["udp_sockets"] <= before["udp_sockets"]
-        assert after["open_fds"] <= before["open_fds"]
+
+        def cleaned_up() -> bool:
+            after = server.runtime()
+            return (
+                after["participants"] == before["participants"] == 1
+                and after["peer_connections"] == before["peer_connections"]
+                and after["tasks"] <= before["tasks"]
+                and after["udp_sockets"] <= before["udp_sockets"]
+                and after["open_fds"] <= before["open_fds"]
+            )
+
+        await eventually(cleaned_up, timeout=5, what=lambda: f"{before} -> {server.runtime()}")
     finally:
         await host.leave()
 

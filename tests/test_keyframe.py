@@ -154,7 +154,16 @@ def test_mime_is_case_insensitive_and_others_are_false() -> None:
     payload=st.binary(max_size=40),
 )
 def test_fuzz_is_keyframe_never_raises(mime: str, payload: bytes) -> None:
-    assert is_keyframe(mime, payload) in (True, False)
+    result = is_keyframe(mime, payload)
+    assert type(result) is bool
+    assert is_keyframe(mime.upper(), payload) is result
+    nal_type = payload[0] & 0x1F if payload else 0
+    if mime in ("video/AV1", "audio/opus") or not payload:
+        assert result is False  # no detector, or nothing to detect
+    elif mime == "video/H264" and 1 <= nal_type <= 23:  # a single NAL unit: its type decides
+        assert result is (nal_type in (5, 7))
+    elif mime == "video/VP8" and payload[0] & 0x17 != 0x10:  # not the start of partition 0
+        assert result is False
 
 
 # --- KeyframeThrottle ----------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import pytest
 
 from signaling.client import KeyroomClient, KeyroomError
 from signaling.media import SyntheticAudioTrack
-from tests.conftest import start_server, stop_server
+from tests.admin_helpers import call
+from tests.conftest import eventually, session_end, start_server, stop_server
 
 
 def config(tmp_path: Path, text: str) -> str:
@@ -34,8 +35,7 @@ async def test_node_max_participants_refuses_with_4503_and_healthz_says_full(
             await KeyroomClient(server.ws_url, server.token("c", room="r3")).connect()
         assert refused.value.code == "server_full" and refused.value.close_code == 4503
         await b.leave()
-        await asyncio.sleep(0.2)
-        assert server.get_json("/healthz")["status"] == "ok"
+        await eventually(lambda: server.get_json("/healthz")["status"] == "ok", timeout=2)
         await a.leave()
     finally:
         stop_server(server)
@@ -70,8 +70,7 @@ async def test_empty_timeout_closes_an_empty_room(tmp_path: Path) -> None:
         await client.connect()
         await client.leave()
         assert server.get_json("/healthz")["rooms"] == 1
-        await asyncio.sleep(1.5)
-        assert server.get_json("/healthz")["rooms"] == 0
+        await eventually(lambda: server.get_json("/healthz")["rooms"] == 0, timeout=1.5)
     finally:
         stop_server(server)
 
@@ -88,8 +87,7 @@ async def test_max_duration_ends_the_room_with_room_closed(tmp_path: Path) -> No
             event = await client.next_event("leave", timeout=5)
             assert event["reason"] == "room_closed"
         assert 1.5 < time.monotonic() - started < 4
-        await asyncio.sleep(0.2)
-        assert [c.close_code for c in clients] == [1000, 1000]
+        assert [await session_end(c) for c in clients] == [1000, 1000]
         assert server.get_json("/healthz") == {"status": "ok", "rooms": 0, "participants": 0}
         for client in clients:
             await client.close()
@@ -134,7 +132,13 @@ async def test_node_max_bitrate_in_refuses_new_tracks(tmp_path: Path) -> None:
     try:
         await client.connect()
         await client.publish(SyntheticAudioTrack(), source="microphone")
-        await asyncio.sleep(2.5)  # the bitrate is measured once a second
+        admin = server.token("ops", grants={"roomAdmin": True})
+
+        async def at_the_limit() -> bool:  # the bitrate is measured once a second
+            _, body = await call(server, "GET", "/api/rooms/room1", admin)
+            return sum(t["bitrate"] for p in body["participants"] for t in p["tracks"]) >= 1000
+
+        await eventually(at_the_limit, timeout=5, what="1000 bit/s measured")
         with pytest.raises(KeyroomError) as refused:
             await client.request({"type": "add_track", "cid": "more", "kind": "audio"})
         assert refused.value.code == "limit_exceeded"

@@ -19,7 +19,7 @@ from sfu.room import RoomRegistry
 from sfu.stats import DropReason, Stats
 from signaling.client import KeyroomClient
 from signaling.media import SyntheticAudioTrack
-from tests.conftest import ServerProcess, start_server, stop_server
+from tests.conftest import ServerProcess, eventually, start_server, stop_server
 
 TOKEN = "metrics-bearer-token-0123456789"
 DEV = {"server": {"dev": True}}
@@ -73,7 +73,10 @@ async def test_counters_match_what_clients_sent_and_received(server: ServerProce
         await publisher.publish(track, source="microphone")
         for viewer in viewers:
             await viewer.next_track(timeout=10)
-        await asyncio.sleep(3)
+        # 3 s of audio (150 packets) taken in and forwarded to both viewers.
+        await eventually(
+            lambda: scrape(server)[("keyroom_rtp_packets_out_total", ())] >= 2 * 150, timeout=10
+        )
 
         live = scrape(server)
         assert live[("keyroom_rooms", ())] == 1
@@ -84,7 +87,7 @@ async def test_counters_match_what_clients_sent_and_received(server: ServerProce
 
         # Stop the source so every counter stops moving, then compare both ends.
         track.stop()
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # nothing announces the last packet's arrival at each end
         assert publisher.publisher_pc is not None
         sent = sum([await outbound_packets(s) for s in publisher.publisher_pc.getSenders()])
         received = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
@@ -27,8 +26,7 @@ async def test_resume_keeps_media_and_hides_the_gap(server: ServerProcess) -> No
         # Drop the socket only, as a network blip would: alice's peer connections stay up.
         teardown = alice._teardown  # noqa: SLF001
         alice._teardown = _noop  # type: ignore[method-assign]  # noqa: SLF001
-        await alice._ws.close()  # noqa: SLF001
-        await asyncio.sleep(0.5)
+        await alice._ws.close()  # noqa: SLF001 - returns once the server has answered the close
         assert await count_frames(remote.track, 1.0) > 5  # media flows while alice is away
         async with aiohttp.ClientSession() as http:
             async with http.ws_connect(server.ws_url) as ws:

@@ -72,7 +72,8 @@ async def test_roles_shape_what_a_token_may_do(tmp_path: Path) -> None:
         assert joined["ice_transport_policy"] == "relay"
         assert joined["ice_servers"] and joined["ice_servers"][0]["urls"]
         # This client ignores the policy and offers host candidates: the server's ICE refuses
-        # every check that does not come from a TURN relay, so it never connects.
+        # every check that does not come from a TURN relay, so it never connects. What is
+        # checked is an absence over a while: nothing announces it (aiortc gives up after 30 s).
         await asyncio.sleep(6)
         assert remote.subscriber_pc is not None
         assert remote.subscriber_pc.connectionState != "connected"

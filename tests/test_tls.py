@@ -10,7 +10,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -27,7 +26,14 @@ from loadtest import spawn
 from signaling.client import KeyroomClient, count_frames
 from signaling.media import SyntheticVideoTrack
 from signaling.netpolicy import client_ip, parse_networks, resolve_client_ip
-from tests.conftest import KEY_ID, SECRET, ServerProcess, free_port, stop_server
+from tests.conftest import (
+    KEY_ID,
+    SECRET,
+    ServerProcess,
+    eventually,
+    free_port,
+    stop_server,
+)
 
 
 def write_self_signed(directory: Path, common_name: str) -> tuple[Path, Path]:
@@ -146,7 +152,7 @@ def test_only_tls_12_and_newer_with_modern_ciphers(
     assert cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher)
 
 
-def test_sighup_reloads_the_certificate(
+async def test_sighup_reloads_the_certificate(
     tmp_path: Path, tls_server: tuple[ServerProcess, Path, Path]
 ) -> None:
     server, cert, key = tls_server
@@ -157,17 +163,11 @@ def test_sighup_reloads_the_certificate(
     # A broken pair is refused and the old certificate stays.
     key.write_text("not a key")
     server.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while "certificate not reloaded" not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "certificate not reloaded" in server.log()
+    await eventually(lambda: "certificate not reloaded" in server.log(), timeout=5)
     assert peer_common_name(server.port, loose) == "keyroom-a"
     write_self_signed(tmp_path, "keyroom-b")
     server.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while peer_common_name(server.port, loose) != "keyroom-b" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert peer_common_name(server.port, loose) == "keyroom-b"
+    await eventually(lambda: peer_common_name(server.port, loose) == "keyroom-b", timeout=5)
     assert server.process.poll() is None
 
 
@@ -197,7 +197,7 @@ def test_plaintext_on_a_non_loopback_bind_is_refused_at_start_up() -> None:
     assert dev.returncode == 2 and "loopback only" in dev.stderr
 
 
-def test_insecure_plaintext_warns_at_start_up(tmp_path: Path) -> None:
+async def test_insecure_plaintext_warns_at_start_up(tmp_path: Path) -> None:
     port = free_port()
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log_file:
@@ -208,10 +208,12 @@ def test_insecure_plaintext_warns_at_start_up(tmp_path: Path) -> None:
         )  # fmt: skip
         server = ServerProcess(port=port, process=process, log_path=log_path)
         try:
-            deadline = time.monotonic() + 20
-            while "listening" not in server.log() and time.monotonic() < deadline:
+
+            def listening() -> bool:
                 assert process.poll() is None, server.log()
-                time.sleep(0.1)
+                return "listening" in server.log()
+
+            await eventually(listening, timeout=20)
             assert "WARNING" in server.log() and "--insecure-plaintext" in server.log()
         finally:
             stop_server(server)

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -79,12 +80,32 @@ def running_coturn(tmp_path: Path) -> Iterator[int]:
     )  # fmt: skip
     log = open(tmp_path / "coturn.log", "wb")  # noqa: SIM115 - owned by the process
     process = subprocess.Popen(["turnserver", "-c", str(conf)], stdout=log, stderr=log)
-    time.sleep(0.5)
     try:
+        wait_answering(port, tmp_path / "coturn.log")
         yield port
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def wait_answering(port: int, log_path: Path, timeout: float = 10) -> None:
+    """Send STUN Binding requests to 127.0.0.1:`port` until one is answered."""
+    request = bytes(
+        aioice.stun.Message(
+            message_method=aioice.stun.Method.BINDING, message_class=aioice.stun.Class.REQUEST
+        )
+    )
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.1)  # the wait before asking again
+        while time.monotonic() < deadline:
+            sock.sendto(request, ("127.0.0.1", port))
+            try:
+                sock.recv(2048)
+                return
+            except OSError:  # no answer yet
+                continue
+    raise RuntimeError(f"coturn did not answer:\n{log_path.read_text(errors='replace')}")
 
 
 @pytest.fixture
@@ -159,7 +180,7 @@ async def test_a_client_ignoring_the_relay_policy_cannot_connect(
         joined = await rogue.connect()
         assert joined["ice_transport_policy"] == "relay"
         assert rogue.subscriber_pc is not None
-        await asyncio.sleep(8)
+        await asyncio.sleep(8)  # an absence over a while (aiortc gives up only after 30 s)
         assert rogue.subscriber_pc.connectionState != "connected"
         audited = ice_refusals((tmp_path / "audit.jsonl").read_text())
         assert {(r["reason"], r["address"]) for r in audited} >= {(NOT_RELAY, "127.0.0.1")}
@@ -199,10 +220,13 @@ async def allocates(port: int, username: str, password: str) -> bool:
 
 
 async def test_coturn_refuses_a_credential_once_its_ttl_is_over(coturn: int) -> None:
-    fresh = turn_credential(TURN_SECRET, "alice", now=time.time(), ttl=2)
+    now = time.time()
+    fresh = turn_credential(TURN_SECRET, "alice", now=now, ttl=2)
     assert await allocates(coturn, fresh.username, fresh.password)
-    await asyncio.sleep(max(fresh.expires_at - time.time(), 0) + 1.1)
-    # The same credential, past its expiry: coturn checks the timestamp in the username.
-    assert not await allocates(coturn, fresh.username, fresh.password)
+    # The same credential issued 4.1 s earlier (the expiry is rounded up to a whole second), so
+    # past it by more than a second: coturn checks the timestamp in the username.
+    expired = turn_credential(TURN_SECRET, "alice", now=now - 4.1, ttl=2)
+    assert expired.expires_at + 1 < now
+    assert not await allocates(coturn, expired.username, expired.password)
     forged = f"{fresh.expires_at + 3600}:alice"  # a later expiry without the secret's HMAC
     assert not await allocates(coturn, forged, fresh.password)

@@ -194,8 +194,10 @@ async def test_full_queue_drops_the_oldest_and_says_so(
     serve: Callable[[Receiver], Awaitable[None]],
 ) -> None:
     release = asyncio.Event()
+    sending = asyncio.Event()
 
     async def held(post: int) -> int:
+        sending.set()
         await release.wait()
         return 200
 
@@ -206,8 +208,7 @@ async def test_full_queue_drops_the_oldest_and_says_so(
     rooms = [Room(f"r{i}", LimitsConfig()) for i in range(8)]
     try:
         sender.on_event("room_started", rooms[0], None, None)
-        while receiver.posts < 1:  # r0 is being sent; the queue holds the next three
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(sending.wait(), 5)  # r0 is being sent; the queue holds 3 more
         for room in rooms[1:]:
             sender.on_event("room_started", room, None, None)
         release.set()
