@@ -73,8 +73,7 @@ def running_coturn(tmp_path: Path) -> Iterator[int]:
                 "min-port=49152", "max-port=49200", "no-tls", "no-dtls",
                 # What `keyroom turn-config --dev` prints for this setup.
                 *turn_config_lines(TURN_SECRET, "keyroom", ["127.0.0.1"], dev=True),
-                f"userdb={tmp_path}/turndb", f"pidfile={tmp_path}/turn.pid", "log-file=stdout",
-                "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255", "",
+                f"userdb={tmp_path}/turndb", f"pidfile={tmp_path}/turn.pid", "log-file=stdout", "",
             ]
         )
     )  # fmt: skip
@@ -184,7 +183,8 @@ async def test_a_client_ignoring_the_relay_policy_cannot_connect(
         assert rogue.subscriber_pc.connectionState != "connected"
         audited = ice_refusals((tmp_path / "audit.jsonl").read_text())
         assert {(r["reason"], r["address"]) for r in audited} >= {(NOT_RELAY, "127.0.0.1")}
-        assert verify_file(str(tmp_path / "audit.jsonl")) == []
+        key = (tmp_path / "data" / "audit.key").read_bytes().strip()
+        assert verify_file(str(tmp_path / "audit.jsonl"), key).intact
     finally:
         await rogue.close()
         stop_server(server)
@@ -193,7 +193,8 @@ async def test_a_client_ignoring_the_relay_policy_cannot_connect(
 def test_turn_config_for_a_public_deployment(tmp_path: Path) -> None:
     config = tmp_path / "keyroom.toml"
     config.write_text(
-        f'[turn]\nurls = ["turn:t"]\nsecret = "{TURN_SECRET}"\n[rtc]\nips = ["10.0.0.5"]\n'
+        f'[turn]\nurls = ["turn:t"]\nsecret = "{TURN_SECRET}"\n'
+        '[rtc]\nips = ["10.0.0.5"]\npublic_ips = ["203.0.113.5"]\n'
     )
     result = subprocess.run(
         [sys.executable, "-m", "sfu", "turn-config", "--config", str(config)],
@@ -202,9 +203,39 @@ def test_turn_config_for_a_public_deployment(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[:3] == ["use-auth-secret", f"static-auth-secret={TURN_SECRET}", "realm=keyroom"]
     assert "no-loopback-peers" in lines and "allow-loopback-peers" not in lines
-    assert "denied-peer-ip=10.0.0.0-10.255.255.255" in lines
-    assert "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255" in lines  # the CVE bypass
-    assert lines[-1] == "allowed-peer-ip=10.0.0.5"  # the SFU itself stays reachable
+    # Every peer denied, the IPv4-mapped block too (the CVE bypass); only the SFU allowed.
+    assert "denied-peer-ip=0.0.0.0-255.255.255.255" in lines
+    assert "denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" in lines
+    assert "denied-peer-ip=::ffff:0.0.0.0-::ffff:255.255.255.255" in lines
+    allowed = [line for line in lines if line.startswith("allowed-peer-ip=")]
+    assert allowed == ["allowed-peer-ip=10.0.0.5", "allowed-peer-ip=203.0.113.5"]
+
+
+async def relays_to(turn_port: int, peer: str) -> bool:
+    """Whether coturn relays a datagram from a client holding a valid credential to `peer`."""
+    loop = asyncio.get_running_loop()
+    credential = turn_credential(TURN_SECRET, "alice", now=time.time(), ttl=60)
+    transport, _ = await aioice.turn.create_turn_endpoint(
+        asyncio.DatagramProtocol, ("127.0.0.1", turn_port), credential.username, credential.password
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind((peer, 0))
+        sink.setblocking(False)
+        try:
+            transport.sendto(b"through the relay", sink.getsockname())
+            data = await asyncio.wait_for(loop.sock_recv(sink, 100), 2)
+        except TimeoutError:
+            return False
+        finally:
+            transport.close()
+    return data == b"through the relay"
+
+
+async def test_the_relay_reaches_the_sfu_and_nothing_else(coturn: int) -> None:
+    """Issue 11.15: with `keyroom turn-config`'s lines a credential holder cannot use the relay
+    as an open proxy: it reaches the SFU's address (127.0.0.1 here), not another host."""
+    assert await relays_to(coturn, "127.0.0.1")
+    assert not await relays_to(coturn, "127.0.0.3")
 
 
 async def allocates(port: int, username: str, password: str) -> bool:
