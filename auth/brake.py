@@ -1,4 +1,5 @@
-"""Brute-force brake: after too many refusals from one client IP or identity, refuse outright.
+"""Brute-force brake: counts refusals per client address; callers ask it only for attempts that
+already failed, so a braked address's valid tokens still get through (signaling/admission.py).
 
 Time is passed in; a key is blocked while it has `max_failures` refusals in the last `window`
 seconds.

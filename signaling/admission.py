@@ -71,8 +71,9 @@ def charge_failure(state: ServerState, peer: str, wall: float) -> bool:
     neighbours behind a braked NAT get through, and an identity is never charged for what
     others do with its (spent, revoked, stolen) tokens."""
     key = f"ip:{peer}"
+    braked = state.brake.blocked(key, wall)  # `max_failures` earlier refusals in the window
     state.brake.failure(key, wall)
-    return state.brake.blocked(key, wall)
+    return braked
 
 
 def _failed(

@@ -103,7 +103,7 @@ async def test_refresh_gets_the_joins_checks_brake_and_single_use(tmp_path: Path
         for n in range(3):
             await alice.handle(Refresh(token=first, req=10 + n), NOW + n, WALL + n)
             codes.append(wire.frames[-1]["code"])
-        assert codes == ["unauthorized", "rate_limited", "rate_limited"]
+        assert codes == ["unauthorized", "unauthorized", "rate_limited"]
         renewed = token("alice", ttl=600, jti="j2", wall=WALL + 5)
         await alice.handle(Refresh(token=renewed, req=20), NOW + 5, WALL + 5)
         assert wire.frames[-1] == {"type": "ok", "req": 20}
