@@ -281,7 +281,7 @@ async def test_h264_publisher_reaches_a_vp8_page_and_a_python_client(
     tracks = await collect_tracks(carol, 2, 10)
     (video,) = [t for t in tracks if t.kind == "video"]
     assert video.info is not None and video.info["mime_type"].lower() == "video/h264"
-    assert await count_frames(video.track, 1.0) > 0
+    assert await count_frames(video.track, 5.0, enough=1) > 0
 
 
 async def test_viewer_page_cannot_publish_even_when_forced(conference: Conference) -> None:
@@ -369,7 +369,7 @@ async def test_screen_share_is_published_as_screen_share(conference: Conference)
     (remote,) = await collect_tracks(bob, 1, 10)
     assert remote.participant_identity == "alice" and remote.kind == "video"
     assert remote.info is not None and remote.info["source"] == "screen_share"
-    assert await count_frames(remote.track, 1.0) > 0
+    assert await count_frames(remote.track, 5.0, enough=1) > 0
     assert await alice.locator("#screen").inner_text() == "Stop sharing"
     names = await alice.locator(".tile .name").all_inner_texts()
     assert "alice's screen (you)" in names
@@ -402,7 +402,7 @@ async def test_resume_after_socket_loss_keeps_media_and_hides_the_gap(
     assert await alice.evaluate("keyroom.ping()") > 0  # the new socket carries requests
 
     frames_before = (await received(alice))["bob/camera"]["frames"]
-    assert await count_frames(from_alice[0].track, 1.0) > 0
+    assert await count_frames(from_alice[0].track, 5.0, enough=1) > 0
     assert (await received(alice))["bob/camera"]["frames"] > frames_before
     assert await alice.locator("#participants li").count() == 3
     gap = ("participant_left", "participant_joined")

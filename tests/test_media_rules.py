@@ -24,7 +24,7 @@ async def test_track_not_granted_by_add_track_is_rejected_and_dropped(
     try:
         await sneaky.publish(SyntheticAudioTrack(), source="microphone")
         granted = await viewer.next_track(timeout=10)
-        assert await count_frames(granted.track, 1.0) > 0
+        assert await count_frames(granted.track, 5.0, enough=1) > 0
         # A second track straight on the PC, never announced with add_track.
         assert sneaky.publisher_pc is not None
         pc = sneaky.publisher_pc
@@ -128,7 +128,7 @@ async def test_unpublish_stops_forwarding_within_a_second(server: ServerProcess)
     try:
         info = await pub.publish(SyntheticVideoTrack(), source="camera")
         remote = await sub.next_track(timeout=10)
-        assert await count_frames(remote.track, 1.0) > 0
+        assert await count_frames(remote.track, 5.0, enough=1) > 0
         # Forwarding goes on right up to the unpublish: what stops it is the unpublish.
         flowing = server.runtime()["stats"]["packets_out"]
         await eventually(lambda: server.runtime()["stats"]["packets_out"] > flowing)
