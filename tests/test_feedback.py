@@ -20,17 +20,9 @@ from sfu.rtcp import (
 )
 from sfu.rtp import parse_rtp
 from sfu.stats import DropReason, Stats
+from tests.sink_helpers import ListSink
 
 VP8_KEY = b"\x10\x00" + bytes(40)
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> bool:
-        self.sent.append(data)
-        return True
 
 
 def track(
