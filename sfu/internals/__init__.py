@@ -4,7 +4,7 @@ keyroom forwards RTP below aiortc's track API: it takes plaintext RTP/RTCP from 
 DTLS transport and sends rewritten packets through another one. That needs private attributes of
 aiortc 1.16.0 / aioice 0.13.0 (pinned in setup.cfg), all named in `verify.py`'s single list:
 `verify_internals()` runs at server start-up and in a test, so an upgrade that moves one of them
-fails loudly instead of silently forwarding nothing. Notes: ../shared/notes/aiortc-internals.md.
+fails loudly instead of silently forwarding nothing.
 
 - `ingress`: plaintext RTP/RTCP taken from a DTLS transport (`hook_transport`, `FastPath`).
 - `egress`: RTP/RTCP protected and sent synchronously (`SrtpProtector`, `RtpSink`).
