@@ -20,7 +20,8 @@ from auth.policy import (
     updated_grant,
 )
 from auth.tokens import Claims, TokenError
-from sfu.config import ConfigError, limits_with, room_limits
+from sfu.config import ConfigError, LimitsConfig, limits_with, room_limits
+from sfu.config.ceiling import loosened
 from sfu.participant import Participant
 from sfu.room import Room
 from signaling.admission import charge_failure
@@ -121,12 +122,7 @@ class AdminApi:
     def _allow(self, request: web.Request, claims: Claims, decision: Decision) -> None:
         """Refuse (audited, counted by the brake) or audit the call as allowed."""
         state, now = self.state, time.time()
-        fields = {
-            "method": request.method,
-            "room": request.match_info.get("room"),
-            "key_id": claims.key_id,
-            "identity": claims.identity,
-        }
+        fields = _call_fields(request, claims)
         if not decision.allowed:
             self._refuse(request, decision.reason, now, **fields)
             raise AdminError("forbidden", "this token does not grant that")
@@ -134,6 +130,20 @@ class AdminApi:
             "admin_call", ip=request["admin_ip"], path=_route(request), reason=decision.reason,
             **fields,
         )  # fmt: skip
+
+    def _under_ceiling(
+        self, request: web.Request, claims: Claims, room: str, limits: LimitsConfig
+    ) -> None:
+        """Refuse limits looser than the operator's for this room (audited, braked): a room
+        admin may tighten the operator's policy, never lift it."""
+        looser = [
+            f"limits.{name}" for name in loosened(room_limits(self.state.config, room), limits)
+        ]
+        if looser:
+            names = ", ".join(looser)
+            reason = f"would loosen the operator's {names}"
+            self._refuse(request, reason, time.time(), **_call_fields(request, claims))
+            raise AdminError("forbidden", f"{names}: looser than the operator allows")
 
     def _room(self, request: web.Request, claims: Claims) -> Room:
         name = request.match_info["room"]
@@ -164,6 +174,7 @@ class AdminApi:
             raise AdminError("invalid_message", str(e)) from None
         metadata = self._metadata(body.get("metadata", ""))
         limits = self._limits(room_limits(self.state.config, name), body.get("limits", {}))
+        self._under_ceiling(request, claims, name, limits)
         if self.state.rooms.get(name) is not None:
             raise AdminError("conflict", "the room exists")
         if self.state.node_full(new_room=True):
@@ -184,6 +195,7 @@ class AdminApi:
         room = self._room(request, claims)
         body = await _body(request)
         limits = self._limits(room.limits, body.get("limits", {}))
+        self._under_ceiling(request, claims, room.name, limits)
         metadata = self._metadata(body.get("metadata", room.metadata))
         # Lower limits refuse newcomers; nobody inside is removed by a PATCH.
         room.limits, room.metadata = limits, metadata
@@ -318,6 +330,16 @@ def admin_view(participant: Participant) -> dict[str, Any]:
             subscribers=len(published.down_tracks),
         )
     return info
+
+
+def _call_fields(request: web.Request, claims: Claims) -> dict[str, Any]:
+    """What the audit records of an admin call name besides the address and the route."""
+    return {
+        "method": request.method,
+        "room": request.match_info.get("room"),
+        "key_id": claims.key_id,
+        "identity": claims.identity,
+    }
 
 
 def _route(request: web.Request) -> str:
