@@ -164,6 +164,7 @@ class Participant:
     def add_track(self, track: PublishedTrack) -> None:
         self.tracks[track.sid] = track
         self._tracks_by_cid[track.cid] = track
+        self.stats.tracks += 1
         track.request_keyframe = partial(self._request_keyframe, track)
 
     def track_by_cid(self, cid: str) -> PublishedTrack | None:
@@ -174,6 +175,8 @@ class Participant:
         if track is None:
             return None
         self._tracks_by_cid.pop(track.cid, None)
+        self.stats.tracks -= 1
+        self.stats.bitrate_in -= track.bitrate
         track.request_keyframe = no_keyframe_source
         self.publishing.ingress.forget(track)
         self.feedback.forget_track(track)
