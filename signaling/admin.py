@@ -13,6 +13,7 @@ from auth import displaytext
 from auth.grants import VideoGrant, check_room_name
 from auth.policy import (
     Decision,
+    live_permissions,
     may_admin_room,
     may_create_room,
     may_list_rooms,
@@ -259,6 +260,11 @@ class AdminApi:
                 "permissions_changed", room=room.name, identity=participant.identity,
                 permissions=grant.to_permissions(), key_id=claims.key_id,
             )  # fmt: skip
+            # It sticks: a rejoin with a token issued before now gets no more than this.
+            self.state.store.narrow(
+                room.name, participant.identity, live_permissions(grant), now=time.time(),
+                keep_for=self.state.config.auth.max_token_ttl,
+            )  # fmt: skip
             room.apply_grant(participant, grant)
         else:
             room.participant_updated(participant)
@@ -273,6 +279,12 @@ class AdminApi:
         muted = (await _body(request)).get("muted", True)
         if not isinstance(muted, bool):
             raise AdminError("invalid_message", "muted must be true or false")
+        # Sticky: the publisher cannot unmute it, nor publish its source again unmuted, until an
+        # admin unmutes it (for the tokens issued before now).
+        self.state.store.admin_mute(
+            room.name, participant.identity, track.source, muted, now=time.time(),
+            keep_for=self.state.config.auth.max_token_ttl,
+        )  # fmt: skip
         room.set_muted(participant, track, muted, notify_publisher=True)
         return web.Response(status=204)
 
