@@ -17,6 +17,8 @@ class DropReason(StrEnum):
     FOREIGN_SOURCE = "foreign_source"
     # A NACKed packet the subscriber's retransmission budget refused (sfu/retransmit.py).
     NACK_LIMITED = "nack_limited"
+    # A data channel message in reassembly past the SCTP receive window (sfu/internals/sctp.py).
+    DATA_OVERFLOW = "data_overflow"
 
 
 @dataclass
