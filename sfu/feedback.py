@@ -157,7 +157,9 @@ class Feedback:
             blocks.append(track.receive.report_block(track.ssrc, now))
             then, octets = self._previous.get(track.sid, (now, track.counters.bytes_in))
             if now > then:
-                track.bitrate = int((track.counters.bytes_in - octets) * 8 / (now - then))
+                bitrate = int((track.counters.bytes_in - octets) * 8 / (now - then))
+                self.stats.bitrate_in += bitrate - track.bitrate
+                track.bitrate = bitrate
             self._previous[track.sid] = (now, track.counters.bytes_in)
             if track.kind == "video":
                 video_ssrcs.append(track.ssrc)

@@ -17,6 +17,8 @@ class DropReason(StrEnum):
     FOREIGN_SOURCE = "foreign_source"
     # A NACKed packet the subscriber's retransmission budget refused (sfu/retransmit.py).
     NACK_LIMITED = "nack_limited"
+    # A data channel message in reassembly past the SCTP receive window (sfu/internals/sctp.py).
+    DATA_OVERFLOW = "data_overflow"
 
 
 @dataclass
@@ -28,6 +30,10 @@ class Stats:
     keyframe_requests: int = 0
     retransmissions: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    # Published tracks and their summed bitrate, node-wide, kept up to date on publish,
+    # unpublish and each bitrate measurement: `[node]` limits read them in O(1).
+    tracks: int = 0
+    bitrate_in: int = 0
 
     def drop(self, reason: DropReason) -> None:
         self.dropped[reason.value] += 1

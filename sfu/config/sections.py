@@ -118,7 +118,8 @@ class LimitsConfig(_Section):
     section: ClassVar[str] = "limits"
     max_participants: int = option(0, checks.non_negative_int)
     max_publishers: int = option(0, checks.non_negative_int)
-    max_tracks_per_participant: int = option(0, checks.non_negative_int)
+    # Bounded by default: each track costs every subscriber an m-line and the node a forwarder.
+    max_tracks_per_participant: int = option(16, checks.non_negative_int)
     max_subscriptions_per_participant: int = option(0, checks.non_negative_int)
     max_video_bitrate: int = option(0, checks.non_negative_int)  # bits per second, per track
     max_duration: float = option(0.0, checks.non_negative_seconds)
