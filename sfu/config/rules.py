@@ -16,6 +16,7 @@ from sfu.config.sections import (
     AuthConfig,
     Config,
     LimitsConfig,
+    MetricsConfig,
     RtcConfig,
     ServerConfig,
     TurnConfig,
@@ -25,6 +26,11 @@ from sfu.config.sections import (
 
 DEV_KEY_ID = "devkey"
 NO_KEYS_MESSAGE = "no signing keys: use --key KEY=SECRET, KEYROOM_KEYS or [auth] keys"
+METRICS_TOKEN_MESSAGE = (
+    "metrics.bearer_token: required without --dev (/metrics shows every room's load and"
+    " traffic to whoever reaches the port); set [metrics] bearer_token (16 or more printable"
+    " characters) and give it to Prometheus as its bearer token"
+)
 
 
 def finalize(config: Config) -> Config:
@@ -34,7 +40,7 @@ def finalize(config: Config) -> Config:
     if server.dev:
         rtc, auth = _dev_defaults(server, rtc, auth)
     else:
-        _check_public(server, rtc, auth)
+        _check_public(server, rtc, auth, config.metrics)
     _check_ports(rtc)
     if rtc.allow_private_candidates is None:
         rtc = replace(rtc, allow_private_candidates=server.dev)
@@ -86,7 +92,9 @@ def _dev_defaults(
     return rtc, auth
 
 
-def _check_public(server: ServerConfig, rtc: RtcConfig, auth: AuthConfig) -> None:
+def _check_public(
+    server: ServerConfig, rtc: RtcConfig, auth: AuthConfig, metrics: MetricsConfig
+) -> None:
     """Without --dev: keys, a media address and TLS (or a proxy's) are required."""
     if not auth.keys:
         raise ConfigError(NO_KEYS_MESSAGE)
@@ -101,6 +109,8 @@ def _check_public(server: ServerConfig, rtc: RtcConfig, auth: AuthConfig) -> Non
             " set [server] tls_cert and tls_key, or, behind a TLS-terminating proxy,"
             " --insecure-plaintext (or use --dev on 127.0.0.1)"
         )
+    if metrics.bearer_token is None:
+        raise ConfigError(METRICS_TOKEN_MESSAGE)
 
 
 def _check_ports(rtc: RtcConfig) -> None:
