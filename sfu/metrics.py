@@ -171,6 +171,16 @@ class StateCollector(Collector):
         self.pending = pending
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._rooms()
+        if self.pending is not None:
+            yield GaugeMetricFamily(
+                "keyroom_pending_connections",
+                "WebSocket connections open but not yet joined (server.max_pending caps them)",
+                len(self.pending),
+            )
+        yield from self._forwarding()
+
+    def _rooms(self) -> Iterator[Metric]:
         participants = published_audio = published_video = subscribed = 0
         for room in self.rooms.rooms.values():
             for participant in room.participants.values():
@@ -197,13 +207,8 @@ class StateCollector(Collector):
             "keyroom_subscribed_tracks", "Subscriptions (one per track a participant receives)",
             subscribed,
         )  # fmt: skip
-        if self.pending is not None:
-            yield GaugeMetricFamily(
-                "keyroom_pending_connections",
-                "WebSocket connections open but not yet joined (server.max_pending caps them)",
-                len(self.pending),
-            )
 
+    def _forwarding(self) -> Iterator[Metric]:
         stats = self.stats
         for name, doc, value in (
             ("keyroom_rtp_packets_in", "RTP packets received from publishers and accepted",

@@ -166,3 +166,18 @@ async def test_slow_or_silent_http_connections_are_closed(tmp_path: Path) -> Non
             writer.close()
         assert slow_seconds < keepalive + 1.0
         assert silent_seconds < keepalive + 1.0
+
+
+async def test_pending_cap_counts_the_address_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    options = 'trusted_proxies = ["127.0.0.1"]\nmax_pending_per_ip = 2'
+    with configured(tmp_path, options) as server:
+        async with aiohttp.ClientSession() as http:
+            behind = {"X-Forwarded-For": "203.0.113.1"}
+            opened = [await http.ws_connect(server.ws_url, headers=behind) for _ in range(2)]
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(server.ws_url, headers=behind)
+            assert refused.value.status == 429
+            # The proxy's own address is not what is counted: another client behind it gets in.
+            other = await http.ws_connect(server.ws_url, headers={"X-Forwarded-For": "203.0.113.2"})
+            for ws in (*opened, other):
+                await ws.close()
