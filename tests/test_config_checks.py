@@ -67,11 +67,7 @@ def test_limits_with_names_where_the_overrides_came_from() -> None:
 
 
 def test_a_role_relay_only_must_be_a_boolean() -> None:
-    runnable = {
-        "auth": {"keys": {"k": "s" * 40}},
-        "rtc": {"ips": ["127.0.0.1"]},
-        "metrics": {"bearer_token": "m" * 32},
-    }
+    runnable = {"auth": {"keys": {"k": "s" * 40}}, "rtc": {"ips": ["127.0.0.1"]}}
     roles = {"v": {"canPublish": False, "relay_only": "yes"}}
     with pytest.raises(checks.ConfigError) as refused:
         load_config(None, {**runnable, "roles": roles}, {})

@@ -16,7 +16,6 @@ from sfu.config.sections import (
     AuthConfig,
     Config,
     LimitsConfig,
-    MetricsConfig,
     RtcConfig,
     ServerConfig,
     TurnConfig,
@@ -40,7 +39,7 @@ def finalize(config: Config) -> Config:
     if server.dev:
         rtc, auth = _dev_defaults(server, rtc, auth)
     else:
-        _check_public(server, rtc, auth, config.metrics)
+        _check_public(server, rtc, auth)
     _check_ports(rtc)
     if rtc.allow_private_candidates is None:
         rtc = replace(rtc, allow_private_candidates=server.dev)
@@ -52,6 +51,9 @@ def finalize(config: Config) -> Config:
         relay_roles=relay_roles,
     )
     _check_webhooks(config.webhooks, auth)
+    if not server.dev and config.metrics.bearer_token is None:
+        # Last: a config wrong in other ways is told about those first.
+        raise ConfigError(METRICS_TOKEN_MESSAGE)
     return replace(config, server=server, rtc=rtc, auth=auth)
 
 
@@ -92,9 +94,7 @@ def _dev_defaults(
     return rtc, auth
 
 
-def _check_public(
-    server: ServerConfig, rtc: RtcConfig, auth: AuthConfig, metrics: MetricsConfig
-) -> None:
+def _check_public(server: ServerConfig, rtc: RtcConfig, auth: AuthConfig) -> None:
     """Without --dev: keys, a media address and TLS (or a proxy's) are required."""
     if not auth.keys:
         raise ConfigError(NO_KEYS_MESSAGE)
@@ -109,8 +109,6 @@ def _check_public(
             " set [server] tls_cert and tls_key, or, behind a TLS-terminating proxy,"
             " --insecure-plaintext (or use --dev on 127.0.0.1)"
         )
-    if metrics.bearer_token is None:
-        raise ConfigError(METRICS_TOKEN_MESSAGE)
 
 
 def _check_ports(rtc: RtcConfig) -> None:
