@@ -298,10 +298,11 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
     iceguard.use_audit(state.audit)  # ICE refusals (relay-only rooms) are audited
     app = build_app(state)
     server = config.server
-    # aiohttp (3.14) arms the keep-alive timer when a connection opens and closes the
-    # connection if, when it fires, no complete request head has arrived; bytes of a partial
-    # head do not move it. So one timeout bounds an idle keep-alive connection and a slow
-    # (slowloris) request head alike.
+    # aiohttp has no header-read timeout of its own, but (3.14.5 here; aio-libs/aiohttp#13681)
+    # arms the keep-alive timer when a connection opens and closes the connection if, when it
+    # fires, no complete request head has arrived; bytes of a partial head do not move it. So
+    # one timeout bounds an idle keep-alive connection and a slow (slowloris) request head alike.
+    # Older aiohttp armed it only after a response: tests/test_pending_sockets.py catches that.
     runner = web.AppRunner(
         app,
         handle_signals=False,
