@@ -88,7 +88,7 @@ def write_keys(path: Path, keys: str, public_keys: str = "") -> None:
     path.write_text(f"[auth]\nkeys = {{ {keys} }}\n{public_keys}")
 
 
-async def first_close(server: ServerProcess, token: str) -> tuple[str, int]:
+async def first_reply(server: ServerProcess, token: str) -> tuple[str, str]:
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(server.ws_url) as ws:
             await ws.send_str(json.dumps({"type": "join", "req": 1, "token": token, "protocol": 1}))
@@ -125,18 +125,18 @@ async def test_sighup_swaps_signing_keys_and_sessions_go_on(
         assert (await alice.next_event("participant_joined", timeout=5))["participant"][
             "identity"
         ] == "bob"
-        assert await first_close(server, server.token("carol", secret=SECRET_A, key_id="a")) == (
+        assert await first_reply(server, server.token("carol", secret=SECRET_A, key_id="a")) == (
             "error",
             "unauthorized",
         )
         ed_token = cli_token(capsys, "--key", "ed", "--private-key", str(path))
-        assert await first_close(server, ed_token) == ("joined", "")
+        assert await first_reply(server, ed_token) == ("joined", "")
         # A broken file keeps the keys in use, and says so.
         config.write_text("[auth]\nkeys = { b = 'short' }\n")
         server.process.send_signal(signal.SIGHUP)
         wait_logged(server, "SIGHUP: signing keys not reloaded, the old ones stay in use")
         assert "short'" not in server.log()
-        assert await first_close(server, server.token("dave", secret=SECRET_B, key_id="b")) == (
+        assert await first_reply(server, server.token("dave", secret=SECRET_B, key_id="b")) == (
             "joined",
             "",
         )
