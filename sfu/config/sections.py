@@ -54,7 +54,16 @@ class ServerConfig(_Section):
     # What a client that does not read may make the server hold for it (signaling/outbox.py).
     max_outbox_frames: int = option(1000, checks.positive_int)
     max_outbox_bytes: int = option(2 * 1024 * 1024, checks.positive_int)
+    # The first frame must be a complete join or resume this long after the socket opens;
+    # pings and anything else do not extend it.
     join_timeout: float = option(10.0, checks.positive_seconds)
+    # Sockets not yet admitted (upgraded, no join accepted yet), per client address and in all:
+    # beyond these the upgrade is refused (429, 503) before any WebSocket state exists.
+    max_pending_per_ip: int = option(100, checks.positive_int)
+    max_pending: int = option(1000, checks.positive_int)
+    # An HTTP connection idle between requests, or whose request headers are still incomplete,
+    # is closed this long after it opened or its last response (aiohttp's keep-alive timer).
+    keepalive_timeout: float = option(15.0, checks.positive_seconds)
     resume_window: float = option(30.0, checks.non_negative_seconds)
     shutdown_timeout: float = option(5.0, checks.positive_seconds)
     data_dir: str = option("data", checks.text)
@@ -163,7 +172,8 @@ class NodeConfig(_Section):
 @dataclass(frozen=True, repr=False)
 class MetricsConfig(_Section):
     section: ClassVar[str] = "metrics"
-    # Unset: /metrics is open to anyone who can reach the port.
+    # Required without --dev (finalize): /metrics shows every room's load and traffic. With
+    # --dev and unset, /metrics is open on the loopback address the server serves.
     bearer_token: str | None = option(None, checks.optional_bearer_token)
 
     def __repr__(self) -> str:
