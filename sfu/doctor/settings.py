@@ -100,7 +100,7 @@ def key_findings(auth_keys: Mapping[str, str], public_keys: Mapping[str, str]) -
                 error(
                     f"auth.public_keys.{key_id}",
                     str(e),
-                    "give an EC P-256 or Ed25519 PEM public key",
+                    "give each key its own id, and EC P-256 or Ed25519 PEM public keys",
                 )
             )
     return findings
