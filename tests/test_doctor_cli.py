@@ -153,3 +153,6 @@ def test_doctor_needs_something_to_check(tmp_path: Path) -> None:
     result = keyroom("doctor", cwd=tmp_path)
     assert result.returncode == 2
     assert "nothing to check" in result.stderr
+    result = keyroom("doctor", "--url", "wss://127.0.0.1:1/rtc", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--url: the server's base URL" in result.stderr

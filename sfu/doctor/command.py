@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from urllib.parse import urlsplit
 
 
 def add_doctor_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     config = args.config or os.environ.get("KEYROOM_CONFIG") or None
     if config is None and args.url is None:
         return _usage_error("nothing to check: give --config FILE (or $KEYROOM_CONFIG), --url URL")
+    if args.url is not None and urlsplit(args.url).scheme not in ("http", "https"):
+        return _usage_error("--url: the server's base URL, like https://sfu.example.com")
     if args.coturn is not None and config is None:
         return _usage_error("--coturn needs --config: the SFU's addresses are the relay's peers")
     try:
