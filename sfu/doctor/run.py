@@ -185,8 +185,10 @@ def chain_findings(path: str, key: bytes) -> list[Finding]:
     ]
 
 
-def config_file_findings(path: str, config: Config) -> list[Finding]:
-    holds_secrets = bool(config.auth.keys) or config.turn.secret or config.metrics.bearer_token
+def config_file_findings(path: str, config: Config, env: Mapping[str, str]) -> list[Finding]:
+    # Keys from KEYROOM_KEYS are not in the file.
+    keys_in_file = bool(config.auth.keys) and not env.get("KEYROOM_KEYS")
+    holds_secrets = keys_in_file or config.turn.secret or config.metrics.bearer_token
     return mode_findings(path, os.stat(path).st_mode, secret=bool(holds_secrets))
 
 
@@ -207,7 +209,7 @@ def check_config(
     server = config.server
     bound = {ip: bindable(ip) for ip in config.rtc.ips}
     findings += config_findings(config, bound)
-    findings += config_file_findings(path, config)
+    findings += config_file_findings(path, config, env)
     findings += tls_file_findings(server.tls_cert, server.tls_key, time.time())
     findings += data_dir_findings(server.data_dir)
     findings += audit_findings(config)
