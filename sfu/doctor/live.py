@@ -161,7 +161,7 @@ def skew_findings(url: str, answer: Answer, leeway: float | None) -> list[Findin
     return []
 
 
-def tls_findings(probe: Probe, now: float) -> list[Finding]:
+def live_certificate_findings(probe: Probe, now: float) -> list[Finding]:
     if probe.cert_der is None:
         return []
     findings = certificate_findings(probe.url, load_certificate(probe.cert_der), now)
@@ -189,7 +189,7 @@ def live_findings(probe: Probe, now: float, leeway: float | None) -> list[Findin
                 "check the URL, the server and the firewall",
             ),
         ]
-    findings += tls_findings(probe, now)
+    findings += live_certificate_findings(probe, now)
     if probe.healthz is not None:
         findings += healthz_findings(probe.url, probe.healthz)
         findings += skew_findings(probe.url, probe.healthz, leeway)
