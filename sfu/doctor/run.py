@@ -120,7 +120,11 @@ def _audit_key(key_file: str, log_exists: bool) -> tuple[bytes | None, list[Find
     key, problems = _read("audit.key_file", key_file)
     if key is not None and len(key.strip()) < MIN_KEY_BYTES:
         problems.append(
-            error("audit.key_file", f"shorter than {MIN_KEY_BYTES} bytes", "remove it with the log")
+            error(
+                "audit.key_file",
+                f"shorter than {MIN_KEY_BYTES} bytes: the server refuses it",
+                "restore the real key (a new key starts a new log)",
+            )
         )
         key = None
     return (key.strip() if key else None), findings + problems
