@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loadtest(commands)
     _add_bench(commands)
     _add_audit(commands)
+    _add_doctor(commands)
     return parser
 
 
@@ -308,6 +309,19 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--checkpoints", metavar="FILE", help="checkpoint file (default: FILE.checkpoints)"
     )
     verify.set_defaults(handler=_audit_verify)
+
+
+def _add_doctor(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sfu.doctor.command import add_doctor_arguments, run_doctor
+
+    p = commands.add_parser(
+        "doctor",
+        help="check a deployment as an auditor would and print what to fix",
+        description="Check a config file, the files it names and a running server; one line per"
+        " finding; exit 1 if any is an error, else 0 (see docs/doctor.md).",
+    )
+    add_doctor_arguments(p)
+    p.set_defaults(handler=run_doctor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
