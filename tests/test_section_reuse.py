@@ -1,0 +1,101 @@
+"""Recycled media sections (issue 11 item 3): a subscriber's SDP grows with the tracks it receives
+at once, never with the meeting's history of publishes and unpublishes. Real `keyroom serve`,
+real aiortc clients on loopback."""
+
+from __future__ import annotations
+
+import time
+
+from sfu.sdpinfo import describe_sections
+from signaling.client import KeyroomClient, RemoteTrack, count_frames
+from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
+from tests.conftest import ServerProcess
+from tests.test_metrics import scrape
+
+CYCLES = 80
+# The data channels' section, and one section made inactive in the latest offer.
+SECTION_SLACK = 2
+
+
+def media_sections(client: KeyroomClient) -> int:
+    """Media sections of the latest subscriber offer the client applied."""
+    pc = client.subscriber_pc
+    assert pc is not None and pc.remoteDescription is not None
+    sdp = pc.remoteDescription.sdp
+    return len([s for s in describe_sections(sdp) if s.kind != "application"])
+
+
+async def track_named(client: KeyroomClient, track_sid: str, deadline: float) -> RemoteTrack:
+    """The subscriber's RemoteTrack for `track_sid`, skipping the others it got before."""
+    while True:
+        remote = await client.next_track(timeout=max(deadline - time.monotonic(), 0.01))
+        if remote.track_sid == track_sid:
+            return remote
+
+
+async def test_publish_unpublish_cycles_keep_the_subscriber_sdp_bounded(
+    server: ServerProcess,
+) -> None:
+    alice = KeyroomClient(server.ws_url, server.token("alice"))
+    bob = KeyroomClient(server.ws_url, server.token("bob"))
+    try:
+        await alice.connect()
+        await bob.connect()
+        mic = await alice.publish(SyntheticAudioTrack(), source="microphone")
+        started = time.monotonic()
+        for n in range(CYCLES):
+            info = await alice.publish(SyntheticVideoTrack(), source="camera", name=f"cam{n}")
+            await alice.unpublish(info["sid"])
+            assert time.monotonic() - started < 80, f"only {n} cycles in 80 s"
+        final = await alice.publish(SyntheticVideoTrack(), source="camera", name="final")
+        remote = await track_named(bob, final["sid"], time.monotonic() + 10)
+        assert await count_frames(remote.track, 1.0) > 0
+        assert (remote.participant_identity, remote.kind) == ("alice", "video")
+        assert remote.info is not None and remote.info["name"] == "final"
+
+        # Live at once: alice's microphone and her final camera.
+        assert media_sections(bob) <= 2 + SECTION_SLACK
+        assert len(bob.subscriber_pc.remoteDescription.sdp) < 16 * 1024  # type: ignore[union-attr]
+        # The publisher's own offers are bounded the same way (sections of unpublished tracks
+        # carry the next ones), so the server's per-connection section cap is never reached.
+        assert alice.publisher_pc is not None
+        assert len(alice.publisher_pc.getTransceivers()) <= 2 + 1
+        assert bob.close_code is None and alice.close_code is None
+        assert await bob.ping() > 0
+        live = {t.track_sid for t in bob.remote_tracks.values() if not t.ended}
+        assert live == {mic["sid"], final["sid"]}
+        metrics = scrape(server)
+        # Some cycles end before bob is offered their track: those need no section at all.
+        assert metrics[("keyroom_subscriber_sections_reused_total", ())] >= CYCLES // 2
+        assert metrics[("keyroom_subscriber_media_sections", ())] <= 2 * (2 + SECTION_SLACK)
+    finally:
+        await alice.leave()
+        await bob.leave()
+
+
+async def test_a_recycled_section_carries_another_publishers_track(server: ServerProcess) -> None:
+    alice = KeyroomClient(server.ws_url, server.token("alice"))
+    carol = KeyroomClient(server.ws_url, server.token("carol"))
+    bob = KeyroomClient(server.ws_url, server.token("bob"))
+    try:
+        for client in (alice, carol, bob):
+            await client.connect()
+        await bob.wait_ready()
+        deadline = time.monotonic() + 20
+        first = await alice.publish(SyntheticVideoTrack(), source="camera")
+        old = await track_named(bob, first["sid"], deadline)
+        assert await count_frames(old.track, 1.0) > 0
+        await alice.unpublish(first["sid"])
+        await bob.next_event("track_unpublished", timeout=5)
+
+        second = await carol.publish(SyntheticVideoTrack(), source="screen_share", name="slides")
+        new = await track_named(bob, second["sid"], deadline)
+        assert new.mid == old.mid and old.ended and not new.ended
+        assert new.participant_identity == "carol"
+        assert new.participant_sid == carol.participant["sid"]
+        assert new.info is not None and new.info["source"] == "screen_share"
+        assert await count_frames(new.track, 1.0) > 0
+        assert bob.remote_tracks[str(new.mid)] is new
+    finally:
+        for client in (alice, carol, bob):
+            await client.leave()
