@@ -9,6 +9,7 @@ import time
 from sfu.sdpinfo import describe_sections
 from signaling.client import KeyroomClient, RemoteTrack, count_frames
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
+from tests.admin_helpers import call
 from tests.conftest import ServerProcess
 from tests.test_metrics import scrape
 
@@ -88,12 +89,20 @@ async def test_a_recycled_section_carries_another_publishers_track(server: Serve
         await alice.unpublish(first["sid"])
         await bob.next_event("track_unpublished", timeout=5)
 
+        # The next video in the room is H264: the recycled section changes codec too.
+        admin = server.token("ops", grants={"roomAdmin": True})
+        status, _ = await call(
+            server, "PATCH", "/api/rooms/room1", admin, {"limits": {"allowed_codecs": ["h264"]}}
+        )
+        assert status == 200
         second = await carol.publish(SyntheticVideoTrack(), source="screen_share", name="slides")
         new = await track_named(bob, second["sid"], deadline)
         assert new.mid == old.mid and old.ended and not new.ended
+        assert old.info is not None and old.info["mime_type"].lower() == "video/vp8"
         assert new.participant_identity == "carol"
         assert new.participant_sid == carol.participant["sid"]
         assert new.info is not None and new.info["source"] == "screen_share"
+        assert new.info["mime_type"].lower() == "video/h264"
         assert await count_frames(new.track, 1.0) > 0
         assert bob.remote_tracks[str(new.mid)] is new
     finally:
