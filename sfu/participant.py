@@ -159,7 +159,6 @@ class Participant:
         as sections are recycled (sfu/subscribing.py)."""
         return len(self.subscriber_pc.getTransceivers())
 
-    @property
     def connection_state(self) -> dict[str, str]:
         return {
             "publisher": self.publisher_pc.connectionState,
