@@ -27,6 +27,7 @@ from sfu.datarelay import DataRelay
 from sfu.feedback import Feedback
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
+from sfu.sdpinfo import MAX_SECTIONS
 from sfu.stats import DropReason, Stats
 from sfu.tasks import TaskSet
 
@@ -79,6 +80,7 @@ class Subscribing:
         # Next sequence number of a recycled section, continuing its previous tracks' (the
         # sender SSRC stays: a jump back would be refused by SRTP and look like loss).
         self._next_seq: dict[RTCRtpTransceiver, int] = {}
+        self._at_cap = False
         self._negotiation: asyncio.Task[None] | None = None
         self._renegotiate = False
         self._answer: asyncio.Future[str] | None = None
@@ -151,8 +153,7 @@ class Subscribing:
                 self._answer = None
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
             self._configure_down_tracks()
-            self._free += self._retiring
-            self._retiring.clear()
+            self._sections_freed()
             if not self._renegotiate:
                 return
 
@@ -160,27 +161,48 @@ class Subscribing:
         return advertise(self.pc.localDescription.sdp, self._public_addresses)
 
     def _apply_changes(self) -> None:
-        for transceiver in self._stopping:
-            transceiver.direction = "inactive"
+        for stopping in self._stopping:
+            stopping.direction = "inactive"
         self._retiring += self._stopping
         self._stopping.clear()
+        waiting: list[DownTrack] = []
         for down in self._pending:
             track = down.track
             transceiver = self._section_for(track.kind)
+            if transceiver is None:
+                waiting.append(down)
+                continue
             transceiver.setCodecPreferences(capabilities_for(track))
             internals.set_sender_msid(transceiver, track.publisher_sid, track.sid)
             self._transceivers[down] = transceiver
-        self._pending.clear()
+        self._pending = waiting
 
-    def _section_for(self, kind: str) -> RTCRtpTransceiver:
-        """A free section of this kind, sending again, else a new one."""
+    def _section_for(self, kind: str) -> RTCRtpTransceiver | None:
+        """A free section of this kind, sending again, else a new one; None at the cap."""
         free = next((t for t in self._free if t.kind == kind), None)
-        if free is None:
-            return self.pc.addTransceiver(kind, direction="sendonly")
-        self._free.remove(free)
-        free.direction = "sendonly"
-        self.stats.sections_reused += 1
-        return free
+        if free is not None:
+            self._free.remove(free)
+            free.direction = "sendonly"
+            self.stats.sections_reused += 1
+            return free
+        if len(self.pc.getTransceivers()) >= MAX_SECTIONS:
+            # Sections retire only through answers: a client that does not answer while others
+            # churn would otherwise grow them without end. The track waits for a free section.
+            if not self._at_cap:
+                log.info(
+                    "participant %s: %d subscriber sections, tracks wait", self.sid, MAX_SECTIONS
+                )
+            self._at_cap = True
+            return None
+        return self.pc.addTransceiver(kind, direction="sendonly")
+
+    def _sections_freed(self) -> None:
+        """The answer is in: sections it made inactive are free, for a waiting track too."""
+        self._free += self._retiring
+        self._retiring.clear()
+        kinds = {t.kind for t in self._free}
+        if any(down.track.kind in kinds for down in self._pending):
+            self._renegotiate = True
 
     def _configure_down_tracks(self) -> None:
         sink = self.sink

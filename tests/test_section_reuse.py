@@ -4,9 +4,19 @@ real aiortc clients on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from sfu.sdpinfo import describe_sections
+import pytest
+from aiortc import RTCSessionDescription
+
+from sfu import internals, subscribing
+from sfu.datarelay import DataRelay
+from sfu.feedback import Feedback
+from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
+from sfu.sdpinfo import MAX_SECTIONS, describe_sections
+from sfu.stats import Stats
+from sfu.tasks import TaskSet
 from signaling.client import KeyroomClient, RemoteTrack, count_frames
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
 from tests.admin_helpers import call
@@ -108,3 +118,78 @@ async def test_a_recycled_section_carries_another_publishers_track(server: Serve
     finally:
         for client in (alice, carol, bob):
             await client.leave()
+
+
+def video_track(sid: str) -> PublishedTrack:
+    track = PublishedTrack(
+        sid=sid, cid=sid, kind="video", source="camera", name="", publisher_sid="PA_pub"
+    )
+    track.codec = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
+    return track
+
+
+async def test_a_subscriber_that_never_answers_gets_no_more_than_max_sections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sections retire only through answers: while a client answers nothing and tracks come and
+    go, new ones stop at MAX_SECTIONS and the next track waits; the client's first answer frees
+    the retired sections and the waiting track gets one of them."""
+    monkeypatch.setattr(subscribing, "ANSWER_TIMEOUT", 0.01)
+    pc = internals.new_peer_connection()
+    client = internals.new_peer_connection()
+    offers: asyncio.Queue[str] = asyncio.Queue()
+    stats = Stats()
+    subscriptions: dict[str, DownTrack] = {}
+    sub = subscribing.Subscribing(
+        pc,
+        sid="PA_sub",
+        subscriptions=subscriptions,
+        notify=lambda frame: offers.put_nowait(frame["sdp"]),
+        relay=DataRelay(
+            stats=stats, may_publish=lambda: True, max_bytes=lambda: 1000, deliver=print
+        ),
+        feedback=Feedback(
+            tracks={},
+            subscriptions=subscriptions,
+            stats=stats,
+            max_video_bitrate=lambda: 0,
+            rtcp_ssrc=1,
+        ),
+        rearm=lambda: None,
+        tasks=TaskSet("test subscriber"),
+        stats=stats,
+        public_addresses={},
+    )
+
+    async def offered() -> str:
+        sdp = await asyncio.wait_for(offers.get(), 5)
+        await asyncio.wait_for(sub._negotiation, 5)  # noqa: SLF001 (the unanswered wait ends)
+        return sdp
+
+    try:
+        for n in range(MAX_SECTIONS + 4):
+            sub.subscribe(video_track(f"TR_{n}"))
+            await offered()
+            sub.unsubscribe(f"TR_{n}")
+            await offered()
+        sub.subscribe(video_track("TR_waits"))
+        sdp = await offered()
+        assert len(pc.getTransceivers()) == MAX_SECTIONS
+        assert "TR_waits" not in sdp
+        media = [s for s in describe_sections(sdp) if s.kind == "video"]
+        assert len(media) == MAX_SECTIONS and {s.direction for s in media} == {"inactive"}
+
+        monkeypatch.setattr(subscribing, "ANSWER_TIMEOUT", 5.0)
+        sub.start()
+        sdp = await asyncio.wait_for(offers.get(), 5)
+        await client.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await client.setLocalDescription(await client.createAnswer())
+        sub.handle_answer(client.localDescription.sdp)
+        sdp = await asyncio.wait_for(offers.get(), 5)
+        (section,) = [s for s in describe_sections(sdp) if s.track_id == "TR_waits"]
+        assert section.direction == "sendonly" and len(pc.getTransceivers()) == MAX_SECTIONS
+        assert stats.sections_reused == 1
+    finally:
+        sub.stop()
+        await pc.close()
+        await client.close()
