@@ -8,7 +8,8 @@ down-track is bound to its negotiated section (payload type, SSRC, extension ids
 A section whose track went away is offered `inactive`; once an answer has accepted that, the
 section is free and the next track of its kind takes it over (new msid, codec and down-track,
 same mid and sender SSRC), as browsers and LiveKit recycle m-lines. So a subscriber's SDP grows
-with the tracks it receives at once, never with the meeting's history of publishes.
+with the tracks it receives at once, never with the meeting's history of publishes; and as
+sections retire only through answers, at most MAX_SECTIONS exist (further tracks wait).
 """
 
 from __future__ import annotations
