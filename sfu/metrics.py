@@ -114,6 +114,9 @@ class _Participant(Protocol):
     @property
     def subscriptions(self) -> Mapping[str, object]: ...
 
+    @property
+    def subscriber_sections(self) -> int: ...
+
 
 class _Room(Protocol):
     @property
@@ -181,11 +184,12 @@ class StateCollector(Collector):
         yield from self._forwarding()
 
     def _rooms(self) -> Iterator[Metric]:
-        participants = published_audio = published_video = subscribed = 0
+        participants = published_audio = published_video = subscribed = sections = 0
         for room in self.rooms.rooms.values():
             for participant in room.participants.values():
                 participants += 1
                 subscribed += len(participant.subscriptions)
+                sections += participant.subscriber_sections
                 for track in participant.tracks.values():
                     if not track.bound:
                         continue
@@ -207,6 +211,11 @@ class StateCollector(Collector):
             "keyroom_subscribed_tracks", "Subscriptions (one per track a participant receives)",
             subscribed,
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "keyroom_subscriber_media_sections",
+            "Media sections of all subscriber connections (free ones for reuse included)",
+            sections,
+        )
 
     def _forwarding(self) -> Iterator[Metric]:
         stats = self.stats
@@ -223,6 +232,9 @@ class StateCollector(Collector):
              stats.keyframe_requests),
             ("keyroom_rtp_retransmissions", "Packets resent from the cache on a NACK",
              stats.retransmissions),
+            ("keyroom_subscriber_sections_reused",
+             "Subscriber media sections given to a new track after their old one went away",
+             stats.sections_reused),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         dropped = CounterMetricFamily(

@@ -157,6 +157,12 @@ class Participant:
             data["permissions"] = self.grant.to_permissions()
         return data
 
+    @property
+    def subscriber_sections(self) -> int:
+        """Media sections of the subscriber connection: bounded by the tracks received at once,
+        as sections are recycled (sfu/subscribing.py)."""
+        return len(self.subscriber_pc.getTransceivers())
+
     def connection_state(self) -> dict[str, str]:
         return {
             "publisher": self.publisher_pc.connectionState,

@@ -29,6 +29,8 @@ class Stats:
     bytes_out: int = 0  # forwarded copies counted at their input size
     keyframe_requests: int = 0
     retransmissions: int = 0
+    # Subscriber sections that carried a track before and were given to a new one.
+    sections_reused: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     # Published tracks and their summed bitrate, node-wide, kept up to date on publish,
     # unpublish and each bitrate measurement: `[node]` limits read them in O(1).
@@ -46,5 +48,6 @@ class Stats:
             "bytes_out": self.bytes_out,
             "keyframe_requests": self.keyframe_requests,
             "retransmissions": self.retransmissions,
+            "sections_reused": self.sections_reused,
             "dropped": dict(self.dropped),
         }

@@ -506,3 +506,66 @@ async def test_each_dev_link_visitor_joins_under_a_name_of_their_own(
 async def test_dev_tokens_refuse_names_with_control_characters(server: ServerProcess) -> None:
     status, body = await call(server, "POST", "/dev/token", None, {"name": "\x1b[31mroot"})
     assert status == 400 and "control character" in body["error"]
+
+
+# The page's video RemoteTrack on `mid` and what it decoded there (issue 11 item 3).
+SECTION_JS = """async (mid) => {
+  const room = window.keyroom;
+  let frames = 0;
+  for (const s of (await room.subscriber.getStats()).values()) {
+    if (s.type === "inbound-rtp" && s.mid === mid) frames = Math.max(frames, s.framesDecoded ?? 0);
+  }
+  const remote = room.remoteTracks.get(mid);
+  return { frames, trackSid: remote?.trackSid ?? null, identity: remote?.participant?.identity,
+           source: remote?.info?.source, sections: room.subscriber.getTransceivers().length };
+}"""
+
+
+async def test_a_page_follows_tracks_on_a_recycled_section(conference: Conference) -> None:
+    """A publisher unpublishes and publishes again: the page gets each new track on the same
+    mid ("trackended" then "track", Chromium's ontrack fires again) and decodes the latest."""
+    alice = await conference.client("alice")
+    page = await conference.page("viewer", "&publish=0")
+    await page.evaluate(
+        """() => { window.seen = [];
+                   for (const type of ["track", "trackended"]) keyroom.addEventListener(
+                     type, (e) => seen.push([type, e.detail.mid, e.detail.trackSid])); }"""
+    )
+    info = await alice.publish(SyntheticVideoTrack(), source="camera")
+    await wait_until(receives(page, "alice/camera"), 10, "the page decodes alice")
+    (mid,) = await page.evaluate("[...keyroom.remoteTracks.keys()]")
+    sids = [info["sid"]]
+    for _ in range(3):
+        await alice.unpublish(info["sid"])
+        await wait_js(page, "keyroom.remoteTracks.size === 0", 10)
+        info = await alice.publish(SyntheticVideoTrack(), source="camera")
+        sids.append(info["sid"])
+        await wait_js(page, f"keyroom.remoteTracks.get('{mid}')?.trackSid === '{info['sid']}'", 10)
+    first = await page.evaluate(SECTION_JS, mid)
+
+    async def decodes_more() -> bool:
+        return bool((await page.evaluate(SECTION_JS, mid))["frames"] > first["frames"] + 5)
+
+    await wait_until(decodes_more, 10, "the page decodes the latest track on the recycled mid")
+    latest = await page.evaluate(SECTION_JS, mid)
+    assert (latest["trackSid"], latest["identity"], latest["source"]) == (
+        sids[-1],
+        "alice",
+        "camera",
+    )
+    assert latest["sections"] <= 2  # one video section, recycled (plus none for data)
+    expected = [["track", mid, sids[0]]]
+    for old, new in zip(sids, sids[1:], strict=False):
+        expected += [["trackended", mid, old], ["track", mid, new]]
+    assert await page.evaluate("window.seen") == expected
+
+    # Another publisher's track on the same mid: its own tile, which its end turns off.
+    carol = await conference.client("carol")
+    await alice.unpublish(info["sid"])
+    await wait_js(page, "keyroom.remoteTracks.size === 0", 10)
+    theirs = await carol.publish(SyntheticVideoTrack(), source="camera")
+    await wait_js(page, f"keyroom.remoteTracks.get('{mid}')?.participant?.identity === 'carol'", 10)
+    tile = f"document.querySelector('.tile[data-key=\"{carol.participant['sid']}\"]')"
+    await wait_js(page, f"{tile}?.dataset.video === 'on'", 10)
+    await carol.unpublish(theirs["sid"])
+    await wait_js(page, f"{tile}.dataset.video === 'off'", 10)
