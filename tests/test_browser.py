@@ -532,7 +532,7 @@ async def test_a_page_follows_tracks_on_a_recycled_section(conference: Conferenc
                      type, (e) => seen.push([type, e.detail.mid, e.detail.trackSid])); }"""
     )
     info = await alice.publish(SyntheticVideoTrack(), source="camera")
-    await wait_until(receives(page, "alice/camera"), 10, "the page decodes alice")
+    await eventually(receives(page, "alice/camera"), 10, "the page decodes alice")
     (mid,) = await page.evaluate("[...keyroom.remoteTracks.keys()]")
     sids = [info["sid"]]
     for _ in range(3):
@@ -546,7 +546,7 @@ async def test_a_page_follows_tracks_on_a_recycled_section(conference: Conferenc
     async def decodes_more() -> bool:
         return bool((await page.evaluate(SECTION_JS, mid))["frames"] > first["frames"] + 5)
 
-    await wait_until(decodes_more, 10, "the page decodes the latest track on the recycled mid")
+    await eventually(decodes_more, 10, "the page decodes the latest track on the recycled mid")
     latest = await page.evaluate(SECTION_JS, mid)
     assert (latest["trackSid"], latest["identity"], latest["source"]) == (
         sids[-1],
