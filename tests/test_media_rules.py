@@ -97,14 +97,11 @@ async def test_data_messages_carry_the_server_set_sender(server: ServerProcess) 
         assert (await carol.next_data(timeout=10))["payload"] == "after"
         assert (await bob.next_data(timeout=10))["payload"] == "after"
 
-        # No canPublishData: the message reaches the server and is dropped, never delivered
-        # (bob and carol get the next message from alice first).
-        def refused() -> int:
-            return int(server.runtime()["stats"]["dropped"].get("no_right", 0))
-
-        refused_before = refused()
-        await mute.send_data("should not pass")
-        await eventually(lambda: refused() > refused_before, what="the data message dropped")
+        # No canPublishData: the server rejects the publisher's data section (PROTOCOL 2.5),
+        # so nothing can be sent (bob and carol get the next message from alice first).
+        with pytest.raises(KeyroomError) as refused:
+            await mute.send_data("should not pass")
+        assert refused.value.code == "forbidden"
         # A forged sender in the envelope is ignored: `from` is always set by the server.
         channel = alice._publisher_channels["_reliable"]  # noqa: SLF001
         channel.send('{"from": "bob", "from_sid": "PA_fake", "payload": "forged"}')
