@@ -84,8 +84,9 @@ def test_a_well_framed_packet_with_any_extension_block_is_handled(data: bytes, n
         return
     assert out is not None
     out_info = parse_rtp(out)
-    assert out[out_info.payload_start : out_info.payload_end] == (
-        data[info.payload_start : info.payload_end]
+    assert (
+        out[out_info.payload_start : out_info.payload_end]
+        == (data[info.payload_start : info.payload_end])
     )
     assert out_info.payload_type == info.payload_type + 1
     assert (out_info.marker, out_info.ssrc) == (info.marker, 7)

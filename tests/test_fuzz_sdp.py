@@ -79,19 +79,28 @@ def mutation(draw: st.DrawFn, lines: list[str]) -> list[str]:
     elif how == "insert":
         name, value = draw(ATTRIBUTES), draw(st.one_of(JUNK, NUMBERS))
         lines.insert(n, f"a={name}:{value}" if draw(st.booleans()) else f"a={name}")
-    elif how == "section":
-        _, sections = split_sdp("\r\n".join(lines))
-        if sections:
-            lines.extend(draw(st.sampled_from(sections)))
-    elif how == "kind" and line.startswith("m="):
-        lines[n] = "m=" + draw(st.sampled_from(["audio", "video", "application", "text", ""]))
-        lines[n] += line.partition(" ")[1] + line.partition(" ")[2]
+    elif how in ("section", "kind"):
+        lines = draw(section_mutation(lines, how, n))
     elif how == "truncate":
         cut = draw(st.integers(0, len(line)))
         lines[n : len(lines)] = [line[:cut]]
     elif how == "chars":
         at = draw(st.integers(0, len(line)))
         lines[n] = line[:at] + draw(JUNK) + line[at:]
+    return lines
+
+
+@st.composite
+def section_mutation(draw: st.DrawFn, lines: list[str], how: str, n: int) -> list[str]:
+    """A whole m= section repeated at the end, or an m= line's kind changed."""
+    if how == "section":
+        _, sections = split_sdp("\r\n".join(lines))
+        if sections:
+            lines.extend(draw(st.sampled_from(sections)))
+    elif lines and lines[n].startswith("m="):
+        _, space, rest = lines[n].partition(" ")
+        kind = draw(st.sampled_from(["audio", "video", "application", "text", ""]))
+        lines[n] = f"m={kind}{space}{rest}"
     return lines
 
 

@@ -175,7 +175,9 @@ def frames(draw: st.DrawFn) -> dict[str, Any] | str:
 
 
 SLOTS = st.integers(0, len(IDENTITIES) - 1)
-JOINS = st.builds(dict, fields_of("join"), type=st.just("join"), req=st.integers(0, 9))
+JOINS: st.SearchStrategy[dict[str, Any]] = st.builds(
+    dict, fields_of("join"), type=st.just("join"), req=st.integers(0, 9)
+)
 RESUME = {"type": "resume", "resume_token": "$resume", "req": 1}
 STEPS = st.lists(
     st.one_of(
@@ -290,10 +292,9 @@ class Run:
         req = frame.get("req") if isinstance(frame, dict) else None
         readable = type(req) is int and 0 <= req < MAX_REQ
         replies = [f for f in sent if "req" in f]
+        kind = str(frame.get("type"))[:12] if isinstance(frame, dict) else "raw"
         for f in sent:
-            event(
-                f"{frame.get('type') if isinstance(frame, dict) else 'raw'!s:.12} -> {f['type']} {f.get('code', '')}"
-            )
+            event(f"{kind} -> {f['type']} {f.get('code', '')}")
         if not readable:
             assert replies == [], (frame, sent)
             return

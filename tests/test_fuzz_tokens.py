@@ -42,6 +42,7 @@ VERIFIER = TokenVerifier(
     keys(),
     roles={"speaker": {"canPublish": True}, "viewer": {"canPublish": False, "hidden": True}},
 )
+ALGORITHMS: dict[str, tuple[str, str | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey]]
 ALGORITHMS = {"hs": ("HS256", SECRET), "ec": ("ES256", EC_KEY), "ed": ("EdDSA", ED_KEY)}
 
 JSON = st.recursive(
