@@ -54,6 +54,7 @@ ATTRIBUTES = st.sampled_from(
 @st.composite
 def mutation(draw: st.DrawFn, lines: list[str]) -> list[str]:
     """One edit of an offer's lines, of the kinds a careless or hostile client makes."""
+    lines = lines or [""]
     n = draw(st.integers(0, max(0, len(lines) - 1)))
     how = draw(
         st.sampled_from(
@@ -61,12 +62,12 @@ def mutation(draw: st.DrawFn, lines: list[str]) -> list[str]:
              "truncate", "chars"]
         )
     )  # fmt: skip
-    line = lines[n] if lines else ""
-    if how == "delete" and lines:
+    line = lines[n]
+    if how == "delete":
         del lines[n]
     elif how == "duplicate":
         lines.insert(n, line)
-    elif how == "swap" and lines:
+    elif how == "swap":
         m = draw(st.integers(0, len(lines) - 1))
         lines[n], lines[m] = lines[m], lines[n]
     elif how == "number":
@@ -97,7 +98,7 @@ def section_mutation(draw: st.DrawFn, lines: list[str], how: str, n: int) -> lis
         _, sections = split_sdp("\r\n".join(lines))
         if sections:
             lines.extend(draw(st.sampled_from(sections)))
-    elif lines and lines[n].startswith("m="):
+    elif lines[n].startswith("m="):
         _, space, rest = lines[n].partition(" ")
         kind = draw(st.sampled_from(["audio", "video", "application", "text", ""]))
         lines[n] = f"m={kind}{space}{rest}"

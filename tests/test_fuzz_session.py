@@ -27,11 +27,12 @@ from hypothesis import strategies as st
 
 from signaling import codec
 from signaling.codec import MessageError
-from signaling.messages import MAX_REQ
+from signaling.messages import MAX_REQ, Answer
 from signaling.session import Session
 from signaling.state import ServerState
+from tests.conftest import eventually
 from tests.fuzzing import fuzz
-from tests.signaling_helpers import NOW, WALL, Wire, close_all, make_state, token
+from tests.signaling_helpers import NOW, WALL, Wire, close_all, join, make_state, token
 
 IDENTITIES = ("alice", "bob", "carol")
 LEEWAY = 60.0  # [auth] leeway's default
@@ -278,6 +279,7 @@ class Run:
                 client.started = True
                 outcome = session.start(message, self.now, self.wall)
                 assert outcome.accepted == (not session.ending)
+        await run_ready_callbacks()  # what the frame set off in the background runs now
         self.check_replies(client, frame, client.wire.frames[sent_before:], session.ending)
         if session.ending or not client.started:
             await self.drop(client)
@@ -378,6 +380,15 @@ ERROR_CODES = {
 }  # fmt: skip
 
 
+async def run_ready_callbacks(rounds: int = 10) -> None:
+    """Let the loop run what is ready (tasks a frame woke) for a few iterations; no time passes."""
+    loop = asyncio.get_running_loop()
+    for _ in range(rounds):
+        turn = loop.create_future()
+        loop.call_soon(turn.set_result, None)
+        await turn
+
+
 class Failures(logging.Handler):
     """Every background task failure and unretrieved task exception: none is allowed."""
 
@@ -428,6 +439,26 @@ async def play_steps(steps: list[tuple[Any, ...]]) -> None:
         finally:
             await close_all(state)
         assert state.rooms.rooms == {}
+
+
+async def test_a_junk_subscriber_answer_gets_the_offer_again(tmp_path: Path) -> None:
+    """Found by the fuzz above: aiortc refused a junk answer inside the subscriber's negotiation
+    task, the exception escaped that task, and the subscriber connection stayed waiting on an
+    offer nobody would answer again (no later track could ever be sent to that participant)."""
+    state = make_state(tmp_path)
+    failures = Failures()
+    logging.getLogger("keyroom.tasks").addHandler(failures)
+    try:
+        alice, wire, outcome = join(state, "alice")
+        assert outcome.accepted
+        await wire.next_of_type("offer")
+        await alice.handle(Answer(target="subscriber", sdp="v=0\r\njunk", req=2), NOW, WALL)
+        assert wire.frames[-1] == {"type": "ok", "req": 2}
+        await eventually(lambda: len(wire.of_type("offer")) == 2, what="a second offer")
+        assert failures.seen == []
+    finally:
+        logging.getLogger("keyroom.tasks").removeHandler(failures)
+        await close_all(state)
 
 
 @fuzz(200)
