@@ -8,8 +8,10 @@ reply carrying it (unless that frame ended the session); a session's deadlines n
 its token's expiry and are gone once it ends; and once every connection is gone and the parking
 window has passed, no participant, parked session or session handle is left.
 
-Offers carry junk or hand-made SDP that passes or fails `describe_offer`; a real publisher
-negotiation (ICE, DTLS) is out of scope here: tests/test_publisher_offers.py covers it.
+Offers carry junk, hand-made SDP, or real aiortc offers (whole or mutated) without their
+candidates: the server answers them, but no ICE check or DTLS handshake ever starts (a connected
+publisher is tests/test_publisher_offers.py's). Subscriber answers are junk: a valid one needs a
+real client peer connection.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from signaling.state import ServerState
 from tests.conftest import eventually
 from tests.fuzzing import fuzz
 from tests.signaling_helpers import NOW, WALL, Wire, close_all, join, make_state, token
+from tests.test_fuzz_sdp import mutated_offers, real_offer_lines
 
 IDENTITIES = ("alice", "bob", "carol")
 LEEWAY = 60.0  # [auth] leeway's default
@@ -49,7 +52,8 @@ REQS = st.one_of(st.none(), st.integers(0, 50), st.integers(0, 50), st.just(MAX_
 BAD_REQS = st.sampled_from([-1, MAX_REQ, True, 1.5, "1", [1]])
 
 # SDP a client may send: junk, text that starts right, hand-made offers that pass or nearly pass
-# the offer check (they still lack what aiortc needs to connect, so no ICE ever starts).
+# the offer check, real aiortc offers whole or mutated; none names a candidate, so no ICE check
+# ever starts.
 SESSION_LINES = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
 TRANSPORT = "a=ice-ufrag:u\r\na=ice-pwd:" + "p" * 22 + "\r\na=setup:actpass\r\na=rtcp-mux\r\n"
 FINGERPRINT = "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\n"
@@ -64,6 +68,11 @@ def hand_offer(mids: list[str], kind: str = "video", extra: str = "") -> str:
     return text
 
 
+def without_candidates(sdp: str) -> str:
+    """A real offer whose ICE never starts checks: it names no address to check."""
+    return "".join(line for line in sdp.splitlines(True) if not line.startswith("a=candidate"))
+
+
 SDPS = st.one_of(
     st.text(max_size=40),
     st.text(max_size=40).map(lambda t: "v=0\r\n" + t),
@@ -72,6 +81,8 @@ SDPS = st.one_of(
     st.just(hand_offer(["0"]).replace("a=setup:actpass\r\n", "")),
     st.just(hand_offer(["0"], extra="a=ssrc-group:FID 1 2\r\n")),
     st.just(hand_offer(["0"]).replace("a=sendonly", "a=inactive")),
+    st.builds(lambda: "\r\n".join(real_offer_lines()) + "\r\n").map(without_candidates),
+    mutated_offers().map(without_candidates),
 )
 CANDIDATES = st.one_of(
     st.dictionaries(st.sampled_from(["candidate", "sdpMid", "sdpMLineIndex"]), JSON, max_size=3),
@@ -180,15 +191,15 @@ JOINS: st.SearchStrategy[dict[str, Any]] = st.builds(
     dict, fields_of("join"), type=st.just("join"), req=st.integers(0, 9)
 )
 RESUME = {"type": "resume", "resume_token": "$resume", "req": 1}
+# A frame from a client (joining it first when it has no connection, if the last item says so),
+# after a time step.
+ANY_FRAME = st.tuples(st.just("frame"), SLOTS, frames(), st.floats(0, 5), st.booleans())
 STEPS = st.lists(
     st.one_of(
-        st.tuples(st.just("frame"), SLOTS, frames(), st.floats(0, 5), st.booleans()),
-        st.tuples(st.just("frame"), SLOTS, frames(), st.floats(0, 5), st.booleans()),
-        st.tuples(st.just("frame"), SLOTS, frames(), st.floats(0, 5), st.booleans()),
-        st.tuples(st.just("frame"), SLOTS, frames(), st.floats(0, 5), st.booleans()),
-        st.tuples(st.just("frame"), SLOTS, frames(), st.floats(0, 5), st.booleans()),
+        *[ANY_FRAME] * 5,  # most steps are frames
         st.tuples(st.just("frame"), SLOTS, JOINS, st.just(0.0), st.just(False)),
         st.tuples(st.just("frame"), SLOTS, st.just(RESUME), st.just(0.0), st.just(False)),
+        st.tuples(st.just("publish"), SLOTS, SDPS),
         st.tuples(st.just("timer"), st.sampled_from([1.0, 30.0, 300.0, 700.0, 4000.0])),
         st.tuples(st.just("drop"), SLOTS),
     ),
@@ -315,7 +326,7 @@ class Run:
         if session.ending or session.claims is None:
             assert deadline is None or session.claims is not None
             return
-        expiry = NOW + (session.claims.exp + LEEWAY - WALL)
+        expiry = expiry_of(session)
         assert deadline is not None and deadline <= max(expiry, self.now), (deadline, expiry)
 
     def learn(self, client: Client) -> None:
@@ -327,6 +338,15 @@ class Run:
                 sid = published["track"]["sid"]
                 if sid not in self.tracks:
                     self.tracks.append(sid)
+
+    async def publish(self, client: Client, sdp: str) -> None:
+        """A joined client adds a video track and offers `sdp` (the hand-made offers name it)."""
+        if client.session is None:
+            await self.frame(client, {"type": "join", "token": "$token:valid"})
+        track = {"type": "add_track", "req": 2, "cid": "cid0", "kind": "video", "source": "camera"}
+        await self.frame(client, track)
+        if client.session is not None:
+            await self.frame(client, {"type": "offer", "req": 3, "target": "publisher", "sdp": sdp})
 
     async def timer(self, step: float) -> None:
         self.now += step
@@ -340,7 +360,7 @@ class Run:
                 after = session.next_deadline()
                 assert after is None or after > self.now
             claims = session.claims
-            if claims is not None and self.now >= NOW + (claims.exp + LEEWAY - WALL):
+            if claims is not None and self.now >= expiry_of(session):
                 assert session.ending, "a session outlived its token's expiry"
             if session.ending:
                 assert session.next_deadline() is None
@@ -389,15 +409,24 @@ async def run_ready_callbacks(rounds: int = 10) -> None:
         await turn
 
 
+def expiry_of(session: Session) -> float:
+    """When the session's token expires (plus the leeway) on the loop clock, give or take the
+    float rounding of converting it from the wall clock at another instant."""
+    assert session.claims is not None
+    return NOW + (session.claims.exp + LEEWAY - WALL) + 1e-6
+
+
 class Failures(logging.Handler):
-    """Every background task failure and unretrieved task exception: none is allowed."""
+    """Every background task failure, logged error (a failed timer or listener) and unretrieved
+    task exception: none is allowed (attached to the `keyroom` logger)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.seen: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append(record.getMessage())
+        if record.levelno >= logging.ERROR or record.name == "keyroom.tasks":
+            self.seen.append(f"{record.name}: {record.getMessage()}")
 
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         self.seen.append(str(context.get("exception") or context.get("message")))
@@ -406,11 +435,11 @@ class Failures(logging.Handler):
 async def play(steps: list[tuple[Any, ...]]) -> None:
     failures = Failures()
     asyncio.get_running_loop().set_exception_handler(failures.loop_exception)
-    logging.getLogger("keyroom.tasks").addHandler(failures)
+    logging.getLogger("keyroom").addHandler(failures)
     try:
         await play_steps(steps)
     finally:
-        logging.getLogger("keyroom.tasks").removeHandler(failures)
+        logging.getLogger("keyroom").removeHandler(failures)
     assert failures.seen == []
 
 
@@ -431,6 +460,9 @@ async def play_steps(steps: list[tuple[Any, ...]]) -> None:
                     if join_first and client.session is None:
                         await run.frame(client, {"type": "join", "token": "$token:valid"})
                     await run.frame(client, frame)
+                elif step[0] == "publish":  # add_track, then an offer (req 2, 3)
+                    _, slot, sdp = step
+                    await run.publish(run.clients[slot], sdp)
                 elif step[0] == "timer":
                     await run.timer(step[1])
                 else:
@@ -447,7 +479,7 @@ async def test_a_junk_subscriber_answer_gets_the_offer_again(tmp_path: Path) -> 
     offer nobody would answer again (no later track could ever be sent to that participant)."""
     state = make_state(tmp_path)
     failures = Failures()
-    logging.getLogger("keyroom.tasks").addHandler(failures)
+    logging.getLogger("keyroom").addHandler(failures)
     try:
         alice, wire, outcome = join(state, "alice")
         assert outcome.accepted
@@ -457,7 +489,7 @@ async def test_a_junk_subscriber_answer_gets_the_offer_again(tmp_path: Path) -> 
         await eventually(lambda: len(wire.of_type("offer")) == 2, what="a second offer")
         assert failures.seen == []
     finally:
-        logging.getLogger("keyroom.tasks").removeHandler(failures)
+        logging.getLogger("keyroom").removeHandler(failures)
         await close_all(state)
 
 
