@@ -12,6 +12,7 @@ import asyncio
 import functools
 import re
 
+import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -145,6 +146,18 @@ def check_client_reader(text: str) -> None:
 def test_the_real_offer_passes() -> None:
     sections = describe_offer("\r\n".join(real_offer_lines()) + "\r\n")
     assert [s.kind for s in sections] == ["audio", "video", "application"]
+
+
+def test_a_bundle_group_naming_a_missing_section_is_refused() -> None:
+    """Found by tests/test_fuzz_session.py: with its first m= line deleted, a real offer's
+    `a=group:BUNDLE 0 1 2` names a mid no section has; aiortc bundled the others onto no transport
+    and its connect task failed with AttributeError, leaving the publisher connection unusable."""
+    lines = list(real_offer_lines())
+    del lines[next(n for n, line in enumerate(lines) if line.startswith("m=audio"))]
+    text = "\r\n".join(lines) + "\r\n"
+    assert "a=group:BUNDLE 0 1 2" in text
+    with pytest.raises(BadSdp, match="a=group:BUNDLE names mid '0', which no media section has"):
+        describe_offer(text)
 
 
 @fuzz(300)
