@@ -189,7 +189,17 @@ def describe_offer(text: str) -> list[MediaSection]:
     # Both split at the same m= lines, so the lists pair up.
     for info, media in zip(infos, description.media, strict=True):
         _check_section(info, media, mids)
+    _check_bundle(description, mids)
     return [_offered(info) for info in infos]
+
+
+def _check_bundle(description: sdp.SessionDescription, mids: set[str]) -> None:
+    # aiortc bundles every section onto the transport of the group's first mid: a mid that names
+    # no section leaves them on no transport, and its connect task fails.
+    for group in description.group:
+        missing = [str(mid) for mid in group.items if str(mid) not in mids]
+        if group.semantic == "BUNDLE" and missing:
+            raise BadSdp(f"a=group:BUNDLE names mid {missing[0]!r}, which no media section has")
 
 
 def _check_section(info: MediaSectionInfo, media: sdp.MediaDescription, mids: set[str]) -> None:

@@ -152,7 +152,12 @@ class Subscribing:
                 return
             finally:
                 self._answer = None
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+            except Exception as exc:  # aiortc refuses a client's bad answer in assorted ways
+                # The offer is still unanswered: offer again, or every later change would stall.
+                log.info("participant %s: subscriber answer refused: %s", self.sid, exc)
+                continue
             self._configure_down_tracks()
             self._sections_freed()
             if not self._renegotiate:
