@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loadtest(commands)
     _add_bench(commands)
     _add_audit(commands)
+    from loadtest.cli import add_soak_command
+
+    add_soak_command(commands)
     return parser
 
 
