@@ -228,7 +228,7 @@ async def _reply(ws: aiohttp.ClientWebSocketResponse, req: int) -> dict[str, Any
     while True:
         message = await ws.receive(timeout=STEP_TIMEOUT)
         if message.type != aiohttp.WSMsgType.TEXT:
-            raise SessionClosed(ws.close_code)
+            raise SessionClosed(ws.close_code, None)
         frame: dict[str, Any] = json.loads(message.data)
         if frame.get("req") == req:
             if frame.get("type") == "error":
@@ -320,7 +320,7 @@ async def _sample(
     ):
         previous = runtime
         await asyncio.sleep(0.5)
-        runtime = await asyncio.to_thread(target.runtime) or {}
+        runtime = await _runtime(target)
     pid = target.pid
     assert pid is not None
     return SoakSample(
@@ -335,6 +335,11 @@ async def _sample(
         frames=sum(call.frames for call in calls),
         task_kinds=dict(runtime.get("task_kinds", {})),
     )
+
+
+async def _runtime(target: Target) -> dict[str, Any]:
+    # In a thread: the request must not stall the clients' loop.
+    return await asyncio.to_thread(target.runtime) or {}
 
 
 def _sample_line(s: SoakSample) -> str:
