@@ -38,6 +38,7 @@ NACK_BURST_INTERVAL = 0.05
 METADATA_BYTES = 4000  # under [limits] max_metadata_bytes (4096)
 OVERSIZED_DATA_BYTES = 70_000  # over [limits] max_data_message_bytes (65536)
 SECTIONS_PER_OFFER = 8
+STUCK_SOCKETS = 20
 
 
 class Token(Protocol):
@@ -80,19 +81,16 @@ async def _joined(arena: Arena, identity: str, **options: Any) -> AsyncIterator[
 
 
 class _RtpTap:
-    """The abuser's subscriber transport, taken over: counts what arrives, remembers the last
-    video packet's SSRC and sequence number (the NACK needs them)."""
+    """The abuser's subscriber transport, taken over: remembers the last video packet's SSRC and
+    sequence number (the NACK needs them). Retransmissions never show here (SRTP replay
+    protection drops a resent packet): the server's own counter tells how many it resent."""
 
     def __init__(self) -> None:
-        self.packets = 0
-        self.bytes = 0
         self.ssrc = 0
         self.seq = 0
         self.seen = asyncio.Event()
 
     async def on_rtp(self, data: bytes, arrival_time_ms: int = 0) -> None:
-        self.packets += 1
-        self.bytes += len(data)
         info = parse_rtp(data)
         if not self.ssrc:
             self.ssrc = info.ssrc
@@ -105,12 +103,8 @@ class _RtpTap:
 
 
 async def nack_flood(arena: Arena, seconds: float) -> Counter[str]:
-    """A subscriber NACKs the last 4,930 packets of a video track, 200 NACKs a second.
-
-    Reports `media_bytes` (received in a quiet second before the flood, per second) and
-    `flood_bytes` (received per second during the flood): retransmissions are the difference."""
+    """A subscriber NACKs the last 4,930 packets of a video track, 200 NACKs a second."""
     done: Counter[str] = Counter()
-    loop = asyncio.get_running_loop()
     async with (
         _joined(arena, "nack-pub") as publisher,
         _joined(arena, "nack-sub") as abuser,
@@ -125,11 +119,7 @@ async def nack_flood(arena: Arena, seconds: float) -> Counter[str]:
         internals.hook_transport(dtls, tap.on_rtp, tap.on_rtcp)
         sink = internals.RtpSink(dtls)
         await asyncio.wait_for(tap.seen.wait(), STEP_TIMEOUT)
-        quiet_start, quiet_bytes = loop.time(), tap.bytes
-        await asyncio.sleep(1.0)
-        done["media_bytes"] = round((tap.bytes - quiet_bytes) / (loop.time() - quiet_start))
         until = arena.begin(seconds)
-        flood_start, flood_bytes = loop.time(), tap.bytes
         while _time_left(until, done["rounds"]):
             lost = [(tap.seq - NACK_SPAN + n) & 0xFFFF for n in range(NACK_SPAN)]
             nack = build_nack(1, tap.ssrc, lost)
@@ -137,7 +127,6 @@ async def nack_flood(arena: Arena, seconds: float) -> Counter[str]:
                 done["nacks"] += sink.send(nack)
             done["rounds"] += 1
             await asyncio.sleep(NACK_BURST_INTERVAL)
-        done["flood_bytes"] = round((tap.bytes - flood_bytes) / (loop.time() - flood_start))
     return done
 
 
@@ -154,8 +143,8 @@ async def _connected(pc: RTCPeerConnection) -> None:
 
 
 async def stop_reading(arena: Arena, seconds: float) -> Counter[str]:
-    """A socket joins and never reads again while a talker makes events for everybody; once the
-    server ends it (too_slow), the next one does the same."""
+    """`STUCK_SOCKETS` sockets join and never read again while a talker makes events for
+    everybody; once the server has ended them all (too_slow), the next ones do the same."""
     done: Counter[str] = Counter()
     talker_grants = {"canUpdateOwnMetadata": True}
     async with (
@@ -166,18 +155,27 @@ async def stop_reading(arena: Arena, seconds: float) -> Counter[str]:
         talker.on("participant_left", lambda e: gone.add(str(e.get("identity"))))
         until = arena.begin(seconds)
         while _time_left(until, done["rounds"]):
-            identity = f"stuck-{done['rounds']}"
-            stuck = await http.ws_connect(arena.url, max_msg_size=0)
-            await stuck.send_json({"type": "join", "token": arena.token(identity)})
-            await talker.next_event("participant_joined", STEP_TIMEOUT, _identity_is(identity))
-            while identity not in gone and _time_left(until, done["updates"]):
+            stuck = [f"stuck-{done['rounds']}-{n}" for n in range(STUCK_SOCKETS)]
+            sockets = [await _join_raw(http, arena, identity) for identity in stuck]
+            for identity in stuck:
+                await talker.next_event("participant_joined", STEP_TIMEOUT, _identity_is(identity))
+            while not gone.issuperset(stuck) and _time_left(until, done["updates"]):
                 metadata = f"{done['updates']:06d}" + "m" * (METADATA_BYTES - 6)
                 await talker.request({"type": "update_metadata", "metadata": metadata})
                 done["updates"] += 1
-            done["ended"] += identity in gone
+            done["ended"] += len(gone.intersection(stuck))
             done["rounds"] += 1
-            await stuck.close()
+            for ws in sockets:
+                await ws.close()
     return done
+
+
+async def _join_raw(
+    http: aiohttp.ClientSession, arena: Arena, identity: str
+) -> aiohttp.ClientWebSocketResponse:
+    ws = await http.ws_connect(arena.url, max_msg_size=0)
+    await ws.send_json({"type": "join", "token": arena.token(identity)})
+    return ws
 
 
 def _identity_is(identity: str) -> Callable[[dict[str, Any]], bool]:
