@@ -312,11 +312,11 @@ async def _sample(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + QUIET_TIMEOUT
     runtime: dict[str, Any] = {}
-    previous: dict[str, Any] = {"tasks": -1}
-    # Quiet: only the steady calls left and the task count settled (closing connections finish
-    # their own tasks a moment after the participant is gone).
+    previous: dict[str, Any] = {}
+    # Quiet: only the steady calls left and the counts settled (a closed connection's sockets
+    # and tasks go a moment after its participant).
     while loop.time() < deadline and not (
-        runtime.get("participants") == steady and runtime.get("tasks") == previous.get("tasks")
+        runtime.get("participants") == steady and _settled(previous) == _settled(runtime)
     ):
         previous = runtime
         await asyncio.sleep(0.5)
@@ -335,6 +335,10 @@ async def _sample(
         frames=sum(call.frames for call in calls),
         task_kinds=dict(runtime.get("task_kinds", {})),
     )
+
+
+def _settled(runtime: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(runtime.get(k) for k in ("tasks", "udp_sockets", "open_fds", "peer_connections"))
 
 
 async def _runtime(target: Target) -> dict[str, Any]:
