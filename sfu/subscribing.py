@@ -64,6 +64,7 @@ class Subscribing:
         self._removed: list[DownTrack] = []
         self._transceivers: dict[DownTrack, RTCRtpTransceiver] = {}
         self._negotiation: asyncio.Task[None] | None = None
+        self.gathering: asyncio.Future[None] | None = None  # the offer's ICE gathering
         self._renegotiate = False
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
@@ -116,7 +117,10 @@ class Subscribing:
                     }
                 )
             offer = await pc.createOffer()
-            await pc.setLocalDescription(offer)
+            # Shielded and kept: cancelled mid-gathering, aioice leaks the UDP socket it is
+            # binding; `Participant.close` waits for it before closing the connection.
+            self.gathering = asyncio.ensure_future(pc.setLocalDescription(offer))
+            await asyncio.shield(self.gathering)
             self._hook()
             self._answer = asyncio.get_running_loop().create_future()
             self._notify({"type": "offer", "target": "subscriber", "sdp": self._offer_sdp()})

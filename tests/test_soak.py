@@ -4,9 +4,11 @@ open fds and tasks stay flat after warm-up and the steady calls are never discon
 
 from __future__ import annotations
 
+import aiohttp
+
 from loadtest.soak import SoakPlan, run_soak
 from loadtest.target import Target
-from tests.conftest import KEY_ID, SECRET, ServerProcess
+from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually
 
 
 async def test_churn_with_media_leaves_the_server_flat(server: ServerProcess) -> None:
@@ -21,3 +23,23 @@ async def test_churn_with_media_leaves_the_server_flat(server: ServerProcess) ->
     # with 3 publishes, 1 unpublish, 4 joins, 3 leaves, 1 dropped connection and 1 resume.
     assert result.cycles >= 10, report
     print(report)
+
+
+async def test_sessions_ended_while_their_first_offer_gathers_leave_no_socket(
+    server: ServerProcess,
+) -> None:
+    """What the soak found: a participant closed while the server's first subscriber offer is
+    still gathering (a join dropped or taken over at once) leaked the UDP socket being bound."""
+    before = server.runtime()["udp_sockets"]
+    async with aiohttp.ClientSession() as http:
+        for n in range(60):
+            async with http.ws_connect(server.ws_url) as ws:
+                await ws.send_json({"type": "join", "req": 1, "token": server.token(f"brief-{n}")})
+                await ws.receive_json(timeout=10)  # joined: the offer is being made now
+                await ws.send_json({"type": "leave", "req": 2})
+                await ws.receive_json(timeout=10)
+    await eventually(
+        lambda: server.runtime()["participants"] == 0 and server.runtime()["udp_sockets"] <= before,
+        timeout=10,
+        what=lambda: f"sockets {before} -> {server.runtime()['udp_sockets']}",
+    )
