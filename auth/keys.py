@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, EllipticCurvePublicKey
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.asymmetric.ec import (
+    SECP256R1,
+    EllipticCurvePrivateKey,
+    EllipticCurvePublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
 HS256 = "HS256"
 ES256 = "ES256"
@@ -23,6 +27,7 @@ MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 MAX_KEY_ID_CHARS = 128
 
 KeyMaterial = bytes | EllipticCurvePublicKey | Ed25519PublicKey
+PrivateKey = EllipticCurvePrivateKey | Ed25519PrivateKey
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,8 @@ def _check_key_id(key_id: object) -> str:
 
 
 class KeyTable:
-    """Key id -> Key. Built once at startup; lookups are by the token's `kid` (or `iss`)."""
+    """Key id -> Key; lookups are by the token's `kid` (or `iss`). Never changed once built:
+    a reload (SIGHUP) builds a new table and swaps it in whole."""
 
     def __init__(self) -> None:
         self._keys: dict[str, Key] = {}
@@ -52,6 +58,16 @@ class KeyTable:
         table = cls()
         for key_id, secret in secrets.items():
             table.add_secret(key_id, secret, allow_short=allow_short)
+        return table
+
+    @classmethod
+    def from_config(
+        cls, secrets: Mapping[str, str], public_keys: Mapping[str, str | bytes]
+    ) -> KeyTable:
+        """HS256 secrets and PEM public keys by key id (the `[auth]` section); one table."""
+        table = cls.from_secrets(secrets)
+        for key_id, pem in public_keys.items():
+            table.add_public_key(key_id, pem)
         return table
 
     def add_secret(self, key_id: str, secret: str | bytes, *, allow_short: bool = False) -> None:
@@ -106,3 +122,26 @@ class KeyTable:
     def __repr__(self) -> str:
         keys = ", ".join(f"{k.key_id!r}: {k.algorithm}" for k in self._keys.values())
         return f"KeyTable({{{keys}}})"
+
+
+def load_private_key(pem: bytes) -> PrivateKey:
+    """An unencrypted PEM private key that `private_key_algorithm` accepts."""
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        # `from None`: the parser's message or chained traceback could quote the input.
+        raise ValueError("not an unencrypted PEM private key") from None
+    if not isinstance(key, EllipticCurvePrivateKey | Ed25519PrivateKey):
+        raise ValueError("only EC P-256 and Ed25519 private keys are supported")
+    private_key_algorithm(key)
+    return key
+
+
+def private_key_algorithm(key: PrivateKey) -> str:
+    """The one algorithm `key` signs with: ES256 for EC P-256, EdDSA for Ed25519 (the rule of
+    `add_public_key`, so the server verifies what this signs)."""
+    if isinstance(key, Ed25519PrivateKey):
+        return EDDSA
+    if not isinstance(key.curve, SECP256R1):
+        raise ValueError("EC keys must use curve P-256 (ES256)")
+    return ES256

@@ -6,7 +6,9 @@ Each function is pure and returns a Decision whose reason is precise enough for 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from auth.grants import SOURCE_KIND, VideoGrant, check_sources
 
@@ -125,3 +127,28 @@ def updated_grant(grant: VideoGrant, permissions: object) -> VideoGrant:
         else:
             raise ValueError(f"permissions.{name} cannot be changed live")
     return replace(grant, **changes)  # type: ignore[arg-type]
+
+
+def live_permissions(grant: VideoGrant) -> dict[str, Any]:
+    """What an admin's live change left `grant` allowed, as stored for a later rejoin."""
+    kept: dict[str, Any] = {name: getattr(grant, f) for name, f in LIVE_PERMISSIONS.items()}
+    sources = grant.can_publish_sources
+    kept["canPublishSources"] = None if sources is None else list(sources)
+    return kept
+
+
+def narrowed_grant(grant: VideoGrant, permissions: Mapping[str, Any]) -> VideoGrant:
+    """A token's `grant` under an admin's earlier live change (`live_permissions`): a right stays
+    only if both allow it, sources are intersected. Never widened: an admin's live upgrade
+    lasts for its session only, a downgrade for the token's lifetime."""
+    changes: dict[str, Any] = {
+        f: getattr(grant, f) and permissions.get(name, True) is True
+        for name, f in LIVE_PERMISSIONS.items()
+    }
+    sources = permissions.get("canPublishSources")
+    if isinstance(sources, list):
+        allowed = grant.can_publish_sources
+        changes["can_publish_sources"] = tuple(
+            s for s in sources if allowed is None or s in allowed
+        )
+    return replace(grant, **changes)

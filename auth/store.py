@@ -1,4 +1,5 @@
-"""Revocations and spent single-use token ids, persisted across restarts (SQLite, embedded).
+"""Revocations, spent single-use token ids and the admins' decisions about an identity (live
+permission downgrades, mutes), persisted across restarts (SQLite, embedded).
 
 Every call is synchronous and short: on the event loop a check-and-insert cannot interleave with
 another join, which is what makes single-use tokens race-safe under concurrent joins.
@@ -6,8 +7,11 @@ another join, which is what makes single-use tokens race-safe under concurrent j
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 class AuthStore:
@@ -23,6 +27,14 @@ class AuthStore:
                 PRIMARY KEY (room, identity));
             CREATE TABLE IF NOT EXISTS used_jtis (
                 jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS narrowed_grants (
+                room TEXT NOT NULL, identity TEXT NOT NULL,
+                decided_at REAL NOT NULL, expires_at REAL NOT NULL, permissions TEXT NOT NULL,
+                PRIMARY KEY (room, identity));
+            CREATE TABLE IF NOT EXISTS admin_mutes (
+                room TEXT NOT NULL, identity TEXT NOT NULL, source TEXT NOT NULL,
+                decided_at REAL NOT NULL, expires_at REAL NOT NULL,
+                PRIMARY KEY (room, identity, source));
             """
         )
 
@@ -57,6 +69,69 @@ class AuthStore:
         except sqlite3.IntegrityError:
             return False
         return True
+
+    # -- decisions: an admin's live changes stick for the tokens issued before them -----------
+    # Kept `keep_for` seconds (the longest a token can live), like revocations. A token issued
+    # after a decision is the application's new decision: admitting it forgets the older ones.
+
+    def narrow(
+        self, room: str, identity: str, permissions: Mapping[str, Any], *, now: float,
+        keep_for: float,
+    ) -> None:  # fmt: skip
+        """Remember the live permissions an admin left `identity` with (auth.policy)."""
+        self._db.execute("DELETE FROM narrowed_grants WHERE expires_at <= ?", (now,))
+        self._db.execute(
+            "INSERT INTO narrowed_grants VALUES (?, ?, ?, ?, ?) ON CONFLICT (room, identity)"
+            " DO UPDATE SET decided_at = excluded.decided_at, expires_at = excluded.expires_at,"
+            " permissions = excluded.permissions",
+            (room, identity, now, now + keep_for, json.dumps(dict(permissions))),
+        )
+
+    def narrowing(self, room: str, identity: str) -> dict[str, Any] | None:
+        """The live permissions an admin left `identity` with, if a decision is in force."""
+        row = self._db.execute(
+            "SELECT permissions FROM narrowed_grants WHERE room = ? AND identity = ?",
+            (room, identity),
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def admin_mute(
+        self, room: str, identity: str, source: str, muted: bool, *, now: float, keep_for: float
+    ) -> None:
+        """An admin muted (or unmuted) `identity`'s track of `source`."""
+        self._db.execute("DELETE FROM admin_mutes WHERE expires_at <= ?", (now,))
+        if not muted:
+            self._db.execute(
+                "DELETE FROM admin_mutes WHERE room = ? AND identity = ? AND source = ?",
+                (room, identity, source),
+            )
+            return
+        self._db.execute(
+            "INSERT INTO admin_mutes VALUES (?, ?, ?, ?, ?) ON CONFLICT (room, identity, source)"
+            " DO UPDATE SET decided_at = excluded.decided_at, expires_at = excluded.expires_at",
+            (room, identity, source, now, now + keep_for),
+        )
+
+    def admin_muted(self, room: str, identity: str, source: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM admin_mutes WHERE room = ? AND identity = ? AND source = ?",
+            (room, identity, source),
+        ).fetchone()
+        return row is not None
+
+    def forget_decisions(
+        self, room: str, identity: str, issued_at: float | None, now: float
+    ) -> None:
+        """A token of `identity` issued at `issued_at` is admitted: decisions taken before it
+        was issued are superseded by it, and expired ones are gone. A token without iat/nbf
+        cannot prove it is newer than any decision."""
+        newer = -1.0 if issued_at is None else issued_at
+        for table in ("narrowed_grants", "admin_mutes"):
+            self._db.execute(
+                f"DELETE FROM {table} WHERE room = ? AND identity = ?"  # noqa: S608
+                " AND (decided_at < ? OR expires_at <= ?)",
+                (room, identity, newer, now),
+            )
 
     def close(self) -> None:
         self._db.close()

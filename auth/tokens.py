@@ -26,7 +26,7 @@ from auth.grants import (
     check_room_name,
     check_sources,
 )
-from auth.keys import HS256, KeyTable
+from auth.keys import HS256, KeyTable, PrivateKey, private_key_algorithm
 
 MAX_LEEWAY = 60.0
 MAX_IDENTITY_CHARS = 128
@@ -289,7 +289,7 @@ class TokenVerifier:
 def mint_token(
     *,
     key_id: str,
-    secret: str,
+    secret: str | PrivateKey,
     identity: str | None,
     room: str | None,
     ttl: float,
@@ -300,7 +300,8 @@ def mint_token(
     grants: dict[str, Any] | None = None,
     jti: str | None = None,
 ) -> str:
-    """Mint an HS256 token (header kid and claim iss = key_id) valid from `now` for `ttl` s.
+    """Mint a token (header kid and claim iss = key_id) valid from `now` for `ttl` s: HS256 with
+    a secret string, ES256 or EdDSA with a private key (auth.keys.load_private_key).
 
     `grants` overrides `video` fields by their camelCase names (see parse_grant_overrides).
     Without `jti` a random one is set, so minted tokens also work where single use is demanded.
@@ -331,7 +332,8 @@ def mint_token(
         claims["sub"] = identity
     if role is not None:
         claims["role"] = role
-    return jwt.encode(claims, secret, algorithm=HS256, headers={"kid": key_id})
+    algorithm = HS256 if isinstance(secret, str) else private_key_algorithm(secret)
+    return jwt.encode(claims, secret, algorithm=algorithm, headers={"kid": key_id})
 
 
 def parse_grant_overrides(items: list[str]) -> dict[str, Any]:

@@ -11,9 +11,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sfu.config import LOG_LEVELS, ConfigError, load_config, parse_keys
+from sfu.config import LOG_LEVELS, Config, ConfigError, load_config, parse_keys
+
+if TYPE_CHECKING:
+    from auth.keys import PrivateKey
 
 PROG = "keyroom"
 Handler = Callable[[argparse.Namespace], int]
@@ -49,15 +52,19 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    def source() -> Config:
+        # The same sources in the same order: SIGHUP re-reads the file for the signing keys.
+        return load_config(args.config, _serve_overrides(args), os.environ)
+
     try:
-        config = load_config(args.config, _serve_overrides(args), os.environ)
+        config = source()
     except ConfigError as e:
         return _fail(str(e))
     # Imported here so `keyroom token` and config errors never pay for the media stack's import.
     # run_server sets up logging and, in dev mode, prints the dev key and a join link.
     from signaling.server import run_server
 
-    return run_server(config)
+    return run_server(config, source)
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,19 +104,40 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=_serve)
 
 
+def _signing_key(args: argparse.Namespace) -> str | PrivateKey:
+    """The secret (HS256) or the private key (ES256, EdDSA) to sign with; raises ValueError."""
+    from auth.keys import load_private_key
+
+    if args.private_key is not None:
+        if args.secret:
+            raise ValueError("give --secret or --private-key, not both")
+        try:
+            with open(args.private_key, "rb") as file:
+                return load_private_key(file.read())
+        except OSError as e:
+            raise ValueError(f"{args.private_key}: {e.strerror}") from None
+        except ValueError as e:
+            raise ValueError(f"{args.private_key}: {e}") from None
+    secret = args.secret or os.environ.get("KEYROOM_SECRET")
+    if not secret:
+        raise ValueError(
+            "no secret: use --secret SECRET or the KEYROOM_SECRET environment variable,"
+            " or --private-key FILE"
+        )
+    return secret
+
+
 def _token(args: argparse.Namespace) -> int:
     # Imported here: auth.tokens is only needed by this command.
     from auth.tokens import mint_token, parse_grant_overrides, parse_ttl
 
-    secret = args.secret or os.environ.get("KEYROOM_SECRET")
-    if not secret:
-        return _fail("no secret: use --secret SECRET or the KEYROOM_SECRET environment variable")
     try:
+        signing_key = _signing_key(args)
         ttl = parse_ttl(args.ttl)
         grants = parse_grant_overrides(args.grant)
         token = mint_token(
             key_id=args.key,
-            secret=secret,
+            secret=signing_key,
             identity=args.identity,
             room=args.room,
             ttl=ttl,
@@ -129,12 +157,19 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = commands.add_parser(
         "token",
         help="mint an access token",
-        description="Mint an HS256 access token and print it alone on one line.",
+        description="Mint an access token and print it alone on one line: HS256 with a secret,"
+        " ES256 or EdDSA with a private key (the algorithm follows the key).",
     )
     p.add_argument("--key", required=True, help="key id (the token's kid and iss)")
     p.add_argument(
         "--secret",
         help="HS256 secret of the key; prefer $KEYROOM_SECRET (arguments are visible in ps)",
+    )
+    p.add_argument(
+        "--private-key",
+        metavar="FILE",
+        help="PEM private key (EC P-256: ES256, Ed25519: EdDSA) whose public key the server"
+        " has as [auth] public_keys.KEY",
     )
     p.add_argument("--identity", required=True, help="participant identity (sub)")
     p.add_argument("--room", required=True, help="room the token admits to (video.room)")
@@ -229,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loadtest(commands)
     _add_bench(commands)
     _add_audit(commands)
+    _add_doctor(commands)
     from loadtest.cli import add_soak_command
 
     add_soak_command(commands)
@@ -276,6 +312,19 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--checkpoints", metavar="FILE", help="checkpoint file (default: FILE.checkpoints)"
     )
     verify.set_defaults(handler=_audit_verify)
+
+
+def _add_doctor(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sfu.doctor.command import add_doctor_arguments, run_doctor
+
+    p = commands.add_parser(
+        "doctor",
+        help="check a deployment as an auditor would and print what to fix",
+        description="Check a config file, the files it names and a running server; one line per"
+        " finding; exit 1 if any is an error, else 0 (see docs/doctor.md).",
+    )
+    add_doctor_arguments(p)
+    p.set_defaults(handler=run_doctor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

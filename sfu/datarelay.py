@@ -13,6 +13,7 @@ from functools import partial
 import orjson
 from aiortc import RTCDataChannel
 
+from sfu import internals
 from sfu.stats import DropReason, Stats
 from signaling.protocol import DATA_CHANNELS
 
@@ -85,6 +86,11 @@ class DataRelay:
 
     def use_channels(self, channels: dict[str, RTCDataChannel]) -> None:
         self._channels = channels
+        for channel in channels.values():
+            # What the client sends on the subscriber PC is never relayed, but it is reassembled.
+            internals.on_data_dropped(
+                channel.transport, lambda: self.stats.drop(DropReason.DATA_OVERFLOW)
+            )
         for label, channel in channels.items():
             channel.on("open", partial(self._flush_held, label))
 

@@ -157,7 +157,9 @@ class Feedback:
             blocks.append(track.receive.report_block(track.ssrc, now))
             then, octets = self._previous.get(track.sid, (now, track.counters.bytes_in))
             if now > then:
-                track.bitrate = int((track.counters.bytes_in - octets) * 8 / (now - then))
+                bitrate = int((track.counters.bytes_in - octets) * 8 / (now - then))
+                self.stats.bitrate_in += bitrate - track.bitrate
+                track.bitrate = bitrate
             self._previous[track.sid] = (now, track.counters.bytes_in)
             if track.kind == "video":
                 video_ssrcs.append(track.ssrc)
@@ -177,8 +179,9 @@ class Feedback:
             self._down_by_ssrc[down.out_ssrc] = down
 
     def unwatch(self, down: DownTrack) -> None:
-        if down.out_ssrc is not None:
-            self._down_by_ssrc.pop(down.out_ssrc, None)
+        # A recycled section keeps its sender SSRC: the SSRC may name a newer down-track now.
+        if down.out_ssrc is not None and self._down_by_ssrc.get(down.out_ssrc) is down:
+            del self._down_by_ssrc[down.out_ssrc]
 
     def on_subscriber_rtcp(self, data: bytes, now: float) -> None:
         for message in self._parse(data):

@@ -186,8 +186,11 @@ class DownTrack:
         mid: str,
         payload_types: dict[int, int],
         extensions: dict[str, int],
+        seq_start: int | None = None,
     ) -> None:
-        """Bind to the subscriber's negotiated section (payload types and extension ids)."""
+        """Bind to the subscriber's negotiated section (payload types and extension ids).
+        `seq_start`: the first sequence number, to continue the one of a recycled section's
+        previous track (its SSRC is the same; a jump would look like loss); random if None."""
         track = self.track
         ext_map: dict[int, int] = {}
         mid_ext_id: int | None = None
@@ -203,7 +206,7 @@ class DownTrack:
             ext_map=ext_map,
             mid_ext_id=mid_ext_id,
             mid=mid,
-            seq_start=random.randrange(1 << 16),
+            seq_start=random.randrange(1 << 16) if seq_start is None else seq_start,
             ts_start=random.randrange(1 << 32),
         )
         self.sink = sink

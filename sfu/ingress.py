@@ -7,12 +7,16 @@ extension (sections without `a=ssrc`, e.g. Firefox). Every refused packet is cou
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 
 from sfu.forwarder import AUDIO_LEVEL, CodecInfo, PublishedTrack
 from sfu.metrics import forward_timer_start, forward_timer_stop
 from sfu.rtp import MalformedPacket, RtpInfo, get_extension, parse_rtp
 from sfu.stats import DropReason, Stats
+
+# SSRCs of unpublished tracks still recognised (their late packets count as no_right).
+MAX_FORGOTTEN_SSRCS = 64
 
 
 class Ingress:
@@ -24,6 +28,7 @@ class Ingress:
         self._tracks_by_ssrc: dict[int, PublishedTrack | None] = {}
         self._tracks_by_mid: dict[str, PublishedTrack] = {}
         self._mid_ext: int | None = None
+        self._forgotten: deque[int] = deque()
 
     def on_rtp(self, data: bytes) -> None:
         stats = self.stats
@@ -97,5 +102,11 @@ class Ingress:
             self._tracks_by_mid.pop(track.mid, None)
         for ssrc in (track.ssrc, track.rtx_ssrc):
             if ssrc is not None:
-                # Keep the SSRC known so later packets count as "unpublished", not "unknown".
+                # Keep the SSRC known so later packets count as "unpublished", not "unknown";
+                # the most recent ones only, so a publisher that churns grows nothing.
                 self._tracks_by_ssrc[ssrc] = None
+                self._forgotten.append(ssrc)
+        while len(self._forgotten) > MAX_FORGOTTEN_SSRCS:
+            old = self._forgotten.popleft()
+            if self._tracks_by_ssrc.get(old, 0) is None:
+                del self._tracks_by_ssrc[old]

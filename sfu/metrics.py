@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sized
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -83,6 +83,16 @@ WEBHOOKS = Counter(
     ["result"],
     registry=None,
 )
+CONNECTIONS_REFUSED = Counter(
+    "keyroom_connections_refused",
+    "WebSocket upgrades refused before any state: too many sockets not yet joined from the"
+    " client's address (per_ip) or in all (total)",
+    ["reason"],
+    registry=None,
+)
+CONNECTION_REFUSAL_REASONS = ("per_ip", "total")
+for _reason in CONNECTION_REFUSAL_REASONS:
+    CONNECTIONS_REFUSED.labels(_reason)
 for _result in ("accepted", "refused"):
     JOIN_SECONDS.labels(_result)
 for _result in WEBHOOK_RESULTS:
@@ -104,6 +114,9 @@ class _Participant(Protocol):
     @property
     def subscriptions(self) -> Mapping[str, object]: ...
 
+    @property
+    def subscriber_sections(self) -> int: ...
+
 
 class _Room(Protocol):
     @property
@@ -123,6 +136,10 @@ def record_join(accepted: bool, reason: str, seconds: float) -> None:
     result = "accepted" if accepted else "refused"
     JOINS.labels(result, reason if reason in JOIN_REASONS else "other").inc()
     JOIN_SECONDS.labels(result).observe(seconds)
+
+
+def record_connection_refused(reason: str) -> None:
+    CONNECTIONS_REFUSED.labels(reason).inc()
 
 
 def record_webhook(result: str) -> None:
@@ -151,16 +168,28 @@ async def sample_loop_lag(interval: float = LOOP_LAG_INTERVAL) -> None:
 class StateCollector(Collector):
     """Reads rooms and forwarding counters at scrape time (on the event loop, so consistently)."""
 
-    def __init__(self, rooms: Rooms, stats: Stats) -> None:
+    def __init__(self, rooms: Rooms, stats: Stats, pending: Sized | None = None) -> None:
         self.rooms = rooms
         self.stats = stats
+        self.pending = pending
 
     def collect(self) -> Iterator[Metric]:
-        participants = published_audio = published_video = subscribed = 0
+        yield from self._rooms()
+        if self.pending is not None:
+            yield GaugeMetricFamily(
+                "keyroom_pending_connections",
+                "WebSocket connections open but not yet joined (server.max_pending caps them)",
+                len(self.pending),
+            )
+        yield from self._forwarding()
+
+    def _rooms(self) -> Iterator[Metric]:
+        participants = published_audio = published_video = subscribed = sections = 0
         for room in self.rooms.rooms.values():
             for participant in room.participants.values():
                 participants += 1
                 subscribed += len(participant.subscriptions)
+                sections += participant.subscriber_sections
                 for track in participant.tracks.values():
                     if not track.bound:
                         continue
@@ -182,7 +211,13 @@ class StateCollector(Collector):
             "keyroom_subscribed_tracks", "Subscriptions (one per track a participant receives)",
             subscribed,
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "keyroom_subscriber_media_sections",
+            "Media sections of all subscriber connections (free ones for reuse included)",
+            sections,
+        )
 
+    def _forwarding(self) -> Iterator[Metric]:
         stats = self.stats
         for name, doc, value in (
             ("keyroom_rtp_packets_in", "RTP packets received from publishers and accepted",
@@ -197,6 +232,9 @@ class StateCollector(Collector):
              stats.keyframe_requests),
             ("keyroom_rtp_retransmissions", "Packets resent from the cache on a NACK",
              stats.retransmissions),
+            ("keyroom_subscriber_sections_reused",
+             "Subscriber media sections given to a new track after their old one went away",
+             stats.sections_reused),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         dropped = CounterMetricFamily(
@@ -207,10 +245,11 @@ class StateCollector(Collector):
         yield dropped
 
 
-def build_registry(rooms: Rooms, stats: Stats) -> CollectorRegistry:
+def build_registry(rooms: Rooms, stats: Stats, pending: Sized | None = None) -> CollectorRegistry:
     """One server's registry: its live state plus the process-wide instruments."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(StateCollector(rooms, stats))
-    for metric in (JOINS, JOIN_SECONDS, LOOP_LAG_SECONDS, FORWARD_SECONDS, WEBHOOKS):
+    registry.register(StateCollector(rooms, stats, pending))
+    instruments = (JOINS, JOIN_SECONDS, LOOP_LAG_SECONDS, FORWARD_SECONDS, WEBHOOKS)
+    for metric in (*instruments, CONNECTIONS_REFUSED):
         registry.register(metric)
     return registry

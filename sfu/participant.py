@@ -110,11 +110,12 @@ class Participant:
             feedback=self.feedback,
             stats=stats,
             allowed_codecs=lambda: self.room.limits.allowed_codecs,
+            may_publish_data=self._may_publish_data,
             public_addresses=addresses,
         )
         self.data = DataRelay(
             stats=stats,
-            may_publish=lambda: may_publish_data(self.grant).allowed,
+            may_publish=self._may_publish_data,
             max_bytes=lambda: self.room.limits.max_data_message_bytes,
             deliver=self._deliver_data,
         )
@@ -133,6 +134,9 @@ class Participant:
         self.publisher_pc.on("datachannel", self.data.on_publisher_channel)
         self.publisher_pc.on("connectionstatechange", self._on_state_change)
         self.subscriber_pc.on("connectionstatechange", self._on_state_change)
+
+    def _may_publish_data(self) -> bool:
+        return may_publish_data(self.grant).allowed
 
     # -- info ---------------------------------------------------------------------------------
 
@@ -153,6 +157,12 @@ class Participant:
             data["permissions"] = self.grant.to_permissions()
         return data
 
+    @property
+    def subscriber_sections(self) -> int:
+        """Media sections of the subscriber connection: bounded by the tracks received at once,
+        as sections are recycled (sfu/subscribing.py)."""
+        return len(self.subscriber_pc.getTransceivers())
+
     def connection_state(self) -> dict[str, str]:
         return {
             "publisher": self.publisher_pc.connectionState,
@@ -164,6 +174,7 @@ class Participant:
     def add_track(self, track: PublishedTrack) -> None:
         self.tracks[track.sid] = track
         self._tracks_by_cid[track.cid] = track
+        self.stats.tracks += 1
         track.request_keyframe = partial(self._request_keyframe, track)
 
     def track_by_cid(self, cid: str) -> PublishedTrack | None:
@@ -174,6 +185,8 @@ class Participant:
         if track is None:
             return None
         self._tracks_by_cid.pop(track.cid, None)
+        self.stats.tracks -= 1
+        self.stats.bitrate_in -= track.bitrate
         track.request_keyframe = no_keyframe_source
         self.publishing.ingress.forget(track)
         self.feedback.forget_track(track)

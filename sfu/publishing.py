@@ -4,6 +4,9 @@ Each media section is matched to a track `add_track` granted (by its track id), 
 codec the room allows (plus its RTX), and is bound to that track in the ingress (MID, SSRCs,
 header extensions). A section nothing granted is answered `inactive`: its RTP is dropped
 (PROTOCOL 3). Once the transport exists its plaintext RTP goes synchronously to the ingress.
+
+The data (application) section is answered rejected (port 0) to a participant without
+`canPublishData`, and its SCTP association is not started: no data channel opens.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcsctptransport import RTCSctpTransport
 
 from sfu import clock, internals
 from sfu.advertise import advertise
@@ -21,8 +25,17 @@ from sfu.feedback import Feedback
 from sfu.forwarder import CodecInfo, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.negotiation import NegotiationError
-from sfu.sdpinfo import MAX_SECTIONS, BadSdp, MediaSection, describe_offer
-from sfu.stats import Stats
+from sfu.sdpinfo import (
+    MAX_SECTIONS,
+    BadSdp,
+    MediaSection,
+    attribute,
+    describe_offer,
+    join_sdp,
+    read_mline,
+    split_sdp,
+)
+from sfu.stats import DropReason, Stats
 
 
 def choose_codec(
@@ -47,6 +60,25 @@ def choose_codec(
     return None
 
 
+def reject_data_section(sdp: str) -> str:
+    """`sdp` (an answer) with its application section rejected: port 0, out of the BUNDLE group
+    (JSEP 5.3.1: a rejected section is no part of a bundle)."""
+    session, sections = split_sdp(sdp)
+    rejected = set()
+    for lines in sections:
+        kind, _, proto, formats = read_mline(lines[0])
+        if kind == "application":
+            lines[0] = f"m=application 0 {proto} {' '.join(formats)}".rstrip()
+            mid = attribute(lines, "mid")
+            if mid is not None:
+                rejected.add(mid)
+    for n, line in enumerate(session):
+        if line.startswith("a=group:BUNDLE"):
+            kept = [m for m in line.split()[1:] if m not in rejected]
+            session[n] = " ".join(["a=group:BUNDLE", *kept])
+    return join_sdp(session, sections)
+
+
 class Publishing:
     def __init__(
         self,
@@ -56,6 +88,7 @@ class Publishing:
         feedback: Feedback,
         stats: Stats,
         allowed_codecs: Callable[[], Iterable[str]],
+        may_publish_data: Callable[[], bool],
         public_addresses: Mapping[str, str],
     ) -> None:
         self.pc = pc
@@ -64,6 +97,9 @@ class Publishing:
         self.stats = stats
         # The room's current codec list, read at each offer.
         self.allowed_codecs = allowed_codecs
+        # The participant's current data grant, read at each offer and association start.
+        self._may_publish_data = may_publish_data
+        self._sctp: RTCSctpTransport | None = None
         self._public_addresses = public_addresses
         self._lock = asyncio.Lock()
         self._transport: RTCDtlsTransport | None = None
@@ -93,6 +129,7 @@ class Publishing:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:
                 raise NegotiationError(f"offer refused: {exc}") from None
+            self._guard_data(pc.sctp)
             allowed = tuple(self.allowed_codecs())
             newly_bound = []
             for section in sections:
@@ -110,7 +147,19 @@ class Publishing:
             except Exception as exc:
                 raise NegotiationError(f"offer refused: {exc}") from None
             self._hook()
-            return advertise(pc.localDescription.sdp, self._public_addresses), newly_bound
+            local = pc.localDescription.sdp
+            if pc.sctp is not None and not self._may_publish_data():
+                local = reject_data_section(local)
+            return advertise(local, self._public_addresses), newly_bound
+
+    def _guard_data(self, sctp: RTCSctpTransport | None) -> None:
+        """The data channels' transport, once the offer made one: its association starts only
+        with `canPublishData`, and its reassembly drops are counted."""
+        if sctp is None or sctp is self._sctp:
+            return
+        self._sctp = sctp
+        internals.gate_association(sctp, self._may_publish_data)
+        internals.on_data_dropped(sctp, lambda: self.stats.drop(DropReason.DATA_OVERFLOW))
 
     def _accept(
         self,

@@ -17,6 +17,8 @@ class DropReason(StrEnum):
     FOREIGN_SOURCE = "foreign_source"
     # A NACKed packet the subscriber's retransmission budget refused (sfu/retransmit.py).
     NACK_LIMITED = "nack_limited"
+    # A data channel message in reassembly past the SCTP receive window (sfu/internals/sctp.py).
+    DATA_OVERFLOW = "data_overflow"
 
 
 @dataclass
@@ -27,7 +29,13 @@ class Stats:
     bytes_out: int = 0  # forwarded copies counted at their input size
     keyframe_requests: int = 0
     retransmissions: int = 0
+    # Subscriber sections that carried a track before and were given to a new one.
+    sections_reused: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    # Published tracks and their summed bitrate, node-wide, kept up to date on publish,
+    # unpublish and each bitrate measurement: `[node]` limits read them in O(1).
+    tracks: int = 0
+    bitrate_in: int = 0
 
     def drop(self, reason: DropReason) -> None:
         self.dropped[reason.value] += 1
@@ -40,5 +48,6 @@ class Stats:
             "bytes_out": self.bytes_out,
             "keyframe_requests": self.keyframe_requests,
             "retransmissions": self.retransmissions,
+            "sections_reused": self.sections_reused,
             "dropped": dict(self.dropped),
         }

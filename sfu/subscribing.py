@@ -4,6 +4,12 @@ One sendonly section per subscribed track, offered with the publisher's own code
 transcoded), plus the `_reliable`/`_lossy` data channels. Subscription changes made while an
 offer awaits its answer are gathered into the next offer. Once the answer is in, each new
 down-track is bound to its negotiated section (payload type, SSRC, extension ids).
+
+A section whose track went away is offered `inactive`; once an answer has accepted that, the
+section is free and the next track of its kind takes it over (new msid, codec and down-track,
+same mid and sender SSRC), as browsers and LiveKit recycle m-lines. So a subscriber's SDP grows
+with the tracks it receives at once, never with the meeting's history of publishes; and as
+sections retire only through answers, at most MAX_SECTIONS exist (further tracks wait).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from sfu.datarelay import DataRelay
 from sfu.feedback import Feedback
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
+from sfu.sdpinfo import MAX_SECTIONS
 from sfu.stats import DropReason, Stats
 from sfu.tasks import TaskSet
 
@@ -60,9 +67,21 @@ class Subscribing:
         self.stats = stats
         self._public_addresses = public_addresses
         self.closed = False
+        # New down-tracks waiting for a section in the next offer.
         self._pending: list[DownTrack] = []
-        self._removed: list[DownTrack] = []
+        # The section of each offered down-track.
         self._transceivers: dict[DownTrack, RTCRtpTransceiver] = {}
+        # A section's life after its down-track: still sending in the local description, to be
+        # offered inactive next; offered inactive, answer pending; inactive in an applied
+        # answer, free to carry the next track of its kind. Only a free section is reused: one
+        # made inactive in the offer in flight may still carry the old track's media.
+        self._stopping: list[RTCRtpTransceiver] = []
+        self._retiring: list[RTCRtpTransceiver] = []
+        self._free: list[RTCRtpTransceiver] = []
+        # Next sequence number of a recycled section, continuing its previous tracks' (the
+        # sender SSRC stays: a jump back would be refused by SRTP and look like loss).
+        self._next_seq: dict[RTCRtpTransceiver, int] = {}
+        self._at_cap = False
         self._negotiation: asyncio.Task[None] | None = None
         self.gathering: asyncio.Future[None] | None = None  # the offer's ICE gathering
         self._renegotiate = False
@@ -88,8 +107,14 @@ class Subscribing:
         self._feedback.unwatch(down)
         if down in self._pending:
             self._pending.remove(down)
-        else:
-            self._removed.append(down)
+        transceiver = self._transceivers.pop(down, None)
+        if transceiver is not None:
+            self._stopping.append(transceiver)
+            rewriter = down.rewriter
+            if rewriter is not None:
+                # Where the next track on this SSRC goes on: SRTP refuses to send an index
+                # far behind the last one sent on it.
+                self._next_seq[transceiver] = (rewriter.last_out_seq + rewriter.started) & 0xFFFF
         self.start()
         return down
 
@@ -133,6 +158,7 @@ class Subscribing:
                 self._answer = None
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
             self._configure_down_tracks()
+            self._sections_freed()
             if not self._renegotiate:
                 return
 
@@ -140,18 +166,48 @@ class Subscribing:
         return advertise(self.pc.localDescription.sdp, self._public_addresses)
 
     def _apply_changes(self) -> None:
-        for down in self._removed:
-            transceiver = self._transceivers.pop(down, None)
-            if transceiver is not None:
-                transceiver.direction = "inactive"
-        self._removed.clear()
+        for stopping in self._stopping:
+            stopping.direction = "inactive"
+        self._retiring += self._stopping
+        self._stopping.clear()
+        waiting: list[DownTrack] = []
         for down in self._pending:
             track = down.track
-            transceiver = self.pc.addTransceiver(track.kind, direction="sendonly")
+            transceiver = self._section_for(track.kind)
+            if transceiver is None:
+                waiting.append(down)
+                continue
             transceiver.setCodecPreferences(capabilities_for(track))
             internals.set_sender_msid(transceiver, track.publisher_sid, track.sid)
             self._transceivers[down] = transceiver
-        self._pending.clear()
+        self._pending = waiting
+
+    def _section_for(self, kind: str) -> RTCRtpTransceiver | None:
+        """A free section of this kind, sending again, else a new one; None at the cap."""
+        free = next((t for t in self._free if t.kind == kind), None)
+        if free is not None:
+            self._free.remove(free)
+            free.direction = "sendonly"
+            self.stats.sections_reused += 1
+            return free
+        if len(self.pc.getTransceivers()) >= MAX_SECTIONS:
+            # Sections retire only through answers: a client that does not answer while others
+            # churn would otherwise grow them without end. The track waits for a free section.
+            if not self._at_cap:
+                log.info(
+                    "participant %s: %d subscriber sections, tracks wait", self.sid, MAX_SECTIONS
+                )
+            self._at_cap = True
+            return None
+        return self.pc.addTransceiver(kind, direction="sendonly")
+
+    def _sections_freed(self) -> None:
+        """The answer is in: sections it made inactive are free, for a waiting track too."""
+        self._free += self._retiring
+        self._retiring.clear()
+        kinds = {t.kind for t in self._free}
+        if any(down.track.kind in kinds for down in self._pending):
+            self._renegotiate = True
 
     def _configure_down_tracks(self) -> None:
         sink = self.sink
@@ -171,6 +227,7 @@ class Subscribing:
                 mid=transceiver.mid,
                 payload_types={track.codec.payload_type: media.payloadType},
                 extensions={e.uri: e.id for e in internals.negotiated_extensions(transceiver)},
+                seq_start=self._next_seq.pop(transceiver, None),
             )
             self._feedback.watch(down)
             track.down_tracks.append(down)

@@ -13,6 +13,7 @@ from auth import displaytext
 from auth.grants import VideoGrant, check_room_name
 from auth.policy import (
     Decision,
+    live_permissions,
     may_admin_room,
     may_create_room,
     may_list_rooms,
@@ -20,7 +21,8 @@ from auth.policy import (
     updated_grant,
 )
 from auth.tokens import Claims, TokenError
-from sfu.config import ConfigError, limits_with, room_limits
+from sfu.config import ConfigError, LimitsConfig, limits_with, room_limits
+from sfu.config.ceiling import loosened
 from sfu.participant import Participant
 from sfu.room import Room
 from signaling.admission import charge_failure
@@ -121,12 +123,7 @@ class AdminApi:
     def _allow(self, request: web.Request, claims: Claims, decision: Decision) -> None:
         """Refuse (audited, counted by the brake) or audit the call as allowed."""
         state, now = self.state, time.time()
-        fields = {
-            "method": request.method,
-            "room": request.match_info.get("room"),
-            "key_id": claims.key_id,
-            "identity": claims.identity,
-        }
+        fields = _call_fields(request, claims)
         if not decision.allowed:
             self._refuse(request, decision.reason, now, **fields)
             raise AdminError("forbidden", "this token does not grant that")
@@ -134,6 +131,20 @@ class AdminApi:
             "admin_call", ip=request["admin_ip"], path=_route(request), reason=decision.reason,
             **fields,
         )  # fmt: skip
+
+    def _under_ceiling(
+        self, request: web.Request, claims: Claims, room: str, limits: LimitsConfig
+    ) -> None:
+        """Refuse limits looser than the operator's for this room (audited, braked): a room
+        admin may tighten the operator's policy, never lift it."""
+        looser = [
+            f"limits.{name}" for name in loosened(room_limits(self.state.config, room), limits)
+        ]
+        if looser:
+            names = ", ".join(looser)
+            reason = f"would loosen the operator's {names}"
+            self._refuse(request, reason, time.time(), **_call_fields(request, claims))
+            raise AdminError("forbidden", f"{names}: looser than the operator allows")
 
     def _room(self, request: web.Request, claims: Claims) -> Room:
         name = request.match_info["room"]
@@ -164,6 +175,7 @@ class AdminApi:
             raise AdminError("invalid_message", str(e)) from None
         metadata = self._metadata(body.get("metadata", ""))
         limits = self._limits(room_limits(self.state.config, name), body.get("limits", {}))
+        self._under_ceiling(request, claims, name, limits)
         if self.state.rooms.get(name) is not None:
             raise AdminError("conflict", "the room exists")
         if self.state.node_full(new_room=True):
@@ -184,6 +196,7 @@ class AdminApi:
         room = self._room(request, claims)
         body = await _body(request)
         limits = self._limits(room.limits, body.get("limits", {}))
+        self._under_ceiling(request, claims, room.name, limits)
         metadata = self._metadata(body.get("metadata", room.metadata))
         # Lower limits refuse newcomers; nobody inside is removed by a PATCH.
         room.limits, room.metadata = limits, metadata
@@ -247,6 +260,11 @@ class AdminApi:
                 "permissions_changed", room=room.name, identity=participant.identity,
                 permissions=grant.to_permissions(), key_id=claims.key_id,
             )  # fmt: skip
+            # It sticks: a rejoin with a token issued before now gets no more than this.
+            self.state.store.narrow(
+                room.name, participant.identity, live_permissions(grant), now=time.time(),
+                keep_for=self.state.config.auth.max_token_ttl,
+            )  # fmt: skip
             room.apply_grant(participant, grant)
         else:
             room.participant_updated(participant)
@@ -261,6 +279,12 @@ class AdminApi:
         muted = (await _body(request)).get("muted", True)
         if not isinstance(muted, bool):
             raise AdminError("invalid_message", "muted must be true or false")
+        # Sticky: the publisher cannot unmute it, nor publish its source again unmuted, until an
+        # admin unmutes it (for the tokens issued before now).
+        self.state.store.admin_mute(
+            room.name, participant.identity, track.source, muted, now=time.time(),
+            keep_for=self.state.config.auth.max_token_ttl,
+        )  # fmt: skip
         room.set_muted(participant, track, muted, notify_publisher=True)
         return web.Response(status=204)
 
@@ -318,6 +342,16 @@ def admin_view(participant: Participant) -> dict[str, Any]:
             subscribers=len(published.down_tracks),
         )
     return info
+
+
+def _call_fields(request: web.Request, claims: Claims) -> dict[str, Any]:
+    """What the audit records of an admin call name besides the address and the route."""
+    return {
+        "method": request.method,
+        "room": request.match_info.get("room"),
+        "key_id": claims.key_id,
+        "identity": claims.identity,
+    }
 
 
 def _route(request: web.Request) -> str:

@@ -10,8 +10,9 @@ log. A refusal is raised as `Refused`, carrying the frame the client gets and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from auth.policy import narrowed_grant
 from auth.tokens import Claims, TokenError
 from sfu.config import room_limits
 from sfu.participant import Participant
@@ -105,7 +106,19 @@ def admit_join(state: ServerState, join: Join, peer: str, wall: float) -> Admitt
         if exc.code != "unauthorized":
             raise refusal from None  # a full room is no failure of the client's
         raise _failed(state, peer, wall, refusal, join.req) from None
-    return Admitted(claims, room)
+    return Admitted(_under_decisions(state, claims, wall), room)
+
+
+def _under_decisions(state: ServerState, claims: Claims, wall: float) -> Claims:
+    """The admitted token's claims under the admins' earlier decisions about its identity: a
+    live permission downgrade narrows the grant of every token issued before it (rejoining
+    does not undo it); a token issued after it is the application's new decision."""
+    assert claims.room is not None and claims.identity is not None
+    state.store.forget_decisions(claims.room, claims.identity, claims.issued_at, wall)
+    permissions = state.store.narrowing(claims.room, claims.identity)
+    if permissions is None:
+        return claims
+    return replace(claims, grant=narrowed_grant(claims.grant, permissions))
 
 
 def _take_place(state: ServerState, claims: Claims, wall: float) -> Room:

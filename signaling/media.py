@@ -135,8 +135,10 @@ class SyntheticAudioTrack(MediaStreamTrack):
         return frame
 
 
-async def count_frames(track: MediaStreamTrack, duration: float) -> int:
-    """Receive and count decoded frames of `track` for `duration` seconds.
+async def count_frames(
+    track: MediaStreamTrack, duration: float, *, enough: int | None = None
+) -> int:
+    """Receive and count decoded frames of `track` for `duration` seconds, or until `enough`.
 
     aiortc queues every decoded frame of a remote track without bound, so a track that is
     received must be drained; this returns early (with the count so far) when the track ends.
@@ -153,6 +155,8 @@ async def count_frames(track: MediaStreamTrack, duration: float) -> int:
         except (TimeoutError, MediaStreamError):
             return count
         count += 1
+        if enough is not None and count >= enough:
+            return count
 
 
 class FrameCounter:

@@ -53,6 +53,8 @@ def add_track(
     if state.node_tracks_full():
         raise MessageError("limit_exceeded", "the server has its maximum of tracks", req)
     _check_track_limits(participant, room, req)
+    # A source an admin muted stays muted, republished or not.
+    muted = message.muted or state.store.admin_muted(room.name, participant.identity, source)
     track = PublishedTrack(
         sid=new_sid("TR"),
         cid=message.cid,
@@ -60,7 +62,7 @@ def add_track(
         source=source,
         name=message.name,
         publisher_sid=participant.sid,
-        muted=message.muted,
+        muted=muted,
         keyframe_interval=state.config.rtc.keyframe_interval,
     )
     participant.add_track(track)
@@ -148,6 +150,9 @@ def mute(
     track = participant.tracks.get(message.track_sid)
     if track is None:
         raise MessageError("not_found", "no such track of yours", message.req)
+    if not message.muted and state.store.admin_muted(room.name, participant.identity, track.source):
+        # Not audited: the admin's mute is, and a client could repeat this request at will.
+        raise MessageError("forbidden", "an admin muted this track", message.req)
     room.set_muted(participant, track, message.muted, notify_publisher=False)
     return ok(message)
 

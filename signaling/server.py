@@ -8,9 +8,9 @@ import gc
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -26,19 +26,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from auth.audit import AuditKeyError, AuditLog, audit_key_file, load_or_create_key
 from auth.auditchain import AuditChainBroken
 from auth.brake import FailureBrake
-from auth.keys import KeyTable
 from auth.store import AuthStore
 from auth.tokens import TokenVerifier
 from sfu import iceguard, internals
 from sfu.candidates import CandidatePolicy
 from sfu.config import Config
 from sfu.iceaddr import restrict_host_addresses
-from sfu.metrics import build_registry, sample_loop_lag
+from sfu.metrics import build_registry, record_connection_refused, sample_loop_lag
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
-from signaling.netpolicy import client_ip, parse_networks, reload_certificate, tls_context
+from signaling.netpolicy import client_ip, parse_networks, tls_context
+from signaling.pending import PER_IP, PendingConnections, PendingFull
 from signaling.protocol import CLOSE_GOING_AWAY
+from signaling.reload import ConfigSource, key_table, on_hangup
 from signaling.state import ServerState
 from signaling.webhooks import WebhookSender
 from signaling.websocket import serve_socket
@@ -47,6 +48,12 @@ log = logging.getLogger("keyroom.server")
 
 STATE = web.AppKey("state", ServerState)
 METRICS = web.AppKey("metrics", CollectorRegistry)
+PENDING = web.AppKey("pending", PendingConnections)
+
+# HTTP request heads: aiohttp's own limits, named here so they are a choice (docs/security.md).
+MAX_LINE_BYTES = 8190
+MAX_HEADER_FIELD_BYTES = 8190
+MAX_HEADERS = 128
 
 # The conference page (docs/browser.md): same-origin scripts, styles and sockets only, no inline
 # code, no framing; the page may carry a token in its address, so it is never sent as a referrer.
@@ -64,11 +71,8 @@ PAGE_HEADERS = {
 
 
 def build_state(config: Config) -> ServerState:
-    keys = KeyTable.from_secrets(dict(config.auth.keys))
-    for key_id, pem in config.auth.public_keys.items():
-        keys.add_public_key(key_id, pem)
     verifier = TokenVerifier(
-        keys,
+        key_table(config),
         max_ttl=config.auth.max_token_ttl,
         leeway=config.auth.leeway,
         max_name_bytes=config.limits.max_name_bytes,
@@ -104,7 +108,9 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_get("/rtc", rtc_handler)
     app.router.add_get("/healthz", healthz_handler)
     add_admin_routes(app, state)
-    app[METRICS] = build_registry(state.rooms, state.stats)
+    server = state.config.server
+    app[PENDING] = PendingConnections(server.max_pending, server.max_pending_per_ip)
+    app[METRICS] = build_registry(state.rooms, state.stats, app[PENDING])
     app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(background)
     app.router.add_get("/", page_handler)
@@ -136,13 +142,26 @@ async def rtc_handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text="origin not allowed")
     if not state.accepting:
         raise web.HTTPServiceUnavailable(text="server shutting down")
-    ws = web.WebSocketResponse(
-        max_msg_size=state.config.server.max_frame_bytes, heartbeat=20, autoping=True
-    )
-    await ws.prepare(request)
-    peer = client_ip(request, parse_networks(state.config.server.trusted_proxies))
-    transport = request.transport
-    await serve_socket(state, ws, peer, transport.abort if transport is not None else _nothing)
+    server = state.config.server
+    peer = client_ip(request, parse_networks(server.trusted_proxies))
+    try:
+        slot = request.app[PENDING].admit(peer)
+    except PendingFull as full:
+        # Counted, not audited: anyone can open sockets, and each refusal costs nothing here.
+        record_connection_refused(full.reason)
+        refusal = web.HTTPTooManyRequests if full.reason == PER_IP else web.HTTPServiceUnavailable
+        retry = str(math.ceil(server.join_timeout))
+        raise refusal(
+            text="too many connections not yet joined", headers={"Retry-After": retry}
+        ) from None
+    try:
+        ws = web.WebSocketResponse(max_msg_size=server.max_frame_bytes, heartbeat=20, autoping=True)
+        await ws.prepare(request)
+        transport = request.transport
+        abort = transport.abort if transport is not None else _nothing
+        await serve_socket(state, ws, peer, abort, slot.release)
+    finally:
+        slot.release()
     return ws
 
 
@@ -161,14 +180,8 @@ async def healthz_handler(request: web.Request) -> web.Response:
         health = "full"
     else:
         health = "ok"
-    return web.json_response(
-        {
-            "status": health,
-            "rooms": len(state.rooms.rooms),
-            "participants": state.rooms.participant_count(),
-        },
-        status=status,
-    )
+    # The state only: counts are for /metrics (behind its token) and the admin API.
+    return web.json_response({"status": health}, status=status)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -280,13 +293,26 @@ def print_dev_banner(config: Config) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, source: ConfigSource | None = None) -> int:
     state = build_state(config)
     iceguard.use_audit(state.audit)  # ICE refusals (relay-only rooms) are audited
     app = build_app(state)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
     server = config.server
+    # aiohttp has no header-read timeout of its own, but (3.14.5 here; aio-libs/aiohttp#13681)
+    # arms the keep-alive timer when a connection opens and closes the connection if, when it
+    # fires, no complete request head has arrived; bytes of a partial head do not move it. So
+    # one timeout bounds an idle keep-alive connection and a slow (slowloris) request head alike.
+    # Older aiohttp armed it only after a response: tests/test_pending_sockets.py catches that.
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=server.keepalive_timeout,
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_HEADER_FIELD_BYTES,
+        max_headers=MAX_HEADERS,
+    )
+    await runner.setup()
     context = None
     if server.tls_cert is not None and server.tls_key is not None:
         context = tls_context(server.tls_cert, server.tls_key)
@@ -308,8 +334,7 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    if context is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_tls, context, config)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup, config, state.verifier, context, source)
     await stop.wait()
     log.info("shutting down")
     await shutdown(state)
@@ -319,18 +344,8 @@ async def serve(config: Config) -> int:
     return 0
 
 
-def _reload_tls(context: ssl.SSLContext, config: Config) -> None:
-    cert, key = config.server.tls_cert, config.server.tls_key
-    assert cert is not None and key is not None
-    try:
-        reload_certificate(context, cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        log.error("SIGHUP: certificate not reloaded, the old one stays in use: %s", exc)
-        return
-    log.info("SIGHUP: certificate reloaded from %s", cert)
-
-
-def run_server(config: Config) -> int:
+def run_server(config: Config, source: ConfigSource | None = None) -> int:
+    """Serve until SIGTERM; `source` reads the configuration again on SIGHUP (signing keys)."""
     logging.basicConfig(
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -353,7 +368,7 @@ def run_server(config: Config) -> int:
         )
     )
     try:
-        return uvloop.run(serve(config))
+        return uvloop.run(serve(config, source))
     except (AuditChainBroken, AuditKeyError, OSError) as exc:
         # The audit log or its key: the operator must look before anything is appended.
         print(f"keyroom: error: {exc}", file=sys.stderr)

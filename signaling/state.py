@@ -85,17 +85,12 @@ class ServerState:
 
     def node_tracks_full(self) -> bool:
         """Whether `[node]` refuses another published track: by count, or because publishers
-        already send `max_bitrate_in` (as measured over the last second)."""
-        node = self.config.node
-        tracks = [
-            t
-            for room in self.rooms.rooms.values()
-            for p in room.participants.values()
-            for t in p.tracks.values()
-        ]
-        if node.max_tracks and len(tracks) >= node.max_tracks:
+        already send `max_bitrate_in` (as measured over the last second). O(1): the counts are
+        kept by every publish, unpublish and bitrate measurement."""
+        node, stats = self.config.node, self.stats
+        if node.max_tracks and stats.tracks >= node.max_tracks:
             return True
-        return bool(node.max_bitrate_in and sum(t.bitrate for t in tracks) >= node.max_bitrate_in)
+        return bool(node.max_bitrate_in and stats.bitrate_in >= node.max_bitrate_in)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         return self.tasks.spawn(coro)

@@ -79,11 +79,17 @@ class SocketOutput:
 
 
 async def serve_socket(
-    state: ServerState, ws: web.WebSocketResponse, peer: str, abort: Callable[[], None]
+    state: ServerState,
+    ws: web.WebSocketResponse,
+    peer: str,
+    abort: Callable[[], None],
+    admitted: Callable[[], None] = lambda: None,
 ) -> None:
-    """Run one `/rtc` socket to its end; `abort` drops the connection without a goodbye."""
+    """Run one `/rtc` socket to its end; `abort` drops the connection without a goodbye;
+    `admitted` is called once the first frame is accepted (the socket is no longer pending)."""
     loop = asyncio.get_running_loop()
     server = state.config.server
+    deadline = loop.time() + server.join_timeout
 
     def overflow() -> None:
         # The client does not read: a leave would queue behind what it never read. End the
@@ -97,7 +103,8 @@ async def serve_socket(
     timer = TimerDriver(session)
     state.sessions.add(session)
     try:
-        if await _start(session, ws, loop):
+        if await _start(session, ws, loop, deadline):
+            admitted()
             timer.update()
             await _read(session, ws, timer, loop)
     finally:
@@ -115,12 +122,17 @@ async def serve_socket(
 
 
 async def _start(
-    session: Session, ws: web.WebSocketResponse, loop: asyncio.AbstractEventLoop
+    session: Session, ws: web.WebSocketResponse, loop: asyncio.AbstractEventLoop, deadline: float
 ) -> bool:
-    """The first frame, within the join timeout; the join metrics count how it went."""
+    """The first frame, by `deadline`; the join metrics count how it went.
+
+    One deadline for the whole wait: `ws.receive(timeout=...)` restarts its timeout after each
+    ping it answers, so a client pinging every second would hold the socket for ever.
+    """
     started = loop.time()
     try:
-        frame = await ws.receive(timeout=session.state.config.server.join_timeout)
+        async with asyncio.timeout_at(deadline):
+            frame = await ws.receive()
     except TimeoutError:
         error = MessageError("invalid_message", "no join in time")
         session.refuse_first(error, CLOSE_JOIN_TIMEOUT)

@@ -86,12 +86,16 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+def start_server(
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None, key: bool = True
+) -> ServerProcess:
+    """`key` False: no --key, the keys come from the config file or KEYROOM_KEYS."""
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     command = [
         sys.executable, "-m", "sfu", "serve", "--dev", "--host", "127.0.0.1",
-        "--port", str(port), "--rtc-ip", "127.0.0.1", "--key", f"{KEY_ID}={SECRET}", *extra,
+        "--port", str(port), "--rtc-ip", "127.0.0.1",
+        *(["--key", f"{KEY_ID}={SECRET}"] if key else []), *extra,
     ]  # fmt: skip
     # cwd: the server's data directory ("data", relative) is per test.
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

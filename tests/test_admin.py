@@ -162,7 +162,7 @@ async def test_live_revoke_of_publish_stops_packets_within_a_second(server: Serv
     try:
         info = await pub.publish(SyntheticVideoTrack(), source="camera")
         remote = await sub.next_track(timeout=10)
-        assert await count_frames(remote.track, 1.0) > 0
+        assert await count_frames(remote.track, 5.0, enough=1) > 0
         status, body = await call(
             server, "PATCH", "/api/rooms/room1/participants/pub", ops,
             {"permissions": {"canPublish": False}},
@@ -191,7 +191,7 @@ async def test_live_revoke_of_publish_stops_packets_within_a_second(server: Serv
         await pub.next_event("permissions_changed")
         await pub.publish(SyntheticAudioTrack(), source="microphone")
         again = await sub.next_track(timeout=10, predicate=lambda r: r.kind == "audio")
-        assert await count_frames(again.track, 1.0) > 0
+        assert await count_frames(again.track, 5.0, enough=1) > 0
     finally:
         await pub.leave()
         await sub.leave()
@@ -206,7 +206,7 @@ async def test_live_revoke_of_subscribe_stops_forwarding(server: ServerProcess) 
     try:
         await pub.publish(SyntheticAudioTrack(), source="microphone")
         remote = await sub.next_track(timeout=10)
-        assert await count_frames(remote.track, 1.0) > 0
+        assert await count_frames(remote.track, 5.0, enough=1) > 0
         await call(
             server, "PATCH", "/api/rooms/room1/participants/sub", ops,
             {"permissions": {"canSubscribe": False}},

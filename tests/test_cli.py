@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -154,8 +155,10 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
     """Stands in for signaling.server so `serve` can be checked without starting anything."""
     seen: list[Config] = []
 
-    def run_server(config: Config) -> int:
+    def run_server(config: Config, source: Callable[[], Config] | None = None) -> int:
         seen.append(config)
+        if source is not None:
+            assert source().server == config.server  # SIGHUP reads the same sources again
         return 7
 
     module = types.ModuleType("signaling.server")
@@ -172,6 +175,7 @@ def test_serve_maps_flags_to_config(
     config_file = tmp_path / "keyroom.toml"
     config_file.write_text(
         "[server]\nport = 9000\njoin_timeout = 4\n[limits]\nmax_publishers = 2\n"
+        f'[metrics]\nbearer_token = "{"m" * 32}"\n'
     )
     monkeypatch.setenv("KEYROOM_KEYS", f"env={SECRET}")
     argv = ["serve", "--config", str(config_file), "--host", "0.0.0.0", "--port", "9001"]

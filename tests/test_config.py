@@ -32,6 +32,7 @@ OTHER_SECRET = "o" * 40
 RUNNABLE: dict[str, dict[str, Any]] = {
     "auth": {"keys": {"k": SECRET}},
     "rtc": {"ips": ["127.0.0.1"]},
+    "metrics": {"bearer_token": "m" * 32},
 }
 
 
@@ -76,6 +77,8 @@ ips = ["127.0.0.1"]
 keys = {{ file = "{SECRET}" }}
 [limits]
 max_participants = 4
+[metrics]
+bearer_token = "{"m" * 32}"
 """,
     )
     from_file = load_config(path, {}, {})
@@ -113,7 +116,8 @@ def test_config_path_from_env_unless_given(tmp_path: Path) -> None:
 
 def test_a_key_secret_may_contain_equals_signs() -> None:
     secret = "A" * 40 + "=="
-    config = load_config(None, {"rtc": RUNNABLE["rtc"]}, {"KEYROOM_KEYS": f"k={secret}"})
+    runnable = {"rtc": RUNNABLE["rtc"], "metrics": RUNNABLE["metrics"]}
+    config = load_config(None, runnable, {"KEYROOM_KEYS": f"k={secret}"})
     assert dict(config.auth.keys) == {"k": secret}
 
 
@@ -140,8 +144,17 @@ BAD_VALUES = [
     ("server", "allowed_origins", ["https://a.example/path"]),
     ("server", "allowed_origins", ["ftp://a.example"]),
     ("server", "max_frame_bytes", 0),
+    ("server", "max_outbox_frames", 0),
+    ("server", "max_outbox_bytes", -1),
+    ("audit", "checkpoint_interval", 0),
+    ("audit", "refusal_window", -1),
     ("server", "join_timeout", 0),
     ("server", "join_timeout", math.nan),
+    ("server", "max_outbox_frames", 0),
+    ("server", "max_outbox_bytes", -1),
+    ("server", "max_pending_per_ip", 0),
+    ("server", "max_pending", "many"),
+    ("server", "keepalive_timeout", 0),
     ("server", "resume_window", -1),
     ("server", "shutdown_timeout", "5s"),
     ("server", "data_dir", ""),
@@ -490,3 +503,11 @@ def test_candidate_options() -> None:
     )
     with pytest.raises(ConfigError, match=r"^server\.trusted_proxies: expected IP addresses"):
         load({"server": {"trusted_proxies": ["proxy.example"]}})
+
+
+def test_metrics_need_a_bearer_token_outside_dev() -> None:
+    """/metrics shows every room's load: without --dev it is never served without a token."""
+    with pytest.raises(ConfigError, match=r"^metrics\.bearer_token: required without --dev"):
+        load_config(None, {"auth": RUNNABLE["auth"], "rtc": RUNNABLE["rtc"]}, {})
+    dev = load_config(None, {"server": {"dev": True}}, {})
+    assert dev.metrics.bearer_token is None  # loopback only, open to the developer

@@ -9,11 +9,16 @@ from sfu.datarelay import MAX_HELD_DATA, DataRelay
 from sfu.stats import DropReason, Stats
 
 
+class FakeTransport:
+    """A channel's SCTP transport: the relay only registers its drop counter for it."""
+
+
 class FakeChannel:
     """The part of an aiortc RTCDataChannel the relay uses."""
 
     def __init__(self, label: str, state: str = "connecting") -> None:
         self.label = label
+        self.transport = FakeTransport()
         self.readyState = state
         self.sent: list[str] = []
         self.handlers: dict[str, Callable[..., None]] = {}

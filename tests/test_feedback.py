@@ -20,17 +20,9 @@ from sfu.rtcp import (
 )
 from sfu.rtp import parse_rtp
 from sfu.stats import DropReason, Stats
+from tests.sink_helpers import ListSink
 
 VP8_KEY = b"\x10\x00" + bytes(40)
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> bool:
-        self.sent.append(data)
-        return True
 
 
 def track(
@@ -229,3 +221,33 @@ def test_subscriber_pli_and_fir_ask_the_up_track_and_nacks_are_answered() -> Non
     assert asked == ["TR_v", "TR_v"]
     fb.on_subscriber_rtcp(b"\x80\xc9\x00", now=0.0)
     assert fb.stats.dropped[DropReason.MALFORMED.value] == 1
+
+
+def test_a_recycled_sections_ssrc_names_only_its_newest_down_track() -> None:
+    """A recycled subscriber section keeps its sender SSRC: PLI and NACK for it reach the track
+    it carries now, and a late unwatch of the previous one does not unmap the new one."""
+    old_track, new_track = track("TR_old", ssrc=1111), track("TR_new", ssrc=2222)
+    asked: list[str] = []
+    for published in (old_track, new_track):
+        published.request_keyframe = lambda sid=published.sid: asked.append(sid)
+    old_sink, new_sink = ListSink(), ListSink()
+    old, new = DownTrack(old_track, "PA_sub"), DownTrack(new_track, "PA_sub")
+    old.configure(sink=old_sink, out_ssrc=7777, mid="0", payload_types={96: 97}, extensions={})
+    fb = feedback()
+    fb.watch(old)
+    fb.unwatch(old)
+    new.configure(
+        sink=new_sink, out_ssrc=7777, mid="0", payload_types={96: 97}, extensions={}, seq_start=500
+    )
+    fb.watch(new)
+    fb.unwatch(old)  # again, late: must leave the new mapping alone
+    packet = RtpPacket(payload_type=96, sequence_number=9, timestamp=0, ssrc=2222)
+    packet.payload = VP8_KEY
+    data = packet.serialize()
+    new.forward(data, parse_rtp(data))
+    assert int.from_bytes(new_sink.sent[0][2:4], "big") == 500  # continues the section's numbers
+
+    fb.on_subscriber_rtcp(build_pli(1, 7777), now=0.0)
+    fb.on_subscriber_rtcp(build_nack(1, 7777, [500]), now=0.0)
+    assert asked == ["TR_new"]
+    assert new_sink.sent[-1] == new_sink.sent[0] and old_sink.sent == []

@@ -8,19 +8,11 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
 from sfu.rtcp import SenderReport, parse_rtcp
 from sfu.rtp import parse_rtp
+from tests.sink_helpers import ListSink
 
 ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 VP8_KEY = b"\x10" + b"\x00" + bytes(40)  # S=1, PID 0; VP8 header P bit 0 = keyframe
 VP8_DELTA = b"\x10" + b"\x01" + bytes(40)
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> bool:
-        self.sent.append(data)
-        return True
 
 
 def publisher_packet(seq: int, ts: int, payload: bytes, *, mid: str = "0") -> bytes:

@@ -6,7 +6,7 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from sfu.forwarder import AUDIO_LEVEL, SDES_MID, CodecInfo, PublishedTrack
-from sfu.ingress import Ingress
+from sfu.ingress import MAX_FORGOTTEN_SSRCS, Ingress
 from sfu.stats import DropReason, Stats
 
 EXTENSIONS = {3: SDES_MID, 4: AUDIO_LEVEL}
@@ -71,3 +71,21 @@ def test_an_ssrc_without_a_ssrc_line_is_learnt_from_the_mid_extension_once() -> 
     ingress.on_rtp(packet(5555, seq=3))  # later packets need no MID
     ingress.on_rtp(packet(6666, mid="1"))  # the MID is taken: a second SSRC is not learnt
     assert stats.packets_in == 2 and stats.dropped[DropReason.UNKNOWN_SSRC.value] == 2
+
+
+def test_a_churning_publisher_grows_no_table() -> None:
+    """Unpublished SSRCs are remembered (their late packets are `no_right`), the latest only."""
+    stats = Stats()
+    tracks: dict[str, PublishedTrack] = {}
+    ingress = Ingress(tracks, stats)
+    for n in range(500):
+        track = published(f"TR_{n}")
+        tracks[track.sid] = track
+        ingress.bind(track, str(n), 10_000 + n, None, VP8, dict(EXTENSIONS))
+        del tracks[track.sid]
+        ingress.forget(track)
+    assert len(ingress._tracks_by_ssrc) <= MAX_FORGOTTEN_SSRCS
+    ingress.on_rtp(packet(10_499))  # the latest: still known
+    ingress.on_rtp(packet(10_000))  # long gone: unknown now
+    assert stats.dropped[DropReason.NOT_GRANTED.value] == 1
+    assert stats.dropped[DropReason.UNKNOWN_SSRC.value] == 1

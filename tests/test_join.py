@@ -89,7 +89,7 @@ async def test_bad_token_closes_4401_and_creates_nothing(server: ServerProcess, 
     assert frames == [
         {"type": "error", "req": 1, "code": "unauthorized", "message": "unauthorized"}
     ]
-    health = server.get_json("/healthz")
+    health = server.runtime()
     assert health["rooms"] == 0 and health["participants"] == 0
     assert server.runtime()["peer_connections"] == 0
 
@@ -105,7 +105,7 @@ async def test_wrong_room_is_another_room(server: ServerProcess) -> None:
     try:
         assert joined["room"]["name"] == "Room1"
         assert joined["participants"] == []
-        assert server.get_json("/healthz")["rooms"] == 2
+        assert server.runtime()["rooms"] == 2
     finally:
         await alice.leave()
         await bob.leave()
@@ -127,7 +127,7 @@ async def test_malformed_first_frame_closes_4400(
     assert close_code == code
     assert len(frames) == 1 and frames[0]["type"] == "error"
     assert frames[0]["code"] == "invalid_message"
-    assert server.get_json("/healthz")["participants"] == 0
+    assert server.runtime()["participants"] == 0
 
 
 async def test_binary_first_frame_closes_1003(server: ServerProcess) -> None:

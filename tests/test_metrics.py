@@ -84,6 +84,7 @@ async def test_counters_match_what_clients_sent_and_received(server: ServerProce
         assert live[("keyroom_published_tracks", (("kind", "audio"),))] == 1
         assert live[("keyroom_published_tracks", (("kind", "video"),))] == 0
         assert live[("keyroom_subscribed_tracks", ())] == 2
+        assert live[("keyroom_subscriber_media_sections", ())] == 2
 
         # Stop the source so every counter stops moving, then compare both ends.
         track.stop()

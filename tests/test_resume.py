@@ -78,7 +78,7 @@ async def test_unresumed_participant_is_removed_after_the_window(tmp_path) -> No
         await alice._ws.close()  # noqa: SLF001
         event = await bob.next_event("participant_left", timeout=5)
         assert event["identity"] == "alice" and event["reason"] == "disconnected"
-        assert server.get_json("/healthz")["participants"] == 1
+        assert server.runtime()["participants"] == 1
         await alice.close()
         await bob.leave()
     finally:

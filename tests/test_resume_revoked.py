@@ -29,7 +29,7 @@ async def test_revoked_while_away_resume_is_refused_with_removed(server: ServerP
             frames = [json.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
             assert frames == [{"type": "leave", "reason": "revoked"}]
             assert ws.close_code == 4410  # removed
-    assert server.get_json("/healthz")["participants"] == 0
+    assert server.runtime()["participants"] == 0
     lines = [line for line in server.log().splitlines() if '"event":"resume_refused"' in line]
     records = [json.loads(line[line.index("{") :]) for line in lines]
     assert [(r["ip"], r["reason"]) for r in records] == [("127.0.0.1", "revoked")]

@@ -200,10 +200,13 @@ def test_plaintext_on_a_non_loopback_bind_is_refused_at_start_up() -> None:
 async def test_insecure_plaintext_warns_at_start_up(tmp_path: Path) -> None:
     port = free_port()
     log_path = tmp_path / "server.log"
+    config = tmp_path / "keyroom.toml"
+    config.write_text(f'[metrics]\nbearer_token = "{"m" * 32}"\n')  # required without --dev
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "sfu", "serve", "--host", "0.0.0.0", "--port", str(port),
-             "--rtc-ip", "127.0.0.1", "--key", f"{KEY_ID}={SECRET}", "--insecure-plaintext"],
+             "--rtc-ip", "127.0.0.1", "--key", f"{KEY_ID}={SECRET}", "--insecure-plaintext",
+             "--config", str(config)],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         server = ServerProcess(port=port, process=process, log_path=log_path)

@@ -39,9 +39,13 @@ def load_config(
     return finalize(_build(data))
 
 
-def parse_config_file(path: str | None) -> Config:
-    """The file's options, checked one by one but without finalize()'s start-up rules."""
-    return _build(_read_file(path) if path else {})
+def parse_config_file(path: str | None, errors: list[ConfigError] | None = None) -> Config:
+    """The file's options, checked one by one but without finalize()'s start-up rules.
+
+    With `errors`, a section that fails its checks is collected there and left at its defaults
+    instead of raising, so `keyroom doctor` can report every finding at once.
+    """
+    return _build(_read_file(path) if path else {}, errors)
 
 
 def parse_keys(items: Iterable[str], source: str) -> dict[str, str]:
@@ -68,16 +72,24 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
 
 
-def _build(data: Mapping[str, Any]) -> Config:
+def _build(data: Mapping[str, Any], errors: list[ConfigError] | None = None) -> Config:
     sections: dict[str, Any] = {}
     for name, value in data.items():
-        if name in PLAIN_SECTIONS:
-            sections[name] = table(name, value)
-        elif name in TYPED_SECTIONS:
-            cls = TYPED_SECTIONS[name]
-            options = table(name, value)
-            check_keys(cls, options, name, "key")
-            sections[name] = cls(**options)
-        else:
-            raise unknown(str(name), [*TYPED_SECTIONS, *PLAIN_SECTIONS], "section")
+        try:
+            sections[name] = _section(name, value)
+        except ConfigError as e:
+            if errors is None:
+                raise
+            errors.append(e)
     return Config(**sections)
+
+
+def _section(name: str, value: Any) -> Any:
+    if name in PLAIN_SECTIONS:
+        return table(name, value)
+    if name in TYPED_SECTIONS:
+        cls = TYPED_SECTIONS[name]
+        options = table(name, value)
+        check_keys(cls, options, name, "key")
+        return cls(**options)
+    raise unknown(str(name), [*TYPED_SECTIONS, *PLAIN_SECTIONS], "section")

@@ -25,6 +25,11 @@ from sfu.config.sections import (
 
 DEV_KEY_ID = "devkey"
 NO_KEYS_MESSAGE = "no signing keys: use --key KEY=SECRET, KEYROOM_KEYS or [auth] keys"
+METRICS_TOKEN_MESSAGE = (
+    "metrics.bearer_token: required without --dev (/metrics shows every room's load and"
+    " traffic to whoever reaches the port); set [metrics] bearer_token (16 or more printable"
+    " characters) and give it to Prometheus as its bearer token"
+)
 
 
 def finalize(config: Config) -> Config:
@@ -46,6 +51,9 @@ def finalize(config: Config) -> Config:
         relay_roles=relay_roles,
     )
     _check_webhooks(config.webhooks, auth)
+    if not server.dev and config.metrics.bearer_token is None:
+        # Last: a config wrong in other ways is told about those first.
+        raise ConfigError(METRICS_TOKEN_MESSAGE)
     return replace(config, server=server, rtc=rtc, auth=auth)
 
 

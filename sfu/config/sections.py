@@ -54,7 +54,16 @@ class ServerConfig(_Section):
     # What a client that does not read may make the server hold for it (signaling/outbox.py).
     max_outbox_frames: int = option(1000, checks.positive_int)
     max_outbox_bytes: int = option(2 * 1024 * 1024, checks.positive_int)
+    # The first frame must be a complete join or resume this long after the socket opens;
+    # pings and anything else do not extend it.
     join_timeout: float = option(10.0, checks.positive_seconds)
+    # Sockets not yet admitted (upgraded, no join accepted yet), per client address and in all:
+    # beyond these the upgrade is refused (429, 503) before any WebSocket state exists.
+    max_pending_per_ip: int = option(100, checks.positive_int)
+    max_pending: int = option(1000, checks.positive_int)
+    # An HTTP connection idle between requests, or whose request headers are still incomplete,
+    # is closed this long after it opened or its last response (aiohttp's keep-alive timer).
+    keepalive_timeout: float = option(15.0, checks.positive_seconds)
     resume_window: float = option(30.0, checks.non_negative_seconds)
     shutdown_timeout: float = option(5.0, checks.positive_seconds)
     data_dir: str = option("data", checks.text)
@@ -118,7 +127,8 @@ class LimitsConfig(_Section):
     section: ClassVar[str] = "limits"
     max_participants: int = option(0, checks.non_negative_int)
     max_publishers: int = option(0, checks.non_negative_int)
-    max_tracks_per_participant: int = option(0, checks.non_negative_int)
+    # Bounded by default: each track costs every subscriber an m-line and the node a forwarder.
+    max_tracks_per_participant: int = option(16, checks.non_negative_int)
     max_subscriptions_per_participant: int = option(0, checks.non_negative_int)
     max_video_bitrate: int = option(0, checks.non_negative_int)  # bits per second, per track
     max_duration: float = option(0.0, checks.non_negative_seconds)
@@ -162,7 +172,8 @@ class NodeConfig(_Section):
 @dataclass(frozen=True, repr=False)
 class MetricsConfig(_Section):
     section: ClassVar[str] = "metrics"
-    # Unset: /metrics is open to anyone who can reach the port.
+    # Required without --dev (finalize): /metrics shows every room's load and traffic. With
+    # --dev and unset, /metrics is open on the loopback address the server serves.
     bearer_token: str | None = option(None, checks.optional_bearer_token)
 
     def __repr__(self) -> str:

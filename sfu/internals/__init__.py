@@ -4,13 +4,14 @@ keyroom forwards RTP below aiortc's track API: it takes plaintext RTP/RTCP from 
 DTLS transport and sends rewritten packets through another one. That needs private attributes of
 aiortc 1.16.0 / aioice 0.13.0 (pinned in setup.cfg), all named in `verify.py`'s single list:
 `verify_internals()` runs at server start-up and in a test, so an upgrade that moves one of them
-fails loudly instead of silently forwarding nothing. Notes: ../shared/notes/aiortc-internals.md.
+fails loudly instead of silently forwarding nothing.
 
 - `ingress`: plaintext RTP/RTCP taken from a DTLS transport (`hook_transport`, `FastPath`).
 - `egress`: RTP/RTCP protected and sent synchronously (`SrtpProtector`, `RtpSink`).
 - `icepolicy`: which remote candidates, checks and media sources an ICE connection takes.
 - `ports`: host sockets bound in the configured media port range.
 - `patches`: process-wide patches that keep aiortc from decoding, encoding or leaking tasks.
+- `sctp`: data channels' SCTP: reassembly bounded by the receive window, association gated.
 - `peerconnection`: peer connections as the server makes them, transceiver state.
 - `sockets`: wrapping the datagram callback of a connection's host sockets.
 - `verify`: the list of internals, checked.
@@ -37,6 +38,7 @@ from sfu.internals.peerconnection import (
     set_sender_msid,
 )
 from sfu.internals.ports import bind_media_ports, port_order
+from sfu.internals.sctp import gate_association, on_data_dropped
 from sfu.internals.verify import PINNED_AIOICE, PINNED_AIORTC, InternalsMoved, verify_internals
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "SyncRtpHandler",
     "bind_media_ports",
     "bundle_transport",
+    "gate_association",
     "guard_media_sources",
     "guard_remote_candidates",
     "hook_transport",
@@ -61,6 +64,7 @@ __all__ = [
     "negotiated_codecs",
     "negotiated_extensions",
     "new_peer_connection",
+    "on_data_dropped",
     "port_order",
     "restrict_codecs",
     "sender_ssrc",

@@ -50,7 +50,7 @@ class MediaSourceGuard:
 
     aioice hands every datagram it cannot parse as STUN to the DTLS transport's queue, whatever
     its source: a stranger's forged ClientHellos during the handshake fail the connection
-    (../shared/notes/test-environment.md), and its junk reaches OpenSSL and SRTP. STUN itself
+    (tests/test_media_sources.py), and its junk reaches OpenSSL and SRTP. STUN itself
     passes (aioice authenticates checks; they are how an address gets verified). An address is
     verified on a socket once a connectivity check between them succeeded in either direction as
     aioice sees it: a nominated pair, or a pair of the check list in state SUCCEEDED. The peer's

@@ -6,7 +6,9 @@ import aioice.ice
 import aiortc.codecs
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
+from aiortc.rtcsctptransport import RTCSctpTransport
 
+from sfu.internals.sctp import receive_data_chunk_bounded
 from sfu.internals.verify import verify_internals
 
 
@@ -42,8 +44,10 @@ async def _query_consent_unless_closed(self: aioice.ice.Connection) -> None:
 
 
 def install_server_patches() -> None:
-    """Turn aiortc into transport plumbing for this process: no codec, no media tasks."""
+    """Turn aiortc into transport plumbing for this process: no codec, no media tasks, data
+    channel reassembly bounded by the receive window."""
     verify_internals()
+    RTCSctpTransport._receive_data_chunk = receive_data_chunk_bounded  # type: ignore[method-assign, assignment]
     aiortc.rtcrtpreceiver.RTCRtpReceiver.receive = _receive_without_decoder  # type: ignore[method-assign]
     aiortc.rtcrtpsender.RTCRtpSender.send = _send_without_encoder  # type: ignore[method-assign]
     aioice.ice.Connection.query_consent = _query_consent_unless_closed  # type: ignore[method-assign]

@@ -16,9 +16,11 @@ import aiortc
 import aiortc.rtcicetransport
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
+import aiortc.rtcsctptransport
 import pylibsrtp
-from aiortc import RTCPeerConnection, RTCRtpTransceiver
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcsctptransport import DataChunk, InboundStream, RTCSctpTransport
 
 PINNED_AIORTC = "1.16.0"
 PINNED_AIOICE = "0.13.0"
@@ -59,6 +61,24 @@ ATTRIBUTES: list[tuple[object, str]] = [
     (aioice.ice, "candidate_foundation"),
     (aioice.ice, "candidate_priority"),
     (aioice.turn, "UDP_SOCKET_BUFFER_SIZE"),
+    # sctp.py: bounded reassembly (replaces _receive_data_chunk) and the gated association.
+    (RTCSctpTransport, "_receive_data_chunk"),
+    (RTCSctpTransport, "_advertised_rwnd"),
+    (RTCSctpTransport, "_inbound_streams"),
+    (RTCSctpTransport, "_sack_needed"),
+    (RTCSctpTransport, "_mark_received"),
+    (RTCSctpTransport, "_get_inbound_stream"),
+    (RTCSctpTransport, "_receive"),
+    (RTCSctpTransport, "_reset_deferred_streams"),
+    (RTCSctpTransport, "start"),
+    (InboundStream, "reassembly"),
+    (InboundStream, "sequence_number"),
+    (InboundStream, "add_chunk"),
+    (InboundStream, "pop_messages"),
+    (DataChunk, "user_data"),
+    (DataChunk, "stream_seq"),
+    (aiortc.rtcsctptransport, "SCTP_DATA_UNORDERED"),
+    (RTCDataChannel, "transport"),
 ]
 
 # (owner, function, names its code must use, message): behaviour this package relies on inside
@@ -89,6 +109,28 @@ REFERENCES: list[tuple[object, str, tuple[str, ...], str]] = [
         "addRemoteCandidate",
         ("add_remote_candidate",),
         "RTCIceTransport.addRemoteCandidate no longer calls {name}",
+    ),
+    (
+        RTCSctpTransport,
+        "_receive_data_chunk",
+        (
+            "_sack_needed",
+            "_mark_received",
+            "_get_inbound_stream",
+            "add_chunk",
+            "_advertised_rwnd",
+            "pop_messages",
+            "_receive",
+            "_reset_deferred_streams",
+        ),
+        "RTCSctpTransport._receive_data_chunk (replaced by sfu/internals/sctp.py) no longer uses"
+        " {name}",
+    ),  # fmt: skip
+    (
+        RTCPeerConnection,
+        "_RTCPeerConnection__connect",
+        ("start",),
+        "RTCPeerConnection.__connect no longer starts the SCTP transport with {name}",
     ),
     (
         RTCDtlsTransport,

@@ -1,4 +1,4 @@
-"""Python client of the keyroom signaling protocol (PROTOCOL.md section 2) on top of aiortc.
+"""Python client of the keyroom signaling protocol (docs/protocol.md section 2) on top of aiortc.
 
 One `KeyroomClient` is one participant: a WebSocket (aiohttp) for signaling, a publisher
 RTCPeerConnection (the client offers) and a subscriber RTCPeerConnection (the server offers).

@@ -14,8 +14,10 @@ from aiortc import (
     RTCIceServer,
     RTCIceTransportPolicy,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCRtpTransceiver,
 )
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
 
 from signaling.client.errors import Frame
@@ -76,15 +78,38 @@ def rerun_connect(pc: RTCPeerConnection) -> Coroutine[Any, Any, None]:
     return connect()
 
 
+def resend(transceiver: RTCRtpTransceiver, track: MediaStreamTrack) -> None:
+    """Send `track` on a section whose sender was stopped (its track unpublished).
+
+    A stopped aiortc sender never sends again, and `replaceTrack` on a live one would keep an
+    encoder that refuses the new track's frames (their timestamps start over). The section gets
+    a fresh sender, as a new section would: new SSRCs (its sequence numbers start anew, which
+    SRTP refuses on an SSRC already used), the old stream id. aiortc starts it once the next
+    answer is applied.
+    """
+    old = transceiver.sender
+    sender = RTCRtpSender(track, old.transport)
+    sender._stream_id = old._stream_id
+    transceiver._RTCRtpTransceiver__sender = sender  # type: ignore[attr-defined]
+
+
 def transceiver_of(pc: RTCPeerConnection, track: MediaStreamTrack) -> RTCRtpTransceiver | None:
     return next((t for t in pc.getTransceivers() if t.receiver.track is track), None)
 
 
 def reroute(transceiver: RTCRtpTransceiver, ssrcs: Iterable[int]) -> None:
-    """Route `ssrcs` to the transceiver's receiver.
+    """Route `ssrcs`, in the section's current codecs, to the transceiver's receiver.
 
-    aiortc routes by the SSRCs it learned when the receiver started; a new stream on an old
-    section has new ones.
+    aiortc routes by the SSRCs and payload types it learned when the receiver started, and
+    depayloads only the codecs of that moment; a new stream on an old (recycled) section may
+    have new SSRCs and another codec. Call after the description is applied (it sets the
+    transceiver's codecs).
     """
-    router = transceiver.receiver.transport._rtp_router
-    router.register_receiver(transceiver.receiver, list(ssrcs), [])
+    receiver = transceiver.receiver
+    codecs = list(transceiver._codecs)
+    known: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+    known.update((codec.payloadType, codec) for codec in codecs if codec.payloadType is not None)
+    router = receiver.transport._rtp_router
+    router.register_receiver(
+        receiver, list(ssrcs), [c.payloadType for c in codecs if c.payloadType is not None]
+    )

@@ -17,7 +17,7 @@ from aiortc import (
 from sfu.sdpinfo import describe_sections
 from signaling.client.connection import Connection
 from signaling.client.errors import Frame, KeyroomError
-from signaling.client.peers import add_candidate
+from signaling.client.peers import add_candidate, resend
 from signaling.client.sdp import make_rejected_sections_applicable
 from signaling.protocol import DATA_CHANNELS
 
@@ -36,6 +36,10 @@ class Publisher:
         self._request = request
         self._lock = asyncio.Lock()
         self._published: dict[str, RTCRtpTransceiver] = {}
+        # Sections of unpublished tracks, answered inactive: the next track of their kind is
+        # sent on one of them, so the offer (and the server's count of sections, PROTOCOL 3)
+        # grows with the tracks published at once, not with every publish ever made.
+        self._free: list[RTCRtpTransceiver] = []
         self.channels: dict[str, RTCDataChannel] = {}
         self._data_refused = False
 
@@ -53,7 +57,9 @@ class Publisher:
             )
             info: Frame = reply["track"]
             pc = self._require_pc()
-            transceiver = pc.addTransceiver(track, direction="sendonly")
+            transceiver = self._take_free(track)
+            if transceiver is None:
+                transceiver = pc.addTransceiver(track, direction="sendonly")
             self._published[info["sid"]] = transceiver
             rejected = await self._negotiate()
         if transceiver.mid in rejected:
@@ -84,6 +90,14 @@ class Publisher:
             raise self._connection.error()
         return self.pc
 
+    def _take_free(self, track: MediaStreamTrack) -> RTCRtpTransceiver | None:
+        transceiver = next((t for t in self._free if t.kind == track.kind), None)
+        if transceiver is not None:
+            self._free.remove(transceiver)
+            resend(transceiver, track)  # its msid now names the new track
+            transceiver.direction = "sendonly"
+        return transceiver
+
     async def unpublish(self, track_sid: str) -> None:
         transceiver = self._published.pop(track_sid, None)
         if transceiver is None:
@@ -94,6 +108,7 @@ class Publisher:
             transceiver.sender.replaceTrack(None)
             transceiver.direction = "inactive"
             await self._negotiate()
+            self._free.append(transceiver)
 
     async def send_data(self, envelope: Frame, reliable: bool, timeout: float) -> None:
         channel = await self._channel("_reliable" if reliable else "_lossy", timeout)

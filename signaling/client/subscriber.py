@@ -156,8 +156,9 @@ class Subscriber:
         self, pc: RTCPeerConnection, sections: list[MediaSectionInfo]
     ) -> None:
         """Follow re-offers: end tracks whose section stopped, and report a section that is
-        recycled for another track (or resumed) as a new RemoteTrack on the same aiortc track,
-        since aiortc raises no second "track" event for a transceiver."""
+        recycled for another track (a new msid after it went inactive, PROTOCOL 2.4) or resumed
+        as a new RemoteTrack on the same aiortc track, since aiortc raises no second "track"
+        event for a transceiver; its receiver is told the section's new SSRCs and codec."""
         for section in sections:
             remote = self.remote_tracks.get(section.mid or "")
             if remote is None:

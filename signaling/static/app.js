@@ -378,6 +378,8 @@ function detachRemote(remote) {
   }
   const tile = document.querySelector(`.tile[data-mid="${CSS.escape(remote.mid)}"]`);
   if (!tile) return;
+  // The mid may carry another track later (a recycled section): it no longer names this tile.
+  delete tile.dataset.mid;
   if (tile.dataset.key.endsWith(":screen")) tile.remove();
   else setTileVideo(tile, null);
   layoutGrid();

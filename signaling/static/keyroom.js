@@ -517,7 +517,8 @@ export class Room extends EventTarget {
     await pc.setRemoteDescription({ type: "offer", sdp });
     for (const section of sections) {
       const remote = this.remoteTracks.get(section.mid);
-      // Sections are never reused for another track: one that stops sending is over for good.
+      // A section that stops sending ends its track. It may later carry another track (a new
+      // msid, PROTOCOL 2.4): Chromium then fires "track" again, a new RemoteTrack on that mid.
       if (remote && (section.direction === "inactive" || section.direction === "recvonly")) {
         this.remoteTracks.delete(section.mid);
         this._emit("trackended", remote);
