@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -149,7 +150,8 @@ async def stop_reading(arena: Arena, seconds: float) -> Counter[str]:
     talker_grants = {"canUpdateOwnMetadata": True}
     async with (
         _joined(arena, "talker", grants=talker_grants) as talker,
-        aiohttp.ClientSession() as http,
+        # A small receive buffer: the kernel holds little, the server's outbox fills soon.
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(socket_factory=_small_buffer)) as http,
     ):
         gone: set[str] = set()
         talker.on("participant_left", lambda e: gone.add(str(e.get("identity"))))
@@ -168,6 +170,13 @@ async def stop_reading(arena: Arena, seconds: float) -> Counter[str]:
             for ws in sockets:
                 await ws.close()
     return done
+
+
+def _small_buffer(addr_info: Any) -> socket.socket:
+    family, kind, proto = addr_info[0], addr_info[1], addr_info[2]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
 
 
 async def _join_raw(
