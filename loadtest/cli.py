@@ -221,3 +221,28 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     print(json.dumps(results, indent=2) if args.json else format_results(results))
     return 0
+
+
+def add_soak_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`keyroom soak`: the whole subcommand here, so that sfu/cli.py only names it."""
+    p = commands.add_parser(
+        "soak",
+        help="churn with media for a long time; check RSS, fds and tasks stay flat",
+        description="Spawn a dev server, churn around steady calls (joins, publishes,"
+        " unpublishes, leaves, reconnects, resumes), sample it between cycles, and say whether"
+        " RSS, open fds and tasks stayed within 10 %% of the first sample after warm-up.",
+    )
+    p.add_argument("--minutes", type=float, default=30.0, help="churn time (default 30)")
+    p.add_argument(
+        "--warmup-minutes", type=float, help="before the baseline sample (default: a sixth)"
+    )
+    p.add_argument("--sample-interval", type=float, default=30.0, metavar="S", help="(default 30)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_soak)
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from loadtest.soak import main_soak
+
+    warmup = args.warmup_minutes if args.warmup_minutes is not None else args.minutes / 6
+    return main_soak(args.minutes, warmup, args.sample_interval, args.json)

@@ -88,8 +88,10 @@ class DataRelay:
         self._channels = channels
         for channel in channels.values():
             # What the client sends on the subscriber PC is never relayed, but it is reassembled.
+            # Not a closure over self: the registry is weak on the transport only while its
+            # callback does not reach the transport (self holds the channels).
             internals.on_data_dropped(
-                channel.transport, lambda: self.stats.drop(DropReason.DATA_OVERFLOW)
+                channel.transport, partial(self.stats.drop, DropReason.DATA_OVERFLOW)
             )
         for label, channel in channels.items():
             channel.on("open", partial(self._flush_held, label))

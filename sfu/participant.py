@@ -279,6 +279,8 @@ class Participant:
         """Release every resource: tasks, peer connections, their sockets. Idempotent."""
         self.detach()
         await self._tasks.close()
+        if self.subscribing.gathering is not None:
+            await asyncio.gather(self.subscribing.gathering, return_exceptions=True)
         await asyncio.gather(
             self.publisher_pc.close(), self.subscriber_pc.close(), return_exceptions=True
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -159,7 +160,8 @@ class Publishing:
             return
         self._sctp = sctp
         internals.gate_association(sctp, self._may_publish_data)
-        internals.on_data_dropped(sctp, lambda: self.stats.drop(DropReason.DATA_OVERFLOW))
+        # The stats only: a callback reaching `sctp` (self holds it) would keep it alive.
+        internals.on_data_dropped(sctp, partial(self.stats.drop, DropReason.DATA_OVERFLOW))
 
     def _accept(
         self,

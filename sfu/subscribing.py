@@ -83,6 +83,7 @@ class Subscribing:
         self._next_seq: dict[RTCRtpTransceiver, int] = {}
         self._at_cap = False
         self._negotiation: asyncio.Task[None] | None = None
+        self.gathering: asyncio.Future[None] | None = None  # the offer's ICE gathering
         self._renegotiate = False
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
@@ -141,7 +142,10 @@ class Subscribing:
                     }
                 )
             offer = await pc.createOffer()
-            await pc.setLocalDescription(offer)
+            # Shielded and kept: cancelled mid-gathering, aioice leaks the UDP socket it is
+            # binding; `Participant.close` waits for it before closing the connection.
+            self.gathering = asyncio.ensure_future(pc.setLocalDescription(offer))
+            await asyncio.shield(self.gathering)
             self._hook()
             self._answer = asyncio.get_running_loop().create_future()
             self._notify({"type": "offer", "target": "subscriber", "sdp": self._offer_sdp()})
