@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from signaling.client import KeyroomClient, KeyroomError, count_frames
@@ -503,3 +504,26 @@ async def test_recordings_and_unknown_endpoints_answer_in_the_api_format(
         assert reply["type"] == "ok"
     finally:
         await client.close()
+
+
+async def test_the_admin_brake_counts_the_address_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    """Issue 11.12: behind a reverse proxy every call comes from the proxy's address; the brake
+    must charge the client's (X-Forwarded-For from a trusted proxy), not lock everybody out."""
+    config = tmp_path / "keyroom.toml"
+    config.write_text('[server]\ntrusted_proxies = ["127.0.0.1"]\n')
+    server = start_server(tmp_path, "--config", str(config))
+
+    async def status_from(client: str) -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                server.http_url + "/api/rooms",
+                headers={"Authorization": "Bearer bad-token", "X-Forwarded-For": client},
+            ) as response:
+                return response.status
+
+    try:
+        assert [await status_from("203.0.113.7") for _ in range(10)] == [401] * 10
+        assert await status_from("203.0.113.7") == 429
+        assert await status_from("203.0.113.8") == 401  # another client behind the proxy
+    finally:
+        stop_server(server)
