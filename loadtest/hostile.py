@@ -194,7 +194,7 @@ def _identity_is(identity: str) -> Callable[[dict[str, Any]], bool]:
 # ----------------------------------------------------------------- publisher offers
 
 
-def _renamed(sdp: str, prefix: str) -> str:
+def renamed_mids(sdp: str, prefix: str) -> str:
     """The same offer with every mid renamed: to the server, all new sections."""
     sdp = re.sub(r"a=mid:(\S+)", lambda m: f"a=mid:{prefix}{m.group(1)}", sdp)
     return re.sub(
@@ -219,7 +219,7 @@ async def publisher_offers(arena: Arena, seconds: float) -> Counter[str]:
             identity = f"offers-{done['rounds']}"
             async with _joined(arena, identity, grants={"canPublish": False}) as abuser:
                 while _time_left(until, done["offers"]):
-                    sdp = _renamed(offer, f"r{done['offers']}x")
+                    sdp = renamed_mids(offer, f"r{done['offers']}x")
                     try:
                         await abuser.request({"type": "offer", "target": "publisher", "sdp": sdp})
                     except KeyroomError:

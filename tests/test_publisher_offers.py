@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 from aiortc import RTCPeerConnection
 
+from loadtest.hostile import renamed_mids
 from signaling.client import KeyroomClient, KeyroomError
 from tests.conftest import start_server, stop_server
 
 SECTIONS_PER_OFFER = 8
-
-
-def renamed(sdp: str, prefix: str) -> str:
-    """The same offer with every mid renamed: to the server, all new sections."""
-    sdp = re.sub(r"a=mid:(\S+)", lambda m: f"a=mid:{prefix}{m.group(1)}", sdp)
-    return re.sub(
-        r"a=group:BUNDLE ([^\r\n]+)",
-        lambda m: "a=group:BUNDLE " + " ".join(prefix + mid for mid in m.group(1).split()),
-        sdp,
-    )
 
 
 async def test_repeated_offers_with_new_sections_are_refused_past_the_total(
@@ -40,7 +30,7 @@ async def test_repeated_offers_with_new_sections_are_refused_past_the_total(
         answered = 0
         with pytest.raises(KeyroomError) as refused:
             for n in range(20):
-                sdp = renamed(offer, f"r{n}x")
+                sdp = renamed_mids(offer, f"r{n}x")
                 await client.request({"type": "offer", "target": "publisher", "sdp": sdp})
                 answered += 1
         assert answered == 64 // SECTIONS_PER_OFFER
