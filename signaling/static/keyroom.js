@@ -1,4 +1,4 @@
-// keyroom.js: the browser side of the keyroom wire contract (PROTOCOL.md section 2).
+// keyroom.js: the browser side of the keyroom wire contract (docs/protocol.md section 2).
 //
 // An ES module with no dependencies and no build step. One `Room` is one participant:
 //
