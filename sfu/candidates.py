@@ -63,6 +63,25 @@ def denied_address(host: str, policy: CandidatePolicy) -> bool:
     return False
 
 
+def governing_setting(reason: str, host: str, policy: CandidatePolicy) -> str:
+    """What an operator reads beside a refusal: the setting that decided it, or why none does."""
+    if reason == TOO_MANY:
+        return f"rtc.max_remote_candidates ({policy.max_remote_candidates}) reached"
+    if reason == NOT_RELAY:
+        return "relay-only room or role (limits.relay_only): only turn.relay_addresses may connect"
+    if reason == HOSTNAME:
+        return "host-name (mDNS) candidates are never resolved; the peer's checks still connect"
+    try:
+        address = ipaddress.ip_address(_canonical(host))
+    except ValueError:
+        return "not an IP address"
+    if address.is_loopback:
+        return "loopback candidates need a loopback address in rtc.ips"
+    if (address.is_private or address in _SHARED) and not address.is_link_local:
+        return "private address: set rtc.allow_private_candidates = true to accept it"
+    return "link-local, multicast and unspecified addresses are never accepted"
+
+
 def _canonical(host: str) -> str:
     try:
         address = ipaddress.ip_address(host)

@@ -81,6 +81,8 @@ class Participant:
         self.subscriptions: dict[str, DownTrack] = {}
         self._tasks = TaskSet(f"participant {sid}")
         self.on_connection_failed: Callable[[Participant], None] | None = None
+        # The settings behind refused remote candidates: told to the client if a PC fails.
+        self.ice_refusals: list[str] = []
         self._timer = clock.TimerDriver(self)
         self._build_media(addresses)
 
@@ -96,6 +98,7 @@ class Participant:
             lambda: self.relay_only or self.room.limits.relay_only,
             {"publisher": self.publisher_pc, "subscriber": self.subscriber_pc},
             self.stats.dropped,
+            self.ice_refusals,
         )
         self.feedback = Feedback(
             tracks=self.tracks,

@@ -176,6 +176,8 @@ class TrackPublished(ServerMessage, tag="track_published"):
 
 class ServerLeave(ServerMessage, tag="leave"):
     reason: str
+    # Why, for a person: e.g. the setting that refused the peer's ICE candidates.
+    message: str | None = None
 
 
 class TokenRefreshRequired(ServerMessage, tag="token_refresh_required"):

@@ -112,11 +112,13 @@ class Session:
         if not self.ending:
             self.output.send(message)
 
-    def end(self, reason: str, *, close_code: int | None = None) -> None:
+    def end(
+        self, reason: str, *, close_code: int | None = None, message: str | None = None
+    ) -> None:
         """End the session from the server side: `leave` with the reason, then close."""
         if self.ending:
             return
-        self.send(ServerLeave(reason=reason))
+        self.send(ServerLeave(reason=reason, message=message))
         self._ended_by_server = True
         self._stop(reason, close_code or leave_close(reason))
 
@@ -246,8 +248,14 @@ class Session:
         return participant, room
 
     def _on_connection_failed(self, participant: Participant) -> None:
-        log.info("participant %s: peer connection failed", participant.sid)
-        self.end("connection_failed", close_code=CLOSE_NORMAL)
+        # Refused candidates are the usual cause a client cannot see: name their settings.
+        hint = "; ".join(participant.ice_refusals) or None
+        log.warning(
+            "participant %s: peer connection failed%s",
+            participant.sid,
+            f" (refused candidates: {hint})" if hint else "",
+        )
+        self.end("connection_failed", close_code=CLOSE_NORMAL, message=hint)
 
     # -- requests -------------------------------------------------------------------------------
 

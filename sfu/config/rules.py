@@ -24,6 +24,7 @@ from sfu.config.sections import (
 )
 
 DEV_KEY_ID = "devkey"
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598: not `is_private`, yet internal
 NO_KEYS_MESSAGE = "no signing keys: use --key KEY=SECRET, KEYROOM_KEYS or [auth] keys"
 METRICS_TOKEN_MESSAGE = (
     "metrics.bearer_token: required without --dev (/metrics shows every room's load and"
@@ -42,7 +43,7 @@ def finalize(config: Config) -> Config:
         _check_public(server, rtc, auth)
     _check_ports(rtc)
     if rtc.allow_private_candidates is None:
-        rtc = replace(rtc, allow_private_candidates=server.dev)
+        rtc = replace(rtc, allow_private_candidates=server.dev or serves_private_network(rtc))
     _check_roles(config.roles)
     relay_roles = any(role.get("relay_only") for role in config.roles.values())
     _check_turn(
@@ -55,6 +56,16 @@ def finalize(config: Config) -> Config:
         # Last: a config wrong in other ways is told about those first.
         raise ConfigError(METRICS_TOKEN_MESSAGE)
     return replace(config, server=server, rtc=rtc, auth=auth)
+
+
+def serves_private_network(rtc: RtcConfig) -> bool:
+    """A server whose advertised media addresses are private serves a private network, whose
+    clients have private addresses too. Behind a 1:1 NAT (`public_ips`) it serves the outside."""
+    for ip in rtc.public_ips or rtc.ips:
+        address = ipaddress.ip_address(ip)
+        if not address.is_loopback and (address.is_private or address in _SHARED):
+            return True
+    return False
 
 
 def _is_loopback(host: str) -> bool:

@@ -38,6 +38,7 @@ class Connection:
         self.closed = False
         self.close_code: int | None = None
         self.leave_reason: str | None = None
+        self.leave_message: str | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.reader: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -50,7 +51,7 @@ class Connection:
         self._on_server_close = on_server_close
 
     def error(self) -> SessionClosed:
-        return SessionClosed(self.close_code, self.leave_reason)
+        return SessionClosed(self.close_code, self.leave_reason, self.leave_message)
 
     async def open(self, timeout: float) -> None:
         """Open the socket and start reading; after a failure the caller calls `abort`."""

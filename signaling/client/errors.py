@@ -34,10 +34,15 @@ class SessionClosed(Exception):
     """The session ended (server `leave` and/or socket close) before the awaited thing happened.
 
     `close_code` is the WebSocket close code (None if the socket dropped without one) and
-    `reason` the server's `leave` reason, if it sent one.
+    `reason` the server's `leave` reason, if it sent one, and `message` its explanation (e.g.
+    the server setting that refused this client's ICE candidates).
     """
 
-    def __init__(self, close_code: int | None, reason: str | None) -> None:
-        super().__init__(f"session closed (code={close_code}, reason={reason})")
+    def __init__(
+        self, close_code: int | None, reason: str | None, message: str | None = None
+    ) -> None:
+        text = f"session closed (code={close_code}, reason={reason})"
+        super().__init__(f"{text}: {message}" if message else text)
         self.close_code = close_code
         self.reason = reason
+        self.message = message

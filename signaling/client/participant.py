@@ -294,6 +294,8 @@ class KeyroomClient:
     def _on_event(self, frame: Frame) -> None:
         if frame.get("type") == "leave":
             self._connection.leave_reason = frame.get("reason")
+            message = frame.get("message")
+            self._connection.leave_message = message if isinstance(message, str) else None
         changed = self._roster.apply(frame)
         if changed is not None:
             self._subscriber.resolve(changed)
