@@ -30,8 +30,8 @@ from auth.store import AuthStore
 from auth.tokens import TokenVerifier
 from sfu import iceguard, internals
 from sfu.candidates import CandidatePolicy
-from sfu.config import Config
-from sfu.iceaddr import restrict_host_addresses
+from sfu.config import Config, ConfigError
+from sfu.iceaddr import check_local_addresses, restrict_host_addresses
 from sfu.metrics import build_registry, record_connection_refused, sample_loop_lag
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
@@ -354,6 +354,11 @@ def run_server(config: Config, source: ConfigSource | None = None) -> int:
     # pair with client addresses: never below WARNING, whatever --log-level says.
     for noisy in ("aiortc", "aioice"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
+    try:
+        check_local_addresses(config.rtc.ips)
+    except ConfigError as exc:
+        print(f"keyroom: error: {exc}", file=sys.stderr)
+        return 2
     internals.install_server_patches()
     restrict_host_addresses(list(config.rtc.ips))
     rtc = config.rtc
