@@ -41,6 +41,7 @@ from signaling.pending import PER_IP, PendingConnections, PendingFull
 from signaling.protocol import CLOSE_GOING_AWAY
 from signaling.reload import ConfigSource, key_table, on_hangup
 from signaling.state import ServerState
+from signaling.summary import startup_summary
 from signaling.webhooks import WebhookSender
 from signaling.websocket import serve_socket
 
@@ -328,6 +329,10 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
     log.info(
         "keyroom listening on %s://%s:%d", "https" if context else "http", server.host, server.port
     )
+    for line in startup_summary(config):
+        log.info("%s", line)
+    for warning in config.auth.key_warnings:
+        log.warning("%s", warning)
     if config.server.dev:
         print_dev_banner(config)
     stop = asyncio.Event()

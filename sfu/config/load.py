@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from sfu.config.checks import ConfigError, show, table, unknown
@@ -24,19 +25,48 @@ def load_config(
     """
     path = path or env.get("KEYROOM_CONFIG") or None
     data: dict[str, Any] = _read_file(path) if path else {}
-    layers: list[Mapping[str, Mapping[str, Any]]] = []
+    layers: list[tuple[str, Mapping[str, Mapping[str, Any]]]] = []
     if env.get("KEYROOM_KEYS"):
-        layers.append(
-            {"auth": {"keys": parse_keys(env["KEYROOM_KEYS"].split(","), "KEYROOM_KEYS")}}
-        )
-    layers.append(overrides)
-    for layer in layers:
+        keys = parse_keys(env["KEYROOM_KEYS"].split(","), "KEYROOM_KEYS")
+        layers.append(("KEYROOM_KEYS", {"auth": {"keys": keys}}))
+    layers.append(("--key", overrides))
+    origin = KeyOrigin(f"config file {path}" if path else "")
+    origin.note(data.get("auth"), origin.first)
+    for name, layer in layers:
+        origin.note(layer.get("auth"), name)
         for section, options in layer.items():
             base = data.get(section, {})
             # A non-table in the file is reported by _build; do not merge into it.
             if isinstance(base, dict):
                 data[section] = {**base, **options}
-    return finalize(_build(data))
+    config = _build(data)
+    auth = replace(config.auth, key_sources=origin.sources(), key_warnings=tuple(origin.warnings))
+    return finalize(replace(config, auth=auth))
+
+
+class KeyOrigin:
+    """Where the key table in force came from: a later source replaces it whole, so an
+    operator who set keys in two places is warned, naming both."""
+
+    def __init__(self, first: str) -> None:
+        self.first = first
+        self.source = ""
+        self.keys: list[str] = []
+        self.warnings: list[str] = []
+
+    def note(self, auth: Any, source: str) -> None:
+        keys = auth.get("keys") if isinstance(auth, Mapping) else None
+        if not isinstance(keys, Mapping) or not keys:
+            return
+        if self.keys:
+            self.warnings.append(
+                f"{source} replaces the signing keys of {self.source} ({', '.join(self.keys)}):"
+                f" in use now: {', '.join(map(str, keys))}"
+            )
+        self.source, self.keys = source, [str(k) for k in keys]
+
+    def sources(self) -> dict[str, str]:
+        return {key: self.source for key in self.keys}
 
 
 def parse_config_file(path: str | None, errors: list[ConfigError] | None = None) -> Config:

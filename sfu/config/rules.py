@@ -101,7 +101,7 @@ def _dev_defaults(
         rtc = replace(rtc, ips=("127.0.0.1",))
     if not auth.keys:
         key = {DEV_KEY_ID: secrets.token_urlsafe(32)}
-        auth = replace(auth, keys=key, generated_dev_key=True)
+        auth = replace(auth, keys=key, generated_dev_key=True, key_sources={DEV_KEY_ID: "--dev"})
     return rtc, auth
 
 
@@ -152,9 +152,11 @@ def _check_webhooks(webhooks: WebhooksConfig, auth: AuthConfig) -> None:
     if webhooks.key is None:
         raise ConfigError("webhooks.key: required with webhooks.urls: the id of the signing key")
     if webhooks.key not in auth.keys:
+        origin = set(auth.key_sources.values())
+        where = f"; the keys in use came from {origin.pop()} alone" if len(origin) == 1 else ""
         raise ConfigError(
             f"webhooks.key: {show(webhooks.key)} is not an HS256 key of the key table"
-            " ([auth] keys, --key or KEYROOM_KEYS)"
+            f" ([auth] keys, --key or KEYROOM_KEYS: the last one given replaces the others{where})"
         )
 
 

@@ -107,6 +107,10 @@ class AuthConfig(_Section):
     failure_window: float = option(60.0, checks.positive_seconds)
     # Set by finalize() only (not a file option): the server then prints the generated dev key.
     generated_dev_key: bool = False
+    # Set by load_config() only: key id -> where it came from (config file, KEYROOM_KEYS,
+    # --key), and a warning for each source whose keys a later one replaced.
+    key_sources: Mapping[str, str] = field(default_factory=dict)
+    key_warnings: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return (
