@@ -130,8 +130,11 @@ def _signing_key(args: argparse.Namespace) -> str | PrivateKey:
 def _token(args: argparse.Namespace) -> int:
     # Imported here: auth.tokens is only needed by this command.
     from auth.tokens import mint_token, parse_grant_overrides, parse_ttl
+    from sfu import tokenconfig
 
     try:
+        for warning in tokenconfig.prepare(args, os.environ):
+            print(f"{PROG}: {warning}", file=sys.stderr)
         signing_key = _signing_key(args)
         ttl = parse_ttl(args.ttl)
         grants = parse_grant_overrides(args.grant)
@@ -147,7 +150,7 @@ def _token(args: argparse.Namespace) -> int:
             role=args.role,
             grants=grants or None,
         )
-    except ValueError as e:
+    except (ValueError, ConfigError) as e:
         return _fail(str(e))
     print(token)
     return 0
@@ -160,7 +163,7 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Mint an access token and print it alone on one line: HS256 with a secret,"
         " ES256 or EdDSA with a private key (the algorithm follows the key).",
     )
-    p.add_argument("--key", required=True, help="key id (the token's kid and iss)")
+    p.add_argument("--key", help="key id (the token's kid and iss); required without --config")
     p.add_argument(
         "--secret",
         help="HS256 secret of the key; prefer $KEYROOM_SECRET (arguments are visible in ps)",
@@ -172,7 +175,7 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " has as [auth] public_keys.KEY",
     )
     p.add_argument("--identity", required=True, help="participant identity (sub)")
-    p.add_argument("--room", required=True, help="room the token admits to (video.room)")
+    p.add_argument("--room", help="room the token admits to (video.room); required but --admin")
     p.add_argument(
         "--ttl", default="6h", help="lifetime: seconds, or 90s, 10m, 6h, 1d (default 6h)"
     )
@@ -186,6 +189,9 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NAME=VALUE",
         help="set a video grant, e.g. canPublish=false; repeatable",
     )
+    from sfu.tokenconfig import add_arguments
+
+    add_arguments(p)
     p.set_defaults(handler=_token)
 
 
