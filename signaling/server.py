@@ -346,6 +346,7 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
     await runner.cleanup()
     state.audit.close()
     state.store.close()
+    log.info("keyroom stopped")
     return 0
 
 

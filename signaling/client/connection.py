@@ -14,6 +14,8 @@ from signaling.client.errors import Frame, KeyroomError, SessionClosed
 
 log = logging.getLogger("signaling.client")
 
+_ENDED = (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
 
 class Connection:
     """The socket of a session (PROTOCOL 2) and how it ended.
@@ -98,16 +100,26 @@ class Connection:
             await self._http.close()
 
     async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        # The code of the close frame received, when one was: aiohttp's own `close_code` turns
+        # into 1006 when the server's TCP connection ends before aiohttp's reply to the close
+        # frame is written (a server that exits right after closing every socket).
+        received: int | None = None
         try:
-            async for message in ws:
+            while True:
+                message = await ws.receive()
                 if message.type is aiohttp.WSMsgType.TEXT:
                     self._receive_text(message.data)
+                elif message.type is aiohttp.WSMsgType.CLOSE:
+                    received = message.data
+                    break
+                elif message.type in _ENDED:
+                    break
                 else:
                     log.warning("unexpected %s message from server", message.type)
         except asyncio.CancelledError:
             self.end(None)
             raise
-        self.end(ws.close_code)
+        self.end(received if received is not None else ws.close_code)
         self._on_server_close()
 
     def _receive_text(self, data: str) -> None:

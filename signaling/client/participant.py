@@ -302,6 +302,7 @@ class KeyroomClient:
         self.events.append(frame)
         self._event_inbox.put(frame)
         self._fire(str(frame.get("type")), frame)
+        self._fire("*", frame)
 
     # ---------------------------------------------------------------- media and data
 
@@ -393,7 +394,8 @@ class KeyroomClient:
 
     def on(self, event_type: str, callback: Callable[[Any], Any]) -> None:
         """Call `callback(frame)` for each server event of `event_type` (after the state is
-        updated); `"track"` gets each RemoteTrack and `"data"` each data message. A coroutine
+        updated), `"*"` for every server event; `"track"` gets each RemoteTrack and `"data"`
+        each data message. A coroutine
         function is run as a task owned by the client."""
         self._callbacks.setdefault(event_type, []).append(callback)
 
