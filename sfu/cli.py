@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_audit(commands)
     _add_doctor(commands)
+    from sfu import reloadcli
+
+    reloadcli.add_parser(commands)
     from loadtest.cli import add_soak_command
 
     add_soak_command(commands)

@@ -91,8 +91,7 @@ class Participant:
         sid, stats = self.sid, self.stats
         self.publisher_pc = internals.new_peer_connection()
         self.subscriber_pc = internals.new_peer_connection()
-        # Remote candidate hygiene, relay-only enforcement and media-source hygiene
-        # (docs/security-transport.md).
+        # Candidate, relay-only and media-source hygiene (docs/security-transport.md).
         iceguard.guard_peer_connections(
             sid,
             lambda: self.relay_only or self.room.limits.relay_only,

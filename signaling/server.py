@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import hmac
-import ipaddress
 import logging
 import math
 import os
@@ -29,20 +28,19 @@ from auth.brake import FailureBrake
 from auth.store import AuthStore
 from auth.tokens import TokenVerifier
 from sfu import iceguard, internals
-from sfu.candidates import CandidatePolicy
 from sfu.config import Config, ConfigError
 from sfu.iceaddr import check_local_addresses, restrict_host_addresses
 from sfu.metrics import build_registry, record_connection_refused, sample_loop_lag
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
+from signaling.liveconfig import ConfigSource, LiveConfig, candidate_policy
 from signaling.netpolicy import client_ip, parse_networks, tls_context
 from signaling.pending import PER_IP, PendingConnections, PendingFull
 from signaling.protocol import CLOSE_GOING_AWAY
-from signaling.reload import ConfigSource, key_table, on_hangup
+from signaling.reload import key_table
 from signaling.state import ServerState
 from signaling.summary import startup_summary
-from signaling.webhooks import WebhookSender
 from signaling.websocket import serve_socket
 
 log = logging.getLogger("keyroom.server")
@@ -50,6 +48,7 @@ log = logging.getLogger("keyroom.server")
 STATE = web.AppKey("state", ServerState)
 METRICS = web.AppKey("metrics", CollectorRegistry)
 PENDING = web.AppKey("pending", PendingConnections)
+LIVE = web.AppKey("live", LiveConfig)
 
 # HTTP request heads: aiohttp's own limits, named here so they are a choice (docs/security.md).
 MAX_LINE_BYTES = 8190
@@ -108,6 +107,8 @@ def build_app(state: ServerState) -> web.Application:
     app[STATE] = state
     app.router.add_get("/rtc", rtc_handler)
     app.router.add_get("/healthz", healthz_handler)
+    app[LIVE] = LiveConfig(state)
+    app[LIVE].add_route(app)  # before the admin API's catch-all
     add_admin_routes(app, state)
     server = state.config.server
     app[PENDING] = PendingConnections(server.max_pending, server.max_pending_per_ip)
@@ -198,18 +199,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 async def background(app: web.Application) -> AsyncIterator[None]:
     """The event-loop lag sampler and, with `[webhooks] urls`, the webhook sender."""
-    state = app[STATE]
     lag = asyncio.create_task(sample_loop_lag())
-    hooks = state.config.webhooks
-    sender = None
-    if hooks.urls and hooks.key is not None:
-        sender = WebhookSender(hooks, state.config.auth.keys[hooks.key])
-        sender.start()
-        state.rooms.listeners.append(sender.on_event)
+    app[LIVE].start_webhooks()
     yield
-    if sender is not None:
-        state.rooms.listeners.remove(sender.on_event)
-        await sender.close()
+    await app[LIVE].stop_webhooks()
     lag.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await lag
@@ -294,6 +287,20 @@ def print_dev_banner(config: Config) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def announce(config: Config, *, tls: bool) -> None:
+    """The start-up log: where it listens, then what is in force (signaling/summary.py)."""
+    server = config.server
+    log.info(
+        "keyroom listening on %s://%s:%d", "https" if tls else "http", server.host, server.port
+    )
+    for line in startup_summary(config):
+        log.info("%s", line)
+    for warning in config.auth.key_warnings:
+        log.warning("%s", warning)
+    if server.dev:
+        print_dev_banner(config)
+
+
 async def serve(config: Config, source: ConfigSource | None = None) -> int:
     state = build_state(config)
     iceguard.use_audit(state.audit)  # ICE refusals (relay-only rooms) are audited
@@ -326,20 +333,14 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
         )
     site = web.TCPSite(runner, server.host, server.port, ssl_context=context)
     await site.start()
-    log.info(
-        "keyroom listening on %s://%s:%d", "https" if context else "http", server.host, server.port
-    )
-    for line in startup_summary(config):
-        log.info("%s", line)
-    for warning in config.auth.key_warnings:
-        log.warning("%s", warning)
-    if config.server.dev:
-        print_dev_banner(config)
+    announce(config, tls=context is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hangup, config, state.verifier, context, source)
+    live = app[LIVE]
+    live.source, live.tls = source, context
+    loop.add_signal_handler(signal.SIGHUP, lambda: state.spawn(live.reload("SIGHUP")))
     await stop.wait()
     log.info("shutting down")
     await shutdown(state)
@@ -351,7 +352,7 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
 
 
 def run_server(config: Config, source: ConfigSource | None = None) -> int:
-    """Serve until SIGTERM; `source` reads the configuration again on SIGHUP (signing keys)."""
+    """Serve until SIGTERM; `source` reads the configuration again on a reload (liveconfig)."""
     logging.basicConfig(
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -370,14 +371,7 @@ def run_server(config: Config, source: ConfigSource | None = None) -> int:
     rtc = config.rtc
     if rtc.port_min:
         internals.bind_media_ports(rtc.port_min, rtc.port_max)
-    iceguard.configure(
-        CandidatePolicy(
-            max_remote_candidates=rtc.max_remote_candidates,
-            allow_private=bool(rtc.allow_private_candidates),
-            allow_loopback=any(ipaddress.ip_address(ip).is_loopback for ip in rtc.ips),
-            relay_addresses=frozenset(config.turn.relay_addresses),
-        )
-    )
+    iceguard.configure(candidate_policy(config))
     try:
         return uvloop.run(serve(config, source))
     except (AuditChainBroken, AuditKeyError, OSError) as exc:

@@ -134,7 +134,7 @@ async def test_sighup_swaps_signing_keys_and_sessions_go_on(
         # A broken file keeps the keys in use, and says so.
         config.write_text("[auth]\nkeys = { b = 'short' }\n")
         server.process.send_signal(signal.SIGHUP)
-        wait_logged(server, "SIGHUP: signing keys not reloaded, the old ones stay in use")
+        wait_logged(server, "SIGHUP: configuration not reloaded, the old one stays in use")
         assert "short'" not in server.log()
         assert await first_reply(server, server.token("dave", secret=SECRET_B, key_id="b")) == (
             "joined",
