@@ -151,6 +151,8 @@ class ChainChecker:
             return f"record {expected}: not a JSON object"
         seq = record.get("seq")
         if seq != expected:
+            if isinstance(seq, int) and seq == expected + 1:
+                return f"record {expected} is missing (removed)"
             if isinstance(seq, int) and seq > expected:
                 return f"records {expected} to {seq - 1} are missing (removed)"
             return f"record {seq!r} found where record {expected} was expected (reordered)"
@@ -164,27 +166,32 @@ class ChainChecker:
 def verify_lines(
     lines: Iterable[str], key: bytes, checkpoints: Iterable[Checkpoint] = ()
 ) -> Verification:
-    """Verify a whole log against the key and the sealed checkpoints."""
+    """Verify a whole log against the key and the sealed checkpoints.
+
+    Problems name the file's line (1-based, as an editor shows it) and the record's `seq`.
+    Checkpoints are compared by `seq`, so records after a removed one still match their seals:
+    one removal is one problem, not one per checkpoint after it."""
     result = Verification()
     checker = ChainChecker(key)
-    macs: list[str] = []
-    for raw in lines:
+    macs: dict[int, str] = {}  # seq -> MAC of the record found with that seq
+    for number, raw in enumerate(lines, start=1):
         line = raw.rstrip("\n")
         problem = checker.check(line)
         if problem:
-            result.problems.append(problem)
-        macs.append(checker.prev_mac)
-    result.records = len(macs)
+            result.problems.append(f"line {number}: {problem}")
+        macs.setdefault(checker.seq - 1, checker.prev_mac)
+        result.records += 1
+    last = max(macs, default=-1)
     for checkpoint in checkpoints:
         result.last_sealed = checkpoint
-        if checkpoint.records > len(macs):
+        sealed = checkpoint.records - 1
+        if sealed > last:
             result.problems.append(
                 f"log truncated: a checkpoint sealed {checkpoint.records} records, "
-                f"the log holds {len(macs)}"
+                f"the log holds {result.records}"
             )
-        elif checkpoint.records and macs[checkpoint.records - 1] != checkpoint.mac:
+        elif checkpoint.records and sealed in macs and macs[sealed] != checkpoint.mac:
             result.problems.append(
-                f"record {checkpoint.records - 1}: differs from the one sealed at "
-                f"{checkpoint.ts:.0f} (edited)"
+                f"record {sealed}: differs from the one sealed at {checkpoint.ts:.0f} (edited)"
             )
     return result

@@ -23,6 +23,7 @@ from auth.policy import (
 from auth.tokens import Claims, TokenError
 from sfu.config import ConfigError, LimitsConfig, limits_with, room_limits
 from sfu.config.ceiling import loosened
+from sfu.config.diff import limit_changes
 from sfu.participant import Participant
 from sfu.room import Room
 from signaling.admission import charge_failure
@@ -202,6 +203,10 @@ class AdminApi:
         limits = self._limits(room.limits, body.get("limits", {}))
         self._under_ceiling(request, claims, room.name, limits)
         metadata = self._metadata(body.get("metadata", room.metadata))
+        self.state.audit.record(
+            "room_updated", room=room.name, by=claims.identity, key_id=claims.key_id,
+            limits=limit_changes(room.limits, limits), metadata_changed=metadata != room.metadata,
+        )  # fmt: skip
         # Lower limits refuse newcomers; nobody inside is removed by a PATCH.
         room.limits, room.metadata = limits, metadata
         room.broadcast({"type": "room_updated", "room": room.info()})
@@ -258,6 +263,12 @@ class AdminApi:
         if why is not None:
             raise AdminError("invalid_message", f"name {why}")
         metadata = self._metadata(body.get("metadata", participant.metadata))
+        changed = [f for f, new, old in (("name", name, participant.name),
+                   ("metadata", metadata, participant.metadata)) if new != old]  # fmt: skip
+        self.state.audit.record(
+            "participant_updated", room=room.name, identity=participant.identity,
+            by=claims.identity, changed=changed + (["permissions"] if grant else []),
+        )  # fmt: skip
         participant.name, participant.metadata = name, metadata
         if grant is not None:
             self.state.audit.record(

@@ -52,7 +52,15 @@ def add_track(
         raise MessageError("conflict", "a track with this cid was already added", req)
     if state.node_tracks_full():
         raise MessageError("limit_exceeded", "the server has its maximum of tracks", req)
-    _check_track_limits(participant, room, req)
+    try:
+        _check_track_limits(participant, room, req)
+    except MessageError as exc:
+        # A room at its limit is an operator's question ("why can't Bob present?"): audited.
+        state.audit.record(
+            "publish_refused", room=room.name, identity=participant.identity,
+            kind=kind, source=source, reason=exc.message,
+        )  # fmt: skip
+        raise
     # A source an admin muted stays muted, republished or not.
     muted = message.muted or state.store.admin_muted(room.name, participant.identity, source)
     track = PublishedTrack(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from sfu.config import Config, LimitsConfig, NodeConfig
+from signaling.webhooks import target_name
 
 
 def startup_summary(config: Config) -> list[str]:
@@ -56,7 +57,7 @@ def _records(config: Config) -> list[str]:
         f"audit log: {audit.path}" if audit.path else "audit log: none (keyroom.audit logger only)"
     ]
     hooks = config.webhooks
-    targets = ", ".join(hooks.urls)
+    targets = ", ".join(target_name(i, url) for i, url in enumerate(hooks.urls))
     lines.append(f"webhooks: {targets} (key {hooks.key})" if targets else "webhooks: none")
     metrics = config.metrics.bearer_token
     lines.append("/metrics: bearer token required" if metrics else "/metrics: open (no token)")

@@ -118,6 +118,14 @@ def sign(body: bytes, key_id: str, secret: str, now: float) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+def target_name(index: int, url: str) -> str:
+    """`webhooks.urls[i] (scheme://host:port)`: which configured URL, for logs, without its
+    path or query, which may carry a receiver's secret."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"webhooks.urls[{index}] ({parts.scheme}://{parts.hostname}{port})"
+
+
 @dataclass(eq=False)
 class _Endpoint:
     url: str
@@ -128,10 +136,11 @@ class _Endpoint:
     lost: int = 0
     task: asyncio.Task[None] | None = None
 
+    index: int = 0
+
     @property
-    def host(self) -> str:
-        # Logs name the host only: a URL's path or query may carry a receiver's secret.
-        return urlsplit(self.url).hostname or "?"
+    def name(self) -> str:
+        return target_name(self.index, self.url)
 
 
 class WebhookSender:
@@ -140,7 +149,7 @@ class WebhookSender:
         self.config = config
         self.key_id = config.key
         self.secret = secret
-        self.endpoints = [_Endpoint(url) for url in config.urls]
+        self.endpoints = [_Endpoint(url, index=i) for i, url in enumerate(config.urls)]
         self._session: aiohttp.ClientSession | None = None
 
     def on_event(
@@ -195,6 +204,7 @@ class WebhookSender:
     async def _deliver(self, endpoint: _Endpoint, event: dict[str, Any]) -> None:
         assert self._session is not None
         config = self.config
+        problem = ""
         for attempt in range(config.max_attempts):
             if attempt:
                 await asyncio.sleep(min(config.retry_delay * 2 ** (attempt - 1), MAX_RETRY_DELAY))
@@ -215,16 +225,25 @@ class WebhookSender:
                         endpoint.lost -= reported  # others may have been lost meanwhile
                         record_webhook("delivered")
                         return
-                    problem = f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError) as e:
-                problem = type(e).__name__
+                    problem = f"HTTP {response.status} {response.reason or ''}".rstrip()
+            except TimeoutError:
+                problem = f"no answer within webhooks.timeout ({config.timeout:g} s)"
+            except aiohttp.ClientError as e:
+                problem = f"{type(e).__name__}: {e}"
             log.warning(
-                "webhook %s to %s, attempt %d/%d: %s",
+                "webhook %s to %s, attempt %d/%d failed: %s",
                 event["event"],
-                endpoint.host,
+                endpoint.name,
                 attempt + 1,
                 config.max_attempts,
                 problem,
             )
+        log.error(
+            "webhook %s to %s given up after %d attempts (webhooks.max_attempts): %s",
+            event["event"],
+            endpoint.name,
+            config.max_attempts,
+            problem,
+        )
         endpoint.lost += 1
         record_webhook("failed")

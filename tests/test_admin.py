@@ -457,7 +457,7 @@ async def test_audit_chain_is_written_and_tampering_detected(tmp_path: Path) -> 
     audit_path.write_text("\n".join(events[:1] + events[2:]) + "\n")  # remove one record
     result = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1
-    assert "first break: records 1 to 1 are missing (removed)" in result.stdout
+    assert "first break: line 2: record 1 is missing (removed)" in result.stdout
 
 
 async def test_max_video_bitrate_reaches_the_publisher_as_remb(tmp_path: Path) -> None:

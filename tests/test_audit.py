@@ -70,16 +70,17 @@ def test_one_removed_record_is_one_problem_named_clearly(tmp_path: Path) -> None
     lines = write_chain(tmp_path / "audit.jsonl", 30)
     del lines[7]
     result = verify_lines(lines, KEY)
-    assert result.problems == ["records 7 to 7 are missing (removed)"]
+    assert result.problems == ["line 8: record 7 is missing (removed)"]
     report = result.report("audit.jsonl")
-    assert report[0] == "audit.jsonl: first break: records 7 to 7 are missing (removed)"
+    assert report[0] == "audit.jsonl: first break: line 8: record 7 is missing (removed)"
 
 
 def test_an_edited_record_is_named_not_the_one_after_it(tmp_path: Path) -> None:
     lines = write_chain(tmp_path / "audit.jsonl", 10)
     lines[4] = lines[4].replace("reason 4", "reason X")
     result = verify_lines(lines, KEY)
-    assert result.problems == ["record 4: edited (its MAC does not match its content)"]
+    # Line 5 as an editor numbers it: the record with seq 4.
+    assert result.problems == ["line 5: record 4: edited (its MAC does not match its content)"]
 
 
 @pytest.mark.parametrize("cut", ["truncate_tail", "empty"])

@@ -56,7 +56,7 @@ def test_the_summary_names_each_configured_thing(tmp_path: Path) -> None:
         "media on 127.0.0.1, UDP ports any; private client addresses refused",
         f"signing keys: corp-a (config file {tmp_path}/keyroom.toml)",
         "audit log: /var/log/keyroom/audit.jsonl",
-        "webhooks: https://hooks.example.com/k (key corp-a)",
+        "webhooks: webhooks.urls[0] (https://hooks.example.com) (key corp-a)",
         "/metrics: bearer token required",
         "limits: max_participants=8",
         "room overrides: board",
