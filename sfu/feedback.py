@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from sfu.bitratecap import BitrateCap
 from sfu.clock import Deadlines
 from sfu.forwarder import DownTrack, PublishedTrack, Sink
 from sfu.rtcp import (
@@ -73,6 +74,9 @@ class Feedback:
         # (packet, is a keyframe request) for the publisher PC; packets for the subscriber PC.
         self.to_publisher: list[tuple[bytes, bool]] = []
         self.to_subscriber: list[bytes] = []
+        # max_video_bitrate enforced beyond REMB: (track, action, bitrate, limit) to act on.
+        self.bitrate_cap = BitrateCap()
+        self.bitrate_actions: list[tuple[PublishedTrack, str, int, int]] = []
 
     # -- clock ----------------------------------------------------------------------------------
 
@@ -132,6 +136,7 @@ class Feedback:
             self._deadlines.set(key, due)
 
     def forget_track(self, track: PublishedTrack) -> None:
+        self.bitrate_cap.forget(track.sid)
         self._deadlines.clear((_KEYFRAME, track.sid))
         self._previous.pop(track.sid, None)
 
@@ -163,6 +168,7 @@ class Feedback:
             self._previous[track.sid] = (now, track.counters.bytes_in)
             if track.kind == "video":
                 video_ssrcs.append(track.ssrc)
+                self._cap(track, now)
         if not blocks:
             return
         self.to_publisher.append((build_rr(self.rtcp_ssrc, blocks[:MAX_REPORT_BLOCKS]), False))
@@ -170,6 +176,12 @@ class Feedback:
             per_track = self._max_video_bitrate() or DEFAULT_VIDEO_BITRATE_CAP
             remb = build_remb(self.rtcp_ssrc, per_track * len(video_ssrcs), video_ssrcs)
             self.to_publisher.append((remb, False))
+
+    def _cap(self, track: PublishedTrack, now: float) -> None:
+        limit = self._max_video_bitrate()
+        action = self.bitrate_cap.observe(track.sid, track.bitrate, limit, now)
+        if action is not None:
+            self.bitrate_actions.append((track, action, track.bitrate, limit))
 
     # -- subscriber direction -------------------------------------------------------------------
 

@@ -81,6 +81,8 @@ class Participant:
         self.subscriptions: dict[str, DownTrack] = {}
         self._tasks = TaskSet(f"participant {sid}")
         self.on_connection_failed: Callable[[Participant], None] | None = None
+        # A video track over limits.max_video_bitrate (sfu/bitratecap.py): warned, paused.
+        self.on_bitrate: Callable[[Participant, PublishedTrack, str, int, int], None] | None = None
         # The settings behind refused remote candidates: told to the client if a PC fails.
         self.ice_refusals: list[str] = []
         self._timer = clock.TimerDriver(self)
@@ -213,6 +215,10 @@ class Participant:
 
     def handle_timer(self, now: float) -> None:
         self.feedback.handle_timer(now)
+        actions, self.feedback.bitrate_actions = self.feedback.bitrate_actions, []
+        for track, action, bitrate, limit in actions:
+            if self.on_bitrate is not None:
+                self.on_bitrate(self, track, action, bitrate, limit)
         self._flush()
 
     def _flush(self) -> None:

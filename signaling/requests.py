@@ -161,6 +161,8 @@ def mute(
     if not message.muted and state.store.admin_muted(room.name, participant.identity, track.source):
         # Not audited: the admin's mute is, and a client could repeat this request at will.
         raise MessageError("forbidden", "an admin muted this track", message.req)
+    if not message.muted and participant.feedback.bitrate_cap.paused(track.sid):
+        raise MessageError("forbidden", "paused: over limits.max_video_bitrate", message.req)
     room.set_muted(participant, track, message.muted, notify_publisher=False)
     return ok(message)
 

@@ -14,6 +14,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from auth.grants import role_relay_only
@@ -31,6 +32,7 @@ from signaling.admission import (
     charge_failure,
     check_refresh,
 )
+from signaling.bitratepolicy import enforce_bitrate
 from signaling.codec import MessageError
 from signaling.messages import (
     AddTrack,
@@ -196,6 +198,7 @@ class Session:
             public_addresses=dict(zip(config.rtc.ips, config.rtc.public_ips, strict=False)),
         )
         participant.on_connection_failed = self._on_connection_failed
+        participant.on_bitrate = partial(enforce_bitrate, state, room)
         self.participant, self.room, self.claims = participant, room, claims
         room.add(participant)
         state.sessions_by_participant[participant.sid] = self
