@@ -1,5 +1,5 @@
 # keyroom SFU image. Build: docker build -t keyroom .
-# Run (host networking, see "Media ports" below):
+# Run (host networking, see "Media ports" below; the config is $KEYROOM_CONFIG):
 #   docker run --network host -v /srv/keyroom:/etc/keyroom:ro keyroom
 # The config file must set at least [auth] keys (or pass KEYROOM_KEYS), [rtc] ips, and, to be
 # reachable from outside the container, [server] host = "0.0.0.0" with tls_cert/tls_key or
@@ -23,15 +23,17 @@ USER keyroom
 # data_dir ("data") is relative: state lives in /var/lib/keyroom/data; mount a volume there.
 WORKDIR /var/lib/keyroom
 
+ENV KEYROOM_CONFIG=/etc/keyroom/keyroom.toml
 # Signaling (HTTP/WebSocket) and the admin API.
 EXPOSE 7880/tcp
-# Media ports: aioice binds each ICE connection to an ephemeral UDP port (the kernel's
-# ip_local_port_range, 32768-60999 by default) on every --rtc-ip; there is no configurable range
-# yet, so publishing a fixed range cannot work: run with --network host.
+# Media ports: with [rtc] port_min/port_max each peer connection binds one UDP port of that
+# range per rtc.ips address, so the range can be published (-p 50000-50199:50000-50199/udp,
+# with rtc.ips = the container's address and rtc.public_ips = the host's); --network host with
+# rtc.ips = the host's address is simpler. See docs/deploy.md.
 
-# The image has no curl; python is there. Assumes the default port 7880 and plaintext on loopback.
+# The port and TLS come from the config ($KEYROOM_CONFIG): works with TLS on or off.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7880/healthz', timeout=2)"]
+    CMD ["python", "-m", "sfu.healthcheck"]
 
 ENTRYPOINT ["keyroom"]
-CMD ["serve", "--config", "/etc/keyroom/keyroom.toml"]
+CMD ["serve"]

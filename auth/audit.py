@@ -35,6 +35,7 @@ from auth.auditchain import (
     parse_checkpoints,
     verify_lines,
 )
+from auth.auditfiles import CONTINUED, next_rotated, rotated_files
 from auth.auditrate import WINDOW, RefusalAggregator
 
 log = logging.getLogger("keyroom.audit")
@@ -74,8 +75,9 @@ def load_or_create_key(key_file: str) -> bytes:
 class _Sink:
     """The files: the log (append-only) and its checkpoints; resumes a verified chain."""
 
-    def __init__(self, path: str, key: bytes, checkpoint_path: str) -> None:
+    def __init__(self, path: str, key: bytes, checkpoint_path: str, rotate_bytes: int = 0) -> None:
         self.key = key
+        self.rotate_bytes = rotate_bytes
         self.path = Path(path)
         self.checkpoint_path = Path(checkpoint_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,10 +85,27 @@ class _Sink:
         self.sealed_records = 0
         if self.path.exists():
             self._resume()
+        self._open()
+
+    def _open(self) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.file = os.fdopen(fd, "ab")
         fd = os.open(self.checkpoint_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.checkpoints = os.fdopen(fd, "ab")
+
+    def rotate(self, ts: float) -> str:
+        """Seal, rename the log and its checkpoints aside, and go on in a fresh PATH whose first
+        record links to the renamed file's last (auth/auditfiles.py); returns that record."""
+        self.seal(ts)
+        self.close()
+        rotated = next_rotated(self.path)
+        os.rename(self.checkpoint_path, f"{rotated}.checkpoints")
+        os.rename(self.path, rotated)
+        self.offset = self.last_line_offset = 0
+        self._open()
+        line = self.append({"ts": round(ts, 3), "event": CONTINUED, "previous": rotated.name})
+        self.seal(ts)
+        return line
 
     def _resume(self) -> None:
         """Verify the log from its last sealed record on, and continue after its end."""
@@ -169,13 +188,15 @@ class AuditLog:
         checkpoint_path: str | None = None,
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
         refusal_window: float = WINDOW,
+        rotate_bytes: int = 0,
     ) -> None:
         self.path = path
         self._sink: _Sink | None = None
         if path is not None:
             if key is None:
                 raise ValueError("an audit log file needs an audit key")
-            self._sink = _Sink(path, key, checkpoint_path or checkpoint_path_for(path))
+            checkpoints = checkpoint_path or checkpoint_path_for(path)
+            self._sink = _Sink(path, key, checkpoints, rotate_bytes)
         self._key = key or secrets.token_bytes(MIN_KEY_BYTES)
         self._prev_mac, self._seq = GENESIS, 0
         self._interval = checkpoint_interval
@@ -248,6 +269,10 @@ class AuditLog:
         try:
             if self._sink is not None:
                 line = self._sink.append(record)
+                sink = self._sink
+                if sink.rotate_bytes and sink.offset >= sink.rotate_bytes:
+                    log.info("%s", line)
+                    line = sink.rotate(ts)
             else:
                 line, self._prev_mac = chain_line(self._key, self._prev_mac, self._seq, record)
                 self._seq += 1
@@ -269,14 +294,32 @@ class AuditLog:
 
 
 def verify_file(path: str, key: bytes, checkpoint_path: str | None = None) -> Verification:
-    """Verify a log and, where its checkpoint file exists, every sealed position in it."""
-    checkpoints_file = Path(checkpoint_path or checkpoint_path_for(path))
+    """Verify a log, its rotated predecessors present (oldest first: one chain), and every
+    sealed position in their checkpoint files."""
+    files = [*rotated_files(path), Path(path)]
+    checkpoint_files = [Path(f"{f}.checkpoints") for f in files[:-1]]
+    checkpoint_files.append(Path(checkpoint_path or checkpoint_path_for(path)))
     checkpoints: list[Checkpoint] = []
     problems: list[str] = []
-    if checkpoints_file.exists():
-        lines = checkpoints_file.read_text(errors="replace").splitlines()
-        checkpoints, problems = parse_checkpoints(lines, key)
-    with open(path, encoding="utf-8", errors="replace") as file:
-        result = verify_lines((line for line in file if line.strip()), key, checkpoints)
-    result.problems[:0] = [f"{checkpoints_file.name}: {p}" for p in problems]
+    for checkpoints_file in checkpoint_files:
+        if checkpoints_file.exists():
+            lines = checkpoints_file.read_text(errors="replace").splitlines()
+            good, bad = parse_checkpoints(lines, key)
+            checkpoints += good
+            problems += [f"{checkpoints_file.name}: {p}" for p in bad]
+    names: list[tuple[str, int]] = []  # per line: its file and its line number there
+    texts: list[str] = []
+    for file_path in files:
+        with open(file_path, encoding="utf-8", errors="replace") as file:
+            for number, line in enumerate(file, start=1):
+                if line.strip():
+                    names.append((file_path.name, number))
+                    texts.append(line)
+
+    def where(index: int) -> str:
+        name, number = names[index - 1]
+        return f"{name} line {number}" if len(files) > 1 else f"line {number}"
+
+    result = verify_lines(texts, key, checkpoints, where=where)
+    result.problems[:0] = problems
     return result

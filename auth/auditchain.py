@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -95,6 +95,7 @@ class Verification:
     records: int = 0
     problems: list[str] = field(default_factory=list)
     last_sealed: Checkpoint | None = None
+    first_record: int = 0  # > 0: the oldest files present start after the genesis
 
     @property
     def intact(self) -> bool:
@@ -109,6 +110,11 @@ class Verification:
                 lines.append(f"{name}: {len(self.problems) - 1} more problem(s) after it")
         else:
             lines.append(f"{name}: chain intact, {self.records} records")
+        if self.first_record:
+            lines.append(
+                f"{name}: verified from record {self.first_record} on (the oldest file present"
+                " continues an older one that is not here)"
+            )
         sealed = self.last_sealed
         if sealed is None:
             lines.append(f"{name}: no sealed checkpoint: truncation of the tail cannot be detected")
@@ -119,6 +125,20 @@ class Verification:
                 f"{sealed.ts:.0f}); {unsealed} record(s) after it not yet sealed"
             )
         return lines
+
+
+def _start(key: bytes, line: str) -> tuple[ChainChecker, int]:
+    """Where verification starts: the genesis, or the `log_continued` record that opens the
+    oldest rotated file still present (older files archived away)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        record = None
+    if isinstance(record, dict) and record.get("event") == "log_continued":
+        seq, prev = record.get("seq"), record.get("prev")
+        if isinstance(seq, int) and seq > 0 and isinstance(prev, str):
+            return ChainChecker(key, prev_mac=prev, seq=seq), seq
+    return ChainChecker(key), 0
 
 
 class ChainChecker:
@@ -164,7 +184,10 @@ class ChainChecker:
 
 
 def verify_lines(
-    lines: Iterable[str], key: bytes, checkpoints: Iterable[Checkpoint] = ()
+    lines: Iterable[str],
+    key: bytes,
+    checkpoints: Iterable[Checkpoint] = (),
+    where: Callable[[int], str] = lambda number: f"line {number}",
 ) -> Verification:
     """Verify a whole log against the key and the sealed checkpoints.
 
@@ -176,9 +199,11 @@ def verify_lines(
     macs: dict[int, str] = {}  # seq -> MAC of the record found with that seq
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip("\n")
+        if number == 1:
+            checker, result.first_record = _start(key, line)
         problem = checker.check(line)
         if problem:
-            result.problems.append(f"line {number}: {problem}")
+            result.problems.append(f"{where(number)}: {problem}")
         macs.setdefault(checker.seq - 1, checker.prev_mac)
         result.records += 1
     last = max(macs, default=-1)

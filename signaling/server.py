@@ -99,6 +99,7 @@ def open_audit_log(config: Config) -> AuditLog:
         key,
         checkpoint_interval=audit.checkpoint_interval,
         refusal_window=audit.refusal_window,
+        rotate_bytes=audit.rotate_bytes,
     )
 
 

@@ -148,6 +148,7 @@ BAD_VALUES = [
     ("server", "max_outbox_bytes", -1),
     ("audit", "checkpoint_interval", 0),
     ("audit", "refusal_window", -1),
+    ("audit", "rotate_bytes", -1),
     ("server", "join_timeout", 0),
     ("server", "join_timeout", math.nan),
     ("server", "max_outbox_frames", 0),

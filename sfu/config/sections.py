@@ -160,6 +160,9 @@ class AuditConfig(_Section):
     key_file: str | None = option(None, checks.optional_text)
     checkpoint_interval: float = option(60.0, checks.positive_seconds)
     refusal_window: float = option(10.0, checks.positive_seconds)
+    # Past this size the log is renamed PATH.000001, ... and continues in PATH, one chain
+    # across the files (auth/auditfiles.py); 0: never rotated.
+    rotate_bytes: int = option(0, checks.non_negative_int)
 
 
 @dataclass(frozen=True)
