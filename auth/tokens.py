@@ -26,6 +26,7 @@ from auth.grants import (
     check_room_name,
     check_sources,
 )
+from auth.keybinding import is_thumbprint
 from auth.keys import HS256, KeyTable, PrivateKey, private_key_algorithm
 
 MAX_LEEWAY = 60.0
@@ -71,6 +72,8 @@ class Claims:
     nbf: float | None
     exp: float
     role: str | None
+    # `cnf.jkt`: the thumbprint of the client key this token is bound to (auth/keybinding.py).
+    jkt: str | None = None
     raw_claims: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )
@@ -112,6 +115,17 @@ def _optional_time(claims: Mapping[str, Any], name: str) -> float | None:
     if not math.isfinite(seconds):
         raise _bad(f"{name} must be a finite number")
     return seconds
+
+
+def _confirmation(claims: Mapping[str, Any]) -> str | None:
+    """The bound key's thumbprint (`cnf.jkt`), if the token is bound."""
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    if not isinstance(cnf, Mapping) or not is_thumbprint(cnf.get("jkt")):
+        raise _bad("cnf must be an object with jkt, a SHA-256 JWK thumbprint")
+    jkt: str = cnf["jkt"]
+    return jkt
 
 
 def _check_identity(identity: object) -> str:
@@ -254,6 +268,7 @@ class TokenVerifier:
             raise TokenError("metadata_too_large")
         if "aud" in claims:
             raise _bad("aud: tokens for another audience are refused")
+        jkt = _confirmation(claims)
         if jti is not None and not 0 < len(jti) <= MAX_JTI_CHARS:
             raise _bad(f"jti must be 1..{MAX_JTI_CHARS} characters")
         try:
@@ -282,6 +297,7 @@ class TokenVerifier:
             nbf=nbf,
             exp=exp,
             role=role,
+            jkt=jkt,
             raw_claims=MappingProxyType(claims),
         )
 
@@ -299,12 +315,14 @@ def mint_token(
     role: str | None = None,
     grants: dict[str, Any] | None = None,
     jti: str | None = None,
+    bind: str | None = None,
 ) -> str:
     """Mint a token (header kid and claim iss = key_id) valid from `now` for `ttl` s: HS256 with
     a secret string, ES256 or EdDSA with a private key (auth.keys.load_private_key).
 
     `grants` overrides `video` fields by their camelCase names (see parse_grant_overrides).
     Without `jti` a random one is set, so minted tokens also work where single use is demanded.
+    `bind` (a JWK thumbprint, auth.keybinding.thumbprint_of_pem) binds the token to that key.
     Raise ValueError on invalid input; messages never contain the secret.
     """
     if not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
@@ -332,6 +350,10 @@ def mint_token(
         claims["sub"] = identity
     if role is not None:
         claims["role"] = role
+    if bind is not None:
+        if not is_thumbprint(bind):
+            raise ValueError("bind must be a SHA-256 JWK thumbprint")
+        claims["cnf"] = {"jkt": bind}
     algorithm = HS256 if isinstance(secret, str) else private_key_algorithm(secret)
     return jwt.encode(claims, secret, algorithm=algorithm, headers={"kid": key_id})
 

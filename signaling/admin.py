@@ -331,6 +331,9 @@ def admin_view(participant: Participant) -> dict[str, Any]:
     info = participant.info(with_permissions=True)
     info["hidden"] = participant.hidden
     info["connection"] = participant.connection_state()
+    # Whether its token is bound to a client key it proved, and the client kind it proved.
+    info["bound"] = participant.bound_client is not None
+    info["client_kind"] = participant.bound_client
     for track in info["tracks"]:
         published = participant.tracks[track["sid"]]
         c = published.counters

@@ -37,6 +37,7 @@ from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
 from signaling.netpolicy import client_ip, parse_networks, tls_context
+from signaling.nonceroute import add_nonce_route
 from signaling.pending import PER_IP, PendingConnections, PendingFull
 from signaling.protocol import CLOSE_GOING_AWAY
 from signaling.reload import ConfigSource, key_table, on_hangup
@@ -107,6 +108,7 @@ def build_app(state: ServerState) -> web.Application:
     app[STATE] = state
     app.router.add_get("/rtc", rtc_handler)
     app.router.add_get("/healthz", healthz_handler)
+    add_nonce_route(app, state)
     add_admin_routes(app, state)
     server = state.config.server
     app[PENDING] = PendingConnections(server.max_pending, server.max_pending_per_ip)

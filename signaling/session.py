@@ -31,6 +31,7 @@ from signaling.admission import (
     charge_failure,
     check_refresh,
 )
+from signaling.binding import Binding, BindingRefused
 from signaling.codec import MessageError
 from signaling.messages import (
     AddTrack,
@@ -97,6 +98,7 @@ class Session:
         self.participant: Participant | None = None
         self.room: Room | None = None
         self.claims: Claims | None = None
+        self.binding: Binding | None = None
         self.resume_token = ""
         self.ending = False
         self.end_reason = "disconnected"
@@ -195,6 +197,8 @@ class Session:
         )
         participant.on_connection_failed = self._on_connection_failed
         self.participant, self.room, self.claims = participant, room, claims
+        self.binding = admitted.binding
+        participant.bound_client = None if admitted.binding is None else admitted.binding.client
         room.add(participant)
         state.sessions_by_participant[participant.sid] = self
         self._send_joined(join.req, wall)
@@ -209,6 +213,8 @@ class Session:
             return self._refused(exc.reply, exc.close_code, exc.metric)
         participant = parked.participant
         self.participant, self.room, self.claims = participant, parked.room, parked.claims
+        jkt, client = parked.claims.jkt, participant.bound_client
+        self.binding = None if jkt is None or client is None else Binding(jkt, client)
         participant.notify = self.send
         participant.on_connection_failed = self._on_connection_failed
         self.state.sessions_by_participant[participant.sid] = self
@@ -302,16 +308,19 @@ class Session:
         current = self.claims
         assert current is not None
         try:
-            claims = check_refresh(self.state, current, message.token, wall)
+            claims, binding = check_refresh(self.state, current, self.binding, message, wall)
         except TokenError as exc:
+            detail = {"detail": exc.detail} if isinstance(exc, BindingRefused) else {}
             self.state.audit.record(
                 "refresh_refused", ip=self.peer, room=current.room, identity=current.identity,
-                reason=exc.reason,
+                reason=exc.reason, **detail,
             )  # fmt: skip
             if charge_failure(self.state, self.peer, wall):
                 raise MessageError("rate_limited", "too many attempts", message.req) from None
             raise MessageError("unauthorized", "unauthorized", message.req) from None
-        self.claims = claims
+        self.claims, self.binding = claims, binding
+        participant, _room = self._joined()
+        participant.bound_client = None if binding is None else binding.client
         self._arm_expiry(claims, now, wall)
         return requests.ok(message)
 
