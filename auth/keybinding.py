@@ -126,6 +126,17 @@ def thumbprint_of_pem(pem: bytes) -> str:
     return thumbprint(public_jwk(key))
 
 
+def thumbprint_of_file(path: str) -> str:
+    """`thumbprint_of_pem` of a file; errors name the file, never its contents."""
+    try:
+        with open(path, "rb") as file:
+            return thumbprint_of_pem(file.read())
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def credential_hash(credential: str) -> str:
     """`ath`: base64url SHA-256 of the credential the proof accompanies (token or resume token)."""
     return b64url(hashlib.sha256(credential.encode()).digest())

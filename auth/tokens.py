@@ -20,9 +20,11 @@ import jwt
 from auth import displaytext
 from auth.grants import (
     BOOL_CLAIMS,
+    CLIENTS_CLAIM,
     SOURCES_CLAIM,
     VideoGrant,
     apply_role,
+    check_clients,
     check_room_name,
     check_sources,
 )
@@ -372,12 +374,14 @@ def parse_grant_overrides(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"grant {name!r} is given twice")
         if name == SOURCES_CLAIM:
             grants[name] = list(check_sources([s.strip() for s in value.split(",") if s.strip()]))
+        elif name == CLIENTS_CLAIM:
+            grants[name] = list(check_clients([c.strip() for c in value.split(",") if c.strip()]))
         elif name in BOOL_CLAIMS:
             if value.lower() not in ("true", "false"):
                 raise ValueError(f"grant {name!r}: expected true or false")
             grants[name] = value.lower() == "true"
         else:
-            known = ", ".join([*BOOL_CLAIMS, SOURCES_CLAIM])
+            known = ", ".join([*BOOL_CLAIMS, SOURCES_CLAIM, CLIENTS_CLAIM])
             raise ValueError(f"unknown grant {name!r}; known grants: {known}")
     return grants
 

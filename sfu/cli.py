@@ -129,6 +129,7 @@ def _signing_key(args: argparse.Namespace) -> str | PrivateKey:
 
 def _token(args: argparse.Namespace) -> int:
     # Imported here: auth.tokens is only needed by this command.
+    from auth.keybinding import thumbprint_of_file
     from auth.tokens import mint_token, parse_grant_overrides, parse_ttl
 
     try:
@@ -146,6 +147,7 @@ def _token(args: argparse.Namespace) -> int:
             metadata=args.metadata,
             role=args.role,
             grants=grants or None,
+            bind=thumbprint_of_file(args.bind) if args.bind else None,
         )
     except ValueError as e:
         return _fail(str(e))
@@ -185,6 +187,11 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=[],
         metavar="NAME=VALUE",
         help="set a video grant, e.g. canPublish=false; repeatable",
+    )
+    p.add_argument(
+        "--bind",
+        metavar="PUBKEY.pem",
+        help="bind the token to this client public key (cnf.jkt): joining needs its private key",
     )
     p.set_defaults(handler=_token)
 

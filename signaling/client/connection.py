@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl as ssl_module
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -60,6 +61,24 @@ class Connection:
                 self.url, autoping=True, ssl=self.ssl if self.ssl is not None else True
             )
         self.reader = asyncio.ensure_future(self._read_loop(self.ws))
+
+    async def fetch_nonce(self, timeout: float) -> str:
+        """A fresh proof-of-possession nonce from `GET /rtc/nonce` beside the socket's URL."""
+        assert self._http is not None
+        parts = urlsplit(self.url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        url = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/nonce", "", ""))
+        async with self._http.get(
+            url,
+            ssl=self.ssl if self.ssl is not None else True,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            response.raise_for_status()
+            body = await response.json()
+        nonce = body.get("nonce") if isinstance(body, dict) else None
+        if not isinstance(nonce, str):
+            raise KeyroomError("invalid_message", "the server sent no nonce")
+        return nonce
 
     def end(self, close_code: int | None) -> None:
         """Mark the session over: pending requests raise SessionClosed from now on."""
