@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+ALL_ROOMS = "*"  # a revocation of an identity in every room
+
 
 class AuthStore:
     def __init__(self, path: str | None) -> None:
@@ -54,10 +56,14 @@ class AuthStore:
         )
 
     def is_revoked(self, room: str, identity: str, issued_at: float | None, now: float) -> bool:
+        """Whether `identity`'s token for `room` issued at `issued_at` is revoked, for that room
+        or for every room (`ALL_ROOMS`, which no room name can be: wildcards are refused)."""
         row = self._db.execute(
-            "SELECT revoked_at FROM revocations WHERE room = ? AND identity = ? AND expires_at > ?",
-            (room, identity, now),
+            "SELECT MAX(revoked_at) FROM revocations WHERE room IN (?, ?) AND identity = ?"
+            " AND expires_at > ?",
+            (room, ALL_ROOMS, identity, now),
         ).fetchone()
+        row = None if row is None or row[0] is None else row
         # A token without iat/nbf cannot prove it is newer than the revocation.
         return row is not None and (issued_at is None or issued_at <= row[0])
 

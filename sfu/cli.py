@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sfu import incidentcli
 from sfu.config import LOG_LEVELS, Config, ConfigError, load_config, parse_keys
 
 if TYPE_CHECKING:
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_audit(commands)
     _add_doctor(commands)
+    incidentcli.add_parser(commands)
     from loadtest.cli import add_soak_command
 
     add_soak_command(commands)
@@ -319,6 +321,7 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--checkpoints", metavar="FILE", help="checkpoint file (default: FILE.checkpoints)"
     )
     verify.set_defaults(handler=_audit_verify)
+    incidentcli.add_audit_verbs(verbs)
 
 
 def _add_doctor(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -27,6 +27,7 @@ from sfu.participant import Participant
 from sfu.room import Room
 from signaling.admission import charge_failure
 from signaling.netpolicy import client_ip, parse_networks
+from signaling.revocation import add_revocation_routes
 from signaling.state import ServerState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,6 +72,7 @@ def add_admin_routes(app: web.Application, state: ServerState) -> None:
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, api.wrap(handler))
+    add_revocation_routes(app, state, api.wrap, api._allow)  # noqa: SLF001
     # Anything else under /api answers in the API's error format, not aiohttp's text page.
     app.router.add_route("*", "/api/{tail:.*}", api.unknown)
 
@@ -100,6 +102,8 @@ class AdminApi:
             if scheme.lower() != "bearer" or not token:
                 raise TokenError("no_bearer_token")
             claims = state.verifier.verify(token.strip(), now)
+            if state.store.key_revoked(claims.key_id):
+                raise TokenError("key_revoked")
             if claims.identity and state.store.is_revoked(
                 claims.room or "", claims.identity, claims.issued_at, now
             ):

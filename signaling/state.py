@@ -26,7 +26,10 @@ MAX_PARKED_FRAMES = 1000
 
 
 class SessionHandle(Protocol):
-    """What the server asks of a live session: to end it, whatever its wire format."""
+    """What the server asks of a live session: to end it, whatever its wire format; which
+    token admitted it (key revocation ends the sessions of a key)."""
+
+    claims: Claims | None
 
     def end(self, reason: str, *, close_code: int | None = None) -> None: ...
 
