@@ -323,9 +323,8 @@ def mint_token(
     a secret string, ES256 or EdDSA with a private key (auth.keys.load_private_key).
 
     `grants` overrides `video` fields by their camelCase names (see parse_grant_overrides).
-    Without `jti` a random one is set, so minted tokens also work where single use is demanded.
-    `bind` (a JWK thumbprint, auth.keybinding.thumbprint_of_pem) binds the token to that key.
-    Raise ValueError on invalid input; messages never contain the secret.
+    Without `jti` a random one is set, so minted tokens also work where single use is demanded;
+    `bind` (a JWK thumbprint) binds the token to that key. ValueError names what is invalid.
     """
     if not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
         raise ValueError("ttl must be a positive number of seconds")
@@ -352,12 +351,15 @@ def mint_token(
         claims["sub"] = identity
     if role is not None:
         claims["role"] = role
-    if bind is not None:
-        if not is_thumbprint(bind):
-            raise ValueError("bind must be a SHA-256 JWK thumbprint")
-        claims["cnf"] = {"jkt": bind}
+    claims.update(_cnf(bind) if bind is not None else {})
     algorithm = HS256 if isinstance(secret, str) else private_key_algorithm(secret)
     return jwt.encode(claims, secret, algorithm=algorithm, headers={"kid": key_id})
+
+
+def _cnf(jkt: str) -> dict[str, dict[str, str]]:
+    if not is_thumbprint(jkt):
+        raise ValueError("bind must be a SHA-256 JWK thumbprint")
+    return {"cnf": {"jkt": jkt}}
 
 
 def parse_grant_overrides(items: list[str]) -> dict[str, Any]:

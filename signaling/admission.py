@@ -60,13 +60,6 @@ def check_claims(state: ServerState, claims: Claims, wall: float) -> None:
         raise TokenError("revoked")
 
 
-def verify_token(state: ServerState, token: str, wall: float) -> Claims:
-    """A join token's claims, verified and checked; raises TokenError."""
-    claims = state.verifier.verify_join(token, wall)
-    check_claims(state, claims, wall)
-    return claims
-
-
 @dataclass(frozen=True)
 class Admitted:
     """A join that passed every check: its place in `room` is held by the caller's next step."""
@@ -74,6 +67,10 @@ class Admitted:
     claims: Claims
     room: Room
     binding: Binding | None = None
+
+
+def _about(claims: Claims) -> dict[str, str | None]:
+    return {"room": claims.room, "identity": claims.identity, "key_id": claims.key_id}
 
 
 def charge_failure(state: ServerState, peer: str, wall: float) -> bool:
@@ -85,6 +82,8 @@ def charge_failure(state: ServerState, peer: str, wall: float) -> bool:
     key = f"ip:{peer}"
     braked = state.brake.blocked(key, wall)  # `max_failures` earlier refusals in the window
     state.brake.failure(key, wall)
+    if braked:
+        state.audit.record("brake_engaged", ip=peer)  # summed up per window (auth/auditrate.py)
     return braked
 
 
@@ -98,11 +97,16 @@ def _failed(
 
 def admit_join(state: ServerState, join: Join, peer: str, wall: float) -> Admitted:
     """Token, revocation, then the room's and node's limits; failures charge the brake."""
+    verified: Claims | None = None
     try:
-        claims = verify_token(state, join.token, wall)
+        claims = verified = state.verifier.verify_join(join.token, wall)
+        check_claims(state, claims, wall)
     except TokenError as exc:
         # The precise reason goes to the audit log only: the client learns nothing about why.
-        state.audit.record("join_refused", ip=peer, reason=exc.reason)
+        # A valid token refused (revoked, its key revoked) names whose it is: detection rules
+        # look for tokens used after their identity or key was revoked.
+        about = {} if verified is None else _about(verified)
+        state.audit.record("join_refused", ip=peer, reason=exc.reason, **about)
         raise _failed(state, peer, wall, _unauthorized(join.req), join.req) from None
     assert claims.room is not None and claims.identity is not None
     try:

@@ -36,6 +36,7 @@ from sfu.metrics import build_registry, record_connection_refused, sample_loop_l
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
+from signaling.monitor import SecurityMonitor
 from signaling.netpolicy import client_ip, parse_networks, tls_context
 from signaling.nonceroute import add_nonce_route
 from signaling.pending import PER_IP, PendingConnections, PendingFull
@@ -207,7 +208,12 @@ async def background(app: web.Application) -> AsyncIterator[None]:
         sender = WebhookSender(hooks, state.config.auth.keys[hooks.key])
         sender.start()
         state.rooms.listeners.append(sender.on_event)
+    alerts = sender.on_alert if sender and state.config.security.webhook_alerts else None
+    monitor = SecurityMonitor(state, alerts)
+    state.audit.listeners.append(monitor.observe)
     yield
+    state.audit.listeners.remove(monitor.observe)
+    monitor.close()
     if sender is not None:
         state.rooms.listeners.remove(sender.on_event)
         await sender.close()

@@ -68,6 +68,9 @@ from signaling.state import ServerState, leave_close
 
 log = logging.getLogger("keyroom.session")
 
+# Sessions the server ends for what their client did: security events (signaling/monitor.py).
+ABUSE_REASONS = frozenset({"too_slow", "protocol_error"})
+
 
 class Output(Protocol):
     """Where a session's frames go, in order; `close` ends the connection after them."""
@@ -118,6 +121,13 @@ class Session:
         """End the session from the server side: `leave` with the reason, then close."""
         if self.ending:
             return
+        if reason in ABUSE_REASONS:
+            participant = self.participant
+            self.state.audit.record(
+                "abuse_close", ip=self.peer, reason=reason,
+                identity=None if participant is None else participant.identity,
+                room=None if self.room is None else self.room.name,
+            )  # fmt: skip
         self.send(ServerLeave(reason=reason))
         self._ended_by_server = True
         self._stop(reason, close_code or leave_close(reason))

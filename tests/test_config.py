@@ -210,6 +210,7 @@ BAD_VALUES = [
     ("security", "uplink_factor", 1),
     ("security", "max_uplink_bitrate", -1),
     ("security", "room_hours", "9-17"),
+    ("security", "drop_spike", 0),
 ]
 
 

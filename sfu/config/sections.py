@@ -237,6 +237,8 @@ class SecurityConfig(_Section):
     uplink_factor: float = option(3.0, checks.factor_above_one)
     # Bits per second one participant may send in all before an alert, whatever the room; 0: off.
     max_uplink_bitrate: int = option(0, checks.non_negative_int)
+    # Datagrams per second dropped for one reason (foreign source, NACK budget, data overflow).
+    drop_spike: int = option(500, checks.positive_int)
     # Room -> "HH:MM-HH:MM" (UTC): joins outside these hours raise an alert.
     room_hours: Mapping[str, tuple[int, int]] = option({}, checks.room_hours)
 

@@ -34,6 +34,11 @@ CLIENT_KIND = "python"  # what this client's key proofs name (a grant's `clients
 _REFUSAL_CLOSE_WAIT = 2.0
 
 
+def _private_key(key_file: str) -> PrivateKey:
+    with open(key_file, "rb") as file:
+        return load_private_key(file.read())
+
+
 class KeyroomClient:
     """One participant of a keyroom room (see the package docstring for an example).
 
@@ -61,13 +66,9 @@ class KeyroomClient:
         like `joined.ice_servers`) configure both PCs; without it they use no STUN/TURN server at
         all (aiortc would otherwise add a public STUN server): the servers that `joined`
         advertises are not used unless passed here. `ice_transport_policy: "relay"` in `joined`
-        is honoured. `key_file` (a PEM private key, EC P-256 or Ed25519) or `key` proves
-        possession of the key a bound token names (`cnf.jkt`): each join and `proof()` fetches a
-        nonce and signs it (docs/protocol.md section 1.2)."""
-        if key_file is not None:
-            with open(key_file, "rb") as file:
-                key = load_private_key(file.read())
-        self.key = key
+        is honoured. `key_file` (PEM, EC P-256 or Ed25519) or `key` proves possession of the key
+        a bound token names (`cnf.jkt`): see `proof()`."""
+        self.key = _private_key(key_file) if key_file is not None else key
         self.url = url
         self.token = token
         self.auto_subscribe = auto_subscribe
