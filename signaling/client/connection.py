@@ -55,20 +55,24 @@ class Connection:
 
     async def open(self, timeout: float) -> None:
         """Open the socket and start reading; after a failure the caller calls `abort`."""
-        self._http = aiohttp.ClientSession()
         async with asyncio.timeout(timeout):
-            self.ws = await self._http.ws_connect(
+            self.ws = await self._session().ws_connect(
                 self.url, autoping=True, ssl=self.ssl if self.ssl is not None else True
             )
         self.reader = asyncio.ensure_future(self._read_loop(self.ws))
 
+    def _session(self) -> aiohttp.ClientSession:
+        # Made by whichever of open() and fetch_nonce() runs first: they may run side by side.
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
     async def fetch_nonce(self, timeout: float) -> str:
         """A fresh proof-of-possession nonce from `GET /rtc/nonce` beside the socket's URL."""
-        assert self._http is not None
         parts = urlsplit(self.url)
         scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
         url = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/nonce", "", ""))
-        async with self._http.get(
+        async with self._session().get(
             url,
             ssl=self.ssl if self.ssl is not None else True,
             timeout=aiohttp.ClientTimeout(total=timeout),

@@ -166,7 +166,13 @@ class KeyroomClient:
         frame, aiohttp.WSServerHandshakeError when the upgrade is refused (e.g. 403).
         """
         try:
-            await self._connection.open(timeout)
+            # A bound token's proof needs a nonce: fetched while the socket opens.
+            opening = self._connection.open(timeout)
+            if self.key is None:
+                await opening
+                proof = None
+            else:
+                _, proof = await asyncio.gather(opening, self.proof(self.token, timeout))
             join = {
                 "type": "join",
                 "token": self.token,
@@ -174,8 +180,8 @@ class KeyroomClient:
                 "auto_subscribe": self.auto_subscribe,
                 "client": self.client_info,
             }
-            if self.key is not None:
-                join["proof"] = await self.proof(self.token, timeout)
+            if proof is not None:
+                join["proof"] = proof
             return await self.request(join, timeout=timeout)
         except KeyroomError as exc:
             await self._connection.wait_reader(_REFUSAL_CLOSE_WAIT)
