@@ -55,24 +55,24 @@ def check_room_name(room: object, what: str = "room") -> str:
     return room
 
 
+def _names(values: object, allowed: tuple[str, ...], what: str, noun: str) -> tuple[str, ...]:
+    """Validate a list of names out of `allowed`; duplicates are dropped, order kept."""
+    if not isinstance(values, list | tuple):
+        raise ValueError(f"{what} must be a list of {noun}")
+    for value in values:
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{what} may only contain {', '.join(allowed)}")
+    return tuple(dict.fromkeys(values))
+
+
 def check_sources(sources: object, what: str = f"video.{SOURCES_CLAIM}") -> tuple[str, ...]:
     """Validate a list of track source names; duplicates are dropped, order kept."""
-    if not isinstance(sources, list | tuple):
-        raise ValueError(f"{what} must be a list of source names")
-    for source in sources:
-        if not isinstance(source, str) or source not in SOURCE_KIND:
-            raise ValueError(f"{what} may only contain {', '.join(SOURCES)}")
-    return tuple(dict.fromkeys(sources))
+    return _names(sources, SOURCES, what, "source names")
 
 
 def check_clients(clients: object, what: str = f"video.{CLIENTS_CLAIM}") -> tuple[str, ...]:
     """Validate a list of client kinds; duplicates are dropped, order kept."""
-    if not isinstance(clients, list | tuple):
-        raise ValueError(f"{what} must be a list of client kinds")
-    for kind in clients:
-        if not isinstance(kind, str) or kind not in CLIENT_KINDS:
-            raise ValueError(f"{what} may only contain {', '.join(CLIENT_KINDS)}")
-    return tuple(dict.fromkeys(clients))
+    return _names(clients, CLIENT_KINDS, what, "client kinds")
 
 
 @dataclass(frozen=True)

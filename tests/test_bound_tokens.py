@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ from auth.tokens import mint_token
 from signaling.client import KeyroomClient, KeyroomError
 from tests.admin_helpers import call
 from tests.conftest import KEY_ID, SECRET, eventually, start_server, stop_server
+from tests.signaling_helpers import audit_file_events
 
 
 def write_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -80,9 +82,8 @@ async def test_a_copied_bound_token_is_refused_and_the_rightful_client_joins(
         ]
         await rightful.leave()
 
-        def refusals() -> list[dict[str, object]]:
-            records = [json.loads(line) for line in audit_path.read_text().splitlines()]
-            return [r for r in records if r["event"] == "join_refused"]
+        def refusals() -> list[dict[str, Any]]:
+            return audit_file_events(audit_path, "join_refused")
 
         # Three refusals from one address: the first written at once, the rest summed up.
         await eventually(lambda: sum(r.get("repeated", 1) for r in refusals()) >= 3, 10)

@@ -4,7 +4,6 @@ browser profile, which has its own key, is refused and audited."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright
 from auth.tokens import mint_token
 from tests.admin_helpers import call
 from tests.conftest import KEY_ID, SECRET, eventually, start_server, stop_server
+from tests.signaling_helpers import audit_file_events
 from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, wait_js
 
 BINDING_JS = """async () => {
@@ -90,8 +90,7 @@ async def test_chromium_joins_with_its_bound_token_and_a_copy_elsewhere_fails(
             await second.close()
 
         def refusals() -> list[dict[str, Any]]:
-            records = [json.loads(line) for line in audit_path.read_text().splitlines()]
-            return [r for r in records if r["event"] == "join_refused"]
+            return audit_file_events(audit_path, "join_refused")
 
         await eventually(refusals, 10)
         assert (refusals()[0]["reason"], refusals()[0]["detail"]) == ("pop_failed", "wrong_key")

@@ -21,6 +21,7 @@ from auth.keybinding import public_jwk, thumbprint
 from auth.tokens import mint_token
 from signaling.client import KeyroomClient, KeyroomError
 from tests.conftest import KEY_ID, SECRET, eventually, free_port, start_server, stop_server
+from tests.signaling_helpers import audit_file_events
 
 
 class AlertReceiver:
@@ -72,8 +73,7 @@ async def test_proof_failures_become_one_signed_alert_and_a_summary(tmp_path: Pa
         )  # fmt: skip
         assert first["reason"] == "pop_failed" and first["detail"] == "no_proof"
         assert (summary["kind"], summary["count"], summary["summary"]) == ("proof_failed", 2, True)
-        records = [json.loads(line) for line in audit_path.read_text().splitlines()]
-        alerts = [r for r in records if r["event"] == "security_alert"]
+        alerts = audit_file_events(audit_path, "security_alert")
         assert [a["count"] for a in alerts[:2]] == [1, 2]
         with await asyncio.to_thread(urllib.request.urlopen, server.http_url + "/metrics") as r:
             metrics = r.read().decode()
