@@ -201,7 +201,10 @@ class AuditLog:
                     self._thread.start()
         self._queue.put((event, fields, time.time()))
         for listener in self.listeners:
-            listener(event, fields)
+            try:
+                listener(event, fields)
+            except Exception:  # a listener's bug must not fail the join or call it watches
+                log.exception("audit listener failed on %s", event)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything recorded so far is written."""

@@ -24,12 +24,13 @@ Rules (docs/incident-response.md explains each and what to do):
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from auth.alerts import CRITICAL, WARNING, SecurityEvent
 from sfu.config import SecurityConfig
 
+UplinkSample = tuple[str, str, Sequence[tuple[str, int]], int]
 MAX_KEYS = 10000
 MAX_VALUES = 256
 REVOKED_REASONS = frozenset({"revoked", "key_revoked"})
@@ -118,7 +119,9 @@ class Detector:
         return found
 
     def refused(self, fields: Mapping[str, Any], now: float) -> list[SecurityEvent]:
-        """A refused join, resume or refresh (its audit record's fields)."""
+        """A refused join, resume or refresh (its audit record's fields). Only refusals that
+        name a room count towards its spike: the room of a token that did not verify is not
+        known (an attacker's claim, never trusted)."""
         found = []
         room, reason = fields.get("room"), fields.get("reason")
         carried = {k: fields[k] for k in ("identity", "ip", "room", "key_id") if k in fields}
@@ -139,35 +142,29 @@ class Detector:
                 )
         return found
 
-    def uplink(
-        self,
-        room: str,
-        identity: str,
-        tracks: Iterable[tuple[str, int]],
-        max_video_bitrate: int,
-    ) -> list[SecurityEvent]:
-        """One sample of a participant's published tracks: (kind, bits per second) each."""
-        config = self.config
-        tracks = list(tracks)
-        total = sum(bitrate for _kind, bitrate in tracks)
-        video_limit = max_video_bitrate * config.uplink_factor
-        over = (config.max_uplink_bitrate and total > config.max_uplink_bitrate) or (
-            max_video_bitrate > 0
-            and any(kind == "video" and bitrate > video_limit for kind, bitrate in tracks)
-        )
-        key = (room, identity)
-        if not over:
-            self._over.pop(key, None)
-            return []
-        self._over[key] = streak = self._over.get(key, 0) + 1
-        if streak < 2:
-            return []
-        fields = {"room": room, "identity": identity, "bitrate": total}
-        return [SecurityEvent("uplink_over_grant", WARNING, identity, fields)]
+    def uplinks(self, samples: Iterable[UplinkSample]) -> list[SecurityEvent]:
+        """One sample of every participant: (room, identity, its tracks as (kind, bits per
+        second), the room's max_video_bitrate). Streaks of those not in it are forgotten."""
+        over: dict[tuple[str, str], int] = {}
+        found = []
+        for room, identity, tracks, max_video_bitrate in samples:
+            if not self._over_grant(tracks, max_video_bitrate):
+                continue
+            key = (room, identity)
+            over[key] = streak = self._over.get(key, 0) + 1
+            if streak >= 2:
+                fields = {"room": room, "identity": identity, "bitrate": sum(b for _, b in tracks)}
+                found.append(SecurityEvent("uplink_over_grant", WARNING, identity, fields))
+        self._over = over
+        return found
 
-    def forget(self, room: str, identity: str) -> None:
-        """The participant left: its uplink streak goes with it."""
-        self._over.pop((room, identity), None)
+    def _over_grant(self, tracks: Sequence[tuple[str, int]], max_video_bitrate: int) -> bool:
+        config = self.config
+        total = sum(bitrate for _kind, bitrate in tracks)
+        if config.max_uplink_bitrate and total > config.max_uplink_bitrate:
+            return True
+        limit = max_video_bitrate * config.uplink_factor
+        return max_video_bitrate > 0 and any(k == "video" and b > limit for k, b in tracks)
 
     def drops(self, counts: Mapping[str, int], now: float) -> list[SecurityEvent]:
         """One sample of the node's drop counters (`Stats.dropped`)."""

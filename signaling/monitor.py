@@ -86,11 +86,12 @@ class SecurityMonitor:
 
     def _sample(self, now: float) -> None:
         found = self.detector.drops(self.state.stats.dropped, now)
-        for room in self.state.rooms.rooms.values():
-            limit = room.limits.max_video_bitrate
-            for participant in room.participants.values():
-                tracks = [(t.kind, t.bitrate) for t in participant.tracks.values()]
-                found += self.detector.uplink(room.name, participant.identity, tracks, limit)
+        found += self.detector.uplinks(
+            (room.name, p.identity, [(t.kind, t.bitrate) for t in p.tracks.values()],
+             room.limits.max_video_bitrate)
+            for room in self.state.rooms.rooms.values()
+            for p in room.participants.values()
+        )  # fmt: skip
         for event in found:
             self.raise_event(event, now)
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from auth.policy import Decision
+from auth.policy import Decision, may_admin_node
 from auth.store import ALL_ROOMS
 from auth.tokens import Claims
 from sfu.participant import Participant
@@ -22,17 +22,6 @@ from sfu.room import Room
 from signaling.state import ServerState
 
 REVOKED = "revoked"
-
-
-def may_admin_node(claims: Claims) -> Decision:
-    """Node-wide incident calls: a token that may create and list every room, with no room of
-    its own (the operator's, not a room admin's)."""
-    grant = claims.grant
-    if not (grant.room_create and grant.room_list):
-        return Decision(False, "roomCreate and roomList are needed")
-    if grant.room is not None:
-        return Decision(False, "a node-wide call with a room-scoped token")
-    return Decision(True, "roomCreate roomList")
 
 
 def _claims_of(state: ServerState, participant: Participant) -> Claims | None:
@@ -94,13 +83,13 @@ def add_revocation_routes(
     admin API's authentication (`wrap`) and audit (`allow`)."""
 
     async def key(request: web.Request, claims: Claims) -> web.Response:
-        allow(request, claims, may_admin_node(claims))
+        allow(request, claims, may_admin_node(claims.grant))
         key_id = request.match_info["key_id"]
         ended = await revoke_key(state, key_id, by=claims.key_id, now=time.time())
         return web.json_response({"key_id": key_id, "sessions_ended": ended})
 
     async def identity(request: web.Request, claims: Claims) -> web.Response:
-        allow(request, claims, may_admin_node(claims))
+        allow(request, claims, may_admin_node(claims.grant))
         name = request.match_info["identity"]
         ended = await revoke_identity(state, name, by=claims.key_id, now=time.time())
         return web.json_response({"identity": name, "sessions_ended": ended})

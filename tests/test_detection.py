@@ -64,18 +64,19 @@ def test_joins_outside_a_rooms_hours() -> None:
 def test_uplink_far_above_its_grant_on_two_samples() -> None:
     detector = Detector(SecurityConfig(uplink_factor=3.0))
     limit = 1_000_000
-    assert detector.uplink("r", "hog", [("video", 5_000_000)], limit) == []  # one burst
-    assert kinds(detector.uplink("r", "hog", [("video", 5_000_000)], limit)) == [
-        "uplink_over_grant"
-    ]
-    assert detector.uplink("r", "ok", [("video", 2_900_000), ("audio", 64_000)], limit) == []
-    assert detector.uplink("r", "ok", [("video", 2_900_000)], limit) == []
+    hog = ("r", "hog", [("video", 5_000_000)], limit)
+    fine = ("r", "ok", [("video", 2_900_000), ("audio", 64_000)], limit)
+    assert detector.uplinks([hog, fine]) == []  # one burst
+    assert kinds(detector.uplinks([hog, fine])) == ["uplink_over_grant"]
+    assert detector.uplinks([fine]) == []  # the hog left: its streak is forgotten
+    assert detector.uplinks([hog]) == []
     # Rooms without a per-track limit: only the absolute cap, when set.
     capped = Detector(SecurityConfig(max_uplink_bitrate=10_000_000))
-    for _ in range(2):
-        found = capped.uplink("r", "x", [("video", 6_000_000), ("video", 6_000_000)], 0)
-    assert kinds(found) == ["uplink_over_grant"]
-    assert Detector(SecurityConfig()).uplink("r", "x", [("video", 50_000_000)], 0) == []
+    two = ("r", "x", [("video", 6_000_000), ("video", 6_000_000)], 0)
+    assert capped.uplinks([two]) == [] and kinds(capped.uplinks([two])) == ["uplink_over_grant"]
+    unlimited = Detector(SecurityConfig())
+    assert unlimited.uplinks([("r", "x", [("video", 50_000_000)], 0)]) == []
+    assert unlimited.uplinks([("r", "x", [("video", 50_000_000)], 0)]) == []
 
 
 def test_refused_join_spike_for_one_room() -> None:
@@ -145,7 +146,6 @@ def normal_meeting(detector: Detector, aggregator: AlertAggregator, seconds: flo
         who = rng.choice(people)
         if who in present and rng.random() < 0.5:
             present.discard(who)
-            detector.forget("standup", who)
         else:
             if rng.random() < 0.05:  # Wi-Fi to mobile data: a second address
                 address[who] = f"198.51.100.{people.index(who) + 1}"
@@ -153,10 +153,13 @@ def normal_meeting(detector: Detector, aggregator: AlertAggregator, seconds: flo
             for event in detector.joined(who, address[who], "standup", now, WALL + now - T0):
                 alerts += [a for a in [aggregator.add(event, now)] if a]
         if int(now) % 5 == 0:
-            for who in present:
-                tracks = [("video", rng.randint(300_000, 1_400_000)), ("audio", 40_000)]
-                for event in detector.uplink("standup", who, tracks, 1_500_000):
-                    alerts += [a for a in [aggregator.add(event, now)] if a]
+            samples = [
+                ("standup", who, [("video", rng.randint(300_000, 1_400_000)), ("audio", 40_000)],
+                 1_500_000)
+                for who in present
+            ]  # fmt: skip
+            for event in detector.uplinks(samples):
+                alerts += [a for a in [aggregator.add(event, now)] if a]
             for event in detector.drops({"foreign_source": int(now - T0) // 10}, now):
                 alerts += [a for a in [aggregator.add(event, now)] if a]
         alerts += aggregator.due(now)
