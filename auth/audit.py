@@ -19,6 +19,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,9 @@ class AuditLog:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Called with each record as it is recorded, on the recording thread (the security
+        # monitor, signaling/monitor.py); they must be quick and must not raise.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     def record(self, event: str, **fields: Any) -> None:
         leaked = FORBIDDEN_FIELDS.intersection(fields)
@@ -217,6 +221,11 @@ class AuditLog:
                     )
                     self._thread.start()
         self._queue.put((event, fields, time.time()))
+        for listener in self.listeners:
+            try:
+                listener(event, fields)
+            except Exception:  # a listener's bug must not fail the join or call it watches
+                log.exception("audit listener failed on %s", event)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything recorded so far is written."""

@@ -37,6 +37,10 @@ BOOL_CLAIMS = {
     "roomRecord": "room_record",
 }
 SOURCES_CLAIM = "canPublishSources"
+# Client kinds a grant may publish from, as the client's signed key proof names them
+# (auth/keybinding.py): never a user-agent string.
+CLIENTS_CLAIM = "clients"
+CLIENT_KINDS = ("browser", "python")
 
 
 def check_room_name(room: object, what: str = "room") -> str:
@@ -51,14 +55,24 @@ def check_room_name(room: object, what: str = "room") -> str:
     return room
 
 
+def _names(values: object, allowed: tuple[str, ...], what: str, noun: str) -> tuple[str, ...]:
+    """Validate a list of names out of `allowed`; duplicates are dropped, order kept."""
+    if not isinstance(values, list | tuple):
+        raise ValueError(f"{what} must be a list of {noun}")
+    for value in values:
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{what} may only contain {', '.join(allowed)}")
+    return tuple(dict.fromkeys(values))
+
+
 def check_sources(sources: object, what: str = f"video.{SOURCES_CLAIM}") -> tuple[str, ...]:
     """Validate a list of track source names; duplicates are dropped, order kept."""
-    if not isinstance(sources, list | tuple):
-        raise ValueError(f"{what} must be a list of source names")
-    for source in sources:
-        if not isinstance(source, str) or source not in SOURCE_KIND:
-            raise ValueError(f"{what} may only contain {', '.join(SOURCES)}")
-    return tuple(dict.fromkeys(sources))
+    return _names(sources, SOURCES, what, "source names")
+
+
+def check_clients(clients: object, what: str = f"video.{CLIENTS_CLAIM}") -> tuple[str, ...]:
+    """Validate a list of client kinds; duplicates are dropped, order kept."""
+    return _names(clients, CLIENT_KINDS, what, "client kinds")
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,8 @@ class VideoGrant:
     room_create: bool = False
     room_list: bool = False
     room_record: bool = False
+    # None: any client may publish; a tuple: only a client proving one of these kinds.
+    clients: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.can_publish_data is None:
@@ -91,6 +107,8 @@ class VideoGrant:
         if self.can_publish_sources is not None:
             sources = check_sources(self.can_publish_sources, "can_publish_sources")
             object.__setattr__(self, "can_publish_sources", sources)
+        if self.clients is not None:
+            object.__setattr__(self, "clients", check_clients(self.clients, "clients"))
         if self.room is not None:
             check_room_name(self.room)
         for name in BOOL_CLAIMS.values():
@@ -119,6 +137,9 @@ class VideoGrant:
         sources = claim.get(SOURCES_CLAIM)
         if sources is not None:
             kwargs["can_publish_sources"] = check_sources(sources)
+        clients = claim.get(CLIENTS_CLAIM)
+        if clients is not None:
+            kwargs["clients"] = check_clients(clients)
         return cls(**kwargs)
 
     @property
@@ -163,6 +184,11 @@ def apply_role(role: Mapping[str, Any], claim: Mapping[str, Any]) -> VideoGrant:
         allowed = token.can_publish_sources if sources is None else sources
         sources = tuple(s for s in token.can_publish_sources if s in allowed)
     merged["can_publish_sources"] = sources
+    clients = base.clients
+    if token.clients is not None:
+        allowed_clients = token.clients if clients is None else clients
+        clients = tuple(c for c in token.clients if c in allowed_clients)
+    merged["clients"] = clients
     return VideoGrant(**merged)
 
 
@@ -170,3 +196,8 @@ def role_relay_only(roles: Mapping[str, Mapping[str, Any]], role: str | None) ->
     """A role may force TURN-only media on its holders (`relay_only = true`). It is a role
     attribute, not a token grant: no token field can set or clear it."""
     return role is not None and roles.get(role, {}).get("relay_only") is True
+
+
+def role_requires_binding(roles: Mapping[str, Mapping[str, Any]], role: str | None) -> bool:
+    """A role may demand tokens bound to a client key (`require_bound_tokens = true`)."""
+    return role is not None and roles.get(role, {}).get("require_bound_tokens") is True

@@ -88,6 +88,16 @@ def may_create_room(grant: VideoGrant) -> Decision:
     return _allow("roomCreate")
 
 
+def may_admin_node(grant: VideoGrant) -> Decision:
+    """Node-wide incident calls (revoke a key, an identity everywhere): a token that may create
+    and list every room, with no room of its own (the operator's, not a room admin's)."""
+    if not (grant.room_create and grant.room_list):
+        return _deny("roomCreate and roomList are needed")
+    if grant.room is not None:
+        return _deny("a node-wide call with a room-scoped token")
+    return _allow("roomCreate roomList")
+
+
 def may_record(grant: VideoGrant, room: str) -> Decision:
     """roomRecord is global as in LiveKit, unless the token names a room: then only that one."""
     if not grant.room_record:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+ALL_ROOMS = "*"  # a revocation of an identity in every room
+
 
 class AuthStore:
     def __init__(self, path: str | None) -> None:
@@ -35,8 +37,14 @@ class AuthStore:
                 room TEXT NOT NULL, identity TEXT NOT NULL, source TEXT NOT NULL,
                 decided_at REAL NOT NULL, expires_at REAL NOT NULL,
                 PRIMARY KEY (room, identity, source));
+            CREATE TABLE IF NOT EXISTS revoked_keys (
+                key_id TEXT PRIMARY KEY, revoked_at REAL NOT NULL);
             """
         )
+        # Asked on every admission: kept in memory, written through.
+        self._revoked_keys = {
+            row[0] for row in self._db.execute("SELECT key_id FROM revoked_keys").fetchall()
+        }
 
     def revoke(self, room: str, identity: str, *, now: float, keep_for: float) -> None:
         """Refuse `identity`'s tokens for `room` issued before `now`, for `keep_for` seconds
@@ -48,12 +56,28 @@ class AuthStore:
         )
 
     def is_revoked(self, room: str, identity: str, issued_at: float | None, now: float) -> bool:
+        """Whether `identity`'s token for `room` issued at `issued_at` is revoked, for that room
+        or for every room (`ALL_ROOMS`, which no room name can be: wildcards are refused)."""
         row = self._db.execute(
-            "SELECT revoked_at FROM revocations WHERE room = ? AND identity = ? AND expires_at > ?",
-            (room, identity, now),
+            "SELECT MAX(revoked_at) FROM revocations WHERE room IN (?, ?) AND identity = ?"
+            " AND expires_at > ?",
+            (room, ALL_ROOMS, identity, now),
         ).fetchone()
+        row = None if row is None or row[0] is None else row
         # A token without iat/nbf cannot prove it is newer than the revocation.
         return row is not None and (issued_at is None or issued_at <= row[0])
+
+    def revoke_key(self, key_id: str, *, now: float) -> bool:
+        """Refuse every token signed with `key_id` from now on, for good (a compromised key is
+        not trusted again: rotate to a new key id). False if it was revoked already."""
+        if key_id in self._revoked_keys:
+            return False
+        self._db.execute("INSERT OR IGNORE INTO revoked_keys VALUES (?, ?)", (key_id, now))
+        self._revoked_keys.add(key_id)
+        return True
+
+    def key_revoked(self, key_id: str) -> bool:
+        return key_id in self._revoked_keys
 
     def jti_spent(self, jti: str, now: float) -> bool:
         row = self._db.execute(

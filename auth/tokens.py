@@ -20,12 +20,15 @@ import jwt
 from auth import displaytext
 from auth.grants import (
     BOOL_CLAIMS,
+    CLIENTS_CLAIM,
     SOURCES_CLAIM,
     VideoGrant,
     apply_role,
+    check_clients,
     check_room_name,
     check_sources,
 )
+from auth.keybinding import is_thumbprint
 from auth.keys import HS256, KeyTable, PrivateKey, private_key_algorithm
 
 MAX_LEEWAY = 60.0
@@ -71,6 +74,8 @@ class Claims:
     nbf: float | None
     exp: float
     role: str | None
+    # `cnf.jkt`: the thumbprint of the client key this token is bound to (auth/keybinding.py).
+    jkt: str | None = None
     raw_claims: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )
@@ -112,6 +117,17 @@ def _optional_time(claims: Mapping[str, Any], name: str) -> float | None:
     if not math.isfinite(seconds):
         raise _bad(f"{name} must be a finite number")
     return seconds
+
+
+def _confirmation(claims: Mapping[str, Any]) -> str | None:
+    """The bound key's thumbprint (`cnf.jkt`), if the token is bound."""
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    if not isinstance(cnf, Mapping) or not is_thumbprint(cnf.get("jkt")):
+        raise _bad("cnf must be an object with jkt, a SHA-256 JWK thumbprint")
+    jkt: str = cnf["jkt"]
+    return jkt
 
 
 def _check_identity(identity: object) -> str:
@@ -254,6 +270,7 @@ class TokenVerifier:
             raise TokenError("metadata_too_large")
         if "aud" in claims:
             raise _bad("aud: tokens for another audience are refused")
+        jkt = _confirmation(claims)
         if jti is not None and not 0 < len(jti) <= MAX_JTI_CHARS:
             raise _bad(f"jti must be 1..{MAX_JTI_CHARS} characters")
         try:
@@ -282,6 +299,7 @@ class TokenVerifier:
             nbf=nbf,
             exp=exp,
             role=role,
+            jkt=jkt,
             raw_claims=MappingProxyType(claims),
         )
 
@@ -299,13 +317,14 @@ def mint_token(
     role: str | None = None,
     grants: dict[str, Any] | None = None,
     jti: str | None = None,
+    bind: str | None = None,
 ) -> str:
     """Mint a token (header kid and claim iss = key_id) valid from `now` for `ttl` s: HS256 with
     a secret string, ES256 or EdDSA with a private key (auth.keys.load_private_key).
 
     `grants` overrides `video` fields by their camelCase names (see parse_grant_overrides).
-    Without `jti` a random one is set, so minted tokens also work where single use is demanded.
-    Raise ValueError on invalid input; messages never contain the secret.
+    Without `jti` a random one is set, so minted tokens also work where single use is demanded;
+    `bind` (a JWK thumbprint) binds the token to that key. ValueError names what is invalid.
     """
     if not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
         raise ValueError("ttl must be a positive number of seconds")
@@ -332,8 +351,15 @@ def mint_token(
         claims["sub"] = identity
     if role is not None:
         claims["role"] = role
+    claims.update(_cnf(bind) if bind is not None else {})
     algorithm = HS256 if isinstance(secret, str) else private_key_algorithm(secret)
     return jwt.encode(claims, secret, algorithm=algorithm, headers={"kid": key_id})
+
+
+def _cnf(jkt: str) -> dict[str, dict[str, str]]:
+    if not is_thumbprint(jkt):
+        raise ValueError("bind must be a SHA-256 JWK thumbprint")
+    return {"cnf": {"jkt": jkt}}
 
 
 def parse_grant_overrides(items: list[str]) -> dict[str, Any]:
@@ -350,12 +376,14 @@ def parse_grant_overrides(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"grant {name!r} is given twice")
         if name == SOURCES_CLAIM:
             grants[name] = list(check_sources([s.strip() for s in value.split(",") if s.strip()]))
+        elif name == CLIENTS_CLAIM:
+            grants[name] = list(check_clients([c.strip() for c in value.split(",") if c.strip()]))
         elif name in BOOL_CLAIMS:
             if value.lower() not in ("true", "false"):
                 raise ValueError(f"grant {name!r}: expected true or false")
             grants[name] = value.lower() == "true"
         else:
-            known = ", ".join([*BOOL_CLAIMS, SOURCES_CLAIM])
+            known = ", ".join([*BOOL_CLAIMS, SOURCES_CLAIM, CLIENTS_CLAIM])
             raise ValueError(f"unknown grant {name!r}; known grants: {known}")
     return grants
 

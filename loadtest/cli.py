@@ -41,6 +41,11 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", type=float, help="simulated loss: share of packets publishers drop")
     p.add_argument("--churn-interval", type=float, metavar="S")
     p.add_argument("--bad-token-share", type=float)
+    p.add_argument(
+        "--bound-share",
+        type=float,
+        help="share of subscribers joining with bound tokens and a proof (reported apart)",
+    )
     p.add_argument("--max-loss", type=float, default=0.01, help="pass threshold (default 0.01)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -86,6 +91,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         loss=args.loss,
         churn_interval=args.churn_interval,
         bad_token_share=args.bad_token_share,
+        bound_share=args.bound_share,
         rooms=args.rooms,
     )
     if scenario.rooms < 1:
@@ -97,7 +103,10 @@ def run_loadtest(args: argparse.Namespace) -> int:
             "keyroom: error: baselines serve one room: no --baseline with --rooms", file=sys.stderr
         )
         return 2
-    if baselines and scenario.bad_token_share:
+    if not 0 <= scenario.bound_share <= 1:
+        print("keyroom: error: --bound-share must be from 0 to 1", file=sys.stderr)
+        return 2
+    if baselines and (scenario.bad_token_share or scenario.bound_share):
         print("keyroom: error: baselines check no tokens: no --baseline here", file=sys.stderr)
         return 2
     secret = args.secret or os.environ.get("KEYROOM_SECRET")

@@ -8,6 +8,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from auth.keybinding import public_jwk, thumbprint
+from auth.keys import PrivateKey
 from loadtest.clients import Latencies, LoadClient, PlainSubscriber, Publisher, Subscriber
 from loadtest.clip import Clip
 from loadtest.scenarios import Scenario
@@ -17,6 +21,13 @@ from signaling.client import KeyroomClient, KeyroomError, SessionClosed
 JOIN_TIMEOUT = 10.0
 LEAVE_TIMEOUT = 5.0
 BAD_TOKEN_KINDS = ("bad_signature", "expired", "unknown_key", "garbage")
+
+
+def bound_key(n: int, share: float) -> PrivateKey | None:
+    """A fresh P-256 key for the `share` of subscribers (spread evenly) that bind their token."""
+    if int((n + 1) * share) > int(n * share):
+        return ec.generate_private_key(ec.SECP256R1())
+    return None
 
 
 @dataclass
@@ -30,6 +41,8 @@ class Run:
     publishers: list[Publisher] = field(default_factory=list)
     subscribers: list[Subscriber] = field(default_factory=list)
     join_ms: list[float] = field(default_factory=list)
+    # Joins with a bound token and its proof (nonce fetch included): `scenario.bound_share`.
+    join_ms_bound: list[float] = field(default_factory=list)
     auth: Counter[str] = field(default_factory=Counter)
     measure_start_ns: int = 0
     measure_end_ns: int = 0
@@ -70,8 +83,14 @@ class Run:
             sum(p.keyframe_requests for p in self.publishers),
         )
 
-    async def join(self, identity: str, token: str, auto_subscribe: bool) -> LoadClient | None:
-        client = self.target.client_factory(self.target.url, token, auto_subscribe)
+    async def join(
+        self, identity: str, token: str, auto_subscribe: bool, key: PrivateKey | None = None
+    ) -> LoadClient | None:
+        client = (
+            self.target.client_factory(self.target.url, token, auto_subscribe)
+            if key is None
+            else KeyroomClient(self.target.url, token, auto_subscribe=auto_subscribe, key=key)
+        )
         started = time.monotonic()
         try:
             await client.connect(timeout=JOIN_TIMEOUT)
@@ -81,7 +100,8 @@ class Run:
         except (TimeoutError, SessionClosed, OSError) as exc:
             self.errors[f"join:{type(exc).__name__}"] += 1
             return None
-        self.join_ms.append(1000 * (time.monotonic() - started))
+        joined_ms = 1000 * (time.monotonic() - started)
+        (self.join_ms if key is None else self.join_ms_bound).append(joined_ms)
         return client
 
     async def add_publisher(self, n: int, clip: Clip, room: str) -> None:
@@ -102,8 +122,10 @@ class Run:
 
     async def add_subscriber(self, n: int, room: str) -> Subscriber | None:
         identity = f"sub-{n}"
+        key = bound_key(n, self.scenario.bound_share)
+        bind = None if key is None else thumbprint(public_jwk(key.public_key()))
         started = time.monotonic_ns()
-        client = await self.join(identity, self.target.token(identity, room), True)
+        client = await self.join(identity, self.target.token(identity, room, bind=bind), True, key)
         if client is None:
             return None
         kind = Subscriber if self.target.forwards_payloads else PlainSubscriber

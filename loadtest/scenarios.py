@@ -19,6 +19,9 @@ class Scenario:
     loss: float = 0.0  # simulated, dropped by publishers before sending
     churn_interval: float = 0.0  # seconds between one subscriber leaving and rejoining
     bad_token_share: float = 0.0  # auth-storm: share of extra joins that use a bad token
+    # Share of subscribers joining with a token bound to a key of theirs, proving it (issue 15):
+    # their join times are reported apart from the bearer tokens' of the same run.
+    bound_share: float = 0.0
     rooms: int = 1  # each room gets the publishers and subscribers above
 
 

@@ -48,6 +48,7 @@ class Target:
             room=room,
             ttl=overrides.get("ttl", 3600),
             now=overrides.get("now", time.time()),
+            bind=overrides.get("bind"),
         )
 
     def bad_token(self, kind: str, identity: str, room: str) -> str:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sfu import incidentcli
 from sfu.config import LOG_LEVELS, Config, ConfigError, load_config, parse_keys
 
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ def _signing_key(args: argparse.Namespace) -> str | PrivateKey:
 
 def _token(args: argparse.Namespace) -> int:
     # Imported here: auth.tokens is only needed by this command.
+    from auth.keybinding import thumbprint_of_file
     from auth.tokens import mint_token, parse_grant_overrides, parse_ttl
     from sfu import tokenconfig
 
@@ -149,6 +151,7 @@ def _token(args: argparse.Namespace) -> int:
             metadata=args.metadata,
             role=args.role,
             grants=grants or None,
+            bind=thumbprint_of_file(args.bind) if args.bind else None,
         )
     except (ValueError, ConfigError) as e:
         return _fail(str(e))
@@ -192,6 +195,11 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from sfu.tokenconfig import add_arguments
 
     add_arguments(p)
+    p.add_argument(
+        "--bind",
+        metavar="PUBKEY.pem",
+        help="bind the token to this client public key (cnf.jkt): joining needs its private key",
+    )
     p.set_defaults(handler=_token)
 
 
@@ -274,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sfu import reloadcli
 
     reloadcli.add_parser(commands)
+    incidentcli.add_parser(commands)
     from loadtest.cli import add_soak_command
 
     add_soak_command(commands)
@@ -321,6 +330,7 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--checkpoints", metavar="FILE", help="checkpoint file (default: FILE.checkpoints)"
     )
     verify.set_defaults(handler=_audit_verify)
+    incidentcli.add_audit_verbs(verbs)
 
 
 def _add_doctor(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

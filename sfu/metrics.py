@@ -90,6 +90,13 @@ CONNECTIONS_REFUSED = Counter(
     ["reason"],
     registry=None,
 )
+SECURITY_ALERTS = Counter(
+    "keyroom_security_alerts",
+    "Security alerts raised (signaling/monitor.py), by kind and severity; a summary of a window"
+    " counts once",
+    ["kind", "severity"],
+    registry=None,
+)
 CONNECTION_REFUSAL_REASONS = ("per_ip", "total")
 for _reason in CONNECTION_REFUSAL_REASONS:
     CONNECTIONS_REFUSED.labels(_reason)
@@ -140,6 +147,10 @@ def record_join(accepted: bool, reason: str, seconds: float) -> None:
 
 def record_connection_refused(reason: str) -> None:
     CONNECTIONS_REFUSED.labels(reason).inc()
+
+
+def record_security_alert(kind: str, severity: str) -> None:
+    SECURITY_ALERTS.labels(kind, severity).inc()
 
 
 def record_webhook(result: str) -> None:
@@ -249,7 +260,9 @@ def build_registry(rooms: Rooms, stats: Stats, pending: Sized | None = None) -> 
     """One server's registry: its live state plus the process-wide instruments."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StateCollector(rooms, stats, pending))
-    instruments = (JOINS, JOIN_SECONDS, LOOP_LAG_SECONDS, FORWARD_SECONDS, WEBHOOKS)
+    instruments = (
+        JOINS, JOIN_SECONDS, LOOP_LAG_SECONDS, FORWARD_SECONDS, WEBHOOKS, SECURITY_ALERTS
+    )  # fmt: skip
     for metric in (*instruments, CONNECTIONS_REFUSED):
         registry.register(metric)
     return registry

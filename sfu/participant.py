@@ -72,6 +72,8 @@ class Participant:
         self.auto_subscribe = auto_subscribe
         # A role with `relay_only = true`: TURN only for this participant, whatever the room says.
         self.relay_only = relay_only
+        # The client kind its token's key proved (signaling/binding.py); None: a bearer token.
+        self.bound_client: str | None = None
         # [rtc] public_ips: bound address -> address the SDP advertises (1:1 NAT).
         addresses = dict(public_addresses or {})
         self.joined_at = int(time.time())

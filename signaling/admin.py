@@ -28,6 +28,7 @@ from sfu.participant import Participant
 from sfu.room import Room
 from signaling.admission import charge_failure
 from signaling.netpolicy import client_ip, parse_networks
+from signaling.revocation import add_revocation_routes
 from signaling.state import ServerState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,6 +73,7 @@ def add_admin_routes(app: web.Application, state: ServerState) -> None:
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, api.wrap(handler))
+    add_revocation_routes(app, state, api.wrap, api._allow)  # noqa: SLF001
     # Anything else under /api answers in the API's error format, not aiohttp's text page.
     app.router.add_route("*", "/api/{tail:.*}", api.unknown)
 
@@ -101,6 +103,8 @@ class AdminApi:
             if scheme.lower() != "bearer" or not token:
                 raise TokenError("no_bearer_token")
             claims = state.verifier.verify(token.strip(), now)
+            if state.store.key_revoked(claims.key_id):
+                raise TokenError("key_revoked")
             if claims.identity and state.store.is_revoked(
                 claims.room or "", claims.identity, claims.issued_at, now
             ):
@@ -346,6 +350,9 @@ def admin_view(participant: Participant) -> dict[str, Any]:
     info = participant.info(with_permissions=True)
     info["hidden"] = participant.hidden
     info["connection"] = participant.connection_state()
+    # Whether its token is bound to a client key it proved, and the client kind it proved.
+    info["bound"] = participant.bound_client is not None
+    info["client_kind"] = participant.bound_client
     for track in info["tracks"]:
         published = participant.tracks[track["sid"]]
         c = published.counters

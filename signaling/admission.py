@@ -17,7 +17,15 @@ from auth.tokens import Claims, TokenError
 from sfu.config import room_limits
 from sfu.participant import Participant
 from sfu.room import JoinRefused, Room
-from signaling.messages import Error, Join, Resume, ServerLeave, ServerMessage
+from signaling.binding import (
+    Binding,
+    BindingRefused,
+    bind_join,
+    bind_refresh,
+    client_narrowed,
+    prove,
+)
+from signaling.messages import Error, Join, Refresh, Resume, ServerLeave, ServerMessage
 from signaling.parking import Parked
 from signaling.protocol import CLOSE_RATE_LIMITED, CLOSE_UNAUTHORIZED, JOIN_REFUSAL_CLOSE
 from signaling.state import ServerState, leave_close
@@ -46,15 +54,10 @@ def check_claims(state: ServerState, claims: Claims, wall: float) -> None:
     """What every admission re-checks, however old the claims: expiry and revocation."""
     if claims.exp + state.config.auth.leeway < wall:
         raise TokenError("expired")
+    if state.store.key_revoked(claims.key_id):
+        raise TokenError("key_revoked")
     if state.store.is_revoked(claims.room or "", claims.identity or "", claims.issued_at, wall):
         raise TokenError("revoked")
-
-
-def verify_token(state: ServerState, token: str, wall: float) -> Claims:
-    """A join token's claims, verified and checked; raises TokenError."""
-    claims = state.verifier.verify_join(token, wall)
-    check_claims(state, claims, wall)
-    return claims
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,11 @@ class Admitted:
 
     claims: Claims
     room: Room
+    binding: Binding | None = None
+
+
+def _about(claims: Claims) -> dict[str, str | None]:
+    return {"room": claims.room, "identity": claims.identity, "key_id": claims.key_id}
 
 
 def charge_failure(state: ServerState, peer: str, wall: float) -> bool:
@@ -74,6 +82,8 @@ def charge_failure(state: ServerState, peer: str, wall: float) -> bool:
     key = f"ip:{peer}"
     braked = state.brake.blocked(key, wall)  # `max_failures` earlier refusals in the window
     state.brake.failure(key, wall)
+    if braked:
+        state.audit.record("brake_engaged", ip=peer)  # summed up per window (auth/auditrate.py)
     return braked
 
 
@@ -87,13 +97,26 @@ def _failed(
 
 def admit_join(state: ServerState, join: Join, peer: str, wall: float) -> Admitted:
     """Token, revocation, then the room's and node's limits; failures charge the brake."""
+    verified: Claims | None = None
     try:
-        claims = verify_token(state, join.token, wall)
+        claims = verified = state.verifier.verify_join(join.token, wall)
+        check_claims(state, claims, wall)
     except TokenError as exc:
         # The precise reason goes to the audit log only: the client learns nothing about why.
-        state.audit.record("join_refused", ip=peer, reason=exc.reason)
+        # A valid token refused (revoked, its key revoked) names whose it is: detection rules
+        # look for tokens used after their identity or key was revoked.
+        about = {} if verified is None else _about(verified)
+        state.audit.record("join_refused", ip=peer, reason=exc.reason, **about)
         raise _failed(state, peer, wall, _unauthorized(join.req), join.req) from None
     assert claims.room is not None and claims.identity is not None
+    try:
+        binding = bind_join(state, claims, join.proof, join.token, wall)
+    except BindingRefused as exc:
+        state.audit.record(
+            "join_refused", ip=peer, room=claims.room, identity=claims.identity,
+            key_id=claims.key_id, reason=exc.reason, detail=exc.detail,
+        )  # fmt: skip
+        raise _failed(state, peer, wall, _unauthorized(join.req), join.req) from None
     try:
         room = _take_place(state, claims, wall)
     except JoinRefused as exc:
@@ -106,7 +129,7 @@ def admit_join(state: ServerState, join: Join, peer: str, wall: float) -> Admitt
         if exc.code != "unauthorized":
             raise refusal from None  # a full room is no failure of the client's
         raise _failed(state, peer, wall, refusal, join.req) from None
-    return Admitted(_under_decisions(state, claims, wall), room)
+    return Admitted(client_narrowed(_under_decisions(state, claims, wall), binding), room, binding)
 
 
 def _under_decisions(state: ServerState, claims: Claims, wall: float) -> Claims:
@@ -167,7 +190,7 @@ def _evict(state: ServerState, evicted: Participant, room: Room) -> None:
 
 def admit_resume(state: ServerState, resume: Resume, peer: str, wall: float) -> Parked:
     """The parked participant `resume` names, its original token re-checked (PROTOCOL 2.7)."""
-    parked = state.parking.take(resume.resume_token)
+    parked = state.parking.peek(resume.resume_token)
     if parked is None:
         ended = state.parking.ended(resume.resume_token)
         if ended is not None:
@@ -177,15 +200,27 @@ def admit_resume(state: ServerState, resume: Resume, peer: str, wall: float) -> 
             raise Refused(ServerLeave(reason=ended.reason), ended.close_code, "unauthorized")
         state.audit.record("resume_refused", ip=peer, reason="unknown_resume_token")
         raise _unauthorized(resume.req)
+    participant = parked.participant
+    if parked.claims.jkt is not None:
+        try:
+            # A resume token is a bearer secret: a bound session proves its key again. A failed
+            # proof leaves the participant parked for its rightful client.
+            prove(state, parked.claims.jkt, resume.proof, resume.resume_token, wall)
+        except BindingRefused as exc:
+            state.audit.record(
+                "resume_refused", ip=peer, room=parked.room.name, identity=participant.identity,
+                reason=exc.reason, detail=exc.detail,
+            )  # fmt: skip
+            raise _failed(state, peer, wall, _unauthorized(resume.req), resume.req) from None
+    state.parking.take(resume.resume_token)
     try:
         check_claims(state, parked.claims, wall)
     except TokenError as exc:
-        participant = parked.participant
         state.audit.record(
             "resume_refused", ip=peer, room=parked.room.name, identity=participant.identity,
             reason=exc.reason,
         )  # fmt: skip
-        if exc.reason == "revoked":
+        if exc.reason in ("revoked", "key_revoked"):
             state.spawn(parked.room.remove(participant, "revoked"))
             leave = ServerLeave(reason="revoked")
             raise Refused(leave, leave_close("revoked"), "unauthorized") from None
@@ -201,16 +236,21 @@ def _check_unspent(state: ServerState, claims: Claims, wall: float) -> None:
         raise TokenError("jti_reused")
 
 
-def check_refresh(state: ServerState, current: Claims, token: str, wall: float) -> Claims:
-    """A refresh token's claims: valid, not revoked, same identity and room, and in a room of
-    single-use tokens unspent (then spent); raises TokenError."""
+def check_refresh(
+    state: ServerState, current: Claims, binding: Binding | None, refresh: Refresh, wall: float
+) -> tuple[Claims, Binding | None]:
+    """A refresh token's claims and the session's binding after it: valid, not revoked, same
+    identity and room, the key binding kept (signaling/binding.py), and in a room of single-use
+    tokens unspent (then spent); raises TokenError."""
+    token = refresh.token
     claims = state.verifier.verify_join(token, wall)
     if claims.identity != current.identity or claims.room != current.room:
         raise TokenError("identity_or_room_differs")
     check_claims(state, claims, wall)
+    binding = bind_refresh(state, binding, claims, refresh.proof, token, wall)
     room = state.rooms.get(claims.room or "")
     if room is not None and room.limits.single_use_tokens:
         _check_unspent(state, claims, wall)
         assert claims.jti is not None
         state.store.use_jti(claims.jti, expires_at=claims.exp + state.config.auth.leeway, now=wall)
-    return claims
+    return client_narrowed(claims, binding), binding

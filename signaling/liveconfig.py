@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -126,6 +126,11 @@ class LiveConfig:
             self.webhooks = WebhookSender(hooks, config.auth.keys[hooks.key])
             self.webhooks.start()
             self.state.rooms.listeners.append(self.webhooks.on_event)
+
+    def send_alert(self, alert: Mapping[str, Any]) -> None:
+        """A security alert to the webhook targets, when `[security] webhook_alerts` says so."""
+        if self.webhooks is not None and self.state.config.security.webhook_alerts:
+            self.webhooks.on_alert(alert)
 
     async def stop_webhooks(self) -> None:
         sender, self.webhooks = self.webhooks, None

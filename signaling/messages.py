@@ -25,6 +25,8 @@ TrackSid = Annotated[str, Meta(min_length=1, max_length=64)]
 Kind = Literal["audio", "video"]
 Source = Literal["camera", "microphone", "screen_share", "screen_share_audio"]
 Target = Literal["publisher", "subscriber"]
+# A proof of possession of the key a bound token names (auth/keybinding.py).
+ProofField = Annotated[str, Meta(min_length=1, max_length=2048)] | UnsetType
 
 
 class ClientMessage(Struct, tag_field="type", kw_only=True):
@@ -36,11 +38,13 @@ class Join(ClientMessage, tag="join"):
     protocol: int = PROTOCOL_VERSION
     auto_subscribe: bool = True
     client: dict[str, Any] = {}
+    proof: ProofField = UNSET
 
 
 class Resume(ClientMessage, tag="resume"):
     resume_token: Annotated[str, Meta(min_length=1, max_length=512)]
     protocol: int = PROTOCOL_VERSION
+    proof: ProofField = UNSET
 
 
 class AddTrack(ClientMessage, tag="add_track"):
@@ -90,6 +94,7 @@ class SetQuality(ClientMessage, tag="set_quality"):
 
 class Refresh(ClientMessage, tag="refresh"):
     token: Token
+    proof: ProofField = UNSET
 
 
 class UpdateMetadata(ClientMessage, tag="update_metadata"):

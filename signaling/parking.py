@@ -52,6 +52,9 @@ class ParkingLot:
         self._parked[resume_token] = parked
         self._deadlines.set(resume_token, until)
 
+    def peek(self, resume_token: str) -> Parked | None:
+        return self._parked.get(resume_token)
+
     def take(self, resume_token: str) -> Parked | None:
         parked = self._parked.pop(resume_token, None)
         if parked is not None:

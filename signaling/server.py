@@ -35,7 +35,9 @@ from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
 from signaling.liveconfig import ConfigSource, LiveConfig, candidate_policy
+from signaling.monitor import SecurityMonitor
 from signaling.netpolicy import client_ip, parse_networks, tls_context
+from signaling.nonceroute import add_nonce_route
 from signaling.pending import PER_IP, PendingConnections, PendingFull
 from signaling.protocol import CLOSE_GOING_AWAY
 from signaling.reload import key_table
@@ -110,6 +112,7 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_get("/healthz", healthz_handler)
     app[LIVE] = LiveConfig(state)
     app[LIVE].add_route(app)  # before the admin API's catch-all
+    add_nonce_route(app, state)
     add_admin_routes(app, state)
     server = state.config.server
     app[PENDING] = PendingConnections(server.max_pending, server.max_pending_per_ip)
@@ -201,9 +204,14 @@ async def metrics_handler(request: web.Request) -> web.Response:
 async def background(app: web.Application) -> AsyncIterator[None]:
     """The event-loop lag sampler and, with `[webhooks] urls`, the webhook sender."""
     lag = asyncio.create_task(sample_loop_lag())
-    app[LIVE].start_webhooks()
+    state, live = app[STATE], app[LIVE]
+    live.start_webhooks()
+    monitor = SecurityMonitor(state, live.send_alert)
+    state.audit.listeners.append(monitor.observe)
     yield
-    await app[LIVE].stop_webhooks()
+    state.audit.listeners.remove(monitor.observe)
+    monitor.close()
+    await live.stop_webhooks()
     lag.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await lag

@@ -32,6 +32,7 @@ from signaling.admission import (
     charge_failure,
     check_refresh,
 )
+from signaling.binding import Binding, BindingRefused
 from signaling.bitratepolicy import enforce_bitrate
 from signaling.codec import MessageError
 from signaling.messages import (
@@ -69,6 +70,9 @@ from signaling.state import ServerState, leave_close
 
 log = logging.getLogger("keyroom.session")
 
+# Sessions the server ends for what their client did: security events (signaling/monitor.py).
+ABUSE_REASONS = frozenset({"too_slow", "protocol_error"})
+
 
 class Output(Protocol):
     """Where a session's frames go, in order; `close` ends the connection after them."""
@@ -99,6 +103,7 @@ class Session:
         self.participant: Participant | None = None
         self.room: Room | None = None
         self.claims: Claims | None = None
+        self.binding: Binding | None = None
         self.resume_token = ""
         self.ending = False
         self.end_reason = "disconnected"
@@ -120,6 +125,13 @@ class Session:
         """End the session from the server side: `leave` with the reason, then close."""
         if self.ending:
             return
+        if reason in ABUSE_REASONS:
+            participant = self.participant
+            self.state.audit.record(
+                "abuse_close", ip=self.peer, reason=reason,
+                identity=None if participant is None else participant.identity,
+                room=None if self.room is None else self.room.name,
+            )  # fmt: skip
         self.send(ServerLeave(reason=reason, message=message))
         self._ended_by_server = True
         self._stop(reason, close_code or leave_close(reason))
@@ -200,6 +212,8 @@ class Session:
         participant.on_connection_failed = self._on_connection_failed
         participant.on_bitrate = partial(enforce_bitrate, state, room)
         self.participant, self.room, self.claims = participant, room, claims
+        self.binding = admitted.binding
+        participant.bound_client = None if admitted.binding is None else admitted.binding.client
         room.add(participant)
         state.sessions_by_participant[participant.sid] = self
         self._send_joined(join.req, wall)
@@ -214,6 +228,8 @@ class Session:
             return self._refused(exc.reply, exc.close_code, exc.metric)
         participant = parked.participant
         self.participant, self.room, self.claims = participant, parked.room, parked.claims
+        jkt, client = parked.claims.jkt, participant.bound_client
+        self.binding = None if jkt is None or client is None else Binding(jkt, client)
         participant.notify = self.send
         participant.on_connection_failed = self._on_connection_failed
         self.state.sessions_by_participant[participant.sid] = self
@@ -313,16 +329,19 @@ class Session:
         current = self.claims
         assert current is not None
         try:
-            claims = check_refresh(self.state, current, message.token, wall)
+            claims, binding = check_refresh(self.state, current, self.binding, message, wall)
         except TokenError as exc:
+            detail = {"detail": exc.detail} if isinstance(exc, BindingRefused) else {}
             self.state.audit.record(
                 "refresh_refused", ip=self.peer, room=current.room, identity=current.identity,
-                reason=exc.reason,
+                reason=exc.reason, **detail,
             )  # fmt: skip
             if charge_failure(self.state, self.peer, wall):
                 raise MessageError("rate_limited", "too many attempts", message.req) from None
             raise MessageError("unauthorized", "unauthorized", message.req) from None
-        self.claims = claims
+        self.claims, self.binding = claims, binding
+        participant, _room = self._joined()
+        participant.bound_client = None if binding is None else binding.client
         self._arm_expiry(claims, now, wall)
         return requests.ok(message)
 

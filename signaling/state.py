@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from auth.audit import AuditLog
 from auth.brake import FailureBrake
+from auth.nonces import NonceStore
 from auth.store import AuthStore
 from auth.tokens import Claims, TokenVerifier
 from sfu.clock import TimerDriver
@@ -25,7 +26,10 @@ MAX_PARKED_FRAMES = 1000
 
 
 class SessionHandle(Protocol):
-    """What the server asks of a live session: to end it, whatever its wire format."""
+    """What the server asks of a live session: to end it, whatever its wire format; which
+    token admitted it (key revocation ends the sessions of a key)."""
+
+    claims: Claims | None
 
     def end(self, reason: str, *, close_code: int | None = None) -> None: ...
 
@@ -44,11 +48,14 @@ class ServerState:
     accepting: bool = True
     tasks: TaskSet = field(default_factory=lambda: TaskSet("server"))
     parking: ParkingLot = field(init=False)
+    nonces: NonceStore = field(init=False)
     _parking_timer: TimerDriver | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.rooms.on_expired = self._room_expired
         self.parking = ParkingLot(self._parked_expired)
+        security = self.config.security
+        self.nonces = NonceStore(security.nonce_ttl, security.max_nonces)
 
     def _room_expired(self, room: Room) -> None:
         self.spawn(self.close_room(room, "room_closed"))

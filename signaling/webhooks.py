@@ -20,6 +20,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -160,7 +161,21 @@ class WebhookSender:
         track: PublishedTrack | None,
     ) -> None:
         """A RoomRegistry listener: snapshot now, send later; never blocks."""
-        body = event_body(event, room, participant, track, now=time.time())
+        self._queue(event_body(event, room, participant, track, now=time.time()))
+
+    def on_alert(self, alert: Mapping[str, Any]) -> None:
+        """A security alert (signaling/monitor.py): `{"event": "security_alert", "id",
+        "createdAt", "securityAlert": {...}}`, signed and retried like room events."""
+        now = time.time()
+        body = {
+            "event": "security_alert",
+            "id": f"EV_{secrets.token_urlsafe(9)}",
+            "createdAt": str(int(now)),
+            "securityAlert": dict(alert),
+        }
+        self._queue(body)
+
+    def _queue(self, body: dict[str, Any]) -> None:
         for endpoint in self.endpoints:
             if len(endpoint.queue) >= self.config.queue_size:
                 endpoint.queue.popleft()

@@ -78,6 +78,12 @@ def audit(state: ServerState) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(state.audit.path).read_text().splitlines()]
 
 
+def audit_file_events(path: Path, event: str) -> list[dict[str, Any]]:
+    """The records of `event` in a server's audit log file (the [audit] path)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [r for r in records if r["event"] == event]
+
+
 def token(
     identity: str, room: str = "room1", *, ttl: float = 600, wall: float = WALL, **extra: Any
 ) -> str:

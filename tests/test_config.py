@@ -19,6 +19,7 @@ from sfu.config import (
     ConfigError,
     LimitsConfig,
     RtcConfig,
+    SecurityConfig,
     ServerConfig,
     TurnConfig,
     finalize,
@@ -196,6 +197,21 @@ BAD_VALUES = [
     ("limits", "max_data_message_bytes", 0),
     ("limits", "max_bad_frames", 0),
     ("limits", "bad_frame_window", 0),
+    ("limits", "require_bound_tokens", "yes"),
+    ("security", "nonce_ttl", 0),
+    ("security", "max_nonces", 0),
+    ("security", "alert_window", -1),
+    ("security", "webhook_alerts", "on"),
+    ("security", "identity_addresses", 0),
+    ("security", "identity_addresses_window", 0),
+    ("security", "address_identities", 1.5),
+    ("security", "address_identities_window", "5m"),
+    ("security", "room_refusals", -1),
+    ("security", "room_refusals_window", 0),
+    ("security", "uplink_factor", 1),
+    ("security", "max_uplink_bitrate", -1),
+    ("security", "room_hours", "9-17"),
+    ("security", "drop_spike", 0),
 ]
 
 
@@ -209,7 +225,7 @@ def test_every_typed_option_has_a_bad_value_case() -> None:
     tested = {f"{s}.{k}" for s, k, _ in BAD_VALUES}
     options = {
         f"{cls.section}.{f.name}"
-        for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig)
+        for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig, SecurityConfig)
         for f in dataclasses.fields(cls)
         if "check" in f.metadata and f.name != "keys"
     }
@@ -427,7 +443,7 @@ def test_documented_example_sets_every_option_and_loads(tmp_path: Path) -> None:
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     example = doc.split("## Complete example `keyroom.toml`")[1].split("```toml\n")[1]
     example = example.split("```")[0]
-    for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig):
+    for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig, SecurityConfig):
         written = set(tomllib.loads(example)[cls.section])
         assert written == {f.name for f in dataclasses.fields(cls) if "check" in f.metadata}
     with pytest.raises(ConfigError, match=r"^auth\.keys\.prod-2024: HS256 secret is shorter"):

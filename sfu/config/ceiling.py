@@ -61,6 +61,7 @@ STRICTER: dict[str, Stricter] = {
     "e2ee_required": _kept_on,
     "recording_allowed": _kept_off,
     "single_use_tokens": _kept_on,
+    "require_bound_tokens": _kept_on,
     "duplicate_identity": _reject_over_replace,
     "max_name_bytes": _lower,
     "max_metadata_bytes": _lower,

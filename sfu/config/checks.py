@@ -80,6 +80,7 @@ non_negative_int = integer(0, "a non-negative integer")
 positive_int = integer(1, "a positive integer")
 port = integer(0, "a port number from 0 to 65535", 65535)
 non_negative_seconds = number("a non-negative number of seconds")
+factor_above_one = number("a number above 1", 1.0, allow_minimum=False)
 positive_seconds = number("a positive number of seconds", allow_minimum=False)
 leeway = number(f"a number of seconds from 0 to {MAX_LEEWAY:g}", maximum=MAX_LEEWAY)
 
@@ -123,6 +124,31 @@ def table(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise expected(name, "a table", value)
     return dict(value)
+
+
+def room_hours(name: str, value: Any) -> dict[str, tuple[int, int]]:
+    """Room name -> "HH:MM-HH:MM" (UTC) as minutes of the day (start, end); end may wrap."""
+    rooms = table(name, value)
+    hours: dict[str, tuple[int, int]] = {}
+    for room, span in rooms.items():
+        if isinstance(span, tuple):  # already checked (a config built in code)
+            span = f"{span[0] // 60:02d}:{span[0] % 60:02d}-{span[1] // 60:02d}:{span[1] % 60:02d}"
+        parts = span.split("-") if isinstance(span, str) else []
+        try:
+            start, end = (_minutes(part) for part in parts)
+        except ValueError:
+            raise expected(f"{name}.{room}", '"HH:MM-HH:MM" (UTC)', span) from None
+        hours[room] = (start, end)
+    return hours
+
+
+def _minutes(text: str) -> int:
+    hour, sep, minute = text.strip().partition(":")
+    if not sep or not (hour.isdigit() and minute.isdigit()):
+        raise ValueError(text)
+    if not (0 <= int(hour) <= 23 and 0 <= int(minute) <= 59):
+        raise ValueError(text)
+    return int(hour) * 60 + int(minute)
 
 
 def string_list(name: str, value: Any) -> list[str]:

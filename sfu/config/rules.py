@@ -169,3 +169,4 @@ def _check_roles(roles: Mapping[str, Any]) -> None:
         except ValueError as e:
             raise ConfigError(f"roles.{name}: {e}") from None
         boolean(f"roles.{name}.relay_only", grant.get("relay_only", False))
+        boolean(f"roles.{name}.require_bound_tokens", grant.get("require_bound_tokens", False))

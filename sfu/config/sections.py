@@ -142,6 +142,8 @@ class LimitsConfig(_Section):
     e2ee_required: bool = option(False, checks.boolean)
     recording_allowed: bool = option(False, checks.boolean)
     single_use_tokens: bool = option(False, checks.boolean)
+    # Only tokens bound to a client key (`cnf.jkt`), with a proof of possession (issue 15).
+    require_bound_tokens: bool = option(False, checks.boolean)
     duplicate_identity: str = option("reject", checks.choice(*DUPLICATE_IDENTITY_POLICIES))
     max_name_bytes: int = option(256, checks.positive_int)
     max_metadata_bytes: int = option(4096, checks.positive_int)
@@ -219,6 +221,35 @@ class TurnConfig(_Section):
         )
 
 
+@dataclass(frozen=True)
+class SecurityConfig(_Section):
+    """Key binding nonces, the security-event stream and its detection rules (issue 15)."""
+
+    section: ClassVar[str] = "security"
+    # Proof-of-possession nonces (GET /rtc/nonce): lifetime, and how many may be outstanding.
+    nonce_ttl: float = option(30.0, checks.positive_seconds)
+    max_nonces: int = option(10000, checks.positive_int)
+    # One security alert per kind and subject per window, with the count of what it sums up.
+    alert_window: float = option(60.0, checks.positive_seconds)
+    # Alerts also go to [webhooks] urls as `security_alert` (LiveKit's receiver refuses them).
+    webhook_alerts: bool = option(True, checks.boolean)
+    # Rules (docs/incident-response.md): N distinct things within a window.
+    identity_addresses: int = option(4, checks.positive_int)
+    identity_addresses_window: float = option(300.0, checks.positive_seconds)
+    address_identities: int = option(20, checks.positive_int)
+    address_identities_window: float = option(300.0, checks.positive_seconds)
+    room_refusals: int = option(20, checks.positive_int)
+    room_refusals_window: float = option(60.0, checks.positive_seconds)
+    # A track sending this many times its room's max_video_bitrate (rooms that set one).
+    uplink_factor: float = option(3.0, checks.factor_above_one)
+    # Bits per second one participant may send in all before an alert, whatever the room; 0: off.
+    max_uplink_bitrate: int = option(0, checks.non_negative_int)
+    # Datagrams per second dropped for one reason (foreign source, NACK budget, data overflow).
+    drop_spike: int = option(500, checks.positive_int)
+    # Room -> "HH:MM-HH:MM" (UTC): joins outside these hours raise an alert.
+    room_hours: Mapping[str, tuple[int, int]] = option({}, checks.room_hours)
+
+
 TYPED_SECTIONS: dict[str, type[_Section]] = {
     "server": ServerConfig,
     "rtc": RtcConfig,
@@ -229,6 +260,7 @@ TYPED_SECTIONS: dict[str, type[_Section]] = {
     "metrics": MetricsConfig,
     "webhooks": WebhooksConfig,
     "turn": TurnConfig,
+    "security": SecurityConfig,
 }
 # Kept as tables: [roles.NAME] grant sets and [rooms.NAME] limit overrides are checked in
 # finalize().
@@ -247,6 +279,7 @@ class Config(_Section):
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     roles: dict[str, Any] = option({}, checks.table)
     rooms: dict[str, Any] = option({}, checks.table)
 
@@ -259,6 +292,7 @@ class Config(_Section):
             f"Config(server={self.server!r}, rtc={self.rtc!r}, auth={self.auth!r},"
             f" limits={self.limits!r}, audit={self.audit!r}, node={self.node!r},"
             f" metrics={self.metrics!r}, webhooks={self.webhooks!r}, turn={self.turn!r},"
+            f" security={self.security!r},"
             f" {plain})"
         )
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl as ssl_module
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -57,12 +58,34 @@ class Connection:
 
     async def open(self, timeout: float) -> None:
         """Open the socket and start reading; after a failure the caller calls `abort`."""
-        self._http = aiohttp.ClientSession()
         async with asyncio.timeout(timeout):
-            self.ws = await self._http.ws_connect(
+            self.ws = await self._session().ws_connect(
                 self.url, autoping=True, ssl=self.ssl if self.ssl is not None else True
             )
         self.reader = asyncio.ensure_future(self._read_loop(self.ws))
+
+    def _session(self) -> aiohttp.ClientSession:
+        # Made by whichever of open() and fetch_nonce() runs first: they may run side by side.
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def fetch_nonce(self, timeout: float) -> str:
+        """A fresh proof-of-possession nonce from `GET /rtc/nonce` beside the socket's URL."""
+        parts = urlsplit(self.url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        url = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/nonce", "", ""))
+        async with self._session().get(
+            url,
+            ssl=self.ssl if self.ssl is not None else True,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            response.raise_for_status()
+            body = await response.json()
+        nonce = body.get("nonce") if isinstance(body, dict) else None
+        if not isinstance(nonce, str):
+            raise KeyroomError("invalid_message", "the server sent no nonce")
+        return nonce
 
     def end(self, close_code: int | None) -> None:
         """Mark the session over: pending requests raise SessionClosed from now on."""

@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 
+from auth.keybinding import make_proof
+from auth.keys import PrivateKey, load_private_key
 from sfu.tasks import TaskSet
 from signaling.client.connection import Connection
 from signaling.client.errors import Frame, KeyroomError, SessionClosed
@@ -26,9 +28,15 @@ from signaling.protocol import PROTOCOL_VERSION
 log = logging.getLogger("signaling.client")
 
 CLIENT_INFO = {"sdk": "python", "version": "0.1"}
+CLIENT_KIND = "python"  # what this client's key proofs name (a grant's `clients`)
 
 # How long connect() waits for the close that follows a refused join, to report its code.
 _REFUSAL_CLOSE_WAIT = 2.0
+
+
+def _private_key(key_file: str) -> PrivateKey:
+    with open(key_file, "rb") as file:
+        return load_private_key(file.read())
 
 
 class KeyroomClient:
@@ -50,13 +58,17 @@ class KeyroomClient:
         ice_servers: list[dict[str, Any]] | None = None,
         client_info: dict[str, Any] | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        key_file: str | None = None,
+        key: PrivateKey | None = None,
     ) -> None:
         """`url` is the signaling endpoint (ws://host:port/rtc, or wss://… verified against
         `ssl` when given, else the system's CAs). `ice_servers` (dicts shaped
         like `joined.ice_servers`) configure both PCs; without it they use no STUN/TURN server at
         all (aiortc would otherwise add a public STUN server): the servers that `joined`
         advertises are not used unless passed here. `ice_transport_policy: "relay"` in `joined`
-        is honoured."""
+        is honoured. `key_file` (PEM, EC P-256 or Ed25519) or `key` proves possession of the key
+        a bound token names (`cnf.jkt`): see `proof()`."""
+        self.key = _private_key(key_file) if key_file is not None else key
         self.url = url
         self.token = token
         self.auto_subscribe = auto_subscribe
@@ -154,7 +166,13 @@ class KeyroomClient:
         frame, aiohttp.WSServerHandshakeError when the upgrade is refused (e.g. 403).
         """
         try:
-            await self._connection.open(timeout)
+            # A bound token's proof needs a nonce: fetched while the socket opens.
+            opening = self._connection.open(timeout)
+            if self.key is None:
+                await opening
+                proof = None
+            else:
+                _, proof = await asyncio.gather(opening, self.proof(self.token, timeout))
             join = {
                 "type": "join",
                 "token": self.token,
@@ -162,6 +180,8 @@ class KeyroomClient:
                 "auto_subscribe": self.auto_subscribe,
                 "client": self.client_info,
             }
+            if proof is not None:
+                join["proof"] = proof
             return await self.request(join, timeout=timeout)
         except KeyroomError as exc:
             await self._connection.wait_reader(_REFUSAL_CLOSE_WAIT)
@@ -179,6 +199,14 @@ class KeyroomClient:
         except BaseException:
             await self._abort()
             raise
+
+    async def proof(self, credential: str, timeout: float = 10) -> str:
+        """A proof of possession of `key` for `credential` (a token for join or refresh, the
+        resume token for resume), over a fresh nonce from the server."""
+        if self.key is None:
+            raise ValueError("this client has no key (key_file or key)")
+        nonce = await self._connection.fetch_nonce(timeout)
+        return make_proof(self.key, nonce=nonce, credential=credential, client=CLIENT_KIND)
 
     async def leave(self) -> None:
         """Send `leave`, close the socket cleanly, close both PCs; waits for all tasks."""

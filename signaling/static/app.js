@@ -8,6 +8,7 @@
 // of their own from /dev/token, so every tab is its own participant).
 
 import { Room, humanMessage } from "/static/keyroom.js";
+import { KeyBinding, isBoundToken } from "/static/keybinding.js";
 
 const $ = (id) => document.getElementById(id);
 const SOURCE_LABEL = {
@@ -82,7 +83,10 @@ async function join(token) {
   showError(null);
   $("join-form").hidden = true;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  room = new Room({ url: `${scheme}//${location.host}/rtc`, token, videoCodec: options.videoCodec });
+  // A token bound to a device key (`cnf.jkt`) is proved with this browser's key.
+  const keyBinding = isBoundToken(token) ? await KeyBinding.forPage() : null;
+  const url = `${scheme}//${location.host}/rtc`;
+  room = new Room({ url, token, videoCodec: options.videoCodec, keyBinding });
   window.keyroom = room;
   room.addEventListener("state", renderConnection);
   room.addEventListener("mediastate", renderConnection);

@@ -162,9 +162,12 @@ export class Room extends EventTarget {
    * `autoSubscribe` (default true): receive every track the token may receive.
    * `videoCodec`: e.g. "video/H264" to offer that codec first for published video; the
    *   server keeps the first codec of the offer that the room allows (docs/protocol.md).
+   * `keyBinding`: for a token bound to this device's key (keybinding.js), whatever proves
+   *   possession: `await keyBinding.proof(credential)` (docs/protocol.md 1.5).
    */
-  constructor({ url, token, autoSubscribe = true, videoCodec = null }) {
+  constructor({ url, token, autoSubscribe = true, videoCodec = null, keyBinding = null }) {
     super();
+    this._keyBinding = keyBinding;
     this.url = url;
     this.autoSubscribe = autoSubscribe;
     this.videoCodec = videoCodec;
@@ -212,6 +215,7 @@ export class Room extends EventTarget {
         protocol: PROTOCOL_VERSION,
         auto_subscribe: this.autoSubscribe,
         client: CLIENT_INFO,
+        ...(await this._proofFor(this._token)),
       });
       this._adoptSocket(ws);
       this._applyJoined(joined);
@@ -223,6 +227,11 @@ export class Room extends EventTarget {
       this._finish(refusal.code, refusal);
       throw refusal;
     }
+  }
+
+  /** `{proof}` for `credential` when this room has a key binding, else nothing. */
+  async _proofFor(credential) {
+    return this._keyBinding ? { proof: await this._keyBinding.proof(credential) } : {};
   }
 
   /** Leave the room cleanly (others see reason `left`) and release everything. */
@@ -300,6 +309,7 @@ export class Room extends EventTarget {
         const joined = await this._requestOn(ws, {
           type: "resume",
           resume_token: this._resumeToken,
+          ...(await this._proofFor(this._resumeToken)),
         });
         if (this._ended) return ws.close();
         this._adoptSocket(ws);
@@ -670,7 +680,7 @@ export class Room extends EventTarget {
 
   /** Extend the session with a new token for the same identity and room (PROTOCOL 2.7). */
   async refresh(token) {
-    await this.request({ type: "refresh", token });
+    await this.request({ type: "refresh", token, ...(await this._proofFor(token)) });
     this._token = token;
   }
 
