@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sfu.config import LOG_LEVELS, Config, ConfigError, load_config, parse_keys
+from sfu.recordingcli import add_parser as add_recording_command
 
 if TYPE_CHECKING:
     from auth.keys import PrivateKey
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_audit(commands)
     _add_doctor(commands)
+    add_recording_command(commands)
     from loadtest.cli import add_soak_command
 
     add_soak_command(commands)
