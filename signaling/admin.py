@@ -23,6 +23,7 @@ from auth.tokens import Claims, TokenError
 from sfu.config import ConfigError, LimitsConfig, limits_with, room_limits
 from sfu.config.ceiling import loosened
 from sfu.participant import Participant
+from sfu.recording.manager import RecordingRefused
 from sfu.room import Room
 from signaling.admission import charge_failure
 from signaling.netpolicy import client_ip, parse_networks
@@ -66,7 +67,7 @@ def add_admin_routes(app: web.Application, state: ServerState) -> None:
         ("DELETE", "/api/rooms/{room}/participants/{identity}", api.remove_participant),
         ("PATCH", "/api/rooms/{room}/participants/{identity}", api.update_participant),
         ("POST", "/api/rooms/{room}/participants/{identity}/tracks/{track}/mute", api.mute_track),
-        *recording_routes(api),
+        *recording_routes(api, read_body),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, api.wrap(handler))
@@ -85,7 +86,7 @@ class AdminApi:
             try:
                 claims = self._authenticate(request)
                 return await handler(request, claims)
-            except AdminError as exc:
+            except (AdminError, RecordingRefused) as exc:
                 return error_response(exc.code, exc.message)
 
         return endpoint
@@ -132,6 +133,9 @@ class AdminApi:
             "admin_call", ip=request["admin_ip"], path=_route(request), reason=decision.reason,
             **fields,
         )  # fmt: skip
+
+    def allow(self, request: web.Request, claims: Claims, decision: Decision) -> None:
+        self._allow(request, claims, decision)
 
     def _under_ceiling(
         self, request: web.Request, claims: Claims, room: str, limits: LimitsConfig

@@ -7,64 +7,74 @@ Ids are checked against the id pattern before any file is touched (sfu/recording
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from auth.policy import may_record
+from auth.policy import Decision, may_record
 from auth.tokens import Claims
 from sfu.recording.manager import RecordingManager, RecordingRefused
 from sfu.room import Room
+from signaling.state import ServerState
 
-if TYPE_CHECKING:
-    from signaling.admin import AdminApi
+# The admin API's wrapper answers a RecordingRefused like its own errors (code -> status).
+Refused = RecordingRefused
+
+
+class Gate(Protocol):
+    """What the admin API lends: its state and its audited allow-or-refuse."""
+
+    state: ServerState
+
+    def allow(self, request: web.Request, claims: Claims, decision: Decision) -> None: ...
 
 
 class RecordingApi:
-    def __init__(self, api: AdminApi) -> None:
+    def __init__(
+        self, api: Gate, read_body: Callable[[web.Request], Awaitable[dict[str, Any]]]
+    ) -> None:
         self.api = api
+        self.read_body = read_body
 
     @property
     def manager(self) -> RecordingManager:
-        from signaling.admin import AdminError
 
         manager = self.api.state.recordings
         if manager is None:
-            raise AdminError("unavailable", "recording is not available on this server")
+            raise Refused("unavailable", "recording is not available on this server")
         return manager
 
     def _room(self, request: web.Request, claims: Claims) -> str:
         name = request.match_info["room"]
-        self.api._allow(request, claims, may_record(claims.grant, name))  # noqa: SLF001
+        self.api.allow(request, claims, may_record(claims.grant, name))
         return name
 
     def _live_room(self, name: str) -> Room:
-        from signaling.admin import AdminError
 
         room = self.api.state.rooms.get(name)
         if room is None:
-            raise AdminError("not_found", "no such room")
+            raise Refused("not_found", "no such room")
         return room
 
     def _by(self, request: web.Request, claims: Claims) -> dict[str, Any]:
         return {"ip": request["admin_ip"], "identity": claims.identity, "key_id": claims.key_id}
 
     async def start(self, request: web.Request, claims: Claims) -> web.Response:
-        from signaling.admin import AdminError, read_body
 
         name = self._room(request, claims)
         room = self._live_room(name)
-        tracks = (await read_body(request)).get("tracks")
+        tracks = (await self.read_body(request)).get("tracks")
         if tracks is not None and (
             not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks)
         ):
-            raise AdminError("invalid_message", "tracks must be a list of track sids")
+            raise Refused("invalid_message", "tracks must be a list of track sids")
         by = self._by(request, claims)
         try:
             recording = self.manager.start(room, tracks, by)
         except RecordingRefused as e:
             self.api.state.audit.record("recording_refused", room=name, reason=e.message, **by)
-            raise AdminError(e.code, e.message) from None
+            raise Refused(e.code, e.message) from None
         return web.json_response({"recording": self.manager.describe(recording.id)}, status=201)
 
     async def listing(self, request: web.Request, claims: Claims) -> web.Response:
@@ -73,15 +83,14 @@ class RecordingApi:
 
     def _owned(self, request: web.Request, room: str) -> dict[str, Any]:
         """The recording named in the path, if it is `room`'s (else not found: no probing)."""
-        from signaling.admin import AdminError
 
         try:
             self.manager.path_of(request.match_info["id"])
-        except RecordingRefused as e:
-            raise AdminError(e.code, e.message) from None
+        except RecordingRefused:
+            raise
         info = self.manager.describe(request.match_info["id"])
         if info is None or info["room"] != room:
-            raise AdminError("not_found", "no such recording")
+            raise Refused("not_found", "no such recording")
         return info
 
     async def stop(self, request: web.Request, claims: Claims) -> web.Response:
@@ -96,29 +105,27 @@ class RecordingApi:
 
     async def download_any(self, request: web.Request, claims: Claims) -> web.StreamResponse:
         """`GET /api/recordings/{id}` (PROTOCOL 4): the room comes from the file's header."""
-        from signaling.admin import AdminError
 
         try:
             path = self.manager.path_of(request.match_info["id"])
         except RecordingRefused as e:
-            self.api._allow(request, claims, may_record(claims.grant, ""))  # noqa: SLF001
-            raise AdminError(e.code, e.message) from None
+            self.api.allow(request, claims, may_record(claims.grant, ""))
+            raise Refused(e.code, e.message) from None
         info = self.manager.describe(request.match_info["id"])
         room = info["room"] if info is not None else claims.room or ""
-        self.api._allow(request, claims, may_record(claims.grant, room))  # noqa: SLF001
+        self.api.allow(request, claims, may_record(claims.grant, room))
         if info is None:
-            raise AdminError("not_found", "no such recording")
+            raise Refused("not_found", "no such recording")
         del path
         return self._send(request, claims, str(room))
 
     def _send(self, request: web.Request, claims: Claims, room: str) -> web.StreamResponse:
-        from signaling.admin import AdminError
 
         by = self._by(request, claims)
         rid = request.match_info["id"]
         try:
             info = self._owned(request, room)
-        except AdminError as e:
+        except Refused as e:
             self.api.state.audit.record(
                 "recording_download", room=room, recording=rid[:64], outcome=e.code, **by
             )
@@ -135,8 +142,10 @@ class RecordingApi:
         )
 
 
-def recording_routes(api: AdminApi) -> list[tuple[str, str, Any]]:
-    rec = RecordingApi(api)
+def recording_routes(
+    api: Gate, read_body: Callable[[web.Request], Awaitable[dict[str, Any]]]
+) -> list[tuple[str, str, Any]]:
+    rec = RecordingApi(api, read_body)
     return [
         ("POST", "/api/rooms/{room}/recordings", rec.start),
         ("GET", "/api/rooms/{room}/recordings", rec.listing),

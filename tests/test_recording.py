@@ -8,8 +8,6 @@ run uses 20: `KEYROOM_RECORDING_SECONDS=20 scripts/test tests/test_recording.py 
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
 import os
 import signal
@@ -20,10 +18,9 @@ import aiohttp
 import av
 import pytest
 
-from sfu.recording import keys
-from sfu.recordingcli import add_parser  # noqa: F401 - the CLI is what the operator runs
 from sfu.cli import main as keyroom
-from signaling.client import KeyroomClient
+from sfu.recording import keys
+from signaling.client import KeyroomClient, count_frames
 from signaling.client.e2ee import FrameCryptor
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
 from tests.admin_helpers import call
@@ -121,7 +118,9 @@ async def test_a_python_publisher_is_recorded_exported_and_decoded(
         await late.connect()  # told right after joined
         assert (await late.next_event("recording", timeout=5))["active"] is True
         await late.close()
-        await asyncio.sleep(SECONDS)  # noqa: ASYNC - recording for a chosen length of time
+        # The watcher decodes the video while it is recorded: SECONDS of media go by.
+        remote = await watcher.next_track(predicate=lambda r: r.kind == "video")
+        assert await count_frames(remote.track, SECONDS) > 0
         status, _ = await call(
             server, "DELETE", f"/api/rooms/rec/recordings/{rid}", recorder(server)
         )
@@ -202,8 +201,10 @@ async def test_who_may_record_list_and_download(recorded: tuple[ServerProcess, P
         await pub.leave()
     # Repeated refusals are aggregated by the audit log (auth/auditrate.py): both reasons show.
     await eventually(
-        lambda: "roomRecord is for another room" in (tmp_path / "audit.jsonl").read_text()
-        and "roomRecord is false" in (tmp_path / "audit.jsonl").read_text(),
+        lambda: (
+            "roomRecord is for another room" in (tmp_path / "audit.jsonl").read_text()
+            and "roomRecord is false" in (tmp_path / "audit.jsonl").read_text()
+        ),
         timeout=15,
     )
     assert not any(p.name != "recordings" for p in (tmp_path / "data").glob("*.krec"))
@@ -276,7 +277,12 @@ async def test_e2ee_rooms_refuse_clear_tracks_and_record_ciphertext(
     refusals = [r for r in audit(tmp_path) if r.get("event") == "publish_refused"]
     assert any("e2ee_required" in str(r.get("reason")) for r in refusals)
     (path,) = (tmp_path / "data" / "recordings").glob("*.krec")
-    await eventually(lambda: keyroom(["recording", "verify", str(path)]) == 0, timeout=10)
+    # An auto recording follows its room until the room closes, or until it is stopped.
+    status, _ = await call(
+        server, "DELETE", f"/api/rooms/secret/recordings/{path.stem}", recorder(server, "secret")
+    )
+    assert status == 204
+    assert keyroom(["recording", "verify", str(path)]) == 0
     key = str(tmp_path / "private.pem")
     out = tmp_path / "e2ee.webm"
     assert keyroom(["recording", "export", str(path), "--key", key, "-o", str(out)]) == 1
@@ -322,4 +328,3 @@ def test_verify_names_damage_in_a_real_file(tmp_path: Path) -> None:
     path = tmp_path / "d.krec"
     path.write_bytes(bytes(damaged))
     assert keyroom(["recording", "verify", str(path)]) == 1
-    del io
