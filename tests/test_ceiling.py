@@ -29,6 +29,7 @@ CASES: dict[str, tuple[Any, list[Any], list[Any]]] = {
     "e2ee_required": (True, [True], [False]),
     "recording_allowed": (False, [False], [True]),
     "single_use_tokens": (True, [True], [False]),
+    "auto_record": (False, [False], [True]),
     "duplicate_identity": ("reject", ["reject"], ["replace"]),
     "max_name_bytes": (64, [64, 10], [65]),
     "max_metadata_bytes": (1024, [1024, 1], [1025]),

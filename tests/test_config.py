@@ -18,6 +18,7 @@ from sfu.config import (
     Config,
     ConfigError,
     LimitsConfig,
+    RecordingConfig,
     RtcConfig,
     ServerConfig,
     TurnConfig,
@@ -189,6 +190,13 @@ BAD_VALUES = [
     ("limits", "e2ee_required", 0),
     ("limits", "recording_allowed", 1),
     ("limits", "single_use_tokens", "true"),
+    ("limits", "auto_record", "yes"),
+    ("recording", "public_key", 5),
+    ("recording", "max_bytes", 0),
+    ("recording", "max_duration", 0),
+    ("recording", "quota_bytes", -1),
+    ("recording", "chunk_bytes", 10),
+    ("recording", "flush_interval", 0),
     ("limits", "duplicate_identity", "kick"),
     ("limits", "max_name_bytes", 0),
     ("limits", "max_metadata_bytes", -1),
@@ -208,7 +216,7 @@ def test_every_typed_option_has_a_bad_value_case() -> None:
     tested = {f"{s}.{k}" for s, k, _ in BAD_VALUES}
     options = {
         f"{cls.section}.{f.name}"
-        for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig)
+        for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig, RecordingConfig)
         for f in dataclasses.fields(cls)
         if "check" in f.metadata and f.name != "keys"
     }

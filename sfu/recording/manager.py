@@ -116,10 +116,10 @@ class RecordingManager:
 
     def start(self, room: Room, tracks: list[str] | None, by: dict[str, Any]) -> Recording:
         """Record `tracks` of `room` (None: all of them, now and later)."""
-        if self.recipient is None:
-            raise RecordingRefused("unavailable", "recording needs [recording] public_key")
         if not room.limits.recording_allowed:
             raise RecordingRefused("forbidden", "recording is not allowed in this room")
+        if self.recipient is None:
+            raise RecordingRefused("unavailable", "recording needs [recording] public_key")
         chosen = self._tracks(room, tracks)
         if not self.active:
             self.quota.used = self.disk_usage()
