@@ -77,9 +77,12 @@ def _export(args: argparse.Namespace) -> int:
     if header.get("e2ee"):
         print("note: end-to-end encrypted room; frames decrypted with the given E2EE passphrase")
     for s in streams:
+        if "skipped" in s:
+            print(f"{s['kind']} {s['sid']} of {s['identity']}: left out, {s['skipped']}")
+            continue
         print(
-            f"{s['kind']} {s['sid']}: {s['codec']}, {s['frames']} frames, starts at"
-            f" {s['start']:.3f} s, {s['dropped']} incomplete frames left out"
+            f"{s['kind']} {s['sid']} of {s['identity']}: {s['codec']}, {s['frames']} frames,"
+            f" starts at {s['start']:.3f} s, {s['dropped']} incomplete frames left out"
         )
     print(f"wrote {args.output}" + (f" (recording stopped: {stopped})" if stopped else ""))
     return 0

@@ -296,7 +296,7 @@ async def test_e2ee_rooms_refuse_clear_tracks_and_record_ciphertext(
                     "--e2ee-passphrase", "wrong"]) == 1  # fmt: skip
 
 
-def _decodable_ciphertext(path: Path, key: str) -> int:
+def _decodable_ciphertext(path: Path, key: str, identity: str | None = None) -> int:
     """Frames of the recorded (forwarded) payloads that a VP8 decoder accepts as they are."""
     from sfu.recording.depacketize import vp8_frames
     from sfu.recording.export import collect
@@ -305,7 +305,11 @@ def _decodable_ciphertext(path: Path, key: str) -> int:
     with open(path, "rb") as file:
         _, records = decrypt(file, keys.load_private(key))
         tracks, _ = collect(records)
-    (track,) = tracks.values()
+    (track,) = [
+        t
+        for t in tracks.values()
+        if t.kind == "video" and identity in (None, t.info["participant"]["identity"])
+    ]
     frames = vp8_frames(track.packets).frames
     assert len(frames) > 10
     codec = av.CodecContext.create("vp8", "r")

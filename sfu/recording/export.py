@@ -102,8 +102,6 @@ def _decrypt(track: TrackData, frames: list[Frame], cryptor: Any) -> list[Frame]
         except E2EEError:
             continue
         out.append(Frame(frame.timestamp, data, frame.keyframe))
-    if frames and not out:
-        raise ExportError(f"track {track.info.get('sid')}: no frame decrypts with this E2EE key")
     return out
 
 
@@ -119,19 +117,23 @@ def export(
             "this recording holds end-to-end encrypted media: the server never had its key;"
             " give the room's E2EE passphrase (--e2ee-passphrase) to decrypt it"
         )
-    prepared = []
+    prepared, skipped = [], []
     for track in chosen:
         result = _frames(track)
         frames = result.frames
         if track.info.get("encryption") == "e2ee":
             frames = _decrypt(track, frames, cryptor)
+            if not frames:  # another key (a participant with another passphrase)
+                skipped.append({**_line(track, 0, 0.0, 0), "skipped": "no frame decrypts"})
+                continue
         if track.kind == "video":
             while frames and not frames[0].keyframe:
                 frames.pop(0)  # a decoder starts at a keyframe
         if frames:
             prepared.append((track, frames, result.dropped, _wall(track, frames)))
     if not prepared:
-        raise ExportError("no exportable media in this recording")
+        why = " (no frame decrypts with this E2EE key)" if skipped else ""
+        raise ExportError(f"no exportable media in this recording{why}")
     start = min(p[3] for p in prepared)
     summary = []
     with av.open(output, "w") as container:
@@ -139,7 +141,7 @@ def export(
         streams = [_stream(container, track, frames) for track, frames, _d, _w in prepared]
         for stream, (track, frames, dropped, wall) in zip(streams, prepared, strict=True):
             summary.append(_mux(container, stream, track, frames, wall - start, dropped))
-    return summary
+    return summary + skipped
 
 
 def _stream(container: Any, track: TrackData, frames: list[Frame]) -> Any:
@@ -163,7 +165,6 @@ def _mux(
     offset: float,
     dropped: int,
 ) -> dict[str, Any]:
-    mime = str(track.info.get("mime_type", "")).lower()
     rate = track.clock_rate
     time_base = Fraction(1, rate)
     base = frames[0].timestamp - round(offset * rate)
@@ -174,11 +175,17 @@ def _mux(
         packet.pts = packet.dts = frame.timestamp - base
         packet.is_keyframe = frame.keyframe
         container.mux(packet)
+    return _line(track, len(frames), offset, dropped)
+
+
+def _line(track: TrackData, frames: int, offset: float, dropped: int) -> dict[str, Any]:
+    mime = str(track.info.get("mime_type", "")).lower()
     return {
         "sid": track.info.get("sid"),
         "kind": track.kind,
+        "identity": track.info.get("participant", {}).get("identity"),
         "codec": CODECS.get(mime, mime),
-        "frames": len(frames),
+        "frames": frames,
         "start": round(offset, 3),
         "dropped": dropped,
     }
