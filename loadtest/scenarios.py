@@ -20,6 +20,7 @@ class Scenario:
     churn_interval: float = 0.0  # seconds between one subscriber leaving and rejoining
     bad_token_share: float = 0.0  # auth-storm: share of extra joins that use a bad token
     rooms: int = 1  # each room gets the publishers and subscribers above
+    record: bool = False  # record every track of each room (admin API) while measuring
 
 
 SCENARIOS = {

@@ -104,6 +104,7 @@ class Recording:
             entry[0].taps.remove(entry[1])
 
     def add(self, kind: int, track: int, body: bytes) -> None:
+        """One record (the RTP hot path for RTP records: a few comparisons and an append)."""
         if self.stopped is not None:
             return
         now = self._wall()
@@ -112,9 +113,10 @@ class Recording:
             return
         # Checked before sealing: a chunk sealed but not written would break the chain.
         growth = self.writer.pending_bytes + len(body) + 64
+        quota = self.quota
         if self.size + growth > self.max_bytes:
             self.stop("max_bytes")
-        elif self.quota.used + growth > self.quota.limit - FINAL_RESERVE:
+        elif quota.used + growth > quota.limit - FINAL_RESERVE:
             self.stop("quota")
         else:
             chunk = self.writer.add(kind, track, now, body)

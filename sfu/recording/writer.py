@@ -16,6 +16,7 @@ from sfu.recording import keys
 from sfu.recording.container import (
     FINAL,
     NOTE,
+    RECORD_HEAD,
     encode_header,
     encode_record,
     header_digest,
@@ -47,9 +48,10 @@ class RecordingWriter:
 
     def add(self, kind: int, track: int, arrival: float, body: bytes) -> bytes | None:
         """Buffer one record; the sealed chunk to append when the batch is full, else None."""
-        record = encode_record(kind, track, arrival, body)
-        self._pending.append(record)
-        self._pending_bytes += len(record)
+        # Head and body kept apart: the packet is copied once, when the chunk is joined.
+        head = RECORD_HEAD.pack(kind, track, arrival, len(body))
+        self._pending += (head, body)
+        self._pending_bytes += len(head) + len(body)
         if self._pending_bytes >= self.chunk_bytes:
             return self.flush()
         return None
