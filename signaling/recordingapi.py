@@ -39,7 +39,6 @@ class RecordingApi:
 
     @property
     def manager(self) -> RecordingManager:
-
         manager = self.api.state.recordings
         if manager is None:
             raise Refused("unavailable", "recording is not available on this server")
@@ -51,7 +50,6 @@ class RecordingApi:
         return name
 
     def _live_room(self, name: str) -> Room:
-
         room = self.api.state.rooms.get(name)
         if room is None:
             raise Refused("not_found", "no such room")
@@ -61,7 +59,6 @@ class RecordingApi:
         return {"ip": request["admin_ip"], "identity": claims.identity, "key_id": claims.key_id}
 
     async def start(self, request: web.Request, claims: Claims) -> web.Response:
-
         name = self._room(request, claims)
         room = self._live_room(name)
         tracks = (await self.read_body(request)).get("tracks")
@@ -83,7 +80,6 @@ class RecordingApi:
 
     def _owned(self, request: web.Request, room: str) -> dict[str, Any]:
         """The recording named in the path, if it is `room`'s (else not found: no probing)."""
-
         try:
             self.manager.path_of(request.match_info["id"])
         except RecordingRefused:
@@ -104,23 +100,14 @@ class RecordingApi:
         return self._send(request, claims, name)
 
     async def download_any(self, request: web.Request, claims: Claims) -> web.StreamResponse:
-        """`GET /api/recordings/{id}` (PROTOCOL 4): the room comes from the file's header."""
-
-        try:
-            path = self.manager.path_of(request.match_info["id"])
-        except RecordingRefused as e:
-            self.api.allow(request, claims, may_record(claims.grant, ""))
-            raise Refused(e.code, e.message) from None
+        """`GET /api/recordings/{id}` (PROTOCOL 4): the room comes from the file's header; with
+        no such file, from the token (so a missing file and a refusal look alike)."""
         info = self.manager.describe(request.match_info["id"])
-        room = info["room"] if info is not None else claims.room or ""
+        room = str(info["room"]) if info is not None else claims.room or ""
         self.api.allow(request, claims, may_record(claims.grant, room))
-        if info is None:
-            raise Refused("not_found", "no such recording")
-        del path
-        return self._send(request, claims, str(room))
+        return self._send(request, claims, room)
 
     def _send(self, request: web.Request, claims: Claims, room: str) -> web.StreamResponse:
-
         by = self._by(request, claims)
         rid = request.match_info["id"]
         try:
