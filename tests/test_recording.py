@@ -30,11 +30,15 @@ SECONDS = float(os.environ.get("KEYROOM_RECORDING_SECONDS", "4"))
 FPS = 15
 
 
+def key_pair(directory: Path) -> None:
+    """The operator's keys as `keyroom recording keygen` writes them: private.pem, public.pem."""
+    assert keyroom(["recording", "keygen", "--private", str(directory / "private.pem"),
+                    "--public", str(directory / "public.pem")]) == 0  # fmt: skip
+
+
 @pytest.fixture
 def recorded(tmp_path: Path) -> tuple[ServerProcess, Path]:
-    private_pem, public_pem = keys.generate()
-    (tmp_path / "private.pem").write_bytes(private_pem)
-    (tmp_path / "public.pem").write_bytes(public_pem)
+    key_pair(tmp_path)
     config = tmp_path / "keyroom.toml"
     config.write_text(
         f"""
@@ -207,13 +211,12 @@ async def test_who_may_record_list_and_download(recorded: tuple[ServerProcess, P
         ),
         timeout=15,
     )
-    assert not any(p.name != "recordings" for p in (tmp_path / "data").glob("*.krec"))
+    # Nothing but the one recording was written, and only in data_dir/recordings.
+    assert [p.parent.name for p in (tmp_path / "data").rglob("*.krec")] == ["recordings"]
 
 
 async def test_a_killed_server_leaves_complete_chunks_that_export(tmp_path: Path) -> None:
-    private_pem, public_pem = keys.generate()
-    (tmp_path / "private.pem").write_bytes(private_pem)
-    (tmp_path / "public.pem").write_bytes(public_pem)
+    key_pair(tmp_path)
     config = tmp_path / "keyroom.toml"
     config.write_text(
         f'[recording]\npublic_key = "{tmp_path / "public.pem"}"\nchunk_bytes = 4096\n'
