@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser
+from playwright.async_api import Browser, Page
 
 from sfu.cli import main as keyroom
 from signaling.client import count_frames
@@ -68,6 +68,18 @@ async def pages(keyed: tuple[ServerProcess, Path], browser: Browser) -> AsyncIte
         await conference.close()
 
 
+async def legacy_page(conference: Conference, identity: str, query: str) -> Page:
+    token = conference.server.token(identity, conference.room)
+    context = await conference.browser.new_context()
+    await context.add_init_script("delete window.RTCRtpScriptTransform")
+    page = await context.new_page()
+    page.on("console", lambda message: conference.console.append(message.text))
+    await page.goto(f"{conference.server.http_url}/?token={token}{query}")
+    conference.pages.append(page)
+    await wait_js(page, "window.keyroom?.state === 'connected'", 10)
+    return page
+
+
 async def test_same_passphrase_decodes_a_wrong_one_decodes_nothing(
     pages: Conference, keyed: tuple[ServerProcess, Path]
 ) -> None:
@@ -76,6 +88,11 @@ async def test_same_passphrase_decodes_a_wrong_one_decodes_nothing(
     bob = await pages.page("bob", "#e2ee=correct%20horse")
     await eventually(receives(alice, "bob/camera"), 20, "alice decodes bob")
     await eventually(receives(bob, "alice/camera"), 20, "bob decodes alice")
+    # A browser without RTCRtpScriptTransform: the createEncodedStreams path, same format.
+    erin = await legacy_page(pages, "erin", "#e2ee=correct%20horse")
+    assert await erin.evaluate("typeof RTCRtpScriptTransform") == "undefined"
+    await eventually(receives(erin, "alice/camera"), 20, "erin decodes alice")
+    await eventually(receives(alice, "erin/camera"), 20, "alice decodes erin")
     carol = await pages.page("carol", "#e2ee=wrong&publish=0")
 
     async def carol_gets_packets_only() -> bool:
