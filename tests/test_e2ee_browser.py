@@ -170,9 +170,9 @@ async def test_a_chromium_publisher_is_recorded_exported_and_decoded(
     }
     decoded = decode(out)
     frames, first, last = decoded["video"]
-    # The frames the page sent while recorded (less the wait for the first keyframe, a few
-    # frames: the CI-sized run allows 3 frames when 5 % is fewer) all decode.
-    assert abs(frames - sent) <= max(0.05 * sent, 3), (frames, sent, printed)
+    # The frames the page sent while recorded all decode, less those before the first keyframe
+    # (up to a quarter second under load): the CI-sized run allows 8 frames when 5 % is fewer.
+    assert abs(frames - sent) <= max(0.05 * sent, 8), (frames, sent, printed)
     assert abs(frames - exported["video"]) <= 0.05 * exported["video"], printed
     assert last - first >= SECONDS - 1.5, printed
     audio_frames, audio_first, _ = decoded["audio"]

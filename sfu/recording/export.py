@@ -134,6 +134,7 @@ def export(
     if not prepared:
         why = " (no frame decrypts with this E2EE key)" if skipped else ""
         raise ExportError(f"no exportable media in this recording{why}")
+    prepared = _from_first_picture(prepared)
     start = min(p[3] for p in prepared)
     summary = []
     with av.open(output, "w") as container:
@@ -142,6 +143,27 @@ def export(
         for stream, (track, frames, dropped, wall) in zip(streams, prepared, strict=True):
             summary.append(_mux(container, stream, track, frames, wall - start, dropped))
     return summary + skipped
+
+
+Prepared = tuple[TrackData, list[Frame], int, float]  # track, frames, dropped, first wall time
+
+
+def _from_first_picture(prepared: list[Prepared]) -> list[Prepared]:
+    """Audio before the first video keyframe is cut, so the file starts with a picture and its
+    streams start together (video waits for a keyframe after the recording began)."""
+    walls = [wall for track, _f, _d, wall in prepared if track.kind == "video"]
+    if not walls:
+        return prepared
+    begin = min(walls)
+    out = []
+    for track, frames, dropped, wall in prepared:
+        first = frames[0].timestamp
+        kept = [f for f in frames if wall + (f.timestamp - first) / track.clock_rate >= begin]
+        if kept:
+            out.append(
+                (track, kept, dropped, wall + (kept[0].timestamp - first) / track.clock_rate)
+            )
+    return out
 
 
 def _stream(container: Any, track: TrackData, frames: list[Frame]) -> Any:
