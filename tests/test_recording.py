@@ -153,6 +153,12 @@ async def test_a_python_publisher_is_recorded_exported_and_decoded(
     audio_frames, audio_first, audio_last = decoded["audio"]
     assert abs(audio_frames - ((audio_last - audio_first) / 0.02 + 1)) <= 0.05 * audio_frames
     assert abs(first - audio_first) <= 0.1, printed  # A/V start offsets within 100 ms
+    with capsys.disabled():
+        print(
+            f"\npython publisher, {SECONDS:g} s: video {frames} frames over {span:.2f} s"
+            f" (expected {span * FPS + 1:.0f}), audio {audio_frames} frames,"
+            f" video starts {first - audio_first:+.3f} s from audio"
+        )
     events = [r["event"] for r in audit(tmp_path) if r.get("recording") == rid]
     assert "recording_started" in events and "recording_stopped" in events
     assert "recording_download" in events
