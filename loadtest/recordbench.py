@@ -10,6 +10,7 @@ publishers only; plus one subscriber receiving every track; plus a recording of 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -48,17 +49,17 @@ def _variant(scenario: Scenario, index: int) -> Scenario:
 def run_recording_comparison(args: argparse.Namespace, scenario: Scenario, rounds: int) -> int:
     import uvloop
 
+    from loadtest.clients import prefer_video_codec
     from loadtest.runner import Clips, default_log_dir, run_scenario
     from loadtest.target import spawned_server
-
-    from loadtest.clients import prefer_video_codec
 
     clips = Clips.for_scenario(scenario)
     if clips.video is not None:
         prefer_video_codec(clips.video.mime_type)
     log_dir = default_log_dir()
     cpu: dict[int, list[float]] = {i: [] for i in range(len(VARIANTS))}
-    with tempfile.TemporaryDirectory() as directory, asyncio_runner(uvloop) as runner:
+    runner_of = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    with tempfile.TemporaryDirectory() as directory, runner_of as runner:
         config = _config(directory)
         for _round in range(rounds):
             for index in range(len(VARIANTS)):
@@ -70,12 +71,6 @@ def run_recording_comparison(args: argparse.Namespace, scenario: Scenario, round
     result = summarize(cpu, scenario)
     print(json.dumps(result, indent=2) if args.json else format_summary(result))
     return 0 if result["passed"] else 1
-
-
-def asyncio_runner(uvloop: Any) -> Any:
-    import asyncio
-
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
 def summarize(cpu: dict[int, list[float]], scenario: Scenario) -> dict[str, Any]:
