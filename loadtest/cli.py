@@ -67,6 +67,13 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
         help="the address load-test clients gather on against Janus (default 10.77.0.2)",
     )
     p.add_argument("--plot", metavar="PNG", help="draw latency and server CPU/RSS over time")
+    p.add_argument(
+        "--compare-recording",
+        type=int,
+        metavar="ROUNDS",
+        help="compare recording every track with one more subscriber of every track, this many"
+        " alternating rounds on spawned servers (loadtest/recordbench.py)",
+    )
 
 
 def run_loadtest(args: argparse.Namespace) -> int:
@@ -97,6 +104,11 @@ def run_loadtest(args: argparse.Namespace) -> int:
     if scenario.rooms < 1:
         print("keyroom: error: --rooms must be at least 1", file=sys.stderr)
         return 2
+    if args.compare_recording:
+        from loadtest.recordbench import run_recording_comparison
+
+        restrict_host_addresses(["127.0.0.1"])
+        return run_recording_comparison(args, scenario, args.compare_recording)
     baselines = args.baseline or []
     if baselines and scenario.rooms > 1:
         print(

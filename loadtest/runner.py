@@ -93,6 +93,9 @@ async def run_scenario(
                 for n in range(scenario.subscribers)
             ],
         )
+        if scenario.record:  # the recorder joins every published track, like one more subscriber
+            for room in run.rooms:
+                await asyncio.to_thread(target.start_recording, room)
         # In a thread: the scrape must not stall the generator's loop (and its latencies).
         forward_before = await asyncio.to_thread(target.forward_histogram)
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()

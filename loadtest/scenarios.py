@@ -23,6 +23,7 @@ class Scenario:
     # their join times are reported apart from the bearer tokens' of the same run.
     bound_share: float = 0.0
     rooms: int = 1  # each room gets the publishers and subscribers above
+    record: bool = False  # record every track of each room (admin API) while measuring
 
 
 SCENARIOS = {

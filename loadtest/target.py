@@ -51,6 +51,20 @@ class Target:
             bind=overrides.get("bind"),
         )
 
+    def start_recording(self, room: str) -> None:
+        """Record every track of `room` through the admin API (`roomRecord`); blocking."""
+        token = mint_token(
+            key_id=self.key, secret=self.secret, identity="loadtest-recorder", room=room,
+            ttl=3600, now=time.time(), grants={"roomRecord": True, "roomJoin": False},
+        )  # fmt: skip
+        http = self.url.replace("ws://", "http://", 1).removesuffix("/rtc")
+        request = urllib.request.Request(
+            f"{http}/api/rooms/{room}/recordings", data=b"{}", method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
     def bad_token(self, kind: str, identity: str, room: str) -> str:
         if kind == "bad_signature":
             return self.token(identity, room, secret=self.secret + "x")
@@ -88,13 +102,14 @@ class Target:
 
 
 @contextlib.contextmanager
-def spawned_server(log_dir: str) -> Iterator[Target]:
-    """A `keyroom serve --dev` on a free loopback port with a fresh key, stopped on exit."""
+def spawned_server(log_dir: str, extra: tuple[str, ...] = ()) -> Iterator[Target]:
+    """A `keyroom serve --dev` on a free loopback port with a fresh key, stopped on exit;
+    `extra`: more arguments (a `--config`)."""
     port = free_port()
     key, secret = "loadtest", secrets.token_urlsafe(32)
     command = [
         sys.executable, "-m", "sfu", "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
-        "--rtc-ip", "127.0.0.1", "--key", f"{key}={secret}", "--log-level", "warning",
+        "--rtc-ip", "127.0.0.1", "--key", f"{key}={secret}", "--log-level", "warning", *extra,
     ]  # fmt: skip
     log_path = os.path.join(log_dir, f"server-{port}.log")
     with spawned(command, port, log_path, "server") as pid:

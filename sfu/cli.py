@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfu import incidentcli
 from sfu.config import LOG_LEVELS, Config, ConfigError, load_config, parse_keys
+from sfu.recordingcli import add_parser as add_recording_command
 
 if TYPE_CHECKING:
     from auth.keys import PrivateKey
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     reloadcli.add_parser(commands)
     incidentcli.add_parser(commands)
+    add_recording_command(commands)
     from loadtest.cli import add_soak_command
 
     add_soak_command(commands)

@@ -27,6 +27,14 @@ class Sink(Protocol):
     def send(self, data: bytes) -> bool: ...
 
 
+class Tap(Protocol):
+    """A consumer of the packets as received (a recording): no rewriting, no keyframe wait."""
+
+    def packet(self, data: bytes, info: RtpInfo) -> None: ...
+
+    def sender_report(self, ntp: int, rtp_timestamp: int) -> None: ...
+
+
 def no_keyframe_source() -> None:
     """A track not (or no longer) published has nobody to ask for a keyframe."""
 
@@ -63,6 +71,7 @@ class PublishedTrack:
         publisher_sid: str,
         muted: bool = False,
         keyframe_interval: float = 0.5,
+        encryption: str = "none",
     ) -> None:
         self.sid = sid
         self.cid = cid
@@ -71,6 +80,7 @@ class PublishedTrack:
         self.name = name
         self.publisher_sid = publisher_sid
         self.muted = muted
+        self.encryption = encryption  # "e2ee": the publisher encrypts its frames (PROTOCOL 7)
         self.codec: CodecInfo | None = None
         self.mid: str | None = None
         self.ssrc: int | None = None
@@ -92,6 +102,7 @@ class PublishedTrack:
         # Asks this track's publisher for a keyframe (throttled there): set by the publishing
         # side, so a down-track reaches its own up-track without walking the room.
         self.request_keyframe: Callable[[], None] = no_keyframe_source
+        self.taps: list[Tap] = []  # recordings of this track (sfu/recording/)
 
     @property
     def mime_type(self) -> str:
@@ -114,6 +125,8 @@ class PublishedTrack:
                 self.loudness_packets += 1
         if self.muted:
             return
+        for tap in self.taps:
+            tap.packet(data, info)
         for down in self.down_tracks:
             if down.forward(data, info):
                 counters.packets_out += 1
@@ -129,6 +142,8 @@ class PublishedTrack:
     def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
         self.last_sender_report = (ntp, rtp_timestamp)
         self.receive.on_sender_report(ntp, now)
+        for tap in self.taps:
+            tap.sender_report(ntp, rtp_timestamp)
 
     def set_muted(self, muted: bool) -> None:
         if self.muted and not muted and self.kind == "video":
@@ -146,6 +161,7 @@ class PublishedTrack:
             "muted": self.muted,
             "mime_type": self.mime_type,
             "simulcast": [],
+            "encryption": self.encryption,
         }
 
 

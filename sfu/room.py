@@ -80,6 +80,7 @@ class Room:
         # call handle_timer themselves).
         self.timer: TimerDriver | None = None
         self._speakers: list[str] = []
+        self.recording = False  # whether any of its tracks is being recorded (sfu/recording/)
 
     def info(self) -> dict[str, Any]:
         limits = asdict(self.limits)
@@ -322,6 +323,12 @@ class Room:
             )
         if not muted:
             track.request_keyframe()
+
+    def set_recording(self, active: bool) -> None:
+        """Tell everyone whether the room is being recorded, when that changes (PROTOCOL 7)."""
+        if active != self.recording:
+            self.recording = active
+            self.broadcast({"type": "recording", "active": active})
 
     def participant_updated(self, participant: Participant) -> None:
         if not participant.hidden:

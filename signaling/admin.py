@@ -17,7 +17,6 @@ from auth.policy import (
     may_admin_room,
     may_create_room,
     may_list_rooms,
-    may_record,
     updated_grant,
 )
 from auth.tokens import Claims, TokenError
@@ -25,9 +24,11 @@ from sfu.config import ConfigError, LimitsConfig, limits_with, room_limits
 from sfu.config.ceiling import loosened
 from sfu.config.diff import limit_changes
 from sfu.participant import Participant
+from sfu.recording.manager import RecordingRefused
 from sfu.room import Room
 from signaling.admission import charge_failure
 from signaling.netpolicy import client_ip, parse_networks
+from signaling.recordingapi import recording_routes
 from signaling.revocation import add_revocation_routes
 from signaling.state import ServerState
 
@@ -68,8 +69,7 @@ def add_admin_routes(app: web.Application, state: ServerState) -> None:
         ("DELETE", "/api/rooms/{room}/participants/{identity}", api.remove_participant),
         ("PATCH", "/api/rooms/{room}/participants/{identity}", api.update_participant),
         ("POST", "/api/rooms/{room}/participants/{identity}/tracks/{track}/mute", api.mute_track),
-        ("POST", "/api/rooms/{room}/recordings", api.start_recording),
-        ("GET", "/api/recordings/{id}", api.get_recording),
+        *recording_routes(api, read_body),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, api.wrap(handler))
@@ -82,12 +82,14 @@ class AdminApi:
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
-    def wrap(self, handler: Callable[[web.Request, Claims], Awaitable[web.Response]]) -> Handler:
+    def wrap(
+        self, handler: Callable[[web.Request, Claims], Awaitable[web.StreamResponse]]
+    ) -> Handler:
         async def endpoint(request: web.Request) -> web.StreamResponse:
             try:
                 claims = self._authenticate(request)
                 return await handler(request, claims)
-            except AdminError as exc:
+            except (AdminError, RecordingRefused) as exc:
                 return error_response(exc.code, exc.message)
 
         return endpoint
@@ -141,6 +143,9 @@ class AdminApi:
             **fields,
         )  # fmt: skip
 
+    def allow(self, request: web.Request, claims: Claims, decision: Decision) -> None:
+        self._allow(request, claims, decision)
+
     def _under_ceiling(
         self, request: web.Request, claims: Claims, room: str, limits: LimitsConfig
     ) -> None:
@@ -177,7 +182,7 @@ class AdminApi:
 
     async def create_room(self, request: web.Request, claims: Claims) -> web.Response:
         self._allow(request, claims, may_create_room(claims.grant))
-        body = await _body(request)
+        body = await read_body(request)
         try:
             name = check_room_name(body.get("name"), "name")
         except ValueError as e:
@@ -203,7 +208,7 @@ class AdminApi:
 
     async def update_room(self, request: web.Request, claims: Claims) -> web.Response:
         room = self._room(request, claims)
-        body = await _body(request)
+        body = await read_body(request)
         limits = self._limits(room.limits, body.get("limits", {}))
         self._under_ceiling(request, claims, room.name, limits)
         metadata = self._metadata(body.get("metadata", room.metadata))
@@ -253,7 +258,7 @@ class AdminApi:
     async def update_participant(self, request: web.Request, claims: Claims) -> web.Response:
         room = self._room(request, claims)
         participant = self._participant(request, room)
-        body = await _body(request)
+        body = await read_body(request)
         grant: VideoGrant | None = None
         if "permissions" in body:
             try:
@@ -295,7 +300,7 @@ class AdminApi:
         track = participant.tracks.get(request.match_info["track"])
         if track is None:
             raise AdminError("not_found", "no such track")
-        muted = (await _body(request)).get("muted", True)
+        muted = (await read_body(request)).get("muted", True)
         if not isinstance(muted, bool):
             raise AdminError("invalid_message", "muted must be true or false")
         # Sticky: the publisher cannot unmute it, nor publish its source again unmuted, until an
@@ -306,23 +311,6 @@ class AdminApi:
         )  # fmt: skip
         room.set_muted(participant, track, muted, notify_publisher=True)
         return web.Response(status=204)
-
-    # -- recordings -----------------------------------------------------------------------------
-
-    async def start_recording(self, request: web.Request, claims: Claims) -> web.Response:
-        name = request.match_info["room"]
-        self._allow(request, claims, may_record(claims.grant, name))
-        room = self.state.rooms.get(name)
-        if room is None:
-            raise AdminError("not_found", "no such room")
-        if not room.limits.recording_allowed:
-            raise AdminError("forbidden", "recording is not allowed in this room")
-        # Recording is a later issue: say so rather than pretend to record.
-        raise AdminError("unavailable", "recording is not available on this server yet")
-
-    async def get_recording(self, request: web.Request, claims: Claims) -> web.Response:
-        self._allow(request, claims, may_record(claims.grant, claims.room or ""))
-        raise AdminError("not_found", "no such recording")
 
     async def unknown(self, request: web.Request) -> web.Response:
         return error_response("not_found", f"no API endpoint {request.method} {request.path}")
@@ -381,7 +369,7 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else request.path
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise AdminError("invalid_message", "body too large")
     raw = await request.content.read(MAX_BODY_BYTES + 1)

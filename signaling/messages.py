@@ -54,6 +54,7 @@ class AddTrack(ClientMessage, tag="add_track"):
     name: Annotated[str, Meta(max_length=256)] = ""
     muted: bool = False
     simulcast: list[Any] = []
+    encryption: Literal["none", "e2ee"] = "none"
 
 
 class Offer(ClientMessage, tag="offer"):
@@ -231,6 +232,12 @@ class RoomUpdated(ServerMessage, tag="room_updated"):
     room: Info
 
 
+class RecordingNotice(ServerMessage, tag="recording"):
+    """PROTOCOL 7: whether any track of the room is being recorded."""
+
+    active: bool
+
+
 AnyServerMessage = (
     Ok
     | Error
@@ -249,4 +256,5 @@ AnyServerMessage = (
     | ActiveSpeakers
     | PermissionsChanged
     | RoomUpdated
+    | RecordingNotice
 )

@@ -48,6 +48,12 @@ def add_track(
             kind=kind, source=source, reason=decision.reason,
         )  # fmt: skip
         raise MessageError("forbidden", "you may not publish this track", req)
+    if room.limits.e2ee_required and message.encryption != "e2ee":
+        state.audit.record(
+            "publish_refused", room=room.name, identity=participant.identity,
+            kind=kind, source=source, reason="e2ee_required: track not declared encrypted",
+        )  # fmt: skip
+        raise MessageError("forbidden", "this room requires end-to-end encrypted tracks", req)
     if participant.track_by_cid(message.cid) is not None:
         raise MessageError("conflict", "a track with this cid was already added", req)
     if state.node_tracks_full():
@@ -72,6 +78,7 @@ def add_track(
         publisher_sid=participant.sid,
         muted=muted,
         keyframe_interval=state.config.rtc.keyframe_interval,
+        encryption=message.encryption,
     )
     participant.add_track(track)
     return TrackPublished(cid=track.cid, track=track.info(), req=req)

@@ -31,6 +31,7 @@ from sfu import iceguard, internals
 from sfu.config import Config, ConfigError
 from sfu.iceaddr import check_local_addresses, restrict_host_addresses
 from sfu.metrics import build_registry, record_connection_refused, sample_loop_lag
+from sfu.recording.manager import RecordingManager
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
@@ -81,13 +82,17 @@ def build_state(config: Config) -> ServerState:
         max_metadata_bytes=config.limits.max_metadata_bytes,
         roles=config.roles,
     )
+    audit, rooms = open_audit_log(config), RoomRegistry(config.limits)
+    recordings = RecordingManager(config.recording, config.server.data_dir, audit)
+    rooms.listeners.append(recordings.on_event)
     return ServerState(
         config=config,
         verifier=verifier,
-        rooms=RoomRegistry(config.limits),
-        audit=open_audit_log(config),
+        rooms=rooms,
+        audit=audit,
         store=AuthStore(os.path.join(config.server.data_dir, "auth.db")),
         brake=FailureBrake(config.auth.max_failures, config.auth.failure_window),
+        recordings=recordings,
     )
 
 
@@ -279,6 +284,8 @@ async def shutdown(state: ServerState) -> None:
         await parked.room.remove(parked.participant, "server_shutdown")
     for room in list(state.rooms.rooms.values()):
         state.rooms.remove(room)  # room_finished for webhooks and metrics
+    if state.recordings is not None:
+        state.recordings.close()  # each gets its final chunk
 
 
 def print_dev_banner(config: Config) -> None:

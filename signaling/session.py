@@ -260,6 +260,8 @@ class Session:
                 req=req,
             )
         )
+        if room.recording:
+            self.send({"type": "recording", "active": True})
 
     def _joined(self) -> tuple[Participant, Room]:
         participant, room = self.participant, self.room

@@ -15,6 +15,7 @@ from auth.tokens import Claims, TokenVerifier
 from sfu.clock import TimerDriver
 from sfu.config import Config
 from sfu.participant import Participant
+from sfu.recording.manager import RecordingManager
 from sfu.room import Room, RoomRegistry
 from sfu.stats import Stats
 from sfu.tasks import TaskSet
@@ -46,6 +47,7 @@ class ServerState:
     sessions_by_participant: dict[str, SessionHandle] = field(default_factory=dict)
     sessions: set[SessionHandle] = field(default_factory=set)
     accepting: bool = True
+    recordings: RecordingManager | None = None
     tasks: TaskSet = field(default_factory=lambda: TaskSet("server"))
     parking: ParkingLot = field(init=False)
     nonces: NonceStore = field(init=False)

@@ -30,6 +30,7 @@ CASES: dict[str, tuple[Any, list[Any], list[Any]]] = {
     "recording_allowed": (False, [False], [True]),
     "single_use_tokens": (True, [True], [False]),
     "require_bound_tokens": (True, [True], [False]),
+    "auto_record": (False, [False], [True]),
     "duplicate_identity": ("reject", ["reject"], ["replace"]),
     "max_name_bytes": (64, [64, 10], [65]),
     "max_metadata_bytes": (1024, [1024, 1], [1025]),

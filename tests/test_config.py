@@ -18,6 +18,7 @@ from sfu.config import (
     Config,
     ConfigError,
     LimitsConfig,
+    RecordingConfig,
     RtcConfig,
     SecurityConfig,
     ServerConfig,
@@ -191,6 +192,13 @@ BAD_VALUES = [
     ("limits", "e2ee_required", 0),
     ("limits", "recording_allowed", 1),
     ("limits", "single_use_tokens", "true"),
+    ("limits", "auto_record", "yes"),
+    ("recording", "public_key", 5),
+    ("recording", "max_bytes", 0),
+    ("recording", "max_duration", 0),
+    ("recording", "quota_bytes", -1),
+    ("recording", "chunk_bytes", 10),
+    ("recording", "flush_interval", 0),
     ("limits", "duplicate_identity", "kick"),
     ("limits", "max_name_bytes", 0),
     ("limits", "max_metadata_bytes", -1),
@@ -225,7 +233,14 @@ def test_every_typed_option_has_a_bad_value_case() -> None:
     tested = {f"{s}.{k}" for s, k, _ in BAD_VALUES}
     options = {
         f"{cls.section}.{f.name}"
-        for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig, SecurityConfig)
+        for cls in (
+            ServerConfig,
+            RtcConfig,
+            AuthConfig,
+            LimitsConfig,
+            SecurityConfig,
+            RecordingConfig,
+        )
         for f in dataclasses.fields(cls)
         if "check" in f.metadata and f.name != "keys"
     }
@@ -443,7 +458,7 @@ def test_documented_example_sets_every_option_and_loads(tmp_path: Path) -> None:
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     example = doc.split("## Complete example `keyroom.toml`")[1].split("```toml\n")[1]
     example = example.split("```")[0]
-    for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig, SecurityConfig):
+    for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig, SecurityConfig, RecordingConfig):
         written = set(tomllib.loads(example)[cls.section])
         assert written == {f.name for f in dataclasses.fields(cls) if "check" in f.metadata}
     with pytest.raises(ConfigError, match=r"^auth\.keys\.prod-2024: HS256 secret is shorter"):

@@ -144,6 +144,8 @@ class LimitsConfig(_Section):
     single_use_tokens: bool = option(False, checks.boolean)
     # Only tokens bound to a client key (`cnf.jkt`), with a proof of possession (issue 15).
     require_bound_tokens: bool = option(False, checks.boolean)
+    # Record every track of the room from its publication on (needs recording_allowed).
+    auto_record: bool = option(False, checks.boolean)
     duplicate_identity: str = option("reject", checks.choice(*DUPLICATE_IDENTITY_POLICIES))
     max_name_bytes: int = option(256, checks.positive_int)
     max_metadata_bytes: int = option(4096, checks.positive_int)
@@ -250,6 +252,33 @@ class SecurityConfig(_Section):
     room_hours: Mapping[str, tuple[int, int]] = option({}, checks.room_hours)
 
 
+def _recording_key(name: str, value: Any) -> str:
+    from sfu.recording.keys import RecordingKeyError, load_public
+
+    text = checks.text(name, value)
+    try:
+        load_public(text)
+    except RecordingKeyError as e:
+        raise checks.ConfigError(f"{name}: {e}") from None
+    return text
+
+
+@dataclass(frozen=True)
+class RecordingConfig(_Section):
+    """Encrypted recordings (docs/recording.md); files go to data_dir/recordings only."""
+
+    section: ClassVar[str] = "recording"
+    # The operator's X25519 public key (PEM, or the path of a PEM file): unset, nothing records.
+    public_key: str | None = option(None, checks.optional(_recording_key))
+    max_bytes: int = option(2 * 1024**3, checks.positive_int)  # per recording
+    max_duration: float = option(4 * 3600.0, checks.positive_seconds)  # per recording
+    quota_bytes: int = option(20 * 1024**3, checks.positive_int)  # all of data_dir/recordings
+    chunk_bytes: int = option(
+        64 * 1024, checks.integer(1024, "a size from 1024 to 4194304", 4194304)
+    )
+    flush_interval: float = option(1.0, checks.positive_seconds)  # a crash loses at most this
+
+
 TYPED_SECTIONS: dict[str, type[_Section]] = {
     "server": ServerConfig,
     "rtc": RtcConfig,
@@ -261,6 +290,7 @@ TYPED_SECTIONS: dict[str, type[_Section]] = {
     "webhooks": WebhooksConfig,
     "turn": TurnConfig,
     "security": SecurityConfig,
+    "recording": RecordingConfig,
 }
 # Kept as tables: [roles.NAME] grant sets and [rooms.NAME] limit overrides are checked in
 # finalize().
@@ -280,6 +310,7 @@ class Config(_Section):
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
     roles: dict[str, Any] = option({}, checks.table)
     rooms: dict[str, Any] = option({}, checks.table)
 
@@ -292,7 +323,7 @@ class Config(_Section):
             f"Config(server={self.server!r}, rtc={self.rtc!r}, auth={self.auth!r},"
             f" limits={self.limits!r}, audit={self.audit!r}, node={self.node!r},"
             f" metrics={self.metrics!r}, webhooks={self.webhooks!r}, turn={self.turn!r},"
-            f" security={self.security!r},"
+            f" security={self.security!r}, recording={self.recording!r},"
             f" {plain})"
         )
 

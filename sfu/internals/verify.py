@@ -13,6 +13,7 @@ import aioice
 import aioice.ice
 import aioice.turn
 import aiortc
+import aiortc.codecs.vpx
 import aiortc.rtcicetransport
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
@@ -40,6 +41,10 @@ ATTRIBUTES: list[tuple[object, str]] = [
     (aiortc.rtcrtpsender.RTCRtpSender, "send"),
     (aiortc.rtcrtpreceiver, "get_decoder"),
     (aiortc.rtcrtpsender, "get_encoder"),
+    # The Python client's E2EE (signaling/client/e2ee.py): frames between encoder and packetizer.
+    (aiortc.rtcrtpsender.RTCRtpSender, "_next_encoded_frame"),
+    (aiortc.codecs.vpx.Vp8Encoder, "_packetize"),
+    (aiortc.codecs.vpx, "vp8_depayload"),
     (RTCRtpTransceiver, "_codecs"),
     (RTCRtpTransceiver, "_headerExtensions"),
     # guard_remote_candidates, guard_media_sources (sfu/iceguard.py) and FastPath.

@@ -17,6 +17,7 @@ from auth.keybinding import make_proof
 from auth.keys import PrivateKey, load_private_key
 from sfu.tasks import TaskSet
 from signaling.client.connection import Connection
+from signaling.client.e2ee import FrameCryptor
 from signaling.client.errors import Frame, KeyroomError, SessionClosed
 from signaling.client.inbox import Inbox
 from signaling.client.peers import peer_connection, rerun_connect
@@ -340,14 +341,21 @@ class KeyroomClient:
         await self._subscriber.wait_ready(timeout)
 
     async def publish(
-        self, track: MediaStreamTrack, *, source: str = "camera", name: str = ""
+        self,
+        track: MediaStreamTrack,
+        *,
+        source: str = "camera",
+        name: str = "",
+        e2ee: FrameCryptor | None = None,
     ) -> Frame:
         """Announce `track` (`add_track`, cid = track.id), then send it on the publisher PC.
 
         Returns the granted TrackInfo. Raises KeyroomError for a refused `add_track`, or
-        `forbidden` when the server's answer rejects the track's media section.
+        `forbidden` when the server's answer rejects the track's media section. With `e2ee`,
+        the track is declared `"encryption":"e2ee"` and every frame encrypted (client/e2ee.py).
         """
-        return await self._publisher.publish(track, source, name)
+        identity = str(self.joined.get("participant", {}).get("identity", ""))
+        return await self._publisher.publish(track, source, name, e2ee, identity)
 
     async def renegotiate_publisher(self) -> set[str]:
         """Offer the publisher PC's current state and apply the answer; returns the mids the

@@ -16,6 +16,7 @@ from aiortc import (
 
 from sfu.sdpinfo import describe_sections
 from signaling.client.connection import Connection
+from signaling.client.e2ee import FrameCryptor, encrypt_sender
 from signaling.client.errors import Frame, KeyroomError
 from signaling.client.peers import add_candidate, resend
 from signaling.client.sdp import make_rejected_sections_applicable
@@ -43,7 +44,14 @@ class Publisher:
         self.channels: dict[str, RTCDataChannel] = {}
         self._data_refused = False
 
-    async def publish(self, track: MediaStreamTrack, source: str, name: str) -> Frame:
+    async def publish(
+        self,
+        track: MediaStreamTrack,
+        source: str,
+        name: str,
+        e2ee: FrameCryptor | None = None,
+        identity: str = "",
+    ) -> Frame:
         async with self._lock:
             reply = await self._request(
                 {
@@ -53,6 +61,7 @@ class Publisher:
                     "source": source,
                     "name": name,
                     "muted": False,
+                    "encryption": "none" if e2ee is None else "e2ee",
                 }
             )
             info: Frame = reply["track"]
@@ -60,6 +69,8 @@ class Publisher:
             transceiver = self._take_free(track)
             if transceiver is None:
                 transceiver = pc.addTransceiver(track, direction="sendonly")
+            if e2ee is not None:
+                encrypt_sender(transceiver.sender, e2ee, identity, track.kind)
             self._published[info["sid"]] = transceiver
             rejected = await self._negotiate()
         if transceiver.mid in rejected:

@@ -5,8 +5,10 @@
 // Address parameters: `token` (read once, then removed from the address bar), `codec=h264`
 // (offer H264 first for the video this page publishes), `publish=0` (join without turning on
 // the camera and microphone), `dev` (a `--dev` server: ask the visitor's name and get a token
-// of their own from /dev/token, so every tab is its own participant).
+// of their own from /dev/token, so every tab is its own participant). `#e2ee=PASSPHRASE` in the
+// fragment (never sent to the server) turns on end-to-end encryption (static/e2ee.js).
 
+import { E2EE } from "/static/e2ee.js";
 import { Room, humanMessage } from "/static/keyroom.js";
 import { KeyBinding, isBoundToken } from "/static/keybinding.js";
 
@@ -85,8 +87,9 @@ async function join(token) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   // A token bound to a device key (`cnf.jkt`) is proved with this browser's key.
   const keyBinding = isBoundToken(token) ? await KeyBinding.forPage() : null;
+  const e2ee = await e2eeFromAddress(token);
   const url = `${scheme}//${location.host}/rtc`;
-  room = new Room({ url, token, videoCodec: options.videoCodec, keyBinding });
+  room = new Room({ url, token, videoCodec: options.videoCodec, keyBinding, e2ee });
   window.keyroom = room;
   room.addEventListener("state", renderConnection);
   room.addEventListener("mediastate", renderConnection);
@@ -226,6 +229,7 @@ async function toggleScreen() {
 
 function onServerEvent(event) {
   const frame = event.detail;
+  if (frame.type === "recording") $("recording").hidden = !frame.active;
   if (frame.type === "track_muted") renderTileStates();
   if (frame.type === "permissions_changed") {
     renderPermissions();
@@ -234,6 +238,22 @@ function onServerEvent(event) {
   if (frame.type === "token_refresh_required") {
     showError("Your access ends in a minute. Ask for a new link to stay longer.");
   }
+}
+
+/** The E2EE passphrase of the address fragment (then removed from it); keys per room. */
+async function e2eeFromAddress(token) {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const passphrase = fragment.get("e2ee");
+  if (!passphrase) return null;
+  history.replaceState(null, "", location.pathname + location.search);
+  let roomName = "";
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    roomName = JSON.parse(atob(payload)).video?.room ?? "";
+  } catch {
+    return null;
+  }
+  return E2EE.fromPassphrase(passphrase, roomName);
 }
 
 // ---------------------------------------------------------------- rendering

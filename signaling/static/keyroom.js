@@ -52,6 +52,8 @@ export class KeyroomError extends Error {
 
 // What a person should read for each error code or server leave reason.
 const HUMAN_TEXT = {
+  e2ee_required:
+    "This room is end-to-end encrypted: open the link with the room's passphrase to share your camera or microphone.",
   unauthorized: "This link has expired or is not valid. Ask for a new one.",
   token_expired: "Your access has expired. Ask for a new link to rejoin.",
   room_full: "The room is full. Try again later.",
@@ -165,9 +167,12 @@ export class Room extends EventTarget {
    * `keyBinding`: for a token bound to this device's key (keybinding.js), whatever proves
    *   possession: `await keyBinding.proof(credential)` (docs/protocol.md 1.5).
    */
-  constructor({ url, token, autoSubscribe = true, videoCodec = null, keyBinding = null }) {
+  constructor({
+    url, token, autoSubscribe = true, videoCodec = null, keyBinding = null, e2ee = null,
+  }) {
     super();
     this._keyBinding = keyBinding;
+    this.e2ee = e2ee; // an E2EE of e2ee.js: frames encrypted in this page only
     this.url = url;
     this.autoSubscribe = autoSubscribe;
     this.videoCodec = videoCodec;
@@ -451,6 +456,7 @@ export class Room extends EventTarget {
       }
       case "participant_left":
         this.participants.delete(frame.sid);
+        this.e2ee?.rekey(); // who left cannot read what is sent from now on (with a new key)
         break;
       case "permissions_changed":
         this.permissions = frame.permissions ?? {};
@@ -490,6 +496,7 @@ export class Room extends EventTarget {
       const owner = this.participants.get(remote.participantSid) ?? null;
       remote.participant = owner;
       remote.info = owner?.tracks?.find((t) => t.sid === remote.trackSid) ?? remote.info;
+      if (owner) remote.e2eeIdentity?.(owner.identity);
     }
   }
 
@@ -500,6 +507,7 @@ export class Room extends EventTarget {
       bundlePolicy: "max-bundle",
       iceServers: joined.ice_servers ?? [],
       iceTransportPolicy: joined.ice_transport_policy === "relay" ? "relay" : "all",
+      ...this.e2ee?.peerConnectionConfig(),
     };
     this.publisher = new RTCPeerConnection(configuration);
     this.subscriber = new RTCPeerConnection(configuration);
@@ -553,6 +561,7 @@ export class Room extends EventTarget {
       section.trackId,
       event.receiver,
     );
+    remote.e2eeIdentity = this.e2ee?.attachReceiver(event.receiver, event.track.kind);
     this.remoteTracks.set(mid, remote);
     this._resolveRemoteTracks();
     this._emit("track", remote);
@@ -602,7 +611,11 @@ export class Room extends EventTarget {
    */
   publish(track, { source = DEFAULT_SOURCE[track.kind], name = "" } = {}) {
     return this._onPublisher(async () => {
+      if (this.room?.e2ee_required && !this.e2ee) {
+        throw new KeyroomError("e2ee_required", "this room takes end-to-end encrypted media only");
+      }
       const reply = await this.request({
+        encryption: this.e2ee ? "e2ee" : "none",
         type: "add_track",
         cid: track.id,
         kind: track.kind,
@@ -624,6 +637,7 @@ export class Room extends EventTarget {
       direction: "sendonly",
       streams: [new MediaStream([track])],
     });
+    this.e2ee?.attachSender(transceiver.sender, this.participant?.identity, track.kind);
     if (track.kind === "video" && this.videoCodec) this._preferCodec(transceiver, this.videoCodec);
     const sections = await this._negotiatePublisher();
     const section = sections.find((s) => s.mid === transceiver.mid);

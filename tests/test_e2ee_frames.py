@@ -1,0 +1,85 @@
+"""The E2EE frame format (signaling/client/e2ee.py) and the depacketizer export relies on."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from aiortc.codecs.vpx import Vp8Encoder
+
+from sfu.keyframe import is_keyframe
+from sfu.recording.depacketize import opus_frames, vp8_frames, vp8_size
+from signaling.client.e2ee import E2EEError, FrameCryptor, clear_bytes
+
+KEYFRAME = bytes([0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xF0, 0x00]) + os.urandom(3000)
+DELTA = bytes([0x31, 0x02, 0x00]) + os.urandom(800)
+
+
+def test_a_frame_round_trips_and_keeps_its_codec_header_in_clear() -> None:
+    cryptor = FrameCryptor.from_passphrase("pass", "room")
+    for kind, frame, clear in (("video", KEYFRAME, 10), ("video", DELTA, 3), ("audio", DELTA, 1)):
+        sealed = cryptor.encrypt("alice", kind, frame)
+        assert sealed[:clear] == frame[:clear] and sealed[clear:-14] != frame[clear:]
+        assert clear_bytes(kind, frame) == clear
+        assert cryptor.decrypt("alice", kind, sealed) == frame
+
+
+def test_the_sfu_still_finds_keyframes_in_encrypted_vp8() -> None:
+    cryptor = FrameCryptor.from_passphrase("pass", "room")
+    first = Vp8Encoder._packetize(cryptor.encrypt("alice", "video", KEYFRAME), 1)[0]  # noqa: SLF001
+    assert is_keyframe("video/vp8", first)
+    delta = Vp8Encoder._packetize(cryptor.encrypt("alice", "video", DELTA), 2)[0]  # noqa: SLF001
+    assert not is_keyframe("video/vp8", delta)
+
+
+def test_wrong_passphrase_identity_index_or_damage_do_not_decrypt() -> None:
+    right = FrameCryptor.from_passphrase("pass", "room")
+    sealed = right.encrypt("alice", "video", KEYFRAME)
+    for other, identity in (
+        (FrameCryptor.from_passphrase("wrong", "room"), "alice"),
+        (FrameCryptor.from_passphrase("pass", "other-room"), "alice"),
+        (right, "bob"),
+    ):
+        with pytest.raises(E2EEError):
+            other.decrypt(identity, "video", sealed)
+    damaged = bytearray(sealed)
+    damaged[20] ^= 1
+    with pytest.raises(E2EEError):
+        right.decrypt("alice", "video", bytes(damaged))
+    with pytest.raises(E2EEError, match="not an encrypted frame"):
+        right.decrypt("alice", "video", KEYFRAME[:20])
+    ratcheted = right.encrypt("alice", "video", DELTA, index=3)
+    assert ratcheted[-1] == 3 and right.decrypt("alice", "video", ratcheted) == DELTA
+    with pytest.raises(ValueError):
+        FrameCryptor(b"short")
+
+
+def _rtp(seq: int, ts: int, payload: bytes, marker: bool, pt: int = 96) -> bytes:
+    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts, 1) + payload
+
+
+def test_vp8_frames_are_reassembled_in_order_and_incomplete_ones_left_out() -> None:
+    packets = []
+    seq = 65530  # wraps during the test
+    frames = [KEYFRAME, DELTA, DELTA, DELTA]
+    for n, frame in enumerate(frames):
+        payloads = Vp8Encoder._packetize(frame, n)  # noqa: SLF001
+        for i, payload in enumerate(payloads):
+            packets.append(_rtp(seq, 3000 * n, payload, i == len(payloads) - 1))
+            seq += 1
+    lost = packets[1]  # the middle of the keyframe's three packets
+    shuffled = packets[::-1] + packets[:2]  # reversed, with duplicates
+    result = vp8_frames(shuffled)
+    assert [f.data for f in result.frames] == frames and result.dropped == 0
+    assert result.frames[0].keyframe and not result.frames[1].keyframe
+    assert vp8_size(result.frames[0].data) == (320, 240)
+    partial = vp8_frames([p for p in packets if p is not lost])
+    assert [f.data for f in partial.frames] == frames[1:] and partial.dropped == 1
+    garbage = vp8_frames([b"\x80", b"junk"])
+    assert garbage.frames == [] and garbage.dropped == 2
+
+
+def test_opus_frames_are_one_per_packet() -> None:
+    packets = [_rtp(n, 960 * n, bytes([0xFC, n]), True, 111) for n in range(5)]
+    assert [f.data[1] for f in opus_frames(reversed(packets)).frames] == [0, 1, 2, 3, 4]
