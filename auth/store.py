@@ -55,6 +55,17 @@ class AuthStore:
         # A token without iat/nbf cannot prove it is newer than the revocation.
         return row is not None and (issued_at is None or issued_at <= row[0])
 
+    def revocations(self, now: float) -> list[tuple[str, str, float, float]]:
+        """Every revocation in force: (room, identity, revoked_at, expires_at)."""
+        return [
+            (str(r), str(i), float(at), float(until))
+            for r, i, at, until in self._db.execute(
+                "SELECT room, identity, revoked_at, expires_at FROM revocations"
+                " WHERE expires_at > ?",
+                (now,),
+            )
+        ]
+
     def jti_spent(self, jti: str, now: float) -> bool:
         row = self._db.execute(
             "SELECT 1 FROM used_jtis WHERE jti = ? AND expires_at > ?", (jti, now)

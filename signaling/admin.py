@@ -68,6 +68,7 @@ def add_admin_routes(app: web.Application, state: ServerState) -> None:
         ("POST", "/api/rooms/{room}/participants/{identity}/tracks/{track}/mute", api.mute_track),
         ("POST", "/api/rooms/{room}/recordings", api.start_recording),
         ("GET", "/api/recordings/{id}", api.get_recording),
+        ("POST", "/api/node/drain", api.drain_node),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, api.wrap(handler))
@@ -304,6 +305,14 @@ class AdminApi:
     async def get_recording(self, request: web.Request, claims: Claims) -> web.Response:
         self._allow(request, claims, may_record(claims.grant, claims.room or ""))
         raise AdminError("not_found", "no such recording")
+
+    async def drain_node(self, request: web.Request, claims: Claims) -> web.Response:
+        """Stop placing new rooms on this node (docs/cluster.md); node-wide, like creating."""
+        self._allow(request, claims, may_create_room(claims.grant))
+        if self.state.cluster is None:
+            raise AdminError("not_found", "this node is not in a cluster")
+        self.state.cluster.drain()
+        return web.json_response({"draining": True}, status=202)
 
     async def unknown(self, request: web.Request) -> web.Response:
         return error_response("not_found", f"no API endpoint {request.method} {request.path}")

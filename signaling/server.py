@@ -35,6 +35,9 @@ from sfu.iceaddr import restrict_host_addresses
 from sfu.metrics import build_registry, record_connection_refused, sample_loop_lag
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
+from signaling.cluster.adminroutes import add_cluster_middleware
+from signaling.cluster.node import ClusterNode
+from signaling.cluster.shared import ClusterAuthStore, ClusterBrake
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
 from signaling.netpolicy import client_ip, parse_networks, tls_context
 from signaling.pending import PER_IP, PendingConnections, PendingFull
@@ -79,13 +82,18 @@ def build_state(config: Config) -> ServerState:
         max_metadata_bytes=config.limits.max_metadata_bytes,
         roles=config.roles,
     )
+    store_path = os.path.join(config.server.data_dir, "auth.db")
+    clustered = config.cluster.redis_url is not None
+    # In a cluster the store and the brake also tell Redis (signaling/cluster/shared.py).
+    store = ClusterAuthStore(store_path) if clustered else AuthStore(store_path)
+    brake_type = ClusterBrake if clustered else FailureBrake
     return ServerState(
         config=config,
         verifier=verifier,
         rooms=RoomRegistry(config.limits),
         audit=open_audit_log(config),
-        store=AuthStore(os.path.join(config.server.data_dir, "auth.db")),
-        brake=FailureBrake(config.auth.max_failures, config.auth.failure_window),
+        store=store,
+        brake=brake_type(config.auth.max_failures, config.auth.failure_window),
     )
 
 
@@ -108,6 +116,8 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_get("/rtc", rtc_handler)
     app.router.add_get("/healthz", healthz_handler)
     add_admin_routes(app, state)
+    if isinstance(state.cluster, ClusterNode):
+        add_cluster_middleware(app, state.cluster)
     server = state.config.server
     app[PENDING] = PendingConnections(server.max_pending, server.max_pending_per_ip)
     app[METRICS] = build_registry(state.rooms, state.stats, app[PENDING])
@@ -296,6 +306,8 @@ def print_dev_banner(config: Config) -> None:
 async def serve(config: Config, source: ConfigSource | None = None) -> int:
     state = build_state(config)
     iceguard.use_audit(state.audit)  # ICE refusals (relay-only rooms) are audited
+    cluster = ClusterNode(state) if config.cluster.redis_url is not None else None
+    state.cluster = cluster
     app = build_app(state)
     server = config.server
     # aiohttp has no header-read timeout of its own, but (3.14.5 here; aio-libs/aiohttp#13681)
@@ -334,10 +346,17 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if cluster is not None:
+        # SIGTERM drains a cluster node (docs/cluster.md); SIGINT still stops at once.
+        cluster.on_drained = stop.set
+        loop.add_signal_handler(signal.SIGTERM, cluster.drain)
+        cluster.start()
     loop.add_signal_handler(signal.SIGHUP, on_hangup, config, state.verifier, context, source)
     await stop.wait()
     log.info("shutting down")
     await shutdown(state)
+    if cluster is not None:
+        await cluster.close()
     await runner.cleanup()
     state.audit.close()
     state.store.close()

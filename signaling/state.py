@@ -17,11 +17,21 @@ from sfu.participant import Participant
 from sfu.room import Room, RoomRegistry
 from sfu.stats import Stats
 from sfu.tasks import TaskSet
+from signaling.messages import Join, ServerMessage
 from signaling.parking import Ended, Parked, ParkingLot
 from signaling.protocol import CLOSE_NORMAL, LEAVE_CLOSE
 
 # Server frames kept for a parked participant; past this, resuming would lose events: it ends.
 MAX_PARKED_FRAMES = 1000
+
+
+class JoinRouter(Protocol):
+    """The cluster's say on a join before this node's own checks (signaling/cluster/node.py):
+    None to admit here, else the first frame's answer (a redirect or a refusal)."""
+
+    async def route(self, join: Join, wall: float) -> ServerMessage | None: ...
+
+    def drain(self) -> None: ...
 
 
 class SessionHandle(Protocol):
@@ -42,6 +52,7 @@ class ServerState:
     sessions_by_participant: dict[str, SessionHandle] = field(default_factory=dict)
     sessions: set[SessionHandle] = field(default_factory=set)
     accepting: bool = True
+    cluster: JoinRouter | None = None  # with `[cluster] redis_url`
     tasks: TaskSet = field(default_factory=lambda: TaskSet("server"))
     parking: ParkingLot = field(init=False)
     _parking_timer: TimerDriver | None = field(default=None, init=False)

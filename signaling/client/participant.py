@@ -29,6 +29,8 @@ CLIENT_INFO = {"sdk": "python", "version": "0.1"}
 
 # How long connect() waits for the close that follows a refused join, to report its code.
 _REFUSAL_CLOSE_WAIT = 2.0
+# A join is redirected at most once in a healthy cluster; more is a misconfiguration.
+MAX_REDIRECTS = 3
 
 
 class KeyroomClient:
@@ -162,7 +164,15 @@ class KeyroomClient:
                 "auto_subscribe": self.auto_subscribe,
                 "client": self.client_info,
             }
-            return await self.request(join, timeout=timeout)
+            reply = await self.request(join, timeout=timeout)
+            for _ in range(MAX_REDIRECTS):
+                if reply.get("type") != "redirect":
+                    return reply
+                # The room is on another node of the cluster: the same join there.
+                await self._connection.follow(str(reply.get("url")), timeout)
+                self.url = self._connection.url
+                reply = await self.request(join, timeout=timeout)
+            raise KeyroomError("redirect_loop", "too many redirects", reply)
         except KeyroomError as exc:
             await self._connection.wait_reader(_REFUSAL_CLOSE_WAIT)
             exc.close_code = self.close_code

@@ -1,0 +1,90 @@
+"""A real `redis-server` and keyroom nodes joined to it, for the cluster tests."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from loadtest.spawn import free_port
+from tests.conftest import ServerProcess, start_server
+
+# Short enough that the failure tests wait a second or two, long enough for a loaded machine.
+CLUSTER_TOML = """
+[cluster]
+node_id = "{node_id}"
+heartbeat = 0.3
+node_ttl = 2.0
+drain_timeout = 20.0
+
+[rooms.once]
+single_use_tokens = true
+empty_timeout = 0.2
+
+[rooms.short]
+empty_timeout = 0.2
+"""
+
+
+@dataclass
+class RedisServer:
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+
+    def start(self) -> None:
+        """Start (again, on the same port), empty: nothing is saved."""
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client().ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def start_redis(tmp_path: Path) -> RedisServer:
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    return server
+
+
+def start_node(tmp_path: Path, redis_url: str, node_id: str, *extra: str) -> ServerProcess:
+    """A node with its own data directory (its own SQLite store, like a separate machine)."""
+    directory = tmp_path / node_id
+    directory.mkdir(exist_ok=True)
+    config = directory / "keyroom.toml"
+    config.write_text(CLUSTER_TOML.format(node_id=node_id))
+    return start_server(directory, "--redis", redis_url, "--config", str(config), *extra)
+
+
+def node_ids(redis_server: RedisServer) -> set[str]:
+    client = redis_server.client()
+    return {k.removeprefix("keyroom:node:") for k in client.keys("keyroom:node:*")}
+
+
+async def registered(redis_server: RedisServer, count: int) -> bool:
+    return len(await asyncio.to_thread(node_ids, redis_server)) == count
