@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ CLUSTER_TOML = """
 node_id = "{node_id}"
 heartbeat = 0.3
 node_ttl = 2.0
-drain_timeout = 20.0
+drain_timeout = {drain_timeout}
 
 [rooms.once]
 single_use_tokens = true
@@ -72,13 +73,27 @@ def start_redis(tmp_path: Path) -> RedisServer:
     return server
 
 
-def start_node(tmp_path: Path, redis_url: str, node_id: str, *extra: str) -> ServerProcess:
+def start_node(
+    tmp_path: Path, redis_url: str, node_id: str, *extra: str, drain_timeout: float = 20.0
+) -> ServerProcess:
     """A node with its own data directory (its own SQLite store, like a separate machine)."""
     directory = tmp_path / node_id
     directory.mkdir(exist_ok=True)
     config = directory / "keyroom.toml"
-    config.write_text(CLUSTER_TOML.format(node_id=node_id))
+    config.write_text(CLUSTER_TOML.format(node_id=node_id, drain_timeout=drain_timeout))
     return start_server(directory, "--redis", redis_url, "--config", str(config), *extra)
+
+
+def stop_node(node: ServerProcess) -> int:
+    """SIGINT: at once, without the drain SIGTERM starts (its waits are tested on their own)."""
+    if node.process.poll() is None:
+        node.process.send_signal(signal.SIGINT)
+        try:
+            node.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+    return node.process.returncode
 
 
 def node_ids(redis_server: RedisServer) -> set[str]:

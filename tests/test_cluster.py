@@ -11,8 +11,8 @@ import pytest
 
 from signaling.client import KeyroomClient, KeyroomError
 from tests.admin_helpers import call
-from tests.cluster_helpers import RedisServer, registered, start_node, start_redis
-from tests.conftest import ServerProcess, eventually, session_end, stop_server
+from tests.cluster_helpers import RedisServer, registered, start_node, start_redis, stop_node
+from tests.conftest import ServerProcess, eventually, session_end
 
 NODES = ("a", "b", "c")
 
@@ -36,7 +36,7 @@ def nodes(
         yield started
     finally:
         for server in started.values():
-            stop_server(server)
+            stop_node(server)
 
 
 async def joined(node: ServerProcess, identity: str, room: str) -> KeyroomClient:

@@ -379,6 +379,8 @@ class ClusterNode:
         elif event == "room_finished":
             self._tasks.spawn(self._forget_room(room.name))
             self._room_gone.set()
+        elif event == "participant_left":
+            self._room_gone.set()  # a draining node closes a room once it is empty
 
     async def _claim_room(self, name: str) -> None:
         def claim(pipe: Pipeline) -> None:
@@ -411,8 +413,14 @@ class ClusterNode:
         self._tasks.spawn(self._drain(time.monotonic() + self.config.drain_timeout))
 
     async def _drain(self, deadline: float) -> None:
-        while self.state.rooms.rooms and time.monotonic() < deadline:
+        state = self.state
+        while time.monotonic() < deadline:
             self._room_gone.clear()
+            for room in list(state.rooms.rooms.values()):
+                if not room.participants:
+                    state.rooms.remove(room)  # no empty_timeout wait: nobody comes back here
+            if not state.rooms.rooms:
+                break
             try:
                 await asyncio.wait_for(self._room_gone.wait(), deadline - time.monotonic())
             except TimeoutError:
