@@ -286,6 +286,8 @@ async def shutdown(state: ServerState) -> None:
         await parked.room.remove(parked.participant, "server_shutdown")
     for room in list(state.rooms.rooms.values()):
         state.rooms.remove(room)  # room_finished for webhooks and metrics
+    if state.cluster is not None:
+        await state.cluster.close()  # leaves the registry: its rooms are placed again
 
 
 def print_dev_banner(config: Config) -> None:
@@ -306,8 +308,7 @@ def print_dev_banner(config: Config) -> None:
 async def serve(config: Config, source: ConfigSource | None = None) -> int:
     state = build_state(config)
     iceguard.use_audit(state.audit)  # ICE refusals (relay-only rooms) are audited
-    cluster = ClusterNode(state) if config.cluster.redis_url is not None else None
-    state.cluster = cluster
+    state.cluster = cluster = ClusterNode(state) if config.cluster.redis_url else None
     app = build_app(state)
     server = config.server
     # aiohttp has no header-read timeout of its own, but (3.14.5 here; aio-libs/aiohttp#13681)
@@ -342,25 +343,30 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
     )
     if config.server.dev:
         print_dev_banner(config)
+    stop = _stop_on_signals(cluster)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, on_hangup, config, state.verifier, context, source
+    )
+    await stop.wait()
+    log.info("shutting down")
+    await shutdown(state)
+    await runner.cleanup()
+    state.audit.close()
+    state.store.close()
+    return 0
+
+
+def _stop_on_signals(cluster: ClusterNode | None) -> asyncio.Event:
+    """Set on SIGTERM or SIGINT; a cluster node drains on SIGTERM first (docs/cluster.md)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if cluster is not None:
-        # SIGTERM drains a cluster node (docs/cluster.md); SIGINT still stops at once.
         cluster.on_drained = stop.set
         loop.add_signal_handler(signal.SIGTERM, cluster.drain)
         cluster.start()
-    loop.add_signal_handler(signal.SIGHUP, on_hangup, config, state.verifier, context, source)
-    await stop.wait()
-    log.info("shutting down")
-    await shutdown(state)
-    if cluster is not None:
-        await cluster.close()
-    await runner.cleanup()
-    state.audit.close()
-    state.store.close()
-    return 0
+    return stop
 
 
 def run_server(config: Config, source: ConfigSource | None = None) -> int:

@@ -33,6 +33,8 @@ class JoinRouter(Protocol):
 
     def drain(self) -> None: ...
 
+    async def close(self) -> None: ...
+
 
 class SessionHandle(Protocol):
     """What the server asks of a live session: to end it, whatever its wire format."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,7 @@ empty_timeout = 0.2
 class RedisServer:
     port: int
     directory: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:
@@ -49,17 +49,14 @@ class RedisServer:
         self.process = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
              "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client().ping()
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # its log, until it says it serves
+            if "Ready to accept connections" in line:
+                threading.Thread(target=self.process.stdout.read, daemon=True).start()
                 return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        raise RuntimeError(f"redis-server exited with {self.process.wait()}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

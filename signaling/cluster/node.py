@@ -76,6 +76,7 @@ class ClusterNode:
         self._tasks = TaskSet("cluster")
         self._beat = asyncio.Event()
         self._room_gone = asyncio.Event()
+        self._held: set[str] = set()  # rooms started here whose placement is not yet released
         self.on_drained: Callable[[], None] = lambda: None
         store, brake = state.store, state.brake
         if isinstance(store, ClusterAuthStore):
@@ -96,7 +97,7 @@ class ClusterNode:
         await self._tasks.close()
 
         def leave(pipe: Pipeline) -> None:
-            for room in self.state.rooms.rooms:
+            for room in self._held | set(self.state.rooms.rooms):
                 pipe.evalsha(self._release.sha, 1, self.names.room(room), self.node_id)
             pipe.delete(self.names.node(self.node_id))
             pipe.zrem(self.names.nodes, self.node_id)
@@ -375,6 +376,7 @@ class ClusterNode:
     ) -> None:
         if event == "room_started":
             # Usually placed here already; a room made by the admin API is claimed now.
+            self._held.add(room.name)
             self._tasks.spawn(self._claim_room(room.name))
         elif event == "room_finished":
             self._tasks.spawn(self._forget_room(room.name))
@@ -400,7 +402,9 @@ class ClusterNode:
         try:
             await self._execute(release)
         except REDIS_DOWN:
-            pass  # the next join sees a dead or unrelated owner and places the room again
+            return  # the next join sees a dead or unrelated owner and places the room again
+        if self.state.rooms.get(name) is None:
+            self._held.discard(name)
 
     def drain(self) -> None:
         """No new rooms here from now; the rooms here end when empty, or at the deadline with
