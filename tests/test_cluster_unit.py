@@ -13,7 +13,7 @@ from sfu.config import ConfigError, load_config
 from sfu.workers import check_workers, parse_worker, without_workers, worker_overrides
 from signaling.cluster.load import LoadMeter
 from signaling.cluster.names import Names
-from signaling.cluster.node import ClusterNode
+from signaling.cluster.node import ClusterNode, default_url
 from signaling.cluster.shared import ClusterAuthStore, ClusterBrake
 from signaling.server import build_state
 
@@ -144,3 +144,22 @@ def test_workers_split_ports_and_data(tmp_path: Path) -> None:
 def test_cluster_repr_hides_the_redis_url(tmp_path: Path) -> None:
     shown = repr(config(tmp_path, redis_url="redis://:hunter2@r:6379/0"))
     assert "hunter2" not in shown and "<redis url>" in shown
+
+
+def test_the_advertised_url_names_a_reachable_address() -> None:
+    def url(**server: Any) -> str:
+        env = {"KEYROOM_KEYS": "k1=" + "x" * 40}
+        options = {"server": {"insecure_plaintext": True, **server}, "rtc": {"ips": ["192.0.2.10"]},
+                   "metrics": {"bearer_token": "m" * 20}}  # fmt: skip
+        return default_url(load_config(None, options, env))
+
+    assert url(port=7000) == "ws://127.0.0.1:7000/rtc"
+    assert url(host="0.0.0.0", port=7001) == "ws://192.0.2.10:7001/rtc"
+
+
+def test_the_compose_node_config_loads() -> None:
+    root = Path(__file__).parent.parent
+    env = {"KEYROOM_KEYS": "k1=" + "x" * 40}
+    loaded = load_config(str(root / "deploy" / "keyroom-node.toml"), {}, env)
+    assert loaded.cluster.redis_url == "redis://127.0.0.1:6379/0"
+    assert "node1:" in (root / "compose.yaml").read_text()

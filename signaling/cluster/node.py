@@ -45,9 +45,16 @@ REDIS_DOWN = (RedisError, OSError, TimeoutError)
 
 
 def default_url(config: Config) -> str:
+    """Where other nodes send this node's joins when `advertise_url` is unset: the listening
+    address, or for a wildcard one (0.0.0.0, ::) the first media address."""
     server = config.server
     scheme = "wss" if server.tls_cert is not None else "ws"
-    return f"{scheme}://{server.host}:{server.port}/rtc"
+    host = server.host
+    if host in ("0.0.0.0", "::", "") and config.rtc.ips:
+        host = config.rtc.ips[0]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{server.port}/rtc"
 
 
 class ClusterNode:
