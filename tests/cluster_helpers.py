@@ -16,6 +16,9 @@ from tests.conftest import ServerProcess, start_server
 
 # Short enough that the failure tests wait a second or two, long enough for a loaded machine.
 CLUSTER_TOML = """
+[server]
+trusted_proxies = ["127.0.0.1/32"]  # the brake test names its clients by X-Forwarded-For
+
 [cluster]
 node_id = "{node_id}"
 heartbeat = 0.3

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from signaling.client import KeyroomClient, KeyroomError
@@ -171,6 +172,27 @@ async def test_admin_lists_rooms_of_every_node(
         assert status == 200 and [p["identity"] for p in body["participants"]] == ["lister-user"]
     finally:
         await asyncio.gather(*(c.close() for c in clients))
+
+
+async def refused_code(node: ServerProcess, token: str, address: str) -> str:
+    """The error code of a join from `address` (X-Forwarded-For: the nodes trust loopback)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(node.ws_url, headers={"X-Forwarded-For": address}) as ws:
+            await ws.send_json({"type": "join", "token": token, "protocol": 1, "req": 1})
+            reply = await ws.receive_json(timeout=10)
+            return str(reply.get("code", reply["type"]))
+
+
+async def test_the_brake_counts_refusals_across_nodes(
+    nodes: dict[str, ServerProcess], redis_server: RedisServer
+) -> None:
+    """`max_failures` 10 per address: 4 refusals per node are too few for any node alone,
+    yet the cluster's total brakes the address on every node."""
+    bad = nodes["a"].token("guesser", "braked", secret="not-the-key-" * 4)
+    codes = [await refused_code(nodes[NODES[i % 3]], bad, "198.51.100.7") for i in range(18)]
+    assert codes[:10] == ["unauthorized"] * 10, codes
+    assert codes[15:] == ["rate_limited"] * 3, codes  # each node, having seen at most 6
+    assert await refused_code(nodes["b"], bad, "198.51.100.8") == "unauthorized"  # others not
 
 
 def test_a_node_without_redis_config_is_alone(tmp_path: Path) -> None:

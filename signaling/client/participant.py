@@ -168,6 +168,8 @@ class KeyroomClient:
             for _ in range(MAX_REDIRECTS):
                 if reply.get("type") != "redirect":
                     return reply
+                if not str(reply.get("url")).startswith(("ws://", "wss://")):
+                    raise KeyroomError("redirect_loop", "redirect to a non-WebSocket URL", reply)
                 # The room is on another node of the cluster: the same join there.
                 await self._connection.follow(str(reply.get("url")), timeout)
                 self.url = self._connection.url
