@@ -121,6 +121,7 @@ def build_report(
         # [seconds since the measured phase began (bucket middle), p50, p95, p99 ms, samples]
         "latency_timeline": _latency_timeline(run),
         "join_ms": percentiles(run.join_ms),
+        "join_redirected_ms": percentiles(run.redirected_join_ms),
         "first_packet_ms": percentiles(first_packet_ms),
         "first_keyframe_ms": percentiles(first_keyframe_ms),
         "keyframe_requests_per_s": round(in_phase_requests / max(measured, 1e-9), 3),
@@ -235,6 +236,7 @@ def format_table(report: dict[str, Any]) -> str:
         f" lost {p['lost']} ({100 * p['loss']:.3f} %)",
         dist("latency through SFU", report["latency_ms"], "ms"),
         dist("join (token→joined)", report["join_ms"], "ms"),
+        dist("join via redirect", report["join_redirected_ms"], "ms"),
         dist("first packet", report["first_packet_ms"], "ms"),
         dist("first keyframe", report["first_keyframe_ms"], "ms"),
         f"{'keyframe requests':<22} {report['keyframe_requests_per_s']} /s",

@@ -30,6 +30,9 @@ class Run:
     publishers: list[Publisher] = field(default_factory=list)
     subscribers: list[Subscriber] = field(default_factory=list)
     join_ms: list[float] = field(default_factory=list)
+    # Joins a cluster node redirected to the room's node (their time is in join_ms too).
+    redirected_join_ms: list[float] = field(default_factory=list)
+    joins_started: int = 0
     auth: Counter[str] = field(default_factory=Counter)
     measure_start_ns: int = 0
     measure_end_ns: int = 0
@@ -71,7 +74,9 @@ class Run:
         )
 
     async def join(self, identity: str, token: str, auto_subscribe: bool) -> LoadClient | None:
-        client = self.target.client_factory(self.target.url, token, auto_subscribe)
+        url = self.target.url_for(self.joins_started)
+        self.joins_started += 1
+        client = self.target.client_factory(url, token, auto_subscribe)
         started = time.monotonic()
         try:
             await client.connect(timeout=JOIN_TIMEOUT)
@@ -82,6 +87,8 @@ class Run:
             self.errors[f"join:{type(exc).__name__}"] += 1
             return None
         self.join_ms.append(1000 * (time.monotonic() - started))
+        if getattr(client, "url", url) != url:
+            self.redirected_join_ms.append(self.join_ms[-1])
         return client
 
     async def add_publisher(self, n: int, clip: Clip, room: str) -> None:
