@@ -174,7 +174,7 @@ def run_joins(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_workers(args: argparse.Namespace) -> dict[str, Any]:
     secret = secrets.token_urlsafe(32)
-    scenario = ["--scenario", "5x5-video", "--video-publishers", "1", "--subscribers", "6",
+    scenario = ["--scenario", "5x5-video", "--video-publishers", "1", "--subscribers", str(args.subscribers),
                 "--rooms", str(args.rooms), "--duration", str(args.duration)]  # fmt: skip
     results = {}
     with tempfile.TemporaryDirectory() as directory, redis_server(directory) as redis_url:
@@ -192,6 +192,7 @@ def main() -> int:
     parser.add_argument("what", choices=("joins", "workers"))
     parser.add_argument("--rooms", type=int, default=6)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--subscribers", type=int, default=6, help="per room (workers)")
     args = parser.parse_args()
     result = run_joins(args) if args.what == "joins" else run_workers(args)
     result["loadavg_before_after"] = os.getloadavg()

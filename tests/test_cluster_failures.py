@@ -4,7 +4,10 @@ empty, a node drained; and what a steady call costs Redis (nothing per packet)."
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from auth.tokens import mint_token
+from loadtest import spawn
+from loadtest.spawn import free_port
 from signaling.client import KeyroomClient, KeyroomError
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
 from tests.admin_helpers import call
@@ -23,7 +29,7 @@ from tests.cluster_helpers import (
     start_redis,
     stop_node,
 )
-from tests.conftest import ServerProcess, eventually, session_end
+from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually, session_end
 
 # What one heartbeat sends (signaling/cluster/node.py): nothing else runs during a steady call.
 HEARTBEAT_COMMANDS = {"hset", "pexpire", "zadd", "set", "get"}
@@ -62,6 +68,21 @@ async def create_room(node: ServerProcess, room: str) -> None:
 def command_calls(client: redis.Redis) -> dict[str, int]:
     stats = client.info("commandstats")
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def token(identity: str, room: str) -> str:
+    return mint_token(
+        key_id=KEY_ID, secret=SECRET, identity=identity, room=room, ttl=600, now=time.time()
+    )
 
 
 def packets_out(node: ServerProcess) -> int:
@@ -242,3 +263,37 @@ async def _redis_outage(
     clients.append(follower)
     await follower.connect()
     assert follower.url == owner.ws_url
+
+
+async def test_workers_share_the_hosts_redis(tmp_path: Path) -> None:
+    """`serve --workers 2`: two nodes on PORT and PORT+1, each with its own data directory;
+    SIGTERM to the supervisor drains both, which exit when their rooms are empty."""
+    redis_server = start_redis(tmp_path)
+    port = free_port()
+    while not port_free(port + 1):
+        port = free_port()
+    command = [
+        sys.executable, "-m", "sfu", "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
+        "--rtc-ip", "127.0.0.1", "--key", f"{KEY_ID}={SECRET}", "--redis", redis_server.url,
+        "--workers", "2",
+    ]  # fmt: skip
+    log = tmp_path / "workers.log"
+    process = spawn.start(command, log, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for worker in (0, 1):
+            spawn.wait_healthy(process, f"http://127.0.0.1:{port + worker}/healthz", log, "worker")
+        await eventually(lambda: registered(redis_server, 2), 15, "both workers registered")
+        clients = []
+        for i in range(4):  # new rooms spread by load: both workers get some
+            client = KeyroomClient(f"ws://127.0.0.1:{port}/rtc", token(f"w{i}", f"room-{i}"))
+            await client.connect()
+            clients.append(client)
+        assert {c.url for c in clients} == {f"ws://127.0.0.1:{port + w}/rtc" for w in (0, 1)}
+        assert {p.name for p in tmp_path.joinpath("data").iterdir()} == {"worker-0", "worker-1"}
+        process.send_signal(signal.SIGTERM)  # both drain: they exit once their rooms are empty
+        for client in clients:
+            await client.leave()
+        assert await asyncio.to_thread(process.wait, 20) == 0
+    finally:
+        spawn.stop(process)
+        redis_server.stop()
