@@ -174,7 +174,8 @@ def run_joins(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_workers(args: argparse.Namespace) -> dict[str, Any]:
     secret = secrets.token_urlsafe(32)
-    scenario = ["--scenario", "5x5-video", "--video-publishers", "1", "--subscribers", str(args.subscribers),
+    subscribers = str(args.subscribers)
+    scenario = ["--scenario", "5x5-video", "--video-publishers", "1", "--subscribers", subscribers,
                 "--rooms", str(args.rooms), "--duration", str(args.duration)]  # fmt: skip
     results = {}
     with tempfile.TemporaryDirectory() as directory, redis_server(directory) as redis_url:
