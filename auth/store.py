@@ -79,6 +79,17 @@ class AuthStore:
     def key_revoked(self, key_id: str) -> bool:
         return key_id in self._revoked_keys
 
+    def revocations(self, now: float) -> list[tuple[str, str, float, float]]:
+        """Every revocation in force: (room, identity, revoked_at, expires_at)."""
+        return [
+            (str(r), str(i), float(at), float(until))
+            for r, i, at, until in self._db.execute(
+                "SELECT room, identity, revoked_at, expires_at FROM revocations"
+                " WHERE expires_at > ?",
+                (now,),
+            )
+        ]
+
     def jti_spent(self, jti: str, now: float) -> bool:
         row = self._db.execute(
             "SELECT 1 FROM used_jtis WHERE jti = ? AND expires_at > ?", (jti, now)

@@ -17,7 +17,12 @@ from loadtest.scenarios import SCENARIOS, with_overrides
 
 def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="5x5-video")
-    p.add_argument("--url", help="target server's ws://host:port/rtc (default: --spawn-server)")
+    p.add_argument(
+        "--url",
+        action="append",
+        help="target server's ws://host:port/rtc (default: --spawn-server); repeat for the"
+        " nodes of a cluster: joins go to each in turn",
+    )
     p.add_argument("--key", help="key id to mint tokens with (with --url)")
     p.add_argument("--secret", help="its secret; prefer $KEYROOM_SECRET")
     p.add_argument("--server-pid", type=int, help="sample this pid's CPU/RSS (with --url)")
@@ -137,12 +142,13 @@ def run_loadtest(args: argparse.Namespace) -> int:
         if args.url:
             assert args.key and secret
             target = Target(
-                args.url,
+                args.url[0],
                 args.key,
                 secret,
                 args.server_pid,
                 dev=False,
                 metrics_token=args.metrics_token or os.environ.get("KEYROOM_METRICS_TOKEN"),
+                urls=tuple(args.url),
             )
             reports["keyroom"] = runner.run(run_scenario(scenario, target, progress, clips))
         else:

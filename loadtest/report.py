@@ -122,6 +122,7 @@ def build_report(
         "latency_timeline": _latency_timeline(run),
         "join_ms": percentiles(run.join_ms),
         "join_ms_bound": percentiles(run.join_ms_bound),
+        "join_redirected_ms": percentiles(run.redirected_join_ms),
         "first_packet_ms": percentiles(first_packet_ms),
         "first_keyframe_ms": percentiles(first_keyframe_ms),
         "keyframe_requests_per_s": round(in_phase_requests / max(measured, 1e-9), 3),
@@ -241,6 +242,7 @@ def format_table(report: dict[str, Any]) -> str:
             if report.get("join_ms_bound", {}).get("count")
             else []
         ),
+        dist("join via redirect", report["join_redirected_ms"], "ms"),
         dist("first packet", report["first_packet_ms"], "ms"),
         dist("first keyframe", report["first_keyframe_ms"], "ms"),
         f"{'keyframe requests':<22} {report['keyframe_requests_per_s']} /s",

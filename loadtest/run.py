@@ -43,6 +43,9 @@ class Run:
     join_ms: list[float] = field(default_factory=list)
     # Joins with a bound token and its proof (nonce fetch included): `scenario.bound_share`.
     join_ms_bound: list[float] = field(default_factory=list)
+    # Joins a cluster node redirected to the room's node (their time is in join_ms too).
+    redirected_join_ms: list[float] = field(default_factory=list)
+    joins_started: int = 0
     auth: Counter[str] = field(default_factory=Counter)
     measure_start_ns: int = 0
     measure_end_ns: int = 0
@@ -86,10 +89,12 @@ class Run:
     async def join(
         self, identity: str, token: str, auto_subscribe: bool, key: PrivateKey | None = None
     ) -> LoadClient | None:
+        url = self.target.url_for(self.joins_started)
+        self.joins_started += 1
         client = (
-            self.target.client_factory(self.target.url, token, auto_subscribe)
+            self.target.client_factory(url, token, auto_subscribe)
             if key is None
-            else KeyroomClient(self.target.url, token, auto_subscribe=auto_subscribe, key=key)
+            else KeyroomClient(url, token, auto_subscribe=auto_subscribe, key=key)
         )
         started = time.monotonic()
         try:
@@ -102,6 +107,8 @@ class Run:
             return None
         joined_ms = 1000 * (time.monotonic() - started)
         (self.join_ms if key is None else self.join_ms_bound).append(joined_ms)
+        if getattr(client, "url", url) != url:
+            self.redirected_join_ms.append(joined_ms)
         return client
 
     async def add_publisher(self, n: int, clip: Clip, room: str) -> None:

@@ -39,6 +39,12 @@ class Target:
     # forwarding time); None for a server without it (the baselines).
     metrics_path: str | None = "/metrics"
     metrics_token: str | None = None  # `[metrics] bearer_token`, when the server has one
+    # Several nodes of one cluster (repeated --url): joins go to each in turn (docs/cluster.md).
+    urls: tuple[str, ...] = ()
+
+    def url_for(self, n: int) -> str:
+        """The address the `n`-th join goes to."""
+        return self.urls[n % len(self.urls)] if self.urls else self.url
 
     def token(self, identity: str, room: str, **overrides: Any) -> str:
         return mint_token(

@@ -50,23 +50,41 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         overrides["rtc"] = {"ips": args.rtc_ip}
     if args.key:
         overrides["auth"] = {"keys": parse_keys(args.key, "--key")}
+    if args.redis:
+        overrides["cluster"] = {"redis_url": args.redis}
     return overrides
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from sfu import workers
+
     def source() -> Config:
         # The same sources in the same order: SIGHUP re-reads the file for the signing keys.
-        return load_config(args.config, _serve_overrides(args), os.environ)
+        overrides = _serve_overrides(args)
+        config = load_config(args.config, overrides, os.environ)
+        if args.worker is None:
+            return config
+        mine = workers.worker_overrides(config, *workers.parse_worker(args.worker))
+        return load_config(args.config, _merged(overrides, mine), os.environ)
 
     try:
         config = source()
+        workers.check_workers(config, args.workers)
     except ConfigError as e:
         return _fail(str(e))
+    if args.workers > 1:
+        return workers.supervise(workers.without_workers(sys.argv[1:]), args.workers)
     # Imported here so `keyroom token` and config errors never pay for the media stack's import.
     # run_server sets up logging and, in dev mode, prints the dev key and a join link.
     from signaling.server import run_server
 
     return run_server(config, source)
+
+
+def _merged(
+    base: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    return {s: {**base.get(s, {}), **more.get(s, {})} for s in base.keys() | more.keys()}
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -103,6 +121,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="allow plain HTTP/WS on a non-loopback address (behind a TLS-terminating proxy)",
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    p.add_argument("--redis", metavar="URL", help="join the cluster on this Redis ([cluster])")
+    from sfu.workers import add_arguments
+
+    add_arguments(p)
     p.set_defaults(handler=_serve)
 
 

@@ -70,6 +70,7 @@ def add_admin_routes(app: web.Application, state: ServerState) -> None:
         ("PATCH", "/api/rooms/{room}/participants/{identity}", api.update_participant),
         ("POST", "/api/rooms/{room}/participants/{identity}/tracks/{track}/mute", api.mute_track),
         *recording_routes(api, read_body),
+        ("POST", "/api/node/drain", api.drain_node),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, api.wrap(handler))
@@ -311,6 +312,14 @@ class AdminApi:
         )  # fmt: skip
         room.set_muted(participant, track, muted, notify_publisher=True)
         return web.Response(status=204)
+
+    async def drain_node(self, request: web.Request, claims: Claims) -> web.Response:
+        """Stop placing new rooms on this node (docs/cluster.md); node-wide, like creating."""
+        self._allow(request, claims, may_create_room(claims.grant))
+        if self.state.cluster is None:
+            raise AdminError("not_found", "this node is not in a cluster")
+        self.state.cluster.drain()
+        return web.json_response({"draining": True}, status=202)
 
     async def unknown(self, request: web.Request) -> web.Response:
         return error_response("not_found", f"no API endpoint {request.method} {request.path}")

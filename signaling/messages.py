@@ -186,6 +186,12 @@ class ServerLeave(ServerMessage, tag="leave"):
     message: str | None = None
 
 
+class Redirect(ServerMessage, tag="redirect"):
+    """Instead of `joined`: the room is on another node; join there with the same token."""
+
+    url: str
+
+
 class TokenRefreshRequired(ServerMessage, tag="token_refresh_required"):
     expires_at: int
 
@@ -247,6 +253,7 @@ AnyServerMessage = (
     | SubscriberOffer
     | TrackPublished
     | ServerLeave
+    | Redirect
     | TokenRefreshRequired
     | ParticipantJoined
     | ParticipantLeft

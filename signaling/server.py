@@ -34,6 +34,9 @@ from sfu.metrics import build_registry, record_connection_refused, sample_loop_l
 from sfu.recording.manager import RecordingManager
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
+from signaling.cluster.adminroutes import add_cluster_middleware
+from signaling.cluster.node import ClusterNode
+from signaling.cluster.shared import ClusterAuthStore, ClusterBrake
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
 from signaling.liveconfig import ConfigSource, LiveConfig, candidate_policy
 from signaling.monitor import SecurityMonitor
@@ -82,6 +85,11 @@ def build_state(config: Config) -> ServerState:
         max_metadata_bytes=config.limits.max_metadata_bytes,
         roles=config.roles,
     )
+    store_path = os.path.join(config.server.data_dir, "auth.db")
+    clustered = config.cluster.redis_url is not None
+    # In a cluster the store and the brake also tell Redis (signaling/cluster/shared.py).
+    store = ClusterAuthStore(store_path) if clustered else AuthStore(store_path)
+    brake_type = ClusterBrake if clustered else FailureBrake
     audit, rooms = open_audit_log(config), RoomRegistry(config.limits)
     recordings = RecordingManager(config.recording, config.server.data_dir, audit)
     rooms.listeners.append(recordings.on_event)
@@ -90,8 +98,8 @@ def build_state(config: Config) -> ServerState:
         verifier=verifier,
         rooms=rooms,
         audit=audit,
-        store=AuthStore(os.path.join(config.server.data_dir, "auth.db")),
-        brake=FailureBrake(config.auth.max_failures, config.auth.failure_window),
+        store=store,
+        brake=brake_type(config.auth.max_failures, config.auth.failure_window),
         recordings=recordings,
     )
 
@@ -119,6 +127,8 @@ def build_app(state: ServerState) -> web.Application:
     app[LIVE].add_route(app)  # before the admin API's catch-all
     add_nonce_route(app, state)
     add_admin_routes(app, state)
+    if isinstance(state.cluster, ClusterNode):
+        add_cluster_middleware(app, state.cluster)
     server = state.config.server
     app[PENDING] = PendingConnections(server.max_pending, server.max_pending_per_ip)
     app[METRICS] = build_registry(state.rooms, state.stats, app[PENDING])
@@ -286,6 +296,8 @@ async def shutdown(state: ServerState) -> None:
         state.rooms.remove(room)  # room_finished for webhooks and metrics
     if state.recordings is not None:
         state.recordings.close()  # each gets its final chunk
+    if state.cluster is not None:
+        await state.cluster.close()  # leaves the registry: its rooms are placed again
 
 
 def print_dev_banner(config: Config) -> None:
@@ -320,6 +332,7 @@ def announce(config: Config, *, tls: bool) -> None:
 async def serve(config: Config, source: ConfigSource | None = None) -> int:
     state = build_state(config)
     iceguard.use_audit(state.audit)  # ICE refusals (relay-only rooms) are audited
+    state.cluster = cluster = ClusterNode(state) if config.cluster.redis_url else None
     app = build_app(state)
     server = config.server
     # aiohttp has no header-read timeout of its own, but (3.14.5 here; aio-libs/aiohttp#13681)
@@ -350,13 +363,12 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
     site = web.TCPSite(runner, server.host, server.port, ssl_context=context)
     await site.start()
     announce(config, tls=context is not None)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals(cluster)
     live = app[LIVE]
     live.source, live.tls = source, context
-    loop.add_signal_handler(signal.SIGHUP, lambda: state.spawn(live.reload("SIGHUP")))
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, lambda: state.spawn(live.reload("SIGHUP"))
+    )
     await stop.wait()
     log.info("shutting down")
     await shutdown(state)
@@ -365,6 +377,19 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
     state.store.close()
     log.info("keyroom stopped")
     return 0
+
+
+def _stop_on_signals(cluster: ClusterNode | None) -> asyncio.Event:
+    """Set on SIGTERM or SIGINT; a cluster node drains on SIGTERM first (docs/cluster.md)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if cluster is not None:
+        cluster.on_drained = stop.set
+        loop.add_signal_handler(signal.SIGTERM, cluster.drain)
+        cluster.start()
+    return stop
 
 
 def run_server(config: Config, source: ConfigSource | None = None) -> int:

@@ -64,6 +64,7 @@ from signaling.protocol import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL,
     CLOSE_RATE_LIMITED,
+    JOIN_REFUSAL_CLOSE,
     PROTOCOL_VERSION,
 )
 from signaling.state import ServerState, leave_close
@@ -184,6 +185,12 @@ class Session:
         """A first frame that is no valid join (or none in time): `error`, then close."""
         reply = Error(code=error.code, message=error.message, req=error.req)
         return self._refused(reply, close_code, error.code)
+
+    def answer_first(self, reply: ServerMessage) -> Outcome:
+        """The cluster answered the join (signaling/cluster): a redirect, or a refusal."""
+        if isinstance(reply, Error):
+            return self._refused(reply, JOIN_REFUSAL_CLOSE[reply.code], reply.code)
+        return self._refused(reply, CLOSE_NORMAL, "redirect")
 
     def _refused(self, reply: ServerMessage, close_code: int, metric: str) -> Outcome:
         self.output.send(reply)

@@ -19,11 +19,23 @@ from sfu.recording.manager import RecordingManager
 from sfu.room import Room, RoomRegistry
 from sfu.stats import Stats
 from sfu.tasks import TaskSet
+from signaling.messages import Join, ServerMessage
 from signaling.parking import Ended, Parked, ParkingLot
 from signaling.protocol import CLOSE_NORMAL, LEAVE_CLOSE
 
 # Server frames kept for a parked participant; past this, resuming would lose events: it ends.
 MAX_PARKED_FRAMES = 1000
+
+
+class JoinRouter(Protocol):
+    """The cluster's say on a join before this node's own checks (signaling/cluster/node.py):
+    None to admit here, else the first frame's answer (a redirect or a refusal)."""
+
+    async def route(self, join: Join, wall: float) -> ServerMessage | None: ...
+
+    def drain(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class SessionHandle(Protocol):
@@ -48,6 +60,7 @@ class ServerState:
     sessions: set[SessionHandle] = field(default_factory=set)
     accepting: bool = True
     recordings: RecordingManager | None = None
+    cluster: JoinRouter | None = None  # with `[cluster] redis_url`
     tasks: TaskSet = field(default_factory=lambda: TaskSet("server"))
     parking: ParkingLot = field(init=False)
     nonces: NonceStore = field(init=False)

@@ -19,10 +19,10 @@ from sfu.clock import TimerDriver
 from sfu.metrics import record_join
 from signaling import codec
 from signaling.codec import MessageError
-from signaling.messages import ServerMessage
+from signaling.messages import AnyClientMessage, Join, ServerMessage
 from signaling.outbox import Outbox
 from signaling.protocol import CLOSE_JOIN_TIMEOUT, CLOSE_UNSUPPORTED
-from signaling.session import Session
+from signaling.session import Outcome, Session
 from signaling.state import ServerState
 
 # How long the writer may take to flush what is queued once the session is over.
@@ -149,9 +149,19 @@ async def _start(
     except MessageError as exc:
         outcome = session.refuse_first(exc)
     else:
-        outcome = session.start(message, started, time.time())
+        outcome = await _first(session, message, started)
     record_join(outcome.accepted, outcome.reason, loop.time() - started)
     return outcome.accepted
+
+
+async def _first(session: Session, message: AnyClientMessage, started: float) -> Outcome:
+    """The first frame: in a cluster a join may belong to another node (PROTOCOL 7)."""
+    cluster = session.state.cluster
+    if cluster is not None and isinstance(message, Join):
+        answer = await cluster.route(message, time.time())
+        if answer is not None:
+            return session.answer_first(answer)
+    return session.start(message, started, time.time())
 
 
 async def _read(

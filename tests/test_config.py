@@ -15,6 +15,7 @@ from sfu.config import (
     DEV_KEY_ID,
     NO_KEYS_MESSAGE,
     AuthConfig,
+    ClusterConfig,
     Config,
     ConfigError,
     LimitsConfig,
@@ -220,6 +221,16 @@ BAD_VALUES = [
     ("security", "max_uplink_bitrate", -1),
     ("security", "room_hours", "9-17"),
     ("security", "drop_spike", 0),
+    ("cluster", "redis_url", "http://r:6379"),
+    ("cluster", "redis_url", "redis://r:99999"),
+    ("cluster", "node_id", ""),
+    ("cluster", "advertise_url", "http://node1/rtc"),
+    ("cluster", "region", 3),
+    ("cluster", "capacity", 0),
+    ("cluster", "heartbeat", 0),
+    ("cluster", "node_ttl", -1),
+    ("cluster", "drain_timeout", 0),
+    ("cluster", "prefix", ""),
 ]
 
 
@@ -240,6 +251,7 @@ def test_every_typed_option_has_a_bad_value_case() -> None:
             LimitsConfig,
             SecurityConfig,
             RecordingConfig,
+            ClusterConfig,
         )
         for f in dataclasses.fields(cls)
         if "check" in f.metadata and f.name != "keys"
@@ -458,7 +470,10 @@ def test_documented_example_sets_every_option_and_loads(tmp_path: Path) -> None:
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     example = doc.split("## Complete example `keyroom.toml`")[1].split("```toml\n")[1]
     example = example.split("```")[0]
-    for cls in (ServerConfig, RtcConfig, AuthConfig, LimitsConfig, SecurityConfig, RecordingConfig):
+    for cls in (
+        ServerConfig, RtcConfig, AuthConfig, LimitsConfig, SecurityConfig, RecordingConfig,
+        ClusterConfig,
+    ):  # fmt: skip
         written = set(tomllib.loads(example)[cls.section])
         assert written == {f.name for f in dataclasses.fields(cls) if "check" in f.metadata}
     with pytest.raises(ConfigError, match=r"^auth\.keys\.prod-2024: HS256 secret is shorter"):

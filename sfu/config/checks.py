@@ -203,6 +203,37 @@ def url_list(name: str, value: Any) -> tuple[str, ...]:
     return _unique(list(value))
 
 
+def _url_of(name: str, value: Any, schemes: tuple[str, ...], what: str) -> SplitResult:
+    """`value` split, if it is a URL of one of `schemes` with a valid port."""
+    try:
+        parts = urlsplit(text(name, value))
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise expected(name, what, value) from None
+    if parts.scheme not in schemes:
+        raise expected(name, what, value)
+    return parts
+
+
+def redis_url(name: str, value: Any) -> str:
+    what = "a Redis URL like redis://host:6379/0"
+    parts = _url_of(name, value, ("redis", "rediss", "unix"), what)
+    if not (parts.hostname or parts.path):
+        raise expected(name, what, value)
+    return str(value)
+
+
+def ws_url(name: str, value: Any) -> str:
+    what = "a WebSocket URL like wss://node1.example.com/rtc"
+    if not _url_of(name, value, ("ws", "wss"), what).hostname:
+        raise expected(name, what, value)
+    return str(value)
+
+
+optional_redis_url = optional(redis_url)
+optional_ws_url = optional(ws_url)
+
+
 def origin_list(name: str, value: Any) -> tuple[str, ...]:
     what = "origins like https://app.example.com"
     origins = []

@@ -279,6 +279,33 @@ class RecordingConfig(_Section):
     flush_interval: float = option(1.0, checks.positive_seconds)  # a crash loses at most this
 
 
+@dataclass(frozen=True, repr=False)
+class ClusterConfig(_Section):
+    """Many nodes sharing one Redis (docs/cluster.md); without `redis_url`, one process alone."""
+
+    section: ClassVar[str] = "cluster"
+    redis_url: str | None = option(None, checks.optional_redis_url)
+    node_id: str | None = option(None, checks.optional_text)  # default: host:port, random suffix
+    # The signaling URL other nodes redirect joins to (default: ws://host:port/rtc).
+    advertise_url: str | None = option(None, checks.optional_ws_url)
+    region: str = option("default", checks.text)
+    capacity: int = option(1000, checks.positive_int)  # participants this node should hold
+    heartbeat: float = option(2.0, checks.positive_seconds)
+    node_ttl: float = option(6.0, checks.positive_seconds)  # a silent node is gone after this
+    drain_timeout: float = option(300.0, checks.positive_seconds)
+    prefix: str = option("keyroom", checks.text)  # of every Redis key and channel
+
+    def __repr__(self) -> str:
+        shown = None if self.redis_url is None else "<redis url>"  # may carry a password
+        return (
+            f"ClusterConfig(redis_url={shown}, node_id={self.node_id!r},"
+            f" advertise_url={self.advertise_url!r}, region={self.region!r},"
+            f" capacity={self.capacity!r}, heartbeat={self.heartbeat!r},"
+            f" node_ttl={self.node_ttl!r}, drain_timeout={self.drain_timeout!r},"
+            f" prefix={self.prefix!r})"
+        )
+
+
 TYPED_SECTIONS: dict[str, type[_Section]] = {
     "server": ServerConfig,
     "rtc": RtcConfig,
@@ -291,6 +318,7 @@ TYPED_SECTIONS: dict[str, type[_Section]] = {
     "turn": TurnConfig,
     "security": SecurityConfig,
     "recording": RecordingConfig,
+    "cluster": ClusterConfig,
 }
 # Kept as tables: [roles.NAME] grant sets and [rooms.NAME] limit overrides are checked in
 # finalize().
@@ -311,6 +339,7 @@ class Config(_Section):
     turn: TurnConfig = field(default_factory=TurnConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     roles: dict[str, Any] = option({}, checks.table)
     rooms: dict[str, Any] = option({}, checks.table)
 
@@ -324,7 +353,7 @@ class Config(_Section):
             f" limits={self.limits!r}, audit={self.audit!r}, node={self.node!r},"
             f" metrics={self.metrics!r}, webhooks={self.webhooks!r}, turn={self.turn!r},"
             f" security={self.security!r}, recording={self.recording!r},"
-            f" {plain})"
+            f" cluster={self.cluster!r}, {plain})"
         )
 
 

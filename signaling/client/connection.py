@@ -52,9 +52,21 @@ class Connection:
         self._on_reply = on_reply
         self._on_closed = on_closed
         self._on_server_close = on_server_close
+        self._redirected = False
 
     def error(self) -> SessionClosed:
         return SessionClosed(self.close_code, self.leave_reason, self.leave_message)
+
+    async def follow(self, url: str, timeout: float) -> None:
+        """The join was redirected (PROTOCOL 7): drop this socket, quietly (the session is not
+        over), and open `url` instead."""
+        try:
+            await self.abort()
+            await self.close_http()
+        finally:
+            self._redirected = False
+        self.url, self.ws, self.reader = url, None, None
+        await self.open(timeout)
 
     async def open(self, timeout: float) -> None:
         """Open the socket and start reading; after a failure the caller calls `abort`."""
@@ -140,8 +152,11 @@ class Connection:
                 else:
                     log.warning("unexpected %s message from server", message.type)
         except asyncio.CancelledError:
-            self.end(None)
+            if not self._redirected:
+                self.end(None)
             raise
+        if self._redirected:
+            return
         self.end(received if received is not None else ws.close_code)
         self._on_server_close()
 
@@ -157,6 +172,9 @@ class Connection:
             log.warning("non-object frame from server: %.200s", data)
 
     def _receive(self, frame: Frame) -> None:
+        if frame.get("type") == "redirect":
+            # The server closes this socket next: that close does not end the session.
+            self._redirected = True
         req = frame.get("req")
         future = self._pending.pop(req, None) if isinstance(req, int) else None
         if future is not None:

@@ -8,6 +8,8 @@ import logging
 import ssl as ssl_module
 import time
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +24,7 @@ from signaling.client.errors import Frame, KeyroomError, SessionClosed
 from signaling.client.inbox import Inbox
 from signaling.client.peers import peer_connection, rerun_connect
 from signaling.client.publisher import Publisher
+from signaling.client.redirects import join_following_redirects
 from signaling.client.roster import Roster
 from signaling.client.subscriber import RemoteTrack, Subscriber
 from signaling.protocol import PROTOCOL_VERSION
@@ -33,11 +36,6 @@ CLIENT_KIND = "python"  # what this client's key proofs name (a grant's `clients
 
 # How long connect() waits for the close that follows a refused join, to report its code.
 _REFUSAL_CLOSE_WAIT = 2.0
-
-
-def _private_key(key_file: str) -> PrivateKey:
-    with open(key_file, "rb") as file:
-        return load_private_key(file.read())
 
 
 class KeyroomClient:
@@ -69,7 +67,7 @@ class KeyroomClient:
         advertises are not used unless passed here. `ice_transport_policy: "relay"` in `joined`
         is honoured. `key_file` (PEM, EC P-256 or Ed25519) or `key` proves possession of the key
         a bound token names (`cnf.jkt`): see `proof()`."""
-        self.key = _private_key(key_file) if key_file is not None else key
+        self.key = key if key_file is None else load_private_key(Path(key_file).read_bytes())
         self.url = url
         self.token = token
         self.auto_subscribe = auto_subscribe
@@ -183,7 +181,11 @@ class KeyroomClient:
             }
             if proof is not None:
                 join["proof"] = proof
-            return await self.request(join, timeout=timeout)
+            prove = None if proof is None else partial(self.proof, self.token, timeout)
+            request = partial(self.request, timeout=timeout)
+            reply = await join_following_redirects(self._connection, join, request, prove, timeout)
+            self.url = self._connection.url
+            return reply
         except KeyroomError as exc:
             await self._connection.wait_reader(_REFUSAL_CLOSE_WAIT)
             exc.close_code = self.close_code

@@ -32,6 +32,7 @@ const DATA_CHANNELS = {
 
 const DEFAULT_SOURCE = { video: "camera", audio: "microphone" };
 const REQUEST_TIMEOUT_MS = 10000;
+const MAX_REDIRECTS = 3; // one is normal in a cluster; more is a misconfiguration
 // The server keeps a dropped participant for its resume window (30 s by default).
 const RESUME_DEADLINE_MS = 25000;
 const RESUME_BACKOFF_MS = [0, 250, 500, 1000, 2000, 4000];
@@ -214,14 +215,26 @@ export class Room extends EventTarget {
     let ws = null;
     try {
       ws = await this._openSocket();
-      const joined = await this._requestOn(ws, {
+      const join = {
         type: "join",
         token: this._token,
         protocol: PROTOCOL_VERSION,
         auto_subscribe: this.autoSubscribe,
         client: CLIENT_INFO,
         ...(await this._proofFor(this._token)),
-      });
+      };
+      let joined = await this._requestOn(ws, join);
+      for (let hops = 0; joined.type === "redirect"; hops++) {
+        // The room is on another node of the cluster (protocol.md section 7): join there.
+        if (hops >= MAX_REDIRECTS || !/^wss?:\/\//.test(joined.url)) {
+          throw new KeyroomError("redirect_loop", "bad or repeated redirect");
+        }
+        ws.close(1000);
+        this.url = joined.url;
+        ws = await this._openSocket();
+        Object.assign(join, await this._proofFor(this._token)); // nonces are per node
+        joined = await this._requestOn(ws, join);
+      }
       this._adoptSocket(ws);
       this._applyJoined(joined);
       this._createPeerConnections(joined);
