@@ -131,8 +131,9 @@ class Connection:
             self.ws._response.close()
 
     async def close_http(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
 
     async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         # The code of the close frame received, when one was: aiohttp's own `close_code` turns
