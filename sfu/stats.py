@@ -15,6 +15,11 @@ class DropReason(StrEnum):
     SRTP_FAILURE = "srtp_failure"
     # A datagram from an address that has not completed ICE with that connection.
     FOREIGN_SOURCE = "foreign_source"
+    # STUN at the shared media port (sfu/internals/sharedport.py) for no connection of ours:
+    # a request naming an unknown ufrag, a response to no request sent, or no STUN at all.
+    UNKNOWN_UFRAG = "unknown_ufrag"
+    UNKNOWN_TRANSACTION = "unknown_transaction"
+    MALFORMED_STUN = "malformed_stun"
     # A NACKed packet the subscriber's retransmission budget refused (sfu/retransmit.py).
     NACK_LIMITED = "nack_limited"
     # A data channel message in reassembly past the SCTP receive window (sfu/internals/sctp.py).

@@ -293,9 +293,17 @@ def print_dev_banner(config: Config) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+async def open_media_port(config: Config, state: ServerState) -> None:
+    """`[rtc] udp_port`: one UDP port for every peer connection, bound before anyone joins."""
+    if config.rtc.udp_port:
+        rtc = config.rtc
+        await internals.open_shared_port(list(rtc.ips), rtc.udp_port, state.stats.dropped)
+
+
 async def serve(config: Config, source: ConfigSource | None = None) -> int:
     state = build_state(config)
     iceguard.use_audit(state.audit)  # ICE refusals (relay-only rooms) are audited
+    await open_media_port(config, state)
     app = build_app(state)
     server = config.server
     # aiohttp has no header-read timeout of its own, but (3.14.5 here; aio-libs/aiohttp#13681)
