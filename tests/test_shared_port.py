@@ -19,6 +19,7 @@ from typing import Any
 
 import aioice.ice
 import pytest
+from aiortc import RTCPeerConnection
 
 from loadtest import junkflood
 from loadtest.procstat import rss_bytes
@@ -34,7 +35,7 @@ from sfu.internals.sharedport import (
 from signaling.client import KeyroomClient, count_frames
 from signaling.media import SyntheticVideoTrack
 from tests.conftest import ServerProcess, stop_server
-from tests.sharedport_helpers import start_server_in_mode
+from tests.sharedport_helpers import PORT_MODES, start_server_in_mode
 
 SUCCEEDED = aioice.ice.CandidatePair.State.SUCCEEDED
 PEER = ("127.0.0.1", 50000)
@@ -211,3 +212,52 @@ async def test_junk_flood_from_many_addresses_is_counted_without_growth_or_stall
     # Most of both floods reached the server and was counted (the kernel may drop some).
     assert refused >= 0.5 * (sent + datagrams // 10), (refused, sent, drops)
     assert after - before < 4 * 1024 * 1024, (before, after)
+
+
+async def move_to_a_new_socket(pc: RTCPeerConnection) -> tuple[tuple[str, int], tuple[str, int]]:
+    """What a NAT rebinding or a network change does to a controlling peer (aioice nominates
+    aggressively): checks from a new socket, nominated there, and the old socket gone. Returns
+    (old, new) local addresses."""
+    conn = pc.getTransceivers()[0].sender.transport.transport._connection
+    old = conn._nominated[1]
+    loop = asyncio.get_running_loop()
+    _, moved = await loop.create_datagram_endpoint(
+        lambda: aioice.ice.StunProtocol(conn), local_addr=("127.0.0.1", 0)
+    )
+    host, port = moved.transport.get_extra_info("sockname")[:2]
+    moved.local_candidate = aioice.Candidate(
+        foundation="moved", component=1, transport="udp", priority=old.local_candidate.priority,
+        host=host, port=port, type="host",
+    )  # fmt: skip
+    conn._protocols.append(moved)
+    pair = aioice.ice.CandidatePair(moved, old.remote_candidate)
+    conn._check_list.append(pair)
+    await conn.check_start(pair)
+    assert conn._nominated[1] is pair, "the new path was not nominated"
+    old.protocol.transport.close()  # the old address is gone: media can only take the new one
+    return old.local_addr, pair.local_addr
+
+
+@pytest.mark.parametrize("mode", PORT_MODES)
+async def test_a_publisher_that_changes_address_mid_call_keeps_publishing(
+    tmp_path: Path, mode: str
+) -> None:
+    server = start_server_in_mode(tmp_path, mode)
+    alice = KeyroomClient(server.ws_url, server.token("alice"))
+    bob = KeyroomClient(server.ws_url, server.token("bob"))
+    try:
+        await alice.connect()
+        await bob.connect()
+        await alice.publish(SyntheticVideoTrack(), source="camera")
+        remote = await bob.next_track(timeout=15)
+        assert await count_frames(remote.track, 2.0, enough=5) >= 5
+        assert alice.publisher_pc is not None
+        old, new = await move_to_a_new_socket(alice.publisher_pc)
+        assert old != new
+        # Frames decoded after the move travelled from alice's new address.
+        assert await count_frames(remote.track, 3.0, enough=20) >= 20
+        assert alice.publisher_pc.connectionState == "connected"
+    finally:
+        await alice.leave()
+        await bob.leave()
+        stop_server(server)
