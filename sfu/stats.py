@@ -36,6 +36,9 @@ class Stats:
     retransmissions: int = 0
     # Subscriber sections that carried a track before and were given to a new one.
     sections_reused: int = 0
+    # The batched fan-out (sfu/fastpath): sendmmsg calls and the packets they sent.
+    fanout_calls: int = 0
+    fanout_packets: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     # Published tracks and their summed bitrate, node-wide, kept up to date on publish,
     # unpublish and each bitrate measurement: `[node]` limits read them in O(1).

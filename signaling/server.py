@@ -31,6 +31,7 @@ from auth.tokens import TokenVerifier
 from sfu import iceguard, internals
 from sfu.candidates import CandidatePolicy
 from sfu.config import Config
+from sfu.fastpath import loader as fastpath_loader
 from sfu.iceaddr import restrict_host_addresses
 from sfu.metrics import build_registry, record_connection_refused, sample_loop_lag
 from sfu.room import RoomRegistry
@@ -295,9 +296,14 @@ def print_dev_banner(config: Config) -> None:
 
 async def open_media_port(config: Config, state: ServerState) -> None:
     """`[rtc] udp_port`: one UDP port for every peer connection, bound before anyone joins."""
-    if config.rtc.udp_port:
-        rtc = config.rtc
-        await internals.open_shared_port(list(rtc.ips), rtc.udp_port, state.stats.dropped)
+    rtc = config.rtc
+    if rtc.udp_port:
+        fanout = None if rtc.fanout == "python" else fastpath_loader.load()
+        if fanout is None and rtc.fanout == "compiled":
+            raise OSError(
+                f"rtc.fanout = compiled: the extension cannot be built: {fastpath_loader.failure()}"
+            )
+        await internals.open_shared_port(list(rtc.ips), rtc.udp_port, state.stats, fanout)
 
 
 async def serve(config: Config, source: ConfigSource | None = None) -> int:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from tests.conftest import ServerProcess, start_server
 
-# Each test that takes a `port_mode` runs once per mode: a socket per connection, one shared port.
-PORT_MODES = ("per-connection", "shared")
+# Each test that takes a `port_mode` runs once per mode: a socket per connection, one shared port
+# sending one datagram at a time (pure Python), one shared port with the batched fan-out.
+PORT_MODES = ("per-connection", "shared-python", "shared-compiled")
 
 
 def free_udp_port() -> int:
@@ -23,5 +24,6 @@ def start_server_in_mode(tmp_path: Path, mode: str, *extra: str) -> ServerProces
     if mode == "per-connection":
         return start_server(tmp_path, *extra)
     config = tmp_path / "udp-port.toml"
-    config.write_text(f"[rtc]\nudp_port = {free_udp_port()}\n")
+    fanout = mode.removeprefix("shared-")
+    config.write_text(f'[rtc]\nudp_port = {free_udp_port()}\nfanout = "{fanout}"\n')
     return start_server(tmp_path, "--config", str(config), *extra)

@@ -159,16 +159,27 @@ def server_ports(client: KeyroomClient) -> set[int]:
     return ports
 
 
-def dropped(server: ServerProcess) -> dict[str, float]:
+def metrics(server: ServerProcess) -> str:
     with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
+        text: str = response.read().decode()
+        return text
+
+
+def batched_packets(server: ServerProcess) -> float:
+    match = re.search(r"^keyroom_fanout_batched_packets_total (\S+)", metrics(server), re.M)
+    assert match is not None
+    return float(match.group(1))
+
+
+def dropped(server: ServerProcess) -> dict[str, float]:
+    text = metrics(server)
     pattern = r'keyroom_rtp_packets_dropped_total\{reason="(\w+)"\} (\S+)'
     return {reason: float(value) for reason, value in re.findall(pattern, text)}
 
 
 @pytest.fixture
 def shared_server(tmp_path: Path) -> Any:
-    server = start_server_in_mode(tmp_path, "shared")
+    server = start_server_in_mode(tmp_path, "shared-compiled")
     try:
         yield server
     finally:
@@ -257,6 +268,11 @@ async def test_a_publisher_that_changes_address_mid_call_keeps_publishing(
         # Frames decoded after the move travelled from alice's new address.
         assert await count_frames(remote.track, 3.0, enough=20) >= 20
         assert alice.publisher_pc.connectionState == "connected"
+        # The copies went through the path the mode names.
+        if mode == "shared-compiled":
+            assert batched_packets(server) >= 20
+        else:
+            assert batched_packets(server) == 0
     finally:
         await alice.leave()
         await bob.leave()

@@ -26,14 +26,16 @@ import ipaddress
 import logging
 import socket
 from collections import Counter
+from types import ModuleType
 from typing import Any
 
 import aioice
 import aioice.ice
 from aioice import stun
 
+from sfu.fastpath.batch import FanoutBatch
 from sfu.internals.icepolicy import verified_source
-from sfu.stats import DropReason
+from sfu.stats import DropReason, Stats
 
 log = logging.getLogger("keyroom.internals")
 
@@ -165,17 +167,38 @@ def _bounded_put(table: dict[Any, Protocol], key: Any, protocol: Protocol, limit
 
 
 class SharedSocket(asyncio.DatagramProtocol):
-    """The one socket of an address: its datagrams go to the protocol `Demux` names."""
+    """The one socket of an address: its datagrams go to the protocol `Demux` names.
 
-    def __init__(self, demux: Demux) -> None:
+    With the compiled fan-out, the RTP a datagram makes the forwarder send is queued in `batch`
+    while the datagram is handled and leaves in one `sendmmsg` after it."""
+
+    def __init__(self, demux: Demux, stats: Stats, fanout: ModuleType | None = None) -> None:
         self.demux = demux
+        self._stats = stats
         self._by_address = demux.by_address
+        self._fanout = fanout
+        self.batch: FanoutBatch | None = None
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self._fanout is not None:
+            fd = transport.get_extra_info("socket").fileno()
+            self.batch = FanoutBatch(self._fanout, fd, self._stats)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        batch = self.batch
+        if batch is None:
+            self._dispatch(data, addr)
+            return
+        batch.depth += 1
+        try:
+            self._dispatch(data, addr)
+        finally:
+            batch.depth -= 1
+            batch.flush()
+
+    def _dispatch(self, data: bytes, addr: Address) -> None:
         # Media from a mapped address: one dict lookup, then the connection's own callback.
         if data and data[0] > 3:
             protocol = self._by_address.get(addr)
@@ -196,6 +219,7 @@ class SharedTransport:
     def __init__(self, shared: SharedSocket, protocol: Protocol) -> None:
         assert shared.transport is not None
         self.sendto = shared.transport.sendto
+        self.batch = shared.batch  # read by `RtpSink`: None sends RTP one datagram at a time
         self._transport = shared.transport
         self._demux = shared.demux
         self._protocol: Protocol | None = protocol
@@ -216,11 +240,13 @@ class SharedTransport:
 
 
 class SharedPort:
-    """The shared sockets, one per address, all on `port`."""
+    """The shared sockets, one per address, all on `port`; `fanout`: the compiled extension
+    (sfu/fastpath), or None for the pure-Python path."""
 
-    def __init__(self, port: int, drops: Counter[str]) -> None:
+    def __init__(self, port: int, stats: Stats, fanout: ModuleType | None = None) -> None:
         self.port = port
-        self.drops = drops
+        self.stats = stats
+        self.fanout = fanout
         self.sockets: dict[str, SharedSocket] = {}
 
     async def open(self, addresses: list[str]) -> None:
@@ -239,7 +265,7 @@ class SharedPort:
                 ) from exc
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-            shared = SharedSocket(Demux(self.drops))
+            shared = SharedSocket(Demux(self.stats.dropped), self.stats, self.fanout)
             await loop.create_datagram_endpoint(lambda s=shared: s, sock=sock)  # type: ignore[misc]
             self.sockets[address] = shared
 
@@ -299,9 +325,12 @@ def share_media_port(shared: SharedPort) -> None:
     aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
 
 
-async def open_shared_port(addresses: list[str], port: int, drops: Counter[str]) -> SharedPort:
-    """Bind `port` on every address and make every ICE agent gather on it."""
-    shared = SharedPort(port, drops)
+async def open_shared_port(
+    addresses: list[str], port: int, stats: Stats, fanout: ModuleType | None = None
+) -> SharedPort:
+    """Bind `port` on every address and make every ICE agent gather on it; refusals are counted
+    in `stats.dropped`."""
+    shared = SharedPort(port, stats, fanout)
     await shared.open(addresses)
     share_media_port(shared)
     return shared
