@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sfu import fastpathcli
 from sfu.config import LOG_LEVELS, Config, ConfigError, load_config, parse_keys
 
 if TYPE_CHECKING:
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_audit(commands)
     _add_doctor(commands)
+    fastpathcli.add_parser(commands)
     from loadtest.cli import add_soak_command
 
     add_soak_command(commands)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +120,18 @@ def test_the_loader_builds_into_the_cache_once(
     assert path.is_relative_to(tmp_path) and path.exists()
     modified = path.stat().st_mtime_ns
     assert loader.build() == path and path.stat().st_mtime_ns == modified
+
+
+def test_keyroom_build_ext_compiles_into_the_cache(tmp_path: Path) -> None:
+    environment = {**os.environ, "KEYROOM_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "sfu", "build-ext"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path.is_relative_to(tmp_path) and path.exists()
