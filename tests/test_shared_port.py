@@ -177,6 +177,16 @@ def dropped(server: ServerProcess) -> dict[str, float]:
     return {reason: float(value) for reason, value in re.findall(pattern, text)}
 
 
+async def start_call(alice: KeyroomClient, bob: KeyroomClient) -> Any:
+    """Alice publishes a camera, Bob receives it; returns Bob's remote track, flowing."""
+    await alice.connect()
+    await bob.connect()
+    await alice.publish(SyntheticVideoTrack(), source="camera")
+    remote = await bob.next_track(timeout=15)
+    assert await count_frames(remote.track, 2.0, enough=5) >= 5
+    return remote
+
+
 @pytest.fixture
 def shared_server(tmp_path: Path) -> Any:
     server = start_server_in_mode(tmp_path, "shared-compiled")
@@ -193,11 +203,7 @@ async def test_junk_flood_from_many_addresses_is_counted_without_growth_or_stall
     alice = KeyroomClient(shared_server.ws_url, shared_server.token("alice"))
     bob = KeyroomClient(shared_server.ws_url, shared_server.token("bob"))
     try:
-        await alice.connect()
-        await bob.connect()
-        await alice.publish(SyntheticVideoTrack(), source="camera")
-        remote = await bob.next_track(timeout=15)
-        assert await count_frames(remote.track, 2.0, enough=5) >= 5
+        remote = await start_call(alice, bob)
         ports = server_ports(alice) | server_ports(bob)
         assert len(ports) == 1, ports  # every connection of both clients on the one port
         port = ports.pop()
@@ -257,11 +263,7 @@ async def test_a_publisher_that_changes_address_mid_call_keeps_publishing(
     alice = KeyroomClient(server.ws_url, server.token("alice"))
     bob = KeyroomClient(server.ws_url, server.token("bob"))
     try:
-        await alice.connect()
-        await bob.connect()
-        await alice.publish(SyntheticVideoTrack(), source="camera")
-        remote = await bob.next_track(timeout=15)
-        assert await count_frames(remote.track, 2.0, enough=5) >= 5
+        remote = await start_call(alice, bob)
         assert alice.publisher_pc is not None
         old, new = await move_to_a_new_socket(alice.publisher_pc)
         assert old != new

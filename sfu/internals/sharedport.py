@@ -35,6 +35,7 @@ from aioice import stun
 
 from sfu.fastpath.batch import FanoutBatch
 from sfu.internals.icepolicy import verified_source
+from sfu.internals.ports import host_candidate, replace_host_gathering
 from sfu.stats import DropReason, Stats
 
 log = logging.getLogger("keyroom.internals")
@@ -289,15 +290,7 @@ class SharedPort:
             stock_send(message, addr)
 
         protocol.send_stun = send_stun  # type: ignore[method-assign]
-        protocol.local_candidate = aioice.Candidate(
-            foundation=aioice.ice.candidate_foundation("host", "udp", address),  # type: ignore[attr-defined]
-            component=component,
-            transport="udp",
-            priority=aioice.ice.candidate_priority(component, "host"),  # type: ignore[attr-defined]
-            host=address,
-            port=self.port,
-            type="host",
-        )
+        protocol.local_candidate = host_candidate(component, address, self.port)
         demux.attach(connection.local_username.encode(), protocol)
         return protocol
 
@@ -305,24 +298,16 @@ class SharedPort:
 def share_media_port(shared: SharedPort) -> None:
     """Make every host-only ICE agent of this process gather on `shared` (process-wide, like
     `bind_media_ports`); an agent with a STUN or TURN server keeps aioice's gathering."""
-    stock = aioice.ice.Connection.get_component_candidates
 
-    async def get_component_candidates(
-        self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
-    ) -> list[aioice.Candidate]:
-        if self.stun_server or self.turn_server:
-            return await stock(self, component, addresses, timeout)
-        candidates = []
-        for address in addresses:
-            if address not in shared.sockets:
-                log.warning("shared media port: no socket on %s", address)
-                continue
-            protocol = shared.attach(self, component, address)
-            self._protocols.append(protocol)
-            candidates.append(protocol.local_candidate)
-        return candidates
+    async def gather(
+        connection: aioice.ice.Connection, component: int, address: str
+    ) -> aioice.ice.StunProtocol | None:
+        if address not in shared.sockets:
+            log.warning("shared media port: no socket on %s", address)
+            return None
+        return shared.attach(connection, component, address)
 
-    aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    replace_host_gathering(gather)
 
 
 async def open_shared_port(
