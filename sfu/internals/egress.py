@@ -85,7 +85,8 @@ class RtpSink:
             return False
         if pair is not self._pair:
             self._pair, self._remote = pair, pair.remote_addr
-            self._batch = getattr(pair.protocol.transport, "batch", None)
+            # Only a shared port's transport has one (a TURN relay's has not).
+            self._batch = getattr(getattr(pair.protocol, "transport", None), "batch", None)
             self._destination = None
         if is_rtcp(data):
             sent = self._send_rtcp(data, pair.protocol)
