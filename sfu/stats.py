@@ -20,6 +20,8 @@ class DropReason(StrEnum):
     UNKNOWN_UFRAG = "unknown_ufrag"
     UNKNOWN_TRANSACTION = "unknown_transaction"
     MALFORMED_STUN = "malformed_stun"
+    # A copy the batched fan-out could not send: libsrtp refused it, or the socket buffer was full.
+    SEND_FAILED = "send_failed"
     # A NACKed packet the subscriber's retransmission budget refused (sfu/retransmit.py).
     NACK_LIMITED = "nack_limited"
     # A data channel message in reassembly past the SCTP receive window (sfu/internals/sctp.py).

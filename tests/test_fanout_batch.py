@@ -94,6 +94,22 @@ def test_outside_a_read_a_copy_goes_at_once_and_oversized_ones_are_refused(
         assert stats.fanout_calls == 1
 
 
+def test_a_copy_libsrtp_refuses_is_counted_and_the_rest_sent(
+    extension: object, receivers: list[socket.socket]
+) -> None:
+    stats = Stats()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        batch = FanoutBatch(extension, sender.fileno(), stats)  # type: ignore[arg-type]
+        destination = batch.destination(session(), receivers[0].getsockname())
+        batch.depth = 1
+        assert batch.add(destination, rtp(1, 5))
+        assert batch.add(destination, b"\x80\x60\x00")  # shorter than an RTP header
+        assert batch.add(destination, rtp(2, 5))
+        assert batch.flush() == 2
+        assert stats.dropped == {"send_failed": 1}
+        assert stats.fanout_packets == 2
+
+
 def test_a_full_batch_is_flushed_and_the_rest_queued(
     extension: object, receivers: list[socket.socket]
 ) -> None:

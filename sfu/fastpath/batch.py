@@ -16,7 +16,7 @@ import pylibsrtp
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
-from sfu.stats import Stats
+from sfu.stats import DropReason, Stats
 
 # A subscriber's destination: (its SRTP session, the session's context pointer, sockaddr bytes).
 Destination = tuple[pylibsrtp.Session, Any, bytes]
@@ -39,8 +39,6 @@ class FanoutBatch:
         "_held",
         "depth",
         "_stats",
-        "protect_failures",
-        "send_drops",
     )
 
     def __init__(self, module: ModuleType, fd: int, stats: Stats) -> None:
@@ -58,8 +56,6 @@ class FanoutBatch:
         self._held: list[Destination] = []
         self.depth = 0  # > 0 while the shared socket's reader handles a datagram
         self._stats = stats
-        self.protect_failures = 0
-        self.send_drops = 0
 
     def destination(self, session: pylibsrtp.Session, remote: tuple[str, int]) -> Destination:
         out = self._ffi.new("char[28]")
@@ -88,11 +84,10 @@ class FanoutBatch:
         if not queued:
             return 0
         sent: int = self._flush(self._batch, self._fd, self._protect, self._failures)
-        failures = self._failures[0]
         self._held.clear()
         stats = self._stats
         stats.fanout_calls += 1
         stats.fanout_packets += sent
-        self.protect_failures += failures
-        self.send_drops += queued - failures - sent
+        if sent != queued:
+            stats.dropped[DropReason.SEND_FAILED.value] += queued - sent
         return sent
