@@ -7,8 +7,13 @@ a fresh event loop (asyncio or uvloop) and takes the input one of two ways:
 - `hook`: an emulation of aiortc's stock hand-off that the server used before: the STUN parse
   attempt, aioice's queue, a task awaiting it through two coroutine levels, unprotect, and an
   awaited handler.
+- `shared`: the fast path's input, all output through one shared socket (`[rtc] udp_port`),
+  one protect and one sendto per copy (the pure-Python path);
+- `batched`: the same with the compiled fan-out (`rtc.fanout = "compiled"`, sfu/fastpath): an
+  input packet's copies protected and sent in one sendmmsg.
 Output goes through the server's own `internals.RtpSink` (SRTP protect + sendto on an aioice
-StunProtocol socket), one socket per subscriber, to loopback sockets that are never read.
+StunProtocol socket), one socket per subscriber (fast, hook) or one for all (shared, batched),
+to loopback sockets that are never read.
 
 The floor, measured in the same run and loop: one pylibsrtp protect + one DatagramTransport
 sendto per packet, in a tight loop over the same destinations. CPU is this process's user+sys
@@ -19,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import resource
 import socket
+import statistics
 import struct
 import time
 from collections import Counter
@@ -37,6 +44,8 @@ from aiortc.rtcdtlstransport import State
 from pylibsrtp import Policy, Session
 
 from sfu import internals
+from sfu.fastpath import loader as fastpath_loader
+from sfu.fastpath.batch import FanoutBatch
 from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.stats import Stats
@@ -51,6 +60,9 @@ EXTENSIONS = {
 # VP8 payload descriptor (start of partition 0) + a keyframe tag: the down-tracks' gate opens.
 VP8_KEYFRAME = b"\x10" + b"\x10\x02\x00\x9d\x01\x2a"
 WARMUP = 0.5
+SHARED_PATHS = ("shared", "batched")
+PATHS = ("fast", "shared", "batched", "hook")
+SOCKET_BUFFER = 4 * 1024 * 1024
 START_TIMEOUT = 15.0
 
 
@@ -89,11 +101,19 @@ class _Input(asyncio.DatagramProtocol):
     def __init__(self, path: str, queue: asyncio.Queue[bytes]) -> None:
         self.path = path
         self.fast: internals.FastPath | None = None
+        self.batch: FanoutBatch | None = None
         self.queue = queue
         self.received = 0
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.received += 1
+        batch = self.batch
+        if batch is not None:  # as the shared socket's reader does (sfu/internals/sharedport.py)
+            batch.depth += 1
+            self.fast._datagram_received(_unexpected, data, addr)  # type: ignore[union-attr]
+            batch.depth -= 1
+            batch.flush()
+            return
         if self.fast is not None:
             self.fast._datagram_received(_unexpected, data, addr)
             return
@@ -107,8 +127,46 @@ def _unexpected(data: bytes, addr: tuple[Any, ...]) -> None:
     raise AssertionError("the benchmark sends only SRTP")
 
 
+async def _shared_output(
+    loop: asyncio.AbstractEventLoop, path: str
+) -> tuple[asyncio.DatagramTransport, FanoutBatch | None]:
+    """The one output socket of the shared-port paths, and the batch of the compiled one."""
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    if path != "batched":
+        return transport, None
+    module = fastpath_loader.load()
+    if module is None:
+        raise RuntimeError(f"the compiled fan-out cannot be built: {fastpath_loader.failure()}")
+    return transport, FanoutBatch(module, sock.fileno(), Stats())
+
+
+async def _output_protocol(
+    loop: asyncio.AbstractEventLoop,
+    shared: tuple[asyncio.DatagramTransport, FanoutBatch | None] | None,
+    transports: list[asyncio.BaseTransport],
+) -> Any:
+    """A subscriber connection's protocol: its own socket, or a view of the shared one."""
+    if shared is None:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: aioice.ice.StunProtocol(_NO_CONNECTION),
+            local_addr=("127.0.0.1", 0),
+        )
+        transports.append(transport)
+        return protocol
+    protocol = aioice.ice.StunProtocol(_NO_CONNECTION)
+    protocol.transport = cast(Any, SimpleNamespace(sendto=shared[0].sendto, batch=shared[1]))
+    return protocol
+
+
 async def _fan_out(
-    loop: asyncio.AbstractEventLoop, track: PublishedTrack, fanout: int
+    loop: asyncio.AbstractEventLoop,
+    track: PublishedTrack,
+    fanout: int,
+    shared: tuple[asyncio.DatagramTransport, FanoutBatch | None] | None = None,
 ) -> tuple[list[internals.RtpSink], list[asyncio.BaseTransport], list[socket.socket]]:
     """`fanout` down-tracks of `track`, each sending through the server's own RtpSink to a
     socket that only drains."""
@@ -119,11 +177,7 @@ async def _fan_out(
         drain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         drain.bind(("127.0.0.1", 0))
         drains.append(drain)
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: aioice.ice.StunProtocol(_NO_CONNECTION),
-            local_addr=("127.0.0.1", 0),
-        )
-        transports.append(transport)
+        protocol = await _output_protocol(loop, shared, transports)
         sink = internals.RtpSink(_fake_dtls(Session(_tx_policy()), protocol, drain.getsockname()))
         down = DownTrack(track, f"PA_sub{i}")
         down.configure(
@@ -154,7 +208,10 @@ async def _cell(
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     ingress, track = _ingress()
-    sinks, transports, drains = await _fan_out(loop, track, fanout)
+    shared = await _shared_output(loop, path) if path in SHARED_PATHS else None
+    sinks, transports, drains = await _fan_out(loop, track, fanout, shared)
+    if shared is not None:
+        transports.append(shared[0])
     errors: Counter[str] = Counter()
     rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=PROFILE))
     queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -164,8 +221,9 @@ async def _cell(
     transports.append(in_transport)
     protocol_in: _Input = in_transport.get_protocol()  # type: ignore[assignment]
     dtls_in = _fake_dtls(rx, None, ("127.0.0.1", 0))
-    if path == "fast":
+    if path != "hook":
         protocol_in.fast = internals.FastPath(dtls_in, ingress.on_rtp, errors)
+        protocol_in.batch = shared[1] if shared is not None else None
     hook_task = (
         asyncio.ensure_future(_hook_loop(queue, rx, ingress.on_rtp, errors))
         if path == "hook"
@@ -182,6 +240,12 @@ async def _cell(
             t.close()
         for d in drains:
             d.close()
+    if shared is not None and shared[1] is not None:
+        # Whole cell, warm-up included: what the sinks queued, what sendmmsg sent, in how many.
+        stats = shared[1]._stats
+        measured["queued_total"] = sum(s.sent_packets for s in sinks)
+        measured["batched_sent_total"] = stats.fanout_packets
+        measured["sendmmsg_calls"] = stats.fanout_calls
     return {
         "path": path,
         "fanout": fanout,
@@ -350,31 +414,58 @@ def run_cells(
     out_rate: int,
     seconds: float,
     size: int,
+    repeat: int = 1,
 ) -> dict[str, Any]:
+    """Every (loop, fan-out) cell: the floor, then each path; with `repeat` > 1 the sequence
+    runs again with the paths in reverse order every other time (A B C, C B A, ...), so a
+    neighbour's load lands on every path alike."""
     cells = []
-    floors: dict[tuple[str, int], float] = {}
+    load_before = os.getloadavg()
     for loop_name in loops:
         for fanout in fanouts:
-            with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
-                floor = runner.run(_floor(fanout, max(20000, out_rate), size))
-            floor["loop"] = loop_name
-            floors[(loop_name, fanout)] = floor["us_per_packet"]
-            cells.append({"kind": "floor", **floor})
-            for path in paths:
+            for rep in range(repeat):
                 with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
-                    cell = runner.run(_cell(path, fanout, out_rate / fanout, seconds, size))
-                cell["loop"] = loop_name
-                cell["floor_us"] = floors[(loop_name, fanout)]
-                if cell["us_per_out"]:
-                    cell["ratio_to_floor"] = round(cell["us_per_out"] / cell["floor_us"], 2)
-                cells.append({"kind": "forward", **cell})
+                    floor = runner.run(_floor(fanout, max(20000, out_rate), size))
+                floor.update(loop=loop_name, rep=rep)
+                cells.append({"kind": "floor", **floor})
+                for path in paths if rep % 2 == 0 else paths[::-1]:
+                    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+                        cell = runner.run(_cell(path, fanout, out_rate / fanout, seconds, size))
+                    cell.update(loop=loop_name, rep=rep, floor_us=floor["us_per_packet"])
+                    if cell["us_per_out"]:
+                        cell["ratio_to_floor"] = round(cell["us_per_out"] / cell["floor_us"], 2)
+                    cells.append({"kind": "forward", **cell})
     return {
         "out_rate": out_rate,
         "seconds": seconds,
         "size": size,
+        "repeat": repeat,
         "srtp_profile": "AEAD_AES_128_GCM",
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cells": cells,
+        "summary": summarize(cells),
     }
+
+
+def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (loop, fan-out): each path's median µs per output packet, the floor's, and the
+    ratios of each path to the floor and of `batched` to `fast` (same run, same loop)."""
+    rows = []
+    keys = sorted({(c["loop"], c["fanout"]) for c in cells})
+    for loop_name, fanout in keys:
+        mine = [c for c in cells if c["loop"] == loop_name and c["fanout"] == fanout]
+        floor = statistics.median(c["us_per_packet"] for c in mine if c["kind"] == "floor")
+        row: dict[str, Any] = {"loop": loop_name, "fanout": fanout, "floor_us": floor}
+        for path in PATHS:
+            values = [c["us_per_out"] for c in mine if c.get("path") == path and c["us_per_out"]]
+            if values:
+                row[path] = round(statistics.median(values), 2)
+                row[f"{path}_to_floor"] = round(row[path] / floor, 2)
+        if "batched" in row and "fast" in row:
+            row["batched_to_fast"] = round(row["batched"] / row["fast"], 2)
+        rows.append(row)
+    return rows
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -382,8 +473,10 @@ def format_results(results: dict[str, Any]) -> str:
     head += ("user", "sys", "floor", "ratio", "in lost")
     lines = [
         f"offered {results['out_rate']} out-pps per cell, {results['seconds']} s each,"
-        f" {results['size']} B packets, SRTP {results['srtp_profile']}",
-        f"{head[0]:<8} {head[1]:<6}" + "".join(f" {h:>7}" for h in head[2:]),
+        f" {results['size']} B packets, SRTP {results['srtp_profile']},"
+        f" {results['repeat']} alternating run(s); load average before"
+        f" {results['loadavg_before']}, after {results['loadavg_after']}",
+        f"{head[0]:<8} {head[1]:<7}" + "".join(f" {h:>7}" for h in head[2:]),
     ]
     for c in results["cells"]:
         if c["kind"] == "floor":
@@ -391,5 +484,12 @@ def format_results(results: dict[str, Any]) -> str:
         values: tuple[Any, ...] = (c["fanout"], round(c["in_rate"]), c["out_pps"], c["cpu_percent"])
         values += (c["us_per_out"], c["us_user_per_out"], c["us_sys_per_out"], c["floor_us"])
         values += (c.get("ratio_to_floor", "-"), c["input_lost"])
-        lines.append(f"{c['loop']:<8} {c['path']:<6}" + "".join(f" {v!s:>7}" for v in values))
+        lines.append(f"{c['loop']:<8} {c['path']:<7}" + "".join(f" {v!s:>7}" for v in values))
+    lines.append("medians, µs per output packet (ratio to the protect+sendto floor):")
+    for row in results["summary"]:
+        parts = [f"floor {row['floor_us']}"]
+        parts += [f"{p} {row[p]} ({row[p + '_to_floor']}x)" for p in PATHS if p in row]
+        if "batched_to_fast" in row:
+            parts.append(f"batched/fast {row['batched_to_fast']}")
+        lines.append(f"  {row['loop']:<8} fan-out {row['fanout']:>3}: " + ", ".join(parts))
     return "\n".join(lines)

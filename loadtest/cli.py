@@ -223,7 +223,16 @@ def baseline_target(name: str, log_dir: str, args: argparse.Namespace) -> Iterat
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fanout", type=int, action="append", help="repeatable (default 1, 5, 20, 50)")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), action="append", help="default both")
-    p.add_argument("--path", choices=("fast", "hook"), action="append", help="default both")
+    p.add_argument(
+        "--path",
+        choices=("fast", "shared", "batched", "hook"),
+        action="append",
+        help="default all: fast (a socket per subscriber), shared (one socket, pure Python),"
+        " batched (one socket, compiled sendmmsg fan-out), hook (aiortc's queued hand-off)",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="alternating runs of every cell (default 1)"
+    )
     p.add_argument(
         "--out-rate",
         type=int,
@@ -241,10 +250,11 @@ def run_bench(args: argparse.Namespace) -> int:
     results = run_cells(
         fanouts=args.fanout or [1, 5, 20, 50],
         loops=args.loop or ["asyncio", "uvloop"],
-        paths=args.path or ["fast", "hook"],
+        paths=args.path or ["fast", "shared", "batched", "hook"],
         out_rate=args.out_rate,
         seconds=args.seconds,
         size=args.size,
+        repeat=args.repeat,
     )
     print(json.dumps(results, indent=2) if args.json else format_results(results))
     return 0

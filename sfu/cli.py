@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sfu import incidentcli
+from sfu import fastpathcli, incidentcli
 from sfu.config import LOG_LEVELS, Config, ConfigError, load_config, parse_keys
 from sfu.recordingcli import add_parser as add_recording_command
 
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     reloadcli.add_parser(commands)
     incidentcli.add_parser(commands)
     add_recording_command(commands)
+    fastpathcli.add_parser(commands)
     from loadtest.cli import add_soak_command
 
     add_soak_command(commands)

@@ -246,6 +246,11 @@ class StateCollector(Collector):
             ("keyroom_subscriber_sections_reused",
              "Subscriber media sections given to a new track after their old one went away",
              stats.sections_reused),
+            ("keyroom_fanout_sendmmsg_calls",
+             "sendmmsg calls of the batched fan-out (rtc.udp_port with the compiled path)",
+             stats.fanout_calls),
+            ("keyroom_fanout_batched_packets", "RTP packets the batched fan-out sent",
+             stats.fanout_packets),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         dropped = CounterMetricFamily(

@@ -15,6 +15,13 @@ class DropReason(StrEnum):
     SRTP_FAILURE = "srtp_failure"
     # A datagram from an address that has not completed ICE with that connection.
     FOREIGN_SOURCE = "foreign_source"
+    # STUN at the shared media port (sfu/internals/sharedport.py) for no connection of ours:
+    # a request naming an unknown ufrag, a response to no request sent, or no STUN at all.
+    UNKNOWN_UFRAG = "unknown_ufrag"
+    UNKNOWN_TRANSACTION = "unknown_transaction"
+    MALFORMED_STUN = "malformed_stun"
+    # A copy the batched fan-out could not send: libsrtp refused it, or the socket buffer was full.
+    SEND_FAILED = "send_failed"
     # A NACKed packet the subscriber's retransmission budget refused (sfu/retransmit.py).
     NACK_LIMITED = "nack_limited"
     # A data channel message in reassembly past the SCTP receive window (sfu/internals/sctp.py).
@@ -31,6 +38,9 @@ class Stats:
     retransmissions: int = 0
     # Subscriber sections that carried a track before and were given to a new one.
     sections_reused: int = 0
+    # The batched fan-out (sfu/fastpath): sendmmsg calls and the packets they sent.
+    fanout_calls: int = 0
+    fanout_packets: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     # Published tracks and their summed bitrate, node-wide, kept up to date on publish,
     # unpublish and each bitrate measurement: `[node]` limits read them in O(1).

@@ -29,6 +29,7 @@ from auth.store import AuthStore
 from auth.tokens import TokenVerifier
 from sfu import iceguard, internals
 from sfu.config import Config, ConfigError
+from sfu.fastpath import loader as fastpath_loader
 from sfu.iceaddr import check_local_addresses, restrict_host_addresses
 from sfu.metrics import build_registry, record_connection_refused, sample_loop_lag
 from sfu.recording.manager import RecordingManager
@@ -329,10 +330,23 @@ def announce(config: Config, *, tls: bool) -> None:
         print_dev_banner(config)
 
 
+async def open_media_port(config: Config, state: ServerState) -> None:
+    """`[rtc] udp_port`: one UDP port for every peer connection, bound before anyone joins."""
+    rtc = config.rtc
+    if rtc.udp_port:
+        fanout = None if rtc.fanout == "python" else fastpath_loader.load()
+        if fanout is None and rtc.fanout == "compiled":
+            raise OSError(
+                f"rtc.fanout = compiled: the extension cannot be built: {fastpath_loader.failure()}"
+            )
+        await internals.open_shared_port(list(rtc.ips), rtc.udp_port, state.stats, fanout)
+
+
 async def serve(config: Config, source: ConfigSource | None = None) -> int:
     state = build_state(config)
     iceguard.use_audit(state.audit)  # ICE refusals (relay-only rooms) are audited
     state.cluster = cluster = ClusterNode(state) if config.cluster.redis_url else None
+    await open_media_port(config, state)
     app = build_app(state)
     server = config.server
     # aiohttp has no header-read timeout of its own, but (3.14.5 here; aio-libs/aiohttp#13681)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.bench_forward import format_results, run_cells
+from loadtest.bench_forward import PATHS, format_results, run_cells
 
 
 @pytest.mark.timeout(60)
 def test_bench_cells_forward_every_input_to_every_down_track() -> None:
     results = run_cells(
-        fanouts=[3], loops=["uvloop"], paths=["fast", "hook"], out_rate=1500, seconds=0.5, size=400
+        fanouts=[3], loops=["uvloop"], paths=list(PATHS), out_rate=1500, seconds=0.5, size=400
     )
     floor, *cells = results["cells"]
     assert floor["kind"] == "floor" and floor["us_per_packet"] > 0
-    assert [c["path"] for c in cells] == ["fast", "hook"]
+    assert [c["path"] for c in cells] == list(PATHS)
+    batched = cells[PATHS.index("batched")]
+    # Every copy the sinks queued went out, one sendmmsg per input packet (3 copies each).
+    assert batched["batched_sent_total"] == batched["queued_total"] > 0
+    assert batched["sendmmsg_calls"] * 3 == batched["queued_total"]
     for cell in cells:
         assert cell["errors"] == {}
         assert cell["in_packets"] > 0

@@ -175,6 +175,8 @@ BAD_VALUES = [
     ("rtc", "allow_private_candidates", "yes"),
     ("rtc", "port_min", 70000),
     ("rtc", "port_max", -1),
+    ("rtc", "udp_port", 65536),
+    ("rtc", "fanout", "fast"),
     ("server", "trusted_proxies", ["10.0.0.0/33"]),
     ("auth", "max_token_ttl", 0),
     ("auth", "leeway", 61),

@@ -23,7 +23,8 @@ from OpenSSL import SSL
 
 from signaling.client import KeyroomClient, count_frames
 from signaling.media import SyntheticVideoTrack
-from tests.conftest import ServerProcess, start_server, stop_server
+from tests.conftest import ServerProcess, stop_server
+from tests.sharedport_helpers import PORT_MODES, start_server_in_mode
 
 FORGED_HELLOS = 22  # what failed a connection during setup before the guard
 
@@ -88,9 +89,9 @@ def foreign_source_drops(server: ServerProcess) -> float:
     return float(match.group(1))
 
 
-@pytest.fixture
-def media_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_server(tmp_path)
+@pytest.fixture(params=PORT_MODES)
+def media_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    server = start_server_in_mode(tmp_path, request.param)
     try:
         yield server
     finally:

@@ -128,6 +128,11 @@ def _check_ports(rtc: RtcConfig) -> None:
             f"rtc.port_min and rtc.port_max: set both, port_min <= port_max (each peer"
             f" connection takes one port per rtc.ips address), got {rtc.port_min}..{rtc.port_max}"
         )
+    if rtc.udp_port and rtc.port_min:
+        raise ConfigError(
+            f"rtc.udp_port: one shared port ({rtc.udp_port}) or a port range"
+            f" ({rtc.port_min}..{rtc.port_max}), not both"
+        )
     if rtc.public_ips and len(rtc.public_ips) != len(rtc.ips):
         raise ConfigError(
             f"rtc.public_ips: give one public address per rtc.ips entry, in order"

@@ -86,6 +86,11 @@ class RtcConfig(_Section):
     # UDP ports media sockets bind, both or neither (0: the kernel picks); finalize checks them.
     port_min: int = option(0, checks.port)
     port_max: int = option(0, checks.port)
+    # One UDP port for every peer connection (0: one socket per connection, as above).
+    udp_port: int = option(0, checks.port)
+    # With udp_port: one incoming packet's copies sent in one sendmmsg (compiled, sfu/fastpath);
+    # "auto" falls back to the pure-Python path when the extension cannot be built.
+    fanout: str = option("auto", checks.choice("auto", "compiled", "python"))
     # Behind a 1:1 NAT: the address to advertise for each entry of `ips`, in order.
     public_ips: tuple[str, ...] = option((), checks.ip_list)
 

@@ -13,6 +13,7 @@ fails loudly instead of silently forwarding nothing.
 - `patches`: process-wide patches that keep aiortc from decoding, encoding or leaking tasks.
 - `sctp`: data channels' SCTP: reassembly bounded by the receive window, association gated.
 - `peerconnection`: peer connections as the server makes them, transceiver state.
+- `sharedport`: one UDP port for every connection (`[rtc] udp_port`), demultiplexed.
 - `sockets`: wrapping the datagram callback of a connection's host sockets.
 - `verify`: the list of internals, checked.
 """
@@ -39,6 +40,7 @@ from sfu.internals.peerconnection import (
 )
 from sfu.internals.ports import bind_media_ports, port_order
 from sfu.internals.sctp import gate_association, on_data_dropped
+from sfu.internals.sharedport import SharedPort, open_shared_port
 from sfu.internals.verify import PINNED_AIOICE, PINNED_AIORTC, InternalsMoved, verify_internals
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "RtcpHandler",
     "RtpHandler",
     "RtpSink",
+    "SharedPort",
     "SrtpProtector",
     "SyncRtpHandler",
     "bind_media_ports",
@@ -65,6 +68,7 @@ __all__ = [
     "negotiated_extensions",
     "new_peer_connection",
     "on_data_dropped",
+    "open_shared_port",
     "port_order",
     "restrict_codecs",
     "sender_ssrc",

@@ -11,6 +11,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
+from sfu.fastpath.batch import Destination, FanoutBatch
 from sfu.rtcp import is_rtcp
 
 
@@ -55,6 +56,8 @@ class RtpSink:
         "_protector",
         "_pair",
         "_remote",
+        "_batch",
+        "_destination",
         "sent_packets",
         "sent_bytes",
         "send_errors",
@@ -66,6 +69,9 @@ class RtpSink:
         # aioice's CandidatePair.remote_addr builds a tuple on every read: cached per pair.
         self._pair: Any = None
         self._remote: tuple[str, int] = ("", 0)
+        # On a shared port with the compiled fan-out (sfu/fastpath): RTP goes out batched.
+        self._batch: FanoutBatch | None = None
+        self._destination: Destination | None = None
         self.sent_packets = 0
         self.sent_bytes = 0
         self.send_errors = 0
@@ -77,28 +83,51 @@ class RtpSink:
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             return False
-        protected: bytes | None
-        if is_rtcp(data):
-            try:
-                protected = dtls._tx_srtp.protect_rtcp(data)
-            except pylibsrtp.Error:
-                protected = None
-        else:
-            protector = self._protector
-            if protector is None:
-                # The SRTP session exists once DTLS is connected, and lives as long as it.
-                protector = self._protector = SrtpProtector(dtls._tx_srtp)
-            protected = protector.protect(data)
-        if protected is None:
-            self.send_errors += 1
-            return False
         if pair is not self._pair:
             self._pair, self._remote = pair, pair.remote_addr
-        protocol = pair.protocol
+            # Only a shared port's transport has one (a TURN relay's has not).
+            self._batch = getattr(getattr(pair.protocol, "transport", None), "batch", None)
+            self._destination = None
+        if is_rtcp(data):
+            sent = self._send_rtcp(data, pair.protocol)
+        elif self._batch is not None:
+            sent = self._send_batched(self._batch, data)
+        else:
+            sent = self._send_rtp(data, pair.protocol)
+        if not sent:
+            self.send_errors += 1
+            return False
+        self.sent_packets += 1
+        self.sent_bytes += len(data)
+        return True
+
+    def _send_batched(self, batch: FanoutBatch, data: bytes) -> bool:
+        destination = self._destination
+        if destination is None:
+            # The SRTP session exists once DTLS is connected, and lives as long as it.
+            destination = self._destination = batch.destination(self._dtls._tx_srtp, self._remote)
+        return batch.add(destination, data)
+
+    def _send_rtp(self, data: bytes, protocol: Any) -> bool:
+        protector = self._protector
+        if protector is None:
+            protector = self._protector = SrtpProtector(self._dtls._tx_srtp)
+        protected = protector.protect(data)
+        if protected is None:
+            return False
+        self._transmit(protected, protocol)
+        return True
+
+    def _send_rtcp(self, data: bytes, protocol: Any) -> bool:
+        try:
+            protected = self._dtls._tx_srtp.protect_rtcp(data)
+        except pylibsrtp.Error:
+            return False
+        self._transmit(protected, protocol)
+        return True
+
+    def _transmit(self, protected: bytes, protocol: Any) -> None:
         if type(protocol) is aioice.ice.StunProtocol:
             protocol.transport.sendto(protected, self._remote)
         else:
             asyncio.ensure_future(protocol.send_data(protected, self._remote))
-        self.sent_packets += 1
-        self.sent_bytes += len(protected)
-        return True

@@ -77,16 +77,7 @@ class MediaSourceGuard:
         )
 
     def verified(self, protocol: aioice.ice.StunProtocol, addr: tuple[Any, ...]) -> bool:
-        source = addr[:2]
-        connection = self._connection
-        for pair in connection._nominated.values():
-            if pair.protocol is protocol and pair.remote_addr[:2] == source:
-                return True
-        succeeded = aioice.ice.CandidatePair.State.SUCCEEDED
-        return any(
-            pair.state == succeeded and pair.protocol is protocol and pair.remote_addr == source
-            for pair in connection._check_list
-        )
+        return verified_source(self._connection, protocol, addr)
 
     def _datagram_received(
         self,
@@ -100,6 +91,21 @@ class MediaSourceGuard:
             stock(data, addr)
         else:
             self._drops[DropReason.FOREIGN_SOURCE.value] += 1
+
+
+def verified_source(
+    connection: aioice.ice.Connection, protocol: aioice.ice.StunProtocol, addr: tuple[Any, ...]
+) -> bool:
+    """Whether `addr` completed ICE with `connection` on `protocol`'s socket (see the guard)."""
+    source = addr[:2]
+    for pair in connection._nominated.values():
+        if pair.protocol is protocol and pair.remote_addr[:2] == source:
+            return True
+    succeeded = aioice.ice.CandidatePair.State.SUCCEEDED
+    return any(
+        pair.state == succeeded and pair.protocol is protocol and pair.remote_addr == source
+        for pair in connection._check_list
+    )
 
 
 def guard_media_sources(pc: RTCPeerConnection, drops: Counter[str]) -> None:

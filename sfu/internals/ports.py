@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import random
 import socket
+from collections.abc import Awaitable, Callable
 
 import aioice
 import aioice.ice
@@ -37,14 +38,28 @@ def _bind_in_range(address: str, port_min: int, port_max: int) -> socket.socket:
     raise OSError(f"no free UDP port in {port_min}..{port_max}")
 
 
-def bind_media_ports(port_min: int, port_max: int) -> None:
-    """Make every ICE agent of this process bind its host sockets in `port_min..port_max`.
+HostGatherer = Callable[
+    [aioice.ice.Connection, int, str], Awaitable[aioice.ice.StunProtocol | None]
+]
 
-    aioice binds port 0 (aiortc#487: no range option). The server gathers host candidates only
-    (no STUN or TURN server: `new_peer_connection`), which this replaces with the same steps
-    on a socket bound in the range; an agent with a STUN or TURN server keeps aioice's gathering.
-    Like `sfu.iceaddr`, process-wide.
-    """
+
+def host_candidate(component: int, host: str, port: int) -> aioice.Candidate:
+    """The host candidate aioice would make for a socket bound on host:port."""
+    return aioice.Candidate(
+        foundation=aioice.ice.candidate_foundation("host", "udp", host),  # type: ignore[attr-defined]
+        component=component,
+        transport="udp",
+        priority=aioice.ice.candidate_priority(component, "host"),  # type: ignore[attr-defined]
+        host=host,
+        port=port,
+        type="host",
+    )
+
+
+def replace_host_gathering(gather: HostGatherer) -> None:
+    """Make every host-only ICE agent of this process gather each address's protocol with
+    `gather(connection, component, address)` (None: no candidate there); an agent with a STUN
+    or TURN server keeps aioice's gathering. Process-wide, like `sfu.iceaddr`."""
     stock = aioice.ice.Connection.get_component_candidates
 
     async def get_component_candidates(
@@ -52,31 +67,40 @@ def bind_media_ports(port_min: int, port_max: int) -> None:
     ) -> list[aioice.Candidate]:
         if self.stun_server or self.turn_server:
             return await stock(self, component, addresses, timeout)
-        loop = asyncio.get_running_loop()
         candidates = []
         for address in addresses:
-            try:
-                sock = _bind_in_range(address, port_min, port_max)
-            except OSError as exc:
-                # As aioice does for an address it cannot bind: gather on the others.
-                log.warning("media port range: %s on %s", exc, address)
-                continue
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
-            _, protocol = await loop.create_datagram_endpoint(
-                lambda: aioice.ice.StunProtocol(self), sock=sock
-            )
-            host, port = sock.getsockname()[:2]
-            protocol.local_candidate = aioice.Candidate(
-                foundation=aioice.ice.candidate_foundation("host", "udp", host),  # type: ignore[attr-defined]
-                component=component,
-                transport="udp",
-                priority=aioice.ice.candidate_priority(component, "host"),  # type: ignore[attr-defined]
-                host=host,
-                port=port,
-                type="host",
-            )
-            self._protocols.append(protocol)
-            candidates.append(protocol.local_candidate)
+            protocol = await gather(self, component, address)
+            if protocol is not None:
+                self._protocols.append(protocol)
+                candidates.append(protocol.local_candidate)
         return candidates
 
     aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+
+
+def bind_media_ports(port_min: int, port_max: int) -> None:
+    """Make every ICE agent of this process bind its host sockets in `port_min..port_max`.
+
+    aioice binds port 0 (aiortc#487: no range option). The server gathers host candidates only
+    (no STUN or TURN server: `new_peer_connection`), which this replaces with the same steps
+    on a socket bound in the range.
+    """
+
+    async def gather(
+        connection: aioice.ice.Connection, component: int, address: str
+    ) -> aioice.ice.StunProtocol | None:
+        try:
+            sock = _bind_in_range(address, port_min, port_max)
+        except OSError as exc:
+            # As aioice does for an address it cannot bind: gather on the others.
+            log.warning("media port range: %s on %s", exc, address)
+            return None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+        _, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: aioice.ice.StunProtocol(connection), sock=sock
+        )
+        host, port = sock.getsockname()[:2]
+        protocol.local_candidate = host_candidate(component, host, port)
+        return protocol
+
+    replace_host_gathering(gather)

@@ -11,6 +11,7 @@ from typing import Any
 
 import aioice
 import aioice.ice
+import aioice.stun
 import aioice.turn
 import aiortc
 import aiortc.codecs.vpx
@@ -66,6 +67,13 @@ ATTRIBUTES: list[tuple[object, str]] = [
     (aioice.ice, "candidate_foundation"),
     (aioice.ice, "candidate_priority"),
     (aioice.turn, "UDP_SOCKET_BUFFER_SIZE"),
+    # sharedport.py: a StunProtocol per connection on the shared socket.
+    (aioice.ice.StunProtocol, "send_stun"),
+    (aioice.ice.StunProtocol, "transactions"),
+    (aioice.ice.StunProtocol, "receiver"),
+    (aioice.ice.StunProtocol, "connection_made"),
+    (aioice.ice.StunProtocol, "connection_lost"),
+    (aioice.ice.Connection, "local_username"),
     # sctp.py: bounded reassembly (replaces _receive_data_chunk) and the gated association.
     (RTCSctpTransport, "_receive_data_chunk"),
     (RTCSctpTransport, "_advertised_rwnd"),
@@ -102,6 +110,12 @@ REFERENCES: list[tuple[object, str, tuple[str, ...], str]] = [
         "datagram_received",
         ("data_received", "request_received"),
         "StunProtocol.datagram_received no longer calls {name}",
+    ),
+    (
+        aioice.stun.Transaction,
+        "_Transaction__retry",
+        ("send_stun",),
+        "stun.Transaction.__retry no longer sends through {name}",
     ),
     (
         aiortc.rtcicetransport.RTCIceGatherer,

@@ -1,0 +1,149 @@
+"""cffi build script (API mode) of the batched fan-out: SRTP-protect a batch of RTP packets in
+place and send them, each to its own address, in one `sendmmsg` call.
+
+The extension calls libsrtp through a function pointer handed over at run time: the
+`srtp_protect` of the libsrtp copy linked inside pylibsrtp's own `_binding` module, the one that
+created every session. So no second libsrtp is linked here (two copies on one `srtp_t` would
+corrupt it), and the build needs only a C compiler and Python's headers.
+
+Packaging: `cffi_modules = ["sfu/fastpath/_build.py:ffibuilder"]`; by hand or on first use:
+`keyroom build-ext` (sfu/fastpath/loader.py).
+"""
+
+from __future__ import annotations
+
+from cffi import FFI
+
+MODULE = "sfu.fastpath._fanout"
+
+CDEF = """
+#define KR_SLOTS ...
+#define KR_SLOT_BYTES ...
+typedef int (*kr_protect_fn)(void *session, void *rtp, int *length);
+typedef struct kr_batch kr_batch;
+kr_batch *kr_batch_new(void);
+void kr_batch_free(kr_batch *batch);
+int kr_batch_count(kr_batch *batch);
+int kr_sockaddr(const char *host, int port, char *out);
+int kr_add(kr_batch *batch, void *session, const char *data, int length,
+           const char *addr, int addrlen);
+int kr_flush(kr_batch *batch, int fd, kr_protect_fn protect, int *protect_failures);
+"""
+
+SOURCE = r"""
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+/* sendmmsg takes at most UIO_MAXIOV (1024) messages; a batch is one input's fan-out (or a few
+   inputs'), flushed early when full. A slot holds an RTP packet plus libsrtp's trailer. */
+#define KR_SLOTS 512
+#define KR_SLOT_BYTES 1536
+#define KR_TRAILER 144
+
+typedef int (*kr_protect_fn)(void *session, void *rtp, int *length);
+
+typedef struct kr_batch {
+    int count;
+    void *sessions[KR_SLOTS];
+    int lengths[KR_SLOTS];
+    struct sockaddr_in6 addrs[KR_SLOTS];
+    socklen_t addrlens[KR_SLOTS];
+    struct mmsghdr msgs[KR_SLOTS];
+    struct iovec iov[KR_SLOTS];
+    unsigned char data[KR_SLOTS][KR_SLOT_BYTES];
+} kr_batch;
+
+kr_batch *kr_batch_new(void) { return calloc(1, sizeof(kr_batch)); }
+void kr_batch_free(kr_batch *batch) { free(batch); }
+int kr_batch_count(kr_batch *batch) { return batch->count; }
+
+/* A socket address for host:port (IPv4 or IPv6 text), written to out (28 bytes); its length,
+   or 0 if host is not an address. */
+int kr_sockaddr(const char *host, int port, char *out) {
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+    memset(&v4, 0, sizeof v4);
+    memset(&v6, 0, sizeof v6);
+    if (inet_pton(AF_INET, host, &v4.sin_addr) == 1) {
+        v4.sin_family = AF_INET;
+        v4.sin_port = htons((uint16_t)port);
+        memcpy(out, &v4, sizeof v4);
+        return sizeof v4;
+    }
+    if (inet_pton(AF_INET6, host, &v6.sin6_addr) == 1) {
+        v6.sin6_family = AF_INET6;
+        v6.sin6_port = htons((uint16_t)port);
+        memcpy(out, &v6, sizeof v6);
+        return sizeof v6;
+    }
+    return 0;
+}
+
+/* Queue one plaintext RTP packet for session and address: 0, or -1 when the batch is full
+   (flush, then add again), -2 when the packet is too large for a slot. */
+int kr_add(kr_batch *batch, void *session, const char *data, int length,
+           const char *addr, int addrlen) {
+    int i = batch->count;
+    if (i >= KR_SLOTS) return -1;
+    if (length < 0 || length > KR_SLOT_BYTES - KR_TRAILER || addrlen > (int)sizeof(batch->addrs[0]))
+        return -2;
+    memcpy(batch->data[i], data, (size_t)length);
+    memcpy(&batch->addrs[i], addr, (size_t)addrlen);
+    batch->addrlens[i] = (socklen_t)addrlen;
+    batch->lengths[i] = length;
+    batch->sessions[i] = session;
+    batch->count = i + 1;
+    return 0;
+}
+
+/* Protect every queued packet in place and send them with sendmmsg; returns the datagrams the
+   kernel took. A packet libsrtp refuses is skipped and counted in *protect_failures; on a full
+   socket buffer (EAGAIN) the rest are dropped, as a UDP socket would. The batch is emptied. */
+int kr_flush(kr_batch *batch, int fd, kr_protect_fn protect, int *protect_failures) {
+    int n = 0, done = 0, sent = 0, failures = 0;
+    for (int i = 0; i < batch->count; i++) {
+        int length = batch->lengths[i];
+        if (protect(batch->sessions[i], batch->data[i], &length) != 0) {
+            failures++;
+            continue;
+        }
+        batch->iov[n].iov_base = batch->data[i];
+        batch->iov[n].iov_len = (size_t)length;
+        memset(&batch->msgs[n].msg_hdr, 0, sizeof(struct msghdr));
+        batch->msgs[n].msg_hdr.msg_name = &batch->addrs[i];
+        batch->msgs[n].msg_hdr.msg_namelen = batch->addrlens[i];
+        batch->msgs[n].msg_hdr.msg_iov = &batch->iov[n];
+        batch->msgs[n].msg_hdr.msg_iovlen = 1;
+        n++;
+    }
+    batch->count = 0;
+    *protect_failures = failures;
+    while (done < n) {
+        int r = sendmmsg(fd, batch->msgs + done, (unsigned int)(n - done), MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            done++; /* this destination refused it (e.g. unreachable): skip it, send the rest */
+            continue;
+        }
+        done += r;
+        sent += r;
+    }
+    return sent;
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(MODULE, SOURCE, extra_compile_args=["-O2"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,93 @@
+"""Batched fan-out on a shared socket: RTP copies queued as the forwarder produces them, then
+SRTP-protected and sent in one `sendmmsg` call (the compiled extension, sfu/fastpath/_build.py).
+
+The shared socket's reader (sfu/internals/sharedport.py) opens a batch around each incoming
+datagram and flushes it after: one input packet's copies to every subscriber leave in one system
+call. A copy queued outside that window (a NACK answered from a coroutine, a sender report) is
+sent at once. Counters are summed per flush, off the per-packet path.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import pylibsrtp
+from pylibsrtp._binding import ffi as srtp_ffi
+from pylibsrtp._binding import lib as srtp_lib
+
+from sfu.stats import DropReason, Stats
+
+# A subscriber's destination: (its SRTP session, the session's context pointer, sockaddr bytes).
+Destination = tuple[pylibsrtp.Session, Any, bytes]
+
+
+def _address(pointer: Any) -> int:
+    return int(srtp_ffi.cast("uintptr_t", pointer))
+
+
+class FanoutBatch:
+    __slots__ = (
+        "_ffi",
+        "_lib",
+        "_batch",
+        "_add",
+        "_flush",
+        "_fd",
+        "_protect",
+        "_failures",
+        "_held",
+        "depth",
+        "_stats",
+    )
+
+    def __init__(self, module: ModuleType, fd: int, stats: Stats) -> None:
+        ffi, lib = module.ffi, module.lib
+        self._ffi, self._lib = ffi, lib
+        self._batch = ffi.gc(lib.kr_batch_new(), lib.kr_batch_free)
+        self._add = lib.kr_add
+        self._flush = lib.kr_flush
+        self._fd = fd
+        # The srtp_protect of the libsrtp inside pylibsrtp: the copy that made the sessions.
+        protect = srtp_ffi.addressof(srtp_lib, "srtp_protect")
+        self._protect = ffi.cast("kr_protect_fn", _address(protect))
+        self._failures = ffi.new("int *")
+        # The sessions of queued copies, alive until they are protected.
+        self._held: list[Destination] = []
+        self.depth = 0  # > 0 while the shared socket's reader handles a datagram
+        self._stats = stats
+
+    def destination(self, session: pylibsrtp.Session, remote: tuple[str, int]) -> Destination:
+        out = self._ffi.new("char[28]")
+        size = self._lib.kr_sockaddr(remote[0].encode(), remote[1], out)
+        if not size:
+            raise ValueError(f"not an address: {remote[0]!r}")
+        context = self._ffi.cast("void *", _address(session._srtp[0]))
+        return (session, context, bytes(self._ffi.buffer(out, size)))
+
+    def add(self, destination: Destination, data: bytes) -> bool:
+        """Queue plaintext RTP `data` for `destination`; False if it cannot be (too large)."""
+        address = destination[2]
+        result = self._add(self._batch, destination[1], data, len(data), address, len(address))
+        if result == -1:  # full: send what is there, then queue this one
+            self.flush()
+            result = self._add(self._batch, destination[1], data, len(data), address, len(address))
+        if result:
+            return False
+        self._held.append(destination)
+        if not self.depth:
+            self.flush()
+        return True
+
+    def flush(self) -> int:
+        queued = len(self._held)
+        if not queued:
+            return 0
+        sent: int = self._flush(self._batch, self._fd, self._protect, self._failures)
+        self._held.clear()
+        stats = self._stats
+        stats.fanout_calls += 1
+        stats.fanout_packets += sent
+        if sent != queued:
+            stats.dropped[DropReason.SEND_FAILED.value] += queued - sent
+        return sent
