@@ -25,6 +25,7 @@ from sfu.rtcp import (
     Fir,
     Nack,
     Pli,
+    ReportBlock,
     RtcpMessage,
     SenderReport,
     build_pli,
@@ -33,6 +34,7 @@ from sfu.rtcp import (
     parse_rtcp,
 )
 from sfu.rtp import MalformedPacket
+from sfu.simulcast import layer_reports, on_layer_sender_report
 from sfu.stats import DropReason, Stats
 
 PUBLISHER_REPORT_INTERVAL = 1.0
@@ -141,17 +143,29 @@ class Feedback:
                 track = next((t for t in self._tracks.values() if t.ssrc == message.ssrc), None)
                 if track is not None:
                     track.on_sender_report(message.ntp, message.rtp_ts, now)
+                else:
+                    on_layer_sender_report(self._tracks.values(), message, now)
 
     def _send_pli(self, track: PublishedTrack) -> None:
-        if track.ssrc is not None:
-            self.to_publisher.append((build_pli(self.rtcp_ssrc, track.ssrc), True))
+        # A simulcast track: every layer, as a subscriber may be switching to any of them.
+        for ssrc in [track.ssrc] + [layer.ssrc for layer in track.layers]:
+            if ssrc is not None:
+                self.to_publisher.append((build_pli(self.rtcp_ssrc, ssrc), True))
 
     def _publisher_reports(self, now: float) -> None:
         """Receiver Reports for every track, and a REMB capping video bitrate. REMB carries one
         bitrate for all listed SSRCs, so the cap sent is the per-track limit times the number of
         video tracks."""
-        blocks, video_ssrcs = [], []
+        blocks: list[ReportBlock] = []
+        video_ssrcs: list[int] = []
+        video_tracks = 0
         for track in self._tracks.values():
+            if track.layers:
+                video_tracks += 1
+                bitrate = layer_reports(track.layers, now, blocks, video_ssrcs)
+                self.stats.bitrate_in += bitrate - track.bitrate
+                track.bitrate = bitrate
+                continue
             if track.ssrc is None or not track.receive.started:
                 continue
             blocks.append(track.receive.report_block(track.ssrc, now))
@@ -162,13 +176,14 @@ class Feedback:
                 track.bitrate = bitrate
             self._previous[track.sid] = (now, track.counters.bytes_in)
             if track.kind == "video":
+                video_tracks += 1
                 video_ssrcs.append(track.ssrc)
         if not blocks:
             return
         self.to_publisher.append((build_rr(self.rtcp_ssrc, blocks[:MAX_REPORT_BLOCKS]), False))
         if video_ssrcs:
             per_track = self._max_video_bitrate() or DEFAULT_VIDEO_BITRATE_CAP
-            remb = build_remb(self.rtcp_ssrc, per_track * len(video_ssrcs), video_ssrcs)
+            remb = build_remb(self.rtcp_ssrc, per_track * video_tracks, video_ssrcs)
             self.to_publisher.append((remb, False))
 
     # -- subscriber direction -------------------------------------------------------------------

@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sfu.keyframe import KeyframeThrottle, is_keyframe
+from sfu.layerswitch import PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
 from sfu.receivestats import ReceiveStats
 from sfu.retransmit import RetransmitBudget
 from sfu.rtcp import build_sr
 from sfu.rtp import RtpInfo, RtpRewriter, get_extension
+from sfu.sdpinfo import SimulcastOffer
+from sfu.simulcast import Layer
 
 SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -92,6 +95,16 @@ class PublishedTrack:
         # Asks this track's publisher for a keyframe (throttled there): set by the publishing
         # side, so a down-track reaches its own up-track without walking the room.
         self.request_keyframe: Callable[[], None] = no_keyframe_source
+        # Simulcast layers, lowest quality first ([] for a single-layer track), and the
+        # publisher's RID header extension ids that name them.
+        self.layers: list[Layer] = []
+        self.simulcast: SimulcastOffer | None = None
+
+    def set_simulcast(self, offer: SimulcastOffer) -> None:
+        """The publisher's section offers these layers (kept when a later offer repeats them)."""
+        if self.simulcast is None or self.simulcast.rids != offer.rids:
+            self.layers = [Layer(self, i, rid, self.counters) for i, rid in enumerate(offer.rids)]
+        self.simulcast = offer
 
     @property
     def mime_type(self) -> str:
@@ -145,7 +158,7 @@ class PublishedTrack:
             "name": self.name,
             "muted": self.muted,
             "mime_type": self.mime_type,
-            "simulcast": [],
+            "simulcast": [layer.info() for layer in self.layers],
         }
 
 
@@ -163,6 +176,9 @@ class DownTrack:
         "cache",
         "retransmits",
         "_keyframe_mime",
+        "layers",
+        "max_layer",
+        "paused",
     )
 
     def __init__(self, track: PublishedTrack, subscriber_sid: str) -> None:
@@ -177,6 +193,12 @@ class DownTrack:
         self.cache = PacketCache() if track.kind == "video" else None
         self.retransmits = RetransmitBudget()
         self._keyframe_mime = track.mime_type
+        # Simulcast: the layer forwarded and aimed at (sfu/layerswitch.py); None single-layer.
+        self.layers: LayerSwitch | None = None
+        # The subscriber's cap (set_quality): the highest layer it wants.
+        self.max_layer = 2
+        # Paused by congestion control: forwards nothing until resumed at a keyframe.
+        self.paused = False
 
     def configure(
         self,
@@ -213,16 +235,21 @@ class DownTrack:
         self.out_ssrc = out_ssrc
         self.mid = mid
         self._keyframe_mime = track.mime_type
+        if track.layers:
+            self.layers = LayerSwitch(track.mime_type, min(self.max_layer, len(track.layers) - 1))
 
     def forward(self, data: bytes, info: RtpInfo) -> bool:
         rewriter = self.rewriter
         if rewriter is None or self.sink is None:
             return False
         waiting = self.waiting_for_keyframe
-        if waiting and not is_keyframe(
-            self._keyframe_mime, data[info.payload_start : info.payload_end]
-        ):
-            return False
+        if waiting:
+            if self.paused or not is_keyframe(
+                self._keyframe_mime, data[info.payload_start : info.payload_end]
+            ):
+                return False
+            # Whatever was skipped while waiting leaves no gap in the subscriber's sequence.
+            rewriter.rebase(info.sequence, info.timestamp, None)
         out = rewriter.rewrite(data, info)
         if out is None:
             return False
@@ -234,6 +261,35 @@ class DownTrack:
             # before DTLS is up is lost, and deltas after it would not decode.
             self.waiting_for_keyframe = False
         return sent
+
+    def forward_layer(self, layer: int, data: bytes, info: RtpInfo) -> bool:
+        """forward() for a packet of simulcast layer `layer`."""
+        rewriter, layers, sink = self.rewriter, self.layers, self.sink
+        if rewriter is None or layers is None or sink is None:
+            return False
+        admitted = layers.admit(layer, data, info, rewriter)
+        if admitted is None:
+            return False
+        out = rewriter.rewrite(admitted, info)
+        if out is None:
+            return False
+        if self.cache is not None:
+            self.cache.store((out[2] << 8) | out[3], out)
+        if sink.send(out):
+            return True
+        layers.unsent(layer, info)
+        return False
+
+    def set_layer(self, layer: int) -> bool:
+        """Forward `layer` (PAUSED: nothing) from now on, switching at its next keyframe;
+        single-layer video pauses or resumes. True when a keyframe should be requested."""
+        if self.layers is not None:
+            return self.layers.set_target(layer)
+        if self.track.kind != "video" or self.paused == (layer == PAUSED):
+            return False
+        self.paused = layer == PAUSED
+        self.waiting_for_keyframe = True
+        return not self.paused
 
     def retransmit(self, sequence_numbers: tuple[int, ...], now: float) -> tuple[int, int]:
         """Answer a NACK with the packets still cached, within the retransmission budget:
@@ -257,6 +313,10 @@ class DownTrack:
         """The publisher's latest SR translated to this down-track's SSRC and timestamps."""
         rewriter = self.rewriter
         report = self.track.last_sender_report
+        if self.layers is not None:
+            # Each layer reports in its own timestamps: the one forwarded maps onto this track.
+            layers, current = self.track.layers, self.layers.current
+            report = layers[current].last_sender_report if 0 <= current < len(layers) else None
         if rewriter is None or report is None or not rewriter.started or self.out_ssrc is None:
             return None
         ntp, rtp_timestamp = report

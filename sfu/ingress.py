@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from sfu.forwarder import AUDIO_LEVEL, CodecInfo, PublishedTrack
 from sfu.metrics import forward_timer_start, forward_timer_stop
 from sfu.rtp import MalformedPacket, RtpInfo, get_extension, parse_rtp
+from sfu.simulcast import Layer, learn_layer
 from sfu.stats import DropReason, Stats
 
 # SSRCs of unpublished tracks still recognised (their late packets count as no_right).
@@ -25,7 +26,8 @@ class Ingress:
         self._tracks = tracks
         self.stats = stats
         # None: an SSRC known but not forwarded (an unpublished track, a publisher's RTX).
-        self._tracks_by_ssrc: dict[int, PublishedTrack | None] = {}
+        # A simulcast track's SSRCs map to its layers, which forward like a track.
+        self._tracks_by_ssrc: dict[int, PublishedTrack | Layer | None] = {}
         self._tracks_by_mid: dict[str, PublishedTrack] = {}
         self._mid_ext: int | None = None
         self._forgotten: deque[int] = deque()
@@ -40,10 +42,11 @@ class Ingress:
         try:
             track = self._tracks_by_ssrc[info.ssrc]
         except KeyError:
-            track = self._learn_ssrc(data, info)
-            if track is None:
-                stats.drop(DropReason.UNKNOWN_SSRC)
+            learnt = self._learn_ssrc(data, info)
+            if isinstance(learnt, DropReason):
+                stats.drop(learnt)
                 return
+            track = learnt
         if track is None:
             stats.drop(DropReason.NOT_GRANTED)
             return
@@ -56,15 +59,22 @@ class Ingress:
         stats.packets_out += track.counters.packets_out - before
         stats.bytes_out += (track.counters.packets_out - before) * len(data)
 
-    def _learn_ssrc(self, data: bytes, info: RtpInfo) -> PublishedTrack | None:
+    def _learn_ssrc(self, data: bytes, info: RtpInfo) -> PublishedTrack | Layer | DropReason:
         if self._mid_ext is None:
-            return None
+            return DropReason.UNKNOWN_SSRC
         mid = get_extension(data, info, self._mid_ext)
         if mid is None:
-            return None
+            return DropReason.UNKNOWN_SSRC
         track = self._tracks_by_mid.get(mid.decode("ascii", "replace"))
-        if track is None or track.ssrc is not None or track.sid not in self._tracks:
-            return None
+        if track is None or track.sid not in self._tracks:
+            return DropReason.UNKNOWN_SSRC
+        if track.layers:
+            layer = learn_layer(track.layers, track.simulcast, data, info)
+            if isinstance(layer, Layer):
+                self._tracks_by_ssrc[info.ssrc] = layer
+            return layer
+        if track.ssrc is not None:
+            return DropReason.UNKNOWN_SSRC
         track.ssrc = info.ssrc
         self._tracks_by_ssrc[info.ssrc] = track
         return track
@@ -89,7 +99,7 @@ class Ingress:
         self._mid_ext = next(
             (i for i, uri in extensions.items() if uri.endswith("sdes:mid")), self._mid_ext
         )
-        if ssrc is not None and track.ssrc is None:
+        if ssrc is not None and track.ssrc is None and not track.layers:
             track.ssrc = ssrc
             self._tracks_by_ssrc[ssrc] = track
         if rtx_ssrc is not None and track.rtx_ssrc is None:
@@ -100,7 +110,8 @@ class Ingress:
     def forget(self, track: PublishedTrack) -> None:
         if track.mid is not None:
             self._tracks_by_mid.pop(track.mid, None)
-        for ssrc in (track.ssrc, track.rtx_ssrc):
+        layer_ssrcs = [layer.ssrc for layer in track.layers]
+        for ssrc in dict.fromkeys((track.ssrc, track.rtx_ssrc, *layer_ssrcs)):
             if ssrc is not None:
                 # Keep the SSRC known so later packets count as "unpublished", not "unknown";
                 # the most recent ones only, so a publisher that churns grows nothing.

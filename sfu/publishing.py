@@ -36,6 +36,7 @@ from sfu.sdpinfo import (
     read_mline,
     split_sdp,
 )
+from sfu.simulcast import answer_simulcast, simulcast_sections
 from sfu.stats import DropReason, Stats
 
 
@@ -148,7 +149,9 @@ class Publishing:
             except Exception as exc:
                 raise NegotiationError(f"offer refused: {exc}") from None
             self._hook()
-            local = pc.localDescription.sdp
+            local = answer_simulcast(
+                pc.localDescription.sdp, simulcast_sections(sections, tracks_by_cid)
+            )
             if pc.sctp is not None and not self._may_publish_data():
                 local = reject_data_section(local)
             return advertise(local, self._public_addresses), newly_bound
@@ -188,6 +191,8 @@ class Publishing:
         internals.restrict_codecs(transceiver, [codec] + ([rtx] if rtx else []))
         assert codec.payloadType is not None
         transceiver.direction = "recvonly"
+        if section.simulcast is not None:
+            track.set_simulcast(section.simulcast)
         self.ingress.bind(
             track,
             section.mid,

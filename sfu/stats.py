@@ -19,6 +19,9 @@ class DropReason(StrEnum):
     NACK_LIMITED = "nack_limited"
     # A data channel message in reassembly past the SCTP receive window (sfu/internals/sctp.py).
     DATA_OVERFLOW = "data_overflow"
+    # A simulcast packet whose RID the offer did not declare, or that names a layer already
+    # carried by another SSRC (sfu/simulcast.py).
+    BAD_LAYER = "bad_layer"
 
 
 @dataclass
