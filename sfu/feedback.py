@@ -20,11 +20,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from sfu.clock import Deadlines
+from sfu.congestion import Congestion
+from sfu.dynacast import Dynacast
 from sfu.forwarder import DownTrack, PublishedTrack, Sink
 from sfu.rtcp import (
     Fir,
     Nack,
     Pli,
+    ReceiverReport,
+    Remb,
     ReportBlock,
     RtcpMessage,
     SenderReport,
@@ -75,6 +79,11 @@ class Feedback:
         # (packet, is a keyframe request) for the publisher PC; packets for the subscriber PC.
         self.to_publisher: list[tuple[bytes, bool]] = []
         self.to_subscriber: list[bytes] = []
+        # Congestion control towards this subscriber, dynacast for this publisher's tracks;
+        # `events` are signaling messages to this participant, sent by the owner.
+        self.congestion = Congestion(subscriptions)
+        self.dynacast = Dynacast()
+        self.events: list[dict[str, object]] = []
 
     # -- clock ----------------------------------------------------------------------------------
 
@@ -88,6 +97,8 @@ class Feedback:
                 self._deadlines.set(_REPORTS, now + PUBLISHER_REPORT_INTERVAL)
             elif key == _SENDER_REPORTS:
                 self._sender_reports()
+                for down in self.congestion.tick(now):
+                    down.track.request_keyframe()
                 self._deadlines.set(_SENDER_REPORTS, now + SENDER_REPORT_INTERVAL)
             else:
                 track = self._tracks.get(key[1])
@@ -178,6 +189,7 @@ class Feedback:
             if track.kind == "video":
                 video_tracks += 1
                 video_ssrcs.append(track.ssrc)
+        self.events += self.dynacast.update(self._tracks.values(), now)
         if not blocks:
             return
         self.to_publisher.append((build_rr(self.rtcp_ssrc, blocks[:MAX_REPORT_BLOCKS]), False))
@@ -205,6 +217,11 @@ class Feedback:
             elif isinstance(message, Fir):
                 for ssrc, _seqnr in message.entries:
                     self._keyframe_for(ssrc)
+            elif isinstance(message, Remb):
+                self.congestion.on_remb(message.bitrate, now)
+            elif isinstance(message, ReceiverReport):
+                for block in message.reports:
+                    self.congestion.on_report_block(block, now)
             elif isinstance(message, Nack):
                 down = self._down_by_ssrc.get(message.media_ssrc)
                 if down is not None:

@@ -200,6 +200,16 @@ class Participant:
         self._timer.update()
         return answer
 
+    def set_quality(self, track_sid: str, max_layer: int) -> bool:
+        """Cap the layer this participant receives of a track; False if not subscribed."""
+        down = self.subscriptions.get(track_sid)
+        if down is None:
+            return False
+        down.max_layer = max_layer
+        for changed in self.feedback.congestion.reallocate(clock.now()):
+            changed.track.request_keyframe()
+        return True
+
     def _request_keyframe(self, track: PublishedTrack) -> None:
         self.feedback.request_keyframe(track, clock.now())
         self._flush()
@@ -216,6 +226,9 @@ class Participant:
     def _flush(self) -> None:
         """Send what the feedback has queued, and re-arm the timer for its next deadline."""
         self.feedback.drain(self.publishing.sink, self.subscribing.sink)
+        for event in self.feedback.events:
+            self.notify(event)
+        self.feedback.events.clear()
         self._timer.update()
 
     # -- data -----------------------------------------------------------------------------------

@@ -207,6 +207,16 @@ class TrackMuted(ServerMessage, tag="track_muted"):
     muted: bool
 
 
+class LayerActivity(Struct):
+    rid: str
+    active: bool
+
+
+class Dynacast(ServerMessage, tag="dynacast"):
+    track_sid: str
+    layers: list[LayerActivity]
+
+
 class Speaker(Struct):
     sid: str
     level: float
@@ -239,6 +249,7 @@ AnyServerMessage = (
     | ParticipantUpdated
     | TrackUnpublished
     | TrackMuted
+    | Dynacast
     | ActiveSpeakers
     | PermissionsChanged
     | RoomUpdated

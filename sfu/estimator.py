@@ -1,0 +1,61 @@
+"""One subscriber's downlink estimate, from what its browser reports (sans-I/O, `now` passed in).
+
+The browser estimates the path itself (REMB: its delay-based estimator, fed the abs-send-time
+extension keyroom negotiates) and reports loss in its Receiver Reports. REMB alone misses a
+lossy-but-not-queuing link, so loss lowers the estimate as a sender-side controller would
+(RFC 8698 style: above 10 % loss, cut to rate x (1 - loss / 2); below 2 %, grow back 8 % per
+report up to the REMB). Every decrease is remembered: a probe fails when one falls inside it.
+"""
+
+from __future__ import annotations
+
+import math
+
+HIGH_LOSS = 0.10
+LOW_LOSS = 0.02
+LOSS_GROWTH = 1.08
+# A REMB this much below the previous one counts as the path pushing back.
+REMB_DROP = 0.95
+# Absurd values a hostile or broken receiver might send are clamped, not trusted (bit/s).
+MAX_ESTIMATE = 100_000_000
+
+
+class Estimator:
+    __slots__ = ("remb", "loss_based", "last_decrease", "loss")
+
+    def __init__(self) -> None:
+        self.remb: int | None = None
+        self.loss_based: int | None = None
+        self.last_decrease = -math.inf
+        # The last reported fraction lost (0..1) of the video sent.
+        self.loss = 0.0
+
+    def on_remb(self, bitrate: int, now: float) -> None:
+        bitrate = min(max(bitrate, 0), MAX_ESTIMATE)
+        if self.remb is not None and bitrate < self.remb * REMB_DROP:
+            self.last_decrease = now
+        self.remb = bitrate
+
+    def on_loss(self, fraction: float, sending: int, now: float) -> None:
+        """A Receiver Report: `fraction` of the packets lost since the last, while `sending`
+        bit/s went to this subscriber."""
+        self.loss = fraction
+        if fraction > HIGH_LOSS:
+            self.loss_based = int(max(sending, 1) * (1 - fraction / 2))
+            self.last_decrease = now
+        elif fraction < LOW_LOSS and self.loss_based is not None:
+            self.loss_based = int(self.loss_based * LOSS_GROWTH)
+            if self.remb is None or self.loss_based >= self.remb:
+                self.loss_based = None
+
+    def estimate(self) -> int | None:
+        """The downlink's estimated capacity (bit/s); None before any report limits it."""
+        known = [v for v in (self.remb, self.loss_based) if v is not None]
+        return min(known) if known else None
+
+    def decreased_since(self, when: float) -> bool:
+        return self.last_decrease >= when
+
+    def quiet_for(self, seconds: float, now: float) -> bool:
+        """Whether nothing pushed the estimate down for `seconds`."""
+        return now - self.last_decrease >= seconds

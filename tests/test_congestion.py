@@ -1,0 +1,159 @@
+"""Congestion control towards subscribers and dynacast, with time passed in: the estimate from
+REMB and loss, the allocation (audio first, screen share before camera, pause rather than
+congest), upward probes with back-off, and layers switched off when nobody needs them."""
+
+from __future__ import annotations
+
+from sfu.allocator import VideoDemand, allocate, next_step
+from sfu.congestion import PROBE_INTERVAL, PROBE_LENGTH, Congestion
+from sfu.dynacast import IDLE_DELAY, Dynacast
+from sfu.estimator import MAX_ESTIMATE, Estimator
+from sfu.forwarder import SDES_MID, DownTrack, PublishedTrack
+from sfu.layerswitch import PAUSED
+from sfu.rtcp import ReportBlock
+from sfu.sdpinfo import SimulcastOffer
+from tests.sink_helpers import ListSink
+
+LAYERS = (100_000, 400_000, 1_200_000)
+
+
+def video(key: str, priority: int = 1, max_layer: int = 2) -> VideoDemand:
+    return VideoDemand(key, priority, LAYERS, max_layer)
+
+
+def test_unconstrained_subscribers_get_what_they_asked_for() -> None:
+    assert allocate(None, 0, [video("a"), video("b", max_layer=0)]) == {"a": 2, "b": 0}
+
+
+def test_audio_first_then_screen_share_then_camera() -> None:
+    videos = [video("cam"), video("screen", priority=0)]
+    # 800 kbit/s: 720k usable, 64k audio; both lowest layers, then the screen share upgraded.
+    assert allocate(800_000, 64_000, videos) == {"screen": 1, "cam": 0}
+    # 250 kbit/s: 225k usable, 64k audio; one low layer fits, the camera is paused.
+    assert allocate(250_000, 64_000, videos) == {"screen": 0, "cam": PAUSED}
+    # Not even one: everything paused rather than squeezing the audio.
+    assert allocate(100_000, 64_000, videos) == {"screen": PAUSED, "cam": PAUSED}
+    assert next_step({"screen": PAUSED, "cam": PAUSED}, videos) == LAYERS[0]
+    assert next_step({"screen": 2, "cam": 2}, videos) == 0
+
+
+def test_the_estimate_takes_the_lower_of_remb_and_loss() -> None:
+    estimator = Estimator()
+    assert estimator.estimate() is None
+    estimator.on_remb(2_000_000, 1.0)
+    estimator.on_loss(0.0, 1_000_000, 1.0)
+    assert estimator.estimate() == 2_000_000 and not estimator.decreased_since(0.0)
+    estimator.on_loss(0.3, 1_000_000, 2.0)  # 30 % lost: 1 Mbit/s x 0.85
+    assert estimator.estimate() == 850_000 and estimator.decreased_since(2.0)
+    for n in range(20):
+        estimator.on_loss(0.0, 900_000, 3.0 + n)
+    assert estimator.estimate() == 2_000_000  # grown back to the REMB
+    estimator.on_remb(-5, 30.0)
+    assert estimator.estimate() == 0 and estimator.decreased_since(30.0)
+    estimator.on_remb(1 << 60, 31.0)
+    assert estimator.estimate() == MAX_ESTIMATE
+
+
+def simulcast_subscription(source: str = "camera") -> tuple[PublishedTrack, DownTrack]:
+    track = PublishedTrack(
+        sid=f"TR_{source}", cid=source, kind="video", source=source, name="", publisher_sid="PA"
+    )
+    track.set_simulcast(SimulcastOffer(("q", "h", "f"), 10, None))
+    for layer, bitrate in zip(track.layers, LAYERS, strict=True):
+        layer.expected = bitrate
+    down = DownTrack(track, "PA_s")
+    down.configure(
+        sink=ListSink(), out_ssrc=9, mid="0", payload_types={96: 96}, extensions={SDES_MID: 1}
+    )
+    track.down_tracks.append(down)
+    return track, down
+
+
+def test_a_capped_link_drops_to_the_low_layer_and_a_probe_brings_it_back() -> None:
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    assert down.layers is not None and down.layers.target == 2
+    now = 0.0
+    congestion.on_remb(2_000_000, now)
+    # Waiting for the top layer's first keyframe: asked for again at each tick.
+    assert congestion.tick(now) == [down]
+    down.layers.current = 2
+    assert congestion.tick(now) == []  # the top layer flows and still fits: no change
+    congestion.on_remb(300_000, now + 1)  # capped
+    assert congestion.tick(now + 1) == [down] and down.layers.target == 0
+    # The REMB stays just over what the low layer gets; no probe until the interval passed.
+    for t in range(2, 1 + int(PROBE_INTERVAL)):
+        congestion.on_remb(300_000, t)
+        congestion.tick(t)
+        assert down.layers.target == 0 and not congestion.probing
+    start = 1 + PROBE_INTERVAL
+    congestion.on_remb(300_000, start)
+    congestion.tick(start)
+    assert congestion.probing and down.layers.target == 1
+    # The cap is still there: the REMB falls during the probe; back to low, the next probe
+    # waits twice as long.
+    congestion.on_remb(200_000, start + 1)
+    congestion.tick(start + 1)
+    assert not congestion.probing and down.layers.target == 0
+    t = start + 1
+    while not congestion.probing:
+        t += 1
+        congestion.on_remb(300_000, t)
+        congestion.tick(t)
+    assert t - (start + 1) == 2 * PROBE_INTERVAL
+    # Cap lifted: nothing pushes back during the probe, the level is kept, the next probe
+    # climbs to the top.
+    for n in range(1, int(PROBE_LENGTH) + 1):
+        congestion.on_remb(320_000, t + n)
+        congestion.tick(t + n)
+    assert not congestion.probing and down.layers.target == 1
+    for n in range(int(PROBE_LENGTH + PROBE_INTERVAL) + 2):
+        congestion.on_remb(330_000, t + PROBE_LENGTH + 1 + n)
+        congestion.tick(t + PROBE_LENGTH + 1 + n)
+    assert down.layers.target == 2
+
+
+def test_loss_on_a_video_down_track_lowers_the_layer() -> None:
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    congestion.on_remb(5_000_000, 0.0)
+    congestion.tick(0.0)
+    assert down.layers is not None and down.layers.target == 2
+    congestion.sending = 600_000
+    congestion.on_report_block(ReportBlock(9, 128, 0, 0, 0, 0, 0), 1.0)  # 50 % lost
+    congestion.on_report_block(ReportBlock(1234, 255, 0, 0, 0, 0, 0), 1.0)  # not ours: ignored
+    congestion.reallocate(1.0)
+    assert congestion.estimator.estimate() == 450_000 and down.layers.target == 1
+
+
+def test_dynacast_switches_off_unwatched_layers_after_a_delay_and_back_on_at_once() -> None:
+    track, down = simulcast_subscription()
+    dynacast = Dynacast()
+    assert down.layers is not None
+    down.layers.current = 2
+    assert dynacast.update([track], 0.0) == []
+    down.set_layer(0)
+    down.layers.current = 0
+    assert dynacast.update([track], 1.0) == []
+    # "h" was never needed: off IDLE_DELAY after the first look; "f" only IDLE_DELAY after
+    # its subscriber left it.
+    [event] = dynacast.update([track], IDLE_DELAY)
+    assert [x["active"] for x in event["layers"]] == [True, False, True]  # type: ignore[index]
+    assert dynacast.update([track], 1.0 + IDLE_DELAY - 0.1) == []
+    [event] = dynacast.update([track], 1.0 + IDLE_DELAY)
+    assert event == {
+        "type": "dynacast",
+        "track_sid": track.sid,
+        "layers": [
+            {"rid": "q", "active": True},
+            {"rid": "h", "active": False},
+            {"rid": "f", "active": False},
+        ],
+    }
+    assert down.set_layer(2) is True
+    [event] = dynacast.update([track], 20.0)
+    assert [x["active"] for x in event["layers"]] == [True, False, True]  # type: ignore[index]
+    track.down_tracks.clear()
+    dynacast.update([track], 21.0)
+    [event] = dynacast.update([track], 21.0 + IDLE_DELAY)
+    assert not any(x["active"] for x in event["layers"])  # type: ignore[index]
