@@ -202,3 +202,35 @@ def answer_simulcast(sdp: str, offers: Mapping[str, SimulcastOffer]) -> str:
         added.append("a=simulcast:recv " + ";".join(offer.rids))
         lines.extend(added)
     return join_sdp(session, sections)
+
+
+def rid_extension_ids(sdp: str) -> tuple[int, int]:
+    """The RID and repaired-RID ids `offer_simulcast` gives `sdp`: the first two one-byte ids
+    no `a=extmap` of it uses."""
+    used = {
+        line[len("a=extmap:") :].split(" ")[0].split("/")[0]
+        for line in sdp.splitlines()
+        if line.startswith("a=extmap:")
+    }
+    free = [n for n in range(1, 15) if str(n) not in used]
+    if len(free) < 2:
+        raise ValueError("no free one-byte header extension id for the RID")
+    return free[0], free[1]
+
+
+def offer_simulcast(sdp: str, layers: Mapping[str, Sequence[str]]) -> str:
+    """`sdp` (a client's offer) sending the RIDs `layers` names in each section (by mid), as
+    Chromium offers `sendEncodings` with rids: for clients whose stack does not (aiortc)."""
+    if not layers:
+        return sdp
+    session, sections = split_sdp(sdp)
+    rid_ext, repaired_ext = rid_extension_ids(sdp)
+    for lines in sections:
+        rids = layers.get(attribute(lines, "mid") or "")
+        if not rids:
+            continue
+        lines.append(f"a=extmap:{rid_ext} {RID_URI}")
+        lines.append(f"a=extmap:{repaired_ext} {REPAIRED_RID_URI}")
+        lines.extend(f"a=rid:{rid} send" for rid in rids)
+        lines.append("a=simulcast:send " + ";".join(rids))
+    return join_sdp(session, sections)

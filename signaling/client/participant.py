@@ -309,14 +309,21 @@ class KeyroomClient:
         await self._subscriber.wait_ready(timeout)
 
     async def publish(
-        self, track: MediaStreamTrack, *, source: str = "camera", name: str = ""
+        self,
+        track: MediaStreamTrack,
+        *,
+        source: str = "camera",
+        name: str = "",
+        simulcast: tuple[str, ...] = (),
     ) -> Frame:
         """Announce `track` (`add_track`, cid = track.id), then send it on the publisher PC.
+        `simulcast`: offer it as these RIDs, lowest quality first (e.g. ("q", "h", "f")); aiortc
+        sends one encoding only, so the caller writes each layer's RTP itself (loadtest/).
 
         Returns the granted TrackInfo. Raises KeyroomError for a refused `add_track`, or
         `forbidden` when the server's answer rejects the track's media section.
         """
-        return await self._publisher.publish(track, source, name)
+        return await self._publisher.publish(track, source, name, simulcast)
 
     async def renegotiate_publisher(self) -> set[str]:
         """Offer the publisher PC's current state and apply the answer; returns the mids the

@@ -15,6 +15,7 @@ from aiortc import (
 )
 
 from sfu.sdpinfo import describe_sections
+from sfu.simulcast import offer_simulcast
 from signaling.client.connection import Connection
 from signaling.client.errors import Frame, KeyroomError
 from signaling.client.peers import add_candidate, resend
@@ -42,8 +43,12 @@ class Publisher:
         self._free: list[RTCRtpTransceiver] = []
         self.channels: dict[str, RTCDataChannel] = {}
         self._data_refused = False
+        # RIDs of the sections offered as simulcast (aiortc offers none: written in by hand).
+        self._simulcast: dict[RTCRtpTransceiver, tuple[str, ...]] = {}
 
-    async def publish(self, track: MediaStreamTrack, source: str, name: str) -> Frame:
+    async def publish(
+        self, track: MediaStreamTrack, source: str, name: str, simulcast: tuple[str, ...] = ()
+    ) -> Frame:
         async with self._lock:
             reply = await self._request(
                 {
@@ -61,6 +66,8 @@ class Publisher:
             if transceiver is None:
                 transceiver = pc.addTransceiver(track, direction="sendonly")
             self._published[info["sid"]] = transceiver
+            if simulcast:
+                self._simulcast[transceiver] = simulcast
             rejected = await self._negotiate()
         if transceiver.mid in rejected:
             raise KeyroomError("forbidden", f"the server rejected the media of track {info['sid']}")
@@ -74,7 +81,8 @@ class Publisher:
         """Offer the PC's current state, apply the answer; returns the mids it rejected."""
         pc = self._require_pc()
         await pc.setLocalDescription(await pc.createOffer())
-        offer = pc.localDescription.sdp
+        layers = {t.mid: rids for t, rids in self._simulcast.items() if t.mid is not None}
+        offer = offer_simulcast(pc.localDescription.sdp, layers)
         reply = await self._request({"type": "offer", "target": "publisher", "sdp": offer})
         answer = str(reply.get("sdp", ""))
         rejected = {s.mid for s in describe_sections(answer) if s.rejected and s.mid is not None}
@@ -107,6 +115,7 @@ class Publisher:
             # Frees the track for a later publish(); aiortc refuses a track that has a sender.
             transceiver.sender.replaceTrack(None)
             transceiver.direction = "inactive"
+            self._simulcast.pop(transceiver, None)
             await self._negotiate()
             self._free.append(transceiver)
 
