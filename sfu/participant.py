@@ -83,6 +83,7 @@ class Participant:
         self.on_connection_failed: Callable[[Participant], None] | None = None
         self._timer = clock.TimerDriver(self)
         self._build_media(addresses)
+        self.publishing.simulcast_allowed = lambda: self.room.limits.simulcast
 
     def _build_media(self, addresses: dict[str, str]) -> None:
         """The two peer connections and the parts that work on them."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from functools import partial
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
@@ -107,6 +108,9 @@ class Publishing:
         self._transport: RTCDtlsTransport | None = None
         # Sends keyroom's feedback (RR, REMB, PLI) to the publisher once connected.
         self.sink: internals.RtpSink | None = None
+        # The room's `simulcast` limit, read at each offer: off, simulcast offers are answered
+        # without it (the client then sends one encoding).
+        self.simulcast_allowed: Callable[[], bool] = lambda: True
 
     async def answer(
         self, sdp: str, tracks_by_cid: Mapping[str, PublishedTrack]
@@ -133,6 +137,7 @@ class Publishing:
                 raise NegotiationError(f"offer refused: {exc}") from None
             self._guard_data(pc.sctp)
             allowed = tuple(self.allowed_codecs())
+            simulcast = self.simulcast_allowed()
             newly_bound = []
             for section in sections:
                 transceiver = next((t for t in pc.getTransceivers() if t.mid == section.mid), None)
@@ -140,6 +145,8 @@ class Publishing:
                     continue
                 track = tracks_by_cid.get(section.track_id or "")
                 was_bound = track is not None and track.bound
+                if not simulcast:
+                    section = replace(section, simulcast=None)
                 if self._accept(section, transceiver, track, allowed) and not was_bound:
                     assert track is not None
                     newly_bound.append(track)
@@ -149,9 +156,8 @@ class Publishing:
             except Exception as exc:
                 raise NegotiationError(f"offer refused: {exc}") from None
             self._hook()
-            local = answer_simulcast(
-                pc.localDescription.sdp, simulcast_sections(sections, tracks_by_cid)
-            )
+            accepted = simulcast_sections(sections, tracks_by_cid) if simulcast else {}
+            local = answer_simulcast(pc.localDescription.sdp, accepted)
             if pc.sctp is not None and not self._may_publish_data():
                 local = reject_data_section(local)
             return advertise(local, self._public_addresses), newly_bound

@@ -137,6 +137,8 @@ class LimitsConfig(_Section):
     relay_only: bool = option(False, checks.boolean)
     e2ee_required: bool = option(False, checks.boolean)
     recording_allowed: bool = option(False, checks.boolean)
+    # Publishers may send video in up to three simulcast layers (a=simulcast, RIDs).
+    simulcast: bool = option(True, checks.boolean)
     single_use_tokens: bool = option(False, checks.boolean)
     duplicate_identity: str = option("reject", checks.choice(*DUPLICATE_IDENTITY_POLICIES))
     max_name_bytes: int = option(256, checks.positive_int)
