@@ -8,6 +8,7 @@
 // of their own from /dev/token, so every tab is its own participant).
 
 import { Room, humanMessage } from "/static/keyroom.js";
+import { qualityForHeight } from "/static/simulcast.js";
 
 const $ = (id) => document.getElementById(id);
 const SOURCE_LABEL = {
@@ -367,8 +368,24 @@ function attachRemote(remote) {
   const tile = tileFor(remoteKey(remote), screen ? `${owner}'s screen` : owner);
   tile.dataset.mid = remote.mid;
   setTileVideo(tile, remote.stream);
+  watchTileSize(tile, remote);
   renderTileStates();
   layoutGrid();
+}
+
+// A simulcast layer as big as the tile shows: a small tile asks for a lower one (set_quality).
+const tileObservers = new WeakMap();
+function watchTileSize(tile, remote) {
+  tileObservers.get(tile)?.disconnect();
+  let asked = null;
+  const observer = new ResizeObserver(([entry]) => {
+    const quality = qualityForHeight(entry.contentRect.height);
+    if (quality === asked || tile.dataset.mid !== remote.mid) return;
+    asked = quality;
+    room?.setQuality(remote.trackSid, quality).catch(() => {});
+  });
+  observer.observe(tile);
+  tileObservers.set(tile, observer);
 }
 
 function detachRemote(remote) {
