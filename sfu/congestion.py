@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, next_step
 from sfu.estimator import Estimator
 from sfu.forwarder import DownTrack
+from sfu.layerswitch import PAUSED
 from sfu.rtcp import ReportBlock
 
 PROBE_INTERVAL = 4.0
@@ -26,12 +27,16 @@ AUDIO_BITRATE = 64_000
 
 
 def demand(down: DownTrack) -> VideoDemand:
+    """What a video down-track could get: its layers up to the highest available one."""
     track = down.track
+    top = down.max_layer
     if track.layers:
         bitrates = tuple(layer.expected for layer in track.layers)
+        available = [layer.index for layer in track.layers if layer.available]
+        top = min(top, max(available, default=PAUSED))
     else:
         bitrates = (max(track.bitrate, 1),)
-    return VideoDemand(track.sid, SOURCE_PRIORITY.get(track.source, 2), bitrates, down.max_layer)
+    return VideoDemand(track.sid, SOURCE_PRIORITY.get(track.source, 2), bitrates, top)
 
 
 class Congestion:

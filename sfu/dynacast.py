@@ -41,7 +41,7 @@ class Dynacast:
                     since = self._idle_since.setdefault(key, now)
                     active = layer.active and now - since < IDLE_DELAY
                 if active != layer.active:
-                    layer.active = active
+                    layer.activate(active)
                     changed = True
             if changed:
                 events.append(

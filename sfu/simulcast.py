@@ -103,6 +103,23 @@ class Layer:
             if down.forward_layer(index, data, info):
                 counters.packets_out += 1
 
+    @property
+    def available(self) -> bool:
+        """Whether a down-track can be given this layer: it arrived, and still arrives or was
+        only paused by dynacast (asked for, it comes back). Chromium sends fewer layers than
+        offered for a small camera, and drops its top layers when its own uplink is short."""
+        return self.ssrc is not None and (
+            self.bitrate > 0 or not self.active or self._measured is None
+        )
+
+    def activate(self, active: bool) -> None:
+        """Dynacast asked the publisher to send it, or not; one asked again counts as arriving
+        until it is measured again."""
+        if active and not self.active:
+            self._measured = None
+            self.bitrate = self.expected
+        self.active = active
+
     def measure(self, now: float) -> int:
         """The bitrate received since the last call (bit/s)."""
         then, octets = self._measured or (now, self.bytes_in)

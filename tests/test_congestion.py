@@ -61,6 +61,7 @@ def simulcast_subscription(source: str = "camera") -> tuple[PublishedTrack, Down
     track.set_simulcast(SimulcastOffer(("q", "h", "f"), 10, None))
     for layer, bitrate in zip(track.layers, LAYERS, strict=True):
         layer.expected = bitrate
+        layer.ssrc = 1000 + layer.index
     down = DownTrack(track, "PA_s")
     down.configure(
         sink=ListSink(), out_ssrc=9, mid="0", payload_types={96: 96}, extensions={SDES_MID: 1}
@@ -157,3 +158,29 @@ def test_dynacast_switches_off_unwatched_layers_after_a_delay_and_back_on_at_onc
     dynacast.update([track], 21.0)
     [event] = dynacast.update([track], 21.0 + IDLE_DELAY)
     assert not any(x["active"] for x in event["layers"])  # type: ignore[index]
+
+
+def test_layers_that_never_arrived_or_stopped_are_not_given() -> None:
+    """Chromium sends two of three offered layers for a small camera, and stops its top layer
+    when its own uplink is short: a subscriber gets the best layer that flows."""
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    track.layers[2].ssrc = None  # never arrived
+    congestion.reallocate(0.0)
+    assert down.layers is not None and down.layers.target == 1
+    track.layers[2].ssrc = 1002
+    for layer in track.layers:
+        layer.bytes_in = 10_000
+        layer.measure(0.0)
+    track.layers[0].bytes_in = track.layers[1].bytes_in = 20_000
+    for layer in track.layers:
+        layer.measure(1.0)
+    assert [layer.available for layer in track.layers] == [True, True, False]
+    congestion.reallocate(1.0)
+    assert down.layers.target == 1
+    # Paused by dynacast, a layer is still available (it comes back when asked for).
+    track.layers[2].activate(False)
+    assert track.layers[2].available
+    track.layers[2].activate(True)
+    track.layers[2].measure(2.0)
+    assert track.layers[2].available
