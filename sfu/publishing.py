@@ -26,6 +26,7 @@ from sfu.feedback import Feedback
 from sfu.forwarder import CodecInfo, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.negotiation import NegotiationError
+from sfu.opusfmtp import enable_fec_and_dtx
 from sfu.sdpinfo import (
     MAX_SECTIONS,
     BadSdp,
@@ -148,7 +149,7 @@ class Publishing:
             except Exception as exc:
                 raise NegotiationError(f"offer refused: {exc}") from None
             self._hook()
-            local = pc.localDescription.sdp
+            local = enable_fec_and_dtx(pc.localDescription.sdp)
             if pc.sctp is not None and not self._may_publish_data():
                 local = reject_data_section(local)
             return advertise(local, self._public_addresses), newly_bound
