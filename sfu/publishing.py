@@ -27,6 +27,7 @@ from sfu.feedback import Feedback
 from sfu.forwarder import CodecInfo, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.negotiation import NegotiationError
+from sfu.opusfmtp import enable_fec_and_dtx
 from sfu.sdpinfo import (
     MAX_SECTIONS,
     BadSdp,
@@ -157,7 +158,7 @@ class Publishing:
                 raise NegotiationError(f"offer refused: {exc}") from None
             self._hook()
             accepted = simulcast_sections(sections, tracks_by_cid) if simulcast else {}
-            local = answer_simulcast(pc.localDescription.sdp, accepted)
+            local = answer_simulcast(enable_fec_and_dtx(pc.localDescription.sdp), accepted)
             if pc.sctp is not None and not self._may_publish_data():
                 local = reject_data_section(local)
             return advertise(local, self._public_addresses), newly_bound

@@ -49,6 +49,8 @@ class _LayeredTrack(Protocol):
     @property
     def down_tracks(self) -> Sequence[_LayeredDown]: ...
 
+    def request_keyframe(self) -> None: ...
+
 
 class Layer:
     """One simulcast encoding of a published track, as the ingress forwards it."""
@@ -102,6 +104,9 @@ class Layer:
         for down in track.down_tracks:
             if down.forward_layer(index, data, info):
                 counters.packets_out += 1
+
+    def request_keyframe(self) -> None:
+        self.track.request_keyframe()
 
     @property
     def available(self) -> bool:

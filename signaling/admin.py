@@ -331,6 +331,7 @@ def admin_view(participant: Participant) -> dict[str, Any]:
     info = participant.info(with_permissions=True)
     info["hidden"] = participant.hidden
     info["connection"] = participant.connection_state()
+    info["connection_quality"] = participant.connection_quality()
     for track in info["tracks"]:
         published = participant.tracks[track["sid"]]
         c = published.counters

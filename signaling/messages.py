@@ -234,6 +234,15 @@ class RoomUpdated(ServerMessage, tag="room_updated"):
     room: Info
 
 
+class ConnectionQuality(ServerMessage, tag="connection_quality"):
+    quality: str
+    rtt_ms: float | None
+    loss_down: float
+    loss_up: float
+    jitter_ms: float
+    bandwidth_bps: int | None
+
+
 AnyServerMessage = (
     Ok
     | Error
@@ -253,4 +262,5 @@ AnyServerMessage = (
     | ActiveSpeakers
     | PermissionsChanged
     | RoomUpdated
+    | ConnectionQuality
 )
