@@ -4,13 +4,17 @@ down-track's layer, once a second (sans-I/O, `now` passed in).
 A browser's REMB only grows to about 1.5x what it receives, so a subscriber held on a low layer
 would never show that its link recovered. keyroom therefore probes upwards: after
 PROBE_INTERVAL without the estimate falling while some video is below what the subscriber
-asked for, it grants the next layer for PROBE_LENGTH seconds. If neither REMB nor loss pushes
-back meanwhile the level is kept (until they do), else it is dropped and the next probe waits
-twice as long (at most MAX_PROBE_INTERVAL).
+asked for, it sends as much as the next layer needs for up to PROBE_LENGTH seconds, the media
+it sends plus padding packets after each packet of one flowing video down-track
+(sfu/padding.py). If neither REMB nor loss pushes back meanwhile (or the estimate reaches the
+level), the level is granted and the layer switched up; at the first push-back the padding
+stops at once and the next probe waits twice as long (at most MAX_PROBE_INTERVAL). With no
+video flowing to pad (everything paused), the probe is the next layer itself.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, next_step
@@ -20,8 +24,11 @@ from sfu.layerswitch import PAUSED
 from sfu.rtcp import ReportBlock
 
 PROBE_INTERVAL = 4.0
-MAX_PROBE_INTERVAL = 60.0
-PROBE_LENGTH = 3.0
+MAX_PROBE_INTERVAL = 6.0
+PROBE_LENGTH = 2.0
+# Padding packets after one media packet at most (each ~280 bytes on the wire).
+MAX_PADDING_PER_PACKET = 6
+PADDING_WIRE_BYTES = 280
 # Reserved per audio down-track before any video (Opus at its usual 32-48 kbit/s, headers).
 AUDIO_BITRATE = 64_000
 
@@ -45,9 +52,14 @@ class Congestion:
         self._subscriptions = subscriptions
         self.estimator = Estimator()
         self._octets: dict[str, tuple[float, int]] = {}
+        # Media packets per second of each down-track, measured at each tick.
+        self._packets: dict[str, tuple[float, int, float]] = {}
         self.sending = 0
         # A probe in progress: (start, end, budget); a level a probe proved: (since, budget).
         self._probe: tuple[float, float, int] | None = None
+        # The down-track carrying a probe's padding.
+        self._carrier: DownTrack | None = None
+        self.probes = self.failed_probes = 0
         self._granted: tuple[float, int] | None = None
         self._interval = PROBE_INTERVAL
         self._next_probe: float | None = None
@@ -55,11 +67,23 @@ class Congestion:
 
     def on_remb(self, bitrate: int, now: float) -> None:
         self.estimator.on_remb(bitrate, now)
+        self._pushed_back()
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
         """Loss on a video down-track this subscriber receives."""
         if any(d.out_ssrc == block.ssrc for d in self._subscriptions.values() if d.cache):
             self.estimator.on_loss(block.fraction_lost / 256, self.sending, now)
+            self._pushed_back()
+
+    def _pushed_back(self) -> None:
+        """Padding stops at the first push-back, not at the next tick."""
+        if self._probe is not None and self.estimator.decreased_since(self._probe[0]):
+            self._stop_padding()
+
+    def _stop_padding(self) -> None:
+        if self._carrier is not None:
+            self._carrier.padding = 0
+            self._carrier = None
 
     def tick(self, now: float) -> list[DownTrack]:
         """Measure what was sent and re-allocate (once a second); the down-tracks whose new
@@ -67,6 +91,7 @@ class Congestion:
         self.sending = sum(self._measure(sid, d, now) for sid, d in self._subscriptions.items())
         for sid in [s for s in self._octets if s not in self._subscriptions]:
             del self._octets[sid]
+            self._packets.pop(sid, None)
         return self.reallocate(now)
 
     def reallocate(self, now: float) -> list[DownTrack]:
@@ -82,9 +107,14 @@ class Congestion:
         return [downs[key] for key, layer in choice.items() if downs[key].set_layer(layer)]
 
     def _measure(self, sid: str, down: DownTrack, now: float) -> int:
-        octets = down.rewriter.octets if down.rewriter else 0
+        rewriter = down.rewriter
+        octets, packets = (rewriter.octets, rewriter.packets) if rewriter else (0, 0)
         then, before = self._octets.get(sid, (now, octets))
         self._octets[sid] = (now, octets)
+        _, packets_before, rate = self._packets.get(sid, (now, packets, 0.0))
+        if now > then:
+            rate = (packets - packets_before) / (now - then)
+        self._packets[sid] = (now, packets, rate)
         return int((octets - before) * 8 / (now - then)) if now > then else 0
 
     def _allocate(self, now: float, audio: int, videos: list[VideoDemand]) -> dict[str, int]:
@@ -101,16 +131,16 @@ class Congestion:
         if self._probe is not None:
             start, end, level = self._probe
             if estimator.decreased_since(start):
-                self._probe = None
+                self._end_probe(now)
+                self.failed_probes += 1
                 self._interval = min(self._interval * 2, MAX_PROBE_INTERVAL)
                 self._next_probe = now + self._interval
-            elif now >= end:
-                self._probe = None
+            elif now >= end or estimate >= level:
+                self._end_probe(now)
                 self._granted = (start, level)
                 self._interval = PROBE_INTERVAL
-                self._next_probe = now + self._interval
                 budget = max(budget, level)
-            else:
+            elif self._carrier is None:
                 return allocate(max(budget, level), audio, videos)
         choice = allocate(budget, audio, videos)
         step = next_step(choice, videos)
@@ -118,11 +148,43 @@ class Congestion:
             self._next_probe = None
         elif self._next_probe is None:
             self._next_probe = now + self._interval
-        elif now >= self._next_probe and estimator.quiet_for(self._interval, now):
-            level = budget + int(step / HEADROOM) + 1
-            self._probe = (now, now + PROBE_LENGTH, level)
-            choice = allocate(level, audio, videos)
+        elif self._probe is None and now >= self._next_probe:
+            if estimator.quiet_for(self._interval, now):
+                return self._start_probe(now, budget + int(step / HEADROOM) + 1, audio, videos)
         return choice
+
+    def _start_probe(
+        self, now: float, level: int, audio: int, videos: list[VideoDemand]
+    ) -> dict[str, int]:
+        """Send `level` bit/s for a while: padding on a flowing video, else the layers."""
+        self.probes += 1
+        self._probe = (now, now + PROBE_LENGTH, level)
+        carrier = self._carrier_for()
+        if carrier is None:
+            return allocate(level, audio, videos)
+        pps = self._packets.get(carrier.track.sid, (0, 0, 0.0))[2]
+        extra = (level - self.sending) / 8 / PADDING_WIRE_BYTES  # padding packets per second
+        carrier.padding = max(1, min(MAX_PADDING_PER_PACKET, math.ceil(extra / max(pps, 1.0))))
+        self._carrier = carrier
+        return self.choice
+
+    def _end_probe(self, now: float) -> None:
+        self._probe = None
+        self._stop_padding()
+        self._next_probe = now + self._interval
+
+    def _carrier_for(self) -> DownTrack | None:
+        """A video down-track that is forwarding media, the busiest: padding follows it."""
+        flowing = [
+            d
+            for d in self._subscriptions.values()
+            if d.track.kind == "video"
+            and not d.paused
+            and (d.layers is None or d.layers.current != PAUSED)
+        ]
+        return max(
+            flowing, key=lambda d: self._packets.get(d.track.sid, (0, 0, 0.0))[2], default=None
+        )
 
     @property
     def probing(self) -> bool:

@@ -15,10 +15,11 @@ from typing import Protocol
 from sfu.keyframe import KeyframeThrottle, is_keyframe
 from sfu.layerswitch import PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
+from sfu.padding import padding_packet
 from sfu.receivestats import ReceiveStats
 from sfu.retransmit import RetransmitBudget
 from sfu.rtcp import build_sr
-from sfu.rtp import RtpInfo, RtpRewriter, get_extension
+from sfu.rtp import RtpInfo, RtpRewriter, get_extension, parse_rtp
 from sfu.sdpinfo import SimulcastOffer
 from sfu.simulcast import Layer
 
@@ -179,6 +180,8 @@ class DownTrack:
         "layers",
         "max_layer",
         "paused",
+        "padding",
+        "padding_sent",
     )
 
     def __init__(self, track: PublishedTrack, subscriber_sid: str) -> None:
@@ -199,6 +202,10 @@ class DownTrack:
         self.max_layer = 2
         # Paused by congestion control: forwards nothing until resumed at a keyframe.
         self.paused = False
+        # Padding packets sent after each media packet while congestion control probes
+        # (sfu/padding.py), and their bytes so far.
+        self.padding = 0
+        self.padding_sent = 0
 
     def configure(
         self,
@@ -260,6 +267,8 @@ class DownTrack:
             # Only a keyframe that reached the subscriber's transport ends the wait: one sent
             # before DTLS is up is lost, and deltas after it would not decode.
             self.waiting_for_keyframe = False
+        if self.padding and sent:
+            self._pad(out)
         return sent
 
     def forward_layer(self, layer: int, data: bytes, info: RtpInfo) -> bool:
@@ -276,9 +285,25 @@ class DownTrack:
         if self.cache is not None:
             self.cache.store((out[2] << 8) | out[3], out)
         if sink.send(out):
+            if self.padding:
+                self._pad(out)
             return True
         layers.unsent(layer, info)
         return False
+
+    def _pad(self, sent: bytes) -> None:
+        """Probe the subscriber's link: `padding` padding-only packets after `sent`."""
+        rewriter, sink = self.rewriter, self.sink
+        if rewriter is None or sink is None:
+            return
+        info = parse_rtp(sent)
+        for _ in range(self.padding):
+            seq = rewriter.take_sequence()
+            packet = padding_packet(sent, info, seq)
+            if self.cache is not None:
+                self.cache.store(seq, packet)
+            sink.send(packet)
+            self.padding_sent += len(packet)
 
     def set_layer(self, layer: int) -> bool:
         """Forward `layer` (PAUSED: nothing) from now on, switching at its next keyframe;

@@ -276,6 +276,13 @@ class RtpRewriter:
         if ts_step is not None:
             self._ts_offset = (self.last_out_ts + ts_step - in_ts) & _TS_MASK
 
+    def take_sequence(self) -> int:
+        """A sequence number for a packet keyroom adds (padding): the next one, with the input's
+        later packets moved up by one."""
+        self._seq_offset = (self._seq_offset + 1) & _SEQ_MASK
+        self.last_out_seq = (self.last_out_seq + 1) & _SEQ_MASK
+        return self.last_out_seq
+
     def translate_timestamp(self, in_ts: int) -> int:
         """Map a publisher RTP timestamp (e.g. from its Sender Report) onto this down-track."""
         if not self._started:

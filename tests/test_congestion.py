@@ -5,7 +5,7 @@ congest), upward probes with back-off, and layers switched off when nobody needs
 from __future__ import annotations
 
 from sfu.allocator import VideoDemand, allocate, next_step
-from sfu.congestion import PROBE_INTERVAL, PROBE_LENGTH, Congestion
+from sfu.congestion import MAX_PROBE_INTERVAL, PROBE_INTERVAL, PROBE_LENGTH, Congestion
 from sfu.dynacast import IDLE_DELAY, Dynacast
 from sfu.estimator import MAX_ESTIMATE, Estimator
 from sfu.forwarder import SDES_MID, DownTrack, PublishedTrack
@@ -74,44 +74,62 @@ def test_a_capped_link_drops_to_the_low_layer_and_a_probe_brings_it_back() -> No
     track, down = simulcast_subscription()
     congestion = Congestion({track.sid: down})
     assert down.layers is not None and down.layers.target == 2
-    now = 0.0
-    congestion.on_remb(2_000_000, now)
+    congestion.on_remb(2_000_000, 0.0)
     # Waiting for the top layer's first keyframe: asked for again at each tick.
-    assert congestion.tick(now) == [down]
+    assert congestion.tick(0.0) == [down]
     down.layers.current = 2
-    assert congestion.tick(now) == []  # the top layer flows and still fits: no change
-    congestion.on_remb(300_000, now + 1)  # capped
-    assert congestion.tick(now + 1) == [down] and down.layers.target == 0
+    assert congestion.tick(0.0) == []  # the top layer flows and still fits: no change
+    congestion.on_remb(300_000, 1.0)  # capped
+    assert congestion.tick(1.0) == [down] and down.layers.target == 0
+    down.layers.current = 0
     # The REMB stays just over what the low layer gets; no probe until the interval passed.
     for t in range(2, 1 + int(PROBE_INTERVAL)):
         congestion.on_remb(300_000, t)
         congestion.tick(t)
-        assert down.layers.target == 0 and not congestion.probing
+        assert down.layers.target == 0 and not congestion.probing and down.padding == 0
     start = 1 + PROBE_INTERVAL
     congestion.on_remb(300_000, start)
     congestion.tick(start)
-    assert congestion.probing and down.layers.target == 1
-    # The cap is still there: the REMB falls during the probe; back to low, the next probe
-    # waits twice as long.
-    congestion.on_remb(200_000, start + 1)
+    # The probe: padding after the low layer's packets, the layer itself unchanged.
+    assert congestion.probing and down.padding > 0 and down.layers.target == 0
+    # The cap is still there: the REMB falls during the probe, the padding stops at once.
+    congestion.on_remb(200_000, start + 0.5)
+    assert down.padding == 0
     congestion.tick(start + 1)
-    assert not congestion.probing and down.layers.target == 0
+    assert not congestion.probing and down.layers.target == 0 and congestion.failed_probes == 1
     t = start + 1
     while not congestion.probing:
         t += 1
         congestion.on_remb(300_000, t)
         congestion.tick(t)
-    assert t - (start + 1) == 2 * PROBE_INTERVAL
-    # Cap lifted: nothing pushes back during the probe, the level is kept, the next probe
-    # climbs to the top.
+    assert t - (start + 1) == MAX_PROBE_INTERVAL  # twice the interval, at most the maximum
+    # Cap lifted: nothing pushes back during the probe, the level is granted: the next layer.
     for n in range(1, int(PROBE_LENGTH) + 1):
         congestion.on_remb(320_000, t + n)
         congestion.tick(t + n)
-    assert not congestion.probing and down.layers.target == 1
-    for n in range(int(PROBE_LENGTH + PROBE_INTERVAL) + 2):
-        congestion.on_remb(330_000, t + PROBE_LENGTH + 1 + n)
-        congestion.tick(t + PROBE_LENGTH + 1 + n)
+    assert not congestion.probing and down.layers.target == 1 and down.padding == 0
+    # Once flowing, the next probe reaches the top.
+    down.layers.current = 1
+    t += PROBE_LENGTH
+    while down.layers.target != 2 and t < 60:
+        t += 1
+        congestion.on_remb(330_000, t)
+        congestion.tick(t)
     assert down.layers.target == 2
+
+
+def test_with_all_video_paused_the_probe_is_the_layer_itself() -> None:
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    congestion.on_remb(50_000, 0.0)  # not even the low layer fits
+    congestion.tick(0.0)
+    assert down.layers is not None and down.layers.target == PAUSED
+    t = 0.0
+    while not congestion.probing:
+        t += 1
+        congestion.on_remb(60_000, t)
+        congestion.tick(t)
+    assert down.layers.target == 0 and down.padding == 0  # nothing flows to pad
 
 
 def test_loss_on_a_video_down_track_lowers_the_layer() -> None:

@@ -258,3 +258,30 @@ def test_a_single_layer_track_resumed_after_a_pause_has_no_sequence_gap() -> Non
     assert len(sink.sent) == 6
     seqs = [parse_rtp(p).sequence for p in sink.sent]
     assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+
+
+def test_probe_padding_follows_a_media_packet_and_keeps_the_sequence_continuous() -> None:
+    track = PublishedTrack(
+        sid="TR_s", cid="TR_s", kind="video", source="camera", name="", publisher_sid="PA_p"
+    )
+    track.codec = VP8
+    track.extensions = {MID_ID: SDES_MID}
+    sink = ListSink()
+    down = subscribe(track, sink)
+    for n in range(4):
+        if n == 1:
+            down.padding = 2
+        if n == 3:
+            down.padding = 0
+        data = rtp(5, 100 + n, 3000 * n, vp8(n, n, n == 0), mid="0")
+        track.forward(data, parse_rtp(data))
+    infos = [parse_rtp(p) for p in sink.sent]
+    assert len(infos) == 8 and down.padding_sent == 4 * len(sink.sent[2])
+    assert all(
+        (b.sequence - a.sequence) & 0xFFFF == 1 for a, b in zip(infos, infos[1:], strict=False)
+    )
+    media, pad = sink.sent[1], sink.sent[2]
+    assert infos[2].payload_start == infos[2].payload_end  # padding only
+    assert pad[0] & 0x20 and not infos[2].marker and infos[2].timestamp == infos[1].timestamp
+    assert pad[12 : infos[2].payload_start] == media[12 : infos[1].payload_start]  # extensions
+    assert down.cache is not None and down.cache.get(infos[2].sequence) == pad
