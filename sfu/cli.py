@@ -266,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit(commands)
     _add_doctor(commands)
     from loadtest.cli import add_soak_command
+    from loadtest.simulcastbench import add_parser as add_simulcast_bench
 
     add_soak_command(commands)
+    add_simulcast_bench(commands)
     return parser
 
 

@@ -64,6 +64,8 @@ class Congestion:
         self._interval = PROBE_INTERVAL
         self._next_probe: float | None = None
         self.choice: dict[str, int] = {}
+        self._react = False
+        self._reacted = -math.inf
 
     def on_remb(self, bitrate: int, now: float) -> None:
         self.estimator.on_remb(bitrate, now)
@@ -76,9 +78,21 @@ class Congestion:
             self._pushed_back()
 
     def _pushed_back(self) -> None:
-        """Padding stops at the first push-back, not at the next tick."""
+        """Padding stops at the first push-back, not at the next tick; and the layers follow a
+        falling estimate at once (`react`)."""
         if self._probe is not None and self.estimator.decreased_since(self._probe[0]):
             self._stop_padding()
+        if self.estimator.last_decrease > self._reacted:
+            self._react = True
+
+    def react(self, now: float) -> list[DownTrack]:
+        """After a report that lowered the estimate: re-allocate now rather than at the next
+        tick (a link that just got thinner is overflowing meanwhile)."""
+        if not self._react:
+            return []
+        self._react = False
+        self._reacted = now
+        return self.reallocate(now)
 
     def _stop_padding(self) -> None:
         if self._carrier is not None:
@@ -141,8 +155,8 @@ class Congestion:
                 self._interval = PROBE_INTERVAL
                 budget = max(budget, level)
             elif self._carrier is None:
-                return allocate(max(budget, level), audio, videos)
-        choice = allocate(budget, audio, videos)
+                return allocate(max(budget, level), audio, videos, self.choice)
+        choice = allocate(budget, audio, videos, self.choice)
         step = next_step(choice, videos)
         if not step:
             self._next_probe = None
@@ -161,7 +175,7 @@ class Congestion:
         self._probe = (now, now + PROBE_LENGTH, level)
         carrier = self._carrier_for()
         if carrier is None:
-            return allocate(level, audio, videos)
+            return allocate(level, audio, videos, self.choice)
         pps = self._packets.get(carrier.track.sid, (0, 0, 0.0))[2]
         extra = (level - self.sending) / 8 / PADDING_WIRE_BYTES  # padding packets per second
         carrier.padding = max(1, min(MAX_PADDING_PER_PACKET, math.ceil(extra / max(pps, 1.0))))

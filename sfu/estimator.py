@@ -3,8 +3,10 @@
 The browser estimates the path itself (REMB: its delay-based estimator, fed the abs-send-time
 extension keyroom negotiates) and reports loss in its Receiver Reports. REMB alone misses a
 lossy-but-not-queuing link, so loss lowers the estimate as a sender-side controller would
-(RFC 8698 style: above 10 % loss, cut to rate x (1 - loss / 2); below 2 %, grow back 8 % per
-report up to the REMB). Every decrease is remembered: a probe fails when one falls inside it.
+(GCC's loss controller: above 10 % loss, cut to rate x (1 - loss / 2), at most once a second,
+the rate being the estimate but no more than twice what was being sent; below 2 %, grow back
+8 % per report up to the REMB). Every decrease is remembered: a probe fails when one falls
+inside it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ LOW_LOSS = 0.02
 LOSS_GROWTH = 1.08
 # A REMB this much below the previous one counts as the path pushing back.
 REMB_DROP = 0.95
+# One cut per interval: a compound RTCP packet reports each stream, and loss lingers a while.
+LOSS_INTERVAL = 0.9
 # Absurd values a hostile or broken receiver might send are clamped, not trusted (bit/s).
 MAX_ESTIMATE = 100_000_000
 
 
 class Estimator:
-    __slots__ = ("remb", "loss_based", "last_decrease", "loss")
+    __slots__ = ("remb", "loss_based", "last_decrease", "loss", "_last_cut")
 
     def __init__(self) -> None:
         self.remb: int | None = None
@@ -29,6 +33,7 @@ class Estimator:
         self.last_decrease = -math.inf
         # The last reported fraction lost (0..1) of the video sent.
         self.loss = 0.0
+        self._last_cut = -math.inf
 
     def on_remb(self, bitrate: int, now: float) -> None:
         bitrate = min(max(bitrate, 0), MAX_ESTIMATE)
@@ -41,8 +46,13 @@ class Estimator:
         bit/s went to this subscriber."""
         self.loss = fraction
         if fraction > HIGH_LOSS:
-            self.loss_based = int(max(sending, 1) * (1 - fraction / 2))
-            self.last_decrease = now
+            if now - self._last_cut < LOSS_INTERVAL:
+                return
+            rate = self.estimate()
+            if rate is None or (sending > 0 and rate > 2 * sending):
+                rate = 2 * sending if rate is not None else sending
+            self.loss_based = int(max(rate, 1) * (1 - fraction / 2))
+            self.last_decrease = self._last_cut = now
         elif fraction < LOW_LOSS and self.loss_based is not None:
             self.loss_based = int(self.loss_based * LOSS_GROWTH)
             if self.remb is None or self.loss_based >= self.remb:

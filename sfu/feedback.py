@@ -209,10 +209,8 @@ class Feedback:
                     on_layer_sender_report(self._tracks.values(), message, now)
 
     def _send_pli(self, track: PublishedTrack) -> None:
-        # A simulcast track: every layer, as a subscriber may be switching to any of them.
-        for ssrc in [track.ssrc] + [layer.ssrc for layer in track.layers]:
-            if ssrc is not None:
-                self.to_publisher.append((build_pli(self.rtcp_ssrc, ssrc), True))
+        for ssrc in track.keyframe_ssrcs():
+            self.to_publisher.append((build_pli(self.rtcp_ssrc, ssrc), True))
 
     def _publisher_reports(self, now: float) -> None:
         """Receiver Reports for every track, and a REMB capping video bitrate. REMB carries one
@@ -284,6 +282,8 @@ class Feedback:
             elif isinstance(message, Remb):
                 self.quality.on_bandwidth(message.bitrate)
                 self.congestion.on_remb(message.bitrate, now)
+        for down in self.congestion.react(now):
+            down.track.request_keyframe()
 
     def _report_blocks(self, blocks: tuple[ReportBlock, ...], now: float) -> None:
         """What the subscriber says about the streams keyroom sends it."""

@@ -101,6 +101,16 @@ class PublishedTrack:
         self.layers: list[Layer] = []
         self.simulcast: SimulcastOffer | None = None
 
+    def keyframe_ssrcs(self) -> list[int]:
+        """The SSRCs a keyframe request names. Simulcast: the layers a down-track waits for, else
+        those being forwarded (a decoder asked): a keyframe costs every subscriber of its layer,
+        and the publisher's uplink, so layers nobody needs are not asked."""
+        if not self.layers:
+            return [] if self.ssrc is None else [self.ssrc]
+        switches = [d.layers for d in self.down_tracks if d.layers is not None]
+        wanted = {s.target for s in switches if s.waiting} or {s.current for s in switches}
+        return [x.ssrc for x in self.layers if x.ssrc is not None and x.index in wanted]
+
     def set_simulcast(self, offer: SimulcastOffer) -> None:
         """The publisher's section offers these layers (kept when a later offer repeats them)."""
         if self.simulcast is None or self.simulcast.rids != offer.rids:

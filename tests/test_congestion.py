@@ -43,15 +43,29 @@ def test_the_estimate_takes_the_lower_of_remb_and_loss() -> None:
     estimator.on_remb(2_000_000, 1.0)
     estimator.on_loss(0.0, 1_000_000, 1.0)
     assert estimator.estimate() == 2_000_000 and not estimator.decreased_since(0.0)
-    estimator.on_loss(0.3, 1_000_000, 2.0)  # 30 % lost: 1 Mbit/s x 0.85
-    assert estimator.estimate() == 850_000 and estimator.decreased_since(2.0)
-    for n in range(20):
-        estimator.on_loss(0.0, 900_000, 3.0 + n)
+    estimator.on_loss(0.3, 1_500_000, 2.0)  # 30 % lost: the estimate x 0.85
+    assert estimator.estimate() == 1_700_000 and estimator.decreased_since(2.0)
+    estimator.on_loss(0.3, 1_500_000, 2.5)  # another block of the same report: one cut
+    assert estimator.estimate() == 1_700_000
+    # Loss while sending little: the rate cut is at most twice what was sent.
+    estimator.on_loss(0.4, 150_000, 3.0)
+    assert estimator.estimate() == 240_000
+    for n in range(40):
+        estimator.on_loss(0.0, 200_000, 4.0 + n)
     assert estimator.estimate() == 2_000_000  # grown back to the REMB
-    estimator.on_remb(-5, 30.0)
-    assert estimator.estimate() == 0 and estimator.decreased_since(30.0)
-    estimator.on_remb(1 << 60, 31.0)
+    estimator.on_remb(-5, 50.0)
+    assert estimator.estimate() == 0 and estimator.decreased_since(50.0)
+    estimator.on_remb(1 << 60, 51.0)
     assert estimator.estimate() == MAX_ESTIMATE
+
+
+def test_keeping_a_layer_may_use_the_headroom_but_going_up_may_not() -> None:
+    videos = [video("cam")]
+    # 1.3 Mbit/s: 1.17M usable, 64k audio: the top layer (1.2M) does not fit from below...
+    assert allocate(1_300_000, 64_000, videos) == {"cam": 1}
+    # ...but a track already on it keeps it; well below, it goes down.
+    assert allocate(1_300_000, 64_000, videos, {"cam": 2}) == {"cam": 2}
+    assert allocate(1_100_000, 64_000, videos, {"cam": 2}) == {"cam": 1}
 
 
 def simulcast_subscription(source: str = "camera") -> tuple[PublishedTrack, DownTrack]:
@@ -141,8 +155,9 @@ def test_loss_on_a_video_down_track_lowers_the_layer() -> None:
     congestion.sending = 600_000
     congestion.on_report_block(ReportBlock(9, 128, 0, 0, 0, 0, 0), 1.0)  # 50 % lost
     congestion.on_report_block(ReportBlock(1234, 255, 0, 0, 0, 0, 0), 1.0)  # not ours: ignored
-    congestion.reallocate(1.0)
-    assert congestion.estimator.estimate() == 450_000 and down.layers.target == 1
+    # Re-allocated at once, not at the next tick: 2 x 600k sent, x 0.75.
+    assert congestion.react(1.0) == [down] and congestion.react(1.0) == []
+    assert congestion.estimator.estimate() == 900_000 and down.layers.target == 1
 
 
 def test_dynacast_switches_off_unwatched_layers_after_a_delay_and_back_on_at_once() -> None:

@@ -285,3 +285,17 @@ def test_probe_padding_follows_a_media_packet_and_keeps_the_sequence_continuous(
     assert pad[0] & 0x20 and not infos[2].marker and infos[2].timestamp == infos[1].timestamp
     assert pad[12 : infos[2].payload_start] == media[12 : infos[1].payload_start]  # extensions
     assert down.cache is not None and down.cache.get(infos[2].sequence) == pad
+
+
+def test_keyframe_requests_name_only_the_layers_needed() -> None:
+    track, ingress, _ = simulcast_track()
+    for n, rid in enumerate(("q", "h", "f")):
+        ingress.on_rtp(rtp(100 + n, 1, 0, vp8(1, 1, False), mid="0", rid=rid))
+    first, second = subscribe(track, ListSink()), subscribe(track, ListSink())
+    assert first.layers is not None and second.layers is not None
+    first.layers.current = second.layers.current = 2
+    assert track.keyframe_ssrcs() == [102]  # a decoder asked: the layer being forwarded
+    second.set_layer(0)
+    assert track.keyframe_ssrcs() == [100]  # a switch waits for the low layer's keyframe
+    second.layers.current = 0
+    assert track.keyframe_ssrcs() == [100, 102]

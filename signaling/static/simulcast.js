@@ -35,7 +35,7 @@ export async function applyDynacast(localTracks, frame) {
 /** The quality a video shown `height` CSS pixels high needs (device pixels counted). */
 export function qualityForHeight(height) {
   const pixels = height * (globalThis.devicePixelRatio || 1);
-  if (pixels <= 200) return "low";
-  if (pixels <= 400) return "medium";
+  if (pixels <= 180) return "low";
+  if (pixels <= 360) return "medium";
   return "high";
 }
