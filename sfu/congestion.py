@@ -23,9 +23,9 @@ from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
 from sfu.rtcp import ReportBlock
 
-PROBE_INTERVAL = 4.0
-MAX_PROBE_INTERVAL = 6.0
-PROBE_LENGTH = 2.0
+PROBE_INTERVAL = 3.0
+MAX_PROBE_INTERVAL = 5.0
+PROBE_LENGTH = 1.5
 # Padding packets after one media packet at most (each ~280 bytes on the wire).
 MAX_PADDING_PER_PACKET = 6
 PADDING_WIRE_BYTES = 280
@@ -123,6 +123,7 @@ class Congestion:
     def _measure(self, sid: str, down: DownTrack, now: float) -> int:
         rewriter = down.rewriter
         octets, packets = (rewriter.octets, rewriter.packets) if rewriter else (0, 0)
+        octets += down.padding_sent  # what the link carried: a probe's padding included
         then, before = self._octets.get(sid, (now, octets))
         self._octets[sid] = (now, octets)
         _, packets_before, rate = self._packets.get(sid, (now, packets, 0.0))

@@ -4,9 +4,9 @@ The browser estimates the path itself (REMB: its delay-based estimator, fed the 
 extension keyroom negotiates) and reports loss in its Receiver Reports. REMB alone misses a
 lossy-but-not-queuing link, so loss lowers the estimate as a sender-side controller would
 (GCC's loss controller: above 10 % loss, cut to rate x (1 - loss / 2), at most once a second,
-the rate being the estimate but no more than twice what was being sent; below 2 %, grow back
-8 % per report up to the REMB). Every decrease is remembered: a probe fails when one falls
-inside it.
+the rate being the estimate but no more than twice what was being sent; above 20 %, no more
+than what got through; below 2 %, grow back 8 % per report up to the REMB). Every decrease is
+remembered: a probe fails when one falls inside it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from __future__ import annotations
 import math
 
 HIGH_LOSS = 0.10
+# From this much loss on, the estimate is what got through (a queue dropping at its cap), plus a
+# margin: GCC's gentle cut is made for random loss, and would take seconds to get there.
+HEAVY_LOSS = 0.20
+DELIVERED_MARGIN = 1.1
 LOW_LOSS = 0.02
 LOSS_GROWTH = 1.08
 # A REMB this much below the previous one counts as the path pushing back.
@@ -51,7 +55,11 @@ class Estimator:
             rate = self.estimate()
             if rate is None or (sending > 0 and rate > 2 * sending):
                 rate = 2 * sending if rate is not None else sending
-            self.loss_based = int(max(rate, 1) * (1 - fraction / 2))
+            cut = rate * (1 - fraction / 2)
+            if fraction >= HEAVY_LOSS and sending > 0:
+                # A link this lossy is overflowing: it carries about what got through.
+                cut = min(cut, sending * (1 - fraction) * DELIVERED_MARGIN)
+            self.loss_based = int(max(cut, 1))
             self.last_decrease = self._last_cut = now
         elif fraction < LOW_LOSS and self.loss_based is not None:
             self.loss_based = int(self.loss_based * LOSS_GROWTH)
