@@ -3,11 +3,15 @@
 Audio first: its bitrate is reserved before any video. Then video by priority (screen share
 before camera): first every track's lowest layer while it fits, so as many tracks as possible
 play, then upgrades in the same order, each to the highest layer under the subscriber's cap
-that fits. A track whose lowest layer does not fit is paused rather than congesting the audio.
+that fits. A track whose lowest layer does not fit is paused rather than congesting the audio;
+the first one only when its lowest layer needs more than twice what is left, as one video that
+plays matters more than an estimate that errs low.
 
 Hysteresis: going above the layer a track has now must fit in HEADROOM of the estimate, while
-keeping it may use the whole estimate. Otherwise a REMB that sits near a layer's bitrate (it
-follows what the browser receives) would flip the track between two layers every second.
+keeping it may use the whole estimate, and CALM_SLACK more while nothing pushed the estimate
+down lately. Otherwise a REMB that sits near a layer's bitrate (it follows what the browser
+receives, at most ~1.5x) would flip the track between two layers every few seconds: a layer is
+left on a sign of congestion, not on an estimate that merely lags.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from sfu.layerswitch import PAUSED
 # Part of the estimate spent: queues stay short, and the estimate may be a little optimistic.
 HEADROOM = 0.9
 SOURCE_PRIORITY = {"screen_share": 0, "camera": 1}
+FIRST_VIDEO_STRETCH = 2.0
+CALM_SLACK = 0.3
 
 
 @dataclass(frozen=True)
@@ -42,18 +48,23 @@ def allocate(
     audio: int,
     videos: Sequence[VideoDemand],
     current: Mapping[str, int] | None = None,
+    calm: bool = False,
 ) -> dict[str, int]:
     """key -> layer (PAUSED: nothing) for `budget` bit/s (None: unconstrained) of which `audio`
-    goes to audio; `current`: the layers the tracks have now (see the hysteresis above)."""
+    goes to audio; `current`: the layers the tracks have now, kept more readily while `calm`
+    (nothing pushed the estimate down lately; see the hysteresis above)."""
     if budget is None:
         return {v.key: v.top for v in videos}
     now = current or {}
-    spend = _Spending(budget * HEADROOM - audio, budget * (1 - HEADROOM))
+    slack = budget * (1 - HEADROOM + (CALM_SLACK if calm else 0))
+    spend = _Spending(budget * HEADROOM - audio, slack)
     order = sorted(videos, key=lambda v: (v.priority, v.key))
     choice: dict[str, int] = {}
-    for video in order:
+    for n, video in enumerate(order):
         choice[video.key] = PAUSED
         if video.top >= 0 and spend.take(video.bitrates[0], now.get(video.key, PAUSED) >= 0):
+            choice[video.key] = 0
+        elif n == 0 and video.top >= 0 and spend.stretch(video.bitrates[0]):
             choice[video.key] = 0
     for video in order:
         layer = choice[video.key]
@@ -82,6 +93,24 @@ class _Spending:
             self.left = min(self.left, 0)
             return True
         return False
+
+    def stretch(self, amount: int) -> bool:
+        """The first video's lowest layer: paused only when it needs more than FIRST_VIDEO_STRETCH
+        times what is left (a REMB under a rate cap often sits well below the cap)."""
+        if amount > FIRST_VIDEO_STRETCH * max(self.left + self.slack, 0):
+            return False
+        self.left -= amount
+        return True
+
+
+def bump(choice: Mapping[str, int], videos: Sequence[VideoDemand]) -> dict[str, int]:
+    """`choice` with the first video (by priority) short of its cap one layer up."""
+    bumped = {v.key: choice.get(v.key, PAUSED) for v in videos}
+    for video in sorted(videos, key=lambda v: (v.priority, v.key)):
+        if bumped[video.key] < video.top:
+            bumped[video.key] += 1
+            break
+    return bumped
 
 
 def next_step(choice: dict[str, int], videos: Sequence[VideoDemand]) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, next_step
+from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
 from sfu.estimator import Estimator
 from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
@@ -25,12 +25,18 @@ from sfu.rtcp import ReportBlock
 
 PROBE_INTERVAL = 3.0
 MAX_PROBE_INTERVAL = 5.0
-PROBE_LENGTH = 1.5
+PROBE_LENGTH = 2.5
 # Padding packets after one media packet at most (each ~280 bytes on the wire).
-MAX_PADDING_PER_PACKET = 6
+MAX_PADDING_PER_PACKET = 12
+# A probe proves a level only if what was sent during it came this close to the level.
+PROBE_REACHED = 0.85
+# Nothing pushed the estimate down for this long: layers are kept more readily (allocator).
+CALM_PERIOD = 3.0
 PADDING_WIRE_BYTES = 280
-# Reserved per audio down-track before any video (Opus at its usual 32-48 kbit/s, headers).
-AUDIO_BITRATE = 64_000
+# Reserved per audio down-track before any video (Opus at its usual ~32 kbit/s, with headers).
+AUDIO_BITRATE = 40_000
+# A probe succeeds only on evidence: a loss report this long after its start, with little loss.
+PROBE_SETTLE = 0.5
 
 
 def demand(down: DownTrack) -> VideoDemand:
@@ -60,6 +66,8 @@ class Congestion:
         # The down-track carrying a probe's padding.
         self._carrier: DownTrack | None = None
         self.probes = self.failed_probes = 0
+        # The most sent in a tick during the probe in progress (bit/s).
+        self._probe_peak = 0
         self._granted: tuple[float, int] | None = None
         self._interval = PROBE_INTERVAL
         self._next_probe: float | None = None
@@ -117,7 +125,28 @@ class Congestion:
                 downs[down.track.sid] = down
             else:
                 audio += AUDIO_BITRATE
+        previous = self.choice
         self.choice = choice = self._allocate(now, audio, videos)
+        import logging  # DIAG
+
+        logging.getLogger("keyroom.diag").warning(
+            "DIAG %s %.1f est=%s remb=%s lb=%s loss=%.2f send=%s probe=%s granted=%s avail=%s choice=%s prev=%s",
+            id(self) % 1000,
+            now,
+            self.estimator.estimate(),
+            self.estimator.remb,
+            self.estimator.loss_based,
+            self.estimator.loss,
+            self.sending,
+            self._probe,
+            self._granted,
+            [
+                [(l.bitrate, l.available) for l in d.track.layers]
+                for d in self._subscriptions.values()
+            ],
+            choice,
+            previous,
+        )  # noqa
         return [downs[key] for key, layer in choice.items() if downs[key].set_layer(layer)]
 
     def _measure(self, sid: str, down: DownTrack, now: float) -> int:
@@ -143,21 +172,31 @@ class Congestion:
                 self._granted = None
             else:
                 budget = max(budget, self._granted[1])
+        calm = estimator.quiet_for(CALM_PERIOD, now)
         if self._probe is not None:
             start, end, level = self._probe
-            if estimator.decreased_since(start):
+            self._probe_peak = max(self._probe_peak, self.sending)
+            proven = (
+                estimator.clean_since(start + PROBE_SETTLE)
+                and self._probe_peak >= level * PROBE_REACHED
+            )
+            if estimator.decreased_since(start) or (now >= end + PROBE_LENGTH and not proven):
                 self._end_probe(now)
                 self.failed_probes += 1
                 self._interval = min(self._interval * 2, MAX_PROBE_INTERVAL)
                 self._next_probe = now + self._interval
-            elif now >= end or estimate >= level:
+            elif estimate >= level or (now >= end and proven):
                 self._end_probe(now)
                 self._granted = (start, level)
                 self._interval = PROBE_INTERVAL
                 budget = max(budget, level)
             elif self._carrier is None:
-                return allocate(max(budget, level), audio, videos, self.choice)
-        choice = allocate(budget, audio, videos, self.choice)
+                return self.choice
+            elif self.sending < level * PROBE_REACHED:
+                # Short of the level (the carrier sends fewer packets than measured): more.
+                padding = self._carrier.padding
+                self._carrier.padding = min(MAX_PADDING_PER_PACKET, padding + 1 + padding // 2)
+        choice = allocate(budget, audio, videos, self.choice, calm)
         step = next_step(choice, videos)
         if not step:
             self._next_probe = None
@@ -174,9 +213,11 @@ class Congestion:
         """Send `level` bit/s for a while: padding on a flowing video, else the layers."""
         self.probes += 1
         self._probe = (now, now + PROBE_LENGTH, level)
+        self._probe_peak = 0
         carrier = self._carrier_for()
         if carrier is None:
-            return allocate(level, audio, videos, self.choice)
+            # Nothing flows to pad: the probe is the next layer of the first video short of it.
+            return bump(self.choice, videos)
         pps = self._packets.get(carrier.track.sid, (0, 0, 0.0))[2]
         extra = (level - self.sending) / 8 / PADDING_WIRE_BYTES  # padding packets per second
         carrier.padding = max(1, min(MAX_PADDING_PER_PACKET, math.ceil(extra / max(pps, 1.0))))

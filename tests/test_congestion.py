@@ -17,6 +17,7 @@ from sfu.sdpinfo import SimulcastOffer
 from tests.sink_helpers import ListSink
 
 LAYERS = (100_000, 400_000, 1_200_000)
+CLEAN = ReportBlock(9, 0, 0, 0, 0, 0, 0)  # a loss report on the video down-track: no loss
 
 
 def video(key: str, priority: int = 1, max_layer: int = 2) -> VideoDemand:
@@ -37,6 +38,15 @@ def test_audio_first_then_screen_share_then_camera() -> None:
     assert allocate(100_000, 64_000, videos) == {"screen": PAUSED, "cam": PAUSED}
     assert next_step({"screen": PAUSED, "cam": PAUSED}, videos) == LAYERS[0]
     assert next_step({"screen": 2, "cam": 2}, videos) == 0
+
+
+def test_the_first_video_plays_unless_its_lowest_layer_needs_twice_what_is_left() -> None:
+    videos = [video("cam"), video("screen", priority=0)]
+    # 150 kbit/s: 135k usable, 40k audio: 95k left; the screen share's 100k layer is stretched
+    # into it, the camera (not first) is paused.
+    assert allocate(150_000, 40_000, videos) == {"screen": 0, "cam": PAUSED}
+    # 80 kbit/s: 32k left (plus 8k headroom), under half of the 100k layer: paused.
+    assert allocate(80_000, 40_000, videos) == {"screen": PAUSED, "cam": PAUSED}
 
 
 def test_the_estimate_takes_the_lower_of_remb_and_loss() -> None:
@@ -124,9 +134,12 @@ def test_a_capped_link_drops_to_the_low_layer_and_a_probe_brings_it_back() -> No
         congestion.on_remb(300_000, t)
         congestion.tick(t)
     assert t - (start + 1) == MAX_PROBE_INTERVAL  # twice the interval, at most the maximum
-    # Cap lifted: nothing pushes back during the probe, the level is granted: the next layer.
+    # Cap lifted: nothing pushes back during the probe, and a report shows no loss: the level
+    # is granted, the next layer given.
     for n in range(1, math.ceil(PROBE_LENGTH) + 1):
+        down.padding_sent += 1_000_000 // 8  # what the padding carries in a second
         congestion.on_remb(320_000, t + n)
+        congestion.on_report_block(CLEAN, t + n)
         congestion.tick(t + n)
     assert not congestion.probing and down.layers.target == 1 and down.padding == 0
     # Once flowing, the next probe reaches the top.
@@ -134,21 +147,45 @@ def test_a_capped_link_drops_to_the_low_layer_and_a_probe_brings_it_back() -> No
     t += PROBE_LENGTH
     while down.layers.target != 2 and t < 60:
         t += 1
+        down.padding_sent += 2_000_000 // 8 if congestion.probing else 0
         congestion.on_remb(330_000, t)
+        congestion.on_report_block(CLEAN, t)
         congestion.tick(t)
     assert down.layers.target == 2
+
+
+def test_a_probe_without_a_clean_loss_report_fails() -> None:
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    congestion.on_remb(300_000, 0.0)
+    congestion.tick(0.0)
+    assert down.layers is not None and down.layers.target == 0
+    down.layers.current = 0
+    t = 0.0
+    while not congestion.probing:
+        t += 1
+        congestion.on_remb(300_000, t)
+        congestion.tick(t)
+    start = t
+    while congestion.probing:
+        t += 0.5
+        congestion.on_remb(300_000, t)
+        congestion.tick(t)
+    # No report came: not proven, and not granted either.
+    assert t - start >= 2 * PROBE_LENGTH and congestion.failed_probes == 1
+    assert down.layers.target == 0 and down.padding == 0
 
 
 def test_with_all_video_paused_the_probe_is_the_layer_itself() -> None:
     track, down = simulcast_subscription()
     congestion = Congestion({track.sid: down})
-    congestion.on_remb(50_000, 0.0)  # not even the low layer fits
+    congestion.on_remb(20_000, 0.0)  # not even the low layer fits
     congestion.tick(0.0)
     assert down.layers is not None and down.layers.target == PAUSED
     t = 0.0
     while not congestion.probing:
         t += 1
-        congestion.on_remb(60_000, t)
+        congestion.on_remb(20_000, t)
         congestion.tick(t)
     assert down.layers.target == 0 and down.padding == 0  # nothing flows to pad
 
@@ -224,3 +261,27 @@ def test_layers_that_never_arrived_or_stopped_are_not_given() -> None:
     track.layers[2].activate(True)
     track.layers[2].measure(2.0)
     assert track.layers[2].available
+
+
+def test_a_probe_that_does_not_reach_its_level_adds_padding_and_proves_nothing() -> None:
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    congestion.on_remb(300_000, 0.0)
+    congestion.tick(0.0)
+    assert down.layers is not None
+    down.layers.current = 0
+    t = 0.0
+    while not congestion.probing:
+        t += 1
+        congestion.on_remb(300_000, t)
+        congestion.tick(t)
+    first = down.padding
+    paddings = []
+    while congestion.probing:
+        t += 0.5
+        congestion.on_remb(300_000, t)
+        congestion.on_report_block(CLEAN, t)  # clean, but nothing was sent: no evidence
+        congestion.tick(t)
+        paddings.append(down.padding)
+    assert max(paddings) > first and congestion.failed_probes == 1
+    assert down.layers.target == 0 and down.padding == 0
