@@ -236,8 +236,6 @@ class Bench:
         return page
 
     def stop(self) -> None:
-        import shutil  # DIAG
-        shutil.copy(self.workdir / "server.log", "/tmp/bench-server.log")
         if self.server is not None:
             self.server.terminate()
             self.server.wait(10)

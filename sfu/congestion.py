@@ -125,28 +125,7 @@ class Congestion:
                 downs[down.track.sid] = down
             else:
                 audio += AUDIO_BITRATE
-        previous = self.choice
         self.choice = choice = self._allocate(now, audio, videos)
-        import logging  # DIAG
-
-        logging.getLogger("keyroom.diag").warning(
-            "DIAG %s %.1f est=%s remb=%s lb=%s loss=%.2f send=%s probe=%s granted=%s avail=%s choice=%s prev=%s",
-            id(self) % 1000,
-            now,
-            self.estimator.estimate(),
-            self.estimator.remb,
-            self.estimator.loss_based,
-            self.estimator.loss,
-            self.sending,
-            self._probe,
-            self._granted,
-            [
-                [(l.bitrate, l.available) for l in d.track.layers]
-                for d in self._subscriptions.values()
-            ],
-            choice,
-            previous,
-        )  # noqa
         return [downs[key] for key, layer in choice.items() if downs[key].set_layer(layer)]
 
     def _measure(self, sid: str, down: DownTrack, now: float) -> int:
@@ -174,28 +153,9 @@ class Congestion:
                 budget = max(budget, self._granted[1])
         calm = estimator.quiet_for(CALM_PERIOD, now)
         if self._probe is not None:
-            start, end, level = self._probe
-            self._probe_peak = max(self._probe_peak, self.sending)
-            proven = (
-                estimator.clean_since(start + PROBE_SETTLE)
-                and self._probe_peak >= level * PROBE_REACHED
-            )
-            if estimator.decreased_since(start) or (now >= end + PROBE_LENGTH and not proven):
-                self._end_probe(now)
-                self.failed_probes += 1
-                self._interval = min(self._interval * 2, MAX_PROBE_INTERVAL)
-                self._next_probe = now + self._interval
-            elif estimate >= level or (now >= end and proven):
-                self._end_probe(now)
-                self._granted = (start, level)
-                self._interval = PROBE_INTERVAL
-                budget = max(budget, level)
-            elif self._carrier is None:
-                return self.choice
-            elif self.sending < level * PROBE_REACHED:
-                # Short of the level (the carrier sends fewer packets than measured): more.
-                padding = self._carrier.padding
-                self._carrier.padding = min(MAX_PADDING_PER_PACKET, padding + 1 + padding // 2)
+            budget = self._follow_probe(now, estimate, budget)
+            if self._probe is not None and self._carrier is None:
+                return self.choice  # a layer probe: its layers stay until it ends
         choice = allocate(budget, audio, videos, self.choice, calm)
         step = next_step(choice, videos)
         if not step:
@@ -206,6 +166,33 @@ class Congestion:
             if estimator.quiet_for(self._interval, now):
                 return self._start_probe(now, budget + int(step / HEADROOM) + 1, audio, videos)
         return choice
+
+    def _follow_probe(self, now: float, estimate: int, budget: int) -> int:
+        """End the probe in progress if it failed or proved its level (then granted: the budget
+        returned includes it), else make sure it sends enough."""
+        assert self._probe is not None
+        start, end, level = self._probe
+        estimator = self.estimator
+        self._probe_peak = max(self._probe_peak, self.sending)
+        proven = (
+            estimator.clean_since(start + PROBE_SETTLE)
+            and self._probe_peak >= level * PROBE_REACHED
+        )
+        if estimator.decreased_since(start) or (now >= end + PROBE_LENGTH and not proven):
+            self._end_probe(now)
+            self.failed_probes += 1
+            self._interval = min(self._interval * 2, MAX_PROBE_INTERVAL)
+            self._next_probe = now + self._interval
+        elif estimate >= level or (now >= end and proven):
+            self._end_probe(now)
+            self._granted = (start, level)
+            self._interval = PROBE_INTERVAL
+            return max(budget, level)
+        elif self._carrier is not None and self.sending < level * PROBE_REACHED:
+            # Short of the level (the carrier sends fewer packets than measured): more.
+            padding = self._carrier.padding
+            self._carrier.padding = min(MAX_PADDING_PER_PACKET, padding + 1 + padding // 2)
+        return budget
 
     def _start_probe(
         self, now: float, level: int, audio: int, videos: list[VideoDemand]

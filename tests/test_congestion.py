@@ -273,6 +273,7 @@ def test_a_probe_that_does_not_reach_its_level_adds_padding_and_proves_nothing()
     t = 0.0
     while not congestion.probing:
         t += 1
+        down.rewriter.packets += 100  # type: ignore[union-attr]  # 100 media packets a second
         congestion.on_remb(300_000, t)
         congestion.tick(t)
     first = down.padding
