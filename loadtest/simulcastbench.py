@@ -119,6 +119,8 @@ class RoomResult:
     audio_lost_capped: int = 0
     audio_received_capped: int = 0
     free_min_width: int = 0
+    # The part of the cap window the free page decoded the top layer.
+    free_top_share: float = 0.0
     free_fps: float = 0.0
     time_to_recover: float | None = None
     publisher_kbit_before: float = 0.0
@@ -302,6 +304,9 @@ async def run_room(bench: Bench, room: str, simulcast: bool, durations: Duration
     result.audio_received_capped = delta(capped_samples, start, end, "audio_received")
     free_window = [s for s in free_samples if cap_at["free"] <= s.t <= lift_at["free"]]
     result.free_min_width = min((s.width for s in free_window), default=0)
+    result.free_top_share = sum(s.width >= result.top_width for s in free_window) / max(
+        len(free_window), 1
+    )
     result.free_fps = fps(free_samples, cap_at["free"], lift_at["free"])
     if simulcast:
         result.time_to_recover = first_time(capped_samples, end, lambda s: s.width > low)
@@ -324,7 +329,10 @@ async def run_room(bench: Bench, room: str, simulcast: bool, durations: Duration
     return result
 
 
-async def run(durations: Durations, workdir: Path) -> list[RoomResult]:
+async def run(
+    durations: Durations, workdir: Path, modes: Sequence[bool] = (False, True)
+) -> list[RoomResult]:
+    """One room per mode (simulcast off, on), in that order."""
     from playwright.async_api import async_playwright
 
     with topology(list(CLIENTS)) as links:
@@ -334,7 +342,7 @@ async def run(durations: Durations, workdir: Path) -> list[RoomResult]:
             async with async_playwright() as playwright:
                 await bench.launch(playwright)
                 results = []
-                for simulcast in (False, True):
+                for simulcast in modes:
                     room = f"bench-{'simulcast' if simulcast else 'single'}"
                     results.append(await run_room(bench, room, simulcast, durations))
                 return results
@@ -352,7 +360,10 @@ def markdown(results: Sequence[RoomResult], durations: Durations) -> str:
             "capped: audio lost / received",
             lambda r: f"{r.audio_lost_capped} / {r.audio_received_capped}",
         ),
-        ("free: min frame width, fps", lambda r: f"{r.free_min_width}, {r.free_fps:.1f}"),
+        (
+            "free: min frame width, time on the top layer, fps",
+            lambda r: f"{r.free_min_width}, {r.free_top_share:.0%}, {r.free_fps:.1f}",
+        ),
         ("capped: back above low after the lift (s)", lambda r: _num(r.time_to_recover)),
         (
             "publisher kbit/s, before / after nobody on high",
