@@ -53,6 +53,28 @@ class ForwardingCounters:
     packets_out: int = 0
 
 
+class DownTracks(list["DownTrack"]):
+    """A track's down-tracks; `version` moves with every change of who is in it or of what layer
+    one aims at, so a simulcast layer knows when to re-read its subscribers (`routes`)."""
+
+    version = 0
+
+    def changed(self) -> None:
+        self.version += 1
+
+    def append(self, down: DownTrack) -> None:
+        self.version += 1
+        super().append(down)
+
+    def remove(self, down: DownTrack) -> None:
+        self.version += 1
+        super().remove(down)
+
+    def clear(self) -> None:
+        self.version += 1
+        super().clear()
+
+
 class PublishedTrack:
     """A track a participant publishes: learns its SSRC and codec, fans packets out."""
 
@@ -81,7 +103,7 @@ class PublishedTrack:
         self.rtx_ssrc: int | None = None
         # Publisher-side header extension id -> URI, from the negotiated answer.
         self.extensions: dict[int, str] = {}
-        self.down_tracks: list[DownTrack] = []
+        self.down_tracks = DownTracks()
         self.last_sender_report: tuple[int, int] | None = None
         self.throttle = KeyframeThrottle(keyframe_interval)
         self.counters = ForwardingCounters()
@@ -100,6 +122,20 @@ class PublishedTrack:
         # publisher's RID header extension ids that name them.
         self.layers: list[Layer] = []
         self.simulcast: SimulcastOffer | None = None
+        self._routes: list[list[DownTrack]] = []
+        self._routes_version = -1
+
+    def layer_routes(self) -> list[list[DownTrack]]:
+        """Per simulcast layer, the down-tracks that forward or await it: a layer's packet
+        visits those only. Rebuilt when `down_tracks.version` moved."""
+        downs = self.down_tracks
+        if self._routes_version != downs.version:
+            self._routes_version = downs.version
+            self._routes = [
+                [d for d in downs if d.layers is not None and d.layers.wants(layer.index)]
+                for layer in self.layers
+            ]
+        return self._routes
 
     def keyframe_ssrcs(self) -> list[int]:
         """The SSRCs a keyframe request names. Simulcast: the layers a down-track waits for, else
@@ -115,6 +151,7 @@ class PublishedTrack:
         """The publisher's section offers these layers (kept when a later offer repeats them)."""
         if self.simulcast is None or self.simulcast.rids != offer.rids:
             self.layers = [Layer(self, i, rid, self.counters) for i, rid in enumerate(offer.rids)]
+            self._routes_version = -1
         self.simulcast = offer
 
     @property
@@ -253,7 +290,10 @@ class DownTrack:
         self.mid = mid
         self._keyframe_mime = track.mime_type
         if track.layers:
-            self.layers = LayerSwitch(track.mime_type, min(self.max_layer, len(track.layers) - 1))
+            downs = track.down_tracks
+            target = min(self.max_layer, len(track.layers) - 1)
+            self.layers = LayerSwitch(track.mime_type, target, downs.changed)
+            downs.changed()
 
     def forward(self, data: bytes, info: RtpInfo) -> bool:
         rewriter = self.rewriter
@@ -295,6 +335,7 @@ class DownTrack:
         if self.cache is not None:
             self.cache.store((out[2] << 8) | out[3], out)
         if sink.send(out):
+            layers.last_sent = out
             if self.padding:
                 self._pad(out)
             return True
@@ -319,6 +360,7 @@ class DownTrack:
         """Forward `layer` (PAUSED: nothing) from now on, switching at its next keyframe;
         single-layer video pauses or resumes. True when a keyframe should be requested."""
         if self.layers is not None:
+            self.track.down_tracks.changed()  # the layer routes change
             return self.layers.set_target(layer)
         if self.track.kind != "video" or self.paused == (layer == PAUSED):
             return False

@@ -13,9 +13,11 @@ must be requested from the publisher.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sfu.keyframe import is_keyframe
-from sfu.rtp import RtpInfo, RtpRewriter
-from sfu.vp8 import Vp8Munger
+from sfu.rtp import MalformedPacket, RtpInfo, RtpRewriter, parse_rtp
+from sfu.vp8 import NO_DESCRIPTOR, Vp8Descriptor, Vp8Munger, read_descriptor
 
 # Timestamp step across a switch: one frame at 30 fps on the 90 kHz video clock. The layers'
 # timestamps are unrelated, so the gap between their frames is taken as one frame.
@@ -28,9 +30,20 @@ _FLOOR_MOVE = 0x4000
 
 
 class LayerSwitch:
-    __slots__ = ("current", "target", "floor", "munger", "switches", "_mime")
+    __slots__ = (
+        "current",
+        "target",
+        "floor",
+        "munger",
+        "switches",
+        "last_sent",
+        "_mime",
+        "_switched",
+    )
 
-    def __init__(self, mime_type: str, target: int) -> None:
+    def __init__(
+        self, mime_type: str, target: int, switched: Callable[[], None] = lambda: None
+    ) -> None:
         # The layer being forwarded, PAUSED before the first keyframe and while paused.
         self.current = PAUSED
         self.target = target
@@ -38,7 +51,11 @@ class LayerSwitch:
         self.floor = 0
         self.munger = Vp8Munger() if mime_type.lower() == "video/vp8" else None
         self.switches = 0
+        # The last media packet sent (output): where the PictureID numbering continues from.
+        self.last_sent = b""
         self._mime = mime_type
+        # Told of each switch: the layer left no longer needs this down-track's packets.
+        self._switched = switched
 
     def set_target(self, layer: int) -> bool:
         """Aim at `layer` (PAUSED: stop now). True when a keyframe of it must be requested."""
@@ -49,6 +66,10 @@ class LayerSwitch:
             self.current = PAUSED
             return False
         return layer != self.current
+
+    def wants(self, layer: int) -> bool:
+        """Whether packets of `layer` may be forwarded (current) or switched to (target)."""
+        return layer == self.current or layer == self.target
 
     @property
     def waiting(self) -> bool:
@@ -65,18 +86,30 @@ class LayerSwitch:
             self.current = layer
             self.floor = info.sequence
             self.switches += 1
+            self._switched()
             rewriter.rebase(info.sequence, info.timestamp, FRAME_TICKS)
             if self.munger is not None:
-                self.munger.rebase(data, info.payload_start, info.payload_end)
+                self.munger.rebase(data, info.payload_start, info.payload_end, self._last_desc())
         else:
             ahead = (info.sequence - self.floor) & 0xFFFF
             if ahead >= 0x8000:
                 return None
             if ahead > _FLOOR_MOVE:
                 self.floor = (info.sequence - _FLOOR_LAG) & 0xFFFF
-        if self.munger is not None:
-            return self.munger.munge(data, info.payload_start, info.payload_end)
+        munger = self.munger
+        if munger is not None and (munger.pid_offset or munger.tl0_offset):
+            return munger.munge(data, info.payload_start, info.payload_end)
         return data
+
+    def _last_desc(self) -> Vp8Descriptor:
+        last = self.last_sent
+        if not last:
+            return NO_DESCRIPTOR
+        try:
+            info = parse_rtp(last)
+        except MalformedPacket:
+            return NO_DESCRIPTOR
+        return read_descriptor(last, info.payload_start, info.payload_end)
 
     def unsent(self, layer: int, info: RtpInfo) -> None:
         """The packet admit() passed was not sent: a switch keyframe lost that way (transport

@@ -49,6 +49,8 @@ class _LayeredTrack(Protocol):
     @property
     def down_tracks(self) -> Sequence[_LayeredDown]: ...
 
+    def layer_routes(self) -> Sequence[Sequence[_LayeredDown]]: ...
+
     def request_keyframe(self) -> None: ...
 
 
@@ -101,7 +103,7 @@ class Layer:
         if track.muted:
             return
         index = self.index
-        for down in track.down_tracks:
+        for down in track.layer_routes()[index]:
             if down.forward_layer(index, data, info):
                 counters.packets_out += 1
 

@@ -57,45 +57,57 @@ def read_descriptor(data: bytes, start: int, end: int) -> Vp8Descriptor:
 
 
 class Vp8Munger:
-    """One down-track's PictureID/TL0PICIDX numbering across layer switches."""
+    """One down-track's PictureID/TL0PICIDX numbering across layer switches: offsets, zero until
+    the first switch (the packets then pass untouched, unparsed)."""
 
-    __slots__ = ("pid_offset", "tl0_offset", "last_pid", "last_tl0")
+    __slots__ = ("pid_offset", "tl0_offset")
 
     def __init__(self) -> None:
         self.pid_offset = 0
         self.tl0_offset = 0
-        # The last numbers sent (output space); -1 before the first picture.
-        self.last_pid = -1
-        self.last_tl0 = -1
 
-    def rebase(self, data: bytes, start: int, end: int) -> None:
-        """The packet at data[start:end] starts the new layer: its picture follows the last."""
+    def rebase(self, data: bytes, start: int, end: int, last: Vp8Descriptor) -> None:
+        """The packet at data[start:end] starts the new layer: its picture follows `last`, the
+        descriptor of the last media packet sent (output numbering; NO_DESCRIPTOR: none)."""
         desc = read_descriptor(data, start, end)
-        if desc.picture_id >= 0 and self.last_pid >= 0:
+        if desc.picture_id >= 0 and last.picture_id >= 0:
             mask = _PID_MASKS[desc.pid_long]
-            self.pid_offset = (self.last_pid + 1 - desc.picture_id) & mask
-        if desc.tl0 >= 0 and self.last_tl0 >= 0:
-            self.tl0_offset = (self.last_tl0 + 1 - desc.tl0) & 0xFF
+            self.pid_offset = (last.picture_id + 1 - desc.picture_id) & mask
+        if desc.tl0 >= 0 and last.tl0 >= 0:
+            self.tl0_offset = (last.tl0 + 1 - desc.tl0) & 0xFF
 
     def munge(self, data: bytes, start: int, end: int) -> bytes:
         """`data` with its descriptor renumbered (the same bytes when nothing changes)."""
-        desc = read_descriptor(data, start, end)
         pid_offset, tl0_offset = self.pid_offset, self.tl0_offset
-        out = data
-        if desc.picture_id >= 0:
-            mask = _PID_MASKS[desc.pid_long]
-            pid = (desc.picture_id + pid_offset) & mask
-            if self.last_pid < 0 or (pid - self.last_pid) & mask < (mask + 1) >> 1:
-                self.last_pid = pid
-            if pid_offset:
-                pos = desc.pid_pos
-                field = bytes((0x80 | pid >> 8, pid & 0xFF)) if desc.pid_long else bytes((pid,))
-                out = out[:pos] + field + out[pos + len(field) :]
-        if desc.tl0 >= 0:
-            tl0 = (desc.tl0 + tl0_offset) & 0xFF
-            if self.last_tl0 < 0 or (tl0 - self.last_tl0) & 0xFF < 0x80:
-                self.last_tl0 = tl0
-            if tl0_offset:
-                pos = desc.tl0_pos
-                out = out[:pos] + bytes((tl0,)) + out[pos + 1 :]
-        return out
+        if not (pid_offset or tl0_offset):
+            return data
+        desc = _descriptor_of(data, start, end)
+        pieces: list[bytes | memoryview] = []
+        cursor = 0
+        if desc.picture_id >= 0 and pid_offset:
+            pid = (desc.picture_id + pid_offset) & _PID_MASKS[desc.pid_long]
+            field = bytes((0x80 | pid >> 8, pid & 0xFF)) if desc.pid_long else bytes((pid,))
+            pieces += (data[: desc.pid_pos], field)
+            cursor = desc.pid_pos + len(field)
+        if desc.tl0 >= 0 and tl0_offset:
+            pieces += (data[cursor : desc.tl0_pos], bytes(((desc.tl0 + tl0_offset) & 0xFF,)))
+            cursor = desc.tl0_pos + 1
+        if not pieces:
+            return data
+        # One copy of the payload: the tail is joined from a view, not sliced first.
+        pieces.append(memoryview(data)[cursor:])
+        return b"".join(pieces)
+
+
+# The last packet parsed, and its descriptor: a layer's packet goes to each of its subscribers
+# in turn, so it is parsed once, not once per subscriber.
+_last: tuple[bytes, Vp8Descriptor] = (b"", NO_DESCRIPTOR)
+
+
+def _descriptor_of(data: bytes, start: int, end: int) -> Vp8Descriptor:
+    global _last
+    if _last[0] is data:
+        return _last[1]
+    desc = read_descriptor(data, start, end)
+    _last = (data, desc)
+    return desc

@@ -15,7 +15,7 @@ from sfu.rtp import parse_rtp
 from sfu.sdpinfo import RID_URI, BadSdp, SimulcastOffer, read_simulcast
 from sfu.simulcast import answer_simulcast
 from sfu.stats import DropReason, Stats
-from sfu.vp8 import Vp8Munger, read_descriptor
+from sfu.vp8 import NO_DESCRIPTOR, Vp8Munger, read_descriptor
 from tests.sink_helpers import ListSink
 
 MID_ID, RID_ID = 1, 10
@@ -228,14 +228,21 @@ def test_a_late_packet_from_before_the_switch_is_not_sent_twice() -> None:
 def test_the_vp8_munger_renumbers_across_a_switch_and_wraps() -> None:
     munger = Vp8Munger()
     first = vp8(0x7FFF, 255, True)
-    assert munger.munge(first, 0, len(first)) == first  # no offset: the same bytes
+    assert munger.munge(first, 0, len(first)) is first  # no offset: the same bytes, unparsed
     other = vp8(500, 7, True)
-    munger.rebase(other, 0, len(other))
+    munger.rebase(other, 0, len(other), read_descriptor(first, 0, len(first)))
     out = munger.munge(other, 0, len(other))
     desc = read_descriptor(out, 0, len(out))
-    assert (desc.picture_id, desc.tl0) == (0, 0) and out[5:] == other[5:]
+    assert (desc.picture_id, desc.tl0) == (0, 0) and out[5:] == other[5:]  # wrapped
+    later = vp8(501, 8, False)
+    desc = read_descriptor(munger.munge(later, 0, len(later)), 0, len(later))
+    assert (desc.picture_id, desc.tl0) == (1, 1)
     truncated = bytes([0x90, 0x80])
     assert munger.munge(truncated, 0, 2) == truncated
+    # Nothing sent before the switch: nothing to follow, the numbers pass as they are.
+    fresh = Vp8Munger()
+    fresh.rebase(other, 0, len(other), NO_DESCRIPTOR)
+    assert fresh.munge(other, 0, len(other)) is other
 
 
 def test_a_single_layer_track_resumed_after_a_pause_has_no_sequence_gap() -> None:
