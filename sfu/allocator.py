@@ -4,8 +4,9 @@ Audio first: its bitrate is reserved before any video. Then video by priority (s
 before camera): first every track's lowest layer while it fits, so as many tracks as possible
 play, then upgrades in the same order, each to the highest layer under the subscriber's cap
 that fits. A track whose lowest layer does not fit is paused rather than congesting the audio;
-the first one only when its lowest layer needs more than twice what is left, as one video that
-plays matters more than an estimate that errs low.
+the first one (and, while nothing pushed the estimate down lately, any) only when its lowest
+layer needs more than twice what is left: a video that plays matters more than an estimate
+that errs low (a browser's REMB starts low and follows what it receives).
 
 Hysteresis: going above the layer a track has now must fit in HEADROOM of the estimate, while
 keeping it may use the whole estimate, and CALM_SLACK more while nothing pushed the estimate
@@ -64,7 +65,7 @@ def allocate(
         choice[video.key] = PAUSED
         if video.top >= 0 and spend.take(video.bitrates[0], now.get(video.key, PAUSED) >= 0):
             choice[video.key] = 0
-        elif n == 0 and video.top >= 0 and spend.stretch(video.bitrates[0]):
+        elif (n == 0 or calm) and video.top >= 0 and spend.stretch(video.bitrates[0]):
             choice[video.key] = 0
     for video in order:
         layer = choice[video.key]

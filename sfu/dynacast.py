@@ -3,8 +3,8 @@
 A layer is needed while a down-track forwards it or aims at it. One unneeded for IDLE_DELAY
 seconds is switched off (the page sets `active: false` on that encoding); one needed again is
 switched on at once, and the down-track waiting for it gets its keyframe when it starts. The
-lowest layer stays on while anyone subscribes, so a subscriber always has something to fall
-back to at once.
+lowest layer always stays on: a subscriber always has something to fall back to at once, and a
+new one its first frame.
 """
 
 from __future__ import annotations
@@ -62,6 +62,5 @@ class Dynacast:
             if down.layers is not None:
                 needed.add(down.layers.target)
                 needed.add(down.layers.current)
-        if track.down_tracks:
-            needed.add(0)
+        needed.add(0)
         return needed

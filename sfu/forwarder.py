@@ -291,7 +291,10 @@ class DownTrack:
         self._keyframe_mime = track.mime_type
         if track.layers:
             downs = track.down_tracks
-            target = min(self.max_layer, len(track.layers) - 1)
+            # The best layer that flows now (Chromium sends fewer than offered for a small
+            # camera); congestion control adjusts it within a second.
+            wanted = [x.index for x in track.layers if x.available and x.index <= self.max_layer]
+            target = max(wanted, default=min(self.max_layer, len(track.layers) - 1))
             self.layers = LayerSwitch(track.mime_type, target, downs.changed)
             downs.changed()
 
