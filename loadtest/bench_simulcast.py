@@ -63,7 +63,7 @@ def _subscribe(track: PublishedTrack, index: int, sink: CountingSink) -> DownTra
     return down
 
 
-Setup = tuple[Callable[[int], None], CountingSink, dict[str, float]]
+Setup = tuple[Callable[[int], float], CountingSink]
 
 
 def single_layer(fanout: int, size: int) -> Setup:
@@ -75,19 +75,11 @@ def single_layer(fanout: int, size: int) -> Setup:
     for index in range(fanout):
         _subscribe(track, index, sink)
     ingress.on_rtp(_packet(7, 0, 0, True, size))
-    state = {"seq": 1.0}
 
-    def send(n: int) -> None:
-        seq = int(state["seq"])
-        packets = [_packet(7, seq + k, (seq + k) // 4, False, size) for k in range(n)]
-        state["seq"] = seq + n
-        started = time.process_time()
-        on_rtp = ingress.on_rtp
-        for packet in packets:
-            on_rtp(packet)
-        state["spent"] = time.process_time() - started
+    def packets(seq: int, n: int) -> list[bytes]:
+        return [_packet(7, seq + k, (seq + k) // 4, False, size) for k in range(n)]
 
-    return send, sink, state
+    return _sender(ingress, packets, 1), sink
 
 
 def simulcast(fanout: int, size: int) -> Setup:
@@ -104,31 +96,41 @@ def simulcast(fanout: int, size: int) -> Setup:
         down.set_layer(index % 3)
     for layer in range(3):  # a keyframe each: the switches happen
         ingress.on_rtp(_packet(100 + layer, 1, 1000 * layer + 1, True, size))
-    state = {"seq": 2.0}
 
-    def send(n: int) -> None:
-        seq = int(state["seq"])
-        packets = [
+    def packets(seq: int, n: int) -> list[bytes]:
+        return [
             _packet(100 + layer, seq + k, 1000 * layer + (seq + k) // 4, False, size)
             for k in range(n // 3)
             for layer in range(3)
         ]
-        state["seq"] = seq + n // 3
+
+    return _sender(ingress, packets, 2), sink
+
+
+def _sender(
+    ingress: Ingress, packets: Callable[[int, int], list[bytes]], first: int
+) -> Callable[[int], float]:
+    """Sends n packets (built beforehand, not timed) through `ingress`; returns the CPU time."""
+    state = {"seq": first}
+
+    def send(n: int) -> float:
+        built = packets(state["seq"], n)
+        state["seq"] += n
         started = time.process_time()
         on_rtp = ingress.on_rtp
-        for packet in packets:
+        for packet in built:
             on_rtp(packet)
-        state["spent"] = time.process_time() - started
+        return time.process_time() - started
 
-    return send, sink, state
+    return send
 
 
 def _round(setup: Setup, packets: int) -> float:
     """CPU microseconds per output packet over `packets` input packets (built beforehand)."""
-    send, sink, state = setup
+    send, sink = setup
     before = sink.packets
-    send(packets)
-    return state["spent"] * 1e6 / max(sink.packets - before, 1)
+    spent = send(packets)
+    return spent * 1e6 / max(sink.packets - before, 1)
 
 
 def compare(
