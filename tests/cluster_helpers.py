@@ -25,6 +25,8 @@ trusted_proxies = ["127.0.0.1/32"]  # the brake test names its clients by X-Forw
 node_id = "{node_id}"
 heartbeat = 0.3
 node_ttl = 2.0
+# Small, so a placed room (1/capacity) outweighs the CPU-share noise of a loaded test machine.
+capacity = 2
 drain_timeout = {drain_timeout}
 
 [rooms.once]
