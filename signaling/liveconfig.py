@@ -40,7 +40,6 @@ log = logging.getLogger("keyroom.server")
 ConfigSource = Callable[[], Config]
 # Options bound to sockets, files or threads made at start-up.
 RESTART_ONLY_RTC = ("ips", "public_ips", "port_min", "port_max", "keyframe_interval")
-SECRET_OPTIONS = {"auth.keys", "metrics.bearer_token", "turn.secret"}
 
 
 @dataclass

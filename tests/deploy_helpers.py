@@ -34,25 +34,34 @@ def _ip(*args: str) -> None:
 
 
 @contextmanager
-def private_network() -> Iterator[str]:
-    """SERVER_IP and CLIENT_IP on a veth pair; this process's clients gather CLIENT_IP only."""
+def veth_pair(names: tuple[str, str], addresses: tuple[str, str]) -> Iterator[None]:
+    """Two veth ends with these /24 addresses, up, inside the test's throw-away namespace
+    (scripts/test makes one); skips where there is none."""
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     if [line.split(":")[1].strip() for line in links.splitlines()] != ["lo"]:
         pytest.skip("not in a throw-away network namespace (run through scripts/test)")
     try:
-        _ip("link", "add", "krdep0", "type", "veth", "peer", "name", "krdep1")
+        _ip("link", "add", names[0], "type", "veth", "peer", "name", names[1])
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"cannot create a veth pair here: {exc.stderr!r}")
     try:
-        _ip("addr", "add", f"{SERVER_IP}/24", "dev", "krdep0")
-        _ip("addr", "add", f"{CLIENT_IP}/24", "dev", "krdep1")
-        _ip("link", "set", "krdep0", "up")
-        _ip("link", "set", "krdep1", "up")
-        restrict_host_addresses([CLIENT_IP])
-        yield SERVER_IP
+        for name, address in zip(names, addresses, strict=True):
+            _ip("addr", "add", f"{address}/24", "dev", name)
+            _ip("link", "set", name, "up")
+        yield
     finally:
-        restrict_host_addresses(["127.0.0.1"])
-        _ip("link", "del", "krdep0")
+        _ip("link", "del", names[0])
+
+
+@contextmanager
+def private_network() -> Iterator[str]:
+    """SERVER_IP and CLIENT_IP on a veth pair; this process's clients gather CLIENT_IP only."""
+    with veth_pair(("krdep0", "krdep1"), (SERVER_IP, CLIENT_IP)):
+        restrict_host_addresses([CLIENT_IP])
+        try:
+            yield SERVER_IP
+        finally:
+            restrict_host_addresses(["127.0.0.1"])
 
 
 def start_configured(

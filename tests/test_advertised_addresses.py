@@ -21,6 +21,7 @@ from sfu.internals import port_order
 from signaling.client import KeyroomClient, count_frames
 from signaling.media import SyntheticVideoTrack
 from tests.conftest import ServerProcess, start_server, stop_server
+from tests.deploy_helpers import veth_pair
 
 OTHER = "10.213.0.1"  # on the veth end inside this namespace
 PEER = "10.213.0.2"
@@ -32,22 +33,8 @@ def ip(*args: str) -> None:
 
 @pytest.fixture
 def other_address() -> Iterator[str]:
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    if [line.split(":")[1].strip() for line in links.splitlines()] != ["lo"]:
-        # Only where nothing but loopback exists: the namespace scripts/test made for the suite.
-        pytest.skip("not in a throw-away network namespace (run through scripts/test)")
-    try:
-        ip("link", "add", "krveth0", "type", "veth", "peer", "name", "krveth1")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create a veth pair here: {exc.stderr!r}")
-    try:
-        ip("addr", "add", f"{OTHER}/24", "dev", "krveth0")
-        ip("addr", "add", f"{PEER}/24", "dev", "krveth1")
-        ip("link", "set", "krveth0", "up")
-        ip("link", "set", "krveth1", "up")
+    with veth_pair(("krveth0", "krveth1"), (OTHER, PEER)):
         yield OTHER
-    finally:
-        ip("link", "del", "krveth0")
 
 
 class RecordingClient(KeyroomClient):

@@ -17,43 +17,35 @@ from signaling.client.connection import Connection
 from signaling.client.errors import SessionClosed
 from tests.conftest import ServerProcess, eventually, stop_server
 from tests.deploy_helpers import RUNNABLE_CONFIG, private_network, start_configured
+from tests.test_client_unit import scripted_server
 from tests.test_tls import trusting, write_self_signed
 
 
 async def test_the_close_frame_counts_even_when_the_connection_drops_at_once() -> None:
-    async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
+    async def close_then_drop(ws: web.WebSocketResponse) -> None:
         # A close frame (1001), then the TCP connection ends, as when a server process exits.
-        assert request.transport is not None
-        request.transport.write(b"\x88\x02" + struct.pack("!H", 1001))
-        request.transport.abort()
-        return ws
+        transport = ws._req.transport if ws._req is not None else None  # noqa: SLF001
+        assert transport is not None
+        transport.write(b"\x88\x02" + struct.pack("!H", 1001))
+        transport.abort()
 
-    app = web.Application()
-    app.router.add_get("/rtc", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     ends: list[SessionClosed] = []
-    connection = Connection(
-        f"ws://127.0.0.1:{port}/rtc",
-        None,
-        dispatch=lambda _: None,
-        on_reply=lambda _: None,
-        on_closed=ends.append,
-        on_server_close=lambda: None,
-    )
-    try:
-        await connection.open(5)
-        await connection.wait_reader(5)
-        assert connection.close_code == 1001
-        assert [e.close_code for e in ends] == [1001]
-    finally:
-        await connection.close_http()
-        await runner.cleanup()
+    async with scripted_server(close_then_drop) as url:
+        connection = Connection(
+            url,
+            None,
+            dispatch=lambda _: None,
+            on_reply=lambda _: None,
+            on_closed=ends.append,
+            on_server_close=lambda: None,
+        )
+        try:
+            await connection.open(5)
+            await connection.wait_reader(5)
+            assert connection.close_code == 1001
+            assert [e.close_code for e in ends] == [1001]
+        finally:
+            await connection.close_http()
 
 
 def bot(*args: str) -> subprocess.Popen[str]:
@@ -97,21 +89,30 @@ async def test_bot_over_tls_with_a_private_ca_sees_the_shutdown(tmp_path: Path) 
 
 async def watch_a_call_end_with_the_server(server: ServerProcess, url: str, cert: Path) -> None:
     flags = ["--cafile", str(cert), "--duration", "60", "--status", "0.5"]
-    alice = bot(url, server.token("alice"), "--publish", *flags)
     bob = bot(url, server.token("bob"), *flags)
+    alice: subprocess.Popen[str] | None = None
     lines: list[str] = []
 
-    def read_until(predicate: str) -> bool:
+    def read_until(*wanted: str) -> bool:
         assert bob.stdout is not None
         while line := bob.stdout.readline():
             lines.append(line)
-            if predicate in line and "frames decoded" in line and " 0 frames" not in line:
+            if all(w in line for w in wanted):
                 return True
         return False
 
     try:
-        # Bob's status lines count alice's tracks and their frames as they arrive.
-        done = await asyncio.wait_for(asyncio.to_thread(read_until, "2 tracks received"), 60)
+        # Bob first, so that he sees alice arrive and publish as events.
+        assert await asyncio.wait_for(asyncio.to_thread(read_until, "joined room"), 60), lines
+        alice = bot(url, server.token("alice"), "--publish", *flags)
+        # Bob's status lines count alice's tracks (and frames: media itself is the first
+        # deployment test's, with clients bound to one address) as they arrive.
+        try:
+            done = await asyncio.wait_for(
+                asyncio.to_thread(read_until, "2 tracks received", "frames decoded"), 60
+            )
+        except TimeoutError:
+            raise AssertionError("".join(lines[-5:]) + server.log()[-3000:]) from None
         assert done, "".join(lines)
         assert any("event: {'type': 'track_published'" in line for line in lines)
         server.process.send_signal(signal.SIGTERM)
@@ -122,10 +123,11 @@ async def watch_a_call_end_with_the_server(server: ServerProcess, url: str, cert
         )
         assert "Traceback" not in err
         assert "received video from alice:" in out
+        assert any("frames decoded; events:" in line for line in lines)
         alice.communicate(timeout=30)
     finally:
         for process in (alice, bob):
-            if process.poll() is None:
+            if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
     await eventually(lambda: server.process.poll() is not None, 15, "server exit")

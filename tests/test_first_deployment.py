@@ -68,6 +68,12 @@ def keyroom(*args: str) -> str:
     return result.stdout
 
 
+def cli_token(config_path: str, identity: str, *extra: str) -> str:
+    return keyroom(
+        "token", "--config", config_path, "--key", "corp-a", "--identity", identity, *extra
+    ).strip()
+
+
 def token(key_id: str, secret: str, identity: str, room: str) -> str:
     return mint_token(
         key_id=key_id, secret=secret, identity=identity, room=room, ttl=600, now=time.time()
@@ -117,29 +123,8 @@ async def first_call(
     )
     url = f"wss://127.0.0.1:{server.port}/rtc"
     # Tokens as the guide mints them: the server's own config, no secret on the command line.
-    alice_token = keyroom(
-        "token",
-        "--config",
-        config_path,
-        "--key",
-        "corp-a",
-        "--identity",
-        "alice",
-        "--room",
-        "standup",
-    ).strip()
-    admin = keyroom(
-        "token",
-        "--config",
-        config_path,
-        "--key",
-        "corp-a",
-        "--identity",
-        "ops",
-        "--admin",
-        "--room",
-        "standup",
-    ).strip()
+    alice_token = cli_token(config_path, "alice", "--room", "standup")
+    admin = cli_token(config_path, "ops", "--admin", "--room", "standup")
     alice = KeyroomClient(url, alice_token, ssl=context)
     bob = KeyroomClient(url, token("corp-b", SECRET_B, "bob", "standup"), ssl=context)
     try:
