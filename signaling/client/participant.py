@@ -15,7 +15,7 @@ from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 
 from sfu.tasks import TaskSet
 from signaling.client.connection import Connection
-from signaling.client.e2ee import FrameCryptor
+from signaling.client.e2ee import FrameCryptor, decrypt_receiver
 from signaling.client.errors import Frame, KeyroomError, SessionClosed
 from signaling.client.inbox import Inbox
 from signaling.client.peers import peer_connection, rerun_connect
@@ -51,14 +51,16 @@ class KeyroomClient:
         ice_servers: list[dict[str, Any]] | None = None,
         client_info: dict[str, Any] | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        e2ee: FrameCryptor | None = None,
     ) -> None:
         """`url` is the signaling endpoint (ws://host:port/rtc, or wss://… verified against
         `ssl` when given, else the system's CAs). `ice_servers` (dicts shaped
         like `joined.ice_servers`) configure both PCs; without it they use no STUN/TURN server at
         all (aiortc would otherwise add a public STUN server): the servers that `joined`
         advertises are not used unless passed here. `ice_transport_policy: "relay"` in `joined`
-        is honoured."""
+        is honoured. `e2ee`: publish encrypted by default and decrypt every received track."""
         self.url = url
+        self.e2ee = e2ee
         self.token = token
         self.auto_subscribe = auto_subscribe
         self.ice_servers = ice_servers or []
@@ -85,6 +87,8 @@ class KeyroomClient:
             self._connection, self._roster, self._track_inbox, self._data_inbox, self._fire
         )
         self._tasks = TaskSet("keyroom client")
+        if e2ee is not None:
+            self.on("track", self._decrypt_track)
         self._torn_down = False
         self._teardown_lock = asyncio.Lock()
         self._server_teardown: asyncio.Future[None] | None = None
@@ -324,7 +328,7 @@ class KeyroomClient:
         the track is declared `"encryption":"e2ee"` and every frame encrypted (client/e2ee.py).
         """
         identity = str(self.joined.get("participant", {}).get("identity", ""))
-        return await self._publisher.publish(track, source, name, e2ee, identity)
+        return await self._publisher.publish(track, source, name, e2ee or self.e2ee, identity)
 
     async def renegotiate_publisher(self) -> set[str]:
         """Offer the publisher PC's current state and apply the answer; returns the mids the
@@ -402,6 +406,16 @@ class KeyroomClient:
         updated); `"track"` gets each RemoteTrack and `"data"` each data message. A coroutine
         function is run as a task owned by the client."""
         self._callbacks.setdefault(event_type, []).append(callback)
+
+    def _decrypt_track(self, remote: RemoteTrack) -> None:
+        """Synchronous, inside the "track" event: before aiortc starts the track's decoder."""
+        assert self.e2ee is not None and self.subscriber_pc is not None
+        receiver = next(
+            t.receiver for t in self.subscriber_pc.getTransceivers() if t.mid == remote.mid
+        )
+        remote.decryption = decrypt_receiver(
+            receiver, self.e2ee, lambda: remote.participant_identity, remote.kind
+        )
 
     def _fire(self, event_type: str, item: Any) -> None:
         for callback in self._callbacks.get(event_type, []):
