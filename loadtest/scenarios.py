@@ -21,6 +21,7 @@ class Scenario:
     bad_token_share: float = 0.0  # auth-storm: share of extra joins that use a bad token
     rooms: int = 1  # each room gets the publishers and subscribers above
     record: bool = False  # record every track of each room (admin API) while measuring
+    e2ee: bool = False  # publishers declare "e2ee" and send end-to-end encrypted frames
 
 
 SCENARIOS = {
