@@ -73,6 +73,12 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--plot", metavar="PNG", help="draw latency and server CPU/RSS over time")
     p.add_argument(
+        "--e2ee",
+        action="store_true",
+        help="publishers declare end-to-end encryption and send encrypted frames; a spawned"
+        " server requires it (limits.e2ee_required)",
+    )
+    p.add_argument(
         "--compare-recording",
         type=int,
         metavar="ROUNDS",
@@ -105,6 +111,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         bad_token_share=args.bad_token_share,
         bound_share=args.bound_share,
         rooms=args.rooms,
+        e2ee=args.e2ee or None,
     )
     if scenario.rooms < 1:
         print("keyroom: error: --rooms must be at least 1", file=sys.stderr)
@@ -152,7 +159,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
             )
             reports["keyroom"] = runner.run(run_scenario(scenario, target, progress, clips))
         else:
-            with spawned_server(log_dir) as target:
+            with spawned_server(log_dir, e2ee_required_config(log_dir, scenario)) as target:
                 reports["keyroom"] = runner.run(run_scenario(scenario, target, progress, clips))
         for name in baselines:
             with baseline_target(name, log_dir, args) as target:
@@ -177,6 +184,16 @@ def run_loadtest(args: argparse.Namespace) -> int:
         output, text = report, format_table(report)
     print(json.dumps(output, indent=2) if args.json else text)
     return 0 if ok else 1
+
+
+def e2ee_required_config(log_dir: str, scenario: Any) -> tuple[str, ...]:
+    """`--config` for a spawned server whose rooms require E2EE, when the run sends it."""
+    if not scenario.e2ee:
+        return ()
+    path = os.path.join(log_dir, "e2ee-required.toml")
+    with open(path, "w") as file:
+        file.write("[limits]\ne2ee_required = true\n")
+    return ("--config", path)
 
 
 @contextlib.contextmanager

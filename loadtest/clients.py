@@ -32,7 +32,8 @@ from loadtest.clip import Clip
 from sfu import internals
 from sfu.rtcp import Fir, Pli, parse_rtcp
 from sfu.rtp import MalformedPacket
-from signaling.client import RemoteTrack
+from signaling.client import KeyroomClient, RemoteTrack
+from signaling.client.e2ee import FrameCryptor
 
 # track number, flags, packet index, send time (ns, CLOCK_MONOTONIC)
 TRAILER = struct.Struct("!HBIQ")
@@ -161,8 +162,10 @@ class Publisher:
         errors: Counter[str],
         trailer: bool = True,
         room: str = "",
+        e2ee: FrameCryptor | None = None,
     ) -> None:
         self.client = client
+        self.e2ee = e2ee  # declares the track end-to-end encrypted (its clip already is)
         self.clip = clip
         self.track_no = track_no
         self.room = room
@@ -182,7 +185,12 @@ class Publisher:
         client = self.client
         track = ParkedTrack(self.clip.kind)
         source = "camera" if self.clip.kind == "video" else "microphone"
-        info = await client.publish(track, source=source, name=track_name(self.track_no))
+        name = track_name(self.track_no)
+        if self.e2ee is not None:
+            assert isinstance(client, KeyroomClient)
+            info = await client.publish(track, source=source, name=name, e2ee=self.e2ee)
+        else:
+            info = await client.publish(track, source=source, name=name)
         self.track_sid = info["sid"]
         await wait_connected(client, "publisher", CONNECT_TIMEOUT)
         assert client.publisher_pc is not None

@@ -16,6 +16,8 @@ import av
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from signaling.client.e2ee import FrameCryptor
+
 VIDEO_CLOCK = 90000
 AUDIO_CLOCK = 48000
 AUDIO_PTIME = 0.020
@@ -113,3 +115,22 @@ def encode_audio_clip(*, seconds: float = 1.0, frequency: int = 440) -> Clip:
         if payloads:
             frames.append(ClipFrame(tuple(payloads), False))
     return Clip("audio", "audio/opus", AUDIO_CLOCK, AUDIO_PTIME, tuple(frames))
+
+
+def encrypted_clip(clip: Clip, cryptor: FrameCryptor, identity: str) -> Clip:
+    """`clip` as `identity` sends it end-to-end encrypted (signaling/client/e2ee.py): each frame
+    reassembled, encrypted and packetized again (VP8, Opus)."""
+    from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
+
+    frames = []
+    for index, frame in enumerate(clip.frames):
+        if clip.mime_type.lower() == "video/vp8":
+            plain = b"".join(vp8_depayload(p) for p in frame.payloads)
+            sealed = cryptor.encrypt(identity, "video", plain)
+            payloads = tuple(Vp8Encoder._packetize(sealed, index + 1))  # noqa: SLF001
+        elif clip.kind == "audio":
+            payloads = tuple(cryptor.encrypt(identity, "audio", p) for p in frame.payloads)
+        else:
+            raise ValueError(f"E2EE load tests send VP8 or Opus, not {clip.mime_type}")
+        frames.append(ClipFrame(payloads, frame.keyframe))
+    return Clip(clip.kind, clip.mime_type, clip.clock_rate, clip.frame_interval, tuple(frames))

@@ -13,10 +13,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from auth.keybinding import public_jwk, thumbprint
 from auth.keys import PrivateKey
 from loadtest.clients import Latencies, LoadClient, PlainSubscriber, Publisher, Subscriber
-from loadtest.clip import Clip
+from loadtest.clip import Clip, encrypted_clip
 from loadtest.scenarios import Scenario
 from loadtest.target import Target
 from signaling.client import KeyroomClient, KeyroomError, SessionClosed
+from signaling.client.e2ee import FrameCryptor
+
+# The application-supplied room key of `--e2ee` runs (the server never needs it).
+E2EE_KEY = bytes(range(32))
 
 JOIN_TIMEOUT = 10.0
 LEAVE_TIMEOUT = 5.0
@@ -116,8 +120,12 @@ class Run:
         client = await self.join(identity, self.target.token(identity, room), False)
         if client is None:
             return
+        cryptor = None
+        if self.scenario.e2ee:
+            cryptor = FrameCryptor(E2EE_KEY)
+            clip = encrypted_clip(clip, cryptor, identity)
         publisher = Publisher(
-            client, clip, n, self.errors, self.target.forwards_payloads, room=room
+            client, clip, n, self.errors, self.target.forwards_payloads, room=room, e2ee=cryptor
         )
         try:
             await publisher.start()

@@ -24,6 +24,7 @@ class Scenario:
     bound_share: float = 0.0
     rooms: int = 1  # each room gets the publishers and subscribers above
     record: bool = False  # record every track of each room (admin API) while measuring
+    e2ee: bool = False  # publishers declare "e2ee" and send end-to-end encrypted frames
 
 
 SCENARIOS = {

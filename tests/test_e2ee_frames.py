@@ -83,3 +83,28 @@ def test_vp8_frames_are_reassembled_in_order_and_incomplete_ones_left_out() -> N
 def test_opus_frames_are_one_per_packet() -> None:
     packets = [_rtp(n, 960 * n, bytes([0xFC, n]), True, 111) for n in range(5)]
     assert [f.data[1] for f in opus_frames(reversed(packets)).frames] == [0, 1, 2, 3, 4]
+
+
+def test_a_load_test_clip_is_encrypted_frame_by_frame() -> None:
+    """`keyroom loadtest --e2ee`: the replayed clip, encrypted as its publisher sends it."""
+    from aiortc.codecs.vpx import vp8_depayload
+
+    from loadtest.clip import Clip, ClipFrame, encrypted_clip
+
+    plain = [KEYFRAME, DELTA]
+    clip = Clip(
+        "video",
+        "video/VP8",
+        90000,
+        1 / 15,
+        tuple(
+            ClipFrame(tuple(Vp8Encoder._packetize(f, n)), n == 0)  # noqa: SLF001
+            for n, f in enumerate(plain)
+        ),
+    )
+    cryptor = FrameCryptor(bytes(range(32)))
+    sealed = encrypted_clip(clip, cryptor, "pub-0")
+    assert is_keyframe("video/vp8", sealed.frames[0].payloads[0]) and sealed.frames[0].keyframe
+    for frame, original in zip(sealed.frames, plain, strict=True):
+        data = b"".join(vp8_depayload(p) for p in frame.payloads)
+        assert data != original and cryptor.decrypt("pub-0", "video", data) == original

@@ -261,12 +261,18 @@ async def test_e2ee_rooms_refuse_clear_tracks_and_record_ciphertext(
     recorded: tuple[ServerProcess, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     server, tmp_path = recorded
+    cryptor = FrameCryptor.from_passphrase("correct horse", "secret")
     clear = KeyroomClient(server.ws_url, server.token("clear", "secret"))
     pub = KeyroomClient(server.ws_url, server.token("pub", "secret"))
+    # Python subscribers decrypt in the client: the right key decodes, a wrong one nothing.
+    friend = KeyroomClient(server.ws_url, server.token("friend", "secret"), e2ee=cryptor)
+    wrong = FrameCryptor.from_passphrase("wrong", "secret")
+    stranger = KeyroomClient(server.ws_url, server.token("stranger", "secret"), e2ee=wrong)
     joined = await clear.connect()
     assert joined["room"]["e2ee_required"] is True
     await pub.connect()
-    cryptor = FrameCryptor.from_passphrase("correct horse", "secret")
+    await friend.connect()
+    await stranger.connect()
     try:
         with pytest.raises(Exception, match="end-to-end encrypted"):
             await clear.publish(SyntheticVideoTrack(), source="camera")
@@ -274,6 +280,11 @@ async def test_e2ee_rooms_refuse_clear_tracks_and_record_ciphertext(
         assert info["encryption"] == "e2ee"
         # auto_record: the first publication starts a recording.
         assert (await pub.next_event("recording", timeout=10))["active"] is True
+        seen = await friend.next_track(timeout=15)
+        assert await count_frames(seen.track, 10.0, enough=10) == 10
+        unseen = await stranger.next_track(timeout=15)
+        assert await count_frames(unseen.track, 1.5) == 0
+        assert unseen.decryption.failures > 10 and seen.decryption.failures == 0
         await eventually(
             lambda: any(
                 p.stat().st_size > 20_000 for p in (tmp_path / "data" / "recordings").glob("*.krec")
@@ -281,8 +292,8 @@ async def test_e2ee_rooms_refuse_clear_tracks_and_record_ciphertext(
             timeout=15,
         )
     finally:
-        await pub.leave()
-        await clear.leave()
+        for client in (pub, clear, friend, stranger):
+            await client.leave()
     refusals = [r for r in audit(tmp_path) if r.get("event") == "publish_refused"]
     assert any("e2ee_required" in str(r.get("reason")) for r in refusals)
     (path,) = (tmp_path / "data" / "recordings").glob("*.krec")

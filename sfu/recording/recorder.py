@@ -96,7 +96,8 @@ class Recording:
         }
         self.add(TRACK, tap.index, orjson.dumps(described))
         track.taps.append(tap)
-        track.request_keyframe()
+        if track.kind == "video":
+            track.request_keyframe()
 
     def detach(self, track_sid: str) -> None:
         entry = self.taps.get(track_sid)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -118,3 +120,42 @@ def encrypt_sender(sender: Any, cryptor: FrameCryptor, identity: str, kind: str)
         return frame
 
     sender._next_encoded_frame = next_encrypted  # noqa: SLF001
+
+
+class _DecryptingQueue(queue.Queue[Any]):
+    """Stands in for an aiortc receiver's decoder queue: frames are decrypted on their way to
+    the decoder thread; one that does not decrypt is dropped and counted."""
+
+    def __init__(self, cryptor: FrameCryptor, identity: Callable[[], str], kind: str) -> None:
+        super().__init__()
+        self.cryptor, self.identity, self.kind = cryptor, identity, kind
+        self.failures = 0
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            _codec, frame = item
+            try:
+                frame.data = self.cryptor.decrypt(self.identity(), self.kind, frame.data)
+            except E2EEError:
+                self.failures += 1
+                return
+        super().put(item, block, timeout)
+
+
+DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"  # aiortc 1.16: set in __init__, read by receive()
+
+
+def decrypt_receiver(
+    receiver: Any, cryptor: FrameCryptor, identity: Callable[[], str], kind: str
+) -> _DecryptingQueue:
+    """Decrypt every frame an aiortc receiver decodes; call before it starts receiving (the
+    client does it in its "track" event). `identity`: the frames' author, looked up per frame."""
+    current = getattr(receiver, DECODER_QUEUE, None)
+    if isinstance(current, _DecryptingQueue):  # a recycled section: same receiver
+        current.identity = identity
+        return current
+    if not isinstance(current, queue.Queue):
+        raise RuntimeError("aiortc's receiver has no decoder queue to decrypt in")
+    decrypting = _DecryptingQueue(cryptor, identity, kind)
+    setattr(receiver, DECODER_QUEUE, decrypting)
+    return decrypting

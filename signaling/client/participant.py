@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import ssl as ssl_module
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,9 +17,9 @@ from auth.keybinding import make_proof
 from auth.keys import PrivateKey, load_private_key
 from sfu.tasks import TaskSet
 from signaling.client.connection import Connection
-from signaling.client.e2ee import FrameCryptor
+from signaling.client.consumers import EventConsumer
+from signaling.client.e2ee import FrameCryptor, decrypt_receiver
 from signaling.client.errors import Frame, KeyroomError, SessionClosed
-from signaling.client.inbox import Inbox
 from signaling.client.peers import peer_connection, rerun_connect
 from signaling.client.publisher import Publisher
 from signaling.client.redirects import join_following_redirects
@@ -38,7 +36,7 @@ CLIENT_KIND = "python"  # what this client's key proofs name (a grant's `clients
 _REFUSAL_CLOSE_WAIT = 2.0
 
 
-class KeyroomClient:
+class KeyroomClient(EventConsumer):
     """One participant of a keyroom room (see the package docstring for an example).
 
     State after `connect()`: `joined` (the whole `joined` payload), `room`, `participant` (own
@@ -59,23 +57,25 @@ class KeyroomClient:
         ssl: ssl_module.SSLContext | None = None,
         key_file: str | None = None,
         key: PrivateKey | None = None,
+        e2ee: FrameCryptor | None = None,
     ) -> None:
         """`url` is the signaling endpoint (ws://host:port/rtc, or wss://… verified against
-        `ssl` when given, else the system's CAs). `ice_servers` (dicts shaped
-        like `joined.ice_servers`) configure both PCs; without it they use no STUN/TURN server at
+        `ssl` when given, else the system's CAs). `ice_servers` (dicts shaped like
+        `joined.ice_servers`) configure both PCs; without it they use no STUN/TURN server at
         all (aiortc would otherwise add a public STUN server): the servers that `joined`
         advertises are not used unless passed here. `ice_transport_policy: "relay"` in `joined`
         is honoured. `key_file` (PEM, EC P-256 or Ed25519) or `key` proves possession of the key
-        a bound token names (`cnf.jkt`): see `proof()`."""
+        a bound token names (`cnf.jkt`): see `proof()`. `e2ee`: publish encrypted by default and
+        decrypt every received track."""
         self.key = key if key_file is None else load_private_key(Path(key_file).read_bytes())
         self.url = url
+        self.e2ee = e2ee
         self.token = token
         self.auto_subscribe = auto_subscribe
         self.ice_servers = ice_servers or []
         self.client_info = client_info or dict(CLIENT_INFO)
         self.ssl = ssl
         self.events: list[Frame] = []
-
         self._connection = Connection(
             url,
             ssl,
@@ -84,17 +84,15 @@ class KeyroomClient:
             on_closed=self._on_closed,
             on_server_close=self._on_server_close,
         )
-        self._event_inbox: Inbox[Frame] = Inbox()
-        self._track_inbox: Inbox[RemoteTrack] = Inbox()
-        self._data_inbox: Inbox[Frame] = Inbox()
-        self._callbacks: dict[str, list[Callable[[Any], Any]]] = {}
+        super().__init__(TaskSet("keyroom client"))
         self._roster = Roster()
         # Looked up at each call, not bound now: tests wrap `request` on the instance.
         self._publisher = Publisher(self._connection, lambda frame: self.request(frame))
         self._subscriber = Subscriber(
             self._connection, self._roster, self._track_inbox, self._data_inbox, self._fire
         )
-        self._tasks = TaskSet("keyroom client")
+        if e2ee is not None:
+            self.on("track", self._decrypt_track)
         self._torn_down = False
         self._teardown_lock = asyncio.Lock()
         self._server_teardown: asyncio.Future[None] | None = None
@@ -360,7 +358,9 @@ class KeyroomClient:
         the track is declared `"encryption":"e2ee"` and every frame encrypted (client/e2ee.py).
         """
         identity = str(self.joined.get("participant", {}).get("identity", ""))
-        return await self._publisher.publish(track, source, name, e2ee, identity, simulcast)
+        return await self._publisher.publish(
+            track, source, name, e2ee or self.e2ee, identity, simulcast
+        )
 
     async def renegotiate_publisher(self) -> set[str]:
         """Offer the publisher PC's current state and apply the answer; returns the mids the
@@ -403,48 +403,12 @@ class KeyroomClient:
 
     # ---------------------------------------------------------------- consumers
 
-    async def next_event(
-        self,
-        type: str | None = None,
-        timeout: float = 10,
-        predicate: Callable[[Frame], bool] | None = None,
-    ) -> Frame:
-        """Take the first not yet taken server event matching `type` and `predicate`, in
-        arrival order, waiting up to `timeout` seconds (TimeoutError). Events that do not
-        match stay for later calls; `events` keeps all of them. Error frames that answer no
-        request are events of type `error`; the server's `leave` is an event too. Raises
-        SessionClosed once the session has ended and no matching event is left."""
-
-        def match(frame: Frame) -> bool:
-            return (type is None or frame.get("type") == type) and (
-                predicate is None or predicate(frame)
-            )
-
-        return await self._event_inbox.get(match, timeout, f"{type or 'event'}")
-
-    async def next_track(
-        self, timeout: float = 10, predicate: Callable[[RemoteTrack], bool] | None = None
-    ) -> RemoteTrack:
-        """Take the next remote track (matching `predicate`) that appeared on the subscriber PC."""
-        return await self._track_inbox.get(predicate or (lambda _: True), timeout, "remote track")
-
-    async def next_data(self, timeout: float = 10) -> Frame:
-        """Take the next data message received on a subscriber channel:
-        `{"from", "from_sid", "topic", "payload", "channel"}`."""
-        return await self._data_inbox.get(lambda _: True, timeout, "data message")
-
-    def on(self, event_type: str, callback: Callable[[Any], Any]) -> None:
-        """Call `callback(frame)` for each server event of `event_type` (after the state is
-        updated), `"*"` for every server event; `"track"` gets each RemoteTrack and `"data"`
-        each data message. A coroutine
-        function is run as a task owned by the client."""
-        self._callbacks.setdefault(event_type, []).append(callback)
-
-    def _fire(self, event_type: str, item: Any) -> None:
-        for callback in self._callbacks.get(event_type, []):
-            try:
-                result = callback(item)
-                if inspect.isawaitable(result):
-                    self._tasks.spawn(result)
-            except Exception:
-                log.exception("%s callback failed", event_type)
+    def _decrypt_track(self, remote: RemoteTrack) -> None:
+        """Synchronous, inside the "track" event: before aiortc starts the track's decoder."""
+        assert self.e2ee is not None and self.subscriber_pc is not None
+        receiver = next(
+            t.receiver for t in self.subscriber_pc.getTransceivers() if t.mid == remote.mid
+        )
+        remote.decryption = decrypt_receiver(
+            receiver, self.e2ee, lambda: remote.participant_identity, remote.kind
+        )

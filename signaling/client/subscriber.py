@@ -41,6 +41,7 @@ class RemoteTrack:
     info: Frame | None
     mid: str | None = None
     ended: bool = False
+    decryption: Any = None  # with E2EE: its decrypting queue (`failures` counts bad frames)
 
 
 class Subscriber:
