@@ -1,4 +1,4 @@
-"""keyroom on impaired networks, measured by real Chromium (issue 12): `python -m loadtest.lossbench`.
+"""keyroom on impaired networks, measured by real Chromium (issue 12): `-m loadtest.lossbench`.
 
 One Chromium publisher (the conference page: camera 640x360 VP8 + microphone) and two Chromium
 subscribers, each in its own namespace of `loadtest.impair` (the server in another), for each
@@ -154,7 +154,8 @@ def server(topo: Topology, tree: str, directory: str, port: int) -> Iterator[Ser
     )
     command = topo.command("server", [
         sys.executable, "-m", "sfu", "serve", "--insecure-plaintext", "--host", SERVER_ADDRESS,
-        "--port", str(port), "--rtc-ip", SERVER_ADDRESS, "--config", config, "--key", f"{KEY_ID}={SECRET}",
+        "--port", str(port), "--rtc-ip", SERVER_ADDRESS, "--config", config,
+        "--key", f"{KEY_ID}={SECRET}",
     ])  # fmt: skip
     env = {**os.environ, "PYTHONPATH": tree, "PYTHONUNBUFFERED": "1"}
     process = spawn.start(command, log, cwd=directory, env=env)
