@@ -17,6 +17,7 @@ from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.opusfmtp import enable_fec_and_dtx
 from sfu.quality import ConnectionQuality, level
+from sfu.qualitymetrics import quality_metrics
 from sfu.rtcp import Nack, ReportBlock, build_nack, build_remb, build_rr, parse_rtcp
 from sfu.rtp import MalformedPacket, parse_rtp
 from sfu.rtt import RttEstimator
@@ -287,3 +288,26 @@ def test_opus_answers_ask_for_in_band_fec_and_dtx() -> None:
     assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n" in out
     assert "a=rtpmap:109 OPUS/48000/2\r\na=fmtp:109 useinbandfec=1;usedtx=1\r\n" in out
     assert "a=fmtp:0" not in out and "a=fmtp:96" not in out
+
+
+def test_quality_reaches_metrics_as_distributions_without_identities() -> None:
+    shots = [
+        {"quality": "excellent", "rtt_ms": 40.0, "loss_down": 0.0, "loss_up": 0.0,
+         "jitter_ms": 2.0, "bandwidth_bps": 2_000_000},
+        {"quality": "poor", "rtt_ms": 300.0, "loss_down": 0.15, "loss_up": 0.0,
+         "jitter_ms": 50.0, "bandwidth_bps": None},
+        {"quality": None, "rtt_ms": None, "loss_down": 0.0, "loss_up": 0.0, "jitter_ms": 0.0,
+         "bandwidth_bps": None},
+    ]  # fmt: skip
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in quality_metrics(shots)
+        for s in family.samples
+    }
+    assert samples[("keyroom_connection_quality", (("quality", "poor"),))] == 1
+    assert samples[("keyroom_connection_quality", (("quality", "good"),))] == 0
+    assert samples[("keyroom_connection_rtt_seconds_bucket", (("le", "0.05"),))] == 1
+    assert samples[("keyroom_connection_rtt_seconds_count", ())] == 2
+    assert samples[("keyroom_connection_loss_ratio_bucket", (("le", "0.1"),))] == 2
+    assert samples[("keyroom_connection_bandwidth_bps_count", ())] == 1
+    assert all(set(dict(labels)) <= {"le", "quality"} for _, labels in samples)
