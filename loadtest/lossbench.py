@@ -56,7 +56,9 @@ CONDITIONS: dict[str, Condition] = {
 }
 
 SUB_JS = """async () => {
-  const stats = await window.keyroom.subscriber.getStats();
+  const pc = window.keyroom?.subscriber;
+  if (!pc) return null;  // the session ended
+  const stats = await pc.getStats();
   for (const s of stats.values()) {
     if (s.type === "inbound-rtp" && s.kind === "video") {
       return {frames: s.framesDecoded ?? 0, freezes: s.freezeCount ?? 0,
@@ -67,7 +69,9 @@ SUB_JS = """async () => {
   return null;
 }"""
 PUB_JS = """async () => {
-  const stats = await window.keyroom.publisher.getStats();
+  const pc = window.keyroom?.publisher;
+  if (!pc) return null;
+  const stats = await pc.getStats();
   for (const s of stats.values()) {
     if (s.type === "outbound-rtp" && s.kind === "video") {
       return {frames: s.framesSent ?? 0, nacks: s.nackCount ?? 0,
@@ -169,14 +173,18 @@ def server(topo: Topology, tree: str, directory: str, port: int) -> Iterator[Ser
 
 @contextlib.asynccontextmanager
 async def browsers(
-    playwright: Playwright, topo: Topology, directory: str, ports: list[int]
+    playwright: Playwright,
+    topo: Topology,
+    directory: str,
+    ports: list[int],
+    clients: tuple[str, ...] | list[str] = CLIENTS,
 ) -> AsyncIterator[dict[str, Browser]]:
     # getUserMedia needs a secure context: the servers' plaintext origins count as one.
     origins = ",".join(f"http://{SERVER_ADDRESS}:{port}" for port in ports)
     flags = [*CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={origins}"]
     launched: dict[str, Browser] = {}
     try:
-        for name in CLIENTS:
+        for name in clients:
             launched[name] = await playwright.chromium.launch(
                 executable_path=_wrapper(directory, topo, name), headless=True, args=flags
             )
@@ -254,11 +262,12 @@ async def _window(tree: str, name: str, pages: dict[str, Page], seconds: float) 
             got = await pages[s].evaluate(SUB_JS)
             now = time.monotonic()
             longest[s] = max(longest[s], now - last[s][0])
-            if got["frames"] != last[s][1]:
+            # None: the session ended (the page gave up): frozen from here on.
+            if got is not None and got["frames"] != last[s][1]:
                 last[s] = (now, got["frames"])
     elapsed = time.monotonic() - began
-    end = {s: await pages[s].evaluate(SUB_JS) for s in subs}
-    pub1 = await pages["pub"].evaluate(PUB_JS)
+    end = {s: await pages[s].evaluate(SUB_JS) or start[s] for s in subs}
+    pub1 = await pages["pub"].evaluate(PUB_JS) or pub0
     pub_fps = (pub1["frames"] - pub0["frames"]) / elapsed
     rows = []
     for s in subs:

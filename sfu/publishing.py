@@ -127,6 +127,9 @@ class Publishing:
                 raise NegotiationError(
                     f"more than {MAX_SECTIONS} media sections on this connection in total"
                 )
+            if internals.adopt_remote_credentials(pc, sdp):
+                # The client restarted ICE (a new network): the answer gets new credentials too.
+                internals.renew_local_credentials(pc)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:

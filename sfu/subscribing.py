@@ -85,6 +85,8 @@ class Subscribing:
         self._negotiation: asyncio.Task[None] | None = None
         self.gathering: asyncio.Future[None] | None = None  # the offer's ICE gathering
         self._renegotiate = False
+        # The next offer carries new ICE credentials (restart_ice).
+        self._restart_ice = False
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
@@ -141,6 +143,9 @@ class Subscribing:
                         "_lossy": pc.createDataChannel("_lossy", ordered=False, maxRetransmits=0),
                     }
                 )
+            if self._restart_ice:
+                self._restart_ice = False
+                internals.renew_local_credentials(pc)
             offer = await pc.createOffer()
             # Shielded and kept: cancelled mid-gathering, aioice leaks the UDP socket it is
             # binding; `Participant.close` waits for it before closing the connection.
@@ -156,6 +161,7 @@ class Subscribing:
                 return
             finally:
                 self._answer = None
+            internals.adopt_remote_credentials(pc, answer_sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
             except Exception as exc:  # aiortc refuses a client's bad answer in assorted ways
@@ -237,6 +243,11 @@ class Subscribing:
             self._feedback.watch(down)
             track.down_tracks.append(down)
             track.request_keyframe()
+
+    def restart_ice(self) -> None:
+        """The client asks for an ICE restart (a new network): offer new ICE credentials."""
+        self._restart_ice = True
+        self.start()
 
     def resync(self) -> None:
         """After a socket change: repeat the offer still awaiting an answer, or make a new one

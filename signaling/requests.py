@@ -15,6 +15,7 @@ from signaling.codec import MessageError
 from signaling.messages import (
     AddTrack,
     ClientMessage,
+    IceRestart,
     Mute,
     Ok,
     ServerMessage,
@@ -154,6 +155,14 @@ def mute(
         # Not audited: the admin's mute is, and a client could repeat this request at will.
         raise MessageError("forbidden", "an admin muted this track", message.req)
     room.set_muted(participant, track, message.muted, notify_publisher=False)
+    return ok(message)
+
+
+def ice_restart(
+    state: ServerState, participant: Participant, room: Room, message: IceRestart
+) -> ServerMessage | None:
+    """A new subscriber offer with new ICE credentials follows (the client answers it)."""
+    participant.restart_ice()
     return ok(message)
 
 

@@ -13,12 +13,18 @@ fails loudly instead of silently forwarding nothing.
 - `patches`: process-wide patches that keep aiortc from decoding, encoding or leaking tasks.
 - `sctp`: data channels' SCTP: reassembly bounded by the receive window, association gated.
 - `peerconnection`: peer connections as the server makes them, transceiver state.
+- `icerestart`: ICE restart on a live connection (new credentials, same DTLS).
 - `sockets`: wrapping the datagram callback of a connection's host sockets.
 - `verify`: the list of internals, checked.
 """
 
 from sfu.internals.egress import RtpSink, SrtpProtector
 from sfu.internals.icepolicy import MediaSourceGuard, guard_media_sources, guard_remote_candidates
+from sfu.internals.icerestart import (
+    adopt_remote_credentials,
+    ice_credentials,
+    renew_local_credentials,
+)
 from sfu.internals.ingress import (
     FastPath,
     RtcpHandler,
@@ -53,6 +59,7 @@ __all__ = [
     "RtpSink",
     "SrtpProtector",
     "SyncRtpHandler",
+    "adopt_remote_credentials",
     "bind_media_ports",
     "bundle_transport",
     "gate_association",
@@ -60,12 +67,14 @@ __all__ = [
     "guard_remote_candidates",
     "hook_transport",
     "hook_transport_fast",
+    "ice_credentials",
     "install_server_patches",
     "negotiated_codecs",
     "negotiated_extensions",
     "new_peer_connection",
     "on_data_dropped",
     "port_order",
+    "renew_local_credentials",
     "restrict_codecs",
     "sender_ssrc",
     "set_sender_msid",
