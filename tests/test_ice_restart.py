@@ -14,10 +14,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiortc import RTCPeerConnection
 from playwright.async_api import Page, async_playwright
 
 from loadtest import lossbench, spawn
 from loadtest.impair import topology
+from sfu.internals import bundle_transport
+from signaling.client import KeyroomClient, count_frames
+from signaling.media import SyntheticVideoTrack
+from tests.conftest import eventually, start_server, stop_server
 
 TREE = str(Path(__file__).resolve().parents[1])
 SID = "window.keyroom.participant.sid"
@@ -62,3 +67,41 @@ async def test_a_participant_that_changes_address_keeps_its_session() -> None:
                 assert await pub.evaluate(states) == ["connected", "connected"]
                 log = Path(directory, f"server-{port}.log").read_text()
                 assert log.count("join_accepted") == 2, log[-2000:]
+
+
+def credentials(pc: RTCPeerConnection | None) -> tuple[str, str | None]:
+    """(local ufrag, remote ufrag) of a connected PC's ICE connection."""
+    assert pc is not None
+    dtls = bundle_transport(pc)
+    assert dtls is not None
+    connection = dtls.transport._connection
+    return connection.local_username, connection.remote_username
+
+
+async def test_the_python_client_restarts_ice_and_media_continues(tmp_path: Path) -> None:
+    """Both PCs get new credentials on both sides; the same session keeps its media."""
+    server = start_server(tmp_path)
+    alice = KeyroomClient(server.ws_url, server.token("alice"))
+    bob = KeyroomClient(server.ws_url, server.token("bob"))
+    try:
+        await alice.connect()
+        await bob.connect()
+        await alice.publish(SyntheticVideoTrack(), source="camera", name="cam")
+        remote = await bob.next_track(timeout=10)
+        assert await count_frames(remote.track, 1.0) > 0
+        subscriber, publisher = credentials(bob.subscriber_pc), credentials(alice.publisher_pc)
+        sids = (alice.participant["sid"], bob.participant["sid"])
+        await bob.restart_ice()
+        await alice.restart_ice()
+        await eventually(lambda: credentials(bob.subscriber_pc)[1] != subscriber[1])
+        assert credentials(bob.subscriber_pc)[0] != subscriber[0]  # bob's answer restarted too
+        assert all(
+            new != old for new, old in zip(credentials(alice.publisher_pc), publisher, strict=True)
+        )
+        assert await count_frames(remote.track, 2.0) > 5  # media still flows
+        assert (alice.participant["sid"], bob.participant["sid"]) == sids
+        assert server.log().count("join_accepted") == 2
+    finally:
+        await alice.leave()
+        await bob.leave()
+        stop_server(server)
