@@ -18,6 +18,7 @@ from sfu.receivestats import ReceiveStats
 from sfu.retransmit import RetransmitBudget
 from sfu.rtcp import build_sr
 from sfu.rtp import RtpInfo, RtpRewriter, get_extension
+from sfu.rtx import RtxStream
 
 SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -162,6 +163,7 @@ class DownTrack:
         "waiting_for_keyframe",
         "cache",
         "retransmits",
+        "rtx",
         "_keyframe_mime",
     )
 
@@ -176,6 +178,8 @@ class DownTrack:
         self.waiting_for_keyframe = track.kind == "video"
         self.cache = PacketCache() if track.kind == "video" else None
         self.retransmits = RetransmitBudget()
+        # Where the subscriber negotiated RTX, NACKed packets go out on it (sfu/rtx.py).
+        self.rtx: RtxStream | None = None
         self._keyframe_mime = track.mime_type
 
     def configure(
@@ -249,7 +253,7 @@ class DownTrack:
                 continue
             if not budget.allow(seq, len(packet), now):
                 refused += 1
-            elif sink.send(packet):
+            elif sink.send(packet if self.rtx is None else self.rtx.wrap(packet)):
                 sent += 1
         return sent, refused
 

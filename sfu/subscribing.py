@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from sfu import clock, internals
 from sfu.advertise import advertise
@@ -28,6 +29,7 @@ from sfu.datarelay import DataRelay
 from sfu.feedback import Feedback
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
+from sfu.rtx import RtxStream
 from sfu.sdpinfo import MAX_SECTIONS
 from sfu.stats import DropReason, Stats
 from sfu.tasks import TaskSet
@@ -240,6 +242,7 @@ class Subscribing:
                 extensions={e.uri: e.id for e in internals.negotiated_extensions(transceiver)},
                 seq_start=self._next_seq.pop(transceiver, None),
             )
+            down.rtx = rtx_stream(transceiver, codecs, media.payloadType)
             self._feedback.watch(down)
             track.down_tracks.append(down)
             track.request_keyframe()
@@ -298,9 +301,31 @@ def capabilities_for(track: PublishedTrack) -> list[RTCRtpCodecCapability]:
     wanted = codec.mime_type.lower()
     # The publisher's negotiated codec carries aiortc's own parameters (H264 profile and
     # packetization mode), so an exact match picks the same capability.
-    return [
+    capabilities = RTCRtpSender.getCapabilities(track.kind).codecs
+    chosen = [
         c
-        for c in RTCRtpSender.getCapabilities(track.kind).codecs
+        for c in capabilities
         if c.mimeType.lower() == wanted
         and (wanted != "video/h264" or c.parameters == codec.parameters)
     ][:1]
+    # Video also offers RTX: NACKed packets are resent on their own SSRC (aiortc adds the apt).
+    return chosen + [c for c in capabilities if c.mimeType.lower() == "video/rtx"][: len(chosen)]
+
+
+def rtx_stream(
+    transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters], media_pt: int
+) -> RtxStream | None:
+    """The section's RTX stream if the subscriber accepted RTX for its media payload type."""
+    rtx = next(
+        (
+            c
+            for c in codecs
+            if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == media_pt
+        ),
+        None,
+    )
+    if rtx is None or rtx.payloadType is None:
+        return None
+    return RtxStream(
+        internals.sender_rtx_ssrc(transceiver), rtx.payloadType, random.getrandbits(16)
+    )

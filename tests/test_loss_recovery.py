@@ -21,7 +21,7 @@ from sfu.qualitymetrics import quality_metrics
 from sfu.rtcp import Nack, ReportBlock, build_nack, build_remb, build_rr, parse_rtcp
 from sfu.rtp import MalformedPacket, parse_rtp
 from sfu.rtt import RttEstimator
-from sfu.rtx import unwrap, wrap
+from sfu.rtx import RtxStream, unwrap, wrap
 from sfu.stats import DropReason, Stats
 from sfu.uplinknack import (
     DUPLICATE,
@@ -311,3 +311,21 @@ def test_quality_reaches_metrics_as_distributions_without_identities() -> None:
     assert samples[("keyroom_connection_loss_ratio_bucket", (("le", "0.1"),))] == 2
     assert samples[("keyroom_connection_bandwidth_bps_count", ())] == 1
     assert all(set(dict(labels)) <= {"le", "quality"} for _, labels in samples)
+
+
+def test_subscriber_nacks_are_answered_on_the_negotiated_rtx_stream() -> None:
+    ingress, track, sink, _ = ingress_with_video()
+    down = track.down_tracks[0]
+    down.rtx = RtxStream(ssrc=4444, payload_type=99, seq_start=65535)
+    for seq in range(1, 5):
+        ingress.on_rtp(rtp(seq))
+    sent = list(sink.sent)
+    lost = [parse_rtp(p).sequence for p in sent[1:3]]
+    sink.sent.clear()
+    assert down.retransmit(tuple(lost), 1.0) == (2, 0)
+    infos = [parse_rtp(p) for p in sink.sent]
+    assert [(i.ssrc, i.payload_type, i.sequence) for i in infos] == [
+        (4444, 99, 65535),
+        (4444, 99, 0),
+    ]
+    assert [unwrap(p, i, 3333, 96) for p, i in zip(sink.sent, infos, strict=True)] == sent[1:3]

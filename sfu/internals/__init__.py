@@ -40,6 +40,7 @@ from sfu.internals.peerconnection import (
     negotiated_extensions,
     new_peer_connection,
     restrict_codecs,
+    sender_rtx_ssrc,
     sender_ssrc,
     set_sender_msid,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "port_order",
     "renew_local_credentials",
     "restrict_codecs",
+    "sender_rtx_ssrc",
     "sender_ssrc",
     "set_sender_msid",
     "verify_internals",
