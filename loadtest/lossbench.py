@@ -20,7 +20,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 from auth.tokens import mint_token
-from loadtest import spawn
+from loadtest import janusbench, spawn
 from loadtest.impair import SERVER_ADDRESS, Impairment, Topology, topology
 
 KEY_ID, SECRET = "bench", "impaired-network-benchmark-secret-0123456789"
@@ -220,26 +220,57 @@ async def _decoding(page: Page, timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
-async def measure(
-    topo: Topology, launched: dict[str, Browser], srv: Server, name: str, seconds: float
-) -> list[Row]:
-    """One condition on a fresh room: pages in, warm-up, impairment, window, pages out."""
-    condition = CONDITIONS[name]
-    room = f"{name}-{time.time():.0f}"
-    pages: dict[str, Page] = {}
-    try:
+OpenPages = Callable[[dict[str, Browser], dict[str, Page]], Awaitable[None]]
+
+
+def keyroom_pages(srv: Server) -> OpenPages:
+    """keyroom's conference page: the publisher with camera and microphone, then subscribers."""
+
+    async def open_pages(launched: dict[str, Browser], pages: dict[str, Page]) -> None:
+        room = f"room-{time.time():.3f}"
         pages["pub"] = await _open(launched["pub"], f"{srv.url}/?token={srv.token('pub', room)}")
         await _wait(pages["pub"], "window.keyroom?.state === 'connected'", 20)
         for sub in ("sub1", "sub2"):
             token = srv.token(sub, room)
             pages[sub] = await _open(launched[sub], f"{srv.url}/?token={token}&publish=0")
+
+    return open_pages
+
+
+def janus_pages(origin: str, ws_url: str) -> OpenPages:
+    """The Janus VideoRoom page of loadtest.janusbench, same roles."""
+
+    async def open_pages(launched: dict[str, Browser], pages: dict[str, Page]) -> None:
+        pages["pub"] = await janusbench.open_page(launched["pub"], origin, f"role=pub&ws={ws_url}")
+        await _wait(pages["pub"], "window.keyroom?.state === 'connected'", 20)
+        feed = await pages["pub"].evaluate("window.feed")
+        for sub in ("sub1", "sub2"):
+            query = f"role=sub&feed={feed}&ws={ws_url}"
+            pages[sub] = await janusbench.open_page(launched[sub], origin, query)
+
+    return open_pages
+
+
+async def measure(
+    topo: Topology,
+    launched: dict[str, Browser],
+    label: str,
+    open_pages: OpenPages,
+    name: str,
+    seconds: float,
+) -> list[Row]:
+    """One condition on a fresh room: pages in, warm-up, impairment, window, pages out."""
+    condition = CONDITIONS[name]
+    pages: dict[str, Page] = {}
+    try:
+        await open_pages(launched, pages)
         for sub in ("sub1", "sub2"):
             await _decoding(pages[sub], 30)
         await asyncio.sleep(3)  # warm-up: the encoder ramps up on the clean links
         for client, (up, down) in condition.items():
             topo.impair(client, up=up, down=down)
         await asyncio.sleep(2)
-        return await _window(srv.tree, name, pages, seconds)
+        return await _window(label, name, pages, seconds)
     finally:
         for client in condition:
             topo.impair(client, up=Impairment(), down=Impairment())
@@ -292,20 +323,30 @@ async def _window(tree: str, name: str, pages: dict[str, Page], seconds: float) 
     return rows
 
 
-async def run(trees: dict[str, str], conditions: list[str], seconds: float) -> list[Row]:
+async def run(
+    trees: dict[str, str], conditions: list[str], seconds: float, with_janus: bool = False
+) -> list[Row]:
+    """Every condition for each tree (in order), then for Janus if asked."""
     rows: list[Row] = []
-    ports = [spawn.free_port() + n for n in range(len(trees))]
+    ports = [spawn.free_port() + n for n in range(len(trees) + 1)]
     with tempfile.TemporaryDirectory() as directory, topology(CLIENTS) as topo:
         async with (
             async_playwright() as playwright,
             browsers(playwright, topo, directory, ports) as b,
         ):
-            for (label, tree), port in zip(trees.items(), ports, strict=True):
+
+            async def conditions_with(label: str, open_pages: OpenPages) -> None:
+                for name in conditions:
+                    rows.extend(await measure(topo, b, label, open_pages, name, seconds))
+                    print(table(rows[-2:]), end="", flush=True)
+
+            for (label, tree), port in zip(trees.items(), ports, strict=False):
                 with server(topo, tree, directory, port) as srv:
-                    srv.tree = label
-                    for name in conditions:
-                        rows += await measure(topo, b, srv, name, seconds)
-                        print(table(rows[-2:]), end="", flush=True)
+                    await conditions_with(label, keyroom_pages(srv))
+            if with_janus:
+                with janusbench.janus(topo, directory, ports[-1]) as ws_url:
+                    origin = f"http://{SERVER_ADDRESS}:{ports[-1]}"
+                    await conditions_with("janus", janus_pages(origin, ws_url))
     return rows
 
 
@@ -327,10 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         help="LABEL=PATH of a source tree (default: this one)",
     )
     parser.add_argument("--condition", action="append", choices=list(CONDITIONS))
+    parser.add_argument("--janus", action="store_true", help="also Janus VideoRoom, same run")
     parser.add_argument("--write", help="put the table into this Markdown file")
     args = parser.parse_args(argv)
     trees = dict(t.split("=", 1) for t in args.tree) or {"this": os.getcwd()}
-    rows = asyncio.run(run(trees, args.condition or list(CONDITIONS), args.seconds))
+    rows = asyncio.run(run(trees, args.condition or list(CONDITIONS), args.seconds, args.janus))
     text = table(rows)
     print(text)
     if args.write:
