@@ -120,7 +120,7 @@ async def open_page(browser: Browser, origin: str, query: str) -> Page:
     async def serve(route: Route) -> None:
         await route.fulfill(status=200, content_type="text/html", body=PAGE)
 
-    await context.route(f"{origin}/janus.html*", serve)
+    await context.route(f"{origin}/janus.html**", serve)
     page = await context.new_page()
     await page.goto(f"{origin}/janus.html?{query}", timeout=30_000)
     return page

@@ -41,7 +41,10 @@ CHROMIUM_FLAGS = [
     "--autoplay-policy=no-user-gesture-required",
     # Subscribers never call getUserMedia: without this their host candidates are mDNS names
     # no resolver in these namespaces answers.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    # The Janus page is served by Playwright's router, so Chromium does not know it comes from
+    # the private address it names: without the last two, its WebSocket to Janus is blocked.
+    "--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks,"
+    "BlockInsecurePrivateNetworkRequests",
 ]  # fmt: skip
 
 # Condition name -> client -> (uplink, downlink) impairment.
@@ -371,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--janus", action="store_true", help="also Janus VideoRoom, same run")
     parser.add_argument("--write", help="put the table into this Markdown file")
     args = parser.parse_args(argv)
-    trees = dict(t.split("=", 1) for t in args.tree) or {"this": os.getcwd()}
+    trees = dict(t.split("=", 1) for t in args.tree)
+    if not trees and not args.janus:
+        trees = {"this": os.getcwd()}
     rows = asyncio.run(run(trees, args.condition or list(CONDITIONS), args.seconds, args.janus))
     text = table(rows)
     print(text)
