@@ -268,6 +268,9 @@ def test_quality_levels() -> None:
     assert level(0.0, 0.05, 0.01) == "excellent"
     assert level(0.05, 0.2, 0.01) == "good"
     assert level(0.2, 0.05, 0.01) == "poor" and level(0.0, 1.0, 0.0) == "poor"
+    healthy = ConnectionQuality()
+    healthy.on_up_block("TR_a", 0)
+    assert healthy.evaluate(0.05) is None and healthy.level == "excellent"  # no event at all
     quality = ConnectionQuality()
     quality.on_down_block(1, 9999, -5, 90000)  # out-of-range values from the network: clamped
     assert quality.snapshot(None).loss_down == pytest.approx(255 / 256, abs=1e-3)
