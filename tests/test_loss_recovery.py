@@ -294,7 +294,7 @@ def test_opus_answers_ask_for_in_band_fec_and_dtx() -> None:
 
 
 def test_quality_reaches_metrics_as_distributions_without_identities() -> None:
-    shots = [
+    shots: list[dict[str, object]] = [
         {"quality": "excellent", "rtt_ms": 40.0, "loss_down": 0.0, "loss_up": 0.0,
          "jitter_ms": 2.0, "bandwidth_bps": 2_000_000},
         {"quality": "poor", "rtt_ms": 300.0, "loss_down": 0.15, "loss_up": 0.0,
