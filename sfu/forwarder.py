@@ -20,6 +20,7 @@ from sfu.receivestats import ReceiveStats
 from sfu.retransmit import RetransmitBudget
 from sfu.rtcp import build_sr
 from sfu.rtp import RtpInfo, RtpRewriter, get_extension, parse_rtp
+from sfu.rtx import RtxStream
 from sfu.sdpinfo import SimulcastOffer
 from sfu.simulcast import Layer
 from sfu.tap import Tap
@@ -232,6 +233,7 @@ class DownTrack:
         "waiting_for_keyframe",
         "cache",
         "retransmits",
+        "rtx",
         "_keyframe_mime",
         "layers",
         "max_layer",
@@ -251,6 +253,8 @@ class DownTrack:
         self.waiting_for_keyframe = track.kind == "video"
         self.cache = PacketCache() if track.kind == "video" else None
         self.retransmits = RetransmitBudget()
+        # Where the subscriber negotiated RTX, NACKed packets go out on it (sfu/rtx.py).
+        self.rtx: RtxStream | None = None
         self._keyframe_mime = track.mime_type
         # Simulcast: the layer forwarded and aimed at (sfu/layerswitch.py); None single-layer.
         self.layers: LayerSwitch | None = None
@@ -394,7 +398,7 @@ class DownTrack:
                 continue
             if not budget.allow(seq, len(packet), now):
                 refused += 1
-            elif sink.send(packet):
+            elif sink.send(packet if self.rtx is None else self.rtx.wrap(packet)):
                 sent += 1
         return sent, refused
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sfu.qualitymetrics import quality_metrics
 from sfu.stats import DropReason, Stats
 
 if TYPE_CHECKING:
@@ -125,6 +126,8 @@ class _Participant(Protocol):
     @property
     def subscriber_sections(self) -> int: ...
 
+    def connection_quality(self) -> Mapping[str, object]: ...
+
 
 class _Room(Protocol):
     @property
@@ -194,6 +197,11 @@ class StateCollector(Collector):
                 len(self.pending),
             )
         yield from self._forwarding()
+        yield from quality_metrics(
+            p.connection_quality()
+            for room in self.rooms.rooms.values()
+            for p in room.participants.values()
+        )
 
     def _rooms(self) -> Iterator[Metric]:
         participants = published_audio = published_video = subscribed = sections = 0
@@ -244,6 +252,10 @@ class StateCollector(Collector):
              stats.keyframe_requests),
             ("keyroom_rtp_retransmissions", "Packets resent from the cache on a NACK",
              stats.retransmissions),
+            ("keyroom_rtp_uplink_nacks", "Sequence numbers NACKed to publishers (repeats too)",
+             stats.uplink_nacks),
+            ("keyroom_rtp_rtx_received", "Publisher RTX packets unwrapped and forwarded once",
+             stats.rtx_received),
             ("keyroom_subscriber_sections_reused",
              "Subscriber media sections given to a new track after their old one went away",
              stats.sections_reused),

@@ -285,6 +285,10 @@ class Participant:
         if the last offer timed out unanswered."""
         self.subscribing.resync()
 
+    def restart_ice(self) -> None:
+        """ICE restart of the subscriber PC (the publisher PC restarts by the client's offer)."""
+        self.subscribing.restart_ice()
+
     def handle_subscriber_answer(self, sdp: str) -> None:
         self.subscribing.handle_answer(sdp)
 

@@ -123,15 +123,10 @@ class Publishing:
             raise NegotiationError(str(exc)) from None
         async with self._lock:
             pc = self.pc
-            transceivers = pc.getTransceivers()
-            known = {t.mid for t in transceivers}
-            added = {s.mid for s in sections if s.kind != "application"} - known
-            if len(transceivers) + len(added) > MAX_SECTIONS:
-                # Each offer may name new mids: without a total, repeated offers pile
-                # transceivers (and their memory and answer time) up without end.
-                raise NegotiationError(
-                    f"more than {MAX_SECTIONS} media sections on this connection in total"
-                )
+            _check_section_total(pc, sections)
+            if internals.adopt_remote_credentials(pc, sdp):
+                # The client restarted ICE (a new network): the answer gets new credentials too.
+                internals.renew_local_credentials(pc)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:
@@ -228,3 +223,15 @@ class Publishing:
 
     async def _on_rtcp(self, data: bytes) -> None:
         self._feedback.on_publisher_rtcp(data, clock.now())
+
+
+def _check_section_total(pc: RTCPeerConnection, sections: list[MediaSection]) -> None:
+    """Each offer may name new mids: without a total, repeated offers pile transceivers (and
+    their memory and answer time) up without end."""
+    transceivers = pc.getTransceivers()
+    known = {t.mid for t in transceivers}
+    added = {s.mid for s in sections if s.kind != "application"} - known
+    if len(transceivers) + len(added) > MAX_SECTIONS:
+        raise NegotiationError(
+            f"more than {MAX_SECTIONS} media sections on this connection in total"
+        )

@@ -4,7 +4,9 @@ Fed by the feedback state machine: report blocks from the subscriber's RTCP (dow
 jitter per received stream), keyroom's own reports on the publisher's streams (uplink loss), the
 RTT estimator (sfu/rtt.py) and the subscriber's REMB (its receive-side bandwidth estimate).
 `evaluate()` runs every `INTERVAL` seconds and returns the new level when it changed and held for
-two evaluations in a row (one bad second does not flap the indicator). Values out of range in a
+two evaluations in a row (one bad second does not flap the indicator). A connection starts out
+`excellent` as far as its client knows: a first level of `excellent` is taken silently, so a
+healthy session gets no event at all. Values out of range in a
 report (a fraction above 255/256, a negative jitter) are clamped: they come from the network.
 """
 
@@ -96,6 +98,9 @@ class ConnectionQuality:
         now = level(max(shot.loss_down, shot.loss_up), rtt, shot.jitter_ms / 1000)
         if now == self.level:
             self._candidate = None
+            return None
+        if self.level is None and now == EXCELLENT:
+            self.level = now
             return None
         if self.level is not None and self._candidate != now:
             self._candidate = now

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from sfu.rtp import RtpInfo
+from sfu.rtp import RtpInfo, parse_rtp
 
 _HEAD = struct.Struct("!BBHII")
 _OSN = struct.Struct("!H")
@@ -40,3 +40,21 @@ def wrap(packet: bytes, info: RtpInfo, rtx_ssrc: int, rtx_pt: int, rtx_seq: int)
         + _OSN.pack(info.sequence)
         + packet[start : info.payload_end]
     )
+
+
+class RtxStream:
+    """The RTX stream of one down-track (RFC 4588 session multiplexing): its SSRC, payload type
+    and its own sequence numbers, one per retransmission."""
+
+    __slots__ = ("ssrc", "payload_type", "_seq")
+
+    def __init__(self, ssrc: int, payload_type: int, seq_start: int) -> None:
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self._seq = seq_start & 0xFFFF
+
+    def wrap(self, packet: bytes) -> bytes:
+        """A cached packet of the down-track (the rewriter's well-formed output) as RTX."""
+        out = wrap(packet, parse_rtp(packet), self.ssrc, self.payload_type, self._seq)
+        self._seq = (self._seq + 1) & 0xFFFF
+        return out

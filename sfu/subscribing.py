@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from sfu import clock, internals
 from sfu.advertise import advertise
@@ -28,6 +29,7 @@ from sfu.datarelay import DataRelay
 from sfu.feedback import Feedback
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
+from sfu.rtx import RtxStream
 from sfu.sdpinfo import MAX_SECTIONS
 from sfu.stats import DropReason, Stats
 from sfu.tasks import TaskSet
@@ -85,6 +87,8 @@ class Subscribing:
         self._negotiation: asyncio.Task[None] | None = None
         self.gathering: asyncio.Future[None] | None = None  # the offer's ICE gathering
         self._renegotiate = False
+        # The next offer carries new ICE credentials (restart_ice).
+        self._restart_ice = False
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
@@ -141,6 +145,9 @@ class Subscribing:
                         "_lossy": pc.createDataChannel("_lossy", ordered=False, maxRetransmits=0),
                     }
                 )
+            if self._restart_ice:
+                self._restart_ice = False
+                internals.renew_local_credentials(pc)
             offer = await pc.createOffer()
             # Shielded and kept: cancelled mid-gathering, aioice leaks the UDP socket it is
             # binding; `Participant.close` waits for it before closing the connection.
@@ -156,6 +163,7 @@ class Subscribing:
                 return
             finally:
                 self._answer = None
+            internals.adopt_remote_credentials(pc, answer_sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
             except Exception as exc:  # aiortc refuses a client's bad answer in assorted ways
@@ -234,9 +242,15 @@ class Subscribing:
                 extensions={e.uri: e.id for e in internals.negotiated_extensions(transceiver)},
                 seq_start=self._next_seq.pop(transceiver, None),
             )
+            down.rtx = rtx_stream(transceiver, codecs, media.payloadType)
             self._feedback.watch(down)
             track.down_tracks.append(down)
             track.request_keyframe()
+
+    def restart_ice(self) -> None:
+        """The client asks for an ICE restart (a new network): offer new ICE credentials."""
+        self._restart_ice = True
+        self.start()
 
     def resync(self) -> None:
         """After a socket change: repeat the offer still awaiting an answer, or make a new one
@@ -287,9 +301,31 @@ def capabilities_for(track: PublishedTrack) -> list[RTCRtpCodecCapability]:
     wanted = codec.mime_type.lower()
     # The publisher's negotiated codec carries aiortc's own parameters (H264 profile and
     # packetization mode), so an exact match picks the same capability.
-    return [
+    capabilities = RTCRtpSender.getCapabilities(track.kind).codecs
+    chosen = [
         c
-        for c in RTCRtpSender.getCapabilities(track.kind).codecs
+        for c in capabilities
         if c.mimeType.lower() == wanted
         and (wanted != "video/h264" or c.parameters == codec.parameters)
     ][:1]
+    # Video also offers RTX: NACKed packets are resent on their own SSRC (aiortc adds the apt).
+    return chosen + [c for c in capabilities if c.mimeType.lower() == "video/rtx"][: len(chosen)]
+
+
+def rtx_stream(
+    transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters], media_pt: int
+) -> RtxStream | None:
+    """The section's RTX stream if the subscriber accepted RTX for its media payload type."""
+    rtx = next(
+        (
+            c
+            for c in codecs
+            if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == media_pt
+        ),
+        None,
+    )
+    if rtx is None or rtx.payloadType is None:
+        return None
+    return RtxStream(
+        internals.sender_rtx_ssrc(transceiver), rtx.payloadType, random.getrandbits(16)
+    )

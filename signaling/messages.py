@@ -103,6 +103,10 @@ class UpdateMetadata(ClientMessage, tag="update_metadata"):
     name: Annotated[str, Meta(max_length=1024)] | UnsetType = UNSET
 
 
+class IceRestart(ClientMessage, tag="ice_restart"):
+    pass
+
+
 class Ping(ClientMessage, tag="ping"):
     pass
 
@@ -122,6 +126,7 @@ Request = (
     | SetQuality
     | Refresh
     | UpdateMetadata
+    | IceRestart
     | Ping
     | Leave
 )

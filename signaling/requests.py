@@ -15,6 +15,7 @@ from signaling.codec import MessageError
 from signaling.messages import (
     AddTrack,
     ClientMessage,
+    IceRestart,
     Mute,
     Ok,
     ServerMessage,
@@ -171,6 +172,14 @@ def mute(
     if not message.muted and participant.feedback.bitrate_cap.paused(track.sid):
         raise MessageError("forbidden", "paused: over limits.max_video_bitrate", message.req)
     room.set_muted(participant, track, message.muted, notify_publisher=False)
+    return ok(message)
+
+
+def ice_restart(
+    state: ServerState, participant: Participant, room: Room, message: IceRestart
+) -> ServerMessage | None:
+    """A new subscriber offer with new ICE credentials follows (the client answers it)."""
+    participant.restart_ice()
     return ok(message)
 
 

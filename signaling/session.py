@@ -41,6 +41,7 @@ from signaling.messages import (
     AnyClientMessage,
     ClientMessage,
     Error,
+    IceRestart,
     Join,
     Joined,
     Leave,
@@ -229,6 +230,7 @@ class Session:
 
     def _resume(self, message: Resume, now: float, wall: float) -> Outcome:
         """Re-attach a participant whose socket dropped (PROTOCOL 2.7); nobody sees it leave."""
+        self._take_over(message.resume_token, now)
         try:
             parked = admit_resume(self.state, message, self.peer, wall)
         except Refused as exc:
@@ -247,6 +249,19 @@ class Session:
         participant.resync_subscriber()
         self._arm_expiry(parked.claims, now, wall)
         return Outcome(True, "resume")
+
+    def _take_over(self, resume_token: str, now: float) -> None:
+        """A resume naming a session whose socket is still open here: the client lost that
+        socket (a new network; the server would notice at the next unanswered ping only). Park
+        its participant as if the socket had dropped, and close it."""
+        for sid, live in list(self.state.sessions_by_participant.items()):
+            if not (isinstance(live, Session) and live.participant and live.room and live.claims):
+                continue
+            if secrets.compare_digest(live.resume_token, resume_token):
+                del self.state.sessions_by_participant[sid]
+                self.state.park(resume_token, live.participant, live.room, live.claims, now)
+                live._stop("disconnected", CLOSE_NORMAL)  # its finish() finds it detached
+                return
 
     def _send_joined(self, req: int | None, wall: float) -> None:
         participant, room = self._joined()
@@ -429,4 +444,5 @@ HANDLERS: dict[type[ClientMessage], Handler] = {
     Unpublish: _room_request(requests.unpublish),
     Mute: _room_request(requests.mute),
     SetQuality: _room_request(requests.set_quality),
+    IceRestart: _room_request(requests.ice_restart),
 }

@@ -113,6 +113,7 @@ VALID_FIELDS: dict[str, dict[str, Any]] = {
     "set_quality": {"track_sid": "TR_1", "quality": "low"},
     "refresh": {"token": "t.t.t"},
     "update_metadata": {"metadata": "{}", "name": "Alice"},
+    "ice_restart": {},
     "ping": {},
     "leave": {},
 }  # fmt: skip

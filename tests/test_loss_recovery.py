@@ -17,10 +17,11 @@ from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.opusfmtp import enable_fec_and_dtx
 from sfu.quality import ConnectionQuality, level
+from sfu.qualitymetrics import quality_metrics
 from sfu.rtcp import Nack, ReportBlock, build_nack, build_remb, build_rr, parse_rtcp
 from sfu.rtp import MalformedPacket, parse_rtp
 from sfu.rtt import RttEstimator
-from sfu.rtx import unwrap, wrap
+from sfu.rtx import RtxStream, unwrap, wrap
 from sfu.stats import DropReason, Stats
 from sfu.uplinknack import (
     DUPLICATE,
@@ -267,6 +268,9 @@ def test_quality_levels() -> None:
     assert level(0.0, 0.05, 0.01) == "excellent"
     assert level(0.05, 0.2, 0.01) == "good"
     assert level(0.2, 0.05, 0.01) == "poor" and level(0.0, 1.0, 0.0) == "poor"
+    healthy = ConnectionQuality()
+    healthy.on_up_block("TR_a", 0)
+    assert healthy.evaluate(0.05) is None and healthy.level == "excellent"  # no event at all
     quality = ConnectionQuality()
     quality.on_down_block(1, 9999, -5, 90000)  # out-of-range values from the network: clamped
     assert quality.snapshot(None).loss_down == pytest.approx(255 / 256, abs=1e-3)
@@ -287,3 +291,44 @@ def test_opus_answers_ask_for_in_band_fec_and_dtx() -> None:
     assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n" in out
     assert "a=rtpmap:109 OPUS/48000/2\r\na=fmtp:109 useinbandfec=1;usedtx=1\r\n" in out
     assert "a=fmtp:0" not in out and "a=fmtp:96" not in out
+
+
+def test_quality_reaches_metrics_as_distributions_without_identities() -> None:
+    shots: list[dict[str, object]] = [
+        {"quality": "excellent", "rtt_ms": 40.0, "loss_down": 0.0, "loss_up": 0.0,
+         "jitter_ms": 2.0, "bandwidth_bps": 2_000_000},
+        {"quality": "poor", "rtt_ms": 300.0, "loss_down": 0.15, "loss_up": 0.0,
+         "jitter_ms": 50.0, "bandwidth_bps": None},
+        {"quality": None, "rtt_ms": None, "loss_down": 0.0, "loss_up": 0.0, "jitter_ms": 0.0,
+         "bandwidth_bps": None},
+    ]  # fmt: skip
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in quality_metrics(shots)
+        for s in family.samples
+    }
+    assert samples[("keyroom_connection_quality", (("quality", "poor"),))] == 1
+    assert samples[("keyroom_connection_quality", (("quality", "good"),))] == 0
+    assert samples[("keyroom_connection_rtt_seconds_bucket", (("le", "0.05"),))] == 1
+    assert samples[("keyroom_connection_rtt_seconds_count", ())] == 2
+    assert samples[("keyroom_connection_loss_ratio_bucket", (("le", "0.1"),))] == 2
+    assert samples[("keyroom_connection_bandwidth_bps_count", ())] == 1
+    assert all(set(dict(labels)) <= {"le", "quality"} for _, labels in samples)
+
+
+def test_subscriber_nacks_are_answered_on_the_negotiated_rtx_stream() -> None:
+    ingress, track, sink, _ = ingress_with_video()
+    down = track.down_tracks[0]
+    down.rtx = RtxStream(ssrc=4444, payload_type=99, seq_start=65535)
+    for seq in range(1, 5):
+        ingress.on_rtp(rtp(seq))
+    sent = list(sink.sent)
+    lost = [parse_rtp(p).sequence for p in sent[1:3]]
+    sink.sent.clear()
+    assert down.retransmit(tuple(lost), 1.0) == (2, 0)
+    infos = [parse_rtp(p) for p in sink.sent]
+    assert [(i.ssrc, i.payload_type, i.sequence) for i in infos] == [
+        (4444, 99, 65535),
+        (4444, 99, 0),
+    ]
+    assert [unwrap(p, i, 3333, 96) for p, i in zip(sink.sent, infos, strict=True)] == sent[1:3]

@@ -28,6 +28,8 @@ from sfu.internals.sharedport import (
     MAX_ADDRESSES,
     MAX_PENDING,
     Demux,
+    SharedTransport,
+    follow_local_ufrag,
     local_ufrag,
     stun_class,
     stun_header_ok,
@@ -136,6 +138,22 @@ def test_tables_are_bounded_and_emptied_on_detach() -> None:
     demux.detach(a)
     assert not (demux.pending or demux.transactions or demux.by_ufrag or demux.by_address)
     assert demux.route(junkflood.stun_request(b"ufa"), PEER) is None
+
+
+def test_an_ice_restart_moves_stun_routing_to_the_new_ufrag() -> None:
+    """renew_local_credentials (sfu/internals/icerestart.py) calls follow_local_ufrag: without
+    it, the peer's checks and consent under the new ufrag would be dropped as unknown."""
+    demux = Demux(Counter())
+    conn = SimpleNamespace(_nominated={}, _check_list=[], local_username="old1")
+    protocol = protocol_of(conn)
+    shared = SimpleNamespace(transport=SimpleNamespace(sendto=None), batch=None, demux=demux)
+    protocol.transport = SharedTransport(shared, protocol)  # type: ignore[arg-type]
+    demux.attach(b"old1", protocol)
+    conn._protocols = [protocol]
+    conn.local_username = "new2"
+    follow_local_ufrag(conn)  # type: ignore[arg-type]
+    assert demux.route(junkflood.stun_request(b"new2"), PEER) is protocol
+    assert demux.route(junkflood.stun_request(b"old1"), PEER) is None  # retired by the restart
 
 
 def test_udp_port_and_a_port_range_are_exclusive() -> None:

@@ -14,12 +14,18 @@ fails loudly instead of silently forwarding nothing.
 - `sctp`: data channels' SCTP: reassembly bounded by the receive window, association gated.
 - `peerconnection`: peer connections as the server makes them, transceiver state.
 - `sharedport`: one UDP port for every connection (`[rtc] udp_port`), demultiplexed.
+- `icerestart`: ICE restart on a live connection (new credentials, same DTLS).
 - `sockets`: wrapping the datagram callback of a connection's host sockets.
 - `verify`: the list of internals, checked.
 """
 
 from sfu.internals.egress import RtpSink, SrtpProtector
 from sfu.internals.icepolicy import MediaSourceGuard, guard_media_sources, guard_remote_candidates
+from sfu.internals.icerestart import (
+    adopt_remote_credentials,
+    ice_credentials,
+    renew_local_credentials,
+)
 from sfu.internals.ingress import (
     FastPath,
     RtcpHandler,
@@ -35,6 +41,7 @@ from sfu.internals.peerconnection import (
     negotiated_extensions,
     new_peer_connection,
     restrict_codecs,
+    sender_rtx_ssrc,
     sender_ssrc,
     set_sender_msid,
 )
@@ -56,6 +63,7 @@ __all__ = [
     "SharedPort",
     "SrtpProtector",
     "SyncRtpHandler",
+    "adopt_remote_credentials",
     "bind_media_ports",
     "bundle_transport",
     "gate_association",
@@ -63,6 +71,7 @@ __all__ = [
     "guard_remote_candidates",
     "hook_transport",
     "hook_transport_fast",
+    "ice_credentials",
     "install_server_patches",
     "negotiated_codecs",
     "negotiated_extensions",
@@ -70,7 +79,9 @@ __all__ = [
     "on_data_dropped",
     "open_shared_port",
     "port_order",
+    "renew_local_credentials",
     "restrict_codecs",
+    "sender_rtx_ssrc",
     "sender_ssrc",
     "set_sender_msid",
     "verify_internals",

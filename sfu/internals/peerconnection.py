@@ -35,6 +35,11 @@ def sender_ssrc(transceiver: RTCRtpTransceiver) -> int:
     return int(transceiver.sender._ssrc)
 
 
+def sender_rtx_ssrc(transceiver: RTCRtpTransceiver) -> int:
+    """The RTX SSRC aiortc announced for this sender (`a=ssrc-group:FID`)."""
+    return int(transceiver.sender._rtx_ssrc)
+
+
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
     return list(transceiver._codecs)
 

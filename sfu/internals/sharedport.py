@@ -234,6 +234,13 @@ class SharedTransport:
     def is_closing(self) -> bool:
         return self._protocol is None
 
+    def rename(self, ufrag: bytes) -> None:
+        """An ICE restart gave the connection a new local ufrag: STUN naming it (and no longer
+        the old one, which the restart retired) reaches this protocol."""
+        if self._protocol is not None:
+            self._demux.detach(self._protocol)
+            self._demux.attach(ufrag, self._protocol)
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "sockname":
             return self._transport.get_extra_info("sockname")
@@ -293,6 +300,14 @@ class SharedPort:
         protocol.local_candidate = host_candidate(component, address, self.port)
         demux.attach(connection.local_username.encode(), protocol)
         return protocol
+
+
+def follow_local_ufrag(connection: aioice.ice.Connection) -> None:
+    """After `renew_local_credentials`: the shared port's STUN routing follows the new ufrag."""
+    for protocol in connection._protocols:
+        transport = protocol.transport
+        if isinstance(transport, SharedTransport):
+            transport.rename(connection.local_username.encode())
 
 
 def share_media_port(shared: SharedPort) -> None:

@@ -34,6 +34,9 @@ ATTRIBUTES: list[tuple[object, str]] = [
     (RTCDtlsTransport, "_recv_next"),
     (RTCDtlsTransport, "_state"),
     (aioice.ice.Connection, "_nominated"),
+    # ICE restart (icerestart.py) swaps the credentials of a live connection.
+    (aioice.ice.Connection, "_local_username"),
+    (aioice.ice.Connection, "_local_password"),
     (aioice.ice.Connection, "_closing"),
     (aioice.ice.Connection, "query_consent"),
     (aioice.ice.StunProtocol, "send_data"),

@@ -362,6 +362,14 @@ class KeyroomClient(EventConsumer):
             track, source, name, e2ee or self.e2ee, identity, simulcast
         )
 
+    async def restart_ice(self) -> None:
+        """ICE restart of both peer connections (docs/protocol.md 2.7): the server offers the
+        subscriber PC new credentials (`ice_restart`), the publisher PC offers its own. The
+        session stays. Host candidates are not gathered again (aioice cannot): after a change
+        of local address, rejoin with `resume` instead."""
+        await self.request({"type": "ice_restart"})
+        await self._publisher.restart_ice()
+
     async def renegotiate_publisher(self) -> set[str]:
         """Offer the publisher PC's current state and apply the answer; returns the mids the
         answer rejected. Lets tests add transceivers/channels by hand on `publisher_pc`."""

@@ -14,6 +14,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 
+from sfu.internals.icerestart import adopt_remote_credentials, renew_local_credentials
 from sfu.sdpinfo import describe_sections
 from sfu.simulcast import offer_simulcast
 from signaling.client.connection import Connection
@@ -87,6 +88,13 @@ class Publisher:
         async with self._lock:
             return await self._negotiate()
 
+    async def restart_ice(self) -> None:
+        """Offer new ICE credentials (aiortc has no restart of its own); no-op before the first
+        negotiation."""
+        async with self._lock:
+            if self.pc is not None and renew_local_credentials(self.pc):
+                await self._negotiate()
+
     async def _negotiate(self) -> set[str]:
         """Offer the PC's current state, apply the answer; returns the mids it rejected."""
         pc = self._require_pc()
@@ -96,6 +104,7 @@ class Publisher:
         reply = await self._request({"type": "offer", "target": "publisher", "sdp": offer})
         answer = str(reply.get("sdp", ""))
         rejected = {s.mid for s in describe_sections(answer) if s.rejected and s.mid is not None}
+        adopt_remote_credentials(pc, answer)
         await pc.setRemoteDescription(
             RTCSessionDescription(
                 sdp=make_rejected_sections_applicable(answer, offer), type="answer"

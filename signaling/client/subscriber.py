@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
+from sfu.internals.icerestart import adopt_remote_credentials, renew_local_credentials
 from sfu.sdpinfo import MediaSectionInfo, describe_sections
 from signaling.client.connection import Connection
 from signaling.client.errors import Frame, SessionClosed
@@ -106,6 +107,8 @@ class Subscriber:
         offer = make_rejected_sections_applicable(offer, local.sdp if local else None)
         sections = describe_sections(offer)
         self._sections = {s.mid: s for s in sections if s.mid is not None}
+        if adopt_remote_credentials(pc, offer):
+            renew_local_credentials(pc)  # the server restarted ICE: so does the answer
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         self._refresh_remote_tracks(pc, sections)
         await pc.setLocalDescription(await pc.createAnswer())

@@ -21,6 +21,7 @@
 //   "server"       the raw server event frame, for every event of PROTOCOL 2.6
 //   "disconnected" {reason, closeCode, error}: the session is over for good
 // See docs/browser.md for the whole API.
+import { answersWithin, IceRestarts, SIGNALING_CHECK_MS } from "./icerestart.js";
 
 import { applyDynacast, simulcastEncodings } from "./simulcast.js";
 
@@ -521,7 +522,40 @@ export class Room extends EventTarget {
 
   // ------------------------------------------------------------------ peer connections
 
+  /**
+   * ICE restart of both peer connections, e.g. after moving to another network: the publisher
+   * PC offers new ICE credentials, the server offers the subscriber PC new ones (`ice_restart`,
+   * docs/protocol.md 2.7). The session, tracks and subscriptions stay. Also done by itself when
+   * a connection is lost.
+   */
+  async restartIce() {
+    if (this._ended || !this.publisher || this._restartingIce) return;
+    this._restartingIce = true;
+    try {
+      if (!(await answersWithin(() => this.ping(), SIGNALING_CHECK_MS))) {
+        // The signaling socket went down with the old network: resume on a new one first.
+        const stale = this.ws;
+        this.ws = null;
+        stale?.close();
+        await this._resume();
+      }
+    } finally {
+      this._restartingIce = false;
+    }
+    if (this._ended) return;
+    this._send({ type: "ice_restart" });
+    if (!this.publisher.localDescription) return; // nothing published: nothing to restart
+    this._onPublisher(async () => {
+      this.publisher.restartIce();
+      await this._negotiatePublisher();
+    }).catch((error) => console.warn("keyroom: publisher ICE restart failed", error));
+  }
+
   _createPeerConnections(joined) {
+    this._iceRestarts = new IceRestarts(
+      () => this.restartIce(),
+      () => this._finish("connection_failed", new KeyroomError("connection_failed")),
+    );
     const configuration = {
       bundlePolicy: "max-bundle",
       iceServers: joined.ice_servers ?? [],
@@ -538,9 +572,8 @@ export class Room extends EventTarget {
           publisher: this.publisher.connectionState,
           subscriber: this.subscriber.connectionState,
         });
-        if (pc.connectionState === "failed") {
-          this._finish("connection_failed", new KeyroomError("connection_failed"));
-        }
+        // A lost path (a new network, consent gone): restart ICE; give up if it stays failed.
+        if (["disconnected", "failed"].includes(pc.connectionState)) this._iceRestarts.lost(pc);
       };
     }
   }

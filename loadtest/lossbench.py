@@ -1,0 +1,391 @@
+"""keyroom on impaired networks, measured by real Chromium (issue 12): `-m loadtest.lossbench`.
+
+One Chromium publisher (the conference page: camera 640x360 VP8 + microphone) and two Chromium
+subscribers, each in its own namespace of `loadtest.impair` (the server in another), for each
+condition: a clean warm-up, then the impairment, then a window of `seconds` in which the pages'
+`getStats()` are read at the start and the end, and each subscriber's `framesDecoded` every
+100 ms (the longest stretch without a new decoded frame is the longest freeze, measured to
+~0.1 s). Several source trees can be measured in the same run (`--tree before=/work/main`), the
+same topology and conditions one after the other; `--write FILE` puts the table between the
+`lossbench` markers of FILE (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, Page, Playwright, async_playwright
+
+from auth.tokens import mint_token
+from loadtest import janusbench, spawn
+from loadtest.impair import SERVER_ADDRESS, Impairment, Topology, topology
+
+KEY_ID, SECRET = "bench", "impaired-network-benchmark-secret-0123456789"
+CLIENTS = ("pub", "sub1", "sub2")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    # Subscribers never call getUserMedia: without this their host candidates are mDNS names
+    # no resolver in these namespaces answers.
+    # The Janus page is served by Playwright's router, so Chromium does not know it comes from
+    # the private address it names: without the last two, its WebSocket to Janus is blocked.
+    "--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks,"
+    "BlockInsecurePrivateNetworkRequests",
+]  # fmt: skip
+
+# Condition name -> client -> (uplink, downlink) impairment.
+Condition = dict[str, tuple[Impairment | None, Impairment | None]]
+CONDITIONS: dict[str, Condition] = {
+    "uplink 3% loss": {"pub": (Impairment(loss=0.03), None)},
+    "sub1 downlink 3% loss": {"sub1": (None, Impairment(loss=0.03))},
+    "100 ms + 1% loss both ways": {
+        name: (Impairment(loss=0.01, delay=0.1), Impairment(loss=0.01, delay=0.1))
+        for name in CLIENTS
+    },
+}
+
+SUB_JS = """async () => {
+  const pc = window.keyroom?.subscriber;
+  if (!pc) return null;  // the session ended
+  const stats = await pc.getStats();
+  for (const s of stats.values()) {
+    if (s.type === "inbound-rtp" && s.kind === "video") {
+      return {frames: s.framesDecoded ?? 0, freezes: s.freezeCount ?? 0,
+              freeze_s: s.totalFreezesDuration ?? 0, lost: s.packetsLost ?? 0,
+              nacks: s.nackCount ?? 0, plis: s.pliCount ?? 0, width: s.frameWidth ?? 0};
+    }
+  }
+  return null;
+}"""
+PUB_JS = """async () => {
+  const pc = window.keyroom?.publisher;
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  for (const s of stats.values()) {
+    if (s.type === "outbound-rtp" && s.kind === "video") {
+      return {frames: s.framesSent ?? 0, nacks: s.nackCount ?? 0,
+              rtx: s.retransmittedPacketsSent ?? 0, plis: s.pliCount ?? 0,
+              limit: s.qualityLimitationReason ?? ""};
+    }
+  }
+  return null;
+}"""
+
+
+@dataclass
+class Row:
+    tree: str
+    condition: str
+    subscriber: str
+    pub_fps: float
+    fps: float
+    freezes_per_min: float
+    freeze_s: float
+    longest_freeze_s: float
+    lost: int
+    sub_nacks: int
+    plis: int
+    pub_nacks: int
+    pub_rtx: int
+
+    def cells(self) -> list[str]:
+        return [
+            self.tree, self.condition, self.subscriber, f"{self.pub_fps:.1f}", f"{self.fps:.1f}",
+            f"{self.freezes_per_min:.1f}", f"{self.freeze_s:.2f}", f"{self.longest_freeze_s:.2f}",
+            str(self.lost), str(self.sub_nacks), str(self.plis), str(self.pub_nacks),
+            str(self.pub_rtx),
+        ]  # fmt: skip
+
+
+HEADER = [
+    "tree", "condition", "subscriber", "pub fps", "sub fps", "freezes/min", "freeze s",
+    "longest gap s", "packetsLost", "sub nackCount", "sub pliCount", "pub nackCount",
+    "pub retransmitted",
+]  # fmt: skip
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _wrapper(directory: str, topo: Topology, namespace: str) -> str:
+    """An executable that starts Chromium inside `namespace` (Playwright talks over pipes)."""
+    path = os.path.join(directory, f"chromium-{namespace}")
+    prefix = " ".join(topo.command(namespace, []))
+    Path(path).write_text(f'#!/bin/sh\nexec {prefix} {CHROMIUM} "$@"\n')
+    os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
+    return path
+
+
+@dataclass
+class Server:
+    tree: str
+    port: int
+    process: Any
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://{SERVER_ADDRESS}:{self.port}"
+
+    def token(self, identity: str, room: str) -> str:
+        return mint_token(
+            key_id=KEY_ID, secret=SECRET, identity=identity, room=room, ttl=3600,
+            now=time.time(), name=identity, grants=None,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def server(topo: Topology, tree: str, directory: str, port: int) -> Iterator[Server]:
+    log = os.path.join(directory, f"server-{port}.log")
+    config = os.path.join(directory, "keyroom.toml")
+    # The clients' veth addresses are private (RFC 1918): refused by default outside --dev.
+    Path(config).write_text(
+        "[rtc]\nallow_private_candidates = true\n"
+        '[metrics]\nbearer_token = "impaired-network-bench-metrics"\n'
+    )
+    command = topo.command("server", [
+        sys.executable, "-m", "sfu", "serve", "--insecure-plaintext", "--host", SERVER_ADDRESS,
+        "--port", str(port), "--rtc-ip", SERVER_ADDRESS, "--config", config,
+        "--key", f"{KEY_ID}={SECRET}",
+    ])  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": tree, "PYTHONUNBUFFERED": "1"}
+    process = spawn.start(command, log, cwd=directory, env=env)
+    try:
+        url = f"http://{SERVER_ADDRESS}:{port}/healthz"
+        topo.run_sync("server", spawn.wait_healthy, process, url, log, "server")
+        yield Server(tree, port, process)
+    finally:
+        spawn.stop(process)
+
+
+@contextlib.asynccontextmanager
+async def browsers(
+    playwright: Playwright,
+    topo: Topology,
+    directory: str,
+    ports: list[int],
+    clients: tuple[str, ...] | list[str] = CLIENTS,
+) -> AsyncIterator[dict[str, Browser]]:
+    # getUserMedia needs a secure context: the servers' plaintext origins count as one.
+    origins = ",".join(f"http://{SERVER_ADDRESS}:{port}" for port in ports)
+    flags = [*CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={origins}"]
+    launched: dict[str, Browser] = {}
+    try:
+        for name in clients:
+            launched[name] = await playwright.chromium.launch(
+                executable_path=_wrapper(directory, topo, name), headless=True, args=flags
+            )
+        yield launched
+    finally:
+        for browser in launched.values():
+            await browser.close()
+
+
+async def _open(browser: Browser, url: str) -> Page:
+    context = await browser.new_context(viewport={"width": 1280, "height": 720})
+    page = await context.new_page()
+    await page.goto(url, timeout=30_000)
+    return page
+
+
+async def _wait(page: Page, expression: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {expression}")
+        await asyncio.sleep(0.1)
+
+
+async def _decoding(page: Page, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await page.evaluate(SUB_JS)
+        if got and got["frames"] > 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the subscriber decodes no video")
+        await asyncio.sleep(0.1)
+
+
+OpenPages = Callable[[dict[str, Browser], dict[str, Page]], Awaitable[None]]
+
+
+def keyroom_pages(srv: Server) -> OpenPages:
+    """keyroom's conference page: the publisher with camera and microphone, then subscribers."""
+
+    async def open_pages(launched: dict[str, Browser], pages: dict[str, Page]) -> None:
+        room = f"room-{time.time():.3f}"
+        pages["pub"] = await _open(launched["pub"], f"{srv.url}/?token={srv.token('pub', room)}")
+        await _wait(pages["pub"], "window.keyroom?.state === 'connected'", 20)
+        for sub in ("sub1", "sub2"):
+            token = srv.token(sub, room)
+            pages[sub] = await _open(launched[sub], f"{srv.url}/?token={token}&publish=0")
+
+    return open_pages
+
+
+def janus_pages(origin: str, ws_url: str) -> OpenPages:
+    """The Janus VideoRoom page of loadtest.janusbench, same roles."""
+
+    async def open_pages(launched: dict[str, Browser], pages: dict[str, Page]) -> None:
+        pages["pub"] = await janusbench.open_page(launched["pub"], origin, f"role=pub&ws={ws_url}")
+        await _wait(pages["pub"], "window.keyroom?.state === 'connected'", 20)
+        feed = await pages["pub"].evaluate("window.feed")
+        for sub in ("sub1", "sub2"):
+            query = f"role=sub&feed={feed}&ws={ws_url}"
+            pages[sub] = await janusbench.open_page(launched[sub], origin, query)
+
+    return open_pages
+
+
+async def measure(
+    topo: Topology,
+    launched: dict[str, Browser],
+    label: str,
+    open_pages: OpenPages,
+    name: str,
+    seconds: float,
+) -> list[Row]:
+    """One condition on a fresh room: pages in, warm-up, impairment, window, pages out."""
+    condition = CONDITIONS[name]
+    pages: dict[str, Page] = {}
+    try:
+        await open_pages(launched, pages)
+        for sub in ("sub1", "sub2"):
+            await _decoding(pages[sub], 30)
+        await asyncio.sleep(3)  # warm-up: the encoder ramps up on the clean links
+        for client, (up, down) in condition.items():
+            topo.impair(client, up=up, down=down)
+        await asyncio.sleep(2)
+        return await _window(label, name, pages, seconds)
+    finally:
+        for client in condition:
+            topo.impair(client, up=Impairment(), down=Impairment())
+        for page in pages.values():
+            with contextlib.suppress(Exception):
+                await page.evaluate("window.keyroom?.leave()")
+            await page.context.close()
+
+
+async def _window(tree: str, name: str, pages: dict[str, Page], seconds: float) -> list[Row]:
+    subs = ("sub1", "sub2")
+    pub0 = await pages["pub"].evaluate(PUB_JS)
+    start = {s: await pages[s].evaluate(SUB_JS) for s in subs}
+    began = time.monotonic()
+    last = {s: (began, start[s]["frames"]) for s in subs}
+    longest = dict.fromkeys(subs, 0.0)
+    while time.monotonic() - began < seconds:
+        await asyncio.sleep(0.1)
+        for s in subs:
+            got = await pages[s].evaluate(SUB_JS)
+            now = time.monotonic()
+            longest[s] = max(longest[s], now - last[s][0])
+            # None: the session ended (the page gave up): frozen from here on.
+            if got is not None and got["frames"] != last[s][1]:
+                last[s] = (now, got["frames"])
+    elapsed = time.monotonic() - began
+    end = {s: await pages[s].evaluate(SUB_JS) or start[s] for s in subs}
+    pub1 = await pages["pub"].evaluate(PUB_JS) or pub0
+    pub_fps = (pub1["frames"] - pub0["frames"]) / elapsed
+    rows = []
+    for s in subs:
+        a, b = start[s], end[s]
+        rows.append(
+            Row(
+                tree=tree,
+                condition=name,
+                subscriber=s,
+                pub_fps=pub_fps,
+                fps=(b["frames"] - a["frames"]) / elapsed,
+                freezes_per_min=(b["freezes"] - a["freezes"]) * 60 / elapsed,
+                freeze_s=b["freeze_s"] - a["freeze_s"],
+                longest_freeze_s=longest[s],
+                lost=b["lost"] - a["lost"],
+                sub_nacks=b["nacks"] - a["nacks"],
+                plis=b["plis"] - a["plis"],
+                pub_nacks=pub1["nacks"] - pub0["nacks"],
+                pub_rtx=pub1["rtx"] - pub0["rtx"],
+            )  # fmt: skip
+        )
+    return rows
+
+
+async def run(
+    trees: dict[str, str], conditions: list[str], seconds: float, with_janus: bool = False
+) -> list[Row]:
+    """Every condition for each tree (in order), then for Janus if asked."""
+    rows: list[Row] = []
+    ports = [spawn.free_port() + n for n in range(len(trees) + 1)]
+    with tempfile.TemporaryDirectory() as directory, topology(CLIENTS) as topo:
+        async with (
+            async_playwright() as playwright,
+            browsers(playwright, topo, directory, ports) as b,
+        ):
+
+            async def conditions_with(label: str, open_pages: OpenPages) -> None:
+                for name in conditions:
+                    rows.extend(await measure(topo, b, label, open_pages, name, seconds))
+                    print(table(rows[-2:]), end="", flush=True)
+
+            for (label, tree), port in zip(trees.items(), ports, strict=False):
+                with server(topo, tree, directory, port) as srv:
+                    await conditions_with(label, keyroom_pages(srv))
+            if with_janus:
+                with janusbench.janus(topo, directory, ports[-1]) as ws_url:
+                    origin = f"http://{SERVER_ADDRESS}:{ports[-1]}"
+                    await conditions_with("janus", janus_pages(origin, ws_url))
+    return rows
+
+
+def write_table(path: str, text: str) -> None:
+    start, end = "<!-- lossbench:start -->", "<!-- lossbench:end -->"
+    document = Path(path).read_text()
+    head, _, rest = document.partition(start)
+    _, _, tail = rest.partition(end)
+    Path(path).write_text(f"{head}{start}\n{text}{end}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="LABEL=PATH of a source tree (default: this one)",
+    )
+    parser.add_argument("--condition", action="append", choices=list(CONDITIONS))
+    parser.add_argument("--janus", action="store_true", help="also Janus VideoRoom, same run")
+    parser.add_argument("--write", help="put the table into this Markdown file")
+    args = parser.parse_args(argv)
+    trees = dict(t.split("=", 1) for t in args.tree)
+    if not trees and not args.janus:
+        trees = {"this": os.getcwd()}
+    rows = asyncio.run(run(trees, args.condition or list(CONDITIONS), args.seconds, args.janus))
+    text = table(rows)
+    print(text)
+    if args.write:
+        write_table(
+            args.write, f"{args.seconds:.0f} s windows, {time.strftime('%Y-%m-%d')}:\n\n{text}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
