@@ -60,6 +60,8 @@ def classify(event: str, fields: Mapping[str, Any]) -> SecurityEvent | None:
         return SecurityEvent("admin_refused", WARNING, str(fields.get("ip")), carried)
     if event == "abuse_close":
         return SecurityEvent("abuse_close", WARNING, _who(fields), carried)
+    if event == "offer_refused":  # e.g. the cap on media sections (transceivers) per connection
+        return SecurityEvent("offer_refused", WARNING, _who(fields), carried)
     if event in ("key_revoked", "identity_revoked"):
         subject = str(fields.get("key_id") or fields.get("identity"))
         return SecurityEvent(event, CRITICAL, subject, {**carried, "action": event})

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 AGGREGATED_EVENTS = frozenset(
-    {"join_refused", "resume_refused", "refresh_refused", "admin_refused", "brake_engaged"}
+    {
+        "join_refused",
+        "resume_refused",
+        "refresh_refused",
+        "admin_refused",
+        "brake_engaged",
+        "offer_refused",
+    }
 )
 WINDOW = 10.0
 MAX_KINDS = 1000

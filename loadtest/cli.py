@@ -242,11 +242,23 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="per cell (default 3)")
     p.add_argument("--size", type=int, default=1200, help="RTP packet size (default 1200)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="instead: a 3-layer simulcast track against a single-layer one, per output packet,"
+        " at the first --fanout (default 20), rounds alternating",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from loadtest.bench_forward import format_results, run_cells
 
+    if args.simulcast:
+        from loadtest.bench_simulcast import compare, format_comparison
+
+        result = compare(fanout=(args.fanout or [20])[0])
+        print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+        return 0
     results = run_cells(
         fanouts=args.fanout or [1, 5, 20, 50],
         loops=args.loop or ["asyncio", "uvloop"],

@@ -309,8 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_recording_command(commands)
     fastpathcli.add_parser(commands)
     from loadtest.cli import add_soak_command
+    from loadtest.simulcastbench import add_parser as add_simulcast_bench
 
     add_soak_command(commands)
+    add_simulcast_bench(commands)
     return parser
 
 

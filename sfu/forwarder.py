@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sfu.keyframe import KeyframeThrottle, is_keyframe
+from sfu.layerswitch import PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
+from sfu.padding import padding_packet
 from sfu.receivestats import ReceiveStats
 from sfu.retransmit import RetransmitBudget
 from sfu.rtcp import build_sr
-from sfu.rtp import RtpInfo, RtpRewriter, get_extension
+from sfu.rtp import RtpInfo, RtpRewriter, get_extension, parse_rtp
+from sfu.sdpinfo import SimulcastOffer
+from sfu.simulcast import Layer
+from sfu.tap import Tap
 
 SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -25,14 +30,6 @@ AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 class Sink(Protocol):
     def send(self, data: bytes) -> bool: ...
-
-
-class Tap(Protocol):
-    """A consumer of the packets as received (a recording): no rewriting, no keyframe wait."""
-
-    def packet(self, data: bytes, info: RtpInfo) -> None: ...
-
-    def sender_report(self, ntp: int, rtp_timestamp: int) -> None: ...
 
 
 def no_keyframe_source() -> None:
@@ -55,6 +52,28 @@ class ForwardingCounters:
     packets_in: int = 0
     bytes_in: int = 0
     packets_out: int = 0
+
+
+class DownTracks(list["DownTrack"]):
+    """A track's down-tracks; `version` moves with every change of who is in it or of what layer
+    one aims at, so a simulcast layer knows when to re-read its subscribers (`routes`)."""
+
+    version = 0
+
+    def changed(self) -> None:
+        self.version += 1
+
+    def append(self, down: DownTrack) -> None:
+        self.version += 1
+        super().append(down)
+
+    def remove(self, down: DownTrack) -> None:
+        self.version += 1
+        super().remove(down)
+
+    def clear(self) -> None:
+        self.version += 1
+        super().clear()
 
 
 class PublishedTrack:
@@ -87,7 +106,7 @@ class PublishedTrack:
         self.rtx_ssrc: int | None = None
         # Publisher-side header extension id -> URI, from the negotiated answer.
         self.extensions: dict[int, str] = {}
-        self.down_tracks: list[DownTrack] = []
+        self.down_tracks = DownTracks()
         self.last_sender_report: tuple[int, int] | None = None
         self.throttle = KeyframeThrottle(keyframe_interval)
         self.counters = ForwardingCounters()
@@ -103,6 +122,41 @@ class PublishedTrack:
         # side, so a down-track reaches its own up-track without walking the room.
         self.request_keyframe: Callable[[], None] = no_keyframe_source
         self.taps: list[Tap] = []  # recordings of this track (sfu/recording/)
+        # Simulcast layers, lowest quality first ([] for a single-layer track), and the
+        # publisher's RID header extension ids that name them.
+        self.layers: list[Layer] = []
+        self.simulcast: SimulcastOffer | None = None
+        self._routes: list[list[DownTrack]] = []
+        self._routes_version = -1
+
+    def layer_routes(self) -> list[list[DownTrack]]:
+        """Per simulcast layer, the down-tracks that forward or await it: a layer's packet
+        visits those only. Rebuilt when `down_tracks.version` moved."""
+        downs = self.down_tracks
+        if self._routes_version != downs.version:
+            self._routes_version = downs.version
+            self._routes = [
+                [d for d in downs if d.layers is not None and d.layers.wants(layer.index)]
+                for layer in self.layers
+            ]
+        return self._routes
+
+    def keyframe_ssrcs(self) -> list[int]:
+        """The SSRCs a keyframe request names. Simulcast: the layers a down-track waits for, else
+        those being forwarded (a decoder asked): a keyframe costs every subscriber of its layer,
+        and the publisher's uplink, so layers nobody needs are not asked."""
+        if not self.layers:
+            return [] if self.ssrc is None else [self.ssrc]
+        switches = [d.layers for d in self.down_tracks if d.layers is not None]
+        wanted = {s.target for s in switches if s.waiting} or {s.current for s in switches}
+        return [x.ssrc for x in self.layers if x.ssrc is not None and x.index in wanted]
+
+    def set_simulcast(self, offer: SimulcastOffer) -> None:
+        """The publisher's section offers these layers (kept when a later offer repeats them)."""
+        if self.simulcast is None or self.simulcast.rids != offer.rids:
+            self.layers = [Layer(self, i, rid, self.counters) for i, rid in enumerate(offer.rids)]
+            self._routes_version = -1
+        self.simulcast = offer
 
     @property
     def mime_type(self) -> str:
@@ -160,7 +214,7 @@ class PublishedTrack:
             "name": self.name,
             "muted": self.muted,
             "mime_type": self.mime_type,
-            "simulcast": [],
+            "simulcast": [layer.info() for layer in self.layers],
             "encryption": self.encryption,
         }
 
@@ -179,6 +233,11 @@ class DownTrack:
         "cache",
         "retransmits",
         "_keyframe_mime",
+        "layers",
+        "max_layer",
+        "paused",
+        "padding",
+        "padding_sent",
     )
 
     def __init__(self, track: PublishedTrack, subscriber_sid: str) -> None:
@@ -193,6 +252,16 @@ class DownTrack:
         self.cache = PacketCache() if track.kind == "video" else None
         self.retransmits = RetransmitBudget()
         self._keyframe_mime = track.mime_type
+        # Simulcast: the layer forwarded and aimed at (sfu/layerswitch.py); None single-layer.
+        self.layers: LayerSwitch | None = None
+        # The subscriber's cap (set_quality): the highest layer it wants.
+        self.max_layer = 2
+        # Paused by congestion control: forwards nothing until resumed at a keyframe.
+        self.paused = False
+        # Padding packets sent after each media packet while congestion control probes
+        # (sfu/padding.py), and their bytes so far.
+        self.padding = 0
+        self.padding_sent = 0
 
     def configure(
         self,
@@ -229,16 +298,27 @@ class DownTrack:
         self.out_ssrc = out_ssrc
         self.mid = mid
         self._keyframe_mime = track.mime_type
+        if track.layers:
+            downs = track.down_tracks
+            # The best layer that flows now (Chromium sends fewer than offered for a small
+            # camera); congestion control adjusts it within a second.
+            wanted = [x.index for x in track.layers if x.available and x.index <= self.max_layer]
+            target = max(wanted, default=min(self.max_layer, len(track.layers) - 1))
+            self.layers = LayerSwitch(track.mime_type, target, downs.changed)
+            downs.changed()
 
     def forward(self, data: bytes, info: RtpInfo) -> bool:
         rewriter = self.rewriter
         if rewriter is None or self.sink is None:
             return False
         waiting = self.waiting_for_keyframe
-        if waiting and not is_keyframe(
-            self._keyframe_mime, data[info.payload_start : info.payload_end]
-        ):
-            return False
+        if waiting:
+            if self.paused or not is_keyframe(
+                self._keyframe_mime, data[info.payload_start : info.payload_end]
+            ):
+                return False
+            # Whatever was skipped while waiting leaves no gap in the subscriber's sequence.
+            rewriter.rebase(info.sequence, info.timestamp, None)
         out = rewriter.rewrite(data, info)
         if out is None:
             return False
@@ -249,7 +329,56 @@ class DownTrack:
             # Only a keyframe that reached the subscriber's transport ends the wait: one sent
             # before DTLS is up is lost, and deltas after it would not decode.
             self.waiting_for_keyframe = False
+        if self.padding and sent:
+            self._pad(out)
         return sent
+
+    def forward_layer(self, layer: int, data: bytes, info: RtpInfo) -> bool:
+        """forward() for a packet of simulcast layer `layer`."""
+        rewriter, layers, sink = self.rewriter, self.layers, self.sink
+        if rewriter is None or layers is None or sink is None:
+            return False
+        admitted = layers.admit(layer, data, info, rewriter)
+        if admitted is None:
+            return False
+        out = rewriter.rewrite(admitted, info)
+        if out is None:
+            return False
+        if self.cache is not None:
+            self.cache.store((out[2] << 8) | out[3], out)
+        if sink.send(out):
+            layers.last_sent = out
+            if self.padding:
+                self._pad(out)
+            return True
+        layers.unsent(layer, info)
+        return False
+
+    def _pad(self, sent: bytes) -> None:
+        """Probe the subscriber's link: `padding` padding-only packets after `sent`."""
+        rewriter, sink = self.rewriter, self.sink
+        if rewriter is None or sink is None:
+            return
+        info = parse_rtp(sent)
+        for _ in range(self.padding):
+            seq = rewriter.take_sequence()
+            packet = padding_packet(sent, info, seq)
+            if self.cache is not None:
+                self.cache.store(seq, packet)
+            sink.send(packet)
+            self.padding_sent += len(packet)
+
+    def set_layer(self, layer: int) -> bool:
+        """Forward `layer` (PAUSED: nothing) from now on, switching at its next keyframe;
+        single-layer video pauses or resumes. True when a keyframe should be requested."""
+        if self.layers is not None:
+            self.track.down_tracks.changed()  # the layer routes change
+            return self.layers.set_target(layer)
+        if self.track.kind != "video" or self.paused == (layer == PAUSED):
+            return False
+        self.paused = layer == PAUSED
+        self.waiting_for_keyframe = True
+        return not self.paused
 
     def retransmit(self, sequence_numbers: tuple[int, ...], now: float) -> tuple[int, int]:
         """Answer a NACK with the packets still cached, within the retransmission budget:
@@ -273,6 +402,10 @@ class DownTrack:
         """The publisher's latest SR translated to this down-track's SSRC and timestamps."""
         rewriter = self.rewriter
         report = self.track.last_sender_report
+        if self.layers is not None:
+            # Each layer reports in its own timestamps: the one forwarded maps onto this track.
+            layers, current = self.track.layers, self.layers.current
+            report = layers[current].last_sender_report if 0 <= current < len(layers) else None
         if rewriter is None or report is None or not rewriter.started or self.out_ssrc is None:
             return None
         ntp, rtp_timestamp = report

@@ -3,17 +3,25 @@
 The hot path: called synchronously from the datagram callback with plaintext RTP. One dict lookup
 by SSRC finds the track; an SSRC the offer did not announce is learnt from the MID header
 extension (sections without `a=ssrc`, e.g. Firefox). Every refused packet is counted by reason.
+
+Uplink loss (sfu/uplinknack.py): each video SSRC's sequence numbers are tracked; a gap calls
+`on_gap` (the owner schedules NACKs), a duplicate is dropped. The publisher's RTX stream
+(sfu/rtx.py) is unwrapped onto its media SSRC and goes through the same path, so a repaired
+packet is forwarded once, late, like a reordered one.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from sfu import rtx
 from sfu.forwarder import AUDIO_LEVEL, CodecInfo, PublishedTrack
 from sfu.metrics import forward_timer_start, forward_timer_stop
 from sfu.rtp import MalformedPacket, RtpInfo, get_extension, parse_rtp
+from sfu.simulcast import Layer, learn_layer
 from sfu.stats import DropReason, Stats
+from sfu.uplinknack import GAP, REPAIR, RESTART, UplinkNacks
 
 # SSRCs of unpublished tracks still recognised (their late packets count as no_right).
 MAX_FORGOTTEN_SSRCS = 64
@@ -25,10 +33,16 @@ class Ingress:
         self._tracks = tracks
         self.stats = stats
         # None: an SSRC known but not forwarded (an unpublished track, a publisher's RTX).
-        self._tracks_by_ssrc: dict[int, PublishedTrack | None] = {}
+        # A simulcast track's SSRCs map to its layers, which forward like a track.
+        self._tracks_by_ssrc: dict[int, PublishedTrack | Layer | None] = {}
         self._tracks_by_mid: dict[str, PublishedTrack] = {}
         self._mid_ext: int | None = None
         self._forgotten: deque[int] = deque()
+        # Video SSRC -> its loss tracker; RTX SSRC -> the track it repairs.
+        self.nacks: dict[int, UplinkNacks] = {}
+        self._rtx: dict[int, PublishedTrack] = {}
+        # Called when a new uplink gap wants NACKs (the owner arms its timer).
+        self.on_gap: Callable[[], None] = _nothing
 
     def on_rtp(self, data: bytes) -> None:
         stats = self.stats
@@ -40,13 +54,23 @@ class Ingress:
         try:
             track = self._tracks_by_ssrc[info.ssrc]
         except KeyError:
-            track = self._learn_ssrc(data, info)
-            if track is None:
-                stats.drop(DropReason.UNKNOWN_SSRC)
+            repaired = self._rtx.get(info.ssrc)
+            if repaired is not None:
+                self._on_rtx(data, info, repaired)
                 return
+            learnt = self._learn_ssrc(data, info)
+            if isinstance(learnt, DropReason):
+                stats.drop(learnt)
+                return
+            track = learnt
         if track is None:
             stats.drop(DropReason.NOT_GRANTED)
             return
+        nacks = self.nacks.get(info.ssrc)
+        if nacks is not None:
+            arrival = nacks.on_packet(info.sequence)
+            if arrival and not self._unusual(arrival, track):
+                return
         stats.packets_in += 1
         stats.bytes_in += len(data)
         before = track.counters.packets_out
@@ -56,17 +80,53 @@ class Ingress:
         stats.packets_out += track.counters.packets_out - before
         stats.bytes_out += (track.counters.packets_out - before) * len(data)
 
-    def _learn_ssrc(self, data: bytes, info: RtpInfo) -> PublishedTrack | None:
+    def _unusual(self, arrival: int, track: PublishedTrack | Layer) -> bool:
+        """Whether to forward a packet that was not the next in sequence."""
+        if arrival == GAP:
+            self.on_gap()
+        elif arrival == RESTART:
+            track.request_keyframe()
+        elif arrival != REPAIR:
+            self.stats.drop(DropReason.DUPLICATE)
+            return False
+        return True
+
+    def _on_rtx(self, data: bytes, info: RtpInfo, track: PublishedTrack) -> None:
+        codec = track.codec
+        if track.ssrc is None or codec is None or info.payload_type != codec.rtx_payload_type:
+            self.stats.drop(DropReason.MALFORMED)
+            return
+        original = rtx.unwrap(data, info, track.ssrc, codec.payload_type)
+        if original is None:
+            self.stats.drop(DropReason.RTX_PROBE)
+            return
+        self.stats.rtx_received += 1
+        self.on_rtp(original)
+
+    def _watch_loss(self, track: PublishedTrack, ssrc: int) -> None:
+        if track.kind == "video":
+            self.nacks.setdefault(ssrc, UplinkNacks())
+
+    def _learn_ssrc(self, data: bytes, info: RtpInfo) -> PublishedTrack | Layer | DropReason:
         if self._mid_ext is None:
-            return None
+            return DropReason.UNKNOWN_SSRC
         mid = get_extension(data, info, self._mid_ext)
         if mid is None:
-            return None
+            return DropReason.UNKNOWN_SSRC
         track = self._tracks_by_mid.get(mid.decode("ascii", "replace"))
-        if track is None or track.ssrc is not None or track.sid not in self._tracks:
-            return None
+        if track is None or track.sid not in self._tracks:
+            return DropReason.UNKNOWN_SSRC
+        if track.layers:
+            layer = learn_layer(track.layers, track.simulcast, data, info)
+            if isinstance(layer, Layer):
+                self._tracks_by_ssrc[info.ssrc] = layer
+                self._watch_loss(track, info.ssrc)
+            return layer
+        if track.ssrc is not None:
+            return DropReason.UNKNOWN_SSRC
         track.ssrc = info.ssrc
         self._tracks_by_ssrc[info.ssrc] = track
+        self._watch_loss(track, info.ssrc)
         return track
 
     def bind(
@@ -89,19 +149,26 @@ class Ingress:
         self._mid_ext = next(
             (i for i, uri in extensions.items() if uri.endswith("sdes:mid")), self._mid_ext
         )
-        if ssrc is not None and track.ssrc is None:
+        if ssrc is not None and track.ssrc is None and not track.layers:
             track.ssrc = ssrc
             self._tracks_by_ssrc[ssrc] = track
+            self._watch_loss(track, ssrc)
         if rtx_ssrc is not None and track.rtx_ssrc is None:
             track.rtx_ssrc = rtx_ssrc
-            # keyroom does not NACK publishers: their RTX stream only carries padding probes.
-            self._tracks_by_ssrc[rtx_ssrc] = None
+            if codec.rtx_payload_type is not None:
+                self._rtx[rtx_ssrc] = track
+            else:
+                # RTX announced but not negotiated (no apt to repair): its packets are refused.
+                self._tracks_by_ssrc[rtx_ssrc] = None
 
     def forget(self, track: PublishedTrack) -> None:
         if track.mid is not None:
             self._tracks_by_mid.pop(track.mid, None)
-        for ssrc in (track.ssrc, track.rtx_ssrc):
+        layer_ssrcs = [layer.ssrc for layer in track.layers]
+        for ssrc in dict.fromkeys((track.ssrc, track.rtx_ssrc, *layer_ssrcs)):
             if ssrc is not None:
+                self.nacks.pop(ssrc, None)
+                self._rtx.pop(ssrc, None)
                 # Keep the SSRC known so later packets count as "unpublished", not "unknown";
                 # the most recent ones only, so a publisher that churns grows nothing.
                 self._tracks_by_ssrc[ssrc] = None
@@ -110,3 +177,7 @@ class Ingress:
             old = self._forgotten.popleft()
             if self._tracks_by_ssrc.get(old, 0) is None:
                 del self._tracks_by_ssrc[old]
+
+
+def _nothing() -> None:
+    pass

@@ -30,6 +30,7 @@ JOIN_REASONS = frozenset(
     {
         "join",
         "resume",
+        "redirect",  # a cluster node sent the join to the room's node (docs/cluster.md)
         "unauthorized",
         "forbidden",
         "room_full",

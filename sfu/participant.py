@@ -89,6 +89,7 @@ class Participant:
         self.ice_refusals: list[str] = []
         self._timer = clock.TimerDriver(self)
         self._build_media(addresses)
+        self.publishing.simulcast_allowed = lambda: self.room.limits.simulcast
 
     def _build_media(self, addresses: dict[str, str]) -> None:
         """The two peer connections and the parts that work on them."""
@@ -103,16 +104,12 @@ class Participant:
             self.stats.dropped,
             self.ice_refusals,
         )
-        self.feedback = Feedback(
-            tracks=self.tracks,
-            subscriptions=self.subscriptions,
-            stats=stats,
-            max_video_bitrate=lambda: self.room.limits.max_video_bitrate,
-            rtcp_ssrc=random.getrandbits(32),
-        )
+        ingress = Ingress(self.tracks, stats)
+        ingress.on_gap = self._uplink_gap
+        self.feedback = self._new_feedback(ingress)
         self.publishing = Publishing(
             self.publisher_pc,
-            ingress=Ingress(self.tracks, stats),
+            ingress=ingress,
             feedback=self.feedback,
             stats=stats,
             allowed_codecs=lambda: self.room.limits.allowed_codecs,
@@ -141,6 +138,16 @@ class Participant:
         self.publisher_pc.on("connectionstatechange", self._on_state_change)
         self.subscriber_pc.on("connectionstatechange", self._on_state_change)
 
+    def _new_feedback(self, ingress: Ingress) -> Feedback:
+        return Feedback(
+            tracks=self.tracks,
+            subscriptions=self.subscriptions,
+            stats=self.stats,
+            max_video_bitrate=lambda: self.room.limits.max_video_bitrate,
+            rtcp_ssrc=random.getrandbits(32),
+            uplink=ingress.nacks,
+        )
+
     def _may_publish_data(self) -> bool:
         return may_publish_data(self.grant).allowed
 
@@ -168,6 +175,10 @@ class Participant:
         """Media sections of the subscriber connection: bounded by the tracks received at once,
         as sections are recycled (sfu/subscribing.py)."""
         return len(self.subscriber_pc.getTransceivers())
+
+    def connection_quality(self) -> dict[str, object]:
+        """RTT, loss, jitter, estimated bandwidth and level (sfu/quality.py)."""
+        return self.feedback.quality.snapshot(self.feedback.rtt.rtt).as_dict()
 
     def connection_state(self) -> dict[str, str]:
         return {
@@ -206,6 +217,20 @@ class Participant:
         self._timer.update()
         return answer
 
+    def set_quality(self, track_sid: str, max_layer: int) -> bool:
+        """Cap the layer this participant receives of a track; False if not subscribed."""
+        down = self.subscriptions.get(track_sid)
+        if down is None:
+            return False
+        down.max_layer = max_layer
+        for changed in self.feedback.congestion.reallocate(clock.now()):
+            changed.track.request_keyframe()
+        return True
+
+    def _uplink_gap(self) -> None:
+        self.feedback.uplink_gap(clock.now())
+        self._timer.update()
+
     def _request_keyframe(self, track: PublishedTrack) -> None:
         self.feedback.request_keyframe(track, clock.now())
         self._flush()
@@ -226,6 +251,12 @@ class Participant:
     def _flush(self) -> None:
         """Send what the feedback has queued, and re-arm the timer for its next deadline."""
         self.feedback.drain(self.publishing.sink, self.subscribing.sink)
+        for event in self.feedback.events:
+            self.notify(event)
+        self.feedback.events.clear()
+        if self.feedback.quality_changes:
+            self.feedback.quality_changes.clear()
+            self.notify({"type": "connection_quality", **self.connection_quality()})
         self._timer.update()
 
     # -- data -----------------------------------------------------------------------------------

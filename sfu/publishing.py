@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from functools import partial
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
@@ -26,6 +27,7 @@ from sfu.feedback import Feedback
 from sfu.forwarder import CodecInfo, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.negotiation import NegotiationError
+from sfu.opusfmtp import enable_fec_and_dtx
 from sfu.sdpinfo import (
     MAX_SECTIONS,
     BadSdp,
@@ -36,6 +38,7 @@ from sfu.sdpinfo import (
     read_mline,
     split_sdp,
 )
+from sfu.simulcast import answer_simulcast, simulcast_sections
 from sfu.stats import DropReason, Stats
 
 
@@ -106,6 +109,9 @@ class Publishing:
         self._transport: RTCDtlsTransport | None = None
         # Sends keyroom's feedback (RR, REMB, PLI) to the publisher once connected.
         self.sink: internals.RtpSink | None = None
+        # The room's `simulcast` limit, read at each offer: off, simulcast offers are answered
+        # without it (the client then sends one encoding).
+        self.simulcast_allowed: Callable[[], bool] = lambda: True
 
     async def answer(
         self, sdp: str, tracks_by_cid: Mapping[str, PublishedTrack]
@@ -132,6 +138,7 @@ class Publishing:
                 raise NegotiationError(f"offer refused: {exc}") from None
             self._guard_data(pc.sctp)
             allowed = tuple(self.allowed_codecs())
+            simulcast = self.simulcast_allowed()
             newly_bound = []
             for section in sections:
                 transceiver = next((t for t in pc.getTransceivers() if t.mid == section.mid), None)
@@ -139,6 +146,8 @@ class Publishing:
                     continue
                 track = tracks_by_cid.get(section.track_id or "")
                 was_bound = track is not None and track.bound
+                if not simulcast:
+                    section = replace(section, simulcast=None)
                 if self._accept(section, transceiver, track, allowed) and not was_bound:
                     assert track is not None
                     newly_bound.append(track)
@@ -148,7 +157,8 @@ class Publishing:
             except Exception as exc:
                 raise NegotiationError(f"offer refused: {exc}") from None
             self._hook()
-            local = pc.localDescription.sdp
+            accepted = simulcast_sections(sections, tracks_by_cid) if simulcast else {}
+            local = answer_simulcast(enable_fec_and_dtx(pc.localDescription.sdp), accepted)
             if pc.sctp is not None and not self._may_publish_data():
                 local = reject_data_section(local)
             return advertise(local, self._public_addresses), newly_bound
@@ -188,6 +198,8 @@ class Publishing:
         internals.restrict_codecs(transceiver, [codec] + ([rtx] if rtx else []))
         assert codec.payloadType is not None
         transceiver.direction = "recvonly"
+        if section.simulcast is not None:
+            track.set_simulcast(section.simulcast)
         self.ingress.bind(
             track,
             section.mid,

@@ -265,6 +265,24 @@ class RtpRewriter:
         self._ts_offset = (self._ts_start - in_ts) & _TS_MASK
         self._started = True
 
+    def rebase(self, in_seq: int, in_ts: int, ts_step: int | None) -> None:
+        """Continue from the last packet sent, so skipped input leaves no sequence gap: `in_seq`
+        comes out as last_out_seq + 1; with `ts_step` (a new source), `in_ts` comes out as
+        last_out_ts + ts_step, else the timestamp offset stays. Before any packet: a start."""
+        if not self._started:
+            self._start(in_seq, in_ts)
+            return
+        self._seq_offset = (self.last_out_seq + 1 - in_seq) & _SEQ_MASK
+        if ts_step is not None:
+            self._ts_offset = (self.last_out_ts + ts_step - in_ts) & _TS_MASK
+
+    def take_sequence(self) -> int:
+        """A sequence number for a packet keyroom adds (padding): the next one, with the input's
+        later packets moved up by one."""
+        self._seq_offset = (self._seq_offset + 1) & _SEQ_MASK
+        self.last_out_seq = (self.last_out_seq + 1) & _SEQ_MASK
+        return self.last_out_seq
+
     def translate_timestamp(self, in_ts: int) -> int:
         """Map a publisher RTP timestamp (e.g. from its Sender Report) onto this down-track."""
         if not self._started:

@@ -16,12 +16,30 @@ from aiortc import sdp
 
 MAX_SDP_BYTES = 64 * 1024
 MAX_SECTIONS = 64
+# Simulcast layers one video section may offer (Chromium and LiveKit send at most three).
+MAX_SIMULCAST_LAYERS = 3
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+# RFC 8851: a rid-id is alpha-numeric plus "-" and "_"; kept short, it travels in every packet.
+MAX_RID_LENGTH = 16
+# RIDs whose meaning is known, lowest quality first (Chromium/LiveKit "q"uarter, "h"alf, "f"ull).
+_KNOWN_RID_ORDER = ("q", "h", "f")
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 
 class BadSdp(ValueError):
     """The SDP cannot be parsed or breaks a keyroom rule; the message says which."""
+
+
+@dataclass(frozen=True)
+class SimulcastOffer:
+    """A section's `a=simulcast:send` layers (RFC 8853), lowest quality first, and the header
+    extension ids that name a packet's layer (RID) and a repair stream's layer."""
+
+    rids: tuple[str, ...]
+    rid_ext: int | None
+    repaired_rid_ext: int | None
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,7 @@ class MediaSection:
     track_id: str | None
     media_ssrc: int | None
     rtx_ssrc: int | None
+    simulcast: SimulcastOffer | None = None
 
 
 @dataclass(frozen=True)
@@ -190,7 +209,74 @@ def describe_offer(text: str) -> list[MediaSection]:
     for info, media in zip(infos, description.media, strict=True):
         _check_section(info, media, mids)
     _check_bundle(description, mids)
-    return [_offered(info) for info in infos]
+    sections = split_sdp(text)[1]
+    return [
+        _offered(info, read_simulcast(lines)) for info, lines in zip(infos, sections, strict=True)
+    ]
+
+
+def read_simulcast(lines: list[str]) -> SimulcastOffer | None:
+    """The simulcast layers a section offers to send; None without `a=simulcast:send`.
+    Raises BadSdp for more than MAX_SIMULCAST_LAYERS, a duplicate or malformed RID, or a layer
+    `a=simulcast` names that no `a=rid:<id> send` declares."""
+    value = attribute(lines, "simulcast")
+    if value is None:
+        return None
+    direction, _, alternatives = value.strip().partition(" ")
+    if direction != "send" or not alternatives:
+        raise BadSdp(f"a=simulcast:{value} is not a send simulcast keyroom can receive")
+    declared = _send_rids(lines)
+    # Each ";" entry is one layer; "," separates alternatives of it: the first is taken, and a
+    # leading "~" (initially paused) is irrelevant to a receiver.
+    rids = [entry.split(",")[0].lstrip("~") for entry in alternatives.split(";")]
+    if len(rids) > MAX_SIMULCAST_LAYERS:
+        raise BadSdp(f"more than {MAX_SIMULCAST_LAYERS} simulcast layers")
+    for rid in rids:
+        if rid not in declared:
+            raise BadSdp(f"a=simulcast names rid {rid!r}, which no a=rid:{rid} send declares")
+    if len(set(rids)) != len(rids):
+        raise BadSdp("a=simulcast names a rid twice")
+    if set(rids) <= set(_KNOWN_RID_ORDER):
+        rids.sort(key=_KNOWN_RID_ORDER.index)
+    rid_ext = _extmap_id(lines, RID_URI)
+    if rid_ext is None:
+        # Without the RID in the packets, nothing tells keyroom which layer an SSRC carries.
+        raise BadSdp("a=simulcast without the rtp-stream-id header extension")
+    return SimulcastOffer(tuple(rids), rid_ext, _extmap_id(lines, REPAIRED_RID_URI))
+
+
+def _send_rids(lines: list[str]) -> list[str]:
+    """The RIDs `a=rid:<id> send` declares, in order."""
+    declared: list[str] = []
+    for line in lines:
+        if line.startswith("a=rid:"):
+            rid, _, rest = line[len("a=rid:") :].partition(" ")
+            if rest.split(" ", 1)[0] != "send":
+                continue
+            _check_rid(rid)
+            if rid in declared:
+                raise BadSdp(f"duplicate a=rid:{rid}")
+            declared.append(rid)
+    return declared
+
+
+def _check_rid(rid: str) -> None:
+    if not (0 < len(rid) <= MAX_RID_LENGTH and rid.replace("-", "").replace("_", "").isalnum()):
+        raise BadSdp(f"malformed rid {rid[:MAX_RID_LENGTH]!r}")
+    if not rid.isascii():
+        raise BadSdp("malformed rid (not ASCII)")
+
+
+def _extmap_id(lines: list[str], uri: str) -> int | None:
+    for line in lines:
+        if line.startswith("a=extmap:"):
+            ident, _, rest = line[len("a=extmap:") :].partition(" ")
+            if rest.split(" ")[0] == uri:
+                number = ident.split("/")[0]
+                if not (number.isdigit() and 1 <= int(number) <= 255):
+                    raise BadSdp(f"malformed a=extmap for {uri}")
+                return int(number)
+    return None
 
 
 def _check_bundle(description: sdp.SessionDescription, mids: set[str]) -> None:
@@ -215,7 +301,7 @@ def _check_section(info: MediaSectionInfo, media: sdp.MediaDescription, mids: se
         raise BadSdp(f"media section {info.index} lacks ICE or DTLS parameters")
 
 
-def _offered(info: MediaSectionInfo) -> MediaSection:
+def _offered(info: MediaSectionInfo, simulcast: SimulcastOffer | None) -> MediaSection:
     media_ssrc, rtx_ssrc = info.fid or ((info.ssrcs[0], None) if info.ssrcs else (None, None))
     return MediaSection(
         index=info.index,
@@ -226,4 +312,5 @@ def _offered(info: MediaSectionInfo) -> MediaSection:
         track_id=info.track_id,
         media_ssrc=media_ssrc,
         rtx_ssrc=rtx_ssrc,
+        simulcast=simulcast if info.kind == "video" else None,
     )

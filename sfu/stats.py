@@ -26,6 +26,13 @@ class DropReason(StrEnum):
     NACK_LIMITED = "nack_limited"
     # A data channel message in reassembly past the SCTP receive window (sfu/internals/sctp.py).
     DATA_OVERFLOW = "data_overflow"
+    # A simulcast packet whose RID the offer did not declare, or that names a layer already
+    # carried by another SSRC (sfu/simulcast.py).
+    BAD_LAYER = "bad_layer"
+    # A packet received twice (e.g. a publisher's retransmission of one that arrived after all).
+    DUPLICATE = "duplicate"
+    # A publisher's padding-only RTX packet (a bandwidth probe): nothing to forward.
+    RTX_PROBE = "rtx_probe"
 
 
 @dataclass
@@ -36,6 +43,10 @@ class Stats:
     bytes_out: int = 0  # forwarded copies counted at their input size
     keyframe_requests: int = 0
     retransmissions: int = 0
+    # Uplink loss recovery (sfu/uplinknack.py): sequence numbers NACKed to publishers, and
+    # publisher RTX packets unwrapped and forwarded.
+    uplink_nacks: int = 0
+    rtx_received: int = 0
     # Subscriber sections that carried a track before and were given to a new one.
     sections_reused: int = 0
     # The batched fan-out (sfu/fastpath): sendmmsg calls and the packets they sent.

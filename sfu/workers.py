@@ -7,6 +7,8 @@ The supervisor forwards SIGTERM (drain) and SIGINT to every worker and exits whe
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -15,6 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sfu.config import Config, ConfigError
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,7 +68,10 @@ def check_workers(config: Config, count: int) -> None:
 def supervise(argv: Sequence[str], count: int) -> int:
     """Run `count` workers with the command line `argv` (without --workers); their exit."""
     children = [
-        subprocess.Popen([sys.executable, "-m", "sfu", *argv, "--worker", f"{i}/{count}"])
+        subprocess.Popen(
+            [sys.executable, "-m", "sfu", *argv, "--worker", f"{i}/{count}"],
+            preexec_fn=_die_with_parent,
+        )
         for i in range(count)
     ]
 
@@ -76,6 +83,14 @@ def supervise(argv: Sequence[str], count: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     return max(child.wait() for child in children)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGINT it when the supervisor dies, even by SIGKILL (Linux), so no worker
+    outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 def without_workers(argv: Sequence[str]) -> list[str]:

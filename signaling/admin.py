@@ -350,6 +350,7 @@ def admin_view(participant: Participant) -> dict[str, Any]:
     # Whether its token is bound to a client key it proved, and the client kind it proved.
     info["bound"] = participant.bound_client is not None
     info["client_kind"] = participant.bound_client
+    info["connection_quality"] = participant.connection_quality()
     for track in info["tracks"]:
         published = participant.tracks[track["sid"]]
         c = published.counters

@@ -221,6 +221,16 @@ class TrackMuted(ServerMessage, tag="track_muted"):
     muted: bool
 
 
+class LayerActivity(Struct):
+    rid: str
+    active: bool
+
+
+class Dynacast(ServerMessage, tag="dynacast"):
+    track_sid: str
+    layers: list[LayerActivity]
+
+
 class Speaker(Struct):
     sid: str
     level: float
@@ -244,6 +254,15 @@ class RecordingNotice(ServerMessage, tag="recording"):
     active: bool
 
 
+class ConnectionQuality(ServerMessage, tag="connection_quality"):
+    quality: str
+    rtt_ms: float | None
+    loss_down: float
+    loss_up: float
+    jitter_ms: float
+    bandwidth_bps: int | None
+
+
 AnyServerMessage = (
     Ok
     | Error
@@ -260,8 +279,10 @@ AnyServerMessage = (
     | ParticipantUpdated
     | TrackUnpublished
     | TrackMuted
+    | Dynacast
     | ActiveSpeakers
     | PermissionsChanged
     | RoomUpdated
     | RecordingNotice
+    | ConnectionQuality
 )

@@ -174,9 +174,14 @@ def mute(
     return ok(message)
 
 
+QUALITY_LAYERS = {"low": 0, "medium": 1, "high": 2}
+
+
 def set_quality(
     state: ServerState, participant: Participant, room: Room, message: SetQuality
 ) -> ServerMessage | None:
     if room.find_track(message.track_sid) is None:
         raise MessageError("not_found", "no such track", message.req)
-    return ok(message)  # single-layer tracks: every quality is the one layer
+    # Not subscribed (yet): nothing to cap; a single-layer track has one layer to give.
+    participant.set_quality(message.track_sid, QUALITY_LAYERS[message.quality])
+    return ok(message)

@@ -312,6 +312,11 @@ class Session:
         try:
             answer, bound = await participant.handle_publisher_offer(message.sdp)
         except NegotiationError as exc:
+            # The server's own words (the transceiver cap among them): a security event.
+            self.state.audit.record(
+                "offer_refused", ip=self.peer, room=room.name, identity=participant.identity,
+                reason=str(exc)[:200],
+            )  # fmt: skip
             raise MessageError("invalid_message", str(exc), message.req) from None
         self.send(PublisherAnswer(target="publisher", sdp=answer, req=message.req))
         for track in bound:

@@ -28,6 +28,7 @@ CASES: dict[str, tuple[Any, list[Any], list[Any]]] = {
     "relay_only": (True, [True], [False]),
     "e2ee_required": (True, [True], [False]),
     "recording_allowed": (False, [False], [True]),
+    "simulcast": (False, [False], [True]),
     "single_use_tokens": (True, [True], [False]),
     "require_bound_tokens": (True, [True], [False]),
     "auto_record": (False, [False], [True]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -273,7 +274,10 @@ async def test_workers_share_the_hosts_redis(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)  # both drain: they exit once their rooms are empty
         for client in clients:
             await client.leave()
-        assert await asyncio.to_thread(process.wait, 20) == 0
+        try:
+            assert await asyncio.to_thread(process.wait, 60) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"workers still running:\n{log.read_text()[-3000:]}") from None
     finally:
         spawn.stop(process)
         redis_server.stop()

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from loadtest.spawn import free_port
 from sfu.config import ConfigError, load_config
 from sfu.workers import check_workers, parse_worker, without_workers, worker_overrides
+from signaling.client import KeyroomClient, KeyroomError
 from signaling.cluster.load import LoadMeter
 from signaling.cluster.names import Names
 from signaling.cluster.node import ClusterNode, default_url
@@ -163,3 +166,34 @@ def test_the_compose_node_config_loads() -> None:
     loaded = load_config(str(root / "deploy" / "keyroom-node.toml"), {}, env)
     assert loaded.cluster.redis_url == "redis://127.0.0.1:6379/0"
     assert "node1:" in (root / "compose.yaml").read_text()
+
+
+@pytest.mark.parametrize("target", ["self", "http://127.0.0.1:1/rtc"])
+async def test_the_client_gives_up_on_redirect_loops_and_non_websocket_urls(target: str) -> None:
+    """A server answering every join with a redirect (to itself, or to an http URL)."""
+    opened: list[int] = []
+
+    async def rtc(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        opened.append(1)
+        join = await ws.receive_json()
+        url = f"ws://127.0.0.1:{port}/rtc" if target == "self" else target
+        await ws.send_json({"type": "redirect", "req": join["req"], "url": url})
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/rtc", rtc)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        client = KeyroomClient(f"ws://127.0.0.1:{port}/rtc", "token")
+        with pytest.raises(KeyroomError) as refused:
+            await client.connect(timeout=5)
+        assert refused.value.code == "redirect_loop"
+        assert len(opened) == (4 if target == "self" else 1)  # the first socket and 3 redirects
+    finally:
+        await runner.cleanup()

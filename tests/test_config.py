@@ -194,6 +194,7 @@ BAD_VALUES = [
     ("limits", "relay_only", "no"),
     ("limits", "e2ee_required", 0),
     ("limits", "recording_allowed", 1),
+    ("limits", "simulcast", "yes"),
     ("limits", "single_use_tokens", "true"),
     ("limits", "auto_record", "yes"),
     ("recording", "public_key", 5),

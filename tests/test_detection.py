@@ -108,6 +108,7 @@ def test_audit_records_become_typed_events() -> None:
         ("brake_engaged", "brake_engaged"),
         ("admin_refused", "admin_refused"),
         ("abuse_close", "abuse_close"),
+        ("offer_refused", "offer_refused"),
         ("kicked", "admin_action"),
         ("publish_refused", "grant_refused"),
     ]:

@@ -271,7 +271,10 @@ class Run:
         session = self.connection(client)
         if isinstance(frame, dict):
             frame = {k: self.fill(client, v) for k, v in frame.items()}
-            data = json.dumps(frame)
+            try:
+                data = json.dumps(frame, allow_nan=False)
+            except ValueError:  # NaN/Infinity: not JSON, so its `req` is unreadable too
+                frame = data = json.dumps(frame)
         else:
             data = frame
         sent_before = len(client.wire.frames)

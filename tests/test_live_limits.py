@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
+from aiortc import RTCPeerConnection, VideoStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from auth.grants import VideoGrant
@@ -16,6 +17,7 @@ from sfu.participant import Participant
 from sfu.publishing import choose_codec
 from sfu.room import Room
 from sfu.rtcp import Remb, parse_rtcp
+from sfu.simulcast import offer_simulcast
 from sfu.stats import DropReason, Stats
 
 
@@ -111,3 +113,27 @@ async def test_a_track_asks_its_own_publisher_for_keyframes_until_unpublished(
     assert participant.next_deadline() is None
     track.request_keyframe()
     assert participant.next_deadline() is None
+
+
+async def test_a_simulcast_offer_is_answered_as_the_room_allows_at_the_time(
+    room_and_participant: tuple[Room, Participant],
+) -> None:
+    room, participant = room_and_participant
+    client = RTCPeerConnection()
+    try:
+        camera = VideoStreamTrack()
+        client.addTransceiver(camera, direction="sendonly")
+        await client.setLocalDescription(await client.createOffer())
+        offer = offer_simulcast(client.localDescription.sdp, {"0": ("q", "h", "f")})
+        track = PublishedTrack(
+            sid="TR_v", cid=camera.id, kind="video", source="camera", name="", publisher_sid="PA_p"
+        )
+        participant.add_track(track)
+        answer, _ = await participant.handle_publisher_offer(offer)
+        assert "a=simulcast:recv q;h;f" in answer and "a=rid:f recv" in answer
+        assert [layer["rid"] for layer in track.info()["simulcast"]] == ["q", "h", "f"]  # type: ignore[index]
+        room.limits = replace(room.limits, simulcast=False)
+        answer, _ = await participant.handle_publisher_offer(offer)
+        assert "simulcast" not in answer and "a=rid" not in answer
+    finally:
+        await client.close()

@@ -349,15 +349,18 @@ class KeyroomClient:
         source: str = "camera",
         name: str = "",
         e2ee: FrameCryptor | None = None,
+        simulcast: tuple[str, ...] = (),
     ) -> Frame:
         """Announce `track` (`add_track`, cid = track.id), then send it on the publisher PC.
+        `simulcast`: offer it as these RIDs, lowest quality first (e.g. ("q", "h", "f")); aiortc
+        sends one encoding only, so the caller writes each layer's RTP itself (loadtest/).
 
         Returns the granted TrackInfo. Raises KeyroomError for a refused `add_track`, or
         `forbidden` when the server's answer rejects the track's media section. With `e2ee`,
         the track is declared `"encryption":"e2ee"` and every frame encrypted (client/e2ee.py).
         """
         identity = str(self.joined.get("participant", {}).get("identity", ""))
-        return await self._publisher.publish(track, source, name, e2ee, identity)
+        return await self._publisher.publish(track, source, name, e2ee, identity, simulcast)
 
     async def renegotiate_publisher(self) -> set[str]:
         """Offer the publisher PC's current state and apply the answer; returns the mids the

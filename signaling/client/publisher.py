@@ -15,6 +15,7 @@ from aiortc import (
 )
 
 from sfu.sdpinfo import describe_sections
+from sfu.simulcast import offer_simulcast
 from signaling.client.connection import Connection
 from signaling.client.e2ee import FrameCryptor, encrypt_sender
 from signaling.client.errors import Frame, KeyroomError
@@ -43,6 +44,8 @@ class Publisher:
         self._free: list[RTCRtpTransceiver] = []
         self.channels: dict[str, RTCDataChannel] = {}
         self._data_refused = False
+        # RIDs of the sections offered as simulcast (aiortc offers none: written in by hand).
+        self._simulcast: dict[RTCRtpTransceiver, tuple[str, ...]] = {}
 
     async def publish(
         self,
@@ -51,6 +54,7 @@ class Publisher:
         name: str,
         e2ee: FrameCryptor | None = None,
         identity: str = "",
+        simulcast: tuple[str, ...] = (),
     ) -> Frame:
         async with self._lock:
             reply = await self._request(
@@ -72,6 +76,8 @@ class Publisher:
             if e2ee is not None:
                 encrypt_sender(transceiver.sender, e2ee, identity, track.kind)
             self._published[info["sid"]] = transceiver
+            if simulcast:
+                self._simulcast[transceiver] = simulcast
             rejected = await self._negotiate()
         if transceiver.mid in rejected:
             raise KeyroomError("forbidden", f"the server rejected the media of track {info['sid']}")
@@ -85,7 +91,8 @@ class Publisher:
         """Offer the PC's current state, apply the answer; returns the mids it rejected."""
         pc = self._require_pc()
         await pc.setLocalDescription(await pc.createOffer())
-        offer = pc.localDescription.sdp
+        layers = {t.mid: rids for t, rids in self._simulcast.items() if t.mid is not None}
+        offer = offer_simulcast(pc.localDescription.sdp, layers)
         reply = await self._request({"type": "offer", "target": "publisher", "sdp": offer})
         answer = str(reply.get("sdp", ""))
         rejected = {s.mid for s in describe_sections(answer) if s.rejected and s.mid is not None}
@@ -118,6 +125,7 @@ class Publisher:
             # Frees the track for a later publish(); aiortc refuses a track that has a sender.
             transceiver.sender.replaceTrack(None)
             transceiver.direction = "inactive"
+            self._simulcast.pop(transceiver, None)
             await self._negotiate()
             self._free.append(transceiver)
 

@@ -11,6 +11,7 @@ empty), this node registers again and re-publishes what it knows (revocations, i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -78,6 +79,7 @@ class ClusterNode:
         self._claim = self.redis.register_script(CLAIM)
         self.draining = False
         self.healthy = False
+        self._closed = False
         self._boot: str | None = None
         self._meter = LoadMeter(cluster.capacity)
         self._tasks = TaskSet("cluster")
@@ -101,7 +103,10 @@ class ClusterNode:
     async def close(self) -> None:
         """Leave the registry (rooms here are placed again on their next join) and stop."""
         self.state.rooms.listeners.remove(self._on_room_event)
-        await self._tasks.close()
+        self._closed = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REDIS_TIMEOUT * 2):  # a stuck Redis call must not hang
+                await self._tasks.close()
 
         def leave(pipe: Pipeline) -> None:
             for room in self._held | set(self.state.rooms.rooms):
@@ -135,7 +140,7 @@ class ClusterNode:
     # -- heartbeat ------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT * 2):
                     await self.heartbeat(time.time())
@@ -148,10 +153,10 @@ class ClusterNode:
                 self.healthy = False
                 self._boot = None  # whatever Redis holds when it is back, copy everything
             self._beat.clear()
-            try:
-                await asyncio.wait_for(self._beat.wait(), self.config.heartbeat)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.heartbeat):
+                    await self._beat.wait()
 
     def beat_now(self) -> None:
         self._beat.set()
@@ -332,7 +337,7 @@ class ClusterNode:
     # -- bus ------------------------------------------------------------------------------------
 
     async def _bus_loop(self) -> None:
-        while True:
+        while not self._closed:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.names.bus)
@@ -432,8 +437,7 @@ class ClusterNode:
                     state.rooms.remove(room)  # no empty_timeout wait: nobody comes back here
             if not state.rooms.rooms:
                 break
-            try:
-                await asyncio.wait_for(self._room_gone.wait(), deadline - time.monotonic())
-            except TimeoutError:
-                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await self._room_gone.wait()
         self.on_drained()

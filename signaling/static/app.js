@@ -11,6 +11,7 @@
 import { E2EE } from "/static/e2ee.js";
 import { Room, humanMessage } from "/static/keyroom.js";
 import { KeyBinding, isBoundToken } from "/static/keybinding.js";
+import { qualityForHeight } from "/static/simulcast.js";
 
 const $ = (id) => document.getElementById(id);
 const SOURCE_LABEL = {
@@ -391,8 +392,24 @@ function attachRemote(remote) {
   const tile = tileFor(remoteKey(remote), screen ? `${owner}'s screen` : owner);
   tile.dataset.mid = remote.mid;
   setTileVideo(tile, remote.stream);
+  watchTileSize(tile, remote);
   renderTileStates();
   layoutGrid();
+}
+
+// A simulcast layer as big as the tile shows: a small tile asks for a lower one (set_quality).
+const tileObservers = new WeakMap();
+function watchTileSize(tile, remote) {
+  tileObservers.get(tile)?.disconnect();
+  let asked = null;
+  const observer = new ResizeObserver(([entry]) => {
+    const quality = qualityForHeight(entry.contentRect.height);
+    if (quality === asked || tile.dataset.mid !== remote.mid) return;
+    asked = quality;
+    room?.setQuality(remote.trackSid, quality).catch(() => {});
+  });
+  observer.observe(tile);
+  tileObservers.set(tile, observer);
 }
 
 function detachRemote(remote) {

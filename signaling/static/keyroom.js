@@ -1,6 +1,7 @@
 // keyroom.js: the browser side of the keyroom wire contract (docs/protocol.md section 2).
 //
-// An ES module with no dependencies and no build step. One `Room` is one participant:
+// An ES module with no dependencies (beyond its sibling simulcast.js) and no build step. One
+// `Room` is one participant:
 //
 //   import { Room } from "/static/keyroom.js";
 //   const room = new Room({ url: "ws://host:7880/rtc", token });
@@ -20,6 +21,8 @@
 //   "server"       the raw server event frame, for every event of PROTOCOL 2.6
 //   "disconnected" {reason, closeCode, error}: the session is over for good
 // See docs/browser.md for the whole API.
+
+import { applyDynacast, simulcastEncodings } from "./simulcast.js";
 
 export const PROTOCOL_VERSION = 1;
 const CLIENT_INFO = { sdk: "js", version: "0.1" };
@@ -482,6 +485,9 @@ export class Room extends EventTarget {
       case "track_muted":
         if (!this._applyTrackEvent(frame)) return;
         break;
+      case "dynacast":
+        applyDynacast(this.localTracks, frame).catch((error) => this._reportError(error));
+        return;
       default:
         return;
     }
@@ -649,6 +655,7 @@ export class Room extends EventTarget {
     const transceiver = this.publisher.addTransceiver(track, {
       direction: "sendonly",
       streams: [new MediaStream([track])],
+      sendEncodings: simulcastEncodings(this.room, track, info?.source),
     });
     this.e2ee?.attachSender(transceiver.sender, this.participant?.identity, track.kind);
     if (track.kind === "video" && this.videoCodec) this._preferCodec(transceiver, this.videoCodec);
@@ -698,6 +705,11 @@ export class Room extends EventTarget {
     local.track.enabled = !muted;
     await this.request({ type: "mute", track_sid: trackSid, muted });
     local.info = { ...local.info, muted };
+  }
+
+  /** Cap the simulcast layer received of a track: "low", "medium" or "high". */
+  setQuality(trackSid, quality) {
+    return this.request({ type: "set_quality", track_sid: trackSid, quality });
   }
 
   /** (Un)subscribe explicitly; the server follows with a subscriber offer. */

@@ -1,0 +1,234 @@
+"""Congestion control towards one subscriber: its reports -> an estimate -> each video
+down-track's layer, once a second (sans-I/O, `now` passed in).
+
+A browser's REMB only grows to about 1.5x what it receives, so a subscriber held on a low layer
+would never show that its link recovered. keyroom therefore probes upwards: after
+PROBE_INTERVAL without the estimate falling while some video is below what the subscriber
+asked for, it sends as much as the next layer needs for up to PROBE_LENGTH seconds, the media
+it sends plus padding packets after each packet of one flowing video down-track
+(sfu/padding.py). If neither REMB nor loss pushes back meanwhile (or the estimate reaches the
+level), the level is granted and the layer switched up; at the first push-back the padding
+stops at once and the next probe waits twice as long (at most MAX_PROBE_INTERVAL). With no
+video flowing to pad (everything paused), the probe is the next layer itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
+from sfu.estimator import Estimator
+from sfu.forwarder import DownTrack
+from sfu.layerswitch import PAUSED
+from sfu.rtcp import ReportBlock
+
+PROBE_INTERVAL = 3.0
+MAX_PROBE_INTERVAL = 5.0
+PROBE_LENGTH = 2.5
+# Padding packets after one media packet at most (each ~280 bytes on the wire).
+MAX_PADDING_PER_PACKET = 12
+# A probe proves a level only if what was sent during it came this close to the level.
+PROBE_REACHED = 0.85
+# Nothing pushed the estimate down for this long: layers are kept more readily (allocator).
+CALM_PERIOD = 3.0
+PADDING_WIRE_BYTES = 280
+# Reserved per audio down-track before any video (Opus at its usual ~32 kbit/s, with headers).
+AUDIO_BITRATE = 40_000
+# A probe succeeds only on evidence: a loss report this long after its start, with little loss.
+PROBE_SETTLE = 0.5
+
+
+def demand(down: DownTrack) -> VideoDemand:
+    """What a video down-track could get: its layers up to the highest available one."""
+    track = down.track
+    top = down.max_layer
+    if track.layers:
+        bitrates = tuple(layer.expected for layer in track.layers)
+        available = [layer.index for layer in track.layers if layer.available]
+        top = min(top, max(available, default=PAUSED))
+    else:
+        bitrates = (max(track.bitrate, 1),)
+    return VideoDemand(track.sid, SOURCE_PRIORITY.get(track.source, 2), bitrates, top)
+
+
+class Congestion:
+    def __init__(self, subscriptions: Mapping[str, DownTrack]) -> None:
+        # The participant's own dict, read live.
+        self._subscriptions = subscriptions
+        self.estimator = Estimator()
+        self._octets: dict[str, tuple[float, int]] = {}
+        # Media packets per second of each down-track, measured at each tick.
+        self._packets: dict[str, tuple[float, int, float]] = {}
+        self.sending = 0
+        # A probe in progress: (start, end, budget); a level a probe proved: (since, budget).
+        self._probe: tuple[float, float, int] | None = None
+        # The down-track carrying a probe's padding.
+        self._carrier: DownTrack | None = None
+        self.probes = self.failed_probes = 0
+        # The most sent in a tick during the probe in progress (bit/s).
+        self._probe_peak = 0
+        self._granted: tuple[float, int] | None = None
+        self._interval = PROBE_INTERVAL
+        self._next_probe: float | None = None
+        self.choice: dict[str, int] = {}
+        self._react = False
+        self._reacted = -math.inf
+
+    def on_remb(self, bitrate: int, now: float) -> None:
+        self.estimator.on_remb(bitrate, now)
+        self._pushed_back()
+
+    def on_report_block(self, block: ReportBlock, now: float) -> None:
+        """Loss on a video down-track this subscriber receives."""
+        if any(d.out_ssrc == block.ssrc for d in self._subscriptions.values() if d.cache):
+            self.estimator.on_loss(block.fraction_lost / 256, self.sending, now)
+            self._pushed_back()
+
+    def _pushed_back(self) -> None:
+        """Padding stops at the first push-back, not at the next tick; and the layers follow a
+        falling estimate at once (`react`)."""
+        if self._probe is not None and self.estimator.decreased_since(self._probe[0]):
+            self._stop_padding()
+        if self.estimator.last_decrease > self._reacted:
+            self._react = True
+
+    def react(self, now: float) -> list[DownTrack]:
+        """After a report that lowered the estimate: re-allocate now rather than at the next
+        tick (a link that just got thinner is overflowing meanwhile)."""
+        if not self._react:
+            return []
+        self._react = False
+        self._reacted = now
+        return self.reallocate(now)
+
+    def _stop_padding(self) -> None:
+        if self._carrier is not None:
+            self._carrier.padding = 0
+            self._carrier = None
+
+    def tick(self, now: float) -> list[DownTrack]:
+        """Measure what was sent and re-allocate (once a second); the down-tracks whose new
+        layer needs a keyframe."""
+        self.sending = sum(self._measure(sid, d, now) for sid, d in self._subscriptions.items())
+        for sid in [s for s in self._octets if s not in self._subscriptions]:
+            del self._octets[sid]
+            self._packets.pop(sid, None)
+        return self.reallocate(now)
+
+    def reallocate(self, now: float) -> list[DownTrack]:
+        """Apply the current estimate (e.g. at once after a subscriber's set_quality)."""
+        videos, downs, audio = [], {}, 0
+        for down in self._subscriptions.values():
+            if down.track.kind == "video":
+                videos.append(demand(down))
+                downs[down.track.sid] = down
+            else:
+                audio += AUDIO_BITRATE
+        self.choice = choice = self._allocate(now, audio, videos)
+        return [downs[key] for key, layer in choice.items() if downs[key].set_layer(layer)]
+
+    def _measure(self, sid: str, down: DownTrack, now: float) -> int:
+        rewriter = down.rewriter
+        octets, packets = (rewriter.octets, rewriter.packets) if rewriter else (0, 0)
+        octets += down.padding_sent  # what the link carried: a probe's padding included
+        then, before = self._octets.get(sid, (now, octets))
+        self._octets[sid] = (now, octets)
+        _, packets_before, rate = self._packets.get(sid, (now, packets, 0.0))
+        if now > then:
+            rate = (packets - packets_before) / (now - then)
+        self._packets[sid] = (now, packets, rate)
+        return int((octets - before) * 8 / (now - then)) if now > then else 0
+
+    def _allocate(self, now: float, audio: int, videos: list[VideoDemand]) -> dict[str, int]:
+        estimator = self.estimator
+        estimate = estimator.estimate()
+        if estimate is None:
+            return allocate(None, audio, videos)
+        budget = estimate
+        if self._granted is not None:
+            if estimator.decreased_since(self._granted[0]):
+                self._granted = None
+            else:
+                budget = max(budget, self._granted[1])
+        calm = estimator.quiet_for(CALM_PERIOD, now)
+        if self._probe is not None:
+            budget = self._follow_probe(now, estimate, budget)
+            if self._probe is not None and self._carrier is None:
+                return self.choice  # a layer probe: its layers stay until it ends
+        choice = allocate(budget, audio, videos, self.choice, calm)
+        step = next_step(choice, videos)
+        if not step:
+            self._next_probe = None
+        elif self._next_probe is None:
+            self._next_probe = now + self._interval
+        elif self._probe is None and now >= self._next_probe:
+            if estimator.quiet_for(self._interval, now):
+                return self._start_probe(now, budget + int(step / HEADROOM) + 1, audio, videos)
+        return choice
+
+    def _follow_probe(self, now: float, estimate: int, budget: int) -> int:
+        """End the probe in progress if it failed or proved its level (then granted: the budget
+        returned includes it), else make sure it sends enough."""
+        assert self._probe is not None
+        start, end, level = self._probe
+        estimator = self.estimator
+        self._probe_peak = max(self._probe_peak, self.sending)
+        proven = (
+            estimator.clean_since(start + PROBE_SETTLE)
+            and self._probe_peak >= level * PROBE_REACHED
+        )
+        if estimator.decreased_since(start) or (now >= end + PROBE_LENGTH and not proven):
+            self._end_probe(now)
+            self.failed_probes += 1
+            self._interval = min(self._interval * 2, MAX_PROBE_INTERVAL)
+            self._next_probe = now + self._interval
+        elif estimate >= level or (now >= end and proven):
+            self._end_probe(now)
+            self._granted = (start, level)
+            self._interval = PROBE_INTERVAL
+            return max(budget, level)
+        elif self._carrier is not None and self.sending < level * PROBE_REACHED:
+            # Short of the level (the carrier sends fewer packets than measured): more.
+            padding = self._carrier.padding
+            self._carrier.padding = min(MAX_PADDING_PER_PACKET, padding + 1 + padding // 2)
+        return budget
+
+    def _start_probe(
+        self, now: float, level: int, audio: int, videos: list[VideoDemand]
+    ) -> dict[str, int]:
+        """Send `level` bit/s for a while: padding on a flowing video, else the layers."""
+        self.probes += 1
+        self._probe = (now, now + PROBE_LENGTH, level)
+        self._probe_peak = 0
+        carrier = self._carrier_for()
+        if carrier is None:
+            # Nothing flows to pad: the probe is the next layer of the first video short of it.
+            return bump(self.choice, videos)
+        pps = self._packets.get(carrier.track.sid, (0, 0, 0.0))[2]
+        extra = (level - self.sending) / 8 / PADDING_WIRE_BYTES  # padding packets per second
+        carrier.padding = max(1, min(MAX_PADDING_PER_PACKET, math.ceil(extra / max(pps, 1.0))))
+        self._carrier = carrier
+        return self.choice
+
+    def _end_probe(self, now: float) -> None:
+        self._probe = None
+        self._stop_padding()
+        self._next_probe = now + self._interval
+
+    def _carrier_for(self) -> DownTrack | None:
+        """A video down-track that is forwarding media, the busiest: padding follows it."""
+        flowing = [
+            d
+            for d in self._subscriptions.values()
+            if d.track.kind == "video"
+            and not d.paused
+            and (d.layers is None or d.layers.current != PAUSED)
+        ]
+        return max(
+            flowing, key=lambda d: self._packets.get(d.track.sid, (0, 0, 0.0))[2], default=None
+        )
+
+    @property
+    def probing(self) -> bool:
+        return self._probe is not None

@@ -1,0 +1,42 @@
+"""RFC 4588 retransmission packets: unwrap a publisher's, wrap one for a subscriber.
+
+An RTX packet is the original packet on its own SSRC, payload type and sequence space, its
+payload prefixed with the original sequence number (OSN). Unwrapping gives back the packet as if
+it had arrived on the media SSRC; header extensions are kept, padding is removed. A payload
+shorter than the OSN is a padding-only probe (bandwidth estimation), not a retransmission.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from sfu.rtp import RtpInfo
+
+_HEAD = struct.Struct("!BBHII")
+_OSN = struct.Struct("!H")
+
+
+def unwrap(data: bytes, info: RtpInfo, media_ssrc: int, media_pt: int) -> bytes | None:
+    """The original packet carried by an RTX packet; None for a padding-only probe."""
+    start, end = info.payload_start, info.payload_end
+    if end - start < 2:
+        return None
+    (osn,) = _OSN.unpack_from(data, start)
+    b0 = data[0] & ~0x20  # padding stripped below
+    b1 = (data[1] & 0x80) | media_pt
+    return (
+        _HEAD.pack(b0, b1, osn, info.timestamp, media_ssrc) + data[12:start] + data[start + 2 : end]
+    )
+
+
+def wrap(packet: bytes, info: RtpInfo, rtx_ssrc: int, rtx_pt: int, rtx_seq: int) -> bytes:
+    """`packet` (parsed as `info`) as an RTX packet with sequence number `rtx_seq`."""
+    b0 = packet[0] & ~0x20
+    b1 = (packet[1] & 0x80) | rtx_pt
+    start = info.payload_start
+    return (
+        _HEAD.pack(b0, b1, rtx_seq & 0xFFFF, info.timestamp, rtx_ssrc)
+        + packet[12:start]
+        + _OSN.pack(info.sequence)
+        + packet[start : info.payload_end]
+    )

@@ -1,0 +1,289 @@
+"""Loss recovery without sockets: uplink NACKs, publisher RTX, RTT, quality, Opus FEC/DTX.
+
+Time is passed in; every bad input (RTX without apt, a padding probe, ancient or duplicate
+sequence numbers, NACK floods, absurd RTCP counts) is dropped and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from aiortc.rtp import RtpPacket
+
+from sfu import uplinknack
+from sfu.feedback import Feedback
+from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
+from sfu.ingress import Ingress
+from sfu.opusfmtp import enable_fec_and_dtx
+from sfu.quality import ConnectionQuality, level
+from sfu.rtcp import Nack, ReportBlock, build_nack, build_remb, build_rr, parse_rtcp
+from sfu.rtp import MalformedPacket, parse_rtp
+from sfu.rtt import RttEstimator
+from sfu.rtx import unwrap, wrap
+from sfu.stats import DropReason, Stats
+from sfu.uplinknack import (
+    DUPLICATE,
+    GAP,
+    IN_ORDER,
+    MAX_MISSING,
+    MAX_RETRIES,
+    REPAIR,
+    RESTART,
+    UplinkNacks,
+)
+from tests.sink_helpers import ListSink
+
+VP8 = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96, rtx_payload_type=97)
+MEDIA, RTX = 1111, 2222
+
+
+def rtp(
+    seq: int, *, ssrc: int = MEDIA, pt: int = 96, payload: bytes = b"\x10" + bytes(30)
+) -> bytes:
+    packet = RtpPacket(payload_type=pt, sequence_number=seq, timestamp=9000, ssrc=ssrc)
+    packet.payload = payload
+    return packet.serialize()
+
+
+def rtx_of(seq: int, rtx_seq: int, pt: int = 97) -> bytes:
+    return rtp(rtx_seq, ssrc=RTX, pt=pt, payload=struct.pack("!H", seq) + b"\x10" + bytes(30))
+
+
+# -- uplink gap tracking ------------------------------------------------------------------------
+
+
+def test_gaps_repairs_and_duplicates_are_told_apart() -> None:
+    nacks = UplinkNacks()
+    assert [nacks.on_packet(s) for s in (65534, 65535, 0)] == [IN_ORDER] * 3  # across the wrap
+    assert nacks.on_packet(3) == GAP and nacks.missing == 2
+    assert nacks.on_packet(1) == REPAIR and nacks.repaired == 1
+    assert nacks.on_packet(1) == DUPLICATE  # the retransmission of one that arrived after all
+    assert nacks.on_packet(3) == DUPLICATE
+    assert nacks.on_packet(60000) == DUPLICATE  # ancient: never NACKed, never forwarded twice
+    assert nacks.on_packet(3 + uplinknack.MAX_GAP + 1) == RESTART and nacks.missing == 0
+
+
+def test_nacks_are_retried_every_rtt_then_given_up() -> None:
+    nacks = UplinkNacks()
+    nacks.on_packet(10)
+    nacks.on_packet(13)
+    assert nacks.next_deadline(5.0) == pytest.approx(5.0 + uplinknack.FIRST_DELAY)
+    assert nacks.due(5.0, rtt=0.25) == [11, 12]
+    assert nacks.due(5.125, rtt=0.25) == []  # one round trip has not passed
+    assert nacks.next_deadline(5.125) == 5.25
+    nacks.on_packet(11)
+    sent = [nacks.due(5.0 + 0.25 * n, rtt=0.25) for n in range(1, MAX_RETRIES + 3)]
+    assert sent[: MAX_RETRIES - 1] == [[12]] * (MAX_RETRIES - 1) and sent[-1] == []
+    assert nacks.gave_up == 1 and nacks.missing == 0 and nacks.next_deadline(9.0) is None
+    assert nacks.requested == 2 + MAX_RETRIES - 1
+
+
+def test_a_huge_loss_burst_is_bounded() -> None:
+    nacks = UplinkNacks()
+    nacks.on_packet(0)
+    for seq in range(200, 200 * 6, 200):  # five bursts of 199 lost packets
+        assert nacks.on_packet(seq) == GAP
+    assert nacks.missing == MAX_MISSING and nacks.gave_up == 5 * 199 - MAX_MISSING
+    assert len(nacks.due(1.0, None)) == MAX_MISSING
+
+
+# -- RTX ----------------------------------------------------------------------------------------
+
+
+def test_rtx_unwraps_to_the_original_and_wraps_back() -> None:
+    original = rtp(77)
+    wrapped = wrap(original, parse_rtp(original), RTX, 97, 5)
+    info = parse_rtp(wrapped)
+    assert (info.ssrc, info.payload_type, info.sequence) == (RTX, 97, 5)
+    assert unwrap(wrapped, info, MEDIA, 96) == original
+    probe = rtp(6, ssrc=RTX, pt=97, payload=b"\x00")  # a padding-only bandwidth probe
+    assert unwrap(probe, parse_rtp(probe), MEDIA, 96) is None
+
+
+def ingress_with_video(
+    codec: CodecInfo = VP8,
+) -> tuple[Ingress, PublishedTrack, ListSink, list[int]]:
+    track = PublishedTrack(
+        sid="TR_v", cid="c", kind="video", source="camera", name="", publisher_sid="PA_p"
+    )
+    ingress = Ingress({track.sid: track}, Stats())
+    ingress.bind(track, "0", MEDIA, RTX, codec, {})
+    down = DownTrack(track, "PA_s")
+    sink = ListSink()
+    down.configure(sink=sink, out_ssrc=3333, mid="0", payload_types={96: 96}, extensions={})
+    track.down_tracks.append(down)
+    gaps: list[int] = []
+    ingress.on_gap = lambda: gaps.append(1)
+    return ingress, track, sink, gaps
+
+
+def test_publisher_rtx_repairs_a_gap_and_is_forwarded_once() -> None:
+    ingress, track, sink, gaps = ingress_with_video()
+    for seq in (1, 2, 4):
+        ingress.on_rtp(rtp(seq))
+    assert gaps == [1] and ingress.nacks[MEDIA].missing == 1
+    ingress.on_rtp(rtx_of(3, rtx_seq=100))
+    ingress.on_rtp(rtx_of(3, rtx_seq=101))  # asked twice, repaired twice: forwarded once
+    ingress.on_rtp(rtp(3))  # the original, late
+    out = [parse_rtp(p).sequence for p in sink.sent]
+    assert len(out) == 4 and sorted(out) == [out[0] + n for n in range(4)]
+    stats = ingress.stats
+    assert stats.rtx_received == 2 and stats.dropped[DropReason.DUPLICATE.value] == 2
+    assert track.receive.received == 4  # a duplicate does not count as received
+
+
+def test_rtx_with_a_wrong_payload_type_or_without_apt_is_dropped_and_counted() -> None:
+    ingress, _, sink, _ = ingress_with_video()
+    ingress.on_rtp(rtp(1))
+    ingress.on_rtp(rtx_of(2, rtx_seq=1, pt=98))  # not the negotiated RTX payload type
+    ingress.on_rtp(rtp(3, ssrc=RTX, pt=97, payload=b"\x01"))  # a padding probe
+    assert ingress.stats.dropped[DropReason.MALFORMED.value] == 1
+    assert ingress.stats.dropped[DropReason.RTX_PROBE.value] == 1
+    no_apt = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
+    ingress, _, sink, _ = ingress_with_video(no_apt)  # RTX announced, not negotiated
+    ingress.on_rtp(rtx_of(2, rtx_seq=1))
+    assert ingress.stats.dropped[DropReason.NOT_GRANTED.value] == 1 and not sink.sent
+
+
+# -- NACKs towards the publisher, timed by the subscriber PC's RTT ------------------------------
+
+
+def test_feedback_nacks_the_publisher_and_retries_at_the_measured_rtt() -> None:
+    ingress, track, _, _ = ingress_with_video()
+    fb = Feedback(
+        tracks={track.sid: track},
+        subscriptions={},
+        stats=ingress.stats,
+        max_video_bitrate=lambda: 0,
+        rtcp_ssrc=4242,
+        uplink=ingress.nacks,
+    )
+    ingress.on_gap = lambda: fb.uplink_gap(now)
+    now = 10.0
+    for seq in (1, 2, 5):
+        ingress.on_rtp(rtp(seq))
+    assert fb.next_deadline() == pytest.approx(10.005)
+    fb.handle_timer(10.005)
+    sent = [m for packet, _ in fb.to_publisher for m in parse_rtcp(packet)]
+    assert sent == [Nack(sender_ssrc=4242, media_ssrc=MEDIA, lost=(3, 4))]
+    fb.to_publisher.clear()
+    fb.rtt.rtt = 0.3
+    ingress.on_rtp(rtx_of(3, rtx_seq=1))
+    assert fb.next_deadline() == pytest.approx(10.005 + uplinknack.DEFAULT_RTT)
+    fb.handle_timer(10.2)
+    sent = [m for packet, _ in fb.to_publisher for m in parse_rtcp(packet)]
+    assert sent == [Nack(sender_ssrc=4242, media_ssrc=MEDIA, lost=(4,))]
+    assert fb.next_deadline() == pytest.approx(10.5)  # the next retry waits one RTT
+    assert ingress.stats.uplink_nacks == 3
+
+
+# -- subscribers: NACK floods and absurd RTCP ---------------------------------------------------
+
+
+def test_a_nack_flood_for_ancient_packets_resends_nothing_and_a_flood_is_budgeted() -> None:
+    ingress, track, sink, _ = ingress_with_video()
+    down = track.down_tracks[0]
+    for seq in range(1, 400):
+        ingress.on_rtp(rtp(seq))
+    fb = Feedback(
+        tracks={}, subscriptions={"TR_v": down}, stats=Stats(), max_video_bitrate=lambda: 0,
+        rtcp_ssrc=1,
+    )  # fmt: skip
+    fb.watch(down)
+    first = parse_rtp(sink.sent[0]).sequence
+    sink.sent.clear()
+    ancient = [(first - 5000 + n) & 0xFFFF for n in range(200)]
+    fb.on_subscriber_rtcp(build_nack(7, 3333, ancient), 1.0)
+    assert not sink.sent and fb.stats.retransmissions == 0
+    recent = [(first + n) & 0xFFFF for n in range(399)]
+    for n in range(50):  # the same NACK, 50 times in 50 ms
+        fb.on_subscriber_rtcp(build_nack(7, 3333, recent), 1.0 + n / 1000)
+    assert fb.stats.retransmissions == len(sink.sent) <= 399
+    assert fb.stats.dropped[DropReason.NACK_LIMITED.value] > 0
+
+
+def test_absurd_rtcp_counts_are_refused() -> None:
+    block = ReportBlock(ssrc=3333, fraction_lost=10, packets_lost=5, highest_seq=9, jitter=9,
+                        lsr=0, dlsr=0)  # fmt: skip
+    report = bytearray(build_rr(1, [block]))
+    report[0] = (report[0] & 0xE0) | 31  # claims 31 report blocks, carries one
+    with pytest.raises(MalformedPacket):
+        parse_rtcp(bytes(report))
+    fb = Feedback(tracks={}, subscriptions={}, stats=Stats(), max_video_bitrate=lambda: 0,
+                  rtcp_ssrc=1)  # fmt: skip
+    fb.on_subscriber_rtcp(bytes(report), 1.0)
+    assert fb.stats.dropped[DropReason.MALFORMED.value] == 1
+    remb = bytearray(build_remb(1, 300_000, [3333]))
+    remb[12 + 4] = 200  # 200 SSRCs announced, one present
+    fb.on_subscriber_rtcp(bytes(remb), 1.0)
+    assert fb.stats.dropped[DropReason.MALFORMED.value] == 2
+
+
+# -- RTT and quality ----------------------------------------------------------------------------
+
+
+def test_rtt_from_lsr_and_dlsr_ignores_unknown_and_absurd_samples() -> None:
+    rtt = RttEstimator()
+    ntp = (3_900_000_000 << 32) | (1 << 31)
+    rtt.sent(ntp, 100.0)
+    lsr = (ntp >> 16) & 0xFFFFFFFF
+    assert rtt.on_block(lsr, int(0.05 * 65536), 100.15) == pytest.approx(0.1, abs=1e-3)
+    assert rtt.on_block(lsr ^ 1, 0, 100.2) is None  # an SR keyroom never sent
+    assert rtt.on_block(lsr, 0xFFFFFFFF, 100.2) is None  # DLSR longer than the wait
+    assert rtt.on_block(0, 0, 100.2) is None
+    assert rtt.samples == 1 and rtt.ignored == 2 and rtt.rtt == pytest.approx(0.1, abs=1e-3)
+
+
+def test_subscriber_reports_feed_rtt_and_quality_which_changes_only_when_it_holds() -> None:
+    ingress, track, _, _ = ingress_with_video()
+    down = track.down_tracks[0]
+    ingress.on_rtp(rtp(1))
+    track.last_sender_report = ((3_900_000_000 << 32), 9000)
+    fb = Feedback(tracks={}, subscriptions={"TR_v": down}, stats=Stats(),
+                  max_video_bitrate=lambda: 0, rtcp_ssrc=1)  # fmt: skip
+    fb.watch(down)
+    fb.start_sender_reports(0.0)
+    fb.handle_timer(1.0)  # an SR leaves
+    lsr = ((3_900_000_000 << 32) >> 16) & 0xFFFFFFFF
+    block = ReportBlock(ssrc=3333, fraction_lost=64, packets_lost=5, highest_seq=9,
+                        jitter=900, lsr=lsr, dlsr=0)  # fmt: skip
+    fb.on_subscriber_rtcp(build_rr(7, [block]) + build_remb(7, 250_000, [3333]), 1.08)
+    assert fb.rtt.rtt == pytest.approx(0.08)
+    shot = fb.quality.snapshot(fb.rtt.rtt)
+    assert (shot.loss_down, shot.jitter_ms, shot.bandwidth_bps) == (0.25, 10.0, 250_000)
+    fb.handle_timer(2.0)
+    assert fb.quality_changes == ["poor"]  # the first level is announced at once
+    good = ReportBlock(ssrc=3333, fraction_lost=0, packets_lost=5, highest_seq=99, jitter=90,
+                       lsr=lsr, dlsr=0)  # fmt: skip
+    fb.on_subscriber_rtcp(build_rr(7, [good]), 2.5)
+    fb.handle_timer(4.0)
+    assert fb.quality_changes == ["poor"]  # one good evaluation is not enough
+    fb.handle_timer(6.0)
+    assert fb.quality_changes == ["poor", "excellent"]
+
+
+def test_quality_levels() -> None:
+    assert level(0.0, 0.05, 0.01) == "excellent"
+    assert level(0.05, 0.2, 0.01) == "good"
+    assert level(0.2, 0.05, 0.01) == "poor" and level(0.0, 1.0, 0.0) == "poor"
+    quality = ConnectionQuality()
+    quality.on_down_block(1, 9999, -5, 90000)  # out-of-range values from the network: clamped
+    assert quality.snapshot(None).loss_down == pytest.approx(255 / 256, abs=1e-3)
+
+
+# -- Opus ---------------------------------------------------------------------------------------
+
+
+def test_opus_answers_ask_for_in_band_fec_and_dtx() -> None:
+    sdp = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
+        "a=fmtp:111 minptime=10;useinbandfec=0\r\na=rtpmap:0 PCMU/8000\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 109\r\na=rtpmap:109 OPUS/48000/2\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"
+    )
+    out = enable_fec_and_dtx(sdp)
+    assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n" in out
+    assert "a=rtpmap:109 OPUS/48000/2\r\na=fmtp:109 useinbandfec=1;usedtx=1\r\n" in out
+    assert "a=fmtp:0" not in out and "a=fmtp:96" not in out
