@@ -345,7 +345,7 @@ class DownTrack:
         if out is None:
             return False
         if self.cache is not None:
-            self.cache.store((out[2] << 8) | out[3], out)
+            self.cache.store_forwarded((out[2] << 8) | out[3], out, admitted, info.payload_start)
         if sink.send(out):
             layers.last_sent = out
             if self.padding:
