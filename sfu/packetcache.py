@@ -40,7 +40,8 @@ class PacketCache:
 
     def store_forwarded(self, seq: int, packet: bytes, source: bytes, payload_start: int) -> None:
         """Keep `packet`, whose bytes after its header are `source[payload_start:]` (the
-        publisher's payload and padding, shared by every down-track of the track)."""
+        publisher's payload and padding, shared by every down-track of the track). `source` is
+        kept by reference, so it must be immutable bytes, never a view of a reused buffer."""
         slot = seq & self._mask
         self._seqs[slot] = seq
         self._heads[slot] = packet[: len(packet) - len(source) + payload_start]
