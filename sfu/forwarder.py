@@ -327,7 +327,7 @@ class DownTrack:
         if out is None:
             return False
         if self.cache is not None:
-            self.cache.store((out[2] << 8) | out[3], out)
+            self.cache.store_forwarded((out[2] << 8) | out[3], out, data, info.payload_start)
         sent = self.sink.send(out)
         if waiting and sent:
             # Only a keyframe that reached the subscriber's transport ends the wait: one sent
@@ -349,7 +349,7 @@ class DownTrack:
         if out is None:
             return False
         if self.cache is not None:
-            self.cache.store((out[2] << 8) | out[3], out)
+            self.cache.store_forwarded((out[2] << 8) | out[3], out, admitted, info.payload_start)
         if sink.send(out):
             layers.last_sent = out
             if self.padding:

@@ -111,6 +111,31 @@ def test_nack_is_answered_from_the_cache() -> None:
     assert sink.sent[-2:] == [sent[3], sent[7]]
 
 
+def test_down_tracks_cache_headers_and_share_the_publishers_payload() -> None:
+    """Two subscribers' caches answer NACKs with their own exact packets (padding included),
+    while holding the publisher's packet once: only the rewritten headers are per subscriber."""
+    track = video_track()
+    sinks = [ListSink(), ListSink()]
+    downs = [subscribe(track, sink, ssrc=7 + n, mid=str(n + 1)) for n, sink in enumerate(sinks)]
+    sources = []
+    for seq in range(10):
+        packet = RtpPacket(payload_type=96, sequence_number=100 + seq, timestamp=3000, ssrc=1111)
+        packet.payload = VP8_KEY if seq == 0 else VP8_DELTA
+        packet.padding_size = 4 * (seq % 2)
+        packet.extensions.mid = "0"
+        sources.append(packet.serialize(_ext_map({SDES_MID: 3, ABS_SEND_TIME: 5})))
+        forward(track, sources[-1])
+    for down, sink in zip(downs, sinks, strict=True):
+        sent = list(sink.sent)
+        wanted = tuple(parse_rtp(p).sequence for p in sent)
+        assert down.retransmit(wanted, now=0.0) == (10, 0)
+        assert sink.sent[10:] == sent
+        assert down.cache is not None
+        slots = [down.cache._sources[s & 511] for s in wanted]
+        assert all(kept is src for kept, src in zip(slots, sources, strict=True))
+        assert all(len(down.cache._heads[s & 511]) < 40 for s in wanted)
+
+
 def test_a_nack_flood_is_not_amplified() -> None:
     """One NACK naming every cached packet many times, repeated: each packet goes out once per
     interval, and the bytes resent stay within the budget (burst + share of the media)."""

@@ -40,3 +40,17 @@ def test_lean_srtp_protect_matches_pylibsrtp() -> None:
         assert receiver.unprotect(protected) == packet
     assert protector.protect(bytes([0x80, 0x60, 0, 4]) + bytes(8) + bytes(200)) is None  # replay
     assert protector.protect(bytes(1500)) is None  # too long for the session's buffer
+
+
+def test_server_receivers_hold_no_bitrate_estimator() -> None:
+    """A video receiver's stock REMB estimator (1,000 rate buckets) is not built on the server."""
+    from types import SimpleNamespace
+
+    from aiortc.rate import RemoteBitrateEstimator
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    internals.install_server_patches()
+    transport = SimpleNamespace(state="new")
+    video = RTCRtpReceiver("video", transport)  # type: ignore[arg-type]
+    assert not any(isinstance(v, RemoteBitrateEstimator) for v in vars(video).values())
+    assert video.transport is transport  # the rest of the receiver is built as before

@@ -52,3 +52,28 @@ def test_default_size_and_validation() -> None:
         PacketCache(65537)
     with pytest.raises(ValueError):
         PacketCache(100)  # would not divide the sequence space
+
+
+def test_forwarded_packet_is_rebuilt_from_its_header_and_the_shared_source() -> None:
+    source = b"\x80\x60\x00\x07" + bytes(8) + b"payload" * 100  # 12-byte header, then payload
+    packet = b"\x90\x61\x12\x34" + bytes(16) + source[12:]  # another header of 20 bytes
+    caches = [PacketCache(8), PacketCache(8)]
+    for cache in caches:
+        cache.store_forwarded(0x1234, packet, source, 12)
+        assert cache.get(0x1234) == packet
+        assert cache.get(0x1234 + 8) is None
+    # Each ring holds the 20-byte header and the one source object, never a copy of its payload.
+    assert all(c._heads[0x1234 & 7] == packet[:20] for c in caches)
+    assert all(c._sources[0x1234 & 7] is source for c in caches)
+
+
+def test_whole_and_forwarded_packets_overwrite_each_other() -> None:
+    cache = PacketCache(4)
+    source = bytes(12) + b"abc"
+    cache.store_forwarded(1, b"H" * 16 + b"abc", source, 12)
+    cache.store(5, b"whole")
+    assert cache.get(1) is None
+    assert cache.get(5) == b"whole"
+    cache.store_forwarded(9, b"h" * 12 + b"abc", source, 12)
+    assert cache.get(5) is None
+    assert cache.get(9) == b"h" * 12 + b"abc"

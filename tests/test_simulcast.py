@@ -197,6 +197,25 @@ def test_a_down_track_switches_only_at_a_keyframe_and_stays_continuous() -> None
     assert down.set_layer(0) is False
 
 
+def test_nacks_across_a_switch_resend_the_renumbered_packets_exactly() -> None:
+    """The cache keeps headers and the admitted packet (the publisher's, or its VP8-renumbered
+    copy after a switch): what a NACK resends is byte for byte what was sent."""
+    track = simulcast_track()[0]
+    sink = ListSink()
+    down = subscribe(track, sink)
+    publisher = Publisher(track)
+    publisher.frame(key=True)
+    down.set_layer(0)
+    publisher.frame(key=True)
+    publisher.frame()
+    assert down.layers is not None and down.layers.current == 0
+    assert down.layers.munger is not None and down.layers.munger.pid_offset  # renumbered copies
+    sent = list(sink.sent)
+    wanted = tuple(parse_rtp(p).sequence for p in sent)
+    assert down.retransmit(wanted, now=0.0) == (len(sent), 0)
+    assert sink.sent[len(sent) :] == sent
+
+
 def test_pausing_and_resuming_leaves_no_sequence_gap() -> None:
     track = simulcast_track()[0]
     sink = ListSink()

@@ -32,6 +32,18 @@ async def _send_without_encoder(self: object, parameters: object) -> None:
     return None
 
 
+_stock_receiver_init = aiortc.rtcrtpreceiver.RTCRtpReceiver.__init__
+
+
+def _receiver_init_without_estimator(self: object, kind: str, transport: object) -> None:
+    # Stock __init__ gives each video receiver a remote bitrate estimator of 1,000 rate buckets
+    # (~50 KB, 10 % of a subscribed track's memory) for REMB from its RTP path, which keyroom
+    # bypasses (RTP is taken at the transport; sfu/feedback.py sends REMB). aiortc skips a None
+    # estimator, as for audio.
+    _stock_receiver_init(self, kind, transport)  # type: ignore[arg-type]
+    self._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+
+
 _stock_query_consent = aioice.ice.Connection.query_consent
 
 
@@ -50,6 +62,7 @@ def install_server_patches() -> None:
     RTCSctpTransport._receive_data_chunk = receive_data_chunk_bounded  # type: ignore[method-assign, assignment]
     aiortc.rtcrtpreceiver.RTCRtpReceiver.receive = _receive_without_decoder  # type: ignore[method-assign]
     aiortc.rtcrtpsender.RTCRtpSender.send = _send_without_encoder  # type: ignore[method-assign]
+    aiortc.rtcrtpreceiver.RTCRtpReceiver.__init__ = _receiver_init_without_estimator  # type: ignore[method-assign]
     aioice.ice.Connection.query_consent = _query_consent_unless_closed  # type: ignore[method-assign]
     aiortc.rtcrtpreceiver.get_decoder = _refuse_codec  # type: ignore[attr-defined, assignment]
     aiortc.rtcrtpsender.get_encoder = _refuse_codec  # type: ignore[attr-defined, assignment]
