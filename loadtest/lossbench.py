@@ -75,14 +75,23 @@ PUB_JS = """async () => {
   const pc = window.keyroom?.publisher;
   if (!pc) return null;
   const stats = await pc.getStats();
+  // A simulcast camera has one outbound-rtp per layer (some paused by dynacast): frames of the
+  // layer that sent most, NACKs and retransmissions of all.
+  let found = null;
   for (const s of stats.values()) {
     if (s.type === "outbound-rtp" && s.kind === "video") {
-      return {frames: s.framesSent ?? 0, nacks: s.nackCount ?? 0,
-              rtx: s.retransmittedPacketsSent ?? 0, plis: s.pliCount ?? 0,
-              limit: s.qualityLimitationReason ?? ""};
+      const frames = s.framesSent ?? 0;
+      found = found ?? {frames: 0, nacks: 0, rtx: 0, plis: 0, limit: ""};
+      found.nacks += s.nackCount ?? 0;
+      found.rtx += s.retransmittedPacketsSent ?? 0;
+      found.plis += s.pliCount ?? 0;
+      if (frames >= found.frames) {
+        found.frames = frames;
+        found.limit = s.qualityLimitationReason ?? "";
+      }
     }
   }
-  return null;
+  return found;
 }"""
 
 

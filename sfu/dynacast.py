@@ -63,6 +63,6 @@ class Dynacast:
                 needed.add(down.layers.target)
                 needed.add(down.layers.current)
         needed.add(0)
-        if track.taps:  # a recording keeps the top layer
-            needed.add(len(track.layers) - 1)
+        if any(layer.taps for layer in track.layers):  # a recording keeps every layer it can
+            needed.update(layer.index for layer in track.layers)
         return needed

@@ -145,11 +145,14 @@ class PublishedTrack:
     def keyframe_ssrcs(self) -> list[int]:
         """The SSRCs a keyframe request names. Simulcast: the layers a down-track waits for, else
         those being forwarded (a decoder asked): a keyframe costs every subscriber of its layer,
-        and the publisher's uplink, so layers nobody needs are not asked."""
+        and the publisher's uplink, so layers nobody needs are not asked. A recording records
+        every layer: all are asked then."""
         if not self.layers:
             return [] if self.ssrc is None else [self.ssrc]
         switches = [d.layers for d in self.down_tracks if d.layers is not None]
         wanted = {s.target for s in switches if s.waiting} or {s.current for s in switches}
+        if any(layer.taps for layer in self.layers):
+            wanted.update(layer.index for layer in self.layers)
         return [x.ssrc for x in self.layers if x.ssrc is not None and x.index in wanted]
 
     def set_simulcast(self, offer: SimulcastOffer) -> None:

@@ -50,9 +50,6 @@ class _LayeredTrack(Protocol):
     @property
     def down_tracks(self) -> Sequence[_LayeredDown]: ...
 
-    @property
-    def taps(self) -> Sequence[Tap]: ...
-
     def layer_routes(self) -> Sequence[Sequence[_LayeredDown]]: ...
 
     def request_keyframe(self) -> None: ...
@@ -74,6 +71,7 @@ class Layer:
         "expected",
         "last_sender_report",
         "active",
+        "taps",
         "_measured",
     )
 
@@ -94,6 +92,7 @@ class Layer:
         self.last_sender_report: tuple[int, int] | None = None
         # Whether the publisher was last asked to send it (dynacast).
         self.active = True
+        self.taps: list[Tap] = []  # recordings of this layer
         # (time, bytes_in) at the last measurement.
         self._measured: tuple[float, int] | None = None
 
@@ -107,11 +106,9 @@ class Layer:
         if track.muted:
             return
         index = self.index
-        routes = track.layer_routes()
-        if track.taps and index == len(routes) - 1:  # a recording keeps the top layer
-            for tap in track.taps:
-                tap.packet(data, info)
-        for down in routes[index]:
+        for tap in self.taps:  # recordings (sfu/recording/)
+            tap.packet(data, info)
+        for down in track.layer_routes()[index]:
             if down.forward_layer(index, data, info):
                 counters.packets_out += 1
 
@@ -186,9 +183,6 @@ class _Reporting(Protocol):
     @property
     def layers(self) -> Sequence[Layer]: ...
 
-    @property
-    def taps(self) -> Sequence[Tap]: ...
-
 
 def on_layer_sender_report(tracks: Iterable[_Reporting], report: SenderReport, now: float) -> None:
     """A publisher's Sender Report for a simulcast layer (its down-tracks translate it)."""
@@ -197,9 +191,8 @@ def on_layer_sender_report(tracks: Iterable[_Reporting], report: SenderReport, n
             if layer.ssrc == report.ssrc:
                 layer.last_sender_report = (report.ntp, report.rtp_ts)
                 layer.receive.on_sender_report(report.ntp, now)
-                if layer.index == len(track.layers) - 1:
-                    for tap in track.taps:
-                        tap.sender_report(report.ntp, report.rtp_ts)
+                for tap in layer.taps:
+                    tap.sender_report(report.ntp, report.rtp_ts)
                 return
 
 

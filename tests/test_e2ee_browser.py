@@ -31,13 +31,13 @@ SECONDS = float(os.environ.get("KEYROOM_RECORDING_SECONDS", "4"))
 __all__ = ["browser"]  # the module-scoped Chromium of test_browser.py
 
 
-# [frames sent, keyframes encoded] of the page's video.
+# [frames sent by its busiest layer, keyframes encoded by all] of the page's video.
 FRAMES_SENT_JS = """async () => {
   const stats = await window.keyroom.publisher.getStats();
   let frames = 0, keyframes = 0;
   for (const s of stats.values()) {
     if (s.type === "outbound-rtp" && s.kind === "video") {
-      frames += s.framesSent;
+      frames = Math.max(frames, s.framesSent);  // simulcast: the layers send in step
       keyframes += s.keyFramesEncoded;
     }
   }

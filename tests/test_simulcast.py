@@ -341,20 +341,23 @@ class RecordingTap:
         self.reports.append((ntp, rtp_timestamp))
 
 
-def test_a_recording_of_a_simulcast_track_keeps_its_top_layer_and_dynacast_keeps_it_on() -> None:
+def test_a_recording_taps_every_simulcast_layer_and_keeps_them_on() -> None:
+    """A camera sends the layers its size and uplink allow: a recording takes each layer it
+    taps (export keeps the best that arrived), asks each for a keyframe and keeps each on."""
     track, ingress, _ = simulcast_track()
-    tap = RecordingTap()
-    track.taps.append(tap)
+    taps = [RecordingTap() for _ in track.layers]
+    for layer, tap in zip(track.layers, taps, strict=True):
+        layer.taps.append(tap)
     for n, rid in enumerate(("q", "h", "f")):
         ingress.on_rtp(rtp(100 + n, 1, 0, vp8(1, 1, True), mid="0", rid=rid))
     Publisher(track).frame(key=True)
-    assert set(tap.ssrcs) == {102} and len(tap.ssrcs) == 3
-    for ssrc in (100, 102):
-        report = SenderReport(ssrc=ssrc, ntp=7 << 32, rtp_ts=ssrc, packets=1, octets=1, reports=())
-        on_layer_sender_report([track], report, 1.0)
-    assert tap.reports == [(7 << 32, 102)]
-    # Nobody subscribed: dynacast would leave only "q" on, but the recording needs "f".
+    assert [set(t.ssrcs) for t in taps] == [{100}, {101}, {102}]
+    report = SenderReport(ssrc=101, ntp=7 << 32, rtp_ts=5, packets=1, octets=1, reports=())
+    on_layer_sender_report([track], report, 1.0)
+    assert [t.reports for t in taps] == [[], [(7 << 32, 5)], []]
+    assert track.keyframe_ssrcs() == [100, 101, 102]
+    # Nobody subscribed: dynacast would leave only "q" on, but the recording wants them all.
     dynacast = Dynacast()
-    dynacast.update([track], 0.0)
-    [event] = dynacast.update([track], IDLE_DELAY)
-    assert [x["active"] for x in event["layers"]] == [True, False, True]
+    assert dynacast.update([track], 0.0) == []
+    assert dynacast.update([track], IDLE_DELAY) == []
+    assert all(layer.active for layer in track.layers)

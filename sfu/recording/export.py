@@ -134,7 +134,7 @@ def export(
     if not prepared:
         why = " (no frame decrypts with this E2EE key)" if skipped else ""
         raise ExportError(f"no exportable media in this recording{why}")
-    prepared = _from_first_picture(prepared)
+    prepared = _from_first_picture(_best_layers(prepared))
     start = min(p[3] for p in prepared)
     summary = []
     with av.open(output, "w") as container:
@@ -146,6 +146,19 @@ def export(
 
 
 Prepared = tuple[TrackData, list[Frame], int, float]  # track, frames, dropped, first wall time
+
+
+def _best_layers(prepared: list[Prepared]) -> list[Prepared]:
+    """A simulcast track was recorded layer by layer: keep, per track, its highest layer that
+    has pictures (layers are numbered lowest quality first)."""
+    best: dict[str, Prepared] = {}
+    for entry in prepared:
+        info = entry[0].info
+        key = str(info.get("sid", id(entry)))
+        kept = best.get(key)
+        if kept is None or int(info.get("layer", 0)) > int(kept[0].info.get("layer", 0)):
+            best[key] = entry
+    return list(best.values())
 
 
 def _from_first_picture(prepared: list[Prepared]) -> list[Prepared]:

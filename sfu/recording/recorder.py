@@ -21,6 +21,7 @@ from sfu.forwarder import PublishedTrack
 from sfu.recording.container import RTP, SENDER_REPORT, SENDER_REPORT_BODY, TRACK
 from sfu.recording.writer import RecordingWriter
 from sfu.rtp import RtpInfo
+from sfu.tap import Tap
 
 log = logging.getLogger("keyroom.recording")
 
@@ -74,7 +75,9 @@ class Recording:
         self.ends_at = self.started_at + max_duration
         self.size = 0
         self.stopped: str | None = None
-        self.taps: dict[str, tuple[PublishedTrack, TrackTap]] = {}
+        # Per track sid: each tap and the list it sits in (the track's, or a simulcast layer's).
+        self.taps: dict[str, list[tuple[list[Tap], TrackTap]]] = {}
+        self._next_tap = 0
         # O_EXCL: an id names a new file or none; 0600: only the server's user reads it.
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         error = self._append(writer.prefix)
@@ -82,11 +85,12 @@ class Recording:
             raise OSError(error)
 
     def attach(self, track: PublishedTrack, publisher: dict[str, Any]) -> None:
-        """Record `track` from now on (a keyframe is asked for, so the video starts clean)."""
-        if self.stopped is not None or track.sid in self.taps or len(self.taps) >= 255:
+        """Record `track` from now on (a keyframe is asked for, so the video starts clean). A
+        simulcast track is recorded layer by layer: which layers a camera sends depends on its
+        size and uplink, so export keeps the best one that arrived."""
+        owners: list[list[Tap]] = [layer.taps for layer in track.layers] or [track.taps]
+        if self.stopped is not None or track.sid in self.taps or self._next_tap + len(owners) > 255:
             return
-        tap = TrackTap(self, len(self.taps))
-        self.taps[track.sid] = (track, tap)
         codec = track.codec
         described = {
             **track.info(),
@@ -94,15 +98,21 @@ class Recording:
             "payload_type": codec.payload_type if codec else 0,
             "participant": publisher,
         }
-        self.add(TRACK, tap.index, orjson.dumps(described))
-        track.taps.append(tap)
+        attached = self.taps[track.sid] = []
+        for layer, owner in enumerate(owners):
+            tap = TrackTap(self, self._next_tap)
+            self._next_tap += 1
+            named = {"layer": layer, "rid": track.layers[layer].rid} if track.layers else {}
+            self.add(TRACK, tap.index, orjson.dumps({**described, **named}))
+            owner.append(tap)
+            attached.append((owner, tap))
         if track.kind == "video":
             track.request_keyframe()
 
     def detach(self, track_sid: str) -> None:
-        entry = self.taps.get(track_sid)
-        if entry is not None and entry[1] in entry[0].taps:
-            entry[0].taps.remove(entry[1])
+        for owner, tap in self.taps.get(track_sid, []):
+            if tap in owner:
+                owner.remove(tap)
 
     def add(self, kind: int, track: int, body: bytes) -> None:
         """One record (the RTP hot path for RTP records: a few comparisons and an append)."""
