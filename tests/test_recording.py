@@ -316,6 +316,34 @@ async def test_e2ee_rooms_refuse_clear_tracks_and_record_ciphertext(
                     "--e2ee-passphrase", "wrong"]) == 1  # fmt: skip
 
 
+async def test_e2ee_media_keeps_decrypting_after_a_leave_ratchets_the_keys(
+    server: ServerProcess,
+) -> None:
+    def client(identity: str) -> KeyroomClient:
+        cryptor = FrameCryptor.from_passphrase("correct horse", "rotation")
+        return KeyroomClient(server.ws_url, server.token(identity, "rotation"), e2ee=cryptor)
+
+    pub, sub, leaver = client("pub"), client("sub"), client("leaver")
+    for c in (pub, sub, leaver):
+        await c.connect()
+    try:
+        await pub.publish(SyntheticVideoTrack(fps=FPS), source="camera")
+        seen = await sub.next_track(timeout=15)
+        assert await count_frames(seen.track, 10.0, enough=5) == 5
+        await leaver.leave()
+        await pub.next_event("participant_left", timeout=10)
+        await sub.next_event("participant_left", timeout=10)
+        assert pub.e2ee is not None and sub.e2ee is not None
+        assert pub.e2ee.index == sub.e2ee.index == 1
+        newest = sub.e2ee._newest  # noqa: SLF001 - which index the receiver decrypts now
+        await eventually(lambda: newest.get("pub", (0, 0.0))[0] == 1, timeout=10)
+        assert await count_frames(seen.track, 10.0, enough=15) == 15
+        assert seen.decryption.failures == 0
+    finally:
+        for c in (pub, sub):
+            await c.leave()
+
+
 def _decodable_ciphertext(path: Path, key: str, identity: str | None = None) -> int:
     """Frames of the recorded (forwarded) payloads that a VP8 decoder accepts as they are."""
     from sfu.recording.depacketize import vp8_frames

@@ -66,7 +66,8 @@ class KeyroomClient(EventConsumer):
         advertises are not used unless passed here. `ice_transport_policy: "relay"` in `joined`
         is honoured. `key_file` (PEM, EC P-256 or Ed25519) or `key` proves possession of the key
         a bound token names (`cnf.jkt`): see `proof()`. `e2ee`: publish encrypted by default and
-        decrypt every received track."""
+        decrypt every received track; its own key ratchets when someone leaves (one
+        FrameCryptor per client)."""
         self.key = key if key_file is None else load_private_key(Path(key_file).read_bytes())
         self.url = url
         self.e2ee = e2ee
@@ -325,6 +326,8 @@ class KeyroomClient(EventConsumer):
             self._connection.leave_reason = frame.get("reason")
             message = frame.get("message")
             self._connection.leave_message = message if isinstance(message, str) else None
+        elif frame.get("type") == "participant_left" and self.e2ee is not None:
+            self.e2ee.rekey()  # as the page does: who left cannot read what is sent from now on
         changed = self._roster.apply(frame)
         if changed is not None:
             self._subscriber.resolve(changed)
