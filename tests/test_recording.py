@@ -8,6 +8,7 @@ run uses 20: `KEYROOM_RECORDING_SECONDS=20 scripts/test tests/test_recording.py 
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -142,7 +143,15 @@ async def test_a_python_publisher_is_recorded_exported_and_decoded(
     assert keyroom(["recording", "verify", str(file)]) == 0
     out = tmp_path / "out.webm"
     key = str(tmp_path / "private.pem")
-    assert keyroom(["recording", "export", str(file), "--key", key, "-o", str(out)]) == 0
+    # Every export attempt goes on the audit trail: by default beside the configured log,
+    # chained with the server's audit key.
+    config = tmp_path / "export.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+    )
+    audited = ["recording", "export", str(file), "-o", str(out), "--config", str(config)]
+    assert keyroom([*audited, "--key", key, "--operator", "alice"]) == 0
     printed = capsys.readouterr().out
     decoded = decode(out)
     frames, first, last = decoded["video"]
@@ -162,6 +171,16 @@ async def test_a_python_publisher_is_recorded_exported_and_decoded(
     events = [r["event"] for r in audit(tmp_path) if r.get("recording") == rid]
     assert "recording_started" in events and "recording_stopped" in events
     assert "recording_download" in events
+    (tmp_path / "other.pem").write_bytes(keys.generate()[0])
+    assert keyroom([*audited, "--key", str(tmp_path / "other.pem")]) == 1
+    log = tmp_path / "audit.jsonl.exports"
+    exports = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["event"], r["recording"], r["operator"], r["outcome"]) for r in exports] == [
+        ("recording_export", rid, "alice", "exported"),
+        ("recording_export", rid, getpass.getuser(), "failed"),
+    ]
+    assert "wrong private key" in exports[1]["reason"]
+    assert keyroom(["audit", "verify", str(log), "--config", str(config)]) == 0
 
 
 async def test_who_may_record_list_and_download(recorded: tuple[ServerProcess, Path]) -> None:
@@ -380,3 +399,19 @@ def test_verify_names_damage_in_a_real_file(tmp_path: Path) -> None:
     path = tmp_path / "d.krec"
     path.write_bytes(bytes(damaged))
     assert keyroom(["recording", "verify", str(path)]) == 1
+
+
+def test_export_refuses_to_run_unaudited_when_the_audit_log_is_broken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_recording_format import _file
+
+    data, _private, _ = _file()
+    (tmp_path / "r.krec").write_bytes(data)
+    (tmp_path / "audit.key").write_text("k" * 64)
+    (tmp_path / "audit.jsonl").write_text('{"event": "forged"}\n')
+    out = tmp_path / "out.webm"
+    assert keyroom(["recording", "export", str(tmp_path / "r.krec"), "--key", "nokey.pem",
+                    "-o", str(out), "--audit", str(tmp_path / "audit.jsonl"),
+                    "--audit-key", str(tmp_path / "audit.key")]) == 2  # fmt: skip
+    assert "audit log" in capsys.readouterr().err and not out.exists()
