@@ -20,7 +20,9 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page
 
 from sfu.cli import main as keyroom
-from signaling.client import count_frames
+from signaling.client import KeyroomClient, count_frames
+from signaling.client.e2ee import FrameCryptor
+from signaling.media import SyntheticVideoTrack
 from tests.admin_helpers import call
 from tests.conftest import ServerProcess, eventually, start_server, stop_server
 from tests.test_browser import Conference, browser, received, receives, wait_js
@@ -140,6 +142,47 @@ async def test_same_passphrase_decodes_a_wrong_one_decodes_nothing(
     assert keyroom(["recording", "export", str(path), "--key", key, "-o", str(out),
                     "--e2ee-passphrase", "correct horse"]) == 0  # fmt: skip
     assert decode(out)["video"][0] > 5
+
+
+async def test_a_page_and_a_python_client_keep_decoding_each_other_across_a_rekey(
+    keyed: tuple[ServerProcess, Path], browser: Browser
+) -> None:
+    """One E2EE room, a Chromium page and a Python client: both ratchet when a third leaves
+    and keep decoding each other (static/e2ee-frame.js and client/e2ee.py agree)."""
+    conference = Conference(keyed[0], browser, room="mixed")
+    server = keyed[0]
+
+    def python(identity: str) -> KeyroomClient:
+        cryptor = FrameCryptor.from_passphrase("correct horse", "mixed")
+        client = KeyroomClient(server.ws_url, server.token(identity, "mixed"), e2ee=cryptor)
+        conference.clients.append(client)
+        return client
+
+    try:
+        page = await conference.page("pia", "#e2ee=correct%20horse")
+        py, goer = python("py"), python("goer")
+        await py.connect()
+        await goer.connect()
+        await py.publish(SyntheticVideoTrack(), source="camera")
+        await eventually(receives(page, "py/camera"), 20, "the page decodes the Python video")
+        seen = await py.next_track(predicate=lambda r: r.kind == "video", timeout=20)
+        assert await count_frames(seen.track, 15.0, enough=5) == 5
+        await goer.leave()
+        await wait_js(page, "window.keyroom.e2ee.index === 1", 10)
+        await py.next_event("participant_left", timeout=10)
+        assert py.e2ee is not None and py.e2ee.index == 1
+        before = (await received(page))["py/camera"]["frames"]
+
+        async def page_decodes_more() -> bool:
+            return (await received(page))["py/camera"]["frames"] > before + 20
+
+        await eventually(page_decodes_more, 20, "the page decodes the rekeyed Python video")
+        newest = py.e2ee._newest  # noqa: SLF001 - the index the client now decrypts
+        await eventually(lambda: newest.get("pia", (0, 0.0))[0] == 1, 10, "pia's new index")
+        assert await count_frames(seen.track, 15.0, enough=20) == 20
+        assert seen.decryption.failures == 0
+    finally:
+        await conference.close()
 
 
 async def test_a_chromium_publisher_is_recorded_exported_and_decoded(

@@ -108,3 +108,56 @@ def test_a_load_test_clip_is_encrypted_frame_by_frame() -> None:
     for frame, original in zip(sealed.frames, plain, strict=True):
         data = b"".join(vp8_depayload(p) for p in frame.payloads)
         assert data != original and cryptor.decrypt("pub-0", "video", data) == original
+
+
+def _rfc5869(key: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 to 32 bytes written out from RFC 5869, as WebCrypto's HKDF computes it."""
+    import hashlib
+    import hmac
+
+    prk = hmac.new(salt or bytes(32), key, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+# e2ee-frame.js FrameKeys(bytes 0..31).key("alice", n), exported from WebCrypto under node.
+PAGE_KEYS = [
+    "15818feb84123ed05bf67731b04925f42137bf08c7c2eaa735c781d4d5e893db",
+    "078171e27d09672b955dda1f98f4ca9c37171b454eecd5a5cdba84c4f7f91c8b",
+    "6dc0d01e3923b88b838e4d231e3483a617522b2e2687aa16c43ea5254215a5c3",
+]
+
+
+def test_the_ratchet_derives_the_pages_keys() -> None:
+    cryptor = FrameCryptor(bytes(range(32)))
+    raw = _rfc5869(bytes(range(32)), b"alice", b"keyroom e2ee frame key")
+    for index, expected in enumerate(PAGE_KEYS):
+        assert cryptor.raw_key("alice", index).hex() == expected == raw.hex()
+        raw = _rfc5869(raw, b"", b"keyroom e2ee ratchet")
+
+
+def test_rekey_moves_the_sending_index_and_receivers_follow_it() -> None:
+    alice, bob = FrameCryptor(bytes(32)), FrameCryptor(bytes(32))
+    frame = b"\x00" + bytes(range(1, 60))
+    before = alice.encrypt("alice", "audio", frame)
+    assert before[-1] == 0 and alice.rekey() == 1
+    after = alice.encrypt("alice", "audio", frame)
+    assert after[-1] == 1
+    # The index byte is authenticated by the key it names: relabelled, it does not decrypt.
+    with pytest.raises(E2EEError):
+        FrameCryptor(bytes(32)).decrypt("alice", "audio", before[:-1] + b"\x01", now=0.0)
+    assert bob.decrypt("alice", "audio", before, now=0.0) == frame
+    assert bob.decrypt("alice", "audio", after, now=1.0) == frame  # the newer index
+    assert bob.decrypt("alice", "audio", before, now=5.9) == frame  # late, within the grace
+    with pytest.raises(E2EEError, match="expired"):
+        bob.decrypt("alice", "audio", before, now=6.0)
+    assert ("alice", 0) not in bob._keys  # noqa: SLF001 - the old key is dropped
+    assert bob.decrypt("alice", "audio", after, now=100.0) == frame
+    # Without `now` (an offline export) every index decrypts; other senders are apart.
+    assert bob.decrypt("alice", "audio", before) == frame
+    assert bob.accepts("carol", 0, 100.0)
+
+
+def test_the_index_wraps_as_the_page_does() -> None:
+    cryptor = FrameCryptor(bytes(32))
+    cryptor.index = 255
+    assert cryptor.rekey() == 0

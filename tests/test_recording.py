@@ -8,6 +8,7 @@ run uses 20: `KEYROOM_RECORDING_SECONDS=20 scripts/test tests/test_recording.py 
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -142,7 +143,15 @@ async def test_a_python_publisher_is_recorded_exported_and_decoded(
     assert keyroom(["recording", "verify", str(file)]) == 0
     out = tmp_path / "out.webm"
     key = str(tmp_path / "private.pem")
-    assert keyroom(["recording", "export", str(file), "--key", key, "-o", str(out)]) == 0
+    # Every export attempt goes on the audit trail: by default beside the configured log,
+    # chained with the server's audit key.
+    config = tmp_path / "export.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+    )
+    audited = ["recording", "export", str(file), "-o", str(out), "--config", str(config)]
+    assert keyroom([*audited, "--key", key, "--operator", "alice"]) == 0
     printed = capsys.readouterr().out
     decoded = decode(out)
     frames, first, last = decoded["video"]
@@ -162,6 +171,16 @@ async def test_a_python_publisher_is_recorded_exported_and_decoded(
     events = [r["event"] for r in audit(tmp_path) if r.get("recording") == rid]
     assert "recording_started" in events and "recording_stopped" in events
     assert "recording_download" in events
+    (tmp_path / "other.pem").write_bytes(keys.generate()[0])
+    assert keyroom([*audited, "--key", str(tmp_path / "other.pem")]) == 1
+    log = tmp_path / "audit.jsonl.exports"
+    exports = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["event"], r["recording"], r["operator"], r["outcome"]) for r in exports] == [
+        ("recording_export", rid, "alice", "exported"),
+        ("recording_export", rid, getpass.getuser(), "failed"),
+    ]
+    assert "wrong private key" in exports[1]["reason"]
+    assert keyroom(["audit", "verify", str(log), "--config", str(config)]) == 0
 
 
 async def test_who_may_record_list_and_download(recorded: tuple[ServerProcess, Path]) -> None:
@@ -316,6 +335,34 @@ async def test_e2ee_rooms_refuse_clear_tracks_and_record_ciphertext(
                     "--e2ee-passphrase", "wrong"]) == 1  # fmt: skip
 
 
+async def test_e2ee_media_keeps_decrypting_after_a_leave_ratchets_the_keys(
+    server: ServerProcess,
+) -> None:
+    def client(identity: str) -> KeyroomClient:
+        cryptor = FrameCryptor.from_passphrase("correct horse", "rotation")
+        return KeyroomClient(server.ws_url, server.token(identity, "rotation"), e2ee=cryptor)
+
+    pub, sub, leaver = client("pub"), client("sub"), client("leaver")
+    for c in (pub, sub, leaver):
+        await c.connect()
+    try:
+        await pub.publish(SyntheticVideoTrack(fps=FPS), source="camera")
+        seen = await sub.next_track(timeout=15)
+        assert await count_frames(seen.track, 10.0, enough=5) == 5
+        await leaver.leave()
+        await pub.next_event("participant_left", timeout=10)
+        await sub.next_event("participant_left", timeout=10)
+        assert pub.e2ee is not None and sub.e2ee is not None
+        assert pub.e2ee.index == sub.e2ee.index == 1
+        newest = sub.e2ee._newest  # noqa: SLF001 - which index the receiver decrypts now
+        await eventually(lambda: newest.get("pub", (0, 0.0))[0] == 1, timeout=10)
+        assert await count_frames(seen.track, 10.0, enough=15) == 15
+        assert seen.decryption.failures == 0
+    finally:
+        for c in (pub, sub):
+            await c.leave()
+
+
 def _decodable_ciphertext(path: Path, key: str, identity: str | None = None) -> int:
     """Frames of the recorded (forwarded) payloads that a VP8 decoder accepts as they are."""
     from sfu.recording.depacketize import vp8_frames
@@ -355,3 +402,19 @@ def test_verify_names_damage_in_a_real_file(tmp_path: Path) -> None:
     path = tmp_path / "d.krec"
     path.write_bytes(bytes(damaged))
     assert keyroom(["recording", "verify", str(path)]) == 1
+
+
+def test_export_refuses_to_run_unaudited_when_the_audit_log_is_broken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_recording_format import _file
+
+    data, _private, _ = _file()
+    (tmp_path / "r.krec").write_bytes(data)
+    (tmp_path / "audit.key").write_text("k" * 64)
+    (tmp_path / "audit.jsonl").write_text('{"event": "forged"}\n')
+    out = tmp_path / "out.webm"
+    assert keyroom(["recording", "export", str(tmp_path / "r.krec"), "--key", "nokey.pem",
+                    "-o", str(out), "--audit", str(tmp_path / "audit.jsonl"),
+                    "--audit-key", str(tmp_path / "audit.key")]) == 2  # fmt: skip
+    assert "audit log" in capsys.readouterr().err and not out.exists()

@@ -11,6 +11,11 @@ Keys: PBKDF2-HMAC-SHA256 over the passphrase (salt: the room name, 100,000 round
 room's base key, or the application supplies the 32 bytes; each participant's key is
 HKDF-SHA256(base, salt = its identity); key index n is that key ratcheted n times (HKDF again),
 so a sender can move on when someone leaves and receivers follow it by the index byte.
+
+Rotation, as the page (static/e2ee-frame.js, e2ee.js) does it: when a participant leaves, each
+participant ratchets its own sending index one step (`rekey()`); a receiver accepts a sender's
+newest index, and an older one only for GRACE_SECONDS after the newer one first arrived, then
+drops it. One FrameCryptor per participant: the index and what it has seen are its own.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 IV_BYTES = 12
 TRAILER_BYTES = IV_BYTES + 2
 PBKDF2_ROUNDS = 100_000
+GRACE_SECONDS = 5.0  # e2ee-frame.js GRACE_MS
 
 
 class E2EEError(Exception):
@@ -60,32 +67,60 @@ class FrameCryptor:
             raise ValueError("an E2EE base key is 32 bytes")
         self._base = base_key
         self._keys: dict[tuple[str, int], AESGCM] = {}
+        self.index = 0  # own sending key index: moves on when someone leaves
+        self._newest: dict[str, tuple[int, float]] = {}  # sender -> (newest index, since)
 
     @classmethod
     def from_passphrase(cls, passphrase: str, room: str) -> FrameCryptor:
         return cls(base_key_from_passphrase(passphrase, room))
 
-    def _key(self, identity: str, index: int) -> AESGCM:
-        cached = self._keys.get((identity, index))
-        if cached is not None:
-            return cached
+    def raw_key(self, identity: str, index: int) -> bytes:
+        """The AES-256 key of `identity`'s frames under key `index`."""
         raw = _hkdf(self._base, identity.encode(), b"keyroom e2ee frame key")
         for _ in range(index):
             raw = _hkdf(raw, b"", b"keyroom e2ee ratchet")
-        aead = AESGCM(raw)
-        self._keys[(identity, index)] = aead
-        return aead
+        return raw
 
-    def encrypt(self, identity: str, kind: str, frame: bytes, index: int = 0) -> bytes:
+    def _key(self, identity: str, index: int) -> AESGCM:
+        cached = self._keys.get((identity, index))
+        if cached is None:
+            cached = self._keys[(identity, index)] = AESGCM(self.raw_key(identity, index))
+        return cached
+
+    def rekey(self) -> int:
+        """Someone left: ratchet the own sending key one step on; receivers follow the index."""
+        self.index = (self.index + 1) & 0xFF
+        return self.index
+
+    def accepts(self, identity: str, index: int, now: float) -> bool:
+        """Whether frames under `index` are still accepted from `identity` at `now` (seconds):
+        its newest index always, an older one for GRACE_SECONDS after a newer one appeared."""
+        newest = self._newest.get(identity)
+        if newest is None or index > newest[0]:
+            self._newest[identity] = (index, now)
+            return True
+        if index == newest[0] or now - newest[1] < GRACE_SECONDS:
+            return True
+        for stale in [k for k in self._keys if k[0] == identity and k[1] < newest[0]]:
+            del self._keys[stale]  # past the grace period: the old keys go
+        return False
+
+    def encrypt(self, identity: str, kind: str, frame: bytes, index: int | None = None) -> bytes:
+        """Encrypt under `index`, by default the own current one (`self.index`)."""
+        index = self.index if index is None else index
         clear = min(clear_bytes(kind, frame), len(frame))
         iv = os.urandom(IV_BYTES)
         sealed = self._key(identity, index).encrypt(iv, frame[clear:], frame[:clear])
         return frame[:clear] + sealed + iv + bytes([IV_BYTES, index & 0xFF])
 
-    def decrypt(self, identity: str, kind: str, frame: bytes) -> bytes:
+    def decrypt(self, identity: str, kind: str, frame: bytes, now: float | None = None) -> bytes:
+        """`now` (seconds, monotonic) applies the grace period of old key indexes; None (an
+        offline export) accepts every index."""
         if len(frame) < TRAILER_BYTES + 16 or frame[-2] != IV_BYTES:
             raise E2EEError("not an encrypted frame")
         index = frame[-1]
+        if now is not None and not self.accepts(identity, index, now):
+            raise E2EEError(f"key index {index} of {identity} has expired")
         iv = frame[-TRAILER_BYTES:-2]
         body = frame[:-TRAILER_BYTES]
         clear = min(clear_bytes(kind, body), len(body) - 16)
@@ -135,7 +170,9 @@ class _DecryptingQueue(queue.Queue[Any]):
         if item is not None:
             _codec, frame = item
             try:
-                frame.data = self.cryptor.decrypt(self.identity(), self.kind, frame.data)
+                frame.data = self.cryptor.decrypt(
+                    self.identity(), self.kind, frame.data, time.monotonic()
+                )
             except E2EEError:
                 self.failures += 1
                 return

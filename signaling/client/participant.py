@@ -65,8 +65,8 @@ class KeyroomClient(EventConsumer):
         all (aiortc would otherwise add a public STUN server): the servers that `joined`
         advertises are not used unless passed here. `ice_transport_policy: "relay"` in `joined`
         is honoured. `key_file` (PEM, EC P-256 or Ed25519) or `key` proves possession of the key
-        a bound token names (`cnf.jkt`): see `proof()`. `e2ee`: publish encrypted by default and
-        decrypt every received track."""
+        a bound token names (`cnf.jkt`): see `proof()`. `e2ee` (its own): publish encrypted,
+        decrypt every received track, ratchet the key when someone leaves."""
         self.key = key if key_file is None else load_private_key(Path(key_file).read_bytes())
         self.url = url
         self.e2ee = e2ee
@@ -325,6 +325,8 @@ class KeyroomClient(EventConsumer):
             self._connection.leave_reason = frame.get("reason")
             message = frame.get("message")
             self._connection.leave_message = message if isinstance(message, str) else None
+        elif frame.get("type") == "participant_left" and self.e2ee is not None:
+            self.e2ee.rekey()  # as the page does: who left cannot read what is sent from now on
         changed = self._roster.apply(frame)
         if changed is not None:
             self._subscriber.resolve(changed)
