@@ -88,6 +88,9 @@ class Subscribing:
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
+        # The `a=msid` stream id of a subscribed track: the publisher's sid for keyroom's
+        # clients, `<publisher sid>|<track sid>` for LiveKit's (signaling/livekit).
+        self.stream_id: Callable[[PublishedTrack], str] = lambda track: track.publisher_sid
 
     def subscribe(self, track: PublishedTrack) -> bool:
         if track.sid in self.subscriptions or self.closed:
@@ -183,7 +186,7 @@ class Subscribing:
                 waiting.append(down)
                 continue
             transceiver.setCodecPreferences(capabilities_for(track))
-            internals.set_sender_msid(transceiver, track.publisher_sid, track.sid)
+            internals.set_sender_msid(transceiver, self.stream_id(track), track.sid)
             self._transceivers[down] = transceiver
         self._pending = waiting
 

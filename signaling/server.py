@@ -36,6 +36,8 @@ from sfu.metrics import build_registry, record_connection_refused, sample_loop_l
 from sfu.room import RoomRegistry
 from signaling.admin import add_admin_routes
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
+from signaling.livekit.edge import is_livekit, serve_livekit
+from signaling.livekit.routes import add_livekit_routes
 from signaling.netpolicy import client_ip, parse_networks, tls_context
 from signaling.pending import PER_IP, PendingConnections, PendingFull
 from signaling.protocol import CLOSE_GOING_AWAY
@@ -108,6 +110,7 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_get("/rtc", rtc_handler)
     app.router.add_get("/healthz", healthz_handler)
     add_admin_routes(app, state)
+    add_livekit_routes(app, state)
     server = state.config.server
     app[PENDING] = PendingConnections(server.max_pending, server.max_pending_per_ip)
     app[METRICS] = build_registry(state.rooms, state.stats, app[PENDING])
@@ -154,6 +157,13 @@ async def rtc_handler(request: web.Request) -> web.StreamResponse:
         raise refusal(
             text="too many connections not yet joined", headers={"Retry-After": retry}
         ) from None
+    if is_livekit(request):
+        transport = request.transport
+        abort = transport.abort if transport is not None else _nothing
+        try:
+            return await serve_livekit(state, request, peer, abort, slot.release)
+        finally:
+            slot.release()
     try:
         ws = web.WebSocketResponse(max_msg_size=server.max_frame_bytes, heartbeat=20, autoping=True)
         await ws.prepare(request)

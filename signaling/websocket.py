@@ -65,7 +65,10 @@ class SocketOutput:
             text = self.outbox.pop()
             if text is not None:
                 try:
-                    await self.ws.send_str(text)
+                    if isinstance(text, bytes):
+                        await self.ws.send_bytes(text)
+                    else:
+                        await self.ws.send_str(text)
                 except (ConnectionError, RuntimeError):
                     return
                 continue
