@@ -3,6 +3,7 @@ media address is on it, and tokens minted by LiveKit's own `livekit-api`."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import subprocess
@@ -11,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from livekit import api
 
 from loadtest import spawn
@@ -28,9 +28,9 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-@pytest.fixture(scope="session")
-def veth() -> Iterator[str]:
-    """A veth pair with SERVER_IP and CLIENT_IP, up; removed after the session."""
+@contextlib.contextmanager
+def veth_pair() -> Iterator[str]:
+    """A veth pair with SERVER_IP and CLIENT_IP, up; removed after."""
     if subprocess.run(["ip", "link", "show", VETH[0]], capture_output=True).returncode != 0:
         _ip("link", "add", VETH[0], "type", "veth", "peer", "name", VETH[1])
         _ip("addr", "add", f"{SERVER_IP}/24", "dev", VETH[0])
@@ -64,15 +64,6 @@ def start_lk_server(tmp_path: Path, config: str = "") -> ServerProcess:
     return server
 
 
-@pytest.fixture
-def lk_server(veth: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_lk_server(tmp_path, "[auth]\nmax_failures = 1000\n")
-    try:
-        yield server
-    finally:
-        spawn.stop(server.process)
-
-
 def lk_url(server: ServerProcess) -> str:
     return f"ws://127.0.0.1:{server.port}"
 
@@ -84,5 +75,6 @@ def lk_token(identity: str, room: str = "lk-room", *, ttl: float = 600, **grants
     return token.with_grants(video).with_ttl(datetime.timedelta(seconds=ttl)).to_jwt()
 
 
-def room_service(server: ServerProcess, session: Any) -> api.room_service.RoomService:
-    return api.room_service.RoomService(session, f"http://127.0.0.1:{server.port}", KEY_ID, SECRET)
+def room_api(server: ServerProcess) -> api.LiveKitAPI:
+    """livekit-api's client (its RoomService is Twirp over HTTP), as an app's back end uses it."""
+    return api.LiveKitAPI(f"http://127.0.0.1:{server.port}", KEY_ID, SECRET, failover=False)
