@@ -132,6 +132,7 @@ def _check_role(role: object) -> str:
 # default 6 h token spans 6 h and 1 s. A second of slack on `max_ttl` admits it.
 TTL_SLACK = 1.0
 
+
 class TokenVerifier:
     """Verifies tokens against a KeyTable; limits default to PROTOCOL section 1."""
 

@@ -72,10 +72,10 @@ class SdkPeer:
             sids.append((await self.room.local_participant.publish_track(track, options)).sid)
         if audio:
             sound = rtc.AudioSource(SAMPLE_RATE, 1)
-            track = rtc.LocalAudioTrack.create_audio_track("microphone", sound)
+            mic = rtc.LocalAudioTrack.create_audio_track("microphone", sound)
             options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
             self._tasks.append(asyncio.ensure_future(self._feed_audio(sound)))
-            sids.append((await self.room.local_participant.publish_track(track, options)).sid)
+            sids.append((await self.room.local_participant.publish_track(mic, options)).sid)
         return sids
 
     async def _feed_video(self, source: rtc.VideoSource) -> None:

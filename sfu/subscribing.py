@@ -88,8 +88,7 @@ class Subscribing:
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
-        # The `a=msid` stream id of a subscribed track: the publisher's sid for keyroom's
-        # clients, `<publisher sid>|<track sid>` for LiveKit's (signaling/livekit).
+        # a=msid stream id: the publisher's sid, or `PA_..|TR_..` for LiveKit SDKs.
         self.stream_id: Callable[[PublishedTrack], str] = lambda track: track.publisher_sid
 
     def subscribe(self, track: PublishedTrack) -> bool:

@@ -54,7 +54,7 @@ def permission(permissions: Mapping[str, Any]) -> models.ParticipantPermission:
 
 
 def participant_info(
-    info: Mapping[str, Any], state: int = models.ParticipantInfo.ACTIVE
+    info: Mapping[str, Any], state: Any = models.ParticipantInfo.ACTIVE
 ) -> models.ParticipantInfo:
     tracks = [track_info(t) for t in info.get("tracks", ())]
     result = models.ParticipantInfo(

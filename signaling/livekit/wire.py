@@ -32,7 +32,7 @@ from signaling.livekit.convert import (
 from signaling.messages import (
     AddTrack,
     Answer,
-    ClientMessage,
+    AnyClientMessage,
     Leave,
     Mute,
     Offer,
@@ -83,7 +83,7 @@ class Local:
     response: rtc.SignalResponse
 
 
-Decoded = ClientMessage | Local | None
+Decoded = AnyClientMessage | Local | None
 
 
 def parse_request(data: bytes) -> rtc.SignalRequest:
@@ -132,8 +132,9 @@ def _trickle(trickle: rtc.TrickleRequest, req: int, wall: float) -> Decoded:
         raise MessageError("invalid_message", "candidateInit is not JSON", req) from None
     if not isinstance(candidate, dict):
         raise MessageError("invalid_message", "candidateInit is not an object", req)
-    target = "subscriber" if trickle.target == rtc.SUBSCRIBER else "publisher"
-    return Trickle(target=target, candidate=candidate, req=req)
+    if trickle.target == rtc.SUBSCRIBER:
+        return Trickle(target="subscriber", candidate=candidate, req=req)
+    return Trickle(target="publisher", candidate=candidate, req=req)
 
 
 def _add_track(add: rtc.AddTrackRequest, req: int, wall: float) -> Decoded:
@@ -333,7 +334,9 @@ class Translator:
             sid=str(frame["sid"]),
             identity=str(frame.get("identity", "")),
             state=models.ParticipantInfo.DISCONNECTED,
-            disconnect_reason=DISCONNECT_REASON.get(str(frame.get("reason")), 0),
+            disconnect_reason=DISCONNECT_REASON.get(
+                str(frame.get("reason")), models.UNKNOWN_REASON
+            ),
         )
         self._speaking.discard(gone.sid)
         return [rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[gone]))]
