@@ -65,6 +65,11 @@ class Ingress:
         track = self._tracks_by_mid.get(mid.decode("ascii", "replace"))
         if track is None or track.ssrc is not None or track.sid not in self._tracks:
             return None
+        codec = track.codec
+        if codec is not None and info.payload_type != codec.payload_type:
+            # An SDP without SSRCs (simulcast by rid): its RTX stream (padding probes first)
+            # names the same MID; only the media payload type identifies the media stream.
+            return None
         track.ssrc = info.ssrc
         self._tracks_by_ssrc[info.ssrc] = track
         return track

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import uvloop
 from aiohttp import web
@@ -38,7 +37,7 @@ from signaling.admin import add_admin_routes
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
 from signaling.livekit.edge import is_livekit, serve_livekit
 from signaling.livekit.routes import add_livekit_routes
-from signaling.netpolicy import client_ip, parse_networks, tls_context
+from signaling.netpolicy import client_ip, origin_allowed, parse_networks, tls_context
 from signaling.pending import PER_IP, PendingConnections, PendingFull
 from signaling.protocol import CLOSE_GOING_AWAY
 from signaling.reload import ConfigSource, key_table, on_hangup
@@ -122,17 +121,6 @@ def build_app(state: ServerState) -> web.Application:
         app.router.add_get("/debug/runtime", runtime_handler)
         add_dev_routes(app, state.config)
     return app
-
-
-def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
-    """Same-origin or listed origins only; clients that send no Origin are not browsers."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    if origin in allowed:
-        return True
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and parts.netloc == request.host
 
 
 def _nothing() -> None:

@@ -250,6 +250,8 @@ async def _read(
                 output.send_response(decoded.response)
             elif decoded is not None:
                 output.translator.requests[req] = (case, inner)
+                if case == "offer":
+                    output.translator.offer_ids.append(inner.id)
                 await session.handle(decoded, now, wall)
         timer.update()
         if session.ending:

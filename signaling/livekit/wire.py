@@ -13,6 +13,7 @@ the participant's whole current info, as LiveKit's server sends them.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -252,6 +253,10 @@ class Translator:
         # Requests waiting for their reply: req -> (case, the request), for request_response.
         self.requests: dict[int, tuple[str, Any]] = {}
         self._speaking: set[str] = set()
+        # SessionDescription ids: the JS SDK waits for the answer that names its offer's id;
+        # the server's own offers are numbered too.
+        self.offer_ids: deque[int] = deque()
+        self._offers = 0
 
     def translate(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
         kind = str(frame.get("type"))
@@ -259,6 +264,8 @@ class Translator:
         req = frame.get("req")
         if isinstance(req, int) and kind != "error":
             self.requests.pop(req, None)
+        if kind == "error" and isinstance(req, int) and self.requests.get(req, ("",))[0] == "offer":
+            self.offer_ids.popleft()  # a refused offer gets no answer
         if method is None:
             return []
         result: list[rtc.SignalResponse] = method(frame)
@@ -301,11 +308,13 @@ class Translator:
         return [rtc.SignalResponse(join=join)]
 
     def _answer(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
-        sd = rtc.SessionDescription(type="answer", sdp=str(frame["sdp"]))
+        offer_id = self.offer_ids.popleft() if self.offer_ids else 0
+        sd = rtc.SessionDescription(type="answer", sdp=str(frame["sdp"]), id=offer_id)
         return [rtc.SignalResponse(answer=sd)]
 
     def _offer(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
-        sd = rtc.SessionDescription(type="offer", sdp=str(frame["sdp"]))
+        self._offers += 1
+        sd = rtc.SessionDescription(type="offer", sdp=str(frame["sdp"]), id=self._offers)
         return [rtc.SignalResponse(offer=sd)]
 
     def _track_published(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
