@@ -62,9 +62,19 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
         help="the address load-test clients gather on against Janus (default 10.77.0.2)",
     )
     p.add_argument("--plot", metavar="PNG", help="draw latency and server CPU/RSS over time")
+    p.add_argument(
+        "--client",
+        choices=("keyroom", "livekit"),
+        default="keyroom",
+        help="livekit: LiveKit's Python SDK as the client, join time and forwarding cost"
+        " against keyroom's clients (root in a network namespace: docs/benchmarks.md)",
+    )
+    p.add_argument("--joins", type=int, default=20, help="SDK joins timed (--client livekit)")
 
 
 def run_loadtest(args: argparse.Namespace) -> int:
+    if args.client == "livekit":
+        return _run_livekit(args)
     # Imported here: the media stack is only needed once a test really runs.
     import uvloop
 
@@ -246,3 +256,17 @@ def _soak(args: argparse.Namespace) -> int:
 
     warmup = args.warmup_minutes if args.warmup_minutes is not None else args.minutes / 6
     return main_soak(args.minutes, warmup, args.sample_interval, args.json)
+
+
+def _run_livekit(args: argparse.Namespace) -> int:
+    from loadtest.livekitload import Options, format_report, run
+
+    options = Options(
+        joins=args.joins,
+        publishers=args.video_publishers or 2,
+        subscribers=args.subscribers or 4,
+        duration=args.duration or 20.0,
+    )
+    report = asyncio.run(run(options))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0

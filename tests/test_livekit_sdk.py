@@ -13,20 +13,14 @@ from pathlib import Path
 import pytest
 from livekit import api, rtc
 
-from loadtest import spawn
+from loadtest import livekitload, spawn
+from loadtest.livekitnet import CLIENT_IP, veth_pair
 from loadtest.livekitpeer import SdkPeer
 from sfu.iceaddr import restrict_host_addresses
 from signaling.client import KeyroomClient
 from signaling.media import SyntheticVideoTrack, count_frames
 from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually
-from tests.livekit_helpers import (
-    CLIENT_IP,
-    lk_token,
-    lk_url,
-    room_api,
-    start_lk_server,
-    veth_pair,
-)
+from tests.livekit_helpers import METRICS_TOKEN, lk_token, lk_url, room_api, start_lk_server
 
 pytestmark = pytest.mark.asyncio
 ROOM = "lk-room"
@@ -238,3 +232,20 @@ def _keyroom_token(identity: str) -> str:
         key_id=KEY_ID, secret=SECRET, identity=identity, room=ROOM, ttl=600, now=time.time(),
         name=identity,
     )  # fmt: skip
+
+
+async def test_load_tester_drives_the_sdk(lk_server: ServerProcess) -> None:
+    """`keyroom loadtest --client livekit`, CI-sized: joins timed, forwarding measured with
+    SDK and keyroom publishers (the full run is in docs/benchmarks.md)."""
+    server = livekitload.Server(
+        lk_server.port, lk_server.process.pid, SECRET, key_id=KEY_ID, metrics_token=METRICS_TOKEN
+    )
+    joins = await livekitload.measure_joins(server, 3)
+    assert joins["joins"] == 3 and 0 < joins["p50_ms"] <= joins["p95_ms"] <= joins["max_ms"]
+    options = livekitload.Options(publishers=1, subscribers=1, duration=1.5, warmup=1.5)
+    for kind in ("livekit", "keyroom"):
+        row = await livekitload.measure_forwarding(server, kind, options)
+        assert (
+            row["packets_forwarded"] > 0 and row["server_cpu_us_per_forwarded_packet"] is not None
+        )
+        assert row["frames_decoded_by_subscribers"] > 0
