@@ -78,6 +78,18 @@ async def test_three_sdk_participants_see_and_hear_each_other(lk_server: ServerP
         assert group[0].room.name == ROOM
 
 
+async def test_unpublish_and_mute_reach_the_others(lk_server: ServerProcess) -> None:
+    async with peers(lk_server, "alice", "bob") as (alice, bob):
+        video_sid, audio_sid = await alice.publish()
+        await bob.received.until(lambda: receiving(bob, "alice", "video", 5), timeout=20)
+        remote = bob.room.remote_participants["alice"]
+        alice.room.local_participant.track_publications[audio_sid].track.mute()
+        await eventually(lambda: remote.track_publications[audio_sid].muted, 5, "muted")
+        await alice.room.local_participant.unpublish_track(video_sid)
+        await eventually(lambda: video_sid not in remote.track_publications, 5, "unpublished")
+        assert audio_sid in remote.track_publications
+
+
 async def test_data_packets_carry_the_authenticated_sender(lk_server: ServerProcess) -> None:
     async with peers(lk_server, "alice", "bob", "carol") as (alice, bob, carol):
         await alice.room.local_participant.publish_data(b"to all", reliable=True, topic="chat")

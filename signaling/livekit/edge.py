@@ -24,6 +24,7 @@ from auth.tokens import TokenError
 from sfu.clock import TimerDriver
 from sfu.metrics import record_join
 from sfu.participant import Participant
+from sfu.sdpinfo import BadSdp, describe_sections
 from signaling.admission import charge_failure, verify_token
 from signaling.codec import MessageError
 from signaling.livekit import datapackets, wire
@@ -147,6 +148,24 @@ def _admit(
     return session.start(Join(token=token, auto_subscribe=auto), now, wall)
 
 
+def unpublish_stopped(session: Session, sdp: str) -> None:
+    """LiveKit's SDKs unpublish by renegotiating: the track's section is no longer sending
+    (inactive, recvonly, or rejected). keyroom unpublishes it, as its `unpublish` request."""
+    participant, room = session.participant, session.room
+    if participant is None or room is None:
+        return
+    try:
+        sections = {s.mid: s for s in describe_sections(sdp) if s.mid is not None}
+    except BadSdp:
+        return
+    for track in list(participant.tracks.values()):
+        section = sections.get(track.mid) if track.mid is not None else None
+        if section is not None and (
+            section.rejected or section.direction not in ("sendonly", "sendrecv")
+        ):
+            room.unpublish(participant, track.sid, notify_publisher=True)
+
+
 def _adapt(session: Session, participant: Participant) -> None:
     """What LiveKit's SDKs need of the media plane: `PA|TR` stream ids, protobuf data."""
     participant.subscribing.stream_id = lambda track: f"{track.publisher_sid}|{track.sid}"
@@ -253,6 +272,8 @@ async def _read(
                 if case == "offer":
                     output.translator.offer_ids.append(inner.id)
                 await session.handle(decoded, now, wall)
+                if case == "offer" and not session.ending:
+                    unpublish_stopped(session, inner.sdp)
         timer.update()
         if session.ending:
             return
