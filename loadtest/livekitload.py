@@ -110,10 +110,14 @@ async def measure_joins(server: Server, joins: int) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def keyroom_publishers(server: Server, room: str, count: int) -> AsyncIterator[None]:
     """keyroom's own Python client, publishing synthetic VP8 from the veth's client end."""
+    import aioice.ice
+
     from sfu.iceaddr import restrict_host_addresses
     from signaling.client import KeyroomClient
     from signaling.media import SyntheticVideoTrack
 
+    # aiortc gathers process-wide on the veth's client end while these run, as before after.
+    before = aioice.ice.get_host_addresses
     restrict_host_addresses([CLIENT_IP])
     clients = [
         KeyroomClient(f"{server.url}/rtc", server.token(f"kr-pub-{n}", room)) for n in range(count)
@@ -126,6 +130,7 @@ async def keyroom_publishers(server: Server, room: str, count: int) -> AsyncIter
     finally:
         for client in clients:
             await client.close()
+        aioice.ice.get_host_addresses = before
 
 
 @contextlib.asynccontextmanager

@@ -105,6 +105,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, site: str) -> Iterator[Serv
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser(site: str) -> AsyncIterator[Browser]:
     code = bundle()
+
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
 

@@ -33,7 +33,7 @@ from signaling.outbox import Outbox
 from signaling.protocol import CLOSE_UNSUPPORTED
 from signaling.session import Outcome, Session
 from signaling.state import ServerState
-from signaling.websocket import FLUSH_TIMEOUT, SocketOutput
+from signaling.websocket import SocketOutput, end_socket
 
 # HTTP status of a refused join, by the close code keyroom's JSON edge would use.
 HTTP_STATUS = {4400: 400, 4401: 401, 4403: 403, 4404: 404, 4409: 409, 4429: 429, 4503: 503}
@@ -232,17 +232,7 @@ async def _run(
         timer.update()
         await _read(session, output, ws, timer, loop)
     finally:
-        state.sessions.discard(session)
-        timer.stop()
-        await session.finish(loop.time())
-        if not session.ending:
-            output.stop()
-        try:
-            await asyncio.wait_for(writer, FLUSH_TIMEOUT)
-        except (TimeoutError, asyncio.CancelledError):
-            writer.cancel()
-        if not ws.closed:
-            await ws.close()
+        await end_socket(state, session, output, writer, timer, ws)
 
 
 async def _read(
