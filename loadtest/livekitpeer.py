@@ -39,15 +39,27 @@ class Received:
     async def until(self, check: object, timeout: float) -> None:
         """Wait until `check()` is true, woken by every counted frame."""
         assert callable(check)
-        async with asyncio.timeout(timeout):
-            while not check():
-                self.changed.clear()
-                await self.changed.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while not check():
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"not within {timeout} s; received {dict(self.frames)}") from None
 
 
 class SdkPeer:
-    def __init__(self, identity: str, *, width: int = 320, height: int = 240, fps: int = 15):
+    def __init__(
+        self,
+        identity: str,
+        *,
+        width: int = 320,
+        height: int = 240,
+        fps: int = 15,
+        simulcast: bool = False,
+    ):
         self.identity = identity
+        self.simulcast = simulcast
         self.width, self.height, self.fps = width, height, fps
         self.room = rtc.Room()
         self.received = Received()
@@ -67,7 +79,11 @@ class SdkPeer:
         if video:
             source = rtc.VideoSource(self.width, self.height)
             track = rtc.LocalVideoTrack.create_video_track("camera", source)
-            options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+            # One encoding: keyroom forwards one of a simulcast publisher's encodings (the first
+            # seen), which stalls if libwebrtc pauses it (docs/livekit.md).
+            options = rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_CAMERA, simulcast=self.simulcast
+            )
             self._tasks.append(asyncio.ensure_future(self._feed_video(source)))
             sids.append((await self.room.local_participant.publish_track(track, options)).sid)
         if audio:

@@ -66,9 +66,9 @@ class Ingress:
         if track is None or track.ssrc is not None or track.sid not in self._tracks:
             return None
         codec = track.codec
-        if codec is not None and info.payload_type != codec.payload_type:
+        if codec is not None and info.payload_type == codec.rtx_payload_type:
             # An SDP without SSRCs (simulcast by rid): its RTX stream (padding probes first)
-            # names the same MID; only the media payload type identifies the media stream.
+            # names the same MID; it is not the media stream.
             return None
         track.ssrc = info.ssrc
         self._tracks_by_ssrc[info.ssrc] = track
