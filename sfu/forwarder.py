@@ -222,6 +222,10 @@ class DownTrack:
         if waiting and not is_keyframe(
             self._keyframe_mime, data[info.payload_start : info.payload_end]
         ):
+            # Ask again while media flows without one (the publisher's limiter spaces the
+            # requests): the first request can be lost (sent before the publisher's transport
+            # was up), and a publisher such as libwebrtc sends keyframes only when asked.
+            self.track.request_keyframe()
             return False
         out = rewriter.rewrite(data, info)
         if out is None:
