@@ -144,6 +144,11 @@ def _check_role(role: object) -> str:
     return role
 
 
+# livekit-api reads the clock twice when it mints (nbf, then exp): across a second boundary its
+# default 6 h token spans 6 h and 1 s. A second of slack on `max_ttl` admits it.
+TTL_SLACK = 1.0
+
+
 class TokenVerifier:
     """Verifies tokens against a KeyTable; limits default to PROTOCOL section 1."""
 
@@ -251,7 +256,7 @@ class TokenVerifier:
         if iat is not None and iat - self.leeway > now:
             raise TokenError("iat_in_future")
         start = nbf if nbf is not None else iat if iat is not None else now
-        if exp - start > self.max_ttl:
+        if exp - start > self.max_ttl + TTL_SLACK:
             raise TokenError("ttl_too_long")
         return exp, nbf, iat
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from loadtest.scenarios import SCENARIOS, with_overrides
+from loadtest.scenarios import SCENARIOS, Scenario, with_overrides
 
 
 def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,9 +85,31 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
         help="compare recording every track with one more subscriber of every track, this many"
         " alternating rounds on spawned servers (loadtest/recordbench.py)",
     )
+    p.add_argument(
+        "--client",
+        choices=("keyroom", "livekit"),
+        default="keyroom",
+        help="livekit: LiveKit's Python SDK as the client, join time and forwarding cost"
+        " against keyroom's clients (root in a network namespace: docs/benchmarks.md)",
+    )
+    p.add_argument("--joins", type=int, default=20, help="SDK joins timed (--client livekit)")
+
+
+def _scenario_problem(scenario: Scenario, baselines: list[str]) -> str | None:
+    if scenario.rooms < 1:
+        return "--rooms must be at least 1"
+    if baselines and scenario.rooms > 1:
+        return "baselines serve one room: no --baseline with --rooms"
+    if not 0 <= scenario.bound_share <= 1:
+        return "--bound-share must be from 0 to 1"
+    if baselines and (scenario.bad_token_share or scenario.bound_share):
+        return "baselines check no tokens: no --baseline here"
+    return None
 
 
 def run_loadtest(args: argparse.Namespace) -> int:
+    if args.client == "livekit":
+        return _run_livekit(args)
     # Imported here: the media stack is only needed once a test really runs.
     import uvloop
 
@@ -113,26 +135,16 @@ def run_loadtest(args: argparse.Namespace) -> int:
         rooms=args.rooms,
         e2ee=args.e2ee or None,
     )
-    if scenario.rooms < 1:
-        print("keyroom: error: --rooms must be at least 1", file=sys.stderr)
+    baselines = args.baseline or []
+    problem = _scenario_problem(scenario, baselines)
+    if problem is not None:
+        print(f"keyroom: error: {problem}", file=sys.stderr)
         return 2
     if args.compare_recording:
         from loadtest.recordbench import run_recording_comparison
 
         restrict_host_addresses(["127.0.0.1"])
         return run_recording_comparison(args, scenario, args.compare_recording)
-    baselines = args.baseline or []
-    if baselines and scenario.rooms > 1:
-        print(
-            "keyroom: error: baselines serve one room: no --baseline with --rooms", file=sys.stderr
-        )
-        return 2
-    if not 0 <= scenario.bound_share <= 1:
-        print("keyroom: error: --bound-share must be from 0 to 1", file=sys.stderr)
-        return 2
-    if baselines and (scenario.bad_token_share or scenario.bound_share):
-        print("keyroom: error: baselines check no tokens: no --baseline here", file=sys.stderr)
-        return 2
     secret = args.secret or os.environ.get("KEYROOM_SECRET")
     if args.url and (not args.key or not secret):
         print("keyroom: error: --url needs --key and --secret", file=sys.stderr)
@@ -312,3 +324,17 @@ def _soak(args: argparse.Namespace) -> int:
 
     warmup = args.warmup_minutes if args.warmup_minutes is not None else args.minutes / 6
     return main_soak(args.minutes, warmup, args.sample_interval, args.json)
+
+
+def _run_livekit(args: argparse.Namespace) -> int:
+    from loadtest.livekitload import Options, format_report, run
+
+    options = Options(
+        joins=args.joins,
+        publishers=args.video_publishers or 2,
+        subscribers=args.subscribers or 4,
+        duration=args.duration or 20.0,
+    )
+    report = asyncio.run(run(options))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0

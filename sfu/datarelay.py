@@ -21,6 +21,31 @@ from signaling.protocol import DATA_CHANNELS
 MAX_HELD_DATA = 256
 
 Deliver = Callable[[str, str, str, list[str] | None], None]
+Envelope = tuple[str, str, list[str] | None]
+
+
+def read_json_envelope(raw: bytes) -> Envelope | None:
+    """keyroom's `{topic, payload, to}` (PROTOCOL 2.5); None when malformed."""
+    try:
+        envelope = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(envelope, dict):
+        return None
+    topic = envelope.get("topic", "")
+    payload = envelope.get("payload", "")
+    to = envelope.get("to")
+    if (
+        not isinstance(topic, str)
+        or not isinstance(payload, str)
+        or not (to is None or (isinstance(to, list) and all(isinstance(i, str) for i in to)))
+    ):
+        return None
+    return topic, payload, to
+
+
+def json_text(label: str, message: bytes) -> str | bytes | None:
+    return message.decode()
 
 
 class DataRelay:
@@ -38,7 +63,12 @@ class DataRelay:
         self._max_bytes = max_bytes
         self._deliver = deliver
         self._channels: dict[str, RTCDataChannel] = {}
-        self._held: dict[str, list[bytes]] = {}
+        self._held: dict[str, list[str | bytes]] = {}
+        # The wire format of the messages, keyroom's JSON unless the participant's client
+        # speaks another (signaling/livekit/datapackets.py): an incoming message's envelope,
+        # and what goes out for a relayed message (None: nothing, counted).
+        self.read_envelope: Callable[[bytes], Envelope | None] = read_json_envelope
+        self.outgoing: Callable[[str, bytes], str | bytes | None] = json_text
 
     # -- in -------------------------------------------------------------------------------------
 
@@ -57,24 +87,11 @@ class DataRelay:
         if len(raw) > self._max_bytes():
             self.stats.drop(DropReason.TOO_LARGE)
             return
-        try:
-            envelope = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+        envelope = self.read_envelope(raw)
+        if envelope is None:
             self.stats.drop(DropReason.MALFORMED)
             return
-        if not isinstance(envelope, dict):
-            self.stats.drop(DropReason.MALFORMED)
-            return
-        topic = envelope.get("topic", "")
-        payload = envelope.get("payload", "")
-        to = envelope.get("to")
-        if (
-            not isinstance(topic, str)
-            or not isinstance(payload, str)
-            or not (to is None or (isinstance(to, list) and all(isinstance(i, str) for i in to)))
-        ):
-            self.stats.drop(DropReason.MALFORMED)
-            return
+        topic, payload, to = envelope
         self._deliver(label, topic, payload, to)
 
     # -- out ------------------------------------------------------------------------------------
@@ -101,17 +118,21 @@ class DataRelay:
         channel = self._channels.get(label)
         if channel is None or channel.readyState in ("closing", "closed"):
             return False
+        data = self.outgoing(label, message)
+        if data is None:
+            self.stats.drop(DropReason.MALFORMED)
+            return False
         if channel.readyState == "open":
-            channel.send(message.decode())
+            channel.send(data)
             return True
         held = self._held.setdefault(label, [])
         if len(held) >= MAX_HELD_DATA:
             self.stats.drop(DropReason.TOO_LARGE)
             return False
-        held.append(message)
+        held.append(data)
         return True
 
     def _flush_held(self, label: str) -> None:
         channel = self._channels[label]
         for message in self._held.pop(label, []):
-            channel.send(message.decode())
+            channel.send(message)

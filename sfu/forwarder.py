@@ -320,9 +320,14 @@ class DownTrack:
             return False
         waiting = self.waiting_for_keyframe
         if waiting:
-            if self.paused or not is_keyframe(
-                self._keyframe_mime, data[info.payload_start : info.payload_end]
-            ):
+            if self.paused:
+                return False
+            if not is_keyframe(self._keyframe_mime, data[info.payload_start : info.payload_end]):
+                # Ask again while media flows without one (the publisher's limiter spaces the
+                # requests): the first request can be lost (sent before the publisher's
+                # transport was up), and a publisher such as libwebrtc sends keyframes only
+                # when asked.
+                self.track.request_keyframe()
                 return False
             # Whatever was skipped while waiting leaves no gap in the subscriber's sequence.
             rewriter.rebase(info.sequence, info.timestamp, None)

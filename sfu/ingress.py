@@ -124,6 +124,11 @@ class Ingress:
             return layer
         if track.ssrc is not None:
             return DropReason.UNKNOWN_SSRC
+        codec = track.codec
+        if codec is not None and info.payload_type == codec.rtx_payload_type:
+            # An SDP without SSRCs (simulcast by rid): its RTX stream (padding probes first)
+            # names the same MID; it is not the media stream.
+            return DropReason.UNKNOWN_SSRC
         track.ssrc = info.ssrc
         self._tracks_by_ssrc[info.ssrc] = track
         self._watch_loss(track, info.ssrc)

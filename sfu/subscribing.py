@@ -58,13 +58,11 @@ class Subscribing:
     ) -> None:
         self.pc = pc
         self.sid = sid
-        # The participant's own dict: track sid -> its down-track.
-        self.subscriptions = subscriptions
+        self.subscriptions = subscriptions  # the participant's own: track sid -> down-track
         self._notify = notify
         self._relay = relay
         self._feedback = feedback
-        # Re-arms the owner's timer after the feedback's deadlines moved.
-        self._rearm = rearm
+        self._rearm = rearm  # the owner's timer, after the feedback's deadlines moved
         self._tasks = tasks
         self.stats = stats
         self._public_addresses = public_addresses
@@ -92,6 +90,8 @@ class Subscribing:
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
+        # a=msid stream id: the publisher's sid, or `PA_..|TR_..` for LiveKit SDKs.
+        self.stream_id: Callable[[PublishedTrack], str] = lambda track: track.publisher_sid
 
     def subscribe(self, track: PublishedTrack) -> bool:
         if track.sid in self.subscriptions or self.closed:
@@ -191,7 +191,7 @@ class Subscribing:
                 waiting.append(down)
                 continue
             transceiver.setCodecPreferences(capabilities_for(track))
-            internals.set_sender_msid(transceiver, track.publisher_sid, track.sid)
+            internals.set_sender_msid(transceiver, self.stream_id(track), track.sid)
             self._transceivers[down] = transceiver
         self._pending = waiting
 

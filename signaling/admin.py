@@ -13,7 +13,6 @@ from auth import displaytext
 from auth.grants import VideoGrant, check_room_name
 from auth.policy import (
     Decision,
-    live_permissions,
     may_admin_room,
     may_create_room,
     may_list_rooms,
@@ -26,6 +25,7 @@ from sfu.config.diff import limit_changes
 from sfu.participant import Participant
 from sfu.recording.manager import RecordingRefused
 from sfu.room import Room
+from signaling import adminops
 from signaling.admission import charge_failure
 from signaling.netpolicy import client_ip, parse_networks
 from signaling.recordingapi import recording_routes
@@ -239,21 +239,10 @@ class AdminApi:
         room = self._room(request, claims)
         identity = request.match_info["identity"]
         revoke = request.query.get("revoke", "").lower() in ("1", "true", "yes")
-        state = self.state
-        if revoke:
-            # Refuse this identity's tokens issued until now, for as long as any can live.
-            state.store.revoke(
-                room.name, identity, now=time.time(), keep_for=state.config.auth.max_token_ttl
-            )
-            state.audit.record("revoked", room=room.name, identity=identity, key_id=claims.key_id)
-        participant = room.by_identity(identity)
-        if participant is None:
-            if revoke:
-                return web.Response(status=204)
+        if not await adminops.remove_identity(
+            self.state, room, identity, revoke=revoke, claims=claims
+        ):
             raise AdminError("not_found", "no such participant in this room")
-        reason = "revoked" if revoke else "removed"
-        state.audit.record("kicked", room=room.name, identity=identity, reason=reason)
-        await state.end_participant(participant, room, reason)
         return web.Response(status=204)
 
     async def update_participant(self, request: web.Request, claims: Claims) -> web.Response:
@@ -273,26 +262,10 @@ class AdminApi:
         if why is not None:
             raise AdminError("invalid_message", f"name {why}")
         metadata = self._metadata(body.get("metadata", participant.metadata))
-        changed = [f for f, new, old in (("name", name, participant.name),
-                   ("metadata", metadata, participant.metadata)) if new != old]  # fmt: skip
-        self.state.audit.record(
-            "participant_updated", room=room.name, identity=participant.identity,
-            by=claims.identity, changed=changed + (["permissions"] if grant else []),
+        adminops.update_participant(
+            self.state, room, participant, name=name, metadata=metadata, grant=grant,
+            claims=claims,
         )  # fmt: skip
-        participant.name, participant.metadata = name, metadata
-        if grant is not None:
-            self.state.audit.record(
-                "permissions_changed", room=room.name, identity=participant.identity,
-                permissions=grant.to_permissions(), key_id=claims.key_id,
-            )  # fmt: skip
-            # It sticks: a rejoin with a token issued before now gets no more than this.
-            self.state.store.narrow(
-                room.name, participant.identity, live_permissions(grant), now=time.time(),
-                keep_for=self.state.config.auth.max_token_ttl,
-            )  # fmt: skip
-            room.apply_grant(participant, grant)
-        else:
-            room.participant_updated(participant)
         return web.json_response({"participant": admin_view(participant)})
 
     async def mute_track(self, request: web.Request, claims: Claims) -> web.Response:
@@ -304,13 +277,7 @@ class AdminApi:
         muted = (await read_body(request)).get("muted", True)
         if not isinstance(muted, bool):
             raise AdminError("invalid_message", "muted must be true or false")
-        # Sticky: the publisher cannot unmute it, nor publish its source again unmuted, until an
-        # admin unmutes it (for the tokens issued before now).
-        self.state.store.admin_mute(
-            room.name, participant.identity, track.source, muted, now=time.time(),
-            keep_for=self.state.config.auth.max_token_ttl,
-        )  # fmt: skip
-        room.set_muted(participant, track, muted, notify_publisher=True)
+        adminops.mute_track(self.state, room, participant, track, muted)
         return web.Response(status=204)
 
     async def drain_node(self, request: web.Request, claims: Claims) -> web.Response:

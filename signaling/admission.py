@@ -69,6 +69,14 @@ class Admitted:
     binding: Binding | None = None
 
 
+def verify_token(state: ServerState, token: str, wall: float) -> Claims:
+    """A token's claims, verified and checked (revocations, revoked keys); raises TokenError.
+    The LiveKit edge's checks before its upgrade; a join goes through `admit_join`."""
+    claims = state.verifier.verify_join(token, wall)
+    check_claims(state, claims, wall)
+    return claims
+
+
 def _about(claims: Claims) -> dict[str, str | None]:
     return {"room": claims.room, "identity": claims.identity, "key_id": claims.key_id}
 

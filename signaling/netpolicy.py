@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -84,3 +85,14 @@ def reload_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:
     """
     ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
     context.load_cert_chain(cert, key)
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Same-origin or listed origins only; clients that send no Origin are not browsers."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc == request.host

@@ -20,12 +20,13 @@ class Outbox:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.overflowed = False
-        self._frames: deque[str] = deque()
+        # Text frames (keyroom's JSON) or binary ones (LiveKit's protobuf).
+        self._frames: deque[str | bytes] = deque()
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def push(self, text: str) -> bool:
+    def push(self, text: str | bytes) -> bool:
         """Queue `text`; False (and everything dropped) when it does not fit."""
         if self.overflowed:
             return False
@@ -38,7 +39,7 @@ class Outbox:
         self.bytes += len(text)
         return True
 
-    def pop(self) -> str | None:
+    def pop(self) -> str | bytes | None:
         if not self._frames:
             return None
         text = self._frames.popleft()

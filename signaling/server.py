@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import uvloop
 from aiohttp import web
@@ -40,8 +39,10 @@ from signaling.cluster.node import ClusterNode
 from signaling.cluster.shared import ClusterAuthStore, ClusterBrake
 from signaling.devjoin import DEV_ROOM, add_dev_routes, dev_token
 from signaling.liveconfig import ConfigSource, LiveConfig, candidate_policy
+from signaling.livekit.edge import is_livekit, serve_livekit
+from signaling.livekit.routes import add_livekit_routes
 from signaling.monitor import SecurityMonitor
-from signaling.netpolicy import client_ip, parse_networks, tls_context
+from signaling.netpolicy import client_ip, origin_allowed, parse_networks, tls_context
 from signaling.nonceroute import add_nonce_route
 from signaling.pending import PER_IP, PendingConnections, PendingFull
 from signaling.protocol import CLOSE_GOING_AWAY
@@ -130,6 +131,7 @@ def build_app(state: ServerState) -> web.Application:
     add_admin_routes(app, state)
     if isinstance(state.cluster, ClusterNode):
         add_cluster_middleware(app, state.cluster)
+    add_livekit_routes(app, state)
     server = state.config.server
     app[PENDING] = PendingConnections(server.max_pending, server.max_pending_per_ip)
     app[METRICS] = build_registry(state.rooms, state.stats, app[PENDING])
@@ -141,17 +143,6 @@ def build_app(state: ServerState) -> web.Application:
         app.router.add_get("/debug/runtime", runtime_handler)
         add_dev_routes(app, state.config)
     return app
-
-
-def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
-    """Same-origin or listed origins only; clients that send no Origin are not browsers."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    if origin in allowed:
-        return True
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and parts.netloc == request.host
 
 
 def _nothing() -> None:
@@ -176,6 +167,13 @@ async def rtc_handler(request: web.Request) -> web.StreamResponse:
         raise refusal(
             text="too many connections not yet joined", headers={"Retry-After": retry}
         ) from None
+    if is_livekit(request):
+        transport = request.transport
+        abort = transport.abort if transport is not None else _nothing
+        try:
+            return await serve_livekit(state, request, peer, abort, slot.release)
+        finally:
+            slot.release()
     try:
         ws = web.WebSocketResponse(max_msg_size=server.max_frame_bytes, heartbeat=20, autoping=True)
         await ws.prepare(request)

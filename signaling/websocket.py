@@ -65,7 +65,10 @@ class SocketOutput:
             text = self.outbox.pop()
             if text is not None:
                 try:
-                    await self.ws.send_str(text)
+                    if isinstance(text, bytes):
+                        await self.ws.send_bytes(text)
+                    else:
+                        await self.ws.send_str(text)
                 except (ConnectionError, RuntimeError):
                     return
                 continue
@@ -108,17 +111,30 @@ async def serve_socket(
             timer.update()
             await _read(session, ws, timer, loop)
     finally:
-        state.sessions.discard(session)
-        timer.stop()
-        await session.finish(loop.time())
-        if not session.ending:
-            output.stop()
-        try:
-            await asyncio.wait_for(writer, FLUSH_TIMEOUT)
-        except (TimeoutError, asyncio.CancelledError):
-            writer.cancel()
-        if not ws.closed:
-            await ws.close()
+        await end_socket(state, session, output, writer, timer, ws)
+
+
+async def end_socket(
+    state: ServerState,
+    session: Session,
+    output: SocketOutput,
+    writer: asyncio.Future[None],
+    timer: TimerDriver,
+    ws: web.WebSocketResponse,
+) -> None:
+    """The socket is done, whatever its wire format: the session finishes (parked or out),
+    what is queued is flushed (bounded), the socket closes."""
+    state.sessions.discard(session)
+    timer.stop()
+    await session.finish(asyncio.get_running_loop().time())
+    if not session.ending:
+        output.stop()
+    try:
+        await asyncio.wait_for(writer, FLUSH_TIMEOUT)
+    except (TimeoutError, asyncio.CancelledError):
+        writer.cancel()
+    if not ws.closed:
+        await ws.close()
 
 
 async def _start(

@@ -197,3 +197,19 @@ def test_a_keyframe_lost_before_the_transport_is_up_keeps_the_wait() -> None:
     assert sink.sent == [] and down.waiting_for_keyframe
     forward(track, publisher_packet(3, 9000, VP8_KEY))
     assert len(sink.sent) == 1 and not down.waiting_for_keyframe
+
+
+def test_a_subscriber_waiting_for_a_keyframe_asks_again_while_deltas_flow() -> None:
+    """The first request can be lost, and libwebrtc publishers send keyframes only when asked:
+    each delta a waiting subscriber skips asks again (the publisher's limiter spaces them)."""
+    track = video_track()
+    asked: list[str] = []
+    track.request_keyframe = lambda: asked.append(track.sid)
+    sink = ListSink()
+    subscribe(track, sink, ssrc=5000, mid="1")
+    forward(track, publisher_packet(10, 900, VP8_DELTA))
+    forward(track, publisher_packet(11, 1800, VP8_DELTA))
+    assert asked == ["TR_v", "TR_v"] and sink.sent == []
+    forward(track, publisher_packet(12, 2700, VP8_KEY))
+    forward(track, publisher_packet(13, 3600, VP8_DELTA))
+    assert asked == ["TR_v", "TR_v"] and len(sink.sent) == 2  # no more asking once it flows

@@ -12,8 +12,8 @@ from sfu.stats import DropReason, Stats
 EXTENSIONS = {3: SDES_MID, 4: AUDIO_LEVEL}
 
 
-def packet(ssrc: int, mid: str | None = None, seq: int = 1) -> bytes:
-    rtp = RtpPacket(payload_type=96, sequence_number=seq, timestamp=0, ssrc=ssrc)
+def packet(ssrc: int, mid: str | None = None, seq: int = 1, payload_type: int = 96) -> bytes:
+    rtp = RtpPacket(payload_type=payload_type, sequence_number=seq, timestamp=0, ssrc=ssrc)
     rtp.payload = b"\x00" * 20
     rtp.extensions.mid = mid
     ext_map = HeaderExtensionsMap()
@@ -71,6 +71,21 @@ def test_an_ssrc_without_a_ssrc_line_is_learnt_from_the_mid_extension_once() -> 
     ingress.on_rtp(packet(5555, seq=3))  # later packets need no MID
     ingress.on_rtp(packet(6666, mid="1"))  # the MID is taken: a second SSRC is not learnt
     assert stats.packets_in == 2 and stats.dropped[DropReason.UNKNOWN_SSRC.value] == 2
+
+
+def test_an_rtx_stream_naming_the_mid_is_not_learnt_as_the_media() -> None:
+    """Simulcast offers by rid carry no SSRCs: Chromium's RTX padding probes name the MID
+    before the media does (LiveKit's JS SDK publishes so)."""
+    stats = Stats()
+    track = published("TR_v")
+    ingress = Ingress({track.sid: track}, stats)
+    rtx_vp8 = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96,
+                        rtx_payload_type=97)  # fmt: skip
+    ingress.bind(track, "1", None, None, rtx_vp8, dict(EXTENSIONS))
+    ingress.on_rtp(packet(7777, mid="1", payload_type=97))
+    assert track.ssrc is None and stats.packets_in == 0
+    ingress.on_rtp(packet(5555, mid="1", seq=2))
+    assert track.ssrc == 5555 and stats.packets_in == 1
 
 
 def test_a_churning_publisher_grows_no_table() -> None:
