@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
@@ -43,14 +46,18 @@ def test_lean_srtp_protect_matches_pylibsrtp() -> None:
 
 
 def test_server_receivers_hold_no_bitrate_estimator() -> None:
-    """A video receiver's stock REMB estimator (1,000 rate buckets) is not built on the server."""
-    from types import SimpleNamespace
-
-    from aiortc.rate import RemoteBitrateEstimator
-    from aiortc.rtcrtpreceiver import RTCRtpReceiver
-
-    internals.install_server_patches()
-    transport = SimpleNamespace(state="new")
-    video = RTCRtpReceiver("video", transport)  # type: ignore[arg-type]
-    assert not any(isinstance(v, RemoteBitrateEstimator) for v in vars(video).values())
-    assert video.transport is transport  # the rest of the receiver is built as before
+    """A video receiver's stock REMB estimator (1,000 rate buckets) is not built on the server.
+    In a child process: the server patches refuse codecs, which this process's clients need."""
+    check = """
+from types import SimpleNamespace
+from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from sfu import internals
+internals.install_server_patches()
+transport = SimpleNamespace(state="new")
+video = RTCRtpReceiver("video", transport)
+assert not any(isinstance(v, RemoteBitrateEstimator) for v in vars(video).values())
+assert video.transport is transport  # the rest of the receiver is built as before
+"""
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
