@@ -164,8 +164,10 @@ def server(topo: Topology, tree: str, directory: str, port: int) -> Iterator[Ser
     log = os.path.join(directory, f"server-{port}.log")
     config = os.path.join(directory, "keyroom.toml")
     # The clients' veth addresses are private (RFC 1918): refused by default outside --dev.
+    # Single-layer video: this measures loss recovery alone (simulcast's layer changes under
+    # loss are bench-simulcast's subject; Janus's side is single-layer too).
     Path(config).write_text(
-        "[rtc]\nallow_private_candidates = true\n"
+        "[rtc]\nallow_private_candidates = true\n[limits]\nsimulcast = false\n"
         '[metrics]\nbearer_token = "impaired-network-bench-metrics"\n'
     )
     command = topo.command("server", [

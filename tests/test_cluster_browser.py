@@ -19,7 +19,7 @@ from tests.conftest import eventually
 
 STATIC = Path(__file__).parent.parent / "signaling" / "static"
 PAGE = """<!doctype html><script type="module">
-import { Room } from "/keyroom.js";
+import { Room } from "/static/keyroom.js";
 const query = new URLSearchParams(location.search);
 window.room = new Room({ url: query.get("url"), token: query.get("token") });
 window.joined = window.room.connect().then(() => "ok", (e) => `error: ${e.code}`);
@@ -30,17 +30,15 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
 
 @pytest_asyncio.fixture
 async def app_origin() -> AsyncIterator[str]:
-    """The application's own origin: its page and a copy of keyroom.js, no CSP."""
+    """The application's own origin: its page and a copy of keyroom.js and the modules it
+    imports, no CSP."""
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
 
-    async def script(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "keyroom.js")
-
     app = web.Application()
     app.router.add_get("/", page)
-    app.router.add_get("/keyroom.js", script)
+    app.router.add_static("/static/", STATIC)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()

@@ -55,7 +55,11 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc
     config.write_text(
         f'[recording]\npublic_key = "{tmp_path / "public.pem"}"\nflush_interval = 0.2\n'
         f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+        # Single-layer: libvpx turns the ciphertext of a tiny simulcast layer (its header bytes
+        # in clear) into garbage pictures without an error, which would blind the "nothing the
+        # server can decode" check below.
         "[rooms.secret]\ne2ee_required = true\nrecording_allowed = true\nauto_record = true\n"
+        "simulcast = false\n"
         "[rooms.studio]\nrecording_allowed = true\n"
     )
     server = start_server(tmp_path, "--config", str(config))
