@@ -29,16 +29,13 @@ from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 from auth.tokens import mint_token
 from loadtest import janusbench, spawn
+from loadtest.chromium import BASE_FLAGS, CHROMIUM
 from loadtest.impair import SERVER_ADDRESS, Impairment, Topology, topology
 
 KEY_ID, SECRET = "bench", "impaired-network-benchmark-secret-0123456789"
 CLIENTS = ("pub", "sub1", "sub2")
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
+    *BASE_FLAGS,
     # Subscribers never call getUserMedia: without this their host candidates are mDNS names
     # no resolver in these namespaces answers.
     # The Janus page is served by Playwright's router, so Chromium does not know it comes from

@@ -33,22 +33,13 @@ from typing import Any
 
 from auth.tokens import mint_token
 from loadtest import spawn
+from loadtest.chromium import BASE_FLAGS, CHROMIUM
 from loadtest.impair import SERVER_ADDRESS, Impairment, Topology, topology
 
 KEY_ID = "bench"
 SECRET = "bench-secret-that-is-long-enough-0123456789"
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
+    *BASE_FLAGS,
     # getUserMedia needs a secure context: the bench's plaintext origin counts as one.
     f"--unsafely-treat-insecure-origin-as-secure=http://{SERVER_ADDRESS}",
 ]

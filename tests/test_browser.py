@@ -24,6 +24,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright
 
 from auth.tokens import mint_token
+from loadtest.chromium import BASE_FLAGS, CHROMIUM
 from signaling.client import KeyroomClient, RemoteTrack, count_frames
 from signaling.media import SyntheticAudioTrack, SyntheticVideoTrack
 from tests.admin_helpers import call
@@ -31,20 +32,10 @@ from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually, start_serv
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
+    *BASE_FLAGS,
     # Without it Chromium gathers no loopback candidate: the only interface in the test netns.
     "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required",
 ]
 
 # What a page receives, keyed "<publisher identity>/<source>" (see the module docstring).

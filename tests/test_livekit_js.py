@@ -20,6 +20,7 @@ import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
 
+from loadtest.chromium import BASE_FLAGS, CHROMIUM
 from loadtest.spawn import free_port
 from tests.conftest import ServerProcess, eventually, start_server, stop_server
 
@@ -27,13 +28,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TARBALL = "livekit-client-2.23.0.tgz"
 SHA256 = "993eafb83afb4c566bb388108ad6469bf499d76200014c96c35fe3b39fee859d"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
-]  # fmt: skip
+FLAGS = [*BASE_FLAGS, "--allow-loopback-in-peer-connection"]
 ROOM = "js-room"
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>lk</title>
