@@ -186,6 +186,9 @@ async def test_two_pages_and_a_python_client_see_and_hear_each_other(
     conference: Conference,
 ) -> None:
     conference.room = "design review"  # the name shown in the screenshot
+    # Simulcast cameras: each subscriber's first picture waits for its layer's keyframe, and this
+    # is the suite's first Chromium start.
+    BUDGET = 15.0
     started = time.monotonic()
     carol = await conference.client("carol", publish=True)
     alice = await conference.page("alice")
@@ -196,15 +199,15 @@ async def test_two_pages_and_a_python_client_see_and_hear_each_other(
     everyone = ("microphone", "camera")
     await eventually(
         receives(alice, *(f"{who}/{s}" for who in ("bob", "carol") for s in everyone)),
-        10 - (time.monotonic() - started),
+        BUDGET - (time.monotonic() - started),
         "alice decodes bob and carol",
     )
     await eventually(
         receives(bob, *(f"{who}/{s}" for who in ("alice", "carol") for s in everyone)),
-        10 - (time.monotonic() - started),
+        BUDGET - (time.monotonic() - started),
         "bob decodes alice and carol",
     )
-    tracks = await collect_tracks(carol, 4, 10 - (time.monotonic() - started))
+    tracks = await collect_tracks(carol, 4, BUDGET - (time.monotonic() - started))
     # A page's camera is simulcast: a subscriber's first picture waits for its layer's keyframe.
     frames = [0] * len(tracks)
 
@@ -213,8 +216,8 @@ async def test_two_pages_and_a_python_client_see_and_hear_each_other(
         frames[:] = [a + b for a, b in zip(frames, counts, strict=True)]
         return all(n > 0 for n in frames)
 
-    await eventually(all_decode, 12 - (time.monotonic() - started), f"carol decodes: {frames}")
-    assert time.monotonic() - started < 12
+    await eventually(all_decode, BUDGET - (time.monotonic() - started), f"carol decodes: {frames}")
+    assert time.monotonic() - started < BUDGET
     assert sorted((t.participant_identity, t.kind) for t in tracks) == [
         ("alice", "audio"),
         ("alice", "video"),
