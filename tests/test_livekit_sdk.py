@@ -261,10 +261,21 @@ async def test_load_tester_drives_the_sdk(lk_server: ServerProcess) -> None:
     )
     joins = await livekitload.measure_joins(server, 3)
     assert joins["joins"] == 3 and 0 < joins["p50_ms"] <= joins["p95_ms"] <= joins["max_ms"]
-    options = livekitload.Options(publishers=1, subscribers=1, duration=1.5, warmup=1.5)
+    options = livekitload.Options(
+        publishers=1,
+        subscribers=1,
+        duration=1.5,
+        warmup=1.5,
+        idle=1.0,
+        width=320,
+        height=240,
+        lean_subscribers=2,
+    )
     for kind in ("livekit", "keyroom"):
         row = await livekitload.measure_forwarding(server, kind, options)
         assert (
             row["packets_forwarded"] > 0 and row["server_cpu_us_per_forwarded_packet"] is not None
         )
+        assert row["marginal_cpu_us_per_forwarded_packet"] is not None
+        assert row["packets_received_by_keyroom_subscribers"] > 0
         assert row["frames_decoded_by_subscribers"] > 0
