@@ -8,6 +8,7 @@ The bundle is fetched by scripts/test (`npm pack`, outside the test's network na
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tarfile
@@ -125,7 +126,7 @@ async def browser(site: str) -> AsyncIterator[Browser]:
 
 
 async def join(
-    browser: Browser, site: str, server: ServerProcess, identity: str
+    browser: Browser, site: str, server: ServerProcess, identity: str, room: str = ROOM
 ) -> tuple[Page, dict[str, Any]]:
     page = await browser.new_page()
     page.on(
@@ -133,7 +134,7 @@ async def join(
     )
     await page.goto(site + "/")
     url = f"ws://127.0.0.1:{server.port}"
-    joined = await page.evaluate(JOIN_JS, {"url": url, "token": server.token(identity, ROOM)})
+    joined = await page.evaluate(JOIN_JS, {"url": url, "token": server.token(identity, room)})
     return page, joined
 
 
@@ -159,3 +160,94 @@ async def test_two_simulcast_pages_see_each_other_and_a_late_joiner(
     for page in (alice, bob, carol):
         await page.evaluate("() => window.room.disconnect()")
         await page.close()
+
+
+# The ICE credentials of both peer connections: local and remote, in the descriptions and in
+# the transport the connection actually uses (getStats), and the ICE states.
+ICE_JS = """async () => {
+  const ufrag = (sd) => (sd?.sdp.match(/a=ice-ufrag:(\\S+)/) ?? [])[1];
+  const out = {};
+  const pcs = window.room.engine.pcManager;
+  for (const [name, transport] of [["publisher", pcs.publisher], ["subscriber", pcs.subscriber]]) {
+    const pc = transport.pc;
+    const used = [...(await pc.getStats()).values()].find((s) => s.type === "transport");
+    out[name] = {local: ufrag(pc.localDescription), remote: ufrag(pc.remoteDescription),
+                 used: used?.iceLocalUsernameFragment, ice: pc.iceConnectionState};
+  }
+  return out;
+}"""
+
+# LiveKit's own test hook: the client closes its signaling socket and resumes (reconnect=1).
+RESUME_JS = """async () => {
+  const LK = window.LivekitClient;
+  const room = window.room;
+  const events = [];
+  for (const e of [LK.RoomEvent.Reconnecting, LK.RoomEvent.SignalReconnecting,
+                   LK.RoomEvent.Reconnected, LK.RoomEvent.Disconnected])
+    room.on(e, () => events.push(e));
+  const done = new Promise((resolve) => {
+    room.once(LK.RoomEvent.Reconnected, resolve);
+    room.once(LK.RoomEvent.Disconnected, resolve);
+  });
+  await room.simulateScenario("signal-reconnect");
+  await done;
+  return {events, state: room.state, sid: room.localParticipant.sid};
+}"""
+
+
+async def frames_from(page: Page, identity: str) -> int:
+    got = await page.evaluate(RECEIVED_JS)
+    return int(got.get(identity, {}).get("frames", 0))
+
+
+async def test_resume_after_a_socket_loss_restarts_ice_in_the_same_session(
+    browser: Browser, site: str, server: ServerProcess
+) -> None:
+    """The SDK's resume (reconnect=1): ReconnectResponse, not a new join; its publisher offers
+    new ICE credentials, the server offers the subscriber new ones; media goes on both ways
+    over the restarted connections."""
+    alice, joined = await join(browser, site, server, "alice", "resume-room")
+    bob, _ = await join(browser, site, server, "bob", "resume-room")
+    await eventually(lambda: sees(alice, "bob"), 30, "alice decodes bob")
+    await eventually(lambda: sees(bob, "alice"), 30, "bob decodes alice")
+    before = await alice.evaluate(ICE_JS)
+    resumed = await asyncio.wait_for(alice.evaluate(RESUME_JS), 60)
+    # Resumed, not rejoined: LiveKit's full reconnect emits `reconnecting` and gets a new sid.
+    assert resumed == {
+        "events": ["signalReconnecting", "reconnected"],
+        "state": "connected",
+        "sid": joined["sid"],
+    }
+
+    async def restarted() -> bool:
+        now = await alice.evaluate(ICE_JS)
+        return all(
+            now[pc]["local"] != before[pc]["local"]
+            and now[pc]["remote"] != before[pc]["remote"]
+            and now[pc]["used"] == now[pc]["local"]
+            and now[pc]["ice"] in ("connected", "completed")
+            for pc in ("publisher", "subscriber")
+        )
+
+    await eventually(restarted, 30, lambda: f"ICE restart of both PCs: {before}")
+    marks = await frames_from(bob, "alice"), await frames_from(alice, "bob")
+    await eventually(
+        lambda: _more(bob, "alice", marks[0] + 30), 30, "bob decodes alice after the resume"
+    )
+    await eventually(
+        lambda: _more(alice, "bob", marks[1] + 30), 30, "alice decodes bob after the resume"
+    )
+    log = server.log()
+    joins = [
+        line
+        for line in log.splitlines()
+        if '"join_accepted"' in line and '"alice"' in line and '"resume-room"' in line
+    ]
+    assert len(joins) == 1, joins
+    for page in (alice, bob):
+        await page.evaluate("() => window.room.disconnect()")
+        await page.close()
+
+
+async def _more(page: Page, identity: str, than: int) -> bool:
+    return await frames_from(page, identity) > than

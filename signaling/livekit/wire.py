@@ -291,7 +291,15 @@ class Translator:
             reconnect = rtc.ReconnectResponse(
                 ice_servers=ice, client_configuration=config, server_info=info
             )
-            return [rtc.SignalResponse(reconnect=reconnect)]
+            # As LiveKit's server: then everyone's current info (this participant's too: its
+            # metadata or permissions may have changed while it was away) and the room's.
+            everyone = [frame["participant"], *frame.get("participants", ())]
+            update = rtc.ParticipantUpdate(participants=[participant_info(p) for p in everyone])
+            return [
+                rtc.SignalResponse(reconnect=reconnect),
+                rtc.SignalResponse(update=update),
+                rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room_info(frame["room"]))),
+            ]
         join = rtc.JoinResponse(
             room=room_info(frame["room"]),
             participant=participant_info(frame["participant"]),
