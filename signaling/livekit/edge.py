@@ -181,12 +181,7 @@ async def serve_livekit(
         return await _leave(ws, request, leave.response())
     record_join(outcome.accepted, outcome.reason, loop.time() - started)
     if not outcome.accepted:
-        frame = output.refusal or {}
-        if frame.get("type") == "leave":  # a resume of a session the server ended meanwhile
-            return await _leave(ws, request, wire.leave_response(str(frame.get("reason"))))
-        close = session._close_code  # noqa: SLF001
-        text = str(frame.get("message") or frame.get("reason") or "refused")
-        return web.Response(status=HTTP_STATUS.get(close, 403), text=text)
+        return await _refused(session, output, ws, request)
     output.started = True
     participant = session.participant
     assert participant is not None
@@ -199,6 +194,18 @@ async def serve_livekit(
     await ws.prepare(request)
     await _run(state, session, output, ws, loop)
     return ws
+
+
+async def _refused(
+    session: Session, output: LiveKitOutput, ws: web.WebSocketResponse, request: web.Request
+) -> web.StreamResponse:
+    """keyroom's session refused the join or resume: an HTTP error, as LiveKit's server."""
+    frame = output.refusal or {}
+    if frame.get("type") == "leave":  # a resume of a session the server ended meanwhile
+        return await _leave(ws, request, wire.leave_response(str(frame.get("reason"))))
+    close = session._close_code  # noqa: SLF001
+    text = str(frame.get("message") or frame.get("reason") or "refused")
+    return web.Response(status=HTTP_STATUS.get(close, 403), text=text)
 
 
 async def _leave(
