@@ -295,6 +295,21 @@ async def _more(page: Page, identity: str, than: int) -> bool:
     return await frames_from(page, identity) > than
 
 
+# The size of a picture the app gets from `identity`'s video track (its decoded frames, as the
+# app sees them: a clone read by a MediaStreamTrackProcessor).
+PICTURE_JS = """async (identity) => {
+  const p = [...window.room.remoteParticipants.values()].find((p) => p.identity === identity);
+  const track = [...p.videoTrackPublications.values()][0].track.mediaStreamTrack.clone();
+  const reader = new MediaStreamTrackProcessor({track}).readable.getReader();
+  const {value} = await reader.read();
+  const size = [value.displayWidth, value.displayHeight];
+  value.close();
+  await reader.cancel();
+  track.stop();
+  return size;
+}"""
+
+
 async def test_e2ee_pages_with_a_shared_key_see_each_other_and_the_server_decodes_nothing(
     browser: Browser, site: str, server: ServerProcess, workdir: Path
 ) -> None:
@@ -306,6 +321,9 @@ async def test_e2ee_pages_with_a_shared_key_see_each_other_and_the_server_decode
     bob, _ = await join(browser, site, server, "bob", E2EE_ROOM, key="shared key")
     await eventually(lambda: sees(alice, "bob"), 30, "alice decodes bob")
     await eventually(lambda: sees(bob, "alice"), 30, "bob decodes alice")
+    for page, other in ((alice, "bob"), (bob, "alice")):
+        width, height = await asyncio.wait_for(page.evaluate(PICTURE_JS, other), 30)
+        assert width >= 160 and height >= 90  # a real picture, not a placeholder
     carol, _ = await join(
         browser, site, server, "carol", E2EE_ROOM, key="another key", publish=False
     )
