@@ -303,6 +303,7 @@ async def test_sdk_resumes_in_the_same_session_after_losing_its_socket(
             await bob.received.until(lambda: receiving(bob, "alice", "video", 10), timeout=30)
             await alice.received.until(lambda: receiving(alice, "bob", "video", 10), timeout=30)
             sid = alice.room.local_participant.sid
+            before = await ice_of(alice)
             events: list[str] = []
             reconnected = asyncio.Event()
             alice.room.on("reconnecting", lambda: events.append("reconnecting"))
@@ -310,6 +311,13 @@ async def test_sdk_resumes_in_the_same_session_after_losing_its_socket(
             relay.cut()
             await asyncio.wait_for(reconnected.wait(), 30)
             assert events == ["reconnecting"] and alice.room.local_participant.sid == sid
+
+            async def restarted() -> bool:
+                now = await ice_of(alice)
+                return all(now[pc][0] != before[pc][0] and now[pc][1] for pc in now)
+
+            # Both PCs on new ICE credentials (libwebrtc's transport stats), connected.
+            await eventually(restarted, 30, lambda: f"ICE restart of both PCs from {before}")
             marks = bob.received.count("alice", "video"), alice.received.count("bob", "video")
             await bob.received.until(lambda: receiving(bob, "alice", "video", marks[0] + 30), 30)
             await alice.received.until(lambda: receiving(alice, "bob", "video", marks[1] + 30), 30)
@@ -320,6 +328,22 @@ async def test_sdk_resumes_in_the_same_session_after_losing_its_socket(
     # Resumed, not joined again (a full reconnect is a second join).
     log = lk_server.log().splitlines()
     assert len([x for x in log if '"join_accepted"' in x and '"alice"' in x]) == 1
+
+
+async def ice_of(peer: SdkPeer) -> dict[str, tuple[str, bool]]:
+    """Per PC: the local ICE ufrag of its transport, and whether its ICE is connected."""
+    stats = await peer.room.get_rtc_stats()
+    out = {}
+    for name, pc in (("publisher", stats.publisher_stats), ("subscriber", stats.subscriber_stats)):
+        for entry in pc:
+            if entry.WhichOneof("stats") == "transport":
+                transport = entry.transport.transport
+                connected = transport.ice_state in (
+                    rtc.stats.ICE_TRANSPORT_CONNECTED,
+                    rtc.stats.ICE_TRANSPORT_COMPLETED,
+                )
+                out[name] = (transport.ice_local_username_fragment, connected)
+    return out
 
 
 async def test_sdk_resume_refused_after_a_revocation_ends_its_session(
