@@ -4,18 +4,41 @@ The SDKs themselves resume in tests/test_livekit_js.py and tests/test_livekit_sd
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from livekit.protocol import models, rtc
 from livekit.protocol import room as lkroom
 
-from tests.conftest import ServerProcess, eventually
+from tests.conftest import ServerProcess, eventually, start_server, stop_server
 from tests.test_livekit_bad_input import next_response, twirp
 
 pytestmark = pytest.mark.asyncio
-ROOM = "resume-room"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module (each test in a room of its own); refusals do not brake."""
+    workdir = tmp_path_factory.mktemp("lkresume")
+    config = workdir / "keyroom.toml"
+    config.write_text("[auth]\nmax_failures = 1000\n")
+    process = start_server(workdir, "--config", str(config))
+    try:
+        yield process
+    finally:
+        stop_server(process)
+
+
+@pytest.fixture
+def room(request: pytest.FixtureRequest) -> str:
+    return "resume-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:12]
+
+
+def audited(server: ServerProcess, room: str, text: str) -> bool:
+    return any(room in line and text in line for line in server.log().splitlines())
 
 
 def url(server: ServerProcess, token: str, sid: str = "") -> str:
@@ -23,8 +46,8 @@ def url(server: ServerProcess, token: str, sid: str = "") -> str:
     return f"{server.ws_url}?access_token={token}&protocol=16&sdk=js{resume}"
 
 
-def token(server: ServerProcess, identity: str) -> str:
-    return server.token(identity, ROOM, grants={"roomJoin": True})
+def token(server: ServerProcess, identity: str, room: str) -> str:
+    return server.token(identity, room, grants={"roomJoin": True})
 
 
 async def first(ws: aiohttp.ClientWebSocketResponse) -> rtc.SignalResponse:
@@ -35,10 +58,10 @@ async def first(ws: aiohttp.ClientWebSocketResponse) -> rtc.SignalResponse:
     return response
 
 
-async def remove(server: ServerProcess, identity: str, *, revoke: bool) -> None:
-    admin = server.token("ops", ROOM, grants={"roomAdmin": True})
+async def remove(server: ServerProcess, room: str, identity: str, *, revoke: bool) -> None:
+    admin = server.token("ops", room, grants={"roomAdmin": True})
     request = lkroom.RoomParticipantIdentity(
-        room=ROOM, identity=identity, revoke_token_ts=int(time.time()) if revoke else 0
+        room=room, identity=identity, revoke_token_ts=int(time.time()) if revoke else 0
     )
     status, _ = await twirp(
         server, "RemoveParticipant", request.SerializeToString(), admin, "application/protobuf"
@@ -46,8 +69,10 @@ async def remove(server: ServerProcess, identity: str, *, revoke: bool) -> None:
     assert status == 200
 
 
-async def test_resume_answers_reconnect_then_everyone_and_the_room(server: ServerProcess) -> None:
-    alice, bob = token(server, "alice"), token(server, "bob")
+async def test_resume_answers_reconnect_then_everyone_and_the_room(
+    server: ServerProcess, room: str
+) -> None:
+    alice, bob = token(server, "alice", room), token(server, "bob", room)
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(url(server, bob)) as bob_ws:
             await next_response(bob_ws, "join")
@@ -61,7 +86,7 @@ async def test_resume_answers_reconnect_then_everyone_and_the_room(server: Serve
                 update = await first(ws)
                 identities = {p.identity: p.sid for p in update.update.participants}
                 assert identities["alice"] == sid and "bob" in identities
-                assert (await first(ws)).room_update.room.name == ROOM
+                assert (await first(ws)).room_update.room.name == room
                 # Nobody saw alice leave and come back.
                 assert ("alice", models.ParticipantInfo.DISCONNECTED) not in await seen(bob_ws)
 
@@ -75,8 +100,10 @@ async def seen(ws: aiohttp.ClientWebSocketResponse) -> list[tuple[str, int]]:
     return updates
 
 
-async def test_a_resume_takes_over_a_socket_the_server_still_holds(server: ServerProcess) -> None:
-    alice = token(server, "alice")
+async def test_a_resume_takes_over_a_socket_the_server_still_holds(
+    server: ServerProcess, room: str
+) -> None:
+    alice = token(server, "alice", room)
     async with aiohttp.ClientSession() as http, http.ws_connect(url(server, alice)) as old:
         sid = (await next_response(old, "join")).join.participant.sid
         async with http.ws_connect(url(server, alice, sid)) as ws:
@@ -85,32 +112,32 @@ async def test_a_resume_takes_over_a_socket_the_server_still_holds(server: Serve
             while closed.type == aiohttp.WSMsgType.BINARY:  # what it was sent before the end
                 closed = await old.receive(timeout=5)
             assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-    joins = [line for line in server.log().splitlines() if '"join_accepted"' in line]
-    assert len(joins) == 1
+    log = server.log().splitlines()
+    assert len([x for x in log if '"join_accepted"' in x and room in x]) == 1
 
 
 async def test_a_token_of_another_identity_cannot_resume_a_participant(
-    server: ServerProcess,
+    server: ServerProcess, room: str
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(url(server, token(server, "alice"))) as ws:
+        async with http.ws_connect(url(server, token(server, "alice", room))) as ws:
             sid = (await next_response(ws, "join")).join.participant.sid
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-                await http.ws_connect(url(server, token(server, "mallory"), sid))
+                await http.ws_connect(url(server, token(server, "mallory", room), sid))
             assert refused.value.status == 401
             assert await seen(ws) == []  # alice's session is untouched
-    await eventually(lambda: '"reason":"identity_differs"' in server.log(), 5, "audited")
+    await eventually(lambda: audited(server, room, '"reason":"identity_differs"'), 5, "audited")
 
 
 @pytest.mark.parametrize("revoke", [False, True])
 async def test_a_participant_removed_while_away_gets_the_leave_it_missed(
-    server: ServerProcess, revoke: bool
+    server: ServerProcess, room: str, revoke: bool
 ) -> None:
-    alice = token(server, "alice")
+    alice = token(server, "alice", room)
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(url(server, alice)) as ws:
             sid = (await next_response(ws, "join")).join.participant.sid
-        await remove(server, "alice", revoke=revoke)
+        await remove(server, room, "alice", revoke=revoke)
         async with http.ws_connect(url(server, alice, sid)) as ws:
             leave = (await first(ws)).leave
             assert leave.reason == models.PARTICIPANT_REMOVED
@@ -120,13 +147,25 @@ async def test_a_participant_removed_while_away_gets_the_leave_it_missed(
                 aiohttp.WSMsgType.CLOSED,
             )
     reason = "revoked" if revoke else "removed"
-    await eventually(lambda: f'"reason":"{reason}"' in server.log(), 5, "audited")
+    await eventually(lambda: audited(server, room, f'"reason":"{reason}"'), 5, "audited")
 
 
-async def test_an_unknown_participant_is_told_to_join_again(server: ServerProcess) -> None:
+async def test_an_unknown_participant_is_told_to_join_again(
+    server: ServerProcess, room: str
+) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(url(server, token(server, "alice"), "PA_gone")) as ws:
+        async with http.ws_connect(url(server, token(server, "alice", room), "PA_gone")) as ws:
             leave = (await first(ws)).leave
             assert leave.reason == models.STATE_MISMATCH
             assert leave.action == rtc.LeaveRequest.RECONNECT
-    await eventually(lambda: '"reason":"unknown_participant"' in server.log(), 5, "audited")
+    await eventually(lambda: audited(server, room, '"reason":"unknown_participant"'), 5, "audited")
+
+
+async def test_a_malformed_sid_is_refused_before_the_upgrade(
+    server: ServerProcess, room: str
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        for sid in ("PA_" + "x" * 100, "PA_%00x", "PA_%C3%A9"):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(url(server, token(server, "alice", room), sid))
+            assert refused.value.status == 400

@@ -58,6 +58,8 @@ class ResumeLeave(Exception):
 def resume_token(state: ServerState, token: str, sid: str, wall: float) -> str:
     """keyroom's resume token for the participant `sid` whose identity and room `token` names;
     raises `Refusal` or `ResumeLeave`."""
+    if len(sid) > 64 or not sid.isascii() or not sid.isprintable():
+        raise Refusal(400, "sid must be 1..64 printable ASCII characters")
     try:
         claims = verify_token(state, token, wall)
     except TokenError as exc:
