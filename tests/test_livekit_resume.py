@@ -94,7 +94,7 @@ async def test_resume_answers_reconnect_then_everyone_and_the_room(
 async def seen(ws: aiohttp.ClientWebSocketResponse) -> list[tuple[str, int]]:
     """(identity, state) of every participant update `ws` got, up to a ping's answer."""
     await ws.send_bytes(rtc.SignalRequest(ping=7).SerializeToString())
-    updates = []
+    updates: list[tuple[str, int]] = []
     while (response := await first(ws)).WhichOneof("message") != "pong":
         updates += [(p.identity, p.state) for p in response.update.participants]
     return updates
