@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -169,3 +170,23 @@ async def test_a_malformed_sid_is_refused_before_the_upgrade(
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(url(server, token(server, "alice", room), sid))
             assert refused.value.status == 400
+
+
+async def test_with_resuming_off_the_sdk_is_told_to_join_again(tmp_path: Path) -> None:
+    config = tmp_path / "keyroom.toml"
+    config.write_text("[server]\nresume_window = 0\n")
+    server = start_server(tmp_path, "--config", str(config))
+    try:
+        alice = token(server, "alice", "no-resume")
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(url(server, alice)) as ws:
+                sid = (await next_response(ws, "join")).join.participant.sid
+                # Even while the server still holds the socket: nothing would keep the session.
+                async with http.ws_connect(url(server, alice, sid)) as again:
+                    leave = (await first(again)).leave
+                    assert leave.reason == models.STATE_MISMATCH
+                    assert leave.action == rtc.LeaveRequest.RECONNECT
+                assert await seen(ws) == []  # the session goes on
+        assert audited(server, "no-resume", '"reason":"resume_disabled"')
+    finally:
+        stop_server(server)

@@ -9,8 +9,9 @@ parking token, or, when the server has not noticed the lost socket yet, with its
 Refusals as LiveKit's server gives them: a token keyroom refuses is an HTTP 401 before the
 upgrade (the SDK then asks `/rtc/validate`, and gives up); a session the server ended while the
 SDK was away (kicked, revoked, room closed) gets the `leave` it missed, with that reason; a sid
-keyroom no longer knows (the resume window passed) gets a `leave` that asks for a full reconnect
-(LiveKit's STATE_MISMATCH). Both leaves come after the upgrade, as the SDKs expect them.
+keyroom no longer knows (the resume window passed, or resuming is off: `resume_window = 0`) gets
+a `leave` that asks for a full reconnect (LiveKit's STATE_MISMATCH). Both leaves come after the
+upgrade, as the SDKs expect them.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def resume_token(state: ServerState, token: str, sid: str, wall: float) -> str:
             raise ResumeLeave("revoked") from None
         raise Refusal(401, "unauthorized") from None
     about = {"room": claims.room, "identity": claims.identity, "participant": sid}
+    if state.config.server.resume_window <= 0:
+        state.audit.record("resume_refused", **about, reason="resume_disabled")
+        raise ResumeLeave("state_mismatch")  # nothing is kept for a resume: join again
     room = state.rooms.get(claims.room or "")
     participant = room.participants.get(sid) if room is not None else None
     if participant is not None and participant.identity == claims.identity:
