@@ -36,6 +36,8 @@ class Ended:
 
     reason: str
     close_code: int
+    # The participant's sid: LiveKit's SDKs resume by sid, not by resume token.
+    sid: str = ""
 
 
 class ParkingLot:
@@ -43,6 +45,7 @@ class ParkingLot:
         self._on_expired = on_expired
         self._parked: dict[str, Parked] = {}
         self._ended: dict[str, Ended] = {}
+        self._ended_sids: dict[str, str] = {}  # participant sid -> resume token
         self._deadlines: Deadlines[str] = Deadlines()
 
     def __len__(self) -> int:
@@ -75,17 +78,26 @@ class ParkingLot:
         if when is None:
             return
         self._ended[resume_token] = ended
+        if ended.sid:
+            self._ended_sids[ended.sid] = resume_token
         self._deadlines.set(resume_token, when)
 
     def ended(self, resume_token: str) -> Ended | None:
         return self._ended.get(resume_token)
+
+    def ended_sid(self, sid: str) -> Ended | None:
+        """How the participant `sid` ended, while its resume would still be answered."""
+        token = self._ended_sids.get(sid)
+        return None if token is None else self._ended.get(token)
 
     def next_deadline(self) -> float | None:
         return self._deadlines.next()
 
     def handle_timer(self, now: float) -> None:
         for token in self._deadlines.pop_due(now):
-            self._ended.pop(token, None)
+            ended = self._ended.pop(token, None)
+            if ended is not None:
+                self._ended_sids.pop(ended.sid, None)
             parked = self._parked.pop(token, None)
             if parked is not None:
                 self._on_expired(parked)

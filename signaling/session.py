@@ -417,7 +417,9 @@ class Session:
             return
         if self._ended_by_server:
             # Its client may have gone already and never seen the leave: a resume gets it.
-            state.remember_end(self.resume_token, self.end_reason, self._close_code, now)
+            state.remember_end(
+                self.resume_token, self.end_reason, self._close_code, now, participant.sid
+            )
         await room.remove(participant, self.end_reason)
 
 

@@ -86,7 +86,7 @@ class ServerState:
             return False
         token = self.parking.token_of(participant)
         if token is not None:
-            self.parking.end(token, Ended(reason, leave_close(reason)))
+            self.parking.end(token, Ended(reason, leave_close(reason), participant.sid))
         return True
 
     async def end_participant(self, participant: Participant, room: Room, reason: str) -> None:
@@ -140,12 +140,14 @@ class ServerState:
         self._parking_timer_update()
         return True
 
-    def remember_end(self, resume_token: str, reason: str, close_code: int, now: float) -> None:
+    def remember_end(
+        self, resume_token: str, reason: str, close_code: int, now: float, sid: str = ""
+    ) -> None:
         """A live session the server ended: if its client was already gone and resumes, it
         gets this `leave` (for the resume window)."""
         window = self.config.server.resume_window
         if window > 0 and resume_token:
-            self.parking.end(resume_token, Ended(reason, close_code), now + window)
+            self.parking.end(resume_token, Ended(reason, close_code, sid), now + window)
             self._parking_timer_update()
 
     def _parking_timer_update(self) -> None:

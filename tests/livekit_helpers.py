@@ -1,8 +1,11 @@
 """Shared set-up of the LiveKit SDK tests: a veth pair for libwebrtc, a keyroom server whose
-media address is on it, and tokens minted by LiveKit's own `livekit-api`."""
+media address is on it, tokens minted by LiveKit's own `livekit-api`, and a TCP relay that
+cuts an SDK's signaling socket."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 from pathlib import Path
 from typing import Any
@@ -37,3 +40,51 @@ def lk_token(identity: str, room: str = "lk-room", *, ttl: float = 600, **grants
 def room_api(server: ServerProcess) -> api.LiveKitAPI:
     """livekit-api's client (its RoomService is Twirp over HTTP), as an app's back end uses it."""
     return api.LiveKitAPI(f"http://127.0.0.1:{server.port}", KEY_ID, SECRET, failover=False)
+
+
+class TcpRelay:
+    """A TCP relay on 127.0.0.1 to the server's signaling port, between an SDK and keyroom: the
+    test cuts it (every open connection reset, both ways: a lost network) and can hold new
+    connections (accepted, not forwarded) until it lets them through."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.passing = asyncio.Event()
+        self.passing.set()
+        self._open: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.passing.wait()
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._open |= {writer, up_writer}
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            for end in (writer, up_writer):
+                self._open.discard(end)
+                end.transport.abort()
+
+    def cut(self, *, hold: bool = False) -> None:
+        if hold:
+            self.passing.clear()
+        for end in list(self._open):
+            end.transport.abort()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.transport.abort()

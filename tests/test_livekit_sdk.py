@@ -22,7 +22,14 @@ from sfu.iceaddr import restrict_host_addresses
 from signaling.client import KeyroomClient
 from signaling.media import SyntheticVideoTrack, count_frames
 from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually
-from tests.livekit_helpers import METRICS_TOKEN, lk_token, lk_url, room_api, start_lk_server
+from tests.livekit_helpers import (
+    METRICS_TOKEN,
+    TcpRelay,
+    lk_token,
+    lk_url,
+    room_api,
+    start_lk_server,
+)
 
 pytestmark = pytest.mark.asyncio
 ROOM = "lk-room"
@@ -279,3 +286,97 @@ async def test_load_tester_drives_the_sdk(lk_server: ServerProcess) -> None:
         assert row["marginal_cpu_us_per_forwarded_packet"] is not None
         assert row["packets_received_by_keyroom_subscribers"] > 0
         assert row["frames_decoded_by_subscribers"] > 0
+
+
+@contextlib.asynccontextmanager
+async def relayed(server: ServerProcess) -> AsyncIterator[tuple[TcpRelay, str]]:
+    """A relay between an SDK and `server`'s signaling: the URL to give the SDK."""
+    relay = TcpRelay(server.port)
+    port = await relay.start()
+    try:
+        yield relay, f"ws://127.0.0.1:{port}"
+    finally:
+        await relay.close()
+
+
+async def test_sdk_resumes_in_the_same_session_after_losing_its_socket(
+    lk_server: ServerProcess,
+) -> None:
+    """A lost signaling socket: the SDK resumes (reconnect=1, its publisher restarting ICE and
+    keyroom its subscriber), keeps its sid, and media flows both ways after."""
+    alice, bob = SdkPeer("alice"), SdkPeer("bob")
+    async with relayed(lk_server) as (relay, url):
+        try:
+            await alice.connect(url, lk_token("alice", ROOM))
+            await bob.connect(lk_url(lk_server), lk_token("bob", ROOM))
+            await alice.publish()
+            await bob.publish(audio=False)
+            await bob.received.until(lambda: receiving(bob, "alice", "video", 10), timeout=30)
+            await alice.received.until(lambda: receiving(alice, "bob", "video", 10), timeout=30)
+            sid = alice.room.local_participant.sid
+            before = await ice_of(alice)
+            events: list[str] = []
+            reconnected = asyncio.Event()
+            alice.room.on("reconnecting", lambda: events.append("reconnecting"))
+            alice.room.on("reconnected", lambda: reconnected.set())
+            relay.cut()
+            await asyncio.wait_for(reconnected.wait(), 30)
+            assert events == ["reconnecting"] and alice.room.local_participant.sid == sid
+
+            async def restarted() -> bool:
+                now = await ice_of(alice)
+                return all(now[pc][0] != before[pc][0] and now[pc][1] for pc in now)
+
+            # Both PCs on new ICE credentials (libwebrtc's transport stats), connected.
+            await eventually(restarted, 30, lambda: f"ICE restart of both PCs from {before}")
+            marks = bob.received.count("alice", "video"), alice.received.count("bob", "video")
+            await bob.received.until(lambda: receiving(bob, "alice", "video", marks[0] + 30), 30)
+            await alice.received.until(lambda: receiving(alice, "bob", "video", marks[1] + 30), 30)
+            assert not bob.disconnected.is_set() and "alice" in bob.room.remote_participants
+        finally:
+            await alice.close()
+            await bob.close()
+    # Resumed, not joined again (a full reconnect is a second join).
+    log = lk_server.log().splitlines()
+    assert len([x for x in log if '"join_accepted"' in x and '"alice"' in x]) == 1
+
+
+async def ice_of(peer: SdkPeer) -> dict[str, tuple[str, bool]]:
+    """Per PC: the local ICE ufrag of its transport, and whether its ICE is connected."""
+    stats = await peer.room.get_rtc_stats()
+    out = {}
+    for name, pc in (("publisher", stats.publisher_stats), ("subscriber", stats.subscriber_stats)):
+        for entry in pc:
+            if entry.WhichOneof("stats") == "transport":
+                transport = entry.transport.transport
+                connected = transport.ice_state in (
+                    rtc.stats.ICE_TRANSPORT_CONNECTED,
+                    rtc.stats.ICE_TRANSPORT_COMPLETED,
+                )
+                out[name] = (transport.ice_local_username_fragment, connected)
+    return out
+
+
+async def test_sdk_resume_refused_after_a_revocation_ends_its_session(
+    lk_server: ServerProcess,
+) -> None:
+    lkapi = room_api(lk_server)
+    peer = SdkPeer("mallory")
+    async with relayed(lk_server) as (relay, url):
+        try:
+            await peer.connect(url, lk_token("mallory", ROOM))
+            reconnecting = asyncio.Event()
+            peer.room.on("reconnecting", lambda: reconnecting.set())
+            relay.cut(hold=True)  # its resume waits at the relay while the admin revokes
+            await asyncio.wait_for(reconnecting.wait(), 30)
+            revoke = api.RoomParticipantIdentity(
+                room=ROOM, identity="mallory", revoke_token_ts=int(time.time())
+            )
+            await lkapi.room.remove_participant(revoke)
+            relay.passing.set()
+            await asyncio.wait_for(peer.disconnected.wait(), 30)
+            assert peer.disconnect_reason == rtc.DisconnectReason.PARTICIPANT_REMOVED
+        finally:
+            await peer.close()
+            await lkapi.aclose()
+    assert '"event":"resume_refused"' in lk_server.log()

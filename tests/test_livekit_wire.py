@@ -10,7 +10,7 @@ import pytest
 from livekit.protocol import models, rtc
 
 from signaling.codec import MessageError
-from signaling.livekit import datapackets, wire
+from signaling.livekit import convert, datapackets, wire
 from signaling.messages import AddTrack, Leave, Mute, Offer, SetQuality, Subscribe, Trickle
 
 ALICE: dict[str, Any] = {
@@ -52,6 +52,23 @@ def test_requests_become_keyroom_messages() -> None:
     pong = decode(ping_req=rtc.Ping(timestamp=5))
     assert isinstance(pong, wire.Local) and pong.response.pong_resp.timestamp == 1_000_000
     assert decode(sync_state=rtc.SyncState()) is None  # taken, not needed
+
+
+def test_e2ee_tracks_are_declared_both_ways() -> None:
+    """LiveKit's frame cryptor declares its tracks encrypted (keyroom's `e2ee_required` checks
+    it), and a subscriber's SDK decrypts a track only when its TrackInfo says so."""
+    for encryption, expected in [
+        (models.Encryption.GCM, "e2ee"),
+        (models.Encryption.CUSTOM, "e2ee"),
+        (models.Encryption.NONE, "none"),
+    ]:
+        add = decode(
+            add_track=rtc.AddTrackRequest(cid="c", type=models.VIDEO, encryption=encryption)
+        )
+        assert isinstance(add, AddTrack) and add.encryption == expected
+    sealed = {**ALICE["tracks"][0], "encryption": "e2ee"}
+    assert convert.track_info(sealed).encryption == models.Encryption.GCM
+    assert convert.track_info(ALICE["tracks"][0]).encryption == models.Encryption.NONE
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,10 @@ def track_info(info: Mapping[str, Any]) -> models.TrackInfo:
         mime_type=str(info.get("mime_type") or ""),
         width=int(info.get("width", 0) or 0),
         height=int(info.get("height", 0) or 0),
+        # A subscriber's SDK decrypts a track only when told it is encrypted.
+        encryption=models.Encryption.GCM
+        if info.get("encryption") == "e2ee"
+        else models.Encryption.NONE,
     )
 
 

@@ -5,8 +5,8 @@ Bearer` (the Rust/Python SDK), so admission runs on the HTTP request, before the
 refused join is an HTTP error (401, 403, 404, 409, 429, 503), as LiveKit's server answers, and
 the SDK asks `/rtc/validate` why. An admitted join is keyroom's `Session` with a `Join` made from
 the URL; its frames are translated by `wire.Translator`; binary frames in are decoded by
-`wire.decode`. `reconnect=1&sid=PA_...` resumes the parked participant of that sid (PROTOCOL 2.7)
-when the token names the same identity and room.
+`wire.decode`. `reconnect=1&sid=PA_...` resumes that participant (`resume.py`, PROTOCOL 2.7)
+and restarts its subscriber PC's ICE, as LiveKit's server does.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from typing import Any
 
 import msgspec
 from aiohttp import WSMsgType, web
+from livekit.protocol import rtc
 
-from auth.tokens import TokenError
 from sfu.clock import TimerDriver
 from sfu.metrics import record_join
 from sfu.participant import Participant
 from sfu.sdpinfo import BadSdp, describe_sections
-from signaling.admission import charge_failure, verify_token
+from signaling.admission import charge_failure
 from signaling.codec import MessageError
 from signaling.livekit import datapackets, wire
+from signaling.livekit.resume import Refusal, ResumeLeave, resume_token
 from signaling.messages import Join, Resume, ServerMessage
 from signaling.outbox import Outbox
 from signaling.protocol import CLOSE_UNSUPPORTED
@@ -49,13 +50,6 @@ def is_livekit(request: web.Request) -> bool:
         or "sdk" in query
         or request.headers.get("Authorization", "").startswith("Bearer ")
     )
-
-
-class Refusal(Exception):
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
 
 
 def request_token(request: web.Request) -> str:
@@ -116,33 +110,13 @@ def _lookup(session: Session) -> wire.Lookup:
     return lookup
 
 
-def _resume_token(state: ServerState, token: str, sid: str, wall: float) -> str:
-    """The parking token of the participant `sid` whose identity and room `token` names."""
-    try:
-        claims = verify_token(state, token, wall)
-    except TokenError as exc:
-        state.audit.record("resume_refused", reason=exc.reason)
-        raise Refusal(401, "unauthorized") from None
-    room = state.rooms.get(claims.room or "")
-    participant = room.participants.get(sid) if room is not None else None
-    if participant is None or participant.identity != claims.identity:
-        state.audit.record(
-            "resume_refused", room=claims.room, identity=claims.identity, reason="not_parked"
-        )
-        raise Refusal(404, "no such participant to resume")
-    parked = state.parking.token_of(participant)
-    if parked is None:
-        raise Refusal(409, "participant is not waiting for a resume")
-    return parked
-
-
 def _admit(
     state: ServerState, session: Session, request: web.Request, now: float, wall: float
 ) -> Outcome:
     token = request_token(request)
     query = request.query
-    if query.get("reconnect") == "1" and query.get("sid"):
-        resume = Resume(resume_token=_resume_token(state, token, query["sid"], wall))
+    if query.get("reconnect") == "1" and query.get("sid"):  # LiveKit's resume
+        resume = Resume(resume_token=resume_token(state, token, query["sid"], wall))
         return session.start(resume, now, wall)
     auto = query.get("auto_subscribe", "1") not in ("0", "false")
     return session.start(Join(token=token, auto_subscribe=auto), now, wall)
@@ -182,7 +156,7 @@ async def serve_livekit(
     loop = asyncio.get_running_loop()
     server = state.config.server
     ws = web.WebSocketResponse(max_msg_size=server.max_frame_bytes, heartbeat=20, autoping=True)
-    reconnect = request.query.get("reconnect") == "1"
+    reconnect = request.query.get("reconnect") == "1" and bool(request.query.get("sid"))
     translator = wire.Translator(lambda sid: None, reconnect=reconnect)
 
     def overflow() -> None:
@@ -202,19 +176,45 @@ async def serve_livekit(
         charge_failure(state, peer, wall)
         record_join(False, "unauthorized", loop.time() - started)
         return web.Response(status=refusal.status, text=refusal.text)
+    except ResumeLeave as leave:
+        record_join(False, "unauthorized", loop.time() - started)
+        return await _leave(ws, request, leave.response())
     record_join(outcome.accepted, outcome.reason, loop.time() - started)
     if not outcome.accepted:
-        frame = output.refusal or {}
-        close = session._close_code  # noqa: SLF001
-        text = str(frame.get("message") or frame.get("reason") or "refused")
-        return web.Response(status=HTTP_STATUS.get(close, 403), text=text)
+        return await _refused(session, output, ws, request)
     output.started = True
     participant = session.participant
     assert participant is not None
     _adapt(session, participant)
+    if reconnect:
+        # As LiveKit's server: the subscriber PC restarts ICE after a resume (the SDK's
+        # publisher offers new credentials itself); the media plane keeps DTLS and SRTP.
+        participant.restart_ice()
     admitted()
     await ws.prepare(request)
     await _run(state, session, output, ws, loop)
+    return ws
+
+
+async def _refused(
+    session: Session, output: LiveKitOutput, ws: web.WebSocketResponse, request: web.Request
+) -> web.StreamResponse:
+    """keyroom's session refused the join or resume: an HTTP error, as LiveKit's server."""
+    frame = output.refusal or {}
+    if frame.get("type") == "leave":  # a resume of a session the server ended meanwhile
+        return await _leave(ws, request, wire.leave_response(str(frame.get("reason"))))
+    close = session._close_code  # noqa: SLF001
+    text = str(frame.get("message") or frame.get("reason") or "refused")
+    return web.Response(status=HTTP_STATUS.get(close, 403), text=text)
+
+
+async def _leave(
+    ws: web.WebSocketResponse, request: web.Request, leave: rtc.SignalResponse
+) -> web.WebSocketResponse:
+    """A refused resume: LiveKit's SDKs expect its `leave` on the socket, not an HTTP error."""
+    await ws.prepare(request)
+    await ws.send_bytes(leave.SerializeToString())
+    await ws.close()
     return ws
 
 

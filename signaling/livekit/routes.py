@@ -8,7 +8,8 @@ from aiohttp import web
 
 from auth.tokens import TokenError
 from signaling.admission import verify_token
-from signaling.livekit.edge import Refusal, request_token
+from signaling.livekit.edge import request_token
+from signaling.livekit.resume import Refusal
 from signaling.livekit.twirp import add_twirp_routes
 from signaling.netpolicy import client_ip, origin_allowed, parse_networks
 from signaling.state import ServerState

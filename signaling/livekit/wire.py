@@ -16,7 +16,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
@@ -148,9 +148,14 @@ def _add_track(add: rtc.AddTrackRequest, req: int, wall: float) -> Decoded:
     if source is None:
         source = "camera" if kind == "video" else "microphone"
     simulcast = [{"quality": layer.quality} for layer in add.layers]
+    # LiveKit's frame cryptor (GCM) or an app's own (CUSTOM): keyroom's "e2ee" either way,
+    # which the room's `e2ee_required` checks and subscribers' SDKs read to decrypt.
+    encryption: Literal["none", "e2ee"] = (
+        "none" if add.encryption == models.Encryption.NONE else "e2ee"
+    )
     return AddTrack(
         cid=add.cid, kind=kind, source=source, name=add.name, muted=add.muted,  # type: ignore[arg-type]
-        simulcast=simulcast, req=req,
+        simulcast=simulcast, encryption=encryption, req=req,
     )  # fmt: skip
 
 
@@ -291,7 +296,15 @@ class Translator:
             reconnect = rtc.ReconnectResponse(
                 ice_servers=ice, client_configuration=config, server_info=info
             )
-            return [rtc.SignalResponse(reconnect=reconnect)]
+            # As LiveKit's server: then everyone's current info (this participant's too: its
+            # metadata or permissions may have changed while it was away) and the room's.
+            everyone = [frame["participant"], *frame.get("participants", ())]
+            update = rtc.ParticipantUpdate(participants=[participant_info(p) for p in everyone])
+            return [
+                rtc.SignalResponse(reconnect=reconnect),
+                rtc.SignalResponse(update=update),
+                rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room_info(frame["room"]))),
+            ]
         join = rtc.JoinResponse(
             room=room_info(frame["room"]),
             participant=participant_info(frame["participant"]),
