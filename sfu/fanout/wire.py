@@ -112,9 +112,7 @@ def warm_sequences(target: int) -> list[int]:
     estimates each later one within half the sequence space of the last."""
     if target <= 0:
         return []
-    points = list(range(0, target - 1, 0x4000))
-    points.append(target - 1)
-    return [p & 0xFFFF for p in points]
+    return [p & 0xFFFF for p in range((target - 1) % 0x4000, target, 0x4000)]
 
 
 @dataclass

@@ -117,9 +117,8 @@ class Worker:
         self.subscribers: dict[str, Subscriber] = {}
         self.tracks: dict[int, PublishedTrack] = {}
         self.downs: dict[int, tuple[DownTrack, Subscriber]] = {}
-        # Down key -> extended last sequence numbers sent (media, RTX), and the RTX stream's
-        # first own sequence number (it has sent nothing while it is still next).
-        self.extended: dict[int, tuple[int, int, int]] = {}
+        # Down key -> extended last sequence numbers sent on its media and RTX SSRCs.
+        self.extended: dict[int, tuple[int, int]] = {}
         self.counters = wire.WorkerCounters()
         self._keyframe_asked: dict[int, float] = {}
 
@@ -186,8 +185,10 @@ class Worker:
                 subscriber.warmed.add(ssrc)
                 if target:
                     warm(subscriber.session, ssrc, target + 1)
-        first_rtx = down.rtx.next_seq if down.rtx is not None else 0
-        self.extended[key] = (state.extended_seq, state.rtx_extended_seq, first_rtx)
+        # A stream new to SRTP starts at index = its first sequence number (no rollover yet).
+        media = state.extended_seq or state.rewriter.last_out_seq
+        rtx = (state.rtx_extended_seq or (down.rtx.next_seq - 1) & 0xFFFF) if down.rtx else 0
+        self.extended[key] = (media, rtx)
         self.downs[key] = (down, subscriber)
         track.down_tracks.append(down)
 
@@ -232,15 +233,12 @@ class Worker:
     def report(self) -> None:
         states: dict[int, wire.DownState] = {}
         for key, (down, _) in self.downs.items():
-            media, rtx, first_rtx = self.extended[key]
-            rewriter = down.rewriter
-            if rewriter is not None and rewriter.started:
-                last = rewriter.last_out_seq
-                media = wire.unwrap(media, last) if media else last
-            if down.rtx is not None and down.rtx.next_seq != first_rtx:
-                last = (down.rtx.next_seq - 1) & 0xFFFF
-                rtx = wire.unwrap(rtx, last) if rtx else last
-            self.extended[key] = (media, rtx, first_rtx)
+            media, rtx = self.extended[key]
+            if down.rewriter is not None:
+                media = wire.unwrap(media, down.rewriter.last_out_seq)
+            if down.rtx is not None:
+                rtx = wire.unwrap(rtx, (down.rtx.next_seq - 1) & 0xFFFF)
+            self.extended[key] = (media, rtx)
             states[key] = wire.DownState(
                 down.rewriter,
                 down.rtx,
