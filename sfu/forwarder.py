@@ -81,6 +81,9 @@ class DownTracks(list["DownTrack"]):
 class PublishedTrack:
     """A track a participant publishes: learns its SSRC and codec, fans packets out."""
 
+    feed: Feed | None = None  # to fan-out workers (sfu/fanout/): they send `remote` down-tracks
+    _local: tuple[int, list[DownTrack]] = (-1, [])  # (down_tracks.version, local ones)
+
     def __init__(
         self,
         *,
@@ -130,9 +133,6 @@ class PublishedTrack:
         self.simulcast: SimulcastOffer | None = None
         self._routes: list[list[DownTrack]] = []
         self._routes_version = -1
-        self.feed: Feed | None = None  # to fan-out workers, who send the `remote` down-tracks
-        self._local: list[DownTrack] = []
-        self._local_version = -1
 
     def layer_routes(self) -> list[list[DownTrack]]:
         """Per simulcast layer, the down-tracks that forward or await it: a layer's packet
@@ -192,9 +192,9 @@ class PublishedTrack:
         downs = self.down_tracks
         if self.feed is not None:
             self.feed(data)
-            if self._local_version != downs.version:
-                self._local_version, self._local = downs.version, [d for d in downs if not d.remote]
-            downs = self._local  # type: ignore[assignment]
+            if self._local[0] != downs.version:
+                self._local = (downs.version, [d for d in downs if not d.remote])
+            downs = self._local[1]  # type: ignore[assignment]
         for down in downs:
             if down.forward(data, info):
                 counters.packets_out += 1

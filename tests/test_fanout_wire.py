@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pylibsrtp
 import pytest
 
+from loadtest import fanoutbench
 from sfu.fanout import wire
 from sfu.fanout.worker import Worker, srtp_session, warm
 from sfu.fastpath import loader
@@ -233,3 +234,13 @@ def test_a_worker_stops_when_main_closes_its_end(
     w, main, _ = worker
     main.shutdown(socket.SHUT_RDWR)
     assert not w.drain()
+
+
+def test_the_saturation_benchmark_runs_at_ci_size() -> None:
+    """`python -m loadtest.fanoutbench`, small: real worker processes forward, and say so."""
+    results = fanoutbench.run(8, [1, 2], 0.5, "python")
+    assert [c["workers"] for c in results["cells"]] == [1, 2]
+    assert all(
+        c["output_pps"] > 0 and len(c["per_worker_pps"]) == c["workers"] for c in results["cells"]
+    )
+    assert "output pps" in fanoutbench.format_results(results)

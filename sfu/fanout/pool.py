@@ -71,6 +71,23 @@ def srtp_keys(dtls: RTCDtlsTransport) -> tuple[bytes, int] | None:
     return tx, profile.libsrtp_profile
 
 
+def spawn_worker(udp: dict[str, int], fanout: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """A worker process sending on the UDP sockets `udp` (local host -> fd), and main's end of
+    its socket pair."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for end in (ours, theirs):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_BUFFER)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CHANNEL_BUFFER)
+    command = [sys.executable, "-m", "sfu.fanout.worker", "--channel", str(theirs.fileno())]
+    command += [f"--udp={host}={fd}" for host, fd in udp.items()]
+    command += ["--fanout", fanout]
+    process = subprocess.Popen(
+        command, pass_fds=(theirs.fileno(), *udp.values()), preexec_fn=_die_with_parent
+    )
+    theirs.close()
+    return process, ours
+
+
 class WorkerHandle:
     """One worker process and its socket."""
 
@@ -167,17 +184,7 @@ class FanoutPool:
             if s.transport is not None
         }
         for index in range(self.count):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            for end in (ours, theirs):
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_BUFFER)
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CHANNEL_BUFFER)
-            command = [sys.executable, "-m", "sfu.fanout.worker", "--channel", str(theirs.fileno())]
-            command += [f"--udp={host}={fd}" for host, fd in udp.items()]
-            command += ["--fanout", fanout]
-            process = subprocess.Popen(
-                command, pass_fds=(theirs.fileno(), *udp.values()), preexec_fn=_die_with_parent
-            )
-            theirs.close()
+            process, ours = spawn_worker(udp, fanout)
             ours.setblocking(False)
             worker = WorkerHandle(index, process, ours)
             self.workers.append(worker)

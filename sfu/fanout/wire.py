@@ -71,6 +71,7 @@ class WorkerCounters:
     nack_limited: int = 0
     send_failed: int = 0
     sender_reports: int = 0
+    at: float = 0.0  # time.monotonic() of the report (one clock for every process of the host)
 
 
 def packet_header(track_key: int) -> bytes:

@@ -39,7 +39,6 @@ REPORT_INTERVAL = 0.25
 SENDER_REPORT_INTERVAL = 1.0
 KEYFRAME_INTERVAL = 0.2  # a track's keyframe requests to main, at most one per this
 READ_BURST = 256  # fed datagrams read before the batch is flushed
-CHANNEL_BUFFER = 8 * 1024 * 1024
 
 
 def srtp_session(key_and_salt: bytes, profile: int) -> pylibsrtp.Session:
@@ -251,6 +250,7 @@ class Worker:
         counters = self.counters
         counters.packets_out = sum(t.counters.packets_out for t in self.tracks.values())
         counters.send_failed = self.stats.dropped[DropReason.SEND_FAILED.value]
+        counters.at = time.monotonic()
         self._reply(wire.REPORT, states, counters)
 
     def sender_reports(self) -> None:
@@ -260,7 +260,9 @@ class Worker:
                 self.counters.sender_reports += 1
 
     def _reply(self, kind: str, *args: object) -> None:
-        with contextlib.suppress(BlockingIOError):
+        # Full: main is behind, the next report supersedes this one. Gone: the loop's next
+        # read sees the end of file and returns.
+        with contextlib.suppress(OSError):
             self.channel.send(wire.encode_control(kind, *args))
 
     # --- the loop --------------------------------------------------------------------------
