@@ -21,6 +21,7 @@ import json
 import os
 import selectors
 import socket
+import statistics
 import subprocess
 import time
 from typing import Any
@@ -118,7 +119,10 @@ def _drive(setup: Setup, seconds: float) -> dict[str, Any]:
     cpu_start: list[float] = []
     while True:
         now = time.monotonic()
-        if now >= window_end and all(c.at >= window_end for c in latest):
+        if now >= window_end and all(
+            b is not None and c.at >= window_end and c.at > b.at
+            for b, c in zip(first, latest, strict=True)
+        ):
             break
         if now > window_end + 5:
             raise RuntimeError("the workers stopped reporting")
@@ -185,7 +189,11 @@ def _result(
     }
 
 
-def run(subscribers: int, worker_counts: list[int], seconds: float, fanout: str) -> dict[str, Any]:
+def run(
+    subscribers: int, worker_counts: list[int], seconds: float, fanout: str, repeat: int = 1
+) -> dict[str, Any]:
+    """Each count of `worker_counts` measured `repeat` times, alternating (a neighbour's load
+    then falls on both alike); the median of each count compared with the first count's."""
     results: dict[str, Any] = {
         "subscribers": subscribers,
         "fanout": fanout,
@@ -193,12 +201,19 @@ def run(subscribers: int, worker_counts: list[int], seconds: float, fanout: str)
         "loadavg_before": os.getloadavg(),
         "cells": [],
     }
-    for count in worker_counts:
-        results["cells"].append(measure(subscribers, count, seconds, fanout))
+    for _ in range(repeat):
+        for count in worker_counts:
+            results["cells"].append(measure(subscribers, count, seconds, fanout))
     results["loadavg_after"] = os.getloadavg()
-    base = results["cells"][0]["output_pps"]
+    medians = {
+        count: statistics.median(c["output_pps"] for c in results["cells"] if c["workers"] == count)
+        for count in worker_counts
+    }
+    base = medians[worker_counts[0]]
     for cell in results["cells"]:
         cell["speedup"] = round(cell["output_pps"] / max(base, 1), 2)
+    results["median_output_pps"] = {str(k): round(v) for k, v in medians.items()}
+    results["median_speedup"] = {str(k): round(v / max(base, 1), 2) for k, v in medians.items()}
     return results
 
 
@@ -215,6 +230,9 @@ def format_results(results: dict[str, Any]) -> str:
             f"  {str(c['worker_cpu_cores']):>18}  {c['feeder_cpu_cores']:>10}"
             f"  {c['us_per_packet_worker_cpu']:>6}  {c['send_failed']:>11}"
         )
+    lines.append(
+        f"median output pps {results['median_output_pps']}, speedup {results['median_speedup']}"
+    )
     return "\n".join(lines)
 
 
@@ -224,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="worker counts, compared with the first")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--fanout", choices=("compiled", "python"), default="compiled")
+    parser.add_argument("--repeat", type=int, default=1, help="alternating rounds (medians)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.fanout == "compiled" and loader.load() is None:
@@ -231,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(n) for n in args.workers.split(",")]
     if args.subscribers < max(counts) or min(counts) < 1:
         parser.error("--workers: each count from 1 to --subscribers")
-    results = run(args.subscribers, counts, args.seconds, args.fanout)
+    results = run(args.subscribers, counts, args.seconds, args.fanout, max(1, args.repeat))
     print(json.dumps(results) if args.json else format_results(results))
     return 0
 

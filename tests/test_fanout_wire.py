@@ -14,8 +14,9 @@ import pytest
 
 from loadtest import fanoutbench
 from sfu.fanout import wire
-from sfu.fanout.worker import Worker, srtp_session, warm
+from sfu.fanout.worker import Worker, srtp_session, warm, warm_rtcp
 from sfu.fastpath import loader
+from sfu.rtcp import build_sr
 from sfu.rtp import RtpRewriter
 
 KEY = os.urandom(30)
@@ -128,6 +129,20 @@ def test_a_warmed_session_continues_a_stream_the_receiver_has_seen_roll_over(wra
             sink.unprotect(unwarmed.protect(rtp(last + 101, b"z" * 20, OUT_SSRC)))
 
 
+def test_a_warmed_session_continues_the_srtcp_index_of_another_sender() -> None:
+    sink = receiver()
+    first = srtp_session(KEY, PROFILE)
+    report = build_sr(OUT_SSRC, 1, 2, 3, 4)
+    for _ in range(5):
+        sink.unprotect_rtcp(first.protect_rtcp(report))
+    unwarmed = srtp_session(KEY, PROFILE)
+    with pytest.raises(pylibsrtp.Error):  # index 0 again: a replay (and a reused keystream)
+        sink.unprotect_rtcp(unwarmed.protect_rtcp(report))
+    fresh = srtp_session(KEY, PROFILE)
+    warm_rtcp(fresh, OUT_SSRC, 5)
+    assert sink.unprotect_rtcp(fresh.protect_rtcp(report)) == report
+
+
 # --- a worker, in-process ------------------------------------------------------------------------
 
 
@@ -238,7 +253,7 @@ def test_a_worker_stops_when_main_closes_its_end(
 
 def test_the_saturation_benchmark_runs_at_ci_size() -> None:
     """`python -m loadtest.fanoutbench`, small: real worker processes forward, and say so."""
-    results = fanoutbench.run(8, [1, 2], 0.5, "python")
+    results = fanoutbench.run(8, [1, 2], 1.0, "python")
     assert [c["workers"] for c in results["cells"]] == [1, 2]
     assert all(
         c["output_pps"] > 0 and len(c["per_worker_pps"]) == c["workers"] for c in results["cells"]

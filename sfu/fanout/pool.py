@@ -29,7 +29,7 @@ from typing import Any
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 
 from sfu.fanout import wire
-from sfu.fanout.worker import warm
+from sfu.fanout.worker import warm, warm_rtcp
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.internals.egress import RtpSink
 from sfu.internals.sharedport import SharedPort, SharedTransport
@@ -39,8 +39,10 @@ from sfu.workers import _die_with_parent
 log = logging.getLogger("keyroom.fanout")
 
 # Sequence numbers a taken-back stream skips: more than a worker sends on one down-track
-# between two reports, far less than half the sequence space.
+# between two reports, far less than half the sequence space. Likewise Sender Reports (one a
+# second per down-track, reports four a second).
 TAKEOVER_SKIP = 4096
+TAKEOVER_RTCP_SKIP = 8
 CHANNEL_BUFFER = 8 * 1024 * 1024
 ADDRESS_CHECK = 0.5  # seconds between checks that remote subscribers' ICE pairs have not moved
 
@@ -423,6 +425,8 @@ class FanoutPool:
             rewriter.skip(TAKEOVER_SKIP)
             if session is not None and state.extended_seq:
                 warm(session, state.out_ssrc, state.extended_seq + TAKEOVER_SKIP + 1)
+        if session is not None:
+            warm_rtcp(session, state.out_ssrc, state.sender_reports + TAKEOVER_RTCP_SKIP)
         if rtx is not None and state.rtx_extended_seq:
             rtx.skip(TAKEOVER_SKIP)
             if session is not None:

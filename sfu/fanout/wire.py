@@ -60,6 +60,8 @@ class DownState:
     # SSRCs: SRTP's index, which a new sending session must be warmed up to (warm_sequences).
     extended_seq: int = 0
     rtx_extended_seq: int = 0
+    # Sender Reports sent for it: SRTCP's index on that SSRC, which a new sender must pass.
+    sender_reports: int = 0
 
 
 @dataclass

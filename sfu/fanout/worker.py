@@ -30,6 +30,7 @@ from sfu.fanout import wire
 from sfu.fastpath.batch import Destination, FanoutBatch
 from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
 from sfu.internals.egress import SrtpProtector
+from sfu.rtcp import build_sr
 from sfu.rtp import MalformedPacket, parse_rtp
 from sfu.stats import DropReason, Stats
 
@@ -57,6 +58,14 @@ def warm(session: pylibsrtp.Session, ssrc: int, target: int) -> None:
     for seq in wire.warm_sequences(target):
         header = bytes((0x80, 0)) + seq.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
         session.protect(header + bytes(4))
+
+
+def warm_rtcp(session: pylibsrtp.Session, ssrc: int, count: int) -> None:
+    """Move `session`'s SRTCP index for `ssrc` past `count` packets another sender sent with
+    the same keys (an index used twice would repeat the keystream)."""
+    dummy = build_sr(ssrc, 0, 0, 0, 0)
+    for _ in range(count):
+        session.protect_rtcp(dummy)
 
 
 class Subscriber:
@@ -118,6 +127,7 @@ class Worker:
         self.downs: dict[int, tuple[DownTrack, Subscriber]] = {}
         # Down key -> extended last sequence numbers sent on its media and RTX SSRCs.
         self.extended: dict[int, tuple[int, int]] = {}
+        self.rtcp_sent: dict[int, int] = {}  # down key -> Sender Reports sent
         self.counters = wire.WorkerCounters()
         self._keyframe_asked: dict[int, float] = {}
 
@@ -188,12 +198,14 @@ class Worker:
         media = state.extended_seq or state.rewriter.last_out_seq
         rtx = (state.rtx_extended_seq or (down.rtx.next_seq - 1) & 0xFFFF) if down.rtx else 0
         self.extended[key] = (media, rtx)
+        self.rtcp_sent[key] = state.sender_reports
         self.downs[key] = (down, subscriber)
         track.down_tracks.append(down)
 
     def _on_undown(self, key: int) -> None:
         entry = self.downs.pop(key, None)
         self.extended.pop(key, None)
+        self.rtcp_sent.pop(key, None)
         if entry is not None and entry[0] in entry[0].track.down_tracks:
             entry[0].track.down_tracks.remove(entry[0])
 
@@ -246,6 +258,7 @@ class Worker:
                 down.out_ssrc or 0,
                 media,
                 rtx,
+                self.rtcp_sent[key],
             )
         counters = self.counters
         counters.packets_out = sum(t.counters.packets_out for t in self.tracks.values())
@@ -254,10 +267,11 @@ class Worker:
         self._reply(wire.REPORT, states, counters)
 
     def sender_reports(self) -> None:
-        for down, subscriber in self.downs.values():
+        for key, (down, subscriber) in self.downs.items():
             report = down.sender_report()
             if report is not None and subscriber.send_rtcp(report):
                 self.counters.sender_reports += 1
+                self.rtcp_sent[key] = self.rtcp_sent.get(key, 0) + 1
 
     def _reply(self, kind: str, *args: object) -> None:
         # Full: main is behind, the next report supersedes this one. Gone: the loop's next
