@@ -28,7 +28,7 @@ from typing import Any
 
 from loadtest.procstat import cpu_seconds
 from sfu.fanout import wire
-from sfu.fanout.pool import spawn_worker
+from sfu.fanout.handoff import spawn_worker
 from sfu.fastpath import loader
 from sfu.rtp import RtpRewriter
 

@@ -338,11 +338,11 @@ async def open_media_port(config: Config, state: ServerState) -> None:
             raise OSError(
                 f"rtc.fanout = compiled: the extension cannot be built: {fastpath_loader.failure()}"
             )
-        shared = await internals.open_shared_port(
-            list(rtc.ips), rtc.udp_port, state.stats, fanout
-        )
+        shared = await internals.open_shared_port(list(rtc.ips), rtc.udp_port, state.stats, fanout)
         if rtc.fanout_workers:
-            FanoutPool(rtc.fanout_workers, shared, state.stats).start()
+            pool = FanoutPool(rtc.fanout_workers, shared, state.stats)
+            pool.start()
+            await pool.wait_ready()
 
 
 async def serve(config: Config, source: ConfigSource | None = None) -> int:

@@ -90,6 +90,10 @@ def test_shares_go_to_the_least_loaded_live_worker_and_stick() -> None:
     assert shares.assign("e") == 1
     assert shares.fail(1) == ["b", "e"]
     assert shares.assign("f") is None  # nobody left: main forwards
+    starting = wire.Shares(2, starting={0, 1})
+    assert starting.assign("a") is None  # no worker has said it is up yet
+    starting.started(1)
+    assert starting.assign("b") == 1
     assert wire.split(range(5), 2) == [[0, 2, 4], [1, 3]]
 
 

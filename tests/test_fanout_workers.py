@@ -3,7 +3,7 @@ processes fed by the main process.
 
 A server with two workers on the shared port: every subscriber decodes, NACKs reach the worker
 that holds the cache, a subscriber that leaves stops its copies, and a killed worker's
-subscribers are taken back by the main process and keep decoding.
+subscribers are taken back by the main process and keep decoding, as are a hung worker's.
 """
 
 from __future__ import annotations
@@ -90,9 +90,11 @@ async def test_a_room_on_two_workers_decodes_answers_nacks_and_survives_a_crash(
         await eventually(
             lambda: metric(server, "keyroom_fanout_worker_down_tracks") == SUBSCRIBERS,
             10,
-            "every down-track on a worker",
+            lambda: f"every down-track on a worker: {server.log_path.read_text()[-3000:]}",
         )
-        assert metric(server, "keyroom_fanout_worker_packets_total") > 0
+        await eventually(  # the workers report four times a second
+            lambda: metric(server, "keyroom_fanout_worker_packets_total") > 0, 10, "reports"
+        )
         # A NACK reaches the worker that keeps the subscriber's cache, and is answered.
         before = metric(server, "keyroom_rtp_retransmissions_total")
         await nack_recent(viewers[0])
@@ -121,6 +123,20 @@ async def test_a_room_on_two_workers_decodes_answers_nacks_and_survives_a_crash(
             )
         )
         assert metric(server, "keyroom_fanout_worker_down_tracks") < SUBSCRIBERS - 1
+        # The other one hangs (stopped, not dead): silent past the stall timeout, it is ended
+        # and main sends everything.
+        os.kill(workers_of(server)[0], signal.SIGSTOP)
+        await eventually(
+            lambda: metric(server, "keyroom_fanout_worker_failures_total") == 2, 15, "a hang"
+        )
+        assert metric(server, "keyroom_fanout_worker_down_tracks") == 0
+        marks = [counter.count for counter in counters]
+        await asyncio.gather(
+            *(
+                counter.wait_for(mark + 15, timeout=15)
+                for counter, mark in zip(counters, marks, strict=True)
+            )
+        )
     finally:
         for counter in counters:
             await counter.stop()

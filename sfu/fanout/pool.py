@@ -23,28 +23,26 @@ import itertools
 import logging
 import socket
 import subprocess
-import sys
 from typing import Any
 
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcdtlstransport import State
 
+from sfu import clock
 from sfu.fanout import wire
-from sfu.fanout.worker import warm, warm_rtcp
+from sfu.fanout.handoff import media_address, spawn_worker, srtp_keys, take_back
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.internals.egress import RtpSink
-from sfu.internals.sharedport import SharedPort, SharedTransport
+from sfu.internals.sharedport import SharedPort
 from sfu.stats import DropReason, Stats
-from sfu.workers import _die_with_parent
 
 log = logging.getLogger("keyroom.fanout")
 
-# Sequence numbers a taken-back stream skips: more than a worker sends on one down-track
-# between two reports, far less than half the sequence space. Likewise Sender Reports (one a
-# second per down-track, reports four a second).
-TAKEOVER_SKIP = 4096
-TAKEOVER_RTCP_SKIP = 8
-CHANNEL_BUFFER = 8 * 1024 * 1024
-ADDRESS_CHECK = 0.5  # seconds between checks that remote subscribers' ICE pairs have not moved
+# Seconds between checks that remote subscribers' ICE pairs have not moved and that every
+# worker still reports (four times a second); one silent for STALL_TIMEOUT is ended.
+TICK = 0.5
+STALL_TIMEOUT = 5.0
+# A worker gets subscribers once it has reported; one not heard from this long never will.
+START_TIMEOUT = 60.0
 
 _current: FanoutPool | None = None
 
@@ -52,42 +50,6 @@ _current: FanoutPool | None = None
 def current() -> FanoutPool | None:
     """The process's pool, when `[rtc] fanout_workers` is set."""
     return _current
-
-
-def srtp_keys(dtls: RTCDtlsTransport) -> tuple[bytes, int] | None:
-    """The sending key and salt, and the libsrtp profile, of a connected DTLS transport (what
-    aiortc's `_setup_srtp` derived: the exporter may be asked again)."""
-    ssl = dtls._ssl
-    if ssl is None:
-        return None
-    selected = ssl.get_selected_srtp_profile()
-    for profile in dtls._srtp_profiles:
-        if profile.openssl_profile == selected:
-            break
-    else:
-        return None
-    view = ssl.export_keying_material(
-        b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length)
-    )
-    tx: bytes = profile.get_key_and_salt(view, 1 if dtls._role == "server" else 0)
-    return tx, profile.libsrtp_profile
-
-
-def spawn_worker(udp: dict[str, int], fanout: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """A worker process sending on the UDP sockets `udp` (local host -> fd), and main's end of
-    its socket pair."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for end in (ours, theirs):
-        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_BUFFER)
-        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CHANNEL_BUFFER)
-    command = [sys.executable, "-m", "sfu.fanout.worker", "--channel", str(theirs.fileno())]
-    command += [f"--udp={host}={fd}" for host, fd in udp.items()]
-    command += ["--fanout", fanout]
-    process = subprocess.Popen(
-        command, pass_fds=(theirs.fileno(), *udp.values()), preexec_fn=_die_with_parent
-    )
-    theirs.close()
-    return process, ours
 
 
 class WorkerHandle:
@@ -101,6 +63,7 @@ class WorkerHandle:
         self.sessions: set[str] = set()
         self.tracks: dict[int, int] = {}  # track key -> down-tracks of it here
         self.counters = wire.WorkerCounters()
+        self.heard = 0.0  # loop time of its last message
 
     def send(self, kind: str, *args: object) -> None:
         if self.alive:
@@ -166,7 +129,7 @@ class FanoutPool:
         self.count = count
         self.shared = shared
         self.stats = stats
-        self.shares = wire.Shares(count)
+        self.shares = wire.Shares(count, starting=set(range(count)))
         self.workers: list[WorkerHandle] = []
         self._keys = itertools.count(1)
         self._feeds: dict[PublishedTrack, TrackFeed] = {}
@@ -174,7 +137,9 @@ class FanoutPool:
         self._sinks: dict[str, RtpSink] = {}  # subscriber -> its sink
         self._waiting: dict[str, list[DownTrack]] = {}  # DTLS not up yet
         self._addresses: dict[str, tuple[str, tuple[str, int]]] = {}
-        self._check: asyncio.TimerHandle | None = None
+        self._next_tick: float | None = None
+        self._ready = asyncio.Event()  # every worker has reported once (or died)
+        self._timer: clock.TimerDriver | None = None
 
     def start(self) -> None:
         global _current
@@ -191,16 +156,31 @@ class FanoutPool:
             worker = WorkerHandle(index, process, ours)
             self.workers.append(worker)
             loop.add_reader(ours, self._readable, worker)
-        self._check = loop.call_later(ADDRESS_CHECK, self._check_addresses)
+        now = loop.time()
+        for worker in self.workers:
+            worker.heard = now
+        self._next_tick = now + TICK
+        self._timer = clock.TimerDriver(self)
+        self._timer.update()
         _current = self
         log.info("fan-out: %d worker processes (%s path)", self.count, fanout)
+
+    async def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Until every worker is up (the server opens to joins after that, so the first
+        subscribers are shared out too); a late one gets subscribers once it reports."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            log.warning(
+                "fan-out: %d worker(s) not up after %.0f s", len(self.shares.starting), timeout
+            )
 
     def close(self) -> None:
         global _current
         if _current is self:
             _current = None
-        if self._check is not None:
-            self._check.cancel()
+        if self._timer is not None:
+            self._timer.stop()
         for worker in self.workers:
             if worker.alive:
                 self._drop_worker(worker)
@@ -261,13 +241,13 @@ class FanoutPool:
         if down.remote is not None or down not in down.track.down_tracks:
             return
         sid = down.subscriber_sid
-        where = self._where(sink)
+        where = media_address(sink)
         keys = srtp_keys(sink._dtls)
-        if where is None or keys is None or down.rewriter is None:
+        index = self.shares.assign(sid) if where is not None and keys is not None else None
+        if where is None or keys is None or index is None:
+            # Not on the shared port (a TURN relay), or no worker left: main forwards.
+            log.info("fan-out: %s stays in the main process (%s)", sid, where and keys)
             return
-        index = self.shares.assign(sid)
-        if index is None:
-            return  # no worker left: main forwards
         worker = self.workers[index]
         if sid not in worker.sessions:
             worker.sessions.add(sid)
@@ -283,16 +263,6 @@ class FanoutPool:
         self._remote[key] = down
         self.stats.fanout_worker_down_tracks = len(self._remote)
         down.track.down_tracks.changed()  # main's forwarding list leaves it out now
-
-    def _where(self, sink: RtpSink) -> tuple[str, tuple[str, int]] | None:
-        """The subscriber's shared socket (by local address) and its address; None if its
-        nominated pair is not on the shared port (e.g. a TURN relay)."""
-        pair = sink._dtls.transport._connection._nominated.get(1)
-        transport = getattr(getattr(pair, "protocol", None), "transport", None)
-        if pair is None or not isinstance(transport, SharedTransport):
-            return None
-        host: str = transport.get_extra_info("sockname")[0]
-        return host, tuple(pair.remote_addr)  # type: ignore[return-value]
 
     def _feed(self, track: PublishedTrack, worker: WorkerHandle) -> TrackFeed:
         feed = self._feeds.get(track)
@@ -316,6 +286,10 @@ class FanoutPool:
             return
         del worker.tracks[feed.key]
         worker.send(wire.UNTRACK, feed.key)
+        self._stop_feeding(track, feed, worker)
+
+    def _stop_feeding(self, track: PublishedTrack, feed: TrackFeed, worker: WorkerHandle) -> None:
+        """`worker` gets no more of `track`; with no worker left, main forwards it all."""
         feed.workers.remove(worker)
         feed.update()
         if not feed.workers:
@@ -323,12 +297,29 @@ class FanoutPool:
             track.feed = None
             track.down_tracks.changed()
 
+    def next_deadline(self) -> float | None:
+        return self._next_tick
+
+    def handle_timer(self, now: float) -> None:
+        self._next_tick = now + TICK
+        for worker in self.workers:
+            if worker.alive:
+                self._readable(worker)  # what waits was sent in time (main's loop was late)
+            limit = START_TIMEOUT if worker.index in self.shares.starting else STALL_TIMEOUT
+            if worker.alive and now - worker.heard > limit:
+                log.warning(
+                    "fan-out worker %d silent for %.1f s: ended", worker.index, now - worker.heard
+                )
+                with contextlib.suppress(OSError):
+                    worker.process.kill()
+                self._failed(worker)
+        self._check_addresses()
+
     def _check_addresses(self) -> None:
         """A subscriber whose media moved (a new nominated pair): its worker follows."""
-        self._check = asyncio.get_running_loop().call_later(ADDRESS_CHECK, self._check_addresses)
         for sid, where in list(self._addresses.items()):
             sink = self._sinks.get(sid)
-            now = self._where(sink) if sink is not None else None
+            now = media_address(sink) if sink is not None else None
             index = self.shares.owner.get(sid)
             if now is not None and now != where and index is not None:
                 self._addresses[sid] = now
@@ -352,6 +343,10 @@ class FanoutPool:
             except wire.WireError:
                 self.stats.drop(DropReason.MALFORMED)
                 continue
+            worker.heard = asyncio.get_running_loop().time()
+            self.shares.started(worker.index)
+            if not self.shares.starting:
+                self._ready.set()
             self._on_reply(worker, message)
 
     def _on_reply(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
@@ -388,12 +383,14 @@ class FanoutPool:
         self.stats.fanout_worker_failures += 1
         self._drop_worker(worker)
         self.shares.fail(worker.index)
+        if not self.shares.starting:
+            self._ready.set()
         for key, down in list(self._remote.items()):
             remote = _remote(down)
             if remote is not None and remote.worker is worker:
                 del self._remote[key]
                 self.stats.fanout_worker_down_tracks = len(self._remote)
-                self._take_back(down, remote.state)
+                take_back(down, remote.state, self._sinks.get(down.subscriber_sid))
         for sid in worker.sessions:
             self._addresses.pop(sid, None)
         worker.sessions.clear()
@@ -405,38 +402,8 @@ class FanoutPool:
         worker.channel.close()
         for track, feed in list(self._feeds.items()):
             if worker in feed.workers:
-                feed.workers.remove(worker)
-                feed.update()
-            if not feed.workers:
-                del self._feeds[track]
-                track.feed = None
-                track.down_tracks.changed()
+                self._stop_feeding(track, feed, worker)
         worker.tracks.clear()
-
-    def _take_back(self, down: DownTrack, state: wire.DownState) -> None:
-        """Main continues a dead worker's stream: past whatever it may have sent since its last
-        report, at a keyframe, with main's SRTP stream at the index the subscriber expects."""
-        rewriter, rtx = state.rewriter, state.rtx
-        session = None
-        sink = self._sinks.get(down.subscriber_sid)
-        if sink is not None:
-            session = sink._dtls._tx_srtp
-        if rewriter.started:
-            rewriter.skip(TAKEOVER_SKIP)
-            if session is not None and state.extended_seq:
-                warm(session, state.out_ssrc, state.extended_seq + TAKEOVER_SKIP + 1)
-        if session is not None:
-            warm_rtcp(session, state.out_ssrc, state.sender_reports + TAKEOVER_RTCP_SKIP)
-        if rtx is not None and state.rtx_extended_seq:
-            rtx.skip(TAKEOVER_SKIP)
-            if session is not None:
-                warm(session, rtx.ssrc, state.rtx_extended_seq + TAKEOVER_SKIP + 1)
-        down.rewriter, down.rtx = rewriter, rtx
-        down.paused = state.paused
-        down.waiting_for_keyframe = down.track.kind == "video" or state.waiting_for_keyframe
-        down.remote = None
-        down.track.down_tracks.changed()
-        down.track.request_keyframe()
 
 
 def _remote(down: DownTrack | None) -> RemoteDown | None:

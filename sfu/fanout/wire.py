@@ -125,6 +125,8 @@ class Shares:
 
     workers: int
     dead: set[int] = field(default_factory=set)
+    # Started but not heard from yet (a worker takes seconds to import on a busy host).
+    starting: set[int] = field(default_factory=set)
     owner: dict[str, int] = field(default_factory=dict)
 
     def assign(self, subscriber: str) -> int | None:
@@ -133,12 +135,15 @@ class Shares:
         if current is not None:
             return current
         load = self.loads()
-        live = [w for w in range(self.workers) if w not in self.dead]
+        live = [w for w in range(self.workers) if w not in self.dead and w not in self.starting]
         if not live:
             return None
         chosen = min(live, key=lambda w: (load[w], w))
         self.owner[subscriber] = chosen
         return chosen
+
+    def started(self, worker: int) -> None:
+        self.starting.discard(worker)
 
     def release(self, subscriber: str) -> int | None:
         return self.owner.pop(subscriber, None)
@@ -146,6 +151,7 @@ class Shares:
     def fail(self, worker: int) -> list[str]:
         """The worker is gone: its subscribers, now owned by nobody."""
         self.dead.add(worker)
+        self.starting.discard(worker)
         lost = [s for s, w in self.owner.items() if w == worker]
         for subscriber in lost:
             del self.owner[subscriber]
