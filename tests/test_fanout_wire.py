@@ -8,6 +8,7 @@ import os
 import pickle
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pylibsrtp
 import pytest
@@ -189,7 +190,7 @@ def setup_down(worker: Worker, main: socket.socket, subscriber: socket.socket) -
 
 def received(sock: socket.socket, session: pylibsrtp.Session) -> list[tuple[int, int, int]]:
     """(sequence number, payload type, SSRC) of each packet that arrived, decrypted."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     while True:
         try:
             data = sock.recv(2048)
@@ -198,6 +199,18 @@ def received(sock: socket.socket, session: pylibsrtp.Session) -> list[tuple[int,
         plain = session.unprotect(data)
         out.append((int.from_bytes(plain[2:4]), plain[1] & 0x7F, int.from_bytes(plain[8:12])))
         sock.settimeout(0.2)
+
+
+def last_report(main: socket.socket) -> tuple[Any, ...]:
+    """The report the worker sent last (keyframe requests before it are skipped)."""
+    main.setblocking(False)
+    messages = []
+    while True:
+        try:
+            messages.append(wire.decode(main.recv(1 << 20), wire.REPLY_KINDS))
+        except BlockingIOError:
+            main.setblocking(True)
+            return [m for m in messages if m[0] == wire.REPORT][-1]
 
 
 def feed(worker: Worker, main: socket.socket, packets: list[bytes]) -> None:
@@ -239,10 +252,16 @@ def test_a_worker_rewrites_protects_sends_resends_pauses_and_drops(
     main.send(wire.encode_control(wire.PAUSE, 1, False, True))
     feed(w, main, [rtp(15, VP8_DELTA), rtp(16, VP8_KEY)])
     assert len(received(subscriber, session)) == 1
+    # Congestion control probes: padding packets follow each media packet.
+    main.send(wire.encode_control(wire.PADDING, 1, 2))
+    feed(w, main, [rtp(17, VP8_DELTA)])
+    assert len(received(subscriber, session)) == 3
+    w.report()
+    assert last_report(main)[1][1].padding_sent > 0
     # Removed: its copies stop; junk from main is counted, not fatal.
     main.send(wire.encode_control(wire.UNDOWN, 1))
     main.send(b"junk")
-    feed(w, main, [rtp(17, VP8_KEY)])
+    feed(w, main, [rtp(18, VP8_KEY)])
     assert received(subscriber, session) == []
     assert w.stats.dropped["malformed"] == 1
 

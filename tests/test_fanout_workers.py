@@ -64,7 +64,7 @@ async def nack_recent(client: KeyroomClient) -> None:
     pc = client.subscriber_pc
     assert pc is not None
     receiver = next(t.receiver for t in pc.getTransceivers() if t.kind == "video")
-    streams = receiver._RTCRtpReceiver__remote_streams
+    streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     ssrc, stream = next(iter(streams.items()))
     latest = stream.max_seq
     await receiver._send_rtcp_nack(ssrc, [(latest - 2) & 0xFFFF, (latest - 1) & 0xFFFF])

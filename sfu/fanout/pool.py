@@ -29,7 +29,7 @@ from aiortc.rtcdtlstransport import State
 
 from sfu import clock
 from sfu.fanout import wire
-from sfu.fanout.handoff import media_address, spawn_worker, srtp_keys, take_back
+from sfu.fanout.handoff import TAKEOVER_SKIP, media_address, spawn_worker, srtp_keys, take_back
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.internals.egress import RtpSink
 from sfu.internals.sharedport import SharedPort
@@ -108,12 +108,13 @@ class TrackFeed:
 class RemoteDown:
     """A down-track's link to the worker that sends it (`DownTrack.remote`)."""
 
-    __slots__ = ("worker", "key", "state")
+    __slots__ = ("worker", "key", "state", "padding")
 
     def __init__(self, worker: WorkerHandle, key: int, state: wire.DownState) -> None:
         self.worker = worker
         self.key = key
         self.state = state  # as handed over, then as last reported
+        self.padding = 0  # as the worker was last told
 
     def retransmit(self, sequence_numbers: tuple[int, ...]) -> tuple[int, int]:
         """Forwarded to the worker; what it resent arrives with its next report."""
@@ -221,6 +222,10 @@ class FanoutPool:
         if remote is None:
             return
         down.remote = None
+        if down.rewriter is not None and down.rewriter.started:
+            # Past what the worker may have sent since its last report: a recycled section's
+            # next track continues from here on the same SSRC.
+            down.rewriter.skip(TAKEOVER_SKIP)
         self._remote.pop(remote.key, None)
         self.stats.fanout_worker_down_tracks = len(self._remote)
         remote.worker.send(wire.UNDOWN, remote.key)
@@ -314,6 +319,15 @@ class FanoutPool:
                     worker.process.kill()
                 self._failed(worker)
         self._check_addresses()
+        self._sync_padding()
+
+    def _sync_padding(self) -> None:
+        """Congestion control's probe padding (set on main's down-track) to the worker."""
+        for down in self._remote.values():
+            remote = _remote(down)
+            if remote is not None and remote.padding != down.padding:
+                remote.padding = down.padding
+                remote.worker.send(wire.PADDING, remote.key, down.padding)
 
     def _check_addresses(self) -> None:
         """A subscriber whose media moved (a new nominated pair): its worker follows."""
@@ -357,9 +371,14 @@ class FanoutPool:
         elif message[0] == wire.REPORT:
             states, counters = message[1], message[2]
             for key, state in states.items():
-                remote = _remote(self._remote.get(key))
-                if remote is not None:
+                down = self._remote.get(key)
+                remote = _remote(down)
+                if down is not None and remote is not None:
+                    # Main's copy mirrors the worker's (a report old at most): what congestion
+                    # control measures, and where a recycled section's next track goes on.
                     remote.state = state
+                    down.rewriter, down.rtx = state.rewriter, state.rtx
+                    down.padding_sent = state.padding_sent
             self._count(worker, counters)
 
     def _count(self, worker: WorkerHandle, counters: wire.WorkerCounters) -> None:

@@ -31,10 +31,24 @@ DOWN = "down"  # down key, sid, track key, DownState
 UNDOWN = "undown"  # down key
 NACK = "nack"  # down key, sequence numbers
 PAUSE = "pause"  # down key, paused, waiting for a keyframe
+PADDING = "padding"  # down key, padding packets after each media packet (a congestion probe)
 RESTART = "restart"  # track key: every down-track waits for a keyframe (unmute)
 SENDER_REPORT = "sr"  # track key, ntp, rtp timestamp
 CONTROL_KINDS = frozenset(
-    (SESSION, ADDRESS, UNSESSION, TRACK, UNTRACK, DOWN, UNDOWN, NACK, PAUSE, RESTART, SENDER_REPORT)
+    (
+        SESSION,
+        ADDRESS,
+        UNSESSION,
+        TRACK,
+        UNTRACK,
+        DOWN,
+        UNDOWN,
+        NACK,
+        PAUSE,
+        PADDING,
+        RESTART,
+        SENDER_REPORT,
+    )
 )
 # worker -> main
 KEYFRAME = "keyframe"  # track key
@@ -62,6 +76,7 @@ class DownState:
     rtx_extended_seq: int = 0
     # Sender Reports sent for it: SRTCP's index on that SSRC, which a new sender must pass.
     sender_reports: int = 0
+    padding_sent: int = 0  # bytes of probe padding sent (congestion control measures them)
 
 
 @dataclass

@@ -222,6 +222,11 @@ class Worker:
         if entry is not None:
             entry[0].paused, entry[0].waiting_for_keyframe = paused, waiting
 
+    def _on_padding(self, key: int, padding: int) -> None:
+        entry = self.downs.get(key)
+        if entry is not None:
+            entry[0].padding = max(0, min(int(padding), 16))
+
     def _on_restart(self, track_key: int) -> None:
         track = self.tracks.get(track_key)
         if track is not None:
@@ -259,6 +264,7 @@ class Worker:
                 media,
                 rtx,
                 self.rtcp_sent[key],
+                down.padding_sent,
             )
         counters = self.counters
         counters.packets_out = sum(t.counters.packets_out for t in self.tracks.values())
