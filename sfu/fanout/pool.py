@@ -138,6 +138,9 @@ class FanoutPool:
         self._sinks: dict[str, RtpSink] = {}  # subscriber -> its sink
         self._waiting: dict[str, list[DownTrack]] = {}  # DTLS not up yet
         self._addresses: dict[str, tuple[str, tuple[str, int]]] = {}
+        # Subscribers taken back from a dead worker: main has sent on their SSRCs since, so
+        # they stay in main (another worker's fresh SRTP streams could not continue them).
+        self._taken_back: set[str] = set()
         self._next_tick: float | None = None
         self._ready = asyncio.Event()  # every worker has reported once (or died)
         self._timer: clock.TimerDriver | None = None
@@ -236,6 +239,7 @@ class FanoutPool:
         self._waiting.pop(sid, None)
         self._sinks.pop(sid, None)
         self._addresses.pop(sid, None)
+        self._taken_back.discard(sid)
         index = self.shares.release(sid)
         if index is not None:
             worker = self.workers[index]
@@ -248,9 +252,10 @@ class FanoutPool:
         sid = down.subscriber_sid
         where = media_address(sink)
         keys = srtp_keys(sink._dtls)
-        index = self.shares.assign(sid) if where is not None and keys is not None else None
+        eligible = where is not None and keys is not None and sid not in self._taken_back
+        index = self.shares.assign(sid) if eligible else None
         if where is None or keys is None or index is None:
-            # Not on the shared port (a TURN relay), or no worker left: main forwards.
+            # Not on the shared port (a TURN relay), taken back, or no worker: main forwards.
             log.info("fan-out: %s stays in the main process (%s)", sid, where and keys)
             return
         worker = self.workers[index]
@@ -412,6 +417,7 @@ class FanoutPool:
                 take_back(down, remote.state, self._sinks.get(down.subscriber_sid))
         for sid in worker.sessions:
             self._addresses.pop(sid, None)
+            self._taken_back.add(sid)
         worker.sessions.clear()
 
     def _drop_worker(self, worker: WorkerHandle) -> None:
