@@ -245,6 +245,7 @@ def test_a_worker_rewrites_protects_sends_resends_pauses_and_drops(
     kind, states, counters = wire.decode(main.recv(1 << 20), wire.REPLY_KINDS)
     assert kind == wire.REPORT and states[1].extended_seq == 65536 + 3
     assert counters.packets_out == 10 and counters.retransmissions == 2
+    assert counters.bytes_out == 10 * len(rtp(3, VP8_KEY))
     # Paused by congestion control: nothing; resumed: from a keyframe on.
     main.send(wire.encode_control(wire.PAUSE, 1, True, True))
     feed(w, main, [rtp(13, VP8_KEY), rtp(14, VP8_DELTA)])

@@ -389,6 +389,7 @@ class FanoutPool:
     def _count(self, worker: WorkerHandle, counters: wire.WorkerCounters) -> None:
         before, stats = worker.counters, self.stats
         stats.packets_out += counters.packets_out - before.packets_out
+        stats.bytes_out += counters.bytes_out - before.bytes_out
         stats.retransmissions += counters.retransmissions - before.retransmissions
         stats.dropped[DropReason.NACK_LIMITED.value] += counters.nack_limited - before.nack_limited
         stats.dropped[DropReason.SEND_FAILED.value] += counters.send_failed - before.send_failed

@@ -84,6 +84,7 @@ class WorkerCounters:
     """A worker's totals since it started (reports carry them; main adds the differences)."""
 
     packets_out: int = 0
+    bytes_out: int = 0  # copies counted at their input size, like `Stats.bytes_out`
     retransmissions: int = 0
     nack_limited: int = 0
     send_failed: int = 0

@@ -149,7 +149,9 @@ class Worker:
         except MalformedPacket:
             self.stats.drop(DropReason.MALFORMED)
             return
+        before = track.counters.packets_out
         track.forward(data, info)
+        self.counters.bytes_out += (track.counters.packets_out - before) * len(data)
 
     def _on_session(
         self, sid: str, key: bytes, profile: int, host: str, remote: tuple[str, int]
