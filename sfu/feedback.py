@@ -316,7 +316,8 @@ class Feedback:
 
     def _sender_reports(self, now: float) -> None:
         for down in self._subscriptions.values():
-            report = down.sender_report()
+            # A fan-out worker's stream: the worker reports it (one SRTCP index per SSRC).
+            report = down.sender_report() if down.remote is None else None
             if report is not None:
                 self.to_subscriber.append(report)
                 # The SR carries the publisher's NTP time: remember when it left, for RTT.

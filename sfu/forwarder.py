@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sfu.fanout.links import Feed, Remote
 from sfu.keyframe import KeyframeThrottle, is_keyframe
 from sfu.layerswitch import PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
@@ -79,6 +80,9 @@ class DownTracks(list["DownTrack"]):
 
 class PublishedTrack:
     """A track a participant publishes: learns its SSRC and codec, fans packets out."""
+
+    feed: Feed | None = None  # to fan-out workers (sfu/fanout/): they send `remote` down-tracks
+    _local: tuple[int, list[DownTrack]] = (-1, [])  # (down_tracks.version, local ones)
 
     def __init__(
         self,
@@ -185,7 +189,13 @@ class PublishedTrack:
             return
         for tap in self.taps:
             tap.packet(data, info)
-        for down in self.down_tracks:
+        downs = self.down_tracks
+        if self.feed is not None:
+            self.feed(data)
+            if self._local[0] != downs.version:
+                self._local = (downs.version, [d for d in downs if not d.remote])
+            downs = self._local[1]  # type: ignore[assignment]
+        for down in downs:
             if down.forward(data, info):
                 counters.packets_out += 1
 
@@ -200,6 +210,8 @@ class PublishedTrack:
     def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
         self.last_sender_report = (ntp, rtp_timestamp)
         self.receive.on_sender_report(ntp, now)
+        if self.feed is not None:
+            self.feed.sender_report(ntp, rtp_timestamp)
         for tap in self.taps:
             tap.sender_report(ntp, rtp_timestamp)
 
@@ -208,6 +220,8 @@ class PublishedTrack:
             # Frames were skipped while muted: subscribers must restart on a keyframe.
             for down in self.down_tracks:
                 down.waiting_for_keyframe = True
+            if self.feed is not None:
+                self.feed.restart()
         self.muted = muted
 
     def info(self) -> dict[str, object]:
@@ -243,6 +257,7 @@ class DownTrack:
         "paused",
         "padding",
         "padding_sent",
+        "remote",
     )
 
     def __init__(self, track: PublishedTrack, subscriber_sid: str) -> None:
@@ -269,6 +284,7 @@ class DownTrack:
         # (sfu/padding.py), and their bytes so far.
         self.padding = 0
         self.padding_sent = 0
+        self.remote: Remote | None = None  # a fan-out worker sends it (sfu/fanout/)
 
     def configure(
         self,
@@ -390,11 +406,15 @@ class DownTrack:
             return False
         self.paused = layer == PAUSED
         self.waiting_for_keyframe = True
+        if self.remote is not None:
+            self.remote.pause(self.paused, True)
         return not self.paused
 
     def retransmit(self, sequence_numbers: tuple[int, ...], now: float) -> tuple[int, int]:
         """Answer a NACK with the packets still cached, within the retransmission budget:
         (packets resent, packets refused by the budget)."""
+        if self.remote is not None:
+            return self.remote.retransmit(sequence_numbers)
         cache, sink, rewriter = self.cache, self.sink, self.rewriter
         if cache is None or sink is None or rewriter is None:
             return 0, 0

@@ -264,8 +264,17 @@ class StateCollector(Collector):
              stats.fanout_calls),
             ("keyroom_fanout_batched_packets", "RTP packets the batched fan-out sent",
              stats.fanout_packets),
+            ("keyroom_fanout_worker_packets", "RTP packets the fan-out workers sent",
+             stats.fanout_worker_packets),
+            ("keyroom_fanout_worker_failures", "Fan-out workers that exited while in use",
+             stats.fanout_worker_failures),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "keyroom_fanout_worker_down_tracks",
+            "Down-tracks the fan-out workers send now (rtc.fanout_workers)",
+            value=stats.fanout_worker_down_tracks,
+        )
         dropped = CounterMetricFamily(
             "keyroom_rtp_packets_dropped", "Packets dropped, by reason", labels=["reason"]
         )

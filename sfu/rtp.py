@@ -283,6 +283,12 @@ class RtpRewriter:
         self.last_out_seq = (self.last_out_seq + 1) & _SEQ_MASK
         return self.last_out_seq
 
+    def skip(self, count: int) -> None:
+        """Leave `count` sequence numbers unused: a stream continued by another sender (a
+        fan-out worker's, taken back) must not reuse the ones it may have sent."""
+        self._seq_offset = (self._seq_offset + count) & _SEQ_MASK
+        self.last_out_seq = (self.last_out_seq + count) & _SEQ_MASK
+
     def translate_timestamp(self, in_ts: int) -> int:
         """Map a publisher RTP timestamp (e.g. from its Sender Report) onto this down-track."""
         if not self._started:

@@ -58,3 +58,11 @@ class RtxStream:
         out = wrap(packet, parse_rtp(packet), self.ssrc, self.payload_type, self._seq)
         self._seq = (self._seq + 1) & 0xFFFF
         return out
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    def skip(self, count: int) -> None:
+        """Leave `count` sequence numbers unused (a fan-out worker's stream taken back)."""
+        self._seq = (self._seq + count) & 0xFFFF

@@ -33,6 +33,8 @@ class DropReason(StrEnum):
     DUPLICATE = "duplicate"
     # A publisher's padding-only RTX packet (a bandwidth probe): nothing to forward.
     RTX_PROBE = "rtx_probe"
+    # A packet for a fan-out worker whose socket buffer was full (it is behind: sfu/fanout/).
+    FANOUT_QUEUE_FULL = "fanout_queue_full"
 
 
 @dataclass
@@ -52,6 +54,10 @@ class Stats:
     # The batched fan-out (sfu/fastpath): sendmmsg calls and the packets they sent.
     fanout_calls: int = 0
     fanout_packets: int = 0
+    # Fan-out workers (sfu/fanout/): packets they sent, and workers that died.
+    fanout_worker_packets: int = 0
+    fanout_worker_failures: int = 0
+    fanout_worker_down_tracks: int = 0  # a gauge: down-tracks workers send now
     dropped: Counter[str] = field(default_factory=Counter)
     # Published tracks and their summed bitrate, node-wide, kept up to date on publish,
     # unpublish and each bitrate measurement: `[node]` limits read them in O(1).

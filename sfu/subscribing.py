@@ -26,6 +26,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from sfu import clock, internals
 from sfu.advertise import advertise
 from sfu.datarelay import DataRelay
+from sfu.fanout import pool as fanout_pool
 from sfu.feedback import Feedback
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
@@ -108,6 +109,8 @@ class Subscribing:
             return None
         if down in down.track.down_tracks:
             down.track.down_tracks.remove(down)
+        if (workers := fanout_pool.current()) is not None:
+            workers.release(down)
         self._feedback.unwatch(down)
         if down in self._pending:
             self._pending.remove(down)
@@ -245,6 +248,8 @@ class Subscribing:
             down.rtx = rtx_stream(transceiver, codecs, media.payloadType)
             self._feedback.watch(down)
             track.down_tracks.append(down)
+            if (workers := fanout_pool.current()) is not None:
+                workers.adopt(down, sink)  # its copies go out from a worker (sfu/fanout/)
             track.request_keyframe()
 
     def restart_ice(self) -> None:
@@ -290,6 +295,8 @@ class Subscribing:
         self.closed = True
         for track_sid in list(self.subscriptions):
             self.unsubscribe(track_sid)
+        if (workers := fanout_pool.current()) is not None:
+            workers.forget(self.sid)
         if self._answer is not None and not self._answer.done():
             self._answer.cancel()
 

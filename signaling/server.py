@@ -28,6 +28,7 @@ from auth.store import AuthStore
 from auth.tokens import TokenVerifier
 from sfu import iceguard, internals
 from sfu.config import Config, ConfigError
+from sfu.fanout.pool import FanoutPool
 from sfu.fastpath import loader as fastpath_loader
 from sfu.iceaddr import check_local_addresses, restrict_host_addresses
 from sfu.metrics import build_registry, record_connection_refused, sample_loop_lag
@@ -337,7 +338,11 @@ async def open_media_port(config: Config, state: ServerState) -> None:
             raise OSError(
                 f"rtc.fanout = compiled: the extension cannot be built: {fastpath_loader.failure()}"
             )
-        await internals.open_shared_port(list(rtc.ips), rtc.udp_port, state.stats, fanout)
+        shared = await internals.open_shared_port(list(rtc.ips), rtc.udp_port, state.stats, fanout)
+        if rtc.fanout_workers:
+            pool = FanoutPool(rtc.fanout_workers, shared, state.stats)
+            pool.start()
+            await pool.wait_ready()
 
 
 async def serve(config: Config, source: ConfigSource | None = None) -> int:

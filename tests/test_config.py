@@ -177,6 +177,8 @@ BAD_VALUES = [
     ("rtc", "port_max", -1),
     ("rtc", "udp_port", 65536),
     ("rtc", "fanout", "fast"),
+    ("rtc", "fanout_workers", -1),
+    ("rtc", "fanout_workers", 65),
     ("server", "trusted_proxies", ["10.0.0.0/33"]),
     ("auth", "max_token_ttl", 0),
     ("auth", "leeway", 61),

@@ -133,6 +133,10 @@ def _check_ports(rtc: RtcConfig) -> None:
             f"rtc.udp_port: one shared port ({rtc.udp_port}) or a port range"
             f" ({rtc.port_min}..{rtc.port_max}), not both"
         )
+    if rtc.fanout_workers and not rtc.udp_port:
+        raise ConfigError(
+            "rtc.fanout_workers: needs rtc.udp_port (workers send from the one shared port)"
+        )
     if rtc.public_ips and len(rtc.public_ips) != len(rtc.ips):
         raise ConfigError(
             f"rtc.public_ips: give one public address per rtc.ips entry, in order"

@@ -91,6 +91,8 @@ class RtcConfig(_Section):
     # With udp_port: one incoming packet's copies sent in one sendmmsg (compiled, sfu/fastpath);
     # "auto" falls back to the pure-Python path when the extension cannot be built.
     fanout: str = option("auto", checks.choice("auto", "compiled", "python"))
+    # With udp_port: N worker processes forward to one room's subscribers (sfu/fanout/); 0 off.
+    fanout_workers: int = option(0, checks.integer(0, "an integer from 0 to 64", 64))
     # Behind a 1:1 NAT: the address to advertise for each entry of `ips`, in order.
     public_ips: tuple[str, ...] = option((), checks.ip_list)
 
