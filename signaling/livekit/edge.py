@@ -28,6 +28,7 @@ from sfu.sdpinfo import BadSdp, describe_sections
 from signaling.admission import charge_failure, verify_token
 from signaling.codec import MessageError
 from signaling.livekit import datapackets, wire
+from signaling.livekit.refresh import refresh_response
 from signaling.messages import Join, Resume, ServerMessage
 from signaling.outbox import Outbox
 from signaling.protocol import CLOSE_UNSUPPORTED
@@ -84,6 +85,8 @@ class LiveKitOutput(SocketOutput):
         super().__init__(ws, outbox, on_overflow)
         self.translator = translator
         self.refusal: Mapping[str, Any] | None = None
+        # Called after the participant's rights changed (a new refresh_token goes out).
+        self.on_rights: Callable[[], None] | None = None
 
     def send(self, message: ServerMessage | Mapping[str, Any]) -> None:
         frame: Mapping[str, Any] = (
@@ -94,6 +97,8 @@ class LiveKitOutput(SocketOutput):
             return
         for response in self.translator.translate(frame):
             self.send_response(response)
+        if frame.get("type") == "permissions_changed" and self.on_rights is not None:
+            self.on_rights()
 
     def send_response(self, response: Any) -> None:
         if self.outbox.overflowed:
@@ -214,8 +219,16 @@ async def serve_livekit(
     _adapt(session, participant)
     admitted()
     await ws.prepare(request)
+    output.on_rights = lambda: _send_refresh(session, output)
+    output.on_rights()
     await _run(state, session, output, ws, loop)
     return ws
+
+
+def _send_refresh(session: Session, output: LiveKitOutput) -> None:
+    response = refresh_response(session, time.time())
+    if response is not None:
+        output.send_response(response)
 
 
 async def _run(

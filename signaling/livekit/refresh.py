@@ -1,0 +1,27 @@
+"""`SignalResponse.refresh_token` for a LiveKit session: sent after the join and after each
+change of the participant's rights (auth/refreshed.py mints it; its limits are there)."""
+
+from __future__ import annotations
+
+from livekit.protocol import rtc
+
+from auth.refreshed import refreshed_token
+from signaling.session import Session
+
+
+def refresh_response(session: Session, wall: float) -> rtc.SignalResponse | None:
+    """The refreshed token for `session` now, audited; None when none can be minted."""
+    participant, claims = session.participant, session.claims
+    if participant is None or claims is None:
+        return None
+    token = refreshed_token(
+        claims, participant.grant, session.state.verifier.keys, wall,
+        name=participant.name, metadata=participant.metadata,
+    )  # fmt: skip
+    if token is None:
+        return None
+    session.state.audit.record(
+        "token_refreshed", room=claims.room, identity=claims.identity,
+        participant=participant.sid, key_id=claims.key_id,
+    )  # fmt: skip
+    return rtc.SignalResponse(refresh_token=token)

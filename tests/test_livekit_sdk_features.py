@@ -1,0 +1,141 @@
+"""LiveKit's Python SDK (`livekit` 1.2.1) against keyroom: token refresh (`refresh_token`),
+connection quality, binary data packets and RPC, with the SDK unmodified (tests/
+test_livekit_sdk.py has the rest)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from livekit import api, rtc
+
+from auth.tokens import mint_token
+from loadtest import spawn
+from loadtest.livekitnet import veth_pair
+from loadtest.livekitpeer import SdkPeer
+from tests.conftest import KEY_ID, SECRET, ServerProcess
+from tests.livekit_helpers import lk_token, lk_url, room_api, start_lk_server
+
+pytestmark = pytest.mark.asyncio
+ROOM = "lk-more"
+ONCE = "lk-once"  # a room of single-use tokens
+
+
+@pytest.fixture(scope="module")
+def veth() -> Iterator[str]:
+    with veth_pair() as address:
+        yield address
+    gc.collect()  # the SDK's native handles are released by finalizers: here, not later
+
+
+@pytest.fixture
+def lk_server(veth: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    config = f"[auth]\nmax_failures = 1000\nleeway = 0\n[rooms.{ONCE}]\nsingle_use_tokens = true\n"
+    server = start_lk_server(tmp_path, config)
+    try:
+        yield server
+    finally:
+        spawn.stop(server.process)
+
+
+@contextlib.asynccontextmanager
+async def peers(server: ServerProcess, *identities: str) -> AsyncIterator[list[SdkPeer]]:
+    made = [SdkPeer(identity) for identity in identities]
+    try:
+        for peer in made:
+            await peer.connect(lk_url(server), lk_token(peer.identity, ROOM))
+        yield made
+    finally:
+        for peer in made:
+            await peer.close()
+
+
+class Refreshes:
+    """The tokens the SDK was given (its `token_refreshed` event; the SDK keeps the last one
+    to reconnect with)."""
+
+    def __init__(self, peer: SdkPeer) -> None:
+        self.room = peer.room
+        self.tokens: list[str] = []
+        self.changed = asyncio.Event()
+        peer.room.on("token_refreshed", self._on_refresh)
+
+    def _on_refresh(self) -> None:
+        self.tokens.append(str(self.room._token))  # noqa: SLF001  (the SDK has no getter)
+        self.changed.set()
+
+    async def until(self, count: int, timeout: float = 10) -> str:
+        async with asyncio.timeout(timeout):
+            while len(self.tokens) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.tokens[-1]
+
+
+def video_of(token: str) -> dict[str, object]:
+    claims = jwt.decode(token, options={"verify_signature": False})
+    video: dict[str, object] = claims["video"]
+    return video
+
+
+async def test_a_single_use_token_rejoins_by_the_refreshed_token(lk_server: ServerProcess) -> None:
+    """The application's token is spent by the join; the token the server refreshed the SDK
+    with joins again (a full rejoin: admission, single use), once."""
+    once = mint_token(key_id=KEY_ID, secret=SECRET, identity="alice", room=ONCE, ttl=600,
+                      now=time.time(), name="alice")  # fmt: skip
+    first = SdkPeer("alice")
+    refreshes = Refreshes(first)
+    try:
+        await first.connect(lk_url(lk_server), once)
+        refreshed = await refreshes.until(1)
+    finally:
+        await first.close()
+    assert refreshed != once
+    assert (
+        jwt.decode(refreshed, options={"verify_signature": False})["exp"]
+        == jwt.decode(once, options={"verify_signature": False})["exp"]
+    )
+    spent = SdkPeer("alice")
+    with pytest.raises(rtc.ConnectError):
+        await spent.connect(lk_url(lk_server), once)
+    await spent.close()
+    again = SdkPeer("alice")
+    try:
+        await again.connect(lk_url(lk_server), refreshed)
+        assert again.room.local_participant.identity == "alice"
+        assert again.room.name == ONCE
+    finally:
+        await again.close()
+    log = lk_server.log()
+    assert '"reason":"jti_reused"' in log and '"event":"token_refreshed"' in log
+
+
+async def test_a_permission_downgrade_is_in_the_refreshed_token(lk_server: ServerProcess) -> None:
+    lkapi = room_api(lk_server)
+    peer = SdkPeer("bob")
+    refreshes = Refreshes(peer)
+    try:
+        await peer.connect(lk_url(lk_server), lk_token("bob", ROOM))
+        assert video_of(await refreshes.until(1))["canPublish"] is True
+        update = api.UpdateParticipantRequest(
+            room=ROOM, identity="bob",
+            permission=api.ParticipantPermission(can_subscribe=True, can_publish=False),
+        )  # fmt: skip
+        await lkapi.room.update_participant(update)
+        downgraded = await refreshes.until(2)
+        assert video_of(downgraded)["canPublish"] is False
+    finally:
+        await peer.close()
+        await lkapi.aclose()
+    again = SdkPeer("bob")
+    try:
+        await again.connect(lk_url(lk_server), downgraded)
+        assert not again.room.local_participant.permissions.can_publish
+    finally:
+        await again.close()
