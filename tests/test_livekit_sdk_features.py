@@ -139,3 +139,27 @@ async def test_a_permission_downgrade_is_in_the_refreshed_token(lk_server: Serve
         assert not again.room.local_participant.permissions.can_publish
     finally:
         await again.close()
+
+
+async def test_connection_quality_of_self_and_others_reaches_the_sdk(
+    lk_server: ServerProcess,
+) -> None:
+    """keyroom's levels as LiveKit's `ConnectionQualityUpdate`: each SDK learns its own and the
+    other's quality (UNKNOWN until the server says)."""
+    async with peers(lk_server, "alice", "bob") as (alice, bob):
+        seen: dict[str, rtc.ConnectionQuality] = {}
+        changed = asyncio.Event()
+
+        def on_quality(participant: rtc.Participant, quality: rtc.ConnectionQuality) -> None:
+            seen[participant.identity] = quality
+            changed.set()
+
+        alice.room.on("connection_quality_changed", on_quality)
+        async with asyncio.timeout(15):
+            while len(seen) < 2:
+                changed.clear()
+                await changed.wait()
+        assert seen == {
+            "alice": rtc.ConnectionQuality.QUALITY_EXCELLENT,
+            "bob": rtc.ConnectionQuality.QUALITY_EXCELLENT,
+        }

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -24,10 +25,12 @@ from auth.tokens import TokenError
 from sfu.clock import TimerDriver
 from sfu.metrics import record_join
 from sfu.participant import Participant
+from sfu.quality import EXCELLENT
 from sfu.sdpinfo import BadSdp, describe_sections
 from signaling.admission import charge_failure, verify_token
 from signaling.codec import MessageError
 from signaling.livekit import datapackets, wire
+from signaling.livekit.connquality import QualityReport
 from signaling.livekit.refresh import refresh_response
 from signaling.messages import Join, Resume, ServerMessage
 from signaling.outbox import Outbox
@@ -240,12 +243,29 @@ async def _run(
 ) -> None:
     writer = asyncio.ensure_future(output.run())
     timer = TimerDriver(session)
+    quality = TimerDriver(
+        QualityReport(partial(room_levels, session), output.send_response, loop.time())
+    )
     state.sessions.add(session)
     try:
         timer.update()
+        quality.update()
         await _read(session, output, ws, timer, loop)
     finally:
+        quality.stop()
         await end_socket(state, session, output, writer, timer, ws)
+
+
+def room_levels(session: Session) -> dict[str, str]:
+    """The connection quality of the participant and of the others it sees (sfu/quality.py)."""
+    room, own = session.room, session.participant
+    if room is None:
+        return {}
+    return {
+        p.sid: p.feedback.quality.level or EXCELLENT
+        for p in room.participants.values()
+        if p is own or not p.hidden
+    }
 
 
 async def _read(
