@@ -33,6 +33,9 @@ class DropReason(StrEnum):
     DUPLICATE = "duplicate"
     # A publisher's padding-only RTX packet (a bandwidth probe): nothing to forward.
     RTX_PROBE = "rtx_probe"
+    # A relayed data message the receiver's protocol cannot carry (a LiveKit RPC or stream
+    # packet for a keyroom JSON client, sfu/datarelay.py).
+    UNREPRESENTABLE = "unrepresentable"
 
 
 @dataclass

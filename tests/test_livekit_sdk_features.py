@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -163,3 +164,61 @@ async def test_connection_quality_of_self_and_others_reaches_the_sdk(
             "alice": rtc.ConnectionQuality.QUALITY_EXCELLENT,
             "bob": rtc.ConnectionQuality.QUALITY_EXCELLENT,
         }
+
+
+async def test_binary_data_rpc_and_streams_between_sdk_participants(
+    lk_server: ServerProcess,
+) -> None:
+    async with peers(lk_server, "alice", "bob", "carol") as (alice, bob, carol):
+        blob = bytes(range(256)) * 8  # 2 KiB, not UTF-8
+        await alice.room.local_participant.publish_data(
+            blob, reliable=True, topic="bin", destination_identities=["bob"]
+        )
+        await bob.received.until(lambda: bool(bob.received.data), timeout=15)
+        assert bob.received.data == [("alice", "bin", blob)]
+
+        callers: list[str] = []
+
+        def add(data: rtc.RpcInvocationData) -> str:
+            callers.append(data.caller_identity)
+            return str(sum(json.loads(data.payload)))
+
+        bob.room.local_participant.register_rpc_method("add", add)
+        result = await alice.room.local_participant.perform_rpc(
+            destination_identity="bob", method="add", payload="[1, 2, 3]", response_timeout=10
+        )
+        assert (result, callers) == ("6", ["alice"])
+
+        # A text stream whose sender claims another identity: the server sets the real one.
+        got: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+
+        async def read(reader: rtc.TextStreamReader, identity: str) -> None:
+            got.set_result((identity, await reader.read_all()))
+
+        tasks: list[asyncio.Task[None]] = []
+        bob.room.register_text_stream_handler(
+            "notes",
+            lambda reader, identity: tasks.append(asyncio.ensure_future(read(reader, identity))),
+        )
+        writer = await alice.room.local_participant.stream_text(
+            topic="notes", destination_identities=["bob"], sender_identity="mallory"
+        )
+        await writer.write("hello ")
+        await writer.write("stream")
+        await writer.aclose()
+        assert await asyncio.wait_for(got, 10) == ("alice", "hello stream")
+        # Nothing of the above was for carol; a broadcast reaches her (and came after them).
+        await alice.room.local_participant.publish_data(b"\xff all", topic="all")
+        await carol.received.until(lambda: bool(carol.received.data), timeout=10)
+        assert carol.received.data == [("alice", "all", b"\xff all")]
+        # The RoomService's SendData takes binary payloads too (no sender: the server's).
+        lkapi = room_api(lk_server)
+        try:
+            await lkapi.room.send_data(
+                api.SendDataRequest(room=ROOM, data=b"\x00\xfe", topic="srv",
+                                    destination_identities=["carol"])
+            )  # fmt: skip
+        finally:
+            await lkapi.aclose()
+        await carol.received.until(lambda: len(carol.received.data) >= 2, timeout=10)
+        assert carol.received.data[-1] == ("", "srv", b"\x00\xfe")
