@@ -4,15 +4,31 @@ connquality.py), data packets beyond UTF-8 user text (signaling/livekit/datapack
 from __future__ import annotations
 
 import base64
+import gc
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from sfu.datarelay import LIVEKIT_ONLY, DataRelay, Envelope, json_text, read_json_envelope
+from sfu.forwarder import PublishedTrack
+from sfu.layerswitch import PAUSED
 from sfu.stats import DropReason, Stats
-from signaling.livekit import datapackets
+from signaling.livekit import datapackets, wire
 from signaling.livekit.connquality import QualityReport, quality_update
+from signaling.livekit.convert import track_info
+from signaling.livekit.edge import apply_settings
+from signaling.livekit.tracksettings import (
+    Declared,
+    TrackSettings,
+    declared_dimensions,
+    wanted_layer,
+)
+from signaling.messages import SetQuality
+from tests.signaling_helpers import NOW, WALL, close_all, join, make_state
+from tests.test_congestion import simulcast_subscription
 from tests.test_datarelay import FakeChannel
 
 
@@ -148,3 +164,112 @@ def test_the_relay_counts_what_a_receiver_cannot_take() -> None:
     big = models.DataPacket(user=models.UserPacket(payload=b"\xff" * 200))
     relay.on_message("_reliable", big.SerializeToString())
     assert stats.dropped[DropReason.TOO_LARGE.value] == 1
+
+
+def test_a_simulcast_track_reports_its_layers_with_the_declared_sizes() -> None:
+    add = rtc.AddTrackRequest(
+        cid="c", type=models.VIDEO, width=640, height=480,
+        layers=[models.VideoLayer(quality=models.LOW, width=160, height=120),
+                models.VideoLayer(quality=models.MEDIUM, width=320, height=240),
+                models.VideoLayer(quality=models.HIGH, width=640, height=480)],
+    )  # fmt: skip
+    sizes = declared_dimensions(add)
+    assert sizes == {models.LOW: (160, 120), models.MEDIUM: (320, 240), models.HIGH: (640, 480)}
+    keyroom_info = {
+        "sid": "TR_1", "kind": "video", "source": "camera",
+        "simulcast": [{"rid": "q", "active": True, "bitrate": 150_000},
+                      {"rid": "h", "active": True, "bitrate": 500_000},
+                      {"rid": "f", "active": False, "bitrate": 0}],
+    }  # fmt: skip
+    info = track_info({**keyroom_info, "declared_layers": sizes, "width": 640, "height": 480})
+    assert info.simulcast and (info.width, info.height) == (640, 480)
+    assert [(v.quality, v.rid, v.width, v.height, v.bitrate) for v in info.layers] == [
+        (models.LOW, "q", 160, 120, 150_000),
+        (models.MEDIUM, "h", 320, 240, 500_000),
+        (models.HIGH, "f", 640, 480, 0),
+    ]
+    single = track_info({"sid": "TR_2", "kind": "video", "simulcast": []})
+    assert not single.simulcast and list(single.layers) == []
+
+
+def settings(**kw: Any) -> TrackSettings:
+    base: dict[str, Any] = {"track_sid": "TR_1", "quality": models.HIGH, "width": 0,
+                            "height": 0, "disabled": False, "req": 1}  # fmt: skip
+    return TrackSettings(**{**base, **kw})
+
+
+def test_track_settings_choose_the_layer_livekit_would() -> None:
+    sizes = {models.LOW: (160, 120), models.MEDIUM: (320, 240), models.HIGH: (640, 480)}
+    assert wanted_layer(settings(quality=models.LOW), sizes) == 0
+    assert wanted_layer(settings(quality=models.MEDIUM), sizes) == 1
+    assert wanted_layer(settings(quality=models.HIGH), {}) == 2
+    # Rendered size: the smallest layer at least that large (10 % tolerance), else the top.
+    assert wanted_layer(settings(width=150, height=110), sizes) == 0
+    assert wanted_layer(settings(width=300, height=225), sizes) == 1  # 240 >= 0.9 * 225
+    assert wanted_layer(settings(width=373, height=280), sizes) == 2
+    assert wanted_layer(settings(width=280, height=373), sizes) == 2  # portrait: width compared
+    # Without declared sizes, LiveKit's defaults (180, 360 lines).
+    assert wanted_layer(settings(width=320, height=180), {}) == 0
+    assert wanted_layer(settings(width=640, height=360), {}) == 1
+    assert wanted_layer(settings(width=1280, height=720), {}) == 2
+    assert wanted_layer(settings(disabled=True, width=1280, height=720), sizes) == PAUSED
+
+
+def test_declared_sizes_go_with_their_track() -> None:
+    declared = Declared()
+    track = PublishedTrack(sid="TR_1", cid="c", kind="video", source="camera", name="",
+                           publisher_sid="PA_a")  # fmt: skip
+    declared.remember(track, rtc.AddTrackRequest(cid="c", width=320, height=240))
+    info: dict[str, Any] = {"sid": "PA_a", "tracks": [{"sid": "TR_1"}, {"sid": "TR_gone"}]}
+    declared.annotate(info, {"TR_1": track})
+    assert info["tracks"][0]["declared_layers"] == {models.HIGH: (320, 240)}
+    assert (info["tracks"][0]["width"], info["tracks"][0]["height"]) == (320, 240)
+    assert "declared_layers" not in info["tracks"][1]
+    del track
+    gc.collect()
+    assert len(declared._sizes) == 0  # noqa: SLF001  (weak: gone with the track)
+
+
+async def test_disabled_is_a_real_pause_and_settings_resume_it(tmp_path: Path) -> None:
+    """The edge's handling of a subscriber's settings (signaling/livekit/edge.py): `disabled`
+    pauses the down-track (nothing forwarded), a quality resumes it through set_quality."""
+    state = make_state(tmp_path)
+    try:
+        alice, _, _ = join(state, "alice")
+        bob, wire, _ = join(state, "bob")
+        assert alice.participant is not None and bob.participant is not None
+        track, down = simulcast_subscription()
+        alice.participant.add_track(track)
+        bob.participant.subscriptions[track.sid] = down
+        assert apply_settings(bob, settings(track_sid=track.sid, disabled=True)) is None
+        assert down.max_layer == PAUSED and down.layers is not None
+        assert down.layers.target == PAUSED
+        resume = apply_settings(bob, settings(track_sid=track.sid, width=320, height=180))
+        assert resume == SetQuality(track_sid=track.sid, quality="low", req=1)
+        await bob.handle(resume, NOW, WALL)
+        assert down.max_layer == 0 and down.layers.target == 0
+        # Another participant's unknown track: keyroom's NOT_FOUND, paused or not.
+        for disabled in (True, False):
+            unknown = apply_settings(bob, settings(track_sid="TR_nope", disabled=disabled))
+            assert unknown is not None
+            await bob.handle(unknown, NOW, WALL)
+        assert [f["code"] for f in wire.of_type("error")] == ["not_found", "not_found"]
+    finally:
+        await close_all(state)
+
+
+def test_dynacast_becomes_livekits_subscribed_quality_update() -> None:
+    t = wire.Translator(lambda sid: None)
+    frame = {
+        "type": "dynacast", "track_sid": "TR_1",
+        "layers": [{"rid": "q", "active": True}, {"rid": "h", "active": False},
+                   {"rid": "f", "active": False}],
+    }  # fmt: skip
+    [response] = t.translate(frame)
+    update = response.subscribed_quality_update
+    assert update.track_sid == "TR_1"
+    assert [(q.quality, q.enabled) for q in update.subscribed_qualities] == [
+        (models.LOW, True),
+        (models.MEDIUM, False),
+        (models.HIGH, False),
+    ]

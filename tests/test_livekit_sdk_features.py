@@ -20,7 +20,7 @@ from auth.tokens import mint_token
 from loadtest import spawn
 from loadtest.livekitnet import veth_pair
 from loadtest.livekitpeer import SdkPeer
-from tests.conftest import KEY_ID, SECRET, ServerProcess
+from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually
 from tests.livekit_helpers import lk_token, lk_url, room_api, start_lk_server
 
 pytestmark = pytest.mark.asyncio
@@ -222,3 +222,48 @@ async def test_binary_data_rpc_and_streams_between_sdk_participants(
             await lkapi.aclose()
         await carol.received.until(lambda: len(carol.received.data) >= 2, timeout=10)
         assert carol.received.data[-1] == ("", "srv", b"\x00\xfe")
+
+
+async def test_a_subscriber_asking_for_low_quality_gets_the_low_layer(
+    lk_server: ServerProcess,
+) -> None:
+    """A simulcast publisher (the SDK's own layers: 640x480 sends two); the subscriber's
+    `set_video_quality` is keyroom's layer choice: LOW brings the low layer's dimensions, as
+    the publisher declared them (reported in TrackInfo.layers), HIGH the top ones again."""
+    alice = SdkPeer("alice", width=640, height=480, simulcast=True)
+    bob = SdkPeer("bob")
+    lkapi = room_api(lk_server)
+    try:
+        await alice.connect(lk_url(lk_server), lk_token("alice", ROOM))
+        await bob.connect(lk_url(lk_server), lk_token("bob", ROOM))
+        [video_sid] = await alice.publish(audio=False)
+
+        def size_is(size: tuple[int, int]) -> bool:
+            return bob.received.size.get("alice") == size
+
+        await bob.received.until(lambda: size_is((640, 480)), timeout=20)
+        publication = bob.room.remote_participants["alice"].track_publications[video_sid]
+        assert publication.simulcasted
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=ROOM))
+        [track] = [t for p in listed.participants for t in p.tracks if t.sid == video_sid]
+        assert track.simulcast and len(track.layers) >= 2
+        low = (track.layers[0].width, track.layers[0].height)
+        assert track.layers[0].rid == "q" and low < (640, 480)
+        assert (track.layers[-1].width, track.layers[-1].height) == (640, 480)
+        publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
+        await bob.received.until(lambda: size_is(low), timeout=10)
+
+        async def top_layer_stopped() -> bool:
+            listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=ROOM))
+            [track] = [t for p in listed.participants for t in p.tracks if t.sid == video_sid]
+            return track.layers[-1].bitrate == 0
+
+        # Unwatched, the top layer stops (keyroom's dynacast after 5 s, as LiveKit's
+        # SubscribedQualityUpdate, or libwebrtc's own adaptation first): asked for, it is back.
+        await eventually(top_layer_stopped, 20, "the publisher stops its top layer", 0.5)
+        publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
+        await bob.received.until(lambda: size_is((640, 480)), timeout=10)
+    finally:
+        await lkapi.aclose()
+        await bob.close()
+        await alice.close()

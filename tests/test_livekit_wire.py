@@ -11,7 +11,8 @@ from livekit.protocol import models, rtc
 
 from signaling.codec import MessageError
 from signaling.livekit import datapackets, wire
-from signaling.messages import AddTrack, Leave, Mute, Offer, SetQuality, Subscribe, Trickle
+from signaling.livekit.tracksettings import TrackSettings
+from signaling.messages import AddTrack, Leave, Mute, Offer, Subscribe, Trickle
 
 ALICE: dict[str, Any] = {
     "sid": "PA_a", "identity": "alice", "name": "Alice", "metadata": "", "joined_at": 5,
@@ -47,7 +48,9 @@ def test_requests_become_keyroom_messages() -> None:
     layer = decode(
         track_setting=rtc.UpdateTrackSettings(track_sids=["TR_1"], width=1280, height=720)
     )
-    assert layer == SetQuality(track_sid="TR_1", quality="high", req=7)
+    assert layer == TrackSettings(
+        track_sid="TR_1", quality=models.LOW, width=1280, height=720, disabled=False, req=7
+    )
     assert decode(leave=rtc.LeaveRequest()) == Leave(req=7)
     pong = decode(ping_req=rtc.Ping(timestamp=5))
     assert isinstance(pong, wire.Local) and pong.response.pong_resp.timestamp == 1_000_000

@@ -40,6 +40,7 @@ from signaling import adminops
 from signaling.admin import MAX_BODY_BYTES, AdminApi, AdminError
 from signaling.livekit import datapackets
 from signaling.livekit.convert import SOURCE_ENUM, participant_info, room_info, track_info
+from signaling.livekit.tracksettings import DECLARED
 from signaling.state import ServerState
 
 PATH = "/twirp/livekit.RoomService/{method}"
@@ -294,7 +295,9 @@ class RoomService:
 
 
 def _info(participant: Participant) -> models.ParticipantInfo:
-    return participant_info(participant.info(with_permissions=True))
+    info = participant.info(with_permissions=True)
+    DECLARED.annotate(info, participant.tracks)  # the sizes LiveKit publishers declared
+    return participant_info(info)
 
 
 def _permissions(permission: models.ParticipantPermission) -> dict[str, Any]:

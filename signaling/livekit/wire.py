@@ -24,12 +24,15 @@ from livekit.protocol import models, rtc
 from signaling.codec import MessageError
 from signaling.livekit.convert import (
     ENUM_SOURCE,
+    POSITION_QUALITY,
+    RID_QUALITY,
     SERVER_PROTOCOL,
     TYPE_KIND,
     participant_info,
     room_info,
     track_info,
 )
+from signaling.livekit.tracksettings import TrackSettings
 from signaling.messages import (
     AddTrack,
     Answer,
@@ -37,7 +40,6 @@ from signaling.messages import (
     Leave,
     Mute,
     Offer,
-    SetQuality,
     Subscribe,
     Trickle,
     UpdateMetadata,
@@ -84,7 +86,7 @@ class Local:
     response: rtc.SignalResponse
 
 
-Decoded = AnyClientMessage | Local | None
+Decoded = AnyClientMessage | Local | TrackSettings | None
 
 
 def parse_request(data: bytes) -> rtc.SignalRequest:
@@ -173,24 +175,15 @@ def _subscription(update: rtc.UpdateSubscription, req: int, wall: float) -> Deco
     return Subscribe(track_sids=sids, subscribe=update.subscribe, req=req)
 
 
-QUALITY = {models.LOW: "low", models.MEDIUM: "medium", models.HIGH: "high"}
-
-
 def _track_setting(settings: rtc.UpdateTrackSettings, req: int, wall: float) -> Decoded:
-    """Dimensions (adaptive stream) or a quality become keyroom's layer choice; `disabled`
-    (pause) has no keyroom counterpart and is taken as the lowest layer."""
+    """Settings for one track; the edge makes them a layer choice or a pause (tracksettings)."""
     if len(settings.track_sids) != 1:
         return None  # keyroom chooses layers per track; several at once are ignored
-    if settings.height:
-        quality = (
-            "high" if settings.height >= 540 else "medium" if settings.height >= 270 else "low"
-        )
-    else:
-        quality = QUALITY.get(settings.quality, "low")
-    if settings.disabled:
-        quality = "low"
     sid = _track_sid(settings.track_sids[0], req)
-    return SetQuality(track_sid=sid, quality=quality, req=req)  # type: ignore[arg-type]
+    return TrackSettings(
+        track_sid=sid, quality=settings.quality, width=settings.width, height=settings.height,
+        disabled=settings.disabled, req=req,
+    )  # fmt: skip
 
 
 def _leave(leave: rtc.LeaveRequest, req: int, wall: float) -> Decoded:
@@ -295,7 +288,11 @@ class Translator:
         join = rtc.JoinResponse(
             room=room_info(frame["room"]),
             participant=participant_info(frame["participant"]),
-            other_participants=[participant_info(p) for p in frame.get("participants", ())],
+            # Looked up: the edge's info carries what keyroom's frame lacks (declared layers).
+            other_participants=[
+                participant_info(self.lookup(str(p["sid"])) or p)
+                for p in frame.get("participants", ())
+            ],
             server_version=SERVER_VERSION,
             ice_servers=ice,
             # keyroom offers the subscriber connection at once: the SDK waits for it.
@@ -380,6 +377,21 @@ class Translator:
         ]
         self._speaking = set(now)
         return [rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers))]
+
+    def _dynacast(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
+        """keyroom's dynacast (layers nobody receives switched off) as LiveKit's: the SDK sets
+        its encodings of those qualities inactive, and active again when asked."""
+        qualities = [
+            rtc.SubscribedQuality(
+                quality=RID_QUALITY.get(str(layer.get("rid")), POSITION_QUALITY[min(index, 2)]),
+                enabled=bool(layer.get("active")),
+            )
+            for index, layer in enumerate(frame.get("layers", ()))
+        ]
+        update = rtc.SubscribedQualityUpdate(
+            track_sid=str(frame.get("track_sid", "")), subscribed_qualities=qualities
+        )
+        return [rtc.SignalResponse(subscribed_quality_update=update)]
 
     def _leave(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
         return [leave_response(str(frame.get("reason", "")))]
