@@ -152,3 +152,20 @@ async def test_a_permission_downgrade_is_in_the_next_refresh_and_sticks(
     assert rejoin.start(Join(token=response.refresh_token), NOW + 6, WALL + 6).accepted
     assert wire.frames[0]["participant"]["permissions"]["canPublish"] is False
     assert state.store.narrowing("room1", "erin") is not None
+
+
+async def test_a_refresh_stays_within_the_token_size_keyroom_admits(tmp_path: Path) -> None:
+    state = make_state(tmp_path, limits={"max_metadata_bytes": 4096})
+    try:
+        first, _ = session(state)
+        assert first.start(Join(token=token("frank", metadata="app")), NOW, WALL).accepted
+        assert first.participant is not None
+        # Metadata the participant set since (within the room's limit) that, JSON-escaped and
+        # base64-encoded, would make the token larger than max_token_bytes (8 KiB).
+        first.participant.metadata = '"' * 4000
+        response = refresh_response(first, WALL + 1)
+        assert response is not None
+        assert len(response.refresh_token) <= state.verifier.max_token_bytes
+        assert claims_of(response.refresh_token, WALL + 1).metadata == "app"
+    finally:
+        await close_all(state)

@@ -14,10 +14,20 @@ def refresh_response(session: Session, wall: float) -> rtc.SignalResponse | None
     participant, claims = session.participant, session.claims
     if participant is None or claims is None:
         return None
-    token = refreshed_token(
-        claims, participant.grant, session.state.verifier.keys, wall,
-        name=participant.name, metadata=participant.metadata,
-    )  # fmt: skip
+    verifier = session.state.verifier
+    token = None
+    # The participant's current name and metadata; if they make the token larger than keyroom
+    # admits (max_token_bytes), the application's own.
+    for name, metadata in (
+        (participant.name, participant.metadata),
+        (claims.name, claims.metadata),
+    ):
+        token = refreshed_token(
+            claims, participant.grant, verifier.keys, wall, name=name, metadata=metadata
+        )
+        if token is None or len(token) <= verifier.max_token_bytes:
+            break
+        token = None
     if token is None:
         return None
     session.state.audit.record(
