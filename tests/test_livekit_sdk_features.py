@@ -5,11 +5,9 @@ test_livekit_sdk.py has the rest)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -18,43 +16,24 @@ from livekit import api, rtc
 
 from auth.tokens import mint_token
 from loadtest import spawn
-from loadtest.livekitnet import veth_pair
 from loadtest.livekitpeer import SdkPeer
 from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually
 from tests.livekit_helpers import lk_token, lk_url, room_api, start_lk_server
+from tests.test_livekit_sdk import ROOM, peers, veth  # noqa: F401  (veth is a fixture)
 
 pytestmark = pytest.mark.asyncio
-ROOM = "lk-more"
 ONCE = "lk-once"  # a room of single-use tokens
 
 
-@pytest.fixture(scope="module")
-def veth() -> Iterator[str]:
-    with veth_pair() as address:
-        yield address
-    gc.collect()  # the SDK's native handles are released by finalizers: here, not later
-
-
 @pytest.fixture
-def lk_server(veth: str, tmp_path: Path) -> Iterator[ServerProcess]:
+def lk_server(veth: str, tmp_path: Path) -> Iterator[ServerProcess]:  # noqa: F811
+    """keyroom as tests/test_livekit_sdk.py starts it, with a room of single-use tokens."""
     config = f"[auth]\nmax_failures = 1000\nleeway = 0\n[rooms.{ONCE}]\nsingle_use_tokens = true\n"
     server = start_lk_server(tmp_path, config)
     try:
         yield server
     finally:
         spawn.stop(server.process)
-
-
-@contextlib.asynccontextmanager
-async def peers(server: ServerProcess, *identities: str) -> AsyncIterator[list[SdkPeer]]:
-    made = [SdkPeer(identity) for identity in identities]
-    try:
-        for peer in made:
-            await peer.connect(lk_url(server), lk_token(peer.identity, ROOM))
-        yield made
-    finally:
-        for peer in made:
-            await peer.close()
 
 
 class Refreshes:
