@@ -127,6 +127,17 @@ async def test_a_refresh_is_refused_after_the_identity_is_revoked(state: ServerS
     again, wire = session(state)
     assert not again.start(Join(token=response.refresh_token), NOW + 3, WALL + 3).accepted
     assert wire.frames[0]["code"] == "unauthorized"
+    # Signed with the application's key: revoking that key refuses its refreshed tokens too.
+    other, _ = session(state)
+    assert other.start(Join(token=token("grace", jti="g-1")), NOW + 4, WALL + 4).accepted
+    grace = refresh_response(other, WALL + 5)
+    assert grace is not None
+    await _leave(other)
+    state.store.revoke_key(KEY_ID, now=WALL + 6)
+    late, _ = session(state)
+    assert not late.start(Join(token=grace.refresh_token), NOW + 7, WALL + 7).accepted
+    reasons = [r.get("reason") for r in audit(state) if r["event"] == "join_refused"]
+    assert reasons[-2:] == ["revoked", "key_revoked"]
 
 
 async def test_a_permission_downgrade_is_in_the_next_refresh_and_sticks(
