@@ -227,8 +227,6 @@ async def serve_livekit(
     _adapt(session, participant)
     admitted()
     await ws.prepare(request)
-    output.on_rights = lambda: _send_refresh(session, output)
-    output.on_rights()
     await _run(state, session, output, ws, loop)
     return ws
 
@@ -252,6 +250,10 @@ async def _run(
         QualityReport(partial(room_levels, session), output.send_response, loop.time())
     )
     state.sessions.add(session)
+    # The SDK reconnects with the last token it was given: one now, one after each change of
+    # the participant's rights.
+    output.on_rights = partial(_send_refresh, session, output)
+    output.on_rights()
     try:
         timer.update()
         quality.update()
