@@ -96,19 +96,24 @@ async def test_a_single_use_token_rejoins_by_the_refreshed_token(lk_server: Serv
     assert '"reason":"jti_reused"' in log and '"event":"token_refreshed"' in log
 
 
-async def test_a_permission_downgrade_is_in_the_refreshed_token(lk_server: ServerProcess) -> None:
+async def test_own_metadata_and_a_permission_downgrade_are_in_the_refreshed_token(
+    lk_server: ServerProcess,
+) -> None:
     lkapi = room_api(lk_server)
     peer = SdkPeer("bob")
     refreshes = Refreshes(peer)
     try:
-        await peer.connect(lk_url(lk_server), lk_token("bob", ROOM))
+        await peer.connect(lk_url(lk_server), lk_token("bob", ROOM, can_update_own_metadata=True))
         assert video_of(await refreshes.until(1))["canPublish"] is True
+        await peer.room.local_participant.set_metadata("hand up")
+        claims = jwt.decode(await refreshes.until(2), options={"verify_signature": False})
+        assert claims["metadata"] == "hand up"
         update = api.UpdateParticipantRequest(
             room=ROOM, identity="bob",
             permission=api.ParticipantPermission(can_subscribe=True, can_publish=False),
         )  # fmt: skip
         await lkapi.room.update_participant(update)
-        downgraded = await refreshes.until(2)
+        downgraded = await refreshes.until(3)
         assert video_of(downgraded)["canPublish"] is False
     finally:
         await peer.close()
@@ -117,6 +122,7 @@ async def test_a_permission_downgrade_is_in_the_refreshed_token(lk_server: Serve
     try:
         await again.connect(lk_url(lk_server), downgraded)
         assert not again.room.local_participant.permissions.can_publish
+        assert again.room.local_participant.metadata == "hand up"
     finally:
         await again.close()
 

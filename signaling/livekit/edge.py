@@ -91,8 +91,8 @@ class LiveKitOutput(SocketOutput):
         super().__init__(ws, outbox, on_overflow)
         self.translator = translator
         self.refusal: Mapping[str, Any] | None = None
-        # Called after the participant's rights changed (a new refresh_token goes out).
-        self.on_rights: Callable[[], None] | None = None
+        # Called when what a refresh_token carries changed (rights, own name or metadata).
+        self.refresh: Callable[[], None] | None = None
 
     def send(self, message: ServerMessage | Mapping[str, Any]) -> None:
         frame: Mapping[str, Any] = (
@@ -103,8 +103,8 @@ class LiveKitOutput(SocketOutput):
             return
         for response in self.translator.translate(frame):
             self.send_response(response)
-        if frame.get("type") == "permissions_changed" and self.on_rights is not None:
-            self.on_rights()
+        if frame.get("type") == "permissions_changed" and self.refresh is not None:
+            self.refresh()
 
     def send_response(self, response: Any) -> None:
         if self.outbox.overflowed:
@@ -251,9 +251,9 @@ async def _run(
     )
     state.sessions.add(session)
     # The SDK reconnects with the last token it was given: one now, one after each change of
-    # the participant's rights.
-    output.on_rights = partial(_send_refresh, session, output)
-    output.on_rights()
+    # the participant's rights, name or metadata.
+    output.refresh = partial(_send_refresh, session, output)
+    output.refresh()
     try:
         timer.update()
         quality.update()
@@ -329,6 +329,8 @@ async def _dispatch(
             DECLARED.remember(track, inner)
     if case == "offer" and not session.ending:
         unpublish_stopped(session, inner.sdp)
+    if case == "update_metadata" and output.refresh is not None:
+        output.refresh()
 
 
 def apply_settings(session: Session, settings: TrackSettings) -> SetQuality | None:

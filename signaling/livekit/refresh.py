@@ -1,5 +1,6 @@
-"""`SignalResponse.refresh_token` for a LiveKit session: sent after the join and after each
-change of the participant's rights (auth/refreshed.py mints it; its limits are there)."""
+"""`SignalResponse.refresh_token` for a LiveKit session: sent after the join, after each change
+of the participant's rights and after its own metadata update (auth/refreshed.py mints it; its
+limits are there)."""
 
 from __future__ import annotations
 
