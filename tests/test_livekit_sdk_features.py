@@ -5,21 +5,26 @@ test_livekit_sdk.py has the rest)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aioice.ice
 import jwt
 import pytest
 from livekit import api, rtc
 
 from auth.tokens import mint_token
 from loadtest import spawn
+from loadtest.livekitnet import CLIENT_IP
 from loadtest.livekitpeer import SdkPeer
+from sfu.iceaddr import restrict_host_addresses
+from signaling.client import KeyroomClient
 from tests.conftest import KEY_ID, SECRET, ServerProcess
 from tests.livekit_helpers import lk_token, lk_url, room_api, start_lk_server
-from tests.test_livekit_sdk import ROOM, peers, veth  # noqa: F401  (veth is a fixture)
+from tests.test_livekit_sdk import ROOM, _keyroom_token, peers, veth  # noqa: F401  (veth is a fixture)
 
 pytestmark = pytest.mark.asyncio
 ONCE = "lk-once"  # a room of single-use tokens
@@ -242,3 +247,29 @@ async def test_a_subscriber_asking_for_low_quality_gets_the_low_layer(
         await lkapi.aclose()
         await bob.close()
         await alice.close()
+
+
+async def test_a_keyroom_client_gets_binary_payloads_base64_and_no_streams(
+    lk_server: ServerProcess,
+) -> None:
+    """docs/protocol.md 2.5: what keyroom's JSON clients make of an SDK's data."""
+    before = aioice.ice.get_host_addresses
+    restrict_host_addresses([CLIENT_IP])  # aiortc, like libwebrtc, on the veth pair
+    client = KeyroomClient(f"ws://127.0.0.1:{lk_server.port}/rtc", _keyroom_token("kr"))
+    try:
+        async with peers(lk_server, "sdk") as (sdk,):
+            await client.connect()
+            await client.send_data("ready", topic="sync")  # the data path is up both ways
+            await sdk.received.until(lambda: bool(sdk.received.data), timeout=15)
+            await sdk.room.local_participant.send_text("not for keyroom", topic="notes")
+            await sdk.room.local_participant.publish_data(b"\xff\x00bin", topic="bin")
+            message = await client.next_data(timeout=10)
+            assert (message["from"], message["topic"], message["encoding"]) == (
+                "sdk",
+                "bin",
+                "base64",
+            )
+            assert base64.b64decode(message["payload"]) == b"\xff\x00bin"
+    finally:
+        await client.close()
+        aioice.ice.get_host_addresses = before
