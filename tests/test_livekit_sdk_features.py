@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aioice.ice
@@ -249,27 +250,30 @@ async def test_a_subscriber_asking_for_low_quality_gets_the_low_layer(
         await alice.close()
 
 
+@contextlib.asynccontextmanager
+async def keyroom_client(server: ServerProcess, identity: str) -> AsyncIterator[KeyroomClient]:
+    """keyroom's Python client in ROOM, its ICE on the veth pair (aiortc, like libwebrtc)."""
+    before = aioice.ice.get_host_addresses
+    restrict_host_addresses([CLIENT_IP])
+    client = KeyroomClient(f"ws://127.0.0.1:{server.port}/rtc", _keyroom_token(identity))
+    try:
+        yield client
+    finally:
+        await client.close()
+        aioice.ice.get_host_addresses = before
+
+
 async def test_a_keyroom_client_gets_binary_payloads_base64_and_no_streams(
     lk_server: ServerProcess,
 ) -> None:
     """docs/protocol.md 2.5: what keyroom's JSON clients make of an SDK's data."""
-    before = aioice.ice.get_host_addresses
-    restrict_host_addresses([CLIENT_IP])  # aiortc, like libwebrtc, on the veth pair
-    client = KeyroomClient(f"ws://127.0.0.1:{lk_server.port}/rtc", _keyroom_token("kr"))
-    try:
-        async with peers(lk_server, "sdk") as (sdk,):
-            await client.connect()
-            await client.send_data("ready", topic="sync")  # the data path is up both ways
-            await sdk.received.until(lambda: bool(sdk.received.data), timeout=15)
-            await sdk.room.local_participant.send_text("not for keyroom", topic="notes")
-            await sdk.room.local_participant.publish_data(b"\xff\x00bin", topic="bin")
-            message = await client.next_data(timeout=10)
-            assert (message["from"], message["topic"], message["encoding"]) == (
-                "sdk",
-                "bin",
-                "base64",
-            )
-            assert base64.b64decode(message["payload"]) == b"\xff\x00bin"
-    finally:
-        await client.close()
-        aioice.ice.get_host_addresses = before
+    async with keyroom_client(lk_server, "kr") as client, peers(lk_server, "sdk") as (sdk,):
+        await client.connect()
+        await client.send_data("ready", topic="sync")  # the data path is up both ways
+        await sdk.received.until(lambda: bool(sdk.received.data), timeout=15)
+        await sdk.room.local_participant.send_text("not for keyroom", topic="notes")
+        await sdk.room.local_participant.publish_data(b"\xff\x00bin", topic="bin")
+        message = await client.next_data(timeout=10)
+        assert (message["from"], message["topic"]) == ("sdk", "bin")
+        assert message["encoding"] == "base64"
+        assert base64.b64decode(message["payload"]) == b"\xff\x00bin"
