@@ -273,3 +273,19 @@ def test_dynacast_becomes_livekits_subscribed_quality_update() -> None:
         (models.MEDIUM, False),
         (models.HIGH, False),
     ]
+
+
+def test_a_metadata_update_is_answered_ok_with_the_participants_update() -> None:
+    """The SDKs wait up to 5 s for this answer to `set_metadata`."""
+    me = {"sid": "PA_a", "identity": "alice", "metadata": "hand up", "tracks": []}
+    t = wire.Translator(lambda sid: me if sid == "PA_a" else None)
+    t.own_sid = "PA_a"
+    update = rtc.UpdateParticipantMetadata(metadata="hand up", request_id=42)
+    t.requests[3] = ("update_metadata", update)
+    answer, mine = t.translate({"type": "ok", "req": 3})
+    assert answer.request_response.request_id == 42
+    assert answer.request_response.reason == rtc.RequestResponse.OK
+    assert answer.request_response.update_metadata == update
+    assert mine.update.participants[0].metadata == "hand up"
+    t.requests[4] = ("mute", rtc.MuteTrackRequest(sid="TR_1", muted=True))
+    assert t.translate({"type": "ok", "req": 4}) == []  # other requests: no answer, as before

@@ -111,7 +111,13 @@ async def test_own_metadata_and_a_permission_downgrade_are_in_the_refreshed_toke
     try:
         await peer.connect(lk_url(lk_server), lk_token("bob", ROOM, can_update_own_metadata=True))
         assert video_of(await refreshes.until(1))["canPublish"] is True
-        await peer.room.local_participant.set_metadata("hand up")
+        # Answered at once (the SDK waits up to 5 s for the answer), and seen by the SDK itself.
+        seen = asyncio.Event()
+        peer.room.on("participant_metadata_changed", lambda *args: seen.set())
+        async with asyncio.timeout(2):
+            await peer.room.local_participant.set_metadata("hand up")
+            await seen.wait()
+        assert peer.room.local_participant.metadata == "hand up"
         claims = jwt.decode(await refreshes.until(2), options={"verify_signature": False})
         assert claims["metadata"] == "hand up"
         update = api.UpdateParticipantRequest(

@@ -256,13 +256,23 @@ class Translator:
         method = getattr(self, "_" + kind, None)
         req = frame.get("req")
         if isinstance(req, int) and kind != "error":
-            self.requests.pop(req, None)
+            answered = self.requests.pop(req, None)
+            if kind == "ok" and answered is not None and answered[0] == "update_metadata":
+                return self._metadata_updated(answered[1])
         if kind == "error" and isinstance(req, int) and self.requests.get(req, ("",))[0] == "offer":
             self.offer_ids.popleft()  # a refused offer gets no answer
         if method is None:
             return []
         result: list[rtc.SignalResponse] = method(frame)
         return result
+
+    def _metadata_updated(self, update: rtc.UpdateParticipantMetadata) -> list[rtc.SignalResponse]:
+        """The SDKs wait for their metadata update's answer (5 s, else they give up) and take
+        their own new metadata from the participant update LiveKit's server sends everyone."""
+        done = rtc.RequestResponse(
+            request_id=update.request_id, reason=rtc.RequestResponse.OK, update_metadata=update
+        )
+        return [rtc.SignalResponse(request_response=done), *self._update_of(self.own_sid)]
 
     def _joined(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
         self.own_sid = str(frame["participant"]["sid"])
