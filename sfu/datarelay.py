@@ -7,8 +7,9 @@ message for a channel still opening is held (bounded) and sent when it opens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
+from typing import NamedTuple
 
 import orjson
 from aiortc import RTCDataChannel
@@ -20,8 +21,23 @@ from signaling.protocol import DATA_CHANNELS
 # Data messages held per channel until the subscriber's channel opens.
 MAX_HELD_DATA = 256
 
-Deliver = Callable[[str, str, str, list[str] | None], None]
-Envelope = tuple[str, str, list[str] | None]
+# A relayed message that starts with this key is one only LiveKit's SDKs can take (an RPC or
+# stream packet, signaling/livekit/datapackets.py): the room puts `extra` fields first.
+LIVEKIT_ONLY = b'{"livekit":'
+
+
+class Envelope(NamedTuple):
+    """A data message as the room relays it; `extra` holds the fields of the relayed message
+    beside from/topic/payload, set by the server only: `encoding` (`base64`: the payload is
+    bytes that are not UTF-8) or `livekit` (a LiveKit-only packet)."""
+
+    topic: str
+    payload: str
+    to: list[str] | None
+    extra: Mapping[str, str] | None = None
+
+
+Deliver = Callable[[str, Envelope], None]
 
 
 def read_json_envelope(raw: bytes) -> Envelope | None:
@@ -41,10 +57,13 @@ def read_json_envelope(raw: bytes) -> Envelope | None:
         or not (to is None or (isinstance(to, list) and all(isinstance(i, str) for i in to)))
     ):
         return None
-    return topic, payload, to
+    return Envelope(topic, payload, to)
 
 
 def json_text(label: str, message: bytes) -> str | bytes | None:
+    """keyroom's JSON receivers take every relayed message but LiveKit-only packets."""
+    if message.startswith(LIVEKIT_ONLY):
+        return None
     return message.decode()
 
 
@@ -91,8 +110,7 @@ class DataRelay:
         if envelope is None:
             self.stats.drop(DropReason.MALFORMED)
             return
-        topic, payload, to = envelope
-        self._deliver(label, topic, payload, to)
+        self._deliver(label, envelope)
 
     # -- out ------------------------------------------------------------------------------------
 
@@ -120,7 +138,7 @@ class DataRelay:
             return False
         data = self.outgoing(label, message)
         if data is None:
-            self.stats.drop(DropReason.MALFORMED)
+            self.stats.drop(DropReason.UNREPRESENTABLE)
             return False
         if channel.readyState == "open":
             channel.send(data)

@@ -21,7 +21,7 @@ from auth.grants import VideoGrant
 from auth.policy import may_publish_data
 from sfu import clock, iceguard, internals
 from sfu.config import LimitsConfig
-from sfu.datarelay import DataRelay
+from sfu.datarelay import DataRelay, Envelope
 from sfu.feedback import Feedback
 from sfu.forwarder import DownTrack, PublishedTrack, no_keyframe_source
 from sfu.ingress import Ingress
@@ -40,9 +40,7 @@ class RoomView(Protocol):
     @property
     def limits(self) -> LimitsConfig: ...
 
-    def deliver_data(
-        self, sender: Participant, label: str, topic: str, payload: str, to: list[str] | None
-    ) -> int: ...
+    def deliver_data(self, sender: Participant, label: str, envelope: Envelope) -> int: ...
 
 
 class Participant:
@@ -261,8 +259,8 @@ class Participant:
 
     # -- data -----------------------------------------------------------------------------------
 
-    def _deliver_data(self, label: str, topic: str, payload: str, to: list[str] | None) -> None:
-        self.room.deliver_data(self, label, topic, payload, to)
+    def _deliver_data(self, label: str, envelope: Envelope) -> None:
+        self.room.deliver_data(self, label, envelope)
 
     def send_data(self, label: str, message: bytes) -> bool:
         """Deliver on the subscriber PC; held (bounded) while the channel is still opening."""

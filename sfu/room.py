@@ -22,6 +22,7 @@ from auth.policy import may_publish_track, may_subscribe
 from sfu import clock
 from sfu.clock import Deadlines, TimerDriver
 from sfu.config import LimitsConfig
+from sfu.datarelay import Envelope
 from sfu.forwarder import PublishedTrack
 from sfu.participant import Participant
 from sfu.speakers import active_speakers
@@ -344,18 +345,18 @@ class Room:
                 return participant, track
         return None
 
-    def deliver_data(
-        self,
-        sender: Participant,
-        label: str,
-        topic: str,
-        payload: str,
-        to: list[str] | None,
-    ) -> int:
+    def deliver_data(self, sender: Participant, label: str, envelope: Envelope) -> int:
         """Relay a data message; `from` is always the sender's authenticated identity."""
         message = orjson.dumps(
-            {"from": sender.identity, "from_sid": sender.sid, "topic": topic, "payload": payload}
+            {
+                **(envelope.extra or {}),  # first: receivers tell LiveKit-only packets by it
+                "from": sender.identity,
+                "from_sid": sender.sid,
+                "topic": envelope.topic,
+                "payload": envelope.payload,
+            }
         )
+        to = envelope.to
         wanted = set(to) if to is not None else None
         delivered = 0
         for participant in self.participants.values():

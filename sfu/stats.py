@@ -35,6 +35,9 @@ class DropReason(StrEnum):
     RTX_PROBE = "rtx_probe"
     # A packet for a fan-out worker whose socket buffer was full (it is behind: sfu/fanout/).
     FANOUT_QUEUE_FULL = "fanout_queue_full"
+    # A relayed data message the receiver's protocol cannot carry (a LiveKit RPC or stream
+    # packet for a keyroom JSON client, sfu/datarelay.py).
+    UNREPRESENTABLE = "unrepresentable"
 
 
 @dataclass

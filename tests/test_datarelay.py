@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sfu.datarelay import MAX_HELD_DATA, DataRelay
+from sfu.datarelay import MAX_HELD_DATA, DataRelay, Envelope
 from sfu.stats import DropReason, Stats
 
 
@@ -61,7 +61,10 @@ def test_a_valid_envelope_is_delivered_with_its_label() -> None:
     r, delivered = relay()
     r.on_message("_reliable", '{"topic": "chat", "payload": "hi", "to": ["bob"]}')
     r.on_message("_lossy", b'{"payload": "x"}')
-    assert delivered == [("_reliable", "chat", "hi", ["bob"]), ("_lossy", "", "x", None)]
+    assert delivered == [
+        ("_reliable", Envelope("chat", "hi", ["bob"])),
+        ("_lossy", Envelope("", "x", None)),
+    ]
 
 
 def test_invalid_messages_are_dropped_by_reason() -> None:

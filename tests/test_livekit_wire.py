@@ -11,7 +11,8 @@ from livekit.protocol import models, rtc
 
 from signaling.codec import MessageError
 from signaling.livekit import convert, datapackets, wire
-from signaling.messages import AddTrack, Leave, Mute, Offer, SetQuality, Subscribe, Trickle
+from signaling.livekit.tracksettings import TrackSettings
+from signaling.messages import AddTrack, Leave, Mute, Offer, Subscribe, Trickle
 
 ALICE: dict[str, Any] = {
     "sid": "PA_a", "identity": "alice", "name": "Alice", "metadata": "", "joined_at": 5,
@@ -47,7 +48,9 @@ def test_requests_become_keyroom_messages() -> None:
     layer = decode(
         track_setting=rtc.UpdateTrackSettings(track_sids=["TR_1"], width=1280, height=720)
     )
-    assert layer == SetQuality(track_sid="TR_1", quality="high", req=7)
+    assert layer == TrackSettings(
+        track_sid="TR_1", quality=models.LOW, width=1280, height=720, disabled=False, req=7
+    )
     assert decode(leave=rtc.LeaveRequest()) == Leave(req=7)
     pong = decode(ping_req=rtc.Ping(timestamp=5))
     assert isinstance(pong, wire.Local) and pong.response.pong_resp.timestamp == 1_000_000
@@ -167,7 +170,7 @@ def test_a_forged_data_sender_is_replaced_by_the_authenticated_one() -> None:
                                destination_identities=["carol"]),
     )  # fmt: skip
     # What the sender claims is not part of the envelope the room relays...
-    assert datapackets.read_packet(forged.SerializeToString()) == ("t", "hi", ["carol"])
+    assert datapackets.read_packet(forged.SerializeToString()) == ("t", "hi", ["carol"], None)
     # ...the room stamps the sender it authenticated, and that is what recipients get.
     relayed = orjson.dumps({"from": "alice", "from_sid": "PA_a", "topic": "t", "payload": "hi"})
     packet = models.DataPacket()
@@ -177,9 +180,9 @@ def test_a_forged_data_sender_is_replaced_by_the_authenticated_one() -> None:
 
 
 def test_data_the_relay_cannot_carry_is_dropped() -> None:
-    binary = models.DataPacket(user=models.UserPacket(payload=b"\xff\xfe"))
-    assert datapackets.read_packet(binary.SerializeToString()) is None
-    rpc = models.DataPacket(rpc_request=models.RpcRequest(id="1", method="m"))
-    assert datapackets.read_packet(rpc.SerializeToString()) is None
+    # Binary user packets, RPC and streams travel (tests/test_livekit_features_wire.py); a
+    # transcription or chat packet does not.
+    chat = models.DataPacket(chat_message=models.ChatMessage(id="1", message="m"))
+    assert datapackets.read_packet(chat.SerializeToString()) is None
     assert datapackets.read_packet(b"\xff\xff") is None
     assert datapackets.write_packet("_reliable", b"not json") is None

@@ -25,8 +25,34 @@ ENUM_SOURCE = {value: name for name, value in SOURCE_ENUM.items()}
 SERVER_PROTOCOL = 16
 
 
+# Simulcast layers by RID as LiveKit's SDKs name them (q, h, f), else by position.
+RID_QUALITY = {"q": models.LOW, "h": models.MEDIUM, "f": models.HIGH}
+POSITION_QUALITY = (models.LOW, models.MEDIUM, models.HIGH)
+
+
+def video_layers(
+    simulcast: Any, declared: Mapping[int, tuple[int, int]]
+) -> list[models.VideoLayer]:
+    """keyroom's simulcast layers (lowest first: `{rid, active, bitrate}`) as LiveKit's, with
+    the dimensions the publisher declared (`declared`: quality -> (w, h)), smallest first."""
+    sizes = sorted(declared.values(), key=lambda size: size[0] * size[1])
+    layers = []
+    for index, layer in enumerate(simulcast if isinstance(simulcast, list) else ()):
+        rid = str(layer.get("rid", ""))
+        width, height = sizes[index] if index < len(sizes) else (0, 0)
+        layers.append(
+            models.VideoLayer(
+                quality=RID_QUALITY.get(rid, POSITION_QUALITY[min(index, 2)]), rid=rid,
+                bitrate=int(layer.get("bitrate", 0) or 0), width=width, height=height,
+                spatial_layer=index,
+            )
+        )  # fmt: skip
+    return layers
+
+
 def track_info(info: Mapping[str, Any]) -> models.TrackInfo:
     kind = str(info.get("kind", "video"))
+    layers = video_layers(info.get("simulcast"), info.get("declared_layers", {}))
     return models.TrackInfo(
         sid=str(info["sid"]),
         type=KIND_TYPE.get(kind, models.VIDEO),
@@ -40,6 +66,8 @@ def track_info(info: Mapping[str, Any]) -> models.TrackInfo:
         encryption=models.Encryption.GCM
         if info.get("encryption") == "e2ee"
         else models.Encryption.NONE,
+        simulcast=len(layers) > 1,
+        layers=layers,
     )
 
 

@@ -15,27 +15,34 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import WSMsgType, web
 from livekit.protocol import rtc
 
 from sfu.clock import TimerDriver
+from sfu.layerswitch import PAUSED
 from sfu.metrics import record_join
 from sfu.participant import Participant
+from sfu.quality import EXCELLENT
 from sfu.sdpinfo import BadSdp, describe_sections
 from signaling.admission import charge_failure
 from signaling.codec import MessageError
 from signaling.livekit import datapackets, wire
+from signaling.livekit.connquality import QualityReport
+from signaling.livekit.refresh import refresh_response
 from signaling.livekit.resume import Refusal, ResumeLeave, resume_token
-from signaling.messages import Join, Resume, ServerMessage
+from signaling.livekit.tracksettings import DECLARED, TrackSettings, wanted_layer
+from signaling.messages import Join, Resume, ServerMessage, SetQuality
 from signaling.outbox import Outbox
 from signaling.protocol import CLOSE_UNSUPPORTED
 from signaling.session import Outcome, Session
 from signaling.state import ServerState
 from signaling.websocket import SocketOutput, end_socket
 
+QUALITY_NAMES: tuple[Literal["low", "medium", "high"], ...] = ("low", "medium", "high")
 # HTTP status of a refused join, by the close code keyroom's JSON edge would use.
 HTTP_STATUS = {4400: 400, 4401: 401, 4403: 403, 4404: 404, 4409: 409, 4429: 429, 4503: 503}
 
@@ -78,6 +85,8 @@ class LiveKitOutput(SocketOutput):
         super().__init__(ws, outbox, on_overflow)
         self.translator = translator
         self.refusal: Mapping[str, Any] | None = None
+        # Called when what a refresh_token carries changed (rights, own name or metadata).
+        self.refresh: Callable[[], None] | None = None
 
     def send(self, message: ServerMessage | Mapping[str, Any]) -> None:
         frame: Mapping[str, Any] = (
@@ -88,6 +97,8 @@ class LiveKitOutput(SocketOutput):
             return
         for response in self.translator.translate(frame):
             self.send_response(response)
+        if frame.get("type") == "permissions_changed" and self.refresh is not None:
+            self.refresh()
 
     def send_response(self, response: Any) -> None:
         if self.outbox.overflowed:
@@ -105,7 +116,9 @@ def _lookup(session: Session) -> wire.Lookup:
         participant = room.participants.get(sid) if room is not None else None
         if participant is None:
             return None
-        return participant.info(with_permissions=participant is session.participant)
+        info = participant.info(with_permissions=participant is session.participant)
+        DECLARED.annotate(info, participant.tracks)
+        return info
 
     return lookup
 
@@ -218,6 +231,12 @@ async def _leave(
     return ws
 
 
+def _send_refresh(session: Session, output: LiveKitOutput) -> None:
+    response = refresh_response(session, time.time())
+    if response is not None:
+        output.send_response(response)
+
+
 async def _run(
     state: ServerState,
     session: Session,
@@ -227,12 +246,33 @@ async def _run(
 ) -> None:
     writer = asyncio.ensure_future(output.run())
     timer = TimerDriver(session)
+    quality = TimerDriver(
+        QualityReport(partial(room_levels, session), output.send_response, loop.time())
+    )
     state.sessions.add(session)
+    # The SDK reconnects with the last token it was given: one now, one after each change of
+    # the participant's rights, name or metadata.
+    output.refresh = partial(_send_refresh, session, output)
+    output.refresh()
     try:
         timer.update()
+        quality.update()
         await _read(session, output, ws, timer, loop)
     finally:
+        quality.stop()
         await end_socket(state, session, output, writer, timer, ws)
+
+
+def room_levels(session: Session) -> dict[str, str]:
+    """The connection quality of the participant and of the others it sees (sfu/quality.py)."""
+    room, own = session.room, session.participant
+    if room is None:
+        return {}
+    return {
+        p.sid: p.feedback.quality.level or EXCELLENT
+        for p in room.participants.values()
+        if p is own or not p.hidden
+    }
 
 
 async def _read(
@@ -255,15 +295,53 @@ async def _read(
         except MessageError as exc:
             session.refuse(exc, now)
         else:
-            if isinstance(decoded, wire.Local):
-                output.send_response(decoded.response)
-            elif decoded is not None:
-                output.translator.requests[req] = (case, inner)
-                if case == "offer":
-                    output.translator.offer_ids.append(inner.id)
-                await session.handle(decoded, now, wall)
-                if case == "offer" and not session.ending:
-                    unpublish_stopped(session, inner.sdp)
+            await _dispatch(session, output, case, inner, decoded, (req, now, wall))
         timer.update()
         if session.ending:
             return
+
+
+async def _dispatch(
+    session: Session,
+    output: LiveKitOutput,
+    case: str,
+    inner: Any,
+    decoded: wire.Decoded,
+    when: tuple[int, float, float],
+) -> None:
+    """One decoded request: answered here, or handled by keyroom's session."""
+    req, now, wall = when
+    if isinstance(decoded, wire.Local):
+        output.send_response(decoded.response)
+        return
+    if isinstance(decoded, TrackSettings):
+        decoded = apply_settings(session, decoded)
+    if decoded is None:
+        return
+    output.translator.requests[req] = (case, inner)
+    if case == "offer":
+        output.translator.offer_ids.append(inner.id)
+    await session.handle(decoded, now, wall)
+    participant = session.participant
+    if case == "add_track" and participant is not None:
+        track = participant.track_by_cid(inner.cid)
+        if track is not None:
+            DECLARED.remember(track, inner)
+    if case == "offer" and not session.ending:
+        unpublish_stopped(session, inner.sdp)
+    if case == "update_metadata" and output.refresh is not None:
+        output.refresh()
+
+
+def apply_settings(session: Session, settings: TrackSettings) -> SetQuality | None:
+    """A subscriber's track settings: keyroom's `set_quality` (the highest layer it wants), or
+    a pause (`disabled`), which keyroom's JSON protocol has no request for."""
+    room, participant = session.room, session.participant
+    found = room.find_track(settings.track_sid) if room is not None else None
+    layer = wanted_layer(settings, DECLARED.of(found[1] if found else None))
+    if layer == PAUSED and found is not None and participant is not None:
+        participant.set_quality(settings.track_sid, PAUSED)
+        return None
+    # An unknown track is refused by set_quality (NOT_FOUND), as for keyroom's clients.
+    name = QUALITY_NAMES[max(layer, 0)]
+    return SetQuality(track_sid=settings.track_sid, quality=name, req=settings.req)

@@ -10,8 +10,9 @@ roomCreate for CreateRoom; DeleteRoom takes roomCreate (what livekit-api sends) 
 
 from __future__ import annotations
 
+import base64
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -37,7 +38,9 @@ from sfu.participant import Participant
 from sfu.room import Room
 from signaling import adminops
 from signaling.admin import MAX_BODY_BYTES, AdminApi, AdminError
+from signaling.livekit import datapackets
 from signaling.livekit.convert import SOURCE_ENUM, participant_info, room_info, track_info
+from signaling.livekit.tracksettings import DECLARED
 from signaling.state import ServerState
 
 PATH = "/twirp/livekit.RoomService/{method}"
@@ -268,16 +271,17 @@ class RoomService:
         self, request: web.Request, claims: Claims, body: lkroom.SendDataRequest
     ) -> Message:
         room = self._room(request, claims, body.room)
-        try:
-            payload = body.data.decode()
-        except UnicodeDecodeError:
-            raise AdminError("invalid_message", "keyroom relays UTF-8 payloads only") from None
         if len(body.data) > room.limits.max_data_message_bytes:
             raise AdminError("invalid_message", "data too large")
         label = "_lossy" if body.kind == models.DataPacket.LOSSY else "_reliable"
+        extra: Mapping[str, str] = {}
+        try:
+            payload = body.data.decode()
+        except UnicodeDecodeError:  # binary: base64, as a LiveKit SDK's (docs/protocol.md 2.5)
+            extra, payload = datapackets.BASE64, base64.b64encode(body.data).decode()
         # From the server: no sender identity, as LiveKit's server-sent data.
         message = orjson.dumps(
-            {"from": "", "from_sid": "", "topic": body.topic, "payload": payload}
+            {**extra, "from": "", "from_sid": "", "topic": body.topic, "payload": payload}
         )
         identities, sids = set(body.destination_identities), set(body.destination_sids)
         for participant in room.participants.values():
@@ -291,7 +295,9 @@ class RoomService:
 
 
 def _info(participant: Participant) -> models.ParticipantInfo:
-    return participant_info(participant.info(with_permissions=True))
+    info = participant.info(with_permissions=True)
+    DECLARED.annotate(info, participant.tracks)  # the sizes LiveKit publishers declared
+    return participant_info(info)
 
 
 def _permissions(permission: models.ParticipantPermission) -> dict[str, Any]:

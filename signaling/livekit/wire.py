@@ -24,12 +24,15 @@ from livekit.protocol import models, rtc
 from signaling.codec import MessageError
 from signaling.livekit.convert import (
     ENUM_SOURCE,
+    POSITION_QUALITY,
+    RID_QUALITY,
     SERVER_PROTOCOL,
     TYPE_KIND,
     participant_info,
     room_info,
     track_info,
 )
+from signaling.livekit.tracksettings import TrackSettings
 from signaling.messages import (
     AddTrack,
     Answer,
@@ -37,7 +40,6 @@ from signaling.messages import (
     Leave,
     Mute,
     Offer,
-    SetQuality,
     Subscribe,
     Trickle,
     UpdateMetadata,
@@ -84,7 +86,7 @@ class Local:
     response: rtc.SignalResponse
 
 
-Decoded = AnyClientMessage | Local | None
+Decoded = AnyClientMessage | Local | TrackSettings | None
 
 
 def parse_request(data: bytes) -> rtc.SignalRequest:
@@ -178,24 +180,15 @@ def _subscription(update: rtc.UpdateSubscription, req: int, wall: float) -> Deco
     return Subscribe(track_sids=sids, subscribe=update.subscribe, req=req)
 
 
-QUALITY = {models.LOW: "low", models.MEDIUM: "medium", models.HIGH: "high"}
-
-
 def _track_setting(settings: rtc.UpdateTrackSettings, req: int, wall: float) -> Decoded:
-    """Dimensions (adaptive stream) or a quality become keyroom's layer choice; `disabled`
-    (pause) has no keyroom counterpart and is taken as the lowest layer."""
+    """Settings for one track; the edge makes them a layer choice or a pause (tracksettings)."""
     if len(settings.track_sids) != 1:
         return None  # keyroom chooses layers per track; several at once are ignored
-    if settings.height:
-        quality = (
-            "high" if settings.height >= 540 else "medium" if settings.height >= 270 else "low"
-        )
-    else:
-        quality = QUALITY.get(settings.quality, "low")
-    if settings.disabled:
-        quality = "low"
     sid = _track_sid(settings.track_sids[0], req)
-    return SetQuality(track_sid=sid, quality=quality, req=req)  # type: ignore[arg-type]
+    return TrackSettings(
+        track_sid=sid, quality=settings.quality, width=settings.width, height=settings.height,
+        disabled=settings.disabled, req=req,
+    )  # fmt: skip
 
 
 def _leave(leave: rtc.LeaveRequest, req: int, wall: float) -> Decoded:
@@ -268,13 +261,23 @@ class Translator:
         method = getattr(self, "_" + kind, None)
         req = frame.get("req")
         if isinstance(req, int) and kind != "error":
-            self.requests.pop(req, None)
+            answered = self.requests.pop(req, None)
+            if kind == "ok" and answered is not None and answered[0] == "update_metadata":
+                return self._metadata_updated(answered[1])
         if kind == "error" and isinstance(req, int) and self.requests.get(req, ("",))[0] == "offer":
             self.offer_ids.popleft()  # a refused offer gets no answer
         if method is None:
             return []
         result: list[rtc.SignalResponse] = method(frame)
         return result
+
+    def _metadata_updated(self, update: rtc.UpdateParticipantMetadata) -> list[rtc.SignalResponse]:
+        """The SDKs wait for their metadata update's answer (5 s, else they give up) and take
+        their own new metadata from the participant update LiveKit's server sends everyone."""
+        done = rtc.RequestResponse(
+            request_id=update.request_id, reason=rtc.RequestResponse.OK, update_metadata=update
+        )
+        return [rtc.SignalResponse(request_response=done), *self._update_of(self.own_sid)]
 
     def _joined(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
         self.own_sid = str(frame["participant"]["sid"])
@@ -308,7 +311,11 @@ class Translator:
         join = rtc.JoinResponse(
             room=room_info(frame["room"]),
             participant=participant_info(frame["participant"]),
-            other_participants=[participant_info(p) for p in frame.get("participants", ())],
+            # Looked up: the edge's info carries what keyroom's frame lacks (declared layers).
+            other_participants=[
+                participant_info(self.lookup(str(p["sid"])) or p)
+                for p in frame.get("participants", ())
+            ],
             server_version=SERVER_VERSION,
             ice_servers=ice,
             # keyroom offers the subscriber connection at once: the SDK waits for it.
@@ -393,6 +400,21 @@ class Translator:
         ]
         self._speaking = set(now)
         return [rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers))]
+
+    def _dynacast(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
+        """keyroom's dynacast (layers nobody receives switched off) as LiveKit's: the SDK sets
+        its encodings of those qualities inactive, and active again when asked."""
+        qualities = [
+            rtc.SubscribedQuality(
+                quality=RID_QUALITY.get(str(layer.get("rid")), POSITION_QUALITY[min(index, 2)]),
+                enabled=bool(layer.get("active")),
+            )
+            for index, layer in enumerate(frame.get("layers", ()))
+        ]
+        update = rtc.SubscribedQualityUpdate(
+            track_sid=str(frame.get("track_sid", "")), subscribed_qualities=qualities
+        )
+        return [rtc.SignalResponse(subscribed_quality_update=update)]
 
     def _leave(self, frame: Mapping[str, Any]) -> list[rtc.SignalResponse]:
         return [leave_response(str(frame.get("reason", "")))]
