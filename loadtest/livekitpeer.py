@@ -79,8 +79,8 @@ class SdkPeer:
         if video:
             source = rtc.VideoSource(self.width, self.height)
             track = rtc.LocalVideoTrack.create_video_track("camera", source)
-            # One encoding: keyroom forwards one of a simulcast publisher's encodings (the first
-            # seen), which stalls if libwebrtc pauses it (docs/livekit.md).
+            # Single-layer unless asked: tests that assert the publisher's exact frame size need
+            # the subscriber to receive the one encoding there is.
             options = rtc.TrackPublishOptions(
                 source=rtc.TrackSource.SOURCE_CAMERA, simulcast=self.simulcast
             )
