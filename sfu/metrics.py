@@ -264,6 +264,11 @@ class StateCollector(Collector):
              stats.fanout_calls),
             ("keyroom_fanout_batched_packets", "RTP packets the batched fan-out sent",
              stats.fanout_packets),
+            ("keyroom_shared_port_recvmmsg_calls",
+             "recvmmsg calls of the shared port's batched receive that returned datagrams",
+             stats.receive_calls),
+            ("keyroom_shared_port_received_datagrams", "Datagrams those recvmmsg calls returned",
+             stats.received_datagrams),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         dropped = CounterMetricFamily(

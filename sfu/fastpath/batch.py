@@ -1,10 +1,11 @@
 """Batched fan-out on a shared socket: RTP copies queued as the forwarder produces them, then
 SRTP-protected and sent in one `sendmmsg` call (the compiled extension, sfu/fastpath/_build.py).
 
-The shared socket's reader (sfu/internals/sharedport.py) opens a batch around each incoming
-datagram and flushes it after: one input packet's copies to every subscriber leave in one system
-call. A copy queued outside that window (a NACK answered from a coroutine, a sender report) is
-sent at once. Counters are summed per flush, off the per-packet path.
+The shared socket's reader (sfu/fastpath/receive.py) opens a batch around each `recvmmsg`
+batch of incoming datagrams and flushes it after: the copies of every input packet of the batch
+to every subscriber leave in one system call (more when they exceed the batch's slots). A copy
+queued outside that window (a NACK answered from a coroutine, a sender report) is sent at
+once. Counters are summed per flush, off the per-packet path.
 """
 
 from __future__ import annotations
