@@ -19,6 +19,11 @@ def test_bench_cells_forward_every_input_to_every_down_track() -> None:
     # Every copy the sinks queued went out, one sendmmsg per input packet (3 copies each).
     assert batched["batched_sent_total"] == batched["queued_total"] > 0
     assert batched["sendmmsg_calls"] * 3 == batched["queued_total"]
+    # Read with recvmmsg: every copy of every input went out, in at most one call per input.
+    received = cells[PATHS.index("recvmmsg")]
+    assert received["batched_sent_total"] == received["queued_total"] > 0
+    assert 0 < received["sendmmsg_calls"] * 3 <= received["queued_total"]
+    assert received["recvmmsg_calls"] > 0
     for cell in cells:
         assert cell["errors"] == {}
         assert cell["in_packets"] > 0
