@@ -12,7 +12,8 @@ from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
 from sfu.fastpath.batch import Destination, FanoutBatch
-from sfu.rtcp import is_rtcp
+
+_CONNECTED = State.CONNECTED
 
 
 class SrtpProtector:
@@ -54,6 +55,7 @@ class RtpSink:
     __slots__ = (
         "_dtls",
         "_protector",
+        "_nominated",
         "_pair",
         "_remote",
         "_batch",
@@ -66,6 +68,8 @@ class RtpSink:
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._protector: SrtpProtector | None = None
+        # The ICE connection's nominated pairs (one dict for the connection's life).
+        self._nominated: dict[int, Any] | None = None
         # aioice's CandidatePair.remote_addr builds a tuple on every read: cached per pair.
         self._pair: Any = None
         self._remote: tuple[str, int] = ("", 0)
@@ -77,10 +81,14 @@ class RtpSink:
         self.send_errors = 0
 
     def send(self, data: bytes) -> bool:
+        # Once per copy of every forwarded packet: attribute reads kept to a minimum.
         dtls = self._dtls
-        if dtls._state != State.CONNECTED:
+        if dtls._state is not _CONNECTED:
             return False
-        pair = dtls.transport._connection._nominated.get(1)
+        nominated = self._nominated
+        if nominated is None:
+            nominated = self._nominated = dtls.transport._connection._nominated
+        pair = nominated.get(1)
         if pair is None:
             return False
         if pair is not self._pair:
@@ -88,10 +96,15 @@ class RtpSink:
             # Only a shared port's transport has one (a TURN relay's has not).
             self._batch = getattr(getattr(pair.protocol, "transport", None), "batch", None)
             self._destination = None
-        if is_rtcp(data):
+        batch = self._batch
+        if len(data) >= 2 and 191 < data[1] < 224:  # RTCP (sfu.rtcp.is_rtcp)
             sent = self._send_rtcp(data, pair.protocol)
-        elif self._batch is not None:
-            sent = self._send_batched(self._batch, data)
+        elif batch is not None:
+            destination = self._destination
+            if destination is None:
+                # The SRTP session exists once DTLS is connected, and lives as long as it.
+                destination = self._destination = batch.destination(dtls._tx_srtp, self._remote)
+            sent = batch.add(destination, data)
         else:
             sent = self._send_rtp(data, pair.protocol)
         if not sent:
@@ -100,13 +113,6 @@ class RtpSink:
         self.sent_packets += 1
         self.sent_bytes += len(data)
         return True
-
-    def _send_batched(self, batch: FanoutBatch, data: bytes) -> bool:
-        destination = self._destination
-        if destination is None:
-            # The SRTP session exists once DTLS is connected, and lives as long as it.
-            destination = self._destination = batch.destination(self._dtls._tx_srtp, self._remote)
-        return batch.add(destination, data)
 
     def _send_rtp(self, data: bytes, protocol: Any) -> bool:
         protector = self._protector
