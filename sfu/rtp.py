@@ -36,7 +36,8 @@ _SEQ_MASK = 0xFFFF
 # negotiated the same extension ids remap its one-byte elements alike: the last input packet
 # and, per one-byte map, the elements it came out as (before each down-track's MID element).
 # Maps are interned (`_ONE_MAPS`, bounded) so the memo compares identities.
-_elements_memo: list[object] = [None, {}]
+_elements_of: list[bytes | None] = [None]
+_remapped: dict[tuple[int, ...] | None, bytes] = {}
 _ONE_MAPS: dict[tuple[int, ...], tuple[int, ...]] = {}
 _MAX_ONE_MAPS = 1024
 _TS_MASK = 0xFFFFFFFF
@@ -356,10 +357,10 @@ class RtpRewriter:
         body: bytes | bytearray
         one_map = self._one_map
         if profile == ONE_BYTE_PROFILE and one_map is not None:
-            memo = _elements_memo
-            if memo[0] is not data:
-                memo[0], memo[1] = data, {}
-            remapped: dict[object, bytes] = memo[1]  # type: ignore[assignment]
+            remapped = _remapped
+            if _elements_of[0] is not data:
+                _elements_of[0] = data
+                remapped.clear()  # the same dict: no allocation per input packet
             elements = remapped.get(self._one_key)
             if elements is None:
                 elements = remapped[self._one_key] = _one_byte_elements(data, pos, end, one_map)

@@ -529,7 +529,7 @@ def test_one_input_rewritten_for_many_down_tracks_is_each_ones_own() -> None:
         together = [rewrite(rw, packet) for rw in shared]  # one input to every down-track
         separate = []
         for rw in alone:
-            sfu.rtp._elements_memo[:] = [None, {}]
+            sfu.rtp._elements_of[0] = None
             separate.append(rewrite(rw, packet))
         assert together == separate
         assert together[0] == together[4] and together[0] != together[1] != together[2]
