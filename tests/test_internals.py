@@ -45,6 +45,32 @@ def test_lean_srtp_protect_matches_pylibsrtp() -> None:
     assert protector.protect(bytes(1500)) is None  # too long for the session's buffer
 
 
+def test_lean_srtp_unprotect_matches_pylibsrtp_and_refuses_without_raising() -> None:
+    import os
+
+    from pylibsrtp import Policy, Session
+
+    key = os.urandom(28)
+
+    def session(direction: int) -> Session:
+        return Session(
+            Policy(key=key, ssrc_type=direction, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
+        )
+
+    sender, stock = session(Policy.SSRC_ANY_OUTBOUND), session(Policy.SSRC_ANY_INBOUND)
+    lean = internals.SrtpProtector(session(Policy.SSRC_ANY_INBOUND))
+    packets = [bytes([0x80, 0x60, 0, seq]) + bytes(8) + os.urandom(200) for seq in range(5)]
+    protected = [sender.protect(p) for p in packets]
+    for packet, srtp in zip(packets, protected, strict=True):
+        assert lean.unprotect(srtp) == stock.unprotect(srtp) == packet
+    assert lean.unprotect(protected[2]) is None  # a replay
+    forged = protected[-1][:-1] + bytes([protected[-1][-1] ^ 1])
+    assert lean.unprotect(forged) is None  # a forgery (the tag does not verify)
+    assert lean.unprotect(bytes(5000)) is None  # larger than the session's buffer
+    late = sender.protect(bytes([0x80, 0x60, 0, 9]) + bytes(8) + b"after refusals")
+    assert lean.unprotect(late) == bytes([0x80, 0x60, 0, 9]) + bytes(8) + b"after refusals"
+
+
 def test_server_receivers_hold_no_bitrate_estimator() -> None:
     """A video receiver's stock REMB estimator (1,000 rate buckets) is not built on the server.
     In a child process: the server patches refuse codecs, which this process's clients need."""

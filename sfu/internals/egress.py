@@ -24,14 +24,16 @@ class SrtpProtector:
     packet (about a third of the SRTP cost). Single-threaded use only, like the session itself.
     """
 
-    __slots__ = ("_srtp", "_cdata", "_buffer", "_length", "_limit")
+    __slots__ = ("_session", "_srtp", "_cdata", "_buffer", "_length", "_limit", "_capacity")
 
     def __init__(self, session: pylibsrtp.Session) -> None:
+        self._session = session  # its libsrtp context lives as long as this
         self._srtp = session._srtp[0]
         self._cdata = session._cdata
         self._buffer = session._buffer
         self._length = srtp_ffi.new("int *")
         self._limit = len(session._cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
+        self._capacity = len(session._cdata)
 
     def protect(self, data: bytes) -> bytes | None:
         size = len(data)
@@ -43,6 +45,19 @@ class SrtpProtector:
             return None  # e.g. a replayed sequence number: drop this packet, keep the stream
         protected: bytes = self._buffer[0 : self._length[0]]  # a cffi buffer slice is a copy
         return protected
+
+    def unprotect(self, data: bytes) -> bytes | None:
+        """The plaintext of SRTP `data`, the same way; None for a packet libsrtp refuses (a
+        replay, a forgery, a stale key) instead of pylibsrtp's raised error."""
+        size = len(data)
+        if size > self._capacity:
+            return None
+        srtp_ffi.memmove(self._cdata, data, size)
+        self._length[0] = size
+        if srtp_lib.srtp_unprotect(self._srtp, self._cdata, self._length):
+            return None
+        plain: bytes = self._buffer[0 : self._length[0]]
+        return plain
 
 
 class RtpSink:
