@@ -112,7 +112,8 @@ class RtpSink:
             self._batch = getattr(getattr(pair.protocol, "transport", None), "batch", None)
             self._destination = None
         batch = self._batch
-        if len(data) >= 2 and 191 < data[1] < 224:  # RTCP (sfu.rtcp.is_rtcp)
+        size = len(data)
+        if size >= 2 and 191 < data[1] < 224:  # RTCP (sfu.rtcp.is_rtcp)
             sent = self._send_rtcp(data, pair.protocol)
         elif batch is not None:
             destination = self._destination
@@ -126,7 +127,7 @@ class RtpSink:
             self.send_errors += 1
             return False
         self.sent_packets += 1
-        self.sent_bytes += len(data)
+        self.sent_bytes += size
         return True
 
     def _send_rtp(self, data: bytes, protocol: Any) -> bool:
