@@ -62,22 +62,24 @@ class AddressBook:
     `limit` addresses are known the book starts again, so junk from any number of addresses
     costs no memory, only the decoding."""
 
-    __slots__ = ("_known", "_limit")
+    __slots__ = ("known", "_limit")
 
     def __init__(self, limit: int = MAX_ADDRESSES) -> None:
-        self._known: dict[bytes, Address | None] = {}
+        # Read directly by the receive loop (one dict lookup per datagram); the same dict for
+        # the book's life.
+        self.known: dict[bytes, Address | None] = {}
         self._limit = limit
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self.known)
 
     def lookup(self, raw: bytes) -> Address | None:
-        address = self._known.get(raw, False)
+        address = self.known.get(raw, False)
         if address is not False:
             return address  # type: ignore[return-value]
-        if len(self._known) >= self._limit:
-            self._known.clear()
-        decoded = self._known[raw] = decode_sockaddr(raw)
+        if len(self.known) >= self._limit:
+            self.known.clear()
+        decoded = self.known[raw] = decode_sockaddr(raw)
         return decoded
 
 
@@ -130,13 +132,12 @@ class BatchedSocket:
                 return
             stats.receive_calls += 1
             stats.received_datagrams += count
-            if batch is None:
-                self._deliver_all(count, deliver)
-            else:
+            if batch is not None:
                 batch.depth += 1
-                try:
-                    self._deliver_all(count, deliver)
-                finally:
+            try:
+                self._deliver_all(count, deliver)
+            finally:
+                if batch is not None:
                     batch.depth -= 1
                     batch.flush()
             if count < self._slots:
@@ -144,11 +145,14 @@ class BatchedSocket:
 
     def _deliver_all(self, count: int, deliver: Callable[[bytes, Address], None]) -> None:
         data, addrs, lengths, addrlens = self._data, self._addrs, self._lengths, self._addrlens
-        slot, address_bytes, lookup = self._slot_bytes, self._address_bytes, self._book.lookup
+        slot, address_bytes, known = self._slot_bytes, self._address_bytes, self._book.known
         for i in range(count):
             length = lengths[i]
             start = i * address_bytes
-            address = lookup(addrs[start : start + addrlens[i]])
+            raw = addrs[start : start + addrlens[i]]
+            address = known.get(raw)
+            if address is None:
+                address = self._book.lookup(raw)
             if length < 0 or address is None:
                 self._stats.drop(DropReason.TOO_LARGE if length < 0 else DropReason.MALFORMED)
                 continue
