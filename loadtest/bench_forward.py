@@ -9,8 +9,11 @@ a fresh event loop (asyncio or uvloop) and takes the input one of two ways:
   awaited handler.
 - `shared`: the fast path's input, all output through one shared socket (`[rtc] udp_port`),
   one protect and one sendto per copy (the pure-Python path);
-- `batched`: the same with the compiled fan-out (`rtc.fanout = "compiled"`, sfu/fastpath): an
-  input packet's copies protected and sent in one sendmmsg.
+- `batched`: the same with the compiled fan-out (sfu/fastpath/batch.py): an input packet's
+  copies protected and sent in one sendmmsg, the input read one datagram at a time by the loop;
+- `recvmmsg`: what `rtc.fanout = "compiled"` runs: the input socket drained with recvmmsg by one
+  reader (sfu/fastpath/receive.py), the copies of every input packet of a receive batch
+  protected and sent in one sendmmsg.
 Output goes through the server's own `internals.RtpSink` (SRTP protect + sendto on an aioice
 StunProtocol socket), one socket per subscriber (fast, hook) or one for all (shared, batched),
 to loopback sockets that are never read.
@@ -60,8 +63,8 @@ EXTENSIONS = {
 # VP8 payload descriptor (start of partition 0) + a keyframe tag: the down-tracks' gate opens.
 VP8_KEYFRAME = b"\x10" + b"\x10\x02\x00\x9d\x01\x2a"
 WARMUP = 0.5
-SHARED_PATHS = ("shared", "batched")
-PATHS = ("fast", "shared", "batched", "hook")
+SHARED_PATHS = ("shared", "batched", "recvmmsg")
+PATHS = ("fast", "shared", "batched", "recvmmsg", "hook")
 SOCKET_BUFFER = 4 * 1024 * 1024
 START_TIMEOUT = 15.0
 
@@ -104,10 +107,18 @@ class _Input(asyncio.DatagramProtocol):
         self.batch: FanoutBatch | None = None
         self.queue = queue
         self.received = 0
+        self.batched_rx = path == "recvmmsg"
+        # Until the generator's first datagram: learns its address (see _measure).
+        self.learn: Callable[[tuple[Any, ...]], None] | None = None
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.received += 1
+        if self.learn is not None:
+            self.learn(addr)
         batch = self.batch
+        if self.batched_rx:  # the batch is opened and flushed per recvmmsg call
+            self.fast._datagram_received(_unexpected, data, addr)  # type: ignore[union-attr]
+            return
         if batch is not None:  # as the shared socket's reader does (sfu/internals/sharedport.py)
             batch.depth += 1
             self.fast._datagram_received(_unexpected, data, addr)  # type: ignore[union-attr]
@@ -136,7 +147,7 @@ async def _shared_output(
     )
     sock = transport.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-    if path != "batched":
+    if path == "shared":
         return transport, None
     module = fastpath_loader.load()
     if module is None:
@@ -215,11 +226,8 @@ async def _cell(
     errors: Counter[str] = Counter()
     rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=PROFILE))
     queue: asyncio.Queue[bytes] = asyncio.Queue()
-    in_transport, _ = await loop.create_datagram_endpoint(
-        lambda: _Input(path, queue), local_addr=("127.0.0.1", 0)
-    )
+    in_transport, protocol_in = await _input(loop, path, queue, shared)
     transports.append(in_transport)
-    protocol_in: _Input = in_transport.get_protocol()  # type: ignore[assignment]
     dtls_in = _fake_dtls(rx, None, ("127.0.0.1", 0))
     if path != "hook":
         protocol_in.fast = internals.FastPath(dtls_in, ingress.on_rtp, errors)
@@ -246,6 +254,7 @@ async def _cell(
         measured["queued_total"] = sum(s.sent_packets for s in sinks)
         measured["batched_sent_total"] = stats.fanout_packets
         measured["sendmmsg_calls"] = stats.fanout_calls
+        measured["recvmmsg_calls"] = getattr(stats, "receive_calls", 0)
     return {
         "path": path,
         "fanout": fanout,
@@ -253,6 +262,34 @@ async def _cell(
         **measured,
         "errors": dict(errors),
     }
+
+
+async def _input(
+    loop: asyncio.AbstractEventLoop,
+    path: str,
+    queue: asyncio.Queue[bytes],
+    shared: tuple[asyncio.DatagramTransport, FanoutBatch | None] | None,
+) -> tuple[Any, _Input]:
+    """The input socket: read by the loop's datagram transport, or in batches (recvmmsg)."""
+    # Imported here: the other paths also run against an older tree's sfu (an A/B of the
+    # forwarding code with this benchmark, docs/benchmarks.md).
+    from sfu.fastpath.receive import BatchedSocket
+
+    protocol = _Input(path, queue)
+    if path != "recvmmsg":
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: protocol, local_addr=("127.0.0.1", 0)
+        )
+        return transport, protocol
+    assert shared is not None and shared[1] is not None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    module = fastpath_loader.load()
+    assert module is not None
+    batched = BatchedSocket(module, sock, shared[1]._stats)
+    batched.start(protocol.datagram_received, shared[1])
+    return batched, protocol
 
 
 async def _hook_loop(
@@ -298,16 +335,13 @@ async def _measure(
     # The fast path only takes datagrams from the nominated remote address: the generator's,
     # learned from its first datagram.
     first: asyncio.Future[tuple[Any, ...]] = loop.create_future()
-    original = protocol_in.datagram_received
 
-    def learn(data: bytes, addr: tuple[Any, ...]) -> None:
-        if not first.done():
-            first.set_result(addr)
-            dtls_in.transport._connection._nominated[1].remote_addr = addr
-            protocol_in.datagram_received = original  # type: ignore[method-assign]
-        original(data, addr)
+    def learn(addr: tuple[Any, ...]) -> None:
+        first.set_result(addr)
+        dtls_in.transport._connection._nominated[1].remote_addr = addr
+        protocol_in.learn = None
 
-    protocol_in.datagram_received = learn  # type: ignore[method-assign]
+    protocol_in.learn = learn
     generator.start()
     try:
         await asyncio.wait_for(first, START_TIMEOUT)
@@ -450,7 +484,8 @@ def run_cells(
 
 def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (loop, fan-out): each path's median µs per output packet, the floor's, and the
-    ratios of each path to the floor and of `batched` to `fast` (same run, same loop)."""
+    ratios of each path to the floor and of `batched` and `recvmmsg` to `fast` and to each other
+    (same run, same loop)."""
     rows = []
     keys = sorted({(c["loop"], c["fanout"]) for c in cells})
     for loop_name, fanout in keys:
@@ -462,8 +497,9 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if values:
                 row[path] = round(statistics.median(values), 2)
                 row[f"{path}_to_floor"] = round(row[path] / floor, 2)
-        if "batched" in row and "fast" in row:
-            row["batched_to_fast"] = round(row["batched"] / row["fast"], 2)
+        for new, old in (("batched", "fast"), ("recvmmsg", "fast"), ("recvmmsg", "batched")):
+            if new in row and old in row:
+                row[f"{new}_to_{old}"] = round(row[new] / row[old], 2)
         rows.append(row)
     return rows
 
@@ -489,7 +525,8 @@ def format_results(results: dict[str, Any]) -> str:
     for row in results["summary"]:
         parts = [f"floor {row['floor_us']}"]
         parts += [f"{p} {row[p]} ({row[p + '_to_floor']}x)" for p in PATHS if p in row]
-        if "batched_to_fast" in row:
-            parts.append(f"batched/fast {row['batched_to_fast']}")
+        for new, old in (("batched", "fast"), ("recvmmsg", "fast"), ("recvmmsg", "batched")):
+            if f"{new}_to_{old}" in row:
+                parts.append(f"{new}/{old} {row[f'{new}_to_{old}']}")
         lines.append(f"  {row['loop']:<8} fan-out {row['fanout']:>3}: " + ", ".join(parts))
     return "\n".join(lines)

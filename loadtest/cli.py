@@ -254,10 +254,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", choices=("asyncio", "uvloop"), action="append", help="default both")
     p.add_argument(
         "--path",
-        choices=("fast", "shared", "batched", "hook"),
+        choices=("fast", "shared", "batched", "recvmmsg", "hook"),
         action="append",
         help="default all: fast (a socket per subscriber), shared (one socket, pure Python),"
-        " batched (one socket, compiled sendmmsg fan-out), hook (aiortc's queued hand-off)",
+        " batched (one socket, compiled sendmmsg fan-out), recvmmsg (that, with the input read"
+        " in batches: rtc.fanout compiled), hook (aiortc's queued hand-off)",
     )
     p.add_argument(
         "--repeat", type=int, default=1, help="alternating runs of every cell (default 1)"
@@ -277,6 +278,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="instead: a 3-layer simulcast track against a single-layer one, per output packet,"
         " at the first --fanout (default 20), rounds alternating",
     )
+    p.add_argument(
+        "--tight",
+        action="store_true",
+        help="instead: CPU per input packet with warm caches (inputs back to back, no loop"
+        " wake-up) on the fast, shared and batched paths (default fan-out 1, 10, 20)",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -288,10 +295,20 @@ def run_bench(args: argparse.Namespace) -> int:
         result = compare(fanout=(args.fanout or [20])[0])
         print(json.dumps(result, indent=2) if args.json else format_comparison(result))
         return 0
+    if args.tight:
+        from loadtest.bench_tight import PATHS, format_tight, run_tight
+
+        paths = [p for p in args.path or PATHS if p in PATHS]
+        tight = run_tight(
+            fanouts=args.fanout or [1, 10, 20], paths=paths, chunks=5, size=args.size,
+            repeat=args.repeat,
+        )  # fmt: skip
+        print(json.dumps(tight, indent=2) if args.json else format_tight(tight))
+        return 0
     results = run_cells(
         fanouts=args.fanout or [1, 5, 20, 50],
         loops=args.loop or ["asyncio", "uvloop"],
-        paths=args.path or ["fast", "shared", "batched", "hook"],
+        paths=args.path or ["fast", "shared", "batched", "recvmmsg", "hook"],
         out_rate=args.out_rate,
         seconds=args.seconds,
         size=args.size,

@@ -268,6 +268,11 @@ class StateCollector(Collector):
              stats.fanout_worker_packets),
             ("keyroom_fanout_worker_failures", "Fan-out workers that exited while in use",
              stats.fanout_worker_failures),
+            ("keyroom_shared_port_recvmmsg_calls",
+             "recvmmsg calls of the shared port's batched receive that returned datagrams",
+             stats.receive_calls),
+            ("keyroom_shared_port_received_datagrams", "Datagrams those recvmmsg calls returned",
+             stats.received_datagrams),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily(

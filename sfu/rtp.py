@@ -32,6 +32,14 @@ _BYTE = [bytes((i,)) for i in range(256)]
 _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 _SEQ_MASK = 0xFFFF
+# One input packet reaches every down-track of its track in turn, and down-tracks that
+# negotiated the same extension ids remap its one-byte elements alike: the last input packet
+# and, per one-byte map, the elements it came out as (before each down-track's MID element).
+# Maps are interned (`_ONE_MAPS`, bounded) so the memo compares identities.
+_elements_of: list[bytes | None] = [None]
+_remapped: dict[tuple[int, ...] | None, bytes] = {}
+_ONE_MAPS: dict[tuple[int, ...], tuple[int, ...]] = {}
+_MAX_ONE_MAPS = 1024
 _TS_MASK = 0xFFFFFFFF
 
 
@@ -179,6 +187,38 @@ def _mid_elements(
     return one, bytes((mid_ext_id, len(value))) + value
 
 
+def _intern_one_map(one_map: list[int] | None) -> tuple[int, ...] | None:
+    """The shared key of a one-byte map (None: no fast path)."""
+    if one_map is None:
+        return None
+    key = tuple(one_map)
+    if len(_ONE_MAPS) >= _MAX_ONE_MAPS:
+        _ONE_MAPS.clear()  # only sharing is lost: equal maps then miss the memo, correctly
+    return _ONE_MAPS.setdefault(key, key)
+
+
+def _one_byte_elements(data: bytes, pos: int, end: int, one_map: list[int]) -> bytes:
+    """Rewrite's fast path (browsers send one-byte blocks): only each element's id nibble
+    changes; the kept elements, unpadded."""
+    body = bytearray()
+    while pos < end:
+        b = data[pos]
+        if b == 0:
+            pos += 1
+            continue
+        if b >= 0xF0:  # id 15: stop processing the block (RFC 8285)
+            break
+        start = pos + 1
+        pos = start + (b & 0x0F) + 1
+        if pos > end:
+            break
+        out = one_map[b >> 4]
+        if out:
+            body.append(out | (b & 0x0F))
+            body += data[start:pos]
+    return bytes(body)
+
+
 def _one_byte_map(ext_map: dict[int, int], mid_fits: bool) -> list[int] | None:
     """in id -> (out id << 4), 0 = drop; only when every output element is sure to fit the
     one-byte form (one-byte input values are 1..16 bytes), enabling rewrite's fast path."""
@@ -209,6 +249,8 @@ class RtpRewriter:
         "_mid_block",
         "_mid_tail",
         "_one_map",
+        "_one_key",
+        "_tails",
         "_seq_start",
         "_ts_start",
         "_seq_offset",
@@ -241,6 +283,10 @@ class RtpRewriter:
         elif self._mid_two:
             self._mid_block = (TWO_BYTE_PROFILE, self._mid_two + _PADS[len(self._mid_two) & 3])
         self._one_map = _one_byte_map(ext_map, self._mid_one is not None or not self._mid_two)
+        self._one_key = _intern_one_map(self._one_map)
+        # The MID element and padding to append to elements of each length mod 4.
+        tail = self._mid_tail
+        self._tails = tuple(tail + _PADS[(n + len(tail)) & 3] for n in range(4))
         self._ssrc = out_ssrc
         self._pt_map = dict(pt_map)
         self._ext_map = dict(ext_map)
@@ -317,25 +363,14 @@ class RtpRewriter:
         body: bytes | bytearray
         one_map = self._one_map
         if profile == ONE_BYTE_PROFILE and one_map is not None:
-            # Fast path (browsers send one-byte blocks): only each element's id nibble changes.
-            body = bytearray()
-            while pos < end:
-                b = data[pos]
-                if b == 0:
-                    pos += 1
-                    continue
-                if b >= 0xF0:  # id 15: stop processing the block (RFC 8285)
-                    break
-                start = pos + 1
-                pos = start + (b & 0x0F) + 1
-                if pos > end:
-                    break
-                out = one_map[b >> 4]
-                if out:
-                    body.append(out | (b & 0x0F))
-                    body += data[start:pos]
-            body += self._mid_tail
-            body += _PADS[len(body) & 3]
+            remapped = _remapped
+            if _elements_of[0] is not data:
+                _elements_of[0] = data
+                remapped.clear()  # the same dict: no allocation per input packet
+            elements = remapped.get(self._one_key)
+            if elements is None:
+                elements = remapped[self._one_key] = _one_byte_elements(data, pos, end, one_map)
+            body = elements + self._tails[len(elements) & 3]
         elif profile is not None:
             profile, body = self._remap_extensions(data, info)
         else:

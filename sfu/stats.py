@@ -61,6 +61,10 @@ class Stats:
     fanout_worker_packets: int = 0
     fanout_worker_failures: int = 0
     fanout_worker_down_tracks: int = 0  # a gauge: down-tracks workers send now
+    # The batched receive on the shared port (sfu/fastpath/receive.py): recvmmsg calls that
+    # returned datagrams, and those datagrams (summed per call).
+    receive_calls: int = 0
+    received_datagrams: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     # Published tracks and their summed bitrate, node-wide, kept up to date on publish,
     # unpublish and each bitrate measurement: `[node]` limits read them in O(1).

@@ -19,6 +19,11 @@ def test_bench_cells_forward_every_input_to_every_down_track() -> None:
     # Every copy the sinks queued went out, one sendmmsg per input packet (3 copies each).
     assert batched["batched_sent_total"] == batched["queued_total"] > 0
     assert batched["sendmmsg_calls"] * 3 == batched["queued_total"]
+    # Read with recvmmsg: every copy of every input went out, in at most one call per input.
+    received = cells[PATHS.index("recvmmsg")]
+    assert received["batched_sent_total"] == received["queued_total"] > 0
+    assert 0 < received["sendmmsg_calls"] * 3 <= received["queued_total"]
+    assert received["recvmmsg_calls"] > 0
     for cell in cells:
         assert cell["errors"] == {}
         assert cell["in_packets"] > 0
@@ -26,3 +31,16 @@ def test_bench_cells_forward_every_input_to_every_down_track() -> None:
         assert abs(cell["out_packets"] - 3 * cell["in_packets"]) <= 3 * 5
         assert cell["ratio_to_floor"] > 0
     assert "fast" in format_results(results)
+
+
+@pytest.mark.timeout(60)
+def test_tight_bench_forwards_every_input_on_every_path() -> None:
+    from loadtest.bench_tight import PATHS as TIGHT_PATHS
+    from loadtest.bench_tight import format_tight, run_tight
+
+    results = run_tight(fanouts=[2], paths=list(TIGHT_PATHS), chunks=1, size=400, repeat=1)
+    assert [r["path"] for r in results["rows"]] == list(TIGHT_PATHS)
+    for row in results["rows"]:  # run_tight raises if an input was not forwarded to both
+        assert row["us_per_input"] > 0
+        assert abs(row["us_per_out"] - row["us_per_input"] / 2) <= 0.01
+    assert "batched" in format_tight(results)

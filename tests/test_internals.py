@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from pylibsrtp import Policy, Session
 
 from sfu import internals
 
@@ -21,18 +23,16 @@ def test_a_moved_internal_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         internals.verify_internals()
 
 
+KEY = os.urandom(28)
+
+
+def session(direction: int) -> Session:
+    return Session(
+        Policy(key=KEY, ssrc_type=direction, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
+    )
+
+
 def test_lean_srtp_protect_matches_pylibsrtp() -> None:
-    import os
-
-    from pylibsrtp import Policy, Session
-
-    key = os.urandom(28)
-
-    def session(direction: int) -> Session:
-        return Session(
-            Policy(key=key, ssrc_type=direction, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
-        )
-
     stock, lean = session(Policy.SSRC_ANY_OUTBOUND), session(Policy.SSRC_ANY_OUTBOUND)
     protector = internals.SrtpProtector(lean)
     receiver = session(Policy.SSRC_ANY_INBOUND)
@@ -43,6 +43,21 @@ def test_lean_srtp_protect_matches_pylibsrtp() -> None:
         assert receiver.unprotect(protected) == packet
     assert protector.protect(bytes([0x80, 0x60, 0, 4]) + bytes(8) + bytes(200)) is None  # replay
     assert protector.protect(bytes(1500)) is None  # too long for the session's buffer
+
+
+def test_lean_srtp_unprotect_matches_pylibsrtp_and_refuses_without_raising() -> None:
+    sender, stock = session(Policy.SSRC_ANY_OUTBOUND), session(Policy.SSRC_ANY_INBOUND)
+    lean = internals.SrtpProtector(session(Policy.SSRC_ANY_INBOUND))
+    packets = [bytes([0x80, 0x60, 0, seq]) + bytes(8) + os.urandom(200) for seq in range(5)]
+    protected = [sender.protect(p) for p in packets]
+    for packet, srtp in zip(packets, protected, strict=True):
+        assert lean.unprotect(srtp) == stock.unprotect(srtp) == packet
+    assert lean.unprotect(protected[2]) is None  # a replay
+    forged = protected[-1][:-1] + bytes([protected[-1][-1] ^ 1])
+    assert lean.unprotect(forged) is None  # a forgery (the tag does not verify)
+    assert lean.unprotect(bytes(5000)) is None  # larger than the session's buffer
+    late = sender.protect(bytes([0x80, 0x60, 0, 9]) + bytes(8) + b"after refusals")
+    assert lean.unprotect(late) == bytes([0x80, 0x60, 0, 9]) + bytes(8) + b"after refusals"
 
 
 def test_server_receivers_hold_no_bitrate_estimator() -> None:

@@ -6,6 +6,7 @@ built with it, and rewritten packets are parsed back with it.
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -19,6 +20,7 @@ from aiortc.rtp import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+import sfu.rtp
 from sfu.rtp import MalformedPacket, RtpRewriter, get_extension, parse_rtp
 
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -507,3 +509,33 @@ def test_fuzz_rewrite_only_malformed_or_valid_output(data: bytes, large_ids: boo
     )
     assert out_info.marker == info.marker
     assert out_info.payload_type == info.payload_type
+
+
+def test_one_input_rewritten_for_many_down_tracks_is_each_ones_own() -> None:
+    """Down-tracks share the remapped elements of the packet they all receive (a memo of the
+    last input): each still gets its own MID and ids, exactly what it gets alone."""
+    other_ids = {PUB_IDS[ABS_SEND_TIME]: 6, PUB_IDS[AUDIO_LEVEL]: 8}
+    subscribers = [
+        dict(mid="0"),
+        dict(mid="video-7"),  # same ids, another MID (and padding)
+        dict(mid="0", ext_map=other_ids),  # other ids
+        dict(mid="1", ext_map=other_ids),
+        dict(mid="0"),
+    ]
+    packets = [publisher_packet(seq=1000 + n, ts=n * 3000) for n in range(3)]
+    shared = [rewriter(**s) for s in subscribers]  # type: ignore[arg-type]
+    alone = [rewriter(**s) for s in subscribers]  # type: ignore[arg-type]
+    for packet in packets:
+        together = [rewrite(rw, packet) for rw in shared]  # one input to every down-track
+        separate = []
+        for rw in alone:
+            sfu.rtp._elements_of[0] = None
+            separate.append(rewrite(rw, packet))
+        assert together == separate
+        assert together[0] == together[4] and together[0] != together[1] != together[2]
+    # Equal maps are one key; the keys stay bounded.
+    assert shared[0]._one_key is shared[1]._one_key is not shared[2]._one_key
+    free_ids = [i for i in range(1, 15) if i != SUB_IDS[MID]]
+    for a, b, c in itertools.islice(itertools.permutations(free_ids, 3), 1100):
+        rewriter(ext_map={PUB_IDS[ABS_SEND_TIME]: a, PUB_IDS[AUDIO_LEVEL]: b, PUB_IDS[TWCC]: c})
+        assert len(sfu.rtp._ONE_MAPS) <= sfu.rtp._MAX_ONE_MAPS

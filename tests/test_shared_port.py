@@ -183,10 +183,14 @@ def metrics(server: ServerProcess) -> str:
         return text
 
 
-def batched_packets(server: ServerProcess) -> float:
-    match = re.search(r"^keyroom_fanout_batched_packets_total (\S+)", metrics(server), re.M)
-    assert match is not None
+def counter(server: ServerProcess, name: str) -> float:
+    match = re.search(rf"^{name}_total (\S+)", metrics(server), re.M)
+    assert match is not None, name
     return float(match.group(1))
+
+
+def batched_packets(server: ServerProcess) -> float:
+    return counter(server, "keyroom_fanout_batched_packets")
 
 
 def dropped(server: ServerProcess) -> dict[str, float]:
@@ -205,9 +209,9 @@ async def start_call(alice: KeyroomClient, bob: KeyroomClient) -> Any:
     return remote
 
 
-@pytest.fixture
-def shared_server(tmp_path: Path) -> Any:
-    server = start_server_in_mode(tmp_path, "shared-compiled")
+@pytest.fixture(params=("shared-python", "shared-compiled"))
+def shared_server(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    server = start_server_in_mode(tmp_path, request.param)
     try:
         yield server
     finally:
@@ -289,10 +293,14 @@ async def test_a_publisher_that_changes_address_mid_call_keeps_publishing(
         assert await count_frames(remote.track, 3.0, enough=20) >= 20
         assert alice.publisher_pc.connectionState == "connected"
         # The copies went through the path the mode names.
+        received = counter(server, "keyroom_shared_port_received_datagrams")
+        calls = counter(server, "keyroom_shared_port_recvmmsg_calls")
         if mode == "shared-compiled":
             assert batched_packets(server) >= 20
+            assert received >= 20 and 0 < calls <= received  # read with recvmmsg
         else:
             assert batched_packets(server) == 0
+            assert received == calls == 0
     finally:
         await alice.leave()
         await bob.leave()

@@ -1,5 +1,6 @@
 """cffi build script (API mode) of the batched fan-out: SRTP-protect a batch of RTP packets in
-place and send them, each to its own address, in one `sendmmsg` call.
+place and send them, each to its own address, in one `sendmmsg` call; and the batched receive:
+up to `KR_RX_SLOTS` datagrams of the shared socket in one `recvmmsg` call.
 
 The extension calls libsrtp through a function pointer handed over at run time: the
 `srtp_protect` of the libsrtp copy linked inside pylibsrtp's own `_binding` module, the one that
@@ -28,6 +29,17 @@ int kr_sockaddr(const char *host, int port, char *out);
 int kr_add(kr_batch *batch, void *session, const char *data, int length,
            const char *addr, int addrlen);
 int kr_flush(kr_batch *batch, int fd, kr_protect_fn protect, int *protect_failures);
+#define KR_RX_SLOTS ...
+#define KR_RX_BYTES ...
+#define KR_ADDR_BYTES ...
+typedef struct kr_rx kr_rx;
+kr_rx *kr_rx_new(void);
+void kr_rx_free(kr_rx *rx);
+char *kr_rx_data(kr_rx *rx);
+char *kr_rx_addrs(kr_rx *rx);
+int *kr_rx_lengths(kr_rx *rx);
+int *kr_rx_addrlens(kr_rx *rx);
+int kr_recv(kr_rx *rx, int fd);
 """
 
 SOURCE = r"""
@@ -138,6 +150,59 @@ int kr_flush(kr_batch *batch, int fd, kr_protect_fn protect, int *protect_failur
         sent += r;
     }
     return sent;
+}
+
+/* The receive side: KR_RX_SLOTS datagrams of up to KR_RX_BYTES (a larger one is truncated and
+   reported with length -1), each with its source address as the kernel wrote it. */
+#define KR_RX_SLOTS 64
+#define KR_RX_BYTES 2048
+#define KR_ADDR_BYTES 28
+
+typedef struct kr_rx {
+    struct mmsghdr msgs[KR_RX_SLOTS];
+    struct iovec iov[KR_RX_SLOTS];
+    int lengths[KR_RX_SLOTS];
+    int addrlens[KR_RX_SLOTS];
+    unsigned char addrs[KR_RX_SLOTS][KR_ADDR_BYTES];
+    unsigned char data[KR_RX_SLOTS][KR_RX_BYTES];
+} kr_rx;
+
+kr_rx *kr_rx_new(void) {
+    kr_rx *rx = calloc(1, sizeof(kr_rx));
+    if (rx == NULL) return NULL;
+    for (int i = 0; i < KR_RX_SLOTS; i++) {
+        rx->iov[i].iov_base = rx->data[i];
+        rx->iov[i].iov_len = KR_RX_BYTES;
+        rx->msgs[i].msg_hdr.msg_iov = &rx->iov[i];
+        rx->msgs[i].msg_hdr.msg_iovlen = 1;
+        rx->msgs[i].msg_hdr.msg_name = rx->addrs[i];
+    }
+    return rx;
+}
+void kr_rx_free(kr_rx *rx) { free(rx); }
+char *kr_rx_data(kr_rx *rx) { return (char *)rx->data; }
+char *kr_rx_addrs(kr_rx *rx) { return (char *)rx->addrs; }
+int *kr_rx_lengths(kr_rx *rx) { return rx->lengths; }
+int *kr_rx_addrlens(kr_rx *rx) { return rx->addrlens; }
+
+/* Receive what the socket holds, up to KR_RX_SLOTS datagrams, without waiting: their number
+   (fewer than KR_RX_SLOTS: the socket was empty), or -errno (-EAGAIN: nothing there). */
+int kr_recv(kr_rx *rx, int fd) {
+    int n;
+    for (int i = 0; i < KR_RX_SLOTS; i++) {
+        rx->msgs[i].msg_hdr.msg_namelen = KR_ADDR_BYTES;
+        rx->msgs[i].msg_hdr.msg_flags = 0;
+    }
+    do {
+        n = recvmmsg(fd, rx->msgs, KR_RX_SLOTS, MSG_DONTWAIT, NULL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    for (int i = 0; i < n; i++) {
+        struct msghdr *h = &rx->msgs[i].msg_hdr;
+        rx->lengths[i] = (h->msg_flags & MSG_TRUNC) ? -1 : (int)rx->msgs[i].msg_len;
+        rx->addrlens[i] = (int)h->msg_namelen;
+    }
+    return n;
 }
 """
 

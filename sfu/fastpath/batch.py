@@ -1,10 +1,11 @@
 """Batched fan-out on a shared socket: RTP copies queued as the forwarder produces them, then
 SRTP-protected and sent in one `sendmmsg` call (the compiled extension, sfu/fastpath/_build.py).
 
-The shared socket's reader (sfu/internals/sharedport.py) opens a batch around each incoming
-datagram and flushes it after: one input packet's copies to every subscriber leave in one system
-call. A copy queued outside that window (a NACK answered from a coroutine, a sender report) is
-sent at once. Counters are summed per flush, off the per-packet path.
+The shared socket's reader (sfu/fastpath/receive.py) opens a batch around each `recvmmsg`
+batch of incoming datagrams and flushes it after: the copies of every input packet of the batch
+to every subscriber leave in one system call (more when they exceed the batch's slots). A copy
+queued outside that window (a NACK answered from a coroutine, a sender report) is sent at
+once. Counters are summed per flush, off the per-packet path.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pylibsrtp._binding import lib as srtp_lib
 
 from sfu.stats import DropReason, Stats
 
-# A subscriber's destination: (its SRTP session, the session's context pointer, sockaddr bytes).
-Destination = tuple[pylibsrtp.Session, Any, bytes]
+# A subscriber's destination: (its SRTP session, the session's context pointer, sockaddr bytes,
+# their length).
+Destination = tuple[pylibsrtp.Session, Any, bytes, int]
 
 
 def _address(pointer: Any) -> int:
@@ -63,15 +65,16 @@ class FanoutBatch:
         if not size:
             raise ValueError(f"not an address: {remote[0]!r}")
         context = self._ffi.cast("void *", _address(session._srtp[0]))
-        return (session, context, bytes(self._ffi.buffer(out, size)))
+        return (session, context, bytes(self._ffi.buffer(out, size)), size)
 
     def add(self, destination: Destination, data: bytes) -> bool:
         """Queue plaintext RTP `data` for `destination`; False if it cannot be (too large)."""
-        address = destination[2]
-        result = self._add(self._batch, destination[1], data, len(data), address, len(address))
+        _, context, address, address_size = destination
+        size = len(data)
+        result = self._add(self._batch, context, data, size, address, address_size)
         if result == -1:  # full: send what is there, then queue this one
             self.flush()
-            result = self._add(self._batch, destination[1], data, len(data), address, len(address))
+            result = self._add(self._batch, context, data, size, address, address_size)
         if result:
             return False
         self._held.append(destination)

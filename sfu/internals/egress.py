@@ -12,7 +12,8 @@ from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
 from sfu.fastpath.batch import Destination, FanoutBatch
-from sfu.rtcp import is_rtcp
+
+_CONNECTED = State.CONNECTED
 
 
 class SrtpProtector:
@@ -23,14 +24,16 @@ class SrtpProtector:
     packet (about a third of the SRTP cost). Single-threaded use only, like the session itself.
     """
 
-    __slots__ = ("_srtp", "_cdata", "_buffer", "_length", "_limit")
+    __slots__ = ("_session", "_srtp", "_cdata", "_buffer", "_length", "_limit", "_capacity")
 
     def __init__(self, session: pylibsrtp.Session) -> None:
+        self._session = session  # its libsrtp context lives as long as this
         self._srtp = session._srtp[0]
         self._cdata = session._cdata
         self._buffer = session._buffer
         self._length = srtp_ffi.new("int *")
         self._limit = len(session._cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
+        self._capacity = len(session._cdata)
 
     def protect(self, data: bytes) -> bytes | None:
         size = len(data)
@@ -43,6 +46,19 @@ class SrtpProtector:
         protected: bytes = self._buffer[0 : self._length[0]]  # a cffi buffer slice is a copy
         return protected
 
+    def unprotect(self, data: bytes) -> bytes | None:
+        """The plaintext of SRTP `data`, the same way; None for a packet libsrtp refuses (a
+        replay, a forgery, a stale key) instead of pylibsrtp's raised error."""
+        size = len(data)
+        if size > self._capacity:
+            return None
+        srtp_ffi.memmove(self._cdata, data, size)
+        self._length[0] = size
+        if srtp_lib.srtp_unprotect(self._srtp, self._cdata, self._length):
+            return None
+        plain: bytes = self._buffer[0 : self._length[0]]
+        return plain
+
 
 class RtpSink:
     """Protects and sends raw RTP/RTCP on a connected DTLS transport, synchronously.
@@ -54,6 +70,7 @@ class RtpSink:
     __slots__ = (
         "_dtls",
         "_protector",
+        "_nominated",
         "_pair",
         "_remote",
         "_batch",
@@ -66,6 +83,8 @@ class RtpSink:
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._protector: SrtpProtector | None = None
+        # The ICE connection's nominated pairs (one dict for the connection's life).
+        self._nominated: dict[int, Any] | None = None
         # aioice's CandidatePair.remote_addr builds a tuple on every read: cached per pair.
         self._pair: Any = None
         self._remote: tuple[str, int] = ("", 0)
@@ -77,10 +96,14 @@ class RtpSink:
         self.send_errors = 0
 
     def send(self, data: bytes) -> bool:
+        # Once per copy of every forwarded packet: attribute reads kept to a minimum.
         dtls = self._dtls
-        if dtls._state != State.CONNECTED:
+        if dtls._state is not _CONNECTED:
             return False
-        pair = dtls.transport._connection._nominated.get(1)
+        nominated = self._nominated
+        if nominated is None:
+            nominated = self._nominated = dtls.transport._connection._nominated
+        pair = nominated.get(1)
         if pair is None:
             return False
         if pair is not self._pair:
@@ -88,25 +111,24 @@ class RtpSink:
             # Only a shared port's transport has one (a TURN relay's has not).
             self._batch = getattr(getattr(pair.protocol, "transport", None), "batch", None)
             self._destination = None
-        if is_rtcp(data):
+        batch = self._batch
+        size = len(data)
+        if size >= 2 and 191 < data[1] < 224:  # RTCP (sfu.rtcp.is_rtcp)
             sent = self._send_rtcp(data, pair.protocol)
-        elif self._batch is not None:
-            sent = self._send_batched(self._batch, data)
+        elif batch is not None:
+            destination = self._destination
+            if destination is None:
+                # The SRTP session exists once DTLS is connected, and lives as long as it.
+                destination = self._destination = batch.destination(dtls._tx_srtp, self._remote)
+            sent = batch.add(destination, data)
         else:
             sent = self._send_rtp(data, pair.protocol)
         if not sent:
             self.send_errors += 1
             return False
         self.sent_packets += 1
-        self.sent_bytes += len(data)
+        self.sent_bytes += size
         return True
-
-    def _send_batched(self, batch: FanoutBatch, data: bytes) -> bool:
-        destination = self._destination
-        if destination is None:
-            # The SRTP session exists once DTLS is connected, and lives as long as it.
-            destination = self._destination = batch.destination(self._dtls._tx_srtp, self._remote)
-        return batch.add(destination, data)
 
     def _send_rtp(self, data: bytes, protocol: Any) -> bool:
         protector = self._protector

@@ -9,12 +9,20 @@ from typing import Any
 
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 
+from sfu.internals.egress import SrtpProtector
 from sfu.internals.sockets import wrap_host_sockets
 from sfu.stats import DropReason
 
 RtpHandler = Callable[[bytes, int], Coroutine[Any, Any, None]]
 RtcpHandler = Callable[[bytes], Coroutine[Any, Any, None]]
 SyncRtpHandler = Callable[[bytes], None]
+
+
+_CONNECTED = State.CONNECTED
+
+
+def _refuse(data: bytes) -> bytes | None:
+    return None
 
 
 def hook_transport(dtls: RTCDtlsTransport, on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> None:
@@ -34,12 +42,29 @@ class FastPath:
     non-STUN datagram without checking where it came from).
     """
 
-    __slots__ = ("_dtls", "_on_rtp", "_drops", "fast_packets")
+    __slots__ = (
+        "_dtls",
+        "_on_rtp",
+        "_drops",
+        "_nominated",
+        "_pair",
+        "_remote",
+        "_session",
+        "_unprotect",
+        "fast_packets",
+    )
 
     def __init__(self, dtls: RTCDtlsTransport, on_rtp: SyncRtpHandler, drops: Counter[str]):
         self._dtls = dtls
         self._on_rtp = on_rtp
         self._drops = drops
+        # Per input packet, only what can change is read: the nominated pair (its remote
+        # address cached, aioice builds a tuple per read) and the receive SRTP session.
+        self._nominated: dict[int, Any] | None = None
+        self._pair: Any = None
+        self._remote: tuple[Any, ...] = ()
+        self._session: Any = None
+        self._unprotect: Callable[[bytes], bytes | None] = _refuse
         self.fast_packets = 0
 
     def install(self) -> int:
@@ -61,16 +86,24 @@ class FastPath:
             stock(data, addr)
             return
         dtls = self._dtls
-        if dtls._state != State.CONNECTED:
+        if dtls._state is not _CONNECTED:
             stock(data, addr)
             return
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None or addr[:2] != pair.remote_addr[:2]:
+        nominated = self._nominated
+        if nominated is None:
+            nominated = self._nominated = dtls.transport._connection._nominated
+        pair = nominated.get(1)
+        if pair is not self._pair:
+            self._pair = pair
+            self._remote = () if pair is None else pair.remote_addr[:2]
+        if addr[:2] != self._remote:
             self._drops[DropReason.FOREIGN_SOURCE.value] += 1
             return
-        try:
-            plain = dtls._rx_srtp.unprotect(data)
-        except Exception:
+        if dtls._rx_srtp is not self._session:
+            self._session = dtls._rx_srtp
+            self._unprotect = SrtpProtector(self._session).unprotect
+        plain = self._unprotect(data)
+        if plain is None:
             # Replays, forgeries and packets of a stale key all land here.
             self._drops["srtp_failure"] += 1
             return

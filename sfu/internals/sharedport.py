@@ -34,6 +34,7 @@ import aioice.ice
 from aioice import stun
 
 from sfu.fastpath.batch import FanoutBatch
+from sfu.fastpath.receive import BatchedSocket
 from sfu.internals.icepolicy import verified_source
 from sfu.internals.ports import host_candidate, replace_host_gathering
 from sfu.stats import DropReason, Stats
@@ -170,8 +171,9 @@ def _bounded_put(table: dict[Any, Protocol], key: Any, protocol: Protocol, limit
 class SharedSocket(asyncio.DatagramProtocol):
     """The one socket of an address: its datagrams go to the protocol `Demux` names.
 
-    With the compiled fan-out, the RTP a datagram makes the forwarder send is queued in `batch`
-    while the datagram is handled and leaves in one `sendmmsg` after it."""
+    With the compiled fan-out the socket is read in batches (`BatchedSocket`: recvmmsg), and the
+    RTP a batch of datagrams makes the forwarder send is queued in `batch` and leaves in one
+    `sendmmsg` after it; without it, asyncio's datagram transport calls `datagram_received`."""
 
     def __init__(self, demux: Demux, stats: Stats, fanout: ModuleType | None = None) -> None:
         self.demux = demux
@@ -188,18 +190,9 @@ class SharedSocket(asyncio.DatagramProtocol):
             self.batch = FanoutBatch(self._fanout, fd, self._stats)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        batch = self.batch
-        if batch is None:
-            self._dispatch(data, addr)
-            return
-        batch.depth += 1
-        try:
-            self._dispatch(data, addr)
-        finally:
-            batch.depth -= 1
-            batch.flush()
+        self.dispatch(data, addr)
 
-    def _dispatch(self, data: bytes, addr: Address) -> None:
+    def dispatch(self, data: bytes, addr: Address) -> None:
         # Media from a mapped address: one dict lookup, then the connection's own callback.
         if data and data[0] > 3:
             protocol = self._by_address.get(addr)
@@ -274,7 +267,12 @@ class SharedPort:
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             shared = SharedSocket(Demux(self.stats.dropped), self.stats, self.fanout)
-            await loop.create_datagram_endpoint(lambda s=shared: s, sock=sock)  # type: ignore[misc]
+            if self.fanout is None:
+                await loop.create_datagram_endpoint(lambda s=shared: s, sock=sock)  # type: ignore[misc]
+            else:  # read in batches (recvmmsg), each batch's copies sent in one sendmmsg
+                batched = BatchedSocket(self.fanout, sock, self.stats)
+                shared.connection_made(batched)  # type: ignore[arg-type]
+                batched.start(shared.dispatch, shared.batch)
             self.sockets[address] = shared
 
     def close(self) -> None:
