@@ -18,10 +18,12 @@ import math
 from collections.abc import Mapping
 
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
+from sfu.delaybwe import DelayBasedEstimate
 from sfu.estimator import Estimator
 from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
 from sfu.rtcp import ReportBlock
+from sfu.twcc import PacketResult
 
 PROBE_INTERVAL = 3.0
 MAX_PROBE_INTERVAL = 5.0
@@ -57,6 +59,7 @@ class Congestion:
         # The participant's own dict, read live.
         self._subscriptions = subscriptions
         self.estimator = Estimator()
+        self.delay_based = DelayBasedEstimate()
         self._octets: dict[str, tuple[float, int]] = {}
         # Media packets per second of each down-track, measured at each tick.
         self._packets: dict[str, tuple[float, int, float]] = {}
@@ -78,6 +81,13 @@ class Congestion:
     def on_remb(self, bitrate: int, now: float) -> None:
         self.estimator.on_remb(bitrate, now)
         self._pushed_back()
+
+    def on_transport_feedback(self, results: list[PacketResult], now: float) -> None:
+        """Transport-wide feedback: keyroom's delay-based estimate joins the browser's REMB."""
+        estimate = self.delay_based.on_feedback(results, now)
+        if estimate is not None:
+            self.estimator.on_delay_based(estimate, now)
+            self._pushed_back()
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
         """Loss on a video down-track this subscriber receives."""

@@ -24,6 +24,7 @@ from sfu.rtx import RtxStream
 from sfu.sdpinfo import SimulcastOffer
 from sfu.simulcast import Layer
 from sfu.tap import Tap
+from sfu.twcc import URI as TRANSPORT_CC
 
 SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -290,7 +291,7 @@ class DownTrack:
             if uri == SDES_MID:
                 mid_ext_id = out_id
         for in_id, uri in track.extensions.items():
-            if uri != SDES_MID and uri in extensions:
+            if uri != SDES_MID and uri != TRANSPORT_CC and uri in extensions:
                 ext_map[in_id] = extensions[uri]
         self.rewriter = RtpRewriter(
             out_ssrc=out_ssrc,
@@ -300,6 +301,8 @@ class DownTrack:
             mid=mid,
             seq_start=random.randrange(1 << 16) if seq_start is None else seq_start,
             ts_start=random.randrange(1 << 32),
+            # keyroom's own element (sfu/twcc.py), never the publisher's: a slot the sink fills.
+            slot_ext_id=extensions.get(TRANSPORT_CC),
         )
         self.sink = sink
         self.out_ssrc = out_ssrc

@@ -33,6 +33,9 @@ class DropReason(StrEnum):
     DUPLICATE = "duplicate"
     # A publisher's padding-only RTX packet (a bandwidth probe): nothing to forward.
     RTX_PROBE = "rtx_probe"
+    # A subscriber's transport-wide congestion control feedback that is malformed or absurd
+    # (sfu/twcc.py): ignored, the RTCP beside it still read.
+    BAD_FEEDBACK = "bad_feedback"
 
 
 @dataclass

@@ -33,6 +33,9 @@ from sfu.rtx import RtxStream
 from sfu.sdpinfo import MAX_SECTIONS
 from sfu.stats import DropReason, Stats
 from sfu.tasks import TaskSet
+from sfu.twcc import URI as TRANSPORT_CC
+from sfu.twcc import TransportSequence
+from sfu.twccsdp import accepted_transport_cc, offer_transport_cc
 
 log = logging.getLogger("keyroom.participant")
 
@@ -92,6 +95,13 @@ class Subscribing:
         self.sink: internals.RtpSink | None = None
         # a=msid stream id: the publisher's sid, or `PA_..|TR_..` for LiveKit SDKs.
         self.stream_id: Callable[[PublishedTrack], str] = lambda track: track.publisher_sid
+        # Whether offers carry transport-wide congestion control (the room's `transport_cc`).
+        self.transport_cc_allowed: Callable[[], bool] = lambda: True
+        # Its extension id in the offers, and whether it was decided (once per connection: a
+        # down-track configured without the slot must never meet a stamping sink).
+        self._twcc_offered: int | None = None
+        self._twcc_id: int | None = None
+        self._twcc_decided = False
 
     def subscribe(self, track: PublishedTrack) -> bool:
         if track.sid in self.subscriptions or self.closed:
@@ -163,6 +173,7 @@ class Subscribing:
                 return
             finally:
                 self._answer = None
+            self._decide_transport_cc(answer_sdp)
             internals.adopt_remote_credentials(pc, answer_sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
@@ -176,7 +187,26 @@ class Subscribing:
                 return
 
     def _offer_sdp(self) -> str:
-        return advertise(self.pc.localDescription.sdp, self._public_addresses)
+        sdp = advertise(self.pc.localDescription.sdp, self._public_addresses)
+        if self._twcc_decided and self._twcc_id is None:
+            return sdp
+        if not self._twcc_decided and not self.transport_cc_allowed():
+            return sdp
+        sdp, self._twcc_offered = offer_transport_cc(sdp)
+        return sdp
+
+    def _decide_transport_cc(self, answer: str) -> None:
+        """The first answer settles transport-cc for this connection; the sink stamps from now."""
+        if self._twcc_decided:
+            return
+        self._twcc_decided = True
+        offered = self._twcc_offered
+        if offered is None or not accepted_transport_cc(answer, offered) or self.sink is None:
+            return
+        self._twcc_id = offered
+        sequence = TransportSequence(offered)
+        self.sink.transport_sequence = sequence
+        self._feedback.transport_sequence = sequence
 
     def _apply_changes(self) -> None:
         for stopping in self._stopping:
@@ -239,13 +269,20 @@ class Subscribing:
                 out_ssrc=internals.sender_ssrc(transceiver),
                 mid=transceiver.mid,
                 payload_types={track.codec.payload_type: media.payloadType},
-                extensions={e.uri: e.id for e in internals.negotiated_extensions(transceiver)},
+                extensions=self._extensions(transceiver),
                 seq_start=self._next_seq.pop(transceiver, None),
             )
             down.rtx = rtx_stream(transceiver, codecs, media.payloadType)
             self._feedback.watch(down)
             track.down_tracks.append(down)
             track.request_keyframe()
+
+    def _extensions(self, transceiver: RTCRtpTransceiver) -> dict[str, int]:
+        """The section's negotiated extensions by URI, transport-cc included when accepted."""
+        extensions = {e.uri: e.id for e in internals.negotiated_extensions(transceiver)}
+        if self._twcc_id is not None:
+            extensions[TRANSPORT_CC] = self._twcc_id
+        return extensions
 
     def restart_ice(self) -> None:
         """The client asks for an ICE restart (a new network): offer new ICE credentials."""

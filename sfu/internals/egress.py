@@ -13,6 +13,7 @@ from pylibsrtp._binding import lib as srtp_lib
 
 from sfu.fastpath.batch import Destination, FanoutBatch
 from sfu.rtcp import is_rtcp
+from sfu.twcc import TransportSequence
 
 
 class SrtpProtector:
@@ -61,6 +62,7 @@ class RtpSink:
         "sent_packets",
         "sent_bytes",
         "send_errors",
+        "transport_sequence",
     )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
@@ -75,6 +77,9 @@ class RtpSink:
         self.sent_packets = 0
         self.sent_bytes = 0
         self.send_errors = 0
+        # Transport-wide congestion control, once the subscriber accepted it: every RTP packet
+        # gets the next sequence number in the slot the rewriter reserved (sfu/twcc.py).
+        self.transport_sequence: TransportSequence | None = None
 
     def send(self, data: bytes) -> bool:
         dtls = self._dtls
@@ -90,10 +95,14 @@ class RtpSink:
             self._destination = None
         if is_rtcp(data):
             sent = self._send_rtcp(data, pair.protocol)
-        elif self._batch is not None:
-            sent = self._send_batched(self._batch, data)
         else:
-            sent = self._send_rtp(data, pair.protocol)
+            sequence = self.transport_sequence
+            if sequence is not None:
+                data = sequence.stamp(data)
+            if self._batch is not None:
+                sent = self._send_batched(self._batch, data)
+            else:
+                sent = self._send_rtp(data, pair.protocol)
         if not sent:
             self.send_errors += 1
             return False
