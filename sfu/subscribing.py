@@ -204,6 +204,7 @@ class Subscribing:
         if offered is None or not accepted_transport_cc(answer, offered) or self.sink is None:
             return
         self._twcc_id = offered
+        log.info("participant %s: transport-cc negotiated (extension id %d)", self.sid, offered)
         sequence = TransportSequence(offered)
         self.sink.transport_sequence = sequence
         self._feedback.transport_sequence = sequence

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.simulcastbench import Durations, run
+from loadtest.simulcastbench import TRANSPORT_CC, Durations, run
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium")
 
@@ -21,7 +21,7 @@ async def test_a_capped_subscriber_gets_the_low_layer_the_other_keeps_the_top(
     tmp_path: Path,
 ) -> None:
     durations = Durations(warmup=8.0, capped=10.0, recover=12.0, dynacast=7.0)
-    [result] = await run(durations, tmp_path, modes=(True,))
+    [result] = await run(durations, tmp_path, modes=(TRANSPORT_CC,))
     summary = str(result)
     assert result.top_width > result.low_width > 0, summary  # the publisher sends layers
     # The capped page is on the low layer soon (target 5 s), then keeps playing (target: no
