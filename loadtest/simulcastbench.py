@@ -133,6 +133,8 @@ class RoomResult:
     time_to_recover: float | None = None
     publisher_kbit_before: float = 0.0
     publisher_kbit_after: float = 0.0
+    # Transport feedback messages the server used during the room (0: not negotiated).
+    transport_feedback: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -239,6 +241,23 @@ class Bench:
 
         self.links.run_sync("pub", post)
 
+    def transport_feedback(self) -> int:
+        """The server's keyroom_rtcp_transport_feedback_total so far."""
+        found: list[int] = []
+
+        def scrape() -> None:
+            request = urllib.request.Request(
+                self.url + "/metrics",
+                headers={"Authorization": "Bearer simulcast-bench-metrics-token"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith("keyroom_rtcp_transport_feedback_total "):
+                        found.append(int(float(line.split()[1])))
+
+        self.links.run_sync("pub", scrape)
+        return found[0] if found else 0
+
     async def page(self, client: str, room: str) -> Any:
         context = await self.browsers[client].new_context(viewport={"width": 1920, "height": 1080})
         page = await context.new_page()
@@ -282,6 +301,7 @@ async def run_room(bench: Bench, room: str, mode: Mode, durations: Durations) ->
     simulcast = mode.simulcast
     result = RoomResult(simulcast=simulcast, mode=mode.name)
     bench.create_room(room, mode)
+    feedback_before = bench.transport_feedback()
     publisher = await bench.page("pub", room)
     await publisher.evaluate(PUBLISH_JS)
     capped, free = await bench.page("capped", room), await bench.page("free", room)
@@ -336,6 +356,7 @@ async def run_room(bench: Bench, room: str, mode: Mode, durations: Durations) ->
             )
         await asyncio.sleep(durations.dynacast)
         result.publisher_kbit_after = await outbound_kbit(publisher, 3.0)
+    result.transport_feedback = bench.transport_feedback() - feedback_before
     for page in (publisher, capped, free):
         await page.evaluate("window.keyroom?.leave()")
         await page.context.close()
@@ -377,6 +398,7 @@ def markdown(results: Sequence[RoomResult], durations: Durations) -> str:
             lambda r: f"{r.free_min_width}, {r.free_top_share:.0%}, {r.free_fps:.1f}",
         ),
         ("capped: back above low after the lift (s)", lambda r: _num(r.time_to_recover)),
+        ("transport feedback messages used", lambda r: str(r.transport_feedback)),
         (
             "publisher kbit/s, before / after nobody on high",
             lambda r: (

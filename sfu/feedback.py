@@ -313,6 +313,7 @@ class Feedback:
         except MalformedPacket:
             self.stats.drop(DropReason.BAD_FEEDBACK)
             return
+        self.stats.transport_feedback += 1
         self.congestion.on_transport_feedback(sequence.resolve(report), now)
         estimate = self.congestion.estimator.delay_based
         if estimate is not None:

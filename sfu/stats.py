@@ -50,6 +50,8 @@ class Stats:
     # publisher RTX packets unwrapped and forwarded.
     uplink_nacks: int = 0
     rtx_received: int = 0
+    # Subscribers' transport-wide congestion control feedback messages used (sfu/twcc.py).
+    transport_feedback: int = 0
     # Subscriber sections that carried a track before and were given to a new one.
     sections_reused: int = 0
     # The batched fan-out (sfu/fastpath): sendmmsg calls and the packets they sent.
