@@ -23,6 +23,7 @@ from sfu.estimator import Estimator
 from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
 from sfu.rtcp import ReportBlock
+from sfu.sendbudget import SendBudget
 from sfu.twcc import PacketResult
 
 PROBE_INTERVAL = 3.0
@@ -37,6 +38,8 @@ CALM_PERIOD = 3.0
 PADDING_WIRE_BYTES = 280
 # Reserved per audio down-track before any video (Opus at its usual ~32 kbit/s, with headers).
 AUDIO_BITRATE = 40_000
+# The video budget covers the chosen layers' expected bitrate with this much to spare.
+PACING_SLACK = 1.25
 # A probe succeeds only on evidence: a loss report this long after its start, with little loss.
 PROBE_SETTLE = 0.5
 
@@ -60,6 +63,11 @@ class Congestion:
         self._subscriptions = subscriptions
         self.estimator = Estimator()
         self.delay_based = DelayBasedEstimate()
+        # Video must fit this budget once keyroom estimates the link itself (`paced`: set when
+        # transport-cc is negotiated); audio bypasses it. `_level`: the rate last allocated from.
+        self.budget = SendBudget()
+        self.paced = False
+        self._level: int | None = None
         self._octets: dict[str, tuple[float, int]] = {}
         # Media packets per second of each down-track, measured at each tick.
         self._packets: dict[str, tuple[float, int, float]] = {}
@@ -71,6 +79,8 @@ class Congestion:
         self.probes = self.failed_probes = 0
         # The most sent in a tick during the probe in progress (bit/s).
         self._probe_peak = 0
+        # The most the subscriber acknowledged receiving during it (transport feedback).
+        self._probe_acked = 0
         self._granted: tuple[float, int] | None = None
         self._interval = PROBE_INTERVAL
         self._next_probe: float | None = None
@@ -84,10 +94,16 @@ class Congestion:
 
     def on_transport_feedback(self, results: list[PacketResult], now: float) -> None:
         """Transport-wide feedback: keyroom's delay-based estimate joins the browser's REMB."""
-        estimate = self.delay_based.on_feedback(results, now)
+        delay_based = self.delay_based
+        estimate = delay_based.on_feedback(results, now)
         if estimate is not None:
             self.estimator.on_delay_based(estimate, now)
-            self._pushed_back()
+        loss = delay_based.loss_report()
+        if loss is not None:
+            self.estimator.on_loss(loss[0], loss[1], now)
+        if self._probe is not None:
+            self._probe_acked = max(self._probe_acked, delay_based.acked_rate() or 0)
+        self._pushed_back()
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
         """Loss on a video down-track this subscriber receives."""
@@ -135,8 +151,19 @@ class Congestion:
                 downs[down.track.sid] = down
             else:
                 audio += AUDIO_BITRATE
+        self._level = None
         self.choice = choice = self._allocate(now, audio, videos)
+        self._pace(now, audio, videos)
         return [downs[key] for key, layer in choice.items() if downs[key].set_layer(layer)]
+
+    def _pace(self, now: float, audio: int, videos: list[VideoDemand]) -> None:
+        """The video send budget (sfu/sendbudget.py): the level allocated from, less the audio,
+        but never below what the chosen layers need (with PACING_SLACK for their bursts)."""
+        if not self.paced or self._level is None:
+            self.budget.set_rate(None, now)
+            return
+        chosen = sum(v.bitrates[self.choice[v.key]] for v in videos if self.choice[v.key] >= 0)
+        self.budget.set_rate(max(self._level - audio, int(chosen * PACING_SLACK)), now)
 
     def _measure(self, sid: str, down: DownTrack, now: float) -> int:
         rewriter = down.rewriter
@@ -155,7 +182,7 @@ class Congestion:
         estimate = estimator.estimate()
         if estimate is None:
             return allocate(None, audio, videos)
-        budget = estimate
+        budget = self._level = estimate
         if self._granted is not None:
             if estimator.decreased_since(self._granted[0]):
                 self._granted = None
@@ -164,8 +191,10 @@ class Congestion:
         calm = estimator.quiet_for(CALM_PERIOD, now)
         if self._probe is not None:
             budget = self._follow_probe(now, estimate, budget)
+            self._level = budget if self._probe is None else max(budget, self._probe[2])
             if self._probe is not None and self._carrier is None:
                 return self.choice  # a layer probe: its layers stay until it ends
+        self._level = max(self._level, budget)
         choice = allocate(budget, audio, videos, self.choice, calm)
         step = next_step(choice, videos)
         if not step:
@@ -174,7 +203,9 @@ class Congestion:
             self._next_probe = now + self._interval
         elif self._probe is None and now >= self._next_probe:
             if estimator.quiet_for(self._interval, now):
-                return self._start_probe(now, budget + int(step / HEADROOM) + 1, audio, videos)
+                level = budget + int(step / HEADROOM) + 1
+                self._level = level
+                return self._start_probe(now, level, audio, videos)
         return choice
 
     def _follow_probe(self, now: float, estimate: int, budget: int) -> int:
@@ -187,6 +218,9 @@ class Congestion:
         proven = (
             estimator.clean_since(start + PROBE_SETTLE)
             and self._probe_peak >= level * PROBE_REACHED
+            # With transport feedback, what arrived must have reached the level, not only
+            # what was sent: a rate cap passes its capacity and queues or drops the rest.
+            and (not self.paced or self._probe_acked >= level * PROBE_REACHED)
         )
         if estimator.decreased_since(start) or (now >= end + PROBE_LENGTH and not proven):
             self._end_probe(now)
@@ -210,7 +244,7 @@ class Congestion:
         """Send `level` bit/s for a while: padding on a flowing video, else the layers."""
         self.probes += 1
         self._probe = (now, now + PROBE_LENGTH, level)
-        self._probe_peak = 0
+        self._probe_peak = self._probe_acked = 0
         carrier = self._carrier_for()
         if carrier is None:
             # Nothing flows to pad: the probe is the next layer of the first video short of it.

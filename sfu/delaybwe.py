@@ -44,6 +44,10 @@ ACKED_SLACK = 10_000
 # The acknowledged rate: bytes received over the last ACKED_WINDOW of arrival time.
 ACKED_WINDOW = 0.5
 MIN_ESTIMATE = 30_000
+# Loss is reported to the loss-based controller (sfu/estimator.py) per this much send time,
+# over at least this many packets: faster than Receiver Reports, and over every stream.
+LOSS_PERIOD = 0.5
+LOSS_PACKETS = 20
 
 NORMAL, OVERUSE, UNDERUSE = "normal", "overuse", "underuse"
 
@@ -147,10 +151,13 @@ class DelayBasedEstimate:
         self._last_update: float | None = None
         self.lost = self.received = 0
         self.overuses = 0
+        # Since the last loss report: packets lost, packets, bytes, first and last send time.
+        self._period: tuple[int, int, int, float, float] | None = None
 
     def on_feedback(self, results: Sequence[PacketResult], now: float) -> int | None:
         """Feed one feedback's packets (send order); the estimate after it."""
         for result in results:
+            self._count(result)
             if result.arrival_us is None:
                 self.lost += 1
                 continue
@@ -159,6 +166,27 @@ class DelayBasedEstimate:
             self._ack(result.arrival_us, result.size)
         self._update(now)
         return self.estimate
+
+    def _count(self, result: PacketResult) -> None:
+        lost = result.arrival_us is None
+        if self._period is None:
+            self._period = (int(lost), 1, result.size, result.send_time, result.send_time)
+            return
+        n_lost, n, size, first, last = self._period
+        t = result.send_time
+        self._period = (n_lost + lost, n + 1, size + result.size, min(first, t), max(last, t))
+
+    def loss_report(self) -> tuple[float, int] | None:
+        """(fraction lost, bit/s sent) of the packets reported since the last call, once they
+        span LOSS_PERIOD of send time and number LOSS_PACKETS; else None (keep counting)."""
+        period = self._period
+        if period is None:
+            return None
+        lost, n, size, first, last = period
+        if last - first < LOSS_PERIOD or n < LOSS_PACKETS:
+            return None
+        self._period = None
+        return lost / n, int(size * 8 / (last - first))
 
     def _ack(self, arrival_us: int, size: int) -> None:
         acked = self._acked

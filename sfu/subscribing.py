@@ -31,11 +31,12 @@ from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
 from sfu.rtx import RtxStream
 from sfu.sdpinfo import MAX_SECTIONS
+from sfu.sendbudget import BudgetedSink
 from sfu.stats import DropReason, Stats
 from sfu.tasks import TaskSet
 from sfu.twcc import URI as TRANSPORT_CC
 from sfu.twcc import TransportSequence
-from sfu.twccsdp import accepted_transport_cc, offer_transport_cc
+from sfu.twccsdp import TransportCcState, accepted_transport_cc, offer_transport_cc
 
 log = logging.getLogger("keyroom.participant")
 
@@ -70,10 +71,8 @@ class Subscribing:
         self.stats = stats
         self._public_addresses = public_addresses
         self.closed = False
-        # New down-tracks waiting for a section in the next offer.
-        self._pending: list[DownTrack] = []
-        # The section of each offered down-track.
-        self._transceivers: dict[DownTrack, RTCRtpTransceiver] = {}
+        self._pending: list[DownTrack] = []  # new down-tracks awaiting the next offer
+        self._transceivers: dict[DownTrack, RTCRtpTransceiver] = {}  # their sections
         # A section's life after its down-track: still sending in the local description, to be
         # offered inactive next; offered inactive, answer pending; inactive in an applied
         # answer, free to carry the next track of its kind. Only a free section is reused: one
@@ -93,15 +92,10 @@ class Subscribing:
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
+        self._video_sink: BudgetedSink | None = None  # the sink, within the video budget
         # a=msid stream id: the publisher's sid, or `PA_..|TR_..` for LiveKit SDKs.
         self.stream_id: Callable[[PublishedTrack], str] = lambda track: track.publisher_sid
-        # Whether offers carry transport-wide congestion control (the room's `transport_cc`).
-        self.transport_cc_allowed: Callable[[], bool] = lambda: True
-        # Its extension id in the offers, and whether it was decided (once per connection: a
-        # down-track configured without the slot must never meet a stamping sink).
-        self._twcc_offered: int | None = None
-        self._twcc_id: int | None = None
-        self._twcc_decided = False
+        self.transport_cc = TransportCcState()
 
     def subscribe(self, track: PublishedTrack) -> bool:
         if track.sid in self.subscriptions or self.closed:
@@ -188,26 +182,27 @@ class Subscribing:
 
     def _offer_sdp(self) -> str:
         sdp = advertise(self.pc.localDescription.sdp, self._public_addresses)
-        if self._twcc_decided and self._twcc_id is None:
+        if self.transport_cc.decided and self.transport_cc.accepted is None:
             return sdp
-        if not self._twcc_decided and not self.transport_cc_allowed():
+        if not self.transport_cc.decided and not self.transport_cc.allowed():
             return sdp
-        sdp, self._twcc_offered = offer_transport_cc(sdp)
+        sdp, self.transport_cc.offered = offer_transport_cc(sdp)
         return sdp
 
     def _decide_transport_cc(self, answer: str) -> None:
         """The first answer settles transport-cc for this connection; the sink stamps from now."""
-        if self._twcc_decided:
+        if self.transport_cc.decided:
             return
-        self._twcc_decided = True
-        offered = self._twcc_offered
+        self.transport_cc.decided = True
+        offered = self.transport_cc.offered
         if offered is None or not accepted_transport_cc(answer, offered) or self.sink is None:
             return
-        self._twcc_id = offered
+        self.transport_cc.accepted = offered
         log.info("participant %s: transport-cc negotiated (extension id %d)", self.sid, offered)
         sequence = TransportSequence(offered)
         self.sink.transport_sequence = sequence
         self._feedback.transport_sequence = sequence
+        self._feedback.congestion.paced = True
 
     def _apply_changes(self) -> None:
         for stopping in self._stopping:
@@ -254,8 +249,8 @@ class Subscribing:
             self._renegotiate = True
 
     def _configure_down_tracks(self) -> None:
-        sink = self.sink
-        if sink is None:
+        sink, video_sink = self.sink, self._video_sink
+        if sink is None or video_sink is None:
             return
         for down, transceiver in self._transceivers.items():
             if down.rewriter is not None or transceiver.mid is None:
@@ -266,7 +261,7 @@ class Subscribing:
             if media is None or media.payloadType is None or track.codec is None:
                 continue
             down.configure(
-                sink=sink,
+                sink=video_sink if track.kind == "video" else sink,
                 out_ssrc=internals.sender_ssrc(transceiver),
                 mid=transceiver.mid,
                 payload_types={track.codec.payload_type: media.payloadType},
@@ -281,8 +276,8 @@ class Subscribing:
     def _extensions(self, transceiver: RTCRtpTransceiver) -> dict[str, int]:
         """The section's negotiated extensions by URI, transport-cc included when accepted."""
         extensions = {e.uri: e.id for e in internals.negotiated_extensions(transceiver)}
-        if self._twcc_id is not None:
-            extensions[TRANSPORT_CC] = self._twcc_id
+        if self.transport_cc.accepted is not None:
+            extensions[TRANSPORT_CC] = self.transport_cc.accepted
         return extensions
 
     def restart_ice(self) -> None:
@@ -312,6 +307,7 @@ class Subscribing:
         if dtls is None:
             return
         self.sink = internals.RtpSink(dtls)
+        self._video_sink = BudgetedSink(self.sink, self._feedback.congestion.budget)
         internals.hook_transport(dtls, self._on_rtp, self._on_rtcp)
         self._feedback.start_sender_reports(clock.now())
         self._rearm()

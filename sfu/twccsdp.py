@@ -10,10 +10,26 @@ element and the sink stamps it (sfu/twcc.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from sfu.sdpinfo import extmap_id, join_sdp, read_mline, split_sdp
 from sfu.twcc import URI
 
 _MEDIA = ("audio", "video")
+
+
+@dataclass
+class TransportCcState:
+    """One subscriber connection's transport-cc: whether to offer it (the room's `transport_cc`),
+    the id its offers carry, the id its first answer accepted, and whether that answer came (it
+    settles the connection: a down-track configured without the slot must never meet a stamping
+    sink)."""
+
+    allowed: Callable[[], bool] = lambda: True
+    offered: int | None = None
+    accepted: int | None = None
+    decided: bool = False
 
 
 def offer_transport_cc(sdp: str) -> tuple[str, int | None]:
