@@ -63,7 +63,8 @@ class Estimator:
 
     def on_delay_based(self, bitrate: int, now: float) -> None:
         bitrate = min(max(bitrate, 0), MAX_ESTIMATE)
-        if self.delay_based is not None and bitrate < self.delay_based * REMB_DROP:
+        # The first one comes from an overuse (sfu/delaybwe.py): down from no limit at all.
+        if self.delay_based is None or bitrate < self.delay_based * REMB_DROP:
             self.last_decrease = now
         self.delay_based = bitrate
 

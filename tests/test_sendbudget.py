@@ -1,0 +1,84 @@
+"""Audio first under a cap (sfu/sendbudget.py): the video budget, and congestion control
+driving it from transport feedback (sfu/congestion.py). Time is passed in."""
+
+from __future__ import annotations
+
+from sfu.congestion import PACING_SLACK, Congestion
+from sfu.sendbudget import MIN_DEPTH, BudgetedSink, SendBudget
+from sfu.twcc import PacketResult
+from tests.sink_helpers import ListSink
+from tests.test_congestion import simulcast_subscription
+
+
+def test_no_rate_means_no_limit() -> None:
+    budget = SendBudget()
+    assert all(budget.allow(1200, 0.0) for _ in range(1000))
+    assert budget.dropped == 0
+
+
+def test_the_bucket_passes_its_rate_and_a_bounded_burst() -> None:
+    budget = SendBudget()
+    budget.set_rate(400_000, 0.0)  # 50 kB/s; depth max(7.5 kB, MIN_DEPTH)
+    burst = sum(budget.allow(1000, 0.0) for _ in range(100))
+    assert burst == MIN_DEPTH // 1000
+    # One second later: one second's worth more, never more than the depth at once.
+    passed = sum(budget.allow(1000, 1.0) for _ in range(100))
+    assert passed == MIN_DEPTH // 1000
+    sent = 0
+    for n in range(1, 1001):  # 1000 packets offered over 10 s at 800 kbit/s
+        sent += budget.allow(1000, 1.0 + n / 100)
+    assert 50 * 10 - 2 <= sent <= 50 * 10 + MIN_DEPTH // 1000
+    assert budget.dropped == 100 - burst + 100 - passed + 1000 - sent
+
+
+def test_a_budgeted_sink_drops_what_does_not_fit_as_if_lost_on_the_wire() -> None:
+    sink = ListSink()
+    budget = SendBudget()
+    budgeted = BudgetedSink(sink, budget)
+    assert budgeted.send(b"x" * 1200)  # no rate: straight through
+    budget.set_rate(100_000, 0.0)
+    results = [budgeted.send(b"x" * 1200) for _ in range(50)]
+    assert all(results)  # the forwarder carries on as after a loss on the link
+    assert len(sink.sent) < 50 and budget.dropped == 50 + 1 - len(sink.sent)
+
+
+def feedback(
+    first: int, count: int, start: float, spacing: float, delay: float
+) -> list[PacketResult]:
+    """`count` 1200-byte packets sent `spacing` apart from `start`, arriving after a delay
+    that grows by `delay` per packet (a filling queue) or stays (delay 0)."""
+    return [
+        PacketResult(
+            first + n,
+            start + n * spacing,
+            1200,
+            int((start + n * spacing + 0.02 + (first + n) * delay) * 1e6),
+        )
+        for n in range(count)
+    ]
+
+
+def test_paced_congestion_sets_the_video_budget_from_its_own_estimate() -> None:
+    track, down = simulcast_subscription()
+    unpaced = Congestion({track.sid: down})
+    unpaced.on_remb(300_000, 0.0)
+    unpaced.tick(0.0)
+    assert unpaced.budget.rate is None  # REMB only: as before, no budget
+
+    congestion = Congestion({track.sid: down})
+    congestion.paced = True
+    congestion.tick(0.0)
+    assert congestion.budget.rate is None  # no estimate yet: nothing to pace at
+    # 2 Mbit/s into a link whose queue grows 2 ms per packet: overuse, the estimate falls
+    # below what arrived, and the budget follows at once (the layers at the next reaction).
+    t, seq = 0.0, 0
+    while congestion.estimator.delay_based is None and t < 5:
+        congestion.on_transport_feedback(feedback(seq, 20, t, 0.005, 0.002), t + 0.1)
+        congestion.react(t + 0.1)
+        seq, t = seq + 20, t + 0.1
+    estimate = congestion.estimator.estimate()
+    assert estimate is not None and estimate < 2_000_000
+    assert congestion.budget.rate is not None
+    # No audio here: video may have the whole level, and at least its chosen layers' need.
+    chosen = track.layers[congestion.choice[track.sid]].expected
+    assert congestion.budget.rate * 8 == max(estimate, int(chosen * PACING_SLACK))
