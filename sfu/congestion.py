@@ -29,6 +29,10 @@ from sfu.twcc import PacketResult
 PROBE_INTERVAL = 3.0
 MAX_PROBE_INTERVAL = 5.0
 PROBE_LENGTH = 2.5
+# With transport feedback the receiver's acknowledged rate proves a level within half a second:
+# a probe into a link that cannot carry it overflows its queue (media and audio with it) for
+# no longer than that.
+PACED_PROBE_LENGTH = 0.5
 # Padding packets after one media packet at most (each ~280 bytes on the wire).
 MAX_PADDING_PER_PACKET = 12
 # A probe proves a level only if what was sent during it came this close to the level.
@@ -98,11 +102,17 @@ class Congestion:
         estimate = delay_based.on_feedback(results, now)
         if estimate is not None:
             self.estimator.on_delay_based(estimate, now)
-        loss = delay_based.loss_report()
+        loss, acked = delay_based.loss_report(), delay_based.acked_rate()
         if loss is not None:
-            self.estimator.on_loss(loss[0], loss[1], now)
-        if self._probe is not None:
-            self._probe_acked = max(self._probe_acked, delay_based.acked_rate() or 0)
+            # What was sent, as far as the receiver's count tells (heavy loss: the link carries
+            # what arrived; the sender's own count lags by up to a tick).
+            sending = int(acked / max(1 - loss[0], 0.05)) if acked else loss[1]
+            self.estimator.on_loss(loss[0], sending, now)
+        probe = self._probe
+        if probe is not None:
+            self._probe_acked = max(self._probe_acked, acked or 0)
+            if now >= probe[1] or self._probe_acked >= probe[2] * PROBE_REACHED:
+                self._stop_padding()  # measured: the verdict comes at the next tick
         self._pushed_back()
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
@@ -243,7 +253,7 @@ class Congestion:
     ) -> dict[str, int]:
         """Send `level` bit/s for a while: padding on a flowing video, else the layers."""
         self.probes += 1
-        self._probe = (now, now + PROBE_LENGTH, level)
+        self._probe = (now, now + (PACED_PROBE_LENGTH if self.paced else PROBE_LENGTH), level)
         self._probe_peak = self._probe_acked = 0
         carrier = self._carrier_for()
         if carrier is None:

@@ -374,12 +374,15 @@ class DownTrack:
         rewriter, sink = self.rewriter, self.sink
         if rewriter is None or sink is None:
             return
-        info = parse_rtp(sent)
+        info, rtx = parse_rtp(sent), self.rtx
         for _ in range(self.padding):
-            seq = rewriter.take_sequence()
-            packet = padding_packet(sent, info, seq)
-            if self.cache is not None:
-                self.cache.store(seq, packet)
+            if rtx is not None:  # on the RTX stream: nothing of the media's sequence to repair
+                packet = padding_packet(sent, info, rtx.take_sequence(), rtx.stream)
+            else:
+                seq = rewriter.take_sequence()
+                packet = padding_packet(sent, info, seq)
+                if self.cache is not None:
+                    self.cache.store(seq, packet)
             sink.send(packet)
             self.padding_sent += len(packet)
 

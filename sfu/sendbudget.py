@@ -16,8 +16,8 @@ import time
 
 from sfu.forwarder import Sink
 
-DEPTH = 0.15
-MIN_DEPTH = 10_000
+DEPTH = 0.4
+MIN_DEPTH = 12_000
 
 
 class SendBudget:
@@ -37,11 +37,11 @@ class SendBudget:
             self.rate = None
             return
         self._refill(now)
-        if self.rate is None:
-            self._tokens = self._depth  # the link was carrying more than this a moment ago
+        unlimited = self.rate is None
         self.rate = bits_per_second / 8
         self._depth = max(self.rate * DEPTH, MIN_DEPTH)
-        self._tokens = min(self._tokens, self._depth)
+        # Full when it starts: the link was carrying more than this a moment ago.
+        self._tokens = self._depth if unlimited else min(self._tokens, self._depth)
 
     def _refill(self, now: float) -> None:
         if self.rate is not None and now > self._at:

@@ -4,7 +4,7 @@ driving it from transport feedback (sfu/congestion.py). Time is passed in."""
 from __future__ import annotations
 
 from sfu.congestion import PACING_SLACK, Congestion
-from sfu.sendbudget import MIN_DEPTH, BudgetedSink, SendBudget
+from sfu.sendbudget import DEPTH, MIN_DEPTH, BudgetedSink, SendBudget
 from sfu.twcc import PacketResult
 from tests.sink_helpers import ListSink
 from tests.test_congestion import simulcast_subscription
@@ -18,16 +18,17 @@ def test_no_rate_means_no_limit() -> None:
 
 def test_the_bucket_passes_its_rate_and_a_bounded_burst() -> None:
     budget = SendBudget()
-    budget.set_rate(400_000, 0.0)  # 50 kB/s; depth max(7.5 kB, MIN_DEPTH)
+    budget.set_rate(400_000, 0.0)  # 50 kB/s
+    depth = int(max(50_000 * DEPTH, MIN_DEPTH))
     burst = sum(budget.allow(1000, 0.0) for _ in range(100))
-    assert burst == MIN_DEPTH // 1000
-    # One second later: one second's worth more, never more than the depth at once.
-    passed = sum(budget.allow(1000, 1.0) for _ in range(100))
-    assert passed == MIN_DEPTH // 1000
+    assert burst == depth // 1000
+    # Ten seconds later: never more than the depth at once.
+    passed = sum(budget.allow(1000, 10.0) for _ in range(100))
+    assert passed == depth // 1000
     sent = 0
     for n in range(1, 1001):  # 1000 packets offered over 10 s at 800 kbit/s
-        sent += budget.allow(1000, 1.0 + n / 100)
-    assert 50 * 10 - 2 <= sent <= 50 * 10 + MIN_DEPTH // 1000
+        sent += budget.allow(1000, 10.0 + n / 100)
+    assert 50 * 10 - 2 <= sent <= 50 * 10 + 1
     assert budget.dropped == 100 - burst + 100 - passed + 1000 - sent
 
 

@@ -8,8 +8,10 @@ import struct
 import pytest
 
 from sfu.feedback import Feedback
+from sfu.forwarder import SDES_MID, DownTrack
 from sfu.rtcp import TransportFeedback, build_remb, parse_rtcp
 from sfu.rtp import MalformedPacket, RtpRewriter, parse_rtp
+from sfu.rtx import RtxStream
 from sfu.stats import DropReason, Stats
 from sfu.twcc import (
     HISTORY,
@@ -19,6 +21,8 @@ from sfu.twcc import (
     parse_feedback,
 )
 from sfu.twccsdp import accepted_transport_cc, offer_transport_cc
+from tests.sink_helpers import ListSink
+from tests.test_forwarder import ABS_SEND_TIME, VP8_KEY, forward, publisher_packet, video_track
 
 
 def rtp(ext: bytes = b"", payload: bytes = b"\x90" * 40, seq: int = 7) -> bytes:
@@ -237,3 +241,32 @@ def test_no_free_id_means_no_transport_cc() -> None:
         "a=mid:1\r\n" + "".join(f"a=extmap:{n} urn:x:{n}\r\n" for n in range(4, 15)),
     )
     assert offer_transport_cc(full) == (full, None)
+
+
+# -- a down-track end to end ----------------------------------------------------------------------
+
+
+def test_media_retransmissions_and_probe_padding_all_carry_the_slot() -> None:
+    track = video_track()
+    sink = ListSink()
+    down = DownTrack(track, "PA_s")
+    down.configure(
+        sink=sink, out_ssrc=9, mid="0", payload_types={96: 97},
+        extensions={SDES_MID: 1, ABS_SEND_TIME: 2, URI: 5},
+    )  # fmt: skip
+    down.rtx = RtxStream(ssrc=10, payload_type=98, seq_start=500)
+    track.down_tracks.append(down)
+    down.padding = 2  # probing
+    forward(track, publisher_packet(100, 0, VP8_KEY))
+    media, pad1, pad2 = sink.sent
+    assert parse_rtp(media).payload_type == 97
+    # The probe's padding rides the RTX stream: its losses are never NACKed.
+    for pad, seq in ((pad1, 500), (pad2, 501)):
+        assert pad[8:12] == (10).to_bytes(4, "big") and pad[1] & 0x7F == 98
+        assert parse_rtp(pad).sequence == seq and pad[0] & 0x20
+    down.padding = 0
+    sent, _ = down.retransmit((parse_rtp(media).sequence,), 1.0)
+    assert sent == 1
+    sequence = TransportSequence(5)
+    stamped = [sequence.stamp(p) for p in sink.sent]
+    assert [transport_seq(p) for p in stamped] == [0, 1, 2, 3]  # media, 2 paddings, its RTX
