@@ -27,15 +27,16 @@ async def test_a_capped_subscriber_gets_the_low_layer_the_other_keeps_the_top(
     # Chromium accepted transport-cc: the estimate is keyroom's own, from its feedback.
     assert result.transport_feedback > 0, summary
     # The capped page is on the low layer soon (target 5 s), then keeps playing (target: no
-    # stall over 1 s) and hears its audio.
+    # stall over 1 s) and hears its audio (target: none lost). Runs on the shared 2-core
+    # machine: low layer in 2.5-4.6 s, stalls 0.2-0.6 s, 17-20 fps, 0-3 of 488 audio packets
+    # lost, back up in 3.9-6.7 s (docs/benchmarks.md); the bounds leave room for a loaded CI.
     assert result.time_to_low is not None and result.time_to_low <= 8.0, summary
-    assert result.max_stall_after_low is not None and result.max_stall_after_low <= 5.0, summary
-    assert result.capped_fps >= 2.0, summary  # before simulcast: 0 fps for the whole window
-    assert result.audio_lost_capped <= 0.03 * result.audio_received_capped, summary
+    assert result.max_stall_after_low is not None and result.max_stall_after_low <= 2.5, summary
+    assert result.capped_fps >= 8.0, summary  # before simulcast: 0 fps for the whole window
+    assert result.audio_lost_capped <= 0.02 * result.audio_received_capped, summary
     # The unconstrained page is mostly on the top layer and plays on.
-    assert result.free_top_share >= 0.5 and result.free_fps >= 5.0, summary
-    # Lifting the cap should bring the capped page up again (target 10 s): met in some runs
-    # only (8.4 s in docs/benchmarks.md, never in others: the upward probe does not always
-    # find the freed link), so `keyroom bench-simulcast` reports it and this test does not.
+    assert result.free_top_share >= 0.7 and result.free_fps >= 5.0, summary
+    # Lifting the cap brings the capped page up again within the recovery window (target 10 s).
+    assert result.time_to_recover is not None, summary
     # Dynacast: with both pages on the low layer, the publisher sends far less.
     assert result.publisher_kbit_after < result.publisher_kbit_before / 2, summary
