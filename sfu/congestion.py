@@ -106,7 +106,8 @@ class Congestion:
         if loss is not None:
             # What was sent, as far as the receiver's count tells (heavy loss: the link carries
             # what arrived; the sender's own count lags by up to a tick).
-            sending = int(acked / max(1 - loss[0], 0.05)) if acked else loss[1]
+            delivered = delay_based.link_rate()
+            sending = int(delivered / max(1 - loss[0], 0.05)) if delivered else loss[1]
             self.estimator.on_loss(loss[0], sending, now)
         probe = self._probe
         if probe is not None:

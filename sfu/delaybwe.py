@@ -9,11 +9,12 @@ trend: a queue filling up makes it positive. Scaled by the number of deltas and 
 an adaptive threshold (it follows the trend's own noise, so a jittery path is not taken for a
 congested one), it says overuse, underuse or normal.
 
-The rate: on overuse, BACKOFF of what the receiver got lately (its acknowledged rate), at most
-once per DECREASE_INTERVAL; in the normal state it grows GROWTH per second and at least to what
-got through without a queue building (a link that carried it has that much capacity), but never
-beyond ACKED_CAP times the acknowledged rate (what was not sent was not tested): probing
-(sfu/congestion.py) raises that. Underuse holds the rate (the queue drains).
+The rate: on overuse, BACKOFF of what the receiver got over the last LINK_WINDOW (with a queue
+building, the bottleneck's rate), at most once per DECREASE_INTERVAL; in the normal state it
+grows GROWTH per second and at least to what got through without a queue building (a link that
+carried it has that much capacity), but never beyond ACKED_CAP times the acknowledged rate
+(what was not sent was not tested): probing (sfu/congestion.py) raises that. Underuse holds
+the rate (the queue drains).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ ACKED_CAP = 1.5
 ACKED_SLACK = 10_000
 # The acknowledged rate: bytes received over the last ACKED_WINDOW of arrival time.
 ACKED_WINDOW = 0.5
+LINK_WINDOW = 0.2
 MIN_ESTIMATE = 30_000
 # Loss is reported to the loss-based controller (sfu/estimator.py) per this much send time,
 # over at least this many packets: faster than Receiver Reports, and over every stream.
@@ -204,6 +206,23 @@ class DelayBasedEstimate:
         span = max((acked[-1][0] - acked[0][0]) / 1e6, ACKED_WINDOW / 2)
         return int(self._acked_bytes * 8 / span)
 
+    def link_rate(self) -> int | None:
+        """What arrived over the last LINK_WINDOW: while a queue builds, the bottleneck's own
+        rate (its queue is never empty), not yet diluted by what came before the congestion."""
+        acked = self._acked
+        if len(acked) < 2:
+            return None
+        last = acked[-1][0]
+        horizon = last - LINK_WINDOW * 1e6
+        size, first = 0, last
+        for arrival, length in reversed(acked):
+            if arrival < horizon:
+                break
+            size, first = size + length, arrival
+        if last - first < LINK_WINDOW * 1e6 / 2:
+            return self.acked_rate()
+        return int(size * 8 / ((last - first) / 1e6))
+
     def _update(self, now: float) -> None:
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
@@ -211,7 +230,7 @@ class DelayBasedEstimate:
         state = self.trendline.state
         if state == OVERUSE:
             if now - self._last_decrease >= DECREASE_INTERVAL:
-                base = acked if acked is not None else self.estimate
+                base = self.link_rate() or self.estimate
                 if base is not None:
                     self.estimate = max(int(base * BACKOFF), MIN_ESTIMATE)
                     self._last_decrease = now

@@ -121,3 +121,17 @@ def test_loss_is_counted_and_skipped_by_the_trend() -> None:
     link.run(estimate, 500_000, 5.0)
     assert estimate.lost > 0 and estimate.received > 0
     assert estimate.overuses == 0
+
+
+def test_a_link_that_suddenly_narrows_is_measured_at_its_new_rate() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=5_000_000)
+    assert all(e is None for e in link.run(estimate, 1_500_000, 3.0))
+    link.capacity = 300_000  # a cap falls: what arrives before it must not inflate the cut
+    after = link.run(estimate, 1_500_000, 1.5)  # one value per 100 ms
+    first = next(n for n, e in enumerate(after) if e is not None)
+    assert first <= 3
+    # The first cut is made from the last 200 ms of arrivals (the 1.5 Mbit/s before the cap
+    # would make it ~950 kbit/s), the next ones from the narrowed link alone.
+    assert after[first] is not None and after[first] <= 2 * 300_000
+    assert max(e for e in after[first + 4 :] if e is not None) <= 300_000
