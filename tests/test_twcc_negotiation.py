@@ -11,39 +11,9 @@ import struct
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from sfu import internals, subscribing
-from sfu.datarelay import DataRelay
-from sfu.feedback import Feedback
-from sfu.forwarder import DownTrack
 from sfu.rtp import parse_rtp
-from sfu.stats import Stats
-from sfu.tasks import TaskSet
 from sfu.twcc import URI
-from tests.test_section_reuse import video_track
-
-
-def subscriber(pc: RTCPeerConnection, offers: asyncio.Queue[str]) -> subscribing.Subscribing:
-    stats = Stats()
-    subscriptions: dict[str, DownTrack] = {}
-    return subscribing.Subscribing(
-        pc,
-        sid="PA_sub",
-        subscriptions=subscriptions,
-        notify=lambda frame: offers.put_nowait(frame["sdp"]),
-        relay=DataRelay(
-            stats=stats, may_publish=lambda: True, max_bytes=lambda: 1000, deliver=print
-        ),
-        feedback=Feedback(
-            tracks={},
-            subscriptions=subscriptions,
-            stats=stats,
-            max_video_bitrate=lambda: 0,
-            rtcp_ssrc=1,
-        ),
-        rearm=lambda: None,
-        tasks=TaskSet("test subscriber"),
-        stats=stats,
-        public_addresses={},
-    )
+from tests.test_section_reuse import new_subscribing, video_track
 
 
 async def answer(client: RTCPeerConnection, offer: str, accept: bool) -> str:
@@ -63,7 +33,7 @@ async def negotiate(
     """The negotiated Subscribing, its offer, and a packet as its down-track sends it."""
     pc, client = internals.new_peer_connection(), internals.new_peer_connection()
     offers: asyncio.Queue[str] = asyncio.Queue()
-    sub = subscriber(pc, offers)
+    sub = new_subscribing(pc, offers)
     sub.transport_cc.allowed = lambda: allowed
     try:
         sub.subscribe(video_track("TR_v"))
