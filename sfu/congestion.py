@@ -10,6 +10,12 @@ it sends plus padding packets after each packet of one flowing video down-track
 level), the level is granted and the layer switched up; at the first push-back the padding
 stops at once and the next probe waits twice as long (at most MAX_PROBE_INTERVAL). With no
 video flowing to pad (everything paused), the probe is the next layer itself.
+
+Where transport-cc is negotiated (`paced`), keyroom's own estimate from the subscriber's
+transport feedback (sfu/delaybwe.py) joins the REMB, its loss feeds the loss controller, video
+is held to a send budget at the estimate less the audio (sfu/sendbudget.py), and a probe lasts
+PACED_PROBE_LENGTH, on the RTX stream where there is one, proven only by the rate the receiver
+acknowledged.
 """
 
 from __future__ import annotations
