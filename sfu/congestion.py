@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
 from sfu.delaybwe import DelayBasedEstimate
-from sfu.estimator import Estimator
+from sfu.estimator import LOW_LOSS, Estimator
 from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
 from sfu.rtcp import ReportBlock
@@ -78,6 +78,8 @@ class Congestion:
         self.budget = SendBudget()
         self.paced = False
         self._level: int | None = None
+        # (video packets rewritten, packets the budget dropped) at the last tick.
+        self._budget_seen = (0, 0)
         self._octets: dict[str, tuple[float, int]] = {}
         # Media packets per second of each down-track, measured at each tick.
         self._packets: dict[str, tuple[float, int, float]] = {}
@@ -157,7 +159,22 @@ class Congestion:
         for sid in [s for s in self._octets if s not in self._subscriptions]:
             del self._octets[sid]
             self._packets.pop(sid, None)
+        if self.paced:
+            self._budget_loss(now)
         return self.reallocate(now)
+
+    def _budget_loss(self, now: float) -> None:
+        """Video the budget held back is loss the link never saw: told to the loss controller
+        all the same, or a layer the budget cannot carry would be kept, never delivered."""
+        video = [d.rewriter.packets for d in self._subscriptions.values() if d.cache and d.rewriter]
+        packets, dropped = sum(video), self.budget.dropped
+        before_packets, before_dropped = self._budget_seen
+        self._budget_seen = (packets, dropped)
+        offered = packets - before_packets
+        held = dropped - before_dropped
+        # Only as bad news: a tick without drops says nothing of the link itself.
+        if offered > 0 and held > LOW_LOSS * offered:
+            self.estimator.on_loss(min(held / offered, 1.0), self.sending, now)
 
     def reallocate(self, now: float) -> list[DownTrack]:
         """Apply the current estimate (e.g. at once after a subscriber's set_quality)."""

@@ -83,3 +83,23 @@ def test_paced_congestion_sets_the_video_budget_from_its_own_estimate() -> None:
     # No audio here: video may have the whole level, and at least its chosen layers' need.
     chosen = track.layers[congestion.choice[track.sid]].expected
     assert congestion.budget.rate * 8 == max(estimate, int(chosen * PACING_SLACK))
+
+
+def test_what_the_budget_holds_back_counts_as_loss() -> None:
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    congestion.paced = True
+    congestion.on_remb(2_000_000, 0.0)
+    congestion.tick(0.0)
+    assert down.rewriter is not None
+    down.rewriter.packets += 100
+    congestion.tick(1.0)
+    assert congestion.estimator.estimate() == 2_000_000  # nothing held back: no news
+    # A layer the budget cannot carry: 40 of 140 packets held back. The link saw no loss, but
+    # the estimate falls, and the layer with it, rather than a video that never arrives.
+    down.rewriter.packets += 140
+    congestion.budget.dropped += 40
+    congestion.tick(2.0)
+    estimate = congestion.estimator.estimate()
+    assert estimate is not None and estimate < 2_000_000
+    assert congestion.estimator.decreased_since(2.0)
