@@ -11,9 +11,9 @@ congested one), it says overuse, underuse or normal.
 
 The rate: on overuse, BACKOFF of what the receiver got over the last LINK_WINDOW (with a queue
 building, the bottleneck's rate), at most once per DECREASE_INTERVAL; in the normal state it
-grows GROWTH per second and at least to what got through without a queue building (a link that
-carried it has that much capacity), but never beyond ACKED_CAP times the acknowledged rate
-(what was not sent was not tested): probing (sfu/congestion.py) raises that. Underuse holds
+grows GROWTH per second, never beyond ACKED_CAP times the acknowledged rate (what was not sent
+was not tested). It never jumps to an acknowledged rate: a rate limiter's token bucket passes a
+burst at line rate, which says nothing of its rate. Probing (sfu/congestion.py) proves more. Underuse holds
 the rate (the queue drains).
 """
 
@@ -238,7 +238,7 @@ class DelayBasedEstimate:
             return
         if state == UNDERUSE or self.estimate is None or acked is None:
             return
-        grown = max(self.estimate * GROWTH**elapsed, acked)
+        grown = self.estimate * GROWTH**elapsed
         cap = acked * ACKED_CAP + ACKED_SLACK
         # The cap stops growth; it does not cut an estimate made when more was being sent.
         self.estimate = int(max(min(grown, cap), self.estimate))

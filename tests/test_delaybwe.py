@@ -92,14 +92,19 @@ def test_after_backing_off_the_estimate_grows_but_only_towards_what_is_sent() ->
     assert 200_000 <= estimate.estimate <= 1.5 * 300_000
 
 
-def test_a_freed_link_lets_the_estimate_follow_a_probe_up() -> None:
+def test_the_estimate_grows_gradually_and_never_jumps_to_a_burst() -> None:
     estimate = DelayBasedEstimate()
     link = Link(capacity=300_000)
     link.run(estimate, 600_000, 2.0)
     link.run(estimate, 200_000, 3.0)
-    link.capacity = 5_000_000
-    link.run(estimate, 1_200_000, 3.0)  # a probe: 1.2 Mbit/s goes through without a queue
-    assert estimate.estimate is not None and estimate.estimate >= 1_100_000
+    before = estimate.estimate
+    assert before is not None
+    link.capacity = 50_000_000  # a token bucket's burst, or a freed link: 1.2 Mbit/s arrives
+    link.run(estimate, 1_200_000, 0.5)
+    after = estimate.estimate
+    assert after is not None and before <= after <= before * 1.08**0.7
+    link.run(estimate, 1_200_000, 5.0)  # sustained without a queue: it keeps growing
+    assert estimate.estimate is not None and estimate.estimate > after * 1.2
 
 
 def test_at_the_capacity_the_estimate_saw_tooths_just_under_it() -> None:
