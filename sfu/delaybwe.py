@@ -13,8 +13,8 @@ The rate: on overuse, BACKOFF of what the receiver got over the last LINK_WINDOW
 building, the bottleneck's rate), at most once per DECREASE_INTERVAL; in the normal state it
 grows GROWTH per second, never beyond ACKED_CAP times the acknowledged rate (what was not sent
 was not tested). It never jumps to an acknowledged rate: a rate limiter's token bucket passes a
-burst at line rate, which says nothing of its rate. Probing (sfu/congestion.py) proves more. Underuse holds
-the rate (the queue drains).
+burst at line rate, which says nothing of its rate. Probing (sfu/congestion.py) proves more.
+Underuse holds the rate (the queue drains).
 """
 
 from __future__ import annotations
