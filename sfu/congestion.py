@@ -249,13 +249,11 @@ class Congestion:
         start, end, level = self._probe
         estimator = self.estimator
         self._probe_peak = max(self._probe_peak, self.sending)
-        proven = (
-            estimator.clean_since(start + PROBE_SETTLE)
-            and self._probe_peak >= level * PROBE_REACHED
-            # With transport feedback, what arrived must have reached the level, not only
-            # what was sent: a rate cap passes its capacity and queues or drops the rest.
-            and (not self.paced or self._probe_acked >= level * PROBE_REACHED)
-        )
+        # With transport feedback, what arrived must have reached the level, not only what
+        # was sent (a rate cap passes its capacity and queues or drops the rest); and a probe
+        # of half a second is measured there, not in a tick's average of what was sent.
+        reached = self._probe_acked if self.paced else self._probe_peak
+        proven = estimator.clean_since(start + PROBE_SETTLE) and reached >= level * PROBE_REACHED
         if estimator.decreased_since(start) or (now >= end + PROBE_LENGTH and not proven):
             self._end_probe(now)
             self.failed_probes += 1

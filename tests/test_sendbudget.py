@@ -4,6 +4,7 @@ driving it from transport feedback (sfu/congestion.py). Time is passed in."""
 from __future__ import annotations
 
 from sfu.congestion import PACING_SLACK, Congestion
+from sfu.forwarder import DownTrack
 from sfu.sendbudget import DEPTH, MIN_DEPTH, BudgetedSink, SendBudget
 from sfu.twcc import PacketResult
 from tests.sink_helpers import ListSink
@@ -103,3 +104,36 @@ def test_what_the_budget_holds_back_counts_as_loss() -> None:
     estimate = congestion.estimator.estimate()
     assert estimate is not None and estimate < 2_000_000
     assert congestion.estimator.decreased_since(2.0)
+
+
+def probe_under_feedback(arrived_bps: int) -> tuple[Congestion, DownTrack]:
+    """A paced subscriber on the low layer probes; the feedback during the probe shows
+    `arrived_bps` reaching it without a queue building. Ticks until the probe's verdict."""
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    congestion.paced = True
+    congestion.estimator.on_delay_based(300_000, 0.0)
+    congestion.tick(0.0)
+    assert down.layers is not None and down.layers.target == 0
+    down.layers.current = 0
+    t = 0.0
+    while not congestion.probing and t < 10:
+        t += 1.0
+        congestion.tick(t)
+    assert congestion.probing and down.padding > 0
+    count = int(arrived_bps * 0.5 / 8 / 1200)
+    congestion.on_transport_feedback(feedback(0, count, t, 0.55 / count, 0.0), t + 0.6)
+    assert down.padding == 0  # measured (or over): padding stops before the verdict
+    for n in range(1, 5):
+        congestion.tick(t + n)
+    return congestion, down
+
+
+def test_a_probe_under_transport_feedback_is_proven_by_what_arrived() -> None:
+    congestion, down = probe_under_feedback(800_000)
+    assert down.layers is not None and down.layers.target == 1
+    assert congestion.failed_probes == 0
+    # Sent but not received: a rate cap passed 300 kbit/s of the probe's ~630.
+    congestion, down = probe_under_feedback(300_000)
+    assert down.layers is not None and down.layers.target == 0
+    assert congestion.failed_probes == 1
