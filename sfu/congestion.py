@@ -188,7 +188,18 @@ class Congestion:
         self._level = None
         self.choice = choice = self._allocate(now, audio, videos)
         self._pace(now, audio, videos)
-        return [downs[key] for key, layer in choice.items() if downs[key].set_layer(layer)]
+        return [downs[key] for key, layer in choice.items() if self._switch(downs[key], layer)]
+
+    def _switch(self, down: DownTrack, layer: int) -> bool:
+        """set_layer; paced, a switch down also stops the current layer at once rather than at
+        the lower layer's keyframe: under the video budget its packets would crowd out that
+        very keyframe (and a congested link drops them anyway)."""
+        switch = down.layers
+        current = switch.current if switch is not None else PAUSED
+        needs_keyframe = down.set_layer(layer)
+        if self.paced and switch is not None and 0 <= layer < current:
+            switch.current = PAUSED
+        return needs_keyframe
 
     def _pace(self, now: float, audio: int, videos: list[VideoDemand]) -> None:
         """The video send budget (sfu/sendbudget.py): the level allocated from, less the audio,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sfu.congestion import PACING_SLACK, Congestion
 from sfu.forwarder import DownTrack
+from sfu.layerswitch import PAUSED
 from sfu.sendbudget import DEPTH, MIN_DEPTH, BudgetedSink, SendBudget
 from sfu.twcc import PacketResult
 from tests.sink_helpers import ListSink
@@ -137,3 +138,18 @@ def test_a_probe_under_transport_feedback_is_proven_by_what_arrived() -> None:
     congestion, down = probe_under_feedback(300_000)
     assert down.layers is not None and down.layers.target == 0
     assert congestion.failed_probes == 1
+
+
+def test_paced_a_switch_down_stops_the_old_layer_at_once() -> None:
+    for paced in (False, True):
+        track, down = simulcast_subscription()
+        congestion = Congestion({track.sid: down})
+        congestion.paced = paced
+        congestion.estimator.on_delay_based(3_000_000, 0.0)
+        congestion.tick(0.0)
+        assert down.layers is not None and down.layers.target == 2
+        down.layers.current = 2
+        congestion.estimator.on_delay_based(300_000, 1.0)  # a cap falls
+        assert congestion.tick(1.0) == [down] and down.layers.target == 0
+        # Unpaced the top layer flows on until the low layer's keyframe; paced it stops now.
+        assert down.layers.current == (PAUSED if paced else 2)
