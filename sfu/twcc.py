@@ -28,6 +28,7 @@ MAX_STATUS_COUNT = 4096
 HISTORY = 1 << 13
 _MASK = HISTORY - 1
 _U16 = struct.Struct("!H")
+_monotonic = time.monotonic
 _FCI_HEAD = struct.Struct("!HHI")
 # Where the stamped value sits: 12-byte header, 4-byte extension header, the element's id byte
 # (one-byte form) or id and length bytes (two-byte form).
@@ -126,15 +127,14 @@ class TransportSequence:
     in its first slot (the rewriter's output, and the RTX and padding packets made from it).
     """
 
-    __slots__ = ("ext_id", "_one", "_next", "_times", "_sizes", "stamped")
+    __slots__ = ("ext_id", "_one", "_next", "_times", "_sizes")
 
     def __init__(self, ext_id: int, start: int = 0) -> None:
         self.ext_id = ext_id
         self._one = (ext_id << 4) | 1  # the slot's first byte in the one-byte form
         self._next = start
-        self._times = array("d", bytes(8 * HISTORY))
-        self._sizes = array("H", bytes(2 * HISTORY))
-        self.stamped = 0
+        self._times = array("d", [0.0]) * HISTORY
+        self._sizes = array("I", [0]) * HISTORY
 
     def stamp(self, data: bytes) -> bytes:
         """`data` with the next sequence number in its transport-cc slot; unchanged when it
@@ -152,9 +152,8 @@ class TransportSequence:
         n = self._next
         self._next = n + 1
         i = n & _MASK
-        self._times[i] = time.monotonic()
-        self._sizes[i] = min(len(data), 0xFFFF)
-        self.stamped += 1
+        self._times[i] = _monotonic()
+        self._sizes[i] = len(data)
         return b"".join((data[:offset], _U16.pack(n & 0xFFFF), data[offset + 2 :]))
 
     def resolve(self, report: FeedbackReport) -> list[PacketResult]:

@@ -72,7 +72,7 @@ def test_the_rewriter_puts_the_slot_first_and_the_sink_stamps_it(packet: bytes) 
     assert [transport_seq(p) for p in (first, second, third)] == [65534, 65535, 0]
     assert parse_rtp(first) == info  # nothing else moved
     assert first[19:] == out[19:] and first[:17] == out[:17]
-    assert sequence.stamped == 3
+    assert len(sequence.resolve(parse_feedback(fci(65534, 3, [0x2003], b"\x01" * 3)))) == 3
 
 
 def test_the_two_byte_form_keeps_the_slot_first() -> None:
@@ -93,7 +93,7 @@ def test_packets_without_the_slot_are_sent_unchanged() -> None:
     assert plain is not None
     assert sequence.stamp(plain) is plain
     assert sequence.stamp(rtp()) == rtp()  # no extension block at all
-    assert sequence.stamped == 0
+    assert sequence.resolve(parse_feedback(fci(0, 1, [0x2001], b"\x01"))) == []  # none sent
 
 
 def test_the_slot_id_must_not_collide() -> None:
