@@ -15,7 +15,7 @@ Where transport-cc is negotiated (`paced`), keyroom's own estimate from the subs
 transport feedback (sfu/delaybwe.py) joins the REMB, its loss feeds the loss controller, video
 is held to a send budget at the estimate less the audio (sfu/sendbudget.py), and a probe lasts
 PACED_PROBE_LENGTH, on the RTX stream where there is one, proven only by the rate the receiver
-acknowledged.
+acknowledged after the probe's first PROBE_BURST.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping
 
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
-from sfu.delaybwe import DelayBasedEstimate
+from sfu.delaybwe import ACKED_WINDOW, DelayBasedEstimate
 from sfu.estimator import LOW_LOSS, Estimator
 from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
@@ -35,10 +35,12 @@ from sfu.twcc import PacketResult
 PROBE_INTERVAL = 3.0
 MAX_PROBE_INTERVAL = 5.0
 PROBE_LENGTH = 2.5
-# With transport feedback the receiver's acknowledged rate proves a level within half a second:
-# a probe into a link that cannot carry it overflows its queue (media and audio with it) for
-# no longer than that.
-PACED_PROBE_LENGTH = 0.5
+# With transport feedback the receiver's acknowledged rate proves a level within a second: a
+# probe into a link that cannot carry it overflows its queue (media and audio with it) for no
+# longer than that. What arrives in its first PROBE_BURST does not count: a rate limiter's
+# token bucket lets a burst through at line rate whatever its rate.
+PACED_PROBE_LENGTH = 0.8
+PROBE_BURST = 0.25
 # Padding packets after one media packet at most (each ~280 bytes on the wire).
 MAX_PADDING_PER_PACKET = 12
 # A probe proves a level only if what was sent during it came this close to the level.
@@ -118,7 +120,7 @@ class Congestion:
             sending = int(delivered / max(1 - loss[0], 0.05)) if delivered else loss[1]
             self.estimator.on_loss(loss[0], sending, now)
         probe = self._probe
-        if probe is not None:
+        if probe is not None and now >= probe[0] + PROBE_BURST + ACKED_WINDOW:
             self._probe_acked = max(self._probe_acked, acked or 0)
             if now >= probe[1] or self._probe_acked >= probe[2] * PROBE_REACHED:
                 self._stop_padding()  # measured: the verdict comes at the next tick

@@ -123,7 +123,8 @@ def probe_under_feedback(arrived_bps: int) -> tuple[Congestion, DownTrack]:
         congestion.tick(t)
     assert congestion.probing and down.padding > 0
     count = int(arrived_bps * 0.5 / 8 / 1200)
-    congestion.on_transport_feedback(feedback(0, count, t, 0.55 / count, 0.0), t + 0.6)
+    # What arrived after the first quarter second (a token bucket's burst) is what counts.
+    congestion.on_transport_feedback(feedback(0, count, t + 0.25, 0.55 / count, 0.0), t + 0.8)
     assert down.padding == 0  # measured (or over): padding stops before the verdict
     for n in range(1, 5):
         congestion.tick(t + n)
