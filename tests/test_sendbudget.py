@@ -107,14 +107,20 @@ def test_what_the_budget_holds_back_counts_as_loss() -> None:
     assert congestion.estimator.decreased_since(2.0)
 
 
+def estimated(bitrate: int, paced: bool) -> tuple[Congestion, DownTrack]:
+    """A simulcast subscription whose delay-based estimate is `bitrate`, allocated at 0 s."""
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    congestion.paced = paced
+    congestion.estimator.on_delay_based(bitrate, 0.0)
+    congestion.tick(0.0)
+    return congestion, down
+
+
 def probe_under_feedback(arrived_bps: int) -> tuple[Congestion, DownTrack]:
     """A paced subscriber on the low layer probes; the feedback during the probe shows
     `arrived_bps` reaching it without a queue building. Ticks until the probe's verdict."""
-    track, down = simulcast_subscription()
-    congestion = Congestion({track.sid: down})
-    congestion.paced = True
-    congestion.estimator.on_delay_based(300_000, 0.0)
-    congestion.tick(0.0)
+    congestion, down = estimated(300_000, paced=True)
     assert down.layers is not None and down.layers.target == 0
     down.layers.current = 0
     t = 0.0
@@ -143,11 +149,7 @@ def test_a_probe_under_transport_feedback_is_proven_by_what_arrived() -> None:
 
 def test_paced_a_switch_down_stops_the_old_layer_at_once() -> None:
     for paced in (False, True):
-        track, down = simulcast_subscription()
-        congestion = Congestion({track.sid: down})
-        congestion.paced = paced
-        congestion.estimator.on_delay_based(3_000_000, 0.0)
-        congestion.tick(0.0)
+        congestion, down = estimated(3_000_000, paced)
         assert down.layers is not None and down.layers.target == 2
         down.layers.current = 2
         congestion.estimator.on_delay_based(300_000, 1.0)  # a cap falls
