@@ -10,10 +10,11 @@ its audio loss, the free page's frame width throughout, how long until the cappe
 back above the low layer once the cap is lifted; then both subscribers ask for the low layer
 and the publisher's outbound bitrate is compared before and after (dynacast).
 
-"Before" is the same room with the `simulcast` room limit off (a single encoding, the way
-keyroom forwarded before simulcast); "after" has it on. Needs root (namespaces), Debian's
-chromium and playwright; run it in a throw-away namespace: `loadtest/in-netns .venv/bin/keyroom
-bench-simulcast`.
+Rooms (`--modes`): the `simulcast` room limit off (a single encoding, the way keyroom forwarded
+before simulcast); simulcast with the `transport_cc` room limit off (the estimate is the
+browser's REMB, as before transport-wide congestion control); simulcast with transport-cc.
+Needs root (namespaces), Debian's chromium and playwright; run it in a throw-away namespace:
+`loadtest/in-netns .venv/bin/keyroom bench-simulcast`.
 """
 
 from __future__ import annotations
@@ -99,9 +100,25 @@ class Sample:
     audio_lost: int
 
 
+@dataclass(frozen=True)
+class Mode:
+    """One room's limits: `simulcast` and `transport_cc` (off: REMB only)."""
+
+    name: str
+    simulcast: bool
+    transport_cc: bool
+
+
+SINGLE = Mode("single layer", simulcast=False, transport_cc=False)
+REMB = Mode("simulcast, REMB", simulcast=True, transport_cc=False)
+TRANSPORT_CC = Mode("simulcast, transport-cc", simulcast=True, transport_cc=True)
+MODES = {"single": SINGLE, "remb": REMB, "twcc": TRANSPORT_CC}
+
+
 @dataclass
 class RoomResult:
     simulcast: bool
+    mode: str = ""
     top_width: int = 0
     low_width: int = 0
     time_to_low: float | None = None
@@ -116,6 +133,8 @@ class RoomResult:
     time_to_recover: float | None = None
     publisher_kbit_before: float = 0.0
     publisher_kbit_after: float = 0.0
+    # Transport feedback messages the server used during the room (0: not negotiated).
+    transport_feedback: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -207,9 +226,10 @@ class Bench:
             now=time.time(), name=identity, grants=grants or None,
         )  # fmt: skip
 
-    def create_room(self, room: str, simulcast: bool) -> None:
+    def create_room(self, room: str, mode: Mode) -> None:
         token = self.token("ops", room, roomCreate=True)
-        body = json.dumps({"name": room, "limits": {"simulcast": simulcast}}).encode()
+        limits = {"simulcast": mode.simulcast, "transport_cc": mode.transport_cc}
+        body = json.dumps({"name": room, "limits": limits}).encode()
 
         def post() -> None:
             request = urllib.request.Request(
@@ -220,6 +240,23 @@ class Bench:
             urllib.request.urlopen(request, timeout=10).close()
 
         self.links.run_sync("pub", post)
+
+    def transport_feedback(self) -> int:
+        """The server's keyroom_rtcp_transport_feedback_total so far."""
+        found: list[int] = []
+
+        def scrape() -> None:
+            request = urllib.request.Request(
+                self.url + "/metrics",
+                headers={"Authorization": "Bearer simulcast-bench-metrics-token"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith("keyroom_rtcp_transport_feedback_total "):
+                        found.append(int(float(line.split()[1])))
+
+        self.links.run_sync("pub", scrape)
+        return found[0] if found else 0
 
     async def page(self, client: str, room: str) -> Any:
         context = await self.browsers[client].new_context(viewport={"width": 1920, "height": 1080})
@@ -232,6 +269,9 @@ class Bench:
         if self.server is not None:
             self.server.terminate()
             self.server.wait(10)
+        dump = os.environ.get("KEYROOM_BENCH_SAMPLES")
+        if dump:  # the server's log beside the samples
+            Path(dump, "server.log").write_bytes((self.workdir / "server.log").read_bytes())
 
 
 async def until(page: Any, expression: str, timeout: float) -> None:
@@ -257,9 +297,11 @@ async def outbound_kbit(page: Any, seconds: float) -> float:
     return (await total() - before) * 8 / seconds / 1000
 
 
-async def run_room(bench: Bench, room: str, simulcast: bool, durations: Durations) -> RoomResult:
-    result = RoomResult(simulcast=simulcast)
-    bench.create_room(room, simulcast)
+async def run_room(bench: Bench, room: str, mode: Mode, durations: Durations) -> RoomResult:
+    simulcast = mode.simulcast
+    result = RoomResult(simulcast=simulcast, mode=mode.name)
+    bench.create_room(room, mode)
+    feedback_before = bench.transport_feedback()
     publisher = await bench.page("pub", room)
     await publisher.evaluate(PUBLISH_JS)
     capped, free = await bench.page("capped", room), await bench.page("free", room)
@@ -314,6 +356,7 @@ async def run_room(bench: Bench, room: str, simulcast: bool, durations: Duration
             )
         await asyncio.sleep(durations.dynacast)
         result.publisher_kbit_after = await outbound_kbit(publisher, 3.0)
+    result.transport_feedback = bench.transport_feedback() - feedback_before
     for page in (publisher, capped, free):
         await page.evaluate("window.keyroom?.leave()")
         await page.context.close()
@@ -321,9 +364,9 @@ async def run_room(bench: Bench, room: str, simulcast: bool, durations: Duration
 
 
 async def run(
-    durations: Durations, workdir: Path, modes: Sequence[bool] = (False, True)
+    durations: Durations, workdir: Path, modes: Sequence[Mode] = (SINGLE, REMB, TRANSPORT_CC)
 ) -> list[RoomResult]:
-    """One room per mode (simulcast off, on), in that order."""
+    """One room per mode, in that order."""
     from playwright.async_api import async_playwright
 
     with topology(list(CLIENTS)) as links:
@@ -333,9 +376,8 @@ async def run(
             async with async_playwright() as playwright:
                 await bench.launch(playwright)
                 results = []
-                for simulcast in modes:
-                    room = f"bench-{'simulcast' if simulcast else 'single'}"
-                    results.append(await run_room(bench, room, simulcast, durations))
+                for n, mode in enumerate(modes):
+                    results.append(await run_room(bench, f"bench-{n}", mode, durations))
                 return results
         finally:
             bench.stop()
@@ -356,6 +398,7 @@ def markdown(results: Sequence[RoomResult], durations: Durations) -> str:
             lambda r: f"{r.free_min_width}, {r.free_top_share:.0%}, {r.free_fps:.1f}",
         ),
         ("capped: back above low after the lift (s)", lambda r: _num(r.time_to_recover)),
+        ("transport feedback messages used", lambda r: str(r.transport_feedback)),
         (
             "publisher kbit/s, before / after nobody on high",
             lambda r: (
@@ -370,7 +413,7 @@ def markdown(results: Sequence[RoomResult], durations: Durations) -> str:
         f"({CAP_KBIT} kbit/s tbf on the capped page's downlink), recovery window "
         f"{durations.recover:.0f} s, dynacast {durations.dynacast:.0f} s.",
         "",
-        "| | " + " | ".join("simulcast" if r.simulcast else "single layer" for r in results) + " |",
+        "| | " + " | ".join(r.mode for r in results) + " |",
         "|---|" + "---|" * len(results),
     ]
     for label, cell in rows:
@@ -393,6 +436,12 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--capped", type=float, default=Durations.capped)
     p.add_argument("--recover", type=float, default=Durations.recover)
     p.add_argument("--dynacast", type=float, default=Durations.dynacast)
+    p.add_argument(
+        "--modes",
+        default="single,remb,twcc",
+        help="rooms, in order: single (one encoding), remb (simulcast, the room limit "
+        "transport_cc off), twcc (simulcast, transport-wide congestion control)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=main)
 
@@ -400,7 +449,8 @@ def add_parser(commands: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     durations = Durations(args.warmup, args.capped, args.recover, args.dynacast)
     with tempfile.TemporaryDirectory(prefix="keyroom-bench-simulcast-") as workdir:
-        results = asyncio.run(run(durations, Path(workdir)))
+        modes = [MODES[name.strip()] for name in args.modes.split(",")]
+        results = asyncio.run(run(durations, Path(workdir), modes))
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     else:

@@ -10,6 +10,12 @@ it sends plus padding packets after each packet of one flowing video down-track
 level), the level is granted and the layer switched up; at the first push-back the padding
 stops at once and the next probe waits twice as long (at most MAX_PROBE_INTERVAL). With no
 video flowing to pad (everything paused), the probe is the next layer itself.
+
+Where transport-cc is negotiated (`paced`), keyroom's own estimate from the subscriber's
+transport feedback (sfu/delaybwe.py) joins the REMB, its loss feeds the loss controller, video
+is held to a send budget at the estimate less the audio (sfu/sendbudget.py), and a probe lasts
+PACED_PROBE_LENGTH, on the RTX stream where there is one, proven only by the rate the receiver
+acknowledged after the probe's first PROBE_BURST.
 """
 
 from __future__ import annotations
@@ -18,14 +24,23 @@ import math
 from collections.abc import Mapping
 
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
-from sfu.estimator import Estimator
+from sfu.delaybwe import ACKED_WINDOW, DelayBasedEstimate
+from sfu.estimator import LOW_LOSS, Estimator
 from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
 from sfu.rtcp import ReportBlock
+from sfu.sendbudget import SendBudget
+from sfu.twcc import PacketResult
 
 PROBE_INTERVAL = 3.0
 MAX_PROBE_INTERVAL = 5.0
 PROBE_LENGTH = 2.5
+# With transport feedback the receiver's acknowledged rate proves a level within a second: a
+# probe into a link that cannot carry it overflows its queue (media and audio with it) for no
+# longer than that. What arrives in its first PROBE_BURST does not count: a rate limiter's
+# token bucket lets a burst through at line rate whatever its rate.
+PACED_PROBE_LENGTH = 0.8
+PROBE_BURST = 0.25
 # Padding packets after one media packet at most (each ~280 bytes on the wire).
 MAX_PADDING_PER_PACKET = 12
 # A probe proves a level only if what was sent during it came this close to the level.
@@ -35,6 +50,8 @@ CALM_PERIOD = 3.0
 PADDING_WIRE_BYTES = 280
 # Reserved per audio down-track before any video (Opus at its usual ~32 kbit/s, with headers).
 AUDIO_BITRATE = 40_000
+# The video budget covers the chosen layers' expected bitrate with this much to spare.
+PACING_SLACK = 1.25
 # A probe succeeds only on evidence: a loss report this long after its start, with little loss.
 PROBE_SETTLE = 0.5
 
@@ -57,6 +74,14 @@ class Congestion:
         # The participant's own dict, read live.
         self._subscriptions = subscriptions
         self.estimator = Estimator()
+        self.delay_based = DelayBasedEstimate()
+        # Video must fit this budget once keyroom estimates the link itself (`paced`: set when
+        # transport-cc is negotiated); audio bypasses it. `_level`: the rate last allocated from.
+        self.budget = SendBudget()
+        self.paced = False
+        self._level: int | None = None
+        # (video packets rewritten, packets the budget dropped) at the last tick.
+        self._budget_seen = (0, 0)
         self._octets: dict[str, tuple[float, int]] = {}
         # Media packets per second of each down-track, measured at each tick.
         self._packets: dict[str, tuple[float, int, float]] = {}
@@ -68,6 +93,8 @@ class Congestion:
         self.probes = self.failed_probes = 0
         # The most sent in a tick during the probe in progress (bit/s).
         self._probe_peak = 0
+        # The most the subscriber acknowledged receiving during it (transport feedback).
+        self._probe_acked = 0
         self._granted: tuple[float, int] | None = None
         self._interval = PROBE_INTERVAL
         self._next_probe: float | None = None
@@ -77,6 +104,26 @@ class Congestion:
 
     def on_remb(self, bitrate: int, now: float) -> None:
         self.estimator.on_remb(bitrate, now)
+        self._pushed_back()
+
+    def on_transport_feedback(self, results: list[PacketResult], now: float) -> None:
+        """Transport-wide feedback: keyroom's delay-based estimate joins the browser's REMB."""
+        delay_based = self.delay_based
+        estimate = delay_based.on_feedback(results, now)
+        if estimate is not None:
+            self.estimator.on_delay_based(estimate, now)
+        loss, acked = delay_based.loss_report(), delay_based.acked_rate()
+        if loss is not None:
+            # What was sent, as far as the receiver's count tells (heavy loss: the link carries
+            # what arrived; the sender's own count lags by up to a tick).
+            delivered = delay_based.link_rate()
+            sending = int(delivered / max(1 - loss[0], 0.05)) if delivered else loss[1]
+            self.estimator.on_loss(loss[0], sending, now)
+        probe = self._probe
+        if probe is not None and now >= probe[0] + PROBE_BURST + ACKED_WINDOW:
+            self._probe_acked = max(self._probe_acked, acked or 0)
+            if now >= probe[1] or self._probe_acked >= probe[2] * PROBE_REACHED:
+                self._stop_padding()  # measured: the verdict comes at the next tick
         self._pushed_back()
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
@@ -114,7 +161,22 @@ class Congestion:
         for sid in [s for s in self._octets if s not in self._subscriptions]:
             del self._octets[sid]
             self._packets.pop(sid, None)
+        if self.paced:
+            self._budget_loss(now)
         return self.reallocate(now)
+
+    def _budget_loss(self, now: float) -> None:
+        """Video the budget held back is loss the link never saw: told to the loss controller
+        all the same, or a layer the budget cannot carry would be kept, never delivered."""
+        video = [d.rewriter.packets for d in self._subscriptions.values() if d.cache and d.rewriter]
+        packets, dropped = sum(video), self.budget.dropped
+        before_packets, before_dropped = self._budget_seen
+        self._budget_seen = (packets, dropped)
+        offered = packets - before_packets
+        held = dropped - before_dropped
+        # Only as bad news: a tick without drops says nothing of the link itself.
+        if offered > 0 and held > LOW_LOSS * offered:
+            self.estimator.on_loss(min(held / offered, 1.0), self.sending, now)
 
     def reallocate(self, now: float) -> list[DownTrack]:
         """Apply the current estimate (e.g. at once after a subscriber's set_quality)."""
@@ -125,8 +187,30 @@ class Congestion:
                 downs[down.track.sid] = down
             else:
                 audio += AUDIO_BITRATE
+        self._level = None
         self.choice = choice = self._allocate(now, audio, videos)
-        return [downs[key] for key, layer in choice.items() if downs[key].set_layer(layer)]
+        self._pace(now, audio, videos)
+        return [downs[key] for key, layer in choice.items() if self._switch(downs[key], layer)]
+
+    def _switch(self, down: DownTrack, layer: int) -> bool:
+        """set_layer; paced, a switch down also stops the current layer at once rather than at
+        the lower layer's keyframe: under the video budget its packets would crowd out that
+        very keyframe (and a congested link drops them anyway)."""
+        switch = down.layers
+        current = switch.current if switch is not None else PAUSED
+        needs_keyframe = down.set_layer(layer)
+        if self.paced and switch is not None and 0 <= layer < current:
+            switch.current = PAUSED
+        return needs_keyframe
+
+    def _pace(self, now: float, audio: int, videos: list[VideoDemand]) -> None:
+        """The video send budget (sfu/sendbudget.py): the level allocated from, less the audio,
+        but never below what the chosen layers need (with PACING_SLACK for their bursts)."""
+        if not self.paced or self._level is None:
+            self.budget.set_rate(None, now)
+            return
+        chosen = sum(v.bitrates[self.choice[v.key]] for v in videos if self.choice[v.key] >= 0)
+        self.budget.set_rate(max(self._level - audio, int(chosen * PACING_SLACK)), now)
 
     def _measure(self, sid: str, down: DownTrack, now: float) -> int:
         rewriter = down.rewriter
@@ -145,7 +229,7 @@ class Congestion:
         estimate = estimator.estimate()
         if estimate is None:
             return allocate(None, audio, videos)
-        budget = estimate
+        budget = self._level = estimate
         if self._granted is not None:
             if estimator.decreased_since(self._granted[0]):
                 self._granted = None
@@ -154,8 +238,10 @@ class Congestion:
         calm = estimator.quiet_for(CALM_PERIOD, now)
         if self._probe is not None:
             budget = self._follow_probe(now, estimate, budget)
+            self._level = budget if self._probe is None else max(budget, self._probe[2])
             if self._probe is not None and self._carrier is None:
                 return self.choice  # a layer probe: its layers stay until it ends
+        self._level = max(self._level, budget)
         choice = allocate(budget, audio, videos, self.choice, calm)
         step = next_step(choice, videos)
         if not step:
@@ -164,7 +250,9 @@ class Congestion:
             self._next_probe = now + self._interval
         elif self._probe is None and now >= self._next_probe:
             if estimator.quiet_for(self._interval, now):
-                return self._start_probe(now, budget + int(step / HEADROOM) + 1, audio, videos)
+                level = budget + int(step / HEADROOM) + 1
+                self._level = level
+                return self._start_probe(now, level, audio, videos)
         return choice
 
     def _follow_probe(self, now: float, estimate: int, budget: int) -> int:
@@ -174,10 +262,11 @@ class Congestion:
         start, end, level = self._probe
         estimator = self.estimator
         self._probe_peak = max(self._probe_peak, self.sending)
-        proven = (
-            estimator.clean_since(start + PROBE_SETTLE)
-            and self._probe_peak >= level * PROBE_REACHED
-        )
+        # With transport feedback, what arrived must have reached the level, not only what
+        # was sent (a rate cap passes its capacity and queues or drops the rest); and a probe
+        # of half a second is measured there, not in a tick's average of what was sent.
+        reached = self._probe_acked if self.paced else self._probe_peak
+        proven = estimator.clean_since(start + PROBE_SETTLE) and reached >= level * PROBE_REACHED
         if estimator.decreased_since(start) or (now >= end + PROBE_LENGTH and not proven):
             self._end_probe(now)
             self.failed_probes += 1
@@ -199,8 +288,8 @@ class Congestion:
     ) -> dict[str, int]:
         """Send `level` bit/s for a while: padding on a flowing video, else the layers."""
         self.probes += 1
-        self._probe = (now, now + PROBE_LENGTH, level)
-        self._probe_peak = 0
+        self._probe = (now, now + (PACED_PROBE_LENGTH if self.paced else PROBE_LENGTH), level)
+        self._probe_peak = self._probe_acked = 0
         carrier = self._carrier_for()
         if carrier is None:
             # Nothing flows to pad: the probe is the next layer of the first video short of it.

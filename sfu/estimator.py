@@ -1,7 +1,9 @@
 """One subscriber's downlink estimate, from what its browser reports (sans-I/O, `now` passed in).
 
 The browser estimates the path itself (REMB: its delay-based estimator, fed the abs-send-time
-extension keyroom negotiates) and reports loss in its Receiver Reports. REMB alone misses a
+extension keyroom negotiates), or, where transport-wide congestion control is negotiated (the
+browser then sends no REMB), keyroom does from its per-packet feedback (sfu/delaybwe.py); the
+browser reports loss in its Receiver Reports. REMB alone misses a
 lossy-but-not-queuing link, so loss lowers the estimate as a sender-side controller would
 (GCC's loss controller: above 10 % loss, cut to rate x (1 - loss / 2), at most once a second,
 the rate being the estimate but no more than twice what was being sent; above 20 %, no more
@@ -31,10 +33,20 @@ MAX_ESTIMATE = 100_000_000
 
 
 class Estimator:
-    __slots__ = ("remb", "loss_based", "last_decrease", "loss", "_last_cut", "_last_clean")
+    __slots__ = (
+        "remb",
+        "delay_based",
+        "loss_based",
+        "last_decrease",
+        "loss",
+        "_last_cut",
+        "_last_clean",
+    )
 
     def __init__(self) -> None:
         self.remb: int | None = None
+        # keyroom's own estimate from transport-wide feedback (sfu/delaybwe.py), where negotiated.
+        self.delay_based: int | None = None
         self.loss_based: int | None = None
         self.last_decrease = -math.inf
         # The last reported fraction lost (0..1) of the video sent.
@@ -48,6 +60,13 @@ class Estimator:
         if self.remb is not None and bitrate < self.remb * REMB_DROP:
             self.last_decrease = now
         self.remb = bitrate
+
+    def on_delay_based(self, bitrate: int, now: float) -> None:
+        bitrate = min(max(bitrate, 0), MAX_ESTIMATE)
+        # The first one comes from an overuse (sfu/delaybwe.py): down from no limit at all.
+        if self.delay_based is None or bitrate < self.delay_based * REMB_DROP:
+            self.last_decrease = now
+        self.delay_based = bitrate
 
     def on_loss(self, fraction: float, sending: int, now: float) -> None:
         """A Receiver Report: `fraction` of the packets lost since the last, while `sending`
@@ -71,12 +90,14 @@ class Estimator:
                 # Back at once to what now gets through cleanly, then 8 % per report.
                 grown = max(self.loss_based * LOSS_GROWTH, sending * CLEAN_MARGIN)
                 self.loss_based = int(grown)
-                if self.remb is None or self.loss_based >= self.remb:
+                known = [v for v in (self.remb, self.delay_based) if v is not None]
+                ceiling = min(known, default=None)
+                if ceiling is None or self.loss_based >= ceiling:
                     self.loss_based = None
 
     def estimate(self) -> int | None:
         """The downlink's estimated capacity (bit/s); None before any report limits it."""
-        known = [v for v in (self.remb, self.loss_based) if v is not None]
+        known = [v for v in (self.remb, self.delay_based, self.loss_based) if v is not None]
         return min(known) if known else None
 
     def decreased_since(self, when: float) -> bool:

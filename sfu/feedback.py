@@ -39,6 +39,7 @@ from sfu.rtcp import (
     ReportBlock,
     RtcpMessage,
     SenderReport,
+    TransportFeedback,
     build_nack,
     build_pli,
     build_remb,
@@ -49,6 +50,7 @@ from sfu.rtp import MalformedPacket
 from sfu.rtt import RttEstimator
 from sfu.simulcast import layer_reports, on_layer_sender_report
 from sfu.stats import DropReason, Stats
+from sfu.twcc import TransportSequence, parse_feedback
 from sfu.uplinknack import FIRST_DELAY, UplinkNacks, due_nacks
 from sfu.uplinknack import next_deadline as nacks_deadline
 
@@ -107,6 +109,8 @@ class Feedback:
         self.congestion = Congestion(subscriptions)
         self.dynacast = Dynacast()
         self.events: list[dict[str, object]] = []
+        # The subscriber transport's transport-cc sequence numbers, once negotiated.
+        self.transport_sequence: TransportSequence | None = None
 
     # -- clock ----------------------------------------------------------------------------------
 
@@ -295,8 +299,25 @@ class Feedback:
             elif isinstance(message, Remb):
                 self.quality.on_bandwidth(message.bitrate)
                 self.congestion.on_remb(message.bitrate, now)
+            elif isinstance(message, TransportFeedback):
+                self._transport_feedback(message, now)
         for down in self.congestion.react(now):
             down.track.request_keyframe()
+
+    def _transport_feedback(self, message: TransportFeedback, now: float) -> None:
+        sequence = self.transport_sequence
+        if sequence is None:
+            return  # not negotiated: nothing keyroom sent is described
+        try:
+            report = parse_feedback(message.fci)
+        except MalformedPacket:
+            self.stats.drop(DropReason.BAD_FEEDBACK)
+            return
+        self.stats.transport_feedback += 1
+        self.congestion.on_transport_feedback(sequence.resolve(report), now)
+        estimate = self.congestion.estimator.delay_based
+        if estimate is not None:
+            self.quality.on_bandwidth(estimate)
 
     def _report_blocks(self, blocks: tuple[ReportBlock, ...], now: float) -> None:
         """What the subscriber says about the streams keyroom sends it."""

@@ -25,6 +25,7 @@ from sfu.rtx import RtxStream
 from sfu.sdpinfo import SimulcastOffer
 from sfu.simulcast import Layer
 from sfu.tap import Tap
+from sfu.twcc import URI as TRANSPORT_CC
 
 SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -306,7 +307,7 @@ class DownTrack:
             if uri == SDES_MID:
                 mid_ext_id = out_id
         for in_id, uri in track.extensions.items():
-            if uri != SDES_MID and uri in extensions:
+            if uri != SDES_MID and uri != TRANSPORT_CC and uri in extensions:
                 ext_map[in_id] = extensions[uri]
         self.rewriter = RtpRewriter(
             out_ssrc=out_ssrc,
@@ -316,6 +317,8 @@ class DownTrack:
             mid=mid,
             seq_start=random.randrange(1 << 16) if seq_start is None else seq_start,
             ts_start=random.randrange(1 << 32),
+            # keyroom's own element (sfu/twcc.py), never the publisher's: a slot the sink fills.
+            slot_ext_id=extensions.get(TRANSPORT_CC),
         )
         self.sink = sink
         self.out_ssrc = out_ssrc
@@ -387,12 +390,15 @@ class DownTrack:
         rewriter, sink = self.rewriter, self.sink
         if rewriter is None or sink is None:
             return
-        info = parse_rtp(sent)
+        info, rtx = parse_rtp(sent), self.rtx
         for _ in range(self.padding):
-            seq = rewriter.take_sequence()
-            packet = padding_packet(sent, info, seq)
-            if self.cache is not None:
-                self.cache.store(seq, packet)
+            if rtx is not None:  # on the RTX stream: nothing of the media's sequence to repair
+                packet = padding_packet(sent, info, rtx.take_sequence(), rtx.stream)
+            else:
+                seq = rewriter.take_sequence()
+                packet = padding_packet(sent, info, seq)
+                if self.cache is not None:
+                    self.cache.store(seq, packet)
             sink.send(packet)
             self.padding_sent += len(packet)
 

@@ -17,13 +17,21 @@ from sfu.rtp import RtpInfo
 # The most padding one packet can carry (the length byte counts itself).
 MAX_PADDING = 255
 _SEQ = struct.Struct("!H")
+_SSRC = struct.Struct("!I")
 
 
-def padding_packet(sent: bytes, info: RtpInfo, sequence: int) -> bytes:
+def padding_packet(
+    sent: bytes, info: RtpInfo, sequence: int, rtx: tuple[int, int] | None = None
+) -> bytes:
     """A padding-only packet after `sent` (parsed as `info`): its header and extensions, marker
-    cleared, sequence number `sequence`, MAX_PADDING bytes of padding."""
+    cleared, sequence number `sequence`, MAX_PADDING bytes of padding. With `rtx` (SSRC,
+    payload type): on the RTX stream instead, as libwebrtc probes (a padding-only RTX packet is
+    no retransmission, and one lost is never NACKed)."""
     header = bytearray(sent[: info.payload_start])
     header[0] |= 0x20
     header[1] &= 0x7F
     _SEQ.pack_into(header, 2, sequence & 0xFFFF)
+    if rtx is not None:
+        _SSRC.pack_into(header, 8, rtx[0])
+        header[1] = rtx[1] & 0x7F
     return bytes(header) + bytes(MAX_PADDING - 1) + bytes((MAX_PADDING,))

@@ -88,6 +88,7 @@ class Participant:
         self._timer = clock.TimerDriver(self)
         self._build_media(addresses)
         self.publishing.simulcast_allowed = lambda: self.room.limits.simulcast
+        self.subscribing.transport_cc.allowed = lambda: self.room.limits.transport_cc
 
     def _build_media(self, addresses: dict[str, str]) -> None:
         """The two peer connections and the parts that work on them."""

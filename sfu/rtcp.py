@@ -1,6 +1,7 @@
 """Sans-I/O RTCP: parse the messages an SFU acts on, build the ones it sends.
 
 RFC 3550 (SR, RR, BYE), RFC 4585 (NACK, PLI), RFC 5104 (FIR), draft-alvestrand-rmcat-remb (REMB),
+draft-holmer-rmcat-transport-wide-cc-extensions (transport feedback, its FCI left to sfu/twcc.py),
 RFC 5761 (RTP/RTCP demultiplexing). Everything else in a compound packet is skipped.
 """
 
@@ -20,6 +21,7 @@ RTPFB = 205
 PSFB = 206
 
 _RTPFB_NACK = 1
+_RTPFB_TWCC = 15
 _PSFB_PLI = 1
 _PSFB_FIR = 4
 _PSFB_AFB = 15  # application layer feedback; REMB is recognised by its "REMB" identifier
@@ -91,11 +93,21 @@ class Remb:
 
 
 @dataclass(frozen=True, slots=True)
+class TransportFeedback:
+    """Transport-wide congestion control feedback; `fci` is parsed by sfu/twcc.py, so that a
+    malformed one costs only itself, not the reports beside it."""
+
+    sender_ssrc: int
+    media_ssrc: int
+    fci: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Bye:
     ssrcs: tuple[int, ...]
 
 
-RtcpMessage = SenderReport | ReceiverReport | Pli | Fir | Nack | Remb | Bye
+RtcpMessage = SenderReport | ReceiverReport | Pli | Fir | Nack | Remb | TransportFeedback | Bye
 
 
 def is_rtcp(data: bytes) -> bool:
@@ -138,6 +150,11 @@ def _parse_one(ptype: int, count: int, payload: bytes) -> RtcpMessage | None:
             raise MalformedPacket("RTCP BYE is shorter than its source count")
         return Bye(struct.unpack_from(f"!{count}I", payload))
     if ptype == RTPFB:
+        if count == _RTPFB_TWCC:
+            if size < 8:
+                raise MalformedPacket("RTCP transport feedback is shorter than 8 bytes")
+            sender, media = _TWO_U32.unpack_from(payload)
+            return TransportFeedback(sender, media, payload[8:])
         return _parse_nack(payload) if count == _RTPFB_NACK else None
     if ptype == PSFB:
         return _parse_psfb(count, payload)
@@ -179,7 +196,7 @@ def _parse_psfb(count: int, payload: bytes) -> RtcpMessage | None:
 
 
 def parse_rtcp(data: bytes) -> list[RtcpMessage]:
-    """The SR/RR/PLI/FIR/NACK/REMB/BYE messages of a compound packet, in order.
+    """The SR/RR/PLI/FIR/NACK/REMB/transport feedback/BYE messages of a compound packet, in order.
 
     Other packet types and feedback formats are skipped. Raises MalformedPacket (only) when any
     packet's framing is broken or a known message is truncated.

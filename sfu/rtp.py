@@ -219,6 +219,21 @@ def _one_byte_elements(data: bytes, pos: int, end: int, one_map: list[int]) -> b
     return bytes(body)
 
 
+def _slot_elements(
+    slot_ext_id: int | None, mid_ext_id: int | None, ext_map: dict[int, int]
+) -> tuple[bytes, bytes]:
+    """The transport-cc element (two zero bytes for its value) in the one-byte and two-byte
+    forms; (b"", b"") without one."""
+    if slot_ext_id is None:
+        return b"", b""
+    _check_ext_id(slot_ext_id, "slot_ext_id")
+    if slot_ext_id > 14:
+        raise ValueError("slot_ext_id must fit the one-byte form (1..14)")
+    if slot_ext_id == mid_ext_id or slot_ext_id in ext_map.values():
+        raise ValueError(f"slot_ext_id {slot_ext_id} is also used by another element")
+    return bytes(((slot_ext_id << 4) | 1, 0, 0)), bytes((slot_ext_id, 2, 0, 0))
+
+
 def _one_byte_map(ext_map: dict[int, int], mid_fits: bool) -> list[int] | None:
     """in id -> (out id << 4), 0 = drop; only when every output element is sure to fit the
     one-byte form (one-byte input values are 1..16 bytes), enabling rewrite's fast path."""
@@ -251,6 +266,8 @@ class RtpRewriter:
         "_one_map",
         "_one_key",
         "_tails",
+        "_slot_one",
+        "_slot_two",
         "_seq_start",
         "_ts_start",
         "_seq_offset",
@@ -272,21 +289,28 @@ class RtpRewriter:
         mid: str,
         seq_start: int,
         ts_start: int,
+        slot_ext_id: int | None = None,
     ) -> None:
         _check_maps(out_ssrc, pt_map, ext_map)
         self._mid_one, self._mid_two = _mid_elements(mid_ext_id, mid, ext_map)
+        # The transport-cc element, first in every output block (sfu/twcc.py stamps its value
+        # at a fixed offset); b"" without one.
+        self._slot_one, self._slot_two = _slot_elements(slot_ext_id, mid_ext_id, ext_map)
         self._mid_tail = self._mid_one or b""  # what rewrite's fast path appends
-        # The output block when no input element survives: the MID alone, or nothing.
+        # The output block when no input element survives: the slot and MID alone, or nothing.
         self._mid_block: tuple[int, bytes] = (0, b"")
-        if self._mid_one is not None:
-            self._mid_block = (ONE_BYTE_PROFILE, self._mid_one + _PADS[len(self._mid_one) & 3])
+        if self._mid_one is not None or (self._slot_one and not self._mid_two):
+            alone = self._slot_one + (self._mid_one or b"")
+            self._mid_block = (ONE_BYTE_PROFILE, alone + _PADS[len(alone) & 3])
         elif self._mid_two:
-            self._mid_block = (TWO_BYTE_PROFILE, self._mid_two + _PADS[len(self._mid_two) & 3])
+            alone = self._slot_two + self._mid_two
+            self._mid_block = (TWO_BYTE_PROFILE, alone + _PADS[len(alone) & 3])
         self._one_map = _one_byte_map(ext_map, self._mid_one is not None or not self._mid_two)
         self._one_key = _intern_one_map(self._one_map)
         # The MID element and padding to append to elements of each length mod 4.
         tail = self._mid_tail
-        self._tails = tuple(tail + _PADS[(n + len(tail)) & 3] for n in range(4))
+        head = len(self._slot_one)
+        self._tails = tuple(tail + _PADS[(head + n + len(tail)) & 3] for n in range(4))
         self._ssrc = out_ssrc
         self._pt_map = dict(pt_map)
         self._ext_map = dict(ext_map)
@@ -370,7 +394,7 @@ class RtpRewriter:
             elements = remapped.get(self._one_key)
             if elements is None:
                 elements = remapped[self._one_key] = _one_byte_elements(data, pos, end, one_map)
-            body = elements + self._tails[len(elements) & 3]
+            body = self._slot_one + elements + self._tails[len(elements) & 3]
         elif profile is not None:
             profile, body = self._remap_extensions(data, info)
         else:
@@ -435,7 +459,7 @@ class RtpRewriter:
         self, data: bytes, kept: list[tuple[int, int, int]], one_byte: bool
     ) -> tuple[int, bytes]:
         """(profile, padded block) of the kept elements and the MID, in the form they all fit."""
-        parts: list[bytes] = []
+        parts: list[bytes] = [self._slot_one if one_byte else self._slot_two]
         if one_byte:
             for out_id, start, stop in kept:
                 parts.append(_BYTE[(out_id << 4) | (stop - start - 1)])

@@ -53,6 +53,17 @@ class RtxStream:
         self.payload_type = payload_type
         self._seq = seq_start & 0xFFFF
 
+    @property
+    def stream(self) -> tuple[int, int]:
+        """(SSRC, payload type)."""
+        return self.ssrc, self.payload_type
+
+    def take_sequence(self) -> int:
+        """A sequence number of the RTX stream for a packet that is no retransmission (padding)."""
+        seq = self._seq
+        self._seq = (seq + 1) & 0xFFFF
+        return seq
+
     def wrap(self, packet: bytes) -> bytes:
         """A cached packet of the down-track (the rewriter's well-formed output) as RTX."""
         out = wrap(packet, parse_rtp(packet), self.ssrc, self.payload_type, self._seq)

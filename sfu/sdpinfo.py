@@ -238,11 +238,11 @@ def read_simulcast(lines: list[str]) -> SimulcastOffer | None:
         raise BadSdp("a=simulcast names a rid twice")
     if set(rids) <= set(_KNOWN_RID_ORDER):
         rids.sort(key=_KNOWN_RID_ORDER.index)
-    rid_ext = _extmap_id(lines, RID_URI)
+    rid_ext = extmap_id(lines, RID_URI)
     if rid_ext is None:
         # Without the RID in the packets, nothing tells keyroom which layer an SSRC carries.
         raise BadSdp("a=simulcast without the rtp-stream-id header extension")
-    return SimulcastOffer(tuple(rids), rid_ext, _extmap_id(lines, REPAIRED_RID_URI))
+    return SimulcastOffer(tuple(rids), rid_ext, extmap_id(lines, REPAIRED_RID_URI))
 
 
 def _send_rids(lines: list[str]) -> list[str]:
@@ -267,7 +267,7 @@ def _check_rid(rid: str) -> None:
         raise BadSdp("malformed rid (not ASCII)")
 
 
-def _extmap_id(lines: list[str], uri: str) -> int | None:
+def extmap_id(lines: list[str], uri: str) -> int | None:
     for line in lines:
         if line.startswith("a=extmap:"):
             ident, _, rest = line[len("a=extmap:") :].partition(" ")

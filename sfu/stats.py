@@ -38,6 +38,9 @@ class DropReason(StrEnum):
     # A relayed data message the receiver's protocol cannot carry (a LiveKit RPC or stream
     # packet for a keyroom JSON client, sfu/datarelay.py).
     UNREPRESENTABLE = "unrepresentable"
+    # A subscriber's transport-wide congestion control feedback that is malformed or absurd
+    # (sfu/twcc.py): ignored, the RTCP beside it still read.
+    BAD_FEEDBACK = "bad_feedback"
 
 
 @dataclass
@@ -52,6 +55,8 @@ class Stats:
     # publisher RTX packets unwrapped and forwarded.
     uplink_nacks: int = 0
     rtx_received: int = 0
+    # Subscribers' transport-wide congestion control feedback messages used (sfu/twcc.py).
+    transport_feedback: int = 0
     # Subscriber sections that carried a track before and were given to a new one.
     sections_reused: int = 0
     # The batched fan-out (sfu/fastpath): sendmmsg calls and the packets they sent.

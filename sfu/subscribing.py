@@ -32,8 +32,12 @@ from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
 from sfu.rtx import RtxStream
 from sfu.sdpinfo import MAX_SECTIONS
+from sfu.sendbudget import BudgetedSink
 from sfu.stats import DropReason, Stats
 from sfu.tasks import TaskSet
+from sfu.twcc import URI as TRANSPORT_CC
+from sfu.twcc import TransportSequence
+from sfu.twccsdp import TransportCcState, accepted_transport_cc, offer_transport_cc
 
 log = logging.getLogger("keyroom.participant")
 
@@ -68,10 +72,8 @@ class Subscribing:
         self.stats = stats
         self._public_addresses = public_addresses
         self.closed = False
-        # New down-tracks waiting for a section in the next offer.
-        self._pending: list[DownTrack] = []
-        # The section of each offered down-track.
-        self._transceivers: dict[DownTrack, RTCRtpTransceiver] = {}
+        self._pending: list[DownTrack] = []  # new down-tracks awaiting the next offer
+        self._transceivers: dict[DownTrack, RTCRtpTransceiver] = {}  # their sections
         # A section's life after its down-track: still sending in the local description, to be
         # offered inactive next; offered inactive, answer pending; inactive in an applied
         # answer, free to carry the next track of its kind. Only a free section is reused: one
@@ -91,8 +93,10 @@ class Subscribing:
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
+        self._video_sink: BudgetedSink | None = None  # the sink, within the video budget
         # a=msid stream id: the publisher's sid, or `PA_..|TR_..` for LiveKit SDKs.
         self.stream_id: Callable[[PublishedTrack], str] = lambda track: track.publisher_sid
+        self.transport_cc = TransportCcState()
 
     def subscribe(self, track: PublishedTrack) -> bool:
         if track.sid in self.subscriptions or self.closed:
@@ -166,6 +170,7 @@ class Subscribing:
                 return
             finally:
                 self._answer = None
+            self._decide_transport_cc(answer_sdp)
             internals.adopt_remote_credentials(pc, answer_sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
@@ -179,7 +184,28 @@ class Subscribing:
                 return
 
     def _offer_sdp(self) -> str:
-        return advertise(self.pc.localDescription.sdp, self._public_addresses)
+        sdp = advertise(self.pc.localDescription.sdp, self._public_addresses)
+        if self.transport_cc.decided and self.transport_cc.accepted is None:
+            return sdp
+        if not self.transport_cc.decided and not self.transport_cc.allowed():
+            return sdp
+        sdp, self.transport_cc.offered = offer_transport_cc(sdp)
+        return sdp
+
+    def _decide_transport_cc(self, answer: str) -> None:
+        """The first answer settles transport-cc for this connection; the sink stamps from now."""
+        if self.transport_cc.decided:
+            return
+        self.transport_cc.decided = True
+        offered = self.transport_cc.offered
+        if offered is None or not accepted_transport_cc(answer, offered) or self.sink is None:
+            return
+        self.transport_cc.accepted = offered
+        log.info("participant %s: transport-cc negotiated (extension id %d)", self.sid, offered)
+        sequence = TransportSequence(offered)
+        self.sink.transport_sequence = sequence
+        self._feedback.transport_sequence = sequence
+        self._feedback.congestion.paced = True
 
     def _apply_changes(self) -> None:
         for stopping in self._stopping:
@@ -226,8 +252,8 @@ class Subscribing:
             self._renegotiate = True
 
     def _configure_down_tracks(self) -> None:
-        sink = self.sink
-        if sink is None:
+        sink, video_sink = self.sink, self._video_sink
+        if sink is None or video_sink is None:
             return
         for down, transceiver in self._transceivers.items():
             if down.rewriter is not None or transceiver.mid is None:
@@ -238,11 +264,11 @@ class Subscribing:
             if media is None or media.payloadType is None or track.codec is None:
                 continue
             down.configure(
-                sink=sink,
+                sink=video_sink if track.kind == "video" else sink,
                 out_ssrc=internals.sender_ssrc(transceiver),
                 mid=transceiver.mid,
                 payload_types={track.codec.payload_type: media.payloadType},
-                extensions={e.uri: e.id for e in internals.negotiated_extensions(transceiver)},
+                extensions=self._extensions(transceiver),
                 seq_start=self._next_seq.pop(transceiver, None),
             )
             down.rtx = rtx_stream(transceiver, codecs, media.payloadType)
@@ -251,6 +277,13 @@ class Subscribing:
             if (workers := fanout_pool.current()) is not None:
                 workers.adopt(down, sink)  # its copies go out from a worker (sfu/fanout/)
             track.request_keyframe()
+
+    def _extensions(self, transceiver: RTCRtpTransceiver) -> dict[str, int]:
+        """The section's negotiated extensions by URI, transport-cc included when accepted."""
+        extensions = {e.uri: e.id for e in internals.negotiated_extensions(transceiver)}
+        if self.transport_cc.accepted is not None:
+            extensions[TRANSPORT_CC] = self.transport_cc.accepted
+        return extensions
 
     def restart_ice(self) -> None:
         """The client asks for an ICE restart (a new network): offer new ICE credentials."""
@@ -279,6 +312,7 @@ class Subscribing:
         if dtls is None:
             return
         self.sink = internals.RtpSink(dtls)
+        self._video_sink = BudgetedSink(self.sink, self._feedback.congestion.budget)
         internals.hook_transport(dtls, self._on_rtp, self._on_rtcp)
         self._feedback.start_sender_reports(clock.now())
         self._rearm()

@@ -29,6 +29,7 @@ CASES: dict[str, tuple[Any, list[Any], list[Any]]] = {
     "e2ee_required": (True, [True], [False]),
     "recording_allowed": (False, [False], [True]),
     "simulcast": (False, [False], [True]),
+    "transport_cc": (False, [False], [True]),
     "single_use_tokens": (True, [True], [False]),
     "require_bound_tokens": (True, [True], [False]),
     "auto_record": (False, [False], [True]),

@@ -197,6 +197,7 @@ BAD_VALUES = [
     ("limits", "e2ee_required", 0),
     ("limits", "recording_allowed", 1),
     ("limits", "simulcast", "yes"),
+    ("limits", "transport_cc", "yes"),
     ("limits", "single_use_tokens", "true"),
     ("limits", "auto_record", "yes"),
     ("recording", "public_key", 5),

@@ -93,7 +93,6 @@ def test_parse_skips_unknown_types_and_formats() -> None:
     skipped = [
         struct.pack("!BBH", 0x80, 207, 2) + bytes(8),  # XR
         struct.pack("!BBH", 0x80, 204, 2) + b"\x00\x00\x00\x01name",  # APP
-        struct.pack("!BBHII", 0x8F, 205, 4, 1, 2) + bytes(8),  # TWCC (RTPFB fmt 15)
         struct.pack("!BBHII", 0x82, 206, 3, 1, 2) + bytes(4),  # SLI
         struct.pack("!BBHII", 0x8F, 206, 4, 1, 0) + b"GOOG" + bytes(4),  # AFB, not REMB
         struct.pack("!BBHII", 0x83, 205, 2, 1, 2),  # TMMBR-ish, no FCI

@@ -8,7 +8,7 @@ import asyncio
 import time
 
 import pytest
-from aiortc import RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from sfu import internals, subscribing
 from sfu.datarelay import DataRelay
@@ -120,27 +120,11 @@ async def test_a_recycled_section_carries_another_publishers_track(server: Serve
             await client.leave()
 
 
-def video_track(sid: str) -> PublishedTrack:
-    track = PublishedTrack(
-        sid=sid, cid=sid, kind="video", source="camera", name="", publisher_sid="PA_pub"
-    )
-    track.codec = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
-    return track
-
-
-async def test_a_subscriber_that_never_answers_gets_no_more_than_max_sections(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Sections retire only through answers: while a client answers nothing and tracks come and
-    go, new ones stop at MAX_SECTIONS and the next track waits; the client's first answer frees
-    the retired sections and the waiting track gets one of them."""
-    monkeypatch.setattr(subscribing, "ANSWER_TIMEOUT", 0.01)
-    pc = internals.new_peer_connection()
-    client = internals.new_peer_connection()
-    offers: asyncio.Queue[str] = asyncio.Queue()
+def new_subscribing(pc: RTCPeerConnection, offers: asyncio.Queue[str]) -> subscribing.Subscribing:
+    """keyroom's subscriber side of `pc` alone, its offers put in `offers`."""
     stats = Stats()
     subscriptions: dict[str, DownTrack] = {}
-    sub = subscribing.Subscribing(
+    return subscribing.Subscribing(
         pc,
         sid="PA_sub",
         subscriptions=subscriptions,
@@ -160,6 +144,28 @@ async def test_a_subscriber_that_never_answers_gets_no_more_than_max_sections(
         stats=stats,
         public_addresses={},
     )
+
+
+def video_track(sid: str) -> PublishedTrack:
+    track = PublishedTrack(
+        sid=sid, cid=sid, kind="video", source="camera", name="", publisher_sid="PA_pub"
+    )
+    track.codec = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
+    return track
+
+
+async def test_a_subscriber_that_never_answers_gets_no_more_than_max_sections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sections retire only through answers: while a client answers nothing and tracks come and
+    go, new ones stop at MAX_SECTIONS and the next track waits; the client's first answer frees
+    the retired sections and the waiting track gets one of them."""
+    monkeypatch.setattr(subscribing, "ANSWER_TIMEOUT", 0.01)
+    pc = internals.new_peer_connection()
+    client = internals.new_peer_connection()
+    offers: asyncio.Queue[str] = asyncio.Queue()
+    sub = new_subscribing(pc, offers)
+    stats = sub.stats
 
     async def offered() -> str:
         sdp = await asyncio.wait_for(offers.get(), 5)

@@ -150,6 +150,8 @@ class LimitsConfig(_Section):
     recording_allowed: bool = option(False, checks.boolean)
     # Publishers may send video in up to three simulcast layers (a=simulcast, RIDs).
     simulcast: bool = option(True, checks.boolean)
+    # Subscribers are offered transport-wide congestion control (sfu/twcc.py); off: REMB only.
+    transport_cc: bool = option(True, checks.boolean)
     single_use_tokens: bool = option(False, checks.boolean)
     # Only tokens bound to a client key (`cnf.jkt`), with a proof of possession (issue 15).
     require_bound_tokens: bool = option(False, checks.boolean)

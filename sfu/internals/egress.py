@@ -12,6 +12,7 @@ from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
 from sfu.fastpath.batch import Destination, FanoutBatch
+from sfu.twcc import TransportSequence
 
 _CONNECTED = State.CONNECTED
 
@@ -78,6 +79,7 @@ class RtpSink:
         "sent_packets",
         "sent_bytes",
         "send_errors",
+        "transport_sequence",
     )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
@@ -94,6 +96,9 @@ class RtpSink:
         self.sent_packets = 0
         self.sent_bytes = 0
         self.send_errors = 0
+        # Transport-wide congestion control, once the subscriber accepted it: every RTP packet
+        # gets the next sequence number in the slot the rewriter reserved (sfu/twcc.py).
+        self.transport_sequence: TransportSequence | None = None
 
     def send(self, data: bytes) -> bool:
         # Once per copy of every forwarded packet: attribute reads kept to a minimum.
@@ -115,14 +120,18 @@ class RtpSink:
         size = len(data)
         if size >= 2 and 191 < data[1] < 224:  # RTCP (sfu.rtcp.is_rtcp)
             sent = self._send_rtcp(data, pair.protocol)
-        elif batch is not None:
-            destination = self._destination
-            if destination is None:
-                # The SRTP session exists once DTLS is connected, and lives as long as it.
-                destination = self._destination = batch.destination(dtls._tx_srtp, self._remote)
-            sent = batch.add(destination, data)
         else:
-            sent = self._send_rtp(data, pair.protocol)
+            sequence = self.transport_sequence
+            if sequence is not None:
+                data = sequence.stamp(data)
+            if batch is not None:
+                destination = self._destination
+                if destination is None:
+                    # The SRTP session exists once DTLS is connected, and lives as long as it.
+                    destination = self._destination = batch.destination(dtls._tx_srtp, self._remote)
+                sent = batch.add(destination, data)
+            else:
+                sent = self._send_rtp(data, pair.protocol)
         if not sent:
             self.send_errors += 1
             return False

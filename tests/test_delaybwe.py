@@ -1,0 +1,142 @@
+"""The delay-based estimate from transport-wide feedback (sfu/delaybwe.py), fed synthetic
+arrival patterns: a bottleneck queue, a clean link, jitter, loss. Time is passed in."""
+
+from __future__ import annotations
+
+import random
+
+from sfu.delaybwe import OVERUSE, DelayBasedEstimate
+from sfu.twcc import PacketResult
+
+SIZE = 1200  # bytes
+
+
+class Link:
+    """A bottleneck of `capacity` bit/s with a FIFO queue (arrival = when it leaves the queue)
+    and a fixed propagation delay; feedback every 100 ms with what arrived by then."""
+
+    def __init__(self, capacity: float, jitter: float = 0.0, loss: float = 0.0) -> None:
+        self.capacity = capacity
+        self.jitter = jitter
+        self.loss = loss
+        self.clock = 0.0
+        self.sequence = 0
+        self.free_at = 0.0  # when the queue is empty
+        self.pending: list[PacketResult] = []
+        self.random = random.Random(7)
+
+    def run(self, estimate: DelayBasedEstimate, rate: float, seconds: float) -> list[int | None]:
+        """Send `rate` bit/s for `seconds`; the estimate after each feedback."""
+        interval = SIZE * 8 / rate
+        end = self.clock + seconds
+        next_feedback = self.clock + 0.1
+        estimates: list[int | None] = []
+        send = self.clock
+        while send < end:
+            while next_feedback <= send:
+                estimates.append(self._feedback(estimate, next_feedback))
+                next_feedback += 0.1
+            leaves = max(send, self.free_at) + SIZE * 8 / self.capacity
+            self.free_at = leaves
+            arrival = leaves + 0.02 + self.random.uniform(0, self.jitter)
+            lost = self.random.random() < self.loss
+            self.pending.append(
+                PacketResult(self.sequence, send, SIZE, None if lost else int(arrival * 1e6))
+            )
+            self.sequence += 1
+            send += interval
+        self.clock = end
+        return estimates
+
+    def _feedback(self, estimate: DelayBasedEstimate, now: float) -> int | None:
+        arrived = [p for p in self.pending if p.arrival_us is None or p.arrival_us <= now * 1e6]
+        self.pending = [p for p in self.pending if p not in arrived]
+        return estimate.on_feedback(arrived, now)
+
+
+def test_a_link_that_keeps_up_is_never_called_congested() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=2_000_000)
+    assert all(e is None for e in link.run(estimate, 1_000_000, 10.0))
+    assert estimate.overuses == 0
+
+
+def test_jitter_without_a_trend_is_not_congestion() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=3_000_000, jitter=0.008)
+    link.run(estimate, 1_000_000, 15.0)
+    assert estimate.overuses == 0
+
+
+def test_a_filling_queue_brings_the_estimate_under_the_capacity_within_a_second() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=300_000)
+    estimates = link.run(estimate, 600_000, 1.5)
+    first = next(n for n, e in enumerate(estimates) if e is not None)
+    assert first <= 10  # feedbacks, 100 ms apart
+    assert estimate.trendline.state == OVERUSE or estimate.overuses >= 1
+    value = estimates[first]
+    assert value is not None and 200_000 <= value <= 300_000
+
+
+def test_after_backing_off_the_estimate_grows_but_only_towards_what_is_sent() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=300_000)
+    link.run(estimate, 600_000, 1.5)
+    assert estimate.estimate is not None
+    # Sending 200 kbit/s under the cap: the queue drains (at the capacity: that much got
+    # through), then the estimate grows at most to 1.5x what gets through, never back to the
+    # 600 kbit/s that overflowed the link.
+    link.run(estimate, 200_000, 8.0)
+    assert estimate.estimate is not None
+    assert 200_000 <= estimate.estimate <= 1.5 * 300_000
+
+
+def test_the_estimate_grows_gradually_and_never_jumps_to_a_burst() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=300_000)
+    link.run(estimate, 600_000, 2.0)
+    link.run(estimate, 200_000, 3.0)
+    before = estimate.estimate
+    assert before is not None
+    link.capacity = 50_000_000  # a token bucket's burst, or a freed link: 1.2 Mbit/s arrives
+    link.run(estimate, 1_200_000, 0.5)
+    after = estimate.estimate
+    assert after is not None and before <= after <= before * 1.08**0.7
+    link.run(estimate, 1_200_000, 5.0)  # sustained without a queue: it keeps growing
+    assert estimate.estimate is not None and estimate.estimate > after * 1.2
+
+
+def test_at_the_capacity_the_estimate_saw_tooths_just_under_it() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=300_000)
+    link.run(estimate, 600_000, 1.0)
+    samples = []
+    for _ in range(20):  # a sender that follows the estimate
+        rate = max(estimate.estimate or 300_000, 50_000)
+        samples += [e for e in link.run(estimate, rate, 1.0) if e is not None]
+    tail = samples[len(samples) // 2 :]
+    assert max(tail) <= 1.5 * 300_000
+    assert sum(tail) / len(tail) >= 0.6 * 300_000
+
+
+def test_loss_is_counted_and_skipped_by_the_trend() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=2_000_000, loss=0.1)
+    link.run(estimate, 500_000, 5.0)
+    assert estimate.lost > 0 and estimate.received > 0
+    assert estimate.overuses == 0
+
+
+def test_a_link_that_suddenly_narrows_is_measured_at_its_new_rate() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=5_000_000)
+    assert all(e is None for e in link.run(estimate, 1_500_000, 3.0))
+    link.capacity = 300_000  # a cap falls: what arrives before it must not inflate the cut
+    after = link.run(estimate, 1_500_000, 1.5)  # one value per 100 ms
+    first = next(n for n, e in enumerate(after) if e is not None)
+    assert first <= 3
+    # The first cut is made from the last 200 ms of arrivals (the 1.5 Mbit/s before the cap
+    # would make it ~950 kbit/s), the next ones from the narrowed link alone.
+    assert after[first] is not None and after[first] <= 2 * 300_000
+    assert max(e for e in after[first + 4 :] if e is not None) <= 300_000
