@@ -187,6 +187,8 @@ async def test_with_resuming_off_the_sdk_is_told_to_join_again(tmp_path: Path) -
                     assert leave.reason == models.STATE_MISMATCH
                     assert leave.action == rtc.LeaveRequest.RECONNECT
                 assert await seen(ws) == []  # the session goes on
-        assert audited(server, "no-resume", '"reason":"resume_disabled"')
+        await eventually(
+            lambda: audited(server, "no-resume", '"reason":"resume_disabled"'), 5, "audited"
+        )
     finally:
         stop_server(server)
