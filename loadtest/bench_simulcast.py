@@ -3,8 +3,8 @@ simulcast track against a single-layer track, same fan-out, same process, rounds
 
 Both go through the publisher's ingress (SSRC lookup) and real down-tracks (RTP rewriting, the
 packet cache) into counting sinks, so only keyroom's own work is timed. The simulcast track's
-subscribers are spread over its three layers and have switched layer once (a switch leaves the
-VP8 PictureID renumbering on for good: the slower path); each input packet of a layer goes
+subscribers are spread over its three layers and have all switched layer once (a switch leaves
+the VP8 PictureID renumbering on for good: the slower path); each input packet of a layer goes
 to that layer's subscribers only.
 """
 
@@ -90,11 +90,13 @@ def simulcast(fanout: int, size: int) -> Setup:
     ingress.bind(track, "0", None, None, VP8, {MID_ID: SDES_MID})
     sink = CountingSink()
     downs = [_subscribe(track, index, sink) for index in range(fanout)]
-    for layer, rid in enumerate(RIDS):  # learnt by RID; every subscriber starts on the top
-        ingress.on_rtp(_packet(100 + layer, 0, 0, True, size, rid))
+    for index, down in enumerate(downs):  # each starts on the layer above its own
+        down.set_layer((index + 1) % 3)
+    for layer, rid in enumerate(RIDS):  # learnt by RID, a keyframe each
+        ingress.on_rtp(_packet(100 + layer, 0, 1000 * layer, True, size, rid))
     for index, down in enumerate(downs):
         down.set_layer(index % 3)
-    for layer in range(3):  # a keyframe each: the switches happen
+    for layer in range(3):  # a keyframe each: every subscriber switches (renumbering on)
         ingress.on_rtp(_packet(100 + layer, 1, 1000 * layer + 1, True, size))
 
     def packets(seq: int, n: int) -> list[bytes]:

@@ -350,14 +350,19 @@ class DownTrack:
         rewriter, layers, sink = self.rewriter, self.layers, self.sink
         if rewriter is None or layers is None or sink is None:
             return False
-        admitted = layers.admit(layer, data, info, rewriter)
-        if admitted is None:
+        if not layers.admit(layer, data, info, rewriter):
             return False
-        out = rewriter.rewrite(admitted, info)
+        munger = layers.munger
+        if munger is not None and munger.key:  # renumbered since a switch
+            patch, resume = munger.patch(data, info.payload_start, info.payload_end)
+            out = rewriter.rewrite(data, info, patch, resume)
+        else:
+            resume = info.payload_start
+            out = rewriter.rewrite(data, info)
         if out is None:
             return False
         if self.cache is not None:
-            self.cache.store_forwarded((out[2] << 8) | out[3], out, admitted, info.payload_start)
+            self.cache.store_forwarded((out[2] << 8) | out[3], out, data, resume)
         if sink.send(out):
             layers.last_sent = out
             if self.padding:

@@ -76,13 +76,13 @@ class LayerSwitch:
         """Whether a keyframe of the target layer is awaited."""
         return self.target != PAUSED and self.target != self.current
 
-    def admit(self, layer: int, data: bytes, info: RtpInfo, rewriter: RtpRewriter) -> bytes | None:
-        """The packet (VP8 descriptor renumbered) to rewrite and send, or None to drop it."""
+    def admit(self, layer: int, data: bytes, info: RtpInfo, rewriter: RtpRewriter) -> bool:
+        """Whether to send the packet (renumbered by `munger` where its key is set)."""
         if layer != self.current:
             if layer != self.target or not is_keyframe(
                 self._mime, data[info.payload_start : info.payload_end]
             ):
-                return None
+                return False
             self.current = layer
             self.floor = info.sequence
             self.switches += 1
@@ -90,16 +90,13 @@ class LayerSwitch:
             rewriter.rebase(info.sequence, info.timestamp, FRAME_TICKS)
             if self.munger is not None:
                 self.munger.rebase(data, info.payload_start, info.payload_end, self._last_desc())
-        else:
-            ahead = (info.sequence - self.floor) & 0xFFFF
-            if ahead >= 0x8000:
-                return None
-            if ahead > _FLOOR_MOVE:
-                self.floor = (info.sequence - _FLOOR_LAG) & 0xFFFF
-        munger = self.munger
-        if munger is not None and (munger.pid_offset or munger.tl0_offset):
-            return munger.munge(data, info.payload_start, info.payload_end)
-        return data
+            return True
+        ahead = (info.sequence - self.floor) & 0xFFFF
+        if ahead >= 0x8000:
+            return False
+        if ahead > _FLOOR_MOVE:
+            self.floor = (info.sequence - _FLOOR_LAG) & 0xFFFF
+        return True
 
     def _last_desc(self) -> Vp8Descriptor:
         last = self.last_sent

@@ -60,11 +60,14 @@ class Vp8Munger:
     """One down-track's PictureID/TL0PICIDX numbering across layer switches: offsets, zero until
     the first switch (the packets then pass untouched, unparsed)."""
 
-    __slots__ = ("pid_offset", "tl0_offset")
+    __slots__ = ("pid_offset", "tl0_offset", "key")
 
     def __init__(self) -> None:
         self.pid_offset = 0
         self.tl0_offset = 0
+        # Both offsets in one int (0: nothing to renumber): the key under which down-tracks
+        # renumbering alike share a packet's patch.
+        self.key = 0
 
     def rebase(self, data: bytes, start: int, end: int, last: Vp8Descriptor) -> None:
         """The packet at data[start:end] starts the new layer: its picture follows `last`, the
@@ -75,39 +78,54 @@ class Vp8Munger:
             self.pid_offset = (last.picture_id + 1 - desc.picture_id) & mask
         if desc.tl0 >= 0 and last.tl0 >= 0:
             self.tl0_offset = (last.tl0 + 1 - desc.tl0) & 0xFF
+        self.key = self.pid_offset << 8 | self.tl0_offset
 
-    def munge(self, data: bytes, start: int, end: int) -> bytes:
-        """`data` with its descriptor renumbered (the same bytes when nothing changes)."""
-        pid_offset, tl0_offset = self.pid_offset, self.tl0_offset
-        if not (pid_offset or tl0_offset):
-            return data
-        desc = _descriptor_of(data, start, end)
-        pieces: list[bytes | memoryview] = []
-        cursor = 0
-        if desc.picture_id >= 0 and pid_offset:
-            pid = (desc.picture_id + pid_offset) & _PID_MASKS[desc.pid_long]
-            field = bytes((0x80 | pid >> 8, pid & 0xFF)) if desc.pid_long else bytes((pid,))
-            pieces += (data[: desc.pid_pos], field)
-            cursor = desc.pid_pos + len(field)
-        if desc.tl0 >= 0 and tl0_offset:
-            pieces += (data[cursor : desc.tl0_pos], bytes(((desc.tl0 + tl0_offset) & 0xFF,)))
-            cursor = desc.tl0_pos + 1
-        if not pieces:
-            return data
-        # One copy of the payload: the tail is joined from a view, not sliced first.
-        pieces.append(memoryview(data)[cursor:])
-        return b"".join(pieces)
+    def patch(self, data: bytes, start: int, end: int) -> tuple[bytes, int]:
+        """The payload data[start:end] renumbered, as (patch, resume): the renumbered payload is
+        `patch + data[resume:]`, so the caller copies the payload once, into its packet.
+        (b"", start) when nothing changes. Down-tracks with the same offsets share one patch
+        per packet: a layer's packet goes to each of its subscribers in turn."""
+        global _last
+        memo = _last
+        if memo.data is not data:
+            memo = _last = _Memo(data, read_descriptor(data, start, end))
+        key = self.key
+        try:
+            return memo.patches[key]
+        except KeyError:
+            pass
+        made = memo.patches[key] = _patch(data, start, memo.desc, self.pid_offset, self.tl0_offset)
+        return made
 
 
-# The last packet parsed, and its descriptor: a layer's packet goes to each of its subscribers
-# in turn, so it is parsed once, not once per subscriber.
-_last: tuple[bytes, Vp8Descriptor] = (b"", NO_DESCRIPTOR)
+def _patch(
+    data: bytes, start: int, desc: Vp8Descriptor, pid_offset: int, tl0_offset: int
+) -> tuple[bytes, int]:
+    """Vp8Munger.patch, computed."""
+    pieces: list[bytes] = []
+    cursor = start
+    if desc.picture_id >= 0 and pid_offset:
+        pid = (desc.picture_id + pid_offset) & _PID_MASKS[desc.pid_long]
+        field = bytes((0x80 | pid >> 8, pid & 0xFF)) if desc.pid_long else bytes((pid,))
+        pieces += (data[cursor : desc.pid_pos], field)
+        cursor = desc.pid_pos + len(field)
+    if desc.tl0 >= 0 and tl0_offset:
+        pieces += (data[cursor : desc.tl0_pos], bytes(((desc.tl0 + tl0_offset) & 0xFF,)))
+        cursor = desc.tl0_pos + 1
+    return b"".join(pieces), cursor
 
 
-def _descriptor_of(data: bytes, start: int, end: int) -> Vp8Descriptor:
-    global _last
-    if _last[0] is data:
-        return _last[1]
-    desc = read_descriptor(data, start, end)
-    _last = (data, desc)
-    return desc
+class _Memo:
+    """One packet's descriptor and its patches by offsets key (the packet is held, so an `is`
+    test cannot mistake a later packet at the same address for it)."""
+
+    __slots__ = ("data", "desc", "patches")
+
+    def __init__(self, data: bytes, desc: Vp8Descriptor) -> None:
+        self.data = data
+        self.desc = desc
+        self.patches: dict[int, tuple[bytes, int]] = {}
+
+
+# The last packet renumbered.
+_last = _Memo(b"", NO_DESCRIPTOR)
