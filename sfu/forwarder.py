@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sfu.keyframe import KeyframeThrottle, is_keyframe
-from sfu.layerswitch import PAUSED, LayerSwitch
+from sfu.layerswitch import FLOOR_MOVE, PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
 from sfu.padding import padding_packet
 from sfu.receivestats import ReceiveStats
@@ -350,8 +350,9 @@ class DownTrack:
         rewriter, layers, sink = self.rewriter, self.layers, self.sink
         if rewriter is None or layers is None or sink is None:
             return False
-        if not layers.admit(layer, data, info, rewriter):
-            return False
+        if layer != layers.current or (info.sequence - layers.floor) & 0xFFFF > FLOOR_MOVE:
+            if not layers.admit(layer, data, info, rewriter):
+                return False
         munger = layers.munger
         if munger is not None and munger.key:  # renumbered since a switch
             patch, resume = munger.patch(data, info.payload_start, info.payload_end)

@@ -25,8 +25,10 @@ FRAME_TICKS = 3000
 PAUSED = -1
 # Packets of the current layer older than the switch point are refused (they would reuse
 # sequence numbers already sent); the bar moves with the stream so wrap-around never trips it.
+# A packet of the current layer less than FLOOR_MOVE ahead of it passes without admit() (the
+# hot path: the caller checks that inline).
 _FLOOR_LAG = 0x2000
-_FLOOR_MOVE = 0x4000
+FLOOR_MOVE = 0x4000
 
 
 class LayerSwitch:
@@ -77,7 +79,9 @@ class LayerSwitch:
         return self.target != PAUSED and self.target != self.current
 
     def admit(self, layer: int, data: bytes, info: RtpInfo, rewriter: RtpRewriter) -> bool:
-        """Whether to send the packet (renumbered by `munger` where its key is set)."""
+        """Whether to send the packet (renumbered by `munger` where its key is set). Needed
+        for packets of another layer, or of the current one not within FLOOR_MOVE after
+        `floor`: behind the switch point, or far enough ahead to move it."""
         if layer != self.current:
             if layer != self.target or not is_keyframe(
                 self._mime, data[info.payload_start : info.payload_end]
@@ -94,7 +98,7 @@ class LayerSwitch:
         ahead = (info.sequence - self.floor) & 0xFFFF
         if ahead >= 0x8000:
             return False
-        if ahead > _FLOOR_MOVE:
+        if ahead > FLOOR_MOVE:
             self.floor = (info.sequence - _FLOOR_LAG) & 0xFFFF
         return True
 

@@ -83,49 +83,52 @@ class Vp8Munger:
     def patch(self, data: bytes, start: int, end: int) -> tuple[bytes, int]:
         """The payload data[start:end] renumbered, as (patch, resume): the renumbered payload is
         `patch + data[resume:]`, so the caller copies the payload once, into its packet.
-        (b"", start) when nothing changes. Down-tracks with the same offsets share one patch
-        per packet: a layer's packet goes to each of its subscribers in turn."""
-        global _last
-        memo = _last
-        if memo.data is not data:
-            memo = _last = _Memo(data, read_descriptor(data, start, end))
+        (b"", start) when there is nothing to renumber. Down-tracks with the same offsets share
+        one patch per packet: a layer's packet goes to each of its subscribers in turn."""
+        global _memo_data, _memo
+        if _memo_data is not data:
+            # Holding the packet, `is` cannot take a later one at the same address for it.
+            _memo_data = data
+            _memo = {}
         key = self.key
-        try:
-            return memo.patches[key]
-        except KeyError:
-            pass
-        made = memo.patches[key] = _patch(data, start, memo.desc, self.pid_offset, self.tl0_offset)
+        made = _memo.get(key)
+        if made is None:
+            made = _memo[key] = _patch(data, start, end, self.pid_offset, self.tl0_offset)
         return made
 
 
+# The last packet patched, and its patches by Vp8Munger.key.
+_memo_data = b""
+_memo: dict[int, tuple[bytes, int]] = {}
+
+
 def _patch(
-    data: bytes, start: int, desc: Vp8Descriptor, pid_offset: int, tl0_offset: int
+    data: bytes, start: int, end: int, pid_offset: int, tl0_offset: int
 ) -> tuple[bytes, int]:
-    """Vp8Munger.patch, computed."""
-    pieces: list[bytes] = []
-    cursor = start
-    if desc.picture_id >= 0 and pid_offset:
-        pid = (desc.picture_id + pid_offset) & _PID_MASKS[desc.pid_long]
-        field = bytes((0x80 | pid >> 8, pid & 0xFF)) if desc.pid_long else bytes((pid,))
-        pieces += (data[cursor : desc.pid_pos], field)
-        cursor = desc.pid_pos + len(field)
-    if desc.tl0 >= 0 and tl0_offset:
-        pieces += (data[cursor : desc.tl0_pos], bytes(((desc.tl0 + tl0_offset) & 0xFF,)))
-        cursor = desc.tl0_pos + 1
-    return b"".join(pieces), cursor
-
-
-class _Memo:
-    """One packet's descriptor and its patches by offsets key (the packet is held, so an `is`
-    test cannot mistake a later packet at the same address for it)."""
-
-    __slots__ = ("data", "desc", "patches")
-
-    def __init__(self, data: bytes, desc: Vp8Descriptor) -> None:
-        self.data = data
-        self.desc = desc
-        self.patches: dict[int, tuple[bytes, int]] = {}
-
-
-# The last packet renumbered.
-_last = _Memo(b"", NO_DESCRIPTOR)
+    """Vp8Munger.patch, computed: the descriptor's first bytes (at most 5 up to TL0PICIDX)
+    copied and renumbered in place; (b"", start) for a payload read_descriptor refuses."""
+    if end - start < 2 or not data[start] & 0x80:
+        return b"", start
+    ext = data[start + 1]
+    pos = start + 2
+    head = bytearray(data[start : start + 5])
+    if ext & 0x80:
+        if pos >= end:
+            return b"", start
+        first = data[pos]
+        if first & 0x80:
+            if pos + 2 > end:
+                return b"", start
+            pid = ((first & 0x7F) << 8 | data[pos + 1]) + pid_offset
+            head[2] = 0x80 | (pid >> 8) & 0x7F
+            head[3] = pid & 0xFF
+            pos += 2
+        else:
+            head[2] = (first + pid_offset) & 0x7F
+            pos += 1
+    if ext & 0x40:
+        if pos >= end:
+            return b"", start
+        head[pos - start] = (data[pos] + tl0_offset) & 0xFF
+        pos += 1
+    return bytes(head[: pos - start]), pos

@@ -252,6 +252,22 @@ def renumbered(munger: Vp8Munger, data: bytes) -> bytes:
     return patch + data[resume:]
 
 
+def test_a_long_stream_keeps_flowing_across_the_sequence_wrap_after_a_switch() -> None:
+    """The switch point's bar moves with the stream (forward_layer checks it inline)."""
+    track = simulcast_track()[0]
+    sink = ListSink()
+    down = subscribe(track, sink, max_layer=0)
+    layer = track.layers[0]
+    total = 0x10000 + 0x5000
+    for n in range(total):
+        data = rtp(100, (40000 + n) & 0xFFFF, n * 3000, vp8(n & 0x7FFF, n & 0xFF, n == 0))
+        layer.forward(data, parse_rtp(data))
+    assert len(sink.sent) == total and down.layers is not None and down.layers.switches == 1
+    late = rtp(100, (40000 + total - 0x6000) & 0xFFFF, 0, vp8(1, 1, False))
+    layer.forward(late, parse_rtp(late))  # far behind the moved bar: refused
+    assert len(sink.sent) == total
+
+
 def test_the_vp8_munger_renumbers_across_a_switch_and_wraps() -> None:
     munger = Vp8Munger()
     first = vp8(0x7FFF, 255, True)
