@@ -8,9 +8,14 @@ the first picture of the new layer follows the last one sent. Sans-I/O: bytes in
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 _PID_MASKS = (0x7F, 0x7FFF)
+# The descriptor's first bytes with a 15-bit PictureID: X byte, extension byte, PictureID and
+# TL0PICIDX, or without TL0PICIDX.
+_FIELDS = struct.Struct("!BBHB")
+_PID_FIELDS = struct.Struct("!BBH")
 
 
 class Vp8Descriptor(NamedTuple):
@@ -106,7 +111,15 @@ def _patch(
     data: bytes, start: int, end: int, pid_offset: int, tl0_offset: int
 ) -> tuple[bytes, int]:
     """Vp8Munger.patch, computed: the descriptor's first bytes (at most 5 up to TL0PICIDX)
-    copied and renumbered in place; (b"", start) for a payload read_descriptor refuses."""
+    renumbered; (b"", start) for a payload read_descriptor refuses."""
+    if end - start >= 5:
+        # What Chromium sends: a 15-bit PictureID, with or without TL0PICIDX, read at once.
+        first, ext, pid, tl0 = _FIELDS.unpack_from(data, start)
+        if first & 0x80 and ext & 0x80 and pid & 0x8000:
+            pid = 0x8000 | (pid + pid_offset) & 0x7FFF
+            if ext & 0x40:
+                return _FIELDS.pack(first, ext, pid, (tl0 + tl0_offset) & 0xFF), start + 5
+            return _PID_FIELDS.pack(first, ext, pid), start + 4
     if end - start < 2 or not data[start] & 0x80:
         return b"", start
     ext = data[start + 1]
