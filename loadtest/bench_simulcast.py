@@ -79,7 +79,7 @@ def single_layer(fanout: int, size: int) -> Setup:
     def packets(seq: int, n: int) -> list[bytes]:
         return [_packet(7, seq + k, (seq + k) // 4, False, size) for k in range(n)]
 
-    return _sender(ingress, packets, 1), sink
+    return _sender(ingress, packets, 1, 1), sink
 
 
 def simulcast(fanout: int, size: int) -> Setup:
@@ -106,18 +106,20 @@ def simulcast(fanout: int, size: int) -> Setup:
             for layer in range(3)
         ]
 
-    return _sender(ingress, packets, 2), sink
+    return _sender(ingress, packets, 2, 3), sink
 
 
 def _sender(
-    ingress: Ingress, packets: Callable[[int, int], list[bytes]], first: int
+    ingress: Ingress, packets: Callable[[int, int], list[bytes]], first: int, streams: int
 ) -> Callable[[int], float]:
-    """Sends n packets (built beforehand, not timed) through `ingress`; returns the CPU time."""
+    """Sends n packets (built beforehand, not timed) through `ingress`; returns the CPU time.
+    Each of the `streams` SSRCs gets n / streams of them, its sequence numbers contiguous
+    from one call to the next."""
     state = {"seq": first}
 
     def send(n: int) -> float:
         built = packets(state["seq"], n)
-        state["seq"] += n
+        state["seq"] += n // streams
         started = time.process_time()
         on_rtp = ingress.on_rtp
         for packet in built:

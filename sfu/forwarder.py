@@ -57,7 +57,7 @@ class ForwardingCounters:
 
 class DownTracks(list["DownTrack"]):
     """A track's down-tracks; `version` moves with every change of who is in it or of what layer
-    one aims at, so a simulcast layer knows when to re-read its subscribers (`routes`)."""
+    one aims at, so a simulcast layer knows when to re-read its subscribers (`reroute`)."""
 
     version = 0
 
@@ -127,20 +127,15 @@ class PublishedTrack:
         # publisher's RID header extension ids that name them.
         self.layers: list[Layer] = []
         self.simulcast: SimulcastOffer | None = None
-        self._routes: list[list[DownTrack]] = []
-        self._routes_version = -1
 
-    def layer_routes(self) -> list[list[DownTrack]]:
-        """Per simulcast layer, the down-tracks that forward or await it: a layer's packet
-        visits those only. Rebuilt when `down_tracks.version` moved."""
+    def reroute(self) -> None:
+        """Give each simulcast layer its route: the down-tracks that forward or await it (a
+        layer's packet visits those only). A layer calls this when `down_tracks.version` moved
+        since its route was made."""
         downs = self.down_tracks
-        if self._routes_version != downs.version:
-            self._routes_version = downs.version
-            self._routes = [
-                [d for d in downs if d.layers is not None and d.layers.wants(layer.index)]
-                for layer in self.layers
-            ]
-        return self._routes
+        for layer in self.layers:
+            layer.route = [d for d in downs if d.layers is not None and d.layers.wants(layer.index)]
+            layer.route_version = downs.version
 
     def keyframe_ssrcs(self) -> list[int]:
         """The SSRCs a keyframe request names. Simulcast: the layers a down-track waits for, else
@@ -159,7 +154,6 @@ class PublishedTrack:
         """The publisher's section offers these layers (kept when a later offer repeats them)."""
         if self.simulcast is None or self.simulcast.rids != offer.rids:
             self.layers = [Layer(self, i, rid, self.counters) for i, rid in enumerate(offer.rids)]
-            self._routes_version = -1
         self.simulcast = offer
 
     @property
@@ -171,7 +165,8 @@ class PublishedTrack:
         """Whether a media section of the publisher's SDP carries this track."""
         return self.codec is not None
 
-    def forward(self, data: bytes, info: RtpInfo) -> None:
+    def forward(self, data: bytes, info: RtpInfo) -> int:
+        """Forward one of the track's packets to its down-tracks; the number sent."""
         counters = self.counters
         counters.packets_in += 1
         counters.bytes_in += len(data)
@@ -182,12 +177,15 @@ class PublishedTrack:
                 self.loudness += 127 - (level[0] & 0x7F)
                 self.loudness_packets += 1
         if self.muted:
-            return
+            return 0
         for tap in self.taps:
             tap.packet(data, info)
+        sent = 0
         for down in self.down_tracks:
             if down.forward(data, info):
-                counters.packets_out += 1
+                sent += 1
+        counters.packets_out += sent
+        return sent
 
     def take_loudness(self) -> float | None:
         """Mean audio level since the last call, in dBov (0 loudest, -127 silence)."""
@@ -345,8 +343,11 @@ class DownTrack:
             self._pad(out)
         return sent
 
-    def forward_layer(self, layer: int, data: bytes, info: RtpInfo) -> bool:
-        """forward() for a packet of simulcast layer `layer`."""
+    def forward_layer(
+        self, layer: int, data: bytes, info: RtpInfo, renumbered: dict[int, bytes]
+    ) -> bool:
+        """forward() for a packet of simulcast layer `layer`. `renumbered`: the packet's VP8
+        renumbered copies so far, by offsets key, shared by the down-tracks of its route."""
         rewriter, layers, sink = self.rewriter, self.layers, self.sink
         if rewriter is None or layers is None or sink is None:
             return False
@@ -355,15 +356,18 @@ class DownTrack:
                 return False
         munger = layers.munger
         if munger is not None and munger.key:  # renumbered since a switch
-            patch, resume = munger.patch(data, info.payload_start, info.payload_end)
-            out = rewriter.rewrite(data, info, patch, resume)
+            source = renumbered.get(munger.key)
+            if source is None:
+                source = renumbered[munger.key] = munger.munge(
+                    data, info.payload_start, info.payload_end
+                )
         else:
-            resume = info.payload_start
-            out = rewriter.rewrite(data, info)
+            source = data
+        out = rewriter.rewrite(source, info)
         if out is None:
             return False
         if self.cache is not None:
-            self.cache.store_forwarded((out[2] << 8) | out[3], out, data, resume)
+            self.cache.store_forwarded((out[2] << 8) | out[3], out, source, info.payload_start)
         if sink.send(out):
             layers.last_sent = out
             if self.padding:

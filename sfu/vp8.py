@@ -70,8 +70,8 @@ class Vp8Munger:
     def __init__(self) -> None:
         self.pid_offset = 0
         self.tl0_offset = 0
-        # Both offsets in one int (0: nothing to renumber): the key under which down-tracks
-        # renumbering alike share a packet's patch.
+        # Both offsets in one int (0: nothing to renumber): down-tracks with the same key
+        # send the same renumbered packet.
         self.key = 0
 
     def rebase(self, data: bytes, start: int, end: int, last: Vp8Descriptor) -> None:
@@ -85,41 +85,30 @@ class Vp8Munger:
             self.tl0_offset = (last.tl0 + 1 - desc.tl0) & 0xFF
         self.key = self.pid_offset << 8 | self.tl0_offset
 
-    def patch(self, data: bytes, start: int, end: int) -> tuple[bytes, int]:
-        """The payload data[start:end] renumbered, as (patch, resume): the renumbered payload is
-        `patch + data[resume:]`, so the caller copies the payload once, into its packet.
-        (b"", start) when there is nothing to renumber. Down-tracks with the same offsets share
-        one patch per packet: a layer's packet goes to each of its subscribers in turn."""
-        global _memo_data, _memo
-        if _memo_data is not data:
-            # Holding the packet, `is` cannot take a later one at the same address for it.
-            _memo_data = data
-            _memo = {}
-        key = self.key
-        made = _memo.get(key)
-        if made is None:
-            made = _memo[key] = _patch(data, start, end, self.pid_offset, self.tl0_offset)
-        return made
-
-
-# The last packet patched, and its patches by Vp8Munger.key.
-_memo_data = b""
-_memo: dict[int, tuple[bytes, int]] = {}
+    def munge(self, data: bytes, start: int, end: int) -> bytes:
+        """`data` with the descriptor of its payload data[start:end] renumbered (the same bytes
+        when there is nothing to renumber). The caller shares the result between down-tracks
+        with the same `key`: a layer's packet goes to each of its subscribers in turn."""
+        if end - start >= 5:
+            # What Chromium sends: a 15-bit PictureID, with or without TL0PICIDX, read at once.
+            first, ext, pid, tl0 = _FIELDS.unpack_from(data, start)
+            if first & 0x80 and ext & 0x80 and pid & 0x8000:
+                pid = 0x8000 | (pid + self.pid_offset) & 0x7FFF
+                if ext & 0x40:
+                    fields = _FIELDS.pack(first, ext, pid, (tl0 + self.tl0_offset) & 0xFF)
+                    return data[:start] + fields + data[start + 5 :]
+                return data[:start] + _PID_FIELDS.pack(first, ext, pid) + data[start + 4 :]
+        patch, resume = _patch(data, start, end, self.pid_offset, self.tl0_offset)
+        if not patch:
+            return data
+        return data[:start] + patch + data[resume:]
 
 
 def _patch(
     data: bytes, start: int, end: int, pid_offset: int, tl0_offset: int
 ) -> tuple[bytes, int]:
-    """Vp8Munger.patch, computed: the descriptor's first bytes (at most 5 up to TL0PICIDX)
-    renumbered; (b"", start) for a payload read_descriptor refuses."""
-    if end - start >= 5:
-        # What Chromium sends: a 15-bit PictureID, with or without TL0PICIDX, read at once.
-        first, ext, pid, tl0 = _FIELDS.unpack_from(data, start)
-        if first & 0x80 and ext & 0x80 and pid & 0x8000:
-            pid = 0x8000 | (pid + pid_offset) & 0x7FFF
-            if ext & 0x40:
-                return _FIELDS.pack(first, ext, pid, (tl0 + tl0_offset) & 0xFF), start + 5
-            return _PID_FIELDS.pack(first, ext, pid), start + 4
+    """The descriptor's first bytes (at most 5, up to TL0PICIDX) renumbered, and where the
+    payload goes on unchanged; (b"", start) for a payload read_descriptor refuses."""
     if end - start < 2 or not data[start] & 0x80:
         return b"", start
     ext = data[start + 1]
@@ -144,4 +133,6 @@ def _patch(
             return b"", start
         head[pos - start] = (data[pos] + tl0_offset) & 0xFF
         pos += 1
+    if pos == start + 2:  # neither field
+        return b"", start
     return bytes(head[: pos - start]), pos
