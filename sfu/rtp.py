@@ -62,6 +62,19 @@ def parse_rtp(data: bytes) -> RtpInfo:
     an extension block ext_start == ext_end == payload_start.
     """
     size = len(data)
+    if size >= 16 and data[0] == 0x90:
+        # What browsers send: version 2, an extension block, no CSRC, no padding; one unpack.
+        _, b1, seq, ts, ssrc, ext_profile, words = _HEADER_EXT.unpack_from(data)
+        end = 16 + 4 * words
+        if end <= size:
+            fields = (b1 & 0x7F, seq, ts, ssrc, b1 > 0x7F, 0, ext_profile, 16, end, end, size)
+            return _new_info(RtpInfo, fields)
+    return parse_any_rtp(data)
+
+
+def parse_any_rtp(data: bytes) -> RtpInfo:
+    """parse_rtp without its fast path: any header layout (the fuzz tests compare both)."""
+    size = len(data)
     if size < 12:
         raise MalformedPacket("RTP packet shorter than 12 bytes")
     b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
