@@ -14,7 +14,7 @@ import statistics
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
 from sfu.ingress import Ingress
@@ -63,7 +63,10 @@ def _subscribe(track: PublishedTrack, index: int, sink: CountingSink) -> DownTra
     return down
 
 
-Setup = tuple[Callable[[int], float], CountingSink]
+class Setup(NamedTuple):
+    send: Callable[[int], float]  # sends n input packets, returns the CPU seconds
+    sink: CountingSink
+    downs: list[DownTrack]
 
 
 def single_layer(fanout: int, size: int) -> Setup:
@@ -72,14 +75,13 @@ def single_layer(fanout: int, size: int) -> Setup:
     ingress = Ingress({track.sid: track}, Stats())
     ingress.bind(track, "0", 7, None, VP8, {MID_ID: SDES_MID})
     sink = CountingSink()
-    for index in range(fanout):
-        _subscribe(track, index, sink)
+    downs = [_subscribe(track, index, sink) for index in range(fanout)]
     ingress.on_rtp(_packet(7, 0, 0, True, size))
 
     def packets(seq: int, n: int) -> list[bytes]:
         return [_packet(7, seq + k, (seq + k) // 4, False, size) for k in range(n)]
 
-    return _sender(ingress, packets, 1, 1), sink
+    return Setup(_sender(ingress, packets, 1, 1), sink, downs)
 
 
 def simulcast(fanout: int, size: int) -> Setup:
@@ -106,7 +108,7 @@ def simulcast(fanout: int, size: int) -> Setup:
             for layer in range(3)
         ]
 
-    return _sender(ingress, packets, 2, 3), sink
+    return Setup(_sender(ingress, packets, 2, 3), sink, downs)
 
 
 def _sender(
@@ -131,7 +133,7 @@ def _sender(
 
 def _round(setup: Setup, packets: int) -> float:
     """CPU microseconds per output packet over `packets` input packets (built beforehand)."""
-    send, sink = setup
+    send, sink, _ = setup
     before = sink.packets
     spent = send(packets)
     return spent * 1e6 / max(sink.packets - before, 1)
