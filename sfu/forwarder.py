@@ -344,7 +344,7 @@ class DownTrack:
         return sent
 
     def forward_layer(
-        self, layer: int, data: bytes, info: RtpInfo, renumbered: dict[int, bytes]
+        self, layer: int, data: bytes, info: RtpInfo, renumbered: dict[int, tuple[bytes, int]]
     ) -> bool:
         """forward() for a packet of simulcast layer `layer`. `renumbered`: the packet's VP8
         renumbered copies so far, by offsets key, shared by the down-tracks of its route."""
@@ -356,18 +356,20 @@ class DownTrack:
                 return False
         munger = layers.munger
         if munger is not None and munger.key:  # renumbered since a switch
-            source = renumbered.get(munger.key)
-            if source is None:
-                source = renumbered[munger.key] = munger.munge(
+            made = renumbered.get(munger.key)
+            if made is None:
+                made = renumbered[munger.key] = munger.patch(
                     data, info.payload_start, info.payload_end
                 )
+            patch, resume = made
+            out = rewriter.rewrite(data, info, patch, resume)
         else:
-            source = data
-        out = rewriter.rewrite(source, info)
+            resume = info.payload_start
+            out = rewriter.rewrite(data, info)
         if out is None:
             return False
         if self.cache is not None:
-            self.cache.store_forwarded((out[2] << 8) | out[3], out, source, info.payload_start)
+            self.cache.store_forwarded((out[2] << 8) | out[3], out, data, resume)
         if sink.send(out):
             layers.last_sent = out
             if self.padding:

@@ -302,9 +302,11 @@ class RtpRewriter:
             raise RuntimeError("no packet rewritten yet, so there is no timestamp offset")
         return (in_ts + self._ts_offset) & _TS_MASK
 
-    def rewrite(self, data: bytes, info: RtpInfo) -> bytes | None:
-        """The packet as this subscriber receives it; None if its payload type is not mapped.
-        `info` is parse_rtp(data); a malformed extension element ends the walk (get_extension)."""
+    def rewrite(
+        self, data: bytes, info: RtpInfo, patch: bytes = b"", resume: int = 0
+    ) -> bytes | None:
+        """The packet as this subscriber receives it (None: payload type not mapped); `info` is
+        parse_rtp(data). With `resume`, the payload is `patch + data[resume:]` (sfu/vp8.py)."""
         pt, in_seq, in_ts, _, marker, _, profile, pos, end, payload_start, payload_end = info
         out_pt = self._pt_map.get(pt)
         if out_pt is None:
@@ -313,8 +315,7 @@ class RtpRewriter:
             self._start(in_seq, in_ts)
         seq = (in_seq + self._seq_offset) & _SEQ_MASK
         ts = (in_ts + self._ts_offset) & _TS_MASK
-        # Serial-number comparison: only a newer packet moves the continuity point.
-        if (seq - self.last_out_seq) & _SEQ_MASK < 0x8000:
+        if (seq - self.last_out_seq) & _SEQ_MASK < 0x8000:  # only a newer packet moves it
             self.last_out_seq = seq
             self.last_out_ts = ts
         self.packets += 1
@@ -322,8 +323,7 @@ class RtpRewriter:
         b0 = 0xA0 if payload_end < len(data) else 0x80  # keep P: the padding is copied
         b1 = 0x80 | out_pt if marker else out_pt
         body: bytes | bytearray
-        one_map = self._one_map
-        if profile == ONE_BYTE_PROFILE and one_map is not None:
+        if profile == ONE_BYTE_PROFILE and (one_map := self._one_map) is not None:
             # Fast path (browsers send one-byte blocks): only each element's id nibble changes.
             body = bytearray()
             while pos < end:
@@ -347,10 +347,11 @@ class RtpRewriter:
             profile, body = self._remap_extensions(data, info)
         else:
             profile, body = self._mid_block
+        tail = data[resume or payload_start :]
         if not body:
-            return _HEADER.pack(b0, b1, seq, ts, self._ssrc) + data[payload_start:]
+            return _HEADER.pack(b0, b1, seq, ts, self._ssrc) + patch + tail
         head = _HEADER_EXT.pack(b0 | 0x10, b1, seq, ts, self._ssrc, profile, len(body) >> 2)
-        return head + body + data[payload_start:]
+        return head + body + patch + tail
 
     # One loop over the elements, per packet on the remap path: split into helpers, it would
     # pay a call per element.

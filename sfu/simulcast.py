@@ -41,7 +41,7 @@ class _Counters(Protocol):
 
 class _LayeredDown(Protocol):
     def forward_layer(
-        self, layer: int, data: bytes, info: RtpInfo, renumbered: dict[int, bytes]
+        self, layer: int, data: bytes, info: RtpInfo, renumbered: dict[int, tuple[bytes, int]]
     ) -> bool: ...
 
 
@@ -126,7 +126,9 @@ class Layer:
             track.reroute()
             route = self.route
         sent = 0
-        renumbered: dict[int, bytes] = {}  # VP8 renumbering, once per offsets (sfu/vp8.py)
+        renumbered: dict[
+            int, tuple[bytes, int]
+        ] = {}  # VP8 renumbering, once per offsets (sfu/vp8.py)
         for down in route:
             if down.forward_layer(index, data, info, renumbered):
                 sent += 1

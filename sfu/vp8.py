@@ -85,23 +85,19 @@ class Vp8Munger:
             self.tl0_offset = (last.tl0 + 1 - desc.tl0) & 0xFF
         self.key = self.pid_offset << 8 | self.tl0_offset
 
-    def munge(self, data: bytes, start: int, end: int) -> bytes:
-        """`data` with the descriptor of its payload data[start:end] renumbered (the same bytes
-        when there is nothing to renumber). The caller shares the result between down-tracks
-        with the same `key`: a layer's packet goes to each of its subscribers in turn."""
+    def patch(self, data: bytes, start: int, end: int) -> tuple[bytes, int]:
+        """The payload data[start:end] renumbered, as (patch, resume): the renumbered payload
+        is `patch + data[resume:]`, so the caller copies the payload once, into its packet;
+        (b"", start) when there is nothing to renumber."""
         if end - start >= 5:
             # What Chromium sends: a 15-bit PictureID, with or without TL0PICIDX, read at once.
             first, ext, pid, tl0 = _FIELDS.unpack_from(data, start)
             if first & 0x80 and ext & 0x80 and pid & 0x8000:
                 pid = 0x8000 | (pid + self.pid_offset) & 0x7FFF
                 if ext & 0x40:
-                    fields = _FIELDS.pack(first, ext, pid, (tl0 + self.tl0_offset) & 0xFF)
-                    return data[:start] + fields + data[start + 5 :]
-                return data[:start] + _PID_FIELDS.pack(first, ext, pid) + data[start + 4 :]
-        patch, resume = _patch(data, start, end, self.pid_offset, self.tl0_offset)
-        if not patch:
-            return data
-        return data[:start] + patch + data[resume:]
+                    return _FIELDS.pack(first, ext, pid, (tl0 + self.tl0_offset) & 0xFF), start + 5
+                return _PID_FIELDS.pack(first, ext, pid), start + 4
+        return _patch(data, start, end, self.pid_offset, self.tl0_offset)
 
 
 def _patch(

@@ -507,3 +507,15 @@ def test_fuzz_rewrite_only_malformed_or_valid_output(data: bytes, large_ids: boo
     )
     assert out_info.marker == info.marker
     assert out_info.payload_type == info.payload_type
+
+
+@pytest.mark.parametrize("extensions", [True, False])
+def test_a_patched_payload_start_replaces_the_inputs_and_keeps_the_rest(extensions: bool) -> None:
+    data = publisher_packet(payload=b"ABCDEFGH", padding=4, extensions=extensions)
+    info = parse_rtp(data)
+    plain = rewrite(rewriter(), data)
+    out = rewriter().rewrite(data, info, b"xyz", info.payload_start + 2)
+    assert out is not None
+    header = len(plain) - (len(data) - info.payload_start)
+    assert out[:header] == plain[:header]
+    assert out[header:] == b"xyz" + data[info.payload_start + 2 :]  # "CDEFGH" and the padding

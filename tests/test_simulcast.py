@@ -262,39 +262,45 @@ def test_a_long_stream_keeps_flowing_across_the_sequence_wrap_after_a_switch() -
     assert len(sink.sent) == total
 
 
+def renumbered(munger: Vp8Munger, data: bytes) -> bytes:
+    """`data` (a bare VP8 payload) as the munger's down-track sends it."""
+    patch, resume = munger.patch(data, 0, len(data))
+    return patch + data[resume:]
+
+
 def test_the_vp8_munger_renumbers_across_a_switch_and_wraps() -> None:
     munger = Vp8Munger()
     first = vp8(0x7FFF, 255, True)
     assert munger.key == 0  # no offset: the caller passes the packets on unparsed
     other = vp8(500, 7, True)
     munger.rebase(other, 0, len(other), read_descriptor(first, 0, len(first)))
-    out = munger.munge(other, 0, len(other))
+    out = renumbered(munger, other)
     desc = read_descriptor(out, 0, len(out))
     assert (desc.picture_id, desc.tl0) == (0, 0) and out[5:] == other[5:]  # wrapped
     later = vp8(501, 8, False)
-    desc = read_descriptor(munger.munge(later, 0, len(later)), 0, len(later))
+    desc = read_descriptor(renumbered(munger, later), 0, len(later))
     assert (desc.picture_id, desc.tl0) == (1, 1)
     truncated = bytes([0x90, 0x80])
-    assert munger.munge(truncated, 0, 2) is truncated
+    assert munger.patch(truncated, 0, 2) == (b"", 0)
     # Nothing sent before the switch: nothing to follow, the numbers pass as they are.
     fresh = Vp8Munger()
     fresh.rebase(other, 0, len(other), NO_DESCRIPTOR)
     assert fresh.key == 0
 
 
-def test_down_tracks_renumbering_alike_share_a_copy_and_others_get_their_own(
+def test_down_tracks_renumbering_alike_share_a_patch_and_others_get_their_own(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each packet is renumbered once per offsets, and the copy shared: two subscribers that
-    switched to the same layer from different pictures must not share it."""
+    """Each packet is renumbered once per offsets, and the renumbered bytes shared: two
+    subscribers that switched to the same layer from different pictures must not share them."""
     munged: dict[bytes, int] = {}
-    munge = Vp8Munger.munge
+    patch = Vp8Munger.patch
 
-    def counted(self: Vp8Munger, data: bytes, start: int, end: int) -> bytes:
+    def counted(self: Vp8Munger, data: bytes, start: int, end: int) -> tuple[bytes, int]:
         munged[data] = munged.get(data, 0) + 1
-        return munge(self, data, start, end)
+        return patch(self, data, start, end)
 
-    monkeypatch.setattr(Vp8Munger, "munge", counted)
+    monkeypatch.setattr(Vp8Munger, "patch", counted)
     track = simulcast_track()[0]
     sinks = [ListSink(), ListSink(), ListSink()]
     # a and c start on the top layer, b on the middle one; all three then switch to the low

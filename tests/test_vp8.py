@@ -34,9 +34,9 @@ def reference(data: bytes, start: int, pid_offset: int, tl0_offset: int) -> byte
 
 
 def patched(made: Vp8Munger, data: bytes, start: int) -> bytes:
-    out = made.munge(data, start, len(data))
-    assert len(out) == len(data) and out[:start] == data[:start]
-    return out[start:]
+    patch, resume = made.patch(data, start, len(data))
+    assert start <= resume <= len(data) and len(patch) == resume - start
+    return patch + data[resume:]
 
 
 @st.composite
@@ -63,10 +63,11 @@ def test_the_patch_renumbers_exactly_like_the_reference(
     assert patched(munger(pid_offset, tl0_offset), data, start) == expected
 
 
-def test_a_packet_with_nothing_to_renumber_is_passed_as_it_is() -> None:
+def test_a_packet_with_nothing_to_renumber_gets_no_patch() -> None:
     packet = bytes((0x90, 0x00, 0x00)) + b"frame"  # no PictureID, no TL0PICIDX
-    assert munger(100, 1).munge(packet, 0, len(packet)) is packet
+    assert munger(100, 1).patch(packet, 0, len(packet)) == (b"", 0)
     long_pid = bytes((0x90, 0xC0, 0x80 | 0x12, 0x34, 7, 0x00)) + b"frame"
-    assert munger(100, 1).munge(long_pid, 0, len(long_pid))[:5] == bytes(
-        (0x90, 0xC0, 0x92, 0x98, 8)
+    assert munger(100, 1).patch(long_pid, 0, len(long_pid)) == (
+        bytes((0x90, 0xC0, 0x92, 0x98, 8)),
+        5,
     )
