@@ -347,7 +347,7 @@ class DownTrack:
         self, layer: int, data: bytes, info: RtpInfo, renumbered: dict[int, tuple[bytes, int]]
     ) -> bool:
         """forward() for a packet of simulcast layer `layer`. `renumbered`: the packet's VP8
-        renumbered copies so far, by offsets key, shared by the down-tracks of its route."""
+        patches so far (sfu/vp8.py) by offsets key, shared by the down-tracks of its route."""
         rewriter, layers, sink = self.rewriter, self.layers, self.sink
         if rewriter is None or layers is None or sink is None:
             return False

@@ -126,9 +126,8 @@ class Layer:
             track.reroute()
             route = self.route
         sent = 0
-        renumbered: dict[
-            int, tuple[bytes, int]
-        ] = {}  # VP8 renumbering, once per offsets (sfu/vp8.py)
+        # This packet's VP8 patches, one per offsets key (sfu/vp8.py), shared by the route.
+        renumbered: dict[int, tuple[bytes, int]] = {}
         for down in route:
             if down.forward_layer(index, data, info, renumbered):
                 sent += 1
