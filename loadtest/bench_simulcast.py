@@ -140,7 +140,7 @@ def _round(setup: Setup, packets: int) -> float:
 
 
 def compare(
-    fanout: int = 20, rounds: int = 7, packets: int = 3000, size: int = 1100
+    fanout: int = 20, rounds: int = 21, packets: int = 3000, size: int = 1100
 ) -> dict[str, Any]:
     """Alternating rounds of both; the medians and their ratio."""
     single, layered = single_layer(fanout, size), simulcast(fanout, size)
