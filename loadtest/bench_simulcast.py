@@ -3,8 +3,8 @@ simulcast track against a single-layer track, same fan-out, same process, rounds
 
 Both go through the publisher's ingress (SSRC lookup) and real down-tracks (RTP rewriting, the
 packet cache) into counting sinks, so only keyroom's own work is timed. The simulcast track's
-subscribers are spread over its three layers and have switched layer once (a switch leaves the
-VP8 PictureID renumbering on for good: the slower path); each input packet of a layer goes
+subscribers are spread over its three layers and have all switched layer once (a switch leaves
+the VP8 PictureID renumbering on for good: the slower path); each input packet of a layer goes
 to that layer's subscribers only.
 """
 
@@ -14,7 +14,7 @@ import statistics
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
 from sfu.ingress import Ingress
@@ -63,7 +63,10 @@ def _subscribe(track: PublishedTrack, index: int, sink: CountingSink) -> DownTra
     return down
 
 
-Setup = tuple[Callable[[int], float], CountingSink]
+class Setup(NamedTuple):
+    send: Callable[[int], float]  # sends n input packets, returns the CPU seconds
+    sink: CountingSink
+    downs: list[DownTrack]
 
 
 def single_layer(fanout: int, size: int) -> Setup:
@@ -72,14 +75,13 @@ def single_layer(fanout: int, size: int) -> Setup:
     ingress = Ingress({track.sid: track}, Stats())
     ingress.bind(track, "0", 7, None, VP8, {MID_ID: SDES_MID})
     sink = CountingSink()
-    for index in range(fanout):
-        _subscribe(track, index, sink)
+    downs = [_subscribe(track, index, sink) for index in range(fanout)]
     ingress.on_rtp(_packet(7, 0, 0, True, size))
 
     def packets(seq: int, n: int) -> list[bytes]:
         return [_packet(7, seq + k, (seq + k) // 4, False, size) for k in range(n)]
 
-    return _sender(ingress, packets, 1), sink
+    return Setup(_sender(ingress, packets, 1, 1), sink, downs)
 
 
 def simulcast(fanout: int, size: int) -> Setup:
@@ -90,11 +92,13 @@ def simulcast(fanout: int, size: int) -> Setup:
     ingress.bind(track, "0", None, None, VP8, {MID_ID: SDES_MID})
     sink = CountingSink()
     downs = [_subscribe(track, index, sink) for index in range(fanout)]
-    for layer, rid in enumerate(RIDS):  # learnt by RID; every subscriber starts on the top
-        ingress.on_rtp(_packet(100 + layer, 0, 0, True, size, rid))
+    for index, down in enumerate(downs):  # each starts on the layer above its own
+        down.set_layer((index + 1) % 3)
+    for layer, rid in enumerate(RIDS):  # learnt by RID, a keyframe each
+        ingress.on_rtp(_packet(100 + layer, 0, 1000 * layer, True, size, rid))
     for index, down in enumerate(downs):
         down.set_layer(index % 3)
-    for layer in range(3):  # a keyframe each: the switches happen
+    for layer in range(3):  # a keyframe each: every subscriber switches (renumbering on)
         ingress.on_rtp(_packet(100 + layer, 1, 1000 * layer + 1, True, size))
 
     def packets(seq: int, n: int) -> list[bytes]:
@@ -104,18 +108,20 @@ def simulcast(fanout: int, size: int) -> Setup:
             for layer in range(3)
         ]
 
-    return _sender(ingress, packets, 2), sink
+    return Setup(_sender(ingress, packets, 2, 3), sink, downs)
 
 
 def _sender(
-    ingress: Ingress, packets: Callable[[int, int], list[bytes]], first: int
+    ingress: Ingress, packets: Callable[[int, int], list[bytes]], first: int, streams: int
 ) -> Callable[[int], float]:
-    """Sends n packets (built beforehand, not timed) through `ingress`; returns the CPU time."""
+    """Sends n packets (built beforehand, not timed) through `ingress`; returns the CPU time.
+    Each of the `streams` SSRCs gets n / streams of them, its sequence numbers contiguous
+    from one call to the next."""
     state = {"seq": first}
 
     def send(n: int) -> float:
         built = packets(state["seq"], n)
-        state["seq"] += n
+        state["seq"] += n // streams
         started = time.process_time()
         on_rtp = ingress.on_rtp
         for packet in built:
@@ -127,14 +133,14 @@ def _sender(
 
 def _round(setup: Setup, packets: int) -> float:
     """CPU microseconds per output packet over `packets` input packets (built beforehand)."""
-    send, sink = setup
+    send, sink, _ = setup
     before = sink.packets
     spent = send(packets)
     return spent * 1e6 / max(sink.packets - before, 1)
 
 
 def compare(
-    fanout: int = 20, rounds: int = 7, packets: int = 3000, size: int = 1100
+    fanout: int = 20, rounds: int = 21, packets: int = 3000, size: int = 1100
 ) -> dict[str, Any]:
     """Alternating rounds of both; the medians and their ratio."""
     single, layered = single_layer(fanout, size), simulcast(fanout, size)

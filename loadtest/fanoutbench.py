@@ -30,7 +30,7 @@ from loadtest.procstat import cpu_seconds
 from sfu.fanout import wire
 from sfu.fanout.handoff import spawn_worker
 from sfu.fastpath import loader
-from sfu.rtp import RtpRewriter
+from sfu.rtprewrite import RtpRewriter
 
 PROFILE = 1  # SRTP_AES128_CM_SHA1_80, as most browsers negotiate
 PAYLOAD = b"\x10\x00" + bytes(1188)  # VP8, every packet a "keyframe": no wait

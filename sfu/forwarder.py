@@ -14,18 +14,20 @@ from typing import Protocol
 
 from sfu.fanout.links import Feed, Remote
 from sfu.keyframe import KeyframeThrottle, is_keyframe
-from sfu.layerswitch import PAUSED, LayerSwitch
+from sfu.layerswitch import FLOOR_MOVE, PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
 from sfu.padding import padding_packet
 from sfu.receivestats import ReceiveStats
 from sfu.retransmit import RetransmitBudget
 from sfu.rtcp import build_sr
-from sfu.rtp import RtpInfo, RtpRewriter, get_extension, parse_rtp
+from sfu.rtp import RtpInfo, get_extension, parse_rtp
+from sfu.rtprewrite import RtpRewriter
 from sfu.rtx import RtxStream
 from sfu.sdpinfo import SimulcastOffer
 from sfu.simulcast import Layer
 from sfu.tap import Tap
 from sfu.twcc import URI as TRANSPORT_CC
+from sfu.versionedlist import VersionedList
 
 SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -55,28 +57,6 @@ class ForwardingCounters:
     packets_in: int = 0
     bytes_in: int = 0
     packets_out: int = 0
-
-
-class DownTracks(list["DownTrack"]):
-    """A track's down-tracks; `version` moves with every change of who is in it or of what layer
-    one aims at, so a simulcast layer knows when to re-read its subscribers (`routes`)."""
-
-    version = 0
-
-    def changed(self) -> None:
-        self.version += 1
-
-    def append(self, down: DownTrack) -> None:
-        self.version += 1
-        super().append(down)
-
-    def remove(self, down: DownTrack) -> None:
-        self.version += 1
-        super().remove(down)
-
-    def clear(self) -> None:
-        self.version += 1
-        super().clear()
 
 
 class PublishedTrack:
@@ -112,7 +92,7 @@ class PublishedTrack:
         self.rtx_ssrc: int | None = None
         # Publisher-side header extension id -> URI, from the negotiated answer.
         self.extensions: dict[int, str] = {}
-        self.down_tracks = DownTracks()
+        self.down_tracks: VersionedList[DownTrack] = VersionedList()
         self.last_sender_report: tuple[int, int] | None = None
         self.throttle = KeyframeThrottle(keyframe_interval)
         self.counters = ForwardingCounters()
@@ -132,20 +112,15 @@ class PublishedTrack:
         # publisher's RID header extension ids that name them.
         self.layers: list[Layer] = []
         self.simulcast: SimulcastOffer | None = None
-        self._routes: list[list[DownTrack]] = []
-        self._routes_version = -1
 
-    def layer_routes(self) -> list[list[DownTrack]]:
-        """Per simulcast layer, the down-tracks that forward or await it: a layer's packet
-        visits those only. Rebuilt when `down_tracks.version` moved."""
+    def reroute(self) -> None:
+        """Give each simulcast layer its route: the down-tracks that forward or await it (a
+        layer's packet visits those only). A layer calls this when `down_tracks.version` moved
+        since its route was made."""
         downs = self.down_tracks
-        if self._routes_version != downs.version:
-            self._routes_version = downs.version
-            self._routes = [
-                [d for d in downs if d.layers is not None and d.layers.wants(layer.index)]
-                for layer in self.layers
-            ]
-        return self._routes
+        for layer in self.layers:
+            layer.route = [d for d in downs if d.layers is not None and d.layers.wants(layer.index)]
+            layer.route_version = downs.version
 
     def keyframe_ssrcs(self) -> list[int]:
         """The SSRCs a keyframe request names. Simulcast: the layers a down-track waits for, else
@@ -164,7 +139,6 @@ class PublishedTrack:
         """The publisher's section offers these layers (kept when a later offer repeats them)."""
         if self.simulcast is None or self.simulcast.rids != offer.rids:
             self.layers = [Layer(self, i, rid, self.counters) for i, rid in enumerate(offer.rids)]
-            self._routes_version = -1
         self.simulcast = offer
 
     @property
@@ -176,7 +150,8 @@ class PublishedTrack:
         """Whether a media section of the publisher's SDP carries this track."""
         return self.codec is not None
 
-    def forward(self, data: bytes, info: RtpInfo) -> None:
+    def forward(self, data: bytes, info: RtpInfo) -> int:
+        """Forward one of the track's packets to its down-tracks; the number sent."""
         counters = self.counters
         counters.packets_in += 1
         counters.bytes_in += len(data)
@@ -187,7 +162,7 @@ class PublishedTrack:
                 self.loudness += 127 - (level[0] & 0x7F)
                 self.loudness_packets += 1
         if self.muted:
-            return
+            return 0
         for tap in self.taps:
             tap.packet(data, info)
         downs = self.down_tracks
@@ -196,9 +171,12 @@ class PublishedTrack:
             if self._local[0] != downs.version:
                 self._local = (downs.version, [d for d in downs if not d.remote])
             downs = self._local[1]  # type: ignore[assignment]
+        sent = 0
         for down in downs:
             if down.forward(data, info):
-                counters.packets_out += 1
+                sent += 1
+        counters.packets_out += sent
+        return sent
 
     def take_loudness(self) -> float | None:
         """Mean audio level since the last call, in dBov (0 loudest, -127 silence)."""
@@ -364,19 +342,33 @@ class DownTrack:
             self._pad(out)
         return sent
 
-    def forward_layer(self, layer: int, data: bytes, info: RtpInfo) -> bool:
-        """forward() for a packet of simulcast layer `layer`."""
+    def forward_layer(
+        self, layer: int, data: bytes, info: RtpInfo, renumbered: dict[int, tuple[bytes, int]]
+    ) -> bool:
+        """forward() for a packet of simulcast layer `layer`. `renumbered`: the packet's VP8
+        patches so far (sfu/vp8.py) by offsets key, shared by the down-tracks of its route."""
         rewriter, layers, sink = self.rewriter, self.layers, self.sink
         if rewriter is None or layers is None or sink is None:
             return False
-        admitted = layers.admit(layer, data, info, rewriter)
-        if admitted is None:
-            return False
-        out = rewriter.rewrite(admitted, info)
+        if layer != layers.current or (info.sequence - layers.floor) & 0xFFFF > FLOOR_MOVE:
+            if not layers.admit(layer, data, info, rewriter):
+                return False
+        munger = layers.munger
+        if munger is not None and munger.key:  # renumbered since a switch
+            made = renumbered.get(munger.key)
+            if made is None:
+                made = renumbered[munger.key] = munger.patch(
+                    data, info.payload_start, info.payload_end
+                )
+            patch, resume = made
+            out = rewriter.rewrite(data, info, patch, resume)
+        else:
+            resume = info.payload_start
+            out = rewriter.rewrite(data, info)
         if out is None:
             return False
         if self.cache is not None:
-            self.cache.store_forwarded((out[2] << 8) | out[3], out, admitted, info.payload_start)
+            self.cache.store_forwarded((out[2] << 8) | out[3], out, data, resume)
         if sink.send(out):
             layers.last_sent = out
             if self.padding:

@@ -73,12 +73,11 @@ class Ingress:
                 return
         stats.packets_in += 1
         stats.bytes_in += len(data)
-        before = track.counters.packets_out
         started = forward_timer_start(stats.packets_in)
-        track.forward(data, info)
+        sent = track.forward(data, info)
         forward_timer_stop(started)
-        stats.packets_out += track.counters.packets_out - before
-        stats.bytes_out += (track.counters.packets_out - before) * len(data)
+        stats.packets_out += sent
+        stats.bytes_out += sent * len(data)
 
     def _unusual(self, arrival: int, track: PublishedTrack | Layer) -> bool:
         """Whether to forward a packet that was not the next in sequence."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sfu.keyframe import is_keyframe
-from sfu.rtp import MalformedPacket, RtpInfo, RtpRewriter, parse_rtp
+from sfu.rtp import MalformedPacket, RtpInfo, parse_rtp
+from sfu.rtprewrite import RtpRewriter
 from sfu.vp8 import NO_DESCRIPTOR, Vp8Descriptor, Vp8Munger, read_descriptor
 
 # Timestamp step across a switch: one frame at 30 fps on the 90 kHz video clock. The layers'
@@ -25,8 +26,10 @@ FRAME_TICKS = 3000
 PAUSED = -1
 # Packets of the current layer older than the switch point are refused (they would reuse
 # sequence numbers already sent); the bar moves with the stream so wrap-around never trips it.
+# A packet of the current layer less than FLOOR_MOVE ahead of it passes without admit() (the
+# hot path: the caller checks that inline).
 _FLOOR_LAG = 0x2000
-_FLOOR_MOVE = 0x4000
+FLOOR_MOVE = 0x4000
 
 
 class LayerSwitch:
@@ -76,13 +79,15 @@ class LayerSwitch:
         """Whether a keyframe of the target layer is awaited."""
         return self.target != PAUSED and self.target != self.current
 
-    def admit(self, layer: int, data: bytes, info: RtpInfo, rewriter: RtpRewriter) -> bytes | None:
-        """The packet (VP8 descriptor renumbered) to rewrite and send, or None to drop it."""
+    def admit(self, layer: int, data: bytes, info: RtpInfo, rewriter: RtpRewriter) -> bool:
+        """Whether to send the packet (renumbered by `munger` where its key is set). Needed
+        for packets of another layer, or of the current one not within FLOOR_MOVE after
+        `floor`: behind the switch point, or far enough ahead to move it."""
         if layer != self.current:
             if layer != self.target or not is_keyframe(
                 self._mime, data[info.payload_start : info.payload_end]
             ):
-                return None
+                return False
             self.current = layer
             self.floor = info.sequence
             self.switches += 1
@@ -90,16 +95,13 @@ class LayerSwitch:
             rewriter.rebase(info.sequence, info.timestamp, FRAME_TICKS)
             if self.munger is not None:
                 self.munger.rebase(data, info.payload_start, info.payload_end, self._last_desc())
-        else:
-            ahead = (info.sequence - self.floor) & 0xFFFF
-            if ahead >= 0x8000:
-                return None
-            if ahead > _FLOOR_MOVE:
-                self.floor = (info.sequence - _FLOOR_LAG) & 0xFFFF
-        munger = self.munger
-        if munger is not None and (munger.pid_offset or munger.tl0_offset):
-            return munger.munge(data, info.payload_start, info.payload_end)
-        return data
+            return True
+        ahead = (info.sequence - self.floor) & 0xFFFF
+        if ahead >= 0x8000:
+            return False
+        if ahead > FLOOR_MOVE:
+            self.floor = (info.sequence - _FLOOR_LAG) & 0xFFFF
+        return True
 
     def _last_desc(self) -> Vp8Descriptor:
         last = self.last_sent

@@ -197,6 +197,7 @@ class StateCollector(Collector):
                 len(self.pending),
             )
         yield from self._forwarding()
+        yield from self._media_port()
         yield from quality_metrics(
             p.connection_quality()
             for room in self.rooms.rooms.values()
@@ -262,6 +263,19 @@ class StateCollector(Collector):
             ("keyroom_subscriber_sections_reused",
              "Subscriber media sections given to a new track after their old one went away",
              stats.sections_reused),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, doc, value=value)
+        dropped = CounterMetricFamily(
+            "keyroom_rtp_packets_dropped", "Packets dropped, by reason", labels=["reason"]
+        )
+        for reason in DropReason:
+            dropped.add_metric([reason.value], stats.dropped[reason.value])
+        yield dropped
+
+    def _media_port(self) -> Iterator[Metric]:
+        """The shared port's batched receive and fan-out, and the fan-out workers."""
+        stats = self.stats
+        for name, doc, value in (
             ("keyroom_fanout_sendmmsg_calls",
              "sendmmsg calls of the batched fan-out (rtc.udp_port with the compiled path)",
              stats.fanout_calls),
@@ -283,12 +297,6 @@ class StateCollector(Collector):
             "Down-tracks the fan-out workers send now (rtc.fanout_workers)",
             value=stats.fanout_worker_down_tracks,
         )
-        dropped = CounterMetricFamily(
-            "keyroom_rtp_packets_dropped", "Packets dropped, by reason", labels=["reason"]
-        )
-        for reason in DropReason:
-            dropped.add_metric([reason.value], stats.dropped[reason.value])
-        yield dropped
 
 
 def build_registry(rooms: Rooms, stats: Stats, pending: Sized | None = None) -> CollectorRegistry:

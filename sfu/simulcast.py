@@ -40,7 +40,14 @@ class _Counters(Protocol):
 
 
 class _LayeredDown(Protocol):
-    def forward_layer(self, layer: int, data: bytes, info: RtpInfo) -> bool: ...
+    def forward_layer(
+        self, layer: int, data: bytes, info: RtpInfo, renumbered: dict[int, tuple[bytes, int]]
+    ) -> bool: ...
+
+
+class _Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
 
 
 class _LayeredTrack(Protocol):
@@ -48,9 +55,9 @@ class _LayeredTrack(Protocol):
     def muted(self) -> bool: ...
 
     @property
-    def down_tracks(self) -> Sequence[_LayeredDown]: ...
+    def down_tracks(self) -> _Versioned: ...
 
-    def layer_routes(self) -> Sequence[Sequence[_LayeredDown]]: ...
+    def reroute(self) -> None: ...
 
     def request_keyframe(self) -> None: ...
 
@@ -72,6 +79,8 @@ class Layer:
         "last_sender_report",
         "active",
         "taps",
+        "route",
+        "route_version",
         "_measured",
     )
 
@@ -81,7 +90,7 @@ class Layer:
         self.rid = rid
         self.rid_bytes = rid.encode("ascii")
         self.ssrc: int | None = None
-        # The track's counters: the ingress reads packets_out after each forward.
+        # The track's counters, which count the layers' packets too.
         self.counters = counters
         self.receive = ReceiveStats()
         self.bytes_in = 0
@@ -93,10 +102,14 @@ class Layer:
         # Whether the publisher was last asked to send it (dynacast).
         self.active = True
         self.taps: list[Tap] = []  # recordings of this layer
+        # The down-tracks its packets visit, as of the track's down_tracks.version (reroute).
+        self.route: Sequence[_LayeredDown] = ()
+        self.route_version = -1
         # (time, bytes_in) at the last measurement.
         self._measured: tuple[float, int] | None = None
 
-    def forward(self, data: bytes, info: RtpInfo) -> None:
+    def forward(self, data: bytes, info: RtpInfo) -> int:
+        """PublishedTrack.forward for a packet of this layer: to its route only."""
         counters = self.counters
         counters.packets_in += 1
         counters.bytes_in += len(data)
@@ -104,13 +117,22 @@ class Layer:
         self.receive.update(info.sequence)
         track = self.track
         if track.muted:
-            return
+            return 0
         index = self.index
         for tap in self.taps:  # recordings (sfu/recording/)
             tap.packet(data, info)
-        for down in track.layer_routes()[index]:
-            if down.forward_layer(index, data, info):
-                counters.packets_out += 1
+        route = self.route
+        if self.route_version != track.down_tracks.version:
+            track.reroute()
+            route = self.route
+        sent = 0
+        # This packet's VP8 patches, one per offsets key (sfu/vp8.py), shared by the route.
+        renumbered: dict[int, tuple[bytes, int]] = {}
+        for down in route:
+            if down.forward_layer(index, data, info, renumbered):
+                sent += 1
+        counters.packets_out += sent
+        return sent
 
     def request_keyframe(self) -> None:
         self.track.request_keyframe()

@@ -18,7 +18,7 @@ from sfu.fanout import wire
 from sfu.fanout.worker import Worker, srtp_session, warm, warm_rtcp
 from sfu.fastpath import loader
 from sfu.rtcp import build_sr
-from sfu.rtp import RtpRewriter
+from sfu.rtprewrite import RtpRewriter
 
 KEY = os.urandom(30)
 PROFILE = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80

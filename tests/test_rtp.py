@@ -20,8 +20,9 @@ from aiortc.rtp import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-import sfu.rtp
-from sfu.rtp import MalformedPacket, RtpRewriter, get_extension, parse_rtp
+import sfu.rtprewrite
+from sfu.rtp import MalformedPacket, get_extension, parse_rtp
+from sfu.rtprewrite import RtpRewriter
 
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
@@ -529,7 +530,7 @@ def test_one_input_rewritten_for_many_down_tracks_is_each_ones_own() -> None:
         together = [rewrite(rw, packet) for rw in shared]  # one input to every down-track
         separate = []
         for rw in alone:
-            sfu.rtp._elements_of[0] = None
+            sfu.rtprewrite._elements_of[0] = None
             separate.append(rewrite(rw, packet))
         assert together == separate
         assert together[0] == together[4] and together[0] != together[1] != together[2]
@@ -538,4 +539,16 @@ def test_one_input_rewritten_for_many_down_tracks_is_each_ones_own() -> None:
     free_ids = [i for i in range(1, 15) if i != SUB_IDS[MID]]
     for a, b, c in itertools.islice(itertools.permutations(free_ids, 3), 1100):
         rewriter(ext_map={PUB_IDS[ABS_SEND_TIME]: a, PUB_IDS[AUDIO_LEVEL]: b, PUB_IDS[TWCC]: c})
-        assert len(sfu.rtp._ONE_MAPS) <= sfu.rtp._MAX_ONE_MAPS
+        assert len(sfu.rtprewrite._ONE_MAPS) <= sfu.rtprewrite._MAX_ONE_MAPS
+
+
+@pytest.mark.parametrize("extensions", [True, False])
+def test_a_patched_payload_start_replaces_the_inputs_and_keeps_the_rest(extensions: bool) -> None:
+    data = publisher_packet(payload=b"ABCDEFGH", padding=4, extensions=extensions)
+    info = parse_rtp(data)
+    plain = rewrite(rewriter(), data)
+    out = rewriter().rewrite(data, info, b"xyz", info.payload_start + 2)
+    assert out is not None
+    header = len(plain) - (len(data) - info.payload_start)
+    assert out[:header] == plain[:header]
+    assert out[header:] == b"xyz" + data[info.payload_start + 2 :]  # "CDEFGH" and the padding

@@ -198,8 +198,8 @@ def test_a_down_track_switches_only_at_a_keyframe_and_stays_continuous() -> None
 
 
 def test_nacks_across_a_switch_resend_the_renumbered_packets_exactly() -> None:
-    """The cache keeps headers and the admitted packet (the publisher's, or its VP8-renumbered
-    copy after a switch): what a NACK resends is byte for byte what was sent."""
+    """The cache keeps headers (with the VP8 renumbering after a switch) and the publisher's
+    packet: what a NACK resends is byte for byte what was sent."""
     track = simulcast_track()[0]
     sink = ListSink()
     down = subscribe(track, sink)
@@ -246,24 +246,81 @@ def test_a_late_packet_from_before_the_switch_is_not_sent_twice() -> None:
     assert len(sink.sent) == 2 and down.layers is not None
 
 
+def test_a_long_stream_keeps_flowing_across_the_sequence_wrap_after_a_switch() -> None:
+    """The switch point's bar moves with the stream (forward_layer checks it inline)."""
+    track = simulcast_track()[0]
+    sink = ListSink()
+    down = subscribe(track, sink, max_layer=0)
+    layer = track.layers[0]
+    total = 0x10000 + 0x5000
+    for n in range(total):
+        data = rtp(100, (40000 + n) & 0xFFFF, n * 3000, vp8(n & 0x7FFF, n & 0xFF, n == 0))
+        layer.forward(data, parse_rtp(data))
+    assert len(sink.sent) == total and down.layers is not None and down.layers.switches == 1
+    late = rtp(100, (40000 + total - 0x6000) & 0xFFFF, 0, vp8(1, 1, False))
+    layer.forward(late, parse_rtp(late))  # far behind the moved bar: refused
+    assert len(sink.sent) == total
+
+
+def renumbered(munger: Vp8Munger, data: bytes) -> bytes:
+    """`data` (a bare VP8 payload) as the munger's down-track sends it."""
+    patch, resume = munger.patch(data, 0, len(data))
+    return patch + data[resume:]
+
+
 def test_the_vp8_munger_renumbers_across_a_switch_and_wraps() -> None:
     munger = Vp8Munger()
     first = vp8(0x7FFF, 255, True)
-    assert munger.munge(first, 0, len(first)) is first  # no offset: the same bytes, unparsed
+    assert munger.key == 0  # no offset: the caller passes the packets on unparsed
     other = vp8(500, 7, True)
     munger.rebase(other, 0, len(other), read_descriptor(first, 0, len(first)))
-    out = munger.munge(other, 0, len(other))
+    out = renumbered(munger, other)
     desc = read_descriptor(out, 0, len(out))
     assert (desc.picture_id, desc.tl0) == (0, 0) and out[5:] == other[5:]  # wrapped
     later = vp8(501, 8, False)
-    desc = read_descriptor(munger.munge(later, 0, len(later)), 0, len(later))
+    desc = read_descriptor(renumbered(munger, later), 0, len(later))
     assert (desc.picture_id, desc.tl0) == (1, 1)
     truncated = bytes([0x90, 0x80])
-    assert munger.munge(truncated, 0, 2) == truncated
+    assert munger.patch(truncated, 0, 2) == (b"", 0)
     # Nothing sent before the switch: nothing to follow, the numbers pass as they are.
     fresh = Vp8Munger()
     fresh.rebase(other, 0, len(other), NO_DESCRIPTOR)
-    assert fresh.munge(other, 0, len(other)) is other
+    assert fresh.key == 0
+
+
+def test_down_tracks_renumbering_alike_share_a_patch_and_others_get_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each packet is renumbered once per offsets, and the renumbered bytes shared: two
+    subscribers that switched to the same layer from different pictures must not share them."""
+    munged: dict[bytes, int] = {}
+    patch = Vp8Munger.patch
+
+    def counted(self: Vp8Munger, data: bytes, start: int, end: int) -> tuple[bytes, int]:
+        munged[data] = munged.get(data, 0) + 1
+        return patch(self, data, start, end)
+
+    monkeypatch.setattr(Vp8Munger, "patch", counted)
+    track = simulcast_track()[0]
+    sinks = [ListSink(), ListSink(), ListSink()]
+    # a and c start on the top layer, b on the middle one; all three then switch to the low
+    # layer at the same keyframe, from different PictureIDs (a and c: the same one).
+    a, b, c = (subscribe(track, sink, top) for sink, top in zip(sinks, (2, 1, 2), strict=True))
+    publisher = Publisher(track)
+    publisher.frame(key=True)
+    for down in (a, b, c):
+        down.set_layer(0)
+    publisher.frame(key=True)
+    for _ in range(3):
+        publisher.frame()
+    assert all(d.layers is not None and d.layers.current == 0 for d in (a, b, c))
+    for sink in sinks:
+        assert len(sink.sent) == 10
+        assert_continuous(sink)
+    pids = [[pid for _, _, pid, _ in out_fields(sink)] for sink in sinks]
+    assert pids[0] == pids[2] and pids[0][2:] != pids[1][2:]
+    # Each packet of the low layer since the switch was renumbered twice: for a and c, for b.
+    assert list(munged.values()) == [2] * 8
 
 
 def test_a_single_layer_track_resumed_after_a_pause_has_no_sequence_gap() -> None:

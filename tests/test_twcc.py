@@ -10,7 +10,8 @@ import pytest
 from sfu.feedback import Feedback
 from sfu.forwarder import SDES_MID, DownTrack
 from sfu.rtcp import TransportFeedback, build_remb, parse_rtcp
-from sfu.rtp import MalformedPacket, RtpRewriter, parse_rtp
+from sfu.rtp import MalformedPacket, parse_rtp
+from sfu.rtprewrite import RtpRewriter
 from sfu.rtx import RtxStream
 from sfu.stats import DropReason, Stats
 from sfu.twcc import (

@@ -65,7 +65,7 @@ class DownState:
     """What a down-track's sending side is, as handed to a worker and reported back: enough for
     the other side to continue the stream where it stopped."""
 
-    rewriter: Any  # sfu.rtp.RtpRewriter
+    rewriter: Any  # sfu.rtprewrite.RtpRewriter
     rtx: Any  # sfu.rtx.RtxStream | None
     waiting_for_keyframe: bool
     paused: bool
