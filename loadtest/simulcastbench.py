@@ -193,8 +193,9 @@ class Bench:
         log_path = self.workdir / "server.log"
         config = self.workdir / "keyroom.toml"
         # The clients' veth addresses are private (RFC 1918): refused by default outside --dev.
+        # transport_cc on as the operator's ceiling, so each mode's room may choose it.
         config.write_text(
-            "[rtc]\nallow_private_candidates = true\n"
+            "[rtc]\nallow_private_candidates = true\n[limits]\ntransport_cc = true\n"
             '[metrics]\nbearer_token = "simulcast-bench-metrics-token"\n'
         )
         command = self.links.command(
