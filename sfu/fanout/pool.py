@@ -256,7 +256,14 @@ class FanoutPool:
         index = self.shares.assign(sid) if eligible else None
         if where is None or keys is None or index is None:
             # Not on the shared port (a TURN relay), taken back, or no worker: main forwards.
-            log.info("fan-out: %s stays in the main process (%s)", sid, where and keys)
+            # The reason only: `keys` is the subscriber's SRTP key material, never logged.
+            reason = (
+                "not on the shared port" if where is None
+                else "no SRTP keys" if keys is None
+                else "taken back" if sid in self._taken_back
+                else "no worker"
+            )  # fmt: skip
+            log.info("fan-out: %s stays in the main process (%s)", sid, reason)
             return
         worker = self.workers[index]
         if sid not in worker.sessions:
