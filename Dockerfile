@@ -9,12 +9,16 @@
 # Stage 1 builds the wheel, so the source tree and build metadata stay out of the final image.
 FROM python:3.11-slim AS build
 WORKDIR /src
+# A C compiler for the batched fan-out extension (sfu/fastpath/_build.py, built into the wheel).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# Every dependency ships manylinux wheels (av, aiortc, pylibsrtp, uvloop, orjson): no compiler.
+# Every dependency ships manylinux wheels (av, aiortc, pylibsrtp, uvloop, orjson), and keyroom's
+# own wheel carries its compiled extension: no compiler in the final image.
 COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/keyroom keyroom \

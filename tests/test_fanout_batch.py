@@ -151,3 +151,29 @@ def test_keyroom_build_ext_compiles_into_the_cache(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     path = Path(result.stdout.strip())
     assert path.is_relative_to(tmp_path) and path.exists()
+
+
+def test_setup_py_builds_the_extension_the_loader_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `pip install` runs (setup.py's build_ext over cffi_modules), in a copy of the files
+    it reads; the loader takes the result only while its C source is the tree's."""
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "sfu" / "fastpath").mkdir(parents=True)
+    (tmp_path / "setup.py").write_text((root / "setup.py").read_text())
+    build_script = root / "sfu" / "fastpath" / "_build.py"
+    (tmp_path / "sfu" / "fastpath" / "_build.py").write_text(build_script.read_text())
+    result = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    [built] = (tmp_path / "sfu" / "fastpath").glob("_fanout*.so")
+    module = loader._import_built(built)
+    assert loader.is_current(module)
+    monkeypatch.setattr(loader._build, "SOURCE_KEY", "0" * 16)  # the tree's C source changed
+    assert not loader.is_current(module)

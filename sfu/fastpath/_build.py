@@ -7,11 +7,13 @@ The extension calls libsrtp through a function pointer handed over at run time: 
 created every session. So no second libsrtp is linked here (two copies on one `srtp_t` would
 corrupt it), and the build needs only a C compiler and Python's headers.
 
-Packaging: `cffi_modules = ["sfu/fastpath/_build.py:ffibuilder"]`; by hand or on first use:
+Packaging: built at `pip install` (setup.py's `cffi_modules`); else by hand or on first use:
 `keyroom build-ext` (sfu/fastpath/loader.py).
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from cffi import FFI
 
@@ -206,9 +208,17 @@ int kr_recv(kr_rx *rx, int fd) {
 }
 """
 
+# Names the C code a module was built from: an extension installed by an older `pip install`
+# whose source has changed since is not used (sfu/fastpath/loader.py).
+SOURCE_KEY = hashlib.sha256((CDEF + SOURCE).encode()).hexdigest()[:16]
+
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-ffibuilder.set_source(MODULE, SOURCE, extra_compile_args=["-O2"])
+ffibuilder.cdef(CDEF + "const char *kr_source_key(void);\n")
+ffibuilder.set_source(
+    MODULE,
+    SOURCE + f'const char *kr_source_key(void) {{ return "{SOURCE_KEY}"; }}\n',
+    extra_compile_args=["-O2"],
+)
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -1,5 +1,6 @@
-"""The compiled fan-out extension: imported if installed, else built once into a cache directory
-(`keyroom build-ext`, or on first use), else absent (the pure-Python path is used).
+"""The compiled fan-out extension: imported if `pip install` built it from the current source,
+else built once into a cache directory (`keyroom build-ext`, or on first use), else absent (the
+pure-Python path is used).
 
 The cache key is a hash of the build script and the interpreter's ABI, so an upgrade rebuilds.
 Several server processes building at once each compile into their own temporary directory and
@@ -70,17 +71,33 @@ def _import_built(path: Path) -> ModuleType:
     return module
 
 
+def _installed() -> ModuleType | None:
+    """The extension `pip install` built, if it was built from the current C source."""
+    try:
+        module = importlib.import_module(_build.MODULE)
+    except ImportError:
+        return None
+    return module if is_current(module) else None
+
+
+def is_current(module: ModuleType) -> bool:
+    """Whether `module` was compiled from the C source of this tree."""
+    if not hasattr(module.lib, "kr_source_key"):
+        return False
+    key: bytes = module.ffi.string(module.lib.kr_source_key())
+    return key.decode() == _build.SOURCE_KEY
+
+
 def load(*, compile_if_missing: bool = True) -> ModuleType | None:
     """The extension module (with `.ffi` and `.lib`), or None if it cannot be had; the reason is
     logged once and kept in `failure()`."""
     global _loaded, _failure
     if _loaded is not None or _failure is not None:
         return _loaded
-    try:
-        _loaded = importlib.import_module(_build.MODULE)  # built at install time
+    installed = _installed()
+    if installed is not None:
+        _loaded = installed
         return _loaded
-    except ImportError:
-        pass
     try:
         path = build() if compile_if_missing else _cached_path()
         _loaded = _import_built(path)
