@@ -39,6 +39,7 @@ def build_report(
     runtime_after: dict[str, Any] | None,
     generator_cpu_seconds: float,
     forward: ForwardHistogram | None = None,
+    received: ForwardHistogram | None = None,
 ) -> dict[str, Any]:
     scenario = run.scenario
     track_nos = {p.track_no for p in run.publishers}
@@ -134,6 +135,10 @@ def build_report(
         # deltas over the measured phase: handler entry to the end of the whole fan-out; no
         # kernel or socket queue, nothing of the generator. None when /metrics is unreadable.
         "server_forward_ms": forward.summary() if forward is not None else None,
+        # From the kernel's receive timestamp of an input datagram to the end of its batch's
+        # fan-out: the server's socket queue included (shared port with `fanout = "compiled"`
+        # only; None otherwise).
+        "server_receive_to_send_ms": received.summary() if received is not None else None,
         "auth": dict(run.auth),
     }
     if len(run.rooms) > 1:
@@ -259,6 +264,13 @@ def format_table(report: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"{'server forwarding':<22} - (no keyroom_forward_seconds from /metrics)")
+    received = report.get("server_receive_to_send_ms")
+    if received and received["count"]:
+        lines.append(
+            f"{'server receive->send':<22} p50 {received['p50']:>8} p95 {received['p95']:>8}"
+            f" p99 {received['p99']:>8} mean {received['mean']:>7} ms per input packet"
+            f" (n={received['count']}, kernel receive time; bucket resolution)"
+        )
     for room in report.get("rooms", []):
         rt, rp, rl = room["tracks"], room["packets"], room["latency_ms"]
         lines.append(

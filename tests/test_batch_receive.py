@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 from sfu.fastpath import loader
 from sfu.fastpath.receive import MAX_ROUNDS, AddressBook, BatchedSocket, decode_sockaddr
+from sfu.metrics import RECEIVE_TO_SEND_SECONDS
 from sfu.stats import Stats
 
 
@@ -186,3 +188,37 @@ async def test_sends_go_out_on_the_socket_and_a_full_buffer_drops(
     full.sendto(b"dtls", peer.getsockname())
     full.close()
     assert stats.dropped["send_failed"] == 1
+
+
+def timed_count_and_sum() -> tuple[float, float]:
+    samples = RECEIVE_TO_SEND_SECONDS.collect()[0].samples
+    values = {
+        s.name.rsplit("_", 1)[1]: s.value for s in samples if s.name.endswith(("_count", "_sum"))
+    }
+    return values["count"], values["sum"]
+
+
+async def test_one_rtp_datagram_in_64_is_timed_from_its_kernel_receive_time(
+    extension: ModuleType, senders: list[socket.socket]
+) -> None:
+    stats, batch = Stats(), CountingBatch()
+    receiver = BatchedSocket(extension, bound_socket(), stats)
+    target = receiver.get_extra_info("sockname")
+    rtp, rtcp = bytes([0x80, 96]) + bytes(30), bytes([0x80, 200]) + bytes(30)
+    before = time.time_ns()
+    for n in range(128):  # the first sampled datagram (the 64th) is RTCP: not timed
+        senders[0].sendto(rtcp if n == 63 else rtp, target)
+    count, total = timed_count_and_sum()
+    receiver.start(lambda data, addr: None, batch)  # type: ignore[arg-type]
+    try:
+        receiver.read()  # two full batches of 64
+        after = time.time_ns()
+        assert stats.received_datagrams == 128 and batch.flushes == 2
+        # The kernel stamped each datagram when it arrived, between the sends and the read.
+        stamp = receiver._stamps[63]  # the 128th datagram (slot 63 of the second batch)
+        assert before <= stamp <= after
+    finally:
+        receiver.close()
+    new_count, new_total = timed_count_and_sum()
+    assert new_count == count + 1  # the 128th: RTP
+    assert 0 < new_total - total <= (after - before) * 1e-9

@@ -8,6 +8,12 @@ flood cannot starve the rest of the loop (the reader stays registered and is cal
 datagram goes to `deliver` (the shared port's demultiplexer, unchanged) with its source address
 as asyncio would give it. Counters are summed per call, not per datagram.
 
+Receive-to-send time: the socket has SO_TIMESTAMPNS, so each datagram carries the kernel's
+receive time. For 1 datagram in 64 (by the running count, at most one per call), if it is RTP,
+the time from that stamp to the end of its batch (after the batch's `sendmmsg`) goes to
+`keyroom_receive_to_send_seconds`: the wait in the socket's queue plus the processing of what
+was read with it, which `keyroom_forward_seconds` (from the ingress on) leaves out.
+
 Sending stays one datagram at a time for what is not batched RTP (STUN, DTLS, RTCP): `sendto`
 on the non-blocking socket, and a datagram the kernel cannot take now is dropped and counted, as
 a full UDP socket buffer drops it on the wire.
@@ -20,11 +26,13 @@ import errno
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from sfu.fastpath.batch import FanoutBatch
+from sfu.metrics import FORWARD_SAMPLE_MASK, RECEIVE_TO_SEND_SECONDS
 from sfu.stats import DropReason, Stats
 
 log = logging.getLogger("keyroom.fastpath")
@@ -96,6 +104,9 @@ class BatchedSocket:
         if self._rx == ffi.NULL:
             raise MemoryError("recvmmsg buffers")
         self._recv = lib.kr_recv
+        # Without it (an old kernel) the stamps stay 0 and nothing is observed.
+        lib.kr_rx_timestamping(self._fd)
+        self._stamps = lib.kr_rx_stamps(self._rx)
         self._slots = lib.KR_RX_SLOTS
         slot, address_bytes = lib.KR_RX_BYTES, lib.KR_ADDR_BYTES
         self._data = ffi.buffer(lib.kr_rx_data(self._rx), self._slots * slot)
@@ -131,7 +142,10 @@ class BatchedSocket:
                     continue
                 return
             stats.receive_calls += 1
-            stats.received_datagrams += count
+            received = stats.received_datagrams
+            stats.received_datagrams = received + count
+            sample = FORWARD_SAMPLE_MASK - (received & FORWARD_SAMPLE_MASK)
+            stamp = self._sampled_stamp(sample) if sample < count else 0
             if batch is not None:
                 batch.depth += 1
             try:
@@ -140,8 +154,19 @@ class BatchedSocket:
                 if batch is not None:
                     batch.depth -= 1
                     batch.flush()
+            if stamp:
+                RECEIVE_TO_SEND_SECONDS.observe(max(0, time.time_ns() - stamp) * 1e-9)
             if count < self._slots:
                 return
+
+    def _sampled_stamp(self, i: int) -> int:
+        """Datagram `i`'s kernel receive time (ns since the epoch) if it is RTP, else 0."""
+        start = i * self._slot_bytes
+        head = self._data[start : start + 2]
+        if self._lengths[i] < 12 or not 127 < head[0] < 192 or 191 < head[1] < 224:
+            return 0
+        stamp: int = self._stamps[i]
+        return stamp
 
     def _deliver_all(self, count: int, deliver: Callable[[bytes, Address], None]) -> None:
         data, addrs, lengths, addrlens = self._data, self._addrs, self._lengths, self._addrlens
