@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sfu.clock import on_tick
 from sfu.qualitymetrics import quality_metrics
 from sfu.stats import DropReason, Stats
 
@@ -182,12 +183,13 @@ def forward_timer_stop(started: int) -> None:
 
 
 async def sample_loop_lag(interval: float = LOOP_LAG_INTERVAL) -> None:
-    """Run until cancelled: a busy loop shows up as a late wake-up."""
+    """Run until cancelled: a busy loop shows up as a late wake-up. Wakes on the periodic
+    timers' grid (sfu/clock.py), in the same loop pass as theirs."""
     loop = asyncio.get_running_loop()
     while True:
-        start = loop.time()
-        await asyncio.sleep(interval)
-        LOOP_LAG_SECONDS.observe(max(loop.time() - start - interval, 0.0))
+        due = on_tick(loop.time() + interval)
+        await asyncio.sleep(due - loop.time())
+        LOOP_LAG_SECONDS.observe(max(loop.time() - due, 0.0))
 
 
 class StateCollector(Collector):
