@@ -40,6 +40,11 @@ log = logging.getLogger("keyroom.fastpath")
 Address = tuple[Any, ...]
 # recvmmsg calls per wake-up: 4 x 64 datagrams, then other ready callbacks run.
 MAX_ROUNDS = 4
+# The fan-out is flushed after every FLUSH_EVERY datagrams of a batch (and at its end): the
+# first datagram's copies do not wait for all 64 to be processed (receive-to-send latency),
+# and a sendmmsg still carries FLUSH_EVERY inputs' copies.
+FLUSH_EVERY = 8
+FLUSH_MASK = FLUSH_EVERY - 1
 # Source addresses whose decoded tuple is kept: a junk flood from more addresses clears it.
 MAX_ADDRESSES = 4096
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
@@ -63,6 +68,11 @@ def decode_sockaddr(raw: bytes) -> Address | None:
                 host = f"{host}%{scope_id}"
         return (host, port, flowinfo, scope_id)
     return None
+
+
+def _observe(stamp: int) -> None:
+    """A sampled datagram's copies are sent: its kernel receive time (ns) to now."""
+    RECEIVE_TO_SEND_SECONDS.observe(max(0, time.time_ns() - stamp) * 1e-9)
 
 
 class AddressBook:
@@ -149,13 +159,13 @@ class BatchedSocket:
             if batch is not None:
                 batch.depth += 1
             try:
-                self._deliver_all(count, deliver)
+                stamp = self._deliver_all(count, deliver, sample, stamp)
             finally:
                 if batch is not None:
                     batch.depth -= 1
                     batch.flush()
             if stamp:
-                RECEIVE_TO_SEND_SECONDS.observe(max(0, time.time_ns() - stamp) * 1e-9)
+                _observe(stamp)
             if count < self._slots:
                 return
 
@@ -168,10 +178,21 @@ class BatchedSocket:
         stamp: int = self._stamps[i]
         return stamp
 
-    def _deliver_all(self, count: int, deliver: Callable[[bytes, Address], None]) -> None:
+    def _deliver_all(
+        self, count: int, deliver: Callable[[bytes, Address], None], sample: int, stamp: int
+    ) -> int:
+        """Hand on `count` datagrams, flushing the fan-out after every FLUSH_EVERY of them; the
+        receive stamp of datagram `sample` is observed at the flush that sent its copies, or
+        returned (not observed yet) if that is the caller's final flush."""
         data, addrs, lengths, addrlens = self._data, self._addrs, self._lengths, self._addrlens
         slot, address_bytes, known = self._slot_bytes, self._address_bytes, self._book.known
+        batch = self._batch
         for i in range(count):
+            if i & FLUSH_MASK == 0 and i and batch is not None:
+                batch.flush()
+                if stamp and sample < i:
+                    _observe(stamp)
+                    stamp = 0
             length = lengths[i]
             start = i * address_bytes
             raw = addrs[start : start + addrlens[i]]
@@ -186,6 +207,7 @@ class BatchedSocket:
                 deliver(data[start : start + length], address)
             except Exception:  # one bad datagram must not cost the rest of the batch
                 log.exception("shared media port: a datagram's handler failed")
+        return stamp
 
     def sendto(self, data: bytes, addr: Address) -> None:
         try:
