@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 FORWARD_METRIC = "keyroom_forward_seconds"
-# Kernel receive timestamp to the end of the batch's fan-out (shared port, compiled receive).
+# Kernel receive timestamp to the send of the copies (shared port, compiled receive).
 RECEIVE_TO_SEND_METRIC = "keyroom_receive_to_send_seconds"
 
 
@@ -25,8 +25,8 @@ class ForwardHistogram:
 
     @classmethod
     def parse(cls, text: str, metric: str = FORWARD_METRIC) -> ForwardHistogram | None:
-        """From a `/metrics` exposition; None when it has no such histogram (or none of its
-        buckets, e.g. `keyroom_receive_to_send_seconds` with nothing observed)."""
+        """`metric` from a `/metrics` exposition; None when it has no such histogram (a
+        server without it; one that never observed any has count 0)."""
         buckets: dict[float, float] = {}
         count = total = None
         for family in text_string_to_metric_families(text):

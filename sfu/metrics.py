@@ -82,8 +82,8 @@ FORWARD_SECONDS = Histogram(
 )
 RECEIVE_TO_SEND_SECONDS = Histogram(
     "keyroom_receive_to_send_seconds",
-    "From the kernel's receive timestamp of an input RTP datagram to the end of its batch's"
-    f" fan-out (shared port, compiled receive; 1 datagram in {FORWARD_SAMPLE_MASK + 1})",
+    "From the kernel's receive timestamp of an input RTP datagram to the sendmmsg of its"
+    f" copies (shared port, compiled receive; 1 datagram in {FORWARD_SAMPLE_MASK + 1})",
     buckets=(
         *(1e-5, 2e-5, 3e-5, 5e-5, 7e-5, 1e-4, 1.4e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 1.4e-3),
         *(2e-3, 3e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1),

@@ -1,6 +1,6 @@
 """Batched receive on a shared socket: one `recvmmsg` call takes every datagram waiting (up to
-`KR_RX_SLOTS`), and the RTP copies they make the forwarder send leave together in one
-`sendmmsg` after the batch (sfu/fastpath/batch.py).
+`KR_RX_SLOTS`), and the RTP copies they make the forwarder send leave together, one `sendmmsg`
+per FLUSH_EVERY datagrams of the batch (sfu/fastpath/batch.py).
 
 The socket is read by one reader registered on its descriptor (`loop.add_reader`): on each
 wake-up it drains the socket with `recvmmsg` until it is empty, at most `MAX_ROUNDS` calls, so a
@@ -10,7 +10,8 @@ as asyncio would give it. Counters are summed per call, not per datagram.
 
 Receive-to-send time: the socket has SO_TIMESTAMPNS, so each datagram carries the kernel's
 receive time. For 1 datagram in 64 (by the running count, at most one per call), if it is RTP,
-the time from that stamp to the end of its batch (after the batch's `sendmmsg`) goes to
+the time from that stamp to the `sendmmsg` that sent its copies (the fan-out is flushed after
+every FLUSH_EVERY datagrams and at the end of each call) goes to
 `keyroom_receive_to_send_seconds`: the wait in the socket's queue plus the processing of what
 was read with it, which `keyroom_forward_seconds` (from the ingress on) leaves out.
 
