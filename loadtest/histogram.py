@@ -9,6 +9,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 FORWARD_METRIC = "keyroom_forward_seconds"
+# Kernel receive timestamp to the send of the copies (shared port, compiled receive).
+RECEIVE_TO_SEND_METRIC = "keyroom_receive_to_send_seconds"
 
 
 @dataclass(frozen=True)
@@ -22,19 +24,20 @@ class ForwardHistogram:
     sum: float
 
     @classmethod
-    def parse(cls, text: str) -> ForwardHistogram | None:
-        """From a `/metrics` exposition; None when it has no such histogram."""
+    def parse(cls, text: str, metric: str = FORWARD_METRIC) -> ForwardHistogram | None:
+        """`metric` from a `/metrics` exposition; None when it has no such histogram (a
+        server without it; one that never observed any has count 0)."""
         buckets: dict[float, float] = {}
         count = total = None
         for family in text_string_to_metric_families(text):
-            if family.name != FORWARD_METRIC:
+            if family.name != metric:
                 continue
             for sample in family.samples:
-                if sample.name == FORWARD_METRIC + "_bucket":
+                if sample.name == metric + "_bucket":
                     buckets[float(sample.labels["le"])] = sample.value
-                elif sample.name == FORWARD_METRIC + "_count":
+                elif sample.name == metric + "_count":
                     count = sample.value
-                elif sample.name == FORWARD_METRIC + "_sum":
+                elif sample.name == metric + "_sum":
                     total = sample.value
         if not buckets or count is None or total is None:
             return None

@@ -39,6 +39,7 @@ def build_report(
     runtime_after: dict[str, Any] | None,
     generator_cpu_seconds: float,
     forward: ForwardHistogram | None = None,
+    received: ForwardHistogram | None = None,
 ) -> dict[str, Any]:
     scenario = run.scenario
     track_nos = {p.track_no for p in run.publishers}
@@ -134,6 +135,10 @@ def build_report(
         # deltas over the measured phase: handler entry to the end of the whole fan-out; no
         # kernel or socket queue, nothing of the generator. None when /metrics is unreadable.
         "server_forward_ms": forward.summary() if forward is not None else None,
+        # From the kernel's receive timestamp of an input datagram to the send of its copies:
+        # the server's socket queue included (shared port with `fanout = "compiled"`; count 0
+        # on the other paths, None when /metrics is unreadable).
+        "server_receive_to_send_ms": received.summary() if received is not None else None,
         "auth": dict(run.auth),
     }
     if len(run.rooms) > 1:
@@ -250,15 +255,20 @@ def format_table(report: dict[str, Any]) -> str:
         dist("generator loop lag", report["generator_loop_lag_ms"], "ms"),
         dist("generator GC pauses", report["generator_gc_pause_ms"], "ms"),
     ]
-    forward = report.get("server_forward_ms")
-    if forward and forward["count"]:
-        lines.append(
-            f"{'server forwarding':<22} p50 {forward['p50']:>8} p95 {forward['p95']:>8}"
-            f" p99 {forward['p99']:>8} mean {forward['mean']:>7} ms per input packet"
-            f" (n={forward['count']}, 1 in 64; bucket resolution)"
-        )
-    else:
-        lines.append(f"{'server forwarding':<22} - (no keyroom_forward_seconds from /metrics)")
+    server_times = (
+        ("server forwarding", "server_forward_ms", "1 in 64"),
+        ("server receive->send", "server_receive_to_send_ms", "kernel receive time"),
+    )
+    for label, key, how in server_times:
+        times = report.get(key)
+        if times and times["count"]:
+            lines.append(
+                f"{label:<22} p50 {times['p50']:>8} p95 {times['p95']:>8} p99 {times['p99']:>8}"
+                f" mean {times['mean']:>7} ms per input packet"
+                f" (n={times['count']}, {how}; bucket resolution)"
+            )
+        elif key == "server_forward_ms":
+            lines.append(f"{label:<22} - (no keyroom_forward_seconds from /metrics)")
     for room in report.get("rooms", []):
         rt, rp, rl = room["tracks"], room["packets"], room["latency_ms"]
         lines.append(

@@ -20,6 +20,7 @@ from typing import Any
 
 from loadtest.clients import Subscriber
 from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
+from loadtest.histogram import RECEIVE_TO_SEND_METRIC
 from loadtest.procstat import ProcessSampler
 from loadtest.report import build_report
 from loadtest.run import JOIN_TIMEOUT, LEAVE_TIMEOUT, Run
@@ -98,6 +99,7 @@ async def run_scenario(
                 await asyncio.to_thread(target.start_recording, room)
         # In a thread: the scrape must not stall the generator's loop (and its latencies).
         forward_before = await asyncio.to_thread(target.forward_histogram)
+        received_before = await asyncio.to_thread(target.forward_histogram, RECEIVE_TO_SEND_METRIC)
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
         run.counts_at_start = run.counts()
         cpu_before = _own_cpu()
@@ -109,6 +111,7 @@ async def run_scenario(
         run.measure_end_ns, run.measure_end = time.monotonic_ns(), loop.time()
         run.counts_at_end = run.counts()
         forward_after = await asyncio.to_thread(target.forward_histogram)
+        received_after = await asyncio.to_thread(target.forward_histogram, RECEIVE_TO_SEND_METRIC)
     finally:
         for task in send_tasks:
             task.cancel()
@@ -126,6 +129,9 @@ async def run_scenario(
         runtime_after=runtime_after,
         generator_cpu_seconds=own_cpu,
         forward=forward_after.minus(forward_before) if forward_before and forward_after else None,
+        received=received_after.minus(received_before)
+        if received_before and received_after
+        else None,
     )
     clients = [p.client for p in run.publishers] + [
         s.client for s in run.subscribers if not s.ended

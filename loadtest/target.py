@@ -15,7 +15,7 @@ from typing import Any
 
 from auth.tokens import mint_token
 from loadtest.clients import LoadClient
-from loadtest.histogram import ForwardHistogram
+from loadtest.histogram import FORWARD_METRIC, ForwardHistogram
 from loadtest.spawn import free_port, spawned
 from signaling.client import KeyroomClient
 
@@ -91,8 +91,9 @@ class Target:
         except OSError:
             return None
 
-    def forward_histogram(self) -> ForwardHistogram | None:
-        """The server's `keyroom_forward_seconds` histogram now, or None if it cannot be read."""
+    def forward_histogram(self, metric: str = FORWARD_METRIC) -> ForwardHistogram | None:
+        """The server's `keyroom_forward_seconds` (or `metric`) histogram now, or None if it
+        cannot be read."""
         if self.metrics_path is None:
             return None
         http = self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
@@ -104,7 +105,7 @@ class Target:
                 text = response.read().decode()
         except OSError:
             return None
-        return ForwardHistogram.parse(text)
+        return ForwardHistogram.parse(text, metric)
 
 
 @contextlib.contextmanager

@@ -8,18 +8,30 @@ clock (`loop.time()`). Tests drive owners directly with chosen `now` values, wit
 
 Wall-clock instants (a token's `exp`) are converted to this clock at the edge, once, with
 `deadline_at`.
+
+Periodic work that need not be exact (reports once a second, quality every 2 s, the speaker
+round, the loop-lag probe) is due on one grid of the loop clock (`on_tick`): the timers of every
+owner due in the same slot then fire in one loop wake-up instead of one wake-up each. An idle
+server's CPU is mostly wake-ups (docs/benchmarks.md, "Per-input and idle cost").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger("keyroom.clock")
 
 K = TypeVar("K")
+
+# The grid of periodic deadlines, in seconds: a power-of-two fraction, so every grid instant is
+# the same float whoever computes it. TICK_SLACK: a deadline may come this much early rather
+# than a whole tick late (a timer that fired a millisecond late re-arms for the same phase).
+TICK = 0.25
+TICK_SLACK = 0.05
 
 
 class Timed(Protocol):
@@ -36,6 +48,12 @@ def now() -> float:
 def deadline_at(unix_time: float, now: float, wall_now: float | None = None) -> float:
     """The loop-clock instant at which the wall clock reads `unix_time`."""
     return now + unix_time - (time.time() if wall_now is None else wall_now)
+
+
+def on_tick(when: float) -> float:
+    """The grid instant for a periodic deadline meant for `when`: the first at or after
+    `when - TICK_SLACK`."""
+    return math.ceil((when - TICK_SLACK) / TICK) * TICK
 
 
 class Deadlines(Generic[K]):

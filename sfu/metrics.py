@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sfu.clock import on_tick
 from sfu.qualitymetrics import quality_metrics
 from sfu.stats import DropReason, Stats
 
@@ -77,6 +78,16 @@ FORWARD_SECONDS = Histogram(
     f"Time to forward one input RTP packet to every subscriber"
     f" (1 packet in {FORWARD_SAMPLE_MASK + 1} is timed)",
     buckets=(1e-5, 2e-5, 3e-5, 5e-5, 7e-5, 1e-4, 1.4e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.02),
+    registry=None,
+)
+RECEIVE_TO_SEND_SECONDS = Histogram(
+    "keyroom_receive_to_send_seconds",
+    "From the kernel's receive timestamp of an input RTP datagram to the sendmmsg of its"
+    f" copies (shared port, compiled receive; 1 datagram in {FORWARD_SAMPLE_MASK + 1})",
+    buckets=(
+        *(1e-5, 2e-5, 3e-5, 5e-5, 7e-5, 1e-4, 1.4e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 1.4e-3),
+        *(2e-3, 3e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1),
+    ),
     registry=None,
 )
 WEBHOOKS = Counter(
@@ -172,12 +183,13 @@ def forward_timer_stop(started: int) -> None:
 
 
 async def sample_loop_lag(interval: float = LOOP_LAG_INTERVAL) -> None:
-    """Run until cancelled: a busy loop shows up as a late wake-up."""
+    """Run until cancelled: a busy loop shows up as a late wake-up. Wakes on the periodic
+    timers' grid (sfu/clock.py), in the same loop pass as theirs."""
     loop = asyncio.get_running_loop()
     while True:
-        start = loop.time()
-        await asyncio.sleep(interval)
-        LOOP_LAG_SECONDS.observe(max(loop.time() - start - interval, 0.0))
+        due = on_tick(loop.time() + interval)
+        await asyncio.sleep(due - loop.time())
+        LOOP_LAG_SECONDS.observe(max(loop.time() - due, 0.0))
 
 
 class StateCollector(Collector):
@@ -304,7 +316,8 @@ def build_registry(rooms: Rooms, stats: Stats, pending: Sized | None = None) -> 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StateCollector(rooms, stats, pending))
     instruments = (
-        JOINS, JOIN_SECONDS, LOOP_LAG_SECONDS, FORWARD_SECONDS, WEBHOOKS, SECURITY_ALERTS
+        JOINS, JOIN_SECONDS, LOOP_LAG_SECONDS, FORWARD_SECONDS, RECEIVE_TO_SEND_SECONDS,
+        WEBHOOKS, SECURITY_ALERTS,
     )  # fmt: skip
     for metric in (*instruments, CONNECTIONS_REFUSED):
         registry.register(metric)

@@ -116,7 +116,7 @@ class Room:
                 return
             if key == "speakers":
                 self._speaker_round()
-                self._deadlines.set("speakers", now + SPEAKER_INTERVAL)
+                self._deadlines.set("speakers", clock.on_tick(now + SPEAKER_INTERVAL))
             elif key == "empty":
                 if not self.participants and self.on_empty is not None:
                     self.on_empty(self)
@@ -189,7 +189,7 @@ class Room:
         self.participants[participant.sid] = participant
         self._deadlines.clear("empty")
         if "speakers" not in self._deadlines:
-            self._deadlines.set("speakers", self._now() + SPEAKER_INTERVAL)
+            self._deadlines.set("speakers", clock.on_tick(self._now() + SPEAKER_INTERVAL))
         self._rearm()
         self.emit("participant_joined", participant)
         if not participant.hidden:

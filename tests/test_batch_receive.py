@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -14,7 +15,14 @@ from typing import Any
 import pytest
 
 from sfu.fastpath import loader
-from sfu.fastpath.receive import MAX_ROUNDS, AddressBook, BatchedSocket, decode_sockaddr
+from sfu.fastpath.receive import (
+    FLUSH_EVERY,
+    MAX_ROUNDS,
+    AddressBook,
+    BatchedSocket,
+    decode_sockaddr,
+)
+from sfu.metrics import RECEIVE_TO_SEND_SECONDS
 from sfu.stats import Stats
 
 
@@ -114,8 +122,11 @@ async def test_queued_datagrams_come_in_full_batches_with_their_sources(
     got: list[tuple[bytes, Any]] = []
     done = asyncio.Event()
 
+    flushes_seen: list[int] = []
+
     def deliver(data: bytes, addr: Any) -> None:
         batch.depths.append(batch.depth)
+        flushes_seen.append(batch.flushes)
         got.append((data, addr))
         if len(got) == total:
             done.set()
@@ -124,7 +135,9 @@ async def test_queued_datagrams_come_in_full_batches_with_their_sources(
     try:
         receiver.read()  # one wake-up: MAX_ROUNDS full batches, then the loop runs others
         assert len(got) == 64 * MAX_ROUNDS
-        assert (stats.receive_calls, batch.flushes) == (MAX_ROUNDS, MAX_ROUNDS)
+        # The copies leave after every FLUSH_EVERY datagrams and at the end of each call.
+        assert (stats.receive_calls, batch.flushes) == (MAX_ROUNDS, MAX_ROUNDS * 64 // FLUSH_EVERY)
+        assert flushes_seen[:64] == [n // FLUSH_EVERY for n in range(64)]
         await asyncio.wait_for(done.wait(), 10)  # the reader, still registered, takes the rest
     finally:
         receiver.close()
@@ -132,7 +145,7 @@ async def test_queued_datagrams_come_in_full_batches_with_their_sources(
     assert set(batch.depths) == {1} and batch.depth == 0  # delivered inside a batch
     assert stats.received_datagrams == total
     assert stats.receive_calls == MAX_ROUNDS + 1  # the last 44 in one call
-    assert batch.flushes == stats.receive_calls
+    assert batch.flushes == (MAX_ROUNDS * 64 + 48) // FLUSH_EVERY  # the last 44: 6 flushes
 
 
 async def test_oversized_and_failing_datagrams_cost_only_themselves(
@@ -186,3 +199,37 @@ async def test_sends_go_out_on_the_socket_and_a_full_buffer_drops(
     full.sendto(b"dtls", peer.getsockname())
     full.close()
     assert stats.dropped["send_failed"] == 1
+
+
+def timed_count_and_sum() -> tuple[float, float]:
+    samples = RECEIVE_TO_SEND_SECONDS.collect()[0].samples
+    values = {
+        s.name.rsplit("_", 1)[1]: s.value for s in samples if s.name.endswith(("_count", "_sum"))
+    }
+    return values["count"], values["sum"]
+
+
+async def test_one_rtp_datagram_in_64_is_timed_from_its_kernel_receive_time(
+    extension: ModuleType, senders: list[socket.socket]
+) -> None:
+    stats, batch = Stats(), CountingBatch()
+    receiver = BatchedSocket(extension, bound_socket(), stats)
+    target = receiver.get_extra_info("sockname")
+    rtp, rtcp = bytes([0x80, 96]) + bytes(30), bytes([0x80, 200]) + bytes(30)
+    before = time.time_ns()
+    for n in range(128):  # the first sampled datagram (the 64th) is RTCP: not timed
+        senders[0].sendto(rtcp if n == 63 else rtp, target)
+    count, total = timed_count_and_sum()
+    receiver.start(lambda data, addr: None, batch)  # type: ignore[arg-type]
+    try:
+        receiver.read()  # two full batches of 64
+        after = time.time_ns()
+        assert stats.received_datagrams == 128 and batch.flushes == 128 // FLUSH_EVERY
+        # The kernel stamped each datagram when it arrived, between the sends and the read.
+        stamp = receiver._stamps[63]  # the 128th datagram (slot 63 of the second batch)
+        assert before <= stamp <= after
+    finally:
+        receiver.close()
+    new_count, new_total = timed_count_and_sum()
+    assert new_count == count + 1  # the 128th: RTP
+    assert 0 < new_total - total <= (after - before) * 1e-9

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sfu.clock import Deadlines, TimerDriver, deadline_at
+from sfu.clock import TICK, TICK_SLACK, Deadlines, TimerDriver, deadline_at, on_tick
 
 
 def test_deadlines_pop_due_in_time_order() -> None:
@@ -23,6 +23,48 @@ def test_deadlines_pop_due_in_time_order() -> None:
 
 def test_deadline_at_converts_wall_time_to_loop_time() -> None:
     assert deadline_at(1_000_030.0, now=50.0, wall_now=1_000_000.0) == 80.0
+
+
+def test_periodic_deadlines_land_on_one_grid_never_a_tick_late() -> None:
+    assert on_tick(101.0) == 101.0 and on_tick(0.5) == 0.5  # grid instants stay
+    # A timer that fired a little late re-arms for the same phase, not a whole tick later.
+    assert on_tick(101.0 + 0.003) == 101.0
+    assert on_tick(101.0 + TICK_SLACK + 0.001) == 101.0 + TICK
+    for n in range(2000):
+        when = 1234.5 + n * 0.00731
+        due = on_tick(when)
+        assert when - TICK_SLACK <= due < when - TICK_SLACK + TICK
+        assert due / TICK == int(due / TICK)  # exactly on the grid, the same float for all
+
+
+async def test_owners_due_in_one_slot_fire_in_one_loop_pass() -> None:
+    """Two owners whose periodic deadlines were meant 30 ms apart share one wake-up."""
+    loop = asyncio.get_running_loop()
+    passes: list[int] = []
+    counter = [0]
+
+    def count_passes() -> None:  # runs once per loop iteration while the test waits
+        counter[0] += 1
+        loop.call_soon(count_passes)
+
+    owners = [Owner(loop), Owner(loop)]
+    slot = on_tick(loop.time() + TICK)
+    for n, owner in enumerate(owners):
+        owner.deadlines.set("report", on_tick(slot - 0.04 + 0.03 * n))
+        owner.handle_timer = lambda now, o=owner: (
+            passes.append(counter[0]),
+            o.deadlines.pop_due(now),
+        )  # type: ignore[method-assign]
+    drivers = [TimerDriver(owner) for owner in owners]
+    for driver in drivers:
+        driver.update()
+    done = loop.create_future()
+    loop.call_at(owners[0].deadlines.next() + 0.05, done.set_result, None)  # type: ignore[operator]
+    count_passes()
+    await done
+    assert len(passes) == 2 and passes[0] == passes[1]
+    for driver in drivers:
+        driver.stop()
 
 
 class Owner:

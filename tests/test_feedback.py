@@ -193,6 +193,18 @@ def test_publisher_sender_reports_are_taken_in_and_translated_once_a_second() ->
     assert fb.next_deadline() == 5.0
 
 
+def test_every_participants_reports_share_the_clock_grid() -> None:
+    """Participants that joined at any time report in the same slot (one wake-up for all)."""
+    feedbacks = [feedback() for _ in range(3)]
+    for n, fb in enumerate(feedbacks):
+        fb.start_sender_reports(100.06 + 0.09 * n)
+        fb.start_publisher_reports(100.06 + 0.09 * n)
+    assert {fb.next_deadline() for fb in feedbacks} == {101.25}
+    for fb in feedbacks:
+        fb.handle_timer(101.25 + 0.002)  # the loop woke 2 ms late: the cadence keeps its phase
+    assert {fb.next_deadline() for fb in feedbacks} == {102.25}
+
+
 def test_subscriber_pli_and_fir_ask_the_up_track_and_nacks_are_answered() -> None:
     video = track("TR_v", ssrc=1111)
     asked: list[str] = []

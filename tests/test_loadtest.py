@@ -12,6 +12,7 @@ import pytest
 
 from loadtest.clients import starts_keyframe
 from loadtest.clip import encode_video_clip
+from loadtest.histogram import RECEIVE_TO_SEND_METRIC as RECEIVE_TO_SEND
 from loadtest.report import ForwardHistogram, percentiles
 from loadtest.scenarios import SCENARIOS, with_overrides
 
@@ -126,15 +127,12 @@ def test_percentiles_nearest_rank() -> None:
 
 
 def test_forward_histogram_deltas_and_bucket_quantiles() -> None:
-    def exposition(counts: list[int], total: float) -> str:
+    def exposition(counts: list[int], total: float, name: str = "keyroom_forward_seconds") -> str:
         bounds = ["0.0001", "0.001", "0.01", "+Inf"]
-        lines = ["# TYPE keyroom_forward_seconds histogram"]
-        lines += [
-            f'keyroom_forward_seconds_bucket{{le="{le}"}} {n}'
-            for le, n in zip(bounds, counts, strict=True)
-        ]
-        lines += [f"keyroom_forward_seconds_count {counts[-1]}"]
-        lines += [f"keyroom_forward_seconds_sum {total}", ""]
+        lines = [f"# TYPE {name} histogram"]
+        lines += [f'{name}_bucket{{le="{le}"}} {n}' for le, n in zip(bounds, counts, strict=True)]
+        lines += [f"{name}_count {counts[-1]}"]
+        lines += [f"{name}_sum {total}", ""]
         return "\n".join(lines)
 
     before = ForwardHistogram.parse(exposition([5, 10, 10, 10], 0.01))
@@ -150,6 +148,12 @@ def test_forward_histogram_deltas_and_bucket_quantiles() -> None:
     assert summary["p99"] == 10.0
     assert summary["mean"] == 3.0 and summary["over_top_bucket"] == 1
     assert ForwardHistogram.parse("# TYPE other counter\nother_total 1\n") is None
+    # The server's receive-to-send histogram is read by its own name from the same scrape.
+    both = exposition([5, 10, 10, 10], 0.01) + exposition([0, 1, 3, 4], 0.02, RECEIVE_TO_SEND)
+    received = ForwardHistogram.parse(both, RECEIVE_TO_SEND)
+    assert received is not None and received.count == 4 and received.sum == 0.02
+    forward = ForwardHistogram.parse(both)
+    assert forward is not None and forward.count == 10
 
 
 def test_scenario_overrides_apply_only_given_values() -> None:

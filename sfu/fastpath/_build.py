@@ -42,6 +42,8 @@ char *kr_rx_addrs(kr_rx *rx);
 int *kr_rx_lengths(kr_rx *rx);
 int *kr_rx_addrlens(kr_rx *rx);
 int kr_recv(kr_rx *rx, int fd);
+int kr_rx_timestamping(int fd);
+long long *kr_rx_stamps(kr_rx *rx);
 """
 
 SOURCE = r"""
@@ -55,6 +57,7 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 /* sendmmsg takes at most UIO_MAXIOV (1024) messages; a batch is one input's fan-out (or a few
    inputs'), flushed early when full. A slot holds an RTP packet plus libsrtp's trailer. */
@@ -159,6 +162,7 @@ int kr_flush(kr_batch *batch, int fd, kr_protect_fn protect, int *protect_failur
 #define KR_RX_SLOTS 64
 #define KR_RX_BYTES 2048
 #define KR_ADDR_BYTES 28
+#define KR_RX_CONTROL CMSG_SPACE(sizeof(struct timespec))
 
 typedef struct kr_rx {
     struct mmsghdr msgs[KR_RX_SLOTS];
@@ -167,6 +171,9 @@ typedef struct kr_rx {
     int addrlens[KR_RX_SLOTS];
     unsigned char addrs[KR_RX_SLOTS][KR_ADDR_BYTES];
     unsigned char data[KR_RX_SLOTS][KR_RX_BYTES];
+    /* Receive timestamps (SO_TIMESTAMPNS, sfu/fastpath/receive.py): kr_rx_take_stamps. */
+    unsigned char control[KR_RX_SLOTS][KR_RX_CONTROL];
+    long long stamps[KR_RX_SLOTS];
 } kr_rx;
 
 kr_rx *kr_rx_new(void) {
@@ -178,6 +185,7 @@ kr_rx *kr_rx_new(void) {
         rx->msgs[i].msg_hdr.msg_iov = &rx->iov[i];
         rx->msgs[i].msg_hdr.msg_iovlen = 1;
         rx->msgs[i].msg_hdr.msg_name = rx->addrs[i];
+        rx->msgs[i].msg_hdr.msg_control = rx->control[i];
     }
     return rx;
 }
@@ -187,6 +195,26 @@ char *kr_rx_addrs(kr_rx *rx) { return (char *)rx->addrs; }
 int *kr_rx_lengths(kr_rx *rx) { return rx->lengths; }
 int *kr_rx_addrlens(kr_rx *rx) { return rx->addrlens; }
 
+/* The kernel's receive time of each datagram (CLOCK_REALTIME, ns; 0 without one): with
+   SO_TIMESTAMPNS on the socket (kr_rx_timestamping), the control message recvmmsg returns. */
+static void kr_rx_take_stamps(kr_rx *rx, int n) {
+    for (int i = 0; i < n; i++) {
+        struct msghdr *h = &rx->msgs[i].msg_hdr;
+        struct cmsghdr *c = CMSG_FIRSTHDR(h);
+        rx->stamps[i] = 0;
+        if (c != NULL && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+            rx->stamps[i] = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        }
+    }
+}
+long long *kr_rx_stamps(kr_rx *rx) { return rx->stamps; }
+int kr_rx_timestamping(int fd) {
+    int on = 1;
+    return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) < 0 ? -errno : 0;
+}
+
 /* Receive what the socket holds, up to KR_RX_SLOTS datagrams, without waiting: their number
    (fewer than KR_RX_SLOTS: the socket was empty), or -errno (-EAGAIN: nothing there). */
 int kr_recv(kr_rx *rx, int fd) {
@@ -194,6 +222,7 @@ int kr_recv(kr_rx *rx, int fd) {
     for (int i = 0; i < KR_RX_SLOTS; i++) {
         rx->msgs[i].msg_hdr.msg_namelen = KR_ADDR_BYTES;
         rx->msgs[i].msg_hdr.msg_flags = 0;
+        rx->msgs[i].msg_hdr.msg_controllen = KR_RX_CONTROL;
     }
     do {
         n = recvmmsg(fd, rx->msgs, KR_RX_SLOTS, MSG_DONTWAIT, NULL);
@@ -204,6 +233,7 @@ int kr_recv(kr_rx *rx, int fd) {
         rx->lengths[i] = (h->msg_flags & MSG_TRUNC) ? -1 : (int)rx->msgs[i].msg_len;
         rx->addrlens[i] = (int)h->msg_namelen;
     }
+    kr_rx_take_stamps(rx, n);
     return n;
 }
 """

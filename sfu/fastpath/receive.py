@@ -1,12 +1,19 @@
 """Batched receive on a shared socket: one `recvmmsg` call takes every datagram waiting (up to
-`KR_RX_SLOTS`), and the RTP copies they make the forwarder send leave together in one
-`sendmmsg` after the batch (sfu/fastpath/batch.py).
+`KR_RX_SLOTS`), and the RTP copies they make the forwarder send leave together, one `sendmmsg`
+per FLUSH_EVERY datagrams of the batch (sfu/fastpath/batch.py).
 
 The socket is read by one reader registered on its descriptor (`loop.add_reader`): on each
 wake-up it drains the socket with `recvmmsg` until it is empty, at most `MAX_ROUNDS` calls, so a
 flood cannot starve the rest of the loop (the reader stays registered and is called again). Each
 datagram goes to `deliver` (the shared port's demultiplexer, unchanged) with its source address
 as asyncio would give it. Counters are summed per call, not per datagram.
+
+Receive-to-send time: the socket has SO_TIMESTAMPNS, so each datagram carries the kernel's
+receive time. For 1 datagram in 64 (by the running count, at most one per call), if it is RTP,
+the time from that stamp to the `sendmmsg` that sent its copies (the fan-out is flushed after
+every FLUSH_EVERY datagrams and at the end of each call) goes to
+`keyroom_receive_to_send_seconds`: the wait in the socket's queue plus the processing of what
+was read with it, which `keyroom_forward_seconds` (from the ingress on) leaves out.
 
 Sending stays one datagram at a time for what is not batched RTP (STUN, DTLS, RTCP): `sendto`
 on the non-blocking socket, and a datagram the kernel cannot take now is dropped and counted, as
@@ -20,11 +27,13 @@ import errno
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from sfu.fastpath.batch import FanoutBatch
+from sfu.metrics import FORWARD_SAMPLE_MASK, RECEIVE_TO_SEND_SECONDS
 from sfu.stats import DropReason, Stats
 
 log = logging.getLogger("keyroom.fastpath")
@@ -32,6 +41,11 @@ log = logging.getLogger("keyroom.fastpath")
 Address = tuple[Any, ...]
 # recvmmsg calls per wake-up: 4 x 64 datagrams, then other ready callbacks run.
 MAX_ROUNDS = 4
+# The fan-out is flushed after every FLUSH_EVERY datagrams of a batch (and at its end): the
+# first datagram's copies do not wait for all 64 to be processed (receive-to-send latency),
+# and a sendmmsg still carries FLUSH_EVERY inputs' copies.
+FLUSH_EVERY = 8
+FLUSH_MASK = FLUSH_EVERY - 1
 # Source addresses whose decoded tuple is kept: a junk flood from more addresses clears it.
 MAX_ADDRESSES = 4096
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
@@ -55,6 +69,11 @@ def decode_sockaddr(raw: bytes) -> Address | None:
                 host = f"{host}%{scope_id}"
         return (host, port, flowinfo, scope_id)
     return None
+
+
+def _observe(stamp: int) -> None:
+    """A sampled datagram's copies are sent: its kernel receive time (ns) to now."""
+    RECEIVE_TO_SEND_SECONDS.observe(max(0, time.time_ns() - stamp) * 1e-9)
 
 
 class AddressBook:
@@ -96,6 +115,9 @@ class BatchedSocket:
         if self._rx == ffi.NULL:
             raise MemoryError("recvmmsg buffers")
         self._recv = lib.kr_recv
+        # Without it (an old kernel) the stamps stay 0 and nothing is observed.
+        lib.kr_rx_timestamping(self._fd)
+        self._stamps = lib.kr_rx_stamps(self._rx)
         self._slots = lib.KR_RX_SLOTS
         slot, address_bytes = lib.KR_RX_BYTES, lib.KR_ADDR_BYTES
         self._data = ffi.buffer(lib.kr_rx_data(self._rx), self._slots * slot)
@@ -131,22 +153,47 @@ class BatchedSocket:
                     continue
                 return
             stats.receive_calls += 1
-            stats.received_datagrams += count
+            received = stats.received_datagrams
+            stats.received_datagrams = received + count
+            sample = FORWARD_SAMPLE_MASK - (received & FORWARD_SAMPLE_MASK)
+            stamp = self._sampled_stamp(sample) if sample < count else 0
             if batch is not None:
                 batch.depth += 1
             try:
-                self._deliver_all(count, deliver)
+                stamp = self._deliver_all(count, deliver, sample, stamp)
             finally:
                 if batch is not None:
                     batch.depth -= 1
                     batch.flush()
+            if stamp:
+                _observe(stamp)
             if count < self._slots:
                 return
 
-    def _deliver_all(self, count: int, deliver: Callable[[bytes, Address], None]) -> None:
+    def _sampled_stamp(self, i: int) -> int:
+        """Datagram `i`'s kernel receive time (ns since the epoch) if it is RTP, else 0."""
+        start = i * self._slot_bytes
+        head = self._data[start : start + 2]
+        if self._lengths[i] < 12 or not 127 < head[0] < 192 or 191 < head[1] < 224:
+            return 0
+        stamp: int = self._stamps[i]
+        return stamp
+
+    def _deliver_all(
+        self, count: int, deliver: Callable[[bytes, Address], None], sample: int, stamp: int
+    ) -> int:
+        """Hand on `count` datagrams, flushing the fan-out after every FLUSH_EVERY of them; the
+        receive stamp of datagram `sample` is observed at the flush that sent its copies, or
+        returned (not observed yet) if that is the caller's final flush."""
         data, addrs, lengths, addrlens = self._data, self._addrs, self._lengths, self._addrlens
         slot, address_bytes, known = self._slot_bytes, self._address_bytes, self._book.known
+        batch = self._batch
         for i in range(count):
+            if i & FLUSH_MASK == 0 and i and batch is not None:
+                batch.flush()
+                if stamp and sample < i:
+                    _observe(stamp)
+                    stamp = 0
             length = lengths[i]
             start = i * address_bytes
             raw = addrs[start : start + addrlens[i]]
@@ -161,6 +208,7 @@ class BatchedSocket:
                 deliver(data[start : start + length], address)
             except Exception:  # one bad datagram must not cost the rest of the batch
                 log.exception("shared media port: a datagram's handler failed")
+        return stamp
 
     def sendto(self, data: bytes, addr: Address) -> None:
         try:
