@@ -175,8 +175,13 @@ class Replay:
         return False
 
 
-def _steady(down: SteadyDownTrack) -> tuple[FanoutBatch, Destination] | None:
-    """(batch, destination) if `down` can be forwarded by the compiled loop now."""
+# What a sink that can be bypassed answers (`steady()`): the batch, the destination, and the
+# sink that counts the packets sent (an RtpSink, sfu/internals/egress.py).
+Steady = tuple["FanoutBatch", "Destination", Any]
+
+
+def _steady(down: SteadyDownTrack) -> Steady | None:
+    """What `down`'s sink answers if `down` can be forwarded by the compiled loop now."""
     rewriter = down._rewriter
     if (
         rewriter is None
@@ -189,7 +194,7 @@ def _steady(down: SteadyDownTrack) -> tuple[FanoutBatch, Destination] | None:
     ):
         return None
     steady = getattr(down.sink, "steady", None)
-    found: tuple[FanoutBatch, Destination] | None = steady() if steady is not None else None
+    found: Steady | None = steady() if steady is not None else None
     if found is None or not found[0].copies:
         return None
     return found
@@ -215,6 +220,7 @@ class Copies:
         "_capacity",
         "members",
         "_destinations",
+        "_sinks",
         "_held",
         "_python",
         "_version",
@@ -232,6 +238,7 @@ class Copies:
         self._array = self._ffi.new("kr_copy[]", self._capacity)
         self.members: list[SteadyDownTrack] = []
         self._destinations: list[Destination] = []
+        self._sinks: list[Any] = []  # each member's RtpSink: its counters
         self._held: tuple[Destination, ...] = ()
         self._python: list[Any] = []  # DownTracks: their Python path
         self._version = -1
@@ -278,7 +285,9 @@ class Copies:
             batch.flush()  # the batch is full: send it, then queue the rest
         if not batch.depth:
             batch.flush()
-        return int(queued[0])
+        made: int = queued[0]
+        batch._stats.fanout_compiled_copies += made
+        return made
 
     def _fallback(self, data: bytes, info: RtpInfo) -> int:
         """An extension block the compiled loop does not rewrite: each member's Python path,
@@ -313,9 +322,9 @@ class Copies:
             if down._copies is None:
                 found = _steady(down)
                 if found is not None and found[0] is self.batch:
-                    self.attach(down, found[1])
+                    self.attach(down, found)
 
-    def attach(self, down: SteadyDownTrack, destination: Destination) -> None:
+    def attach(self, down: SteadyDownTrack, found: Steady) -> None:
         rewriter = down._rewriter
         form = rewriter.compiled_form() if rewriter is not None else None
         if rewriter is None or form is None:
@@ -326,6 +335,7 @@ class Copies:
             self._ffi.memmove(grown, self._array, self._ffi.sizeof("kr_copy") * i)
             self._array, self._capacity = grown, 2 * self._capacity
         ssrc, pt_map, one_map, slot, mid = form
+        _, destination, sink = found
         copy = self._array[i]
         copy.session = destination[1]
         copy.ssrc = ssrc
@@ -338,6 +348,7 @@ class Copies:
         copy.first_seq = (rewriter.last_out_seq + 1) & _SEQ
         self.members.append(down)
         self._destinations.append(destination)
+        self._sinks.append(sink)
         self._push(i, down)
         down._copies = self
         self._changed()
@@ -357,8 +368,10 @@ class Copies:
             self._ffi.memmove(self._ffi.addressof(self._array, i), self._array + last, size)
             self.members[i] = self.members[last]
             self._destinations[i] = self._destinations[last]
+            self._sinks[i] = self._sinks[last]
         self.members.pop()
         self._destinations.pop()
+        self._sinks.pop()
         down._copies = None
         self._changed()
         if down.cache is not None and down.cache.replay is not None:
@@ -392,7 +405,7 @@ class Copies:
         cache = down.cache
         if cache is not None and cache.replay is not None and cache.replay.spans:
             cache.replay.spans[-1][5] = copy.first_seq
-        sink: Any = down.sink
+        sink = self._sinks[i]
         sink.sent_packets += copy.sent_packets
         sink.sent_bytes += copy.sent_bytes
         sink.send_errors += copy.send_errors

@@ -139,8 +139,8 @@ class RtpSink:
         self.sent_bytes += size
         return True
 
-    def steady(self) -> tuple[FanoutBatch, Destination] | None:
-        """(batch, destination) while `send` would queue RTP in a shared socket's batch as is
+    def steady(self) -> tuple[FanoutBatch, Destination, RtpSink] | None:
+        """(batch, destination, self) while `send` would queue RTP in a shared socket's batch as is
         (DTLS connected, the same nominated pair, no transport-cc to stamp): then compiled code
         may queue this sink's copies itself (sfu/fastpath/steady.py)."""
         nominated, destination = self._nominated, self._destination
@@ -153,7 +153,7 @@ class RtpSink:
             or self._batch is None
         ):
             return None
-        return self._batch, destination
+        return self._batch, destination, self
 
     def _send_rtp(self, data: bytes, protocol: Any) -> bool:
         protector = self._protector
