@@ -100,6 +100,13 @@ def input_packets(n: int, seq: int) -> list[bytes]:
         return [packet(seq, pt=97, ext=browser_ext(seq), csrcs=2)]  # mapped by one only
     if kind == 9:
         return [packet(seq, pt=111, ext=browser_ext(seq))]  # mapped by none
+    if kind == 10:  # odd one-byte blocks: padding bytes, id 15, a truncated element, a huge one
+        odd = (
+            bytes((0, 0x10, 0x30, 0, 0, 0x32, 1, 2, 3, 0xF0, 0x11, 0x22)),
+            bytes((0x10, 0x30, 0x3F, 1, 2, 3, 0, 0)),
+            bytes(1300) + bytes((0x10, 0x30, 0, 0)),
+        )[(n // 13) % 3]
+        return [packet(seq, ext=struct.pack("!HH", 0xBEDE, len(odd) // 4) + odd)]
     if kind == 11:
         return [packet(seq, ext=browser_ext(seq), size=1380)]  # too large for a batch slot
     if kind == 12:  # reordered: the next one first
