@@ -176,7 +176,8 @@ class Replay:
 
 
 # What a sink that can be bypassed answers (`steady()`): the batch, the destination, and the
-# sink that counts the packets sent (an RtpSink, sfu/internals/egress.py).
+# sink that counts the packets sent (an RtpSink, sfu/internals/egress.py; None: nobody counts,
+# a fan-out worker's subscriber, sfu/fanout/worker.py).
 Steady = tuple["FanoutBatch", "Destination", Any]
 
 
@@ -238,7 +239,7 @@ class Copies:
         self._array = self._ffi.new("kr_copy[]", self._capacity)
         self.members: list[SteadyDownTrack] = []
         self._destinations: list[Destination] = []
-        self._sinks: list[Any] = []  # each member's RtpSink: its counters
+        self._sinks: list[Any] = []  # each member's RtpSink (its counters), or None
         self._held: tuple[Destination, ...] = ()
         self._python: list[Any] = []  # DownTracks: their Python path
         self._version = -1
@@ -406,9 +407,10 @@ class Copies:
         if cache is not None and cache.replay is not None and cache.replay.spans:
             cache.replay.spans[-1][5] = copy.first_seq
         sink = self._sinks[i]
-        sink.sent_packets += copy.sent_packets
-        sink.sent_bytes += copy.sent_bytes
-        sink.send_errors += copy.send_errors
+        if sink is not None:
+            sink.sent_packets += copy.sent_packets
+            sink.sent_bytes += copy.sent_bytes
+            sink.send_errors += copy.send_errors
         copy.sent_packets = copy.sent_bytes = copy.send_errors = 0
 
     def _push(self, i: int, down: SteadyDownTrack) -> None:
