@@ -7,13 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pylibsrtp
 import pytest
 
-from sfu.fastpath import loader
+from sfu.fastpath import _build, loader
 from sfu.fastpath.batch import FanoutBatch
 from sfu.internals import SrtpProtector
 from sfu.stats import Stats
@@ -151,3 +152,18 @@ def test_keyroom_build_ext_compiles_into_the_cache(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     path = Path(result.stdout.strip())
     assert path.is_relative_to(tmp_path) and path.exists()
+
+
+def test_an_installed_module_from_an_older_build_script_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `pip install` before the per-copy loop left a module without `kr_fanout`: the loader
+    builds (or takes from its cache) a current one instead of failing at the first packet."""
+    stale = types.ModuleType(_build.MODULE)
+    stale.lib = types.SimpleNamespace(kr_add=None)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, _build.MODULE, stale)
+    monkeypatch.setattr(loader, "_loaded", None)
+    monkeypatch.setattr(loader, "_failure", None)
+    module = loader.load()
+    assert module is not None
+    assert module.lib.KR_ABI == _build.ABI and hasattr(module.lib, "kr_fanout")

@@ -16,8 +16,12 @@ from __future__ import annotations
 from cffi import FFI
 
 MODULE = "sfu.fastpath._fanout"
+# What the Python side expects of the module (`lib.KR_ABI`): a module built from an older build
+# script (installed by an earlier `pip install`) is not used, the cache builds a current one.
+ABI = 2
 
 CDEF = """
+#define KR_ABI ...
 #define KR_SLOTS ...
 #define KR_SLOT_BYTES ...
 typedef int (*kr_protect_fn)(void *session, void *rtp, int *length);
@@ -69,6 +73,8 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+
+#define KR_ABI 2 /* _build.ABI */
 
 /* sendmmsg takes at most UIO_MAXIOV (1024) messages; a batch is one input's fan-out (or a few
    inputs'), flushed early when full. A slot holds an RTP packet plus libsrtp's trailer. */

@@ -77,8 +77,10 @@ def load(*, compile_if_missing: bool = True) -> ModuleType | None:
     if _loaded is not None or _failure is not None:
         return _loaded
     try:
-        _loaded = importlib.import_module(_build.MODULE)  # built at install time
-        return _loaded
+        installed = importlib.import_module(_build.MODULE)  # built at install time
+        if getattr(installed.lib, "KR_ABI", 0) == _build.ABI:
+            _loaded = installed
+            return _loaded
     except ImportError:
         pass
     try:
