@@ -283,7 +283,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--tight",
         action="store_true",
         help="instead: CPU per input packet with warm caches (inputs back to back, no loop"
-        " wake-up) on the fast, shared and batched paths (default fan-out 1, 10, 20)",
+        " wake-up) on the fast, shared, batched and compiled paths (default fan-out 1, 10, 20)",
     )
 
 
