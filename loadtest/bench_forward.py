@@ -13,7 +13,10 @@ a fresh event loop (asyncio or uvloop) and takes the input one of two ways:
   copies protected and sent in one sendmmsg, the input read one datagram at a time by the loop;
 - `recvmmsg`: what `rtc.fanout = "compiled"` runs: the input socket drained with recvmmsg by one
   reader (sfu/fastpath/receive.py), the copies of every input packet of a receive batch
-  protected and sent in one sendmmsg.
+  protected and sent in one sendmmsg; each copy still made in Python (one `FanoutBatch.add`).
+- `compiled`: what `rtc.fanout = "compiled"` runs since issue 14's per-copy loop: `recvmmsg`,
+  with every steady down-track's copy rewritten, counted and queued by one call into compiled
+  code per input packet (sfu/fastpath/steady.py).
 Output goes through the server's own `internals.RtpSink` (SRTP protect + sendto on an aioice
 StunProtocol socket), one socket per subscriber (fast, hook) or one for all (shared, batched),
 to loopback sockets that are never read.
@@ -63,8 +66,16 @@ EXTENSIONS = {
 # VP8 payload descriptor (start of partition 0) + a keyframe tag: the down-tracks' gate opens.
 VP8_KEYFRAME = b"\x10" + b"\x10\x02\x00\x9d\x01\x2a"
 WARMUP = 0.5
-SHARED_PATHS = ("shared", "batched", "recvmmsg")
-PATHS = ("fast", "shared", "batched", "recvmmsg", "hook")
+SHARED_PATHS = ("shared", "batched", "recvmmsg", "compiled")
+PATHS = ("fast", "shared", "batched", "recvmmsg", "compiled", "hook")
+# The summary's ratios between paths (same run, same loop).
+PAIRS = (
+    ("batched", "fast"),
+    ("recvmmsg", "fast"),
+    ("recvmmsg", "batched"),
+    ("compiled", "fast"),
+    ("compiled", "recvmmsg"),
+)
 SOCKET_BUFFER = 4 * 1024 * 1024
 START_TIMEOUT = 15.0
 
@@ -107,7 +118,7 @@ class _Input(asyncio.DatagramProtocol):
         self.batch: FanoutBatch | None = None
         self.queue = queue
         self.received = 0
-        self.batched_rx = path == "recvmmsg"
+        self.batched_rx = path in ("recvmmsg", "compiled")
         # Until the generator's first datagram: learns its address (see _measure).
         self.learn: Callable[[tuple[Any, ...]], None] | None = None
 
@@ -152,7 +163,9 @@ async def _shared_output(
     module = fastpath_loader.load()
     if module is None:
         raise RuntimeError(f"the compiled fan-out cannot be built: {fastpath_loader.failure()}")
-    return transport, FanoutBatch(module, sock.fileno(), Stats())
+    batch = FanoutBatch(module, sock.fileno(), Stats())
+    batch.copies = path == "compiled"  # else one `add` per copy, as before issue 14's loop
+    return transport, batch
 
 
 async def _output_protocol(
@@ -239,7 +252,10 @@ async def _cell(
     )
     try:
         port = in_transport.get_extra_info("sockname")[1]
-        measured = await _measure(loop, protocol_in, dtls_in, sinks, (port, in_rate, size), seconds)
+        measured = await _measure(
+            loop, protocol_in, dtls_in, lambda: sent_packets(track, sinks), (port, in_rate, size),
+            seconds,
+        )  # fmt: skip
     finally:
         if hook_task is not None:
             hook_task.cancel()
@@ -251,7 +267,7 @@ async def _cell(
     if shared is not None and shared[1] is not None:
         # Whole cell, warm-up included: what the sinks queued, what sendmmsg sent, in how many.
         stats = shared[1]._stats
-        measured["queued_total"] = sum(s.sent_packets for s in sinks)
+        measured["queued_total"] = sent_packets(track, sinks)
         measured["batched_sent_total"] = stats.fanout_packets
         measured["sendmmsg_calls"] = stats.fanout_calls
         measured["recvmmsg_calls"] = getattr(stats, "receive_calls", 0)
@@ -276,7 +292,7 @@ async def _input(
     from sfu.fastpath.receive import BatchedSocket
 
     protocol = _Input(path, queue)
-    if path != "recvmmsg":
+    if path not in ("recvmmsg", "compiled"):
         transport, _ = await loop.create_datagram_endpoint(
             lambda: protocol, local_addr=("127.0.0.1", 0)
         )
@@ -290,6 +306,13 @@ async def _input(
     batched = BatchedSocket(module, sock, shared[1]._stats)
     batched.start(protocol.datagram_received, shared[1])
     return batched, protocol
+
+
+def sent_packets(track: PublishedTrack, sinks: list[internals.RtpSink]) -> int:
+    """What the sinks queued, the compiled loop's copies included."""
+    if track.copies is not None:
+        track.copies.sync_all()
+    return sum(s.sent_packets for s in sinks)
 
 
 async def _hook_loop(
@@ -321,7 +344,7 @@ async def _measure(
     loop: asyncio.AbstractEventLoop,
     protocol_in: _Input,
     dtls_in: Any,
-    sinks: list[internals.RtpSink],
+    sent_total: Callable[[], int],
     generated: tuple[int, float, int],
     seconds: float,
 ) -> dict[str, Any]:
@@ -347,14 +370,14 @@ async def _measure(
         await asyncio.wait_for(first, START_TIMEOUT)
         await asyncio.sleep(WARMUP)
         out0, in0, usage0, t0 = (
-            sum(s.sent_packets for s in sinks),
+            sent_total(),
             protocol_in.received,
             resource.getrusage(resource.RUSAGE_SELF),
             time.perf_counter(),
         )
         await asyncio.sleep(seconds)
         out1, in1, usage1, t1 = (
-            sum(s.sent_packets for s in sinks),
+            sent_total(),
             protocol_in.received,
             resource.getrusage(resource.RUSAGE_SELF),
             time.perf_counter(),
@@ -497,7 +520,7 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if values:
                 row[path] = round(statistics.median(values), 2)
                 row[f"{path}_to_floor"] = round(row[path] / floor, 2)
-        for new, old in (("batched", "fast"), ("recvmmsg", "fast"), ("recvmmsg", "batched")):
+        for new, old in PAIRS:
             if new in row and old in row:
                 row[f"{new}_to_{old}"] = round(row[new] / row[old], 2)
         rows.append(row)
@@ -512,7 +535,7 @@ def format_results(results: dict[str, Any]) -> str:
         f" {results['size']} B packets, SRTP {results['srtp_profile']},"
         f" {results['repeat']} alternating run(s); load average before"
         f" {results['loadavg_before']}, after {results['loadavg_after']}",
-        f"{head[0]:<8} {head[1]:<7}" + "".join(f" {h:>7}" for h in head[2:]),
+        f"{head[0]:<8} {head[1]:<8}" + "".join(f" {h:>7}" for h in head[2:]),
     ]
     for c in results["cells"]:
         if c["kind"] == "floor":
@@ -520,12 +543,12 @@ def format_results(results: dict[str, Any]) -> str:
         values: tuple[Any, ...] = (c["fanout"], round(c["in_rate"]), c["out_pps"], c["cpu_percent"])
         values += (c["us_per_out"], c["us_user_per_out"], c["us_sys_per_out"], c["floor_us"])
         values += (c.get("ratio_to_floor", "-"), c["input_lost"])
-        lines.append(f"{c['loop']:<8} {c['path']:<7}" + "".join(f" {v!s:>7}" for v in values))
+        lines.append(f"{c['loop']:<8} {c['path']:<8}" + "".join(f" {v!s:>7}" for v in values))
     lines.append("medians, µs per output packet (ratio to the protect+sendto floor):")
     for row in results["summary"]:
         parts = [f"floor {row['floor_us']}"]
         parts += [f"{p} {row[p]} ({row[p + '_to_floor']}x)" for p in PATHS if p in row]
-        for new, old in (("batched", "fast"), ("recvmmsg", "fast"), ("recvmmsg", "batched")):
+        for new, old in PAIRS:
             if f"{new}_to_{old}" in row:
                 parts.append(f"{new}/{old} {row[f'{new}_to_{old}']}")
         lines.append(f"  {row['loop']:<8} fan-out {row['fanout']:>3}: " + ", ".join(parts))

@@ -254,11 +254,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", choices=("asyncio", "uvloop"), action="append", help="default both")
     p.add_argument(
         "--path",
-        choices=("fast", "shared", "batched", "recvmmsg", "hook"),
+        choices=("fast", "shared", "batched", "recvmmsg", "compiled", "hook"),
         action="append",
         help="default all: fast (a socket per subscriber), shared (one socket, pure Python),"
         " batched (one socket, compiled sendmmsg fan-out), recvmmsg (that, with the input read"
-        " in batches: rtc.fanout compiled), hook (aiortc's queued hand-off)",
+        " in batches), compiled (that, with each copy made in compiled code: rtc.fanout"
+        " compiled), hook (aiortc's queued hand-off)",
     )
     p.add_argument(
         "--repeat", type=int, default=1, help="alternating runs of every cell (default 1)"
@@ -282,7 +283,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--tight",
         action="store_true",
         help="instead: CPU per input packet with warm caches (inputs back to back, no loop"
-        " wake-up) on the fast, shared and batched paths (default fan-out 1, 10, 20)",
+        " wake-up) on the fast, shared, batched and compiled paths (default fan-out 1, 10, 20)",
     )
 
 
@@ -308,7 +309,7 @@ def run_bench(args: argparse.Namespace) -> int:
     results = run_cells(
         fanouts=args.fanout or [1, 5, 20, 50],
         loops=args.loop or ["asyncio", "uvloop"],
-        paths=args.path or ["fast", "shared", "batched", "recvmmsg", "hook"],
+        paths=args.path or ["fast", "shared", "batched", "recvmmsg", "compiled", "hook"],
         out_rate=args.out_rate,
         seconds=args.seconds,
         size=args.size,

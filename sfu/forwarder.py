@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sfu.fanout.links import Feed, Remote
+from sfu.fanout.links import Feed
+from sfu.fastpath.steady import REFRESH, Copies, SteadyDownTrack, adopt
 from sfu.keyframe import KeyframeThrottle, is_keyframe
 from sfu.layerswitch import FLOOR_MOVE, PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
@@ -64,6 +65,8 @@ class PublishedTrack:
 
     feed: Feed | None = None  # to fan-out workers (sfu/fanout/): they send `remote` down-tracks
     _local: tuple[int, list[DownTrack]] = (-1, [])  # (down_tracks.version, local ones)
+    copies: Copies | None = None  # steady down-tracks, forwarded by compiled code (sfu/fastpath)
+    _tick = 0  # input packets until the next look for steady down-tracks
 
     def __init__(
         self,
@@ -171,10 +174,17 @@ class PublishedTrack:
             if self._local[0] != downs.version:
                 self._local = (downs.version, [d for d in downs if not d.remote])
             downs = self._local[1]  # type: ignore[assignment]
-        sent = 0
-        for down in downs:
-            if down.forward(data, info):
-                sent += 1
+        copies = self.copies
+        if copies is not None:
+            sent = copies.forward(data, info, downs, self.down_tracks.version)
+        else:
+            sent = 0
+            for down in downs:
+                if down.forward(data, info):
+                    sent += 1
+            self._tick -= 1
+            if self._tick <= 0:
+                self._tick, self.copies = REFRESH, adopt(downs)
         counters.packets_out += sent
         return sent
 
@@ -216,34 +226,30 @@ class PublishedTrack:
         }
 
 
-class DownTrack:
-    """One published track as one subscriber receives it."""
+class DownTrack(SteadyDownTrack):
+    """One published track as one subscriber receives it. `rewriter`, `waiting_for_keyframe`,
+    `paused`, `padding` and `remote` are properties (sfu/fastpath/steady.py)."""
 
     __slots__ = (
         "track",
         "subscriber_sid",
         "sink",
-        "rewriter",
         "out_ssrc",
         "mid",
-        "waiting_for_keyframe",
         "cache",
         "retransmits",
         "rtx",
         "_keyframe_mime",
         "layers",
         "max_layer",
-        "paused",
-        "padding",
         "padding_sent",
-        "remote",
     )
 
     def __init__(self, track: PublishedTrack, subscriber_sid: str) -> None:
+        super().__init__()
         self.track = track
         self.subscriber_sid = subscriber_sid
         self.sink: Sink | None = None
-        self.rewriter: RtpRewriter | None = None
         self.out_ssrc: int | None = None
         self.mid: str | None = None
         # Video starts at a keyframe: earlier delta frames would only make the decoder ask again.
@@ -257,13 +263,7 @@ class DownTrack:
         self.layers: LayerSwitch | None = None
         # The subscriber's cap (set_quality): the highest layer it wants.
         self.max_layer = 2
-        # Paused by congestion control: forwards nothing until resumed at a keyframe.
-        self.paused = False
-        # Padding packets sent after each media packet while congestion control probes
-        # (sfu/padding.py), and their bytes so far.
-        self.padding = 0
-        self.padding_sent = 0
-        self.remote: Remote | None = None  # a fan-out worker sends it (sfu/fanout/)
+        self.padding_sent = 0  # bytes of padding sent
 
     def configure(
         self,
@@ -312,12 +312,12 @@ class DownTrack:
             downs.changed()
 
     def forward(self, data: bytes, info: RtpInfo) -> bool:
-        rewriter = self.rewriter
+        rewriter = self._rewriter
         if rewriter is None or self.sink is None:
             return False
-        waiting = self.waiting_for_keyframe
+        waiting = self._waiting
         if waiting:
-            if self.paused:
+            if self._paused:
                 return False
             if not is_keyframe(self._keyframe_mime, data[info.payload_start : info.payload_end]):
                 # Ask again while media flows without one (the publisher's limiter spaces the
@@ -337,8 +337,8 @@ class DownTrack:
         if waiting and sent:
             # Only a keyframe that reached the subscriber's transport ends the wait: one sent
             # before DTLS is up is lost, and deltas after it would not decode.
-            self.waiting_for_keyframe = False
-        if self.padding and sent:
+            self._waiting = False
+        if self._padding and sent:
             self._pad(out)
         return sent
 
@@ -347,7 +347,7 @@ class DownTrack:
     ) -> bool:
         """forward() for a packet of simulcast layer `layer`. `renumbered`: the packet's VP8
         patches so far (sfu/vp8.py) by offsets key, shared by the down-tracks of its route."""
-        rewriter, layers, sink = self.rewriter, self.layers, self.sink
+        rewriter, layers, sink = self._rewriter, self.layers, self.sink
         if rewriter is None or layers is None or sink is None:
             return False
         if layer != layers.current or (info.sequence - layers.floor) & 0xFFFF > FLOOR_MOVE:
@@ -371,7 +371,7 @@ class DownTrack:
             self.cache.store_forwarded((out[2] << 8) | out[3], out, data, resume)
         if sink.send(out):
             layers.last_sent = out
-            if self.padding:
+            if self._padding:
                 self._pad(out)
             return True
         layers.unsent(layer, info)
@@ -379,11 +379,11 @@ class DownTrack:
 
     def _pad(self, sent: bytes) -> None:
         """Probe the subscriber's link: `padding` padding-only packets after `sent`."""
-        rewriter, sink = self.rewriter, self.sink
+        rewriter, sink = self._rewriter, self.sink
         if rewriter is None or sink is None:
             return
         info, rtx = parse_rtp(sent), self.rtx
-        for _ in range(self.padding):
+        for _ in range(self._padding):
             if rtx is not None:  # on the RTX stream: nothing of the media's sequence to repair
                 packet = padding_packet(sent, info, rtx.take_sequence(), rtx.stream)
             else:

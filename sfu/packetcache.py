@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sfu.fastpath.steady import Replay
+
 
 class PacketCache:
     """A ring of the last `size` packets, indexed by output sequence number.
@@ -18,7 +23,7 @@ class PacketCache:
     them again, which only a NACK pays for.
     """
 
-    __slots__ = ("_mask", "_seqs", "_heads", "_sources", "_starts")
+    __slots__ = ("_mask", "_seqs", "_heads", "_sources", "_starts", "replay")
 
     def __init__(self, size: int = 512) -> None:
         if not 1 <= size <= 0x10000 or size & (size - 1):
@@ -29,6 +34,8 @@ class PacketCache:
         self._heads: list[bytes] = [b""] * size
         self._sources: list[bytes] = [b""] * size
         self._starts: list[int] = [0] * size
+        # What the compiled fan-out sent for this down-track, rebuilt on demand.
+        self.replay: Replay | None = None
 
     def store(self, seq: int, data: bytes) -> None:
         """Keep a whole packet (its bytes are this down-track's own)."""
@@ -49,6 +56,10 @@ class PacketCache:
         self._starts[slot] = payload_start
 
     def get(self, seq: int) -> bytes | None:
+        if self.replay is not None:
+            rebuilt = self.replay.get(seq, self._seqs[seq & self._mask] == seq)
+            if rebuilt is not False:
+                return rebuilt  # type: ignore[return-value]
         slot = seq & self._mask
         if self._seqs[slot] != seq:
             return None

@@ -243,6 +243,40 @@ class RtpRewriter:
             raise RuntimeError("no packet rewritten yet, so there is no timestamp offset")
         return (in_ts + self._ts_offset) & _TS_MASK
 
+    def compiled_form(self) -> tuple[int, dict[int, int], list[int], bytes, bytes] | None:
+        """(out SSRC, payload type map, one-byte map, transport-cc element, MID element): what
+        the compiled fan-out (sfu/fastpath/steady.py) needs to rewrite as `rewrite` does; None
+        when this rewriter has no one-byte fast path (its output needs the two-byte form)."""
+        if self._one_map is None or not self._started:
+            return None
+        return self._ssrc, self._pt_map, self._one_map, self._slot_one, self._mid_tail
+
+    def state(self) -> tuple[int, int, int, int, int, int]:
+        """(seq offset, ts offset, last_out_seq, last_out_ts, packets, octets)."""
+        return (
+            self._seq_offset,
+            self._ts_offset,
+            self.last_out_seq,
+            self.last_out_ts,
+            self.packets,
+            self.octets,
+        )
+
+    def restore(self, state: tuple[int, int, int, int, int, int]) -> None:
+        """Take back a started rewriter's `state()`, as the compiled fan-out left it."""
+        self._seq_offset, self._ts_offset, self.last_out_seq, self.last_out_ts = state[:4]
+        self.packets, self.octets = state[4], state[5]
+
+    def replay(self, data: bytes, info: RtpInfo, seq_offset: int, ts_offset: int) -> bytes | None:
+        """What `rewrite` made of `data` while the offsets were these: the same bytes, for a
+        retransmission; the rewriter's state is left as it was."""
+        kept = self.state()
+        self._seq_offset, self._ts_offset = seq_offset, ts_offset
+        try:
+            return self.rewrite(data, info)
+        finally:
+            self.restore(kept)
+
     def rewrite(
         self, data: bytes, info: RtpInfo, patch: bytes = b"", resume: int = 0
     ) -> bytes | None:

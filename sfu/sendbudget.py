@@ -72,3 +72,9 @@ class BudgetedSink:
         if self.budget.rate is None or self.budget.allow(len(data), time.monotonic()):
             return self._sink.send(data)
         return True  # dropped here instead of in the link's queue: as if lost on the wire
+
+    def steady(self) -> object:
+        """The transport's sink's answer (sfu/fastpath/steady.py) while no budget applies:
+        then the compiled fan-out may bypass this sink."""
+        steady = getattr(self._sink, "steady", None)
+        return steady() if self.budget.rate is None and steady is not None else None

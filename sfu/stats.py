@@ -62,6 +62,8 @@ class Stats:
     # The batched fan-out (sfu/fastpath): sendmmsg calls and the packets they sent.
     fanout_calls: int = 0
     fanout_packets: int = 0
+    # Of those, the copies the compiled per-copy loop made (sfu/fastpath/steady.py).
+    fanout_compiled_copies: int = 0
     # Fan-out workers (sfu/fanout/): packets they sent, and workers that died.
     fanout_worker_packets: int = 0
     fanout_worker_failures: int = 0

@@ -24,6 +24,10 @@ def test_bench_cells_forward_every_input_to_every_down_track() -> None:
     assert received["batched_sent_total"] == received["queued_total"] > 0
     assert 0 < received["sendmmsg_calls"] * 3 <= received["queued_total"]
     assert received["recvmmsg_calls"] > 0
+    # The same, each copy made by the compiled loop: the sinks' counts include its copies.
+    compiled = cells[PATHS.index("compiled")]
+    assert compiled["batched_sent_total"] == compiled["queued_total"] > 0
+    assert 0 < compiled["sendmmsg_calls"] * 3 <= compiled["queued_total"]
     for cell in cells:
         assert cell["errors"] == {}
         assert cell["in_packets"] > 0

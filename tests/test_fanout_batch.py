@@ -7,13 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pylibsrtp
 import pytest
 
-from sfu.fastpath import loader
+from sfu.fastpath import _build, loader
 from sfu.fastpath.batch import FanoutBatch
 from sfu.internals import SrtpProtector
 from sfu.stats import Stats
@@ -177,3 +178,19 @@ def test_setup_py_builds_the_extension_the_loader_accepts(
     assert loader.is_current(module)
     monkeypatch.setattr(loader._build, "SOURCE_KEY", "0" * 16)  # the tree's C source changed
     assert not loader.is_current(module)
+
+
+def test_an_installed_module_from_an_older_build_script_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `pip install` before the per-copy loop left a module without `kr_fanout` (and without
+    the source key): the loader builds (or takes from its cache) a current one instead of failing
+    at the first packet."""
+    stale = types.ModuleType(_build.MODULE)
+    stale.lib = types.SimpleNamespace(kr_add=None)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, _build.MODULE, stale)
+    monkeypatch.setattr(loader, "_loaded", None)
+    monkeypatch.setattr(loader, "_failure", None)
+    module = loader.load()
+    assert module is not None
+    assert loader.is_current(module) and hasattr(module.lib, "kr_fanout")

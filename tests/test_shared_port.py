@@ -297,10 +297,12 @@ async def test_a_publisher_that_changes_address_mid_call_keeps_publishing(
         calls = counter(server, "keyroom_shared_port_recvmmsg_calls")
         if mode == "shared-compiled":
             assert batched_packets(server) >= 20
+            # Bob's copies were made by the compiled per-copy loop once his track was steady.
+            assert counter(server, "keyroom_fanout_compiled_copies") >= 10
             assert received >= 20 and 0 < calls <= received  # read with recvmmsg
         else:
             assert batched_packets(server) == 0
-            assert received == calls == 0
+            assert received == calls == counter(server, "keyroom_fanout_compiled_copies") == 0
     finally:
         await alice.leave()
         await bob.leave()

@@ -99,6 +99,12 @@ class Subscriber:
             return False
         return True
 
+    def steady(self) -> tuple[FanoutBatch, Destination, None] | None:
+        """Where the compiled per-copy loop may queue this subscriber's copies itself
+        (sfu/fastpath/steady.py): its batch, while it has one."""
+        batch, destination = self.batch, self.destination
+        return None if batch is None or destination is None else (batch, destination, None)
+
     def send_rtcp(self, data: bytes) -> bool:
         if self.sock is None:
             return False

@@ -31,6 +31,22 @@ int kr_sockaddr(const char *host, int port, char *out);
 int kr_add(kr_batch *batch, void *session, const char *data, int length,
            const char *addr, int addrlen);
 int kr_flush(kr_batch *batch, int fd, kr_protect_fn protect, int *protect_failures);
+typedef struct kr_copy {
+    void *session;
+    uint32_t ssrc, ts_offset, last_out_ts;
+    uint16_t seq_offset, last_out_seq, first_seq;
+    uint64_t packets, octets, sent_packets, sent_bytes, send_errors;
+    unsigned char pt_map[128];
+    unsigned char one_map[16];
+    unsigned char slot[3];
+    unsigned char slot_len;
+    unsigned char mid[17];
+    unsigned char mid_len;
+    unsigned char addrlen;
+    unsigned char addr[28];
+} kr_copy;
+int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
+              int length, int *queued);
 #define KR_RX_SLOTS ...
 #define KR_RX_BYTES ...
 #define KR_ADDR_BYTES ...
@@ -155,6 +171,148 @@ int kr_flush(kr_batch *batch, int fd, kr_protect_fn protect, int *protect_failur
         sent += r;
     }
     return sent;
+}
+
+/* One down-track in its steady state (sfu/fastpath/steady.py): what RtpRewriter.rewrite and
+   RtpSink.send do per copy, as data. Counters are summed here and read back by Python. */
+typedef struct kr_copy {
+    void *session;              /* the subscriber's srtp_t */
+    uint32_t ssrc, ts_offset, last_out_ts;
+    uint16_t seq_offset, last_out_seq;
+    uint16_t first_seq;         /* the oldest sequence number sent since Python set it */
+    uint64_t packets, octets;   /* the rewriter's: packets, payload octets (sender reports) */
+    uint64_t sent_packets, sent_bytes, send_errors;  /* the sink's, since Python last read them */
+    unsigned char pt_map[128];  /* input payload type -> output one, 0xFF: not mapped */
+    unsigned char one_map[16];  /* one-byte element id -> output id << 4, 0: dropped */
+    unsigned char slot[3];      /* transport-cc element (first), slot_len 0 or 3 */
+    unsigned char slot_len;
+    unsigned char mid[17];      /* the MID element, one-byte form */
+    unsigned char mid_len;
+    unsigned char addrlen;
+    unsigned char addr[28];
+} kr_copy;
+
+/* The kept one-byte elements of [pos, end) under one_map, as RtpRewriter's fast path; their
+   length, or -1 when they exceed `room`. */
+static int kr_elements(const unsigned char *data, int pos, int end, const unsigned char *one_map,
+                       unsigned char *out, int room) {
+    int n = 0;
+    while (pos < end) {
+        int b = data[pos];
+        if (b == 0) { pos++; continue; }
+        if (b >= 0xF0) break; /* id 15: stop processing the block (RFC 8285) */
+        int start = pos + 1;
+        pos = start + (b & 0x0F) + 1;
+        if (pos > end) break;
+        int id = one_map[b >> 4];
+        if (id) {
+            int size = pos - start;
+            if (n + 1 + size > room) return -1;
+            out[n++] = (unsigned char)(id | (b & 0x0F));
+            memcpy(out + n, data + start, (size_t)size);
+            n += size;
+        }
+    }
+    return n;
+}
+
+static void kr_put16(unsigned char *p, unsigned v) {
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+static void kr_put32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
+}
+
+/* Queue the copies of one plaintext RTP packet (without extension block or with a one-byte
+   one: Python keeps any other) for copies[start..n): each rewritten as RtpRewriter.rewrite
+   would, counted as RtpSink.send would. A payload type a copy does not map is skipped; a copy
+   too large for a slot is counted in its send_errors. Returns n, or the index of the first copy
+   not queued because the batch is full (flush, then call again from there); -1 for a header
+   that does not parse. *queued is raised by the copies queued. */
+int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
+              int length, int *queued) {
+    if (length < 12 || data[0] >> 6 != 2) return -1;
+    int b0 = data[0], pos = 12 + 4 * (b0 & 0x0F), ext_start = pos, ext_end = pos;
+    if (pos > length) return -1;
+    if (b0 & 0x10) {
+        if (pos + 4 > length || data[pos] != 0xBE || data[pos + 1] != 0xDE) return -1;
+        ext_start = pos + 4;
+        ext_end = pos = ext_start + 4 * ((data[pos + 2] << 8) | data[pos + 3]);
+        if (pos > length) return -1;
+    }
+    int payload_end = length;
+    if (b0 & 0x20) {
+        int pad = data[length - 1];
+        if (pad == 0 || pad > length - pos) return -1;
+        payload_end = length - pad;
+    }
+    int pt = data[1] & 0x7F, marker = data[1] & 0x80, tail = length - pos;
+    uint16_t in_seq = (uint16_t)((data[2] << 8) | data[3]);
+    uint32_t in_ts = ((uint32_t)data[4] << 24) | ((uint32_t)data[5] << 16)
+                     | ((uint32_t)data[6] << 8) | data[7];
+    unsigned char b0_out = payload_end < length ? 0xA0 : 0x80; /* keep P: the padding is copied */
+    unsigned char elements[KR_SLOT_BYTES];
+    const unsigned char *remapped = NULL; /* the one_map `elements` were made with */
+    int el_len = 0, limit = KR_SLOT_BYTES - KR_TRAILER;
+    for (int i = start; i < n; i++) {
+        kr_copy *c = &copies[i];
+        int out_pt = c->pt_map[pt];
+        if (out_pt == 0xFF) continue;
+        if (batch->count >= KR_SLOTS) return i;
+        if (remapped == NULL || memcmp(remapped, c->one_map, 16) != 0) {
+            el_len = kr_elements(data, ext_start, ext_end, c->one_map, elements, limit);
+            remapped = c->one_map;
+        }
+        uint16_t seq = (uint16_t)(in_seq + c->seq_offset);
+        uint32_t ts = in_ts + c->ts_offset;
+        if ((uint16_t)(seq - c->last_out_seq) < 0x8000) { /* only a newer packet moves it */
+            c->last_out_seq = seq;
+            c->last_out_ts = ts;
+        } else if ((uint16_t)(c->first_seq - seq) < 0x8000) {
+            c->first_seq = seq; /* late input: rebuilt for a NACK too (steady.py's Replay) */
+        }
+        c->packets++;
+        c->octets += (uint64_t)(payload_end - pos);
+        int body = c->slot_len + el_len + c->mid_len;
+        body += (4 - (body & 3)) & 3;
+        int head = body ? 16 + body : 12;
+        if (el_len < 0 || head + tail > limit) {
+            c->send_errors++;
+            continue;
+        }
+        int k = batch->count;
+        unsigned char *o = batch->data[k];
+        o[0] = body ? (unsigned char)(b0_out | 0x10) : b0_out;
+        o[1] = (unsigned char)(marker | out_pt);
+        kr_put16(o + 2, seq);
+        kr_put32(o + 4, ts);
+        kr_put32(o + 8, c->ssrc);
+        if (body) {
+            unsigned char *b = o + 16;
+            o[12] = 0xBE;
+            o[13] = 0xDE;
+            kr_put16(o + 14, (unsigned)(body >> 2));
+            memcpy(b, c->slot, c->slot_len);
+            b += c->slot_len;
+            memcpy(b, elements, (size_t)el_len);
+            b += el_len;
+            memcpy(b, c->mid, c->mid_len);
+            b += c->mid_len;
+            memset(b, 0, (size_t)(o + head - b));
+        }
+        memcpy(o + head, data + pos, (size_t)tail);
+        memcpy(&batch->addrs[k], c->addr, c->addrlen);
+        batch->addrlens[k] = c->addrlen;
+        batch->lengths[k] = head + tail;
+        batch->sessions[k] = c->session;
+        batch->count = k + 1;
+        c->sent_packets++;
+        c->sent_bytes += (uint64_t)(head + tail);
+        (*queued)++;
+    }
+    return n;
 }
 
 /* The receive side: KR_RX_SLOTS datagrams of up to KR_RX_BYTES (a larger one is truncated and

@@ -35,12 +35,14 @@ class FanoutBatch:
         "_batch",
         "_add",
         "_flush",
+        "_count",
         "_fd",
         "_protect",
         "_failures",
         "_held",
         "depth",
         "_stats",
+        "copies",
     )
 
     def __init__(self, module: ModuleType, fd: int, stats: Stats) -> None:
@@ -49,15 +51,20 @@ class FanoutBatch:
         self._batch = ffi.gc(lib.kr_batch_new(), lib.kr_batch_free)
         self._add = lib.kr_add
         self._flush = lib.kr_flush
+        self._count = lib.kr_batch_count
         self._fd = fd
         # The srtp_protect of the libsrtp inside pylibsrtp: the copy that made the sessions.
         protect = srtp_ffi.addressof(srtp_lib, "srtp_protect")
         self._protect = ffi.cast("kr_protect_fn", _address(protect))
         self._failures = ffi.new("int *")
-        # The sessions of queued copies, alive until they are protected.
-        self._held: list[Destination] = []
+        # The sessions of queued copies (a destination, or a tuple of those of the compiled
+        # copies, sfu/fastpath/steady.py), alive until they are protected.
+        self._held: list[object] = []
         self.depth = 0  # > 0 while the shared socket's reader handles a datagram
         self._stats = stats
+        # Whether steady down-tracks are forwarded by the compiled per-copy loop
+        # (sfu/fastpath/steady.py); False: one `add` per copy (`keyroom bench --path recvmmsg`).
+        self.copies = True
 
     def destination(self, session: pylibsrtp.Session, remote: tuple[str, int]) -> Destination:
         out = self._ffi.new("char[28]")
@@ -82,9 +89,14 @@ class FanoutBatch:
             self.flush()
         return True
 
+    def hold(self, sessions: object) -> None:
+        """Keep `sessions` (of copies queued by kr_fanout) alive until the next flush."""
+        self._held.append(sessions)
+
     def flush(self) -> int:
-        queued = len(self._held)
+        queued: int = self._count(self._batch)
         if not queued:
+            self._held.clear()
             return 0
         sent: int = self._flush(self._batch, self._fd, self._protect, self._failures)
         self._held.clear()

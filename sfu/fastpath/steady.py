@@ -1,0 +1,422 @@
+"""Down-tracks in their steady state forwarded by compiled code: one call per input packet.
+
+A down-track is steady when it only rewrites and sends: its rewriter started and has the
+one-byte fast path, it waits for no keyframe, is not paused, pads nothing, is single-layer, is
+sent by this process, and its sink sends RTP through a shared socket's `FanoutBatch` (no
+transport-cc stamping). Then its per-copy work (RtpRewriter.rewrite, the retransmission cache,
+RtpSink.send, FanoutBatch.add) is a `kr_copy` struct in its track's C array, and `kr_fanout`
+(sfu/fastpath/_build.py) writes every steady copy of an input packet into the batch in one
+call. The rest keep the Python path.
+
+While a down-track is attached, the C struct holds its rewriter's offsets and counters: reading
+`down.rewriter` copies them back first (`Copies.sync`), and anything that leaves the steady
+state (a keyframe wait, a pause, padding, a new rewriter, a fan-out worker) detaches it first
+(`SteadyDownTrack`'s setters). What the sink checks per packet (DTLS state, the nominated
+pair) is checked every `REFRESH` inputs, when Python-path down-tracks that became steady are
+attached too.
+
+Retransmissions: each input packet is kept once per track (`InputRing`); a down-track's cache
+records the spans of output sequence numbers the compiled loop sent, with the offsets then
+(`Replay`), and a NACK rebuilds the packet with `RtpRewriter.replay`: the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from sfu.rtp import ONE_BYTE_PROFILE, RtpInfo, parse_rtp
+
+if TYPE_CHECKING:
+    from sfu.fanout.links import Remote
+    from sfu.fastpath.batch import Destination, FanoutBatch
+    from sfu.rtprewrite import RtpRewriter
+
+REFRESH = 32  # input packets between checks of who is steady
+RING = 512  # input packets kept per track for rebuilding retransmissions (PacketCache's size)
+_SEQ = 0xFFFF
+
+
+class SteadyDownTrack:
+    """The state of a down-track that decides whether it is steady, behind setters that take it
+    out of the compiled loop first. The Python hot path reads the slots directly."""
+
+    __slots__ = ("_rewriter", "_waiting", "_paused", "_padding", "_remote", "_copies")
+    # DownTrack's (sfu/forwarder.py), read here.
+    layers: Any
+    sink: Any
+    cache: Any
+
+    def __init__(self) -> None:
+        self._rewriter: RtpRewriter | None = None
+        # Video starts at a keyframe: earlier delta frames would only make the decoder ask again
+        # (DownTrack sets it).
+        self._waiting = False
+        # Paused by congestion control: forwards nothing until resumed at a keyframe.
+        self._paused = False
+        # Padding packets sent after each media packet while congestion control probes.
+        self._padding = 0
+        self._remote: Remote | None = None  # a fan-out worker sends it (sfu/fanout/)
+        self._copies: Copies | None = None
+
+    def _leave(self) -> None:
+        if self._copies is not None:
+            self._copies.detach(self)
+
+    @property
+    def rewriter(self) -> RtpRewriter | None:
+        if self._copies is not None:
+            self._copies.sync(self)
+        return self._rewriter
+
+    @rewriter.setter
+    def rewriter(self, rewriter: RtpRewriter | None) -> None:
+        self._leave()
+        self._rewriter = rewriter
+
+    @property
+    def waiting_for_keyframe(self) -> bool:
+        return self._waiting
+
+    @waiting_for_keyframe.setter
+    def waiting_for_keyframe(self, waiting: bool) -> None:
+        if waiting:
+            self._leave()
+        self._waiting = waiting
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, paused: bool) -> None:
+        if paused:
+            self._leave()
+        self._paused = paused
+
+    @property
+    def padding(self) -> int:
+        return self._padding
+
+    @padding.setter
+    def padding(self, padding: int) -> None:
+        if padding:
+            self._leave()
+        self._padding = padding
+
+    @property
+    def remote(self) -> Remote | None:
+        return self._remote
+
+    @remote.setter
+    def remote(self, remote: Remote | None) -> None:
+        if remote is not None:
+            self._leave()
+        self._remote = remote
+
+
+class InputRing:
+    """A track's last `RING` input packets by sequence number, kept by reference."""
+
+    __slots__ = ("seqs", "packets")
+
+    def __init__(self) -> None:
+        self.seqs = [-1] * RING
+        self.packets: list[bytes] = [b""] * RING
+
+    def get(self, seq: int) -> bytes | None:
+        slot = seq & (RING - 1)
+        return self.packets[slot] if self.seqs[slot] == seq else None
+
+
+class Replay:
+    """The spans of a down-track's output the compiled loop sent, to rebuild them for a NACK.
+    A span: [first sequence number, last (None while open), seq offset, ts offset, packets sent
+    in it (before it while open), the oldest sequence number sent in it (late input can go
+    below the first)]."""
+
+    __slots__ = ("ring", "rewriter", "spans")
+
+    def __init__(self, ring: InputRing, rewriter: RtpRewriter) -> None:
+        self.ring = ring
+        self.rewriter = rewriter
+        self.spans: list[list[Any]] = []
+
+    def open(self, rewriter: RtpRewriter) -> None:
+        if rewriter is not self.rewriter:
+            self.rewriter, self.spans = rewriter, []  # another stream: its spans do not apply
+        seq_offset, ts_offset, last_seq, _, packets, _ = rewriter.state()
+        first = (last_seq + 1) & _SEQ
+        self.spans.append([first, None, seq_offset, ts_offset, packets, first])
+        del self.spans[:-4]  # older spans are far beyond the ring's reach
+
+    def close(self) -> None:
+        if self.spans and self.spans[-1][1] is None:
+            self.spans[-1][1] = self.rewriter.last_out_seq
+            self.spans[-1][4] = self.rewriter.packets - self.spans[-1][4]
+
+    def get(self, seq: int, cached: bool) -> bytes | None | bool:
+        """The packet `seq` rebuilt; None if its input is gone; False if no span has it (or,
+        below a span's first, when the Python path's cache has it: `cached`)."""
+        rewriter = self.rewriter
+        for first, last, seq_offset, ts_offset, packets, early in reversed(self.spans):
+            if last is None:
+                last, packets = rewriter.last_out_seq, rewriter.packets - packets
+            back = (last - seq) & _SEQ
+            if back >= 0x8000:
+                continue
+            if back > (last - first) & _SEQ and packets < 0x8000:
+                if cached or back > (last - early) & _SEQ:
+                    continue
+            data = self.ring.get((seq - seq_offset) & _SEQ)
+            if data is None:
+                return None
+            return rewriter.replay(data, parse_rtp(data), seq_offset, ts_offset)
+        return False
+
+
+# What a sink that can be bypassed answers (`steady()`): the batch, the destination, and the
+# sink that counts the packets sent (an RtpSink, sfu/internals/egress.py; None: nobody counts,
+# a fan-out worker's subscriber, sfu/fanout/worker.py).
+Steady = tuple["FanoutBatch", "Destination", Any]
+
+
+def _steady(down: SteadyDownTrack) -> Steady | None:
+    """What `down`'s sink answers if `down` can be forwarded by the compiled loop now."""
+    rewriter = down._rewriter
+    if (
+        rewriter is None
+        or down._waiting
+        or down._paused
+        or down._padding
+        or down._remote is not None
+        or down.layers is not None
+        or rewriter.compiled_form() is None
+    ):
+        return None
+    steady = getattr(down.sink, "steady", None)
+    found: Steady | None = steady() if steady is not None else None
+    if found is None or not found[0].copies:
+        return None
+    return found
+
+
+def adopt(downs: Sequence[SteadyDownTrack]) -> Copies | None:
+    """A compiled loop for a track whose down-tracks include a steady one, else None."""
+    for down in downs:
+        found = _steady(down)
+        if found is not None:
+            return Copies(found[0], video=down.cache is not None)
+    return None
+
+
+class Copies:
+    """The steady down-tracks of one published track, as a C array forwarded in one call."""
+
+    __slots__ = (
+        "batch",
+        "_ffi",
+        "_fanout",
+        "_array",
+        "_capacity",
+        "members",
+        "_destinations",
+        "_sinks",
+        "_held",
+        "_python",
+        "_version",
+        "_queued",
+        "_tick",
+        "ring",
+        "fallbacks",
+    )
+
+    def __init__(self, batch: FanoutBatch, *, video: bool) -> None:
+        self.batch = batch
+        self._ffi = batch._ffi
+        self._fanout = batch._lib.kr_fanout
+        self._capacity = 8
+        self._array = self._ffi.new("kr_copy[]", self._capacity)
+        self.members: list[SteadyDownTrack] = []
+        self._destinations: list[Destination] = []
+        self._sinks: list[Any] = []  # each member's RtpSink (its counters), or None
+        self._held: tuple[Destination, ...] = ()
+        self._python: list[Any] = []  # DownTracks: their Python path
+        self._version = -1
+        self._queued = self._ffi.new("int *")
+        self._tick = 0
+        self.ring = InputRing() if video else None
+        self.fallbacks = 0  # input packets the compiled loop could not take (another profile)
+
+    def forward(
+        self, data: bytes, info: RtpInfo, downs: Sequence[SteadyDownTrack], version: int
+    ) -> int:
+        """Forward one input packet to every down-track of `downs`; the number sent."""
+        self._tick -= 1
+        if self._tick <= 0:
+            self._maintain(downs, version)
+        if version != self._version:
+            self._refresh(downs, version)
+        sent = 0
+        if self.members:
+            ring = self.ring
+            if ring is not None:
+                slot = info[1] & (RING - 1)
+                ring.seqs[slot] = info[1]
+                ring.packets[slot] = data
+            profile = info[6]
+            if profile is None or profile == ONE_BYTE_PROFILE:
+                sent = self._send(data)
+            else:
+                sent = self._fallback(data, info)
+        for down in self._python:
+            if down.forward(data, info):
+                sent += 1
+        return sent
+
+    def _send(self, data: bytes) -> int:
+        batch, queued = self.batch, self._queued
+        queued[0] = 0
+        count, start, size = len(self.members), 0, len(data)
+        while True:
+            batch.hold(self._held)
+            start = self._fanout(batch._batch, self._array, start, count, data, size, queued)
+            if start < 0 or start >= count:
+                break
+            batch.flush()  # the batch is full: send it, then queue the rest
+        if not batch.depth:
+            batch.flush()
+        made: int = queued[0]
+        batch._stats.fanout_compiled_copies += made
+        return made
+
+    def _fallback(self, data: bytes, info: RtpInfo) -> int:
+        """An extension block the compiled loop does not rewrite: each member's Python path,
+        its state taken out of C and put back."""
+        self.fallbacks += 1
+        sent = 0
+        for i, down in enumerate(self.members):
+            self._pull(i, down)
+            if cast(Any, down).forward(data, info):  # a DownTrack
+                sent += 1
+            self._push(i, down)
+        return sent
+
+    def _refresh(self, downs: Sequence[SteadyDownTrack], version: int) -> None:
+        present = set(map(id, downs))
+        for down in [d for d in self.members if id(d) not in present]:
+            self.detach(down)
+        self._version = version
+        self._python = [d for d in downs if d._copies is not self]
+
+    def _maintain(self, downs: Sequence[SteadyDownTrack], version: int) -> None:
+        """Members whose sink no longer sends steadily leave; steady Python ones join."""
+        self._tick = REFRESH
+        if version != self._version:
+            self._refresh(downs, version)
+        for i in range(len(self.members) - 1, -1, -1):
+            down = self.members[i]
+            found = _steady(down)
+            if found is None or found[0] is not self.batch or found[1] is not self._destinations[i]:
+                self.detach(down)
+        for down in list(self._python):
+            if down._copies is None:
+                found = _steady(down)
+                if found is not None and found[0] is self.batch:
+                    self.attach(down, found)
+
+    def attach(self, down: SteadyDownTrack, found: Steady) -> None:
+        rewriter = down._rewriter
+        form = rewriter.compiled_form() if rewriter is not None else None
+        if rewriter is None or form is None:
+            return
+        i = len(self.members)
+        if i == self._capacity:
+            grown = self._ffi.new("kr_copy[]", 2 * self._capacity)
+            self._ffi.memmove(grown, self._array, self._ffi.sizeof("kr_copy") * i)
+            self._array, self._capacity = grown, 2 * self._capacity
+        ssrc, pt_map, one_map, slot, mid = form
+        _, destination, sink = found
+        copy = self._array[i]
+        copy.session = destination[1]
+        copy.ssrc = ssrc
+        copy.pt_map = [pt_map.get(pt, 0xFF) for pt in range(128)]
+        copy.one_map = one_map
+        copy.slot, copy.slot_len = slot.ljust(3, b"\0"), len(slot)
+        copy.mid, copy.mid_len = mid.ljust(17, b"\0"), len(mid)
+        copy.addr, copy.addrlen = destination[2].ljust(28, b"\0"), destination[3]
+        copy.sent_packets = copy.sent_bytes = copy.send_errors = 0
+        copy.first_seq = (rewriter.last_out_seq + 1) & _SEQ
+        self.members.append(down)
+        self._destinations.append(destination)
+        self._sinks.append(sink)
+        self._push(i, down)
+        down._copies = self
+        self._changed()
+        if down.cache is not None and self.ring is not None:
+            replay = down.cache.replay
+            if replay is None:
+                replay = down.cache.replay = Replay(self.ring, rewriter)
+            replay.open(rewriter)
+
+    def detach(self, down: SteadyDownTrack) -> None:
+        """Back to the Python path, its state taken out of C."""
+        i = self.members.index(down)
+        self._pull(i, down)
+        last = len(self.members) - 1
+        if i != last:  # the last member takes the hole
+            size = self._ffi.sizeof("kr_copy")
+            self._ffi.memmove(self._ffi.addressof(self._array, i), self._array + last, size)
+            self.members[i] = self.members[last]
+            self._destinations[i] = self._destinations[last]
+            self._sinks[i] = self._sinks[last]
+        self.members.pop()
+        self._destinations.pop()
+        self._sinks.pop()
+        down._copies = None
+        self._changed()
+        if down.cache is not None and down.cache.replay is not None:
+            down.cache.replay.close()
+
+    def sync(self, down: SteadyDownTrack) -> None:
+        """Bring `down`'s rewriter and sink counters up to date from C."""
+        self._pull(self.members.index(down), down)
+
+    def sync_all(self) -> None:
+        for i, down in enumerate(self.members):
+            self._pull(i, down)
+
+    def _changed(self) -> None:
+        self._held = tuple(self._destinations)
+        self._version = -1  # the Python list is made again at the next packet
+
+    def _pull(self, i: int, down: SteadyDownTrack) -> None:
+        copy, rewriter = self._array[i], down._rewriter
+        assert rewriter is not None
+        rewriter.restore(
+            (
+                copy.seq_offset,
+                copy.ts_offset,
+                copy.last_out_seq,
+                copy.last_out_ts,
+                copy.packets,
+                copy.octets,
+            )
+        )
+        cache = down.cache
+        if cache is not None and cache.replay is not None and cache.replay.spans:
+            cache.replay.spans[-1][5] = copy.first_seq
+        sink = self._sinks[i]
+        if sink is not None:
+            sink.sent_packets += copy.sent_packets
+            sink.sent_bytes += copy.sent_bytes
+            sink.send_errors += copy.send_errors
+        copy.sent_packets = copy.sent_bytes = copy.send_errors = 0
+
+    def _push(self, i: int, down: SteadyDownTrack) -> None:
+        copy, rewriter = self._array[i], down._rewriter
+        assert rewriter is not None
+        seq_offset, ts_offset, last_seq, last_ts, packets, octets = rewriter.state()
+        copy.seq_offset, copy.ts_offset = seq_offset, ts_offset
+        copy.last_out_seq, copy.last_out_ts = last_seq, last_ts
+        copy.packets, copy.octets = packets, octets

@@ -1,0 +1,370 @@
+"""The compiled per-copy loop (sfu/fastpath/steady.py): one scenario forwarded twice through a
+shared socket's batch, by the Python path (one FanoutBatch.add per copy) and by the compiled
+loop, must give every subscriber the same datagrams, the same NACK answers, the same counters
+and sender reports; leaving and rejoining the steady state included."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pylibsrtp
+import pytest
+from aiortc.rtcdtlstransport import State
+
+from loadtest.bench_forward import _fake_dtls
+from sfu.fastpath import loader
+from sfu.fastpath.batch import FanoutBatch
+from sfu.fastpath.steady import REFRESH
+from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
+from sfu.internals import RtpSink
+from sfu.layerswitch import PAUSED
+from sfu.rtp import parse_rtp
+from sfu.stats import DropReason, Stats
+
+ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+VP8_KEY = b"\x10\x00" + bytes(30)
+VP8_DELTA = b"\x10\x01" + bytes(30)
+
+# Per subscriber: negotiated extension ids, output payload types, MID. The last one's MID is
+# too long for the one-byte form: it keeps the Python path all along.
+SUBSCRIBERS: list[tuple[dict[str, int], dict[int, int], str]] = [
+    ({SDES_MID: 1, ABS_SEND_TIME: 2, AUDIO_LEVEL: 3}, {96: 96}, "0"),
+    ({SDES_MID: 4, ABS_SEND_TIME: 9}, {96: 100}, "video-12"),
+    ({SDES_MID: 1, ABS_SEND_TIME: 2, AUDIO_LEVEL: 3}, {96: 96}, "2"),
+    ({ABS_SEND_TIME: 3, TRANSPORT_CC: 5}, {96: 98}, "3"),
+    ({}, {96: 96}, "4"),
+    ({SDES_MID: 2, TRANSPORT_CC: 7}, {96: 97, 97: 99}, "5"),
+    ({SDES_MID: 1, ABS_SEND_TIME: 2}, {96: 96}, "a-mid-of-twenty-bytes"),
+]
+
+
+def one_byte(elements: list[tuple[int, bytes]]) -> bytes:
+    body = b"".join(bytes(((i << 4) | (len(v) - 1),)) + v for i, v in elements)
+    body += bytes(-len(body) % 4)
+    return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
+
+
+def packet(
+    seq: int,
+    *,
+    key: bool = False,
+    pt: int = 96,
+    ext: bytes | None = None,
+    marker: bool = False,
+    padding: int = 0,
+    csrcs: int = 0,
+    size: int = 0,
+) -> bytes:
+    b0 = 0x80 | (0x10 if ext is not None else 0) | (0x20 if padding else 0) | csrcs
+    header = struct.pack("!BBHII", b0, pt | (0x80 if marker else 0), seq & 0xFFFF, seq * 3000, 77)
+    header += bytes(4 * csrcs) + (ext or b"")
+    payload = (VP8_KEY if key else VP8_DELTA) + bytes([seq & 0xFF]) * size
+    return header + payload + (bytes(padding - 1) + bytes((padding,)) if padding else b"")
+
+
+def browser_ext(seq: int) -> bytes:
+    return one_byte([(1, b"0"), (3, bytes((seq & 0xFF, 1, 2))), (6, bytes((0x85,)))])
+
+
+Event = Callable[[list[DownTrack]], object]
+# Things that happen to the down-tracks before input packet n, the same in both runs.
+EVENTS: dict[int, Event] = {
+    60: lambda downs: setattr(downs[0], "waiting_for_keyframe", True),
+    80: lambda downs: setattr(downs[1], "padding", 2),
+    95: lambda downs: setattr(downs[1], "padding", 0),
+    110: lambda downs: downs[2].set_layer(PAUSED),
+    150: lambda downs: downs[2].set_layer(2),
+    200: lambda downs: downs[3].track.set_muted(True),
+    205: lambda downs: downs[3].track.set_muted(False),
+}
+
+
+def input_packets(n: int, seq: int) -> list[bytes]:
+    """Input n of the scenario, at publisher sequence number `seq`: every kind in turn."""
+    kind = n % 13
+    if kind == 0:
+        return [packet(seq, key=True, ext=browser_ext(seq), marker=True)]
+    if kind == 3:
+        return [packet(seq, ext=None, padding=7)]  # no extension block, padded
+    if kind == 5:  # the two-byte form: the compiled loop leaves it to Python
+        return [packet(seq, ext=struct.pack("!HH", 0x1000, 1) + bytes((3, 1, 9, 0)))]
+    if kind == 7:
+        return [packet(seq, pt=97, ext=browser_ext(seq), csrcs=2)]  # mapped by one only
+    if kind == 9:
+        return [packet(seq, pt=111, ext=browser_ext(seq))]  # mapped by none
+    if kind == 10:  # odd one-byte blocks: padding bytes, id 15, a truncated element, a huge one
+        odd = (
+            bytes((0, 0x10, 0x30, 0, 0, 0x32, 1, 2, 3, 0xF0, 0x11, 0x22)),
+            bytes((0x10, 0x30, 0x3F, 1, 2, 3, 0, 0)),
+            bytes(1300) + bytes((0x10, 0x30, 0, 0)),
+        )[(n // 13) % 3]
+        return [packet(seq, ext=struct.pack("!HH", 0xBEDE, len(odd) // 4) + odd)]
+    if kind == 11:
+        return [packet(seq, ext=browser_ext(seq), size=1380)]  # too large for a batch slot
+    if kind == 12:  # reordered: the next one first
+        return [packet(seq + 1, ext=browser_ext(seq + 1)), packet(seq, ext=browser_ext(seq))]
+    return [packet(seq, ext=browser_ext(seq), marker=kind == 6, size=40 + n)]
+
+
+def scenario() -> Iterator[bytes | Event]:
+    seq = 1000
+    for n in range(260):
+        if n in EVENTS:
+            yield EVENTS[n]
+        packets = input_packets(n, seq)
+        yield from packets
+        seq += len(packets)
+
+
+@dataclass
+class Run:
+    track: PublishedTrack
+    downs: list[DownTrack]
+    sinks: list[RtpSink]
+    received: list[list[bytes]]
+    batch: FanoutBatch
+
+
+def key(i: int) -> bytes:
+    return bytes((i,)) * 30
+
+
+def srtp(i: int, outbound: bool) -> pylibsrtp.Session:
+    kind = pylibsrtp.Policy.SSRC_ANY_OUTBOUND if outbound else pylibsrtp.Policy.SSRC_ANY_INBOUND
+    policy = pylibsrtp.Policy(key=key(i), ssrc_type=kind)
+    policy.allow_repeat_tx = True
+    return pylibsrtp.Session(policy=policy)
+
+
+def run(compiled: bool, receivers: list[socket.socket], sender: socket.socket) -> Run:
+    module = loader.load()
+    assert module is not None, loader.failure()
+    random.seed(14)  # the same random sequence starts in both runs
+    stats = Stats()
+    batch = FanoutBatch(module, sender.fileno(), stats)
+    batch.copies = compiled
+    track = PublishedTrack(
+        sid="TR_v", cid="c", kind="video", source="camera", name="", publisher_sid="PA_p"
+    )
+    track.codec = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
+    track.extensions = {1: SDES_MID, 3: ABS_SEND_TIME, 6: AUDIO_LEVEL}
+    downs, sinks = [], []
+    for i, (extensions, payload_types, mid) in enumerate(SUBSCRIBERS):
+        # A shared socket's connection view: RTP goes to its batch (RtpSink reads `batch`).
+        protocol = SimpleNamespace(transport=SimpleNamespace(sendto=None, batch=batch))
+        sink = RtpSink(_fake_dtls(srtp(i, True), protocol, receivers[i].getsockname()))
+        down = DownTrack(track, f"PA_{i}")
+        down.configure(
+            sink=sink, out_ssrc=500 + i, mid=mid, payload_types=payload_types, extensions=extensions
+        )
+        track.down_tracks.append(down)
+        downs.append(down)
+        sinks.append(sink)
+    for item in scenario():
+        if callable(item):
+            item(downs)
+        else:
+            track.forward(item, parse_rtp(item))
+    assert batch.flush() == 0  # nothing left queued
+    received = []  # SRTP as sent: the same keys, so the same bytes mean the same plaintext
+    for i, sink in enumerate(sinks):
+        downs[i].rewriter  # noqa: B018 (brings the sink's counters up to date)
+        received.append([receivers[i].recv(2048) for _ in range(sink.sent_packets)])
+    return Run(track, downs, sinks, received, batch)
+
+
+def plaintexts(i: int, datagrams: list[bytes]) -> list[bytes]:
+    """What a receiver decrypts; a repeated index (padding sequence numbers taken while
+    input was reordered: the Python path does that too) is left out."""
+    rx, plain = srtp(i, False), []
+    for datagram in datagrams:
+        try:
+            plain.append(rx.unprotect(datagram))
+        except pylibsrtp.Error:
+            continue
+    return plain
+
+
+@pytest.fixture
+def sockets() -> Iterator[tuple[list[socket.socket], socket.socket]]:
+    receivers = []
+    for _ in SUBSCRIBERS:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        receivers.append(sock)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    yield receivers, sender
+    sender.close()
+    for sock in receivers:
+        sock.close()
+
+
+def test_the_compiled_loop_sends_what_the_python_path_sends(
+    sockets: tuple[list[socket.socket], socket.socket],
+) -> None:
+    python = run(False, *sockets)
+    compiled = run(True, *sockets)
+    copies = compiled.track.copies
+    assert copies is not None and python.track.copies is None
+    # The long MID keeps its Python path; the others are steady again by the end.
+    assert [d._copies is copies for d in compiled.downs] == [True] * 6 + [False]
+    assert copies.fallbacks > 0  # the two-byte inputs went the Python way
+    for i in range(len(SUBSCRIBERS)):
+        assert compiled.received[i] == python.received[i], f"subscriber {i}"
+        assert len(python.received[i]) > 100
+        a, b = compiled.sinks[i], python.sinks[i]
+        assert (a.sent_packets, a.sent_bytes, a.send_errors) == (
+            b.sent_packets,
+            b.sent_bytes,
+            b.send_errors,
+        )
+        ra, rb = compiled.downs[i].rewriter, python.downs[i].rewriter
+        assert ra is not None and rb is not None
+        assert ra.state() == rb.state()
+    # Too large for a slot: dropped and counted on both paths.
+    assert compiled.sinks[0].send_errors == python.sinks[0].send_errors > 0
+    # Sender reports: the same packet and octet counts and timestamps.
+    for track in (compiled.track, python.track):
+        track.on_sender_report(0x1234_5678_9ABC_DEF0, 1000 * 3000, 0.0)
+    for x, y in zip(compiled.downs, python.downs, strict=True):
+        assert x.sender_report() == y.sender_report() is not None
+
+
+def test_nacks_are_answered_with_the_bytes_first_sent(
+    sockets: tuple[list[socket.socket], socket.socket],
+) -> None:
+    python = run(False, *sockets)
+    compiled = run(True, *sockets)
+    for i, (a, b) in enumerate(zip(compiled.downs, python.downs, strict=True)):
+        assert a.cache is not None and b.cache is not None and a.rewriter is not None
+        last = a.rewriter.last_out_seq
+        seqs = [(last - back) & 0xFFFF for back in range(600)]
+        answers = [a.cache.get(s) for s in seqs]
+        assert answers == [b.cache.get(s) for s in seqs], f"subscriber {i}"
+        assert sum(x is not None for x in answers) > 100
+        # What went out is what a NACK gets: each sequence number sent once (the header is
+        # in clear), and the late packets; one sent twice (a padding packet's number taken
+        # while the input was reordered, by both paths) gets the last sent.
+        once = Counter(int.from_bytes(p[2:4], "big") for p in compiled.received[i])
+        sent = {parse_rtp(p).sequence: p for p in plaintexts(i, compiled.received[i])}
+        sent = {seq: data for seq, data in sent.items() if once[seq] == 1}
+        assert len(sent) > 100
+        for seq, data in sent.items():
+            assert a.cache.get(seq) in (data, None)
+    # Through DownTrack.retransmit: resent on the batch, counted by the sink.
+    down, sink = compiled.downs[0], compiled.sinks[0]
+    assert down.rewriter is not None
+    before = sink.sent_packets
+    last = down.rewriter.last_out_seq
+    assert down.retransmit((last, (last - 1) & 0xFFFF), 1.0) == (2, 0)
+    assert sink.sent_packets == before + 2
+
+
+def test_leaving_the_steady_state_takes_a_down_track_out_at_once(
+    sockets: tuple[list[socket.socket], socket.socket],
+) -> None:
+    compiled = run(True, *sockets)
+    track, down, sink = compiled.track, compiled.downs[0], compiled.sinks[0]
+    copies = track.copies
+    assert copies is not None and down._copies is copies
+    down.waiting_for_keyframe = True
+    assert down._copies is None
+    sent = sink.sent_packets
+    delta = packet(5000, ext=browser_ext(5000))
+    for _ in range(3 * REFRESH):
+        track.forward(delta, parse_rtp(delta))
+    assert sink.sent_packets == sent  # waits for a keyframe: nothing, and stays out
+    assert down._copies is None
+    keyframe = packet(5001, key=True, ext=browser_ext(5001))
+    track.forward(keyframe, parse_rtp(keyframe))
+    assert sink.sent_packets == sent + 1 and down._copies is None
+    for n in range(REFRESH):
+        data = packet(5002 + n, ext=browser_ext(5002 + n))
+        track.forward(data, parse_rtp(data))
+    assert down._copies is copies  # steady again: back in the compiled loop
+    down.rewriter  # noqa: B018 (the sink's counters are brought up to date with it)
+    assert sink.sent_packets == sent + 1 + REFRESH
+
+
+def test_a_closed_transport_or_a_new_address_leaves_within_a_refresh(
+    sockets: tuple[list[socket.socket], socket.socket],
+) -> None:
+    compiled = run(True, *sockets)
+    track, copies = compiled.track, compiled.track.copies
+    assert copies is not None
+    closed, moved = compiled.sinks[4], compiled.sinks[5]
+    closed._dtls._state = State.CLOSED
+    moved._dtls.transport._connection._nominated[1] = SimpleNamespace(  # type: ignore[assignment]
+        protocol=moved._pair.protocol, remote_addr=sockets[0][0].getsockname()
+    )
+    for n in range(REFRESH):
+        data = packet(6000 + n, ext=browser_ext(6000 + n))
+        track.forward(data, parse_rtp(data))
+    assert compiled.downs[4]._copies is None and compiled.downs[5]._copies is None
+    sent = closed.sent_packets
+    data = packet(7000, ext=browser_ext(7000))
+    track.forward(data, parse_rtp(data))
+    assert closed.sent_packets == sent  # the Python path: not connected, nothing sent
+    # The new address gets the packet (the sink learnt the new pair on the Python path).
+    assert compiled.downs[5].rewriter is not None
+    assert moved._remote == sockets[0][0].getsockname()
+    # Removed from the track: out of the loop at the next packet.
+    track.down_tracks.remove(compiled.downs[2])
+    track.forward(data, parse_rtp(data))
+    assert compiled.downs[2]._copies is None and compiled.downs[2] not in copies.members
+
+
+def test_without_the_extension_every_copy_takes_the_python_path() -> None:
+    """Sinks without a batch (the extension absent, a port range, a TURN relay): no compiled
+    loop is made, and forwarding is unchanged."""
+    from tests.sink_helpers import ListSink
+
+    track = PublishedTrack(
+        sid="TR_v", cid="c", kind="video", source="camera", name="", publisher_sid="PA_p"
+    )
+    track.codec = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
+    track.extensions = {1: SDES_MID}
+    sinks = [ListSink() for _ in range(3)]
+    for i, sink in enumerate(sinks):
+        down = DownTrack(track, f"PA_{i}")
+        down.configure(
+            sink=sink, out_ssrc=i, mid=str(i), payload_types={96: 96}, extensions={SDES_MID: 1}
+        )
+        track.down_tracks.append(down)
+    for n in range(3 * REFRESH):
+        data = packet(n, key=n == 0, ext=one_byte([(1, b"0")]))
+        assert track.forward(data, parse_rtp(data)) == 3
+    assert track.copies is None
+    assert all(len(s.sent) == 3 * REFRESH for s in sinks)
+
+
+def test_a_full_batch_is_sent_and_the_rest_queued(
+    sockets: tuple[list[socket.socket], socket.socket],
+) -> None:
+    """More copies than batch slots within one receive batch: flushed on the way, none lost."""
+    compiled = run(True, *sockets)
+    track, batch = compiled.track, compiled.batch
+    before = [s.sent_packets for s in compiled.sinks[:6]]
+    stats: Stats = batch._stats
+    calls = stats.fanout_calls
+    batch.depth += 1  # as the shared socket's reader does around a recvmmsg batch
+    for n in range(100):  # 6 steady copies each: 600 > 512 slots
+        data = packet(8000 + n, ext=browser_ext(8000 + n))
+        track.forward(data, parse_rtp(data))
+    batch.depth -= 1
+    batch.flush()
+    assert stats.fanout_calls == calls + 2
+    assert stats.dropped[DropReason.SEND_FAILED.value] == 0
+    for i, sink in enumerate(compiled.sinks[:6]):
+        compiled.downs[i].rewriter  # noqa: B018
+        assert sink.sent_packets == before[i] + 100
