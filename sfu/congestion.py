@@ -130,7 +130,8 @@ class Congestion:
         self._pushed_back()
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
-        """Loss on a video down-track this subscriber receives."""
+        """Loss on a video down-track this subscriber receives, counted over enough packets
+        (sfu/reportloss.py): one block's own fraction can cover a handful."""
         if any(d.out_ssrc == block.ssrc for d in self._subscriptions.values() if d.cache):
             fraction = self.report_loss.on_block(block)
             if fraction is not None:
