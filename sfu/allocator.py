@@ -8,6 +8,16 @@ the first one (and, while nothing pushed the estimate down lately, any) only whe
 layer needs more than twice what is left: a video that plays matters more than an estimate
 that errs low (a browser's REMB starts low and follows what it receives).
 
+Pausing needs loss (`hold` otherwise): a video that flows is not paused on a delay-based
+estimate alone (the browser's REMB, keyroom's own from transport feedback). Such an estimate
+errs low on a path whose delay merely varies: Chromium cuts its REMB to 0.85x what it receives
+at a delay spike and climbs back at a few dozen kbit/s a second, so at 100 ms + 1 % loss it sat
+at 0.4-0.6x what the link was carrying without loss, and each pause froze the picture for seconds
+(until a lower estimate let it resume, then a keyframe). A link that really cannot carry the
+video keeps dropping packets, audio's included: loss reports over 10 % in a row
+(sfu/estimator.py `congested`) end the hold; one burst does not. A lower simulcast layer is
+still taken on the estimate alone: that costs no freeze.
+
 Hysteresis: going above the layer a track has now must fit in HEADROOM of the estimate, while
 keeping it may use the whole estimate, and CALM_SLACK more while nothing pushed the estimate
 down lately. Otherwise a REMB that sits near a layer's bitrate (it follows what the browser
@@ -50,10 +60,12 @@ def allocate(
     videos: Sequence[VideoDemand],
     current: Mapping[str, int] | None = None,
     calm: bool = False,
+    hold: bool = False,
 ) -> dict[str, int]:
     """key -> layer (PAUSED: nothing) for `budget` bit/s (None: unconstrained) of which `audio`
     goes to audio; `current`: the layers the tracks have now, kept more readily while `calm`
-    (nothing pushed the estimate down lately; see the hysteresis above)."""
+    (nothing pushed the estimate down lately; see the hysteresis above); `hold`: the link is not
+    seen dropping what flows (see above), so no flowing video is paused."""
     if budget is None:
         return {v.key: v.top for v in videos}
     now = current or {}
@@ -63,9 +75,15 @@ def allocate(
     choice: dict[str, int] = {}
     for n, video in enumerate(order):
         choice[video.key] = PAUSED
-        if video.top >= 0 and spend.take(video.bitrates[0], now.get(video.key, PAUSED) >= 0):
+        flowing = now.get(video.key, PAUSED) >= 0
+        if video.top < 0:
+            continue
+        if spend.take(video.bitrates[0], flowing):
             choice[video.key] = 0
-        elif (n == 0 or calm) and video.top >= 0 and spend.stretch(video.bitrates[0]):
+        elif hold and flowing:
+            spend.left -= video.bitrates[0]
+            choice[video.key] = 0
+        elif (n == 0 or calm) and spend.stretch(video.bitrates[0]):
             choice[video.key] = 0
     for video in order:
         layer = choice[video.key]

@@ -28,6 +28,7 @@ from sfu.delaybwe import ACKED_WINDOW, DelayBasedEstimate
 from sfu.estimator import LOW_LOSS, Estimator
 from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
+from sfu.reportloss import ReportLoss
 from sfu.rtcp import ReportBlock
 from sfu.sendbudget import SendBudget
 from sfu.twcc import PacketResult
@@ -74,6 +75,8 @@ class Congestion:
         # The participant's own dict, read live.
         self._subscriptions = subscriptions
         self.estimator = Estimator()
+        # Loss from the subscriber's report blocks, over enough packets (sfu/reportloss.py).
+        self.report_loss = ReportLoss()
         self.delay_based = DelayBasedEstimate()
         # Video must fit this budget once keyroom estimates the link itself (`paced`: set when
         # transport-cc is negotiated); audio bypasses it. `_level`: the rate last allocated from.
@@ -127,10 +130,13 @@ class Congestion:
         self._pushed_back()
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
-        """Loss on a video down-track this subscriber receives."""
+        """Loss on a video down-track this subscriber receives, counted over enough packets
+        (sfu/reportloss.py): one block's own fraction can cover a handful."""
         if any(d.out_ssrc == block.ssrc for d in self._subscriptions.values() if d.cache):
-            self.estimator.on_loss(block.fraction_lost / 256, self.sending, now)
-            self._pushed_back()
+            fraction = self.report_loss.on_block(block)
+            if fraction is not None:
+                self.estimator.on_loss(fraction, self.sending, now)
+                self._pushed_back()
 
     def _pushed_back(self) -> None:
         """Padding stops at the first push-back, not at the next tick; and the layers follow a
@@ -161,6 +167,7 @@ class Congestion:
         for sid in [s for s in self._octets if s not in self._subscriptions]:
             del self._octets[sid]
             self._packets.pop(sid, None)
+        self.report_loss.keep({d.out_ssrc for d in self._subscriptions.values() if d.out_ssrc})
         if self.paced:
             self._budget_loss(now)
         return self.reallocate(now)
@@ -242,7 +249,7 @@ class Congestion:
             if self._probe is not None and self._carrier is None:
                 return self.choice  # a layer probe: its layers stay until it ends
         self._level = max(self._level, budget)
-        choice = allocate(budget, audio, videos, self.choice, calm)
+        choice = allocate(budget, audio, videos, self.choice, calm, hold=not estimator.congested)
         step = next_step(choice, videos)
         if not step:
             self._next_probe = None

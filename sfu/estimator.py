@@ -8,7 +8,8 @@ lossy-but-not-queuing link, so loss lowers the estimate as a sender-side control
 (GCC's loss controller: above 10 % loss, cut to rate x (1 - loss / 2), at most once a second,
 the rate being the estimate but no more than twice what was being sent; above 20 %, no more
 than what got through; below 2 %, back to 1.5x what was sent or up 8 %, until the REMB).
-Every decrease is remembered: a probe fails when one falls inside it.
+Every decrease is remembered: a probe fails when one falls inside it. Reports over 10 % twice
+in a row make the link `congested`: only then is a flowing video paused (sfu/allocator.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ DELIVERED_MARGIN = 1.1
 CLEAN_MARGIN = 1.5
 LOW_LOSS = 0.02
 LOSS_GROWTH = 1.08
+# This many loss reports in a row over HIGH_LOSS: the link is overflowing (`congested`).
+CONGESTED_REPORTS = 2
 # A REMB this much below the previous one counts as the path pushing back.
 REMB_DROP = 0.95
 # One cut per interval: a compound RTCP packet reports each stream, and loss lingers a while.
@@ -41,6 +44,7 @@ class Estimator:
         "loss",
         "_last_cut",
         "_last_clean",
+        "lossy_reports",
     )
 
     def __init__(self) -> None:
@@ -54,6 +58,8 @@ class Estimator:
         self._last_cut = -math.inf
         # When a report last showed little loss.
         self._last_clean = -math.inf
+        # Loss reports over HIGH_LOSS in a row, up to now.
+        self.lossy_reports = 0
 
     def on_remb(self, bitrate: int, now: float) -> None:
         bitrate = min(max(bitrate, 0), MAX_ESTIMATE)
@@ -72,6 +78,7 @@ class Estimator:
         """A Receiver Report: `fraction` of the packets lost since the last, while `sending`
         bit/s went to this subscriber."""
         self.loss = fraction
+        self.lossy_reports = self.lossy_reports + 1 if fraction > HIGH_LOSS else 0
         if fraction > HIGH_LOSS:
             if now - self._last_cut < LOSS_INTERVAL:
                 return
@@ -99,6 +106,12 @@ class Estimator:
         """The downlink's estimated capacity (bit/s); None before any report limits it."""
         known = [v for v in (self.remb, self.delay_based, self.loss_based) if v is not None]
         return min(known) if known else None
+
+    @property
+    def congested(self) -> bool:
+        """Whether the last CONGESTED_REPORTS loss reports in a row each showed over HIGH_LOSS:
+        a link that keeps dropping, not one burst (a wire or a Wi-Fi hiccup)."""
+        return self.lossy_reports >= CONGESTED_REPORTS
 
     def decreased_since(self, when: float) -> bool:
         return self.last_decrease >= when

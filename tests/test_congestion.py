@@ -4,6 +4,7 @@ congest), upward probes with back-off, and layers switched off when nobody needs
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from sfu.allocator import VideoDemand, allocate, next_step
@@ -17,7 +18,13 @@ from sfu.sdpinfo import SimulcastOffer
 from tests.sink_helpers import ListSink
 
 LAYERS = (100_000, 400_000, 1_200_000)
-CLEAN = ReportBlock(9, 0, 0, 0, 0, 0, 0)  # a loss report on the video down-track: no loss
+# Loss reports on the video down-track (SSRC 9), no loss, each 50 packets after the last (the
+# first one a congestion controller sees is its baseline: sfu/reportloss.py).
+_SEQS = itertools.count(1000, 50)
+
+
+def clean() -> ReportBlock:
+    return ReportBlock(9, 0, 0, next(_SEQS), 0, 0, 0)
 
 
 def video(key: str, priority: int = 1, max_layer: int = 2) -> VideoDemand:
@@ -142,7 +149,7 @@ def test_a_capped_link_drops_to_the_low_layer_and_a_probe_brings_it_back() -> No
     for n in range(1, math.ceil(PROBE_LENGTH) + 1):
         down.padding_sent += 1_000_000 // 8  # what the padding carries in a second
         congestion.on_remb(320_000, t + n)
-        congestion.on_report_block(CLEAN, t + n)
+        congestion.on_report_block(clean(), t + n)
         congestion.tick(t + n)
     assert not congestion.probing and down.layers.target == 1 and down.padding == 0
     # Once flowing, the next probe reaches the top.
@@ -152,7 +159,7 @@ def test_a_capped_link_drops_to_the_low_layer_and_a_probe_brings_it_back() -> No
         t += 1
         down.padding_sent += 2_000_000 // 8 if congestion.probing else 0
         congestion.on_remb(330_000, t)
-        congestion.on_report_block(CLEAN, t)
+        congestion.on_report_block(clean(), t)
         congestion.tick(t)
     assert down.layers.target == 2
 
@@ -200,7 +207,8 @@ def test_loss_on_a_video_down_track_lowers_the_layer() -> None:
     congestion.tick(0.0)
     assert down.layers is not None and down.layers.target == 2
     congestion.sending = 600_000
-    congestion.on_report_block(ReportBlock(9, 128, 0, 0, 0, 0, 0), 1.0)  # 50 % lost
+    congestion.on_report_block(ReportBlock(9, 0, 0, 1000, 0, 0, 0), 0.5)  # the baseline
+    congestion.on_report_block(ReportBlock(9, 128, 50, 1100, 0, 0, 0), 1.0)  # 50 % lost
     congestion.on_report_block(ReportBlock(1234, 255, 0, 0, 0, 0, 0), 1.0)  # not ours: ignored
     # Re-allocated at once, not at the next tick: 600k sent, half of it through, +10 %.
     assert congestion.react(1.0) == [down] and congestion.react(1.0) == []
@@ -285,7 +293,7 @@ def test_a_probe_that_does_not_reach_its_level_adds_padding_and_proves_nothing()
     while congestion.probing:
         t += 0.5
         congestion.on_remb(300_000, t)
-        congestion.on_report_block(CLEAN, t)  # clean, but nothing was sent: no evidence
+        congestion.on_report_block(clean(), t)  # clean, but nothing was sent: no evidence
         congestion.tick(t)
         paddings.append(down.padding)
     assert max(paddings) > first and congestion.failed_probes == 1
