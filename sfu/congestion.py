@@ -15,7 +15,8 @@ Where transport-cc is negotiated (`paced`), keyroom's own estimate from the subs
 transport feedback (sfu/delaybwe.py) joins the REMB, its loss feeds the loss controller, video
 is held to a send budget at the estimate less the audio (sfu/sendbudget.py), and a probe lasts
 PACED_PROBE_LENGTH, on the RTX stream where there is one, proven only by the rate the receiver
-acknowledged after the probe's first PROBE_BURST.
+acknowledged after the probe's first PROBE_BURST, and failed as soon as the feedback shows a
+queue building (PROBE_QUEUE), before a rate limiter's queue overflows.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sfu.sendbudget import SendBudget
 from sfu.twcc import PacketResult
 
 PROBE_INTERVAL = 3.0
-MAX_PROBE_INTERVAL = 5.0
+MAX_PROBE_INTERVAL = 4.0
 PROBE_LENGTH = 2.5
 # With transport feedback the receiver's acknowledged rate proves a level within a second: a
 # probe into a link that cannot carry it overflows its queue (media and audio with it) for no
@@ -41,6 +42,9 @@ PROBE_LENGTH = 2.5
 # token bucket lets a burst through at line rate whatever its rate.
 PACED_PROBE_LENGTH = 0.8
 PROBE_BURST = 0.25
+# ... and it fails as soon as the feedback shows a queue this long (s): a rate limiter's queue
+# filling up with padding would soon drop what comes behind, the audio included.
+PROBE_QUEUE = 0.03
 # Padding packets after one media packet at most (each ~280 bytes on the wire).
 MAX_PADDING_PER_PACKET = 12
 # A probe proves a level only if what was sent during it came this close to the level.
@@ -95,6 +99,8 @@ class Congestion:
         self._probe_peak = 0
         # The most the subscriber acknowledged receiving during it (transport feedback).
         self._probe_acked = 0
+        # The feedback showed a queue building during it (PROBE_QUEUE): it failed.
+        self._probe_queued = False
         self._granted: tuple[float, int] | None = None
         self._interval = PROBE_INTERVAL
         self._next_probe: float | None = None
@@ -120,10 +126,15 @@ class Congestion:
             sending = int(delivered / max(1 - loss[0], 0.05)) if delivered else loss[1]
             self.estimator.on_loss(loss[0], sending, now)
         probe = self._probe
-        if probe is not None and now >= probe[0] + PROBE_BURST + ACKED_WINDOW:
+        if probe is not None and delay_based.queue_delay > PROBE_QUEUE:
+            self._probe_queued = True
+            self._stop_padding()
+            self._react = True  # the verdict at once, not at the next tick
+        elif probe is not None and now >= probe[0] + PROBE_BURST + ACKED_WINDOW:
             self._probe_acked = max(self._probe_acked, acked or 0)
             if now >= probe[1] or self._probe_acked >= probe[2] * PROBE_REACHED:
-                self._stop_padding()  # measured: the verdict comes at the next tick
+                self._stop_padding()  # measured
+                self._react = True
         self._pushed_back()
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
@@ -141,8 +152,9 @@ class Congestion:
             self._react = True
 
     def react(self, now: float) -> list[DownTrack]:
-        """After a report that lowered the estimate: re-allocate now rather than at the next
-        tick (a link that just got thinner is overflowing meanwhile)."""
+        """After a report that lowered the estimate or settled a probe: re-allocate now rather
+        than at the next tick (a link that just got thinner is overflowing meanwhile; a level
+        just proven is granted at once)."""
         if not self._react:
             return []
         self._react = False
@@ -267,7 +279,8 @@ class Congestion:
         # of half a second is measured there, not in a tick's average of what was sent.
         reached = self._probe_acked if self.paced else self._probe_peak
         proven = estimator.clean_since(start + PROBE_SETTLE) and reached >= level * PROBE_REACHED
-        if estimator.decreased_since(start) or (now >= end + PROBE_LENGTH and not proven):
+        failed = estimator.decreased_since(start) or self._probe_queued
+        if failed or (now >= end + PROBE_LENGTH and not proven):
             self._end_probe(now)
             self.failed_probes += 1
             self._interval = min(self._interval * 2, MAX_PROBE_INTERVAL)
@@ -290,6 +303,7 @@ class Congestion:
         self.probes += 1
         self._probe = (now, now + (PACED_PROBE_LENGTH if self.paced else PROBE_LENGTH), level)
         self._probe_peak = self._probe_acked = 0
+        self._probe_queued = False
         carrier = self._carrier_for()
         if carrier is None:
             # Nothing flows to pad: the probe is the next layer of the first video short of it.

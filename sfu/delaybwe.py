@@ -50,6 +50,10 @@ MIN_ESTIMATE = 30_000
 # over at least this many packets: faster than Receiver Reports, and over every stream.
 LOSS_PERIOD = 0.5
 LOSS_PACKETS = 20
+# The path's one-way delay (the receiver's clock less the send time: their offset cancels) at
+# its lowest over this many seconds is the empty-queue delay; a feedback whose every packet
+# took longer shows a queue of that much (one late packet is jitter, all of them a queue).
+BASE_WINDOW = 10.0
 
 NORMAL, OVERUSE, UNDERUSE = "normal", "overuse", "underuse"
 
@@ -153,11 +157,16 @@ class DelayBasedEstimate:
         self._last_update: float | None = None
         self.lost = self.received = 0
         self.overuses = 0
+        # (send time, the least one-way delay) of each feedback over BASE_WINDOW; the queuing
+        # delay the last feedback showed (s).
+        self._delays: deque[tuple[float, float]] = deque()
+        self.queue_delay = 0.0
         # Since the last loss report: packets lost, packets, bytes, first and last send time.
         self._period: tuple[int, int, int, float, float] | None = None
 
     def on_feedback(self, results: Sequence[PacketResult], now: float) -> int | None:
         """Feed one feedback's packets (send order); the estimate after it."""
+        least: float | None = None
         for result in results:
             self._count(result)
             if result.arrival_us is None:
@@ -166,8 +175,22 @@ class DelayBasedEstimate:
             self.received += 1
             self.trendline.packet(result.send_time, result.arrival_us)
             self._ack(result.arrival_us, result.size)
+            delay = result.arrival_us / 1e6 - result.send_time
+            least = delay if least is None else min(least, delay)
+        if least is not None:
+            self._queue(results[-1].send_time, least)
         self._update(now)
         return self.estimate
+
+    def _queue(self, sent: float, least: float) -> None:
+        # A monotonic deque: increasing delays, so its first entry is the window's least.
+        delays = self._delays
+        while delays and delays[-1][1] >= least:
+            delays.pop()
+        delays.append((sent, least))
+        while delays[0][0] < sent - BASE_WINDOW:
+            delays.popleft()
+        self.queue_delay = least - delays[0][1]
 
     def _count(self, result: PacketResult) -> None:
         lost = result.arrival_us is None

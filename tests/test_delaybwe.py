@@ -140,3 +140,16 @@ def test_a_link_that_suddenly_narrows_is_measured_at_its_new_rate() -> None:
     # would make it ~950 kbit/s), the next ones from the narrowed link alone.
     assert after[first] is not None and after[first] <= 2 * 300_000
     assert max(e for e in after[first + 4 :] if e is not None) <= 300_000
+
+
+def test_the_queuing_delay_is_what_every_packet_of_a_feedback_waited_beyond_the_least() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=2_000_000, jitter=0.01)
+    link.run(estimate, 500_000, 3.0)
+    assert estimate.queue_delay < 0.01  # jitter: some packets late, never all of them
+    link.capacity = 400_000  # sent faster than it leaves: the queue grows 250 ms a second
+    link.run(estimate, 500_000, 0.5)
+    assert 0.05 < estimate.queue_delay < 0.16
+    link.capacity = 2_000_000
+    link.run(estimate, 500_000, 1.0)  # drained
+    assert estimate.queue_delay < 0.01
