@@ -25,7 +25,7 @@ import math
 from collections.abc import Mapping
 
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
-from sfu.delaybwe import ACKED_WINDOW, DelayBasedEstimate
+from sfu.delaybwe import ACKED_WINDOW, LOSS_PACKETS, DelayBasedEstimate
 from sfu.estimator import LOW_LOSS, Estimator
 from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
@@ -183,9 +183,11 @@ class Congestion:
         video = [d.rewriter.packets for d in self._subscriptions.values() if d.cache and d.rewriter]
         packets, dropped = sum(video), self.budget.dropped
         before_packets, before_dropped = self._budget_seen
-        self._budget_seen = (packets, dropped)
         offered = packets - before_packets
         held = dropped - before_dropped
+        if 0 < offered < LOSS_PACKETS:
+            return  # too few to tell (a video just resumed): counted on at the next tick
+        self._budget_seen = (packets, dropped)
         # Only as bad news: a tick without drops says nothing of the link itself.
         if offered > 0 and held > LOW_LOSS * offered:
             self.estimator.on_loss(min(held / offered, 1.0), self.sending, now)

@@ -152,6 +152,28 @@ def test_what_the_budget_holds_back_counts_as_loss() -> None:
     assert congestion.estimator.decreased_since(2.0)
 
 
+def test_a_few_packets_held_back_right_after_a_resume_are_not_a_third_lost() -> None:
+    """Seen in bench-simulcast: a video resumed, 2 of its first 6 packets waited too long, and
+    the "33 % loss" paused it again, over and over for 8 s."""
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    congestion.paced = True
+    congestion.on_remb(2_000_000, 0.0)
+    congestion.tick(0.0)
+    assert down.rewriter is not None
+    down.rewriter.packets += 6
+    congestion.budget.dropped += 2
+    congestion.tick(1.0)
+    assert congestion.estimator.estimate() == 2_000_000  # too few to tell: counted on
+    down.rewriter.packets += 94  # 2 of 100 over two ticks: little loss
+    congestion.tick(2.0)
+    assert congestion.estimator.estimate() == 2_000_000
+    down.rewriter.packets += 20
+    congestion.budget.dropped += 10
+    congestion.tick(3.0)
+    assert (congestion.estimator.estimate() or 0) < 2_000_000
+
+
 def estimated(bitrate: int, paced: bool) -> tuple[Congestion, DownTrack]:
     """A simulcast subscription whose delay-based estimate is `bitrate`, allocated at 0 s."""
     track, down = simulcast_subscription()
