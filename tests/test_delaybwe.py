@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from sfu.delaybwe import OVERUSE, DelayBasedEstimate
 from sfu.twcc import PacketResult
 
@@ -153,3 +155,39 @@ def test_the_queuing_delay_is_what_every_packet_of_a_feedback_waited_beyond_the_
     link.capacity = 2_000_000
     link.run(estimate, 500_000, 1.0)  # drained
     assert estimate.queue_delay < 0.01
+
+
+def test_the_link_rate_is_what_arrived_after_the_first_packet_over_the_time_since() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=300_000)
+    link.run(estimate, 300_000, 2.0)
+    rate = estimate.link_rate()
+    assert rate is not None and 290_000 <= rate <= 306_000  # was a packet more: ~360k
+
+
+def standing(estimate: DelayBasedEstimate, start: float, seconds: float, queue: float) -> None:
+    """300 kbit/s through a link that carries it, every packet `queue` s late: no trend."""
+    for n in range(int(seconds * 10)):
+        t = start + n / 10
+        results = [
+            PacketResult(
+                int(t * 1000) + k, t + k / 32, SIZE, int((t + k / 32 + 0.02 + queue) * 1e6)
+            )
+            for k in range(3)
+        ]
+        estimate.on_feedback(results, t + 0.1)
+
+
+def test_a_queue_kept_full_at_the_link_rate_is_drained() -> None:
+    """A trend sees a queue growing, not one standing: after a cap fell, a sender at the link's
+    own rate kept ~450 ms queued for 5 s (bench-simulcast), the audio dropped whenever the
+    rate limiter's queue overflowed. Once an estimate exists, a standing queue is cut like an
+    overuse, and the estimate does not grow into it."""
+    estimate = DelayBasedEstimate()
+    standing(estimate, 0.0, 3.0, 0.0)
+    estimate.estimate = 400_000  # after a first overuse
+    standing(estimate, 3.0, 1.0, 0.0)
+    assert estimate.estimate >= 400_000  # no queue: it grows
+    standing(estimate, 4.0, 2.0, 0.2)
+    assert estimate.queue_delay == pytest.approx(0.2)
+    assert estimate.estimate is not None and estimate.estimate <= 0.86 * 300_000
