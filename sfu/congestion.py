@@ -56,6 +56,9 @@ PADDING_WIRE_BYTES = 280
 AUDIO_BITRATE = 40_000
 # The video budget covers the chosen layers' expected bitrate with this much to spare.
 PACING_SLACK = 1.25
+# The pacer's drops as a loss fraction: at most this (its queue full for a whole tick still let
+# the budget's rate through).
+MAX_BUDGET_LOSS = 0.9
 # A probe succeeds only on evidence: a loss report this long after its start, with little loss.
 PROBE_SETTLE = 0.5
 
@@ -84,8 +87,8 @@ class Congestion:
         self.budget = SendBudget()
         self.paced = False
         self._level: int | None = None
-        # (video packets rewritten, packets the budget dropped) at the last tick.
-        self._budget_seen = (0, 0)
+        # The budget's (offered, dropped, passed, when) at the last count of its loss.
+        self._budget_seen: tuple[int, int, int, float | None] = (0, 0, 0, None)
         self._octets: dict[str, tuple[float, int]] = {}
         # Media packets per second of each down-track, measured at each tick.
         self._packets: dict[str, tuple[float, int, float]] = {}
@@ -179,18 +182,21 @@ class Congestion:
 
     def _budget_loss(self, now: float) -> None:
         """Video the budget held back is loss the link never saw: told to the loss controller
-        all the same, or a layer the budget cannot carry would be kept, never delivered."""
-        video = [d.rewriter.packets for d in self._subscriptions.values() if d.cache and d.rewriter]
-        packets, dropped = sum(video), self.budget.dropped
-        before_packets, before_dropped = self._budget_seen
-        offered = packets - before_packets
-        held = dropped - before_dropped
+        all the same, or a layer the budget cannot carry would be kept, never delivered. The
+        rate it reports is what was offered, so that what got through is what the pacer sent
+        (the budget's rate), not nothing when its queue stayed full for a whole tick."""
+        budget = self.budget
+        offered_before, dropped_before, passed_before, then = self._budget_seen
+        offered = budget.offered - offered_before
+        held = budget.dropped - dropped_before
         if 0 < offered < LOSS_PACKETS:
             return  # too few to tell (a video just resumed): counted on at the next tick
-        self._budget_seen = (packets, dropped)
+        self._budget_seen = (budget.offered, budget.dropped, budget.passed, now)
         # Only as bad news: a tick without drops says nothing of the link itself.
-        if offered > 0 and held > LOW_LOSS * offered:
-            self.estimator.on_loss(min(held / offered, 1.0), self.sending, now)
+        if then is not None and now > then and offered > 0 and held > LOW_LOSS * offered:
+            fraction = min(held / offered, MAX_BUDGET_LOSS)
+            passed = (budget.passed - passed_before) * 8 / (now - then)
+            self.estimator.on_loss(fraction, int(passed / (1 - fraction)), now)
 
     def reallocate(self, now: float) -> list[DownTrack]:
         """Apply the current estimate (e.g. at once after a subscriber's set_quality)."""

@@ -35,14 +35,15 @@ _ROUNDING = 1e-6
 class SendBudget:
     """A token bucket in bytes; `rate` None: no limit (no estimate yet, or not enabled)."""
 
-    __slots__ = ("rate", "_tokens", "_depth", "_at", "dropped")
+    __slots__ = ("rate", "_tokens", "_depth", "_at", "offered", "dropped", "passed")
 
     def __init__(self) -> None:
         self.rate: float | None = None  # bytes per second
         self._tokens = 0.0
         self._depth = float(MIN_DEPTH)
         self._at = 0.0
-        self.dropped = 0
+        # Packets offered to the pacer while limited, those it dropped, bytes that left.
+        self.offered = self.dropped = self.passed = 0
 
     def set_rate(self, bits_per_second: int | None, now: float) -> None:
         if bits_per_second is None:
@@ -71,6 +72,7 @@ class SendBudget:
         if self._tokens < min(size, self._depth) - _ROUNDING:
             return False
         self._tokens -= size  # a packet over the depth leaves the bucket in debt
+        self.passed += size
         return True
 
     def ready_at(self, size: int) -> float | None:
@@ -102,6 +104,7 @@ class Pacer:
     def offer(self, data: bytes, now: float) -> list[bytes]:
         """`data` to send: the packets that may leave now, in order (`data` among them, or
         queued, or dropped and counted when the queue is full)."""
+        self.budget.offered += 1
         if not self._queue and self.budget.take(len(data), now):
             return [data]
         if self.queued + len(data) > self.budget.queue_limit() and self.budget.rate is not None:

@@ -138,18 +138,38 @@ def test_what_the_budget_holds_back_counts_as_loss() -> None:
     congestion.paced = True
     congestion.on_remb(2_000_000, 0.0)
     congestion.tick(0.0)
-    assert down.rewriter is not None
-    down.rewriter.packets += 100
+    budget = congestion.budget
+    budget.offered += 100
+    budget.passed += 100_000
     congestion.tick(1.0)
     assert congestion.estimator.estimate() == 2_000_000  # nothing held back: no news
     # A layer the budget cannot carry: 40 of 140 packets held back. The link saw no loss, but
     # the estimate falls, and the layer with it, rather than a video that never arrives.
-    down.rewriter.packets += 140
-    congestion.budget.dropped += 40
+    budget.offered += 140
+    budget.dropped += 40
+    budget.passed += 100_000
     congestion.tick(2.0)
     estimate = congestion.estimator.estimate()
     assert estimate is not None and estimate < 2_000_000
     assert congestion.estimator.decreased_since(2.0)
+
+
+def test_a_pacer_that_held_back_everything_offered_still_passed_its_rate() -> None:
+    """Its queue full for a whole tick: every new packet dropped, but the queue still drained
+    at the budget's rate. Read as 100 % loss, the estimate fell to 1 bit/s and the video was
+    paused (bench-simulcast, right after the cap fell)."""
+    track, down = simulcast_subscription()
+    congestion = Congestion({track.sid: down})
+    congestion.paced = True
+    congestion.on_remb(2_000_000, 0.0)
+    congestion.tick(0.0)
+    budget = congestion.budget
+    budget.offered += 60
+    budget.dropped += 60
+    budget.passed += 30_000  # 240 kbit/s left the queue
+    congestion.tick(1.0)
+    estimate = congestion.estimator.estimate()
+    assert estimate is not None and 240_000 <= estimate <= 300_000
 
 
 def test_a_few_packets_held_back_right_after_a_resume_are_not_a_third_lost() -> None:
@@ -160,16 +180,19 @@ def test_a_few_packets_held_back_right_after_a_resume_are_not_a_third_lost() -> 
     congestion.paced = True
     congestion.on_remb(2_000_000, 0.0)
     congestion.tick(0.0)
-    assert down.rewriter is not None
-    down.rewriter.packets += 6
-    congestion.budget.dropped += 2
+    budget = congestion.budget
+    budget.offered += 6
+    budget.dropped += 2
+    budget.passed += 5_000
     congestion.tick(1.0)
     assert congestion.estimator.estimate() == 2_000_000  # too few to tell: counted on
-    down.rewriter.packets += 94  # 2 of 100 over two ticks: little loss
+    budget.offered += 94  # 2 of 100 over two ticks: little loss
+    budget.passed += 100_000
     congestion.tick(2.0)
     assert congestion.estimator.estimate() == 2_000_000
-    down.rewriter.packets += 20
-    congestion.budget.dropped += 10
+    budget.offered += 20
+    budget.dropped += 10
+    budget.passed += 10_000
     congestion.tick(3.0)
     assert (congestion.estimator.estimate() or 0) < 2_000_000
 
