@@ -132,12 +132,18 @@ def test_paced_congestion_sets_the_video_budget_from_its_own_estimate() -> None:
     assert congestion.budget.rate * 8 == max(estimate, int(chosen * PACING_SLACK))
 
 
-def test_what_the_budget_holds_back_counts_as_loss() -> None:
+def paced_under_remb() -> Congestion:
+    """A paced subscriber of a simulcast track, its estimate a 2 Mbit/s REMB, allocated at 0."""
     track, down = simulcast_subscription()
     congestion = Congestion({track.sid: down})
     congestion.paced = True
     congestion.on_remb(2_000_000, 0.0)
     congestion.tick(0.0)
+    return congestion
+
+
+def test_what_the_budget_holds_back_counts_as_loss() -> None:
+    congestion = paced_under_remb()
     budget = congestion.budget
     budget.offered += 100
     budget.passed += 100_000
@@ -158,11 +164,7 @@ def test_a_pacer_that_held_back_everything_offered_still_passed_its_rate() -> No
     """Its queue full for a whole tick: every new packet dropped, but the queue still drained
     at the budget's rate. Read as 100 % loss, the estimate fell to 1 bit/s and the video was
     paused (bench-simulcast, right after the cap fell)."""
-    track, down = simulcast_subscription()
-    congestion = Congestion({track.sid: down})
-    congestion.paced = True
-    congestion.on_remb(2_000_000, 0.0)
-    congestion.tick(0.0)
+    congestion = paced_under_remb()
     budget = congestion.budget
     budget.offered += 60
     budget.dropped += 60
@@ -175,11 +177,7 @@ def test_a_pacer_that_held_back_everything_offered_still_passed_its_rate() -> No
 def test_a_few_packets_held_back_right_after_a_resume_are_not_a_third_lost() -> None:
     """Seen in bench-simulcast: a video resumed, 2 of its first 6 packets waited too long, and
     the "33 % loss" paused it again, over and over for 8 s."""
-    track, down = simulcast_subscription()
-    congestion = Congestion({track.sid: down})
-    congestion.paced = True
-    congestion.on_remb(2_000_000, 0.0)
-    congestion.tick(0.0)
+    congestion = paced_under_remb()
     budget = congestion.budget
     budget.offered += 6
     budget.dropped += 2
@@ -248,9 +246,8 @@ def test_paced_a_switch_down_stops_the_old_layer_at_once() -> None:
         assert down.layers.current == (PAUSED if paced else 2)
 
 
-def test_a_probe_stops_at_the_first_feedback_showing_a_queue_and_fails_at_once() -> None:
-    """Into a rate limiter: what the probe adds queues behind it. The feedback shows it before
-    the queue overflows (and drops the audio with the padding): no overuse needed."""
+def probing_on_the_low_layer() -> tuple[Congestion, DownTrack, float]:
+    """A paced subscriber held to the low layer at 300 kbit/s, ticked until its probe starts."""
     congestion, down = estimated(300_000, paced=True)
     assert down.layers is not None
     down.layers.current = 0
@@ -258,7 +255,14 @@ def test_a_probe_stops_at_the_first_feedback_showing_a_queue_and_fails_at_once()
     while not congestion.probing and t < 10:
         t += 1.0
         congestion.tick(t)
-    assert congestion.probing and down.padding > 0
+    return congestion, down, t
+
+
+def test_a_probe_stops_at_the_first_feedback_showing_a_queue_and_fails_at_once() -> None:
+    """Into a rate limiter: what the probe adds queues behind it. The feedback shows it before
+    the queue overflows (and drops the audio with the padding): no overuse needed."""
+    congestion, down, t = probing_on_the_low_layer()
+    assert down.layers is not None and congestion.probing and down.padding > 0
     # Before: no queue (a base delay); then 1 ms more per packet (sequence number).
     congestion.on_transport_feedback(feedback(0, 20, t - 0.5, 0.005, 0.0), t)
     assert congestion.react(t) == [] and congestion.probing
@@ -273,13 +277,8 @@ def test_a_probe_stops_at_the_first_feedback_showing_a_queue_and_fails_at_once()
 
 
 def test_a_proven_probe_is_granted_at_once() -> None:
-    congestion, down = estimated(300_000, paced=True)
+    congestion, down, t = probing_on_the_low_layer()
     assert down.layers is not None
-    down.layers.current = 0
-    t = 0.0
-    while not congestion.probing and t < 10:
-        t += 1.0
-        congestion.tick(t)
     congestion.on_transport_feedback(feedback(0, 20, t - 0.5, 0.005, 0.0), t)
     congestion.react(t)  # (the estimate's last decrease, reacted to)
     count = int(800_000 * 0.55 / 8 / 1200)
