@@ -58,6 +58,8 @@ BASE_WINDOW = 10.0
 # joins it); over HOLD_QUEUE the estimate does not grow.
 DRAIN_QUEUE = 0.1
 HOLD_QUEUE = 0.05
+# ... a queue that stood this long (s): a stall of a loaded machine delays a feedback or two.
+STANDING = 0.5
 
 NORMAL, OVERUSE, UNDERUSE = "normal", "overuse", "underuse"
 
@@ -165,6 +167,7 @@ class DelayBasedEstimate:
         # delay the last feedback showed (s).
         self._delays: deque[tuple[float, float]] = deque()
         self.queue_delay = 0.0
+        self._queued_since: float | None = None  # since when over DRAIN_QUEUE
         # Since the last loss report: packets lost, packets, bytes, first and last send time.
         self._period: tuple[int, int, int, float, float] | None = None
 
@@ -260,12 +263,19 @@ class DelayBasedEstimate:
         state = self.trendline.state
         # Once an estimate exists (a cap was met), a queue that stands is drained like one that
         # grows: the trend sees a queue filling, not one kept full at the link's rate.
-        standing = self.estimate is not None and self.queue_delay > DRAIN_QUEUE
+        if self.queue_delay <= DRAIN_QUEUE:
+            self._queued_since = None
+        elif self._queued_since is None:
+            self._queued_since = now
+        since = self._queued_since
+        standing = self.estimate is not None and since is not None and now - since >= STANDING
         if state == OVERUSE or standing:
             if now - self._last_decrease >= DECREASE_INTERVAL:
                 base = self.link_rate() or self.estimate
                 if base is not None:
-                    self.estimate = max(int(base * BACKOFF), MIN_ESTIMATE)
+                    cut = max(int(base * BACKOFF), MIN_ESTIMATE)
+                    # Never up: after a stall, a burst arrives at line rate.
+                    self.estimate = cut if self.estimate is None else min(cut, self.estimate)
                     self._last_decrease = now
                     self.overuses += 1
             return

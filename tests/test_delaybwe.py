@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sfu.delaybwe import OVERUSE, DelayBasedEstimate
+from sfu.delaybwe import OVERUSE, DelayBasedEstimate, Trendline
 from sfu.twcc import PacketResult
 
 SIZE = 1200  # bytes
@@ -191,3 +191,17 @@ def test_a_queue_kept_full_at_the_link_rate_is_drained() -> None:
     standing(estimate, 4.0, 2.0, 0.2)
     assert estimate.queue_delay == pytest.approx(0.2)
     assert estimate.estimate is not None and estimate.estimate <= 0.86 * 300_000
+
+
+def test_a_stall_of_a_feedback_or_two_is_no_standing_queue_and_a_cut_never_raises() -> None:
+    estimate = DelayBasedEstimate()
+    standing(estimate, 0.0, 3.0, 0.0)
+    estimate.estimate = 400_000
+    estimate.trendline = Trendline()  # a fresh trend (too few groups to say): the rule alone
+    standing(estimate, 3.0, 0.3, 0.2)  # every packet 200 ms late for 300 ms: a stall
+    standing(estimate, 3.3, 1.0, 0.0)
+    assert estimate.estimate >= 400_000
+    estimate.estimate = 100_000
+    estimate.trendline.state = OVERUSE  # an overuse while 300 kbit/s arrive: no rise to 255k
+    estimate.on_feedback([], 10.0)
+    assert estimate.estimate == 100_000
