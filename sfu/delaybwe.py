@@ -15,6 +15,11 @@ grows GROWTH per second, never beyond ACKED_CAP times the acknowledged rate (wha
 was not tested). It never jumps to an acknowledged rate: a rate limiter's token bucket passes a
 burst at line rate, which says nothing of its rate. Probing (sfu/congestion.py) proves more.
 Underuse holds the rate (the queue drains).
+
+The queue itself: each feedback's least one-way delay over the least of the last BASE_WINDOW
+(`queue_delay`). Once an estimate exists, a queue standing over DRAIN_QUEUE for STANDING is
+backed off from like an overuse (a trend sees a queue grow, not one kept full at the link's
+rate), and the estimate does not grow over HOLD_QUEUE; probes stop on it (sfu/congestion.py).
 """
 
 from __future__ import annotations
