@@ -42,7 +42,7 @@ class SendBudget:
         self._tokens = 0.0
         self._depth = float(MIN_DEPTH)
         self._at = 0.0
-        # Packets offered to the pacer while limited, those it dropped, bytes that left.
+        # Packets offered to the pacer (media, RTX), those it dropped, bytes that left.
         self.offered = self.dropped = self.passed = 0
 
     def set_rate(self, bits_per_second: int | None, now: float) -> None:
@@ -72,7 +72,6 @@ class SendBudget:
         if self._tokens < min(size, self._depth) - _ROUNDING:
             return False
         self._tokens -= size  # a packet over the depth leaves the bucket in debt
-        self.passed += size
         return True
 
     def ready_at(self, size: int) -> float | None:
@@ -106,6 +105,7 @@ class Pacer:
         queued, or dropped and counted when the queue is full)."""
         self.budget.offered += 1
         if not self._queue and self.budget.take(len(data), now):
+            self.budget.passed += len(data)
             return [data]
         if self.queued + len(data) > self.budget.queue_limit() and self.budget.rate is not None:
             self.budget.dropped += 1
@@ -121,6 +121,7 @@ class Pacer:
         while queue and budget.take(len(queue[0]), now):
             packet = queue.popleft()
             self.queued -= len(packet)
+            budget.passed += len(packet)
             out.append(packet)
         return out
 
@@ -148,6 +149,16 @@ class BudgetedSink:
             self._sink.send(packet)
         self._arm()
         return True  # queued, or dropped here instead of in the link's queue
+
+    def send_padding(self, data: bytes) -> bool:
+        """A probe's padding: sent only if nothing waits and it fits now, else dropped
+        uncounted (padding that waits proves nothing, and would crowd the media out of the
+        queue; its drops are no loss of the video). False when not sent."""
+        budget = self.budget
+        if budget.rate is not None:
+            if self.pacer.queued or not budget.take(len(data), clock.now()):
+                return False
+        return self._sink.send(data)
 
     def _arm(self) -> None:
         if self._timer is None:

@@ -286,3 +286,17 @@ def test_a_proven_probe_is_granted_at_once() -> None:
     assert down.padding == 0 and down.layers.target == 0
     congestion.react(t + 0.8)
     assert not congestion.probing and down.layers.target == 1
+
+
+async def test_probe_padding_never_waits_and_never_counts_as_the_videos_loss() -> None:
+    """A probe's padding queued in the pacer crowded the media out (52 video packets dropped,
+    counted as 26 % loss: every video paused, in a loaded e2ee room)."""
+    sink = ListSink()
+    budget = SendBudget()
+    budgeted = BudgetedSink(sink, budget)
+    assert budgeted.send_padding(b"p" * 280)  # no rate: sent
+    budget.set_rate(400_000, clock.now())  # 6 kB at once
+    sent = sum(budgeted.send_padding(b"p" * 280) for _ in range(40))
+    assert 0 < sent < 40 and budget.offered == budget.dropped == budget.passed == 0
+    budgeted.send(b"m" * 1200)  # the media waits for the bucket, the padding does not
+    assert budgeted.pacer.queued == 1200 and not budgeted.send_padding(b"p" * 280)
