@@ -15,7 +15,8 @@ Where transport-cc is negotiated (`paced`), keyroom's own estimate from the subs
 transport feedback (sfu/delaybwe.py) joins the REMB, its loss feeds the loss controller, video
 is held to a send budget at the estimate less the audio (sfu/sendbudget.py), and a probe lasts
 PACED_PROBE_LENGTH, on the RTX stream where there is one, proven only by the rate the receiver
-acknowledged after the probe's first PROBE_BURST.
+acknowledged after the probe's first PROBE_BURST, and failed as soon as the feedback shows a
+queue building (PROBE_QUEUE), before a rate limiter's queue overflows.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 from collections.abc import Mapping
 
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
-from sfu.delaybwe import ACKED_WINDOW, DelayBasedEstimate
+from sfu.delaybwe import ACKED_WINDOW, LOSS_PACKETS, DelayBasedEstimate
 from sfu.estimator import LOW_LOSS, Estimator
 from sfu.forwarder import DownTrack
 from sfu.layerswitch import PAUSED
@@ -34,7 +35,7 @@ from sfu.sendbudget import SendBudget
 from sfu.twcc import PacketResult
 
 PROBE_INTERVAL = 3.0
-MAX_PROBE_INTERVAL = 5.0
+MAX_PROBE_INTERVAL = 4.0
 PROBE_LENGTH = 2.5
 # With transport feedback the receiver's acknowledged rate proves a level within a second: a
 # probe into a link that cannot carry it overflows its queue (media and audio with it) for no
@@ -42,6 +43,9 @@ PROBE_LENGTH = 2.5
 # token bucket lets a burst through at line rate whatever its rate.
 PACED_PROBE_LENGTH = 0.8
 PROBE_BURST = 0.25
+# ... and it fails as soon as the feedback shows a queue this long (s): a rate limiter's queue
+# filling up with padding would soon drop what comes behind, the audio included.
+PROBE_QUEUE = 0.03
 # Padding packets after one media packet at most (each ~280 bytes on the wire).
 MAX_PADDING_PER_PACKET = 12
 # A probe proves a level only if what was sent during it came this close to the level.
@@ -53,6 +57,9 @@ PADDING_WIRE_BYTES = 280
 AUDIO_BITRATE = 40_000
 # The video budget covers the chosen layers' expected bitrate with this much to spare.
 PACING_SLACK = 1.25
+# The pacer's drops as a loss fraction: at most this (its queue full for a whole tick still let
+# the budget's rate through).
+MAX_BUDGET_LOSS = 0.9
 # A probe succeeds only on evidence: a loss report this long after its start, with little loss.
 PROBE_SETTLE = 0.5
 
@@ -83,8 +90,8 @@ class Congestion:
         self.budget = SendBudget()
         self.paced = False
         self._level: int | None = None
-        # (video packets rewritten, packets the budget dropped) at the last tick.
-        self._budget_seen = (0, 0)
+        # The budget's (offered, dropped, passed, when) at the last count of its loss.
+        self._budget_seen: tuple[int, int, int, float | None] = (0, 0, 0, None)
         self._octets: dict[str, tuple[float, int]] = {}
         # Media packets per second of each down-track, measured at each tick.
         self._packets: dict[str, tuple[float, int, float]] = {}
@@ -98,6 +105,8 @@ class Congestion:
         self._probe_peak = 0
         # The most the subscriber acknowledged receiving during it (transport feedback).
         self._probe_acked = 0
+        # The feedback showed a queue building during it (PROBE_QUEUE): it failed.
+        self._probe_queued = False
         self._granted: tuple[float, int] | None = None
         self._interval = PROBE_INTERVAL
         self._next_probe: float | None = None
@@ -123,10 +132,15 @@ class Congestion:
             sending = int(delivered / max(1 - loss[0], 0.05)) if delivered else loss[1]
             self.estimator.on_loss(loss[0], sending, now)
         probe = self._probe
-        if probe is not None and now >= probe[0] + PROBE_BURST + ACKED_WINDOW:
+        if probe is not None and delay_based.queue_delay > PROBE_QUEUE:
+            self._probe_queued = True
+            self._stop_padding()
+            self._react = True  # the verdict at once, not at the next tick
+        elif probe is not None and now >= probe[0] + PROBE_BURST + ACKED_WINDOW:
             self._probe_acked = max(self._probe_acked, acked or 0)
             if now >= probe[1] or self._probe_acked >= probe[2] * PROBE_REACHED:
-                self._stop_padding()  # measured: the verdict comes at the next tick
+                self._stop_padding()  # measured
+                self._react = True
         self._pushed_back()
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
@@ -147,8 +161,9 @@ class Congestion:
             self._react = True
 
     def react(self, now: float) -> list[DownTrack]:
-        """After a report that lowered the estimate: re-allocate now rather than at the next
-        tick (a link that just got thinner is overflowing meanwhile)."""
+        """After a report that lowered the estimate or settled a probe: re-allocate now rather
+        than at the next tick (a link that just got thinner is overflowing meanwhile; a level
+        just proven is granted at once)."""
         if not self._react:
             return []
         self._react = False
@@ -174,16 +189,21 @@ class Congestion:
 
     def _budget_loss(self, now: float) -> None:
         """Video the budget held back is loss the link never saw: told to the loss controller
-        all the same, or a layer the budget cannot carry would be kept, never delivered."""
-        video = [d.rewriter.packets for d in self._subscriptions.values() if d.cache and d.rewriter]
-        packets, dropped = sum(video), self.budget.dropped
-        before_packets, before_dropped = self._budget_seen
-        self._budget_seen = (packets, dropped)
-        offered = packets - before_packets
-        held = dropped - before_dropped
+        all the same, or a layer the budget cannot carry would be kept, never delivered. The
+        rate it reports is what was offered, so that what got through is what the pacer sent
+        (the budget's rate), not nothing when its queue stayed full for a whole tick."""
+        budget = self.budget
+        offered_before, dropped_before, passed_before, then = self._budget_seen
+        offered = budget.offered - offered_before
+        held = budget.dropped - dropped_before
+        if 0 < offered < LOSS_PACKETS:
+            return  # too few to tell (a video just resumed): counted on at the next tick
+        self._budget_seen = (budget.offered, budget.dropped, budget.passed, now)
         # Only as bad news: a tick without drops says nothing of the link itself.
-        if offered > 0 and held > LOW_LOSS * offered:
-            self.estimator.on_loss(min(held / offered, 1.0), self.sending, now)
+        if then is not None and now > then and offered > 0 and held > LOW_LOSS * offered:
+            fraction = min(held / offered, MAX_BUDGET_LOSS)
+            passed = (budget.passed - passed_before) * 8 / (now - then)
+            self.estimator.on_loss(fraction, int(passed / (1 - fraction)), now)
 
     def reallocate(self, now: float) -> list[DownTrack]:
         """Apply the current estimate (e.g. at once after a subscriber's set_quality)."""
@@ -274,7 +294,8 @@ class Congestion:
         # of half a second is measured there, not in a tick's average of what was sent.
         reached = self._probe_acked if self.paced else self._probe_peak
         proven = estimator.clean_since(start + PROBE_SETTLE) and reached >= level * PROBE_REACHED
-        if estimator.decreased_since(start) or (now >= end + PROBE_LENGTH and not proven):
+        failed = estimator.decreased_since(start) or self._probe_queued
+        if failed or (now >= end + PROBE_LENGTH and not proven):
             self._end_probe(now)
             self.failed_probes += 1
             self._interval = min(self._interval * 2, MAX_PROBE_INTERVAL)
@@ -297,6 +318,7 @@ class Congestion:
         self.probes += 1
         self._probe = (now, now + (PACED_PROBE_LENGTH if self.paced else PROBE_LENGTH), level)
         self._probe_peak = self._probe_acked = 0
+        self._probe_queued = False
         carrier = self._carrier_for()
         if carrier is None:
             # Nothing flows to pad: the probe is the next layer of the first video short of it.

@@ -15,6 +15,11 @@ grows GROWTH per second, never beyond ACKED_CAP times the acknowledged rate (wha
 was not tested). It never jumps to an acknowledged rate: a rate limiter's token bucket passes a
 burst at line rate, which says nothing of its rate. Probing (sfu/congestion.py) proves more.
 Underuse holds the rate (the queue drains).
+
+The queue itself: each feedback's least one-way delay over the least of the last BASE_WINDOW
+(`queue_delay`). Once an estimate exists, a queue standing over DRAIN_QUEUE for STANDING is
+backed off from like an overuse (a trend sees a queue grow, not one kept full at the link's
+rate), and the estimate does not grow over HOLD_QUEUE; probes stop on it (sfu/congestion.py).
 """
 
 from __future__ import annotations
@@ -50,6 +55,16 @@ MIN_ESTIMATE = 30_000
 # over at least this many packets: faster than Receiver Reports, and over every stream.
 LOSS_PERIOD = 0.5
 LOSS_PACKETS = 20
+# The path's one-way delay (the receiver's clock less the send time: their offset cancels) at
+# its lowest over this many seconds is the empty-queue delay; a feedback whose every packet
+# took longer shows a queue of that much (one late packet is jitter, all of them a queue).
+BASE_WINDOW = 10.0
+# A queue of DRAIN_QUEUE (s) is drained (a rate limiter's queue kept full drops the audio that
+# joins it); over HOLD_QUEUE the estimate does not grow.
+DRAIN_QUEUE = 0.1
+HOLD_QUEUE = 0.05
+# ... a queue that stood this long (s): a stall of a loaded machine delays a feedback or two.
+STANDING = 0.5
 
 NORMAL, OVERUSE, UNDERUSE = "normal", "overuse", "underuse"
 
@@ -153,11 +168,17 @@ class DelayBasedEstimate:
         self._last_update: float | None = None
         self.lost = self.received = 0
         self.overuses = 0
+        # (send time, the least one-way delay) of each feedback over BASE_WINDOW; the queuing
+        # delay the last feedback showed (s).
+        self._delays: deque[tuple[float, float]] = deque()
+        self.queue_delay = 0.0
+        self._queued_since: float | None = None  # since when over DRAIN_QUEUE
         # Since the last loss report: packets lost, packets, bytes, first and last send time.
         self._period: tuple[int, int, int, float, float] | None = None
 
     def on_feedback(self, results: Sequence[PacketResult], now: float) -> int | None:
         """Feed one feedback's packets (send order); the estimate after it."""
+        least: float | None = None
         for result in results:
             self._count(result)
             if result.arrival_us is None:
@@ -166,8 +187,22 @@ class DelayBasedEstimate:
             self.received += 1
             self.trendline.packet(result.send_time, result.arrival_us)
             self._ack(result.arrival_us, result.size)
+            delay = result.arrival_us / 1e6 - result.send_time
+            least = delay if least is None else min(least, delay)
+        if least is not None:
+            self._queue(results[-1].send_time, least)
         self._update(now)
         return self.estimate
+
+    def _queue(self, sent: float, least: float) -> None:
+        # A monotonic deque: increasing delays, so its first entry is the window's least.
+        delays = self._delays
+        while delays and delays[-1][1] >= least:
+            delays.pop()
+        delays.append((sent, least))
+        while delays[0][0] < sent - BASE_WINDOW:
+            delays.popleft()
+        self.queue_delay = least - delays[0][1]
 
     def _count(self, result: PacketResult) -> None:
         lost = result.arrival_us is None
@@ -214,30 +249,45 @@ class DelayBasedEstimate:
             return None
         last = acked[-1][0]
         horizon = last - LINK_WINDOW * 1e6
-        size, first = 0, last
+        size, first, first_size = 0, last, 0
         for arrival, length in reversed(acked):
             if arrival < horizon:
                 break
-            size, first = size + length, arrival
+            size, first, first_size = size + length, arrival, length
         if last - first < LINK_WINDOW * 1e6 / 2:
             return self.acked_rate()
-        return int(size * 8 / ((last - first) / 1e6))
+        # What arrived after the first packet, over the time since: counting the first too
+        # overstated the rate by a packet (a fifth at 300 kbit/s), and a cut to 85 % of that
+        # left the link's queue full.
+        return int((size - first_size) * 8 / ((last - first) / 1e6))
 
     def _update(self, now: float) -> None:
         elapsed = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
         self._last_update = now
         acked = self.acked_rate()
         state = self.trendline.state
-        if state == OVERUSE:
+        # Once an estimate exists (a cap was met), a queue that stands is drained like one that
+        # grows: the trend sees a queue filling, not one kept full at the link's rate.
+        if self.queue_delay <= DRAIN_QUEUE:
+            self._queued_since = None
+        elif self._queued_since is None:
+            self._queued_since = now
+        since = self._queued_since
+        standing = self.estimate is not None and since is not None and now - since >= STANDING
+        if state == OVERUSE or standing:
             if now - self._last_decrease >= DECREASE_INTERVAL:
                 base = self.link_rate() or self.estimate
                 if base is not None:
-                    self.estimate = max(int(base * BACKOFF), MIN_ESTIMATE)
+                    cut = max(int(base * BACKOFF), MIN_ESTIMATE)
+                    # Never up: after a stall, a burst arrives at line rate.
+                    self.estimate = cut if self.estimate is None else min(cut, self.estimate)
                     self._last_decrease = now
                     self.overuses += 1
             return
         if state == UNDERUSE or self.estimate is None or acked is None:
             return
+        if self.queue_delay > HOLD_QUEUE:
+            return  # growing now would only keep the queue
         grown = self.estimate * GROWTH**elapsed
         cap = acked * ACKED_CAP + ACKED_SLACK
         # The cap stops growth; it does not cut an estimate made when more was being sent.

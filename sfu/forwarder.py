@@ -383,6 +383,8 @@ class DownTrack(SteadyDownTrack):
         if rewriter is None or sink is None:
             return
         info, rtx = parse_rtp(sent), self.rtx
+        # A paced sink (sfu/sendbudget.py) sends padding only when it fits at once.
+        send = getattr(sink, "send_padding", sink.send)
         for _ in range(self._padding):
             if rtx is not None:  # on the RTX stream: nothing of the media's sequence to repair
                 packet = padding_packet(sent, info, rtx.take_sequence(), rtx.stream)
@@ -391,8 +393,8 @@ class DownTrack(SteadyDownTrack):
                 packet = padding_packet(sent, info, seq)
                 if self.cache is not None:
                     self.cache.store(seq, packet)
-            sink.send(packet)
-            self.padding_sent += len(packet)
+            if send(packet):
+                self.padding_sent += len(packet)
 
     def set_layer(self, layer: int) -> bool:
         """Forward `layer` (PAUSED: nothing) from now on, switching at its next keyframe;

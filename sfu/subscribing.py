@@ -37,7 +37,12 @@ from sfu.stats import DropReason, Stats
 from sfu.tasks import TaskSet
 from sfu.twcc import URI as TRANSPORT_CC
 from sfu.twcc import TransportSequence
-from sfu.twccsdp import TransportCcState, accepted_transport_cc, offer_transport_cc
+from sfu.twccsdp import (
+    TransportCcState,
+    accepted_transport_cc,
+    has_media,
+    offer_transport_cc,
+)
 
 log = logging.getLogger("keyroom.participant")
 
@@ -189,12 +194,15 @@ class Subscribing:
             return sdp
         if not self.transport_cc.decided and not self.transport_cc.allowed():
             return sdp
-        sdp, self.transport_cc.offered = offer_transport_cc(sdp)
+        state = self.transport_cc
+        reserved = internals.offered_extension_ids()
+        sdp, state.offered = offer_transport_cc(sdp, reserved, state.accepted)
         return sdp
 
     def _decide_transport_cc(self, answer: str) -> None:
-        """The first answer settles transport-cc for this connection; the sink stamps from now."""
-        if self.transport_cc.decided:
+        """The first answer with media settles transport-cc for this connection; the sink stamps
+        from now (no down-track was configured before: none had a section)."""
+        if self.transport_cc.decided or not has_media(answer):
             return
         self.transport_cc.decided = True
         offered = self.transport_cc.offered

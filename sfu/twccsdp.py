@@ -10,7 +10,7 @@ element and the sink stamps it (sfu/twcc.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from sfu.sdpinfo import extmap_id, join_sdp, read_mline, split_sdp
@@ -32,18 +32,29 @@ class TransportCcState:
     decided: bool = False
 
 
-def offer_transport_cc(sdp: str) -> tuple[str, int | None]:
-    """`sdp` (an offer) with transport-cc added to its media sections, and the extension id
-    chosen; unchanged and None when no one-byte id (1..14) is free."""
+def offer_transport_cc(
+    sdp: str, reserved: Collection[int] = (), ext_id: int | None = None
+) -> tuple[str, int | None]:
+    """`sdp` (an offer) with transport-cc added to its media sections, and the extension id:
+    `ext_id` where the connection settled one, else the lowest one-byte id (1..14) that neither
+    the offer nor `reserved` (the ids later sections will carry, sfu/internals) uses: a first
+    offer with audio alone must not take the id a video section added later gives another
+    extension (the rewriter refuses that down-track, and the subscriber never decodes it).
+    Unchanged and None when no id is free, or `ext_id` is taken by another extension."""
     session, sections = split_sdp(sdp)
     used = {
         int(line[len("a=extmap:") :].split(" ")[0].split("/")[0])
         for section in sections
         for line in section
-        if line.startswith("a=extmap:") and line[len("a=extmap:") :].split(" ")[0][:1].isdigit()
+        if line.startswith("a=extmap:")
+        and line[len("a=extmap:") :].split(" ")[0][:1].isdigit()
+        and not line.endswith(f" {URI}")
     }
-    free = next((n for n in range(1, 15) if n not in used), None)
-    if free is None:
+    if ext_id is not None:
+        chosen = ext_id if ext_id not in used else None
+    else:
+        chosen = next((n for n in range(1, 15) if n not in used and n not in reserved), None)
+    if chosen is None:
         return sdp, None
     for section in sections:
         mline = read_mline(section[0])
@@ -54,12 +65,22 @@ def offer_transport_cc(sdp: str) -> tuple[str, int | None]:
             for line in section
             if line.startswith("a=rtpmap:") and " rtx/" in line.lower()
         }
-        added = [f"a=extmap:{free} {URI}"]
+        added = [f"a=extmap:{chosen} {URI}"]
         added += [f"a=rtcp-fb:{pt} transport-cc" for pt in mline.formats if pt not in rtx]
         # After the last attribute of its kind, or at the end: aiortc writes no order that
         # matters here, and browsers accept the attributes anywhere in the section.
         section.extend(added)
-    return join_sdp(session, sections), free
+    return join_sdp(session, sections), chosen
+
+
+def has_media(answer: str) -> bool:
+    """Whether `answer` has an audio or video section: only such an answer settles transport-cc
+    (one with a data channel alone, as a first subscriber's in an empty room, says nothing)."""
+    try:
+        _, sections = split_sdp(answer)
+        return any(read_mline(section[0]).kind in _MEDIA for section in sections)
+    except ValueError:  # BadSdp included
+        return True  # refused further on; nothing to wait for
 
 
 def accepted_transport_cc(answer: str, ext_id: int) -> bool:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 
-from sfu.delaybwe import OVERUSE, DelayBasedEstimate
+import pytest
+
+from sfu.delaybwe import OVERUSE, DelayBasedEstimate, Trendline
 from sfu.twcc import PacketResult
 
 SIZE = 1200  # bytes
@@ -140,3 +142,66 @@ def test_a_link_that_suddenly_narrows_is_measured_at_its_new_rate() -> None:
     # would make it ~950 kbit/s), the next ones from the narrowed link alone.
     assert after[first] is not None and after[first] <= 2 * 300_000
     assert max(e for e in after[first + 4 :] if e is not None) <= 300_000
+
+
+def test_the_queuing_delay_is_what_every_packet_of_a_feedback_waited_beyond_the_least() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=2_000_000, jitter=0.01)
+    link.run(estimate, 500_000, 3.0)
+    assert estimate.queue_delay < 0.01  # jitter: some packets late, never all of them
+    link.capacity = 400_000  # sent faster than it leaves: the queue grows 250 ms a second
+    link.run(estimate, 500_000, 0.5)
+    assert 0.05 < estimate.queue_delay < 0.16
+    link.capacity = 2_000_000
+    link.run(estimate, 500_000, 1.0)  # drained
+    assert estimate.queue_delay < 0.01
+
+
+def test_the_link_rate_is_what_arrived_after_the_first_packet_over_the_time_since() -> None:
+    estimate = DelayBasedEstimate()
+    link = Link(capacity=300_000)
+    link.run(estimate, 300_000, 2.0)
+    rate = estimate.link_rate()
+    assert rate is not None and 290_000 <= rate <= 306_000  # was a packet more: ~360k
+
+
+def standing(estimate: DelayBasedEstimate, start: float, seconds: float, queue: float) -> None:
+    """300 kbit/s through a link that carries it, every packet `queue` s late: no trend."""
+    for n in range(int(seconds * 10)):
+        t = start + n / 10
+        results = [
+            PacketResult(
+                int(t * 1000) + k, t + k / 32, SIZE, int((t + k / 32 + 0.02 + queue) * 1e6)
+            )
+            for k in range(3)
+        ]
+        estimate.on_feedback(results, t + 0.1)
+
+
+def test_a_queue_kept_full_at_the_link_rate_is_drained() -> None:
+    """A trend sees a queue growing, not one standing: after a cap fell, a sender at the link's
+    own rate kept ~450 ms queued for 5 s (bench-simulcast), the audio dropped whenever the
+    rate limiter's queue overflowed. Once an estimate exists, a standing queue is cut like an
+    overuse, and the estimate does not grow into it."""
+    estimate = DelayBasedEstimate()
+    standing(estimate, 0.0, 3.0, 0.0)
+    estimate.estimate = 400_000  # after a first overuse
+    standing(estimate, 3.0, 1.0, 0.0)
+    assert estimate.estimate >= 400_000  # no queue: it grows
+    standing(estimate, 4.0, 2.0, 0.2)
+    assert estimate.queue_delay == pytest.approx(0.2)
+    assert estimate.estimate is not None and estimate.estimate <= 0.86 * 300_000
+
+
+def test_a_stall_of_a_feedback_or_two_is_no_standing_queue_and_a_cut_never_raises() -> None:
+    estimate = DelayBasedEstimate()
+    standing(estimate, 0.0, 3.0, 0.0)
+    estimate.estimate = 400_000
+    estimate.trendline = Trendline()  # a fresh trend (too few groups to say): the rule alone
+    standing(estimate, 3.0, 0.3, 0.2)  # every packet 200 ms late for 300 ms: a stall
+    standing(estimate, 3.3, 1.0, 0.0)
+    assert estimate.estimate >= 400_000
+    estimate.estimate = 100_000
+    estimate.trendline.state = OVERUSE  # an overuse while 300 kbit/s arrive: no rise to 255k
+    estimate.on_feedback([], 10.0)
+    assert estimate.estimate == 100_000

@@ -6,13 +6,16 @@ from __future__ import annotations
 import struct
 
 import pytest
+from aiortc import RTCPeerConnection
 
 from sfu.feedback import Feedback
 from sfu.forwarder import SDES_MID, DownTrack
+from sfu.internals import offered_extension_ids
 from sfu.rtcp import TransportFeedback, build_remb, parse_rtcp
 from sfu.rtp import MalformedPacket, parse_rtp
 from sfu.rtprewrite import RtpRewriter
 from sfu.rtx import RtxStream
+from sfu.sdpinfo import extmap_id
 from sfu.stats import DropReason, Stats
 from sfu.twcc import (
     HISTORY,
@@ -21,7 +24,7 @@ from sfu.twcc import (
     TransportSequence,
     parse_feedback,
 )
-from sfu.twccsdp import accepted_transport_cc, offer_transport_cc
+from sfu.twccsdp import accepted_transport_cc, has_media, offer_transport_cc
 from tests.sink_helpers import ListSink
 from tests.test_forwarder import ABS_SEND_TIME, VP8_KEY, forward, publisher_packet, video_track
 
@@ -236,12 +239,54 @@ def test_the_offer_gets_one_free_id_in_every_media_section() -> None:
     assert not accepted_transport_cc("m=video x", 4)  # garbage is not an acceptance
 
 
+def test_only_an_answer_with_media_settles_transport_cc() -> None:
+    """A first joiner's first answer (an empty room: a data channel alone) leaves it open."""
+    data_only = OFFER[: OFFER.index("m=audio")] + OFFER[OFFER.index("m=application") :]
+    assert not has_media(data_only)
+    assert has_media(OFFER)
+
+
 def test_no_free_id_means_no_transport_cc() -> None:
     full = OFFER.replace(
         "a=mid:1\r\n",
         "a=mid:1\r\n" + "".join(f"a=extmap:{n} urn:x:{n}\r\n" for n in range(4, 15)),
     )
     assert offer_transport_cc(full) == (full, None)
+
+
+async def test_an_audio_only_first_offer_leaves_the_id_a_later_video_section_uses() -> None:
+    """The flake behind `transport_cc` off by default: a subscriber's first offer held its
+    publisher's audio alone (the video came a moment later, on a loaded machine); the lowest id
+    free there was 3, which aiortc gives abs-send-time in every video section, so the rewriter
+    refused the video down-track and the subscriber never decoded it."""
+    reserved = offered_extension_ids()
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio", direction="sendonly")
+        first, ext_id = offer_transport_cc((await pc.createOffer()).sdp, reserved)
+        assert ext_id is not None and ext_id not in reserved
+        pc.addTransceiver("video", direction="sendonly")
+        later, again = offer_transport_cc((await pc.createOffer()).sdp, reserved, ext_id)
+    finally:
+        await pc.close()
+    assert again == ext_id  # the id the first answer settled, in every later offer
+    video = later[later.index("m=video") :]
+    ids = [line.split(" ")[0] for line in video.split("\r\n") if line.startswith("a=extmap:")]
+    assert len(ids) == len(set(ids)) == 3
+    extensions = {SDES_MID: 1, ABS_SEND_TIME: 3, URI: ext_id}
+    assert extmap_id(video.split("\r\n"), ABS_SEND_TIME) == 3  # aiortc's, as assumed here
+    down = DownTrack(video_track(), "PA_s")
+    down.configure(sink=ListSink(), out_ssrc=9, mid="1", payload_types={96: 97},
+                   extensions=extensions)  # fmt: skip
+    assert down.rewriter is not None
+
+
+def test_a_settled_id_is_kept_or_transport_cc_left_out() -> None:
+    sdp, ext_id = offer_transport_cc(OFFER, ext_id=6)
+    assert ext_id == 6 and sdp.count(f"a=extmap:6 {URI}") == 2
+    # Taken by another extension (never by keyroom's offers): not offered at all.
+    assert offer_transport_cc(OFFER, ext_id=3) == (OFFER, None)
+    assert offer_transport_cc(OFFER, reserved={4, 5})[1] == 6
 
 
 # -- a down-track end to end ----------------------------------------------------------------------

@@ -151,9 +151,7 @@ class LimitsConfig(_Section):
     # Publishers may send video in up to three simulcast layers (a=simulcast, RIDs).
     simulcast: bool = option(True, checks.boolean)
     # Subscribers are offered transport-wide congestion control (sfu/twcc.py); off: REMB only.
-    # Off by default until a subscriber that never starts decoding in a single-layer room is
-    # explained (seen twice in one fresh-clone suite run, never alone): docs/configuration.md.
-    transport_cc: bool = option(False, checks.boolean)
+    transport_cc: bool = option(True, checks.boolean)
     single_use_tokens: bool = option(False, checks.boolean)
     # Only tokens bound to a client key (`cnf.jkt`), with a proof of possession (issue 15).
     require_bound_tokens: bool = option(False, checks.boolean)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiortc
+import aiortc.codecs
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
@@ -47,6 +48,12 @@ def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParamet
 def restrict_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]) -> None:
     """Answer with exactly these codecs, so the publisher's codec is known before it sends."""
     transceiver._codecs = codecs
+
+
+def offered_extension_ids() -> frozenset[int]:
+    """Every header extension id aiortc's offers give an audio or a video section: a section
+    added later carries them even where the offers so far had no such section."""
+    return frozenset(e.id for kind in aiortc.codecs.HEADER_EXTENSIONS.values() for e in kind)
 
 
 def negotiated_extensions(

@@ -14,6 +14,7 @@ import aioice.ice
 import aioice.stun
 import aioice.turn
 import aiortc
+import aiortc.codecs
 import aiortc.codecs.vpx
 import aiortc.rtcicetransport
 import aiortc.rtcrtpreceiver
@@ -51,6 +52,8 @@ ATTRIBUTES: list[tuple[object, str]] = [
     (aiortc.codecs.vpx, "vp8_depayload"),
     (RTCRtpTransceiver, "_codecs"),
     (RTCRtpTransceiver, "_headerExtensions"),
+    # The ids of aiortc's offers, kept clear of the transport-cc id (sfu/twccsdp.py).
+    (aiortc.codecs, "HEADER_EXTENSIONS"),
     # guard_remote_candidates, guard_media_sources (sfu/iceguard.py) and FastPath.
     (RTCPeerConnection, "_RTCPeerConnection__createDtlsTransport"),
     (aioice.ice.Connection, "add_remote_candidate"),
