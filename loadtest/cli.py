@@ -44,6 +44,13 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", choices=("vp8", "h264"))
     p.add_argument("--video-bitrate", type=int, metavar="BPS")
     p.add_argument("--loss", type=float, help="simulated loss: share of packets publishers drop")
+    p.add_argument(
+        "--pace-ms",
+        type=float,
+        metavar="MS",
+        help="publishers pace each frame over MS ms (1 ms steps) on random frame phases, as "
+        "browsers do (default 0: a frame is one burst, all publishers in phase)",
+    )
     p.add_argument("--churn-interval", type=float, metavar="S")
     p.add_argument("--bad-token-share", type=float)
     p.add_argument(
@@ -129,6 +136,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         codec=args.codec,
         video_bitrate=args.video_bitrate,
         loss=args.loss,
+        pace_ms=args.pace_ms,
         churn_interval=args.churn_interval,
         bad_token_share=args.bad_token_share,
         bound_share=args.bound_share,

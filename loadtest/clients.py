@@ -16,6 +16,7 @@ subscriber in the same process measures loss and one-way latency through the SFU
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import struct
 import time
@@ -221,8 +222,10 @@ class Publisher:
                 self.keyframe_requests += 1
                 self._keyframe_wanted = True
 
-    async def run(self, until: float, loss: float) -> None:
-        """Send the clip in a loop until loop time `until`; restart at its keyframe on PLI."""
+    async def run(self, until: float, loss: float, pace_ms: float = 0.0) -> None:
+        """Send the clip in a loop until loop time `until`; restart at its keyframe on PLI.
+        `pace_ms` > 0: start on a random phase of the frame interval and spread each frame's
+        packets over that many ms, in steps of the loop's 1 ms timer resolution."""
         sink = self._sink
         assert sink is not None
         clip = self.clip
@@ -232,6 +235,9 @@ class Publisher:
         ts = random.randrange(1 << 32)
         position = 0
         due = loop.time()
+        if pace_ms > 0:
+            due += random.uniform(0, clip.frame_interval)
+            await asyncio.sleep(due - loop.time())
         pack_header = _RTP_HEADER.pack
         pack_trailer = TRAILER.pack
         trailer = self.trailer
@@ -241,7 +247,10 @@ class Publisher:
                 position = 0
             frame = frames[position]
             last = len(frame.payloads) - 1
+            per_step = math.ceil(len(frame.payloads) / pace_ms) if pace_ms > 0 else 0
             for n, payload in enumerate(frame.payloads):
+                if per_step and n and n % per_step == 0:
+                    await asyncio.sleep(0.001)
                 flags = FLAG_KEYFRAME if frame.keyframe and n == 0 else 0
                 index = self.packets_sent + self.packets_dropped
                 if loss and random.random() < loss:

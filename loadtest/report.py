@@ -99,6 +99,7 @@ def build_report(
             "churn_interval_s": scenario.churn_interval,
             "bad_token_share": scenario.bad_token_share,
             "rooms": len(run.rooms),
+            "pace_ms": scenario.pace_ms,
         },
         "room": run.room,
         "measured_s": round(measured, 3),

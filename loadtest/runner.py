@@ -85,7 +85,8 @@ async def run_scenario(
         # Publishers send from now on, through the subscribers' joins and the measurement.
         send_until = loop.time() + 3600
         send_tasks = [
-            asyncio.ensure_future(p.run(send_until, scenario.loss)) for p in run.publishers
+            asyncio.ensure_future(p.run(send_until, scenario.loss, scenario.pace_ms))
+            for p in run.publishers
         ]
         await _each_room(
             run,

@@ -25,6 +25,9 @@ class Scenario:
     rooms: int = 1  # each room gets the publishers and subscribers above
     record: bool = False  # record every track of each room (admin API) while measuring
     e2ee: bool = False  # publishers declare "e2ee" and send end-to-end encrypted frames
+    # 0: each frame leaves as one burst, every publisher on the same frame phase. > 0: as a
+    # browser's pacer does, each frame spread over this many ms, each publisher on a random phase.
+    pace_ms: float = 0.0
 
 
 SCENARIOS = {

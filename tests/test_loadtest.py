@@ -61,7 +61,8 @@ def test_5x5_video_ci_sized_has_no_missing_track_and_under_1_percent_loss() -> N
 def test_two_rooms_ci_sized_every_track_in_each_room_under_1_percent_loss() -> None:
     # `--rooms 2`: each room gets the scenario's 2 publishers and 2 subscribers, tokens per
     # room; the report adds both up and breaks them down per room, and no subscriber gets a
-    # track of the other room (that would be counted as an error).
+    # track of the other room (that would be counted as an error). Publishers pace their frames
+    # (`--pace-ms`) as browsers do.
     result = subprocess.run(
         [
             sys.executable,
@@ -78,6 +79,8 @@ def test_two_rooms_ci_sized_every_track_in_each_room_under_1_percent_loss() -> N
             "2",
             "--duration",
             "4",
+            "--pace-ms",
+            "5",
             "--json",
         ],  # fmt: skip
         capture_output=True,
@@ -86,7 +89,7 @@ def test_two_rooms_ci_sized_every_track_in_each_room_under_1_percent_loss() -> N
     )
     assert result.stdout, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert report["scenario"]["rooms"] == 2
+    assert report["scenario"]["rooms"] == 2 and report["scenario"]["pace_ms"] == 5
     assert report["tracks"] == {"published": 4, "expected": 8, "received": 8, "missing": 0}
     assert report["packets"]["loss"] < 0.01, report["packets"]
     assert report["errors"] == {}
