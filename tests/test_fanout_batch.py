@@ -10,6 +10,7 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pylibsrtp
 import pytest
@@ -139,17 +140,19 @@ def test_the_loader_builds_into_the_cache_once(
     assert loader.build() == path and path.stat().st_mtime_ns == modified
 
 
-def test_keyroom_build_ext_compiles_into_the_cache(tmp_path: Path) -> None:
-    environment = {**os.environ, "KEYROOM_CACHE_DIR": str(tmp_path)}
+def python(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    """This interpreter run with `args` (a compile: up to 120 s); it must succeed."""
     result = subprocess.run(
-        [sys.executable, "-m", "sfu", "build-ext"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, check=False, **options
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_keyroom_build_ext_compiles_into_the_cache(tmp_path: Path) -> None:
+    result = python(
+        "-m", "sfu", "build-ext", env={**os.environ, "KEYROOM_CACHE_DIR": str(tmp_path)}
+    )
     path = Path(result.stdout.strip())
     assert path.is_relative_to(tmp_path) and path.exists()
 
@@ -164,15 +167,7 @@ def test_setup_py_builds_the_extension_the_loader_accepts(
     (tmp_path / "setup.py").write_text((root / "setup.py").read_text())
     build_script = root / "sfu" / "fastpath" / "_build.py"
     (tmp_path / "sfu" / "fastpath" / "_build.py").write_text(build_script.read_text())
-    result = subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    python("setup.py", "-q", "build_ext", "--inplace", cwd=tmp_path)
     [built] = (tmp_path / "sfu" / "fastpath").glob("_fanout*.so")
     module = loader._import_built(built)
     assert loader.is_current(module)
