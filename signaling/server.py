@@ -26,7 +26,7 @@ from auth.auditchain import AuditChainBroken
 from auth.brake import FailureBrake
 from auth.store import AuthStore
 from auth.tokens import TokenVerifier
-from sfu import iceguard, internals
+from sfu import gcpolicy, iceguard, internals
 from sfu.config import Config, ConfigError
 from sfu.fanout.pool import FanoutPool
 from sfu.fastpath import loader as fastpath_loader
@@ -430,6 +430,7 @@ def run_server(config: Config, source: ConfigSource | None = None) -> int:
     if rtc.port_min:
         internals.bind_media_ports(rtc.port_min, rtc.port_max)
     iceguard.configure(candidate_policy(config))
+    gcpolicy.apply()
     try:
         return uvloop.run(serve(config, source))
     except (AuditChainBroken, AuditKeyError, OSError) as exc:

@@ -26,6 +26,7 @@ from types import ModuleType
 
 import pylibsrtp
 
+from sfu import gcpolicy
 from sfu.fanout import wire
 from sfu.fastpath.batch import Destination, FanoutBatch
 from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
@@ -358,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         from sfu.fastpath import loader
 
         fanout = loader.load()
+    gcpolicy.apply()
     Worker(channel, sockets, fanout).run()
     return 0
 
