@@ -194,7 +194,11 @@ class Bench:
         config = self.workdir / "keyroom.toml"
         # The clients' veth addresses are private (RFC 1918): refused by default outside --dev.
         # transport_cc on as the operator's ceiling, so each mode's room may choose it.
+        # Kept samples come with the server's DEBUG trace (allocations, keyframe requests,
+        # layer switches) to line them up with.
+        level = "debug" if os.environ.get("KEYROOM_BENCH_SAMPLES") else "info"
         config.write_text(
+            f'[server]\nlog_level = "{level}"\n'
             "[rtc]\nallow_private_candidates = true\n[limits]\ntransport_cc = true\n"
             '[metrics]\nbearer_token = "simulcast-bench-metrics-token"\n'
         )
@@ -313,6 +317,7 @@ async def run_room(bench: Bench, room: str, mode: Mode, durations: Durations) ->
     widths = sorted(w for w, sent in encodings.values() if w and sent)
     result.top_width, result.low_width = (widths[-1], widths[0]) if widths else (0, 0)
     bench.links.impair("capped", down=Impairment(rate_kbit=CAP_KBIT))
+    cap_wall = time.time()
     cap_at = {"capped": await page_time(capped), "free": await page_time(free)}
     await asyncio.sleep(durations.capped)
     bench.links.impair("capped", down=Impairment())
@@ -324,7 +329,13 @@ async def run_room(bench: Bench, room: str, mode: Mode, durations: Durations) ->
     if dump:  # for a closer look: every sample, and the cap's start and end in page time
         Path(dump, f"{room}.json").write_text(
             json.dumps(
-                {"cap": cap_at, "lift": lift_at, "capped": capped_samples, "free": free_samples},
+                {
+                    "cap": cap_at,
+                    "cap_wall": cap_wall,
+                    "lift": lift_at,
+                    "capped": capped_samples,
+                    "free": free_samples,
+                },
                 default=asdict,
             )
         )

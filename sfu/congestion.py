@@ -21,6 +21,7 @@ queue building (PROBE_QUEUE), before a rate limiter's queue overflows.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 
@@ -63,6 +64,9 @@ MAX_BUDGET_LOSS = 0.9
 # A probe succeeds only on evidence: a loss report this long after its start, with little loss.
 PROBE_SETTLE = 0.5
 
+# Each allocation at DEBUG: the benchmark's timeline (loadtest/simulcastbench.py).
+log = logging.getLogger(__name__)
+
 
 def demand(down: DownTrack) -> VideoDemand:
     """What a video down-track could get: its layers up to the highest available one."""
@@ -81,6 +85,8 @@ class Congestion:
     def __init__(self, subscriptions: Mapping[str, DownTrack]) -> None:
         # The participant's own dict, read live.
         self._subscriptions = subscriptions
+        # Names this subscriber in the DEBUG trace.
+        self.label = ""
         self.estimator = Estimator()
         # Loss from the subscriber's report blocks, over enough packets (sfu/reportloss.py).
         self.report_loss = ReportLoss()
@@ -122,6 +128,13 @@ class Congestion:
         """Transport-wide feedback: keyroom's delay-based estimate joins the browser's REMB."""
         delay_based = self.delay_based
         estimate = delay_based.on_feedback(results, now)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "twcc %s t=%.3f n=%d lost=%d queue=%.3f state=%s est=%s link=%s acked=%s",
+                self.label, now, len(results), sum(r.arrival_us is None for r in results),
+                delay_based.queue_delay, delay_based.trendline.state, estimate,
+                delay_based.link_rate(), delay_based.acked_rate(),
+            )  # fmt: skip
         if estimate is not None:
             self.estimator.on_delay_based(estimate, now)
         loss, acked = delay_based.loss_report(), delay_based.acked_rate()
@@ -217,7 +230,26 @@ class Congestion:
         self._level = None
         self.choice = choice = self._allocate(now, audio, videos)
         self._pace(now, audio, videos)
+        if log.isEnabledFor(logging.DEBUG):
+            self._trace(now, choice, downs, videos)
         return [downs[key] for key, layer in choice.items() if self._switch(downs[key], layer)]
+
+    def _trace(
+        self,
+        now: float,
+        choice: dict[str, int],
+        downs: dict[str, DownTrack],
+        videos: list[VideoDemand],
+    ) -> None:
+        e = self.estimator
+        layers = {k: (d.layers.current, d.layers.target) for k, d in downs.items() if d.layers}
+        log.debug(
+            "alloc %s t=%.3f remb=%s delay=%s loss=%s lossy=%d queue=%.3f budget=%s probe=%s "
+            "choice=%s layers=%s bitrates=%s",
+            self.label, now, e.remb, e.delay_based, e.loss_based, e.lossy_reports,
+            self.delay_based.queue_delay, self.budget.rate and int(self.budget.rate * 8),
+            self._probe, choice, layers, {v.key: v.bitrates for v in videos},
+        )  # fmt: skip
 
     def _switch(self, down: DownTrack, layer: int) -> bool:
         """set_layer; paced, a switch down also stops the current layer at once rather than at

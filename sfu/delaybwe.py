@@ -20,6 +20,8 @@ The queue itself: each feedback's least one-way delay over the least of the last
 (`queue_delay`). Once an estimate exists, a queue standing over DRAIN_QUEUE for STANDING is
 backed off from like an overuse (a trend sees a queue grow, not one kept full at the link's
 rate), and the estimate does not grow over HOLD_QUEUE; probes stop on it (sfu/congestion.py).
+An overuse while a packet of the feedback crossed an almost empty queue (OVERUSE_QUEUE) is no
+congestion: the trend of a stalled receiver's bunched arrivals.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ DRAIN_QUEUE = 0.1
 HOLD_QUEUE = 0.05
 # ... a queue that stood this long (s): a stall of a loaded machine delays a feedback or two.
 STANDING = 0.5
+# An overuse is acted on only while the feedback shows a queue of at least this much (s): a
+# trend with a packet that crossed an empty queue is a loaded machine's stall (arrivals bunched
+# after it), not a link filling up; cut on it, an unconstrained subscriber left its top layer.
+OVERUSE_QUEUE = 0.02
 
 NORMAL, OVERUSE, UNDERUSE = "normal", "overuse", "underuse"
 
@@ -274,6 +280,8 @@ class DelayBasedEstimate:
             self._queued_since = now
         since = self._queued_since
         standing = self.estimate is not None and since is not None and now - since >= STANDING
+        if state == OVERUSE and self.queue_delay < OVERUSE_QUEUE and not standing:
+            return  # no cut, no growth either (see OVERUSE_QUEUE)
         if state == OVERUSE or standing:
             if now - self._last_decrease >= DECREASE_INTERVAL:
                 base = self.link_rate() or self.estimate

@@ -21,8 +21,10 @@ Congestion control would live here, fed the same inputs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
+from sfu import clock
 from sfu import quality as quality_levels
 from sfu.bitratecap import BitrateCap
 from sfu.clock import Deadlines, on_tick
@@ -68,6 +70,8 @@ _SENDER_REPORTS = ("sender_reports", "")
 _KEYFRAME = "keyframe"
 _UPLINK_NACKS = ("uplink_nacks", "")
 _QUALITY = ("quality", "")
+# Keyframe requests at DEBUG: the benchmark's timeline (loadtest/simulcastbench.py).
+log = logging.getLogger(__name__)
 
 
 class Feedback:
@@ -107,6 +111,7 @@ class Feedback:
         # Congestion control towards this subscriber, dynacast for this publisher's tracks;
         # `events` are signaling messages to this participant, sent by the owner.
         self.congestion = Congestion(subscriptions)
+        self.congestion.label = f"{rtcp_ssrc:08x}"
         self.dynacast = Dynacast()
         self.events: list[dict[str, object]] = []
         # The subscriber transport's transport-cc sequence numbers, once negotiated.
@@ -218,6 +223,8 @@ class Feedback:
                     on_layer_sender_report(self._tracks.values(), message, now)
 
     def _send_pli(self, track: PublishedTrack) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("pli %s t=%.3f ssrcs=%s", track.sid, clock.now(), track.keyframe_ssrcs())
         for ssrc in track.keyframe_ssrcs():
             self.to_publisher.append((build_pli(self.rtcp_ssrc, ssrc), True))
 

@@ -13,6 +13,7 @@ must be requested from the publisher.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from sfu.keyframe import is_keyframe
@@ -30,6 +31,8 @@ PAUSED = -1
 # hot path: the caller checks that inline).
 _FLOOR_LAG = 0x2000
 FLOOR_MOVE = 0x4000
+# Each switch at DEBUG: the benchmark's timeline (loadtest/simulcastbench.py).
+log = logging.getLogger(__name__)
 
 
 class LayerSwitch:
@@ -88,6 +91,9 @@ class LayerSwitch:
                 self._mime, data[info.payload_start : info.payload_end]
             ):
                 return False
+            log.debug(
+                "switch %d->%d ssrc=%08x seq=%d", self.current, layer, info.ssrc, info.sequence
+            )
             self.current = layer
             self.floor = info.sequence
             self.switches += 1

@@ -31,6 +31,11 @@ from sfu.tap import Tap
 # What a layer is expected to carry before it is measured, or while dynacast pauses it (bit/s):
 # Chromium's defaults for 1/4, 1/2 and full 720p.
 NOMINAL_BITRATES = (150_000, 500_000, 1_700_000)
+# Measurements (one a second) after a layer starts or is switched back on before its bitrate is
+# what it is expected to carry: the first covers the encoder's ramp-up, and one taken after
+# dynacast switched it off only its last moments (a middle layer "expected" at 30 kbit/s was
+# given to a 300 kbit/s link, and carried 500 when switched on: seconds more to the low layer).
+SETTLING = 2
 
 
 class _Counters(Protocol):
@@ -82,6 +87,7 @@ class Layer:
         "route",
         "route_version",
         "_measured",
+        "_measurements",
     )
 
     def __init__(self, track: _LayeredTrack, index: int, rid: str, counters: _Counters) -> None:
@@ -95,8 +101,9 @@ class Layer:
         self.receive = ReceiveStats()
         self.bytes_in = 0
         # Measured once a second by the publisher's feedback; `expected` keeps the last
-        # non-zero measurement for when the layer is paused.
+        # steady measurement for when the layer is paused (SETTLING).
         self.bitrate = 0
+        self._measurements = 0  # since the layer was (re)activated
         self.expected = NOMINAL_BITRATES[min(index, len(NOMINAL_BITRATES) - 1)]
         self.last_sender_report: tuple[int, int] | None = None
         # Whether the publisher was last asked to send it (dynacast).
@@ -151,6 +158,7 @@ class Layer:
         until it is measured again."""
         if active and not self.active:
             self._measured = None
+            self._measurements = 0
             self.bitrate = self.expected
         self.active = active
 
@@ -159,8 +167,9 @@ class Layer:
         then, octets = self._measured or (now, self.bytes_in)
         if now > then:
             self.bitrate = int((self.bytes_in - octets) * 8 / (now - then))
-            if self.bitrate:
+            if self.bitrate and self.active and self._measurements >= SETTLING:
                 self.expected = self.bitrate
+        self._measurements += 1
         self._measured = (now, self.bytes_in)
         return self.bitrate
 

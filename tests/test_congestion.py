@@ -298,3 +298,33 @@ def test_a_probe_that_does_not_reach_its_level_adds_padding_and_proves_nothing()
         paddings.append(down.padding)
     assert max(paddings) > first and congestion.failed_probes == 1
     assert down.layers.target == 0 and down.padding == 0
+
+
+def test_a_layers_expected_bitrate_ignores_its_ramp_up_and_its_switch_off() -> None:
+    """bench-simulcast: dynacast switched the unwatched middle layer off, its last second
+    measured the tail of its stream (tens of kbit/s), and a capped subscriber's first cut gave
+    it that layer (500 kbit/s once on again) instead of the low one: seconds more to the low
+    layer, and the link's queue kept full. Only a steady second counts."""
+    track, down = simulcast_subscription()
+    middle = track.layers[1]
+    for t in range(4):  # starts: the first second is the encoder's ramp-up
+        middle.bytes_in += (100_000 if t < 2 else 500_000) // 8
+        middle.measure(float(t))
+    assert middle.expected == 500_000
+    middle.activate(False)  # dynacast: nobody needs it; its tail arrives meanwhile
+    middle.bytes_in += 30_000 // 8
+    middle.measure(4.0)
+    middle.measure(5.0)
+    assert middle.expected == 500_000
+    congestion = Congestion({track.sid: down})
+    congestion.on_remb(300_000, 6.0)
+    congestion.reallocate(6.0)
+    assert down.layers is not None and down.layers.target == 0
+    middle.activate(True)  # on again: its ramp-up is not what it carries
+    for t in (7.0, 8.0):
+        middle.bytes_in += 60_000 // 8
+        middle.measure(t)
+    assert middle.expected == 500_000
+    middle.bytes_in += 450_000 // 8
+    middle.measure(9.0)
+    assert middle.expected == 450_000

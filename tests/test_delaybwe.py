@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sfu.delaybwe import OVERUSE, DelayBasedEstimate, Trendline
+from sfu.delaybwe import OVERUSE, OVERUSE_QUEUE, DelayBasedEstimate, Trendline
 from sfu.twcc import PacketResult
 
 SIZE = 1200  # bytes
@@ -205,3 +205,20 @@ def test_a_stall_of_a_feedback_or_two_is_no_standing_queue_and_a_cut_never_raise
     estimate.trendline.state = OVERUSE  # an overuse while 300 kbit/s arrive: no rise to 255k
     estimate.on_feedback([], 10.0)
     assert estimate.estimate == 100_000
+
+
+def test_an_overuse_without_a_queue_is_a_stall_not_congestion() -> None:
+    """bench-simulcast on a loaded machine: the unconstrained subscriber's feedback after a
+    stall (arrivals bunched, one packet through an empty queue) read as an overuse; cut to 85 %
+    of what arrived, it left the top layer for seconds. With no queue nothing is cut (nor
+    grown); with every packet of the feedback queued, the same overuse is."""
+    estimate = DelayBasedEstimate()
+    standing(estimate, 0.0, 1.0, 0.0)
+    estimate.trendline.state = OVERUSE
+    estimate.on_feedback([], 1.1)
+    assert estimate.estimate is None and estimate.overuses == 0
+    standing(estimate, 1.2, 0.2, 2 * OVERUSE_QUEUE)
+    assert estimate.queue_delay >= OVERUSE_QUEUE
+    estimate.trendline.state = OVERUSE
+    estimate.on_feedback([], 1.5)
+    assert estimate.estimate is not None and estimate.overuses == 1
