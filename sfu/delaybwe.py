@@ -21,7 +21,8 @@ The queue itself: each feedback's least one-way delay over the least of the last
 backed off from like an overuse (a trend sees a queue grow, not one kept full at the link's
 rate), and the estimate does not grow over HOLD_QUEUE; probes stop on it (sfu/congestion.py).
 An overuse while a packet of the feedback crossed an almost empty queue (OVERUSE_QUEUE) is no
-congestion: the trend of a stalled receiver's bunched arrivals.
+congestion: the trend of a stalled receiver's bunched arrivals. Before the first estimate, a
+queue growing past EARLY_QUEUE is an overuse without waiting for the trend.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ STANDING = 0.5
 # trend with a packet that crossed an empty queue is a loaded machine's stall (arrivals bunched
 # after it), not a link filling up; cut on it, an unconstrained subscriber left its top layer.
 OVERUSE_QUEUE = 0.02
+# Before the first estimate, a queue of EARLY_QUEUE (s) that grew since the previous feedback
+# (itself over OVERUSE_QUEUE) is an overuse: a link capped under what flows fills its queue
+# at the excess, and the trend took 0.2-0.25 s more to say so (bench-simulcast: by then a
+# 300 kbit/s tbf's ~0.5 s queue overflowed and dropped audio; a stall's bunched arrivals show a
+# queue that shrinks, not one that grows).
+EARLY_QUEUE = 0.06
 
 NORMAL, OVERUSE, UNDERUSE = "normal", "overuse", "underuse"
 
@@ -178,6 +185,7 @@ class DelayBasedEstimate:
         # delay the last feedback showed (s).
         self._delays: deque[tuple[float, float]] = deque()
         self.queue_delay = 0.0
+        self._last_queue = 0.0  # the feedback's before
         self._queued_since: float | None = None  # since when over DRAIN_QUEUE
         # Since the last loss report: packets lost, packets, bytes, first and last send time.
         self._period: tuple[int, int, int, float, float] | None = None
@@ -208,6 +216,7 @@ class DelayBasedEstimate:
         delays.append((sent, least))
         while delays[0][0] < sent - BASE_WINDOW:
             delays.popleft()
+        self._last_queue = self.queue_delay
         self.queue_delay = least - delays[0][1]
 
     def _count(self, result: PacketResult) -> None:
@@ -282,7 +291,9 @@ class DelayBasedEstimate:
         standing = self.estimate is not None and since is not None and now - since >= STANDING
         if state == OVERUSE and self.queue_delay < OVERUSE_QUEUE and not standing:
             return  # no cut, no growth either (see OVERUSE_QUEUE)
-        if state == OVERUSE or standing:
+        queue, last = self.queue_delay, self._last_queue
+        growing = self.estimate is None and queue >= EARLY_QUEUE and OVERUSE_QUEUE <= last < queue
+        if state == OVERUSE or standing or growing:
             if now - self._last_decrease >= DECREASE_INTERVAL:
                 base = self.link_rate() or self.estimate
                 if base is not None:

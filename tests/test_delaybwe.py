@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sfu.delaybwe import OVERUSE, OVERUSE_QUEUE, DelayBasedEstimate, Trendline
+from sfu.delaybwe import EARLY_QUEUE, OVERUSE, OVERUSE_QUEUE, DelayBasedEstimate, Trendline
 from sfu.twcc import PacketResult
 
 SIZE = 1200  # bytes
@@ -222,3 +222,23 @@ def test_an_overuse_without_a_queue_is_a_stall_not_congestion() -> None:
     estimate.trendline.state = OVERUSE
     estimate.on_feedback([], 1.5)
     assert estimate.estimate is not None and estimate.overuses == 1
+
+
+def test_a_queue_growing_past_a_threshold_is_an_overuse_before_the_trend_says_so() -> None:
+    """bench-simulcast: under a new 300 kbit/s cap the feedback showed 12, 49, 100, 134 ms of
+    queue and the trend said overuse at 232 ms, 0.25 s later; the tbf's queue (~0.5 s)
+    overflowed meanwhile, audio included. A queue growing past EARLY_QUEUE cuts at once; one
+    that shrinks (a stall's bunched arrivals) or jumps from nothing (one late feedback) does
+    not, nor does a queue once an estimate exists (the trend and the standing rule go on)."""
+    jump = DelayBasedEstimate()
+    standing(jump, 0.0, 1.0, 0.0)
+    standing(jump, 1.0, 0.1, 2 * EARLY_QUEUE)
+    assert jump.estimate is None
+    standing(jump, 1.1, 0.1, 1.5 * EARLY_QUEUE)  # shrinking
+    assert jump.estimate is None
+    growing = DelayBasedEstimate()
+    standing(growing, 0.0, 1.0, 0.0)
+    standing(growing, 1.0, 0.1, OVERUSE_QUEUE + 0.01)
+    assert growing.estimate is None
+    standing(growing, 1.1, 0.1, EARLY_QUEUE + 0.01)
+    assert growing.estimate is not None and growing.overuses == 1
