@@ -21,8 +21,8 @@ The queue itself: each feedback's least one-way delay over the least of the last
 backed off from like an overuse (a trend sees a queue grow, not one kept full at the link's
 rate), and the estimate does not grow over HOLD_QUEUE; probes stop on it (sfu/congestion.py).
 An overuse while a packet of the feedback crossed an almost empty queue (OVERUSE_QUEUE) is no
-congestion: the trend of a stalled receiver's bunched arrivals. Before the first estimate, a
-queue growing past EARLY_QUEUE is an overuse without waiting for the trend.
+congestion: the trend of a stalled receiver's bunched arrivals. A queue growing past
+EARLY_QUEUE is an overuse without waiting for the trend.
 """
 
 from __future__ import annotations
@@ -72,11 +72,13 @@ STANDING = 0.5
 # trend with a packet that crossed an empty queue is a loaded machine's stall (arrivals bunched
 # after it), not a link filling up; cut on it, an unconstrained subscriber left its top layer.
 OVERUSE_QUEUE = 0.02
-# Before the first estimate, a queue of EARLY_QUEUE (s) that grew since the previous feedback
-# (itself over OVERUSE_QUEUE) is an overuse: a link capped under what flows fills its queue
-# at the excess, and the trend took 0.2-0.25 s more to say so (bench-simulcast: by then a
-# 300 kbit/s tbf's ~0.5 s queue overflowed and dropped audio; a stall's bunched arrivals show a
-# queue that shrinks, not one that grows).
+# A queue of EARLY_QUEUE (s) that grew since the previous feedback (itself over OVERUSE_QUEUE)
+# is an overuse: a link capped under what flows fills its queue at the excess, and the trend
+# took 0.2-0.25 s more to say so (bench-simulcast: by then a 300 kbit/s tbf's ~0.5 s queue
+# overflowed and dropped audio; a stall's bunched arrivals show a queue that shrinks, not one
+# that grows). Also once an estimate exists: the first cut may come while the tbf's token
+# burst still inflates what arrived (600 kbit/s through a 300 kbit/s cap), and the queue goes
+# on growing.
 EARLY_QUEUE = 0.06
 
 NORMAL, OVERUSE, UNDERUSE = "normal", "overuse", "underuse"
@@ -292,7 +294,7 @@ class DelayBasedEstimate:
         if state == OVERUSE and self.queue_delay < OVERUSE_QUEUE and not standing:
             return  # no cut, no growth either (see OVERUSE_QUEUE)
         queue, last = self.queue_delay, self._last_queue
-        growing = self.estimate is None and queue >= EARLY_QUEUE and OVERUSE_QUEUE <= last < queue
+        growing = queue >= EARLY_QUEUE and OVERUSE_QUEUE <= last < queue
         if state == OVERUSE or standing or growing:
             if now - self._last_decrease >= DECREASE_INTERVAL:
                 base = self.link_rate() or self.estimate

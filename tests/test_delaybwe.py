@@ -227,9 +227,10 @@ def test_an_overuse_without_a_queue_is_a_stall_not_congestion() -> None:
 def test_a_queue_growing_past_a_threshold_is_an_overuse_before_the_trend_says_so() -> None:
     """bench-simulcast: under a new 300 kbit/s cap the feedback showed 12, 49, 100, 134 ms of
     queue and the trend said overuse at 232 ms, 0.25 s later; the tbf's queue (~0.5 s)
-    overflowed meanwhile, audio included. A queue growing past EARLY_QUEUE cuts at once; one
-    that shrinks (a stall's bunched arrivals) or jumps from nothing (one late feedback) does
-    not, nor does a queue once an estimate exists (the trend and the standing rule go on)."""
+    overflowed meanwhile, audio included. A queue growing past EARLY_QUEUE cuts at once, and
+    again while it grows (the first cut may rest on a rate inflated by the tbf's token burst);
+    one that shrinks (a stall's bunched arrivals) or jumps from nothing (one late feedback)
+    does not."""
     jump = DelayBasedEstimate()
     standing(jump, 0.0, 1.0, 0.0)
     standing(jump, 1.0, 0.1, 2 * EARLY_QUEUE)
@@ -242,3 +243,7 @@ def test_a_queue_growing_past_a_threshold_is_an_overuse_before_the_trend_says_so
     assert growing.estimate is None
     standing(growing, 1.1, 0.1, EARLY_QUEUE + 0.01)
     assert growing.estimate is not None and growing.overuses == 1
+    standing(growing, 1.2, 0.3, EARLY_QUEUE + 0.01)  # stays: no second cut
+    assert growing.overuses == 1
+    standing(growing, 1.5, 0.1, EARLY_QUEUE + 0.05)  # grows again
+    assert growing.overuses == 2
