@@ -41,6 +41,9 @@ class DropReason(StrEnum):
     # A subscriber's transport-wide congestion control feedback that is malformed or absurd
     # (sfu/twcc.py): ignored, the RTCP beside it still read.
     BAD_FEEDBACK = "bad_feedback"
+    # A publisher's RED packet (RFC 2198) with truncated block headers, blocks longer than the
+    # packet, too many blocks, or a primary block that is not the track's codec (sfu/red.py).
+    MALFORMED_RED = "malformed_red"
 
 
 @dataclass
