@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
-from functools import partial
 
 from sfu import rtx
 from sfu.forwarder import AUDIO_LEVEL, CodecInfo, PublishedTrack
@@ -165,7 +164,7 @@ class Ingress:
         )
         if codec.red_payload_type is not None and track.red is None and not track.layers:
             # Kept once made: its RED subscribers stay attached across renegotiations.
-            track.red = RedFanout(track, partial(self.stats.drop, DropReason.MALFORMED_RED))
+            track.red = RedFanout(track, self.stats)
             if track.ssrc is not None:
                 self._tracks_by_ssrc[track.ssrc] = track.red
         if ssrc is not None and track.ssrc is None and not track.layers:

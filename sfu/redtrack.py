@@ -11,11 +11,11 @@ track (sfu/ingress.py); subscribers attach to it when their answer accepted RED
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from sfu.red import RedPayload, read_red, retarget, unwrap
 from sfu.rtp import RtpInfo, parse_rtp
+from sfu.stats import DropReason, Stats
 
 
 class _Track(Protocol):
@@ -32,9 +32,9 @@ class _Track(Protocol):
 class RedFanout:
     """The forwarding of a track negotiated with RED (`track.codec.red_payload_type`)."""
 
-    def __init__(self, track: _Track, malformed: Callable[[], None]) -> None:
+    def __init__(self, track: _Track, stats: Stats) -> None:
         self.track = track
-        self._malformed = malformed  # counts a RED packet dropped as malformed
+        self.stats = stats  # the publisher's: RED received, malformed RED dropped
         # RED subscribers' down-tracks (sfu/forwarder.DownTrack) and the subscriber's Opus
         # payload type, which their block headers name instead of the publisher's.
         self.downs: list[tuple[Any, int]] = []
@@ -57,8 +57,9 @@ class RedFanout:
             return track.forward(data, info) + self._send_red(data, info, None)
         red = read_red(data, info.payload_start, info.payload_end)
         if red is None or red.primary_pt != codec.payload_type:
-            self._malformed()
+            self.stats.drop(DropReason.MALFORMED_RED)
             return 0
+        self.stats.red_received += 1
         opus = unwrap(data, info, red)
         sent = track.forward(opus, parse_rtp(opus))
         if not self.downs or track.muted:

@@ -58,6 +58,8 @@ class Stats:
     # publisher RTX packets unwrapped and forwarded.
     uplink_nacks: int = 0
     rtx_received: int = 0
+    # Publishers' RED audio packets (RFC 2198), each unwrapped once for plain subscribers.
+    red_received: int = 0
     # Subscribers' transport-wide congestion control feedback messages used (sfu/twcc.py).
     transport_feedback: int = 0
     # Subscriber sections that carried a track before and were given to a new one.
