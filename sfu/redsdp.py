@@ -10,6 +10,9 @@ whose answer kept it receives RED as the publisher sent it, the others plain Opu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from sfu.sdpinfo import attribute, join_sdp, read_mline, split_sdp
 
 RED = "red/48000/2"
@@ -141,3 +144,26 @@ def accepted_red(answer: str, red_pt: int) -> dict[str, int]:
     except ValueError:  # BadSdp included: refused further on
         return {}
     return found
+
+
+@dataclass
+class SubscriberRed:
+    """One subscriber connection's RED: whether to offer it (the room's `audio_red`, read at the
+    first offer), the payload type every offer then lists, and the sections the last answer
+    kept it in (mid -> the subscriber's Opus payload type)."""
+
+    allowed: Callable[[], bool] = lambda: True
+    payload_type: int | None = None
+    decided: bool = False
+    accepted: dict[str, int] = field(default_factory=dict)
+
+    def offer(self, sdp: str) -> str:
+        """`sdp` (keyroom's offer) with RED where the connection offers it."""
+        if not self.decided:
+            self.decided = True
+            self.payload_type = free_payload_type(sdp) if self.allowed() else None
+        return sdp if self.payload_type is None else offer_red(sdp, self.payload_type)
+
+    def answered(self, answer: str) -> None:
+        if self.payload_type is not None:
+            self.accepted = accepted_red(answer, self.payload_type)

@@ -30,7 +30,7 @@ from sfu.fanout import pool as fanout_pool
 from sfu.feedback import Feedback
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
-from sfu.redsdp import accepted_red, free_payload_type, offer_red
+from sfu.redsdp import SubscriberRed
 from sfu.rtx import RtxStream
 from sfu.sdpinfo import MAX_SECTIONS
 from sfu.sendbudget import BudgetedSink
@@ -94,8 +94,7 @@ class Subscribing:
         self._negotiation: asyncio.Task[None] | None = None
         self.gathering: asyncio.Future[None] | None = None  # the offer's ICE gathering
         self._renegotiate = False
-        # The next offer carries new ICE credentials (restart_ice).
-        self._restart_ice = False
+        self._restart_ice = False  # the next offer carries new ICE credentials (restart_ice)
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
@@ -103,13 +102,7 @@ class Subscribing:
         # a=msid stream id: the publisher's sid, or `PA_..|TR_..` for LiveKit SDKs.
         self.stream_id: Callable[[PublishedTrack], str] = lambda track: track.publisher_sid
         self.transport_cc = TransportCcState()
-        # RED for audio (sfu/redsdp.py): the room's `audio_red` at the first offer; the payload
-        # type every offer then lists; the sections the last answer kept it in (mid -> the
-        # subscriber's Opus payload type).
-        self.red_allowed: Callable[[], bool] = lambda: True
-        self._red_pt: int | None = None
-        self._red_decided = False
-        self._red_mids: dict[str, int] = {}
+        self.red = SubscriberRed()  # RED for audio (sfu/redsdp.py)
 
     def subscribe(self, track: PublishedTrack) -> bool:
         if track.sid in self.subscriptions or self.closed:
@@ -186,8 +179,7 @@ class Subscribing:
             finally:
                 self._answer = None
             self._decide_transport_cc(answer_sdp)
-            if self._red_pt is not None:
-                self._red_mids = accepted_red(answer_sdp, self._red_pt)
+            self.red.answered(answer_sdp)
             internals.adopt_remote_credentials(pc, answer_sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
@@ -202,11 +194,7 @@ class Subscribing:
 
     def _offer_sdp(self) -> str:
         sdp = advertise(self.pc.localDescription.sdp, self._public_addresses)
-        if not self._red_decided:
-            self._red_decided = True
-            self._red_pt = free_payload_type(sdp) if self.red_allowed() else None
-        if self._red_pt is not None:
-            sdp = offer_red(sdp, self._red_pt)
+        sdp = self.red.offer(sdp)
         if self.transport_cc.decided and self.transport_cc.accepted is None:
             return sdp
         if not self.transport_cc.decided and not self.transport_cc.allowed():
@@ -304,7 +292,7 @@ class Subscribing:
             self._feedback.watch(down)
             if red is not None and track.red is not None:
                 # RED as it came (sfu/redtrack.py), sent by this process.
-                track.red.attach(down, self._red_mids[transceiver.mid])
+                track.red.attach(down, self.red.accepted[transceiver.mid])
             else:
                 track.down_tracks.append(down)
                 if (workers := fanout_pool.current()) is not None:
@@ -317,9 +305,9 @@ class Subscribing:
         codec = track.codec
         if track.red is None or codec is None or codec.red_payload_type is None:
             return None
-        if self._red_pt is None or mid not in self._red_mids:
+        if self.red.payload_type is None or mid not in self.red.accepted:
             return None
-        return codec.red_payload_type, self._red_pt
+        return codec.red_payload_type, self.red.payload_type
 
     def _extensions(self, transceiver: RTCRtpTransceiver) -> dict[str, int]:
         """The section's negotiated extensions by URI, transport-cc included when accepted."""

@@ -16,6 +16,7 @@ import pytest
 
 from loadtest import redbench
 from signaling.client import count_frames
+from tests.admin_helpers import call
 from tests.conftest import ServerProcess, eventually
 from tests.test_browser import (  # noqa: F401 (the module's fixtures)
     Conference,
@@ -83,3 +84,19 @@ async def test_red_saves_a_listener_most_of_a_lossy_uplink() -> None:
     assert red.lost > 0 and plain.lost > 0, summary  # the uplink lost packets for both
     assert red.samples > 0.8 * plain.samples, summary
     assert red.concealed_ratio < 0.5 * plain.concealed_ratio, summary
+
+
+async def test_a_room_with_audio_red_off_negotiates_no_red_either_way(
+    conference: Conference,  # noqa: F811 (the fixture imported above)
+) -> None:
+    process = conference.server
+    creator = process.token("ops", room=conference.room, grants={"roomCreate": True})
+    body = {"name": conference.room, "limits": {"audio_red": False}}
+    assert (await call(process, "POST", "/api/rooms", creator, body))[0] == 201
+    alice = await conference.page("alice", canPublishSources=["microphone"])
+    bob = await conference.page("bob", "&publish=0")
+    await eventually(receives(bob, "alice/microphone"), 15, "bob hears alice")
+    answer = await alice.evaluate("window.keyroom.publisher.remoteDescription.sdp")
+    offer = await bob.evaluate("window.keyroom.subscriber.remoteDescription.sdp")
+    assert "a=rtpmap:111 opus/48000/2" in answer and "red/48000" not in answer, answer
+    assert "opus/48000/2" in offer and "red/48000" not in offer, offer

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.red import MAX_BLOCKS, read_red, retarget, unwrap, wrap
+from sfu.redsdp import accepted_red, answer_red, free_payload_type, offer_red, offered_red
 from sfu.rtp import parse_rtp
 from sfu.stats import DropReason, Stats
 from tests.fuzzing import fuzz
@@ -189,3 +190,62 @@ def test_a_muted_red_track_forwards_nothing_and_a_detached_subscriber_gets_nothi
     track.red.detach(track.red.downs[0][0])
     ingress.on_rtp(rtp(wrap(OPUS, b"a", []), seq=8))
     assert len(plain_sink.sent) == 1 and red_sink.sent == []
+
+
+# SDP (sfu/redsdp.py).
+
+CHROMIUM_AUDIO = (
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0\r\na=mid:0\r\na=sendonly\r\n"
+    "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
+    "a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\na=rtpmap:9 G722/8000\r\n"
+    "a=rtpmap:0 PCMU/8000\r\n"
+)
+SESSION = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+
+
+def test_a_chromium_offer_is_read_and_answered_with_red_first() -> None:
+    assert offered_red(SESSION + CHROMIUM_AUDIO) == {"0": (63, 111)}
+    answer = (
+        SESSION + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=recvonly\r\n"
+        "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 usedtx=1\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\n"
+    )
+    out = answer_red(answer, {"0": (63, 111)})
+    assert "m=audio 9 UDP/TLS/RTP/SAVPF 63 111\r\n" in out
+    assert "a=fmtp:111 usedtx=1\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\n" in out
+    assert out.endswith("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\n")
+    # Nothing accepted, or another Opus answered: the answer is left as it was.
+    assert answer_red(answer, {}) == answer
+    assert answer_red(answer, {"0": (63, 109)}) == answer
+
+
+@pytest.mark.parametrize(
+    "fmtp",
+    ["111/0", "opus/opus", "", "/".join(["111"] * 9), "9/9"],
+)
+def test_red_over_anything_but_one_opus_is_not_taken(fmtp: str) -> None:
+    offer = SESSION + CHROMIUM_AUDIO.replace("a=fmtp:63 111/111", f"a=fmtp:63 {fmtp}")
+    assert offered_red(offer) == {}
+
+
+def test_subscriber_offers_list_red_after_opus_and_answers_are_read() -> None:
+    offer = (
+        SESSION + "m=audio 9 UDP/TLS/RTP/SAVPF 96 0 8\r\na=mid:0\r\na=sendonly\r\n"
+        "a=rtpmap:96 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 97 98\r\na=mid:1\r\na=rtpmap:97 VP8/90000\r\n"
+    )
+    red_pt = free_payload_type(offer)
+    assert red_pt == 63
+    out = offer_red(offer, red_pt)
+    assert "m=audio 9 UDP/TLS/RTP/SAVPF 96 0 8 63\r\n" in out
+    assert "a=rtpmap:96 opus/48000/2\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 96/96\r\n" in out
+    assert offer_red(out, red_pt) == out  # offered again: the same text
+    assert "m=video 9 UDP/TLS/RTP/SAVPF 97 98\r\n" in out
+    kept = out.replace("a=sendonly", "a=recvonly")
+    assert accepted_red(kept, 63) == {"0": 96}
+    dropped = offer.replace("a=sendonly", "a=recvonly")  # an answer without RED (aiortc)
+    assert accepted_red(dropped, 63) == {}
+    without_fmtp = kept.replace("a=fmtp:63 96/96\r\n", "")
+    assert accepted_red(without_fmtp, 63) == {"0": 96}  # the fmtp is optional
+    assert accepted_red("not sdp", 63) == {}
+    assert free_payload_type(out.replace(" 63\r\n", " 63 96\r\n")) == 97 + 2  # 63, 96-98 taken
