@@ -79,7 +79,7 @@ async def test_red_saves_a_listener_most_of_a_lossy_uplink() -> None:
     """15 % loss on the publisher's uplink: the RED subscriber conceals far fewer samples than
     the one that answered without RED (the same packets lost for both)."""
     result = await redbench.run(TREE, loss=0.15, seconds=8)
-    summary = redbench.table(result)
+    summary = redbench.table(result, 0.15)
     red, plain = result["red"], result["plain"]
     assert red.lost > 0 and plain.lost > 0, summary  # the uplink lost packets for both
     assert red.samples > 0.8 * plain.samples, summary
