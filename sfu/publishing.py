@@ -205,7 +205,8 @@ class Publishing:
         if section.simulcast is not None:
             track.set_simulcast(section.simulcast)
         red = self._red_offered.get(section.mid)
-        if red is not None and red[1] == codec.payloadType and not track.layers:
+        # Not with E2EE: the sender's transform encrypts the RED payload, headers included.
+        if red and red[1] == codec.payloadType and track.encryption == "none":
             self._red_accepted[section.mid] = red
         self.ingress.bind(
             track,

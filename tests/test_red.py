@@ -249,3 +249,22 @@ def test_subscriber_offers_list_red_after_opus_and_answers_are_read() -> None:
     assert accepted_red(without_fmtp, 63) == {"0": 96}  # the fmtp is optional
     assert accepted_red("not sdp", 63) == {}
     assert free_payload_type(out.replace(" 63\r\n", " 63 96\r\n")) == 97 + 2  # 63, 96-98 taken
+
+
+@given(st.lists(st.binary(max_size=48), min_size=1, max_size=8))
+@fuzz(300)
+def test_hostile_red_through_the_ingress_is_forwarded_or_counted_never_a_crash(
+    payloads: list[bytes],
+) -> None:
+    stats = Stats()
+    ingress, _, plain_sink, red_sink = red_room(stats)
+    for seq, payload in enumerate(payloads):
+        ingress.on_rtp(rtp(payload, seq=seq))
+    malformed = stats.dropped[DropReason.MALFORMED_RED]
+    assert malformed + stats.red_received == len(payloads)
+    assert len(plain_sink.sent) == len(red_sink.sent) == stats.red_received
+    for packet in red_sink.sent:  # as sent, but the block headers name the subscriber's Opus
+        info = parse_rtp(packet)
+        red = read_red(packet, info.payload_start, info.payload_end)
+        assert red is not None and red.primary_pt == 96
+        assert all(pt != OPUS for pt, _, _ in red.redundant)
