@@ -21,16 +21,14 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Page, async_playwright
 
 from auth.tokens import mint_token
 from loadtest import lossbench, spawn
-from loadtest.impair import SERVER_ADDRESS, Impairment, Topology, topology
+from loadtest.impair import Impairment, topology
 
 CLIENTS = ("pub", "red", "plain")
 SUBSCRIBERS = ("red", "plain")
@@ -113,29 +111,6 @@ def table(result: dict[str, Heard], loss: float = 0.0) -> str:
     return "\n".join(lines) + "\n"
 
 
-@contextlib.contextmanager
-def server(topo: Topology, tree: str, directory: str, port: int) -> Iterator[lossbench.Server]:
-    log = os.path.join(directory, f"server-{port}.log")
-    config = os.path.join(directory, "keyroom.toml")
-    Path(config).write_text(
-        "[rtc]\nallow_private_candidates = true\n[limits]\naudio_red = true\n"
-        '[metrics]\nbearer_token = "red-benchmark-metrics-token"\n'
-    )
-    command = topo.command("server", [
-        sys.executable, "-m", "sfu", "serve", "--insecure-plaintext", "--host", SERVER_ADDRESS,
-        "--port", str(port), "--rtc-ip", SERVER_ADDRESS, "--config", config,
-        "--key", f"{lossbench.KEY_ID}={lossbench.SECRET}",
-    ])  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": tree, "PYTHONUNBUFFERED": "1"}
-    process = spawn.start(command, log, cwd=directory, env=env)
-    try:
-        url = f"http://{SERVER_ADDRESS}:{port}/healthz"
-        topo.run_sync("server", spawn.wait_healthy, process, url, log, "server")
-        yield lossbench.Server(tree, port, process)
-    finally:
-        spawn.stop(process)
-
-
 def _token(identity: str, room: str, grants: dict[str, Any] | None = None) -> str:
     return mint_token(
         key_id=lossbench.KEY_ID, secret=lossbench.SECRET, identity=identity, room=room,
@@ -163,7 +138,7 @@ async def run(tree: str, loss: float, seconds: float) -> dict[str, Heard]:
             async_playwright() as playwright,
             lossbench.browsers(playwright, topo, directory, [port], CLIENTS) as launched,
         ):
-            with server(topo, tree, directory, port) as srv:
+            with lossbench.server(topo, tree, directory, port, "audio_red = true") as srv:
                 url = f"{srv.url}/?token="
                 mic = {"canPublishSources": ["microphone"]}
                 pages: dict[str, Page] = {}
@@ -215,14 +190,6 @@ async def _window(pages: dict[str, Page], seconds: float) -> dict[str, Heard]:
     return result
 
 
-def write_table(path: str, text: str) -> None:
-    start, end = "<!-- redbench:start -->", "<!-- redbench:end -->"
-    document = Path(path).read_text()
-    head, _, rest = document.partition(start)
-    _, _, tail = rest.partition(end)
-    Path(path).write_text(f"{head}{start}\n{text}{end}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30)
@@ -236,9 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         text += table(result, loss) if not text else table(result, loss).split("\n", 2)[2]
         print(table(result, loss), flush=True)
     if args.write:
-        write_table(
-            args.write, f"{args.seconds:.0f} s windows, {time.strftime('%Y-%m-%d')}:\n\n{text}"
-        )
+        when = f"{args.seconds:.0f} s windows, {time.strftime('%Y-%m-%d')}:\n\n"
+        lossbench.write_table(args.write, when + text, "redbench")
     return 0
 
 
