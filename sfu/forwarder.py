@@ -70,6 +70,7 @@ class PublishedTrack:
     copies: Copies | None = None  # steady down-tracks, forwarded by compiled code (sfu/fastpath)
     _tick = 0  # input packets until the next look for steady down-tracks
     red: RedFanout | None = None  # its RED subscribers, when the publisher sends RED
+    red_wanted = True  # False: the publisher asked for no RED (add_track `disable_red`)
 
     def __init__(
         self,
@@ -96,8 +97,7 @@ class PublishedTrack:
         self.mid: str | None = None
         self.ssrc: int | None = None
         self.rtx_ssrc: int | None = None
-        # Publisher-side header extension id -> URI, from the negotiated answer.
-        self.extensions: dict[int, str] = {}
+        self.extensions: dict[int, str] = {}  # publisher-side id -> URI, from the answer
         self.down_tracks: VersionedList[DownTrack] = VersionedList()
         self.last_sender_report: tuple[int, int] | None = None
         self.throttle = KeyframeThrottle(keyframe_interval)

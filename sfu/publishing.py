@@ -206,7 +206,7 @@ class Publishing:
             track.set_simulcast(section.simulcast)
         red = self._red_offered.get(section.mid)
         # Not with E2EE: the sender's transform encrypts the RED payload, headers included.
-        if red and red[1] == codec.payloadType and track.encryption == "none":
+        if red and red[1] == codec.payloadType and track.encryption == "none" and track.red_wanted:
             self._red_accepted[section.mid] = red
         self.ingress.bind(
             track,

@@ -19,7 +19,9 @@ from signaling.media import SyntheticAudioTrack
 from tests.test_section_reuse import new_subscribing
 
 
-async def publish(*, allowed: bool = True, encryption: str = "none") -> tuple[str, PublishedTrack]:
+async def publish(
+    *, allowed: bool = True, encryption: str = "none", wanted: bool = True
+) -> tuple[str, PublishedTrack]:
     """keyroom's answer to an audio offer with RED over Opus, and the track it bound."""
     pc, client = internals.new_peer_connection(), internals.new_peer_connection()
     stats = Stats()
@@ -29,6 +31,7 @@ async def publish(*, allowed: bool = True, encryption: str = "none") -> tuple[st
         sid="TR_a", cid=source.id, kind="audio", source="microphone", name="",
         publisher_sid="PA_p", encryption=encryption,
     )  # fmt: skip
+    track.red_wanted = wanted
     tracks[track.sid] = track
     publishing = Publishing(
         pc,
@@ -66,8 +69,14 @@ async def test_a_red_offer_is_answered_red_first_and_the_track_forwards_through_
     assert track.codec.mime_type.lower() == "audio/opus" and track.red is not None
 
 
-async def test_no_red_when_the_room_turns_it_off_or_the_track_is_end_to_end_encrypted() -> None:
-    for answer, track in (await publish(allowed=False), await publish(encryption="e2ee")):
+async def test_no_red_when_the_room_turns_it_off_the_track_is_encrypted_or_the_client_says() -> (
+    None
+):
+    for answer, track in (
+        await publish(allowed=False),
+        await publish(encryption="e2ee"),
+        await publish(wanted=False),  # add_track disable_red
+    ):
         assert "red/48000" not in answer
         assert track.codec is not None and track.codec.red_payload_type is None
         assert track.red is None
