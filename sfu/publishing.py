@@ -208,6 +208,8 @@ class Publishing:
         # Not with E2EE: the sender's transform encrypts the RED payload, headers included.
         if red and red[1] == codec.payloadType and track.encryption == "none" and track.red_wanted:
             self._red_accepted[section.mid] = red
+        else:
+            red = None
         self.ingress.bind(
             track,
             section.mid,
@@ -219,7 +221,7 @@ class Publishing:
                 payload_type=codec.payloadType,
                 parameters=dict(codec.parameters),
                 rtx_payload_type=rtx.payloadType if rtx else None,
-                red_payload_type=red[0] if section.mid in self._red_accepted and red else None,
+                red_payload_type=red[0] if red else None,
             ),
             {e.id: e.uri for e in internals.negotiated_extensions(transceiver)},
         )

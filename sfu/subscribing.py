@@ -277,7 +277,7 @@ class Subscribing:
             if media is None or media.payloadType is None or track.codec is None:
                 continue
             payload_types = {track.codec.payload_type: media.payloadType}
-            red = self._red_down(track, transceiver.mid)
+            red = self._red_down(track, transceiver.mid, media.payloadType)
             if red is not None:
                 payload_types[red[0]] = red[1]
             down.configure(
@@ -292,20 +292,20 @@ class Subscribing:
             self._feedback.watch(down)
             if red is not None and track.red is not None:
                 # RED as it came (sfu/redtrack.py), sent by this process.
-                track.red.attach(down, self.red.accepted[transceiver.mid])
+                track.red.attach(down, media.payloadType)
             else:
                 track.down_tracks.append(down)
                 if (workers := fanout_pool.current()) is not None:
                     workers.adopt(down, sink)  # its copies go out from a worker (sfu/fanout/)
             track.request_keyframe()
 
-    def _red_down(self, track: PublishedTrack, mid: str) -> tuple[int, int] | None:
+    def _red_down(self, track: PublishedTrack, mid: str, opus_pt: int) -> tuple[int, int] | None:
         """(publisher's RED payload type, this subscriber's) when both sides negotiated RED for
-        the track's section; None: the track goes out as plain Opus."""
+        the track's section, over the section's Opus; None: the track goes out as plain Opus."""
         codec = track.codec
         if track.red is None or codec is None or codec.red_payload_type is None:
             return None
-        if self.red.payload_type is None or mid not in self.red.accepted:
+        if self.red.payload_type is None or self.red.accepted.get(mid) != opus_pt:
             return None
         return codec.red_payload_type, self.red.payload_type
 

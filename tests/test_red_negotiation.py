@@ -83,7 +83,7 @@ async def test_no_red_when_the_room_turns_it_off_the_track_is_encrypted_or_the_c
 
 
 async def subscribe(
-    track: PublishedTrack, keep_red: bool
+    track: PublishedTrack, keep_red: bool, inner: int = 96
 ) -> tuple[str, list[tuple[DownTrack, int]], bool]:
     """keyroom's subscriber offer for `track`, after an answer that kept RED (copied in, as
     Chromium's answer has it) or not (aiortc's own): the track's RED down-tracks (with their
@@ -98,7 +98,7 @@ async def subscribe(
         await client.setLocalDescription(await client.createAnswer())
         answer = client.localDescription.sdp
         if keep_red:
-            answer = offer_red(answer, 63)
+            answer = offer_red(answer, 63).replace("a=fmtp:63 96/96", f"a=fmtp:63 {inner}/{inner}")
         sub.handle_answer(answer)
         assert sub._negotiation is not None  # noqa: SLF001
         await asyncio.wait_for(sub._negotiation, 5)  # noqa: SLF001
@@ -129,4 +129,7 @@ async def test_a_subscriber_that_keeps_red_gets_the_red_stream_the_others_plain_
     assert track.red is not None and track.red.downs == []  # detached when it left
     track = red_track()
     _, red, plain = await subscribe(track, keep_red=False)
+    assert red == [] and plain
+    track = red_track()  # an answer with RED over PCMU, not its Opus: plain Opus
+    _, red, plain = await subscribe(track, keep_red=True, inner=0)
     assert red == [] and plain
