@@ -157,14 +157,17 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(topo: Topology, tree: str, directory: str, port: int) -> Iterator[Server]:
+def server(
+    topo: Topology, tree: str, directory: str, port: int, limits: str = "simulcast = false"
+) -> Iterator[Server]:
+    """keyroom in the server namespace; `limits`: the `[limits]` lines of its config."""
     log = os.path.join(directory, f"server-{port}.log")
     config = os.path.join(directory, "keyroom.toml")
     # The clients' veth addresses are private (RFC 1918): refused by default outside --dev.
     # Single-layer video: this measures loss recovery alone (simulcast's layer changes under
     # loss are bench-simulcast's subject; Janus's side is single-layer too).
     Path(config).write_text(
-        "[rtc]\nallow_private_candidates = true\n[limits]\nsimulcast = false\n"
+        f"[rtc]\nallow_private_candidates = true\n[limits]\n{limits}\n"
         '[metrics]\nbearer_token = "impaired-network-bench-metrics"\n'
     )
     command = topo.command("server", [
@@ -361,8 +364,9 @@ async def run(
     return rows
 
 
-def write_table(path: str, text: str) -> None:
-    start, end = "<!-- lossbench:start -->", "<!-- lossbench:end -->"
+def write_table(path: str, text: str, marker: str = "lossbench") -> None:
+    """`text` between the `<!-- MARKER:start -->` and `<!-- MARKER:end -->` lines of `path`."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     document = Path(path).read_text()
     head, _, rest = document.partition(start)
     _, _, tail = rest.partition(end)

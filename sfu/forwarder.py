@@ -19,6 +19,7 @@ from sfu.layerswitch import FLOOR_MOVE, PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
 from sfu.padding import padding_packet
 from sfu.receivestats import ReceiveStats
+from sfu.redtrack import RedFanout
 from sfu.retransmit import RetransmitBudget
 from sfu.rtcp import build_sr
 from sfu.rtp import RtpInfo, get_extension, parse_rtp
@@ -51,6 +52,7 @@ class CodecInfo:
     payload_type: int
     parameters: dict[str, object] = field(default_factory=dict)
     rtx_payload_type: int | None = None
+    red_payload_type: int | None = None  # RED over this codec (sfu/redtrack.py)
 
 
 @dataclass
@@ -67,6 +69,8 @@ class PublishedTrack:
     _local: tuple[int, list[DownTrack]] = (-1, [])  # (down_tracks.version, local ones)
     copies: Copies | None = None  # steady down-tracks, forwarded by compiled code (sfu/fastpath)
     _tick = 0  # input packets until the next look for steady down-tracks
+    red: RedFanout | None = None  # its RED subscribers, when the publisher sends RED
+    red_wanted = True  # False: the publisher asked for no RED (add_track `disable_red`)
 
     def __init__(
         self,
@@ -93,8 +97,7 @@ class PublishedTrack:
         self.mid: str | None = None
         self.ssrc: int | None = None
         self.rtx_ssrc: int | None = None
-        # Publisher-side header extension id -> URI, from the negotiated answer.
-        self.extensions: dict[int, str] = {}
+        self.extensions: dict[int, str] = {}  # publisher-side id -> URI, from the answer
         self.down_tracks: VersionedList[DownTrack] = VersionedList()
         self.last_sender_report: tuple[int, int] | None = None
         self.throttle = KeyframeThrottle(keyframe_interval)
@@ -105,14 +108,11 @@ class PublishedTrack:
         self.audio_level_id: int | None = None
         self.loudness = 0
         self.loudness_packets = 0
-        # Received bitrate, measured by the publisher's RTCP feedback once a second.
-        self.bitrate = 0
-        # Asks this track's publisher for a keyframe (throttled there): set by the publishing
-        # side, so a down-track reaches its own up-track without walking the room.
+        self.bitrate = 0  # received, measured by the publisher's RTCP feedback once a second
+        # Asks the publisher for a keyframe (throttled there): set by the publishing side.
         self.request_keyframe: Callable[[], None] = no_keyframe_source
         self.taps: list[Tap] = []  # recordings of this track (sfu/recording/)
-        # Simulcast layers, lowest quality first ([] for a single-layer track), and the
-        # publisher's RID header extension ids that name them.
+        # Simulcast layers, lowest quality first ([] for a single-layer track), and their offer.
         self.layers: list[Layer] = []
         self.simulcast: SimulcastOffer | None = None
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from sfu import rtx
 from sfu.forwarder import AUDIO_LEVEL, CodecInfo, PublishedTrack
 from sfu.metrics import FORWARD_SAMPLE_MASK, forward_timer_start, forward_timer_stop
+from sfu.redtrack import RedFanout
 from sfu.rtp import MalformedPacket, RtpInfo, get_extension, parse_rtp
 from sfu.simulcast import Layer, learn_layer
 from sfu.stats import DropReason, Stats
@@ -33,8 +34,9 @@ class Ingress:
         self._tracks = tracks
         self.stats = stats
         # None: an SSRC known but not forwarded (an unpublished track, a publisher's RTX).
-        # A simulcast track's SSRCs map to its layers, which forward like a track.
-        self._tracks_by_ssrc: dict[int, PublishedTrack | Layer | None] = {}
+        # A simulcast track's SSRCs map to its layers, which forward like a track; a RED
+        # track's SSRC to its RedFanout, which unwraps for the track (sfu/redtrack.py).
+        self._tracks_by_ssrc: dict[int, PublishedTrack | Layer | RedFanout | None] = {}
         self._tracks_by_mid: dict[str, PublishedTrack] = {}
         self._mid_ext: int | None = None
         self._forgotten: deque[int] = deque()
@@ -84,7 +86,7 @@ class Ingress:
             stats.packets_out += sent
             stats.bytes_out += sent * size
 
-    def _unusual(self, arrival: int, track: PublishedTrack | Layer) -> bool:
+    def _unusual(self, arrival: int, track: PublishedTrack | Layer | RedFanout) -> bool:
         """Whether to forward a packet that was not the next in sequence."""
         if arrival == GAP:
             self.on_gap()
@@ -111,7 +113,9 @@ class Ingress:
         if track.kind == "video":
             self.nacks.setdefault(ssrc, UplinkNacks())
 
-    def _learn_ssrc(self, data: bytes, info: RtpInfo) -> PublishedTrack | Layer | DropReason:
+    def _learn_ssrc(
+        self, data: bytes, info: RtpInfo
+    ) -> PublishedTrack | Layer | RedFanout | DropReason:
         if self._mid_ext is None:
             return DropReason.UNKNOWN_SSRC
         mid = get_extension(data, info, self._mid_ext)
@@ -134,9 +138,9 @@ class Ingress:
             # names the same MID; it is not the media stream.
             return DropReason.UNKNOWN_SSRC
         track.ssrc = info.ssrc
-        self._tracks_by_ssrc[info.ssrc] = track
+        self._tracks_by_ssrc[info.ssrc] = track.red or track
         self._watch_loss(track, info.ssrc)
-        return track
+        return track.red or track
 
     def bind(
         self,
@@ -158,9 +162,14 @@ class Ingress:
         self._mid_ext = next(
             (i for i, uri in extensions.items() if uri.endswith("sdes:mid")), self._mid_ext
         )
+        if codec.red_payload_type is not None and track.red is None and not track.layers:
+            # Kept once made: its RED subscribers stay attached across renegotiations.
+            track.red = RedFanout(track, self.stats)
+            if track.ssrc is not None:
+                self._tracks_by_ssrc[track.ssrc] = track.red
         if ssrc is not None and track.ssrc is None and not track.layers:
             track.ssrc = ssrc
-            self._tracks_by_ssrc[ssrc] = track
+            self._tracks_by_ssrc[ssrc] = track.red or track
             self._watch_loss(track, ssrc)
         if rtx_ssrc is not None and track.rtx_ssrc is None:
             track.rtx_ssrc = rtx_ssrc
@@ -192,7 +201,7 @@ def _nothing() -> None:
     pass
 
 
-def _timed(track: PublishedTrack | Layer, data: bytes, info: RtpInfo) -> int:
+def _timed(track: PublishedTrack | Layer | RedFanout, data: bytes, info: RtpInfo) -> int:
     started = forward_timer_start(0)
     sent = track.forward(data, info)
     forward_timer_stop(started)

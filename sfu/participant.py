@@ -89,6 +89,10 @@ class Participant:
         self._build_media(addresses)
         self.publishing.simulcast_allowed = lambda: self.room.limits.simulcast
         self.subscribing.transport_cc.allowed = lambda: self.room.limits.transport_cc
+        self.publishing.red_allowed = self.subscribing.red.allowed = self._red_allowed
+
+    def _red_allowed(self) -> bool:
+        return self.room.limits.audio_red
 
     def _build_media(self, addresses: dict[str, str]) -> None:
         """The two peer connections and the parts that work on them."""

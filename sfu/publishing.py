@@ -28,6 +28,7 @@ from sfu.forwarder import CodecInfo, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.negotiation import NegotiationError
 from sfu.opusfmtp import enable_fec_and_dtx
+from sfu.redsdp import answer_red, offered_red
 from sfu.sdpinfo import (
     MAX_SECTIONS,
     BadSdp,
@@ -112,6 +113,11 @@ class Publishing:
         # The room's `simulcast` limit, read at each offer: off, simulcast offers are answered
         # without it (the client then sends one encoding).
         self.simulcast_allowed: Callable[[], bool] = lambda: True
+        # The room's `audio_red`, read at each offer; RED offered (mid -> (RED payload type,
+        # Opus payload type)) and what the answer accepts of it (sfu/redsdp.py).
+        self.red_allowed: Callable[[], bool] = lambda: True
+        self._red_offered: dict[str, tuple[int, int]] = {}
+        self._red_accepted: dict[str, tuple[int, int]] = {}
 
     async def answer(
         self, sdp: str, tracks_by_cid: Mapping[str, PublishedTrack]
@@ -134,6 +140,8 @@ class Publishing:
             self._guard_data(pc.sctp)
             allowed = tuple(self.allowed_codecs())
             simulcast = self.simulcast_allowed()
+            self._red_offered = offered_red(sdp) if self.red_allowed() else {}
+            self._red_accepted = {}
             newly_bound = []
             for section in sections:
                 transceiver = next((t for t in pc.getTransceivers() if t.mid == section.mid), None)
@@ -154,6 +162,7 @@ class Publishing:
             self._hook()
             accepted = simulcast_sections(sections, tracks_by_cid) if simulcast else {}
             local = answer_simulcast(enable_fec_and_dtx(pc.localDescription.sdp), accepted)
+            local = answer_red(local, self._red_accepted)
             if pc.sctp is not None and not self._may_publish_data():
                 local = reject_data_section(local)
             return advertise(local, self._public_addresses), newly_bound
@@ -195,6 +204,12 @@ class Publishing:
         transceiver.direction = "recvonly"
         if section.simulcast is not None:
             track.set_simulcast(section.simulcast)
+        red = self._red_offered.get(section.mid)
+        # Not with E2EE: the sender's transform encrypts the RED payload, headers included.
+        if red and red[1] == codec.payloadType and track.encryption == "none" and track.red_wanted:
+            self._red_accepted[section.mid] = red
+        else:
+            red = None
         self.ingress.bind(
             track,
             section.mid,
@@ -206,6 +221,7 @@ class Publishing:
                 payload_type=codec.payloadType,
                 parameters=dict(codec.parameters),
                 rtx_payload_type=rtx.payloadType if rtx else None,
+                red_payload_type=red[0] if red else None,
             ),
             {e.id: e.uri for e in internals.negotiated_extensions(transceiver)},
         )

@@ -41,6 +41,9 @@ class DropReason(StrEnum):
     # A subscriber's transport-wide congestion control feedback that is malformed or absurd
     # (sfu/twcc.py): ignored, the RTCP beside it still read.
     BAD_FEEDBACK = "bad_feedback"
+    # A publisher's RED packet (RFC 2198) with truncated block headers, blocks longer than the
+    # packet, too many blocks, or a primary block that is not the track's codec (sfu/red.py).
+    MALFORMED_RED = "malformed_red"
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Stats:
     # publisher RTX packets unwrapped and forwarded.
     uplink_nacks: int = 0
     rtx_received: int = 0
+    # Publishers' RED audio packets (RFC 2198), each unwrapped once for plain subscribers.
+    red_received: int = 0
     # Subscribers' transport-wide congestion control feedback messages used (sfu/twcc.py).
     transport_feedback: int = 0
     # Subscriber sections that carried a track before and were given to a new one.

@@ -30,6 +30,7 @@ from sfu.fanout import pool as fanout_pool
 from sfu.feedback import Feedback
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.negotiation import NegotiationError
+from sfu.redsdp import SubscriberRed
 from sfu.rtx import RtxStream
 from sfu.sdpinfo import MAX_SECTIONS
 from sfu.sendbudget import BudgetedSink
@@ -93,8 +94,7 @@ class Subscribing:
         self._negotiation: asyncio.Task[None] | None = None
         self.gathering: asyncio.Future[None] | None = None  # the offer's ICE gathering
         self._renegotiate = False
-        # The next offer carries new ICE credentials (restart_ice).
-        self._restart_ice = False
+        self._restart_ice = False  # the next offer carries new ICE credentials (restart_ice)
         self._answer: asyncio.Future[str] | None = None
         # Sends the down-tracks' RTP and the translated Sender Reports once connected.
         self.sink: internals.RtpSink | None = None
@@ -102,6 +102,7 @@ class Subscribing:
         # a=msid stream id: the publisher's sid, or `PA_..|TR_..` for LiveKit SDKs.
         self.stream_id: Callable[[PublishedTrack], str] = lambda track: track.publisher_sid
         self.transport_cc = TransportCcState()
+        self.red = SubscriberRed()  # RED for audio (sfu/redsdp.py)
 
     def subscribe(self, track: PublishedTrack) -> bool:
         if track.sid in self.subscriptions or self.closed:
@@ -118,6 +119,8 @@ class Subscribing:
             return None
         if down in down.track.down_tracks:
             down.track.down_tracks.remove(down)
+        if down.track.red is not None:
+            down.track.red.detach(down)
         if (workers := fanout_pool.current()) is not None:
             workers.release(down)
         self._feedback.unwatch(down)
@@ -176,6 +179,7 @@ class Subscribing:
             finally:
                 self._answer = None
             self._decide_transport_cc(answer_sdp)
+            self.red.answered(answer_sdp)
             internals.adopt_remote_credentials(pc, answer_sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
@@ -190,6 +194,7 @@ class Subscribing:
 
     def _offer_sdp(self) -> str:
         sdp = advertise(self.pc.localDescription.sdp, self._public_addresses)
+        sdp = self.red.offer(sdp)
         if self.transport_cc.decided and self.transport_cc.accepted is None:
             return sdp
         if not self.transport_cc.decided and not self.transport_cc.allowed():
@@ -271,20 +276,38 @@ class Subscribing:
             media = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
             if media is None or media.payloadType is None or track.codec is None:
                 continue
+            payload_types = {track.codec.payload_type: media.payloadType}
+            red = self._red_down(track, transceiver.mid, media.payloadType)
+            if red is not None:
+                payload_types[red[0]] = red[1]
             down.configure(
                 sink=video_sink if track.kind == "video" else sink,
                 out_ssrc=internals.sender_ssrc(transceiver),
                 mid=transceiver.mid,
-                payload_types={track.codec.payload_type: media.payloadType},
+                payload_types=payload_types,
                 extensions=self._extensions(transceiver),
                 seq_start=self._next_seq.pop(transceiver, None),
             )
             down.rtx = rtx_stream(transceiver, codecs, media.payloadType)
             self._feedback.watch(down)
-            track.down_tracks.append(down)
-            if (workers := fanout_pool.current()) is not None:
-                workers.adopt(down, sink)  # its copies go out from a worker (sfu/fanout/)
+            if red is not None and track.red is not None:
+                # RED as it came (sfu/redtrack.py), sent by this process.
+                track.red.attach(down, media.payloadType)
+            else:
+                track.down_tracks.append(down)
+                if (workers := fanout_pool.current()) is not None:
+                    workers.adopt(down, sink)  # its copies go out from a worker (sfu/fanout/)
             track.request_keyframe()
+
+    def _red_down(self, track: PublishedTrack, mid: str, opus_pt: int) -> tuple[int, int] | None:
+        """(publisher's RED payload type, this subscriber's) when both sides negotiated RED for
+        the track's section, over the section's Opus; None: the track goes out as plain Opus."""
+        codec = track.codec
+        if track.red is None or codec is None or codec.red_payload_type is None:
+            return None
+        if self.red.payload_type is None or self.red.accepted.get(mid) != opus_pt:
+            return None
+        return codec.red_payload_type, self.red.payload_type
 
     def _extensions(self, transceiver: RTCRtpTransceiver) -> dict[str, int]:
         """The section's negotiated extensions by URI, transport-cc included when accepted."""

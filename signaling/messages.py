@@ -55,6 +55,7 @@ class AddTrack(ClientMessage, tag="add_track"):
     muted: bool = False
     simulcast: list[Any] = []
     encryption: Literal["none", "e2ee"] = "none"
+    disable_red: bool = False  # audio: answer the section without RED (LiveKit's field)
 
 
 class Offer(ClientMessage, tag="offer"):

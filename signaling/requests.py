@@ -81,6 +81,7 @@ def add_track(
         keyframe_interval=state.config.rtc.keyframe_interval,
         encryption=message.encryption,
     )
+    track.red_wanted = not message.disable_red
     participant.add_track(track)
     return TrackPublished(cid=track.cid, track=track.info(), req=req)
 

@@ -30,6 +30,7 @@ CASES: dict[str, tuple[Any, list[Any], list[Any]]] = {
     "recording_allowed": (False, [False], [True]),
     "simulcast": (False, [False], [True]),
     "transport_cc": (False, [False], [True]),
+    "audio_red": (False, [False], [True]),
     "single_use_tokens": (True, [True], [False]),
     "require_bound_tokens": (True, [True], [False]),
     "auto_record": (False, [False], [True]),

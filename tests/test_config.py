@@ -198,6 +198,7 @@ BAD_VALUES = [
     ("limits", "recording_allowed", 1),
     ("limits", "simulcast", "yes"),
     ("limits", "transport_cc", "yes"),
+    ("limits", "audio_red", "yes"),
     ("limits", "single_use_tokens", "true"),
     ("limits", "auto_record", "yes"),
     ("recording", "public_key", 5),

@@ -27,6 +27,8 @@ def decode(**request: Any) -> Any:
 def test_requests_become_keyroom_messages() -> None:
     add = decode(add_track=rtc.AddTrackRequest(cid="c1", type=models.VIDEO, source=models.CAMERA))
     assert add == AddTrack(cid="c1", kind="video", source="camera", name="", req=7)
+    mic = decode(add_track=rtc.AddTrackRequest(cid="c2", type=models.AUDIO, disable_red=True))
+    assert isinstance(mic, AddTrack) and mic.disable_red and not add.disable_red
     offer = decode(offer=rtc.SessionDescription(type="offer", sdp="v=0"))
     assert offer == Offer(target="publisher", sdp="v=0", req=7)
     init = json.dumps({"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host", "sdpMid": "0"})

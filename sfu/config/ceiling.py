@@ -3,8 +3,8 @@ stricter than `[limits]` and its `[rooms.NAME]` section, never looser.
 
 "Stricter" per option: counts, bitrate and duration where 0 means unlimited are stricter when
 limited and lower; sizes and timeouts when lower; a protection (`relay_only`, `e2ee_required`,
-`single_use_tokens`) when on; `recording_allowed`, `auto_record`, `simulcast` and
-`transport_cc` when off; `allowed_codecs` when a subset;
+`single_use_tokens`) when on; `recording_allowed`, `auto_record`, `simulcast`,
+`transport_cc` and `audio_red` when off; `allowed_codecs` when a subset;
 `duplicate_identity = "reject"` over `"replace"` (a holder of the identity's token cannot push
 the present session out); `bad_frame_window` when longer (more bad frames counted together).
 """
@@ -63,6 +63,7 @@ STRICTER: dict[str, Stricter] = {
     "recording_allowed": _kept_off,
     "simulcast": _kept_off,
     "transport_cc": _kept_off,
+    "audio_red": _kept_off,
     "single_use_tokens": _kept_on,
     "require_bound_tokens": _kept_on,
     "auto_record": _kept_off,

@@ -152,6 +152,8 @@ class LimitsConfig(_Section):
     simulcast: bool = option(True, checks.boolean)
     # Subscribers are offered transport-wide congestion control (sfu/twcc.py); off: REMB only.
     transport_cc: bool = option(True, checks.boolean)
+    # Audio as RFC 2198 redundancy (red/48000/2 over Opus) where publisher and subscriber can.
+    audio_red: bool = option(True, checks.boolean)
     single_use_tokens: bool = option(False, checks.boolean)
     # Only tokens bound to a client key (`cnf.jkt`), with a proof of possession (issue 15).
     require_bound_tokens: bool = option(False, checks.boolean)

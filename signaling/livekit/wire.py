@@ -157,7 +157,7 @@ def _add_track(add: rtc.AddTrackRequest, req: int, wall: float) -> Decoded:
     )
     return AddTrack(
         cid=add.cid, kind=kind, source=source, name=add.name, muted=add.muted,  # type: ignore[arg-type]
-        simulcast=simulcast, encryption=encryption, req=req,
+        simulcast=simulcast, encryption=encryption, disable_red=add.disable_red, req=req,
     )  # fmt: skip
 
 
