@@ -40,6 +40,7 @@ def build_report(
     generator_cpu_seconds: float,
     forward: ForwardHistogram | None = None,
     received: ForwardHistogram | None = None,
+    server_gc: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     scenario = run.scenario
     track_nos = {p.track_no for p in run.publishers}
@@ -140,6 +141,9 @@ def build_report(
         # the server's socket queue included (shared port with `fanout = "compiled"`; count 0
         # on the other paths, None when /metrics is unreadable).
         "server_receive_to_send_ms": received.summary() if received is not None else None,
+        # The server's garbage collections in the measured phase, by generation ("2": full):
+        # count, total and longest pause (bucket bound) in ms; None without the histogram.
+        "server_gc_pauses": server_gc,
         "auth": dict(run.auth),
     }
     if len(run.rooms) > 1:
@@ -270,6 +274,14 @@ def format_table(report: dict[str, Any]) -> str:
             )
         elif key == "server_forward_ms":
             lines.append(f"{label:<22} - (no keyroom_forward_seconds from /metrics)")
+    if report.get("server_gc_pauses"):
+        lines.append(
+            f"{'server GC pauses':<22} "
+            + ", ".join(
+                f"gen {g}: {p['count']} ({p['total_ms']} ms, longest <= {p['longest_ms_at_most']})"
+                for g, p in sorted(report["server_gc_pauses"].items())
+            )
+        )
     for room in report.get("rooms", []):
         rt, rp, rl = room["tracks"], room["packets"], room["latency_ms"]
         lines.append(
