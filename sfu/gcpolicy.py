@@ -14,9 +14,10 @@ lands in the steady run after it.
 What a full collection finds is, above all, the cycles of participants who have left. So the
 server runs them itself (`OldGeneration`): once a quarter of the participants present have left
 since the last one (the same proportion as CPython's trigger, counted in what becomes garbage
-rather than in what grows), or, for anything else that reaches the old generation, after
-MAX_INTERVAL once CPython would have considered one (10 middle collections). A process without
-participants (a fan-out worker) keeps CPython's schedule.
+rather than in what grows), or, for anything else that reaches the old generation, when
+CPython's own condition holds but at most once in MAX_INTERVAL (a ramp of joins: one a minute
+instead of one per quarter of growth). A process without participants (a fan-out worker) keeps
+CPython's schedule.
 
 The modules, classes and configuration loaded at start live as long as the process, so they
 are moved out of the collector's scans (`gc.freeze`). The young thresholds stay CPython's:
@@ -42,10 +43,11 @@ from sfu.metrics import GC_PAUSE_SECONDS
 # A full collection is owed once this share of the participants present has left since the
 # last one ...
 DEPARTED_SHARE = 0.25
-# ... or, for what else reaches the old generation, after this long (s) once CPython would have
-# considered one: MIDDLE_COLLECTIONS collections of the middle generation since the last.
+# ... or, for what else reaches the old generation, once CPython's own condition holds (what
+# the middle collections promoted since the last full one exceeds a quarter of what that one
+# left), but at most once in this long (s).
 MAX_INTERVAL = 60.0
-MIDDLE_COLLECTIONS = 10
+PROMOTED_SHARE = 0.25
 # How often the server looks (s).
 CHECK_INTERVAL = 1.0
 # gc.set_threshold's third value: middle collections before CPython's own full one (never).
@@ -73,12 +75,13 @@ def departures() -> int:
     return _departures
 
 
-def owed(departed: int, present: int, elapsed: float, middle: int) -> bool:
-    """Whether a full collection is due: `departed` participants left and `present` remain
-    since the last one, `elapsed` s ago, with `middle` middle-generation collections since."""
+def owed(departed: int, present: int, elapsed: float, promoted: int, old: int) -> bool:
+    """Whether a full collection is due: since the last one, `elapsed` s ago, `departed`
+    participants left and `present` remain, and `promoted` objects reached the old generation,
+    which that collection left with `old`."""
     if departed and departed >= DEPARTED_SHARE * present:
         return True
-    return elapsed >= MAX_INTERVAL and middle >= MIDDLE_COLLECTIONS
+    return elapsed >= MAX_INTERVAL and promoted > PROMOTED_SHARE * old
 
 
 class OldGeneration:
@@ -91,6 +94,7 @@ class OldGeneration:
         self._departures = _departures
         self._next = now + CHECK_INTERVAL
         self._thresholds: tuple[int, int, int] | None = None
+        self.promotions = Promotions()
         self.collections = 0
 
     def start(self) -> None:
@@ -98,19 +102,22 @@ class OldGeneration:
             self._thresholds = gc.get_threshold()
             young, middle, _ = self._thresholds
             gc.set_threshold(young, middle, NEVER)
+            self.promotions.old = len(gc.get_objects(2))
+            gc.callbacks.append(self.promotions)
 
     def stop(self) -> None:
         if self._thresholds is not None:
             gc.set_threshold(*self._thresholds)
             self._thresholds = None
+            gc.callbacks.remove(self.promotions)
 
     def next_deadline(self) -> float | None:
         return self._next
 
     def handle_timer(self, now: float) -> None:
         self._next = now + CHECK_INTERVAL
-        departed = _departures - self._departures
-        if owed(departed, self._present(), now - self._last, gc.get_count()[2]):
+        departed, promotions = _departures - self._departures, self.promotions
+        if owed(departed, self._present(), now - self._last, promotions.promoted, promotions.old):
             gc.collect()
             self._last, self._departures = now, _departures
             self.collections += 1
@@ -129,6 +136,31 @@ def full_collections(present: Callable[[], int]) -> Iterator[None]:
     finally:
         driver.stop()
         owner.stop()
+
+
+class Promotions:
+    """A `gc.callbacks` entry counting what CPython counts to schedule full collections: the
+    objects middle collections promote to the old generation (those they examined less those
+    they freed) and what the last full collection left there. Counting costs a list of the
+    young objects per middle collection (a few thousand, every few seconds) and one of the old
+    generation per full collection."""
+
+    __slots__ = ("promoted", "old", "_examined")
+
+    def __init__(self) -> None:
+        self.promoted = 0
+        self.old = 0
+        self._examined = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        generation = info["generation"]
+        if generation == 1:
+            if phase == "start":
+                self._examined = len(gc.get_objects(0)) + len(gc.get_objects(1))
+            else:
+                self.promoted += max(0, self._examined - info["collected"])
+        elif generation == 2 and phase == "stop":
+            self.promoted, self.old = 0, len(gc.get_objects(2))
 
 
 class PauseTimer:
