@@ -331,6 +331,8 @@ class Subscriber:
         self.drops: Counter[str] = Counter()
         self.join_started_ns = 0
         self.ended = False
+        # Its RTP dropped by the kernel (loadtest/deaf.py): the report leaves it out.
+        self.deaf = False
         self._fast: internals.FastPath | None = None
         client.on("track", self._on_track)
 

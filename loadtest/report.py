@@ -57,6 +57,8 @@ def build_report(
     first_packet_ms: list[float] = []
     first_keyframe_ms: list[float] = []
     for sub in run.subscribers:
+        if sub.deaf:
+            continue
         tally = rooms[sub.room]
         wanted = room_tracks[sub.room]
         # Sessions that ended (churn) or began too late to settle count for loss, not tracks.
@@ -98,6 +100,9 @@ def build_report(
             "codec": scenario.codec,
             "simulated_loss": scenario.loss,
             "churn_interval_s": scenario.churn_interval,
+            # Subscribers per room that read their media (0: all); the others' RTP is dropped
+            # by the kernel, sent by the server all the same.
+            "listening_subscribers": scenario.listening,
             "bad_token_share": scenario.bad_token_share,
             "rooms": len(run.rooms),
             "pace_ms": scenario.pace_ms,
@@ -165,7 +170,10 @@ def build_report(
             "rss_mib_max": round(max(s.rss_mib for s in samples), 1),
             "rss_mib_end": round(samples[-1].rss_mib, 1),
             # Whole-process CPU (RTCP, timers, signaling included) per packet subscribers got.
-            "cpu_us_per_received_packet": round(mean_cpu / 100 * 1e6 / rate, 2) if rate else None,
+            # (None with deaf subscribers: the server sent them packets nobody counted.)
+            "cpu_us_per_received_packet": round(mean_cpu / 100 * 1e6 / rate, 2)
+            if rate and not scenario.listening
+            else None,
             # [seconds since the measured phase began, CPU % of one core, RSS MiB]
             "timeline": [
                 [round(s.t - run.measure_start, 2), round(s.cpu_percent, 1), round(s.rss_mib, 1)]
