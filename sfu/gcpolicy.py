@@ -8,7 +8,7 @@ themselves, ~970 tracked objects each (aiortc's peer connections, transports, pa
 tasks; docs/benchmarks.md "What the collector walks"), and a full collection walks them all at
 ~0.5 µs each: 90 ms at 189 participants, every room's packets waiting meanwhile. CPython runs
 one whenever the old generation has grown by a quarter, so joins alone (objects that are all
-alive) set them off: 7 in a ramp of 189 joins, the last ones 50-90 ms, and the tail of a ramp
+alive) set them off: 5 in a ramp of 189 joins, the last ones 30-90 ms, and the tail of a ramp
 lands in the steady run after it.
 
 What a full collection finds is, above all, the cycles of participants who have left. So the
