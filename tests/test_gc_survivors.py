@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import gc
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 
-import pytest
-
 from loadtest.bench_forward import _fake_dtls
+from loadtest.bench_simulcast import CountingSink
 from sfu.fastpath import loader
 from sfu.fastpath.batch import FanoutBatch
 from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
@@ -21,7 +20,7 @@ from sfu.internals import RtpSink
 from sfu.rtp import parse_rtp
 from sfu.stats import Stats
 from tests.test_forwarder import ABS_SEND_TIME, VP8_DELTA, VP8_KEY, publisher_packet
-from tests.test_steady_fanout import srtp
+from tests.test_steady_fanout import sockets, srtp
 
 SUBSCRIBERS = 4
 WARM_UP = 1500  # past every ring (packet caches: 512; the compiled loop's input ring)
@@ -30,15 +29,6 @@ MEASURED = 4000
 # (the compiled loop's periodic refresh: 88 here, whatever MEASURED is), never one per packet
 # (a ring of per-packet containers leaves hundreds, a leak thousands).
 BOUND = 200
-
-
-class CountingSink:
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def send(self, data: bytes) -> bool:
-        self.sent += 1
-        return True
 
 
 def track_with(sinks: list[object]) -> PublishedTrack:
@@ -98,24 +88,14 @@ def survivors(forward: Callable[[bytes], None]) -> tuple[int, int]:
 def test_the_python_path_promotes_nothing_per_packet() -> None:
     sinks = [CountingSink() for _ in range(SUBSCRIBERS)]
     track = track_with(list(sinks))
-    grown, alive = survivors(lambda data: track.forward(data, parse_rtp(data)) and None)
-    assert all(s.sent >= WARM_UP + MEASURED - 20 for s in sinks)
+
+    def forward(data: bytes) -> None:
+        track.forward(data, parse_rtp(data))
+
+    grown, alive = survivors(forward)
+    assert all(s.packets >= WARM_UP + MEASURED - 20 for s in sinks)
     assert grown < BOUND, f"{grown} tracked objects more after {MEASURED} packets"
     assert alive < BOUND, f"{alive} tracked objects made while forwarding are still alive"
-
-
-@pytest.fixture
-def sockets() -> Iterator[tuple[list[socket.socket], socket.socket]]:
-    receivers = []
-    for _ in range(SUBSCRIBERS):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))  # never read: the kernel drops what overflows it
-        receivers.append(sock)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    yield receivers, sender
-    sender.close()
-    for sock in receivers:
-        sock.close()
 
 
 def test_the_compiled_loop_promotes_nothing_per_packet(
@@ -123,7 +103,7 @@ def test_the_compiled_loop_promotes_nothing_per_packet(
 ) -> None:
     module = loader.load()
     assert module is not None, loader.failure()
-    receivers, sender = sockets
+    receivers, sender = sockets[0][:SUBSCRIBERS], sockets[1]
     sender.setblocking(False)
     batch = FanoutBatch(module, sender.fileno(), Stats())
     sinks = []
@@ -140,6 +120,10 @@ def test_the_compiled_loop_promotes_nothing_per_packet(
         batch.flush()
 
     grown, alive = survivors(forward)
-    assert sum(down.rewriter.packets for down in track.down_tracks) >= SUBSCRIBERS * MEASURED
+    rewriters = [down.rewriter for down in track.down_tracks]
+    assert sum(r.packets for r in rewriters if r is not None) >= SUBSCRIBERS * MEASURED
     assert grown < BOUND, f"{grown} tracked objects more after {MEASURED} packets"
     assert alive < BOUND, f"{alive} tracked objects made while forwarding are still alive"
+
+
+__all__ = ["sockets"]  # the fixture, shared with tests/test_steady_fanout.py
