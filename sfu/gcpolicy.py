@@ -70,11 +70,6 @@ def departed() -> None:
     _departures += 1
 
 
-def departures() -> int:
-    """Participants that have left since the process started."""
-    return _departures
-
-
 def owed(departed: int, present: int, elapsed: float, promoted: int, old: int) -> bool:
     """Whether a full collection is due: since the last one, `elapsed` s ago, `departed`
     participants left and `present` remain, and `promoted` objects reached the old generation,
@@ -103,7 +98,8 @@ class OldGeneration:
             young, middle, _ = self._thresholds
             gc.set_threshold(young, middle, NEVER)
             self.promotions.old = len(gc.get_objects(2))
-            gc.callbacks.append(self.promotions)
+            # First: a full collection's pause, as PauseTimer times it, includes its count.
+            gc.callbacks.insert(0, self.promotions)
 
     def stop(self) -> None:
         if self._thresholds is not None:
