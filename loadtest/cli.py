@@ -51,6 +51,13 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
         help="publishers pace each frame over MS ms (1 ms steps) on random frame phases, as "
         "browsers do (default 0: a frame is one burst, all publishers in phase)",
     )
+    p.add_argument(
+        "--listening-subscribers",
+        type=int,
+        metavar="K",
+        help="only K subscribers of each room read their media; the kernel drops the others'"
+        " RTP, so the load generator keeps up with a server near a core (default: all)",
+    )
     p.add_argument("--churn-interval", type=float, metavar="S")
     p.add_argument("--bad-token-share", type=float)
     p.add_argument(
@@ -105,6 +112,8 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
 def _scenario_problem(scenario: Scenario, baselines: list[str]) -> str | None:
     if scenario.rooms < 1:
         return "--rooms must be at least 1"
+    if scenario.listening < 0:
+        return "--listening-subscribers must not be negative (0: every subscriber listens)"
     if baselines and scenario.rooms > 1:
         return "baselines serve one room: no --baseline with --rooms"
     if not 0 <= scenario.bound_share <= 1:
@@ -138,6 +147,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         video_bitrate=args.video_bitrate,
         loss=args.loss,
         pace_ms=args.pace_ms,
+        listening=args.listening_subscribers,
         churn_interval=args.churn_interval,
         bad_token_share=args.bad_token_share,
         bound_share=args.bound_share,

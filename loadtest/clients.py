@@ -22,7 +22,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver
@@ -30,6 +30,7 @@ from aiortc.codecs import CODECS, is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from loadtest.clip import Clip
+from loadtest.reservoir import Reservoir
 from sfu import internals
 from sfu.rtcp import Fir, Pli, parse_rtcp
 from sfu.rtp import MalformedPacket
@@ -121,35 +122,43 @@ async def wait_connected(client: LoadClient, which: str, timeout: float) -> None
             await asyncio.sleep(0.01)
 
 
-@dataclass
 class Latencies:
     """One-way latency samples (ns) of all subscribers, bounded by reservoir sampling, overall
     and per second since `origin_ns` (for the plot)."""
 
-    origin_ns: int = field(default_factory=time.monotonic_ns)
-    samples: list[int] = field(default_factory=list)
-    seen: int = 0
-    by_second: dict[int, list[int]] = field(default_factory=dict)
-    seen_by_second: Counter[int] = field(default_factory=Counter)
+    __slots__ = ("origin_ns", "_all", "_seconds", "_second", "_second_ends_ns", "_current")
+
+    def __init__(self, origin_ns: int | None = None) -> None:
+        self.origin_ns = time.monotonic_ns() if origin_ns is None else origin_ns
+        self._all = Reservoir(MAX_LATENCY_SAMPLES)
+        self._seconds: dict[int, Reservoir] = {}
+        # The second being filled, so most values find their reservoir without a division.
+        self._second = -1
+        self._second_ends_ns = self.origin_ns
+        self._current = Reservoir(MAX_SAMPLES_PER_SECOND)
+
+    @property
+    def samples(self) -> list[int]:
+        return self._all.values
+
+    @property
+    def seen(self) -> int:
+        return self._all.seen
+
+    @property
+    def by_second(self) -> dict[int, list[int]]:
+        return {second: r.values for second, r in self._seconds.items()}
 
     def add(self, now_ns: int, value: int) -> None:
-        self.seen += 1
-        _reservoir(self.samples, self.seen, MAX_LATENCY_SAMPLES, value)
-        second = (now_ns - self.origin_ns) // 1_000_000_000
-        self.seen_by_second[second] += 1
-        bucket = self.by_second.get(second)
-        if bucket is None:
-            bucket = self.by_second[second] = []
-        _reservoir(bucket, self.seen_by_second[second], MAX_SAMPLES_PER_SECOND, value)
-
-
-def _reservoir(samples: list[int], seen: int, limit: int, value: int) -> None:
-    if len(samples) < limit:
-        samples.append(value)
-    else:
-        slot = random.randrange(seen)
-        if slot < limit:
-            samples[slot] = value
+        self._all.offer(value)
+        if not self._second_ends_ns - 1_000_000_000 <= now_ns < self._second_ends_ns:
+            self._second = (now_ns - self.origin_ns) // 1_000_000_000
+            self._second_ends_ns = self.origin_ns + (self._second + 1) * 1_000_000_000
+            current = self._seconds.get(self._second)
+            if current is None:
+                current = self._seconds[self._second] = Reservoir(MAX_SAMPLES_PER_SECOND)
+            self._current = current
+        self._current.offer(value)
 
 
 class Publisher:
@@ -322,6 +331,8 @@ class Subscriber:
         self.drops: Counter[str] = Counter()
         self.join_started_ns = 0
         self.ended = False
+        # Its RTP dropped by the kernel (loadtest/deaf.py): the report leaves it out.
+        self.deaf = False
         self._fast: internals.FastPath | None = None
         client.on("track", self._on_track)
 

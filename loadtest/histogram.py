@@ -11,6 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 FORWARD_METRIC = "keyroom_forward_seconds"
 # Kernel receive timestamp to the send of the copies (shared port, compiled receive).
 RECEIVE_TO_SEND_METRIC = "keyroom_receive_to_send_seconds"
+# Each garbage collection's pause in the server, by generation (sfu/gcpolicy.py).
+GC_PAUSE_METRIC = "keyroom_gc_pause_seconds"
+GENERATIONS = ("0", "1", "2")
 
 
 @dataclass(frozen=True)
@@ -24,15 +27,20 @@ class ForwardHistogram:
     sum: float
 
     @classmethod
-    def parse(cls, text: str, metric: str = FORWARD_METRIC) -> ForwardHistogram | None:
-        """`metric` from a `/metrics` exposition; None when it has no such histogram (a
-        server without it; one that never observed any has count 0)."""
+    def parse(
+        cls, text: str, metric: str = FORWARD_METRIC, labels: dict[str, str] | None = None
+    ) -> ForwardHistogram | None:
+        """`metric` from a `/metrics` exposition (its samples with `labels`, if given); None
+        when it has no such histogram (a server without it; one that never observed any has
+        count 0)."""
         buckets: dict[float, float] = {}
         count = total = None
         for family in text_string_to_metric_families(text):
             if family.name != metric:
                 continue
             for sample in family.samples:
+                if labels and any(sample.labels.get(k) != v for k, v in labels.items()):
+                    continue
                 if sample.name == metric + "_bucket":
                     buckets[float(sample.labels["le"])] = sample.value
                 elif sample.name == metric + "_count":
@@ -92,3 +100,38 @@ class ForwardHistogram:
             # Timed packets above the highest finite bound (their quantile is that bound).
             "over_top_bucket": int(top - dict(self.buckets).get(finite[-1], 0)) if finite else 0,
         }
+
+
+def gc_pauses(text: str) -> dict[str, ForwardHistogram]:
+    """The server's garbage-collection pauses by generation, from one `/metrics` exposition
+    (empty for a server without the histogram)."""
+    found = {
+        g: ForwardHistogram.parse(text, GC_PAUSE_METRIC, {"generation": g}) for g in GENERATIONS
+    }
+    return {g: h for g, h in found.items() if h is not None}
+
+
+def gc_pause_summary(
+    before: dict[str, ForwardHistogram], after: dict[str, ForwardHistogram]
+) -> dict[str, dict[str, Any]] | None:
+    """Per generation, the collections between two scrapes: how many, their total pause and
+    the longest at bucket resolution (the lowest bound that holds them all), ms. None when
+    the server has no such histogram."""
+    summary: dict[str, dict[str, Any]] = {}
+    for generation, later in after.items():
+        earlier = before.get(generation)
+        window = later.minus(earlier) if earlier is not None else None
+        if window is None:
+            continue
+        longest = (
+            next((le for le, n in window.buckets if n >= window.count), math.inf)
+            if window.count
+            else 0.0
+        )
+        summary[generation] = {
+            "count": int(window.count),
+            "total_ms": round(1000 * window.sum, 3),
+            # None: above the top bucket (0.5 s).
+            "longest_ms_at_most": round(1000 * longest, 3) if math.isfinite(longest) else None,
+        }
+    return summary or None

@@ -40,6 +40,7 @@ def build_report(
     generator_cpu_seconds: float,
     forward: ForwardHistogram | None = None,
     received: ForwardHistogram | None = None,
+    server_gc: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     scenario = run.scenario
     track_nos = {p.track_no for p in run.publishers}
@@ -56,6 +57,8 @@ def build_report(
     first_packet_ms: list[float] = []
     first_keyframe_ms: list[float] = []
     for sub in run.subscribers:
+        if sub.deaf:
+            continue
         tally = rooms[sub.room]
         wanted = room_tracks[sub.room]
         # Sessions that ended (churn) or began too late to settle count for loss, not tracks.
@@ -97,6 +100,9 @@ def build_report(
             "codec": scenario.codec,
             "simulated_loss": scenario.loss,
             "churn_interval_s": scenario.churn_interval,
+            # Subscribers per room that read their media (0: all); the others' RTP is dropped
+            # by the kernel, sent by the server all the same.
+            "listening_subscribers": scenario.listening,
             "bad_token_share": scenario.bad_token_share,
             "rooms": len(run.rooms),
             "pace_ms": scenario.pace_ms,
@@ -140,6 +146,9 @@ def build_report(
         # the server's socket queue included (shared port with `fanout = "compiled"`; count 0
         # on the other paths, None when /metrics is unreadable).
         "server_receive_to_send_ms": received.summary() if received is not None else None,
+        # The server's garbage collections in the measured phase, by generation ("2": full):
+        # count, total and longest pause (bucket bound) in ms; None without the histogram.
+        "server_gc_pauses": server_gc,
         "auth": dict(run.auth),
     }
     if len(run.rooms) > 1:
@@ -161,7 +170,10 @@ def build_report(
             "rss_mib_max": round(max(s.rss_mib for s in samples), 1),
             "rss_mib_end": round(samples[-1].rss_mib, 1),
             # Whole-process CPU (RTCP, timers, signaling included) per packet subscribers got.
-            "cpu_us_per_received_packet": round(mean_cpu / 100 * 1e6 / rate, 2) if rate else None,
+            # (None with deaf subscribers: the server sent them packets nobody counted.)
+            "cpu_us_per_received_packet": round(mean_cpu / 100 * 1e6 / rate, 2)
+            if rate and not scenario.listening
+            else None,
             # [seconds since the measured phase began, CPU % of one core, RSS MiB]
             "timeline": [
                 [round(s.t - run.measure_start, 2), round(s.cpu_percent, 1), round(s.rss_mib, 1)]
@@ -270,6 +282,14 @@ def format_table(report: dict[str, Any]) -> str:
             )
         elif key == "server_forward_ms":
             lines.append(f"{label:<22} - (no keyroom_forward_seconds from /metrics)")
+    if report.get("server_gc_pauses"):
+        lines.append(
+            f"{'server GC pauses':<22} "
+            + ", ".join(
+                f"gen {g}: {p['count']} ({p['total_ms']} ms, longest <= {p['longest_ms_at_most']})"
+                for g, p in sorted(report["server_gc_pauses"].items())
+            )
+        )
     for room in report.get("rooms", []):
         rt, rp, rl = room["tracks"], room["packets"], room["latency_ms"]
         lines.append(

@@ -14,6 +14,7 @@ from auth.keybinding import public_jwk, thumbprint
 from auth.keys import PrivateKey
 from loadtest.clients import Latencies, LoadClient, PlainSubscriber, Publisher, Subscriber
 from loadtest.clip import Clip, encrypted_clip
+from loadtest.deaf import deafen
 from loadtest.scenarios import Scenario
 from loadtest.target import Target
 from signaling.client import KeyroomClient, KeyroomError, SessionClosed
@@ -146,8 +147,12 @@ class Run:
         kind = Subscriber if self.target.forwards_payloads else PlainSubscriber
         subscriber = kind(client, self.latencies, self.errors, room, self.room_latencies.get(room))
         subscriber.join_started_ns = started
+        listening = self.scenario.listening
+        subscriber.deaf = bool(listening) and n % max(1, self.scenario.subscribers) >= listening
         try:
             await subscriber.start()
+            if subscriber.deaf and client.subscriber_pc is not None:
+                deafen(client.subscriber_pc)
         except (TimeoutError, ConnectionError, SessionClosed) as exc:
             self.errors[f"subscribe:{type(exc).__name__}"] += 1
         self.subscribers.append(subscriber)

@@ -20,7 +20,7 @@ from typing import Any
 
 from loadtest.clients import Subscriber
 from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
-from loadtest.histogram import RECEIVE_TO_SEND_METRIC
+from loadtest.histogram import RECEIVE_TO_SEND_METRIC, gc_pause_summary
 from loadtest.procstat import ProcessSampler
 from loadtest.report import build_report
 from loadtest.run import JOIN_TIMEOUT, LEAVE_TIMEOUT, Run
@@ -101,6 +101,7 @@ async def run_scenario(
         # In a thread: the scrape must not stall the generator's loop (and its latencies).
         forward_before = await asyncio.to_thread(target.forward_histogram)
         received_before = await asyncio.to_thread(target.forward_histogram, RECEIVE_TO_SEND_METRIC)
+        gc_before = await asyncio.to_thread(target.gc_pauses)
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
         run.counts_at_start = run.counts()
         cpu_before = _own_cpu()
@@ -113,6 +114,7 @@ async def run_scenario(
         run.counts_at_end = run.counts()
         forward_after = await asyncio.to_thread(target.forward_histogram)
         received_after = await asyncio.to_thread(target.forward_histogram, RECEIVE_TO_SEND_METRIC)
+        gc_after = await asyncio.to_thread(target.gc_pauses)
     finally:
         for task in send_tasks:
             task.cancel()
@@ -133,6 +135,7 @@ async def run_scenario(
         received=received_after.minus(received_before)
         if received_before and received_after
         else None,
+        server_gc=gc_pause_summary(gc_before, gc_after),
     )
     clients = [p.client for p in run.publishers] + [
         s.client for s in run.subscribers if not s.ended

@@ -15,7 +15,7 @@ from typing import Any
 
 from auth.tokens import mint_token
 from loadtest.clients import LoadClient
-from loadtest.histogram import FORWARD_METRIC, ForwardHistogram
+from loadtest.histogram import FORWARD_METRIC, ForwardHistogram, gc_pauses
 from loadtest.spawn import free_port, spawned
 from signaling.client import KeyroomClient
 
@@ -94,6 +94,16 @@ class Target:
     def forward_histogram(self, metric: str = FORWARD_METRIC) -> ForwardHistogram | None:
         """The server's `keyroom_forward_seconds` (or `metric`) histogram now, or None if it
         cannot be read."""
+        text = self.scrape()
+        return None if text is None else ForwardHistogram.parse(text, metric)
+
+    def gc_pauses(self) -> dict[str, ForwardHistogram]:
+        """The server's garbage-collection pauses by generation now (empty if unreadable)."""
+        text = self.scrape()
+        return {} if text is None else gc_pauses(text)
+
+    def scrape(self) -> str | None:
+        """The server's `/metrics` exposition, or None if it cannot be read."""
         if self.metrics_path is None:
             return None
         http = self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
@@ -102,10 +112,10 @@ class Target:
             request.add_header("Authorization", f"Bearer {self.metrics_token}")
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
-                text = response.read().decode()
+                text: str = response.read().decode()
+                return text
         except OSError:
             return None
-        return ForwardHistogram.parse(text, metric)
 
 
 @contextlib.contextmanager

@@ -90,6 +90,13 @@ RECEIVE_TO_SEND_SECONDS = Histogram(
     ),
     registry=None,
 )
+GC_PAUSE_SECONDS = Histogram(
+    "keyroom_gc_pause_seconds",
+    "How long each garbage collection stopped the event loop, by generation (2: full)",
+    ["generation"],
+    buckets=(1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5),
+    registry=None,
+)
 WEBHOOKS = Counter(
     "keyroom_webhooks",
     "Webhook POSTs: delivered, failed after every retry, or dropped from a full queue",
@@ -323,7 +330,7 @@ def build_registry(rooms: Rooms, stats: Stats, pending: Sized | None = None) -> 
     registry.register(StateCollector(rooms, stats, pending))
     instruments = (
         JOINS, JOIN_SECONDS, LOOP_LAG_SECONDS, FORWARD_SECONDS, RECEIVE_TO_SEND_SECONDS,
-        WEBHOOKS, SECURITY_ALERTS,
+        GC_PAUSE_SECONDS, WEBHOOKS, SECURITY_ALERTS,
     )  # fmt: skip
     for metric in (*instruments, CONNECTIONS_REFUSED):
         registry.register(metric)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from auth.grants import VideoGrant
 from auth.policy import may_publish_data
-from sfu import clock, iceguard, internals
+from sfu import clock, gcpolicy, iceguard, internals
 from sfu.config import LimitsConfig
 from sfu.datarelay import DataRelay, Envelope
 from sfu.feedback import Feedback
@@ -319,6 +319,7 @@ class Participant:
         if self.closed:
             return
         self.closed = True
+        gcpolicy.departed()  # its cycles are garbage soon: the server's full collections count them
         self.subscribing.stop()
         self.feedback.stop()
         self._timer.stop()

@@ -386,7 +386,8 @@ async def serve(config: Config, source: ConfigSource | None = None) -> int:
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGHUP, lambda: state.spawn(live.reload("SIGHUP"))
     )
-    await stop.wait()
+    with gcpolicy.full_collections(state.rooms.participant_count):
+        await stop.wait()
     log.info("shutting down")
     await shutdown(state)
     await runner.cleanup()
