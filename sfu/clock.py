@@ -12,12 +12,17 @@ Wall-clock instants (a token's `exp`) are converted to this clock at the edge, o
 Periodic work that need not be exact (reports once a second, quality every 2 s, the speaker
 round, the loop-lag probe) is due on one grid of the loop clock (`on_tick`): the timers of every
 owner due in the same slot then fire in one loop wake-up instead of one wake-up each. An idle
-server's CPU is mostly wake-ups (docs/benchmarks.md, "Per-input and idle cost").
+server's CPU is mostly wake-ups (docs/benchmarks.md, "Per-input and idle cost"). Owners with
+work per participant (a participant's reports) take one of PHASES offsets within the tick
+(`next_phase`), so that a busy server's reports are not all due in one wake-up: at 216
+participants the tick's one wake-up held 5-8 ms of reports, every packet arriving meanwhile
+waited behind them (the receive-to-send p99).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -32,6 +37,12 @@ K = TypeVar("K")
 # than a whole tick late (a timer that fired a millisecond late re-arms for the same phase).
 TICK = 0.25
 TICK_SLACK = 0.05
+# Offsets within a tick for per-participant periodic work, dealt out in turn: whole
+# milliseconds, as the loop's timers are (an offset between two of its milliseconds would wake
+# the loop up early again and again until the deadline is reached).
+PHASES = 16
+PHASE_STEP = 0.015
+_phases = itertools.count()
 
 
 class Timed(Protocol):
@@ -50,10 +61,16 @@ def deadline_at(unix_time: float, now: float, wall_now: float | None = None) -> 
     return now + unix_time - (time.time() if wall_now is None else wall_now)
 
 
-def on_tick(when: float) -> float:
+def on_tick(when: float, phase: float = 0.0) -> float:
     """The grid instant for a periodic deadline meant for `when`: the first at or after
-    `when - TICK_SLACK`."""
-    return math.ceil((when - TICK_SLACK) / TICK) * TICK
+    `when - TICK_SLACK`, on the grid shifted by `phase` (0 <= phase < TICK)."""
+    grid = math.ceil((when - phase - TICK_SLACK) / TICK) * TICK
+    return grid + phase if not phase else round(grid + phase, 3)
+
+
+def next_phase() -> float:
+    """The next owner's offset within the tick (PHASES of them, in turn)."""
+    return round(next(_phases) % PHASES * PHASE_STEP, 3)
 
 
 class Deadlines(Generic[K]):

@@ -149,6 +149,7 @@ class Participant:
             max_video_bitrate=lambda: self.room.limits.max_video_bitrate,
             rtcp_ssrc=random.getrandbits(32),
             uplink=ingress.nacks,
+            phase=clock.next_phase(),
         )
 
     def _may_publish_data(self) -> bool:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from sfu.clock import TICK, TICK_SLACK, Deadlines, TimerDriver, deadline_at, on_tick
+from sfu.clock import (
+    PHASES,
+    TICK,
+    TICK_SLACK,
+    Deadlines,
+    TimerDriver,
+    deadline_at,
+    next_phase,
+    on_tick,
+)
 
 
 def test_deadlines_pop_due_in_time_order() -> None:
@@ -112,3 +121,18 @@ async def test_driver_survives_a_failing_owner_without_spinning() -> None:
     await done
     assert owner.failures == 1
     driver.stop()
+
+
+def test_phases_spread_per_participant_work_over_the_tick() -> None:
+    # A participant's reports fall on the grid shifted by its phase: PHASES of them, in turn,
+    # so a busy server's reports are not all due in one wake-up.
+    phases = [next_phase() for _ in range(2 * PHASES)]
+    assert len(set(phases)) == PHASES and phases[:PHASES] == phases[PHASES:]
+    assert all(0 <= p < TICK for p in phases)
+    for phase in phases[:PHASES]:
+        for when in (100.0, 100.01, 100.2, 100.26, 123.456):
+            due = on_tick(when, phase)
+            assert when - TICK_SLACK <= due < when - TICK_SLACK + TICK
+            assert round((due - phase) / TICK, 9) == int(round((due - phase) / TICK, 9))
+            assert due * 1000 == round(due * 1000)  # a whole millisecond, as the loop's timers
+    assert on_tick(100.0, 0.0) == on_tick(100.0)
