@@ -400,7 +400,7 @@ class DownTrack(SteadyDownTrack):
         """Forward `layer` (PAUSED: nothing) from now on, switching at its next keyframe;
         single-layer video pauses or resumes. True when a keyframe should be requested."""
         if self.layers is not None:
-            self.track.down_tracks.changed()  # the layer routes change
+            self.rerouted(layer)  # the layer routes change
             return self.layers.set_target(layer)
         if self.track.kind != "video" or self.paused == (layer == PAUSED):
             return False

@@ -14,6 +14,8 @@ Packaging: built at `pip install` (setup.py's `cffi_modules`); else by hand or o
 from __future__ import annotations
 
 import hashlib
+import runpy
+from pathlib import Path
 
 from cffi import FFI
 
@@ -44,22 +46,12 @@ typedef struct kr_copy {
     unsigned char mid_len;
     unsigned char addrlen;
     unsigned char addr[28];
+    uint16_t floor, pid_offset;
+    unsigned char tl0_offset, layered, munge, last_head_len;
+    unsigned char last_head[6];
 } kr_copy;
 int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
               int length, int *queued);
-#define KR_RX_SLOTS ...
-#define KR_RX_BYTES ...
-#define KR_ADDR_BYTES ...
-typedef struct kr_rx kr_rx;
-kr_rx *kr_rx_new(void);
-void kr_rx_free(kr_rx *rx);
-char *kr_rx_data(kr_rx *rx);
-char *kr_rx_addrs(kr_rx *rx);
-int *kr_rx_lengths(kr_rx *rx);
-int *kr_rx_addrlens(kr_rx *rx);
-int kr_recv(kr_rx *rx, int fd);
-int kr_rx_timestamping(int fd);
-long long *kr_rx_stamps(kr_rx *rx);
 """
 
 SOURCE = r"""
@@ -190,7 +182,41 @@ typedef struct kr_copy {
     unsigned char mid_len;
     unsigned char addrlen;
     unsigned char addr[28];
+    /* A simulcast down-track settled on its layer (sfu/layerswitch.py): input older than the
+       switch point `floor` is refused (the floor follows the stream), and the VP8 PictureID
+       and TL0PICIDX are renumbered by the offsets of its last switch (sfu/vp8.py) when `munge`.
+       last_head: the first bytes of the last copy's payload (+1 in last_head_len, 0: none since
+       Python read it), where the next switch continues the numbering. */
+    uint16_t floor, pid_offset;
+    unsigned char tl0_offset, layered, munge, last_head_len;
+    unsigned char last_head[6];
 } kr_copy;
+
+/* Renumber the VP8 descriptor at p[0..len) as sfu/vp8.py `renumber` does: nothing when it is
+   truncated or carries neither field. */
+static void kr_vp8(unsigned char *p, int len, unsigned pid_offset, unsigned tl0_offset) {
+    if (len < 2 || !(p[0] & 0x80)) return;
+    int ext = p[1], pos = 2, pid_pos = -1, tl0_pos = -1, long_pid = 0;
+    if (ext & 0x80) {
+        if (pos >= len) return;
+        pid_pos = pos;
+        long_pid = p[pos] & 0x80;
+        pos += long_pid ? 2 : 1;
+        if (pos > len) return;
+    }
+    if (ext & 0x40) {
+        if (pos >= len) return;
+        tl0_pos = pos;
+    }
+    if (pid_pos >= 0 && long_pid) {
+        unsigned pid = ((unsigned)(p[pid_pos] & 0x7F) << 8 | p[pid_pos + 1]) + pid_offset;
+        p[pid_pos] = (unsigned char)(0x80 | ((pid >> 8) & 0x7F));
+        p[pid_pos + 1] = (unsigned char)pid;
+    } else if (pid_pos >= 0) {
+        p[pid_pos] = (unsigned char)((p[pid_pos] + pid_offset) & 0x7F);
+    }
+    if (tl0_pos >= 0) p[tl0_pos] = (unsigned char)(p[tl0_pos] + tl0_offset);
+}
 
 /* The kept one-byte elements of [pos, end) under one_map, as RtpRewriter's fast path; their
    length, or -1 when they exceed `room`. */
@@ -258,9 +284,14 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
     int el_len = 0, limit = KR_SLOT_BYTES - KR_TRAILER;
     for (int i = start; i < n; i++) {
         kr_copy *c = &copies[i];
+        if (batch->count >= KR_SLOTS) return i;
+        if (c->layered) { /* LayerSwitch.admit for the current layer */
+            uint16_t ahead = (uint16_t)(in_seq - c->floor);
+            if (ahead >= 0x8000) continue;
+            if (ahead > 0x4000) c->floor = (uint16_t)(in_seq - 0x2000);
+        }
         int out_pt = c->pt_map[pt];
         if (out_pt == 0xFF) continue;
-        if (batch->count >= KR_SLOTS) return i;
         if (remapped == NULL || memcmp(remapped, c->one_map, 16) != 0) {
             el_len = kr_elements(data, ext_start, ext_end, c->one_map, elements, limit);
             remapped = c->one_map;
@@ -303,6 +334,12 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
             memset(b, 0, (size_t)(o + head - b));
         }
         memcpy(o + head, data + pos, (size_t)tail);
+        if (c->munge) kr_vp8(o + head, payload_end - pos, c->pid_offset, c->tl0_offset);
+        if (c->layered) {
+            int kept = payload_end - pos < 6 ? payload_end - pos : 6;
+            memcpy(c->last_head, o + head, (size_t)kept);
+            c->last_head_len = (unsigned char)(kept + 1);
+        }
         memcpy(&batch->addrs[k], c->addr, c->addrlen);
         batch->addrlens[k] = c->addrlen;
         batch->lengths[k] = head + tail;
@@ -314,87 +351,13 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
     }
     return n;
 }
-
-/* The receive side: KR_RX_SLOTS datagrams of up to KR_RX_BYTES (a larger one is truncated and
-   reported with length -1), each with its source address as the kernel wrote it. */
-#define KR_RX_SLOTS 64
-#define KR_RX_BYTES 2048
-#define KR_ADDR_BYTES 28
-#define KR_RX_CONTROL CMSG_SPACE(sizeof(struct timespec))
-
-typedef struct kr_rx {
-    struct mmsghdr msgs[KR_RX_SLOTS];
-    struct iovec iov[KR_RX_SLOTS];
-    int lengths[KR_RX_SLOTS];
-    int addrlens[KR_RX_SLOTS];
-    unsigned char addrs[KR_RX_SLOTS][KR_ADDR_BYTES];
-    unsigned char data[KR_RX_SLOTS][KR_RX_BYTES];
-    /* Receive timestamps (SO_TIMESTAMPNS, sfu/fastpath/receive.py): kr_rx_take_stamps. */
-    unsigned char control[KR_RX_SLOTS][KR_RX_CONTROL];
-    long long stamps[KR_RX_SLOTS];
-} kr_rx;
-
-kr_rx *kr_rx_new(void) {
-    kr_rx *rx = calloc(1, sizeof(kr_rx));
-    if (rx == NULL) return NULL;
-    for (int i = 0; i < KR_RX_SLOTS; i++) {
-        rx->iov[i].iov_base = rx->data[i];
-        rx->iov[i].iov_len = KR_RX_BYTES;
-        rx->msgs[i].msg_hdr.msg_iov = &rx->iov[i];
-        rx->msgs[i].msg_hdr.msg_iovlen = 1;
-        rx->msgs[i].msg_hdr.msg_name = rx->addrs[i];
-        rx->msgs[i].msg_hdr.msg_control = rx->control[i];
-    }
-    return rx;
-}
-void kr_rx_free(kr_rx *rx) { free(rx); }
-char *kr_rx_data(kr_rx *rx) { return (char *)rx->data; }
-char *kr_rx_addrs(kr_rx *rx) { return (char *)rx->addrs; }
-int *kr_rx_lengths(kr_rx *rx) { return rx->lengths; }
-int *kr_rx_addrlens(kr_rx *rx) { return rx->addrlens; }
-
-/* The kernel's receive time of each datagram (CLOCK_REALTIME, ns; 0 without one): with
-   SO_TIMESTAMPNS on the socket (kr_rx_timestamping), the control message recvmmsg returns. */
-static void kr_rx_take_stamps(kr_rx *rx, int n) {
-    for (int i = 0; i < n; i++) {
-        struct msghdr *h = &rx->msgs[i].msg_hdr;
-        struct cmsghdr *c = CMSG_FIRSTHDR(h);
-        rx->stamps[i] = 0;
-        if (c != NULL && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
-            struct timespec ts;
-            memcpy(&ts, CMSG_DATA(c), sizeof(ts));
-            rx->stamps[i] = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-        }
-    }
-}
-long long *kr_rx_stamps(kr_rx *rx) { return rx->stamps; }
-int kr_rx_timestamping(int fd) {
-    int on = 1;
-    return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) < 0 ? -errno : 0;
-}
-
-/* Receive what the socket holds, up to KR_RX_SLOTS datagrams, without waiting: their number
-   (fewer than KR_RX_SLOTS: the socket was empty), or -errno (-EAGAIN: nothing there). */
-int kr_recv(kr_rx *rx, int fd) {
-    int n;
-    for (int i = 0; i < KR_RX_SLOTS; i++) {
-        rx->msgs[i].msg_hdr.msg_namelen = KR_ADDR_BYTES;
-        rx->msgs[i].msg_hdr.msg_flags = 0;
-        rx->msgs[i].msg_hdr.msg_controllen = KR_RX_CONTROL;
-    }
-    do {
-        n = recvmmsg(fd, rx->msgs, KR_RX_SLOTS, MSG_DONTWAIT, NULL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) return -errno;
-    for (int i = 0; i < n; i++) {
-        struct msghdr *h = &rx->msgs[i].msg_hdr;
-        rx->lengths[i] = (h->msg_flags & MSG_TRUNC) ? -1 : (int)rx->msgs[i].msg_len;
-        rx->addrlens[i] = (int)h->msg_namelen;
-    }
-    kr_rx_take_stamps(rx, n);
-    return n;
-}
 """
+
+# The receive side's C, a sibling file (read by path: see its docstring).
+RECEIVE_FILE = Path(__file__).with_name("_receive_source.py")
+_receive = runpy.run_path(str(RECEIVE_FILE))
+CDEF += _receive["CDEF"]
+SOURCE += _receive["SOURCE"]
 
 # Names the C code a module was built from: an extension installed by an older `pip install`
 # whose source has changed since is not used (sfu/fastpath/loader.py).

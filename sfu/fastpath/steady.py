@@ -15,9 +15,13 @@ state (a keyframe wait, a pause, padding, a new rewriter, a fan-out worker) deta
 pair) is checked every `REFRESH` inputs, when Python-path down-tracks that became steady are
 attached too.
 
-Retransmissions: each input packet is kept once per track (`InputRing`); a down-track's cache
-records the spans of output sequence numbers the compiled loop sent, with the offsets then
-(`Replay`), and a NACK rebuilds the packet with `RtpRewriter.replay`: the same bytes.
+A simulcast down-track is steady on its layer when it is settled there (forwarding the layer it
+aims at, no switch pending): each layer then has its own `Copies`, and the compiled loop also
+does what `LayerSwitch.admit` and `Vp8Munger.patch` do per packet of the current layer (the
+switch point's floor, the VP8 PictureID/TL0PICIDX renumbering). Any new target takes it out
+first (`SteadyDownTrack.rerouted`); the switch itself, at a keyframe, is Python's.
+
+Retransmissions: sfu/fastpath/replay.py.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sfu.rtp import ONE_BYTE_PROFILE, RtpInfo, parse_rtp
+from sfu.fastpath.replay import RING, InputRing, Replay
+from sfu.rtp import ONE_BYTE_PROFILE, RtpInfo
 
 if TYPE_CHECKING:
     from sfu.fanout.links import Remote
@@ -33,8 +38,10 @@ if TYPE_CHECKING:
     from sfu.rtprewrite import RtpRewriter
 
 REFRESH = 32  # input packets between checks of who is steady
-RING = 512  # input packets kept per track for rebuilding retransmissions (PacketCache's size)
 _SEQ = 0xFFFF
+# A synthetic header in front of a layered copy's last payload bytes (LayerSwitch.last_sent):
+# where a later switch reads the PictureID/TL0PICIDX numbering from.
+_HEADER = bytes((0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
 
 class SteadyDownTrack:
@@ -46,6 +53,7 @@ class SteadyDownTrack:
     layers: Any
     sink: Any
     cache: Any
+    track: Any
 
     def __init__(self) -> None:
         self._rewriter: RtpRewriter | None = None
@@ -62,6 +70,13 @@ class SteadyDownTrack:
     def _leave(self) -> None:
         if self._copies is not None:
             self._copies.detach(self)
+
+    def rerouted(self, target: int) -> None:
+        """A simulcast down-track is given `target`: out of its layer's loop first if that is
+        a new one, and the layers' routes are made again."""
+        if target != self.layers.target:
+            self._leave()
+        self.track.down_tracks.changed()
 
     @property
     def rewriter(self) -> RtpRewriter | None:
@@ -115,74 +130,24 @@ class SteadyDownTrack:
         self._remote = remote
 
 
-class InputRing:
-    """A track's last `RING` input packets by sequence number, kept by reference."""
-
-    __slots__ = ("seqs", "packets")
-
-    def __init__(self) -> None:
-        self.seqs = [-1] * RING
-        self.packets: list[bytes] = [b""] * RING
-
-    def get(self, seq: int) -> bytes | None:
-        slot = seq & (RING - 1)
-        return self.packets[slot] if self.seqs[slot] == seq else None
-
-
-class Replay:
-    """The spans of a down-track's output the compiled loop sent, to rebuild them for a NACK.
-    A span: [first sequence number, last (None while open), seq offset, ts offset, packets sent
-    in it (before it while open), the oldest sequence number sent in it (late input can go
-    below the first)]."""
-
-    __slots__ = ("ring", "rewriter", "spans")
-
-    def __init__(self, ring: InputRing, rewriter: RtpRewriter) -> None:
-        self.ring = ring
-        self.rewriter = rewriter
-        self.spans: list[list[Any]] = []
-
-    def open(self, rewriter: RtpRewriter) -> None:
-        if rewriter is not self.rewriter:
-            self.rewriter, self.spans = rewriter, []  # another stream: its spans do not apply
-        seq_offset, ts_offset, last_seq, _, packets, _ = rewriter.state()
-        first = (last_seq + 1) & _SEQ
-        self.spans.append([first, None, seq_offset, ts_offset, packets, first])
-        del self.spans[:-4]  # older spans are far beyond the ring's reach
-
-    def close(self) -> None:
-        if self.spans and self.spans[-1][1] is None:
-            self.spans[-1][1] = self.rewriter.last_out_seq
-            self.spans[-1][4] = self.rewriter.packets - self.spans[-1][4]
-
-    def get(self, seq: int, cached: bool) -> bytes | None | bool:
-        """The packet `seq` rebuilt; None if its input is gone; False if no span has it (or,
-        below a span's first, when the Python path's cache has it: `cached`)."""
-        rewriter = self.rewriter
-        for first, last, seq_offset, ts_offset, packets, early in reversed(self.spans):
-            if last is None:
-                last, packets = rewriter.last_out_seq, rewriter.packets - packets
-            back = (last - seq) & _SEQ
-            if back >= 0x8000:
-                continue
-            if back > (last - first) & _SEQ and packets < 0x8000:
-                if cached or back > (last - early) & _SEQ:
-                    continue
-            data = self.ring.get((seq - seq_offset) & _SEQ)
-            if data is None:
-                return None
-            return rewriter.replay(data, parse_rtp(data), seq_offset, ts_offset)
-        return False
-
-
 # What a sink that can be bypassed answers (`steady()`): the batch, the destination, and the
 # sink that counts the packets sent (an RtpSink, sfu/internals/egress.py; None: nobody counts,
 # a fan-out worker's subscriber, sfu/fanout/worker.py).
 Steady = tuple["FanoutBatch", "Destination", Any]
 
 
-def _steady(down: SteadyDownTrack) -> Steady | None:
-    """What `down`'s sink answers if `down` can be forwarded by the compiled loop now."""
+def _settled(down: SteadyDownTrack, layer: int) -> bool:
+    """Whether `down` is single-layer (`layer` -1), or forwards simulcast `layer` and aims at
+    no other."""
+    layers = down.layers
+    if layers is None:
+        return layer < 0
+    return layer >= 0 and layers.current == layer and layers.target == layer
+
+
+def _steady(down: SteadyDownTrack, layer: int = -1) -> Steady | None:
+    """What `down`'s sink answers if `down` can be forwarded by the compiled loop of `layer`
+    (-1: of a single-layer track) now."""
     rewriter = down._rewriter
     if (
         rewriter is None
@@ -190,7 +155,7 @@ def _steady(down: SteadyDownTrack) -> Steady | None:
         or down._paused
         or down._padding
         or down._remote is not None
-        or down.layers is not None
+        or not _settled(down, layer)
         or rewriter.compiled_form() is None
     ):
         return None
@@ -201,12 +166,13 @@ def _steady(down: SteadyDownTrack) -> Steady | None:
     return found
 
 
-def adopt(downs: Sequence[SteadyDownTrack]) -> Copies | None:
-    """A compiled loop for a track whose down-tracks include a steady one, else None."""
+def adopt(downs: Sequence[SteadyDownTrack], layer: int = -1) -> Copies | None:
+    """A compiled loop for a track (or its simulcast `layer`) whose down-tracks include a
+    steady one, else None."""
     for down in downs:
-        found = _steady(down)
-        if found is not None:
-            return Copies(found[0], video=down.cache is not None)
+        found = _steady(down, layer)
+        if found is not None and (layer < 0 or found[0].layers):
+            return Copies(found[0], video=down.cache is not None, layer=layer)
     return None
 
 
@@ -229,10 +195,12 @@ class Copies:
         "_tick",
         "ring",
         "fallbacks",
+        "layer",
     )
 
-    def __init__(self, batch: FanoutBatch, *, video: bool) -> None:
+    def __init__(self, batch: FanoutBatch, *, video: bool, layer: int = -1) -> None:
         self.batch = batch
+        self.layer = layer  # the simulcast layer forwarded, -1: a single-layer track
         self._ffi = batch._ffi
         self._fanout = batch._lib.kr_fanout
         self._capacity = 8
@@ -269,8 +237,20 @@ class Copies:
                 sent = self._send(data)
             else:
                 sent = self._fallback(data, info)
-        for down in self._python:
-            if down.forward(data, info):
+        if self.layer < 0:
+            for down in self._python:
+                if down.forward(data, info):
+                    sent += 1
+        else:
+            sent += self._forward_layer(data, info, self._python)
+        return sent
+
+    def _forward_layer(self, data: bytes, info: RtpInfo, downs: Sequence[Any]) -> int:
+        """Layer.forward's loop over its route (sfu/simulcast.py), for `downs`."""
+        sent, layer = 0, self.layer
+        renumbered: dict[int, tuple[bytes, int]] = {}  # shared by the route (sfu/vp8.py)
+        for down in downs:
+            if down.forward_layer(layer, data, info, renumbered):
                 sent += 1
         return sent
 
@@ -297,14 +277,19 @@ class Copies:
         sent = 0
         for i, down in enumerate(self.members):
             self._pull(i, down)
-            if cast(Any, down).forward(data, info):  # a DownTrack
+            if self.layer >= 0:
+                sent += self._forward_layer(data, info, (down,))
+            elif cast(Any, down).forward(data, info):  # a DownTrack
                 sent += 1
             self._push(i, down)
         return sent
 
     def _refresh(self, downs: Sequence[SteadyDownTrack], version: int) -> None:
         present = set(map(id, downs))
-        for down in [d for d in self.members if id(d) not in present]:
+        layer = self.layer
+        for down in [
+            d for d in self.members if id(d) not in present or not _settled(d, layer)
+        ]:
             self.detach(down)
         self._version = version
         self._python = [d for d in downs if d._copies is not self]
@@ -316,12 +301,12 @@ class Copies:
             self._refresh(downs, version)
         for i in range(len(self.members) - 1, -1, -1):
             down = self.members[i]
-            found = _steady(down)
+            found = _steady(down, self.layer)
             if found is None or found[0] is not self.batch or found[1] is not self._destinations[i]:
                 self.detach(down)
         for down in list(self._python):
             if down._copies is None:
-                found = _steady(down)
+                found = _steady(down, self.layer)
                 if found is not None and found[0] is self.batch:
                     self.attach(down, found)
 
@@ -345,7 +330,7 @@ class Copies:
         copy.slot, copy.slot_len = slot.ljust(3, b"\0"), len(slot)
         copy.mid, copy.mid_len = mid.ljust(17, b"\0"), len(mid)
         copy.addr, copy.addrlen = destination[2].ljust(28, b"\0"), destination[3]
-        copy.sent_packets = copy.sent_bytes = copy.send_errors = 0
+        copy.sent_packets = copy.sent_bytes = copy.send_errors = copy.last_head_len = 0
         copy.first_seq = (rewriter.last_out_seq + 1) & _SEQ
         self.members.append(down)
         self._destinations.append(destination)
@@ -356,8 +341,12 @@ class Copies:
         if down.cache is not None and self.ring is not None:
             replay = down.cache.replay
             if replay is None:
-                replay = down.cache.replay = Replay(self.ring, rewriter)
-            replay.open(rewriter)
+                replay = down.cache.replay = Replay(rewriter)
+            munger = down.layers.munger if down.layers is not None else None
+            if munger is not None and munger.key:
+                replay.open(rewriter, self.ring, munger.pid_offset, munger.tl0_offset)
+            else:
+                replay.open(rewriter, self.ring)
 
     def detach(self, down: SteadyDownTrack) -> None:
         """Back to the Python path, its state taken out of C."""
@@ -412,6 +401,13 @@ class Copies:
             sink.sent_bytes += copy.sent_bytes
             sink.send_errors += copy.send_errors
         copy.sent_packets = copy.sent_bytes = copy.send_errors = 0
+        layers = down.layers
+        if layers is not None:
+            layers.floor = copy.floor
+            if copy.last_head_len:
+                head = bytes(self._ffi.buffer(copy.last_head, copy.last_head_len - 1))
+                layers.last_sent = _HEADER + head
+                copy.last_head_len = 0
 
     def _push(self, i: int, down: SteadyDownTrack) -> None:
         copy, rewriter = self._array[i], down._rewriter
@@ -420,3 +416,11 @@ class Copies:
         copy.seq_offset, copy.ts_offset = seq_offset, ts_offset
         copy.last_out_seq, copy.last_out_ts = last_seq, last_ts
         copy.packets, copy.octets = packets, octets
+        layers = down.layers
+        copy.layered = layers is not None
+        if layers is not None:
+            copy.floor = layers.floor
+            munger = layers.munger
+            copy.munge = munger is not None and munger.key != 0
+            if munger is not None:
+                copy.pid_offset, copy.tl0_offset = munger.pid_offset, munger.tl0_offset
