@@ -151,7 +151,7 @@ def _steady(down: SteadyDownTrack, layer: int = -1) -> Steady | None:
     rewriter = down._rewriter
     if (
         rewriter is None
-        or down._waiting
+        or (down._waiting and layer < 0)  # a layered one waits in its LayerSwitch
         or down._paused
         or down._padding
         or down._remote is not None
