@@ -288,7 +288,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--simulcast",
         action="store_true",
         help="instead: a 3-layer simulcast track against a single-layer one, per output packet,"
-        " at the first --fanout (default 20), rounds alternating",
+        " at the first --fanout (default 20), rounds alternating; with --path compiled through"
+        " the shared socket's batch and the compiled per-copy loop",
     )
     p.add_argument(
         "--tight",
@@ -304,7 +305,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.simulcast:
         from loadtest.bench_simulcast import compare, format_comparison
 
-        result = compare(fanout=(args.fanout or [20])[0])
+        path = "compiled" if "compiled" in (args.path or ()) else "python"
+        result = compare(fanout=(args.fanout or [20])[0], path=path)
         print(json.dumps(result, indent=2) if args.json else format_comparison(result))
         return 0
     if args.tight:
