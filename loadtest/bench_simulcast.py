@@ -67,7 +67,7 @@ class BatchSinks:
         self.batch.layers = layers
         self.batch.depth = 1  # flushed by the sender, as the shared socket's reader does
         protocol = SimpleNamespace(transport=SimpleNamespace(sendto=None, batch=self.batch))
-        self._dtls = lambda: _fake_dtls(_session(), protocol, DISCARD)
+        self._dtls: Callable[[], Any] = lambda: _fake_dtls(_session(), protocol, DISCARD)
         self.sinks: list[Any] = []
         self.downs: list[DownTrack] = []
 
@@ -226,7 +226,10 @@ def compare(
     """Alternating rounds of both (and, compiled, of the simulcast track on the Python path);
     the medians and their ratios to the single layer."""
     load = os.getloadavg()
-    setups = {"single": single_layer(fanout, size, path), "simulcast": simulcast(fanout, size, path)}
+    setups = {
+        "single": single_layer(fanout, size, path),
+        "simulcast": simulcast(fanout, size, path),
+    }
     if path == "compiled":
         setups["simulcast_python"] = simulcast(fanout, size, path, layers=False)
     # Three times the input packets for a simulcast track: each subscriber takes one layer.
@@ -261,7 +264,8 @@ def format_comparison(result: dict[str, Any]) -> str:
     )
     if "python_ratio" in result:
         text += (
-            f"; simulcast with its copies on the Python path {result['simulcast_python_us_per_out']}"
+            "; simulcast with its copies on the Python path"
+            f" {result['simulcast_python_us_per_out']}"
             f" µs ({(result['python_ratio'] - 1) * 100:+.1f} %)"
         )
     before, after = result["load_average"][:3], result["load_average"][3:]

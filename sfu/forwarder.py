@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sfu.fanout.links import Feed
-from sfu.fastpath.steady import REFRESH, Copies, SteadyDownTrack, adopt
+from sfu.fastpath.state import SteadyDownTrack
+from sfu.fastpath.steady import REFRESH, Copies, adopt
 from sfu.keyframe import KeyframeThrottle, is_keyframe
 from sfu.layerswitch import FLOOR_MOVE, PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
@@ -227,8 +228,7 @@ class PublishedTrack:
 
 
 class DownTrack(SteadyDownTrack):
-    """One published track as one subscriber receives it. `rewriter`, `waiting_for_keyframe`,
-    `paused`, `padding` and `remote` are properties (sfu/fastpath/steady.py)."""
+    """One published track as one subscriber receives it (its properties: fastpath/state.py)."""
 
     __slots__ = (
         "track",

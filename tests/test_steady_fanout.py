@@ -374,7 +374,9 @@ def test_a_full_batch_is_sent_and_the_rest_queued(
 # Simulcast: three VP8 layers (layer 0 with 7-bit PictureIDs, the others 15-bit), subscribers
 # switching between them; settled ones are forwarded by their layer's compiled loop.
 def vp8(picture: int, tl0: int, key: bool, short: bool) -> bytes:
-    pid = bytes((picture & 0x7F,)) if short else bytes((0x80 | (picture >> 8) & 0x7F, picture & 0xFF))
+    pid = (
+        bytes((picture & 0x7F,)) if short else bytes((0x80 | (picture >> 8) & 0x7F, picture & 0xFF))
+    )
     return bytes((0x90, 0xC0)) + pid + bytes((tl0 & 0xFF, 0x00 if key else 0x01)) + bytes(24)
 
 

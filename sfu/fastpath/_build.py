@@ -49,9 +49,15 @@ typedef struct kr_copy {
     uint16_t floor, pid_offset;
     unsigned char tl0_offset, layered, munge, last_head_len;
     unsigned char last_head[6];
+    int64_t *tw_next;
+    double *tw_times;
+    uint32_t *tw_sizes;
+    double *budget;
+    uint64_t budget_packets, budget_bytes;
+    unsigned char over;
 } kr_copy;
 int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
-              int length, int *queued);
+              int length, double now, int *queued, int *over);
 """
 
 SOURCE = r"""
@@ -190,7 +196,23 @@ typedef struct kr_copy {
     uint16_t floor, pid_offset;
     unsigned char tl0_offset, layered, munge, last_head_len;
     unsigned char last_head[6];
+    /* Transport-wide congestion control (sfu/twcc.py TransportSequence, shared by the
+       subscriber's down-tracks): the next sequence number, stamped in the slot (the first
+       element), and the send history (time, size) by sequence number & KR_TW_MASK; NULL:
+       not negotiated. */
+    int64_t *tw_next;
+    double *tw_times;
+    uint32_t *tw_sizes;
+    /* The subscriber's video send budget (sfu/sendbudget.py SendBudget.cell), NULL: none. A
+       copy that does not fit is not made (`over` set): Python paces it. What fitted is
+       counted here for the budget's own counters (offered, passed). */
+    double *budget;
+    uint64_t budget_packets, budget_bytes;
+    unsigned char over;
 } kr_copy;
+
+#define KR_TW_MASK 8191 /* sfu/twcc.py HISTORY - 1 */
+#define KR_ROUNDING 1e-6 /* sfu/sendbudget.py _ROUNDING */
 
 /* Renumber the VP8 descriptor at p[0..len) as sfu/vp8.py `renumber` does: nothing when it is
    truncated or carries neither field. */
@@ -258,7 +280,7 @@ static void kr_put32(unsigned char *p, uint32_t v) {
    not queued because the batch is full (flush, then call again from there); -1 for a header
    that does not parse. *queued is raised by the copies queued. */
 int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
-              int length, int *queued) {
+              int length, double now, int *queued, int *over) {
     if (length < 12 || data[0] >> 6 != 2) return -1;
     int b0 = data[0], pos = 12 + 4 * (b0 & 0x0F), ext_start = pos, ext_end = pos;
     if (pos > length) return -1;
@@ -296,6 +318,26 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
             el_len = kr_elements(data, ext_start, ext_end, c->one_map, elements, limit);
             remapped = c->one_map;
         }
+        int body = c->slot_len + el_len + c->mid_len;
+        body += (4 - (body & 3)) & 3;
+        int head = body ? 16 + body : 12;
+        double *b = c->budget; /* [tokens, depth, rate (-1: none), last refill] */
+        if (b != NULL && b[2] >= 0 && el_len >= 0) { /* Pacer.offer -> SendBudget.take */
+            double size = head + tail;
+            if (now > b[3]) {
+                double tokens = b[0] + (now - b[3]) * b[2];
+                b[0] = tokens < b[1] ? tokens : b[1];
+                b[3] = now;
+            }
+            if (b[0] < (size < b[1] ? size : b[1]) - KR_ROUNDING) {
+                c->over = 1;
+                (*over)++;
+                continue;
+            }
+            b[0] -= size;
+            c->budget_packets++;
+            c->budget_bytes += (uint64_t)(head + tail);
+        }
         uint16_t seq = (uint16_t)(in_seq + c->seq_offset);
         uint32_t ts = in_ts + c->ts_offset;
         if ((uint16_t)(seq - c->last_out_seq) < 0x8000) { /* only a newer packet moves it */
@@ -306,10 +348,12 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
         }
         c->packets++;
         c->octets += (uint64_t)(payload_end - pos);
-        int body = c->slot_len + el_len + c->mid_len;
-        body += (4 - (body & 3)) & 3;
-        int head = body ? 16 + body : 12;
         if (el_len < 0 || head + tail > limit) {
+            if (el_len >= 0 && c->tw_next != NULL && c->slot_len) { /* stamped, then refused */
+                int64_t t = (*c->tw_next)++;
+                c->tw_times[t & KR_TW_MASK] = now;
+                c->tw_sizes[t & KR_TW_MASK] = (uint32_t)(head + tail);
+            }
             c->send_errors++;
             continue;
         }
@@ -332,6 +376,12 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
             memcpy(b, c->mid, c->mid_len);
             b += c->mid_len;
             memset(b, 0, (size_t)(o + head - b));
+            if (c->tw_next != NULL && c->slot_len) { /* TransportSequence.stamp */
+                int64_t t = (*c->tw_next)++;
+                kr_put16(o + 17, (unsigned)(t & 0xFFFF));
+                c->tw_times[t & KR_TW_MASK] = now;
+                c->tw_sizes[t & KR_TW_MASK] = (uint32_t)(head + tail);
+            }
         }
         memcpy(o + head, data + pos, (size_t)tail);
         if (c->munge) kr_vp8(o + head, payload_end - pos, c->pid_offset, c->tl0_offset);

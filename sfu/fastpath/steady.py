@@ -1,10 +1,11 @@
 """Down-tracks in their steady state forwarded by compiled code: one call per input packet.
 
 A down-track is steady when it only rewrites and sends: its rewriter started and has the
-one-byte fast path, it waits for no keyframe, is not paused, pads nothing, is single-layer, is
-sent by this process, and its sink sends RTP through a shared socket's `FanoutBatch` (no
-transport-cc stamping). Then its per-copy work (RtpRewriter.rewrite, the retransmission cache,
-RtpSink.send, FanoutBatch.add) is a `kr_copy` struct in its track's C array, and `kr_fanout`
+one-byte fast path, it waits for no keyframe, is not paused, pads nothing, is sent by this
+process, and its sink sends RTP through a shared socket's `FanoutBatch` (with nothing waiting
+in its pacer, if paced). Then its per-copy work (RtpRewriter.rewrite, the retransmission cache,
+RtpSink.send with its transport-cc stamp, the send budget's `take`, FanoutBatch.add) is a
+`kr_copy` struct in its track's C array, and `kr_fanout`
 (sfu/fastpath/_build.py) writes every steady copy of an input packet into the batch in one
 call. The rest keep the Python path.
 
@@ -21,6 +22,13 @@ does what `LayerSwitch.admit` and `Vp8Munger.patch` do per packet of the current
 switch point's floor, the VP8 PictureID/TL0PICIDX renumbering). Any new target takes it out
 first (`SteadyDownTrack.rerouted`); the switch itself, at a keyframe, is Python's.
 
+Transport-cc: the compiled loop stamps the subscriber's TransportSequence and writes the send
+time and size into its history arrays (through pointers), which the feedback reads when it
+comes. A send budget (sfu/sendbudget.py): the loop takes its tokens from the budget's cell as
+`SendBudget.take` does; a copy that does not fit leaves the loop for that packet and the next
+ones (`_over`): the pacer's Python path queues it, and the down-track comes back at a check
+that finds the pacer empty.
+
 Retransmissions: sfu/fastpath/replay.py.
 """
 
@@ -29,105 +37,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from sfu import twcc
 from sfu.fastpath.replay import RING, InputRing, Replay
+from sfu.fastpath.state import SteadyDownTrack
 from sfu.rtp import ONE_BYTE_PROFILE, RtpInfo
 
 if TYPE_CHECKING:
-    from sfu.fanout.links import Remote
     from sfu.fastpath.batch import Destination, FanoutBatch
-    from sfu.rtprewrite import RtpRewriter
 
 REFRESH = 32  # input packets between checks of who is steady
 _SEQ = 0xFFFF
 # A synthetic header in front of a layered copy's last payload bytes (LayerSwitch.last_sent):
 # where a later switch reads the PictureID/TL0PICIDX numbering from.
 _HEADER = bytes((0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
-
-
-class SteadyDownTrack:
-    """The state of a down-track that decides whether it is steady, behind setters that take it
-    out of the compiled loop first. The Python hot path reads the slots directly."""
-
-    __slots__ = ("_rewriter", "_waiting", "_paused", "_padding", "_remote", "_copies")
-    # DownTrack's (sfu/forwarder.py), read here.
-    layers: Any
-    sink: Any
-    cache: Any
-    track: Any
-
-    def __init__(self) -> None:
-        self._rewriter: RtpRewriter | None = None
-        # Video starts at a keyframe: earlier delta frames would only make the decoder ask again
-        # (DownTrack sets it).
-        self._waiting = False
-        # Paused by congestion control: forwards nothing until resumed at a keyframe.
-        self._paused = False
-        # Padding packets sent after each media packet while congestion control probes.
-        self._padding = 0
-        self._remote: Remote | None = None  # a fan-out worker sends it (sfu/fanout/)
-        self._copies: Copies | None = None
-
-    def _leave(self) -> None:
-        if self._copies is not None:
-            self._copies.detach(self)
-
-    def rerouted(self, target: int) -> None:
-        """A simulcast down-track is given `target`: out of its layer's loop first if that is
-        a new one, and the layers' routes are made again."""
-        if target != self.layers.target:
-            self._leave()
-        self.track.down_tracks.changed()
-
-    @property
-    def rewriter(self) -> RtpRewriter | None:
-        if self._copies is not None:
-            self._copies.sync(self)
-        return self._rewriter
-
-    @rewriter.setter
-    def rewriter(self, rewriter: RtpRewriter | None) -> None:
-        self._leave()
-        self._rewriter = rewriter
-
-    @property
-    def waiting_for_keyframe(self) -> bool:
-        return self._waiting
-
-    @waiting_for_keyframe.setter
-    def waiting_for_keyframe(self, waiting: bool) -> None:
-        if waiting:
-            self._leave()
-        self._waiting = waiting
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    @paused.setter
-    def paused(self, paused: bool) -> None:
-        if paused:
-            self._leave()
-        self._paused = paused
-
-    @property
-    def padding(self) -> int:
-        return self._padding
-
-    @padding.setter
-    def padding(self, padding: int) -> None:
-        if padding:
-            self._leave()
-        self._padding = padding
-
-    @property
-    def remote(self) -> Remote | None:
-        return self._remote
-
-    @remote.setter
-    def remote(self, remote: Remote | None) -> None:
-        if remote is not None:
-            self._leave()
-        self._remote = remote
 
 
 # What a sink that can be bypassed answers (`steady()`): the batch, the destination, and the
@@ -188,10 +110,12 @@ class Copies:
         "members",
         "_destinations",
         "_sinks",
+        "_bound",
         "_held",
         "_python",
         "_version",
         "_queued",
+        "_over",
         "_tick",
         "ring",
         "fallbacks",
@@ -208,10 +132,13 @@ class Copies:
         self.members: list[SteadyDownTrack] = []
         self._destinations: list[Destination] = []
         self._sinks: list[Any] = []  # each member's RtpSink (its counters), or None
+        # Each member's (TransportSequence or None, SendBudget or None, buffers C points into).
+        self._bound: list[tuple[Any, Any, tuple[Any, ...]]] = []
         self._held: tuple[Destination, ...] = ()
         self._python: list[Any] = []  # DownTracks: their Python path
         self._version = -1
         self._queued = self._ffi.new("int *")
+        self._over = self._ffi.new("int *")
         self._tick = 0
         self.ring = InputRing() if video else None
         self.fallbacks = 0  # input packets the compiled loop could not take (another profile)
@@ -234,7 +161,7 @@ class Copies:
                 ring.packets[slot] = data
             profile = info[6]
             if profile is None or profile == ONE_BYTE_PROFILE:
-                sent = self._send(data)
+                sent = self._send(data, info)
             else:
                 sent = self._fallback(data, info)
         if self.layer < 0:
@@ -254,13 +181,16 @@ class Copies:
                 sent += 1
         return sent
 
-    def _send(self, data: bytes) -> int:
-        batch, queued = self.batch, self._queued
-        queued[0] = 0
+    def _send(self, data: bytes, info: RtpInfo) -> int:
+        batch, queued, over = self.batch, self._queued, self._over
+        queued[0] = over[0] = 0
         count, start, size = len(self.members), 0, len(data)
+        now = twcc.send_clock()  # the send time of every copy (and the budget's refill)
         while True:
             batch.hold(self._held)
-            start = self._fanout(batch._batch, self._array, start, count, data, size, queued)
+            start = self._fanout(
+                batch._batch, self._array, start, count, data, size, now, queued, over
+            )
             if start < 0 or start >= count:
                 break
             batch.flush()  # the batch is full: send it, then queue the rest
@@ -268,7 +198,21 @@ class Copies:
             batch.flush()
         made: int = queued[0]
         batch._stats.fanout_compiled_copies += made
+        if over[0]:
+            made += self._paced(data, info)
         return made
+
+    def _paced(self, data: bytes, info: RtpInfo) -> int:
+        """The copies over their send budget: each down-track leaves for its Python path,
+        whose pacer queues this packet (and the next ones while it holds any)."""
+        array, members = self._array, self.members
+        over = [down for i, down in enumerate(members) if array[i].over]
+        for down in over:
+            array[members.index(down)].over = 0
+            self.detach(down)
+        if self.layer >= 0:
+            return self._forward_layer(data, info, over)
+        return sum(1 for down in over if cast(Any, down).forward(data, info))
 
     def _fallback(self, data: bytes, info: RtpInfo) -> int:
         """An extension block the compiled loop does not rewrite: each member's Python path,
@@ -287,9 +231,7 @@ class Copies:
     def _refresh(self, downs: Sequence[SteadyDownTrack], version: int) -> None:
         present = set(map(id, downs))
         layer = self.layer
-        for down in [
-            d for d in self.members if id(d) not in present or not _settled(d, layer)
-        ]:
+        for down in [d for d in self.members if id(d) not in present or not _settled(d, layer)]:
             self.detach(down)
         self._version = version
         self._python = [d for d in downs if d._copies is not self]
@@ -302,7 +244,12 @@ class Copies:
         for i in range(len(self.members) - 1, -1, -1):
             down = self.members[i]
             found = _steady(down, self.layer)
-            if found is None or found[0] is not self.batch or found[1] is not self._destinations[i]:
+            if (
+                found is None
+                or found[0] is not self.batch
+                or found[1] is not self._destinations[i]
+                or getattr(found[2], "transport_sequence", None) is not self._bound[i][0]
+            ):
                 self.detach(down)
         for down in list(self._python):
             if down._copies is None:
@@ -332,6 +279,8 @@ class Copies:
         copy.addr, copy.addrlen = destination[2].ljust(28, b"\0"), destination[3]
         copy.sent_packets = copy.sent_bytes = copy.send_errors = copy.last_head_len = 0
         copy.first_seq = (rewriter.last_out_seq + 1) & _SEQ
+        copy.over = copy.budget_packets = copy.budget_bytes = 0
+        self._bound.append(self._bind(copy, slot, sink, getattr(down.sink, "budget", None)))
         self.members.append(down)
         self._destinations.append(destination)
         self._sinks.append(sink)
@@ -348,6 +297,29 @@ class Copies:
             else:
                 replay.open(rewriter, self.ring)
 
+    def _bind(
+        self, copy: Any, slot: bytes, sink: Any, budget: Any
+    ) -> tuple[Any, Any, tuple[Any, ...]]:
+        """Point `copy` at its transport's TransportSequence (where its slot is that one's
+        element: else `stamp` leaves the packet as it is) and its send budget's cell."""
+        ffi, kept = self._ffi, []
+        sequence = getattr(sink, "transport_sequence", None)
+        if sequence is not None and slot[:1] == bytes((sequence.one,)):
+            kept += [
+                ffi.from_buffer("int64_t[]", sequence.next),
+                ffi.from_buffer("double[]", sequence.times),
+                ffi.from_buffer("uint32_t[]", sequence.sizes),
+            ]
+            copy.tw_next, copy.tw_times, copy.tw_sizes = kept
+        else:
+            copy.tw_next = copy.tw_times = copy.tw_sizes = ffi.NULL
+        if budget is not None:
+            kept.append(ffi.from_buffer("double[]", budget.cell))
+            copy.budget = kept[-1]
+        else:
+            copy.budget = ffi.NULL
+        return sequence, budget, tuple(kept)
+
     def detach(self, down: SteadyDownTrack) -> None:
         """Back to the Python path, its state taken out of C."""
         i = self.members.index(down)
@@ -359,9 +331,11 @@ class Copies:
             self.members[i] = self.members[last]
             self._destinations[i] = self._destinations[last]
             self._sinks[i] = self._sinks[last]
+            self._bound[i] = self._bound[last]
         self.members.pop()
         self._destinations.pop()
         self._sinks.pop()
+        self._bound.pop()
         down._copies = None
         self._changed()
         if down.cache is not None and down.cache.replay is not None:
@@ -401,6 +375,11 @@ class Copies:
             sink.sent_bytes += copy.sent_bytes
             sink.send_errors += copy.send_errors
         copy.sent_packets = copy.sent_bytes = copy.send_errors = 0
+        budget = self._bound[i][1]
+        if budget is not None:
+            budget.offered += copy.budget_packets
+            budget.passed += copy.budget_bytes
+            copy.budget_packets = copy.budget_bytes = 0
         layers = down.layers
         if layers is not None:
             layers.floor = copy.floor
