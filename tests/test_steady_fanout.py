@@ -5,6 +5,7 @@ and sender reports; leaving and rejoining the steady state included."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import struct
@@ -12,12 +13,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import cast
 
 import pylibsrtp
 import pytest
 from aiortc.rtcdtlstransport import State
 
 from loadtest.bench_forward import _fake_dtls
+from sfu import clock, twcc
 from sfu.fastpath import loader
 from sfu.fastpath.batch import FanoutBatch
 from sfu.fastpath.steady import REFRESH
@@ -26,7 +29,9 @@ from sfu.internals import RtpSink
 from sfu.layerswitch import PAUSED
 from sfu.rtp import parse_rtp
 from sfu.sdpinfo import SimulcastOffer
+from sfu.sendbudget import BudgetedSink, SendBudget
 from sfu.stats import DropReason, Stats
+from sfu.twcc import FeedbackReport, TransportSequence
 
 ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -145,7 +150,13 @@ def srtp(i: int, outbound: bool) -> pylibsrtp.Session:
     return pylibsrtp.Session(policy=policy)
 
 
-def run(compiled: bool, receivers: list[socket.socket], sender: socket.socket) -> Run:
+def run(
+    compiled: bool,
+    receivers: list[socket.socket],
+    sender: socket.socket,
+    prepare: Callable[[list[DownTrack], list[RtpSink]], object] = lambda downs, sinks: None,
+    tick: Callable[[], object] = lambda: None,
+) -> Run:
     module = loader.load()
     assert module is not None, loader.failure()
     random.seed(14)  # the same random sequence starts in both runs
@@ -169,10 +180,12 @@ def run(compiled: bool, receivers: list[socket.socket], sender: socket.socket) -
         track.down_tracks.append(down)
         downs.append(down)
         sinks.append(sink)
+    prepare(downs, sinks)
     for item in scenario():
         if callable(item):
             item(downs)
         else:
+            tick()
             track.forward(item, parse_rtp(item))
     assert batch.flush() == 0  # nothing left queued
     received = []  # SRTP as sent: the same keys, so the same bytes mean the same plaintext
@@ -520,3 +533,80 @@ def test_simulcast_nacks_are_answered_with_the_bytes_first_sent(
         answers = [a.cache.get(s) for s in seqs]
         assert answers == [b.cache.get(s) for s in seqs], f"subscriber {i}"
         assert sum(x is not None for x in answers) > 100
+
+
+# Transport-cc: subscribers 3 and 5 negotiated it (their extension ids 5 and 7); 5 is also
+# paced within a send budget that the scenario's bursts overrun now and then.
+# Its rate falls from 2 Mbit/s to 300 kbit/s at input 150 (the pacer queues), and rises to
+# 8 Mbit/s at input 215 (the queue drains, the down-track is steady again).
+RATES = {0: 2_000_000, 150: 300_000, 215: 8_000_000}
+
+
+def twcc_run(compiled: bool, sockets: tuple[list[socket.socket], socket.socket]) -> Run:
+    now, inputs, budget = [100.0], [0], SendBudget()
+
+    def prepare(downs: list[DownTrack], sinks: list[RtpSink]) -> None:
+        for i, ext_id in ((3, 5), (5, 7)):
+            sinks[i].transport_sequence = TransportSequence(ext_id, start=65000)
+        downs[5].sink = BudgetedSink(sinks[5], budget)
+
+    def tick() -> None:  # before each input packet, 1 ms apart
+        if inputs[0] in RATES:
+            budget.set_rate(RATES[inputs[0]], now[0])
+        inputs[0] += 1
+        now[0] += 0.001
+
+    async def scenario() -> Run:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(twcc, "send_clock", lambda: now[0])
+            patch.setattr(clock, "now", lambda: now[0])
+            result = run(compiled, *sockets, prepare=prepare, tick=tick)
+            cast(BudgetedSink, result.downs[5].sink).close()  # its timer never fires
+            return result
+
+    return asyncio.run(scenario())
+
+
+def test_transport_cc_and_paced_subscribers_go_compiled_with_the_same_feedback(
+    sockets: tuple[list[socket.socket], socket.socket],
+) -> None:
+    python = twcc_run(False, sockets)
+    compiled = twcc_run(True, sockets)
+    copies = compiled.track.copies
+    assert copies is not None
+    assert compiled.downs[3] in copies.members
+    for i in range(len(SUBSCRIBERS)):
+        assert compiled.received[i] == python.received[i], f"subscriber {i}"
+        a, b = compiled.sinks[i], python.sinks[i]
+        assert (a.sent_packets, a.sent_bytes, a.send_errors) == (
+            b.sent_packets,
+            b.sent_bytes,
+            b.send_errors,
+        )
+    for i in (3, 5):
+        x, y = compiled.sinks[i].transport_sequence, python.sinks[i].transport_sequence
+        assert x is not None and y is not None
+        assert x.next[0] == y.next[0] > 65000 + 150  # stamped across the 16-bit wrap
+        sent = x.next[0]
+        # A feedback naming every packet sent (some lost): the same sizes and send times.
+        report = FeedbackReport(
+            sent & 0xFFFF,
+            0,
+            tuple(((n & 0xFFFF), None if n % 7 == 0 else n * 250) for n in range(65000, sent)),
+        )
+        assert x.resolve(report) == y.resolve(report)
+        assert len(x.resolve(report)) == sent - 65000
+    # The budget: the same tokens taken, the same packets paced and counted.
+    paced = [run_.downs[5].sink for run_ in (compiled, python)]
+    assert all(isinstance(sink, BudgetedSink) for sink in paced)
+    x_budget, y_budget = (cast(BudgetedSink, sink).budget for sink in paced)
+    compiled.downs[5].rewriter  # noqa: B018 (the compiled loop's counts brought back)
+    assert (x_budget.offered, x_budget.passed, x_budget.dropped) == (
+        y_budget.offered,
+        y_budget.passed,
+        y_budget.dropped,
+    )
+    assert list(x_budget.cell) == list(y_budget.cell)
+    assert y_budget.offered > 150
+    # Subscriber 5's copies went over the budget (paced by Python) and came back.
+    assert copies.paced > 0 and compiled.downs[5] in copies.members

@@ -119,6 +119,7 @@ class Copies:
         "_tick",
         "ring",
         "fallbacks",
+        "paced",
         "layer",
     )
 
@@ -142,6 +143,7 @@ class Copies:
         self._tick = 0
         self.ring = InputRing() if video else None
         self.fallbacks = 0  # input packets the compiled loop could not take (another profile)
+        self.paced = 0  # copies over their send budget, handed to the pacer (Python path)
 
     def forward(
         self, data: bytes, info: RtpInfo, downs: Sequence[SteadyDownTrack], version: int
@@ -207,6 +209,7 @@ class Copies:
         whose pacer queues this packet (and the next ones while it holds any)."""
         array, members = self._array, self.members
         over = [down for i, down in enumerate(members) if array[i].over]
+        self.paced += len(over)
         for down in over:
             array[members.index(down)].over = 0
             self.detach(down)
