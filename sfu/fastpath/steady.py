@@ -116,6 +116,7 @@ class Copies:
         "_version",
         "_queued",
         "_over",
+        "_clocked",
         "_tick",
         "ring",
         "fallbacks",
@@ -140,6 +141,7 @@ class Copies:
         self._version = -1
         self._queued = self._ffi.new("int *")
         self._over = self._ffi.new("int *")
+        self._clocked = False  # whether a member stamps transport-cc or has a budget
         self._tick = 0
         self.ring = InputRing() if video else None
         self.fallbacks = 0  # input packets the compiled loop could not take (another profile)
@@ -187,7 +189,8 @@ class Copies:
         batch, queued, over = self.batch, self._queued, self._over
         queued[0] = over[0] = 0
         count, start, size = len(self.members), 0, len(data)
-        now = twcc.send_clock()  # the send time of every copy (and the budget's refill)
+        # The send time of every copy (and the budget's refill), if a member needs it.
+        now = twcc.send_clock() if self._clocked else 0.0
         while True:
             batch.hold(self._held)
             start = self._fanout(
@@ -354,6 +357,7 @@ class Copies:
 
     def _changed(self) -> None:
         self._held = tuple(self._destinations)
+        self._clocked = any(s is not None or b is not None for s, b, _ in self._bound)
         self._version = -1  # the Python list is made again at the next packet
 
     def _pull(self, i: int, down: SteadyDownTrack) -> None:
