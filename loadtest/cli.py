@@ -292,6 +292,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         " the shared socket's batch and the compiled per-copy loop",
     )
     p.add_argument(
+        "--transport-cc",
+        action="store_true",
+        help="instead: subscribers with transport-cc and a send budget (browsers) against"
+        " subscribers without, compiled per-copy loop and Python path, per output packet",
+    )
+    p.add_argument(
         "--tight",
         action="store_true",
         help="instead: CPU per input packet with warm caches (inputs back to back, no loop"
@@ -308,6 +314,12 @@ def run_bench(args: argparse.Namespace) -> int:
         path = "compiled" if "compiled" in (args.path or ()) else "python"
         result = compare(fanout=(args.fanout or [20])[0], path=path)
         print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+        return 0
+    if args.transport_cc:
+        from loadtest import bench_twcc
+
+        twcc = bench_twcc.compare(fanout=(args.fanout or [20])[0])
+        print(json.dumps(twcc, indent=2) if args.json else bench_twcc.format_comparison(twcc))
         return 0
     if args.tight:
         from loadtest.bench_tight import PATHS, format_tight, run_tight

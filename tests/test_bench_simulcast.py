@@ -38,3 +38,13 @@ def test_the_compiled_path_puts_every_settled_subscriber_in_its_layers_loop() ->
     kept = simulcast(6, 1100, "compiled", layers=False)
     kept.send(300)
     assert all(x.copies is None for x in kept.downs[0].track.layers)
+
+
+def test_the_transport_cc_bench_puts_browser_like_subscribers_in_the_compiled_loop() -> None:
+    from loadtest import bench_twcc
+
+    result = bench_twcc.compare(fanout=4, rounds=1, packets=60)
+    # compiled, compiled with transport-cc + budget, then the two Python-path cells.
+    assert result["compiled_members"] == [4, 4, 0, 0]
+    assert all(us > 0 for us in result["us_per_out"].values())
+    assert "transport-cc + budget" in bench_twcc.format_comparison(result)
