@@ -223,6 +223,29 @@ def sockets() -> Iterator[tuple[list[socket.socket], socket.socket]]:
         sock.close()
 
 
+def same_output(compiled: Run, python: Run, i: int, least: int) -> None:
+    """Subscriber i got the same datagrams (at least `least`) and counts from both runs."""
+    assert compiled.received[i] == python.received[i], f"subscriber {i}"
+    assert len(python.received[i]) >= least
+    a, b = compiled.sinks[i], python.sinks[i]
+    assert (a.sent_packets, a.sent_bytes, a.send_errors) == (
+        b.sent_packets,
+        b.sent_bytes,
+        b.send_errors,
+    )
+
+
+def same_nack_answers(compiled: Run, python: Run) -> None:
+    """Every subscriber's cache answers NACKs for its last 600 sequence numbers alike."""
+    for i, (a, b) in enumerate(zip(compiled.downs, python.downs, strict=True)):
+        assert a.cache is not None and b.cache is not None and a.rewriter is not None
+        last = a.rewriter.last_out_seq
+        seqs = [(last - back) & 0xFFFF for back in range(600)]
+        answers = [a.cache.get(s) for s in seqs]
+        assert answers == [b.cache.get(s) for s in seqs], f"subscriber {i}"
+        assert sum(x is not None for x in answers) > 100
+
+
 def test_the_compiled_loop_sends_what_the_python_path_sends(
     sockets: tuple[list[socket.socket], socket.socket],
 ) -> None:
@@ -234,14 +257,7 @@ def test_the_compiled_loop_sends_what_the_python_path_sends(
     assert [d._copies is copies for d in compiled.downs] == [True] * 6 + [False]
     assert copies.fallbacks > 0  # the two-byte inputs went the Python way
     for i in range(len(SUBSCRIBERS)):
-        assert compiled.received[i] == python.received[i], f"subscriber {i}"
-        assert len(python.received[i]) > 100
-        a, b = compiled.sinks[i], python.sinks[i]
-        assert (a.sent_packets, a.sent_bytes, a.send_errors) == (
-            b.sent_packets,
-            b.sent_bytes,
-            b.send_errors,
-        )
+        same_output(compiled, python, i, 101)
         ra, rb = compiled.downs[i].rewriter, python.downs[i].rewriter
         assert ra is not None and rb is not None
         assert ra.state() == rb.state()
@@ -259,13 +275,9 @@ def test_nacks_are_answered_with_the_bytes_first_sent(
 ) -> None:
     python = run(False, *sockets)
     compiled = run(True, *sockets)
-    for i, (a, b) in enumerate(zip(compiled.downs, python.downs, strict=True)):
-        assert a.cache is not None and b.cache is not None and a.rewriter is not None
-        last = a.rewriter.last_out_seq
-        seqs = [(last - back) & 0xFFFF for back in range(600)]
-        answers = [a.cache.get(s) for s in seqs]
-        assert answers == [b.cache.get(s) for s in seqs], f"subscriber {i}"
-        assert sum(x is not None for x in answers) > 100
+    same_nack_answers(compiled, python)
+    for i, a in enumerate(compiled.downs):
+        assert a.cache is not None
         # What went out is what a NACK gets: each sequence number sent once (the header is
         # in clear), and the late packets; one sent twice (a padding packet's number taken
         # while the input was reordered, by both paths) gets the last sent.
@@ -488,14 +500,7 @@ def test_simulcast_down_tracks_settled_on_a_layer_go_compiled_across_switches(
     assert sorted(compiled.downs.index(d) for d in members) == [0, 1, 2, 3, 4, 5]
     assert compiled.batch._stats.fanout_compiled_copies > 1000
     for i in range(len(SUBSCRIBERS)):
-        assert compiled.received[i] == python.received[i], f"subscriber {i}"
-        assert len(python.received[i]) > 150
-        a, b = compiled.sinks[i], python.sinks[i]
-        assert (a.sent_packets, a.sent_bytes, a.send_errors) == (
-            b.sent_packets,
-            b.sent_bytes,
-            b.send_errors,
-        )
+        same_output(compiled, python, i, 151)
         x, y = compiled.downs[i], python.downs[i]
         assert x.rewriter is not None and y.rewriter is not None
         assert x.rewriter.state() == y.rewriter.state()
@@ -524,15 +529,7 @@ def test_simulcast_down_tracks_settled_on_a_layer_go_compiled_across_switches(
 def test_simulcast_nacks_are_answered_with_the_bytes_first_sent(
     sockets: tuple[list[socket.socket], socket.socket],
 ) -> None:
-    python = run_layers(False, *sockets)
-    compiled = run_layers(True, *sockets)
-    for i, (a, b) in enumerate(zip(compiled.downs, python.downs, strict=True)):
-        assert a.cache is not None and b.cache is not None and a.rewriter is not None
-        last = a.rewriter.last_out_seq
-        seqs = [(last - back) & 0xFFFF for back in range(600)]
-        answers = [a.cache.get(s) for s in seqs]
-        assert answers == [b.cache.get(s) for s in seqs], f"subscriber {i}"
-        assert sum(x is not None for x in answers) > 100
+    same_nack_answers(run_layers(True, *sockets), run_layers(False, *sockets))
 
 
 # Transport-cc: subscribers 3 and 5 negotiated it (their extension ids 5 and 7); 5 is also
@@ -576,13 +573,7 @@ def test_transport_cc_and_paced_subscribers_go_compiled_with_the_same_feedback(
     assert copies is not None
     assert compiled.downs[3] in copies.members
     for i in range(len(SUBSCRIBERS)):
-        assert compiled.received[i] == python.received[i], f"subscriber {i}"
-        a, b = compiled.sinks[i], python.sinks[i]
-        assert (a.sent_packets, a.sent_bytes, a.send_errors) == (
-            b.sent_packets,
-            b.sent_bytes,
-            b.send_errors,
-        )
+        same_output(compiled, python, i, 0)
     for i in (3, 5):
         x, y = compiled.sinks[i].transport_sequence, python.sinks[i].transport_sequence
         assert x is not None and y is not None
