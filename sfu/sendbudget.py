@@ -40,10 +40,11 @@ class SendBudget:
 
     def __init__(self) -> None:
         self.rate: float | None = None  # bytes per second
-        # [tokens (bytes), depth (bytes), rate (bytes/s, -1: None), time of the last refill],
-        # in an array: the compiled fan-out (sfu/fastpath/_build.py `kr_fanout`) takes the
-        # tokens of the copies it sends through a pointer to it, as `take` does.
-        self.cell = array("d", [0.0, float(MIN_DEPTH), -1.0, 0.0])
+        # [tokens (bytes), depth (bytes), rate (bytes/s, -1: None), time of the last refill,
+        # bytes waiting in the pacer], in an array: the compiled fan-out (sfu/fastpath/_build.py
+        # `kr_fanout`) takes the tokens of the copies it sends through a pointer to it, as
+        # `take` does, and sends none while the pacer holds any.
+        self.cell = array("d", [0.0, float(MIN_DEPTH), -1.0, 0.0, 0.0])
         # Packets offered to the pacer (media, RTX), those it dropped, bytes that left.
         self.offered = self.dropped = self.passed = 0
 
@@ -131,6 +132,7 @@ class Pacer:
             self.queued -= len(packet)
             budget.passed += len(packet)
             out.append(packet)
+        budget.cell[4] = self.queued
         return out
 
     def next_deadline(self) -> float | None:

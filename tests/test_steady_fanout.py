@@ -539,7 +539,11 @@ def test_simulcast_nacks_are_answered_with_the_bytes_first_sent(
 RATES = {0: 2_000_000, 150: 300_000, 215: 8_000_000}
 
 
-def twcc_run(compiled: bool, sockets: tuple[list[socket.socket], socket.socket]) -> Run:
+def twcc_run(
+    compiled: bool,
+    sockets: tuple[list[socket.socket], socket.socket],
+    after: Callable[[Run], object] = lambda run: None,
+) -> Run:
     now, inputs, budget = [100.0], [0], SendBudget()
 
     def prepare(downs: list[DownTrack], sinks: list[RtpSink]) -> None:
@@ -558,6 +562,7 @@ def twcc_run(compiled: bool, sockets: tuple[list[socket.socket], socket.socket])
             patch.setattr(twcc, "send_clock", lambda: now[0])
             patch.setattr(clock, "now", lambda: now[0])
             result = run(compiled, *sockets, prepare=prepare, tick=tick)
+            after(result)
             cast(BudgetedSink, result.downs[5].sink).close()  # its timer never fires
             return result
 
@@ -601,3 +606,34 @@ def test_transport_cc_and_paced_subscribers_go_compiled_with_the_same_feedback(
     assert y_budget.offered > 150
     # Subscriber 5's copies went over the budget (paced by Python) and came back.
     assert copies.paced > 0 and compiled.downs[5] in copies.members
+
+
+def test_a_paced_copy_never_overtakes_what_its_pacer_holds(
+    sockets: tuple[list[socket.socket], socket.socket],
+) -> None:
+    """A retransmission the pacer queued (the budget spent) while the down-track is in the
+    compiled loop: the next copy, though the budget has refilled, goes out behind it."""
+    order: list[int] = []
+
+    def after(compiled: Run) -> None:
+        copies, down = compiled.track.copies, compiled.downs[5]
+        assert copies is not None and down in copies.members
+        sink = cast(BudgetedSink, down.sink)
+        sink.budget.cell[0] = 0.0  # spent: the retransmission waits for the pacer
+        assert down.rewriter is not None
+        resent = down.rewriter.last_out_seq
+        assert down.retransmit((resent,), 1.0) == (1, 0)
+        assert sink.pacer.queued > 0
+        sink.budget.cell[0] = sink.budget.cell[1]  # refilled before the pacer's timer fired
+        data = packet(9000, ext=browser_ext(9000))
+        compiled.track.forward(data, parse_rtp(data))
+        assert down._copies is None and copies.paced > 0
+        assert sink.pacer.queued == 0  # both left, in order
+        receiver = sockets[0][5]
+        for _ in range(2):
+            plain = plaintexts(5, [receiver.recv(2048)])
+            order.append(parse_rtp(plain[0]).sequence if plain else -1)
+        order.extend((resent, down.rewriter.last_out_seq))
+
+    twcc_run(True, sockets, after)
+    assert order[:2] == order[2:] and order[2] != order[3]

@@ -204,8 +204,8 @@ typedef struct kr_copy {
     double *tw_times;
     uint32_t *tw_sizes;
     /* The subscriber's video send budget (sfu/sendbudget.py SendBudget.cell), NULL: none. A
-       copy that does not fit is not made (`over` set): Python paces it. What fitted is
-       counted here for the budget's own counters (offered, passed). */
+       copy that does not fit, or would overtake what the pacer holds, is not made (`over`
+       set): Python paces it. What fitted is counted for the budget's offered and passed. */
     double *budget;
     uint64_t budget_packets, budget_bytes;
     unsigned char over;
@@ -321,7 +321,12 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
         int body = c->slot_len + el_len + c->mid_len;
         body += (4 - (body & 3)) & 3;
         int head = body ? 16 + body : 12;
-        double *b = c->budget; /* [tokens, depth, rate (-1: none), last refill] */
+        double *b = c->budget; /* [tokens, depth, rate (-1: none), last refill, queued] */
+        if (b != NULL && b[4] > 0) { /* the pacer holds packets: this one waits behind them */
+            c->over = 1;
+            (*over)++;
+            continue;
+        }
         if (b != NULL && b[2] >= 0 && el_len >= 0) { /* Pacer.offer -> SendBudget.take */
             double size = head + tail;
             if (now > b[3]) {
