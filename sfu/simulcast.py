@@ -120,10 +120,10 @@ class Layer:
 
     def forward(self, data: bytes, info: RtpInfo) -> int:
         """PublishedTrack.forward for a packet of this layer: to its route only."""
-        counters = self.counters
+        counters, size = self.counters, len(data)
         counters.packets_in += 1
-        counters.bytes_in += len(data)
-        self.bytes_in += len(data)
+        counters.bytes_in += size
+        self.bytes_in += size
         self.receive.update(info.sequence)
         track = self.track
         if track.muted:
@@ -137,7 +137,7 @@ class Layer:
             route = self.route
         copies = self.copies
         if copies is not None:
-            sent = copies.forward(data, info, cast(Any, route), self.route_version)
+            sent = copies.forward(data, info, route, self.route_version)
         else:
             sent = 0
             # This packet's VP8 patches, one per offsets key (sfu/vp8.py), shared by the route.

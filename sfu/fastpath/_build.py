@@ -278,9 +278,11 @@ static void kr_put32(unsigned char *p, uint32_t v) {
    would, counted as RtpSink.send would. A payload type a copy does not map is skipped; a copy
    too large for a slot is counted in its send_errors. Returns n, or the index of the first copy
    not queued because the batch is full (flush, then call again from there); -1 for a header
-   that does not parse. *queued is raised by the copies queued. */
+   that does not parse. *queued is raised by the copies queued, *over by those over their
+   budget (both set to 0 by the call from copy 0). */
 int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
               int length, double now, int *queued, int *over) {
+    if (start == 0) *queued = *over = 0;
     if (length < 12 || data[0] >> 6 != 2) return -1;
     int b0 = data[0], pos = 12 + 4 * (b0 & 0x0F), ext_start = pos, ext_end = pos;
     if (pos > length) return -1;

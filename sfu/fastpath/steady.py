@@ -117,6 +117,7 @@ class Copies:
         "_queued",
         "_over",
         "_clocked",
+        "_hold",
         "_tick",
         "ring",
         "fallbacks",
@@ -142,39 +143,71 @@ class Copies:
         self._queued = self._ffi.new("int *")
         self._over = self._ffi.new("int *")
         self._clocked = False  # whether a member stamps transport-cc or has a budget
+        self._hold = batch._held.append  # FanoutBatch.hold without a Python call
         self._tick = 0
         self.ring = InputRing() if video else None
         self.fallbacks = 0  # input packets the compiled loop could not take (another profile)
         self.paced = 0  # copies over their send budget, handed to the pacer (Python path)
 
-    def forward(
-        self, data: bytes, info: RtpInfo, downs: Sequence[SteadyDownTrack], version: int
-    ) -> int:
-        """Forward one input packet to every down-track of `downs`; the number sent."""
+    def forward(self, data: bytes, info: RtpInfo, downs: Sequence[Any], version: int) -> int:
+        """Forward one input packet to every down-track of `downs` (SteadyDownTracks); the
+        number sent. Once per input packet: the compiled call is made here, inline."""
         self._tick -= 1
         if self._tick <= 0:
             self._maintain(downs, version)
         if version != self._version:
             self._refresh(downs, version)
         sent = 0
-        if self.members:
+        count = len(self.members)
+        if count:
             ring = self.ring
             if ring is not None:
                 slot = info[1] & (RING - 1)
                 ring.seqs[slot] = info[1]
                 ring.packets[slot] = data
             profile = info[6]
-            if profile is None or profile == ONE_BYTE_PROFILE:
-                sent = self._send(data, info)
-            else:
+            if profile is not None and profile != ONE_BYTE_PROFILE:
                 sent = self._fallback(data, info)
-        if self.layer < 0:
-            for down in self._python:
-                if down.forward(data, info):
-                    sent += 1
-        else:
-            sent += self._forward_layer(data, info, self._python)
+            else:
+                batch, queued = self.batch, self._queued
+                # The send time of every copy (and the budget's refill), if a member needs it.
+                now = twcc.send_clock() if self._clocked else 0.0
+                self._hold(self._held)
+                start = self._fanout(
+                    batch._batch, self._array, 0, count, data, len(data), now, queued, self._over
+                )
+                if 0 <= start < count:
+                    self._rest(data, start, now)
+                if not batch.depth:
+                    batch.flush()
+                sent = queued[0]
+                batch._stats.fanout_compiled_copies += sent
+                if self._over[0]:
+                    sent += self._paced(data, info)
+        if self._python:
+            sent += self._forward_python(data, info)
         return sent
+
+    def _forward_python(self, data: bytes, info: RtpInfo) -> int:
+        """The down-tracks not in the loop: their Python path."""
+        if self.layer >= 0:
+            return self._forward_layer(data, info, self._python)
+        sent = 0
+        for down in self._python:
+            if down.forward(data, info):
+                sent += 1
+        return sent
+
+    def _rest(self, data: bytes, start: int, now: float) -> None:
+        """The batch filled at copy `start`: send it, then queue the rest."""
+        batch, count = self.batch, len(self.members)
+        while 0 <= start < count:
+            batch.flush()
+            self._hold(self._held)
+            start = self._fanout(
+                batch._batch, self._array, start, count, data, len(data), now, self._queued,
+                self._over,
+            )  # fmt: skip
 
     def _forward_layer(self, data: bytes, info: RtpInfo, downs: Sequence[Any]) -> int:
         """Layer.forward's loop over its route (sfu/simulcast.py), for `downs`."""
@@ -184,28 +217,6 @@ class Copies:
             if down.forward_layer(layer, data, info, renumbered):
                 sent += 1
         return sent
-
-    def _send(self, data: bytes, info: RtpInfo) -> int:
-        batch, queued, over = self.batch, self._queued, self._over
-        queued[0] = over[0] = 0
-        count, start, size = len(self.members), 0, len(data)
-        # The send time of every copy (and the budget's refill), if a member needs it.
-        now = twcc.send_clock() if self._clocked else 0.0
-        while True:
-            batch.hold(self._held)
-            start = self._fanout(
-                batch._batch, self._array, start, count, data, size, now, queued, over
-            )
-            if start < 0 or start >= count:
-                break
-            batch.flush()  # the batch is full: send it, then queue the rest
-        if not batch.depth:
-            batch.flush()
-        made: int = queued[0]
-        batch._stats.fanout_compiled_copies += made
-        if over[0]:
-            made += self._paced(data, info)
-        return made
 
     def _paced(self, data: bytes, info: RtpInfo) -> int:
         """The copies over their send budget: each down-track leaves for its Python path,
