@@ -9,10 +9,11 @@ to that layer's subscribers only.
 
 `path`: "python" (the default: counting sinks, every copy made by the Python forwarder), or
 "compiled": what `rtc.fanout = "compiled"` runs on a shared port: each subscriber an `RtpSink`
-into one `FanoutBatch` (SRTP and `sendmmsg` to a discard address, flushed every 8 inputs as the
-shared socket's reader does), steady down-tracks in the compiled per-copy loop; that path also
-times the simulcast track with its down-tracks kept on the Python path (`FanoutBatch.layers`
-False: how simulcast was forwarded before its layers joined the compiled loop), same run.
+into one `FanoutBatch` (SRTP and `sendmmsg` to a bound socket nobody reads, flushed every 8
+inputs as the shared socket's reader does), steady down-tracks in the compiled per-copy loop;
+that path also times the simulcast track with its down-tracks kept on the Python path
+(`FanoutBatch.layers` False: how simulcast was forwarded before its layers joined the compiled
+loop), same run.
 """
 
 from __future__ import annotations
@@ -40,9 +41,6 @@ RIDS = ("q", "h", "f")
 VP8 = CodecInfo(mime_type="video/VP8", clock_rate=90000, payload_type=96)
 
 
-DISCARD = ("127.0.0.1", 9)
-
-
 class CountingSink:
     def __init__(self) -> None:
         self.packets = 0
@@ -63,11 +61,18 @@ class BatchSinks:
         if module is None:
             raise RuntimeError(f"the compiled fan-out cannot be built: {loader.failure()}")
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Where every copy goes: a socket that exists (a closed port would make the kernel
+        # build an ICMP error per datagram, a cost a real subscriber's address does not have)
+        # and is never read (its small buffer full, the kernel drops at its queue).
+        self.receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.receiver.bind(("127.0.0.1", 0))
+        address = self.receiver.getsockname()
         self.batch = FanoutBatch(module, self.socket.fileno(), Stats())
         self.batch.layers = layers
         self.batch.depth = 1  # flushed by the sender, as the shared socket's reader does
         protocol = SimpleNamespace(transport=SimpleNamespace(sendto=None, batch=self.batch))
-        self._dtls: Callable[[], Any] = lambda: _fake_dtls(_session(), protocol, DISCARD)
+        self._dtls: Callable[[], Any] = lambda: _fake_dtls(_session(), protocol, address)
         self.sinks: list[Any] = []
         self.downs: list[DownTrack] = []
 

@@ -4,7 +4,7 @@ subscriber is), against subscribers without either; each through the compiled pe
 through the Python path (one `FanoutBatch.add` per copy), rounds alternating, same run.
 
 The setup is `keyroom bench --simulcast --path compiled`'s single-layer side (loadtest/
-bench_simulcast.py): RtpSinks into one FanoutBatch, SRTP and `sendmmsg` to a discard address.
+bench_simulcast.py): RtpSinks into one FanoutBatch, SRTP and `sendmmsg` to a socket nobody reads.
 The budget's rate (200 Mbit/s) is never reached: every copy fits, as on a link with room.
 """
 
