@@ -38,26 +38,17 @@ typedef struct kr_copy {
     uint32_t ssrc, ts_offset, last_out_ts;
     uint16_t seq_offset, last_out_seq, first_seq;
     uint64_t packets, octets, sent_packets, sent_bytes, send_errors;
-    unsigned char pt_map[128];
-    unsigned char one_map[16];
-    unsigned char slot[3];
-    unsigned char slot_len;
-    unsigned char mid[17];
-    unsigned char mid_len;
-    unsigned char addrlen;
-    unsigned char addr[28];
+    unsigned char pt_map[128], one_map[16], slot[3], slot_len, mid[17], mid_len, addrlen, addr[28];
     uint16_t floor, pid_offset;
-    unsigned char tl0_offset, layered, munge, last_head_len;
-    unsigned char last_head[6];
-    int64_t *tw_next;
-    double *tw_times;
-    uint32_t *tw_sizes;
-    double *budget;
+    unsigned char tl0_offset, layered, munge, last_head_len, last_head[6];
+    int64_t *tw_next; double *tw_times; uint32_t *tw_sizes; double *budget;
     uint64_t budget_packets, budget_bytes;
     unsigned char over;
 } kr_copy;
-int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
-              int length, double now, int *queued, int *over);
+typedef struct kr_call {
+    kr_batch *batch; kr_copy *copies; int n, start, queued, over; double now;
+} kr_call;
+int kr_fanout(kr_call *call, const unsigned char *data, int length);
 """
 
 SOURCE = r"""
@@ -279,10 +270,9 @@ static void kr_put32(unsigned char *p, uint32_t v) {
    too large for a slot is counted in its send_errors. Returns n, or the index of the first copy
    not queued because the batch is full (flush, then call again from there); -1 for a header
    that does not parse. *queued is raised by the copies queued, *over by those over their
-   budget (both set to 0 by the call from copy 0). */
-int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
-              int length, double now, int *queued, int *over) {
-    if (start == 0) *queued = *over = 0;
+   budget. */
+static int kr_copies(kr_batch *batch, kr_copy *copies, int start, int n,
+                     const unsigned char *data, int length, double now, int *queued, int *over) {
     if (length < 12 || data[0] >> 6 != 2) return -1;
     int b0 = data[0], pos = 12 + 4 * (b0 & 0x0F), ext_start = pos, ext_end = pos;
     if (pos > length) return -1;
@@ -407,6 +397,30 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
         (*queued)++;
     }
     return n;
+}
+
+typedef struct kr_call {
+    kr_batch *batch;
+    kr_copy *copies;
+    int n;           /* copies[0..n) */
+    int start;       /* the first copy to queue: 0, or where a full batch stopped the last call */
+    int queued;      /* copies queued since the call from copy 0 */
+    int over;        /* copies over their send budget, since then */
+    double now;      /* the send time (twcc.send_clock), when a copy stamps or has a budget */
+} kr_call;
+
+/* One input packet to every copy of `call` (one call per input: its arguments in a struct
+   Python keeps). Returns the copies queued when all were made and none was over its budget;
+   -2 when the batch is full (flush, then call again: it goes on from call->start); -3 when
+   done with copies over their budget (call->queued and call->over say how many); -1 for a
+   header that does not parse. */
+int kr_fanout(kr_call *call, const unsigned char *data, int length) {
+    if (call->start == 0) call->queued = call->over = 0;
+    int i = kr_copies(call->batch, call->copies, call->start, call->n, data, length, call->now,
+                      &call->queued, &call->over);
+    call->start = i >= 0 && i < call->n ? i : 0;
+    if (i < 0 || i < call->n) return i < 0 ? -1 : -2;
+    return call->over ? -3 : call->queued;
 }
 """
 

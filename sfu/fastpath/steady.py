@@ -114,8 +114,7 @@ class Copies:
         "_held",
         "_python",
         "_version",
-        "_queued",
-        "_over",
+        "_call",
         "_clocked",
         "_hold",
         "_tick",
@@ -140,8 +139,9 @@ class Copies:
         self._held: tuple[Destination, ...] = ()
         self._python: list[Any] = []  # DownTracks: their Python path
         self._version = -1
-        self._queued = self._ffi.new("int *")
-        self._over = self._ffi.new("int *")
+        # kr_fanout's arguments: the batch, the array and its length, the send time.
+        self._call = self._ffi.new("kr_call *")
+        self._call.batch, self._call.copies = batch._batch, self._array
         self._clocked = False  # whether a member stamps transport-cc or has a budget
         self._hold = batch._held.append  # FanoutBatch.hold without a Python call
         self._tick = 0
@@ -158,8 +158,7 @@ class Copies:
         if version != self._version:
             self._refresh(downs, version)
         sent = 0
-        count = len(self.members)
-        if count:
+        if self.members:
             ring = self.ring
             if ring is not None:
                 slot = info[1] & (RING - 1)
@@ -169,21 +168,17 @@ class Copies:
             if profile is not None and profile != ONE_BYTE_PROFILE:
                 sent = self._fallback(data, info)
             else:
-                batch, queued = self.batch, self._queued
-                # The send time of every copy (and the budget's refill), if a member needs it.
-                now = twcc.send_clock() if self._clocked else 0.0
+                call, batch = self._call, self.batch
+                if self._clocked:  # the send time of every copy, and the budget's refill
+                    call.now = twcc.send_clock()
                 self._hold(self._held)
-                start = self._fanout(
-                    batch._batch, self._array, 0, count, data, len(data), now, queued, self._over
-                )
-                if 0 <= start < count:
-                    self._rest(data, start, now)
+                sent = self._fanout(call, data, len(data))
+                if sent >= 0:
+                    batch._stats.fanout_compiled_copies += sent
+                else:
+                    sent = self._rest(data, info, sent)
                 if not batch.depth:
                     batch.flush()
-                sent = queued[0]
-                batch._stats.fanout_compiled_copies += sent
-                if self._over[0]:
-                    sent += self._paced(data, info)
         if self._python:
             sent += self._forward_python(data, info)
         return sent
@@ -198,16 +193,19 @@ class Copies:
                 sent += 1
         return sent
 
-    def _rest(self, data: bytes, start: int, now: float) -> None:
-        """The batch filled at copy `start`: send it, then queue the rest."""
-        batch, count = self.batch, len(self.members)
-        while 0 <= start < count:
+    def _rest(self, data: bytes, info: RtpInfo, result: int) -> int:
+        """What kr_fanout did not finish (`result` < 0): a full batch is sent and the rest
+        queued; copies over their budget go to the pacer. The copies made."""
+        call, batch = self._call, self.batch
+        while result == -2:
             batch.flush()
             self._hold(self._held)
-            start = self._fanout(
-                batch._batch, self._array, start, count, data, len(data), now, self._queued,
-                self._over,
-            )  # fmt: skip
+            result = self._fanout(call, data, len(data))
+        if result == -1:
+            return 0
+        made: int = call.queued
+        batch._stats.fanout_compiled_copies += made
+        return made + (self._paced(data, info) if result == -3 else 0)
 
     def _forward_layer(self, data: bytes, info: RtpInfo, downs: Sequence[Any]) -> int:
         """Layer.forward's loop over its route (sfu/simulcast.py), for `downs`."""
@@ -284,6 +282,7 @@ class Copies:
             grown = self._ffi.new("kr_copy[]", 2 * self._capacity)
             self._ffi.memmove(grown, self._array, self._ffi.sizeof("kr_copy") * i)
             self._array, self._capacity = grown, 2 * self._capacity
+            self._call.copies = grown
         ssrc, pt_map, one_map, slot, mid = form
         _, destination, sink = found
         copy = self._array[i]
@@ -368,6 +367,7 @@ class Copies:
 
     def _changed(self) -> None:
         self._held = tuple(self._destinations)
+        self._call.n = len(self.members)
         self._clocked = any(s is not None or b is not None for s, b, _ in self._bound)
         self._version = -1  # the Python list is made again at the next packet
 
