@@ -45,6 +45,6 @@ def test_the_transport_cc_bench_puts_browser_like_subscribers_in_the_compiled_lo
 
     result = bench_twcc.compare(fanout=4, rounds=1, packets=60)
     # compiled, compiled with transport-cc + budget, then the two Python-path cells.
-    assert result["compiled_members"] == [4, 4, 0, 0]
+    assert result["compiled_members"] == [4, 4, 0, 0] and result["send_failed"] == 0
     assert all(us > 0 for us in result["us_per_out"].values())
     assert "transport-cc + budget" in bench_twcc.format_comparison(result)
