@@ -34,7 +34,7 @@ from sfu.fastpath.batch import FanoutBatch
 from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.sdpinfo import SimulcastOffer
-from sfu.stats import Stats
+from sfu.stats import DropReason, Stats
 
 MID_ID, RID_ID = 1, 10
 RIDS = ("q", "h", "f")
@@ -252,6 +252,12 @@ def compare(
         "path": path,
         "load_average": [round(x, 2) for x in load + os.getloadavg()],
     }
+    if path == "compiled":  # copies SRTP or the socket refused: none expected
+        result["send_failed"] = sum(
+            setup.sink.batch._stats.dropped[DropReason.SEND_FAILED.value]
+            for setup in setups.values()
+            if isinstance(setup.sink, BatchSinks)
+        )
     for name, median in medians.items():
         result[f"{name}_us_per_out"] = round(median, 3)
         if name != "single":

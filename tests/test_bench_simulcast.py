@@ -28,7 +28,7 @@ def test_the_comparison_reports_both_sides_and_their_ratio() -> None:
 
 def test_the_compiled_path_puts_every_settled_subscriber_in_its_layers_loop() -> None:
     result = compare(fanout=6, rounds=1, packets=60, path="compiled")
-    assert result["ratio"] > 0 and result["python_ratio"] > 0
+    assert result["ratio"] > 0 and result["python_ratio"] > 0 and result["send_failed"] == 0
     assert "Python path" in format_comparison(result)
     layered = simulcast(6, 1100, "compiled")
     layered.send(300)
