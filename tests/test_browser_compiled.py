@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import re
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 
 from tests.conftest import ServerProcess, eventually, stop_server
 from tests.sharedport_helpers import start_server_in_mode
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, Conference, received, receives
+from tests.test_browser import Conference, browser, received, receives  # noqa: F401
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -37,20 +36,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         stop_server(process)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
 async def test_chromium_subscribers_are_served_by_the_compiled_loop(
-    server: ServerProcess, browser: Browser
+    server: ServerProcess,
+    browser: Browser,  # noqa: F811 (the fixture imported above)
 ) -> None:
     conference = Conference(server, browser, room="compiled")
     try:
