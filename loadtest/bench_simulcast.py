@@ -6,20 +6,35 @@ packet cache) into counting sinks, so only keyroom's own work is timed. The simu
 subscribers are spread over its three layers and have all switched layer once (a switch leaves
 the VP8 PictureID renumbering on for good: the slower path); each input packet of a layer goes
 to that layer's subscribers only.
+
+`path`: "python" (the default: counting sinks, every copy made by the Python forwarder), or
+"compiled": what `rtc.fanout = "compiled"` runs on a shared port: each subscriber an `RtpSink`
+into one `FanoutBatch` (SRTP and `sendmmsg` to a bound socket nobody reads, flushed every 8
+inputs as the shared socket's reader does), steady down-tracks in the compiled per-copy loop;
+that path also times the simulcast track with its down-tracks kept on the Python path
+(`FanoutBatch.layers` False: how simulcast was forwarded before its layers joined the compiled
+loop), same run.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import statistics
 import struct
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
+import pylibsrtp
+
+from sfu.fastpath import loader
+from sfu.fastpath.batch import FanoutBatch
 from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.sdpinfo import SimulcastOffer
-from sfu.stats import Stats
+from sfu.stats import DropReason, Stats
 
 MID_ID, RID_ID = 1, 10
 RIDS = ("q", "h", "f")
@@ -33,6 +48,52 @@ class CountingSink:
     def send(self, data: bytes) -> bool:
         self.packets += 1
         return True
+
+
+class BatchSinks:
+    """The compiled path's sinks: an RtpSink per subscriber into one FanoutBatch; `packets`
+    counts what they sent (the compiled loop's counters brought up to date first)."""
+
+    def __init__(self, layers: bool) -> None:
+        from loadtest.bench_forward import _fake_dtls  # the connected transport's attributes
+
+        module = loader.load()
+        if module is None:
+            raise RuntimeError(f"the compiled fan-out cannot be built: {loader.failure()}")
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Where every copy goes: a socket that exists (a closed port would make the kernel
+        # build an ICMP error per datagram, a cost a real subscriber's address does not have)
+        # and is never read (its small buffer full, the kernel drops at its queue).
+        self.receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.receiver.bind(("127.0.0.1", 0))
+        address = self.receiver.getsockname()
+        self.batch = FanoutBatch(module, self.socket.fileno(), Stats())
+        self.batch.layers = layers
+        self.batch.depth = 1  # flushed by the sender, as the shared socket's reader does
+        protocol = SimpleNamespace(transport=SimpleNamespace(sendto=None, batch=self.batch))
+        self._dtls: Callable[[], Any] = lambda: _fake_dtls(_session(), protocol, address)
+        self.sinks: list[Any] = []
+        self.downs: list[DownTrack] = []
+
+    def make(self) -> Any:
+        from sfu.internals import RtpSink
+
+        sink = RtpSink(self._dtls())
+        self.sinks.append(sink)
+        return sink
+
+    @property
+    def packets(self) -> int:
+        for down in self.downs:
+            down.rewriter  # noqa: B018 (brings its sink's counters up to date)
+        return sum(sink.sent_packets for sink in self.sinks)
+
+
+def _session() -> pylibsrtp.Session:
+    policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    policy.allow_repeat_tx = True
+    return pylibsrtp.Session(policy=policy)
 
 
 def _packet(ssrc: int, seq: int, picture: int, key: bool, size: int, rid: str = "") -> bytes:
@@ -53,7 +114,7 @@ def _track() -> PublishedTrack:
     )
 
 
-def _subscribe(track: PublishedTrack, index: int, sink: CountingSink) -> DownTrack:
+def _subscribe(track: PublishedTrack, index: int, sink: Any) -> DownTrack:
     down = DownTrack(track, f"PA_{index}")
     down.configure(
         sink=sink, out_ssrc=1000 + index, mid="0", payload_types={96: 96},
@@ -65,33 +126,42 @@ def _subscribe(track: PublishedTrack, index: int, sink: CountingSink) -> DownTra
 
 class Setup(NamedTuple):
     send: Callable[[int], float]  # sends n input packets, returns the CPU seconds
-    sink: CountingSink
+    sink: CountingSink | BatchSinks
     downs: list[DownTrack]
 
 
-def single_layer(fanout: int, size: int) -> Setup:
+def _sinks(track: PublishedTrack, fanout: int, path: str, layers: bool) -> Setup:
+    """The subscribers' down-tracks, with their sinks (send: filled in by the caller)."""
+    if path == "compiled":
+        sinks = BatchSinks(layers)
+        sinks.downs = [_subscribe(track, index, sinks.make()) for index in range(fanout)]
+        return Setup(lambda n: 0.0, sinks, sinks.downs)
+    sink = CountingSink()
+    return Setup(lambda n: 0.0, sink, [_subscribe(track, index, sink) for index in range(fanout)])
+
+
+def single_layer(fanout: int, size: int, path: str = "python") -> Setup:
     """A function sending n packets of a single-layer track, and its sink."""
     track = _track()
     ingress = Ingress({track.sid: track}, Stats())
     ingress.bind(track, "0", 7, None, VP8, {MID_ID: SDES_MID})
-    sink = CountingSink()
-    downs = [_subscribe(track, index, sink) for index in range(fanout)]
+    _, sink, downs = _sinks(track, fanout, path, True)
     ingress.on_rtp(_packet(7, 0, 0, True, size))
 
     def packets(seq: int, n: int) -> list[bytes]:
         return [_packet(7, seq + k, (seq + k) // 4, False, size) for k in range(n)]
 
-    return Setup(_sender(ingress, packets, 1, 1), sink, downs)
+    return Setup(_sender(ingress, packets, 1, 1, sink), sink, downs)
 
 
-def simulcast(fanout: int, size: int) -> Setup:
-    """The same with three layers: n packets of each layer per call / 3."""
+def simulcast(fanout: int, size: int, path: str = "python", layers: bool = True) -> Setup:
+    """The same with three layers: n packets of each layer per call / 3. `layers` False: the
+    compiled path's simulcast down-tracks stay on the Python path."""
     track = _track()
     ingress = Ingress({track.sid: track}, Stats())
     track.set_simulcast(SimulcastOffer(RIDS, RID_ID, None))
     ingress.bind(track, "0", None, None, VP8, {MID_ID: SDES_MID})
-    sink = CountingSink()
-    downs = [_subscribe(track, index, sink) for index in range(fanout)]
+    _, sink, downs = _sinks(track, fanout, path, layers)
     for index, down in enumerate(downs):  # each starts on the layer above its own
         down.set_layer((index + 1) % 3)
     for layer, rid in enumerate(RIDS):  # learnt by RID, a keyframe each
@@ -108,11 +178,15 @@ def simulcast(fanout: int, size: int) -> Setup:
             for layer in range(3)
         ]
 
-    return Setup(_sender(ingress, packets, 2, 3), sink, downs)
+    return Setup(_sender(ingress, packets, 2, 3, sink), sink, downs)
 
 
 def _sender(
-    ingress: Ingress, packets: Callable[[int, int], list[bytes]], first: int, streams: int
+    ingress: Ingress,
+    packets: Callable[[int, int], list[bytes]],
+    first: int,
+    streams: int,
+    sink: CountingSink | BatchSinks,
 ) -> Callable[[int], float]:
     """Sends n packets (built beforehand, not timed) through `ingress`; returns the CPU time.
     Each of the `streams` SSRCs gets n / streams of them, its sequence numbers contiguous
@@ -124,8 +198,16 @@ def _sender(
         state["seq"] += n // streams
         started = time.process_time()
         on_rtp = ingress.on_rtp
-        for packet in built:
-            on_rtp(packet)
+        if isinstance(sink, BatchSinks):
+            flush = sink.batch.flush
+            for k, packet in enumerate(built):
+                on_rtp(packet)
+                if k & 7 == 7:
+                    flush()
+            flush()
+        else:
+            for packet in built:
+                on_rtp(packet)
         return time.process_time() - started
 
     return send
@@ -140,30 +222,62 @@ def _round(setup: Setup, packets: int) -> float:
 
 
 def compare(
-    fanout: int = 20, rounds: int = 21, packets: int = 3000, size: int = 1100
+    fanout: int = 20,
+    rounds: int = 21,
+    packets: int = 3000,
+    size: int = 1100,
+    path: str = "python",
 ) -> dict[str, Any]:
-    """Alternating rounds of both; the medians and their ratio."""
-    single, layered = single_layer(fanout, size), simulcast(fanout, size)
-    _round(single, packets // 10)  # warm-up
-    _round(layered, packets // 10)
-    singles, layereds = [], []
+    """Alternating rounds of both (and, compiled, of the simulcast track on the Python path);
+    the medians and their ratios to the single layer."""
+    load = os.getloadavg()
+    setups = {
+        "single": single_layer(fanout, size, path),
+        "simulcast": simulcast(fanout, size, path),
+    }
+    if path == "compiled":
+        setups["simulcast_python"] = simulcast(fanout, size, path, layers=False)
+    # Three times the input packets for a simulcast track: each subscriber takes one layer.
+    inputs = {name: packets * (1 if name == "single" else 3) for name in setups}
+    for name, setup in setups.items():
+        _round(setup, inputs[name] // 10)  # warm-up (and into the compiled loop)
+    samples: dict[str, list[float]] = {name: [] for name in setups}
     for _ in range(rounds):
-        singles.append(_round(single, packets))
-        # Three times the input packets: each subscriber receives one layer of three.
-        layereds.append(_round(layered, packets * 3))
-    single_us, layered_us = statistics.median(singles), statistics.median(layereds)
-    return {
+        for name, setup in setups.items():
+            samples[name].append(_round(setup, inputs[name]))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    result: dict[str, Any] = {
         "fanout": fanout,
         "rounds": rounds,
-        "single_us_per_out": round(single_us, 3),
-        "simulcast_us_per_out": round(layered_us, 3),
-        "ratio": round(layered_us / single_us, 3),
+        "path": path,
+        "load_average": [round(x, 2) for x in load + os.getloadavg()],
     }
+    if path == "compiled":  # copies SRTP or the socket refused: none expected
+        result["send_failed"] = sum(
+            setup.sink.batch._stats.dropped[DropReason.SEND_FAILED.value]
+            for setup in setups.values()
+            if isinstance(setup.sink, BatchSinks)
+        )
+    for name, median in medians.items():
+        result[f"{name}_us_per_out"] = round(median, 3)
+        if name != "single":
+            prefix = "" if name == "simulcast" else name.removeprefix("simulcast_") + "_"
+            result[f"{prefix}ratio"] = round(median / medians["single"], 3)
+    return result
 
 
 def format_comparison(result: dict[str, Any]) -> str:
-    return (
-        f"fan-out {result['fanout']}, {result['rounds']} alternating rounds (medians): "
-        f"single layer {result['single_us_per_out']} µs per output packet, 3-layer simulcast "
-        f"{result['simulcast_us_per_out']} µs ({(result['ratio'] - 1) * 100:+.1f} %)"
+    text = (
+        f"fan-out {result['fanout']}, {result['path']} path, {result['rounds']} alternating"
+        f" rounds (medians): single layer {result['single_us_per_out']} µs per output packet,"
+        f" 3-layer simulcast {result['simulcast_us_per_out']} µs"
+        f" ({(result['ratio'] - 1) * 100:+.1f} %)"
     )
+    if "python_ratio" in result:
+        text += (
+            "; simulcast with its copies on the Python path"
+            f" {result['simulcast_python_us_per_out']}"
+            f" µs ({(result['python_ratio'] - 1) * 100:+.1f} %)"
+        )
+    before, after = result["load_average"][:3], result["load_average"][3:]
+    return text + f"; load average {before[0]:.2f} -> {after[0]:.2f}"

@@ -298,7 +298,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--simulcast",
         action="store_true",
         help="instead: a 3-layer simulcast track against a single-layer one, per output packet,"
-        " at the first --fanout (default 20), rounds alternating",
+        " at the first --fanout (default 20), rounds alternating; with --path compiled through"
+        " the shared socket's batch and the compiled per-copy loop",
+    )
+    p.add_argument(
+        "--transport-cc",
+        action="store_true",
+        help="instead: subscribers with transport-cc and a send budget (browsers) against"
+        " subscribers without, compiled per-copy loop and Python path, per output packet",
     )
     p.add_argument(
         "--tight",
@@ -314,8 +321,15 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.simulcast:
         from loadtest.bench_simulcast import compare, format_comparison
 
-        result = compare(fanout=(args.fanout or [20])[0])
+        path = "compiled" if "compiled" in (args.path or ()) else "python"
+        result = compare(fanout=(args.fanout or [20])[0], path=path)
         print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+        return 0
+    if args.transport_cc:
+        from loadtest import bench_twcc
+
+        twcc = bench_twcc.compare(fanout=(args.fanout or [20])[0])
+        print(json.dumps(twcc, indent=2) if args.json else bench_twcc.format_comparison(twcc))
         return 0
     if args.tight:
         from loadtest.bench_tight import PATHS, format_tight, run_tight

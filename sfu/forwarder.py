@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sfu.fanout.links import Feed
-from sfu.fastpath.steady import REFRESH, Copies, SteadyDownTrack, adopt
+from sfu.fastpath.state import SteadyDownTrack
+from sfu.fastpath.steady import REFRESH, Copies, adopt
 from sfu.keyframe import KeyframeThrottle, is_keyframe
 from sfu.layerswitch import FLOOR_MOVE, PAUSED, LayerSwitch
 from sfu.packetcache import PacketCache
@@ -227,8 +228,7 @@ class PublishedTrack:
 
 
 class DownTrack(SteadyDownTrack):
-    """One published track as one subscriber receives it. `rewriter`, `waiting_for_keyframe`,
-    `paused`, `padding` and `remote` are properties (sfu/fastpath/steady.py)."""
+    """One published track as one subscriber receives it (its properties: fastpath/state.py)."""
 
     __slots__ = (
         "track",
@@ -400,7 +400,7 @@ class DownTrack(SteadyDownTrack):
         """Forward `layer` (PAUSED: nothing) from now on, switching at its next keyframe;
         single-layer video pauses or resumes. True when a keyframe should be requested."""
         if self.layers is not None:
-            self.track.down_tracks.changed()  # the layer routes change
+            self.rerouted(layer)  # the layer routes change
             return self.layers.set_target(layer)
         if self.track.kind != "video" or self.paused == (layer == PAUSED):
             return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sfu.fastpath.steady import Replay
+    from sfu.fastpath.replay import Replay
 
 
 class PacketCache:

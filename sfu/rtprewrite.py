@@ -267,13 +267,21 @@ class RtpRewriter:
         self._seq_offset, self._ts_offset, self.last_out_seq, self.last_out_ts = state[:4]
         self.packets, self.octets = state[4], state[5]
 
-    def replay(self, data: bytes, info: RtpInfo, seq_offset: int, ts_offset: int) -> bytes | None:
-        """What `rewrite` made of `data` while the offsets were these: the same bytes, for a
-        retransmission; the rewriter's state is left as it was."""
+    def replay(
+        self,
+        data: bytes,
+        info: RtpInfo,
+        seq_offset: int,
+        ts_offset: int,
+        patch: bytes = b"",
+        resume: int = 0,
+    ) -> bytes | None:
+        """What `rewrite` made of `data` (and `patch`, `resume`) while the offsets were these:
+        the same bytes, for a retransmission; the rewriter's state is left as it was."""
         kept = self.state()
         self._seq_offset, self._ts_offset = seq_offset, ts_offset
         try:
-            return self.rewrite(data, info)
+            return self.rewrite(data, info, patch, resume)
         finally:
             self.restore(kept)
 

@@ -18,6 +18,7 @@ carry is loss, sfu/congestion.py), and the subscriber sees it as lost on the wir
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 
 from sfu import clock
@@ -35,53 +36,61 @@ _ROUNDING = 1e-6
 class SendBudget:
     """A token bucket in bytes; `rate` None: no limit (no estimate yet, or not enabled)."""
 
-    __slots__ = ("rate", "_tokens", "_depth", "_at", "offered", "dropped", "passed")
+    __slots__ = ("rate", "cell", "offered", "dropped", "passed")
 
     def __init__(self) -> None:
         self.rate: float | None = None  # bytes per second
-        self._tokens = 0.0
-        self._depth = float(MIN_DEPTH)
-        self._at = 0.0
+        # [tokens (bytes), depth (bytes), rate (bytes/s, -1: None), time of the last refill,
+        # bytes waiting in the pacer], in an array: the compiled fan-out (sfu/fastpath/_build.py
+        # `kr_fanout`) takes the tokens of the copies it sends through a pointer to it, as
+        # `take` does, and sends none while the pacer holds any.
+        self.cell = array("d", [0.0, float(MIN_DEPTH), -1.0, 0.0, 0.0])
         # Packets offered to the pacer (media, RTX), those it dropped, bytes that left.
         self.offered = self.dropped = self.passed = 0
 
     def set_rate(self, bits_per_second: int | None, now: float) -> None:
         if bits_per_second is None:
             self.rate = None
+            self.cell[2] = -1.0
             return
         self._refill(now)
         unlimited = self.rate is None
         self.rate = max(bits_per_second, 0) / 8
-        self._depth = max(self.rate * DEPTH, MIN_DEPTH)
+        cell = self.cell
+        cell[2] = self.rate
+        depth = cell[1] = max(self.rate * DEPTH, MIN_DEPTH)
         # Full when it starts: the link was carrying more than this a moment ago. Nothing at
         # all when the audio takes the whole level.
-        self._tokens = self._depth if unlimited else min(self._tokens, self._depth)
+        cell[0] = depth if unlimited else min(cell[0], depth)
         if not self.rate:
-            self._tokens = 0.0
+            cell[0] = 0.0
 
     def _refill(self, now: float) -> None:
-        if self.rate is not None and now > self._at:
-            self._tokens = min(self._tokens + (now - self._at) * self.rate, self._depth)
-        self._at = max(self._at, now)
+        cell = self.cell
+        if self.rate is not None and now > cell[3]:
+            cell[0] = min(cell[0] + (now - cell[3]) * self.rate, cell[1])
+        cell[3] = max(cell[3], now)
 
     def take(self, size: int, now: float) -> bool:
         """Whether `size` bytes fit now (then they are spent)."""
         if self.rate is None:
             return True
         self._refill(now)
-        if self._tokens < min(size, self._depth) - _ROUNDING:
+        cell = self.cell
+        if cell[0] < min(size, cell[1]) - _ROUNDING:
             return False
-        self._tokens -= size  # a packet over the depth leaves the bucket in debt
+        cell[0] -= size  # a packet over the depth leaves the bucket in debt
         return True
 
     def ready_at(self, size: int) -> float | None:
         """When `size` bytes will fit (None: never at this rate)."""
+        at = self.cell[3]
         if self.rate is None:
-            return self._at
-        missing = min(size, self._depth) - self._tokens
+            return at
+        missing = min(size, self.cell[1]) - self.cell[0]
         if missing <= 0:
-            return self._at
-        return self._at + missing / self.rate if self.rate > 0 else None
+            return at
+        return at + missing / self.rate if self.rate > 0 else None
 
     def queue_limit(self) -> float:
         """The most bytes the pacer may hold at this rate."""
@@ -123,6 +132,7 @@ class Pacer:
             self.queued -= len(packet)
             budget.passed += len(packet)
             out.append(packet)
+        budget.cell[4] = self.queued
         return out
 
     def next_deadline(self) -> float | None:
@@ -177,9 +187,10 @@ class BudgetedSink:
             self._timer.stop()
 
     def steady(self) -> object:
-        """The transport's sink's answer (sfu/fastpath/steady.py) while no budget applies and
-        nothing waits in the pacer: then the compiled fan-out may bypass this sink."""
+        """The transport's sink's answer (sfu/fastpath/steady.py) while nothing waits in the
+        pacer: then the compiled fan-out may bypass this sink, spending the budget's tokens
+        itself (`budget`) and handing back to `send` a copy that does not fit."""
         steady = getattr(self._sink, "steady", None)
-        if self.budget.rate is None and not self.pacer.queued and steady is not None:
+        if not self.pacer.queued and steady is not None:
             return steady()
         return None

@@ -11,8 +11,9 @@ RID extension), so the per-packet cost is the single-layer one plus one index pe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from sfu.fastpath.steady import REFRESH, adopt
 from sfu.receivestats import ReceiveStats
 from sfu.rtcp import ReportBlock, SenderReport
 from sfu.rtp import RtpInfo, get_extension
@@ -27,6 +28,9 @@ from sfu.sdpinfo import (
 )
 from sfu.stats import DropReason
 from sfu.tap import Tap
+
+if TYPE_CHECKING:
+    from sfu.fastpath.steady import Copies
 
 # What a layer is expected to carry before it is measured, or while dynacast pauses it (bit/s):
 # Chromium's defaults for 1/4, 1/2 and full 720p.
@@ -88,6 +92,8 @@ class Layer:
         "route_version",
         "_measured",
         "_measurements",
+        "copies",
+        "_tick",
     )
 
     def __init__(self, track: _LayeredTrack, index: int, rid: str, counters: _Counters) -> None:
@@ -114,13 +120,17 @@ class Layer:
         self.route_version = -1
         # (time, bytes_in) at the last measurement.
         self._measured: tuple[float, int] | None = None
+        # The route's down-tracks settled on this layer, forwarded by compiled code
+        # (sfu/fastpath/steady.py), and the input packets until the next look for them.
+        self.copies: Copies | None = None
+        self._tick = 0
 
     def forward(self, data: bytes, info: RtpInfo) -> int:
         """PublishedTrack.forward for a packet of this layer: to its route only."""
-        counters = self.counters
+        counters, size = self.counters, len(data)
         counters.packets_in += 1
-        counters.bytes_in += len(data)
-        self.bytes_in += len(data)
+        counters.bytes_in += size
+        self.bytes_in += size
         self.receive.update(info.sequence)
         track = self.track
         if track.muted:
@@ -132,12 +142,19 @@ class Layer:
         if self.route_version != track.down_tracks.version:
             track.reroute()
             route = self.route
-        sent = 0
-        # This packet's VP8 patches, one per offsets key (sfu/vp8.py), shared by the route.
-        renumbered: dict[int, tuple[bytes, int]] = {}
-        for down in route:
-            if down.forward_layer(index, data, info, renumbered):
-                sent += 1
+        copies = self.copies
+        if copies is not None:
+            sent = copies.forward(data, info, route, self.route_version)
+        else:
+            sent = 0
+            # This packet's VP8 patches, one per offsets key (sfu/vp8.py), shared by the route.
+            renumbered: dict[int, tuple[bytes, int]] = {}
+            for down in route:
+                if down.forward_layer(index, data, info, renumbered):
+                    sent += 1
+            self._tick -= 1
+            if self._tick <= 0:
+                self._tick, self.copies = REFRESH, adopt(cast(Any, route), index)
         counters.packets_out += sent
         return sent
 

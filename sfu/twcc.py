@@ -28,7 +28,8 @@ MAX_STATUS_COUNT = 4096
 HISTORY = 1 << 13
 _MASK = HISTORY - 1
 _U16 = struct.Struct("!H")
-_monotonic = time.monotonic
+# The send time of a stamped packet (the compiled fan-out reads it once per input packet).
+send_clock = time.monotonic
 _FCI_HEAD = struct.Struct("!HHI")
 # Where the stamped value sits: 12-byte header, 4-byte extension header, the element's id byte
 # (one-byte form) or id and length bytes (two-byte form).
@@ -127,14 +128,16 @@ class TransportSequence:
     in its first slot (the rewriter's output, and the RTX and padding packets made from it).
     """
 
-    __slots__ = ("ext_id", "_one", "_next", "_times", "_sizes")
+    __slots__ = ("ext_id", "one", "next", "times", "sizes")
 
     def __init__(self, ext_id: int, start: int = 0) -> None:
         self.ext_id = ext_id
-        self._one = (ext_id << 4) | 1  # the slot's first byte in the one-byte form
-        self._next = start
-        self._times = array("d", [0.0]) * HISTORY
-        self._sizes = array("I", [0]) * HISTORY
+        self.one = (ext_id << 4) | 1  # the slot's first byte in the one-byte form
+        # The next sequence number and the history, in arrays: the compiled fan-out
+        # (sfu/fastpath/steady.py) stamps and records through pointers to them.
+        self.next = array("q", [start])
+        self.times = array("d", [0.0]) * HISTORY
+        self.sizes = array("I", [0]) * HISTORY
 
     def stamp(self, data: bytes) -> bytes:
         """`data` with the next sequence number in its transport-cc slot; unchanged when it
@@ -142,24 +145,25 @@ class TransportSequence:
         if not data[0] & 0x10 or len(data) < 20:
             return data
         if data[12] == 0xBE and data[13] == 0xDE:
-            if data[16] != self._one:
+            if data[16] != self.one:
                 return data
             offset = ONE_BYTE_OFFSET
         elif data[16] == self.ext_id and data[17] == 2:
             offset = TWO_BYTE_OFFSET
         else:
             return data
-        n = self._next
-        self._next = n + 1
+        cell = self.next
+        n = cell[0]
+        cell[0] = n + 1
         i = n & _MASK
-        self._times[i] = _monotonic()
-        self._sizes[i] = len(data)
+        self.times[i] = send_clock()
+        self.sizes[i] = len(data)
         return b"".join((data[:offset], _U16.pack(n & 0xFFFF), data[offset + 2 :]))
 
     def resolve(self, report: FeedbackReport) -> list[PacketResult]:
         """The packets of `report` still in the send history, with their send times; a
         feedback naming packets never sent (or long forgotten) yields nothing for them."""
-        sent = self._next
+        sent = self.next[0]
         results: list[PacketResult] = []
         for seq, arrival in report.packets:
             # Unwrap against the newest sequence number sent: feedback names recent packets.
@@ -168,5 +172,5 @@ class TransportSequence:
             if back >= HISTORY or n < sent - HISTORY or n < 0:
                 continue
             i = n & _MASK
-            results.append(PacketResult(n, self._times[i], self._sizes[i], arrival))
+            results.append(PacketResult(n, self.times[i], self.sizes[i], arrival))
         return results

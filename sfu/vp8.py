@@ -97,14 +97,15 @@ class Vp8Munger:
                 if ext & 0x40:
                     return _FIELDS.pack(first, ext, pid, (tl0 + self.tl0_offset) & 0xFF), start + 5
                 return _PID_FIELDS.pack(first, ext, pid), start + 4
-        return _patch(data, start, end, self.pid_offset, self.tl0_offset)
+        return renumber(data, start, end, self.pid_offset, self.tl0_offset)
 
 
-def _patch(
+def renumber(
     data: bytes, start: int, end: int, pid_offset: int, tl0_offset: int
 ) -> tuple[bytes, int]:
     """The descriptor's first bytes (at most 5, up to TL0PICIDX) renumbered, and where the
-    payload goes on unchanged; (b"", start) for a payload read_descriptor refuses."""
+    payload goes on unchanged; (b"", start) for a payload read_descriptor refuses. The compiled
+    fan-out's `kr_vp8` (sfu/fastpath/_build.py) does the same in place."""
     if end - start < 2 or not data[start] & 0x80:
         return b"", start
     ext = data[start + 1]

@@ -165,8 +165,9 @@ def test_setup_py_builds_the_extension_the_loader_accepts(
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "sfu" / "fastpath").mkdir(parents=True)
     (tmp_path / "setup.py").write_text((root / "setup.py").read_text())
-    build_script = root / "sfu" / "fastpath" / "_build.py"
-    (tmp_path / "sfu" / "fastpath" / "_build.py").write_text(build_script.read_text())
+    for name in ("_build.py", "_receive_source.py"):  # the build script and the C it reads
+        source = root / "sfu" / "fastpath" / name
+        (tmp_path / "sfu" / "fastpath" / name).write_text(source.read_text())
     python("setup.py", "-q", "build_ext", "--inplace", cwd=tmp_path)
     [built] = (tmp_path / "sfu" / "fastpath").glob("_fanout*.so")
     module = loader._import_built(built)

@@ -14,6 +14,8 @@ Packaging: built at `pip install` (setup.py's `cffi_modules`); else by hand or o
 from __future__ import annotations
 
 import hashlib
+import runpy
+from pathlib import Path
 
 from cffi import FFI
 
@@ -36,30 +38,17 @@ typedef struct kr_copy {
     uint32_t ssrc, ts_offset, last_out_ts;
     uint16_t seq_offset, last_out_seq, first_seq;
     uint64_t packets, octets, sent_packets, sent_bytes, send_errors;
-    unsigned char pt_map[128];
-    unsigned char one_map[16];
-    unsigned char slot[3];
-    unsigned char slot_len;
-    unsigned char mid[17];
-    unsigned char mid_len;
-    unsigned char addrlen;
-    unsigned char addr[28];
+    unsigned char pt_map[128], one_map[16], slot[3], slot_len, mid[17], mid_len, addrlen, addr[28];
+    uint16_t floor, pid_offset;
+    unsigned char tl0_offset, layered, munge, last_head_len, last_head[6];
+    int64_t *tw_next; double *tw_times; uint32_t *tw_sizes; double *budget;
+    uint64_t budget_packets, budget_bytes;
+    unsigned char over;
 } kr_copy;
-int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
-              int length, int *queued);
-#define KR_RX_SLOTS ...
-#define KR_RX_BYTES ...
-#define KR_ADDR_BYTES ...
-typedef struct kr_rx kr_rx;
-kr_rx *kr_rx_new(void);
-void kr_rx_free(kr_rx *rx);
-char *kr_rx_data(kr_rx *rx);
-char *kr_rx_addrs(kr_rx *rx);
-int *kr_rx_lengths(kr_rx *rx);
-int *kr_rx_addrlens(kr_rx *rx);
-int kr_recv(kr_rx *rx, int fd);
-int kr_rx_timestamping(int fd);
-long long *kr_rx_stamps(kr_rx *rx);
+typedef struct kr_call {
+    kr_batch *batch; kr_copy *copies; int n, start, queued, over; double now;
+} kr_call;
+int kr_fanout(kr_call *call, const unsigned char *data, int length);
 """
 
 SOURCE = r"""
@@ -190,7 +179,57 @@ typedef struct kr_copy {
     unsigned char mid_len;
     unsigned char addrlen;
     unsigned char addr[28];
+    /* A simulcast down-track settled on its layer (sfu/layerswitch.py): input older than the
+       switch point `floor` is refused (the floor follows the stream), and the VP8 PictureID
+       and TL0PICIDX are renumbered by the offsets of its last switch (sfu/vp8.py) when `munge`.
+       last_head: the first bytes of the last copy's payload (+1 in last_head_len, 0: none since
+       Python read it), where the next switch continues the numbering. */
+    uint16_t floor, pid_offset;
+    unsigned char tl0_offset, layered, munge, last_head_len;
+    unsigned char last_head[6];
+    /* Transport-wide congestion control (sfu/twcc.py TransportSequence, shared by the
+       subscriber's down-tracks): the next sequence number, stamped in the slot (the first
+       element), and the send history (time, size) by sequence number & KR_TW_MASK; NULL:
+       not negotiated. */
+    int64_t *tw_next;
+    double *tw_times;
+    uint32_t *tw_sizes;
+    /* The subscriber's video send budget (sfu/sendbudget.py SendBudget.cell), NULL: none. A
+       copy that does not fit, or would overtake what the pacer holds, is not made (`over`
+       set): Python paces it. What fitted is counted for the budget's offered and passed. */
+    double *budget;
+    uint64_t budget_packets, budget_bytes;
+    unsigned char over;
 } kr_copy;
+
+#define KR_TW_MASK 8191 /* sfu/twcc.py HISTORY - 1 */
+#define KR_ROUNDING 1e-6 /* sfu/sendbudget.py _ROUNDING */
+
+/* Renumber the VP8 descriptor at p[0..len) as sfu/vp8.py `renumber` does: nothing when it is
+   truncated or carries neither field. */
+static void kr_vp8(unsigned char *p, int len, unsigned pid_offset, unsigned tl0_offset) {
+    if (len < 2 || !(p[0] & 0x80)) return;
+    int ext = p[1], pos = 2, pid_pos = -1, tl0_pos = -1, long_pid = 0;
+    if (ext & 0x80) {
+        if (pos >= len) return;
+        pid_pos = pos;
+        long_pid = p[pos] & 0x80;
+        pos += long_pid ? 2 : 1;
+        if (pos > len) return;
+    }
+    if (ext & 0x40) {
+        if (pos >= len) return;
+        tl0_pos = pos;
+    }
+    if (pid_pos >= 0 && long_pid) {
+        unsigned pid = ((unsigned)(p[pid_pos] & 0x7F) << 8 | p[pid_pos + 1]) + pid_offset;
+        p[pid_pos] = (unsigned char)(0x80 | ((pid >> 8) & 0x7F));
+        p[pid_pos + 1] = (unsigned char)pid;
+    } else if (pid_pos >= 0) {
+        p[pid_pos] = (unsigned char)((p[pid_pos] + pid_offset) & 0x7F);
+    }
+    if (tl0_pos >= 0) p[tl0_pos] = (unsigned char)(p[tl0_pos] + tl0_offset);
+}
 
 /* The kept one-byte elements of [pos, end) under one_map, as RtpRewriter's fast path; their
    length, or -1 when they exceed `room`. */
@@ -230,9 +269,10 @@ static void kr_put32(unsigned char *p, uint32_t v) {
    would, counted as RtpSink.send would. A payload type a copy does not map is skipped; a copy
    too large for a slot is counted in its send_errors. Returns n, or the index of the first copy
    not queued because the batch is full (flush, then call again from there); -1 for a header
-   that does not parse. *queued is raised by the copies queued. */
-int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned char *data,
-              int length, int *queued) {
+   that does not parse. *queued is raised by the copies queued, *over by those over their
+   budget. */
+static int kr_copies(kr_batch *batch, kr_copy *copies, int start, int n,
+                     const unsigned char *data, int length, double now, int *queued, int *over) {
     if (length < 12 || data[0] >> 6 != 2) return -1;
     int b0 = data[0], pos = 12 + 4 * (b0 & 0x0F), ext_start = pos, ext_end = pos;
     if (pos > length) return -1;
@@ -258,12 +298,42 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
     int el_len = 0, limit = KR_SLOT_BYTES - KR_TRAILER;
     for (int i = start; i < n; i++) {
         kr_copy *c = &copies[i];
+        if (batch->count >= KR_SLOTS) return i;
+        if (c->layered) { /* LayerSwitch.admit for the current layer */
+            uint16_t ahead = (uint16_t)(in_seq - c->floor);
+            if (ahead >= 0x8000) continue;
+            if (ahead > 0x4000) c->floor = (uint16_t)(in_seq - 0x2000);
+        }
         int out_pt = c->pt_map[pt];
         if (out_pt == 0xFF) continue;
-        if (batch->count >= KR_SLOTS) return i;
         if (remapped == NULL || memcmp(remapped, c->one_map, 16) != 0) {
             el_len = kr_elements(data, ext_start, ext_end, c->one_map, elements, limit);
             remapped = c->one_map;
+        }
+        int body = c->slot_len + el_len + c->mid_len;
+        body += (4 - (body & 3)) & 3;
+        int head = body ? 16 + body : 12;
+        double *b = c->budget; /* [tokens, depth, rate (-1: none), last refill, queued] */
+        if (b != NULL && b[4] > 0) { /* the pacer holds packets: this one waits behind them */
+            c->over = 1;
+            (*over)++;
+            continue;
+        }
+        if (b != NULL && b[2] >= 0 && el_len >= 0) { /* Pacer.offer -> SendBudget.take */
+            double size = head + tail;
+            if (now > b[3]) {
+                double tokens = b[0] + (now - b[3]) * b[2];
+                b[0] = tokens < b[1] ? tokens : b[1];
+                b[3] = now;
+            }
+            if (b[0] < (size < b[1] ? size : b[1]) - KR_ROUNDING) {
+                c->over = 1;
+                (*over)++;
+                continue;
+            }
+            b[0] -= size;
+            c->budget_packets++;
+            c->budget_bytes += (uint64_t)(head + tail);
         }
         uint16_t seq = (uint16_t)(in_seq + c->seq_offset);
         uint32_t ts = in_ts + c->ts_offset;
@@ -275,10 +345,12 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
         }
         c->packets++;
         c->octets += (uint64_t)(payload_end - pos);
-        int body = c->slot_len + el_len + c->mid_len;
-        body += (4 - (body & 3)) & 3;
-        int head = body ? 16 + body : 12;
         if (el_len < 0 || head + tail > limit) {
+            if (el_len >= 0 && c->tw_next != NULL && c->slot_len) { /* stamped, then refused */
+                int64_t t = (*c->tw_next)++;
+                c->tw_times[t & KR_TW_MASK] = now;
+                c->tw_sizes[t & KR_TW_MASK] = (uint32_t)(head + tail);
+            }
             c->send_errors++;
             continue;
         }
@@ -301,8 +373,20 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
             memcpy(b, c->mid, c->mid_len);
             b += c->mid_len;
             memset(b, 0, (size_t)(o + head - b));
+            if (c->tw_next != NULL && c->slot_len) { /* TransportSequence.stamp */
+                int64_t t = (*c->tw_next)++;
+                kr_put16(o + 17, (unsigned)(t & 0xFFFF));
+                c->tw_times[t & KR_TW_MASK] = now;
+                c->tw_sizes[t & KR_TW_MASK] = (uint32_t)(head + tail);
+            }
         }
         memcpy(o + head, data + pos, (size_t)tail);
+        if (c->munge) kr_vp8(o + head, payload_end - pos, c->pid_offset, c->tl0_offset);
+        if (c->layered) {
+            int kept = payload_end - pos < 6 ? payload_end - pos : 6;
+            memcpy(c->last_head, o + head, (size_t)kept);
+            c->last_head_len = (unsigned char)(kept + 1);
+        }
         memcpy(&batch->addrs[k], c->addr, c->addrlen);
         batch->addrlens[k] = c->addrlen;
         batch->lengths[k] = head + tail;
@@ -315,86 +399,36 @@ int kr_fanout(kr_batch *batch, kr_copy *copies, int start, int n, const unsigned
     return n;
 }
 
-/* The receive side: KR_RX_SLOTS datagrams of up to KR_RX_BYTES (a larger one is truncated and
-   reported with length -1), each with its source address as the kernel wrote it. */
-#define KR_RX_SLOTS 64
-#define KR_RX_BYTES 2048
-#define KR_ADDR_BYTES 28
-#define KR_RX_CONTROL CMSG_SPACE(sizeof(struct timespec))
+typedef struct kr_call {
+    kr_batch *batch;
+    kr_copy *copies;
+    int n;           /* copies[0..n) */
+    int start;       /* the first copy to queue: 0, or where a full batch stopped the last call */
+    int queued;      /* copies queued since the call from copy 0 */
+    int over;        /* copies over their send budget, since then */
+    double now;      /* the send time (twcc.send_clock), when a copy stamps or has a budget */
+} kr_call;
 
-typedef struct kr_rx {
-    struct mmsghdr msgs[KR_RX_SLOTS];
-    struct iovec iov[KR_RX_SLOTS];
-    int lengths[KR_RX_SLOTS];
-    int addrlens[KR_RX_SLOTS];
-    unsigned char addrs[KR_RX_SLOTS][KR_ADDR_BYTES];
-    unsigned char data[KR_RX_SLOTS][KR_RX_BYTES];
-    /* Receive timestamps (SO_TIMESTAMPNS, sfu/fastpath/receive.py): kr_rx_take_stamps. */
-    unsigned char control[KR_RX_SLOTS][KR_RX_CONTROL];
-    long long stamps[KR_RX_SLOTS];
-} kr_rx;
-
-kr_rx *kr_rx_new(void) {
-    kr_rx *rx = calloc(1, sizeof(kr_rx));
-    if (rx == NULL) return NULL;
-    for (int i = 0; i < KR_RX_SLOTS; i++) {
-        rx->iov[i].iov_base = rx->data[i];
-        rx->iov[i].iov_len = KR_RX_BYTES;
-        rx->msgs[i].msg_hdr.msg_iov = &rx->iov[i];
-        rx->msgs[i].msg_hdr.msg_iovlen = 1;
-        rx->msgs[i].msg_hdr.msg_name = rx->addrs[i];
-        rx->msgs[i].msg_hdr.msg_control = rx->control[i];
-    }
-    return rx;
-}
-void kr_rx_free(kr_rx *rx) { free(rx); }
-char *kr_rx_data(kr_rx *rx) { return (char *)rx->data; }
-char *kr_rx_addrs(kr_rx *rx) { return (char *)rx->addrs; }
-int *kr_rx_lengths(kr_rx *rx) { return rx->lengths; }
-int *kr_rx_addrlens(kr_rx *rx) { return rx->addrlens; }
-
-/* The kernel's receive time of each datagram (CLOCK_REALTIME, ns; 0 without one): with
-   SO_TIMESTAMPNS on the socket (kr_rx_timestamping), the control message recvmmsg returns. */
-static void kr_rx_take_stamps(kr_rx *rx, int n) {
-    for (int i = 0; i < n; i++) {
-        struct msghdr *h = &rx->msgs[i].msg_hdr;
-        struct cmsghdr *c = CMSG_FIRSTHDR(h);
-        rx->stamps[i] = 0;
-        if (c != NULL && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
-            struct timespec ts;
-            memcpy(&ts, CMSG_DATA(c), sizeof(ts));
-            rx->stamps[i] = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-        }
-    }
-}
-long long *kr_rx_stamps(kr_rx *rx) { return rx->stamps; }
-int kr_rx_timestamping(int fd) {
-    int on = 1;
-    return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) < 0 ? -errno : 0;
-}
-
-/* Receive what the socket holds, up to KR_RX_SLOTS datagrams, without waiting: their number
-   (fewer than KR_RX_SLOTS: the socket was empty), or -errno (-EAGAIN: nothing there). */
-int kr_recv(kr_rx *rx, int fd) {
-    int n;
-    for (int i = 0; i < KR_RX_SLOTS; i++) {
-        rx->msgs[i].msg_hdr.msg_namelen = KR_ADDR_BYTES;
-        rx->msgs[i].msg_hdr.msg_flags = 0;
-        rx->msgs[i].msg_hdr.msg_controllen = KR_RX_CONTROL;
-    }
-    do {
-        n = recvmmsg(fd, rx->msgs, KR_RX_SLOTS, MSG_DONTWAIT, NULL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) return -errno;
-    for (int i = 0; i < n; i++) {
-        struct msghdr *h = &rx->msgs[i].msg_hdr;
-        rx->lengths[i] = (h->msg_flags & MSG_TRUNC) ? -1 : (int)rx->msgs[i].msg_len;
-        rx->addrlens[i] = (int)h->msg_namelen;
-    }
-    kr_rx_take_stamps(rx, n);
-    return n;
+/* One input packet to every copy of `call` (one call per input: its arguments in a struct
+   Python keeps). Returns the copies queued when all were made and none was over its budget;
+   -2 when the batch is full (flush, then call again: it goes on from call->start); -3 when
+   done with copies over their budget (call->queued and call->over say how many); -1 for a
+   header that does not parse. */
+int kr_fanout(kr_call *call, const unsigned char *data, int length) {
+    if (call->start == 0) call->queued = call->over = 0;
+    int i = kr_copies(call->batch, call->copies, call->start, call->n, data, length, call->now,
+                      &call->queued, &call->over);
+    call->start = i >= 0 && i < call->n ? i : 0;
+    if (i < 0 || i < call->n) return i < 0 ? -1 : -2;
+    return call->over ? -3 : call->queued;
 }
 """
+
+# The receive side's C, a sibling file (read by path: see its docstring).
+RECEIVE_FILE = Path(__file__).with_name("_receive_source.py")
+_receive = runpy.run_path(str(RECEIVE_FILE))
+CDEF += _receive["CDEF"]
+SOURCE += _receive["SOURCE"]
 
 # Names the C code a module was built from: an extension installed by an older `pip install`
 # whose source has changed since is not used (sfu/fastpath/loader.py).

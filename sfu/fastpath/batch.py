@@ -43,6 +43,7 @@ class FanoutBatch:
         "depth",
         "_stats",
         "copies",
+        "layers",
     )
 
     def __init__(self, module: ModuleType, fd: int, stats: Stats) -> None:
@@ -65,6 +66,9 @@ class FanoutBatch:
         # Whether steady down-tracks are forwarded by the compiled per-copy loop
         # (sfu/fastpath/steady.py); False: one `add` per copy (`keyroom bench --path recvmmsg`).
         self.copies = True
+        # Whether simulcast down-tracks settled on a layer join it too (False: `keyroom bench
+        # --simulcast --path compiled` measures their Python path beside the compiled one).
+        self.layers = True
 
     def destination(self, session: pylibsrtp.Session, remote: tuple[str, int]) -> Destination:
         out = self._ffi.new("char[28]")

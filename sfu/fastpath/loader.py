@@ -39,7 +39,7 @@ def cache_dir() -> Path:
 
 
 def build_key() -> str:
-    source = Path(_build.__file__).read_bytes()
+    source = Path(_build.__file__).read_bytes() + _build.RECEIVE_FILE.read_bytes()
     abi = f"{sys.implementation.cache_tag}-{sysconfig.get_config_var('EXT_SUFFIX')}"
     return hashlib.sha256(source + abi.encode()).hexdigest()[:16]
 

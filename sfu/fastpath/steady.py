@@ -1,10 +1,11 @@
 """Down-tracks in their steady state forwarded by compiled code: one call per input packet.
 
 A down-track is steady when it only rewrites and sends: its rewriter started and has the
-one-byte fast path, it waits for no keyframe, is not paused, pads nothing, is single-layer, is
-sent by this process, and its sink sends RTP through a shared socket's `FanoutBatch` (no
-transport-cc stamping). Then its per-copy work (RtpRewriter.rewrite, the retransmission cache,
-RtpSink.send, FanoutBatch.add) is a `kr_copy` struct in its track's C array, and `kr_fanout`
+one-byte fast path, it waits for no keyframe, is not paused, pads nothing, is sent by this
+process, and its sink sends RTP through a shared socket's `FanoutBatch` (with nothing waiting
+in its pacer, if paced). Then its per-copy work (RtpRewriter.rewrite, the retransmission cache,
+RtpSink.send with its transport-cc stamp, the send budget's `take`, FanoutBatch.add) is a
+`kr_copy` struct in its track's C array, and `kr_fanout`
 (sfu/fastpath/_build.py) writes every steady copy of an input packet into the batch in one
 call. The rest keep the Python path.
 
@@ -15,9 +16,20 @@ state (a keyframe wait, a pause, padding, a new rewriter, a fan-out worker) deta
 pair) is checked every `REFRESH` inputs, when Python-path down-tracks that became steady are
 attached too.
 
-Retransmissions: each input packet is kept once per track (`InputRing`); a down-track's cache
-records the spans of output sequence numbers the compiled loop sent, with the offsets then
-(`Replay`), and a NACK rebuilds the packet with `RtpRewriter.replay`: the same bytes.
+A simulcast down-track is steady on its layer when it is settled there (forwarding the layer it
+aims at, no switch pending): each layer then has its own `Copies`, and the compiled loop also
+does what `LayerSwitch.admit` and `Vp8Munger.patch` do per packet of the current layer (the
+switch point's floor, the VP8 PictureID/TL0PICIDX renumbering). Any new target takes it out
+first (`SteadyDownTrack.rerouted`); the switch itself, at a keyframe, is Python's.
+
+Transport-cc: the compiled loop stamps the subscriber's TransportSequence and writes the send
+time and size into its history arrays (through pointers), which the feedback reads when it
+comes. A send budget (sfu/sendbudget.py): the loop takes its tokens from the budget's cell as
+`SendBudget.take` does; a copy that does not fit leaves the loop for that packet and the next
+ones (`_over`): the pacer's Python path queues it, and the down-track comes back at a check
+that finds the pacer empty.
+
+Retransmissions: sfu/fastpath/replay.py.
 """
 
 from __future__ import annotations
@@ -25,154 +37,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sfu.rtp import ONE_BYTE_PROFILE, RtpInfo, parse_rtp
+from sfu import twcc
+from sfu.fastpath.replay import RING, InputRing, Replay
+from sfu.fastpath.state import SteadyDownTrack
+from sfu.rtp import ONE_BYTE_PROFILE, RtpInfo
 
 if TYPE_CHECKING:
-    from sfu.fanout.links import Remote
     from sfu.fastpath.batch import Destination, FanoutBatch
-    from sfu.rtprewrite import RtpRewriter
 
 REFRESH = 32  # input packets between checks of who is steady
-RING = 512  # input packets kept per track for rebuilding retransmissions (PacketCache's size)
 _SEQ = 0xFFFF
-
-
-class SteadyDownTrack:
-    """The state of a down-track that decides whether it is steady, behind setters that take it
-    out of the compiled loop first. The Python hot path reads the slots directly."""
-
-    __slots__ = ("_rewriter", "_waiting", "_paused", "_padding", "_remote", "_copies")
-    # DownTrack's (sfu/forwarder.py), read here.
-    layers: Any
-    sink: Any
-    cache: Any
-
-    def __init__(self) -> None:
-        self._rewriter: RtpRewriter | None = None
-        # Video starts at a keyframe: earlier delta frames would only make the decoder ask again
-        # (DownTrack sets it).
-        self._waiting = False
-        # Paused by congestion control: forwards nothing until resumed at a keyframe.
-        self._paused = False
-        # Padding packets sent after each media packet while congestion control probes.
-        self._padding = 0
-        self._remote: Remote | None = None  # a fan-out worker sends it (sfu/fanout/)
-        self._copies: Copies | None = None
-
-    def _leave(self) -> None:
-        if self._copies is not None:
-            self._copies.detach(self)
-
-    @property
-    def rewriter(self) -> RtpRewriter | None:
-        if self._copies is not None:
-            self._copies.sync(self)
-        return self._rewriter
-
-    @rewriter.setter
-    def rewriter(self, rewriter: RtpRewriter | None) -> None:
-        self._leave()
-        self._rewriter = rewriter
-
-    @property
-    def waiting_for_keyframe(self) -> bool:
-        return self._waiting
-
-    @waiting_for_keyframe.setter
-    def waiting_for_keyframe(self, waiting: bool) -> None:
-        if waiting:
-            self._leave()
-        self._waiting = waiting
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    @paused.setter
-    def paused(self, paused: bool) -> None:
-        if paused:
-            self._leave()
-        self._paused = paused
-
-    @property
-    def padding(self) -> int:
-        return self._padding
-
-    @padding.setter
-    def padding(self, padding: int) -> None:
-        if padding:
-            self._leave()
-        self._padding = padding
-
-    @property
-    def remote(self) -> Remote | None:
-        return self._remote
-
-    @remote.setter
-    def remote(self, remote: Remote | None) -> None:
-        if remote is not None:
-            self._leave()
-        self._remote = remote
-
-
-class InputRing:
-    """A track's last `RING` input packets by sequence number, kept by reference."""
-
-    __slots__ = ("seqs", "packets")
-
-    def __init__(self) -> None:
-        self.seqs = [-1] * RING
-        self.packets: list[bytes] = [b""] * RING
-
-    def get(self, seq: int) -> bytes | None:
-        slot = seq & (RING - 1)
-        return self.packets[slot] if self.seqs[slot] == seq else None
-
-
-class Replay:
-    """The spans of a down-track's output the compiled loop sent, to rebuild them for a NACK.
-    A span: [first sequence number, last (None while open), seq offset, ts offset, packets sent
-    in it (before it while open), the oldest sequence number sent in it (late input can go
-    below the first)]."""
-
-    __slots__ = ("ring", "rewriter", "spans")
-
-    def __init__(self, ring: InputRing, rewriter: RtpRewriter) -> None:
-        self.ring = ring
-        self.rewriter = rewriter
-        self.spans: list[list[Any]] = []
-
-    def open(self, rewriter: RtpRewriter) -> None:
-        if rewriter is not self.rewriter:
-            self.rewriter, self.spans = rewriter, []  # another stream: its spans do not apply
-        seq_offset, ts_offset, last_seq, _, packets, _ = rewriter.state()
-        first = (last_seq + 1) & _SEQ
-        self.spans.append([first, None, seq_offset, ts_offset, packets, first])
-        del self.spans[:-4]  # older spans are far beyond the ring's reach
-
-    def close(self) -> None:
-        if self.spans and self.spans[-1][1] is None:
-            self.spans[-1][1] = self.rewriter.last_out_seq
-            self.spans[-1][4] = self.rewriter.packets - self.spans[-1][4]
-
-    def get(self, seq: int, cached: bool) -> bytes | None | bool:
-        """The packet `seq` rebuilt; None if its input is gone; False if no span has it (or,
-        below a span's first, when the Python path's cache has it: `cached`)."""
-        rewriter = self.rewriter
-        for first, last, seq_offset, ts_offset, packets, early in reversed(self.spans):
-            if last is None:
-                last, packets = rewriter.last_out_seq, rewriter.packets - packets
-            back = (last - seq) & _SEQ
-            if back >= 0x8000:
-                continue
-            if back > (last - first) & _SEQ and packets < 0x8000:
-                if cached or back > (last - early) & _SEQ:
-                    continue
-            data = self.ring.get((seq - seq_offset) & _SEQ)
-            if data is None:
-                return None
-            return rewriter.replay(data, parse_rtp(data), seq_offset, ts_offset)
-        return False
+# A synthetic header in front of a layered copy's last payload bytes (LayerSwitch.last_sent):
+# where a later switch reads the PictureID/TL0PICIDX numbering from.
+_HEADER = bytes((0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
 
 # What a sink that can be bypassed answers (`steady()`): the batch, the destination, and the
@@ -181,16 +58,26 @@ class Replay:
 Steady = tuple["FanoutBatch", "Destination", Any]
 
 
-def _steady(down: SteadyDownTrack) -> Steady | None:
-    """What `down`'s sink answers if `down` can be forwarded by the compiled loop now."""
+def _settled(down: SteadyDownTrack, layer: int) -> bool:
+    """Whether `down` is single-layer (`layer` -1), or forwards simulcast `layer` and aims at
+    no other."""
+    layers = down.layers
+    if layers is None:
+        return layer < 0
+    return layer >= 0 and layers.current == layer and layers.target == layer
+
+
+def _steady(down: SteadyDownTrack, layer: int = -1) -> Steady | None:
+    """What `down`'s sink answers if `down` can be forwarded by the compiled loop of `layer`
+    (-1: of a single-layer track) now."""
     rewriter = down._rewriter
     if (
         rewriter is None
-        or down._waiting
+        or (down._waiting and layer < 0)  # a layered one waits in its LayerSwitch
         or down._paused
         or down._padding
         or down._remote is not None
-        or down.layers is not None
+        or not _settled(down, layer)
         or rewriter.compiled_form() is None
     ):
         return None
@@ -201,12 +88,13 @@ def _steady(down: SteadyDownTrack) -> Steady | None:
     return found
 
 
-def adopt(downs: Sequence[SteadyDownTrack]) -> Copies | None:
-    """A compiled loop for a track whose down-tracks include a steady one, else None."""
+def adopt(downs: Sequence[SteadyDownTrack], layer: int = -1) -> Copies | None:
+    """A compiled loop for a track (or its simulcast `layer`) whose down-tracks include a
+    steady one, else None."""
     for down in downs:
-        found = _steady(down)
-        if found is not None:
-            return Copies(found[0], video=down.cache is not None)
+        found = _steady(down, layer)
+        if found is not None and (layer < 0 or found[0].layers):
+            return Copies(found[0], video=down.cache is not None, layer=layer)
     return None
 
 
@@ -222,17 +110,23 @@ class Copies:
         "members",
         "_destinations",
         "_sinks",
+        "_bound",
         "_held",
         "_python",
         "_version",
-        "_queued",
+        "_call",
+        "_clocked",
+        "_hold",
         "_tick",
         "ring",
         "fallbacks",
+        "paced",
+        "layer",
     )
 
-    def __init__(self, batch: FanoutBatch, *, video: bool) -> None:
+    def __init__(self, batch: FanoutBatch, *, video: bool, layer: int = -1) -> None:
         self.batch = batch
+        self.layer = layer  # the simulcast layer forwarded, -1: a single-layer track
         self._ffi = batch._ffi
         self._fanout = batch._lib.kr_fanout
         self._capacity = 8
@@ -240,18 +134,24 @@ class Copies:
         self.members: list[SteadyDownTrack] = []
         self._destinations: list[Destination] = []
         self._sinks: list[Any] = []  # each member's RtpSink (its counters), or None
+        # Each member's (TransportSequence or None, SendBudget or None, buffers C points into).
+        self._bound: list[tuple[Any, Any, tuple[Any, ...]]] = []
         self._held: tuple[Destination, ...] = ()
         self._python: list[Any] = []  # DownTracks: their Python path
         self._version = -1
-        self._queued = self._ffi.new("int *")
+        # kr_fanout's arguments: the batch, the array and its length, the send time.
+        self._call = self._ffi.new("kr_call *")
+        self._call.batch, self._call.copies = batch._batch, self._array
+        self._clocked = False  # whether a member stamps transport-cc or has a budget
+        self._hold = batch._held.append  # FanoutBatch.hold without a Python call
         self._tick = 0
         self.ring = InputRing() if video else None
         self.fallbacks = 0  # input packets the compiled loop could not take (another profile)
+        self.paced = 0  # copies over their send budget, handed to the pacer (Python path)
 
-    def forward(
-        self, data: bytes, info: RtpInfo, downs: Sequence[SteadyDownTrack], version: int
-    ) -> int:
-        """Forward one input packet to every down-track of `downs`; the number sent."""
+    def forward(self, data: bytes, info: RtpInfo, downs: Sequence[Any], version: int) -> int:
+        """Forward one input packet to every down-track of `downs` (SteadyDownTracks); the
+        number sent. Once per input packet: the compiled call is made here, inline."""
         self._tick -= 1
         if self._tick <= 0:
             self._maintain(downs, version)
@@ -265,30 +165,69 @@ class Copies:
                 ring.seqs[slot] = info[1]
                 ring.packets[slot] = data
             profile = info[6]
-            if profile is None or profile == ONE_BYTE_PROFILE:
-                sent = self._send(data)
-            else:
+            if profile is not None and profile != ONE_BYTE_PROFILE:
                 sent = self._fallback(data, info)
+            else:
+                call, batch = self._call, self.batch
+                if self._clocked:  # the send time of every copy, and the budget's refill
+                    call.now = twcc.send_clock()
+                self._hold(self._held)
+                sent = self._fanout(call, data, len(data))
+                if sent >= 0:
+                    batch._stats.fanout_compiled_copies += sent
+                else:
+                    sent = self._rest(data, info, sent)
+                if not batch.depth:
+                    batch.flush()
+        if self._python:
+            sent += self._forward_python(data, info)
+        return sent
+
+    def _forward_python(self, data: bytes, info: RtpInfo) -> int:
+        """The down-tracks not in the loop: their Python path."""
+        if self.layer >= 0:
+            return self._forward_layer(data, info, self._python)
+        sent = 0
         for down in self._python:
             if down.forward(data, info):
                 sent += 1
         return sent
 
-    def _send(self, data: bytes) -> int:
-        batch, queued = self.batch, self._queued
-        queued[0] = 0
-        count, start, size = len(self.members), 0, len(data)
-        while True:
-            batch.hold(self._held)
-            start = self._fanout(batch._batch, self._array, start, count, data, size, queued)
-            if start < 0 or start >= count:
-                break
-            batch.flush()  # the batch is full: send it, then queue the rest
-        if not batch.depth:
+    def _rest(self, data: bytes, info: RtpInfo, result: int) -> int:
+        """What kr_fanout did not finish (`result` < 0): a full batch is sent and the rest
+        queued; copies over their budget go to the pacer. The copies made."""
+        call, batch = self._call, self.batch
+        while result == -2:
             batch.flush()
-        made: int = queued[0]
+            self._hold(self._held)
+            result = self._fanout(call, data, len(data))
+        if result == -1:
+            return 0
+        made: int = call.queued
         batch._stats.fanout_compiled_copies += made
-        return made
+        return made + (self._paced(data, info) if result == -3 else 0)
+
+    def _forward_layer(self, data: bytes, info: RtpInfo, downs: Sequence[Any]) -> int:
+        """Layer.forward's loop over its route (sfu/simulcast.py), for `downs`."""
+        sent, layer = 0, self.layer
+        renumbered: dict[int, tuple[bytes, int]] = {}  # shared by the route (sfu/vp8.py)
+        for down in downs:
+            if down.forward_layer(layer, data, info, renumbered):
+                sent += 1
+        return sent
+
+    def _paced(self, data: bytes, info: RtpInfo) -> int:
+        """The copies over their send budget: each down-track leaves for its Python path,
+        whose pacer queues this packet (and the next ones while it holds any)."""
+        array, members = self._array, self.members
+        over = [down for i, down in enumerate(members) if array[i].over]
+        self.paced += len(over)
+        for down in over:
+            array[members.index(down)].over = 0
+            self.detach(down)
+        if self.layer >= 0:
+            return self._forward_layer(data, info, over)
+        return sum(1 for down in over if cast(Any, down).forward(data, info))
 
     def _fallback(self, data: bytes, info: RtpInfo) -> int:
         """An extension block the compiled loop does not rewrite: each member's Python path,
@@ -297,14 +236,17 @@ class Copies:
         sent = 0
         for i, down in enumerate(self.members):
             self._pull(i, down)
-            if cast(Any, down).forward(data, info):  # a DownTrack
+            if self.layer >= 0:
+                sent += self._forward_layer(data, info, (down,))
+            elif cast(Any, down).forward(data, info):  # a DownTrack
                 sent += 1
             self._push(i, down)
         return sent
 
     def _refresh(self, downs: Sequence[SteadyDownTrack], version: int) -> None:
         present = set(map(id, downs))
-        for down in [d for d in self.members if id(d) not in present]:
+        layer = self.layer
+        for down in [d for d in self.members if id(d) not in present or not _settled(d, layer)]:
             self.detach(down)
         self._version = version
         self._python = [d for d in downs if d._copies is not self]
@@ -316,12 +258,17 @@ class Copies:
             self._refresh(downs, version)
         for i in range(len(self.members) - 1, -1, -1):
             down = self.members[i]
-            found = _steady(down)
-            if found is None or found[0] is not self.batch or found[1] is not self._destinations[i]:
+            found = _steady(down, self.layer)
+            if (
+                found is None
+                or found[0] is not self.batch
+                or found[1] is not self._destinations[i]
+                or getattr(found[2], "transport_sequence", None) is not self._bound[i][0]
+            ):
                 self.detach(down)
         for down in list(self._python):
             if down._copies is None:
-                found = _steady(down)
+                found = _steady(down, self.layer)
                 if found is not None and found[0] is self.batch:
                     self.attach(down, found)
 
@@ -335,6 +282,7 @@ class Copies:
             grown = self._ffi.new("kr_copy[]", 2 * self._capacity)
             self._ffi.memmove(grown, self._array, self._ffi.sizeof("kr_copy") * i)
             self._array, self._capacity = grown, 2 * self._capacity
+            self._call.copies = grown
         ssrc, pt_map, one_map, slot, mid = form
         _, destination, sink = found
         copy = self._array[i]
@@ -345,8 +293,10 @@ class Copies:
         copy.slot, copy.slot_len = slot.ljust(3, b"\0"), len(slot)
         copy.mid, copy.mid_len = mid.ljust(17, b"\0"), len(mid)
         copy.addr, copy.addrlen = destination[2].ljust(28, b"\0"), destination[3]
-        copy.sent_packets = copy.sent_bytes = copy.send_errors = 0
+        copy.sent_packets = copy.sent_bytes = copy.send_errors = copy.last_head_len = 0
         copy.first_seq = (rewriter.last_out_seq + 1) & _SEQ
+        copy.over = copy.budget_packets = copy.budget_bytes = 0
+        self._bound.append(self._bind(copy, slot, sink, getattr(down.sink, "budget", None)))
         self.members.append(down)
         self._destinations.append(destination)
         self._sinks.append(sink)
@@ -356,8 +306,35 @@ class Copies:
         if down.cache is not None and self.ring is not None:
             replay = down.cache.replay
             if replay is None:
-                replay = down.cache.replay = Replay(self.ring, rewriter)
-            replay.open(rewriter)
+                replay = down.cache.replay = Replay(rewriter)
+            munger = down.layers.munger if down.layers is not None else None
+            if munger is not None and munger.key:
+                replay.open(rewriter, self.ring, munger.pid_offset, munger.tl0_offset)
+            else:
+                replay.open(rewriter, self.ring)
+
+    def _bind(
+        self, copy: Any, slot: bytes, sink: Any, budget: Any
+    ) -> tuple[Any, Any, tuple[Any, ...]]:
+        """Point `copy` at its transport's TransportSequence (where its slot is that one's
+        element: else `stamp` leaves the packet as it is) and its send budget's cell."""
+        ffi, kept = self._ffi, []
+        sequence = getattr(sink, "transport_sequence", None)
+        if sequence is not None and slot[:1] == bytes((sequence.one,)):
+            kept += [
+                ffi.from_buffer("int64_t[]", sequence.next),
+                ffi.from_buffer("double[]", sequence.times),
+                ffi.from_buffer("uint32_t[]", sequence.sizes),
+            ]
+            copy.tw_next, copy.tw_times, copy.tw_sizes = kept
+        else:
+            copy.tw_next = copy.tw_times = copy.tw_sizes = ffi.NULL
+        if budget is not None:
+            kept.append(ffi.from_buffer("double[]", budget.cell))
+            copy.budget = kept[-1]
+        else:
+            copy.budget = ffi.NULL
+        return sequence, budget, tuple(kept)
 
     def detach(self, down: SteadyDownTrack) -> None:
         """Back to the Python path, its state taken out of C."""
@@ -370,9 +347,11 @@ class Copies:
             self.members[i] = self.members[last]
             self._destinations[i] = self._destinations[last]
             self._sinks[i] = self._sinks[last]
+            self._bound[i] = self._bound[last]
         self.members.pop()
         self._destinations.pop()
         self._sinks.pop()
+        self._bound.pop()
         down._copies = None
         self._changed()
         if down.cache is not None and down.cache.replay is not None:
@@ -388,6 +367,8 @@ class Copies:
 
     def _changed(self) -> None:
         self._held = tuple(self._destinations)
+        self._call.n = len(self.members)
+        self._clocked = any(s is not None or b is not None for s, b, _ in self._bound)
         self._version = -1  # the Python list is made again at the next packet
 
     def _pull(self, i: int, down: SteadyDownTrack) -> None:
@@ -412,6 +393,18 @@ class Copies:
             sink.sent_bytes += copy.sent_bytes
             sink.send_errors += copy.send_errors
         copy.sent_packets = copy.sent_bytes = copy.send_errors = 0
+        budget = self._bound[i][1]
+        if budget is not None:
+            budget.offered += copy.budget_packets
+            budget.passed += copy.budget_bytes
+            copy.budget_packets = copy.budget_bytes = 0
+        layers = down.layers
+        if layers is not None:
+            layers.floor = copy.floor
+            if copy.last_head_len:
+                head = bytes(self._ffi.buffer(copy.last_head, copy.last_head_len - 1))
+                layers.last_sent = _HEADER + head
+                copy.last_head_len = 0
 
     def _push(self, i: int, down: SteadyDownTrack) -> None:
         copy, rewriter = self._array[i], down._rewriter
@@ -420,3 +413,11 @@ class Copies:
         copy.seq_offset, copy.ts_offset = seq_offset, ts_offset
         copy.last_out_seq, copy.last_out_ts = last_seq, last_ts
         copy.packets, copy.octets = packets, octets
+        layers = down.layers
+        copy.layered = layers is not None
+        if layers is not None:
+            copy.floor = layers.floor
+            munger = layers.munger
+            copy.munge = munger is not None and munger.key != 0
+            if munger is not None:
+                copy.pid_offset, copy.tl0_offset = munger.pid_offset, munger.tl0_offset

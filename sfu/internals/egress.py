@@ -140,13 +140,12 @@ class RtpSink:
         return True
 
     def steady(self) -> tuple[FanoutBatch, Destination, RtpSink] | None:
-        """(batch, destination, self) while `send` would queue RTP in a shared socket's batch as is
-        (DTLS connected, the same nominated pair, no transport-cc to stamp): then compiled code
-        may queue this sink's copies itself (sfu/fastpath/steady.py)."""
+        """(batch, destination, self) while `send` would queue RTP in a shared socket's batch
+        (DTLS connected, the same nominated pair): then compiled code may queue this sink's
+        copies itself, stamping `transport_sequence` as `send` does (sfu/fastpath/steady.py)."""
         nominated, destination = self._nominated, self._destination
         if (
             self._dtls._state is not _CONNECTED
-            or self.transport_sequence is not None
             or nominated is None
             or nominated.get(1) is not self._pair
             or destination is None
