@@ -14,7 +14,7 @@ round, the loop-lag probe) is due on one grid of the loop clock (`on_tick`): the
 owner due in the same slot then fire in one loop wake-up instead of one wake-up each. An idle
 server's CPU is mostly wake-ups (docs/benchmarks.md, "Per-input and idle cost"). Owners with
 work per participant (a participant's reports) take one of PHASES offsets within the tick
-(`next_phase`), so that a busy server's reports are not all due in one wake-up: at 216
+(`Phases`), so that a busy server's reports are not all due in one wake-up: at 216
 participants the tick's one wake-up held 5-8 ms of reports, every packet arriving meanwhile
 waited behind them (the receive-to-send p99).
 """
@@ -22,7 +22,6 @@ waited behind them (the receive-to-send p99).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import time
@@ -37,12 +36,14 @@ K = TypeVar("K")
 # than a whole tick late (a timer that fired a millisecond late re-arms for the same phase).
 TICK = 0.25
 TICK_SLACK = 0.05
-# Offsets within a tick for per-participant periodic work, dealt out in turn: whole
-# milliseconds, as the loop's timers are (an offset between two of its milliseconds would wake
-# the loop up early again and again until the deadline is reached).
+# Offsets within a tick for per-participant periodic work: whole milliseconds, as the loop's
+# timers are (an offset between two of its milliseconds would wake the loop up early again and
+# again until the deadline is reached). One phase per PER_PHASE owners present, up to PHASES:
+# a small server keeps its few wake-ups (each costs the loop a pass: idle CPU), a busy one
+# spreads its reports.
 PHASES = 16
 PHASE_STEP = 0.015
-_phases = itertools.count()
+PER_PHASE = 8
 
 
 class Timed(Protocol):
@@ -68,9 +69,29 @@ def on_tick(when: float, phase: float = 0.0) -> float:
     return grid + phase if not phase else round(grid + phase, 3)
 
 
-def next_phase() -> float:
-    """The next owner's offset within the tick (PHASES of them, in turn)."""
-    return round(next(_phases) % PHASES * PHASE_STEP, 3)
+class Phases:
+    """Deals tick offsets to owners of periodic work: the least used of the phases that the
+    owners present call for, so owners joining at one instant still spread once there are
+    enough of them, and the phases stay balanced as the population grows."""
+
+    def __init__(self) -> None:
+        self._owners = [0] * PHASES
+
+    def take(self) -> float:
+        present = sum(self._owners) + 1
+        usable = min(PHASES, -(-present // PER_PHASE))
+        index = min(range(usable), key=self._owners.__getitem__)
+        self._owners[index] += 1
+        return round(index * PHASE_STEP, 3)
+
+    def give_back(self, phase: float) -> None:
+        index = round(phase / PHASE_STEP)
+        if self._owners[index]:
+            self._owners[index] -= 1
+
+
+# The server's one dealer (participants' reports: sfu/feedback.py).
+phases = Phases()
 
 
 class Deadlines(Generic[K]):

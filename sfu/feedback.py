@@ -86,8 +86,8 @@ class Feedback:
         uplink: Mapping[int, UplinkNacks] | None = None,
         phase: float = 0.0,
     ) -> None:
-        # Where in the tick its periodic reports fall (sfu/clock.py `next_phase`).
-        self._phase = phase
+        # Where in the tick its periodic reports fall (sfu/clock.py `Phases`).
+        self.phase = phase
         # The participant's own dicts, read live.
         self._tracks = tracks
         self._subscriptions = subscriptions
@@ -129,13 +129,13 @@ class Feedback:
         for key in self._deadlines.pop_due(now):
             if key == _REPORTS:
                 self._publisher_reports(now)
-                self._deadlines.set(_REPORTS, on_tick(now + PUBLISHER_REPORT_INTERVAL, self._phase))
+                self._deadlines.set(_REPORTS, on_tick(now + PUBLISHER_REPORT_INTERVAL, self.phase))
             elif key == _SENDER_REPORTS:
                 self._sender_reports(now)
                 for down in self.congestion.tick(now):
                     down.track.request_keyframe()
                 self._deadlines.set(
-                    _SENDER_REPORTS, on_tick(now + SENDER_REPORT_INTERVAL, self._phase)
+                    _SENDER_REPORTS, on_tick(now + SENDER_REPORT_INTERVAL, self.phase)
                 )
             elif key == _UPLINK_NACKS:
                 self._uplink_nacks(now)
@@ -149,24 +149,24 @@ class Feedback:
     def start_publisher_reports(self, now: float) -> None:
         """The publisher PC is negotiated: report once a second from now on."""
         if _REPORTS not in self._deadlines:
-            self._deadlines.set(_REPORTS, on_tick(now + PUBLISHER_REPORT_INTERVAL, self._phase))
+            self._deadlines.set(_REPORTS, on_tick(now + PUBLISHER_REPORT_INTERVAL, self.phase))
         self._start_quality(now)
 
     def start_sender_reports(self, now: float) -> None:
         """The subscriber PC has its transport: translate Sender Reports once a second."""
         if _SENDER_REPORTS not in self._deadlines:
-            self._deadlines.set(_SENDER_REPORTS, on_tick(now + SENDER_REPORT_INTERVAL, self._phase))
+            self._deadlines.set(_SENDER_REPORTS, on_tick(now + SENDER_REPORT_INTERVAL, self.phase))
         self._start_quality(now)
 
     def _start_quality(self, now: float) -> None:
         if _QUALITY not in self._deadlines:
-            self._deadlines.set(_QUALITY, on_tick(now + quality_levels.INTERVAL, self._phase))
+            self._deadlines.set(_QUALITY, on_tick(now + quality_levels.INTERVAL, self.phase))
 
     def _evaluate_quality(self, now: float) -> None:
         changed = self.quality.evaluate(self.rtt.rtt)
         if changed is not None:
             self.quality_changes.append(changed)
-        self._deadlines.set(_QUALITY, on_tick(now + quality_levels.INTERVAL, self._phase))
+        self._deadlines.set(_QUALITY, on_tick(now + quality_levels.INTERVAL, self.phase))
 
     def stop(self) -> None:
         self._deadlines = Deadlines()

@@ -149,7 +149,7 @@ class Participant:
             max_video_bitrate=lambda: self.room.limits.max_video_bitrate,
             rtcp_ssrc=random.getrandbits(32),
             uplink=ingress.nacks,
-            phase=clock.next_phase(),
+            phase=clock.phases.take(),
         )
 
     def _may_publish_data(self) -> bool:
@@ -323,6 +323,7 @@ class Participant:
         gcpolicy.departed()  # its cycles are garbage soon: the server's full collections count them
         self.subscribing.stop()
         self.feedback.stop()
+        clock.phases.give_back(self.feedback.phase)
         self._timer.stop()
 
     async def close(self) -> None:

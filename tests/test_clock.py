@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from sfu.clock import (
+    PER_PHASE,
+    PHASE_STEP,
     PHASES,
     TICK,
     TICK_SLACK,
     Deadlines,
+    Phases,
     TimerDriver,
     deadline_at,
-    next_phase,
     on_tick,
 )
 
@@ -124,15 +127,29 @@ async def test_driver_survives_a_failing_owner_without_spinning() -> None:
 
 
 def test_phases_spread_per_participant_work_over_the_tick() -> None:
-    # A participant's reports fall on the grid shifted by its phase: PHASES of them, in turn,
-    # so a busy server's reports are not all due in one wake-up.
-    phases = [next_phase() for _ in range(2 * PHASES)]
-    assert len(set(phases)) == PHASES and phases[:PHASES] == phases[PHASES:]
+    # A participant's reports fall on the grid shifted by its phase, so a busy server's reports
+    # are not all due in one wake-up: PHASES of them once there are enough owners, balanced.
+    dealer = Phases()
+    phases = [dealer.take() for _ in range(PHASES * PER_PHASE * 2)]
+    counts = Counter(phases)
+    assert len(counts) == PHASES and max(counts.values()) - min(counts.values()) <= 1
     assert all(0 <= p < TICK for p in phases)
-    for phase in phases[:PHASES]:
+    for phase in counts:
         for when in (100.0, 100.01, 100.2, 100.26, 123.456):
             due = on_tick(when, phase)
             assert when - TICK_SLACK <= due < when - TICK_SLACK + TICK
             assert round((due - phase) / TICK, 9) == int(round((due - phase) / TICK, 9))
             assert due * 1000 == round(due * 1000)  # a whole millisecond, as the loop's timers
     assert on_tick(100.0, 0.0) == on_tick(100.0)
+
+
+def test_a_small_server_keeps_few_phases_and_departures_free_theirs() -> None:
+    # Each phase in use is a loop wake-up per report period: a few owners share one.
+    dealer = Phases()
+    few = [dealer.take() for _ in range(PER_PHASE)]
+    assert set(few) == {0.0}
+    more = [dealer.take() for _ in range(PER_PHASE)]
+    assert set(more) == {PHASE_STEP}  # the ninth owner opened a second phase, filled next
+    for phase in few + more:
+        dealer.give_back(phase)
+    assert {dealer.take() for _ in range(PER_PHASE)} == {0.0}
