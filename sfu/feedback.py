@@ -129,14 +129,12 @@ class Feedback:
         for key in self._deadlines.pop_due(now):
             if key == _REPORTS:
                 self._publisher_reports(now)
-                self._deadlines.set(_REPORTS, on_tick(now + PUBLISHER_REPORT_INTERVAL, self.phase))
+                self._periodic(_REPORTS, now + PUBLISHER_REPORT_INTERVAL)
             elif key == _SENDER_REPORTS:
                 self._sender_reports(now)
                 for down in self.congestion.tick(now):
                     down.track.request_keyframe()
-                self._deadlines.set(
-                    _SENDER_REPORTS, on_tick(now + SENDER_REPORT_INTERVAL, self.phase)
-                )
+                self._periodic(_SENDER_REPORTS, now + SENDER_REPORT_INTERVAL)
             elif key == _UPLINK_NACKS:
                 self._uplink_nacks(now)
             elif key == _QUALITY:
@@ -149,24 +147,28 @@ class Feedback:
     def start_publisher_reports(self, now: float) -> None:
         """The publisher PC is negotiated: report once a second from now on."""
         if _REPORTS not in self._deadlines:
-            self._deadlines.set(_REPORTS, on_tick(now + PUBLISHER_REPORT_INTERVAL, self.phase))
+            self._periodic(_REPORTS, now + PUBLISHER_REPORT_INTERVAL)
         self._start_quality(now)
 
     def start_sender_reports(self, now: float) -> None:
         """The subscriber PC has its transport: translate Sender Reports once a second."""
         if _SENDER_REPORTS not in self._deadlines:
-            self._deadlines.set(_SENDER_REPORTS, on_tick(now + SENDER_REPORT_INTERVAL, self.phase))
+            self._periodic(_SENDER_REPORTS, now + SENDER_REPORT_INTERVAL)
         self._start_quality(now)
 
     def _start_quality(self, now: float) -> None:
         if _QUALITY not in self._deadlines:
-            self._deadlines.set(_QUALITY, on_tick(now + quality_levels.INTERVAL, self.phase))
+            self._periodic(_QUALITY, now + quality_levels.INTERVAL)
 
     def _evaluate_quality(self, now: float) -> None:
         changed = self.quality.evaluate(self.rtt.rtt)
         if changed is not None:
             self.quality_changes.append(changed)
-        self._deadlines.set(_QUALITY, on_tick(now + quality_levels.INTERVAL, self.phase))
+        self._periodic(_QUALITY, now + quality_levels.INTERVAL)
+
+    def _periodic(self, key: tuple[str, str], when: float) -> None:
+        """Set a periodic report's next deadline: on the tick grid, at this owner's phase."""
+        self._deadlines.set(key, on_tick(when, self.phase))
 
     def stop(self) -> None:
         self._deadlines = Deadlines()
