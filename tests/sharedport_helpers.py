@@ -19,11 +19,14 @@ def free_udp_port() -> int:
         return port
 
 
-def start_server_in_mode(tmp_path: Path, mode: str, *extra: str) -> ServerProcess:
-    """A server whose media takes one socket per connection, or one `udp_port` for all."""
+def start_server_in_mode(
+    tmp_path: Path, mode: str, *extra: str, sections: str = ""
+) -> ServerProcess:
+    """A server whose media takes one socket per connection, or one `udp_port` for all;
+    `sections`: more of its configuration file (shared modes)."""
     if mode == "per-connection":
         return start_server(tmp_path, *extra)
     config = tmp_path / "udp-port.toml"
     fanout = mode.removeprefix("shared-")
-    config.write_text(f'[rtc]\nudp_port = {free_udp_port()}\nfanout = "{fanout}"\n')
+    config.write_text(f'[rtc]\nudp_port = {free_udp_port()}\nfanout = "{fanout}"\n{sections}')
     return start_server(tmp_path, "--config", str(config), *extra)
