@@ -128,6 +128,12 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def wait_logged(server: ServerProcess, text: str, timeout: float = 15) -> str:
+    """The server's log once it holds `text` (audit records are written by their own thread)."""
+    await eventually(lambda: text in server.log(), timeout, lambda: f"{text!r} in {server.log()}")
+    return server.log()
+
+
 async def session_end(client: KeyroomClient, timeout: float = 5) -> int | None:
     """Wait until the server has closed `client`'s session; return the close code."""
     with pytest.raises(SessionClosed):  # raised once the session is over: nothing matches

@@ -18,7 +18,7 @@ from signaling.client import KeyroomClient, KeyroomError, count_frames
 from signaling.liveconfig import changed_options, may_reload
 from signaling.media import SyntheticVideoTrack
 from tests.admin_helpers import call
-from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually, stop_server
+from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually, stop_server, wait_logged
 from tests.deploy_helpers import METRICS_TOKEN, start_configured
 from tests.test_webhooks import Receiver
 from tests.test_webhooks import serve as serve  # noqa: F401 - the fixture
@@ -121,10 +121,6 @@ async def test_reload_during_a_call(
         await alice.close()
         await bob.close()
         stop_server(server)
-
-
-async def wait_logged(server: ServerProcess, text: str) -> None:
-    await eventually(lambda: text in server.log(), 15, lambda: f"{text!r} in {server.log()}")
 
 
 async def check_applied(server: ServerProcess, receiver: Receiver) -> None:

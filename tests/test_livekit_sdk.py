@@ -21,7 +21,7 @@ from loadtest.livekitpeer import SdkPeer
 from sfu.iceaddr import restrict_host_addresses
 from signaling.client import KeyroomClient
 from signaling.media import SyntheticVideoTrack, count_frames
-from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually
+from tests.conftest import KEY_ID, SECRET, ServerProcess, eventually, wait_logged
 from tests.livekit_helpers import (
     METRICS_TOKEN,
     TcpRelay,
@@ -379,4 +379,4 @@ async def test_sdk_resume_refused_after_a_revocation_ends_its_session(
         finally:
             await peer.close()
             await lkapi.aclose()
-    assert '"event":"resume_refused"' in lk_server.log()
+    await wait_logged(lk_server, '"event":"resume_refused"')

@@ -8,7 +8,7 @@ import json
 import aiohttp
 
 from tests.admin_helpers import call
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, wait_logged
 
 
 async def test_revoked_while_away_resume_is_refused_with_removed(server: ServerProcess) -> None:
@@ -30,6 +30,7 @@ async def test_revoked_while_away_resume_is_refused_with_removed(server: ServerP
             assert frames == [{"type": "leave", "reason": "revoked"}]
             assert ws.close_code == 4410  # removed
     assert server.runtime()["participants"] == 0
-    lines = [line for line in server.log().splitlines() if '"event":"resume_refused"' in line]
+    log = await wait_logged(server, '"event":"resume_refused"')
+    lines = [line for line in log.splitlines() if '"event":"resume_refused"' in line]
     records = [json.loads(line[line.index("{") :]) for line in lines]
     assert [(r["ip"], r["reason"]) for r in records] == [("127.0.0.1", "revoked")]
