@@ -7,15 +7,21 @@ packet as it came, their payload types in its block headers. Packets the publish
 plain Opus go to both. The ingress hands a RED track's SSRC to this object instead of the
 track (sfu/ingress.py); subscribers attach to it when their answer accepted RED
 (sfu/subscribing.py).
+
+With the compiled fan-out, RED subscribers in their steady state are forwarded by their own
+compiled loop (sfu/fastpath/redcopies.py), as a track's down-tracks are; the rest by `send`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+from sfu.fastpath.redcopies import RedCopies
+from sfu.fastpath.steady import REFRESH, adopt
 from sfu.red import RedPayload, read_red, retarget, unwrap
 from sfu.rtp import RtpInfo, parse_rtp
 from sfu.stats import DropReason, Stats
+from sfu.versionedlist import VersionedList
 
 
 class _Track(Protocol):
@@ -35,16 +41,28 @@ class RedFanout:
     def __init__(self, track: _Track, stats: Stats) -> None:
         self.track = track
         self.stats = stats  # the publisher's: RED received, malformed RED dropped
-        # RED subscribers' down-tracks (sfu/forwarder.DownTrack) and the subscriber's Opus
-        # payload type, which their block headers name instead of the publisher's.
-        self.downs: list[tuple[Any, int]] = []
+        # RED subscribers' down-tracks (sfu/forwarder.DownTrack), and each one's Opus payload
+        # type, which their block headers name instead of the publisher's.
+        self.downs: VersionedList[Any] = VersionedList()
+        self.opus: dict[Any, int] = {}
+        self.copies: RedCopies | None = None  # steady ones, forwarded by compiled code
+        self._tick = 0  # packets until the next look for steady down-tracks
+        self._codec: Any = None  # the codec `copies` was made for
+        # The packet being sent (None: plain Opus), and its block headers per Opus payload type.
+        self._red: RedPayload | None = None
+        self._patches: dict[int, bytes] = {}
 
     def attach(self, down: Any, opus_pt: int) -> None:
         self.detach(down)
-        self.downs.append((down, opus_pt))
+        self.downs.append(down)
+        self.opus[down] = opus_pt
 
     def detach(self, down: Any) -> None:
-        self.downs = [entry for entry in self.downs if entry[0] is not down]
+        if down in self.opus:
+            if self.copies is not None and down._copies is self.copies:
+                self.copies.detach(down)
+            self.downs.remove(down)
+            del self.opus[down]
 
     def request_keyframe(self) -> None:
         self.track.request_keyframe()
@@ -70,20 +88,51 @@ class RedFanout:
         track = self.track
         if track.muted or track.codec is None:
             return 0
-        own_pt = track.codec.payload_type
+        self._red = red
+        if self._patches:
+            self._patches.clear()
+        copies, downs = self.copies, self.downs
+        if copies is not None and track.codec is not self._codec:  # renegotiated: made again
+            self._adopt()
+            copies = self.copies
+        if copies is not None:
+            return copies.forward(data, info, downs, downs.version)
         sent = 0
-        patches: dict[int, bytes] = {}  # by the subscribers' Opus payload type: one each
-        for down, opus_pt in self.downs:
-            rewriter, sink = down.rewriter, down.sink
-            if rewriter is None or sink is None:
-                continue
-            if red is None or opus_pt == own_pt:
-                out = rewriter.rewrite(data, info)
-            else:
-                patch = patches.get(opus_pt)
-                if patch is None:
-                    patch = patches[opus_pt] = retarget(data, info, red, {own_pt: opus_pt})
-                out = rewriter.rewrite(data, info, patch, red.blocks_start)
-            if out is not None and sink.send(out):
+        for down in downs:
+            if self.send(down, data, info):
                 sent += 1
+        self._tick -= 1
+        if self._tick <= 0:
+            self._adopt()
         return sent
+
+    def _adopt(self) -> None:
+        """A compiled loop for the steady RED subscribers, made for the track's codec."""
+        self._tick = REFRESH
+        if self.copies is not None:
+            self.copies.close()
+        self._codec = self.track.codec
+        copies = adopt(self.downs, make=lambda batch: RedCopies(batch, self))
+        self.copies = copies if isinstance(copies, RedCopies) else None
+
+    def send(self, down: Any, data: bytes, info: RtpInfo) -> bool:
+        """The packet being forwarded to one RED subscriber, by the Python path."""
+        rewriter, sink = down._rewriter, down.sink
+        if rewriter is None or sink is None:
+            return False
+        red, opus_pt, own_pt = self._red, self.opus[down], self.track.codec.payload_type
+        if red is None or opus_pt == own_pt:
+            out = rewriter.rewrite(data, info)
+        else:
+            patch = self._patches.get(opus_pt)
+            if patch is None:
+                patch = self._patches[opus_pt] = retarget(data, info, red, {own_pt: opus_pt})
+            out = rewriter.rewrite(data, info, patch, red.blocks_start)
+        return out is not None and bool(sink.send(out))
+
+    def payload_types(self, down: Any) -> tuple[int, int, int]:
+        """(the publisher's RED payload type, its Opus one, the subscriber's Opus one): what
+        the compiled loop renames in a RED packet's block headers for `down`."""
+        codec = self.track.codec
+        red_pt = 0xFF if codec.red_payload_type is None else codec.red_payload_type  # 0xFF: none
+        return red_pt, codec.payload_type, self.opus[down]

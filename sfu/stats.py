@@ -69,6 +69,8 @@ class Stats:
     fanout_packets: int = 0
     # Of those, the copies the compiled per-copy loop made (sfu/fastpath/steady.py).
     fanout_compiled_copies: int = 0
+    # Of those, RED audio to subscribers that negotiated RED (sfu/fastpath/redcopies.py).
+    fanout_compiled_red_copies: int = 0
     # Fan-out workers (sfu/fanout/): packets they sent, and workers that died.
     fanout_worker_packets: int = 0
     fanout_worker_failures: int = 0

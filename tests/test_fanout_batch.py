@@ -165,7 +165,7 @@ def test_setup_py_builds_the_extension_the_loader_accepts(
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "sfu" / "fastpath").mkdir(parents=True)
     (tmp_path / "setup.py").write_text((root / "setup.py").read_text())
-    for name in ("_build.py", "_receive_source.py"):  # the build script and the C it reads
+    for name in ("_build.py", "_payload_source.py", "_receive_source.py"):  # the script, its C
         source = root / "sfu" / "fastpath" / name
         (tmp_path / "sfu" / "fastpath" / name).write_text(source.read_text())
     python("setup.py", "-q", "build_ext", "--inplace", cwd=tmp_path)

@@ -187,7 +187,7 @@ def test_a_muted_red_track_forwards_nothing_and_a_detached_subscriber_gets_nothi
     assert plain_sink.sent == red_sink.sent == []
     track.muted = False
     assert track.red is not None
-    track.red.detach(track.red.downs[0][0])
+    track.red.detach(track.red.downs[0])
     ingress.on_rtp(rtp(wrap(OPUS, b"a", []), seq=8))
     assert len(plain_sink.sent) == 1 and red_sink.sent == []
 

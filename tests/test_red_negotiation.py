@@ -104,7 +104,7 @@ async def subscribe(
         await asyncio.wait_for(sub._negotiation, 5)  # noqa: SLF001
         down = sub.subscriptions[track.sid]
         assert track.red is not None
-        red = [(d, pt) for d, pt in track.red.downs if d is down]
+        red = [(d, pt) for d, pt in track.red.opus.items() if d is down]
         return offer, red, down in track.down_tracks
     finally:
         sub.stop()

@@ -43,7 +43,7 @@ typedef struct kr_copy {
     unsigned char tl0_offset, layered, munge, last_head_len, last_head[6];
     int64_t *tw_next; double *tw_times; uint32_t *tw_sizes; double *budget;
     uint64_t budget_packets, budget_bytes;
-    unsigned char over;
+    unsigned char over, red_pt, red_from, red_to;
 } kr_copy;
 typedef struct kr_call {
     kr_batch *batch; kr_copy *copies; int n, start, queued, over; double now;
@@ -200,36 +200,17 @@ typedef struct kr_copy {
     double *budget;
     uint64_t budget_packets, budget_bytes;
     unsigned char over;
+    /* RED audio (sfu/redtrack.py): an input of payload type red_pt has its block headers'
+       red_from (the publisher's Opus) renamed red_to (the subscriber's); equal: as it came. */
+    unsigned char red_pt, red_from, red_to;
 } kr_copy;
 
 #define KR_TW_MASK 8191 /* sfu/twcc.py HISTORY - 1 */
 #define KR_ROUNDING 1e-6 /* sfu/sendbudget.py _ROUNDING */
 
-/* Renumber the VP8 descriptor at p[0..len) as sfu/vp8.py `renumber` does: nothing when it is
-   truncated or carries neither field. */
-static void kr_vp8(unsigned char *p, int len, unsigned pid_offset, unsigned tl0_offset) {
-    if (len < 2 || !(p[0] & 0x80)) return;
-    int ext = p[1], pos = 2, pid_pos = -1, tl0_pos = -1, long_pid = 0;
-    if (ext & 0x80) {
-        if (pos >= len) return;
-        pid_pos = pos;
-        long_pid = p[pos] & 0x80;
-        pos += long_pid ? 2 : 1;
-        if (pos > len) return;
-    }
-    if (ext & 0x40) {
-        if (pos >= len) return;
-        tl0_pos = pos;
-    }
-    if (pid_pos >= 0 && long_pid) {
-        unsigned pid = ((unsigned)(p[pid_pos] & 0x7F) << 8 | p[pid_pos + 1]) + pid_offset;
-        p[pid_pos] = (unsigned char)(0x80 | ((pid >> 8) & 0x7F));
-        p[pid_pos + 1] = (unsigned char)pid;
-    } else if (pid_pos >= 0) {
-        p[pid_pos] = (unsigned char)((p[pid_pos] + pid_offset) & 0x7F);
-    }
-    if (tl0_pos >= 0) p[tl0_pos] = (unsigned char)(p[tl0_pos] + tl0_offset);
-}
+/* Payload rewrites of a copy (sfu/fastpath/_payload_source.py). */
+static void kr_vp8(unsigned char *p, int len, unsigned pid_offset, unsigned tl0_offset);
+static void kr_red(unsigned char *p, int len, unsigned from, unsigned to);
 
 /* The kept one-byte elements of [pos, end) under one_map, as RtpRewriter's fast path; their
    length, or -1 when they exceed `room`. */
@@ -382,6 +363,8 @@ static int kr_copies(kr_batch *batch, kr_copy *copies, int start, int n,
         }
         memcpy(o + head, data + pos, (size_t)tail);
         if (c->munge) kr_vp8(o + head, payload_end - pos, c->pid_offset, c->tl0_offset);
+        if (c->red_from != c->red_to && pt == c->red_pt)
+            kr_red(o + head, payload_end - pos, c->red_from, c->red_to);
         if (c->layered) {
             int kept = payload_end - pos < 6 ? payload_end - pos : 6;
             memcpy(c->last_head, o + head, (size_t)kept);
@@ -424,8 +407,11 @@ int kr_fanout(kr_call *call, const unsigned char *data, int length) {
 }
 """
 
-# The receive side's C, a sibling file (read by path: see its docstring).
+# The payload rewrites and the receive side's C, sibling files (read by path: see their
+# docstrings).
+PAYLOAD_FILE = Path(__file__).with_name("_payload_source.py")
 RECEIVE_FILE = Path(__file__).with_name("_receive_source.py")
+SOURCE += runpy.run_path(str(PAYLOAD_FILE))["SOURCE"]
 _receive = runpy.run_path(str(RECEIVE_FILE))
 CDEF += _receive["CDEF"]
 SOURCE += _receive["SOURCE"]

@@ -39,7 +39,9 @@ def cache_dir() -> Path:
 
 
 def build_key() -> str:
-    source = Path(_build.__file__).read_bytes() + _build.RECEIVE_FILE.read_bytes()
+    source = b"".join(
+        Path(f).read_bytes() for f in (_build.__file__, _build.PAYLOAD_FILE, _build.RECEIVE_FILE)
+    )
     abi = f"{sys.implementation.cache_tag}-{sysconfig.get_config_var('EXT_SUFFIX')}"
     return hashlib.sha256(source + abi.encode()).hexdigest()[:16]
 

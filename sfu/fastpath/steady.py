@@ -34,8 +34,8 @@ Retransmissions: sfu/fastpath/replay.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sfu import twcc
 from sfu.fastpath.replay import RING, InputRing, Replay
@@ -88,12 +88,18 @@ def _steady(down: SteadyDownTrack, layer: int = -1) -> Steady | None:
     return found
 
 
-def adopt(downs: Sequence[SteadyDownTrack], layer: int = -1) -> Copies | None:
+def adopt(
+    downs: Sequence[SteadyDownTrack],
+    layer: int = -1,
+    make: Callable[[FanoutBatch], Copies] | None = None,
+) -> Copies | None:
     """A compiled loop for a track (or its simulcast `layer`) whose down-tracks include a
-    steady one, else None."""
+    steady one (`make`: a Copies of another kind for its batch), else None."""
     for down in downs:
         found = _steady(down, layer)
         if found is not None and (layer < 0 or found[0].layers):
+            if make is not None:
+                return make(found[0])
             return Copies(found[0], video=down.cache is not None, layer=layer)
     return None
 
@@ -189,9 +195,13 @@ class Copies:
             return self._forward_layer(data, info, self._python)
         sent = 0
         for down in self._python:
-            if down.forward(data, info):
+            if self._each(down, data, info):
                 sent += 1
         return sent
+
+    def _each(self, down: Any, data: bytes, info: RtpInfo) -> bool:
+        """One down-track's Python path (a RED stream's: sfu/fastpath/redcopies.py)."""
+        return bool(down.forward(data, info))
 
     def _rest(self, data: bytes, info: RtpInfo, result: int) -> int:
         """What kr_fanout did not finish (`result` < 0): a full batch is sent and the rest
@@ -227,7 +237,7 @@ class Copies:
             self.detach(down)
         if self.layer >= 0:
             return self._forward_layer(data, info, over)
-        return sum(1 for down in over if cast(Any, down).forward(data, info))
+        return sum(1 for down in over if self._each(down, data, info))
 
     def _fallback(self, data: bytes, info: RtpInfo) -> int:
         """An extension block the compiled loop does not rewrite: each member's Python path,
@@ -238,7 +248,7 @@ class Copies:
             self._pull(i, down)
             if self.layer >= 0:
                 sent += self._forward_layer(data, info, (down,))
-            elif cast(Any, down).forward(data, info):  # a DownTrack
+            elif self._each(down, data, info):
                 sent += 1
             self._push(i, down)
         return sent
