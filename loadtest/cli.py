@@ -308,6 +308,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         " subscribers without, compiled per-copy loop and Python path, per output packet",
     )
     p.add_argument(
+        "--red",
+        action="store_true",
+        help="instead: RED audio to subscribers that negotiated RED (their own Opus payload"
+        " type), compiled per-copy loop and Python path, per RED copy",
+    )
+    p.add_argument(
         "--tight",
         action="store_true",
         help="instead: CPU per input packet with warm caches (inputs back to back, no loop"
@@ -330,6 +336,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
         twcc = bench_twcc.compare(fanout=(args.fanout or [20])[0])
         print(json.dumps(twcc, indent=2) if args.json else bench_twcc.format_comparison(twcc))
+        return 0
+    if args.red:
+        from loadtest import bench_red
+
+        red = bench_red.compare(fanout=(args.fanout or [20])[0])
+        print(json.dumps(red, indent=2) if args.json else bench_red.format_comparison(red))
         return 0
     if args.tight:
         from loadtest.bench_tight import PATHS, format_tight, run_tight

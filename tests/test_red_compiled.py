@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from loadtest import bench_red
 from loadtest.bench_forward import _fake_dtls
 from sfu import twcc
 from sfu.fastpath import loader
@@ -295,3 +296,14 @@ def test_a_renegotiated_codec_makes_the_loop_again_with_its_payload_types(
     data = packet(9000, wrap(109, b"new", [(109, 960, b"old")]))
     red.forward(data, parse_rtp(data))
     assert red.copies is not old and not old.members
+
+
+def test_the_red_bench_times_both_paths_with_every_copy_sent() -> None:
+    """`keyroom bench --red`, CI-sized: both paths measured, the compiled one's copies made by
+    the loop, none refused."""
+    result = bench_red.compare(fanout=3, rounds=1, packets=200)
+    assert set(result["us_per_red_copy"]) == {"compiled", "python"}
+    assert all(us > 0 for us in result["us_per_red_copy"].values())
+    assert result["compiled_red_copies"]["compiled"] >= 3 * 200
+    assert result["compiled_red_copies"]["python"] == 0 and result["send_failed"] == 0
+    assert "per RED copy: compiled" in bench_red.format_comparison(result)
