@@ -351,8 +351,8 @@ def test_a_closed_transport_or_a_new_address_leaves_within_a_refresh(
 
 
 def test_without_the_extension_every_copy_takes_the_python_path() -> None:
-    """Sinks without a batch (the extension absent, a port range, a TURN relay): no compiled
-    loop is made, and forwarding is unchanged."""
+    """Sinks without a batch (the extension absent, a port range): no compiled loop is made,
+    and forwarding is unchanged."""
     from tests.sink_helpers import ListSink
 
     track = PublishedTrack(

@@ -63,7 +63,8 @@ def spawn_worker(udp: dict[str, int], fanout: str) -> tuple[subprocess.Popen[byt
 
 def media_address(sink: RtpSink) -> tuple[str, tuple[str, int]] | None:
     """The subscriber's shared socket (by local address) and its address; None if its
-    nominated pair is not on the shared port (e.g. a TURN relay)."""
+    nominated pair is not on the shared port (a client's TURN relay is: its pair is the
+    server's host candidate and the relay's address)."""
     pair = sink._dtls.transport._connection._nominated.get(1)
     transport = getattr(getattr(pair, "protocol", None), "transport", None)
     if pair is None or not isinstance(transport, SharedTransport):

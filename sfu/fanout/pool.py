@@ -12,7 +12,8 @@ end of file on its socket) is never waited for: each of its down-tracks is conti
 from the worker's last report, a few thousand sequence numbers further on so none is reused, at
 a keyframe, with main's SRTP stream warmed to the same index.
 
-Simulcast tracks and connections whose pair is not on the shared port (TURN) stay in main.
+Simulcast tracks and connections whose pair is not on the shared port stay in main (a client
+relaying through TURN is on it: the server gathers no relay candidate of its own).
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ class FanoutPool:
         eligible = where is not None and keys is not None and sid not in self._taken_back
         index = self.shares.assign(sid) if eligible else None
         if where is None or keys is None or index is None:
-            # Not on the shared port (a TURN relay), taken back, or no worker: main forwards.
+            # Not on the shared port, taken back, or no worker: main forwards.
             # The reason only: `keys` is the subscriber's SRTP key material, never logged.
             reason = (
                 "not on the shared port" if where is None

@@ -65,7 +65,8 @@ class RtpSink:
     """Protects and sends raw RTP/RTCP on a connected DTLS transport, synchronously.
 
     aiortc's `_send_rtp` costs four coroutine frames per packet; the nominated pair's socket can
-    take the datagram directly. Relayed (TURN) pairs keep aioice's own coroutine path.
+    take the datagram directly. A pair on a relay candidate of the server's own (it gathers
+    none) would keep aioice's own coroutine path; a client's TURN relay is a host pair here.
     """
 
     __slots__ = (
@@ -113,7 +114,7 @@ class RtpSink:
             return False
         if pair is not self._pair:
             self._pair, self._remote = pair, pair.remote_addr
-            # Only a shared port's transport has one (a TURN relay's has not).
+            # Only a shared port's transport has one.
             self._batch = getattr(getattr(pair.protocol, "transport", None), "batch", None)
             self._destination = None
         batch = self._batch
