@@ -13,12 +13,10 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 
 from loadtest import bench_red
-from loadtest.bench_forward import _fake_dtls
 from sfu import twcc
 from sfu.fastpath import loader
 from sfu.fastpath.batch import FanoutBatch
@@ -32,7 +30,15 @@ from sfu.redtrack import RedFanout
 from sfu.rtp import parse_rtp
 from sfu.stats import DropReason, Stats
 from sfu.twcc import FeedbackReport, TransportSequence
-from tests.test_steady_fanout import AUDIO_LEVEL, TRANSPORT_CC, one_byte, plaintexts, srtp
+from tests.test_steady_fanout import (  # noqa: F401 (`sockets`: the fixture, 7 receivers)
+    AUDIO_LEVEL,
+    TRANSPORT_CC,
+    datagrams,
+    one_byte,
+    plaintexts,
+    shared_sink,
+    sockets,
+)
 
 OPUS, RED, SSRC = 111, 63, 0x5151
 CODEC = CodecInfo("audio/opus", 48000, OPUS, red_payload_type=RED)
@@ -131,8 +137,7 @@ def run(compiled: bool, receivers: list[socket.socket], sender: socket.socket) -
     assert red is not None
     downs, sinks = [], []
     for i, (opus_pt, payload_types, extensions, mid) in enumerate(SUBSCRIBERS):
-        protocol = SimpleNamespace(transport=SimpleNamespace(sendto=None, batch=batch))
-        sink = RtpSink(_fake_dtls(srtp(i, True), protocol, receivers[i].getsockname()))
+        sink = shared_sink(batch, i, receivers[i])
         if i == TCC:
             sink.transport_sequence = TransportSequence(5, start=65300)
         down = DownTrack(track, f"PA_{i}")
@@ -155,10 +160,7 @@ def run(compiled: bool, receivers: list[socket.socket], sender: socket.socket) -
             else:
                 now[0] += 0.02
                 ingress.on_rtp(item)
-    assert batch.flush() == 0
-    for i, sink in enumerate(sinks):
-        downs[i].rewriter  # noqa: B018 (brings the sink's counters up to date)
-        result.received.append([receivers[i].recv(2048) for _ in range(sink.sent_packets)])
+    result.received = datagrams(batch, downs, sinks, receivers)
     return result
 
 
@@ -172,24 +174,8 @@ def scenario() -> Iterator[bytes | Event]:
         seq += 2 if n % 11 in (7, 8) else 1
 
 
-@pytest.fixture
-def sockets() -> Iterator[tuple[list[socket.socket], socket.socket]]:
-    receivers = []
-    for _ in SUBSCRIBERS:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(5)
-        receivers.append(sock)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    yield receivers, sender
-    sender.close()
-    for sock in receivers:
-        sock.close()
-
-
 def test_red_subscribers_get_from_the_compiled_loop_what_the_python_path_sends(
-    sockets: tuple[list[socket.socket], socket.socket],
+    sockets: tuple[list[socket.socket], socket.socket],  # noqa: F811 (imported fixture)
 ) -> None:
     python = run(False, *sockets)
     compiled = run(True, *sockets)
@@ -239,7 +225,7 @@ def test_red_subscribers_get_from_the_compiled_loop_what_the_python_path_sends(
 
 
 def test_block_headers_name_each_subscribers_opus_payload_type(
-    sockets: tuple[list[socket.socket], socket.socket],
+    sockets: tuple[list[socket.socket], socket.socket],  # noqa: F811 (imported fixture)
 ) -> None:
     compiled = run(True, *sockets)
     for i, (opus_pt, payload_types, _, _) in enumerate(SUBSCRIBERS):
@@ -258,7 +244,7 @@ def test_block_headers_name_each_subscribers_opus_payload_type(
 
 
 def test_a_red_subscriber_leaves_the_loop_at_once_and_rejoins_when_steady(
-    sockets: tuple[list[socket.socket], socket.socket],
+    sockets: tuple[list[socket.socket], socket.socket],  # noqa: F811 (imported fixture)
 ) -> None:
     compiled = run(True, *sockets)
     red = compiled.track.red
@@ -285,7 +271,7 @@ def test_a_red_subscriber_leaves_the_loop_at_once_and_rejoins_when_steady(
 
 
 def test_a_renegotiated_codec_makes_the_loop_again_with_its_payload_types(
-    sockets: tuple[list[socket.socket], socket.socket],
+    sockets: tuple[list[socket.socket], socket.socket],  # noqa: F811 (imported fixture)
 ) -> None:
     compiled = run(True, *sockets)
     red, track = compiled.track.red, compiled.track

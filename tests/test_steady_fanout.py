@@ -150,6 +150,25 @@ def srtp(i: int, outbound: bool) -> pylibsrtp.Session:
     return pylibsrtp.Session(policy=policy)
 
 
+def shared_sink(batch: FanoutBatch, i: int, receiver: socket.socket) -> RtpSink:
+    """Subscriber i's sink as a shared socket's connection has it: RTP goes to its batch."""
+    protocol = SimpleNamespace(transport=SimpleNamespace(sendto=None, batch=batch))
+    return RtpSink(_fake_dtls(srtp(i, True), protocol, receiver.getsockname()))
+
+
+def datagrams(
+    batch: FanoutBatch, downs: list[DownTrack], sinks: list[RtpSink], receivers: list[socket.socket]
+) -> list[list[bytes]]:
+    """Each subscriber's datagrams, once nothing is left queued. SRTP as sent: the same keys,
+    so the same bytes mean the same plaintext."""
+    assert batch.flush() == 0
+    received = []
+    for i, sink in enumerate(sinks):
+        downs[i].rewriter  # noqa: B018 (brings the sink's counters up to date)
+        received.append([receivers[i].recv(2048) for _ in range(sink.sent_packets)])
+    return received
+
+
 def run(
     compiled: bool,
     receivers: list[socket.socket],
@@ -170,9 +189,7 @@ def run(
     track.extensions = {1: SDES_MID, 3: ABS_SEND_TIME, 6: AUDIO_LEVEL}
     downs, sinks = [], []
     for i, (extensions, payload_types, mid) in enumerate(SUBSCRIBERS):
-        # A shared socket's connection view: RTP goes to its batch (RtpSink reads `batch`).
-        protocol = SimpleNamespace(transport=SimpleNamespace(sendto=None, batch=batch))
-        sink = RtpSink(_fake_dtls(srtp(i, True), protocol, receivers[i].getsockname()))
+        sink = shared_sink(batch, i, receivers[i])
         down = DownTrack(track, f"PA_{i}")
         down.configure(
             sink=sink, out_ssrc=500 + i, mid=mid, payload_types=payload_types, extensions=extensions
@@ -187,12 +204,7 @@ def run(
         else:
             tick()
             track.forward(item, parse_rtp(item))
-    assert batch.flush() == 0  # nothing left queued
-    received = []  # SRTP as sent: the same keys, so the same bytes mean the same plaintext
-    for i, sink in enumerate(sinks):
-        downs[i].rewriter  # noqa: B018 (brings the sink's counters up to date)
-        received.append([receivers[i].recv(2048) for _ in range(sink.sent_packets)])
-    return Run(track, downs, sinks, received, batch)
+    return Run(track, downs, sinks, datagrams(batch, downs, sinks, receivers), batch)
 
 
 def plaintexts(i: int, datagrams: list[bytes]) -> list[bytes]:
@@ -466,8 +478,7 @@ def run_layers(compiled: bool, receivers: list[socket.socket], sender: socket.so
         layer.ssrc = 201 + layer.index
     downs, sinks = [], []
     for i, (extensions, payload_types, mid) in enumerate(SUBSCRIBERS):
-        protocol = SimpleNamespace(transport=SimpleNamespace(sendto=None, batch=batch))
-        sink = RtpSink(_fake_dtls(srtp(i, True), protocol, receivers[i].getsockname()))
+        sink = shared_sink(batch, i, receivers[i])
         down = DownTrack(track, f"PA_{i}")
         track.down_tracks.append(down)
         down.configure(
@@ -481,12 +492,7 @@ def run_layers(compiled: bool, receivers: list[socket.socket], sender: socket.so
         else:
             layer, data = item
             track.layers[layer].forward(data, parse_rtp(data))
-    assert batch.flush() == 0
-    received = []
-    for i, sink in enumerate(sinks):
-        downs[i].rewriter  # noqa: B018 (brings the sink's counters up to date)
-        received.append([receivers[i].recv(2048) for _ in range(sink.sent_packets)])
-    return Run(track, downs, sinks, received, batch)
+    return Run(track, downs, sinks, datagrams(batch, downs, sinks, receivers), batch)
 
 
 def test_simulcast_down_tracks_settled_on_a_layer_go_compiled_across_switches(
