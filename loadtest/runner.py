@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from loadtest import looptrace
 from loadtest.clients import Subscriber
 from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
 from loadtest.histogram import RECEIVE_TO_SEND_METRIC, gc_pause_summary
@@ -102,6 +103,7 @@ async def run_scenario(
         forward_before = await asyncio.to_thread(target.forward_histogram)
         received_before = await asyncio.to_thread(target.forward_histogram, RECEIVE_TO_SEND_METRIC)
         gc_before = await asyncio.to_thread(target.gc_pauses)
+        trace_before = await asyncio.to_thread(target.loop_trace)
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
         run.counts_at_start = run.counts()
         cpu_before = _own_cpu()
@@ -115,6 +117,7 @@ async def run_scenario(
         forward_after = await asyncio.to_thread(target.forward_histogram)
         received_after = await asyncio.to_thread(target.forward_histogram, RECEIVE_TO_SEND_METRIC)
         gc_after = await asyncio.to_thread(target.gc_pauses)
+        trace_after = await asyncio.to_thread(target.loop_trace)
     finally:
         for task in send_tasks:
             task.cancel()
@@ -142,6 +145,9 @@ async def run_scenario(
     ]
     await asyncio.gather(*(run.leave(c) for c in clients))
     report["errors"] = dict(run.errors)
+    trace = looptrace.window(trace_before, trace_after)
+    if trace is not None:
+        report["server_loop_trace"] = trace
     return report
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auth.tokens import mint_token
+from loadtest import looptrace
 from loadtest.clients import LoadClient
 from loadtest.histogram import FORWARD_METRIC, ForwardHistogram, gc_pauses
 from loadtest.spawn import free_port, spawned
@@ -101,6 +102,11 @@ class Target:
         """The server's garbage-collection pauses by generation now (empty if unreadable)."""
         text = self.scrape()
         return {} if text is None else gc_pauses(text)
+
+    def loop_trace(self) -> looptrace.Counters:
+        """The server's loop-trace counters now (empty if it does not trace)."""
+        text = self.scrape()
+        return {} if text is None else looptrace.parse(text)
 
     def scrape(self) -> str | None:
         """The server's `/metrics` exposition, or None if it cannot be read."""

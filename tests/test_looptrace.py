@@ -1,0 +1,169 @@
+"""The opt-in loop trace (sfu/looptrace.py): bookkeeping over chosen times, the traced loop's
+timing of real callbacks, its metrics and the load tester's window over them."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from loadtest import looptrace as window_of
+from sfu import looptrace
+from sfu.clock import TimerDriver
+from sfu.looptrace import Trace, TracedLoop, datagram_kind, describe
+
+MS = 1_000_000
+
+
+class Reports:
+    def next_deadline(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+
+async def _coroutine_named_here() -> None:
+    await asyncio.sleep(0)
+
+
+def _plain() -> None:
+    pass
+
+
+async def test_callbacks_are_named_by_what_they_run() -> None:
+    task = asyncio.ensure_future(_coroutine_named_here())
+    driver = TimerDriver(Reports())
+    assert describe(functools.partial(_plain)).endswith("test_looptrace:_plain")
+    assert describe(driver._fire) == "timer Reports.handle_timer"
+    assert describe(task.cancel) == "task _coroutine_named_here"
+    await task
+    assert describe(Trace(MS).ran).endswith("looptrace:Trace.ran")
+
+
+def test_datagram_kinds_follow_rfc_7983() -> None:
+    assert datagram_kind(b"\x00\x01" + bytes(18)) == "stun"
+    assert datagram_kind(b"\x16\xfe\xfd") == "dtls"
+    assert datagram_kind(b"\x80\x60" + bytes(10)) == "rtp 96"
+    assert datagram_kind(b"\x80\xe0" + bytes(10)) == "rtp 96"  # marker bit set
+    assert datagram_kind(b"\x80\xc9" + bytes(6)) == "rtcp 201"
+    assert datagram_kind(b"") == "other"
+
+
+def test_slow_callbacks_count_by_cpu_not_wall_time() -> None:
+    trace = Trace(MS)
+    # 5 ms of wall time but 0.2 ms of CPU: preempted, not slow.
+    trace.ran(_plain, 0, 5 * MS, MS // 5)
+    trace.ran(_coroutine_named_here, 10 * MS, 12 * MS, 2 * MS)
+    assert [describe(_coroutine_named_here)] == list(trace.slow)
+    assert trace.slow[describe(_coroutine_named_here)].count == 1
+
+
+def test_back_to_back_callbacks_add_up_to_one_stall() -> None:
+    trace = Trace(MS)
+    # Eight 0.2 ms timers in one loop pass (each starts right after the previous ends) ...
+    for n in range(8):
+        start = 100 * MS + n * (MS // 5 + 1000)
+        trace.ran(_plain, start, start + MS // 5, MS // 5)
+    # ... then, after the loop polled (a gap), one short callback: the pass was one stall.
+    trace.ran(_plain, 200 * MS, 200 * MS + 1000, 1000)
+    assert trace.stalls == 1
+    assert trace.stalled[describe(_plain)].total == 8 * (MS // 5)
+    assert trace.worst_stalls[0][:2] == (8 * (MS // 5), 8)
+    # The same eight spread out (the loop polls between them) are no stall.
+    spread = Trace(MS)
+    for n in range(9):
+        spread.ran(_plain, n * MS, n * MS + MS // 5, MS // 5)
+    assert spread.stalls == 0
+
+
+def test_a_late_sample_is_charged_to_what_ran_during_its_wait() -> None:
+    trace = Trace(MS)
+    trace.ran(_plain, 0, 2 * MS, 2 * MS)  # before the datagram arrived (at 10 ms)
+    trace.ran(_coroutine_named_here, 9 * MS, 15 * MS, 6 * MS)  # 5 ms of it after
+    trace.started = 15 * MS  # the reader handling the datagram, since 15 ms
+    trace.explain(wait=8 * MS, now=18 * MS)
+    late = {name: stat.total for name, stat in trace.late.items()}
+    assert late == {
+        describe(_coroutine_named_here): 5 * MS,
+        "(the callback handling the datagram, so far)": 3 * MS,
+        "(untraced)": 0,
+    }
+    assert trace.late_samples == 1
+    assert trace.worst[0][0] == 8 * MS
+
+
+def test_threshold_comes_from_the_environment_and_bad_values_are_refused() -> None:
+    assert looptrace.threshold_from_env({}) is None
+    assert looptrace.threshold_from_env({"KEYROOM_LOOP_TRACE": " "}) is None
+    assert looptrace.threshold_from_env({"KEYROOM_LOOP_TRACE": "0.5"}) == 0.5
+    for bad in ("fast", "0", "-1", "1e9", "nan"):
+        with pytest.raises(ValueError, match="KEYROOM_LOOP_TRACE"):
+            looptrace.threshold_from_env({"KEYROOM_LOOP_TRACE": bad})
+
+
+def test_without_tracing_the_loop_and_the_datagram_handler_are_untouched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KEYROOM_LOOP_TRACE", raising=False)
+    monkeypatch.setattr(looptrace, "active", None)
+    factory = looptrace.loop_factory()
+    loop = factory()
+    try:
+        assert type(loop) is not TracedLoop
+    finally:
+        loop.close()
+    assert looptrace.timed_deliver(_plain_deliver) is _plain_deliver
+    looptrace.late(100 * MS)  # no trace: nothing to charge, no error
+
+
+def _plain_deliver(data: bytes, address: object) -> None:
+    pass
+
+
+def test_the_traced_loop_times_callbacks_tasks_and_datagrams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KEYROOM_LOOP_TRACE", "0.001")
+    monkeypatch.setattr(looptrace, "active", None)
+    loop = looptrace.loop_factory()()
+    trace = looptrace.active
+    assert isinstance(loop, TracedLoop) and trace is not None
+    handled: list[bytes] = []
+
+    async def main() -> None:
+        done = asyncio.Event()
+        loop.call_later(0.001, done.set)
+        await done.wait()
+        looptrace.timed_deliver(lambda data, address: handled.append(data))(
+            b"\x80\x60" + bytes(10), ("127.0.0.1", 9)
+        )
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    names = set(trace.profile)
+    assert any(name.startswith("task ") and name.endswith("main") for name in names)
+    assert any(name.endswith("Event.set") for name in names)
+    assert trace.datagrams["rtp 96"].count == 1 and handled
+    # Every callback of 1 µs or more is "slow" at this threshold; all are on /metrics.
+    registry = CollectorRegistry()
+    registry.register(looptrace.TraceCollector(trace))
+    text = generate_latest(registry).decode()
+    assert "keyroom_loop_callbacks_total{" in text
+    assert 'keyroom_loop_datagram_seconds_total{kind="rtp 96"}' in text
+    # The load tester's window over two scrapes: the difference, busiest first.
+    before = window_of.parse(text)
+    trace.ran(_plain, 0, 3 * MS, 3 * MS)
+    trace.ran(_plain, 200 * MS, 200 * MS + 1, 1)  # ends the 3 ms run: a stall
+    after = window_of.parse(generate_latest(registry).decode())
+    window = window_of.window(before, after)
+    assert window is not None
+    name = describe(_plain)
+    assert window["profile"][name][:2] == [2, 3.0]
+    assert window["slow"][name] == [1, 3.0]
+    assert window["stalls"] == 1 and window["stall_ms"][name] == 3.0
+    assert window_of.window({}, {}) is None
