@@ -18,6 +18,8 @@ SERIES = {
     "keyroom_loop_callbacks_total": "count",
     "keyroom_loop_callback_seconds_total": "cpu_ms",
     "keyroom_loop_datagram_seconds_total": "datagram_ms",
+    "keyroom_loop_batches_total": "batches",
+    "keyroom_loop_late_reads_total": "late_reads",
     "keyroom_loop_stall_seconds_total": "stall_ms",
 }
 TOP = 12
@@ -32,9 +34,7 @@ def parse(text: str) -> Counters:
         for sample in family.samples:
             key = SERIES.get(sample.name)
             if key is not None:
-                found[(key, sample.labels.get("callback", sample.labels.get("kind", "")))] = (
-                    sample.value
-                )
+                found[(key, next(iter(sample.labels.values()), ""))] = sample.value
     return found
 
 
@@ -60,6 +60,9 @@ def window(before: Counters, after: Counters) -> dict[str, Any] | None:
             for name, ms in cpu.items()
         },
         "datagram_ms": top("datagram_ms", 1000),
+        # recvmmsg calls by datagrams taken, and those whose first datagram waited >= 5 ms.
+        "batches": top("batches", 1),
+        "late_reads": top("late_reads", 1),
         "slow": {name: [int(counts.get(name, 0)), ms] for name, ms in slow_ms.items()},
         "stalls": int(delta.get(("stalls", ""), 0)),
         "stall_ms": top("stall_ms", 1000),

@@ -11,6 +11,10 @@ the start, and the WORST late samples and stalls of the interval with what made 
 - `profile`: every callback's count and CPU time, per callback;
 - `datagrams`: the shared port's received datagrams by kind (STUN, DTLS, RTP or RTCP with its
   type): count and CPU time each (inside the reader's callback);
+- `batches`: the shared port's `recvmmsg` calls by how many datagrams each took (1, 2-7, 8-31,
+  32-63, 64: a full batch), with the spread of their kernel receive stamps (count, total,
+  max ms): a full batch that arrived within a millisecond or two came as a burst from the
+  senders; `late_reads`: the calls whose first datagram had waited 5 ms or more (how long);
 - `slow`: callbacks that used MS milliseconds of CPU or more, per callback (count, total, max;
   CPU time, so a loaded machine's preemptions do not make every callback look slow);
 - `stalls`: runs of callbacks back to back (no poll of the sockets between them, as when a
@@ -58,6 +62,8 @@ REPORT_EVERY = 5.0
 RING = 16384
 # Callbacks starting within this of the previous one's end (ns) ran in one loop pass.
 GAP = 50_000
+# recvmmsg batch sizes, for the trace's batch table.
+BATCH_SIZES = ((1, "1"), (7, "2-7"), (31, "8-31"), (63, "32-63"), (1 << 30, "64"))
 # Late samples whose own breakdown is logged (the worst).
 WORST = 5
 
@@ -128,6 +134,8 @@ class Trace:
         self.late_samples = 0
         self.worst: list[tuple[int, dict[str, float]]] = []
         self.callbacks = 0
+        self.batches: dict[str, Stat] = collections.defaultdict(Stat)  # spread by size
+        self.late_reads: dict[str, Stat] = collections.defaultdict(Stat)  # oldest by size
         self.datagrams: dict[str, Stat] = collections.defaultdict(Stat)  # CPU by kind
         self.profile: dict[str, Stat] = collections.defaultdict(Stat)  # every callback's CPU
         self.started = 0  # perf ns at which the callback running now started (0: none)
@@ -155,6 +163,15 @@ class Trace:
         self._run.append((callback, cpu))
         self._run_cpu += cpu
         self._run_end = end
+
+    def batch(self, count: int, spread: int, oldest: int) -> None:
+        """A `recvmmsg` call took `count` datagrams, whose kernel stamps span `spread` ns, the
+        first received `oldest` ns ago: many datagrams in a short spread arrived as a burst
+        (the senders), a long `oldest` means the loop read late (something held it)."""
+        size = next(label for bound, label in BATCH_SIZES if count <= bound)
+        self.batches[size].add(spread)
+        if oldest >= LATE_AFTER:
+            self.late_reads[size].add(oldest)
 
     def datagram(self, data: bytes, cpu: int) -> None:
         self.datagrams[datagram_kind(data)].add(cpu)
@@ -204,6 +221,8 @@ class Trace:
             "callbacks": self.callbacks,
             "profile": table(self.profile),
             "datagrams": table(self.datagrams),
+            "batches": table(self.batches),
+            "late_reads": table(self.late_reads),
             "slow_ms": self.slow_ns / 1e6,
             "slow": table(self.slow),
             "stalls": self.stalls,
@@ -322,6 +341,22 @@ def timed_deliver(deliver: Callable[[bytes, Any], None]) -> Callable[[bytes, Any
     return timed
 
 
+def traced_recv(recv: Callable[[Any, int], int], stamps: Any) -> Callable[[Any, int], int]:
+    """The shared port's `recvmmsg` call, noting each batch's size and how long its datagrams
+    took to arrive (their kernel stamps, ns), while tracing (else itself)."""
+    trace = active
+    if trace is None:
+        return recv
+
+    def traced(rx: Any, fd: int) -> int:
+        count = recv(rx, fd)
+        if count > 0:
+            trace.batch(count, stamps[count - 1] - stamps[0], time.time_ns() - stamps[0])
+        return count
+
+    return traced
+
+
 def late(wait_ns: int) -> None:
     """The receive path's hook for a sampled wait over LATE_AFTER."""
     if active is not None:
@@ -382,6 +417,17 @@ class TraceCollector(Collector):
             "Sampled receive-to-send times over 5 ms that the trace explained",
             value=trace.late_samples,
         )
+        for name, doc, stats in (
+            ("keyroom_loop_batches", "recvmmsg calls on the shared port, by datagrams taken",
+             trace.batches),
+            ("keyroom_loop_late_reads",
+             "recvmmsg calls whose first datagram had waited 5 ms or more, by datagrams taken",
+             trace.late_reads),
+        ):  # fmt: skip
+            family = CounterMetricFamily(name, doc, labels=["size"])
+            for size, stat in stats.items():
+                family.add_metric([size], stat.count)
+            yield family
         kinds = CounterMetricFamily(
             "keyroom_loop_datagram_seconds",
             "CPU time of handling received datagrams on the shared port, by kind",

@@ -167,3 +167,26 @@ def test_the_traced_loop_times_callbacks_tasks_and_datagrams(
     assert window["slow"][name] == [1, 3.0]
     assert window["stalls"] == 1 and window["stall_ms"][name] == 3.0
     assert window_of.window({}, {}) is None
+
+
+def test_batches_tell_a_burst_of_arrivals_from_a_late_read() -> None:
+    trace = Trace(MS)
+    trace.batch(64, spread=MS // 2, oldest=MS)  # 64 datagrams that came within 0.5 ms
+    trace.batch(64, spread=8 * MS, oldest=9 * MS)  # read 9 ms after the first arrived
+    trace.batch(3, spread=0, oldest=0)
+    assert trace.batches["64"].count == 2 and trace.batches["2-7"].count == 1
+    assert trace.batches["64"].max == 8 * MS
+    assert list(trace.late_reads) == ["64"] and trace.late_reads["64"].max == 9 * MS
+
+
+def test_the_traced_recvmmsg_notes_each_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = Trace(MS)
+    monkeypatch.setattr(looptrace, "active", trace)
+    stamps = [10, 20, 30]
+    results = iter([3, -11])
+    recv = looptrace.traced_recv(lambda rx, fd: next(results), stamps)
+    assert recv(None, 5) == 3 and recv(None, 5) == -11  # EAGAIN: nothing noted
+    assert trace.batches["2-7"].count == 1 and trace.batches["2-7"].total == 20
+    monkeypatch.setattr(looptrace, "active", None)
+    untraced = looptrace.traced_recv(recv, stamps)
+    assert untraced is recv

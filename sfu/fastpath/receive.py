@@ -141,6 +141,7 @@ class BatchedSocket:
     ) -> None:
         """Read the socket from now on: each datagram to `deliver`, inside one `batch`."""
         self._deliver, self._batch = looptrace.timed_deliver(deliver), batch
+        self._recv = looptrace.traced_recv(self._recv, self._stamps)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._fd, self.read)
 
