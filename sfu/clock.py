@@ -14,9 +14,9 @@ round, the loop-lag probe) is due on one grid of the loop clock (`on_tick`): the
 owner due in the same slot then fire in one loop wake-up instead of one wake-up each. An idle
 server's CPU is mostly wake-ups (docs/benchmarks.md, "Per-input and idle cost"). Owners with
 work per participant (a participant's reports) or per room (its speaker round) take one of
-PHASES offsets within the tick (`Phases`), so that a busy server's reports are not all due in one wake-up: at 216
-participants the tick's one wake-up held 5-8 ms of reports, every packet arriving meanwhile
-waited behind them (the receive-to-send p99).
+PHASES offsets within the tick (`Phases`), so that a busy server's reports are not all due in
+one wake-up: at 216 participants the tick's one wake-up held 5-8 ms of reports, every packet
+arriving meanwhile waited behind them (the receive-to-send p99).
 """
 
 from __future__ import annotations

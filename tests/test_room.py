@@ -7,9 +7,9 @@ from dataclasses import replace
 from typing import Any
 
 from auth.grants import VideoGrant
+from sfu.clock import PHASE_STEP, TICK, Phases
 from sfu.config import LimitsConfig
 from sfu.forwarder import PublishedTrack
-from sfu.clock import PHASE_STEP, TICK, Phases
 from sfu.room import SPEAKER_INTERVAL, Room
 
 
@@ -199,7 +199,7 @@ def test_many_rooms_spread_their_speaker_rounds_over_the_tick() -> None:
         r.add(FakeParticipant(f"PA_{n}"))  # type: ignore[arg-type]
     due = [r.next_deadline() for r in rooms]
     assert len(set(due)) == 8
-    assert max(due.count(d) for d in set(due)) == 8  # type: ignore[arg-type]
+    assert max(due.count(d) for d in set(due)) == 8
     assert {round((d - 100.0) % TICK, 3) for d in due if d is not None} == {
         round(n * PHASE_STEP, 3) for n in range(8)
     }
