@@ -86,7 +86,9 @@ async def run_scenario(
         # Publishers send from now on, through the subscribers' joins and the measurement.
         send_until = loop.time() + 3600
         send_tasks = [
-            asyncio.ensure_future(p.run(send_until, scenario.loss, scenario.pace_ms))
+            asyncio.ensure_future(
+                p.run(send_until, scenario.loss, scenario.pace_ms, scenario.keyframes_on_request)
+            )
             for p in run.publishers
         ]
         await _each_room(

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from loadtest import looptrace as window_of
+from loadtest.clients import next_frame
 from sfu import looptrace
 from sfu.clock import TimerDriver
 from sfu.looptrace import Trace, TracedLoop, datagram_kind, describe
@@ -190,3 +191,17 @@ def test_the_traced_recvmmsg_notes_each_batch(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(looptrace, "active", None)
     untraced = looptrace.traced_recv(recv, stamps)
     assert untraced is recv
+
+
+def test_a_looping_clip_sends_its_keyframe_only_when_asked_if_so_configured() -> None:
+    """The load generator's publishers: by default the clip loops back to its keyframe (frame
+    0) every pass; with keyframes on request it loops to frame 1, so keyframes come only at the
+    start and on PLI (which resets the position to 0 elsewhere)."""
+    looping = [0]
+    asked = [0]
+    for _ in range(7):
+        looping.append(next_frame(looping[-1], 3, keyframes_on_request=False))
+        asked.append(next_frame(asked[-1], 3, keyframes_on_request=True))
+    assert looping == [0, 1, 2, 0, 1, 2, 0, 1, 2][:8]
+    assert asked == [0, 1, 2, 1, 2, 1, 2, 1]
+    assert next_frame(0, 1, keyframes_on_request=True) == 0  # a one-frame clip: its keyframe
