@@ -9,6 +9,7 @@ import functools
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from loadtest import arrivals
 from loadtest import looptrace as window_of
 from loadtest.clients import next_frame
 from sfu import looptrace
@@ -205,3 +206,18 @@ def test_a_looping_clip_sends_its_keyframe_only_when_asked_if_so_configured() ->
     assert looping == [0, 1, 2, 0, 1, 2, 0, 1, 2][:8]
     assert asked == [0, 1, 2, 1, 2, 1, 2, 1]
     assert next_frame(0, 1, keyframes_on_request=True) == 0  # a one-frame clip: its keyframe
+
+
+def test_the_arrival_model_shows_the_keyframe_storm_of_looping_clips() -> None:
+    """loadtest/arrivals.py: 100 publishers of a 30-frame clip whose keyframe is 3x a frame,
+    at ~half the modelled server's capacity: looping keyframes all fall in one frame interval
+    every pass and queue for milliseconds; keyframes on request do not."""
+    sizes = [27] + [9] * 29
+    looping = arrivals.arrivals(sizes, 1 / 15, 100, 0, keyframes_on_request=False, seconds=4)
+    asked = arrivals.arrivals(sizes, 1 / 15, 100, 0, keyframes_on_request=True, seconds=4)
+    load = len(asked) / 4 * 35e-6
+    assert 0.4 < load < 0.6
+    _, storm_p99, _ = arrivals.summary(arrivals.waits(looping, 35e-6))
+    _, calm_p99, _ = arrivals.summary(arrivals.waits(asked, 35e-6))
+    assert storm_p99 > 5 and calm_p99 < 1
+    assert arrivals.peak_per_ms(looping) > arrivals.peak_per_ms(asked)
