@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import subprocess
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -221,3 +224,14 @@ def test_the_arrival_model_shows_the_keyframe_storm_of_looping_clips() -> None:
     _, calm_p99, _ = arrivals.summary(arrivals.waits(asked, 35e-6))
     assert storm_p99 > 5 and calm_p99 < 1
     assert arrivals.peak_per_ms(looping) > arrivals.peak_per_ms(asked)
+
+
+def test_the_server_refuses_to_start_with_a_bad_trace_threshold() -> None:
+    env = {**os.environ, "KEYROOM_LOOP_TRACE": "fast"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sfu", "serve", "--dev", "--host", "127.0.0.1", "--port", "1",
+         "--key", "t=test-secret-that-is-long-enough-0123456789"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "KEYROOM_LOOP_TRACE must be a number of milliseconds, not 'fast'" in result.stderr
