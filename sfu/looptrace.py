@@ -31,8 +31,8 @@ benchmark diffs them over its measured window like any counter (the load tester'
 
 Without the variable nothing is installed: the loop is uvloop's own, the reader's `recvmmsg` and
 datagram handler are not wrapped, and the receive path only compares each sampled wait (1
-datagram in 64) with 5 ms. A task step is named by its task's coroutine, a `TimerDriver` by the owner
-it drives, a bound method by its class.
+datagram in 64) with 5 ms. A task step is named by its task's coroutine, a `TimerDriver` by the
+owner it drives, a bound method by its class.
 """
 
 from __future__ import annotations
