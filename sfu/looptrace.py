@@ -300,7 +300,7 @@ def threshold_from_env(environ: dict[str, str] | None = None) -> float | None:
     return value
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def loop_factory() -> Callable[[], uvloop.Loop]:
     """The factory for the server's loop: uvloop's, or a TracedLoop when tracing is asked."""
     global active
     slow_ms = threshold_from_env()
@@ -308,7 +308,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
         return uvloop.new_event_loop
     trace = active = Trace(int(slow_ms * 1e6))
 
-    def make() -> asyncio.AbstractEventLoop:
+    def make() -> uvloop.Loop:
         loop = TracedLoop()
         loop.trace = trace
         loop.call_later(REPORT_EVERY, _report, loop, trace)
