@@ -52,6 +52,13 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
         "browsers do (default 0: a frame is one burst, all publishers in phase)",
     )
     p.add_argument(
+        "--keyframes-on-request",
+        action="store_true",
+        help="video publishers send a keyframe only at their start and when asked (PLI/FIR), as"
+        " a browser's encoder does (default: the 2 s clip restarts at its keyframe every pass,"
+        " every publisher in step once the joins' keyframe requests reset them together)",
+    )
+    p.add_argument(
         "--listening-subscribers",
         type=int,
         metavar="K",
@@ -147,6 +154,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         video_bitrate=args.video_bitrate,
         loss=args.loss,
         pace_ms=args.pace_ms,
+        keyframes_on_request=args.keyframes_on_request or None,
         listening=args.listening_subscribers,
         churn_interval=args.churn_interval,
         bad_token_share=args.bad_token_share,

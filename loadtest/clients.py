@@ -161,6 +161,18 @@ class Latencies:
         self._current.offer(value)
 
 
+def next_frame(position: int, count: int, keyframes_on_request: bool) -> int:
+    """The clip's frame after `position` (of `count`; frame 0 is its one keyframe). Looping
+    back to the keyframe sends one every pass (2 s): after the subscribers' joins, whose
+    keyframe requests reset every publisher at once, every publisher's keyframe then falls in
+    the same frame interval, every pass, in every room (at 28 rooms of 4 publishers, 3,100
+    packets in ~75 ms: more than half a server core forwards in that time; docs/benchmarks.md,
+    "What held the loop"). With `keyframes_on_request` the loop skips the keyframe, as a
+    browser's encoder sends one only when asked."""
+    following = (position + 1) % count
+    return 1 if following == 0 and keyframes_on_request and count > 1 else following
+
+
 class Publisher:
     """Publishes one track and replays `clip` on it at the clip's pace."""
 
@@ -231,10 +243,14 @@ class Publisher:
                 self.keyframe_requests += 1
                 self._keyframe_wanted = True
 
-    async def run(self, until: float, loss: float, pace_ms: float = 0.0) -> None:
+    async def run(
+        self, until: float, loss: float, pace_ms: float = 0.0, keyframes_on_request: bool = False
+    ) -> None:
         """Send the clip in a loop until loop time `until`; restart at its keyframe on PLI.
         `pace_ms` > 0: start on a random phase of the frame interval and spread each frame's
-        packets over that many ms, in steps of the loop's 1 ms timer resolution."""
+        packets over that many ms, in steps of the loop's 1 ms timer resolution.
+        `keyframes_on_request`: the clip's keyframe only at the start and on PLI/FIR, as a
+        browser's encoder (`next_frame`)."""
         sink = self._sink
         assert sink is not None
         clip = self.clip
@@ -283,7 +299,7 @@ class Publisher:
                         self.packets_dropped += 1
                 seq = (seq + 1) & 0xFFFF
             ts = (ts + clip.ticks_per_frame) & 0xFFFFFFFF
-            position = (position + 1) % len(frames)
+            position = next_frame(position, len(frames), keyframes_on_request)
             due += clip.frame_interval
             delay = due - loop.time()
             if delay > 0:

@@ -106,6 +106,7 @@ def build_report(
             "bad_token_share": scenario.bad_token_share,
             "rooms": len(run.rooms),
             "pace_ms": scenario.pace_ms,
+            "keyframes_on_request": scenario.keyframes_on_request,
         },
         "room": run.room,
         "measured_s": round(measured, 3),

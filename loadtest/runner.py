@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from loadtest import looptrace
 from loadtest.clients import Subscriber
 from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
-from loadtest.histogram import RECEIVE_TO_SEND_METRIC, gc_pause_summary
+from loadtest.histogram import gc_pause_summary
 from loadtest.procstat import ProcessSampler
 from loadtest.report import build_report
 from loadtest.run import JOIN_TIMEOUT, LEAVE_TIMEOUT, Run
@@ -85,7 +86,9 @@ async def run_scenario(
         # Publishers send from now on, through the subscribers' joins and the measurement.
         send_until = loop.time() + 3600
         send_tasks = [
-            asyncio.ensure_future(p.run(send_until, scenario.loss, scenario.pace_ms))
+            asyncio.ensure_future(
+                p.run(send_until, scenario.loss, scenario.pace_ms, scenario.keyframes_on_request)
+            )
             for p in run.publishers
         ]
         await _each_room(
@@ -99,9 +102,7 @@ async def run_scenario(
             for room in run.rooms:
                 await asyncio.to_thread(target.start_recording, room)
         # In a thread: the scrape must not stall the generator's loop (and its latencies).
-        forward_before = await asyncio.to_thread(target.forward_histogram)
-        received_before = await asyncio.to_thread(target.forward_histogram, RECEIVE_TO_SEND_METRIC)
-        gc_before = await asyncio.to_thread(target.gc_pauses)
+        before = await asyncio.to_thread(target.snapshot)
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
         run.counts_at_start = run.counts()
         cpu_before = _own_cpu()
@@ -112,9 +113,7 @@ async def run_scenario(
         own_cpu = _own_cpu() - cpu_before
         run.measure_end_ns, run.measure_end = time.monotonic_ns(), loop.time()
         run.counts_at_end = run.counts()
-        forward_after = await asyncio.to_thread(target.forward_histogram)
-        received_after = await asyncio.to_thread(target.forward_histogram, RECEIVE_TO_SEND_METRIC)
-        gc_after = await asyncio.to_thread(target.gc_pauses)
+        after = await asyncio.to_thread(target.snapshot)
     finally:
         for task in send_tasks:
             task.cancel()
@@ -131,17 +130,20 @@ async def run_scenario(
         runtime_before=runtime_before,
         runtime_after=runtime_after,
         generator_cpu_seconds=own_cpu,
-        forward=forward_after.minus(forward_before) if forward_before and forward_after else None,
-        received=received_after.minus(received_before)
-        if received_before and received_after
+        forward=after.forward.minus(before.forward) if before.forward and after.forward else None,
+        received=after.received.minus(before.received)
+        if before.received and after.received
         else None,
-        server_gc=gc_pause_summary(gc_before, gc_after),
+        server_gc=gc_pause_summary(before.gc, after.gc),
     )
     clients = [p.client for p in run.publishers] + [
         s.client for s in run.subscribers if not s.ended
     ]
     await asyncio.gather(*(run.leave(c) for c in clients))
     report["errors"] = dict(run.errors)
+    trace = looptrace.window(before.trace, after.trace)
+    if trace is not None:
+        report["server_loop_trace"] = trace
     return report
 
 

@@ -28,6 +28,9 @@ class Scenario:
     # 0: each frame leaves as one burst, every publisher on the same frame phase. > 0: as a
     # browser's pacer does, each frame spread over this many ms, each publisher on a random phase.
     pace_ms: float = 0.0
+    # Video publishers send their clip's keyframe only at the start and when asked (PLI/FIR),
+    # as a browser's encoder does; False: the clip restarts at its keyframe every pass.
+    keyframes_on_request: bool = False
     # > 0: only this many subscribers of each room read their media; the kernel drops the
     # others' RTP (loadtest/deaf.py), so the generator keeps up with a busy server.
     listening: int = 0

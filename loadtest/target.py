@@ -14,10 +14,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from auth.tokens import mint_token
+from loadtest import looptrace
 from loadtest.clients import LoadClient
-from loadtest.histogram import FORWARD_METRIC, ForwardHistogram, gc_pauses
+from loadtest.histogram import (
+    FORWARD_METRIC,
+    RECEIVE_TO_SEND_METRIC,
+    ForwardHistogram,
+    gc_pauses,
+)
 from loadtest.spawn import free_port, spawned
 from signaling.client import KeyroomClient
+
+
+@dataclass
+class ServerSnapshot:
+    """What one scrape of the server's `/metrics` said (None / empty: unreadable or absent)."""
+
+    forward: ForwardHistogram | None
+    received: ForwardHistogram | None
+    gc: dict[str, ForwardHistogram]
+    trace: looptrace.Counters
 
 
 @dataclass
@@ -91,16 +107,18 @@ class Target:
         except OSError:
             return None
 
-    def forward_histogram(self, metric: str = FORWARD_METRIC) -> ForwardHistogram | None:
-        """The server's `keyroom_forward_seconds` (or `metric`) histogram now, or None if it
-        cannot be read."""
+    def snapshot(self) -> ServerSnapshot:
+        """The server's histograms and loop trace now, from one scrape of `/metrics` (each
+        scrape holds the server's loop a few ms: one per edge of a measured window)."""
         text = self.scrape()
-        return None if text is None else ForwardHistogram.parse(text, metric)
-
-    def gc_pauses(self) -> dict[str, ForwardHistogram]:
-        """The server's garbage-collection pauses by generation now (empty if unreadable)."""
-        text = self.scrape()
-        return {} if text is None else gc_pauses(text)
+        if text is None:
+            return ServerSnapshot(None, None, {}, {})
+        return ServerSnapshot(
+            forward=ForwardHistogram.parse(text, FORWARD_METRIC),
+            received=ForwardHistogram.parse(text, RECEIVE_TO_SEND_METRIC),
+            gc=gc_pauses(text),
+            trace=looptrace.parse(text),
+        )
 
     def scrape(self) -> str | None:
         """The server's `/metrics` exposition, or None if it cannot be read."""

@@ -13,10 +13,10 @@ Periodic work that need not be exact (reports once a second, quality every 2 s, 
 round, the loop-lag probe) is due on one grid of the loop clock (`on_tick`): the timers of every
 owner due in the same slot then fire in one loop wake-up instead of one wake-up each. An idle
 server's CPU is mostly wake-ups (docs/benchmarks.md, "Per-input and idle cost"). Owners with
-work per participant (a participant's reports) take one of PHASES offsets within the tick
-(`Phases`), so that a busy server's reports are not all due in one wake-up: at 216
-participants the tick's one wake-up held 5-8 ms of reports, every packet arriving meanwhile
-waited behind them (the receive-to-send p99).
+work per participant (a participant's reports) or per room (its speaker round) take one of
+PHASES offsets within the tick (`Phases`), so that a busy server's reports are not all due in
+one wake-up: at 216 participants the tick's one wake-up held 5-8 ms of reports, every packet
+arriving meanwhile waited behind them (the receive-to-send p99).
 """
 
 from __future__ import annotations
@@ -90,8 +90,11 @@ class Phases:
             self._owners[index] -= 1
 
 
-# The server's one dealer (participants' reports: sfu/feedback.py).
+# The server's dealers: participants' reports (sfu/feedback.py), rooms' speaker rounds
+# (sfu/room.py). Rooms have their own, so that a server of many small rooms spreads their
+# rounds as it spreads its participants' reports.
 phases = Phases()
+room_phases = Phases()
 
 
 class Deadlines(Generic[K]):

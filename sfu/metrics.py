@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sfu import looptrace
 from sfu.clock import on_tick
 from sfu.qualitymetrics import quality_metrics
 from sfu.stats import DropReason, Stats
@@ -337,4 +338,6 @@ def build_registry(rooms: Rooms, stats: Stats, pending: Sized | None = None) -> 
     )  # fmt: skip
     for metric in (*instruments, CONNECTIONS_REFUSED):
         registry.register(metric)
+    if looptrace.active is not None:
+        registry.register(looptrace.TraceCollector(looptrace.active))
     return registry

@@ -26,7 +26,7 @@ from auth.auditchain import AuditChainBroken
 from auth.brake import FailureBrake
 from auth.store import AuthStore
 from auth.tokens import TokenVerifier
-from sfu import gcpolicy, iceguard, internals
+from sfu import gcpolicy, iceguard, internals, looptrace
 from sfu.config import Config, ConfigError
 from sfu.fanout.pool import FanoutPool
 from sfu.fastpath import loader as fastpath_loader
@@ -433,7 +433,12 @@ def run_server(config: Config, source: ConfigSource | None = None) -> int:
     iceguard.configure(candidate_policy(config))
     gcpolicy.apply()
     try:
-        return uvloop.run(serve(config, source))
+        loop_factory = looptrace.loop_factory()
+    except ValueError as exc:
+        print(f"keyroom: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return uvloop.run(serve(config, source), loop_factory=loop_factory)
     except (AuditChainBroken, AuditKeyError, OSError) as exc:
         # The audit log or its key: the operator must look before anything is appended.
         print(f"keyroom: error: {exc}", file=sys.stderr)

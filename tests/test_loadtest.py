@@ -84,6 +84,7 @@ def test_two_rooms_ci_sized_every_track_in_each_room_under_1_percent_loss() -> N
             "4",
             "--pace-ms",
             "5",
+            "--keyframes-on-request",
             "--json",
         ],  # fmt: skip
         capture_output=True,
@@ -94,6 +95,7 @@ def test_two_rooms_ci_sized_every_track_in_each_room_under_1_percent_loss() -> N
     report = json.loads(result.stdout)
     assert report["scenario"]["rooms"] == 2 and report["scenario"]["pace_ms"] == 5
     assert report["scenario"]["listening_subscribers"] == 2
+    assert report["scenario"]["keyframes_on_request"] is True
     assert report["tracks"] == {"published": 4, "expected": 8, "received": 8, "missing": 0}
     assert report["packets"]["loss"] < 0.01, report["packets"]
     assert report["errors"] == {}

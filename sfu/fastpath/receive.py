@@ -32,6 +32,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from sfu import looptrace
 from sfu.fastpath.batch import FanoutBatch
 from sfu.metrics import FORWARD_SAMPLE_MASK, RECEIVE_TO_SEND_SECONDS
 from sfu.stats import DropReason, Stats
@@ -73,7 +74,10 @@ def decode_sockaddr(raw: bytes) -> Address | None:
 
 def _observe(stamp: int) -> None:
     """A sampled datagram's copies are sent: its kernel receive time (ns) to now."""
-    RECEIVE_TO_SEND_SECONDS.observe(max(0, time.time_ns() - stamp) * 1e-9)
+    wait = max(0, time.time_ns() - stamp)
+    RECEIVE_TO_SEND_SECONDS.observe(wait * 1e-9)
+    if wait > looptrace.LATE_AFTER:
+        looptrace.late(wait)
 
 
 class AddressBook:
@@ -136,7 +140,8 @@ class BatchedSocket:
         batch: FanoutBatch | None,
     ) -> None:
         """Read the socket from now on: each datagram to `deliver`, inside one `batch`."""
-        self._deliver, self._batch = deliver, batch
+        self._deliver, self._batch = looptrace.timed_deliver(deliver), batch
+        self._recv = looptrace.traced_recv(self._recv, self._stamps)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._fd, self.read)
 
