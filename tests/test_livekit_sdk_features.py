@@ -23,7 +23,7 @@ from loadtest.livekitnet import CLIENT_IP
 from loadtest.livekitpeer import SdkPeer
 from sfu.iceaddr import restrict_host_addresses
 from signaling.client import KeyroomClient
-from tests.conftest import KEY_ID, SECRET, ServerProcess
+from tests.conftest import KEY_ID, SECRET, ServerProcess, wait_logged
 from tests.livekit_helpers import lk_token, lk_url, room_api, start_lk_server
 from tests.test_livekit_sdk import ROOM, _keyroom_token, peers, veth  # noqa: F401  (veth is a fixture)
 
@@ -98,8 +98,8 @@ async def test_a_single_use_token_rejoins_by_the_refreshed_token(lk_server: Serv
         assert again.room.name == ONCE
     finally:
         await again.close()
-    log = lk_server.log()
-    assert '"reason":"jti_reused"' in log and '"event":"token_refreshed"' in log
+    log = await wait_logged(lk_server, '"reason":"jti_reused"')
+    assert '"event":"token_refreshed"' in log
 
 
 async def test_own_metadata_and_a_permission_downgrade_are_in_the_refreshed_token(
