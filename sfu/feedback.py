@@ -22,6 +22,7 @@ Congestion control would live here, fed the same inputs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from sfu import clock
@@ -32,6 +33,7 @@ from sfu.congestion import Congestion
 from sfu.dynacast import Dynacast
 from sfu.forwarder import DownTrack, PublishedTrack, Sink
 from sfu.quality import ConnectionQuality
+from sfu.retransmit import trace
 from sfu.rtcp import (
     Fir,
     Nack,
@@ -216,6 +218,10 @@ class Feedback:
             # A NACK message is bounded by MAX_MISSING entries' worth of sequence numbers.
             self.to_publisher.append((build_nack(self.rtcp_ssrc, ssrc, lost), False))
             self.stats.uplink_nacks += len(lost)
+            if trace.isEnabledFor(logging.DEBUG):
+                trace.debug(
+                    "upnack wall=%.3f ssrc=%d rtt=%s seqs=%s", time.time(), ssrc, self.rtt.rtt, lost
+                )
         due = nacks_deadline(self._uplink.values(), now)
         if due is not None:
             self._deadlines.set(_UPLINK_NACKS, due)
@@ -345,6 +351,8 @@ class Feedback:
             self.quality.on_down_block(block.ssrc, block.fraction_lost, block.jitter, clock_rate)
 
     def _keyframe_for(self, out_ssrc: int) -> None:
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug("subpli wall=%.3f ssrc=%d", time.time(), out_ssrc)
         down = self._down_by_ssrc.get(out_ssrc)
         if down is not None:
             down.track.request_keyframe()

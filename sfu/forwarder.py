@@ -21,7 +21,7 @@ from sfu.packetcache import PacketCache
 from sfu.padding import padding_packet
 from sfu.receivestats import ReceiveStats
 from sfu.redtrack import RedFanout
-from sfu.retransmit import RetransmitBudget
+from sfu.retransmit import RetransmitBudget, resend
 from sfu.rtcp import build_sr
 from sfu.rtp import RtpInfo, get_extension, parse_rtp
 from sfu.rtprewrite import RtpRewriter
@@ -418,17 +418,11 @@ class DownTrack(SteadyDownTrack):
         cache, sink, rewriter = self.cache, self.sink, self.rewriter
         if cache is None or sink is None or rewriter is None:
             return 0, 0
-        budget = self.retransmits
-        sent = refused = 0
-        for seq in budget.requested(sequence_numbers, rewriter.octets):
-            packet = cache.get(seq)
-            if packet is None:
-                continue
-            if not budget.allow(seq, len(packet), now):
-                refused += 1
-            elif sink.send(packet if self.rtx is None else self.rtx.wrap(packet)):
-                sent += 1
-        return sent, refused
+        wrap = None if self.rtx is None else self.rtx.wrap
+        octets = rewriter.octets
+        return resend(
+            self.retransmits, cache, sink, wrap, sequence_numbers, octets, now, self.out_ssrc
+        )
 
     def sender_report(self) -> bytes | None:
         """The publisher's latest SR translated to this down-track's SSRC and timestamps."""
