@@ -116,7 +116,9 @@ def freezes(samples: list[dict[str, Any]]) -> list[Freeze]:
 
 
 def _nack_outcomes(text: str) -> list[tuple[int, str]]:
-    return [(int(a), b) for a, b in re.findall(r"(\d+):(\w+)", text.split(" tokens=")[-1][4:])]
+    """`SEQ:OUTCOME` pairs after the `tokens=N` field of a `nack` line."""
+    outcomes = text.split(" tokens=", 1)[-1].split(" ")[1:]
+    return [(int(seq), outcome) for seq, _, outcome in (o.partition(":") for o in outcomes)]
 
 
 def _shown(e: Event, sub_ssrc: int | None) -> bool:

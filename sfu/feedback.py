@@ -309,7 +309,7 @@ class Feedback:
             elif isinstance(message, Nack):
                 down = self._down_by_ssrc.get(message.media_ssrc)
                 if down is not None:
-                    sent, refused = down.retransmit(message.lost, now)
+                    sent, refused = down.retransmit(message.lost, now, self.rtt.rtt)
                     self.stats.retransmissions += sent
                     self.stats.dropped[DropReason.NACK_LIMITED.value] += refused
             elif isinstance(message, ReceiverReport | SenderReport):

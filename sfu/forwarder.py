@@ -410,19 +410,19 @@ class DownTrack(SteadyDownTrack):
             self.remote.pause(self.paused, True)
         return not self.paused
 
-    def retransmit(self, sequence_numbers: tuple[int, ...], now: float) -> tuple[int, int]:
-        """Answer a NACK with the packets still cached, within the retransmission budget:
-        (packets resent, packets refused by the budget)."""
+    def retransmit(
+        self, sequence_numbers: tuple[int, ...], now: float, rtt: float | None = None
+    ) -> tuple[int, int]:
+        """Answer a NACK with the packets still cached, within the retransmission budget
+        (`rtt`: the subscriber's round trip, if known): (packets resent, packets refused)."""
         if self.remote is not None:
             return self.remote.retransmit(sequence_numbers)
         cache, sink, rewriter = self.cache, self.sink, self.rewriter
         if cache is None or sink is None or rewriter is None:
             return 0, 0
         wrap = None if self.rtx is None else self.rtx.wrap
-        octets = rewriter.octets
-        return resend(
-            self.retransmits, cache, sink, wrap, sequence_numbers, octets, now, self.out_ssrc
-        )
+        budget, octets, ssrc = self.retransmits, rewriter.octets, self.out_ssrc
+        return resend(budget, cache, sink, wrap, sequence_numbers, octets, now, rtt, ssrc)
 
     def sender_report(self) -> bytes | None:
         """The publisher's latest SR translated to this down-track's SSRC and timestamps."""

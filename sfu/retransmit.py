@@ -25,6 +25,8 @@ trace = logging.getLogger("keyroom.repair")
 SHARE = 0.25
 BURST = 128_000
 MIN_INTERVAL = 0.1
+REPEAT_FRACTION = 0.75
+MIN_REPEAT = 0.01
 MAX_PER_NACK = 256
 
 
@@ -54,10 +56,16 @@ class RetransmitBudget:
         self._earned = media_octets
         return list(dict.fromkeys(sequence_numbers))[: self.max_per_nack]
 
-    def allow(self, seq: int, size: int, now: float) -> bool:
-        """Whether to resend packet `seq` of `size` bytes now; charges the budget if so."""
+    def repeat_interval(self, rtt: float | None) -> float:
+        """How long after a resend a repeated NACK for the packet is answered."""
+        longest = self.min_interval if rtt is None else min(self.min_interval, rtt)
+        return max(MIN_REPEAT, longest * REPEAT_FRACTION)
+
+    def allow(self, seq: int, size: int, now: float, rtt: float | None = None) -> bool:
+        """Whether to resend packet `seq` of `size` bytes now, `rtt` the subscriber's round trip
+        (None: unknown); charges the budget if so."""
         last = self._sent_at.get(seq)
-        if (last is not None and now - last < self.min_interval) or size > self.tokens:
+        if (last is not None and now - last < self.repeat_interval(rtt)) or size > self.tokens:
             return False
         self.tokens -= size
         self._sent_at[seq] = now
@@ -83,17 +91,19 @@ def resend(
     sequence_numbers: Iterable[int],
     media_octets: int,
     now: float,
+    rtt: float | None = None,
     ssrc: int | None = None,
 ) -> tuple[int, int]:
-    """Answer one NACK from `cache` through `sink` (as RTX when `wrap`), within `budget`:
-    (packets resent, packets refused by the budget). `ssrc` names the stream in the trace."""
+    """Answer one NACK from `cache` through `sink` (as RTX when `wrap`), within `budget`, `rtt`
+    the subscriber's round trip: (packets resent, packets refused by the budget). `ssrc` names
+    the stream in the trace."""
     sent = refused = 0
     outcomes: list[str] | None = [] if trace.isEnabledFor(logging.DEBUG) else None
     for seq in budget.requested(sequence_numbers, media_octets):
         packet = cache.get(seq)
         if packet is None:
             outcome = "miss"
-        elif not budget.allow(seq, len(packet), now):
+        elif not budget.allow(seq, len(packet), now, rtt):
             refused += 1
             outcome = "refused"
         elif sink.send(packet if wrap is None else wrap(packet)):

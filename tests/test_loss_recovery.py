@@ -204,6 +204,27 @@ def test_a_nack_flood_for_ancient_packets_resends_nothing_and_a_flood_is_budgete
     assert fb.stats.dropped[DropReason.NACK_LIMITED.value] > 0
 
 
+def test_a_repeated_nack_on_a_short_path_is_answered_again() -> None:
+    # The subscriber's RTT is 4 ms: its NACK repeated 20 ms after the resend means the resend
+    # was lost (a fixed 100 ms interval refused it, and the frame waited for the next repeat).
+    ingress, track, sink, _ = ingress_with_video()
+    down = track.down_tracks[0]
+    for seq in range(1, 20):
+        ingress.on_rtp(rtp(seq))
+    fb = Feedback(
+        tracks={}, subscriptions={"TR_v": down}, stats=Stats(), max_video_bitrate=lambda: 0,
+        rtcp_ssrc=1,
+    )  # fmt: skip
+    fb.watch(down)
+    fb.rtt.rtt = 0.004
+    lost = parse_rtp(sink.sent[5]).sequence
+    sink.sent.clear()
+    fb.on_subscriber_rtcp(build_nack(7, 3333, [lost]), 1.0)
+    fb.on_subscriber_rtcp(build_nack(7, 3333, [lost]), 1.02)
+    assert fb.stats.retransmissions == 2 == len(sink.sent)
+    assert fb.stats.dropped[DropReason.NACK_LIMITED.value] == 0
+
+
 def test_absurd_rtcp_counts_are_refused() -> None:
     block = ReportBlock(ssrc=3333, fraction_lost=10, packets_lost=5, highest_seq=9, jitter=9,
                         lsr=0, dlsr=0)  # fmt: skip
