@@ -48,6 +48,8 @@ class Ingress:
         self._rtx: dict[int, PublishedTrack] = {}
         # Called when a new uplink gap wants NACKs (the owner arms its timer).
         self.on_gap: Callable[[], None] = _nothing
+        # An uplink repair arrived: its owner tells the stream's tracker when (the repair RTT).
+        self.on_repair: Callable[[UplinkNacks], None] = _ignore_repair
 
     def on_rtp(self, data: bytes) -> None:
         stats = self.stats
@@ -99,9 +101,11 @@ class Ingress:
             )
         if arrival == GAP:
             self.on_gap()
+        elif arrival == REPAIR:
+            self.on_repair(self.nacks[info.ssrc])
         elif arrival == RESTART:
             track.request_keyframe()
-        elif arrival != REPAIR:
+        else:
             self.stats.drop(DropReason.DUPLICATE)
             return False
         return True
@@ -207,6 +211,10 @@ class Ingress:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _ignore_repair(nacks: UplinkNacks) -> None:
     pass
 
 

@@ -80,6 +80,34 @@ def test_nacks_are_retried_every_rtt_then_given_up() -> None:
     assert nacks.requested == 2 + MAX_RETRIES - 1
 
 
+def test_without_a_measured_rtt_nacks_repeat_at_the_repair_round_trip() -> None:
+    # A publisher subscribed to nothing has no RTT: its first repair, 0.2 s after the only NACK,
+    # sets the repeat interval (a fixed 100 ms NACKed every loss two or three times).
+    nacks = UplinkNacks()
+    nacks.on_packet(10)
+    nacks.on_packet(12)
+    assert nacks.due(1.0, rtt=None) == [11]
+    assert nacks.on_packet(11) == REPAIR
+    nacks.on_repair(1.2)
+    assert nacks.repair_rtt == pytest.approx(0.2)
+    nacks.on_packet(14)
+    assert nacks.due(2.0, rtt=None) == [13]
+    assert nacks.due(2.1, rtt=None) == []  # the repair cannot be back yet
+    assert nacks.due(2.2, rtt=None) == [13]
+    # NACKed twice: which NACK the repair answers is unknown, so no sample (Karn).
+    nacks.on_packet(13)
+    nacks.on_repair(2.25)
+    assert nacks.repair_rtt == pytest.approx(0.2)
+    # A measured RTT wins; a reordered packet (never NACKed) is no sample either.
+    nacks.on_packet(16)
+    nacks.on_packet(15)
+    nacks.on_repair(3.0)
+    assert nacks.repair_rtt == pytest.approx(0.2)
+    nacks.on_packet(18)
+    assert nacks.due(4.0, rtt=0.05) == [17]
+    assert nacks.due(4.05, rtt=0.05) == [17]
+
+
 def test_a_huge_loss_burst_is_bounded() -> None:
     nacks = UplinkNacks()
     nacks.on_packet(0)
@@ -148,6 +176,20 @@ def test_rtx_with_a_wrong_payload_type_or_without_apt_is_dropped_and_counted() -
 
 
 # -- NACKs towards the publisher, timed by the subscriber PC's RTT ------------------------------
+
+
+def test_the_ingress_reports_each_uplink_repair_to_its_owner() -> None:
+    ingress, _, _, _ = ingress_with_video()
+    repaired: list[UplinkNacks] = []
+    ingress.on_repair = repaired.append
+    for seq in (1, 2, 4):
+        ingress.on_rtp(rtp(seq))
+    tracker = ingress.nacks[MEDIA]
+    assert tracker.due(5.0, None) == [3]
+    ingress.on_rtp(rtx_of(3, rtx_seq=100))
+    assert repaired == [tracker]
+    tracker.on_repair(5.25)
+    assert tracker.repair_rtt == pytest.approx(0.25)
 
 
 def test_feedback_nacks_the_publisher_and_retries_at_the_measured_rtt() -> None:
