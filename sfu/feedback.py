@@ -219,9 +219,11 @@ class Feedback:
             self.to_publisher.append((build_nack(self.rtcp_ssrc, ssrc, lost), False))
             self.stats.uplink_nacks += len(lost)
             if trace.isEnabledFor(logging.DEBUG):
+                repair_rtt = self._uplink[ssrc].repair_rtt
                 trace.debug(
-                    "upnack wall=%.3f ssrc=%d rtt=%s seqs=%s", time.time(), ssrc, self.rtt.rtt, lost
-                )
+                    "upnack wall=%.3f ssrc=%d rtt=%s repair_rtt=%s seqs=%s",
+                    time.time(), ssrc, self.rtt.rtt, repair_rtt, lost,
+                )  # fmt: skip
         due = nacks_deadline(self._uplink.values(), now)
         if due is not None:
             self._deadlines.set(_UPLINK_NACKS, due)
