@@ -9,10 +9,12 @@ Asking is timed by `due(now, rtt)`: a missing packet is NACKed first `FIRST_DELA
 was seen (a reordered packet usually arrives within it), then again every round trip (at least
 `MIN_INTERVAL`), at most `MAX_RETRIES` times. The round trip is the participant's measured one
 when there is one; a publisher that subscribes to nothing has none (keyroom sends it no Sender
-Reports), so then it is the repair round trip: from a packet's only NACK to its repair
-(`on_repair`, Karn's rule: a packet NACKed twice gives no sample), smoothed; DEFAULT_RTT before
-the first. (With a fixed 100 ms on a 200 ms path every loss was NACKed two or three times and
-Chromium resent it as often); then it is given up (the subscribers' own NACKs and
+Reports), so then it is the repair round trip: from a packet's first NACK to its repair
+(`on_repair`), smoothed; DEFAULT_RTT before the first. A packet NACKed more than once may have
+been repaired on a later NACK, so its sample is an upper bound, taken only below the estimate
+(the first samples on a path longer than DEFAULT_RTT are all such: its repeat comes first).
+With a fixed 100 ms on a 200 ms path every loss was NACKed two or three times, and Chromium
+resent it as often. After the retries a packet is given up (the subscribers' own NACKs and
 PLIs take over). Bounded: at most `MAX_MISSING` entries (the oldest are given up first), and a
 jump of more than `MAX_GAP` packets is a restart, not loss (no NACKs; the caller asks for a
 keyframe). Pure: `now` and the RTT are passed in.
@@ -50,7 +52,7 @@ class UplinkNacks:
     def __init__(self) -> None:
         self._max = 0
         self._started = False
-        # seq -> [NACKs sent, when the next is due (0: at the first due() call), when the last
+        # seq -> [NACKs sent, when the next is due (0: at the first due() call), when the first
         # was sent]; insertion order is ascending sequence order, which build_nack packs tightest.
         self._missing: dict[int, list[float]] = {}
         self._repair: list[float] | None = None  # the entry of the last repair, for on_repair
@@ -105,13 +107,16 @@ class UplinkNacks:
     def on_repair(self, now: float) -> None:
         """The packet `on_packet` just called a REPAIR arrived `now` (off the hot path)."""
         entry, self._repair = self._repair, None
-        if entry is None or entry[0] != 1:
-            return  # never NACKed (reordering), or NACKed more than once: ambiguous
+        if entry is None or entry[0] == 0:
+            return  # never NACKed: reordering
         sample = now - entry[2]
+        smoothed = self.repair_rtt
         if not 0 < sample <= MAX_REPAIR_RTT:
             return
-        smoothed = self.repair_rtt
-        self.repair_rtt = sample if smoothed is None else smoothed + GAIN * (sample - smoothed)
+        if entry[0] == 1:
+            self.repair_rtt = sample if smoothed is None else smoothed + GAIN * (sample - smoothed)
+        elif smoothed is None or sample < smoothed:
+            self.repair_rtt = sample  # an upper bound, below the estimate
 
     def due(self, now: float, rtt: float | None) -> list[int]:
         """The sequence numbers to NACK now, oldest first; charges their retries. `rtt`: the
@@ -127,9 +132,10 @@ class UplinkNacks:
                 del self._missing[seq]
                 self.gave_up += 1
                 continue
+            if not entry[0]:
+                entry[2] = now
             entry[0] += 1
             entry[1] = now + interval
-            entry[2] = now
             out.append(seq)
         self.requested += len(out)
         return out

@@ -94,7 +94,8 @@ def test_without_a_measured_rtt_nacks_repeat_at_the_repair_round_trip() -> None:
     assert nacks.due(2.0, rtt=None) == [13]
     assert nacks.due(2.1, rtt=None) == []  # the repair cannot be back yet
     assert nacks.due(2.2, rtt=None) == [13]
-    # NACKed twice: which NACK the repair answers is unknown, so no sample (Karn).
+    # NACKed twice: the repair may answer the second NACK, so the time from the first is an
+    # upper bound, taken only below the estimate.
     nacks.on_packet(13)
     nacks.on_repair(2.25)
     assert nacks.repair_rtt == pytest.approx(0.2)
@@ -176,6 +177,21 @@ def test_rtx_with_a_wrong_payload_type_or_without_apt_is_dropped_and_counted() -
 
 
 # -- NACKs towards the publisher, timed by the subscriber PC's RTT ------------------------------
+
+
+def test_the_repair_round_trip_is_learnt_on_a_path_longer_than_the_default() -> None:
+    # 200 ms: every packet is NACKed again at 100 ms before its repair comes, at 200 ms.
+    nacks = UplinkNacks()
+    nacks.on_packet(1)
+    nacks.on_packet(3)
+    assert nacks.due(1.0, None) == [2]
+    assert nacks.due(1.1, None) == [2]
+    nacks.on_packet(2)
+    nacks.on_repair(1.2)
+    assert nacks.repair_rtt == pytest.approx(0.2)
+    nacks.on_packet(5)
+    assert nacks.due(2.0, None) == [4]
+    assert nacks.due(2.1, None) == []  # no repeat within the learnt round trip
 
 
 def test_the_ingress_reports_each_uplink_repair_to_its_owner() -> None:
