@@ -46,6 +46,11 @@ TRACED_SERVER = (
 
 # Events this long before a freeze's first missing frame count as its cause.
 LEAD = 0.3
+# The main cause of a freeze with several: the first of these it has.
+PRIORITY = (
+    "keyframe", "paused", "refused, never resent", "downlink repair late", "uplink repair",
+    "cache miss", "downlink repair", "no loss seen", "(no trace)",
+)  # fmt: skip
 
 _ASCTIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) DEBUG (\S+): (.*)$")
 _WALL = re.compile(r"wall=([\d.]+)")
@@ -176,6 +181,10 @@ def analyse(directory: Path) -> list[Freeze]:
     return found
 
 
+def primary(causes: list[str]) -> str:
+    return min(causes, key=lambda c: PRIORITY.index(c) if c in PRIORITY else len(PRIORITY))
+
+
 def report(found: list[Freeze], verbose: bool = True) -> str:
     out = []
     for f in found:
@@ -185,11 +194,15 @@ def report(found: list[Freeze], verbose: bool = True) -> str:
         if verbose:
             out.extend(f.lines)
     counts: Counter[tuple[str, str, str]] = Counter()
+    main: Counter[tuple[str, str, str]] = Counter()
     for f in found:
         for cause in f.causes:
             counts[(f.tree, f.condition, cause)] += 1
+        main[(f.tree, f.condition, primary(f.causes))] += 1
     out.append("\nfreezes by cause (a freeze can have several):")
     out.extend(f"  {t} | {c} | {cause}: {n}" for (t, c, cause), n in sorted(counts.items()))
+    out.append("\nfreezes by main cause (one each):")
+    out.extend(f"  {t} | {c} | {cause}: {n}" for (t, c, cause), n in sorted(main.items()))
     return "\n".join(out) + "\n"
 
 

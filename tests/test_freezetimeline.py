@@ -53,3 +53,6 @@ def test_each_freeze_is_explained_by_the_events_in_its_stretch(tmp_path: Path) -
     assert found[2].causes == ["no loss seen"]
     text = report(found)
     assert "after | c | uplink repair: 1" in text and "after | c | no loss seen: 1" in text
+    main = text.split("by main cause")[1]
+    assert "after | c | keyframe: 1" in main and "after | c | uplink repair: 1" in main
+    assert "cache miss" not in main
