@@ -10,9 +10,10 @@ than max(3 x the mean frame interval, mean + 150 ms) after the previous one); th
 each, the server's events for that subscriber's stream and the publisher's uplink in the
 stretch without frames, and a cause:
 
-- `downlink repair late`: a packet NACKed by this subscriber was resent more than once (the
-  retransmission was lost too), or answered only after a refusal (`refused`: the per-packet
-  interval or the budget);
+- `downlink repair`: a packet lost on this subscriber's downlink, resent once: the freeze is
+  the repair's round trip; `downlink resent again`: resent more than once (the resend was lost,
+  or the subscriber's repeat crossed it); `repeat refused`: a repeated NACK refused (the
+  per-packet interval or the budget) before one was answered; `refused, never resent`;
 - `cache miss`: a NACKed packet the server did not have (lost on the uplink and not repaired
   yet, or too old);
 - `uplink repair`: the publisher's uplink lost a packet in the stretch and its repair arrived
@@ -48,8 +49,8 @@ TRACED_SERVER = (
 LEAD = 0.3
 # The main cause of a freeze with several: the first of these it has.
 PRIORITY = (
-    "keyframe", "paused", "refused, never resent", "downlink repair late", "uplink repair",
-    "cache miss", "downlink repair", "no loss seen", "(no trace)",
+    "keyframe", "paused", "refused, never resent", "repeat refused", "uplink repair",
+    "cache miss", "downlink resent again", "downlink repair", "no loss seen", "(no trace)",
 )  # fmt: skip
 
 _ASCTIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) DEBUG (\S+): (.*)$")
@@ -137,10 +138,12 @@ def _repair_causes(outcomes: dict[int, list[str]]) -> list[str]:
     for got in outcomes.values():
         if "miss" in got:
             causes.append("cache miss")
-        elif got.count("sent") > 1 or ("refused" in got and "sent" in got):
-            causes.append("downlink repair late")
         elif "sent" not in got:
             causes.append("refused, never resent")
+        elif "refused" in got:
+            causes.append("repeat refused")
+        elif got.count("sent") > 1:
+            causes.append("downlink resent again")
         else:
             causes.append("downlink repair")
     return causes

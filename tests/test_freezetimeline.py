@@ -49,7 +49,7 @@ def test_each_freeze_is_explained_by_the_events_in_its_stretch(tmp_path: Path) -
     ]  # fmt: skip
     assert found[0].causes == ["cache miss", "uplink repair"]
     assert not any("ssrc=22" in line for line in found[0].lines)
-    assert found[1].causes == ["downlink repair", "downlink repair late", "keyframe"]
+    assert found[1].causes == ["downlink repair", "keyframe", "repeat refused"]
     assert found[2].causes == ["no loss seen"]
     text = report(found)
     assert "after | c | uplink repair: 1" in text and "after | c | no loss seen: 1" in text
