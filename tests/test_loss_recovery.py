@@ -240,16 +240,22 @@ def test_feedback_nacks_the_publisher_and_retries_at_the_measured_rtt() -> None:
 # -- subscribers: NACK floods and absurd RTCP ---------------------------------------------------
 
 
-def test_a_nack_flood_for_ancient_packets_resends_nothing_and_a_flood_is_budgeted() -> None:
+def subscriber_feedback(packets: int) -> tuple[Feedback, ListSink]:
+    """A subscriber's Feedback watching a down-track that was sent `packets` packets."""
     ingress, track, sink, _ = ingress_with_video()
     down = track.down_tracks[0]
-    for seq in range(1, 400):
+    for seq in range(1, packets + 1):
         ingress.on_rtp(rtp(seq))
     fb = Feedback(
         tracks={}, subscriptions={"TR_v": down}, stats=Stats(), max_video_bitrate=lambda: 0,
         rtcp_ssrc=1,
     )  # fmt: skip
     fb.watch(down)
+    return fb, sink
+
+
+def test_a_nack_flood_for_ancient_packets_resends_nothing_and_a_flood_is_budgeted() -> None:
+    fb, sink = subscriber_feedback(399)
     first = parse_rtp(sink.sent[0]).sequence
     sink.sent.clear()
     ancient = [(first - 5000 + n) & 0xFFFF for n in range(200)]
@@ -265,15 +271,7 @@ def test_a_nack_flood_for_ancient_packets_resends_nothing_and_a_flood_is_budgete
 def test_a_repeated_nack_on_a_short_path_is_answered_again() -> None:
     # The subscriber's RTT is 4 ms: its NACK repeated 20 ms after the resend means the resend
     # was lost (a fixed 100 ms interval refused it, and the frame waited for the next repeat).
-    ingress, track, sink, _ = ingress_with_video()
-    down = track.down_tracks[0]
-    for seq in range(1, 20):
-        ingress.on_rtp(rtp(seq))
-    fb = Feedback(
-        tracks={}, subscriptions={"TR_v": down}, stats=Stats(), max_video_bitrate=lambda: 0,
-        rtcp_ssrc=1,
-    )  # fmt: skip
-    fb.watch(down)
+    fb, sink = subscriber_feedback(19)
     fb.rtt.rtt = 0.004
     lost = parse_rtp(sink.sent[5]).sequence
     sink.sent.clear()
