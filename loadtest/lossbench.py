@@ -28,7 +28,7 @@ from typing import Any
 from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 from auth.tokens import mint_token
-from loadtest import janusbench, spawn
+from loadtest import freezetimeline, janusbench, spawn
 from loadtest.chromium import BASE_FLAGS, CHROMIUM
 from loadtest.impair import SERVER_ADDRESS, Impairment, Topology, topology
 
@@ -63,7 +63,12 @@ SUB_JS = """async () => {
     if (s.type === "inbound-rtp" && s.kind === "video") {
       return {frames: s.framesDecoded ?? 0, freezes: s.freezeCount ?? 0,
               freeze_s: s.totalFreezesDuration ?? 0, lost: s.packetsLost ?? 0,
-              nacks: s.nackCount ?? 0, plis: s.pliCount ?? 0, width: s.frameWidth ?? 0};
+              nacks: s.nackCount ?? 0, plis: s.pliCount ?? 0, width: s.frameWidth ?? 0,
+              // For the freeze timeline (loadtest/freezetimeline.py).
+              ssrc: s.ssrc, received: s.packetsReceived ?? 0, jb: s.jitterBufferDelay ?? 0,
+              jb_count: s.jitterBufferEmittedCount ?? 0, jb_target: s.jitterBufferTargetDelay ?? 0,
+              frames_received: s.framesReceived ?? 0, dropped: s.framesDropped ?? 0,
+              keyframes: s.keyFramesDecoded ?? 0, rtx: s.retransmittedPacketsReceived ?? 0};
     }
   }
   return null;
@@ -101,17 +106,22 @@ class Row:
     fps: float
     freezes_per_min: float
     freeze_s: float
-    longest_freeze_s: float
+    longest_freeze_s: float  # the longest stretch without a new frame, as polled
     lost: int
     sub_nacks: int
     plis: int
     pub_nacks: int
     pub_rtx: int
+    # Chromium's longest freeze: the totalFreezesDuration added with one freezeCount step
+    # between two polls (two freezes in one poll: their sum). Unlike the polled gap, a poll
+    # delayed on a loaded machine does not lengthen it.
+    max_freeze_s: float = 0.0
 
     def cells(self) -> list[str]:
         return [
             self.tree, self.condition, self.subscriber, f"{self.pub_fps:.1f}", f"{self.fps:.1f}",
-            f"{self.freezes_per_min:.1f}", f"{self.freeze_s:.2f}", f"{self.longest_freeze_s:.2f}",
+            f"{self.freezes_per_min:.1f}", f"{self.freeze_s:.2f}", f"{self.max_freeze_s:.2f}",
+            f"{self.longest_freeze_s:.2f}",
             str(self.lost), str(self.sub_nacks), str(self.plis), str(self.pub_nacks),
             str(self.pub_rtx),
         ]  # fmt: skip
@@ -119,8 +129,8 @@ class Row:
 
 HEADER = [
     "tree", "condition", "subscriber", "pub fps", "sub fps", "freezes/min", "freeze s",
-    "longest gap s", "packetsLost", "sub nackCount", "sub pliCount", "pub nackCount",
-    "pub retransmitted",
+    "longest freeze s", "longest gap s", "packetsLost", "sub nackCount", "sub pliCount",
+    "pub nackCount", "pub retransmitted",
 ]  # fmt: skip
 
 
@@ -158,10 +168,17 @@ class Server:
 
 @contextlib.contextmanager
 def server(
-    topo: Topology, tree: str, directory: str, port: int, limits: str = "simulcast = false"
+    topo: Topology,
+    tree: str,
+    directory: str,
+    port: int,
+    limits: str = "simulcast = false",
+    log: str | None = None,
 ) -> Iterator[Server]:
-    """keyroom in the server namespace; `limits`: the `[limits]` lines of its config."""
-    log = os.path.join(directory, f"server-{port}.log")
+    """keyroom in the server namespace; `limits`: the `[limits]` lines of its config; `log`:
+    where its output goes, with the repair trace on (loadtest/freezetimeline.py)."""
+    entry = ["-m", "sfu"] if log is None else ["-c", freezetimeline.TRACED_SERVER]
+    log = log or os.path.join(directory, f"server-{port}.log")
     config = os.path.join(directory, "keyroom.toml")
     # The clients' veth addresses are private (RFC 1918): refused by default outside --dev.
     # Single-layer video: this measures loss recovery alone (simulcast's layer changes under
@@ -171,7 +188,7 @@ def server(
         '[metrics]\nbearer_token = "impaired-network-bench-metrics"\n'
     )
     command = topo.command("server", [
-        sys.executable, "-m", "sfu", "serve", "--insecure-plaintext", "--host", SERVER_ADDRESS,
+        sys.executable, *entry, "serve", "--insecure-plaintext", "--host", SERVER_ADDRESS,
         "--port", str(port), "--rtc-ip", SERVER_ADDRESS, "--config", config,
         "--key", f"{KEY_ID}={SECRET}",
     ])  # fmt: skip
@@ -272,8 +289,10 @@ async def measure(
     open_pages: OpenPages,
     name: str,
     seconds: float,
+    samples: list[dict[str, Any]] | None = None,
 ) -> list[Row]:
-    """One condition on a fresh room: pages in, warm-up, impairment, window, pages out."""
+    """One condition on a fresh room: pages in, warm-up, impairment, window, pages out;
+    every subscriber's stats every 100 ms appended to `samples` (the freeze timeline)."""
     condition = CONDITIONS[name]
     pages: dict[str, Page] = {}
     try:
@@ -284,7 +303,7 @@ async def measure(
         for client, (up, down) in condition.items():
             topo.impair(client, up=up, down=down)
         await asyncio.sleep(2)
-        return await _window(label, name, pages, seconds)
+        return await _window(label, name, pages, seconds, samples)
     finally:
         for client in condition:
             topo.impair(client, up=Impairment(), down=Impairment())
@@ -294,22 +313,36 @@ async def measure(
             await page.context.close()
 
 
-async def _window(tree: str, name: str, pages: dict[str, Page], seconds: float) -> list[Row]:
+async def _window(
+    tree: str,
+    name: str,
+    pages: dict[str, Page],
+    seconds: float,
+    samples: list[dict[str, Any]] | None = None,
+) -> list[Row]:
     subs = ("sub1", "sub2")
     pub0 = await pages["pub"].evaluate(PUB_JS)
     start = {s: await pages[s].evaluate(SUB_JS) for s in subs}
     began = time.monotonic()
     last = {s: (began, start[s]["frames"]) for s in subs}
     longest = dict.fromkeys(subs, 0.0)
+    previous, max_freeze = dict(start), dict.fromkeys(subs, 0.0)
     while time.monotonic() - began < seconds:
         await asyncio.sleep(0.1)
         for s in subs:
             got = await pages[s].evaluate(SUB_JS)
             now = time.monotonic()
+            if samples is not None and got is not None:
+                sample = {"wall": time.time(), "tree": tree, "condition": name, "sub": s}
+                samples.append({**sample, **got})
             longest[s] = max(longest[s], now - last[s][0])
             # None: the session ended (the page gave up): frozen from here on.
             if got is not None and got["frames"] != last[s][1]:
                 last[s] = (now, got["frames"])
+            if got is not None and got["freezes"] > previous[s]["freezes"]:
+                added = got["freeze_s"] - previous[s]["freeze_s"]
+                max_freeze[s] = max(max_freeze[s], added)
+            previous[s] = got or previous[s]
     elapsed = time.monotonic() - began
     end = {s: await pages[s].evaluate(SUB_JS) or start[s] for s in subs}
     pub1 = await pages["pub"].evaluate(PUB_JS) or pub0
@@ -332,16 +365,23 @@ async def _window(tree: str, name: str, pages: dict[str, Page], seconds: float) 
                 plis=b["plis"] - a["plis"],
                 pub_nacks=pub1["nacks"] - pub0["nacks"],
                 pub_rtx=pub1["rtx"] - pub0["rtx"],
+                max_freeze_s=max_freeze[s],
             )  # fmt: skip
         )
     return rows
 
 
 async def run(
-    trees: dict[str, str], conditions: list[str], seconds: float, with_janus: bool = False
+    trees: dict[str, str],
+    conditions: list[str],
+    seconds: float,
+    with_janus: bool = False,
+    trace: str | None = None,
 ) -> list[Row]:
-    """Every condition for each tree (in order), then for Janus if asked."""
+    """Every condition for each tree (in order), then for Janus if asked; with `trace` (a
+    directory) the servers' repair trace and the subscribers' stats every 100 ms go there."""
     rows: list[Row] = []
+    samples: list[dict[str, Any]] | None = None if trace is None else []
     ports = [spawn.free_port() + n for n in range(len(trees) + 1)]
     with tempfile.TemporaryDirectory() as directory, topology(CLIENTS) as topo:
         async with (
@@ -351,11 +391,14 @@ async def run(
 
             async def conditions_with(label: str, open_pages: OpenPages) -> None:
                 for name in conditions:
-                    rows.extend(await measure(topo, b, label, open_pages, name, seconds))
+                    rows.extend(await measure(topo, b, label, open_pages, name, seconds, samples))
+                    if trace is not None and samples is not None:  # kept as the run goes
+                        freezetimeline.write_samples(os.path.join(trace, "samples.jsonl"), samples)
                     print(table(rows[-2:]), end="", flush=True)
 
             for (label, tree), port in zip(trees.items(), ports, strict=False):
-                with server(topo, tree, directory, port) as srv:
+                log = None if trace is None else os.path.join(trace, f"server-{label}.log")
+                with server(topo, tree, directory, port, log=log) as srv:
                     await conditions_with(label, keyroom_pages(srv))
             if with_janus:
                 with janusbench.janus(topo, directory, ports[-1]) as ws_url:
@@ -385,11 +428,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--condition", action="append", choices=list(CONDITIONS))
     parser.add_argument("--janus", action="store_true", help="also Janus VideoRoom, same run")
     parser.add_argument("--write", help="put the table into this Markdown file")
+    parser.add_argument(
+        "--trace",
+        metavar="DIR",
+        help="keep the servers' repair trace and the subscribers' stats every 100 ms in DIR "
+        "(then: python -m loadtest.freezetimeline DIR)",
+    )
     args = parser.parse_args(argv)
     trees = dict(t.split("=", 1) for t in args.tree)
     if not trees and not args.janus:
         trees = {"this": os.getcwd()}
-    rows = asyncio.run(run(trees, args.condition or list(CONDITIONS), args.seconds, args.janus))
+    if args.trace:
+        os.makedirs(args.trace, exist_ok=True)
+    conditions = args.condition or list(CONDITIONS)
+    rows = asyncio.run(run(trees, conditions, args.seconds, args.janus, args.trace))
     text = table(rows)
     print(text)
     if args.write:

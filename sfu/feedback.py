@@ -22,6 +22,7 @@ Congestion control would live here, fed the same inputs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from sfu import clock
@@ -32,6 +33,7 @@ from sfu.congestion import Congestion
 from sfu.dynacast import Dynacast
 from sfu.forwarder import DownTrack, PublishedTrack, Sink
 from sfu.quality import ConnectionQuality
+from sfu.retransmit import trace
 from sfu.rtcp import (
     Fir,
     Nack,
@@ -216,6 +218,12 @@ class Feedback:
             # A NACK message is bounded by MAX_MISSING entries' worth of sequence numbers.
             self.to_publisher.append((build_nack(self.rtcp_ssrc, ssrc, lost), False))
             self.stats.uplink_nacks += len(lost)
+            if trace.isEnabledFor(logging.DEBUG):
+                repair_rtt = self._uplink[ssrc].repair_rtt
+                trace.debug(
+                    "upnack wall=%.3f ssrc=%d rtt=%s repair_rtt=%s seqs=%s",
+                    time.time(), ssrc, self.rtt.rtt, repair_rtt, lost,
+                )  # fmt: skip
         due = nacks_deadline(self._uplink.values(), now)
         if due is not None:
             self._deadlines.set(_UPLINK_NACKS, due)
@@ -303,7 +311,7 @@ class Feedback:
             elif isinstance(message, Nack):
                 down = self._down_by_ssrc.get(message.media_ssrc)
                 if down is not None:
-                    sent, refused = down.retransmit(message.lost, now)
+                    sent, refused = down.retransmit(message.lost, now, self.rtt.rtt)
                     self.stats.retransmissions += sent
                     self.stats.dropped[DropReason.NACK_LIMITED.value] += refused
             elif isinstance(message, ReceiverReport | SenderReport):
@@ -345,6 +353,8 @@ class Feedback:
             self.quality.on_down_block(block.ssrc, block.fraction_lost, block.jitter, clock_rate)
 
     def _keyframe_for(self, out_ssrc: int) -> None:
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug("subpli wall=%.3f ssrc=%d", time.time(), out_ssrc)
         down = self._down_by_ssrc.get(out_ssrc)
         if down is not None:
             down.track.request_keyframe()

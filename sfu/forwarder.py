@@ -21,7 +21,7 @@ from sfu.packetcache import PacketCache
 from sfu.padding import padding_packet
 from sfu.receivestats import ReceiveStats
 from sfu.redtrack import RedFanout
-from sfu.retransmit import RetransmitBudget
+from sfu.retransmit import RetransmitBudget, resend
 from sfu.rtcp import build_sr
 from sfu.rtp import RtpInfo, get_extension, parse_rtp
 from sfu.rtprewrite import RtpRewriter
@@ -410,25 +410,19 @@ class DownTrack(SteadyDownTrack):
             self.remote.pause(self.paused, True)
         return not self.paused
 
-    def retransmit(self, sequence_numbers: tuple[int, ...], now: float) -> tuple[int, int]:
-        """Answer a NACK with the packets still cached, within the retransmission budget:
-        (packets resent, packets refused by the budget)."""
+    def retransmit(
+        self, sequence_numbers: tuple[int, ...], now: float, rtt: float | None = None
+    ) -> tuple[int, int]:
+        """Answer a NACK with the packets still cached, within the retransmission budget
+        (`rtt`: the subscriber's round trip, if known): (packets resent, packets refused)."""
         if self.remote is not None:
             return self.remote.retransmit(sequence_numbers)
         cache, sink, rewriter = self.cache, self.sink, self.rewriter
         if cache is None or sink is None or rewriter is None:
             return 0, 0
-        budget = self.retransmits
-        sent = refused = 0
-        for seq in budget.requested(sequence_numbers, rewriter.octets):
-            packet = cache.get(seq)
-            if packet is None:
-                continue
-            if not budget.allow(seq, len(packet), now):
-                refused += 1
-            elif sink.send(packet if self.rtx is None else self.rtx.wrap(packet)):
-                sent += 1
-        return sent, refused
+        wrap = None if self.rtx is None else self.rtx.wrap
+        budget, octets, ssrc = self.retransmits, rewriter.octets, self.out_ssrc
+        return resend(budget, cache, sink, wrap, sequence_numbers, octets, now, rtt, ssrc)
 
     def sender_report(self) -> bytes | None:
         """The publisher's latest SR translated to this down-track's SSRC and timestamps."""

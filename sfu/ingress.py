@@ -12,6 +12,8 @@ packet is forwarded once, late, like a reordered one.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
@@ -19,6 +21,7 @@ from sfu import rtx
 from sfu.forwarder import AUDIO_LEVEL, CodecInfo, PublishedTrack
 from sfu.metrics import FORWARD_SAMPLE_MASK, forward_timer_start, forward_timer_stop
 from sfu.redtrack import RedFanout
+from sfu.retransmit import trace
 from sfu.rtp import MalformedPacket, RtpInfo, get_extension, parse_rtp
 from sfu.simulcast import Layer, learn_layer
 from sfu.stats import DropReason, Stats
@@ -45,6 +48,8 @@ class Ingress:
         self._rtx: dict[int, PublishedTrack] = {}
         # Called when a new uplink gap wants NACKs (the owner arms its timer).
         self.on_gap: Callable[[], None] = _nothing
+        # An uplink repair arrived: its owner tells the stream's tracker when (the repair RTT).
+        self.on_repair: Callable[[UplinkNacks], None] = _ignore_repair
 
     def on_rtp(self, data: bytes) -> None:
         stats = self.stats
@@ -71,7 +76,7 @@ class Ingress:
         nacks = self.nacks.get(info.ssrc)
         if nacks is not None:
             arrival = nacks.on_packet(info.sequence)
-            if arrival and not self._unusual(arrival, track):
+            if arrival and not self._unusual(arrival, track, info):
                 return
         counted = stats.packets_in = stats.packets_in + 1
         size = len(data)
@@ -86,13 +91,21 @@ class Ingress:
             stats.packets_out += sent
             stats.bytes_out += sent * size
 
-    def _unusual(self, arrival: int, track: PublishedTrack | Layer | RedFanout) -> bool:
+    def _unusual(
+        self, arrival: int, track: PublishedTrack | Layer | RedFanout, info: RtpInfo
+    ) -> bool:
         """Whether to forward a packet that was not the next in sequence."""
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug(
+                "uplink %d wall=%.3f ssrc=%d seq=%d", arrival, time.time(), info.ssrc, info.sequence
+            )
         if arrival == GAP:
             self.on_gap()
+        elif arrival == REPAIR:
+            self.on_repair(self.nacks[info.ssrc])
         elif arrival == RESTART:
             track.request_keyframe()
-        elif arrival != REPAIR:
+        else:
             self.stats.drop(DropReason.DUPLICATE)
             return False
         return True
@@ -198,6 +211,10 @@ class Ingress:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _ignore_repair(nacks: UplinkNacks) -> None:
     pass
 
 

@@ -109,6 +109,7 @@ class Participant:
         )
         ingress = Ingress(self.tracks, stats)
         ingress.on_gap = self._uplink_gap
+        ingress.on_repair = lambda nacks: nacks.on_repair(clock.now())
         self.feedback = self._new_feedback(ingress)
         self.publishing = Publishing(
             self.publisher_pc,

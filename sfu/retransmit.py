@@ -13,11 +13,20 @@ What the budget refuses is dropped and counted (`nack_limited`). Pure: `now` is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+# The repair trace (loadtest/freezetimeline.py reads it): one line per NACK answered, per uplink
+# gap, NACK and repair, per PLI. Off (one level check per NACK) unless this logger is at DEBUG.
+trace = logging.getLogger("keyroom.repair")
 
 SHARE = 0.25
 BURST = 128_000
 MIN_INTERVAL = 0.1
+REPEAT_FRACTION = 0.75
+MIN_REPEAT = 0.01
 MAX_PER_NACK = 256
 
 
@@ -47,10 +56,16 @@ class RetransmitBudget:
         self._earned = media_octets
         return list(dict.fromkeys(sequence_numbers))[: self.max_per_nack]
 
-    def allow(self, seq: int, size: int, now: float) -> bool:
-        """Whether to resend packet `seq` of `size` bytes now; charges the budget if so."""
+    def repeat_interval(self, rtt: float | None) -> float:
+        """How long after a resend a repeated NACK for the packet is answered."""
+        longest = self.min_interval if rtt is None else min(self.min_interval, rtt)
+        return max(MIN_REPEAT, longest * REPEAT_FRACTION)
+
+    def allow(self, seq: int, size: int, now: float, rtt: float | None = None) -> bool:
+        """Whether to resend packet `seq` of `size` bytes now, `rtt` the subscriber's round trip
+        (None: unknown); charges the budget if so."""
         last = self._sent_at.get(seq)
-        if (last is not None and now - last < self.min_interval) or size > self.tokens:
+        if (last is not None and now - last < self.repeat_interval(rtt)) or size > self.tokens:
             return False
         self.tokens -= size
         self._sent_at[seq] = now
@@ -58,3 +73,50 @@ class RetransmitBudget:
             horizon = now - self.min_interval
             self._sent_at = {s: t for s, t in self._sent_at.items() if t > horizon}
         return True
+
+
+class _Cache(Protocol):
+    def get(self, seq: int) -> bytes | None: ...
+
+
+class _Sink(Protocol):
+    def send(self, data: bytes) -> bool: ...
+
+
+def resend(
+    budget: RetransmitBudget,
+    cache: _Cache,
+    sink: _Sink,
+    wrap: Callable[[bytes], bytes] | None,
+    sequence_numbers: Iterable[int],
+    media_octets: int,
+    now: float,
+    rtt: float | None = None,
+    ssrc: int | None = None,
+) -> tuple[int, int]:
+    """Answer one NACK from `cache` through `sink` (as RTX when `wrap`), within `budget`, `rtt`
+    the subscriber's round trip: (packets resent, packets refused by the budget). `ssrc` names
+    the stream in the trace."""
+    sent = refused = 0
+    outcomes: list[str] | None = [] if trace.isEnabledFor(logging.DEBUG) else None
+    for seq in budget.requested(sequence_numbers, media_octets):
+        packet = cache.get(seq)
+        if packet is None:
+            outcome = "miss"
+        elif not budget.allow(seq, len(packet), now, rtt):
+            refused += 1
+            outcome = "refused"
+        elif sink.send(packet if wrap is None else wrap(packet)):
+            sent += 1
+            outcome = "sent"
+        else:
+            outcome = "unsent"
+        if outcomes is not None:
+            outcomes.append(f"{seq}:{outcome}")
+    if outcomes is not None:
+        pacer = getattr(sink, "pacer", None)
+        trace.debug(
+            "nack wall=%.3f ssrc=%s queued=%s tokens=%d %s",
+            time.time(), ssrc, pacer and pacer.queued, budget.tokens, " ".join(outcomes),
+        )  # fmt: skip
+    return sent, refused

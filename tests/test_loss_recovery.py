@@ -80,6 +80,35 @@ def test_nacks_are_retried_every_rtt_then_given_up() -> None:
     assert nacks.requested == 2 + MAX_RETRIES - 1
 
 
+def test_without_a_measured_rtt_nacks_repeat_at_the_repair_round_trip() -> None:
+    # A publisher subscribed to nothing has no RTT: its first repair, 0.2 s after the only NACK,
+    # sets the repeat interval (a fixed 100 ms NACKed every loss two or three times).
+    nacks = UplinkNacks()
+    nacks.on_packet(10)
+    nacks.on_packet(12)
+    assert nacks.due(1.0, rtt=None) == [11]
+    assert nacks.on_packet(11) == REPAIR
+    nacks.on_repair(1.2)
+    assert nacks.repair_rtt == pytest.approx(0.2)
+    nacks.on_packet(14)
+    assert nacks.due(2.0, rtt=None) == [13]
+    assert nacks.due(2.1, rtt=None) == []  # the repair cannot be back yet
+    assert nacks.due(2.2, rtt=None) == [13]
+    # NACKed twice: the repair may answer the second NACK, so the time from the first is an
+    # upper bound, taken only below the estimate.
+    nacks.on_packet(13)
+    nacks.on_repair(2.25)
+    assert nacks.repair_rtt == pytest.approx(0.2)
+    # A measured RTT wins; a reordered packet (never NACKed) is no sample either.
+    nacks.on_packet(16)
+    nacks.on_packet(15)
+    nacks.on_repair(3.0)
+    assert nacks.repair_rtt == pytest.approx(0.2)
+    nacks.on_packet(18)
+    assert nacks.due(4.0, rtt=0.05) == [17]
+    assert nacks.due(4.05, rtt=0.05) == [17]
+
+
 def test_a_huge_loss_burst_is_bounded() -> None:
     nacks = UplinkNacks()
     nacks.on_packet(0)
@@ -150,6 +179,35 @@ def test_rtx_with_a_wrong_payload_type_or_without_apt_is_dropped_and_counted() -
 # -- NACKs towards the publisher, timed by the subscriber PC's RTT ------------------------------
 
 
+def test_the_repair_round_trip_is_learnt_on_a_path_longer_than_the_default() -> None:
+    # 200 ms: every packet is NACKed again at 100 ms before its repair comes, at 200 ms.
+    nacks = UplinkNacks()
+    nacks.on_packet(1)
+    nacks.on_packet(3)
+    assert nacks.due(1.0, None) == [2]
+    assert nacks.due(1.1, None) == [2]
+    nacks.on_packet(2)
+    nacks.on_repair(1.2)
+    assert nacks.repair_rtt == pytest.approx(0.2)
+    nacks.on_packet(5)
+    assert nacks.due(2.0, None) == [4]
+    assert nacks.due(2.1, None) == []  # no repeat within the learnt round trip
+
+
+def test_the_ingress_reports_each_uplink_repair_to_its_owner() -> None:
+    ingress, _, _, _ = ingress_with_video()
+    repaired: list[UplinkNacks] = []
+    ingress.on_repair = repaired.append
+    for seq in (1, 2, 4):
+        ingress.on_rtp(rtp(seq))
+    tracker = ingress.nacks[MEDIA]
+    assert tracker.due(5.0, None) == [3]
+    ingress.on_rtp(rtx_of(3, rtx_seq=100))
+    assert repaired == [tracker]
+    tracker.on_repair(5.25)
+    assert tracker.repair_rtt == pytest.approx(0.25)
+
+
 def test_feedback_nacks_the_publisher_and_retries_at_the_measured_rtt() -> None:
     ingress, track, _, _ = ingress_with_video()
     fb = Feedback(
@@ -182,16 +240,22 @@ def test_feedback_nacks_the_publisher_and_retries_at_the_measured_rtt() -> None:
 # -- subscribers: NACK floods and absurd RTCP ---------------------------------------------------
 
 
-def test_a_nack_flood_for_ancient_packets_resends_nothing_and_a_flood_is_budgeted() -> None:
+def subscriber_feedback(packets: int) -> tuple[Feedback, ListSink]:
+    """A subscriber's Feedback watching a down-track that was sent `packets` packets."""
     ingress, track, sink, _ = ingress_with_video()
     down = track.down_tracks[0]
-    for seq in range(1, 400):
+    for seq in range(1, packets + 1):
         ingress.on_rtp(rtp(seq))
     fb = Feedback(
         tracks={}, subscriptions={"TR_v": down}, stats=Stats(), max_video_bitrate=lambda: 0,
         rtcp_ssrc=1,
     )  # fmt: skip
     fb.watch(down)
+    return fb, sink
+
+
+def test_a_nack_flood_for_ancient_packets_resends_nothing_and_a_flood_is_budgeted() -> None:
+    fb, sink = subscriber_feedback(399)
     first = parse_rtp(sink.sent[0]).sequence
     sink.sent.clear()
     ancient = [(first - 5000 + n) & 0xFFFF for n in range(200)]
@@ -202,6 +266,19 @@ def test_a_nack_flood_for_ancient_packets_resends_nothing_and_a_flood_is_budgete
         fb.on_subscriber_rtcp(build_nack(7, 3333, recent), 1.0 + n / 1000)
     assert fb.stats.retransmissions == len(sink.sent) <= 399
     assert fb.stats.dropped[DropReason.NACK_LIMITED.value] > 0
+
+
+def test_a_repeated_nack_on_a_short_path_is_answered_again() -> None:
+    # The subscriber's RTT is 4 ms: its NACK repeated 20 ms after the resend means the resend
+    # was lost (a fixed 100 ms interval refused it, and the frame waited for the next repeat).
+    fb, sink = subscriber_feedback(19)
+    fb.rtt.rtt = 0.004
+    lost = parse_rtp(sink.sent[5]).sequence
+    sink.sent.clear()
+    fb.on_subscriber_rtcp(build_nack(7, 3333, [lost]), 1.0)
+    fb.on_subscriber_rtcp(build_nack(7, 3333, [lost]), 1.02)
+    assert fb.stats.retransmissions == 2 == len(sink.sent)
+    assert fb.stats.dropped[DropReason.NACK_LIMITED.value] == 0
 
 
 def test_absurd_rtcp_counts_are_refused() -> None:

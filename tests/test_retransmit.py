@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sfu.retransmit import RetransmitBudget
 
 
@@ -34,3 +36,22 @@ def test_the_memory_of_resent_packets_stays_bounded() -> None:
     for seq in range(10_000):
         budget.allow(seq, 1, now=seq * 0.001)
     assert len(budget._sent_at) <= 4 * 8 + 1 + 100
+
+
+def test_a_repeat_nack_is_answered_once_the_resend_should_have_arrived() -> None:
+    # A short path (4 ms round trip): Chromium's repeat 20 ms later means the resend was lost.
+    budget = RetransmitBudget()
+    assert budget.allow(5, 1000, now=0.0, rtt=0.004)
+    assert not budget.allow(5, 1000, now=0.005, rtt=0.004)  # within MIN_REPEAT
+    assert budget.allow(5, 1000, now=0.02, rtt=0.004)
+    # No RTT known: Chromium repeats every 100 ms, which the wire may bring a little early.
+    assert budget.allow(6, 1000, now=1.0)
+    assert budget.allow(6, 1000, now=1.097)
+
+
+def test_a_repeat_sent_before_the_resend_could_arrive_is_refused() -> None:
+    budget = RetransmitBudget()
+    assert budget.allow(5, 1000, now=0.0, rtt=0.2)
+    assert not budget.allow(5, 1000, now=0.05, rtt=0.2)
+    assert budget.repeat_interval(0.2) == budget.repeat_interval(None) == pytest.approx(0.075)
+    assert budget.repeat_interval(0.0) == 0.01
