@@ -4,12 +4,21 @@ down-track's layer, once a second (sans-I/O, `now` passed in).
 A browser's REMB only grows to about 1.5x what it receives, so a subscriber held on a low layer
 would never show that its link recovered. keyroom therefore probes upwards: after
 PROBE_INTERVAL without the estimate falling while some video is below what the subscriber
-asked for, it sends as much as the next layer needs for up to PROBE_LENGTH seconds, the media
-it sends plus padding packets after each packet of one flowing video down-track
+asked for, it sends as much as the next layer needs for PACED_PROBE_LENGTH (its verdict may
+take PROBE_LENGTH more), the media it sends plus padding packets after each packet of one flowing video down-track
 (sfu/padding.py). If neither REMB nor loss pushes back meanwhile (or the estimate reaches the
 level), the level is granted and the layer switched up; at the first push-back the padding
 stops at once and the next probe waits twice as long (at most MAX_PROBE_INTERVAL). With no
 video flowing to pad (everything paused), the probe is the next layer itself.
+
+REMB only (`paced` off), video is also held to a send budget once there is an estimate, at
+REMB_PACING of it less the audio: a switch down stops the old layer at once and a keyframe
+leaves paced, rather than both overflowing a capped link's queue (the audio behind them lost)
+while the REMB catches up. A probe's padding lasts PACED_PROBE_LENGTH (until the next tick), too
+short to overflow a rate limiter's queue, and is proven only when, besides a clean loss report,
+the round trip of a Sender Report sent as it ended shows no queue (PROBE_RTT_RISE): the REMB
+neither fell nor rose during such probes into a 300 kbit/s tbf, and loss reports came only
+after its queue had overflowed.
 
 Where transport-cc is negotiated (`paced`), keyroom's own estimate from the subscriber's
 transport feedback (sfu/delaybwe.py) joins the REMB, its loss feeds the loss controller, video
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping
 
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
@@ -63,6 +73,16 @@ PACING_SLACK = 1.25
 MAX_BUDGET_LOSS = 0.9
 # A probe succeeds only on evidence: a loss report this long after its start, with little loss.
 PROBE_SETTLE = 0.5
+# REMB only: video is held to this part of the estimate less the audio. The REMB follows what
+# the browser received a moment ago, so right after a cap falls the link's queue is already full
+# when it arrives: the rest of the link drains that queue (audio waits in it, or is dropped).
+REMB_PACING = 0.85
+# REMB only, a probe's verdict: the round trip of a Sender Report sent as its padding ended (it
+# waits behind whatever the probe queued) may exceed the least of the last RTT_MEMORY seconds by
+# this much (s). Neither the browser's REMB nor its loss reports show a rate limiter's queue
+# filling before it overflows, the audio with it: the probe stops first (PACED_PROBE_LENGTH).
+PROBE_RTT_RISE = 0.1
+RTT_MEMORY = 10.0
 
 # Each allocation at DEBUG: the benchmark's timeline (loadtest/simulcastbench.py).
 log = logging.getLogger(__name__)
@@ -111,8 +131,12 @@ class Congestion:
         self._probe_peak = 0
         # The most the subscriber acknowledged receiving during it (transport feedback).
         self._probe_acked = 0
-        # The feedback showed a queue building during it (PROBE_QUEUE): it failed.
-        self._probe_queued = False
+        # The feedback showed a queue building during it (PROBE_QUEUE), or an RTT did
+        # (PROBE_RTT_RISE): it failed. REMB only: an RTT measured after it showed no queue.
+        self._probe_failed = False
+        self._probe_rtt_clear = False
+        # (when, RTT sample) of the last RTT_MEMORY seconds: the path's round trip without a queue.
+        self._rtts: deque[tuple[float, float]] = deque()
         self._granted: tuple[float, int] | None = None
         self._interval = PROBE_INTERVAL
         self._next_probe: float | None = None
@@ -146,7 +170,7 @@ class Congestion:
             self.estimator.on_loss(loss[0], sending, now)
         probe = self._probe
         if probe is not None and delay_based.queue_delay > PROBE_QUEUE:
-            self._probe_queued = True
+            self._probe_failed = True
             self._stop_padding()
             self._react = True  # the verdict at once, not at the next tick
         elif probe is not None and now >= probe[0] + PROBE_BURST + ACKED_WINDOW:
@@ -164,6 +188,25 @@ class Congestion:
             if fraction is not None:
                 self.estimator.on_loss(fraction, self.sending, now)
                 self._pushed_back()
+
+    def on_rtt(self, sample: float, sent_at: float, now: float) -> None:
+        """A round trip (s) measured from a report block, of a Sender Report sent at `sent_at`.
+        REMB only, it settles a probe: the Sender Report sent as its padding ended waited behind
+        what the padding queued, if the link could not carry it."""
+        rtts = self._rtts
+        while rtts and rtts[0][0] < now - RTT_MEMORY:
+            rtts.popleft()
+        least = min((r for _, r in rtts), default=sample)
+        rtts.append((now, sample))
+        probe = self._probe
+        if probe is None or self.paced or sent_at < probe[1]:
+            return
+        if sample > least + PROBE_RTT_RISE:
+            self._probe_failed = True
+            self._stop_padding()
+        else:
+            self._probe_rtt_clear = True
+        self._react = True  # the verdict at once, not at the next tick
 
     def _pushed_back(self) -> None:
         """Padding stops at the first push-back, not at the next tick; and the layers follow a
@@ -196,8 +239,7 @@ class Congestion:
             del self._octets[sid]
             self._packets.pop(sid, None)
         self.report_loss.keep({d.out_ssrc for d in self._subscriptions.values() if d.out_ssrc})
-        if self.paced:
-            self._budget_loss(now)
+        self._budget_loss(now)
         return self.reallocate(now)
 
     def _budget_loss(self, now: float) -> None:
@@ -258,18 +300,22 @@ class Congestion:
         switch = down.layers
         current = switch.current if switch is not None else PAUSED
         needs_keyframe = down.set_layer(layer)
-        if self.paced and switch is not None and 0 <= layer < current:
+        if self.budget.rate is not None and switch is not None and 0 <= layer < current:
             switch.current = PAUSED
         return needs_keyframe
 
     def _pace(self, now: float, audio: int, videos: list[VideoDemand]) -> None:
-        """The video send budget (sfu/sendbudget.py): the level allocated from, less the audio,
-        but never below what the chosen layers need (with PACING_SLACK for their bursts)."""
-        if not self.paced or self._level is None:
+        """The video send budget (sfu/sendbudget.py): the level allocated from (REMB only, and
+        no probe running: REMB_PACING of it), less the audio, but never below what the chosen
+        layers need (with PACING_SLACK for their bursts)."""
+        if self._level is None:
             self.budget.set_rate(None, now)
             return
+        level = self._level
+        if not self.paced and self._probe is None:
+            level = int(level * REMB_PACING)
         chosen = sum(v.bitrates[self.choice[v.key]] for v in videos if self.choice[v.key] >= 0)
-        self.budget.set_rate(max(self._level - audio, int(chosen * PACING_SLACK)), now)
+        self.budget.set_rate(max(level - audio, int(chosen * PACING_SLACK)), now)
 
     def _measure(self, sid: str, down: DownTrack, now: float) -> int:
         rewriter = down.rewriter
@@ -326,7 +372,10 @@ class Congestion:
         # of half a second is measured there, not in a tick's average of what was sent.
         reached = self._probe_acked if self.paced else self._probe_peak
         proven = estimator.clean_since(start + PROBE_SETTLE) and reached >= level * PROBE_REACHED
-        failed = estimator.decreased_since(start) or self._probe_queued
+        proven = proven and (self.paced or self._probe_rtt_clear)
+        failed = estimator.decreased_since(start) or self._probe_failed
+        if now >= end:
+            self._stop_padding()
         if failed or (now >= end + PROBE_LENGTH and not proven):
             self._end_probe(now)
             self.failed_probes += 1
@@ -348,9 +397,9 @@ class Congestion:
     ) -> dict[str, int]:
         """Send `level` bit/s for a while: padding on a flowing video, else the layers."""
         self.probes += 1
-        self._probe = (now, now + (PACED_PROBE_LENGTH if self.paced else PROBE_LENGTH), level)
+        self._probe = (now, now + PACED_PROBE_LENGTH, level)
         self._probe_peak = self._probe_acked = 0
-        self._probe_queued = False
+        self._probe_failed = self._probe_rtt_clear = False
         carrier = self._carrier_for()
         if carrier is None:
             # Nothing flows to pad: the probe is the next layer of the first video short of it.

@@ -339,7 +339,9 @@ class Feedback:
             down = self._down_by_ssrc.get(block.ssrc)
             if down is None:
                 continue  # a stream this subscriber is not sent: nothing to learn
-            self.rtt.on_block(block.lsr, block.dlsr, now)
+            sample = self.rtt.on_block(block.lsr, block.dlsr, now)
+            if sample is not None:
+                self.congestion.on_rtt(sample, now - sample - block.dlsr / 65536, now)
             codec = down.track.codec
             clock_rate = codec.clock_rate if codec else 90000
             self.quality.on_down_block(block.ssrc, block.fraction_lost, block.jitter, clock_rate)
