@@ -5,11 +5,12 @@ A browser's REMB only grows to about 1.5x what it receives, so a subscriber held
 would never show that its link recovered. keyroom therefore probes upwards: after
 PROBE_INTERVAL without the estimate falling while some video is below what the subscriber
 asked for, it sends as much as the next layer needs for PACED_PROBE_LENGTH (its verdict may
-take PROBE_LENGTH more), the media it sends plus padding packets after each packet of one flowing video down-track
-(sfu/padding.py). If neither REMB nor loss pushes back meanwhile (or the estimate reaches the
-level), the level is granted and the layer switched up; at the first push-back the padding
-stops at once and the next probe waits twice as long (at most MAX_PROBE_INTERVAL). With no
-video flowing to pad (everything paused), the probe is the next layer itself.
+take PROBE_LENGTH more), the media it sends plus padding packets after each packet of one
+flowing video down-track (sfu/padding.py). If neither REMB nor loss pushes back meanwhile
+(or the estimate reaches the level), the level is granted and the layer switched up; at the
+first push-back the padding stops at once and the next probe waits twice as long (at most
+MAX_PROBE_INTERVAL). With no video flowing to pad (everything paused), the probe is the next
+layer itself.
 
 REMB only (`paced` off), video is also held to a send budget once there is an estimate, at
 REMB_PACING of it less the audio: a switch down stops the old layer at once and a keyframe
