@@ -12,10 +12,13 @@ first push-back the padding stops at once and the next probe waits twice as long
 MAX_PROBE_INTERVAL). With no video flowing to pad (everything paused), the probe is the next
 layer itself.
 
-REMB only (`paced` off), video is also held to a send budget once there is an estimate, at
-REMB_PACING of it less the audio: a switch down stops the old layer at once and a keyframe
-leaves paced, rather than both overflowing a capped link's queue (the audio behind them lost)
-while the REMB catches up. A probe's padding lasts PACED_PROBE_LENGTH (until the next tick), too
+REMB only (`paced` off), video is not held to a send budget: the browser's REMB comes from
+the abs-send-time that the publisher stamped, so whatever keyroom's pacer holds back looks to it
+like a queue on the link, and the estimate and the budget chase each other down (the
+unconstrained subscriber of bench-simulcast's REMB room fell from 1.1 Mbit/s to 60 kbit/s in
+2 s). But a switch down stops the old layer at once there too, rather than letting it overflow a
+capped link's queue (the audio behind it lost) until the lower layer's keyframe. A probe's
+padding lasts PACED_PROBE_LENGTH (until the next tick), too
 short to overflow a rate limiter's queue, and is proven only when, besides a clean loss report,
 the round trip of a Sender Report sent as it ended shows no queue (PROBE_RTT_RISE): the REMB
 neither fell nor rose during such probes into a 300 kbit/s tbf, and loss reports came only
@@ -74,10 +77,6 @@ PACING_SLACK = 1.25
 MAX_BUDGET_LOSS = 0.9
 # A probe succeeds only on evidence: a loss report this long after its start, with little loss.
 PROBE_SETTLE = 0.5
-# REMB only: video is held to this part of the estimate less the audio. The REMB follows what
-# the browser received a moment ago, so right after a cap falls the link's queue is already full
-# when it arrives: the rest of the link drains that queue (audio waits in it, or is dropped).
-REMB_PACING = 0.85
 # REMB only, a probe's verdict: the round trip of a Sender Report sent as its padding ended (it
 # waits behind whatever the probe queued) may exceed the least of the last RTT_MEMORY seconds by
 # this much (s). Neither the browser's REMB nor its loss reports show a rate limiter's queue
@@ -240,7 +239,8 @@ class Congestion:
             del self._octets[sid]
             self._packets.pop(sid, None)
         self.report_loss.keep({d.out_ssrc for d in self._subscriptions.values() if d.out_ssrc})
-        self._budget_loss(now)
+        if self.paced:
+            self._budget_loss(now)
         return self.reallocate(now)
 
     def _budget_loss(self, now: float) -> None:
@@ -295,28 +295,25 @@ class Congestion:
         )  # fmt: skip
 
     def _switch(self, down: DownTrack, layer: int) -> bool:
-        """set_layer; paced, a switch down also stops the current layer at once rather than at
-        the lower layer's keyframe: under the video budget its packets would crowd out that
-        very keyframe (and a congested link drops them anyway)."""
+        """set_layer; once there is an estimate, a switch down also stops the current layer at
+        once rather than at the lower layer's keyframe: its packets would fill a thin link's
+        queue meanwhile (the audio behind them lost), and under the video budget crowd out
+        that very keyframe."""
         switch = down.layers
         current = switch.current if switch is not None else PAUSED
         needs_keyframe = down.set_layer(layer)
-        if self.budget.rate is not None and switch is not None and 0 <= layer < current:
+        if self._level is not None and switch is not None and 0 <= layer < current:
             switch.current = PAUSED
         return needs_keyframe
 
     def _pace(self, now: float, audio: int, videos: list[VideoDemand]) -> None:
-        """The video send budget (sfu/sendbudget.py): the level allocated from (REMB only, and
-        no probe running: REMB_PACING of it), less the audio, but never below what the chosen
-        layers need (with PACING_SLACK for their bursts)."""
-        if self._level is None:
+        """The video send budget (sfu/sendbudget.py): the level allocated from, less the audio,
+        but never below what the chosen layers need (with PACING_SLACK for their bursts)."""
+        if not self.paced or self._level is None:
             self.budget.set_rate(None, now)
             return
-        level = self._level
-        if not self.paced and self._probe is None:
-            level = int(level * REMB_PACING)
         chosen = sum(v.bitrates[self.choice[v.key]] for v in videos if self.choice[v.key] >= 0)
-        self.budget.set_rate(max(level - audio, int(chosen * PACING_SLACK)), now)
+        self.budget.set_rate(max(self._level - audio, int(chosen * PACING_SLACK)), now)
 
     def _measure(self, sid: str, down: DownTrack, now: float) -> int:
         rewriter = down.rewriter
