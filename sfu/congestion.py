@@ -201,6 +201,10 @@ class Congestion:
         probe = self._probe
         if probe is None or self.paced or sent_at < probe[1]:
             return
+        log.debug(
+            "rtt %s t=%.3f rtt=%.3f least=%.3f sent=%.3f probe=%s",
+            self.label, now, sample, least, sent_at, probe,
+        )  # fmt: skip
         if sample > least + PROBE_RTT_RISE:
             self._probe_failed = True
             self._stop_padding()
