@@ -357,7 +357,11 @@ class Congestion:
             self._next_probe = now + self._interval
         elif self._probe is None and now >= self._next_probe:
             if estimator.quiet_for(self._interval, now):
-                level = budget + int(step / HEADROOM) + 1
+                # Enough for the allocation to give the next layer: a flowing video may be
+                # held over the estimate (allocator `hold`), and then the estimate plus the step
+                # still would not make room for it (granted, and nothing changed).
+                flowing = sum(v.bitrates[choice[v.key]] for v in videos if choice[v.key] >= 0)
+                level = int(max(budget, (flowing + audio) / HEADROOM) + step / HEADROOM) + 1
                 self._level = level
                 return self._start_probe(now, level, audio, videos)
         return choice

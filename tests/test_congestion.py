@@ -390,3 +390,33 @@ def test_a_remb_probe_is_granted_on_a_clean_report_and_a_clear_round_trip() -> N
     congestion.on_rtt(0.03, start + 1, start + 1.5)
     congestion.react(start + 1.5)
     assert not congestion.probing and down.layers.target == 1
+
+
+def test_a_granted_probe_is_enough_for_the_next_layer_when_the_estimate_is_under_the_layer() -> (
+    None
+):
+    """bench-simulcast, REMB room, after the lift: a REMB of 156 kbit/s, the low layer (155) and
+    the audio held over it; the probe asked for 156 + 223 / 0.9 kbit/s, was proven and granted,
+    and still gave no more than the low layer (0.9 x 404 - 40 < 379): never back up."""
+    track, down = simulcast_subscription()
+    assert down.layers is not None
+    congestion = Congestion({track.sid: down})
+    congestion.on_remb(90_000, 0.0)  # under the low layer's 100 kbit/s: held there
+    congestion.tick(0.0)
+    assert down.layers.target == 0
+    down.layers.current = 0
+    t = 0.0
+    while not congestion.probing and t < 10:
+        t += 1
+        congestion.on_remb(90_000, t)
+        congestion.on_rtt(0.01, t - 0.5, t)
+        congestion.on_report_block(clean(), t)
+        congestion.tick(t)
+    assert congestion.probing
+    down.padding_sent += 1_000_000 // 8
+    congestion.tick(t + 1)
+    congestion.on_report_block(clean(), t + 1.2)
+    congestion.on_rtt(0.01, t + 1, t + 1.3)
+    congestion.react(t + 1.3)
+    assert not congestion.probing and congestion.failed_probes == 0
+    assert down.layers.target == 1
