@@ -339,20 +339,20 @@ def test_a_layers_expected_bitrate_ignores_its_ramp_up_and_its_switch_off() -> N
     assert middle.expected == 450_000
 
 
-def remb_probe() -> tuple[Congestion, DownTrack, float]:
-    """A REMB-only subscriber held to the low layer at 300 kbit/s, ticked until its probe
+def remb_probe(remb: int = 300_000) -> tuple[Congestion, DownTrack, float]:
+    """A REMB-only subscriber held to the low layer at `remb` bit/s, ticked until its probe
     starts (RTTs of 10 ms so far)."""
     track, down = simulcast_subscription()
     congestion = Congestion({track.sid: down})
-    congestion.on_remb(300_000, 0.0)
+    congestion.on_remb(remb, 0.0)
     congestion.tick(0.0)
-    assert down.layers is not None
+    assert down.layers is not None and down.layers.target == 0
     down.layers.current = 0
     t = 0.0
     while not congestion.probing and t < 10:
         t += 1
         congestion.on_rtt(0.01, t - 0.5, t)
-        congestion.on_remb(300_000, t)
+        congestion.on_remb(remb, t)
         congestion.on_report_block(clean(), t)
         congestion.tick(t)
     assert congestion.probing and down.padding > 0
@@ -398,21 +398,8 @@ def test_a_granted_probe_is_enough_for_the_next_layer_when_the_estimate_is_under
     """bench-simulcast, REMB room, after the lift: a REMB of 156 kbit/s, the low layer (155) and
     the audio held over it; the probe asked for 156 + 223 / 0.9 kbit/s, was proven and granted,
     and still gave no more than the low layer (0.9 x 404 - 40 < 379): never back up."""
-    track, down = simulcast_subscription()
+    congestion, down, t = remb_probe(90_000)  # under the low layer's 100 kbit/s: held there
     assert down.layers is not None
-    congestion = Congestion({track.sid: down})
-    congestion.on_remb(90_000, 0.0)  # under the low layer's 100 kbit/s: held there
-    congestion.tick(0.0)
-    assert down.layers.target == 0
-    down.layers.current = 0
-    t = 0.0
-    while not congestion.probing and t < 10:
-        t += 1
-        congestion.on_remb(90_000, t)
-        congestion.on_rtt(0.01, t - 0.5, t)
-        congestion.on_report_block(clean(), t)
-        congestion.tick(t)
-    assert congestion.probing
     down.padding_sent += 1_000_000 // 8
     congestion.tick(t + 1)
     congestion.on_report_block(clean(), t + 1.2)
