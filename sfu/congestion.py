@@ -18,11 +18,10 @@ like a queue on the link, and the estimate and the budget chase each other down 
 unconstrained subscriber of bench-simulcast's REMB room fell from 1.1 Mbit/s to 60 kbit/s in
 2 s). But a switch down stops the old layer at once there too, rather than letting it overflow a
 capped link's queue (the audio behind it lost) until the lower layer's keyframe. A probe's
-padding lasts PACED_PROBE_LENGTH (until the next tick), too
-short to overflow a rate limiter's queue, and is proven only when, besides a clean loss report,
-the round trip of a Sender Report sent as it ended shows no queue (PROBE_RTT_RISE): the REMB
-neither fell nor rose during such probes into a 300 kbit/s tbf, and loss reports came only
-after its queue had overflowed.
+padding lasts PACED_PROBE_LENGTH (its owner's timer stops it), too short to overflow a rate
+limiter's queue, and is proven only when, besides a clean loss report, the round trip of the
+next Sender Report shows no queue (PROBE_RTT_RISE): the REMB neither fell nor rose during such
+probes into a 300 kbit/s tbf, and loss reports came only after its queue had overflowed.
 
 Where transport-cc is negotiated (`paced`), keyroom's own estimate from the subscriber's
 transport feedback (sfu/delaybwe.py) joins the REMB, its loss feeds the loss controller, video
@@ -229,6 +228,18 @@ class Congestion:
         self._react = False
         self._reacted = now
         return self.reallocate(now)
+
+    def padding_end(self) -> float | None:
+        """When the padding of the probe in progress is to stop (its owner's timer calls
+        end_padding then), rather than at the next tick: a probe's excess over a thinner link
+        fills its queue for as long as it lasts."""
+        if self._probe is None or self._carrier is None:
+            return None
+        return self._probe[1]
+
+    def end_padding(self, now: float) -> None:
+        if self._probe is not None and now >= self._probe[1]:
+            self._stop_padding()
 
     def _stop_padding(self) -> None:
         if self._carrier is not None:

@@ -70,6 +70,7 @@ _SENDER_REPORTS = ("sender_reports", "")
 _KEYFRAME = "keyframe"
 _UPLINK_NACKS = ("uplink_nacks", "")
 _QUALITY = ("quality", "")
+_PADDING_END = ("padding_end", "")
 # Keyframe requests at DEBUG: the benchmark's timeline (loadtest/simulcastbench.py).
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,11 @@ class Feedback:
                 for down in self.congestion.tick(now):
                     down.track.request_keyframe()
                 self._periodic(_SENDER_REPORTS, now + SENDER_REPORT_INTERVAL)
+                padding_end = self.congestion.padding_end()
+                if padding_end is not None:
+                    self._deadlines.set(_PADDING_END, padding_end)
+            elif key == _PADDING_END:
+                self.congestion.end_padding(now)
             elif key == _UPLINK_NACKS:
                 self._uplink_nacks(now)
             elif key == _QUALITY:

@@ -17,10 +17,12 @@ from sfu.congestion import (
 )
 from sfu.dynacast import IDLE_DELAY, Dynacast
 from sfu.estimator import MAX_ESTIMATE, Estimator
+from sfu.feedback import Feedback
 from sfu.forwarder import SDES_MID, DownTrack, PublishedTrack
 from sfu.layerswitch import PAUSED
 from sfu.rtcp import ReportBlock
 from sfu.sdpinfo import SimulcastOffer
+from sfu.stats import Stats
 from tests.sink_helpers import ListSink
 
 LAYERS = (100_000, 400_000, 1_200_000)
@@ -407,3 +409,29 @@ def test_a_granted_probe_is_enough_for_the_next_layer_when_the_estimate_is_under
     congestion.react(t + 1.3)
     assert not congestion.probing and congestion.failed_probes == 0
     assert down.layers.target == 1
+
+
+def test_a_remb_probe_pads_for_its_length_not_until_the_next_tick() -> None:
+    """A full tick of padding at the next layer's level filled the 300 kbit/s tbf's queue (2
+    audio packets lost in a full bench-simulcast run); its owner's timer stops it on time."""
+    congestion, down, start = remb_probe()
+    end = congestion.padding_end()
+    assert end == start + PACED_PROBE_LENGTH
+    congestion.end_padding(end - 0.1)
+    assert down.padding > 0
+    congestion.end_padding(end)
+    assert down.padding == 0 and congestion.probing and congestion.padding_end() is None
+
+
+def test_feedback_stops_a_probes_padding_at_its_end() -> None:
+    track, down = simulcast_subscription()
+    fb = Feedback(tracks={}, subscriptions={track.sid: down}, stats=Stats(),
+                  max_video_bitrate=lambda: 0, rtcp_ssrc=1)  # fmt: skip
+    ended: list[float] = []
+    fb.congestion.padding_end = lambda: 1.8  # type: ignore[method-assign]
+    fb.congestion.end_padding = ended.append  # type: ignore[method-assign,assignment]
+    fb.start_sender_reports(0.0)
+    fb.handle_timer(1.0)  # the once-a-second tick (a probe may start there)
+    assert fb.next_deadline() == 1.8
+    fb.handle_timer(1.8)
+    assert ended == [1.8]
