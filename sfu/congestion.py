@@ -76,7 +76,7 @@ PACING_SLACK = 1.25
 MAX_BUDGET_LOSS = 0.9
 # A probe succeeds only on evidence: a loss report this long after its start, with little loss.
 PROBE_SETTLE = 0.5
-# REMB only, a probe's verdict: the round trip of a Sender Report sent as its padding ended (it
+# REMB only, a probe's verdict: the round trip of a Sender Report sent once its padding ended (it
 # waits behind whatever the probe queued) may exceed the least of the last RTT_MEMORY seconds by
 # this much (s). Neither the browser's REMB nor its loss reports show a rate limiter's queue
 # filling before it overflows, the audio with it: the probe stops first (PACED_PROBE_LENGTH).
@@ -190,7 +190,7 @@ class Congestion:
 
     def on_rtt(self, sample: float, sent_at: float, now: float) -> None:
         """A round trip (s) measured from a report block, of a Sender Report sent at `sent_at`.
-        REMB only, it settles a probe: the Sender Report sent as its padding ended waited behind
+        REMB only, it settles a probe: a Sender Report sent once its padding ended waited behind
         what the padding queued, if the link could not carry it."""
         rtts = self._rtts
         while rtts and rtts[0][0] < now - RTT_MEMORY:
