@@ -434,12 +434,12 @@ class Congestion:
 
     def _carrier_for(self) -> DownTrack | None:
         """A video down-track that is forwarding media, the busiest: padding follows it."""
+        # Simulcast: its current layer says (`paused` stays set if paused before layers came).
         flowing = [
             d
             for d in self._subscriptions.values()
             if d.track.kind == "video"
-            and not d.paused
-            and (d.layers is None or d.layers.current != PAUSED)
+            and (not d.paused if d.layers is None else d.layers.current != PAUSED)
         ]
         return max(
             flowing, key=lambda d: self._packets.get(d.track.sid, (0, 0, 0.0))[2], default=None

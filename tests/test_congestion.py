@@ -341,10 +341,11 @@ def test_a_layers_expected_bitrate_ignores_its_ramp_up_and_its_switch_off() -> N
     assert middle.expected == 450_000
 
 
-def remb_probe(remb: int = 300_000) -> tuple[Congestion, DownTrack, float]:
+def remb_probe(remb: int = 300_000, paused: bool = False) -> tuple[Congestion, DownTrack, float]:
     """A REMB-only subscriber held to the low layer at `remb` bit/s, ticked until its probe
-    starts (RTTs of 10 ms so far)."""
+    starts (RTTs of 10 ms so far); `paused`: the down-track's single-layer flag set."""
     track, down = simulcast_subscription()
+    down.paused = paused
     congestion = Congestion({track.sid: down})
     congestion.on_remb(remb, 0.0)
     congestion.tick(0.0)
@@ -435,3 +436,12 @@ def test_feedback_stops_a_probes_padding_at_its_end() -> None:
     assert fb.next_deadline() == 1.8
     fb.handle_timer(1.8)
     assert ended == [1.8]
+
+
+def test_a_stale_single_layer_pause_does_not_turn_probes_into_layer_switches() -> None:
+    """bench-simulcast: the capped page's first allocation came before the track's layers were
+    known, paused it on the single-layer path (`paused`, never cleared once the layers came),
+    and its probe then switched to the middle layer instead of padding the low one: the
+    middle layer's keyframe and stream overflowed the cap's queue (7 audio packets lost)."""
+    congestion, down, _ = remb_probe(paused=True)
+    assert down.layers is not None and down.layers.target == 0 and down.padding > 0
