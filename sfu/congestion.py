@@ -4,12 +4,24 @@ down-track's layer, once a second (sans-I/O, `now` passed in).
 A browser's REMB only grows to about 1.5x what it receives, so a subscriber held on a low layer
 would never show that its link recovered. keyroom therefore probes upwards: after
 PROBE_INTERVAL without the estimate falling while some video is below what the subscriber
-asked for, it sends as much as the next layer needs for up to PROBE_LENGTH seconds, the media
-it sends plus padding packets after each packet of one flowing video down-track
-(sfu/padding.py). If neither REMB nor loss pushes back meanwhile (or the estimate reaches the
-level), the level is granted and the layer switched up; at the first push-back the padding
-stops at once and the next probe waits twice as long (at most MAX_PROBE_INTERVAL). With no
-video flowing to pad (everything paused), the probe is the next layer itself.
+asked for, it sends as much as the next layer needs for PACED_PROBE_LENGTH (its verdict may
+take PROBE_LENGTH more), the media it sends plus padding packets after each packet of one
+flowing video down-track (sfu/padding.py). If neither REMB nor loss pushes back meanwhile
+(or the estimate reaches the level), the level is granted and the layer switched up; at the
+first push-back the padding stops at once and the next probe waits twice as long (at most
+MAX_PROBE_INTERVAL). With no video flowing to pad (everything paused), the probe is the next
+layer itself.
+
+REMB only (`paced` off), video is not held to a send budget: the browser's REMB comes from
+the abs-send-time that the publisher stamped, so whatever keyroom's pacer holds back looks to it
+like a queue on the link, and the estimate and the budget chase each other down (the
+unconstrained subscriber of bench-simulcast's REMB room fell from 1.1 Mbit/s to 60 kbit/s in
+2 s). But a switch down stops the old layer at once there too, rather than letting it overflow a
+capped link's queue (the audio behind it lost) until the lower layer's keyframe. A probe's
+padding lasts PACED_PROBE_LENGTH (its owner's timer stops it), too short to overflow a rate
+limiter's queue, and is proven only when, besides a clean loss report, the round trip of the
+next Sender Report shows no queue (PROBE_RTT_RISE): the REMB neither fell nor rose during such
+probes into a 300 kbit/s tbf, and loss reports came only after its queue had overflowed.
 
 Where transport-cc is negotiated (`paced`), keyroom's own estimate from the subscriber's
 transport feedback (sfu/delaybwe.py) joins the REMB, its loss feeds the loss controller, video
@@ -23,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping
 
 from sfu.allocator import HEADROOM, SOURCE_PRIORITY, VideoDemand, allocate, bump, next_step
@@ -63,6 +76,12 @@ PACING_SLACK = 1.25
 MAX_BUDGET_LOSS = 0.9
 # A probe succeeds only on evidence: a loss report this long after its start, with little loss.
 PROBE_SETTLE = 0.5
+# REMB only, a probe's verdict: the round trip of a Sender Report sent once its padding ended (it
+# waits behind whatever the probe queued) may exceed the least of the last RTT_MEMORY seconds by
+# this much (s). Neither the browser's REMB nor its loss reports show a rate limiter's queue
+# filling before it overflows, the audio with it: the probe stops first (PACED_PROBE_LENGTH).
+PROBE_RTT_RISE = 0.1
+RTT_MEMORY = 10.0
 
 # Each allocation at DEBUG: the benchmark's timeline (loadtest/simulcastbench.py).
 log = logging.getLogger(__name__)
@@ -111,8 +130,12 @@ class Congestion:
         self._probe_peak = 0
         # The most the subscriber acknowledged receiving during it (transport feedback).
         self._probe_acked = 0
-        # The feedback showed a queue building during it (PROBE_QUEUE): it failed.
-        self._probe_queued = False
+        # The feedback showed a queue building during it (PROBE_QUEUE), or an RTT did
+        # (PROBE_RTT_RISE): it failed. REMB only: an RTT measured after it showed no queue.
+        self._probe_failed = False
+        self._probe_rtt_clear = False
+        # (when, RTT sample) of the last RTT_MEMORY seconds: the path's round trip without a queue.
+        self._rtts: deque[tuple[float, float]] = deque()
         self._granted: tuple[float, int] | None = None
         self._interval = PROBE_INTERVAL
         self._next_probe: float | None = None
@@ -146,7 +169,7 @@ class Congestion:
             self.estimator.on_loss(loss[0], sending, now)
         probe = self._probe
         if probe is not None and delay_based.queue_delay > PROBE_QUEUE:
-            self._probe_queued = True
+            self._probe_failed = True
             self._stop_padding()
             self._react = True  # the verdict at once, not at the next tick
         elif probe is not None and now >= probe[0] + PROBE_BURST + ACKED_WINDOW:
@@ -165,6 +188,29 @@ class Congestion:
                 self.estimator.on_loss(fraction, self.sending, now)
                 self._pushed_back()
 
+    def on_rtt(self, sample: float, sent_at: float, now: float) -> None:
+        """A round trip (s) measured from a report block, of a Sender Report sent at `sent_at`.
+        REMB only, it settles a probe: a Sender Report sent once its padding ended waited behind
+        what the padding queued, if the link could not carry it."""
+        rtts = self._rtts
+        while rtts and rtts[0][0] < now - RTT_MEMORY:
+            rtts.popleft()
+        least = min((r for _, r in rtts), default=sample)
+        rtts.append((now, sample))
+        probe = self._probe
+        if probe is None or self.paced or sent_at < probe[1]:
+            return
+        log.debug(
+            "rtt %s t=%.3f rtt=%.3f least=%.3f sent=%.3f probe=%s",
+            self.label, now, sample, least, sent_at, probe,
+        )  # fmt: skip
+        if sample > least + PROBE_RTT_RISE:
+            self._probe_failed = True
+            self._stop_padding()
+        else:
+            self._probe_rtt_clear = True
+        self._react = True  # the verdict at once, not at the next tick
+
     def _pushed_back(self) -> None:
         """Padding stops at the first push-back, not at the next tick; and the layers follow a
         falling estimate at once (`react`)."""
@@ -182,6 +228,18 @@ class Congestion:
         self._react = False
         self._reacted = now
         return self.reallocate(now)
+
+    def padding_end(self) -> float | None:
+        """When the padding of the probe in progress is to stop (its owner's timer calls
+        end_padding then), rather than at the next tick: a probe's excess over a thinner link
+        fills its queue for as long as it lasts."""
+        if self._probe is None or self._carrier is None:
+            return None
+        return self._probe[1]
+
+    def end_padding(self, now: float) -> None:
+        if self._probe is not None and now >= self._probe[1]:
+            self._stop_padding()
 
     def _stop_padding(self) -> None:
         if self._carrier is not None:
@@ -252,13 +310,14 @@ class Congestion:
         )  # fmt: skip
 
     def _switch(self, down: DownTrack, layer: int) -> bool:
-        """set_layer; paced, a switch down also stops the current layer at once rather than at
-        the lower layer's keyframe: under the video budget its packets would crowd out that
-        very keyframe (and a congested link drops them anyway)."""
+        """set_layer; once there is an estimate, a switch down also stops the current layer at
+        once rather than at the lower layer's keyframe: its packets would fill a thin link's
+        queue meanwhile (the audio behind them lost), and under the video budget crowd out
+        that very keyframe."""
         switch = down.layers
         current = switch.current if switch is not None else PAUSED
         needs_keyframe = down.set_layer(layer)
-        if self.paced and switch is not None and 0 <= layer < current:
+        if self._level is not None and switch is not None and 0 <= layer < current:
             switch.current = PAUSED
         return needs_keyframe
 
@@ -309,7 +368,11 @@ class Congestion:
             self._next_probe = now + self._interval
         elif self._probe is None and now >= self._next_probe:
             if estimator.quiet_for(self._interval, now):
-                level = budget + int(step / HEADROOM) + 1
+                # Enough for the allocation to give the next layer: a flowing video may be
+                # held over the estimate (allocator `hold`), and then the estimate plus the step
+                # still would not make room for it (granted, and nothing changed).
+                flowing = sum(v.bitrates[choice[v.key]] for v in videos if choice[v.key] >= 0)
+                level = int(max(budget, (flowing + audio) / HEADROOM) + step / HEADROOM) + 1
                 self._level = level
                 return self._start_probe(now, level, audio, videos)
         return choice
@@ -326,7 +389,10 @@ class Congestion:
         # of half a second is measured there, not in a tick's average of what was sent.
         reached = self._probe_acked if self.paced else self._probe_peak
         proven = estimator.clean_since(start + PROBE_SETTLE) and reached >= level * PROBE_REACHED
-        failed = estimator.decreased_since(start) or self._probe_queued
+        proven = proven and (self.paced or self._probe_rtt_clear)
+        failed = estimator.decreased_since(start) or self._probe_failed
+        if now >= end:
+            self._stop_padding()
         if failed or (now >= end + PROBE_LENGTH and not proven):
             self._end_probe(now)
             self.failed_probes += 1
@@ -348,9 +414,9 @@ class Congestion:
     ) -> dict[str, int]:
         """Send `level` bit/s for a while: padding on a flowing video, else the layers."""
         self.probes += 1
-        self._probe = (now, now + (PACED_PROBE_LENGTH if self.paced else PROBE_LENGTH), level)
+        self._probe = (now, now + PACED_PROBE_LENGTH, level)
         self._probe_peak = self._probe_acked = 0
-        self._probe_queued = False
+        self._probe_failed = self._probe_rtt_clear = False
         carrier = self._carrier_for()
         if carrier is None:
             # Nothing flows to pad: the probe is the next layer of the first video short of it.
@@ -368,12 +434,12 @@ class Congestion:
 
     def _carrier_for(self) -> DownTrack | None:
         """A video down-track that is forwarding media, the busiest: padding follows it."""
+        # Simulcast: its current layer says (`paused` stays set if paused before layers came).
         flowing = [
             d
             for d in self._subscriptions.values()
             if d.track.kind == "video"
-            and not d.paused
-            and (d.layers is None or d.layers.current != PAUSED)
+            and (not d.paused if d.layers is None else d.layers.current != PAUSED)
         ]
         return max(
             flowing, key=lambda d: self._packets.get(d.track.sid, (0, 0, 0.0))[2], default=None

@@ -72,6 +72,7 @@ _SENDER_REPORTS = ("sender_reports", "")
 _KEYFRAME = "keyframe"
 _UPLINK_NACKS = ("uplink_nacks", "")
 _QUALITY = ("quality", "")
+_PADDING_END = ("padding_end", "")
 # Keyframe requests at DEBUG: the benchmark's timeline (loadtest/simulcastbench.py).
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,11 @@ class Feedback:
                 for down in self.congestion.tick(now):
                     down.track.request_keyframe()
                 self._periodic(_SENDER_REPORTS, now + SENDER_REPORT_INTERVAL)
+                padding_end = self.congestion.padding_end()
+                if padding_end is not None:
+                    self._deadlines.set(_PADDING_END, padding_end)
+            elif key == _PADDING_END:
+                self.congestion.end_padding(now)
             elif key == _UPLINK_NACKS:
                 self._uplink_nacks(now)
             elif key == _QUALITY:
@@ -347,7 +353,9 @@ class Feedback:
             down = self._down_by_ssrc.get(block.ssrc)
             if down is None:
                 continue  # a stream this subscriber is not sent: nothing to learn
-            self.rtt.on_block(block.lsr, block.dlsr, now)
+            sample = self.rtt.on_block(block.lsr, block.dlsr, now)
+            if sample is not None:
+                self.congestion.on_rtt(sample, now - sample - block.dlsr / 65536, now)
             codec = down.track.codec
             clock_rate = codec.clock_rate if codec else 90000
             self.quality.on_down_block(block.ssrc, block.fraction_lost, block.jitter, clock_rate)

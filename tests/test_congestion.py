@@ -8,13 +8,21 @@ import itertools
 import math
 
 from sfu.allocator import VideoDemand, allocate, next_step
-from sfu.congestion import MAX_PROBE_INTERVAL, PROBE_INTERVAL, PROBE_LENGTH, Congestion
+from sfu.congestion import (
+    MAX_PROBE_INTERVAL,
+    PACED_PROBE_LENGTH,
+    PROBE_INTERVAL,
+    PROBE_LENGTH,
+    Congestion,
+)
 from sfu.dynacast import IDLE_DELAY, Dynacast
 from sfu.estimator import MAX_ESTIMATE, Estimator
+from sfu.feedback import Feedback
 from sfu.forwarder import SDES_MID, DownTrack, PublishedTrack
 from sfu.layerswitch import PAUSED
 from sfu.rtcp import ReportBlock
 from sfu.sdpinfo import SimulcastOffer
+from sfu.stats import Stats
 from tests.sink_helpers import ListSink
 
 LAYERS = (100_000, 400_000, 1_200_000)
@@ -144,11 +152,13 @@ def test_a_capped_link_drops_to_the_low_layer_and_a_probe_brings_it_back() -> No
         congestion.on_remb(300_000, t)
         congestion.tick(t)
     assert t - (start + 1) == MAX_PROBE_INTERVAL  # twice the interval, at most the maximum
-    # Cap lifted: nothing pushes back during the probe, and a report shows no loss: the level
-    # is granted, the next layer given.
+    # Cap lifted: nothing pushes back during the probe, a report shows no loss, and the round
+    # trip of the Sender Report sent as the padding ended no queue: the level is granted, the
+    # next layer given.
     for n in range(1, math.ceil(PROBE_LENGTH) + 1):
         down.padding_sent += 1_000_000 // 8  # what the padding carries in a second
         congestion.on_remb(320_000, t + n)
+        congestion.on_rtt(0.01, t + n - 1, t + n)
         congestion.on_report_block(clean(), t + n)
         congestion.tick(t + n)
     assert not congestion.probing and down.layers.target == 1 and down.padding == 0
@@ -159,6 +169,7 @@ def test_a_capped_link_drops_to_the_low_layer_and_a_probe_brings_it_back() -> No
         t += 1
         down.padding_sent += 2_000_000 // 8 if congestion.probing else 0
         congestion.on_remb(330_000, t)
+        congestion.on_rtt(0.01, t - 0.1, t)
         congestion.on_report_block(clean(), t)
         congestion.tick(t)
     assert down.layers.target == 2
@@ -182,7 +193,7 @@ def test_a_probe_without_a_clean_loss_report_fails() -> None:
         congestion.on_remb(300_000, t)
         congestion.tick(t)
     # No report came: not proven, and not granted either.
-    assert t - start >= 2 * PROBE_LENGTH and congestion.failed_probes == 1
+    assert t - start >= PACED_PROBE_LENGTH + PROBE_LENGTH and congestion.failed_probes == 1
     assert down.layers.target == 0 and down.padding == 0
 
 
@@ -328,3 +339,109 @@ def test_a_layers_expected_bitrate_ignores_its_ramp_up_and_its_switch_off() -> N
     middle.bytes_in += 450_000 // 8
     middle.measure(9.0)
     assert middle.expected == 450_000
+
+
+def remb_probe(remb: int = 300_000, paused: bool = False) -> tuple[Congestion, DownTrack, float]:
+    """A REMB-only subscriber held to the low layer at `remb` bit/s, ticked until its probe
+    starts (RTTs of 10 ms so far); `paused`: the down-track's single-layer flag set."""
+    track, down = simulcast_subscription()
+    down.paused = paused
+    congestion = Congestion({track.sid: down})
+    congestion.on_remb(remb, 0.0)
+    congestion.tick(0.0)
+    assert down.layers is not None and down.layers.target == 0
+    down.layers.current = 0
+    t = 0.0
+    while not congestion.probing and t < 10:
+        t += 1
+        congestion.on_rtt(0.01, t - 0.5, t)
+        congestion.on_remb(remb, t)
+        congestion.on_report_block(clean(), t)
+        congestion.tick(t)
+    assert congestion.probing and down.padding > 0
+    return congestion, down, t
+
+
+def test_a_remb_probe_is_short_and_fails_on_the_queue_it_built() -> None:
+    """Into a 300 kbit/s tbf (bench-simulcast, REMB room): the REMB neither fell nor rose during
+    a probe, the loss reports came once the tbf's queue had overflowed (audio lost for 2 s).
+    The padding stops at the next tick, and the Sender Report sent then, queued behind it,
+    comes back late: failed at once, no loss needed."""
+    congestion, down, start = remb_probe()
+    assert down.layers is not None
+    congestion.on_rtt(0.2, start - 0.1, start + 0.5)  # an SR from before the probe's end
+    congestion.react(start + 0.5)
+    assert congestion.probing and down.padding > 0  # no verdict from it
+    down.padding_sent += 600_000 // 8
+    congestion.tick(start + 1)
+    assert down.padding == 0 and congestion.probing  # stopped, awaiting its verdict
+    congestion.on_report_block(clean(), start + 1.3)  # no loss: the queue held it all
+    congestion.on_rtt(0.01 + 0.25, start + 1, start + 1.5)  # the SR sent then waited 250 ms
+    congestion.react(start + 1.5)
+    assert not congestion.probing and congestion.failed_probes == 1
+    assert down.layers.target == 0
+
+
+def test_a_remb_probe_is_granted_on_a_clean_report_and_a_clear_round_trip() -> None:
+    congestion, down, start = remb_probe()
+    assert down.layers is not None
+    down.padding_sent += 600_000 // 8
+    congestion.tick(start + 1)
+    congestion.on_report_block(clean(), start + 1.3)
+    congestion.react(start + 1.3)
+    assert congestion.probing  # a clean report alone: a queue may be holding the padding
+    congestion.on_rtt(0.03, start + 1, start + 1.5)
+    congestion.react(start + 1.5)
+    assert not congestion.probing and down.layers.target == 1
+
+
+def test_a_granted_probe_is_enough_for_the_next_layer_when_the_estimate_is_under_the_layer() -> (
+    None
+):
+    """bench-simulcast, REMB room, after the lift: a REMB of 156 kbit/s, the low layer (155) and
+    the audio held over it; the probe asked for 156 + 223 / 0.9 kbit/s, was proven and granted,
+    and still gave no more than the low layer (0.9 x 404 - 40 < 379): never back up."""
+    congestion, down, t = remb_probe(90_000)  # under the low layer's 100 kbit/s: held there
+    assert down.layers is not None
+    down.padding_sent += 1_000_000 // 8
+    congestion.tick(t + 1)
+    congestion.on_report_block(clean(), t + 1.2)
+    congestion.on_rtt(0.01, t + 1, t + 1.3)
+    congestion.react(t + 1.3)
+    assert not congestion.probing and congestion.failed_probes == 0
+    assert down.layers.target == 1
+
+
+def test_a_remb_probe_pads_for_its_length_not_until_the_next_tick() -> None:
+    """A full tick of padding at the next layer's level filled the 300 kbit/s tbf's queue (2
+    audio packets lost in a full bench-simulcast run); its owner's timer stops it on time."""
+    congestion, down, start = remb_probe()
+    end = congestion.padding_end()
+    assert end == start + PACED_PROBE_LENGTH
+    congestion.end_padding(end - 0.1)
+    assert down.padding > 0
+    congestion.end_padding(end)
+    assert down.padding == 0 and congestion.probing and congestion.padding_end() is None
+
+
+def test_feedback_stops_a_probes_padding_at_its_end() -> None:
+    track, down = simulcast_subscription()
+    fb = Feedback(tracks={}, subscriptions={track.sid: down}, stats=Stats(),
+                  max_video_bitrate=lambda: 0, rtcp_ssrc=1)  # fmt: skip
+    ended: list[float] = []
+    fb.congestion.padding_end = lambda: 1.8  # type: ignore[method-assign]
+    fb.congestion.end_padding = ended.append  # type: ignore[method-assign,assignment]
+    fb.start_sender_reports(0.0)
+    fb.handle_timer(1.0)  # the once-a-second tick (a probe may start there)
+    assert fb.next_deadline() == 1.8
+    fb.handle_timer(1.8)
+    assert ended == [1.8]
+
+
+def test_a_stale_single_layer_pause_does_not_turn_probes_into_layer_switches() -> None:
+    """bench-simulcast: the capped page's first allocation came before the track's layers were
+    known, paused it on the single-layer path (`paused`, never cleared once the layers came),
+    and its probe then switched to the middle layer instead of padding the low one: the
+    middle layer's keyframe and stream overflowed the cap's queue (7 audio packets lost)."""
+    congestion, down, _ = remb_probe(paused=True)
+    assert down.layers is not None and down.layers.target == 0 and down.padding > 0

@@ -326,8 +326,17 @@ def test_subscriber_reports_feed_rtt_and_quality_which_changes_only_when_it_hold
     lsr = ((3_900_000_000 << 32) >> 16) & 0xFFFFFFFF
     block = ReportBlock(ssrc=3333, fraction_lost=64, packets_lost=5, highest_seq=9,
                         jitter=900, lsr=lsr, dlsr=0)  # fmt: skip
+    rtts: list[tuple[float, float]] = []
+
+    def on_rtt(sample: float, sent_at: float, now: float) -> None:
+        rtts.append((sample, sent_at))
+
+    fb.congestion.on_rtt = on_rtt  # type: ignore[method-assign]
     fb.on_subscriber_rtcp(build_rr(7, [block]) + build_remb(7, 250_000, [3333]), 1.08)
     assert fb.rtt.rtt == pytest.approx(0.08)
+    # Congestion control hears each sample with when its SR left (it settles REMB probes).
+    assert len(rtts) == 1
+    assert rtts[0][0] == pytest.approx(0.08) and rtts[0][1] == pytest.approx(1.0)
     shot = fb.quality.snapshot(fb.rtt.rtt)
     assert (shot.loss_down, shot.jitter_ms, shot.bandwidth_bps) == (0.25, 10.0, 250_000)
     fb.handle_timer(2.0)

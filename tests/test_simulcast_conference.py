@@ -90,8 +90,17 @@ async def test_two_subscribers_get_their_layers_and_unwatched_layers_stop(
 
         await eventually(on_layers, timeout=10, what="each subscriber on its layer")
         marks = [len(s.received.packets) for s in subscribers]
+        # 60 more packets each, counted from its own mark: the low layer carries a fifth of the
+        # high one's packets (~25 a second here), so counting it from the high subscriber's
+        # larger mark needed ~5 s of it, the whole timeout (the CI flake).
         await eventually(
-            lambda: min(len(s.received.packets) for s in subscribers) > max(marks) + 60
+            lambda: all(
+                len(s.received.packets) > m + 60 for s, m in zip(subscribers, marks, strict=True)
+            ),
+            timeout=10,
+            what=lambda: (
+                f"60 packets each: {marks} -> {[len(s.received.packets) for s in subscribers]}"
+            ),
         )
         assert set(low.received.layers_since(marks[0])) == {0}
         assert set(high.received.layers_since(marks[1])) == {2}
