@@ -309,6 +309,8 @@ class DownTrack(SteadyDownTrack):
             wanted = [x.index for x in track.layers if x.available and x.index <= self.max_layer]
             target = max(wanted, default=min(self.max_layer, len(track.layers) - 1))
             self.layers = LayerSwitch(track.mime_type, target, downs.changed)
+            # A pause allocated before configuring is single-layer state; a layer target rules now.
+            self.paused = False
             downs.changed()
 
     def forward(self, data: bytes, info: RtpInfo) -> bool:

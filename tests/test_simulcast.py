@@ -216,6 +216,18 @@ def test_nacks_across_a_switch_resend_the_renumbered_packets_exactly() -> None:
     assert sink.sent[len(sent) :] == sent
 
 
+def test_a_pause_allocated_before_configuring_does_not_stick_to_a_simulcast_down_track() -> None:
+    """bench-simulcast's capped page: congestion control paused it before its transport was up
+    (single-layer state); the flag outlived the layers and kept it out of the compiled loop."""
+    track = simulcast_track()[0]
+    down = DownTrack(track, "PA_s")
+    assert down.set_layer(PAUSED) is False and down.paused
+    down.configure(
+        sink=ListSink(), out_ssrc=77, mid="0", payload_types={96: 100}, extensions={SDES_MID: 1}
+    )
+    assert down.layers is not None and not down.paused
+
+
 def test_pausing_and_resuming_leaves_no_sequence_gap() -> None:
     track = simulcast_track()[0]
     sink = ListSink()
