@@ -6,8 +6,11 @@ older packet that was missing is a repair (a retransmission, or reordering); any
 is a duplicate, which the ingress drops so subscribers never see it twice.
 
 Asking is timed by `due(now, rtt)`: a missing packet is NACKed first `FIRST_DELAY` after its gap
-was seen (a reordered packet usually arrives within it), then again every round trip (at least
-`MIN_INTERVAL`), at most `MAX_RETRIES` times. The round trip is the participant's measured one
+was seen (a reordered packet usually arrives within it), then again a little more than a round
+trip later (`repeat_interval`, at least `MIN_INTERVAL`), at most `MAX_RETRIES` times: libwebrtc
+ignores a NACK for a packet it resent less than its RTT ago, so a repeat exactly one round trip
+after the last was ignored about half the time, and a lost repair then cost two more round trips
+(a 0.58 s freeze at 100 ms + 1 % loss both ways). The round trip is the participant's measured one
 when there is one; a publisher that subscribes to nothing has none (keyroom sends it no Sender
 Reports), so then it is the repair round trip: from a packet's first NACK to its repair
 (`on_repair`), smoothed; DEFAULT_RTT before the first. A packet NACKed more than once may have
@@ -26,6 +29,8 @@ from collections.abc import Iterable, Mapping
 
 FIRST_DELAY = 0.005
 MIN_INTERVAL = 0.02
+REPEAT_FACTOR = 1.15
+REPEAT_MARGIN = 0.01
 DEFAULT_RTT = 0.1
 MAX_REPAIR_RTT = 2.0
 GAIN = 0.125
@@ -123,7 +128,7 @@ class UplinkNacks:
         participant's measured round trip (None: the repair round trip, or DEFAULT_RTT)."""
         if rtt is None:
             rtt = DEFAULT_RTT if self.repair_rtt is None else self.repair_rtt
-        interval = max(MIN_INTERVAL, rtt)
+        interval = repeat_interval(rtt)
         out = []
         for seq, entry in list(self._missing.items()):
             if entry[1] > now:
@@ -145,6 +150,11 @@ class UplinkNacks:
         if not self._missing:
             return None
         return min(now + FIRST_DELAY if e[1] == 0 else e[1] for e in self._missing.values())
+
+
+def repeat_interval(rtt: float) -> float:
+    """How long after a NACK its packet is NACKed again, for a round trip of `rtt`."""
+    return max(MIN_INTERVAL, rtt * REPEAT_FACTOR + REPEAT_MARGIN)
 
 
 def next_deadline(trackers: Iterable[UplinkNacks], now: float) -> float | None:

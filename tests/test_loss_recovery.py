@@ -32,6 +32,7 @@ from sfu.uplinknack import (
     REPAIR,
     RESTART,
     UplinkNacks,
+    repeat_interval,
 )
 from tests.sink_helpers import ListSink
 
@@ -70,11 +71,16 @@ def test_nacks_are_retried_every_rtt_then_given_up() -> None:
     nacks.on_packet(10)
     nacks.on_packet(13)
     assert nacks.next_deadline(5.0) == pytest.approx(5.0 + uplinknack.FIRST_DELAY)
+    step = repeat_interval(0.25)
+    assert 0.25 < step < 0.3  # a little more than a round trip
     assert nacks.due(5.0, rtt=0.25) == [11, 12]
-    assert nacks.due(5.125, rtt=0.25) == []  # one round trip has not passed
-    assert nacks.next_deadline(5.125) == 5.25
+    assert nacks.due(5.25, rtt=0.25) == []  # the repair of the first NACK may still be coming
+    assert nacks.next_deadline(5.25) == pytest.approx(5.0 + step)
     nacks.on_packet(11)
-    sent = [nacks.due(5.0 + 0.25 * n, rtt=0.25) for n in range(1, MAX_RETRIES + 3)]
+    times = [5.0]
+    for _ in range(MAX_RETRIES + 2):
+        times.append(times[-1] + step)  # as each due() sets the next deadline
+    sent = [nacks.due(t, rtt=0.25) for t in times[1:]]
     assert sent[: MAX_RETRIES - 1] == [[12]] * (MAX_RETRIES - 1) and sent[-1] == []
     assert nacks.gave_up == 1 and nacks.missing == 0 and nacks.next_deadline(9.0) is None
     assert nacks.requested == 2 + MAX_RETRIES - 1
@@ -92,12 +98,12 @@ def test_without_a_measured_rtt_nacks_repeat_at_the_repair_round_trip() -> None:
     assert nacks.repair_rtt == pytest.approx(0.2)
     nacks.on_packet(14)
     assert nacks.due(2.0, rtt=None) == [13]
-    assert nacks.due(2.1, rtt=None) == []  # the repair cannot be back yet
-    assert nacks.due(2.2, rtt=None) == [13]
+    assert nacks.due(2.2, rtt=None) == []  # libwebrtc would ignore it (resent < its RTT ago)
+    assert nacks.due(2.0 + repeat_interval(0.2), rtt=None) == [13]
     # NACKed twice: the repair may answer the second NACK, so the time from the first is an
     # upper bound, taken only below the estimate.
     nacks.on_packet(13)
-    nacks.on_repair(2.25)
+    nacks.on_repair(2.5)
     assert nacks.repair_rtt == pytest.approx(0.2)
     # A measured RTT wins; a reordered packet (never NACKed) is no sample either.
     nacks.on_packet(16)
@@ -106,7 +112,7 @@ def test_without_a_measured_rtt_nacks_repeat_at_the_repair_round_trip() -> None:
     assert nacks.repair_rtt == pytest.approx(0.2)
     nacks.on_packet(18)
     assert nacks.due(4.0, rtt=0.05) == [17]
-    assert nacks.due(4.05, rtt=0.05) == [17]
+    assert nacks.due(4.0 + repeat_interval(0.05), rtt=0.05) == [17]
 
 
 def test_a_huge_loss_burst_is_bounded() -> None:
@@ -185,13 +191,13 @@ def test_the_repair_round_trip_is_learnt_on_a_path_longer_than_the_default() -> 
     nacks.on_packet(1)
     nacks.on_packet(3)
     assert nacks.due(1.0, None) == [2]
-    assert nacks.due(1.1, None) == [2]
+    assert nacks.due(1.0 + repeat_interval(0.1), None) == [2]
     nacks.on_packet(2)
     nacks.on_repair(1.2)
     assert nacks.repair_rtt == pytest.approx(0.2)
     nacks.on_packet(5)
     assert nacks.due(2.0, None) == [4]
-    assert nacks.due(2.1, None) == []  # no repeat within the learnt round trip
+    assert nacks.due(2.2, None) == []  # no repeat within the learnt round trip
 
 
 def test_the_ingress_reports_each_uplink_repair_to_its_owner() -> None:
@@ -229,11 +235,11 @@ def test_feedback_nacks_the_publisher_and_retries_at_the_measured_rtt() -> None:
     fb.to_publisher.clear()
     fb.rtt.rtt = 0.3
     ingress.on_rtp(rtx_of(3, rtx_seq=1))
-    assert fb.next_deadline() == pytest.approx(10.005 + uplinknack.DEFAULT_RTT)
+    assert fb.next_deadline() == pytest.approx(10.005 + repeat_interval(uplinknack.DEFAULT_RTT))
     fb.handle_timer(10.2)
     sent = [m for packet, _ in fb.to_publisher for m in parse_rtcp(packet)]
     assert sent == [Nack(sender_ssrc=4242, media_ssrc=MEDIA, lost=(4,))]
-    assert fb.next_deadline() == pytest.approx(10.5)  # the next retry waits one RTT
+    assert fb.next_deadline() == pytest.approx(10.2 + repeat_interval(0.3))  # past one RTT
     assert ingress.stats.uplink_nacks == 3
 
 
