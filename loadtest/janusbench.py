@@ -7,6 +7,13 @@ janus.js (served by Playwright's router on Janus's origin): a publisher joins ro
 publishes camera and microphone, a subscriber joins with `streams: [{feed}]` and answers Janus's
 offer; both send complete SDPs (`trickle: false`). Each page sets `window.keyroom = {publisher,
 subscriber, state}` so lossbench reads the same `getStats()` as for keyroom's own page.
+
+With `simulcast=1` in the query the publisher sends its camera as keyroom's page does in a
+simulcast room (RIDs f/h/q at full, 1/2 and 1/4 resolution, listed highest first as janus.js
+does: Janus 1.1.2 takes the first RID of `a=simulcast` for its top substream),
+and a subscriber asks for the top substream and temporal layer (`substream: 2, temporal: 2`,
+also Janus's default); Janus VideoRoom keeps that layer whatever the subscriber's bandwidth
+(it only falls back when the publisher stops sending a layer).
 """
 
 from __future__ import annotations
@@ -59,7 +66,16 @@ if (params.get("role") === "pub") {
   const joined = await message({ request: "join", ptype: "publisher", room: ROOM });
   const stream = await navigator.mediaDevices.getUserMedia(
     { video: { width: 640, height: 360 }, audio: true });
-  for (const track of stream.getTracks()) pc.addTrack(track, stream);
+  for (const track of stream.getTracks()) {
+    if (track.kind === "video" && params.get("simulcast")) {
+      // Highest first, as janus.js lists them: Janus takes the first RID for substream 2.
+      pc.addTransceiver(track, { direction: "sendonly", streams: [stream], sendEncodings: [
+        { rid: "f", scaleResolutionDownBy: 1 }, { rid: "h", scaleResolutionDownBy: 2 },
+        { rid: "q", scaleResolutionDownBy: 4 }] });
+    } else {
+      pc.addTrack(track, stream);
+    }
+  }
   await pc.setLocalDescription(await pc.createOffer());
   await gathered(pc);
   const reply = await message({ request: "publish", audio: true, video: true },
@@ -69,7 +85,8 @@ if (params.get("role") === "pub") {
   window.keyroom = { publisher: pc, subscriber: null, state: "connected" };
 } else {
   const reply = await message({ request: "join", ptype: "subscriber", room: ROOM,
-    streams: [{ feed: Number(params.get("feed")) }] });
+    streams: [{ feed: Number(params.get("feed")),
+      ...(params.get("simulcast") ? { substream: 2, temporal: 2 } : {}) }] });
   pc.ontrack = (event) => {
     const video = document.createElement(event.track.kind);
     video.autoplay = true; video.muted = true; video.srcObject = new MediaStream([event.track]);

@@ -8,6 +8,12 @@ condition: a clean warm-up, then the impairment, then a window of `seconds` in w
 ~0.1 s). Several source trees can be measured in the same run (`--tree before=/work/main`), the
 same topology and conditions one after the other; `--write FILE` puts the table between the
 `lossbench` markers of FILE (docs/benchmarks.md).
+
+Video is single-layer (this measures loss recovery alone), except in the conditions of
+`SIMULCAST`: there the publisher sends three simulcast layers (RIDs q/h/f) to keyroom (a server
+whose rooms allow simulcast) and to Janus alike, and each side picks every subscriber's layer as it
+does by itself (keyroom from its bandwidth estimate; Janus VideoRoom 1.1.2 from the subscriber's
+`substream`/`temporal`, here the top ones, with no automatic downgrade for bandwidth).
 """
 
 from __future__ import annotations
@@ -53,15 +59,27 @@ CONDITIONS: dict[str, Condition] = {
         name: (Impairment(loss=0.01, delay=0.1), Impairment(loss=0.01, delay=0.1))
         for name in CLIENTS
     },
+    # Issue 12's capped subscriber, side by side with Janus: sub2 unconstrained.
+    "sub1 downlink 300 kbit/s": {"sub1": (None, Impairment(rate_kbit=300))},
 }
+# Conditions measured with a simulcast publisher (the rest: a single encoding).
+SIMULCAST = frozenset({"sub1 downlink 300 kbit/s"})
+
+
+def limits_for(condition: str) -> str:
+    """The `[limits]` lines of keyroom's config for a condition."""
+    return "simulcast = true" if condition in SIMULCAST else "simulcast = false"
+
 
 SUB_JS = """async () => {
   const pc = window.keyroom?.subscriber;
   if (!pc) return null;  // the session ended
   const stats = await pc.getStats();
+  let video = null, audioLost = 0;
   for (const s of stats.values()) {
-    if (s.type === "inbound-rtp" && s.kind === "video") {
-      return {frames: s.framesDecoded ?? 0, freezes: s.freezeCount ?? 0,
+    if (s.type === "inbound-rtp" && s.kind === "audio") audioLost += s.packetsLost ?? 0;
+    if (s.type === "inbound-rtp" && s.kind === "video" && !video) {
+      video = {frames: s.framesDecoded ?? 0, freezes: s.freezeCount ?? 0,
               freeze_s: s.totalFreezesDuration ?? 0, lost: s.packetsLost ?? 0,
               nacks: s.nackCount ?? 0, plis: s.pliCount ?? 0, width: s.frameWidth ?? 0,
               // For the freeze timeline (loadtest/freezetimeline.py).
@@ -71,7 +89,8 @@ SUB_JS = """async () => {
               keyframes: s.keyFramesDecoded ?? 0, rtx: s.retransmittedPacketsReceived ?? 0};
     }
   }
-  return null;
+  if (video) video.audio_lost = audioLost;
+  return video;
 }"""
 PUB_JS = """async () => {
   const pc = window.keyroom?.publisher;
@@ -83,7 +102,8 @@ PUB_JS = """async () => {
   for (const s of stats.values()) {
     if (s.type === "outbound-rtp" && s.kind === "video") {
       const frames = s.framesSent ?? 0;
-      found = found ?? {frames: 0, nacks: 0, rtx: 0, plis: 0, limit: ""};
+      found = found ?? {frames: 0, nacks: 0, rtx: 0, plis: 0, limit: "", widths: []};
+      if (s.frameWidth) found.widths.push(s.frameWidth);  // the layers being sent
       found.nacks += s.nackCount ?? 0;
       found.rtx += s.retransmittedPacketsSent ?? 0;
       found.plis += s.pliCount ?? 0;
@@ -116,6 +136,10 @@ class Row:
     # between two polls (two freezes in one poll: their sum). Unlike the polled gap, a poll
     # delayed on a loaded machine does not lengthen it.
     max_freeze_s: float = 0.0
+    width: int = 0  # the decoded frame width at the end of the window
+    min_width: int = 0  # the smallest one polled in the window (0: none decoded)
+    audio_lost: int = 0
+    pub_widths: tuple[int, ...] = ()  # the publisher's encodings' frame widths at the end
 
     def cells(self) -> list[str]:
         return [
@@ -123,14 +147,16 @@ class Row:
             f"{self.freezes_per_min:.1f}", f"{self.freeze_s:.2f}", f"{self.max_freeze_s:.2f}",
             f"{self.longest_freeze_s:.2f}",
             str(self.lost), str(self.sub_nacks), str(self.plis), str(self.pub_nacks),
-            str(self.pub_rtx),
+            str(self.pub_rtx), f"{self.width} ({self.min_width})", str(self.audio_lost),
+            "/".join(map(str, self.pub_widths)),
         ]  # fmt: skip
 
 
 HEADER = [
     "tree", "condition", "subscriber", "pub fps", "sub fps", "freezes/min", "freeze s",
     "longest freeze s", "longest gap s", "packetsLost", "sub nackCount", "sub pliCount",
-    "pub nackCount", "pub retransmitted",
+    "pub nackCount", "pub retransmitted", "frame width (min)", "audio packetsLost",
+    "pub widths",
 ]  # fmt: skip
 
 
@@ -181,8 +207,7 @@ def server(
     log = log or os.path.join(directory, f"server-{port}.log")
     config = os.path.join(directory, "keyroom.toml")
     # The clients' veth addresses are private (RFC 1918): refused by default outside --dev.
-    # Single-layer video: this measures loss recovery alone (simulcast's layer changes under
-    # loss are bench-simulcast's subject; Janus's side is single-layer too).
+    # Single-layer video but in the conditions of SIMULCAST (`limits_for`), as on Janus's side.
     Path(config).write_text(
         f"[rtc]\nallow_private_candidates = true\n[limits]\n{limits}\n"
         '[metrics]\nbearer_token = "impaired-network-bench-metrics"\n'
@@ -268,15 +293,18 @@ def keyroom_pages(srv: Server) -> OpenPages:
     return open_pages
 
 
-def janus_pages(origin: str, ws_url: str) -> OpenPages:
-    """The Janus VideoRoom page of loadtest.janusbench, same roles."""
+def janus_pages(origin: str, ws_url: str, simulcast: bool = False) -> OpenPages:
+    """The Janus VideoRoom page of loadtest.janusbench, same roles; `simulcast`: the publisher
+    sends three layers, each subscriber asks for the top one."""
+    extra = "&simulcast=1" if simulcast else ""
 
     async def open_pages(launched: dict[str, Browser], pages: dict[str, Page]) -> None:
-        pages["pub"] = await janusbench.open_page(launched["pub"], origin, f"role=pub&ws={ws_url}")
+        query = f"role=pub&ws={ws_url}{extra}"
+        pages["pub"] = await janusbench.open_page(launched["pub"], origin, query)
         await _wait(pages["pub"], "window.keyroom?.state === 'connected'", 20)
         feed = await pages["pub"].evaluate("window.feed")
         for sub in ("sub1", "sub2"):
-            query = f"role=sub&feed={feed}&ws={ws_url}"
+            query = f"role=sub&feed={feed}&ws={ws_url}{extra}"
             pages[sub] = await janusbench.open_page(launched[sub], origin, query)
 
     return open_pages
@@ -327,6 +355,7 @@ async def _window(
     last = {s: (began, start[s]["frames"]) for s in subs}
     longest = dict.fromkeys(subs, 0.0)
     previous, max_freeze = dict(start), dict.fromkeys(subs, 0.0)
+    widths: dict[str, list[int]] = {s: [] for s in subs}
     while time.monotonic() - began < seconds:
         await asyncio.sleep(0.1)
         for s in subs:
@@ -343,32 +372,60 @@ async def _window(
                 added = got["freeze_s"] - previous[s]["freeze_s"]
                 max_freeze[s] = max(max_freeze[s], added)
             previous[s] = got or previous[s]
+            if got is not None and got["width"]:
+                widths[s].append(got["width"])
     elapsed = time.monotonic() - began
     end = {s: await pages[s].evaluate(SUB_JS) or start[s] for s in subs}
     pub1 = await pages["pub"].evaluate(PUB_JS) or pub0
-    pub_fps = (pub1["frames"] - pub0["frames"]) / elapsed
-    rows = []
-    for s in subs:
-        a, b = start[s], end[s]
-        rows.append(
-            Row(
-                tree=tree,
-                condition=name,
-                subscriber=s,
-                pub_fps=pub_fps,
-                fps=(b["frames"] - a["frames"]) / elapsed,
-                freezes_per_min=(b["freezes"] - a["freezes"]) * 60 / elapsed,
-                freeze_s=b["freeze_s"] - a["freeze_s"],
-                longest_freeze_s=longest[s],
-                lost=b["lost"] - a["lost"],
-                sub_nacks=b["nacks"] - a["nacks"],
-                plis=b["plis"] - a["plis"],
-                pub_nacks=pub1["nacks"] - pub0["nacks"],
-                pub_rtx=pub1["rtx"] - pub0["rtx"],
-                max_freeze_s=max_freeze[s],
-            )  # fmt: skip
-        )
-    return rows
+    return [
+        summarize(
+            Window(tree, name, s, elapsed, pub0, pub1, start[s], end[s]),
+            longest[s],
+            max_freeze[s],
+            widths[s],
+        )  # fmt: skip
+        for s in subs
+    ]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One subscriber's window: the publisher's (PUB_JS) and its own (SUB_JS) stats at the
+    start and the end."""
+
+    tree: str
+    condition: str
+    subscriber: str
+    elapsed: float
+    pub0: dict[str, Any]
+    pub1: dict[str, Any]
+    start: dict[str, Any]
+    end: dict[str, Any]
+
+
+def summarize(w: Window, longest: float, max_freeze: float, widths: list[int]) -> Row:
+    """The table row of a window; `widths`: the frame widths polled in it."""
+    a, b, elapsed = w.start, w.end, w.elapsed
+    return Row(
+        tree=w.tree,
+        condition=w.condition,
+        subscriber=w.subscriber,
+        pub_fps=(w.pub1["frames"] - w.pub0["frames"]) / elapsed,
+        fps=(b["frames"] - a["frames"]) / elapsed,
+        freezes_per_min=(b["freezes"] - a["freezes"]) * 60 / elapsed,
+        freeze_s=b["freeze_s"] - a["freeze_s"],
+        longest_freeze_s=longest,
+        lost=b["lost"] - a["lost"],
+        sub_nacks=b["nacks"] - a["nacks"],
+        plis=b["plis"] - a["plis"],
+        pub_nacks=w.pub1["nacks"] - w.pub0["nacks"],
+        pub_rtx=w.pub1["rtx"] - w.pub0["rtx"],
+        max_freeze_s=max_freeze,
+        width=b.get("width", 0),
+        min_width=min(widths, default=0),
+        audio_lost=b.get("audio_lost", 0) - a.get("audio_lost", 0),
+        pub_widths=tuple(sorted(w.pub1.get("widths", []))),
+    )
 
 
 async def run(
@@ -389,21 +446,33 @@ async def run(
             browsers(playwright, topo, directory, ports) as b,
         ):
 
-            async def conditions_with(label: str, open_pages: OpenPages) -> None:
-                for name in conditions:
+            async def conditions_with(label: str, pages: dict[str, OpenPages]) -> None:
+                """Each condition of `pages` (in order) with its pages."""
+                for name, open_pages in pages.items():
                     rows.extend(await measure(topo, b, label, open_pages, name, seconds, samples))
                     if trace is not None and samples is not None:  # kept as the run goes
                         freezetimeline.write_samples(os.path.join(trace, "samples.jsonl"), samples)
                     print(table(rows[-2:]), end="", flush=True)
 
             for (label, tree), port in zip(trees.items(), ports, strict=False):
-                log = None if trace is None else os.path.join(trace, f"server-{label}.log")
-                with server(topo, tree, directory, port, log=log) as srv:
-                    await conditions_with(label, keyroom_pages(srv))
+                # One server per room configuration (single-layer, simulcast), in order.
+                for limits in dict.fromkeys(limits_for(name) for name in conditions):
+                    group = [name for name in conditions if limits_for(name) == limits]
+                    suffix = "" if limits == limits_for("") else "-simulcast"
+                    log = (
+                        None
+                        if trace is None
+                        else os.path.join(trace, f"server-{label}{suffix}.log")
+                    )
+                    with server(topo, tree, directory, port, limits=limits, log=log) as srv:
+                        await conditions_with(label, {name: keyroom_pages(srv) for name in group})
             if with_janus:
                 with janusbench.janus(topo, directory, ports[-1]) as ws_url:
                     origin = f"http://{SERVER_ADDRESS}:{ports[-1]}"
-                    await conditions_with("janus", janus_pages(origin, ws_url))
+                    janus_by_condition = {
+                        n: janus_pages(origin, ws_url, n in SIMULCAST) for n in conditions
+                    }
+                    await conditions_with("janus", janus_by_condition)
     return rows
 
 
