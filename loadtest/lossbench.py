@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, Page, Playwright, async_playwright
+from playwright.async_api import Browser, Page, Playwright, ViewportSize, async_playwright
 
 from auth.tokens import mint_token
 from loadtest import freezetimeline, janusbench, spawn
@@ -250,8 +250,14 @@ async def browsers(
             await browser.close()
 
 
-async def _open(browser: Browser, url: str) -> Page:
-    context = await browser.new_context(viewport={"width": 1280, "height": 720})
+# keyroom's page asks for the layer its tile needs (simulcast.js qualityForHeight): at 1280x720
+# a subscriber's tile is under 360 px high and takes the middle layer; at this size its tile
+# takes the top one, the layer a Janus subscriber gets (issue 12: the unconstrained keeps it).
+TOP_LAYER_VIEWPORT: ViewportSize = {"width": 1920, "height": 1080}
+
+
+async def _open(browser: Browser, url: str, viewport: ViewportSize | None = None) -> Page:
+    context = await browser.new_context(viewport=viewport or {"width": 1280, "height": 720})
     page = await context.new_page()
     await page.goto(url, timeout=30_000)
     return page
@@ -279,8 +285,9 @@ async def _decoding(page: Page, timeout: float) -> None:
 OpenPages = Callable[[dict[str, Browser], dict[str, Page]], Awaitable[None]]
 
 
-def keyroom_pages(srv: Server) -> OpenPages:
-    """keyroom's conference page: the publisher with camera and microphone, then subscribers."""
+def keyroom_pages(srv: Server, top_layer: bool = False) -> OpenPages:
+    """keyroom's conference page: the publisher with camera and microphone, then subscribers
+    (`top_layer`: with tiles big enough for the top simulcast layer)."""
 
     async def open_pages(launched: dict[str, Browser], pages: dict[str, Page]) -> None:
         room = f"room-{time.time():.3f}"
@@ -288,7 +295,8 @@ def keyroom_pages(srv: Server) -> OpenPages:
         await _wait(pages["pub"], "window.keyroom?.state === 'connected'", 20)
         for sub in ("sub1", "sub2"):
             token = srv.token(sub, room)
-            pages[sub] = await _open(launched[sub], f"{srv.url}/?token={token}&publish=0")
+            url = f"{srv.url}/?token={token}&publish=0"
+            pages[sub] = await _open(launched[sub], url, TOP_LAYER_VIEWPORT if top_layer else None)
 
     return open_pages
 
@@ -465,7 +473,9 @@ async def run(
                         else os.path.join(trace, f"server-{label}{suffix}.log")
                     )
                     with server(topo, tree, directory, port, limits=limits, log=log) as srv:
-                        await conditions_with(label, {name: keyroom_pages(srv) for name in group})
+                        await conditions_with(
+                            label, {n: keyroom_pages(srv, n in SIMULCAST) for n in group}
+                        )
             if with_janus:
                 with janusbench.janus(topo, directory, ports[-1]) as ws_url:
                     origin = f"http://{SERVER_ADDRESS}:{ports[-1]}"
