@@ -8,12 +8,14 @@ publishes camera and microphone, a subscriber joins with `streams: [{feed}]` and
 offer; both send complete SDPs (`trickle: false`). Each page sets `window.keyroom = {publisher,
 subscriber, state}` so lossbench reads the same `getStats()` as for keyroom's own page.
 
-With `simulcast=1` in the query the publisher sends its camera as keyroom's page does in a
-simulcast room (RIDs f/h/q at full, 1/2 and 1/4 resolution, listed highest first as janus.js
-does: Janus 1.1.2 takes the first RID of `a=simulcast` for its top substream),
-and a subscriber asks for the top substream and temporal layer (`substream: 2, temporal: 2`,
-also Janus's default); Janus VideoRoom keeps that layer whatever the subscriber's bandwidth
-(it only falls back when the publisher stops sending a layer).
+With `simulcast=1` in the query the publisher captures 1280x720 at 20 fps (as
+`loadtest.simulcastbench` does for keyroom) and sends it as keyroom's page does in a simulcast
+room: RIDs q/h/f at 1/4, 1/2 and full resolution, lowest first, so its publish request says
+`rid_order: "lmh"` (otherwise Janus 1.1.2 takes the first RID for its top substream, the
+janus.js order); a subscriber asks for the top substream and temporal layer (`substream: 2,
+temporal: 2`, also Janus's default). Janus VideoRoom keeps that layer whatever the subscriber's
+bandwidth: it falls back to a lower one only when the publisher stops sending it (`fallback`,
+250 ms without a packet).
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ async function gathered(pc) {
   await new Promise((resolve) => pc.addEventListener("icegatheringstatechange",
     () => pc.iceGatheringState === "complete" && resolve()));
 }
-const jsep = (d) => ({ type: d.type, sdp: d.sdp, trickle: false });
+const simulcast = Boolean(params.get("simulcast"));
+// keyroom's layer order (simulcast.js), lowest first: Janus must be told.
+const jsep = (d) => ({ type: d.type, sdp: d.sdp, trickle: false,
+  ...(simulcast && d.type === "offer" ? { rid_order: "lmh" } : {}) });
 await new Promise((resolve) => ws.addEventListener("open", resolve));
 const session = (await send({ janus: "create" })).data.id;
 setInterval(() => ws.send(JSON.stringify({ janus: "keepalive", session_id: session,
@@ -64,14 +69,13 @@ const message = (body, description) => send({ janus: "message", session_id: sess
 const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
 if (params.get("role") === "pub") {
   const joined = await message({ request: "join", ptype: "publisher", room: ROOM });
-  const stream = await navigator.mediaDevices.getUserMedia(
-    { video: { width: 640, height: 360 }, audio: true });
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: simulcast
+    ? { width: 1280, height: 720, frameRate: 20 } : { width: 640, height: 360 } });
   for (const track of stream.getTracks()) {
-    if (track.kind === "video" && params.get("simulcast")) {
-      // Highest first, as janus.js lists them: Janus takes the first RID for substream 2.
+    if (track.kind === "video" && simulcast) {
       pc.addTransceiver(track, { direction: "sendonly", streams: [stream], sendEncodings: [
-        { rid: "f", scaleResolutionDownBy: 1 }, { rid: "h", scaleResolutionDownBy: 2 },
-        { rid: "q", scaleResolutionDownBy: 4 }] });
+        { rid: "q", scaleResolutionDownBy: 4 }, { rid: "h", scaleResolutionDownBy: 2 },
+        { rid: "f", scaleResolutionDownBy: 1 }] });
     } else {
       pc.addTrack(track, stream);
     }
@@ -86,7 +90,7 @@ if (params.get("role") === "pub") {
 } else {
   const reply = await message({ request: "join", ptype: "subscriber", room: ROOM,
     streams: [{ feed: Number(params.get("feed")),
-      ...(params.get("simulcast") ? { substream: 2, temporal: 2 } : {}) }] });
+      ...(simulcast ? { substream: 2, temporal: 2 } : {}) }] });
   pc.ontrack = (event) => {
     const video = document.createElement(event.track.kind);
     video.autoplay = true; video.muted = true; video.srcObject = new MediaStream([event.track]);

@@ -10,10 +10,11 @@ same topology and conditions one after the other; `--write FILE` puts the table 
 `lossbench` markers of FILE (docs/benchmarks.md).
 
 Video is single-layer (this measures loss recovery alone), except in the conditions of
-`SIMULCAST`: there the publisher sends three simulcast layers (RIDs q/h/f) to keyroom (a server
-whose rooms allow simulcast) and to Janus alike, and each side picks every subscriber's layer as it
-does by itself (keyroom from its bandwidth estimate; Janus VideoRoom 1.1.2 from the subscriber's
-`substream`/`temporal`, here the top ones, with no automatic downgrade for bandwidth).
+`SIMULCAST`: there the publisher captures 1280x720 at 20 fps and sends three simulcast layers
+(RIDs q/h/f at 1/4, 1/2 and full resolution) to keyroom (a server whose rooms allow simulcast)
+and to Janus alike, and each side picks every subscriber's layer as it does by itself (keyroom
+from its bandwidth estimate; Janus VideoRoom 1.1.2 from the subscriber's `substream`/`temporal`,
+here the top ones, with no automatic downgrade for bandwidth).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 from playwright.async_api import Browser, Page, Playwright, ViewportSize, async_playwright
 
 from auth.tokens import mint_token
-from loadtest import freezetimeline, janusbench, spawn
+from loadtest import freezetimeline, janusbench, simulcastbench, spawn
 from loadtest.chromium import BASE_FLAGS, CHROMIUM
 from loadtest.impair import SERVER_ADDRESS, Impairment, Topology, topology
 
@@ -250,9 +251,9 @@ async def browsers(
             await browser.close()
 
 
-# keyroom's page asks for the layer its tile needs (simulcast.js qualityForHeight): at 1280x720
-# a subscriber's tile is under 360 px high and takes the middle layer; at this size its tile
-# takes the top one, the layer a Janus subscriber gets (issue 12: the unconstrained keeps it).
+# keyroom's page asks for the layer its tile needs (simulcast.js qualityForHeight): at this
+# size (bench-simulcast's) a subscriber's tile is over 360 px high and takes the top layer, the
+# one a Janus subscriber is given (issue 12: the unconstrained subscriber keeps it).
 TOP_LAYER_VIEWPORT: ViewportSize = {"width": 1920, "height": 1080}
 
 
@@ -285,18 +286,22 @@ async def _decoding(page: Page, timeout: float) -> None:
 OpenPages = Callable[[dict[str, Browser], dict[str, Page]], Awaitable[None]]
 
 
-def keyroom_pages(srv: Server, top_layer: bool = False) -> OpenPages:
-    """keyroom's conference page: the publisher with camera and microphone, then subscribers
-    (`top_layer`: with tiles big enough for the top simulcast layer)."""
+def keyroom_pages(srv: Server, simulcast: bool = False) -> OpenPages:
+    """keyroom's conference page: the publisher with camera and microphone, then subscribers.
+    `simulcast`: the publisher's camera is bench-simulcast's (1280x720 at 20 fps, three layers
+    in a simulcast room), the subscribers' tiles big enough for its top layer."""
 
     async def open_pages(launched: dict[str, Browser], pages: dict[str, Page]) -> None:
         room = f"room-{time.time():.3f}"
-        pages["pub"] = await _open(launched["pub"], f"{srv.url}/?token={srv.token('pub', room)}")
+        url = f"{srv.url}/?token={srv.token('pub', room)}" + ("&publish=0" if simulcast else "")
+        pages["pub"] = await _open(launched["pub"], url)
         await _wait(pages["pub"], "window.keyroom?.state === 'connected'", 20)
+        if simulcast:
+            await pages["pub"].evaluate(simulcastbench.PUBLISH_JS)
         for sub in ("sub1", "sub2"):
             token = srv.token(sub, room)
             url = f"{srv.url}/?token={token}&publish=0"
-            pages[sub] = await _open(launched[sub], url, TOP_LAYER_VIEWPORT if top_layer else None)
+            pages[sub] = await _open(launched[sub], url, TOP_LAYER_VIEWPORT if simulcast else None)
 
     return open_pages
 

@@ -20,7 +20,8 @@ def _sub(**values: Any) -> dict[str, Any]:
 def test_a_window_row_is_the_difference_of_its_ends() -> None:
     window = lossbench.Window(
         tree="after", condition=CAPPED, subscriber="sub1", elapsed=30.0,
-        pub0={"frames": 100, "nacks": 1, "rtx": 2}, pub1={"frames": 700, "nacks": 5, "rtx": 9, "widths": [320, 160]},
+        pub0={"frames": 100, "nacks": 1, "rtx": 2},
+        pub1={"frames": 700, "nacks": 5, "rtx": 9, "widths": [320, 160]},
         start=_sub(frames=50, freezes=1, freeze_s=0.5, lost=3, width=640, audio_lost=2),
         end=_sub(frames=590, freezes=3, freeze_s=1.7, lost=10, nacks=4, plis=2, width=320,
                  audio_lost=7),
