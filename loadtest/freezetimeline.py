@@ -1,9 +1,10 @@
 """Why each Chromium freeze of a lossbench run happened: `python -m loadtest.freezetimeline DIR`.
 
 `python -m loadtest.lossbench --trace DIR ...` keeps, in DIR, each keyroom server's output with
-its repair trace on (`server-LABEL.log`: the `keyroom.repair` logger of sfu/retransmit.py, one
-line per subscriber NACK answered with each packet's outcome, per uplink gap, repair and NACK
-to the publisher, per subscriber PLI; `sfu.congestion` allocations) and every subscriber's
+its repair trace on (`server-LABEL.log`, and `server-LABEL-simulcast.log` for the simulcast
+conditions: the `keyroom.repair` logger of sfu/retransmit.py, one line per subscriber NACK
+answered with each packet's outcome, per uplink gap, repair and NACK to the publisher, per
+subscriber PLI; `sfu.congestion` allocations) and every subscriber's
 inbound video stats every 100 ms (`samples.jsonl`, wall clock). Both run on one machine, so one
 clock orders them. A freeze is what Chromium counts (`freezeCount` going up: a frame came more
 than max(3 x the mean frame interval, mean + 150 ms) after the previous one); this lists, for
@@ -61,6 +62,10 @@ def write_samples(path: str, samples: list[dict[str, Any]]) -> None:
     with open(path, "w") as out:
         for sample in samples:
             out.write(json.dumps(sample) + "\n")
+
+
+# The suffix of the log of a tree's server for lossbench's simulcast conditions.
+SIMULCAST_LOG = "-simulcast"
 
 
 @dataclass
@@ -174,7 +179,11 @@ def explain(freeze: Freeze, events: list[Event], sub_ssrc: int | None) -> None:
 
 def analyse(directory: Path) -> list[Freeze]:
     samples = [json.loads(line) for line in (directory / "samples.jsonl").open()]
-    logs = {p.stem.removeprefix("server-"): parse_log(p) for p in directory.glob("server-*.log")}
+    logs: dict[str, list[Event]] = {}
+    for path in directory.glob("server-*.log"):
+        # server-LABEL-simulcast.log: the same tree's server for the simulcast conditions.
+        label = path.stem.removeprefix("server-").removesuffix(SIMULCAST_LOG)
+        logs[label] = sorted([*logs.get(label, []), *parse_log(path)], key=lambda e: e.wall)
     ssrcs = {(s["tree"], s["condition"], s["sub"]): s.get("ssrc") for s in samples}
     found = freezes(samples)
     for f in found:

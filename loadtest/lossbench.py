@@ -471,7 +471,7 @@ async def run(
                 # One server per room configuration (single-layer, simulcast), in order.
                 for limits in dict.fromkeys(limits_for(name) for name in conditions):
                     group = [name for name in conditions if limits_for(name) == limits]
-                    suffix = "" if limits == limits_for("") else "-simulcast"
+                    suffix = "" if limits == limits_for("") else freezetimeline.SIMULCAST_LOG
                     log = (
                         None
                         if trace is None

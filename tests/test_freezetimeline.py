@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from loadtest.freezetimeline import analyse, report
 
 T0 = 1_800_000_000.0
@@ -21,7 +23,9 @@ def _line(at: float, text: str) -> str:
     return f"2026-12-06 15:00:00,000 DEBUG keyroom.repair: {text.replace('@', f'{T0 + at:.3f}')}"
 
 
-def test_each_freeze_is_explained_by_the_events_in_its_stretch(tmp_path: Path) -> None:
+# split: the tree's simulcast conditions had their own server (lossbench), whose log joins it.
+@pytest.mark.parametrize("split", [False, True])
+def test_each_freeze_is_explained_by_the_events_in_its_stretch(tmp_path: Path, split: bool) -> None:
     samples = [
         _sample(0.0, "sub1", 0, 0.0, 11),
         _sample(1.0, "sub1", 1, 0.3, 11),  # a 0.3 s freeze ending at 1.0: began at ~0.6
@@ -42,7 +46,10 @@ def test_each_freeze_is_explained_by_the_events_in_its_stretch(tmp_path: Path) -
         _line(2.95, "subpli wall=@ ssrc=11"),
         "2026-12-06 15:00:00,000 INFO keyroom.room: not a trace line",
     ]
-    (tmp_path / "server-after.log").write_text("\n".join(log) + "\n")
+    first, second = (log[:5], log[5:]) if split else (log, [])
+    (tmp_path / "server-after.log").write_text("\n".join(first) + "\n")
+    if split:
+        (tmp_path / "server-after-simulcast.log").write_text("\n".join(second) + "\n")
     found = analyse(tmp_path)
     assert [(f.sub, round(f.duration, 2)) for f in found] == [
         ("sub1", 0.3), ("sub1", 0.2), ("sub2", 0.25),
