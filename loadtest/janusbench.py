@@ -10,9 +10,9 @@ subscriber, state}` so lossbench reads the same `getStats()` as for keyroom's ow
 
 With `simulcast=1` in the query the publisher captures 1280x720 at 20 fps (as
 `loadtest.simulcastbench` does for keyroom) and sends it as keyroom's page does in a simulcast
-room: RIDs q/h/f at 1/4, 1/2 and full resolution, lowest first, so its publish request says
-`rid_order: "lmh"` (otherwise Janus 1.1.2 takes the first RID for its top substream, the
-janus.js order); a subscriber asks for the top substream and temporal layer (`substream: 2,
+room: RIDs f/h/q at full, 1/2 and 1/4 resolution, highest first, so its publish request says
+`rid_order: "hml"` (Janus 1.1.2's default, the janus.js order: the first RID is its top
+substream); a subscriber asks for the top substream and temporal layer (`substream: 2,
 temporal: 2`, also Janus's default). Janus VideoRoom keeps that layer whatever the subscriber's
 bandwidth: it falls back to a lower one only when the publisher stops sending it (`fallback`,
 250 ms without a packet).
@@ -55,9 +55,9 @@ async function gathered(pc) {
     () => pc.iceGatheringState === "complete" && resolve()));
 }
 const simulcast = Boolean(params.get("simulcast"));
-// keyroom's layer order (simulcast.js), lowest first: Janus must be told.
+// keyroom's layer order (simulcast.js), highest first: Janus's own default ("hml").
 const jsep = (d) => ({ type: d.type, sdp: d.sdp, trickle: false,
-  ...(simulcast && d.type === "offer" ? { rid_order: "lmh" } : {}) });
+  ...(simulcast && d.type === "offer" ? { rid_order: "hml" } : {}) });
 await new Promise((resolve) => ws.addEventListener("open", resolve));
 const session = (await send({ janus: "create" })).data.id;
 setInterval(() => ws.send(JSON.stringify({ janus: "keepalive", session_id: session,
@@ -74,8 +74,8 @@ if (params.get("role") === "pub") {
   for (const track of stream.getTracks()) {
     if (track.kind === "video" && simulcast) {
       pc.addTransceiver(track, { direction: "sendonly", streams: [stream], sendEncodings: [
-        { rid: "q", scaleResolutionDownBy: 4 }, { rid: "h", scaleResolutionDownBy: 2 },
-        { rid: "f", scaleResolutionDownBy: 1 }] });
+        { rid: "f", scaleResolutionDownBy: 1 }, { rid: "h", scaleResolutionDownBy: 2 },
+        { rid: "q", scaleResolutionDownBy: 4 }] });
     } else {
       pc.addTrack(track, stream);
     }

@@ -364,6 +364,33 @@ async def test_full_room_shows_a_human_error(
         stop_server(full)
 
 
+# The width each simulcast encoding of the page's camera sends, by RID (encodings sending frames).
+LAYER_WIDTHS_JS = """async () => {
+  const out = {};
+  for (const s of (await window.keyroom.publisher.getStats()).values()) {
+    if (s.type === "outbound-rtp" && s.kind === "video" && s.frameWidth) out[s.rid] = s.frameWidth;
+  }
+  return out;
+}"""
+
+
+async def test_the_page_camera_sends_its_full_resolution_layer(conference: Conference) -> None:
+    """The page captures 640x360, for which Chromium encodes two simulcast layers, not three:
+    it keeps the first encodings listed. Listed lowest first, the full layer was the one left
+    out (160 and 320 wide sent); listed highest first, a subscriber on "high" gets 640."""
+    alice = await conference.page("alice")
+    bob = await conference.client("bob")  # subscribes at the top quality: dynacast keeps it on
+    await collect_tracks(bob, 2, 10)
+    widths: dict[str, int] = {}
+
+    async def full_layer_sent() -> bool:
+        widths.update(await alice.evaluate(LAYER_WIDTHS_JS))
+        return 640 in widths.values()
+
+    await eventually(full_layer_sent, 15, lambda: f"widths sent by RID: {widths}")
+    assert widths.get("f") == 640
+
+
 async def test_screen_share_is_published_as_screen_share(conference: Conference) -> None:
     alice = await conference.page("alice", "&publish=0")
     bob = await conference.client("bob")

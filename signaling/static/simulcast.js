@@ -3,10 +3,13 @@
 // `dynacast` events switch encodings nobody receives off and on; a remote video asks for the
 // layer its tile is big enough for.
 
+// Highest first: for a small camera Chromium encodes fewer layers than listed (two at 640x360)
+// and keeps the first ones, so the full resolution must not come last. The server orders
+// q/h/f by name, whatever the offer's order.
 export const SIMULCAST_LAYERS = [
-  { rid: "q", scaleResolutionDownBy: 4 },
-  { rid: "h", scaleResolutionDownBy: 2 },
   { rid: "f", scaleResolutionDownBy: 1 },
+  { rid: "h", scaleResolutionDownBy: 2 },
+  { rid: "q", scaleResolutionDownBy: 4 },
 ];
 
 /** The `sendEncodings` for a published track, or undefined to send one encoding. */
