@@ -434,7 +434,7 @@ class Congestion:
 
     def _carrier_for(self) -> DownTrack | None:
         """A video down-track that is forwarding media, the busiest: padding follows it."""
-        # Simulcast: its current layer says (`paused` stays set if paused before layers came).
+        # Simulcast: its current layer says (`paused` is single-layer state).
         flowing = [
             d
             for d in self._subscriptions.values()
