@@ -313,7 +313,7 @@ class StateCollector(Collector):
             ("keyroom_fanout_worker_packets", "RTP packets the fan-out workers sent",
              stats.fanout_worker_packets),
             ("keyroom_fanout_worker_red_packets",
-             "RTP packets the fan-out workers sent as RED to subscribers that negotiated it",
+             "Of those, copies to subscribers that negotiated RED audio",
              stats.fanout_worker_red_packets),
             ("keyroom_fanout_worker_failures", "Fan-out workers that exited while in use",
              stats.fanout_worker_failures),

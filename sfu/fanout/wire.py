@@ -86,7 +86,7 @@ class WorkerCounters:
     """A worker's totals since it started (reports carry them; main adds the differences)."""
 
     packets_out: int = 0
-    red_packets: int = 0  # of packets_out, RED as it came (to subscribers that negotiated it)
+    red_packets: int = 0  # of packets_out, to subscribers that negotiated RED
     bytes_out: int = 0  # copies counted at their input size, like `Stats.bytes_out`
     retransmissions: int = 0
     nack_limited: int = 0
