@@ -17,6 +17,7 @@ from typing import Any
 import pylibsrtp
 import pytest
 
+from loadtest import fanoutbench
 from sfu.fanout import wire
 from sfu.fanout.handoff import TAKEOVER_SKIP, take_back
 from sfu.fanout.remote import RemoteDown, TrackFeed, WorkerHandle, changed
@@ -292,3 +293,14 @@ def test_main_takes_a_dead_workers_red_subscribers_back_and_they_decrypt(
         assert (first - last[i]) & 0xFFFF == TAKEOVER_SKIP + 1
         wanted = payload_types[RED] if opus_pt is not None else payload_types[OPUS]
         assert {parse_rtp(p).payload_type for p in plain[before:]} == {wanted}
+
+
+def test_the_red_worker_benchmark_runs_at_ci_size() -> None:
+    """`python -m loadtest.fanoutbench --red`, small: real worker processes send every copy as
+    RED, block headers renamed, none refused."""
+    results = fanoutbench.run(8, [1, 2], 0.5, "compiled", red=True)
+    assert results["track"] == "RED audio"
+    for cell in results["cells"]:
+        assert cell["output_pps"] > 0 and cell["red_pps"] == cell["output_pps"]
+        assert cell["send_failed"] == 0
+    assert "red pps" in fanoutbench.format_results(results)
