@@ -24,7 +24,7 @@ from sfu.fanout.remote import RemoteDown, TrackFeed, WorkerHandle, changed
 from sfu.fanout.worker import Worker
 from sfu.fastpath import loader
 from sfu.fastpath.batch import FanoutBatch
-from sfu.forwarder import SDES_MID, DownTrack, PublishedTrack
+from sfu.forwarder import SDES_MID, CodecInfo, DownTrack, PublishedTrack
 from sfu.ingress import Ingress
 from sfu.internals import RtpSink
 from sfu.red import read_red, wrap
@@ -304,3 +304,35 @@ def test_the_red_worker_benchmark_runs_at_ci_size() -> None:
         assert cell["output_pps"] > 0 and cell["red_pps"] == cell["output_pps"]
         assert cell["send_failed"] == 0
     assert "red pps" in fanoutbench.format_results(results)
+
+
+def test_a_renegotiated_codec_reaches_the_worker_before_the_next_packet(
+    sockets: tuple[list[socket.socket], socket.socket],  # noqa: F811 (imported fixture)
+) -> None:
+    """The publisher's Opus renumbered (a new answer): the worker's split follows at once, so
+    its RED subscribers' block headers keep naming their own Opus. (The plain subscriber's
+    rewriter maps the Opus payload type it was configured with, in main as in a worker.)"""
+    receivers, sender = sockets
+    run = room(receivers, sender)
+    hand_off(run, receivers, sender, True)
+    forward_scenario(run)
+    assert run.worker is not None
+    run.track.codec = CodecInfo("audio/opus", 48000, 109, red_payload_type=RED)
+    data = packet(run.next_seq, wrap(109, b"new", [(109, 960, b"old")]))
+    run.ingress.on_rtp(data)
+    drain(run)
+    assert run.worker.tracks[TRACK_KEY].codec == run.track.codec
+    for i in RED_SUBSCRIBERS:
+        opus_pt = SUBSCRIBERS[i][0]
+        (datagram,) = everything(receivers[i])
+        plain = srtp(i, False)
+        for earlier in run.received[i]:  # the receiver's context up to here
+            try:
+                plain.unprotect(earlier)
+            except pylibsrtp.Error:
+                pass
+        out = plain.unprotect(datagram)
+        info = parse_rtp(out)
+        red = read_red(out, info.payload_start, info.payload_end)
+        assert red is not None and red.primary_pt == opus_pt
+        assert [b[0] for b in red.redundant] == [opus_pt]
