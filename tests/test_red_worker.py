@@ -31,7 +31,16 @@ from sfu.red import read_red, wrap
 from sfu.rtcp import parse_rtcp
 from sfu.rtp import parse_rtp
 from sfu.stats import DropReason, Stats
-from tests.test_red_compiled import CODEC, OPUS, RED, SSRC, frame, input_packets, packet
+from tests.test_red_compiled import (
+    CODEC,
+    OPUS,
+    RED,
+    SSRC,
+    block_headers_name_their_opus,
+    frame,
+    input_packets,
+    packet,
+)
 from tests.test_steady_fanout import (  # noqa: F401 (`sockets`: the fixture, 7 receivers)
     AUDIO_LEVEL,
     key,
@@ -184,6 +193,14 @@ def reports(run: Run) -> tuple[dict[int, wire.DownState], wire.WorkerCounters]:
     return found[1], found[2]
 
 
+def worker_run(receivers: list[socket.socket], sender: socket.socket) -> Run:
+    """The scenario through a worker with the compiled fan-out."""
+    run = room(receivers, sender)
+    hand_off(run, receivers, sender, True)
+    forward_scenario(run)
+    return run
+
+
 def both_runs(
     receivers: list[socket.socket], sender: socket.socket, compiled: bool
 ) -> tuple[Run, Run]:
@@ -244,32 +261,15 @@ def test_a_worker_sends_red_subscribers_what_main_sends(
 def test_block_headers_name_each_subscribers_opus_payload_type(
     sockets: tuple[list[socket.socket], socket.socket],  # noqa: F811 (imported fixture)
 ) -> None:
-    receivers, sender = sockets
-    run = room(receivers, sender)
-    hand_off(run, receivers, sender, True)
-    forward_scenario(run)
-    for i, (opus_pt, payload_types, _, _) in enumerate(SUBSCRIBERS):
-        red_blocks = plain = 0
-        for data in plaintexts(i, run.received[i]):
-            info = parse_rtp(data)
-            if opus_pt is not None and info.payload_type == payload_types[RED]:
-                block = read_red(data, info.payload_start, info.payload_end)
-                assert block is not None and block.primary_pt == opus_pt
-                assert {pt for pt, _, _ in block.redundant} <= {opus_pt, 13}
-                red_blocks += 1
-            else:
-                assert info.payload_type == payload_types[OPUS]
-                plain += 1
-        assert plain > 20 and (red_blocks > 200 if opus_pt is not None else red_blocks == 0)
+    run = worker_run(*sockets)
+    block_headers_name_their_opus(SUBSCRIBERS, run.received)
 
 
 def test_main_takes_a_dead_workers_red_subscribers_back_and_they_decrypt(
-    sockets: tuple[list[socket.socket], socket.socket],  # noqa: F811 (imported fixture),
+    sockets: tuple[list[socket.socket], socket.socket],  # noqa: F811 (imported fixture)
 ) -> None:
-    receivers, sender = sockets
-    run = room(receivers, sender)
-    hand_off(run, receivers, sender, True)
-    forward_scenario(run)
+    receivers = sockets[0]
+    run = worker_run(*sockets)
     states, _ = reports(run)
     # The worker is gone: what FanoutPool._failed does with its last report.
     run.track.feed = None
@@ -312,10 +312,8 @@ def test_a_renegotiated_codec_reaches_the_worker_before_the_next_packet(
     """The publisher's Opus renumbered (a new answer): the worker's split follows at once, so
     its RED subscribers' block headers keep naming their own Opus. (The plain subscriber's
     rewriter maps the Opus payload type it was configured with, in main as in a worker.)"""
-    receivers, sender = sockets
-    run = room(receivers, sender)
-    hand_off(run, receivers, sender, True)
-    forward_scenario(run)
+    receivers = sockets[0]
+    run = worker_run(*sockets)
     assert run.worker is not None
     run.track.codec = CodecInfo("audio/opus", 48000, 109, red_payload_type=RED)
     data = packet(run.next_seq, wrap(109, b"new", [(109, 960, b"old")]))
