@@ -1,7 +1,7 @@
 """Fan-out workers at saturation (`[rtc] fanout_workers`): output packets per second of one
 room's fan-out with 1 worker and with N, in the same run.
 
-`python -m loadtest.fanoutbench [--subscribers 200] [--workers 1,2] [--seconds 5]`
+`python -m loadtest.fanoutbench [--subscribers 200] [--workers 1,2] [--seconds 5] [--red]`
 
 The real worker processes (sfu/fanout/worker.py, started as the server starts them) get one
 video track and their share of `--subscribers` subscribers, each with its own SRTP session and
@@ -12,6 +12,11 @@ measured is what the workers forward: copies per second, from their own reports 
 monotonic clock, shared by every process), over the measured window after a warm-up. Printed
 with the workers' and the feeder's CPU and the load average before and after: a shared machine
 shows in them.
+
+`--red`: one audio track the publisher sends RED on (Opus as 111, each 20 ms frame of 80 bytes
+with the one before), every subscriber a RED subscriber whose Opus is 96, so each copy's block
+headers are renamed (sfu/redtrack.py in the worker, its compiled `RedCopies` loop with
+`--fanout compiled`); `red pps` counts those copies.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from loadtest.procstat import cpu_seconds
 from sfu.fanout import wire
 from sfu.fanout.handoff import spawn_worker
 from sfu.fastpath import loader
+from sfu.forwarder import CodecInfo
+from sfu.red import wrap
 from sfu.rtprewrite import RtpRewriter
 
 PROFILE = 1  # SRTP_AES128_CM_SHA1_80, as most browsers negotiate
@@ -37,12 +44,16 @@ PAYLOAD = b"\x10\x00" + bytes(1188)  # VP8, every packet a "keyframe": no wait
 SINKS = 16  # loopback sockets the subscribers' copies go to (distinct ports)
 WARMUP = 1.0
 TRACK = 1
+# --red: the publisher's RED and Opus payload types (Chromium's), the subscribers' Opus.
+RED_PT, OPUS_PT, SUBSCRIBER_OPUS = 63, 111, 96
+RED_CODEC = CodecInfo("audio/opus", 48000, OPUS_PT, red_payload_type=RED_PT)
+OPUS_FRAME = bytes(range(80))
 
 
-def _rewriter(i: int) -> RtpRewriter:
+def _rewriter(i: int, red: bool) -> RtpRewriter:
     return RtpRewriter(
         out_ssrc=0x10000 + i,
-        pt_map={96: 96},
+        pt_map={OPUS_PT: SUBSCRIBER_OPUS, RED_PT: RED_PT} if red else {96: 96},
         ext_map={},
         mid_ext_id=None,
         mid="0",
@@ -51,7 +62,11 @@ def _rewriter(i: int) -> RtpRewriter:
     )
 
 
-def _packet(seq: int) -> bytes:
+def _packet(seq: int, red: bool) -> bytes:
+    if red:
+        header = bytes((0x80, RED_PT)) + (seq & 0xFFFF).to_bytes(2, "big")
+        payload = wrap(OPUS_PT, OPUS_FRAME, [(OPUS_PT, 960, OPUS_FRAME)])
+        return header + ((seq * 960) & 0xFFFFFFFF).to_bytes(4) + (0xABCD).to_bytes(4) + payload
     header = bytes((0x80, 96)) + (seq & 0xFFFF).to_bytes(2, "big")
     return header + ((seq * 3000) & 0xFFFFFFFF).to_bytes(4, "big") + (0xABCD).to_bytes(4) + PAYLOAD
 
@@ -59,7 +74,8 @@ def _packet(seq: int) -> bytes:
 class Setup:
     """The sink sockets, the workers' UDP socket, and the workers of one measurement."""
 
-    def __init__(self, subscribers: int, workers: int, fanout: str) -> None:
+    def __init__(self, subscribers: int, workers: int, fanout: str, red: bool = False) -> None:
+        self.red = red
         self.sinks = []
         for _ in range(SINKS):
             sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -75,15 +91,21 @@ class Setup:
         self.channels: list[socket.socket] = [c for _, c in spawned]
         for index, share in enumerate(wire.split(range(subscribers), workers)):
             channel = self.channels[index]
-            channel.send(wire.encode_control(wire.TRACK, TRACK, "video", "video/VP8"))
+            if red:
+                channel.send(wire.encode_control(wire.TRACK, TRACK, "audio", "audio/opus"))
+                channel.send(wire.encode_control(wire.CODEC, TRACK, RED_CODEC))
+            else:
+                channel.send(wire.encode_control(wire.TRACK, TRACK, "video", "video/VP8"))
+            opus = SUBSCRIBER_OPUS if red else None
             for i in share:
                 remote = self.sinks[i % SINKS].getsockname()
                 key = os.urandom(30)
                 channel.send(
                     wire.encode_control(wire.SESSION, f"s{i}", key, PROFILE, "127.0.0.1", remote)
                 )
-                state = wire.DownState(_rewriter(i), None, True, False, 0x10000 + i)
-                channel.send(wire.encode_control(wire.DOWN, i + 1, f"s{i}", TRACK, state))
+                state = wire.DownState(_rewriter(i, red), None, not red, False, 0x10000 + i)
+                message = wire.encode_control(wire.DOWN, i + 1, f"s{i}", TRACK, state, opus)
+                channel.send(message)
 
     def close(self) -> None:
         for channel in self.channels:
@@ -97,8 +119,10 @@ class Setup:
             sock.close()
 
 
-def measure(subscribers: int, workers: int, seconds: float, fanout: str) -> dict[str, Any]:
-    setup = Setup(subscribers, workers, fanout)
+def measure(
+    subscribers: int, workers: int, seconds: float, fanout: str, red: bool = False
+) -> dict[str, Any]:
+    setup = Setup(subscribers, workers, fanout, red)
     try:
         return _drive(setup, seconds)
     finally:
@@ -128,7 +152,7 @@ def _drive(setup: Setup, seconds: float) -> dict[str, Any]:
             raise RuntimeError("the workers stopped reporting")
         if not cpu_start and now >= window_start:
             cpu_start = [cpu_seconds(p.pid) for p in setup.processes] + [cpu_seconds(os.getpid())]
-        packet = wire.packet_header(TRACK) + _packet(seq)
+        packet = wire.packet_header(TRACK) + _packet(seq, setup.red)
         for key, events in selector.select(1.0):
             index = key.data
             channel = setup.channels[index]
@@ -170,10 +194,11 @@ def _result(
     cpu_start: list[float],
     cpu_end: list[float],
 ) -> dict[str, Any]:
-    rates, failed = [], 0
+    rates, red, failed = [], 0.0, 0
     for begin, end in zip(first, latest, strict=True):
         assert begin is not None
         rates.append((end.packets_out - begin.packets_out) / (end.at - begin.at))
+        red += (end.red_packets - begin.red_packets) / (end.at - begin.at)
         failed += end.send_failed - begin.send_failed
     elapsed = max(e.at for e in latest) - min(b.at for b in first if b is not None)
     cpu = [(e - s) / elapsed for s, e in zip(cpu_start, cpu_end, strict=True)]
@@ -181,6 +206,7 @@ def _result(
     return {
         "workers": len(latest),
         "output_pps": round(total),
+        "red_pps": round(red),
         "per_worker_pps": [round(r) for r in rates],
         "worker_cpu_cores": [round(c, 2) for c in cpu[:-1]],
         "feeder_cpu_cores": round(cpu[-1], 2),
@@ -190,20 +216,26 @@ def _result(
 
 
 def run(
-    subscribers: int, worker_counts: list[int], seconds: float, fanout: str, repeat: int = 1
+    subscribers: int,
+    worker_counts: list[int],
+    seconds: float,
+    fanout: str,
+    repeat: int = 1,
+    red: bool = False,
 ) -> dict[str, Any]:
     """Each count of `worker_counts` measured `repeat` times, alternating (a neighbour's load
     then falls on both alike); the median of each count compared with the first count's."""
     results: dict[str, Any] = {
         "subscribers": subscribers,
         "fanout": fanout,
+        "track": "RED audio" if red else "video",
         "cores": os.cpu_count(),
         "loadavg_before": os.getloadavg(),
         "cells": [],
     }
     for _ in range(repeat):
         for count in worker_counts:
-            results["cells"].append(measure(subscribers, count, seconds, fanout))
+            results["cells"].append(measure(subscribers, count, seconds, fanout, red))
     results["loadavg_after"] = os.getloadavg()
     medians = {
         count: statistics.median(c["output_pps"] for c in results["cells"] if c["workers"] == count)
@@ -219,14 +251,16 @@ def run(
 
 def format_results(results: dict[str, Any]) -> str:
     lines = [
-        f"fan-out workers at saturation: {results['subscribers']} subscribers, one video track,"
+        f"fan-out workers at saturation: {results['subscribers']} subscribers,"
+        f" one {results['track']} track,"
         f" {results['fanout']} path, {results['cores']} cores",
         f"load average before {results['loadavg_before']}, after {results['loadavg_after']}",
-        "workers  output pps  speedup  worker CPU (cores)  feeder CPU  us/pkt  send_failed",
+        "workers  output pps  red pps  speedup  worker CPU (cores)  feeder CPU  us/pkt"
+        "  send_failed",
     ]
     for c in results["cells"]:
         lines.append(
-            f"{c['workers']:>7}  {c['output_pps']:>10}  {c['speedup']:>7}"
+            f"{c['workers']:>7}  {c['output_pps']:>10}  {c['red_pps']:>7}  {c['speedup']:>7}"
             f"  {str(c['worker_cpu_cores']):>18}  {c['feeder_cpu_cores']:>10}"
             f"  {c['us_per_packet_worker_cpu']:>6}  {c['send_failed']:>11}"
         )
@@ -243,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--fanout", choices=("compiled", "python"), default="compiled")
     parser.add_argument("--repeat", type=int, default=1, help="alternating rounds (medians)")
+    parser.add_argument("--red", action="store_true", help="a RED audio track, RED subscribers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.fanout == "compiled" and loader.load() is None:
@@ -250,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(n) for n in args.workers.split(",")]
     if args.subscribers < max(counts) or min(counts) < 1:
         parser.error("--workers: each count from 1 to --subscribers")
-    results = run(args.subscribers, counts, args.seconds, args.fanout, max(1, args.repeat))
+    results = run(
+        args.subscribers, counts, args.seconds, args.fanout, max(1, args.repeat), args.red
+    )
     print(json.dumps(results) if args.json else format_results(results))
     return 0
 

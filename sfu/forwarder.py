@@ -171,7 +171,8 @@ class PublishedTrack:
             tap.packet(data, info)
         downs = self.down_tracks
         if self.feed is not None:
-            self.feed(data)
+            if self.red is None:  # a RED track's packets were fed as they came (redtrack.py)
+                self.feed(data)
             if self._local[0] != downs.version:
                 self._local = (downs.version, [d for d in downs if not d.remote])
             downs = self._local[1]  # type: ignore[assignment]

@@ -10,6 +10,10 @@ track (sfu/ingress.py); subscribers attach to it when their answer accepted RED
 
 With the compiled fan-out, RED subscribers in their steady state are forwarded by their own
 compiled loop (sfu/fastpath/redcopies.py), as a track's down-tracks are; the rest by `send`.
+
+With fan-out workers (sfu/fanout/), the track's feed gets each packet as it came, here, and
+the worker splits it with a RedFanout of its own; the RED subscribers a worker sends
+(`down.remote`) are left out of this process's copies, as the track leaves out its own.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class _Track(Protocol):
 
     codec: Any
     muted: bool
+    feed: Any  # to fan-out workers (sfu/fanout/links.Feed), or None
 
     def forward(self, data: bytes, info: RtpInfo) -> int: ...
 
@@ -51,6 +56,8 @@ class RedFanout:
         # The packet being sent (None: plain Opus), and its block headers per Opus payload type.
         self._red: RedPayload | None = None
         self._patches: dict[int, bytes] = {}
+        # With fan-out workers: (downs.version, the down-tracks this process sends).
+        self._local: tuple[int, list[Any]] = (-1, [])
 
     def attach(self, down: Any, opus_pt: int) -> None:
         self.detach(down)
@@ -72,12 +79,16 @@ class RedFanout:
         track = self.track
         codec = track.codec
         if codec is None or info.payload_type != codec.red_payload_type:
+            if track.feed is not None and not track.muted:
+                track.feed(data)
             return track.forward(data, info) + self._send_red(data, info, None)
         red = read_red(data, info.payload_start, info.payload_end)
         if red is None or red.primary_pt != codec.payload_type:
             self.stats.drop(DropReason.MALFORMED_RED)
             return 0
         self.stats.red_received += 1
+        if track.feed is not None and not track.muted:
+            track.feed(data)  # as it came: the workers split it themselves
         opus = unwrap(data, info, red)
         sent = track.forward(opus, parse_rtp(opus))
         if not self.downs or track.muted:
@@ -92,27 +103,32 @@ class RedFanout:
         if self._patches:
             self._patches.clear()
         copies, downs = self.copies, self.downs
+        version = downs.version
+        if track.feed is not None:  # the workers send theirs
+            if self._local[0] != version:
+                self._local = (version, [d for d in downs if not d.remote])
+            downs = self._local[1]  # type: ignore[assignment]
         if copies is not None and track.codec is not self._codec:  # renegotiated: made again
-            self._adopt()
+            self._adopt(downs)
             copies = self.copies
         if copies is not None:
-            return copies.forward(data, info, downs, downs.version)
+            return copies.forward(data, info, downs, version)
         sent = 0
         for down in downs:
             if self.send(down, data, info):
                 sent += 1
         self._tick -= 1
         if self._tick <= 0:
-            self._adopt()
+            self._adopt(downs)
         return sent
 
-    def _adopt(self) -> None:
+    def _adopt(self, downs: list[Any]) -> None:
         """A compiled loop for the steady RED subscribers, made for the track's codec."""
         self._tick = REFRESH
         if self.copies is not None:
             self.copies.close()
         self._codec = self.track.codec
-        copies = adopt(self.downs, make=lambda batch: RedCopies(batch, self))
+        copies = adopt(downs, make=lambda batch: RedCopies(batch, self))
         self.copies = copies if isinstance(copies, RedCopies) else None
 
     def send(self, down: Any, data: bytes, info: RtpInfo) -> bool:

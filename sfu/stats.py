@@ -73,6 +73,7 @@ class Stats:
     fanout_compiled_red_copies: int = 0
     # Fan-out workers (sfu/fanout/): packets they sent, and workers that died.
     fanout_worker_packets: int = 0
+    fanout_worker_red_packets: int = 0  # of those, to RED subscribers (sfu/redtrack.py)
     fanout_worker_failures: int = 0
     fanout_worker_down_tracks: int = 0  # a gauge: down-tracks workers send now
     # The batched receive on the shared port (sfu/fastpath/receive.py): recvmmsg calls that

@@ -291,12 +291,11 @@ class Subscribing:
             down.rtx = rtx_stream(transceiver, codecs, media.payloadType)
             self._feedback.watch(down)
             if red is not None and track.red is not None:
-                # RED as it came (sfu/redtrack.py), sent by this process.
-                track.red.attach(down, media.payloadType)
+                track.red.attach(down, media.payloadType)  # RED as it came (sfu/redtrack.py)
             else:
                 track.down_tracks.append(down)
-                if (workers := fanout_pool.current()) is not None:
-                    workers.adopt(down, sink)  # its copies go out from a worker (sfu/fanout/)
+            if (workers := fanout_pool.current()) is not None:
+                workers.adopt(down, sink)  # its copies go out from a worker (sfu/fanout/)
             track.request_keyframe()
 
     def _red_down(self, track: PublishedTrack, mid: str, opus_pt: int) -> tuple[int, int] | None:

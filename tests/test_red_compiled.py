@@ -228,9 +228,18 @@ def test_block_headers_name_each_subscribers_opus_payload_type(
     sockets: tuple[list[socket.socket], socket.socket],  # noqa: F811 (imported fixture)
 ) -> None:
     compiled = run(True, *sockets)
-    for i, (opus_pt, payload_types, _, _) in enumerate(SUBSCRIBERS):
+    block_headers_name_their_opus(SUBSCRIBERS, compiled.received)
+
+
+def block_headers_name_their_opus(
+    subscribers: list[tuple[int | None, dict[int, int], dict[str, int], str]],
+    received: list[list[bytes]],
+) -> None:
+    """Subscriber i's RED packets (`received[i]`, SRTP) name its Opus payload type in every
+    block header; its plain ones are its Opus; a subscriber without RED gets no RED."""
+    for i, (opus_pt, payload_types, _, _) in enumerate(subscribers):
         red_blocks = plain = 0
-        for data in plaintexts(i, compiled.received[i]):
+        for data in plaintexts(i, received[i]):
             info = parse_rtp(data)
             if opus_pt is not None and info.payload_type == payload_types[RED]:
                 block = read_red(data, info.payload_start, info.payload_end)

@@ -11,6 +11,7 @@ import sys
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from sfu.fanout import wire
+from sfu.fanout.remote import changed
 from sfu.fanout.worker import warm, warm_rtcp
 from sfu.forwarder import DownTrack
 from sfu.internals.egress import RtpSink
@@ -92,5 +93,5 @@ def take_back(down: DownTrack, state: wire.DownState, sink: RtpSink | None) -> N
     down.paused = state.paused
     down.waiting_for_keyframe = down.track.kind == "video" or state.waiting_for_keyframe
     down.remote = None
-    down.track.down_tracks.changed()
+    changed(down)
     down.track.request_keyframe()

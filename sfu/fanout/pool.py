@@ -5,6 +5,9 @@ up, each of its single-layer down-tracks is handed to the worker that owns the s
 (`wire.Shares`): its sending state and the subscriber's SRTP keys go over, and from then on the
 publisher's ingress feeds each input packet once per worker that has subscribers of the track
 (`TrackFeed`, called by `PublishedTrack.forward`) instead of rewriting it per subscriber.
+A track the publisher sends RED on is fed as its packets came (by `RedFanout.forward`): the
+worker splits them as main does (sfu/redtrack.py), RED to the subscribers that negotiated it,
+with their own Opus payload type in the block headers, the primary Opus to the others.
 
 NACKs, pauses, unmutes and Sender Report data reach the worker as control messages; the worker
 keeps the NACK cache and sends the Sender Reports of its streams. A worker that exits (reads as
@@ -22,8 +25,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
-import subprocess
 from typing import Any
 
 from aiortc.rtcdtlstransport import State
@@ -31,6 +32,7 @@ from aiortc.rtcdtlstransport import State
 from sfu import clock
 from sfu.fanout import wire
 from sfu.fanout.handoff import TAKEOVER_SKIP, media_address, spawn_worker, srtp_keys, take_back
+from sfu.fanout.remote import RemoteDown, TrackFeed, WorkerHandle, changed
 from sfu.forwarder import DownTrack, PublishedTrack
 from sfu.internals.egress import RtpSink
 from sfu.internals.sharedport import SharedPort
@@ -51,79 +53,6 @@ _current: FanoutPool | None = None
 def current() -> FanoutPool | None:
     """The process's pool, when `[rtc] fanout_workers` is set."""
     return _current
-
-
-class WorkerHandle:
-    """One worker process and its socket."""
-
-    def __init__(self, index: int, process: subprocess.Popen[bytes], channel: socket.socket):
-        self.index = index
-        self.process = process
-        self.channel = channel
-        self.alive = True
-        self.sessions: set[str] = set()
-        self.tracks: dict[int, int] = {}  # track key -> down-tracks of it here
-        self.counters = wire.WorkerCounters()
-        self.heard = 0.0  # loop time of its last message
-
-    def send(self, kind: str, *args: object) -> None:
-        if self.alive:
-            with contextlib.suppress(OSError):  # a dead worker is handled by its reader
-                self.channel.send(wire.encode_control(kind, *args))
-
-
-class TrackFeed:
-    """Called by `PublishedTrack.forward` with each packet: one datagram per worker."""
-
-    __slots__ = ("key", "header", "workers", "_channels", "_stats")
-
-    def __init__(self, key: int, stats: Stats) -> None:
-        self.key = key
-        self.header = wire.packet_header(key)
-        self.workers: list[WorkerHandle] = []
-        self._channels: list[socket.socket] = []
-        self._stats = stats
-
-    def __call__(self, data: bytes) -> None:
-        header = self.header
-        for channel in self._channels:
-            try:
-                channel.sendmsg((header, data))
-            except BlockingIOError:  # the worker is behind: dropped, as a full UDP buffer would
-                self._stats.drop(DropReason.FANOUT_QUEUE_FULL)
-            except OSError:
-                pass  # it died: its reader takes its subscribers back
-
-    def update(self) -> None:
-        self._channels = [w.channel for w in self.workers if w.alive]
-
-    def sender_report(self, ntp: int, rtp_timestamp: int) -> None:
-        for worker in self.workers:
-            worker.send(wire.SENDER_REPORT, self.key, ntp, rtp_timestamp)
-
-    def restart(self) -> None:
-        for worker in self.workers:
-            worker.send(wire.RESTART, self.key)
-
-
-class RemoteDown:
-    """A down-track's link to the worker that sends it (`DownTrack.remote`)."""
-
-    __slots__ = ("worker", "key", "state", "padding")
-
-    def __init__(self, worker: WorkerHandle, key: int, state: wire.DownState) -> None:
-        self.worker = worker
-        self.key = key
-        self.state = state  # as handed over, then as last reported
-        self.padding = 0  # as the worker was last told
-
-    def retransmit(self, sequence_numbers: tuple[int, ...]) -> tuple[int, int]:
-        """Forwarded to the worker; what it resent arrives with its next report."""
-        self.worker.send(wire.NACK, self.key, sequence_numbers)
-        return 0, 0
-
-    def pause(self, paused: bool, waiting: bool) -> None:
-        self.worker.send(wire.PAUSE, self.key, paused, waiting)
 
 
 class FanoutPool:
@@ -248,7 +177,9 @@ class FanoutPool:
             worker.send(wire.UNSESSION, sid)
 
     def _hand_off(self, down: DownTrack, sink: RtpSink) -> None:
-        if down.remote is not None or down not in down.track.down_tracks:
+        red = down.track.red
+        opus = red.opus.get(down) if red is not None else None  # a RED subscriber's Opus
+        if down.remote is not None or (down not in down.track.down_tracks and opus is None):
             return
         sid = down.subscriber_sid
         where = media_address(sink)
@@ -276,22 +207,20 @@ class FanoutPool:
         state = wire.DownState(
             down.rewriter, down.rtx, down.waiting_for_keyframe, down.paused, down.out_ssrc or 0
         )
-        worker.send(wire.DOWN, key, sid, feed.key, state)
+        worker.send(wire.DOWN, key, sid, feed.key, state, opus)
         down.remote = RemoteDown(worker, key, state)
         self._remote[key] = down
         self.stats.fanout_worker_down_tracks = len(self._remote)
-        down.track.down_tracks.changed()  # main's forwarding list leaves it out now
+        changed(down)  # main's forwarding list leaves it out now
 
     def _feed(self, track: PublishedTrack, worker: WorkerHandle) -> TrackFeed:
         feed = self._feeds.get(track)
         if feed is None:
-            feed = self._feeds[track] = TrackFeed(next(self._keys), self.stats)
+            feed = self._feeds[track] = TrackFeed(next(self._keys), track, self.stats)
             track.feed = feed
         if feed.key not in worker.tracks:
             worker.tracks[feed.key] = 0
-            worker.send(wire.TRACK, feed.key, track.kind, track.mime_type)
-            feed.workers.append(worker)
-            feed.update()
+            feed.add(worker)
         worker.tracks[feed.key] += 1
         return feed
 
@@ -314,6 +243,8 @@ class FanoutPool:
             del self._feeds[track]
             track.feed = None
             track.down_tracks.changed()
+            if track.red is not None:
+                track.red.downs.changed()
 
     def next_deadline(self) -> float | None:
         return self._next_tick
@@ -402,6 +333,7 @@ class FanoutPool:
         stats.dropped[DropReason.NACK_LIMITED.value] += counters.nack_limited - before.nack_limited
         stats.dropped[DropReason.SEND_FAILED.value] += counters.send_failed - before.send_failed
         stats.fanout_worker_packets += counters.packets_out - before.packets_out
+        stats.fanout_worker_red_packets += counters.red_packets - before.red_packets
         worker.counters = counters
 
     # --- a worker that died ----------------------------------------------------------------

@@ -26,8 +26,9 @@ SESSION = "session"  # sid, key_and_salt, srtp profile, local host, remote addre
 ADDRESS = "address"  # sid, local host, remote address: the subscriber's media moved
 UNSESSION = "unsession"  # sid: the subscriber left; its SRTP session goes
 TRACK = "track"  # track key, kind, mime type
+CODEC = "codec"  # track key, the publisher's CodecInfo (RED's payload types: the worker splits)
 UNTRACK = "untrack"  # track key
-DOWN = "down"  # down key, sid, track key, DownState
+DOWN = "down"  # down key, sid, track key, DownState, the subscriber's Opus in RED or None
 UNDOWN = "undown"  # down key
 NACK = "nack"  # down key, sequence numbers
 PAUSE = "pause"  # down key, paused, waiting for a keyframe
@@ -40,6 +41,7 @@ CONTROL_KINDS = frozenset(
         ADDRESS,
         UNSESSION,
         TRACK,
+        CODEC,
         UNTRACK,
         DOWN,
         UNDOWN,
@@ -84,6 +86,7 @@ class WorkerCounters:
     """A worker's totals since it started (reports carry them; main adds the differences)."""
 
     packets_out: int = 0
+    red_packets: int = 0  # of packets_out, to subscribers that negotiated RED
     bytes_out: int = 0  # copies counted at their input size, like `Stats.bytes_out`
     retransmissions: int = 0
     nack_limited: int = 0

@@ -5,8 +5,11 @@ sfu/fanout/pool.py).
 It holds, per subscriber, an SRTP sending session made from the keys of the subscriber's DTLS
 handshake, and per down-track the forwarder's own `DownTrack` (rewriter, keyframe wait, NACK
 cache, RTX), bound to a sink that sends on a duplicate of the shared socket: the copies leave
-from the port the subscriber's ICE pair names. A burst of fed packets is read in one go and its
-copies leave in one `sendmmsg` (the compiled fan-out) or one `sendto` each (pure Python).
+from the port the subscriber's ICE pair names. A track the publisher sends RED on comes as its
+packets came and is split here as in main, by the track's own `RedFanout` (sfu/redtrack.py):
+RED to the subscribers that negotiated it, the primary Opus to the others. A burst of fed
+packets is read in one go and its copies leave in one `sendmmsg` (the compiled fan-out) or one
+`sendto` each (pure Python).
 
 Every `REPORT_INTERVAL` it reports its counters and each down-track's sending state (sfu/fanout/
 wire.py `DownState`), so the main process can continue the streams itself if the worker dies.
@@ -31,6 +34,7 @@ from sfu.fanout import wire
 from sfu.fastpath.batch import Destination, FanoutBatch
 from sfu.forwarder import CodecInfo, DownTrack, PublishedTrack
 from sfu.internals.egress import SrtpProtector
+from sfu.redtrack import RedFanout
 from sfu.rtcp import build_sr
 from sfu.rtp import MalformedPacket, parse_rtp
 from sfu.stats import DropReason, Stats
@@ -156,9 +160,13 @@ class Worker:
         except MalformedPacket:
             self.stats.drop(DropReason.MALFORMED)
             return
-        before = track.counters.packets_out
-        track.forward(data, info)
-        self.counters.bytes_out += (track.counters.packets_out - before) * len(data)
+        counters, before = self.counters, track.counters.packets_out
+        sent = (track.red or track).forward(data, info)
+        if sent:
+            counters.packets_out += sent
+            counters.bytes_out += sent * len(data)
+            # The track's own count is the plain copies; the rest went out as RED.
+            counters.red_packets += sent - (track.counters.packets_out - before)
 
     def _on_session(
         self, sid: str, key: bytes, profile: int, host: str, remote: tuple[str, int]
@@ -184,10 +192,21 @@ class Worker:
         track.request_keyframe = lambda: self._ask_keyframe(key)
         self.tracks[key] = track
 
+    def _on_codec(self, key: int, codec: CodecInfo | None) -> None:
+        track = self.tracks.get(key)
+        if track is None or codec is None:
+            return
+        track.codec = codec
+        if codec.red_payload_type is not None and track.red is None:
+            # As the ingress makes it in main (kept once made: its subscribers stay attached).
+            track.red = RedFanout(track, self.stats)
+
     def _on_untrack(self, key: int) -> None:
         self.tracks.pop(key, None)
 
-    def _on_down(self, key: int, sid: str, track_key: int, state: wire.DownState) -> None:
+    def _on_down(
+        self, key: int, sid: str, track_key: int, state: wire.DownState, opus: int | None = None
+    ) -> None:
         track, subscriber = self.tracks.get(track_key), self.subscribers.get(sid)
         if track is None or subscriber is None:
             return
@@ -209,14 +228,22 @@ class Worker:
         self.extended[key] = (media, rtx)
         self.rtcp_sent[key] = state.sender_reports
         self.downs[key] = (down, subscriber)
-        track.down_tracks.append(down)
+        if opus is not None and track.red is not None:
+            track.red.attach(down, opus)  # a RED subscriber: its blocks name `opus`
+        else:
+            track.down_tracks.append(down)
 
     def _on_undown(self, key: int) -> None:
         entry = self.downs.pop(key, None)
         self.extended.pop(key, None)
         self.rtcp_sent.pop(key, None)
-        if entry is not None and entry[0] in entry[0].track.down_tracks:
-            entry[0].track.down_tracks.remove(entry[0])
+        if entry is None:
+            return
+        down, track = entry[0], entry[0].track
+        if down in track.down_tracks:
+            track.down_tracks.remove(down)
+        if track.red is not None:
+            track.red.detach(down)
 
     def _on_nack(self, key: int, sequence_numbers: tuple[int, ...]) -> None:
         entry = self.downs.get(key)
@@ -276,7 +303,6 @@ class Worker:
                 down.padding_sent,
             )
         counters = self.counters
-        counters.packets_out = sum(t.counters.packets_out for t in self.tracks.values())
         counters.send_failed = self.stats.dropped[DropReason.SEND_FAILED.value]
         counters.at = time.monotonic()
         self._reply(wire.REPORT, states, counters)
