@@ -107,6 +107,7 @@ def build_report(
             "rooms": len(run.rooms),
             "pace_ms": scenario.pace_ms,
             "keyframes_on_request": scenario.keyframes_on_request,
+            "answer_nacks": scenario.answer_nacks,
         },
         "room": run.room,
         "measured_s": round(measured, 3),
@@ -119,6 +120,9 @@ def build_report(
         "packets": {
             "sent": sum(p.packets_sent for p in run.publishers),
             "simulated_drops": sum(p.packets_dropped for p in run.publishers),
+            # The server's NACKs to publishers (sequence numbers) and the packets they resent.
+            "nacked": sum(p.nacked for p in run.publishers),
+            "resent": sum(p.resent for p in run.publishers),
             "received": packets_received,
             "received_measured": in_phase_packets,  # during the measured phase
             "bytes_received_measured": in_phase_bytes,
@@ -175,9 +179,15 @@ def build_report(
             "cpu_us_per_received_packet": round(mean_cpu / 100 * 1e6 / rate, 2)
             if rate and not scenario.listening
             else None,
-            # [seconds since the measured phase began, CPU % of one core, RSS MiB]
+            # [seconds since the measured phase began, CPU % of one core, RSS MiB, the main
+            # thread's run-queue wait in the interval, ms]
             "timeline": [
-                [round(s.t - run.measure_start, 2), round(s.cpu_percent, 1), round(s.rss_mib, 1)]
+                [
+                    round(s.t - run.measure_start, 2),
+                    round(s.cpu_percent, 1),
+                    round(s.rss_mib, 1),
+                    round(s.run_queue_ms, 1),
+                ]
                 for s in samples
             ],
         }

@@ -1,0 +1,109 @@
+"""Wall-clock delay that is not the server's CPU, over a measured window (Linux /proc only).
+
+A datagram waits in the server's socket while the server's thread is not running. That is its
+own CPU (the loop busy with other work), or the scheduler's: the thread runnable but waiting for
+the core (run-queue wait, `/proc/PID/task/TID/schedstat` field 2; involuntary context switches
+in its `status`), or the core taken from the guest (steal) or by interrupts (softirq: the
+network stack's receive, loopback and veth included). Read at the window's edges and diffed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+# /proc/stat per-CPU columns after the name (man 5 proc).
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+@dataclass(frozen=True)
+class ThreadTimes:
+    cpu_ns: int  # on the CPU
+    wait_ns: int  # runnable, waiting on a run queue
+    slices: int  # times it ran
+    involuntary: int  # context switches the scheduler forced (preempted)
+
+
+def parse_schedstat(text: str) -> tuple[int, int, int]:
+    """(cpu ns, run-queue wait ns, timeslices) from a schedstat file."""
+    cpu, wait, slices = (int(v) for v in text.split()[:3])
+    return cpu, wait, slices
+
+
+def parse_involuntary(status: str) -> int:
+    """`nonvoluntary_ctxt_switches` from a status file."""
+    for line in status.splitlines():
+        if line.startswith("nonvoluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise ValueError("no nonvoluntary_ctxt_switches")
+
+
+def parse_cpus(stat: str) -> dict[str, dict[str, float]]:
+    """Per CPU (cpu0, cpu1, ...; not the total line), its /proc/stat times in ms."""
+    cpus: dict[str, dict[str, float]] = {}
+    for line in stat.splitlines():
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit():
+            values = rest.split()
+            cpus[name] = {f: int(v) * _TICK_MS for f, v in zip(_CPU_FIELDS, values, strict=False)}
+    return cpus
+
+
+def read_thread(pid: int, tid: int | None = None) -> ThreadTimes:
+    """The times of thread `tid` of `pid` (its main thread by default)."""
+    base = f"/proc/{pid}/task/{tid or pid}"
+    with open(f"{base}/schedstat") as f:
+        cpu, wait, slices = parse_schedstat(f.read())
+    with open(f"{base}/status") as f:
+        return ThreadTimes(cpu, wait, slices, parse_involuntary(f.read()))
+
+
+def read_cpus() -> dict[str, dict[str, float]]:
+    with open("/proc/stat") as f:
+        return parse_cpus(f.read())
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    thread: ThreadTimes | None
+    cpus: dict[str, dict[str, float]]
+
+    @classmethod
+    def take(cls, pid: int | None) -> Snapshot:
+        thread = None
+        if pid:
+            try:
+                thread = read_thread(pid)
+            except (OSError, ValueError):
+                thread = None
+        return cls(thread, read_cpus())
+
+
+def window(before: Snapshot, after: Snapshot, seconds: float) -> dict[str, Any]:
+    """What the scheduler and the host did between two snapshots `seconds` apart."""
+    report: dict[str, Any] = {}
+    a, b = before.thread, after.thread
+    if a is not None and b is not None:
+        cpu_ms, wait_ms = (b.cpu_ns - a.cpu_ns) / 1e6, (b.wait_ns - a.wait_ns) / 1e6
+        slices = b.slices - a.slices
+        report["server_main_thread"] = {
+            "cpu_ms": round(cpu_ms, 1),
+            "run_queue_wait_ms": round(wait_ms, 1),
+            # Of the window's wall time: runnable but not running.
+            "run_queue_wait_percent": round(100 * wait_ms / max(seconds * 1000, 1e-9), 2),
+            "timeslices": slices,
+            "mean_wait_per_slice_ms": round(wait_ms / slices, 3) if slices else 0.0,
+            "involuntary_switches": b.involuntary - a.involuntary,
+        }
+    report["cpus_ms"] = {
+        name: {
+            field: round(after.cpus[name][field] - times.get(field, 0.0), 1)
+            for field in ("steal", "softirq", "irq", "idle")
+            if field in after.cpus[name]
+        }
+        for name, times in before.cpus.items()
+        if name in after.cpus
+    }
+    return report

@@ -1,0 +1,51 @@
+"""A publisher's recently sent RTP packets, kept to answer NACKs as a browser does.
+
+libwebrtc keeps the packets it sent over the last second or so and resends one when a NACK asks
+for it (on RTX where negotiated, else as-is). Without that, the load tester's publishers left
+every packet the server lost on its way in unrepaired: the server NACKed it again and again
+(docs/benchmarks.md: 84-134k uplink NACKs per run) and ended in a keyframe request, so one drop
+became a keyframe burst. The cache is a fixed ring indexed by sequence number: one list store
+per packet sent, no allocation, bounded by `size` whatever the NACKs ask.
+"""
+
+from __future__ import annotations
+
+# Trailer flag (loadtest/clients.py TRAILER "!HBIQ": track, flags, index, send time): this
+# copy answers a NACK. Subscribers count it but take no latency sample from it (its send time is
+# the original's: it measures the repair, not what the server adds).
+FLAG_RESENT = 2
+# The trailer's flags byte, counted from the packet's end.
+_FLAGS_FROM_END = 13
+# ~3.4 s of a 1.5 Mbit/s video track (~150 packets/s); a power of two.
+DEFAULT_SIZE = 512
+
+
+class SentCache:
+    """The last `size` packets sent, by RTP sequence number (pure, no I/O)."""
+
+    __slots__ = ("_ring", "_mask")
+
+    def __init__(self, size: int = DEFAULT_SIZE) -> None:
+        if size < 1 or size & (size - 1):
+            raise ValueError("the cache size is a power of two")
+        self._ring: list[bytes | None] = [None] * size
+        self._mask = size - 1
+
+    def put(self, seq: int, packet: bytes) -> None:
+        self._ring[seq & self._mask] = packet
+
+    def get(self, seq: int) -> bytes | None:
+        """The packet sent with `seq` if it is still here (a newer one may have taken its slot:
+        the sequence number in the stored header says)."""
+        packet = self._ring[seq & self._mask]
+        if packet is None or len(packet) < 12 or int.from_bytes(packet[2:4], "big") != seq:
+            return None
+        return packet
+
+
+def resent(packet: bytes, trailer: bool) -> bytes:
+    """`packet` as resent: the same bytes, its trailer (if any) flagged FLAG_RESENT."""
+    if not trailer or len(packet) < 12 + _FLAGS_FROM_END:
+        return packet
+    at = len(packet) - _FLAGS_FROM_END
+    return packet[:at] + bytes((packet[at] | FLAG_RESENT,)) + packet[at + 1 :]

@@ -1,0 +1,62 @@
+"""The load tester's scheduling window (loadtest/schedstat.py): run-queue wait, preemptions,
+steal and softirq per CPU, read from /proc and diffed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from loadtest.schedstat import (
+    Snapshot,
+    ThreadTimes,
+    parse_cpus,
+    parse_involuntary,
+    parse_schedstat,
+    window,
+)
+
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+STAT = """cpu  10 0 10 100 0 0 5 1 0 0
+cpu0 5 0 5 50 0 1 3 1 0 0
+cpu1 5 0 5 50 0 0 2 0 0 0
+intr 1 2 3
+"""
+
+
+def test_files_are_parsed_and_bad_ones_refused() -> None:
+    assert parse_schedstat("123 456 7\n") == (123, 456, 7)
+    assert parse_involuntary("voluntary_ctxt_switches:\t9\nnonvoluntary_ctxt_switches:\t4\n") == 4
+    with pytest.raises(ValueError):
+        parse_involuntary("Name:\tpython\n")
+    cpus = parse_cpus(STAT)
+    assert set(cpus) == {"cpu0", "cpu1"}  # not the total line
+    assert cpus["cpu0"]["softirq"] == 3 * TICK_MS and cpus["cpu0"]["steal"] == TICK_MS
+
+
+def test_the_window_is_the_difference_of_its_edges() -> None:
+    before = Snapshot(ThreadTimes(1_000_000, 2_000_000, 10, 3), parse_cpus(STAT))
+    later = STAT.replace("cpu0 5 0 5 50 0 1 3 1", "cpu0 5 0 5 60 0 1 7 3")
+    after = Snapshot(ThreadTimes(401_000_000, 52_000_000, 110, 13), parse_cpus(later))
+    report = window(before, after, 2.0)
+    assert report["server_main_thread"] == {
+        "cpu_ms": 400.0,
+        "run_queue_wait_ms": 50.0,
+        "run_queue_wait_percent": 2.5,
+        "timeslices": 100,
+        "mean_wait_per_slice_ms": 0.5,
+        "involuntary_switches": 10,
+    }
+    assert report["cpus_ms"]["cpu0"] == {
+        "steal": round(2 * TICK_MS, 1),
+        "softirq": round(4 * TICK_MS, 1),
+        "irq": 0.0,
+        "idle": round(10 * TICK_MS, 1),
+    }
+    assert report["cpus_ms"]["cpu1"]["softirq"] == 0.0
+
+
+def test_a_live_process_can_be_read() -> None:
+    snapshot = Snapshot.take(os.getpid())
+    assert snapshot.thread is not None and snapshot.thread.cpu_ns > 0
+    assert Snapshot.take(None).thread is None

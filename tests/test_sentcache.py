@@ -1,0 +1,87 @@
+"""The load tester's publishers answer NACKs from a bounded cache (loadtest/sentcache.py)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from loadtest.clients import FLAG_KEYFRAME, TRAILER
+from loadtest.sentcache import FLAG_RESENT, SentCache, resent
+
+
+def _packet(seq: int, flags: int = 0) -> bytes:
+    header = struct.pack("!BBHII", 0x80, 96, seq, 1234, 0xABCD)
+    return header + b"payload" + TRAILER.pack(7, flags, seq + 100, 123456789)
+
+
+def test_a_packet_sent_is_found_by_its_sequence_number_until_a_newer_one_takes_its_slot() -> None:
+    cache = SentCache(4)
+    for seq in (65534, 65535, 0, 1):  # across the wrap
+        cache.put(seq, _packet(seq))
+    assert cache.get(65535) == _packet(65535) and cache.get(1) == _packet(1)
+    cache.put(2, _packet(2))  # takes 65534's slot (2 & 3 == 65534 & 3)
+    assert cache.get(65534) is None
+    assert cache.get(2) == _packet(2)
+    assert cache.get(6) is None  # 2's slot, another number: never the wrong packet
+    assert cache.get(3) is None  # never sent
+
+
+def test_the_cache_stays_bounded_whatever_is_sent() -> None:
+    cache = SentCache(8)
+    for seq in range(10_000):
+        cache.put(seq & 0xFFFF, _packet(seq & 0xFFFF))
+    assert len(cache._ring) == 8
+    assert [cache.get(s) is not None for s in range(9990, 10_000)] == [False] * 2 + [True] * 8
+
+
+def test_a_short_packet_in_a_slot_is_not_an_answer() -> None:
+    cache = SentCache(4)
+    cache.put(5, b"\x80\x60")
+    assert cache.get(5) is None
+
+
+@pytest.mark.parametrize("size", [0, 3, 6])
+def test_the_size_is_a_power_of_two(size: int) -> None:
+    with pytest.raises(ValueError):
+        SentCache(size)
+
+
+def test_a_resent_packet_is_the_same_but_for_its_trailer_flag() -> None:
+    original = _packet(9, FLAG_KEYFRAME)
+    again = resent(original, trailer=True)
+    assert len(again) == len(original) and again[:-TRAILER.size] == original[:-TRAILER.size]
+    track, flags, index, sent_ns = TRAILER.unpack_from(again, len(again) - TRAILER.size)
+    assert (track, index, sent_ns) == (7, 109, 123456789)
+    assert flags == FLAG_KEYFRAME | FLAG_RESENT
+    # Without a trailer (servers that decode) the bytes go out unchanged.
+    assert resent(original, trailer=False) is original
+    assert resent(b"\x80" * 12, trailer=True) == b"\x80" * 12
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
+
+def test_a_publisher_resends_what_a_nack_asks_for_and_it_still_holds() -> None:
+    from collections import Counter
+
+    from loadtest.clients import Publisher
+
+    publisher = Publisher(object(), object(), 7, Counter())  # type: ignore[arg-type]
+    sink = publisher._sink = _Sink()  # type: ignore[assignment]
+    publisher._sent = SentCache(8)
+    for seq in (10, 11, 12):
+        publisher._sent.put(seq, _packet(seq))
+    publisher._answer((11, 12, 40))
+    assert sink.sent == [resent(_packet(11), True), resent(_packet(12), True)]
+    assert (publisher.nacked, publisher.resent) == (3, 2)
+    # --ignore-nacks: counted, not answered.
+    publisher._sent = None
+    publisher._answer((10,))
+    assert len(sink.sent) == 2 and publisher.nacked == 4
