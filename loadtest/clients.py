@@ -255,8 +255,9 @@ class Publisher:
         sent, sink = self._sent, self._sink
         if sent is None or sink is None:
             return
+        now = time.monotonic_ns()
         for seq in lost:
-            packet = sent.get(seq)
+            packet = sent.to_resend(seq, now)
             if packet is not None and sink.send(resent(packet, self.trailer)):
                 self.resent += 1
 

@@ -18,21 +18,42 @@ FLAG_RESENT = 2
 _FLAGS_FROM_END = 13
 # ~3.4 s of a 1.5 Mbit/s video track (~150 packets/s); a power of two.
 DEFAULT_SIZE = 512
+# libwebrtc resends a packet at most once per round trip (its RTT estimate); the load tester
+# keeps none, so a repeat NACK within this (ns) of the last resend is not answered again. Else,
+# with the server's socket queue deep, its repeats arrive before the first resend is read and
+# every repeat adds a duplicate (dropped by the server's SRTP replay check) to the overload.
+RESEND_INTERVAL_NS = 100_000_000
 
 
 class SentCache:
     """The last `size` packets sent, by RTP sequence number (pure, no I/O)."""
 
-    __slots__ = ("_ring", "_mask")
+    __slots__ = ("_ring", "_resent_at", "_mask")
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         if size < 1 or size & (size - 1):
             raise ValueError("the cache size is a power of two")
         self._ring: list[bytes | None] = [None] * size
+        self._resent_at = [0] * size  # ns of the slot's packet's last resend (0: never)
         self._mask = size - 1
 
     def put(self, seq: int, packet: bytes) -> None:
-        self._ring[seq & self._mask] = packet
+        slot = seq & self._mask
+        self._ring[slot] = packet
+        self._resent_at[slot] = 0
+
+    def to_resend(self, seq: int, now_ns: int) -> bytes | None:
+        """The packet to resend for a NACK of `seq` at `now_ns`: None if it is gone or was
+        resent less than RESEND_INTERVAL_NS ago."""
+        packet = self.get(seq)
+        if packet is None:
+            return None
+        slot = seq & self._mask
+        last = self._resent_at[slot]
+        if last and now_ns - last < RESEND_INTERVAL_NS:
+            return None
+        self._resent_at[slot] = now_ns
+        return packet
 
     def get(self, seq: int) -> bytes | None:
         """The packet sent with `seq` if it is still here (a newer one may have taken its slot:

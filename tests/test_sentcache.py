@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from loadtest.clients import FLAG_KEYFRAME, TRAILER
-from loadtest.sentcache import FLAG_RESENT, SentCache, resent
+from loadtest.sentcache import FLAG_RESENT, RESEND_INTERVAL_NS, SentCache, resent
 
 
 def _packet(seq: int, flags: int = 0) -> bytes:
@@ -35,6 +35,17 @@ def test_the_cache_stays_bounded_whatever_is_sent() -> None:
     assert [cache.get(s) is not None for s in range(9990, 10_000)] == [False] * 2 + [True] * 8
 
 
+def test_a_packet_is_resent_at_most_once_per_interval_as_libwebrtc_does_per_rtt() -> None:
+    cache = SentCache(4)
+    cache.put(1, _packet(1))
+    assert cache.to_resend(1, now_ns=10**9) == _packet(1)
+    assert cache.to_resend(1, now_ns=10**9 + RESEND_INTERVAL_NS - 1) is None  # a repeat NACK
+    assert cache.to_resend(1, now_ns=10**9 + RESEND_INTERVAL_NS) == _packet(1)
+    assert cache.to_resend(2, now_ns=10**9) is None  # never sent
+    cache.put(5, _packet(5))  # a new packet in the slot is resent at once
+    assert cache.to_resend(5, now_ns=10**9 + RESEND_INTERVAL_NS + 1) == _packet(5)
+
+
 def test_a_short_packet_in_a_slot_is_not_an_answer() -> None:
     cache = SentCache(4)
     cache.put(5, b"\x80\x60")
@@ -50,7 +61,7 @@ def test_the_size_is_a_power_of_two(size: int) -> None:
 def test_a_resent_packet_is_the_same_but_for_its_trailer_flag() -> None:
     original = _packet(9, FLAG_KEYFRAME)
     again = resent(original, trailer=True)
-    assert len(again) == len(original) and again[:-TRAILER.size] == original[:-TRAILER.size]
+    assert len(again) == len(original) and again[: -TRAILER.size] == original[: -TRAILER.size]
     track, flags, index, sent_ns = TRAILER.unpack_from(again, len(again) - TRAILER.size)
     assert (track, index, sent_ns) == (7, 109, 123456789)
     assert flags == FLAG_KEYFRAME | FLAG_RESENT
@@ -81,7 +92,9 @@ def test_a_publisher_resends_what_a_nack_asks_for_and_it_still_holds() -> None:
     publisher._answer((11, 12, 40))
     assert sink.sent == [resent(_packet(11), True), resent(_packet(12), True)]
     assert (publisher.nacked, publisher.resent) == (3, 2)
+    publisher._answer((11,))  # repeated at once: not resent again
+    assert (publisher.nacked, publisher.resent) == (4, 2)
     # --ignore-nacks: counted, not answered.
     publisher._sent = None
     publisher._answer((10,))
-    assert len(sink.sent) == 2 and publisher.nacked == 4
+    assert len(sink.sent) == 2 and publisher.nacked == 5
