@@ -23,6 +23,7 @@ from sfu import looptrace, sockbuf
 from sfu.clock import on_tick
 from sfu.qualitymetrics import quality_metrics
 from sfu.stats import DropReason, Stats
+from sfu.tracemetrics import TraceCollector
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -365,5 +366,5 @@ def build_registry(rooms: Rooms, stats: Stats, pending: Sized | None = None) -> 
     for metric in (*instruments, CONNECTIONS_REFUSED):
         registry.register(metric)
     if looptrace.active is not None:
-        registry.register(looptrace.TraceCollector(looptrace.active))
+        registry.register(TraceCollector(looptrace.active))
     return registry

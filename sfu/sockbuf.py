@@ -13,11 +13,8 @@ holds still waits its turn.
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
-
-log = logging.getLogger("keyroom.sharedport")
 
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux >= 4.6
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
