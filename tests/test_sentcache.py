@@ -7,7 +7,14 @@ import struct
 import pytest
 
 from loadtest.clients import FLAG_KEYFRAME, TRAILER
-from loadtest.sentcache import FLAG_RESENT, RESEND_INTERVAL_NS, SentCache, resent
+from loadtest.sentcache import (
+    FLAG_RESENT,
+    RESEND_BURST,
+    RESEND_EVERY,
+    RESEND_INTERVAL_NS,
+    SentCache,
+    resent,
+)
 
 
 def _packet(seq: int, flags: int = 0) -> bytes:
@@ -44,6 +51,19 @@ def test_a_packet_is_resent_at_most_once_per_interval_as_libwebrtc_does_per_rtt(
     assert cache.to_resend(2, now_ns=10**9) is None  # never sent
     cache.put(5, _packet(5))  # a new packet in the slot is resent at once
     assert cache.to_resend(5, now_ns=10**9 + RESEND_INTERVAL_NS + 1) == _packet(5)
+
+
+def test_resends_together_stay_within_a_share_of_what_was_sent() -> None:
+    # Everything NACKed at once (a server overflowing its socket): a burst, then the share.
+    cache = SentCache(1024)
+    for seq in range(1000):
+        cache.put(seq, _packet(seq))
+    answered = sum(cache.to_resend(seq, now_ns=1) is not None for seq in range(1000))
+    assert answered == RESEND_BURST
+    for seq in range(1000, 1100):  # 100 more sent earn 100 / RESEND_EVERY resends
+        cache.put(seq & 1023, _packet(seq & 1023))
+    answered = sum(cache.to_resend(seq & 1023, now_ns=2) is not None for seq in range(1000, 1100))
+    assert answered == 100 // RESEND_EVERY
 
 
 def test_a_short_packet_in_a_slot_is_not_an_answer() -> None:
