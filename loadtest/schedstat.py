@@ -4,7 +4,8 @@ A datagram waits in the server's socket while the server's thread is not running
 own CPU (the loop busy with other work), or the scheduler's: the thread runnable but waiting for
 the core (run-queue wait, `/proc/PID/task/TID/schedstat` field 2; involuntary context switches
 in its `status`), or the core taken from the guest (steal) or by interrupts (softirq: the
-network stack's receive, loopback and veth included). Read at the window's edges and diffed.
+network stack's receive, loopback and veth included). Read at the window's edges and diffed,
+with the kernel's drop count of the server's UDP sockets (/proc/net/udp, any server version).
 """
 
 from __future__ import annotations
@@ -51,6 +52,43 @@ def parse_cpus(stat: str) -> dict[str, dict[str, float]]:
     return cpus
 
 
+def parse_udp_drops(table: str, inodes: set[int]) -> int:
+    """The drops column summed over the sockets of /proc/net/udp{,6} whose inode is in
+    `inodes`."""
+    total = 0
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 12 and int(fields[9]) in inodes:
+            total += int(fields[-1])
+    return total
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of `pid`'s open sockets."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
+
+
+def udp_drops(pid: int) -> int:
+    """Datagrams the kernel dropped at `pid`'s UDP sockets so far (full receive buffers)."""
+    inodes = socket_inodes(pid)
+    total = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name) as f:
+                total += parse_udp_drops(f.read(), inodes)
+        except OSError:
+            continue
+    return total
+
+
 def read_thread(pid: int, tid: int | None = None) -> ThreadTimes:
     """The times of thread `tid` of `pid` (its main thread by default)."""
     base = f"/proc/{pid}/task/{tid or pid}"
@@ -69,16 +107,17 @@ def read_cpus() -> dict[str, dict[str, float]]:
 class Snapshot:
     thread: ThreadTimes | None
     cpus: dict[str, dict[str, float]]
+    udp_drops: int | None = None
 
     @classmethod
     def take(cls, pid: int | None) -> Snapshot:
-        thread = None
+        thread = drops = None
         if pid:
             try:
-                thread = read_thread(pid)
+                thread, drops = read_thread(pid), udp_drops(pid)
             except (OSError, ValueError):
-                thread = None
-        return cls(thread, read_cpus())
+                thread = drops = None
+        return cls(thread, read_cpus(), drops)
 
 
 def window(before: Snapshot, after: Snapshot, seconds: float) -> dict[str, Any]:
@@ -97,6 +136,9 @@ def window(before: Snapshot, after: Snapshot, seconds: float) -> dict[str, Any]:
             "mean_wait_per_slice_ms": round(wait_ms / slices, 3) if slices else 0.0,
             "involuntary_switches": b.involuntary - a.involuntary,
         }
+    if before.udp_drops is not None and after.udp_drops is not None:
+        # The server's UDP sockets' overflows in the window (/proc/net/udp's drops column).
+        report["server_udp_drops"] = after.udp_drops - before.udp_drops
     report["cpus_ms"] = {
         name: {
             field: round(after.cpus[name][field] - times.get(field, 0.0), 1)

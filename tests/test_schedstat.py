@@ -13,6 +13,7 @@ from loadtest.schedstat import (
     parse_cpus,
     parse_involuntary,
     parse_schedstat,
+    parse_udp_drops,
     window,
 )
 
@@ -59,4 +60,23 @@ def test_the_window_is_the_difference_of_its_edges() -> None:
 def test_a_live_process_can_be_read() -> None:
     snapshot = Snapshot.take(os.getpid())
     assert snapshot.thread is not None and snapshot.thread.cpu_ns > 0
+    assert snapshot.udp_drops is not None and snapshot.udp_drops >= 0
     assert Snapshot.take(None).thread is None
+
+
+_ROW = "{}: 0100007F:{} 00000000:0000 07 00000000:00000000 00:00000000 00000000 0 0 {} 2 0 {}"
+UDP = "\n".join(
+    [
+        "sl local_address rem_address st tx_queue rx_queue tr tm->when retrnsmt uid timeout"
+        " inode ref pointer drops",
+        _ROW.format(100, "1EC2", 4242, 17),
+        _ROW.format(101, "9C40", 4343, 5),
+        _ROW.format(102, "9C41", 4444, 0),
+    ]
+)
+
+
+def test_udp_drops_are_summed_over_the_servers_sockets_only() -> None:
+    assert parse_udp_drops(UDP, {4242, 4444}) == 17
+    assert parse_udp_drops(UDP, set()) == 0
+    assert parse_udp_drops("header only\n", {4242}) == 0
