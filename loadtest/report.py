@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from loadtest.histogram import ForwardHistogram
 from loadtest.procstat import Sample
+from loadtest.schedstat import coincidence
 
 if TYPE_CHECKING:
     from loadtest.run import Run
@@ -191,6 +192,11 @@ def build_report(
                 for s in samples
             ],
         }
+        # The seconds with an end-to-end p99 over 5 ms against the others: the server's run-queue
+        # wait and CPU in each (loadtest/schedstat.py).
+        report["server"]["late_seconds"] = coincidence(
+            report["latency_timeline"], report["server"]["timeline"], measured
+        )
     if runtime_before is not None and runtime_after is not None:
         before, after = runtime_before["stats"], runtime_after["stats"]
         report["server_counters"] = {

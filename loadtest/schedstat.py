@@ -149,3 +149,33 @@ def window(before: Snapshot, after: Snapshot, seconds: float) -> dict[str, Any]:
         if name in after.cpus
     }
     return report
+
+
+def coincidence(
+    latency: list[list[Any]], server: list[list[Any]], measured: float, late_ms: float = 5.0
+) -> dict[str, dict[str, float]]:
+    """Whether the seconds with a latency tail are those the server waited for its core: each
+    measured second of `latency` (rows [t, p50, p95, p99, count], t its middle) is late when its
+    p99 is over `late_ms`, and gets the server's run-queue wait and CPU from the `server` rows
+    ([t, CPU %, RSS, run-queue ms], t each interval's end) that end within it. Per kind of
+    second: how many, the mean run-queue wait per second (ms) and the mean CPU %."""
+    kinds: dict[str, list[tuple[float, float]]] = {"late": [], "on_time": []}
+    for t, _, _, p99, count in latency:
+        if not count or p99 is None or not 0 <= t - 0.5 < measured:
+            continue
+        rows = [r for r in server if t - 0.5 < r[0] <= t + 0.5]
+        if not rows:
+            continue
+        waited = sum(r[3] for r in rows) / (len(rows) * 0.5) if len(rows) else 0.0
+        cpu = sum(r[1] for r in rows) / len(rows)
+        kinds["late" if p99 > late_ms else "on_time"].append((waited, cpu))
+    return {
+        kind: {
+            "seconds": len(values),
+            "run_queue_ms_per_s": round(sum(w for w, _ in values) / len(values), 1)
+            if values
+            else 0.0,
+            "cpu_percent": round(sum(c for _, c in values) / len(values), 1) if values else 0.0,
+        }
+        for kind, values in kinds.items()
+    }

@@ -10,6 +10,7 @@ import pytest
 from loadtest.schedstat import (
     Snapshot,
     ThreadTimes,
+    coincidence,
     parse_cpus,
     parse_involuntary,
     parse_schedstat,
@@ -80,3 +81,27 @@ def test_udp_drops_are_summed_over_the_servers_sockets_only() -> None:
     assert parse_udp_drops(UDP, {4242, 4444}) == 17
     assert parse_udp_drops(UDP, set()) == 0
     assert parse_udp_drops("header only\n", {4242}) == 0
+
+
+def test_late_seconds_are_matched_with_the_servers_wait_in_them() -> None:
+    latency = [
+        [-0.5, 1, 2, 90.0, 10],  # before the window: left out
+        [0.5, 0.4, 1, 2.0, 100],
+        [1.5, 0.4, 30, 60.0, 100],  # late
+        [2.5, 0.4, 1, 3.0, 0],  # no samples
+    ]
+    server = [
+        [0.4, 40, 100, 1.0],
+        [0.9, 50, 100, 3.0],
+        [1.4, 60, 100, 200.0],
+        [1.9, 80, 100, 100.0],
+    ]
+    assert coincidence(latency, server, measured=3.0) == {
+        "late": {"seconds": 1, "run_queue_ms_per_s": 300.0, "cpu_percent": 70.0},
+        "on_time": {"seconds": 1, "run_queue_ms_per_s": 4.0, "cpu_percent": 45.0},
+    }
+    assert coincidence([], server, 3.0)["late"] == {
+        "seconds": 0,
+        "run_queue_ms_per_s": 0.0,
+        "cpu_percent": 0.0,
+    }
