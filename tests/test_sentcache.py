@@ -15,6 +15,7 @@ from loadtest.sentcache import (
     SentCache,
     resent,
 )
+from tests.sink_helpers import ListSink
 
 
 def _packet(seq: int, flags: int = 0) -> bytes:
@@ -90,22 +91,13 @@ def test_a_resent_packet_is_the_same_but_for_its_trailer_flag() -> None:
     assert resent(b"\x80" * 12, trailer=True) == b"\x80" * 12
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> bool:
-        self.sent.append(data)
-        return True
-
-
 def test_a_publisher_resends_what_a_nack_asks_for_and_it_still_holds() -> None:
     from collections import Counter
 
     from loadtest.clients import Publisher
 
     publisher = Publisher(object(), object(), 7, Counter())  # type: ignore[arg-type]
-    sink = publisher._sink = _Sink()  # type: ignore[assignment]
+    sink = publisher._sink = ListSink()  # type: ignore[assignment]
     publisher._sent = SentCache(8)
     for seq in (10, 11, 12):
         publisher._sent.put(seq, _packet(seq))
