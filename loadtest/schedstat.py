@@ -151,25 +151,57 @@ def window(before: Snapshot, after: Snapshot, seconds: float) -> dict[str, Any]:
     return report
 
 
+def rank_correlation(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation of two series (ties share their mean rank); None when either
+    is constant or shorter than 3."""
+    if len(xs) != len(ys) or len(xs) < 3:
+        return None
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        result = [0.0] * len(values)
+        start = 0
+        while start < len(order):
+            end = start
+            while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+                end += 1
+            for k in range(start, end + 1):
+                result[order[k]] = (start + end) / 2
+            start = end + 1
+        return result
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    vx = sum((a - mx) ** 2 for a in rx)
+    vy = sum((b - my) ** 2 for b in ry)
+    return round(cov / (vx * vy) ** 0.5, 2) if vx and vy else None
+
+
 def coincidence(
     latency: list[list[Any]], server: list[list[Any]], measured: float, late_ms: float = 5.0
-) -> dict[str, dict[str, float]]:
+) -> dict[str, Any]:
     """Whether the seconds with a latency tail are those the server waited for its core: each
     measured second of `latency` (rows [t, p50, p95, p99, count], t its middle) is late when its
     p99 is over `late_ms`, and gets the server's run-queue wait and CPU from the `server` rows
     ([t, CPU %, RSS, run-queue ms], t each interval's end) that end within it. Per kind of
-    second: how many, the mean run-queue wait per second (ms) and the mean CPU %."""
+    second: how many, the mean run-queue wait per second (ms) and the mean CPU %; and over all
+    seconds, the rank correlation of each second's p99 with its run-queue wait and with its CPU
+    (the end-to-end p99 also holds the generator's own delays: a threshold alone can be met by
+    every second)."""
     kinds: dict[str, list[tuple[float, float]]] = {"late": [], "on_time": []}
+    p99s: list[float] = []
     for t, _, _, p99, count in latency:
         if not count or p99 is None or not 0 <= t - 0.5 < measured:
             continue
         rows = [r for r in server if t - 0.5 < r[0] <= t + 0.5]
         if not rows:
             continue
-        waited = sum(r[3] for r in rows) / (len(rows) * 0.5) if len(rows) else 0.0
+        waited = sum(r[3] for r in rows) / (len(rows) * 0.5)
         cpu = sum(r[1] for r in rows) / len(rows)
         kinds["late" if p99 > late_ms else "on_time"].append((waited, cpu))
-    return {
+        p99s.append(p99)
+    report: dict[str, Any] = {
         kind: {
             "seconds": len(values),
             "run_queue_ms_per_s": round(sum(w for w, _ in values) / len(values), 1)
@@ -179,3 +211,10 @@ def coincidence(
         }
         for kind, values in kinds.items()
     }
+    both = kinds["late"] + kinds["on_time"]
+    ordered = [p for p in p99s if p > late_ms] + [p for p in p99s if p <= late_ms]
+    report["p99_rank_correlation"] = {
+        "run_queue": rank_correlation([w for w, _ in both], ordered),
+        "cpu": rank_correlation([c for _, c in both], ordered),
+    }
+    return report

@@ -15,6 +15,7 @@ from loadtest.schedstat import (
     parse_involuntary,
     parse_schedstat,
     parse_udp_drops,
+    rank_correlation,
     window,
 )
 
@@ -96,12 +97,31 @@ def test_late_seconds_are_matched_with_the_servers_wait_in_them() -> None:
         [1.4, 60, 100, 200.0],
         [1.9, 80, 100, 100.0],
     ]
-    assert coincidence(latency, server, measured=3.0) == {
-        "late": {"seconds": 1, "run_queue_ms_per_s": 300.0, "cpu_percent": 70.0},
-        "on_time": {"seconds": 1, "run_queue_ms_per_s": 4.0, "cpu_percent": 45.0},
-    }
+    found = coincidence(latency, server, measured=3.0)
+    assert found["late"] == {"seconds": 1, "run_queue_ms_per_s": 300.0, "cpu_percent": 70.0}
+    assert found["on_time"] == {"seconds": 1, "run_queue_ms_per_s": 4.0, "cpu_percent": 45.0}
+    assert found["p99_rank_correlation"] == {"run_queue": None, "cpu": None}  # 2 seconds
     assert coincidence([], server, 3.0)["late"] == {
         "seconds": 0,
         "run_queue_ms_per_s": 0.0,
         "cpu_percent": 0.0,
     }
+
+
+def test_rank_correlation_follows_the_order_not_the_size() -> None:
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 300, 4000]) == 1.0
+    assert rank_correlation([1, 2, 3, 4], [9, 7, 5, 1]) == -1.0
+    assert rank_correlation([1, 1, 2, 2], [1, 1, 2, 2]) == 1.0  # ties
+    assert rank_correlation([1, 1, 1], [1, 2, 3]) is None  # constant
+    assert rank_correlation([1, 2], [1, 2]) is None  # too short
+
+
+def test_the_seconds_correlate_with_the_wait_that_drives_their_tail() -> None:
+    waits = [5.0, 300.0, 10.0, 200.0, 0.0, 100.0]
+    latency = [[n + 0.5, 0.4, 1, 1 + w / 10, 100] for n, w in enumerate(waits)]
+    server = [[n + 0.9, 50 + (n % 2), 100, w / 2] for n, w in enumerate(waits)]
+    server += [[n + 0.4, 50 + (n % 2), 100, w / 2] for n, w in enumerate(waits)]
+    found = coincidence(latency, server, measured=6.0)
+    assert found["p99_rank_correlation"]["run_queue"] == 1.0
+    assert found["p99_rank_correlation"]["cpu"] is not None
+    assert found["p99_rank_correlation"]["cpu"] < 0.9
