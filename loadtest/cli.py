@@ -59,6 +59,12 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
         " every publisher in step once the joins' keyframe requests reset them together)",
     )
     p.add_argument(
+        "--ignore-nacks",
+        action="store_true",
+        help="publishers do not answer the server's NACKs (default: they resend the packet from"
+        " a cache of their last 512, as browsers do)",
+    )
+    p.add_argument(
         "--listening-subscribers",
         type=int,
         metavar="K",
@@ -155,6 +161,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         loss=args.loss,
         pace_ms=args.pace_ms,
         keyframes_on_request=args.keyframes_on_request or None,
+        answer_nacks=False if args.ignore_nacks else None,
         listening=args.listening_subscribers,
         churn_interval=args.churn_interval,
         bad_token_share=args.bad_token_share,

@@ -31,8 +31,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from loadtest.clip import Clip
 from loadtest.reservoir import Reservoir
+from loadtest.sentcache import FLAG_RESENT, SentCache, resent
 from sfu import internals
-from sfu.rtcp import Fir, Pli, parse_rtcp
+from sfu.rtcp import Fir, Nack, Pli, parse_rtcp
 from sfu.rtp import MalformedPacket
 from signaling.client import KeyroomClient, RemoteTrack
 from signaling.client.e2ee import FrameCryptor
@@ -198,6 +199,9 @@ class Publisher:
         self.packets_sent = 0
         self.packets_dropped = 0  # simulated loss
         self.keyframe_requests = 0
+        self.nacked = 0  # sequence numbers the server NACKed
+        self.resent = 0  # of those, packets resent from the cache (`SentCache`)
+        self._sent: SentCache | None = None  # None: NACKs go unanswered
         self._sink: internals.RtpSink | None = None
         self._ssrc = 0
         self._pt = 0
@@ -242,15 +246,36 @@ class Publisher:
             if isinstance(message, Pli | Fir):
                 self.keyframe_requests += 1
                 self._keyframe_wanted = True
+            elif isinstance(message, Nack) and message.media_ssrc == self._ssrc:
+                self._answer(message.lost)
+
+    def _answer(self, lost: tuple[int, ...]) -> None:
+        """Resend what a NACK asks for and the cache still holds, as a browser does."""
+        self.nacked += len(lost)
+        sent, sink = self._sent, self._sink
+        if sent is None or sink is None:
+            return
+        now = time.monotonic_ns()
+        for seq in lost:
+            packet = sent.to_resend(seq, now)
+            if packet is not None and sink.send(resent(packet, self.trailer)):
+                self.resent += 1
 
     async def run(
-        self, until: float, loss: float, pace_ms: float = 0.0, keyframes_on_request: bool = False
+        self,
+        until: float,
+        loss: float,
+        pace_ms: float = 0.0,
+        keyframes_on_request: bool = False,
+        answer_nacks: bool = True,
     ) -> None:
         """Send the clip in a loop until loop time `until`; restart at its keyframe on PLI.
         `pace_ms` > 0: start on a random phase of the frame interval and spread each frame's
         packets over that many ms, in steps of the loop's 1 ms timer resolution.
         `keyframes_on_request`: the clip's keyframe only at the start and on PLI/FIR, as a
-        browser's encoder (`next_frame`)."""
+        browser's encoder (`next_frame`). `answer_nacks`: resend NACKed packets from a cache of
+        the last ones sent (loadtest/sentcache.py), as a browser does (a packet lost on purpose,
+        `loss`, is never cached: that stays simulated loss)."""
         sink = self._sink
         assert sink is not None
         clip = self.clip
@@ -266,6 +291,7 @@ class Publisher:
         pack_header = _RTP_HEADER.pack
         pack_trailer = TRAILER.pack
         trailer = self.trailer
+        sent = self._sent = SentCache() if answer_nacks else None
         while due < until:
             if self._keyframe_wanted and clip.kind == "video":
                 self._keyframe_wanted = False
@@ -294,6 +320,8 @@ class Publisher:
                     )
                     if sink.send(packet):
                         self.packets_sent += 1
+                        if sent is not None:
+                            sent.put(seq, packet)
                     else:
                         self.errors["publisher:send_failed"] += 1
                         self.packets_dropped += 1
@@ -314,6 +342,7 @@ class StreamStats:
     first_keyframe_ns: int | None = None
     packets: int = 0
     bytes: int = 0  # RTP packets' plaintext size
+    resent: int = 0  # of `packets`, repairs (the publisher answered a NACK; no latency sample)
     min_index: int = 1 << 32
     max_index: int = -1
 
@@ -391,6 +420,9 @@ class Subscriber:
             stream.max_index = index
         if flags & FLAG_KEYFRAME and stream.first_keyframe_ns is None:
             stream.first_keyframe_ns = now
+        if flags & FLAG_RESENT:  # a repair: its latency is the NACK's round trip, not forwarding
+            stream.resent += 1
+            return
         self.latencies.add(now, now - sent_ns)
         if self.room_latencies is not None:
             self.room_latencies.add(now, now - sent_ns)

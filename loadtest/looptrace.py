@@ -14,6 +14,7 @@ SERIES = {
     "keyroom_loop_slow_callback_seconds_total": "slow_ms",
     "keyroom_loop_late_samples_total": "late_samples",
     "keyroom_loop_late_held_seconds_total": "late_held_ms",
+    "keyroom_loop_late_wait_seconds_total": "late_wait_ms",
     "keyroom_loop_stalls_total": "stalls",
     "keyroom_loop_callbacks_total": "count",
     "keyroom_loop_callback_seconds_total": "cpu_ms",
@@ -68,4 +69,6 @@ def window(before: Counters, after: Counters) -> dict[str, Any] | None:
         "stall_ms": top("stall_ms", 1000),
         "late_samples": int(delta.get(("late_samples", ""), 0)),
         "late_held_ms": top("late_held_ms", 1000),
+        # The same waits split: the server's CPU, preempted inside callbacks, outside them.
+        "late_wait_ms": top("late_wait_ms", 1000),
     }

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from loadtest.histogram import ForwardHistogram
 from loadtest.procstat import Sample
+from loadtest.schedstat import coincidence
 
 if TYPE_CHECKING:
     from loadtest.run import Run
@@ -107,6 +108,7 @@ def build_report(
             "rooms": len(run.rooms),
             "pace_ms": scenario.pace_ms,
             "keyframes_on_request": scenario.keyframes_on_request,
+            "answer_nacks": scenario.answer_nacks,
         },
         "room": run.room,
         "measured_s": round(measured, 3),
@@ -119,6 +121,9 @@ def build_report(
         "packets": {
             "sent": sum(p.packets_sent for p in run.publishers),
             "simulated_drops": sum(p.packets_dropped for p in run.publishers),
+            # The server's NACKs to publishers (sequence numbers) and the packets they resent.
+            "nacked": sum(p.nacked for p in run.publishers),
+            "resent": sum(p.resent for p in run.publishers),
             "received": packets_received,
             "received_measured": in_phase_packets,  # during the measured phase
             "bytes_received_measured": in_phase_bytes,
@@ -175,12 +180,23 @@ def build_report(
             "cpu_us_per_received_packet": round(mean_cpu / 100 * 1e6 / rate, 2)
             if rate and not scenario.listening
             else None,
-            # [seconds since the measured phase began, CPU % of one core, RSS MiB]
+            # [seconds since the measured phase began, CPU % of one core, RSS MiB, the main
+            # thread's run-queue wait in the interval, ms]
             "timeline": [
-                [round(s.t - run.measure_start, 2), round(s.cpu_percent, 1), round(s.rss_mib, 1)]
+                [
+                    round(s.t - run.measure_start, 2),
+                    round(s.cpu_percent, 1),
+                    round(s.rss_mib, 1),
+                    round(s.run_queue_ms, 1),
+                ]
                 for s in samples
             ],
         }
+        # The seconds with an end-to-end p99 over 5 ms against the others: the server's run-queue
+        # wait and CPU in each (loadtest/schedstat.py).
+        report["server"]["late_seconds"] = coincidence(
+            report["latency_timeline"], report["server"]["timeline"], measured
+        )
     if runtime_before is not None and runtime_after is not None:
         before, after = runtime_before["stats"], runtime_after["stats"]
         report["server_counters"] = {

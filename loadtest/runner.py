@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from loadtest import looptrace
+from loadtest import looptrace, schedstat
 from loadtest.clients import Subscriber
 from loadtest.clip import Clip, encode_audio_clip, encode_video_clip
 from loadtest.histogram import gc_pause_summary
@@ -87,7 +87,13 @@ async def run_scenario(
         send_until = loop.time() + 3600
         send_tasks = [
             asyncio.ensure_future(
-                p.run(send_until, scenario.loss, scenario.pace_ms, scenario.keyframes_on_request)
+                p.run(
+                    send_until,
+                    scenario.loss,
+                    scenario.pace_ms,
+                    scenario.keyframes_on_request,
+                    scenario.answer_nacks,
+                )
             )
             for p in run.publishers
         ]
@@ -103,6 +109,7 @@ async def run_scenario(
                 await asyncio.to_thread(target.start_recording, room)
         # In a thread: the scrape must not stall the generator's loop (and its latencies).
         before = await asyncio.to_thread(target.snapshot)
+        sched_before = schedstat.Snapshot.take(target.pid)
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
         run.counts_at_start = run.counts()
         cpu_before = _own_cpu()
@@ -113,6 +120,7 @@ async def run_scenario(
         own_cpu = _own_cpu() - cpu_before
         run.measure_end_ns, run.measure_end = time.monotonic_ns(), loop.time()
         run.counts_at_end = run.counts()
+        sched_after = schedstat.Snapshot.take(target.pid)
         after = await asyncio.to_thread(target.snapshot)
     finally:
         for task in send_tasks:
@@ -141,6 +149,12 @@ async def run_scenario(
     ]
     await asyncio.gather(*(run.leave(c) for c in clients))
     report["errors"] = dict(run.errors)
+    # What delayed the server besides its own CPU, and its socket's overflows, in the window.
+    report["server_scheduling"] = schedstat.window(
+        sched_before, sched_after, run.measure_end - run.measure_start
+    )
+    if before.overflows is not None and after.overflows is not None:
+        report["server_socket_overflows"] = int(after.overflows - before.overflows)
     trace = looptrace.window(before.trace, after.trace)
     if trace is not None:
         report["server_loop_trace"] = trace

@@ -31,6 +31,9 @@ class Scenario:
     # Video publishers send their clip's keyframe only at the start and when asked (PLI/FIR),
     # as a browser's encoder does; False: the clip restarts at its keyframe every pass.
     keyframes_on_request: bool = False
+    # Publishers resend what the server NACKs from a cache of their latest packets, as browsers
+    # do (loadtest/sentcache.py); False: NACKs go unanswered, every uplink loss stays lost.
+    answer_nacks: bool = True
     # > 0: only this many subscribers of each room read their media; the kernel drops the
     # others' RTP (loadtest/deaf.py), so the generator keeps up with a busy server.
     listening: int = 0

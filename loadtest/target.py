@@ -25,6 +25,16 @@ from loadtest.histogram import (
 from loadtest.spawn import free_port, spawned
 from signaling.client import KeyroomClient
 
+OVERFLOWS_METRIC = "keyroom_shared_port_receive_overflows_total"
+
+
+def counter(text: str, name: str) -> float | None:
+    """An unlabelled sample's value in an exposition (None if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
 
 @dataclass
 class ServerSnapshot:
@@ -34,6 +44,8 @@ class ServerSnapshot:
     received: ForwardHistogram | None
     gc: dict[str, ForwardHistogram]
     trace: looptrace.Counters
+    # keyroom_shared_port_receive_overflows_total (None: not on this server's /metrics).
+    overflows: float | None = None
 
 
 @dataclass
@@ -118,6 +130,7 @@ class Target:
             received=ForwardHistogram.parse(text, RECEIVE_TO_SEND_METRIC),
             gc=gc_pauses(text),
             trace=looptrace.parse(text),
+            overflows=counter(text, OVERFLOWS_METRIC),
         )
 
     def scrape(self) -> str | None:

@@ -25,7 +25,7 @@ the start, and the WORST late samples and stalls of the interval with what made 
   (and the part no traced callback accounts for: protocol callbacks uvloop calls directly, the
   reader that handled the datagram itself, the poll).
 
-The same totals are on `/metrics` while tracing (`TraceCollector`, docs/metrics.md), so a
+The same totals are on `/metrics` while tracing (sfu/tracemetrics.py, docs/metrics.md), so a
 benchmark diffs them over its measured window like any counter (the load tester's
 `server_loop_trace`).
 
@@ -48,8 +48,6 @@ from collections.abc import Callable
 from typing import Any
 
 import uvloop
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 
 from sfu.clock import TimerDriver
 
@@ -129,7 +127,8 @@ class Trace:
 
     def __init__(self, slow_ns: int) -> None:
         self.slow_ns = slow_ns
-        self.ring: collections.deque[tuple[int, int, Any]] = collections.deque(maxlen=RING)
+        # (end, wall duration, callback, CPU), perf ns and thread CPU ns.
+        self.ring: collections.deque[tuple[int, int, Any, int]] = collections.deque(maxlen=RING)
         self.slow: dict[str, Stat] = collections.defaultdict(Stat)
         self.late: dict[str, Stat] = collections.defaultdict(Stat)
         self.late_samples = 0
@@ -140,6 +139,11 @@ class Trace:
         self.datagrams: dict[str, Stat] = collections.defaultdict(Stat)  # CPU by kind
         self.profile: dict[str, Stat] = collections.defaultdict(Stat)  # every callback's CPU
         self.started = 0  # perf ns at which the callback running now started (0: none)
+        self.started_cpu = 0  # the thread's CPU ns then
+        # Late samples' waits split three ways (LATE_PARTS): the server's CPU, its callbacks'
+        # wall time off the CPU (preempted: runnable, not running), the rest (outside traced
+        # callbacks: the poll, the wake-up, untraced work).
+        self.late_parts: dict[str, Stat] = collections.defaultdict(Stat)
         # Stalls: callbacks run back to back (each starting within GAP of the previous end),
         # the loop polling no socket between them, that used slow_ns of CPU or more together.
         self.stalls = 0
@@ -154,7 +158,7 @@ class Trace:
         time: slow by its CPU time (what it costs on a quiet machine; on a loaded one its wall
         time also counts the other processes that ran meanwhile)."""
         self.callbacks += 1
-        self.ring.append((end, end - start, callback))
+        self.ring.append((end, end - start, callback, cpu))
         name = describe(callback)
         self.profile[name].add(cpu)
         if cpu >= self.slow_ns:
@@ -194,18 +198,30 @@ class Trace:
         self._run.clear()
         self._run_cpu = 0
 
-    def explain(self, wait: int, now: int) -> None:
-        """A sampled datagram waited `wait` ns until `now` (perf ns): charge what ran then."""
+    def explain(self, wait: int, now: int, cpu_now: int = 0) -> None:
+        """A sampled datagram waited `wait` ns until `now` (perf ns; `cpu_now`: the thread's CPU
+        ns then): charge what ran then, and split the wait into CPU, preempted and outside."""
         self.late_samples += 1
         since = now - wait
         window: dict[str, int] = collections.defaultdict(int)
-        for end, duration, callback in reversed(self.ring):
+        cpu_in = 0.0
+        for end, duration, callback, cpu in reversed(self.ring):
             if end <= since:
                 break
-            window[describe(callback)] += min(duration, end - since)
+            overlap = min(duration, end - since)
+            window[describe(callback)] += overlap
+            cpu_in += cpu * overlap / duration if duration else 0
         if self.started:
-            window["(the callback handling the datagram, so far)"] += now - max(self.started, since)
-        window["(untraced)"] = max(0, wait - sum(window.values()))
+            overlap = now - max(self.started, since)
+            window["(the callback handling the datagram, so far)"] += overlap
+            ran = now - self.started
+            cpu_in += (cpu_now - self.started_cpu) * overlap / ran if ran > 0 else 0
+        inside = sum(window.values())
+        window["(untraced)"] = max(0, wait - inside)
+        cpu_part = min(int(cpu_in), inside)
+        self.late_parts["cpu"].add(cpu_part)
+        self.late_parts["preempted"].add(inside - cpu_part)
+        self.late_parts["outside"].add(window["(untraced)"])
         for name, ns in window.items():
             self.late[name].add(ns)
         top = sorted(window.items(), key=lambda item: -item[1])[:6]
@@ -231,6 +247,7 @@ class Trace:
             "worst_stalls": [[round(cpu / 1e6, 2), n, top] for cpu, n, top in self.worst_stalls],
             "late_samples": self.late_samples,
             "late": table(self.late),
+            "late_parts": table(self.late_parts),
             "worst": [[round(wait / 1e6, 2), top] for wait, top in self.worst],
         }
 
@@ -246,7 +263,7 @@ class _Timed:
 
     def __call__(self, *args: Any) -> Any:
         trace = self.trace
-        cpu = time.thread_time_ns()
+        cpu = trace.started_cpu = time.thread_time_ns()
         start = trace.started = time.perf_counter_ns()
         try:
             return self.callback(*args)
@@ -361,79 +378,4 @@ def traced_recv(recv: Callable[[Any, int], int], stamps: Any) -> Callable[[Any, 
 def late(wait_ns: int) -> None:
     """The receive path's hook for a sampled wait over LATE_AFTER."""
     if active is not None:
-        active.explain(wait_ns, time.perf_counter_ns())
-
-
-# The trace's counters: (name, help, the Trace attribute, its count or its time in seconds).
-FAMILIES = (
-    ("keyroom_loop_callbacks", "Loop callbacks run, by callback", "profile", False),
-    ("keyroom_loop_callback_seconds", "CPU time of loop callbacks, by callback", "profile", True),
-    (
-        "keyroom_loop_slow_callbacks",
-        "Loop callbacks that used KEYROOM_LOOP_TRACE ms of CPU or more, by callback",
-        "slow",
-        False,
-    ),
-    (
-        "keyroom_loop_slow_callback_seconds",
-        "CPU time of those slow callbacks, by callback",
-        "slow",
-        True,
-    ),
-    (
-        "keyroom_loop_stall_seconds",
-        "CPU time of each callback within runs of back-to-back callbacks that used"
-        " KEYROOM_LOOP_TRACE ms of CPU or more together (stalls), by callback",
-        "stalled",
-        True,
-    ),
-    (
-        "keyroom_loop_late_held_seconds",
-        "Within the waits of sampled receive-to-send times over 5 ms, time each callback held"
-        " the loop",
-        "late",
-        True,
-    ),
-)
-
-
-class TraceCollector(Collector):
-    """The trace's totals as counters, read at each scrape."""
-
-    def __init__(self, trace: Trace) -> None:
-        self._trace = trace
-
-    def collect(self) -> Any:
-        trace = self._trace
-        for name, doc, attribute, in_seconds in FAMILIES:
-            family = CounterMetricFamily(name, doc, labels=["callback"])
-            for key, stat in getattr(trace, attribute).items():
-                family.add_metric([key], stat.total / 1e9 if in_seconds else stat.count)
-            yield family
-        yield CounterMetricFamily(
-            "keyroom_loop_stalls", "Stalls (see keyroom_loop_stall_seconds)", value=trace.stalls
-        )
-        yield CounterMetricFamily(
-            "keyroom_loop_late_samples",
-            "Sampled receive-to-send times over 5 ms that the trace explained",
-            value=trace.late_samples,
-        )
-        for name, doc, stats in (
-            ("keyroom_loop_batches", "recvmmsg calls on the shared port, by datagrams taken",
-             trace.batches),
-            ("keyroom_loop_late_reads",
-             "recvmmsg calls whose first datagram had waited 5 ms or more, by datagrams taken",
-             trace.late_reads),
-        ):  # fmt: skip
-            family = CounterMetricFamily(name, doc, labels=["size"])
-            for size, stat in stats.items():
-                family.add_metric([size], stat.count)
-            yield family
-        kinds = CounterMetricFamily(
-            "keyroom_loop_datagram_seconds",
-            "CPU time of handling received datagrams on the shared port, by kind",
-            labels=["kind"],
-        )
-        for kind, stat in trace.datagrams.items():
-            kinds.add_metric([kind], stat.total / 1e9)
-        yield kinds
+        active.explain(wait_ns, time.perf_counter_ns(), time.thread_time_ns())

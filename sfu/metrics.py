@@ -10,6 +10,7 @@ come from the admin API.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator, Mapping, Sized
 from typing import TYPE_CHECKING, Protocol
@@ -18,10 +19,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sfu import looptrace
+from sfu import looptrace, sockbuf
 from sfu.clock import on_tick
 from sfu.qualitymetrics import quality_metrics
 from sfu.stats import DropReason, Stats
+from sfu.tracemetrics import TraceCollector
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -324,11 +326,36 @@ class StateCollector(Collector):
              stats.received_datagrams),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
+        yield from _socket_buffers(stats.udp_sockets)
         yield GaugeMetricFamily(
             "keyroom_fanout_worker_down_tracks",
             "Down-tracks the fan-out workers send now (rtc.fanout_workers)",
             value=stats.fanout_worker_down_tracks,
         )
+
+
+def _socket_buffers(sockets: list[socket.socket]) -> Iterator[Metric]:
+    """The shared port's receive buffers as the kernel reports them now (SO_MEMINFO)."""
+    queued = size = drops = 0
+    for sock in sockets:
+        info = sockbuf.meminfo(sock)
+        if info is not None:
+            queued, size, drops = queued + info[0], size + info[1], drops + info[2]
+    yield CounterMetricFamily(
+        "keyroom_shared_port_receive_overflows",
+        "Datagrams the kernel dropped at the shared port because its receive buffer was full",
+        value=drops,
+    )
+    yield GaugeMetricFamily(
+        "keyroom_shared_port_receive_buffer_bytes",
+        "The shared port's receive buffer as the kernel sized it (rtc.udp_receive_buffer)",
+        value=size,
+    )
+    yield GaugeMetricFamily(
+        "keyroom_shared_port_receive_queued_bytes",
+        "Bytes waiting in the shared port's receive buffer at the scrape",
+        value=queued,
+    )
 
 
 def build_registry(rooms: Rooms, stats: Stats, pending: Sized | None = None) -> CollectorRegistry:
@@ -342,5 +369,5 @@ def build_registry(rooms: Rooms, stats: Stats, pending: Sized | None = None) -> 
     for metric in (*instruments, CONNECTIONS_REFUSED):
         registry.register(metric)
     if looptrace.active is not None:
-        registry.register(looptrace.TraceCollector(looptrace.active))
+        registry.register(TraceCollector(looptrace.active))
     return registry

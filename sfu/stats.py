@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -80,6 +81,9 @@ class Stats:
     # returned datagrams, and those datagrams (summed per call).
     receive_calls: int = 0
     received_datagrams: int = 0
+    # The shared port's sockets, read at each scrape for their kernel-side receive-buffer
+    # overflows (sfu/sockbuf.py).
+    udp_sockets: list[socket.socket] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
     # Published tracks and their summed bitrate, node-wide, kept up to date on publish,
     # unpublish and each bitrate measurement: `[node]` limits read them in O(1).

@@ -338,7 +338,9 @@ async def open_media_port(config: Config, state: ServerState) -> None:
             raise OSError(
                 f"rtc.fanout = compiled: the extension cannot be built: {fastpath_loader.failure()}"
             )
-        shared = await internals.open_shared_port(list(rtc.ips), rtc.udp_port, state.stats, fanout)
+        shared = await internals.open_shared_port(
+            list(rtc.ips), rtc.udp_port, state.stats, fanout, rtc.udp_receive_buffer
+        )
         if rtc.fanout_workers:
             pool = FanoutPool(rtc.fanout_workers, shared, state.stats)
             pool.start()

@@ -18,6 +18,7 @@ from loadtest.clients import next_frame
 from sfu import looptrace
 from sfu.clock import TimerDriver
 from sfu.looptrace import Trace, TracedLoop, datagram_kind, describe
+from sfu.tracemetrics import TraceCollector
 
 MS = 1_000_000
 
@@ -87,9 +88,11 @@ def test_back_to_back_callbacks_add_up_to_one_stall() -> None:
 def test_a_late_sample_is_charged_to_what_ran_during_its_wait() -> None:
     trace = Trace(MS)
     trace.ran(_plain, 0, 2 * MS, 2 * MS)  # before the datagram arrived (at 10 ms)
-    trace.ran(_coroutine_named_here, 9 * MS, 15 * MS, 6 * MS)  # 5 ms of it after
-    trace.started = 15 * MS  # the reader handling the datagram, since 15 ms
-    trace.explain(wait=8 * MS, now=18 * MS)
+    # 5 ms of it after, at half its wall time on the CPU (preempted for the rest)
+    trace.ran(_coroutine_named_here, 9 * MS, 15 * MS, 3 * MS)
+    trace.started = 15 * MS  # the reader handling the datagram, since 15 ms, all on the CPU
+    trace.started_cpu = 100 * MS
+    trace.explain(wait=8 * MS, now=18 * MS, cpu_now=103 * MS)
     late = {name: stat.total for name, stat in trace.late.items()}
     assert late == {
         describe(_coroutine_named_here): 5 * MS,
@@ -98,6 +101,17 @@ def test_a_late_sample_is_charged_to_what_ran_during_its_wait() -> None:
     }
     assert trace.late_samples == 1
     assert trace.worst[0][0] == 8 * MS
+    # 2.5 ms + 3 ms of CPU, 2.5 ms preempted, nothing outside the callbacks.
+    parts = {name: stat.total for name, stat in trace.late_parts.items()}
+    assert parts == {"cpu": 5.5 * MS, "preempted": 2.5 * MS, "outside": 0}
+    # Waiting outside any callback (the poll, the wake-up) is the third part.
+    idle = Trace(MS)
+    idle.explain(wait=6 * MS, now=50 * MS, cpu_now=0)
+    assert {n: s.total for n, s in idle.late_parts.items()} == {
+        "cpu": 0,
+        "preempted": 0,
+        "outside": 6 * MS,
+    }
 
 
 def test_threshold_comes_from_the_environment_and_bad_values_are_refused() -> None:
@@ -156,7 +170,7 @@ def test_the_traced_loop_times_callbacks_tasks_and_datagrams(
     assert trace.datagrams["rtp 96"].count == 1 and handled
     # Every callback of 1 µs or more is "slow" at this threshold; all are on /metrics.
     registry = CollectorRegistry()
-    registry.register(looptrace.TraceCollector(trace))
+    registry.register(TraceCollector(trace))
     text = generate_latest(registry).decode()
     assert "keyroom_loop_callbacks_total{" in text
     assert 'keyroom_loop_datagram_seconds_total{kind="rtp 96"}' in text

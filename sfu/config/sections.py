@@ -93,6 +93,11 @@ class RtcConfig(_Section):
     fanout: str = option("auto", checks.choice("auto", "compiled", "python"))
     # With udp_port: N worker processes forward to one room's subscribers (sfu/fanout/); 0 off.
     fanout_workers: int = option(0, checks.integer(0, "an integer from 0 to 64", 64))
+    # With udp_port: the shared sockets' receive buffer, bytes (0: 4 MiB asked); forced past
+    # net.core.rmem_max where the server may (sfu/sockbuf.py).
+    udp_receive_buffer: int = option(
+        0, checks.integer(0, "0 or a size in bytes up to 1 GiB", 1 << 30)
+    )
     # Behind a 1:1 NAT: the address to advertise for each entry of `ips`, in order.
     public_ips: tuple[str, ...] = option((), checks.ip_list)
 

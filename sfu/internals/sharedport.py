@@ -37,6 +37,7 @@ from sfu.fastpath.batch import FanoutBatch
 from sfu.fastpath.receive import BatchedSocket
 from sfu.internals.icepolicy import verified_source
 from sfu.internals.ports import host_candidate, replace_host_gathering
+from sfu.sockbuf import DEFAULT_RECEIVE_BUFFER, set_receive_buffer
 from sfu.stats import DropReason, Stats
 
 log = logging.getLogger("keyroom.internals")
@@ -244,10 +245,17 @@ class SharedPort:
     """The shared sockets, one per address, all on `port`; `fanout`: the compiled extension
     (sfu/fastpath), or None for the pure-Python path."""
 
-    def __init__(self, port: int, stats: Stats, fanout: ModuleType | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        stats: Stats,
+        fanout: ModuleType | None = None,
+        receive_buffer: int = 0,
+    ) -> None:
         self.port = port
         self.stats = stats
         self.fanout = fanout
+        self.receive_buffer = receive_buffer or DEFAULT_RECEIVE_BUFFER
         self.sockets: dict[str, SharedSocket] = {}
 
     async def open(self, addresses: list[str]) -> None:
@@ -264,8 +272,15 @@ class SharedPort:
                 raise OSError(
                     f"rtc.udp_port: cannot bind {address} port {self.port}: {exc}"
                 ) from exc
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            obtained = set_receive_buffer(sock, self.receive_buffer)
+            # The kernel doubles what it grants; less than asked: capped by net.core.rmem_max.
+            log.log(
+                logging.WARNING if obtained < self.receive_buffer else logging.INFO,
+                "shared media port %s:%d: receive buffer %d bytes (%d asked)",
+                *(address, self.port, obtained, self.receive_buffer),
+            )
+            self.stats.udp_sockets.append(sock)
             shared = SharedSocket(Demux(self.stats.dropped), self.stats, self.fanout)
             if self.fanout is None:
                 await loop.create_datagram_endpoint(lambda s=shared: s, sock=sock)  # type: ignore[misc]
@@ -276,6 +291,7 @@ class SharedPort:
             self.sockets[address] = shared
 
     def close(self) -> None:
+        self.stats.udp_sockets.clear()
         for shared in self.sockets.values():
             if shared.transport is not None:
                 shared.transport.close()
@@ -324,11 +340,15 @@ def share_media_port(shared: SharedPort) -> None:
 
 
 async def open_shared_port(
-    addresses: list[str], port: int, stats: Stats, fanout: ModuleType | None = None
+    addresses: list[str],
+    port: int,
+    stats: Stats,
+    fanout: ModuleType | None = None,
+    receive_buffer: int = 0,
 ) -> SharedPort:
     """Bind `port` on every address and make every ICE agent gather on it; refusals are counted
-    in `stats.dropped`."""
-    shared = SharedPort(port, stats, fanout)
+    in `stats.dropped`. `receive_buffer`: bytes asked for each socket (0: 4 MiB)."""
+    shared = SharedPort(port, stats, fanout, receive_buffer)
     await shared.open(addresses)
     share_media_port(shared)
     return shared
