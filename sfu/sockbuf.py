@@ -22,8 +22,10 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _RMEM_ALLOC, _RCVBUF, _DROPS = 0, 1, 8
 _U32 = 4
 # Asked for when the option is 0 (the kernel doubles it and caps it at net.core.rmem_max
-# unless the process may force it).
-DEFAULT_RECEIVE_BUFFER = 4 * 1024 * 1024
+# unless the process may force it). One socket takes every participant's input, so it gets what
+# many per-connection sockets had together: 32 MiB rode out the join ramps of the latency
+# benchmark that overflowed the 8 MiB a 4 MiB ask got (docs/benchmarks.md, "third stop").
+DEFAULT_RECEIVE_BUFFER = 32 * 1024 * 1024
 
 
 def parse_meminfo(raw: bytes) -> tuple[int, int, int] | None:

@@ -347,7 +347,7 @@ async def open_shared_port(
     receive_buffer: int = 0,
 ) -> SharedPort:
     """Bind `port` on every address and make every ICE agent gather on it; refusals are counted
-    in `stats.dropped`. `receive_buffer`: bytes asked for each socket (0: 4 MiB)."""
+    in `stats.dropped`. `receive_buffer`: bytes asked for each socket (0: 32 MiB)."""
     shared = SharedPort(port, stats, fanout, receive_buffer)
     await shared.open(addresses)
     share_media_port(shared)
