@@ -40,6 +40,13 @@ def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
         help="run the scenario's participants in this many rooms at once (default 1)",
     )
     p.add_argument("--duration", type=float, help="measured seconds after everyone joined")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        metavar="SECONDS",
+        help="wait this long after the last join before measuring (default 0): the ramp of"
+        " joins keeps a busy server above its steady load for a while",
+    )
     p.add_argument("--joins-per-second", type=float)
     p.add_argument("--codec", choices=("vp8", "h264"))
     p.add_argument("--video-bitrate", type=int, metavar="BPS")
@@ -163,6 +170,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         keyframes_on_request=args.keyframes_on_request or None,
         answer_nacks=False if args.ignore_nacks else None,
         listening=args.listening_subscribers,
+        warmup=args.warmup,
         churn_interval=args.churn_interval,
         bad_token_share=args.bad_token_share,
         bound_share=args.bound_share,

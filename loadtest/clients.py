@@ -127,11 +127,20 @@ class Latencies:
     """One-way latency samples (ns) of all subscribers, bounded by reservoir sampling, overall
     and per second since `origin_ns` (for the plot)."""
 
-    __slots__ = ("origin_ns", "_all", "_seconds", "_second", "_second_ends_ns", "_current")
+    __slots__ = (
+        "origin_ns",
+        "_all",
+        "_window",
+        "_seconds",
+        "_second",
+        "_second_ends_ns",
+        "_current",
+    )
 
     def __init__(self, origin_ns: int | None = None) -> None:
         self.origin_ns = time.monotonic_ns() if origin_ns is None else origin_ns
         self._all = Reservoir(MAX_LATENCY_SAMPLES)
+        self._window: Reservoir | None = None  # the measured window's, once it ended
         self._seconds: dict[int, Reservoir] = {}
         # The second being filled, so most values find their reservoir without a division.
         self._second = -1
@@ -140,11 +149,20 @@ class Latencies:
 
     @property
     def samples(self) -> list[int]:
-        return self._all.values
+        """The measured window's samples once it ended (`start_window`, `end_window`), else
+        all so far."""
+        return (self._window or self._all).values
 
     @property
     def seen(self) -> int:
-        return self._all.seen
+        return (self._window or self._all).seen
+
+    def start_window(self) -> None:
+        """Overall samples from now on only: the joins' ramp before is not the steady load."""
+        self._all = Reservoir(MAX_LATENCY_SAMPLES)
+
+    def end_window(self) -> None:
+        self._window, self._all = self._all, Reservoir(MAX_LATENCY_SAMPLES)
 
     @property
     def by_second(self) -> dict[int, list[int]]:

@@ -107,9 +107,12 @@ async def run_scenario(
         if scenario.record:  # the recorder joins every published track, like one more subscriber
             for room in run.rooms:
                 await asyncio.to_thread(target.start_recording, room)
+        await asyncio.sleep(scenario.warmup)
         # In a thread: the scrape must not stall the generator's loop (and its latencies).
         before = await asyncio.to_thread(target.snapshot)
         sched_before = schedstat.Snapshot.take(target.pid)
+        for latencies in (run.latencies, *run.room_latencies.values()):
+            latencies.start_window()
         run.measure_start_ns, run.measure_start = time.monotonic_ns(), loop.time()
         run.counts_at_start = run.counts()
         cpu_before = _own_cpu()
@@ -119,6 +122,8 @@ async def run_scenario(
         await asyncio.gather(lag_task, return_exceptions=True)
         own_cpu = _own_cpu() - cpu_before
         run.measure_end_ns, run.measure_end = time.monotonic_ns(), loop.time()
+        for latencies in (run.latencies, *run.room_latencies.values()):
+            latencies.end_window()
         run.counts_at_end = run.counts()
         sched_after = schedstat.Snapshot.take(target.pid)
         after = await asyncio.to_thread(target.snapshot)

@@ -37,6 +37,9 @@ class Scenario:
     # > 0: only this many subscribers of each room read their media; the kernel drops the
     # others' RTP (loadtest/deaf.py), so the generator keeps up with a busy server.
     listening: int = 0
+    # Seconds between the last join and the measured window: the ramp of joins loads the server
+    # far above the scenario's steady load, and its backlog must not be measured as steady.
+    warmup: float = 0.0
 
 
 SCENARIOS = {

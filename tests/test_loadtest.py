@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.clients import starts_keyframe
+from loadtest.clients import Latencies, starts_keyframe
 from loadtest.clip import encode_video_clip
 from loadtest.histogram import RECEIVE_TO_SEND_METRIC as RECEIVE_TO_SEND
 from loadtest.report import ForwardHistogram, percentiles
@@ -167,6 +167,21 @@ def test_forward_histogram_deltas_and_bucket_quantiles() -> None:
     assert received is not None and received.count == 4 and received.sum == 0.02
     forward = ForwardHistogram.parse(both)
     assert forward is not None and forward.count == 10
+
+
+def test_latency_percentiles_cover_the_measured_window_only() -> None:
+    """The joins' ramp (slow samples before the window) and the drain after it stay out of the
+    overall samples; the per-second ones keep everything for the timeline."""
+    second = 1_000_000_000
+    latencies = Latencies(origin_ns=0)
+    latencies.add(1 * second, 800_000_000)  # the ramp: 800 ms
+    latencies.start_window()
+    for n in range(10):
+        latencies.add(2 * second + n, 1_000_000)
+    latencies.end_window()
+    latencies.add(3 * second, 900_000_000)  # in flight after the window
+    assert latencies.samples == [1_000_000] * 10 and latencies.seen == 10
+    assert sorted(latencies.by_second) == [1, 2, 3]
 
 
 def test_scenario_overrides_apply_only_given_values() -> None:
