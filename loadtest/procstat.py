@@ -6,6 +6,8 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
+from loadtest.schedstat import parse_schedstat
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -21,7 +23,7 @@ def cpu_seconds(pid: int) -> float:
 def run_queue_ns(pid: int) -> int:
     """How long `pid`'s main thread has waited on a run queue so far (schedstat field 2)."""
     with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
-        return int(f.read().split()[1])
+        return parse_schedstat(f.read())[1]
 
 
 def rss_bytes(pid: int) -> int:
